@@ -1,0 +1,35 @@
+"""One root for every error anet raises, so callers can catch them all.
+
+A user mistake (missing file, bad host spec) becomes one line on stderr and exit status 255;
+a failed *job* is never an exception, it is a result; a failed *host* is an event.
+"""
+
+from __future__ import annotations
+
+
+class AnetError(Exception):
+    """Root of anet's errors; its message is meant for the user, one line."""
+
+
+class UsageError(AnetError):
+    """The user asked for something that cannot work (bad argument, missing file)."""
+
+
+class HostError(AnetError):
+    """One end machine cannot be used; other hosts carry on.
+
+    `host` names the machine as the user named it, so the message reads `host: reason`.
+    """
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class NoHostError(AnetError):
+    """No host at all could run the batch."""
+
+
+class ResultFormatError(AnetError):
+    """A results stream is corrupt or not in the format it claims."""
