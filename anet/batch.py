@@ -1,0 +1,59 @@
+"""Read a batch file as the original ANet numbered it: one job per non-empty line.
+
+The file is read as bytes and lazily, line by line: a 1,000,000-line batch costs the memory of
+the jobs in flight, not of the file, and commands keep any non-UTF-8 bytes. A job's id is the
+0-based index of its line among the non-empty lines; a line of only white space counts as empty.
+A trailing CR is dropped, so a batch saved on Windows runs the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One line of the batch: `command` runs with `sh -c` on the end machine."""
+
+    id: int
+    command: bytes
+
+
+def parse_lines(lines: Iterable[bytes]) -> Iterator[Job]:
+    """Number the non-empty lines; the pure core of `read_batch`."""
+    next_id = 0
+    for line in lines:
+        command = line.rstrip(b"\n").rstrip(b"\r")
+        if command.strip():
+            yield Job(next_id, command)
+            next_id += 1
+
+
+def open_batch(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open early, so a missing or unreadable batch is a clear error before any host is touched."""
+    try:
+        if os.path.isdir(path):
+            raise UsageError(f"batch file {os.fspath(path)!r} is a directory")
+        return open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {exc.strerror}") from None
+
+
+def read_batch(stream: BinaryIO) -> Iterator[Job]:
+    """Jobs from an open binary stream, read as they are needed."""
+    return parse_lines(iter(stream.readline, b""))
+
+
+def as_jobs(commands: Iterable[str | bytes]) -> Iterator[Job]:
+    """Jobs for the API's `Cluster.run(commands)`: strings are encoded as UTF-8.
+
+    Unlike a batch file, every command counts: an empty one is a job that does nothing, so the
+    caller's list index is the job id.
+    """
+    for job_id, command in enumerate(commands):
+        yield Job(job_id, command.encode() if isinstance(command, str) else command)

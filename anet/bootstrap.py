@@ -1,0 +1,123 @@
+"""Ship the dispatcher to an end machine that has nothing but `python3`.
+
+The payload is a zip of the `dispatcher` package plus the pure-Python modules of the msgpack the
+master has installed (read from its installed location at run time, never copied into this
+repository). Python imports straight from a zip on `sys.path`, so the cache on the end machine is
+one file, named by the payload's SHA-256, in a 0700 directory: a second run sends only the stub.
+
+The stub is one line of `python3 -c`, base64 of zlib of the code below, so that no shell
+(sh, bash, zsh, fish, csh) mangles it. It writes a boot mark before anything else it says,
+because a login shell may already have printed banners on the same stdout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import shlex
+import zipfile
+import zlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import msgpack
+
+import dispatcher
+from dispatcher.protocol import BOOT_ERROR, BOOT_MARK, BOOT_NEED_PAYLOAD
+
+MIN_PYTHON = (3, 8)
+
+_STUB = """\
+import os, sys, hashlib
+o = sys.stdout.buffer
+M = %(mark)r
+def fail(msg):
+    o.write(M + %(err)r + msg.encode() + b"\\n"); o.flush(); sys.exit(3)
+if sys.version_info < %(min)r:
+    fail("python %%d.%%d is too old: anet needs %(min_text)s or newer" %% sys.version_info[:2])
+H = %(hash)r
+d = os.environ.get("ANET_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "anet")
+try:
+    os.makedirs(d, 0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    p = os.path.join(d, "dispatcher-" + H + ".zip")
+    if not os.path.isfile(p):
+        o.write(M + %(need)r + b"\\n"); o.flush()
+        i = sys.stdin.buffer
+        n = int(i.readline())
+        b = i.read(n)
+        if len(b) != n or hashlib.sha256(b).hexdigest() != H:
+            fail("dispatcher payload damaged in transit")
+        t = "%%s.%%d.tmp" %% (p, os.getpid())
+        with open(t, "wb") as f:
+            f.write(b)
+        os.replace(t, p)
+except OSError as e:
+    fail("cannot use %%s: %%s" %% (d, e))
+sys.path.insert(0, p)
+from dispatcher.__main__ import main
+main(d)
+"""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The zip to ship, its hash (the cache key on the end machine), and the stub that loads it."""
+
+    data: bytes
+    sha256: str
+    code: str
+
+    def shell_command(self, python: str = "python3") -> str:
+        """The remote command line: fixed code and a hash, nothing from the user or the batch."""
+        return f"{shlex.quote(python)} -c {shlex.quote(self.code)}"
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(name in zip, file) for the dispatcher and msgpack's pure-Python modules."""
+    files: list[tuple[str, Path]] = []
+    for package in (dispatcher, msgpack):
+        root = Path(package.__file__).parent
+        files += [(f"{root.name}/{p.name}", p) for p in sorted(root.glob("*.py"))]
+    return files
+
+
+def build_zip(files: list[tuple[str, Path]]) -> bytes:
+    """A byte-for-byte reproducible zip (fixed timestamps), so the hash is a stable cache key."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, path in files:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def stub_code(sha256: str) -> str:
+    """One line of Python, safe in any shell's single quotes, that loads the cached payload."""
+    source = _STUB % {
+        "mark": BOOT_MARK,
+        "err": BOOT_ERROR,
+        "need": BOOT_NEED_PAYLOAD,
+        "min": MIN_PYTHON,
+        "min_text": "{}.{}".format(*MIN_PYTHON),
+        "hash": sha256,
+    }
+    packed = base64.b64encode(zlib.compress(source.encode(), 9)).decode()
+    return f'import base64,zlib;exec(zlib.decompress(base64.b64decode("{packed}")))'
+
+
+@cache
+def payload() -> Payload:
+    """Built once per master process: the same bytes for every host."""
+    data = build_zip(_package_files())
+    digest = hashlib.sha256(data).hexdigest()
+    return Payload(data, digest, stub_code(digest))
+
+
+def payload_message(data: bytes) -> bytes:
+    """What the master sends after the stub asked for the payload: length line, then the zip."""
+    return b"%d\n" % len(data) + data

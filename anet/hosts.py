@@ -1,0 +1,132 @@
+"""Which machines to use: host specs, hosts files, and the fallback to the local machine.
+
+A spec is GNU parallel's sshlogin form `[N/][user@]host[:port]`, so a `--sshloginfile` carries
+over unchanged: `N/` sets the job slots (default: the cores the dispatcher reports), `:` alone is
+the local machine. Everything an ssh client would read from `~/.ssh/config` (HostName, User,
+Port, IdentityFile, ProxyJump, ...) is resolved later, at connect time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+LOCAL = ":"
+LOCAL_LABEL = "local"
+
+_SPEC = re.compile(
+    r"""^(?:(?P<slots>\d+)/)?              # N/
+        (?:(?P<user>[^@\s/]+)@)?           # user@
+        (?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s/\[\]]+)  # host, or [ipv6]
+        (?::(?P<port>\d+))?$               # :port
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """One end machine as the user named it; `label` names it in output and logs."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    slots: int | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.host == LOCAL
+
+    @property
+    def label(self) -> str:
+        if self.local:
+            return LOCAL_LABEL
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.host}{port}"
+
+    def with_slots(self, slots: int | None) -> HostSpec:
+        return HostSpec(self.host, self.user, self.port, slots)
+
+
+def parse_spec(text: str) -> HostSpec:
+    """Parse one sshlogin; a malformed one is the user's mistake, named in the error."""
+    text = text.strip()
+    slots_text, sep, rest = text.partition("/")
+    if (sep and slots_text.isdigit() and rest == LOCAL) or text == LOCAL:
+        slots = int(slots_text) if sep else None
+        return HostSpec(LOCAL, slots=_check_slots(slots, text))
+    match = _SPEC.match(text)
+    if match is None:
+        raise UsageError(f"bad host spec {text!r}: expected [N/][user@]host[:port] or ':'")
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"bad host spec {text!r}: port {port} is out of range")
+    slots = int(match["slots"]) if match["slots"] else None
+    host = match["host"].strip("[]")
+    return HostSpec(host, match["user"], port, _check_slots(slots, text))
+
+
+def _check_slots(slots: int | None, text: str) -> int | None:
+    if slots is not None and slots < 1:
+        raise UsageError(f"bad host spec {text!r}: job slots must be at least 1")
+    return slots
+
+
+def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
+    """A hosts file: one spec a line; blank lines and `#` comments are skipped."""
+    specs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            specs.append(parse_spec(line))
+        except UsageError as exc:
+            raise UsageError(f"{origin}:{number}: {exc}") from None
+    return specs
+
+
+def read_hosts_file(path: str | os.PathLike[str]) -> list[HostSpec]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read hosts file {os.fspath(path)!r}: {exc.strerror}") from None
+    return parse_hosts_text(text, os.fspath(path))
+
+
+def resolve_hosts(
+    specs: Iterable[str] = (),
+    files: Iterable[str | os.PathLike[str]] = (),
+    *,
+    slots: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[HostSpec]:
+    """-S specs and -H files, else $ANET_HOSTS (a hosts file), else the local machine.
+
+    `slots` (the CLI's -j) overrides every host's own N/. Repeated hosts are merged: one
+    connection per end machine, whatever the user listed.
+    """
+    environ = os.environ if environ is None else environ
+    hosts = [parse_spec(spec) for spec in specs]
+    files = list(files)
+    if not files and not hosts and environ.get("ANET_HOSTS"):
+        files = [environ["ANET_HOSTS"]]
+    for path in files:
+        hosts += read_hosts_file(path)
+    if files and not hosts:
+        raise UsageError(f"no hosts listed in {', '.join(map(os.fspath, files))}")
+    if not hosts:
+        hosts = [HostSpec(LOCAL)]
+    if slots is not None:
+        _check_slots(slots, f"-j {slots}")
+        hosts = [host.with_slots(slots) for host in hosts]
+    unique: dict[str, HostSpec] = {}
+    for host in hosts:
+        unique.setdefault(host.label, host)
+    return list(unique.values())

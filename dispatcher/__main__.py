@@ -1,0 +1,347 @@
+"""The dispatcher: the remote event loop that runs one end machine's jobs for the master.
+
+One process per end machine, started by the bootstrap stub over the SSH channel (or as a local
+subprocess). It reads Run/Kill/Setup frames on stdin, keeps up to `slots` jobs running, and
+streams Started/Output/Exit frames on stdout. Design choices that matter:
+
+- A plain `selectors` loop, not asyncio: no child watcher threads on old Pythons, one
+  SIGCHLD wakeup fd, and every fd read as soon as it is readable.
+- Invariant 5 (no deadlock): the master's frames are always read, even while our output to the
+  master is backed up. Only the *jobs'* pipes are paused when our send buffer passes HIGH_WATER,
+  so a slow master slows the jobs down (their pipes fill) instead of growing our memory.
+- fd 1 is pointed at stderr at start, so a stray print() cannot corrupt the frame stream.
+- When the master goes away (EOF on stdin, or silence longer than `dead_after`), every job group
+  is killed before the dispatcher exits: a cut-off machine runs no orphan work.
+
+Python 3.8+, stdlib + msgpack only; imports nothing from `anet`.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from .protocol import (
+    BOOT_FRAMES,
+    BOOT_MARK,
+    OUTPUT_CHUNK,
+    PROTOCOL_VERSION,
+    STDERR,
+    Bye,
+    Exit,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Kill,
+    Message,
+    Output,
+    ProtocolError,
+    Run,
+    Setup,
+    Shutdown,
+    Started,
+    encode,
+)
+from .runner import JobProcess, kill_group, spawn
+
+HIGH_WATER = 8 << 20
+LOW_WATER = 1 << 20
+DRAIN_GRACE = 2.0
+"""Seconds to keep reading a job's pipes after its group was killed (an escapee holds them)."""
+SHUTDOWN_GRACE = 1.0
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Dispatcher:
+    """The loop's state; methods are the event handlers."""
+
+    def __init__(self, proto_in: int, proto_out: int, home: str) -> None:
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.workdir = os.path.join(home, "work")
+        os.makedirs(self.workdir, 0o700, exist_ok=True)
+        self.sel = selectors.DefaultSelector()
+        self.decoder = FrameDecoder()
+        self.outbuf = bytearray()
+        self.queue: Deque[Run] = deque()
+        self.jobs: Dict[int, JobProcess] = {}
+        self.free_slots: List[int] = []
+        self.setup: Optional[Setup] = None
+        self.env = dict(os.environ)
+        self.paused = False
+        self.writing = False
+        self.running = True
+        self.last_heard = time.monotonic()
+        self.next_heartbeat = float("inf")
+        self.sigchld_r, self.sigchld_w = os.pipe()
+        for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
+            os.set_blocking(fd, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.sigchld_w)
+        self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
+        self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        os.write(self.proto_out, BOOT_MARK + BOOT_FRAMES)  # tiny: fits any empty pipe
+        hello = Hello(
+            PROTOCOL_VERSION,
+            socket.gethostname(),
+            _cores(),
+            "%d.%d.%d" % sys.version_info[:3],
+            _load(),
+            os.getpid(),
+            self.workdir,
+        )
+        self.send(hello)
+        while self.running:
+            self.flush()
+            for key, _ in self.sel.select(self.timeout()):
+                callback: Callable[[int], None] = key.data
+                callback(key.fd)
+                if not self.running:
+                    break
+            self.on_timers(time.monotonic())
+        self.terminate_all()
+        self.send(Bye())
+        self.flush_blocking()
+
+    def timeout(self) -> float:
+        deadlines = [self.next_heartbeat]
+        if self.setup is not None and self.setup.dead_after > 0:
+            deadlines.append(self.last_heard + self.setup.dead_after)
+        for job in self.jobs.values():
+            deadlines.extend(t for t in (job.kill_at, job.drain_until) if t is not None)
+        return min(max(0.0, min(deadlines) - time.monotonic()), 60.0)
+
+    def on_timers(self, now: float) -> None:
+        if now >= self.next_heartbeat and self.setup is not None:
+            self.send(Heartbeat(_load()))
+            self.next_heartbeat = now + self.setup.heartbeat
+        if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
+            self.running = False  # the master is frozen or cut off: stop everything
+        for job in list(self.jobs.values()):
+            if job.kill_at is not None and now >= job.kill_at:
+                job.kill_at = None
+                kill_group(job.pid, signal.SIGKILL)
+            if job.drain_until is not None and now >= job.drain_until:
+                for fd in list(job.pipes):
+                    self.close_job_fd(job, fd)
+                self.maybe_finish(job)
+
+    # -- frames from the master -------------------------------------------------------------
+
+    def on_master_input(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            self.running = False  # master gone: EOF or a broken connection
+            return
+        self.last_heard = time.monotonic()
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            sys.stderr.write("anet dispatcher: %s\n" % exc)
+            self.running = False
+            return
+        for msg in messages:
+            self.handle(msg)
+        self.start_queued()
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, Run):
+            self.queue.append(msg)
+        elif isinstance(msg, Kill):
+            self.kill(msg)
+        elif isinstance(msg, Setup):
+            self.setup = msg
+            self.free_slots = list(range(1, msg.slots + 1))
+            self.env["ANET_HOST"] = msg.host_label
+            self.next_heartbeat = time.monotonic() + msg.heartbeat
+        elif isinstance(msg, Shutdown):
+            self.running = False
+        # Heartbeat: receiving it already refreshed last_heard.
+
+    def kill(self, msg: Kill) -> None:
+        for queued in self.queue:
+            if queued.aid == msg.aid:
+                self.queue.remove(queued)
+                self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
+                return
+        job = self.jobs.get(msg.aid)
+        if job is not None and not job.exited:
+            kill_group(job.pid, signal.SIGTERM)
+            job.kill_at = time.monotonic() + msg.grace
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def start_queued(self) -> None:
+        if self.setup is None:
+            return
+        cwd = self.setup.cwd or self.workdir
+        while self.queue and self.free_slots:
+            run = self.queue.popleft()
+            slot = heapq.heappop(self.free_slots)
+            try:
+                job = spawn(run, slot, cwd, self.env)
+            except OSError as exc:
+                heapq.heappush(self.free_slots, slot)
+                message = "anet: cannot start job %d: %s\n" % (run.job, exc)
+                self.send(Output(run.aid, STDERR, message.encode()))
+                self.send(Exit(run.aid, 127, None, 0.0, 0.0, 0))
+                continue
+            self.jobs[run.aid] = job
+            if not self.paused:
+                self.watch_job(job)
+            self.send(Started(run.aid, job.pid, slot))
+
+    def watch_job(self, job: JobProcess) -> None:
+        for fd in job.pipes:
+            self.sel.register(fd, selectors.EVENT_READ, self.job_reader(job))
+
+    def job_reader(self, job: JobProcess) -> Callable[[int], None]:
+        def on_output(fd: int) -> None:
+            try:
+                data = os.read(fd, OUTPUT_CHUNK)
+            except BlockingIOError:
+                return
+            if data:
+                self.send(Output(job.aid, job.pipes[fd], data))
+                return
+            self.close_job_fd(job, fd)
+            self.maybe_finish(job)
+
+        return on_output
+
+    def close_job_fd(self, job: JobProcess, fd: int) -> None:
+        if not self.paused:
+            self.sel.unregister(fd)
+        job.close_pipe(fd)
+
+    def on_sigchld(self, fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        for job in list(self.jobs.values()):
+            if not job.exited and job.try_reap():
+                if job.pipes:
+                    job.drain_until = time.monotonic() + DRAIN_GRACE
+                self.maybe_finish(job)
+
+    def maybe_finish(self, job: JobProcess) -> None:
+        """An attempt is over once its shell is reaped and both pipes hit EOF (output complete)."""
+        if not job.exited or job.pipes or job.aid not in self.jobs:
+            return
+        del self.jobs[job.aid]
+        heapq.heappush(self.free_slots, job.slot)
+        self.send(job.exit_message())
+        self.start_queued()
+
+    def terminate_all(self) -> None:
+        """TERM every job group, KILL what is left after a grace period, reap everything."""
+        self.queue.clear()
+        for job in self.jobs.values():
+            kill_group(job.pid, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while time.monotonic() < deadline and not all(j.try_reap() for j in self.jobs.values()):
+            time.sleep(0.01)
+        for job in self.jobs.values():
+            kill_group(job.pid, signal.SIGKILL)
+            while not job.try_reap():
+                time.sleep(0.005)
+            for fd in list(job.pipes):
+                self.close_job_fd(job, fd)
+
+    # -- frames to the master ---------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        self.outbuf += encode(msg)
+        if len(self.outbuf) > HIGH_WATER and not self.paused:
+            self.set_paused(True)
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop (or resume) reading job pipes: back-pressure from the master to the jobs."""
+        self.paused = paused
+        for job in self.jobs.values():
+            if paused:
+                for fd in job.pipes:
+                    self.sel.unregister(fd)
+            else:
+                self.watch_job(job)
+
+    def flush(self, _fd: Any = None) -> None:
+        if self.outbuf:
+            try:
+                written = os.write(self.proto_out, self.outbuf)
+                del self.outbuf[:written]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    raise
+                self.outbuf.clear()
+                self.running = False
+        if self.paused and len(self.outbuf) < LOW_WATER:
+            self.set_paused(False)
+        want_write = bool(self.outbuf)
+        if want_write != self.writing:
+            if want_write:
+                self.sel.register(self.proto_out, selectors.EVENT_WRITE, self.flush)
+            else:
+                self.sel.unregister(self.proto_out)
+            self.writing = want_write
+
+    def flush_blocking(self) -> None:
+        try:
+            os.set_blocking(self.proto_out, True)
+            while self.outbuf:
+                del self.outbuf[: os.write(self.proto_out, self.outbuf)]
+        except OSError:
+            pass  # the master is gone; nobody is left to tell
+
+
+def _take_protocol_fds() -> tuple:
+    """Move the protocol off fds 0/1, so nothing else (print, a job) can read or write them."""
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return proto_in, proto_out
+
+
+def main(home: Optional[str] = None) -> None:
+    home = home or os.environ.get("ANET_HOME") or os.path.expanduser("~/.cache/anet")
+    proto_in, proto_out = _take_protocol_fds()
+    Dispatcher(proto_in, proto_out, home).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The master <-> dispatcher wire protocol, sans I/O: bytes in, typed messages out, and back.
+
+Both sides import this one module, so they cannot disagree on the format. It does no I/O and
+knows nothing of asyncio: the master pumps it from asyncssh streams, the dispatcher from a
+`selectors` loop, and the tests feed it one byte at a time.
+
+A session on the wire (docs/protocol.md has the full specification):
+
+    noise from the login shell ...      (ignored: banners, MOTD, `echo` in .bashrc)
+    BOOT_MARK + b"N\\n"                  stub: "send me the payload" (only on a cache miss)
+    BOOT_MARK + b"F"                     dispatcher: frames follow, starting with Hello
+    frame frame frame ...               each: 4-byte big-endian length + msgpack array
+
+`BOOT_MARK + b"E"` + one line instead of `F` reports a fatal start-up error (python too old,
+payload corrupted). A frame's body is `[type_code, field, field, ...]` in the field order of its
+message class below. This file must stay Python 3.8 compatible and import only the stdlib and
+msgpack: it runs on the end machines.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+BOOT_MARK = b"\x00\x1bANET\x1b"
+BOOT_NEED_PAYLOAD = b"N"
+BOOT_FRAMES = b"F"
+BOOT_ERROR = b"E"
+
+MAX_FRAME = 1 << 20
+"""Largest frame body either side accepts; a bigger length prefix means a corrupt stream."""
+
+OUTPUT_CHUNK = 256 * 1024
+"""Job output travels in chunks of at most this size, so one frame never holds a whole output."""
+
+STDOUT = 1
+STDERR = 2
+
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """Root of protocol errors."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame or message."""
+
+
+# Message types. Field order is the wire order: append new fields at the end only.
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
+
+    CODE = 1
+    version: int
+    hostname: str
+    cores: int
+    python: str
+    load: float
+    pid: int
+    workdir: str
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Master -> dispatcher, answer to Hello: how to run this host's jobs.
+
+    `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
+    the master for that many seconds (a frozen master or a silent network partition).
+    """
+
+    CODE = 2
+    slots: int
+    host_label: str
+    cwd: str
+    heartbeat: float
+    dead_after: float
+
+
+@dataclass(frozen=True)
+class Run:
+    """Master -> dispatcher: run `command` with `sh -c` once a slot is free.
+
+    `aid` (attempt id) is unique within the master's run: every later frame about this attempt
+    carries it, so output from a killed or superseded copy can be told apart and dropped.
+    """
+
+    CODE = 3
+    aid: int
+    job: int
+    command: bytes
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Started:
+    """Dispatcher -> master: the attempt got a slot and a process (queued runs wait for one)."""
+
+    CODE = 4
+    aid: int
+    pid: int
+    slot: int
+
+
+@dataclass(frozen=True)
+class Output:
+    """Dispatcher -> master: one chunk (<= OUTPUT_CHUNK bytes) of a job's stdout or stderr."""
+
+    CODE = 5
+    aid: int
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Dispatcher -> master: the attempt ended; all its Output frames came before this one.
+
+    Exactly one of `code` and `signal` is set. `duration` is wall seconds from start to exit,
+    measured on the end machine; `cpu` is user + system seconds of the whole job.
+    """
+
+    CODE = 6
+    aid: int
+    code: Optional[int]
+    signal: Optional[int]
+    duration: float
+    cpu: float
+    maxrss_kb: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
+
+    CODE = 7
+    aid: int
+    grace: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
+
+    CODE = 8
+    load: float
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Master -> dispatcher: kill every job, answer Bye, exit."""
+
+    CODE = 9
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Dispatcher -> master: every job group is dead; the dispatcher exits after this frame."""
+
+    CODE = 10
+
+
+Message = Union[Hello, Setup, Run, Started, Output, Exit, Kill, Heartbeat, Shutdown, Bye]
+
+_CLASSES: Tuple[Type[Any], ...] = (
+    Hello,
+    Setup,
+    Run,
+    Started,
+    Output,
+    Exit,
+    Kill,
+    Heartbeat,
+    Shutdown,
+    Bye,
+)
+_BY_CODE: Dict[int, Type[Any]] = {cls.CODE: cls for cls in _CLASSES}
+_FIELDS: Dict[int, Tuple[str, ...]] = {
+    cls.CODE: tuple(f.name for f in fields(cls)) for cls in _CLASSES
+}
+_ARITY: Dict[int, int] = {code: len(names) for code, names in _FIELDS.items()}
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode(msg: Message) -> bytes:
+    """One frame: length prefix + msgpack `[code, *fields]`."""
+    code = getattr(type(msg), "CODE", None)
+    if code not in _BY_CODE:
+        raise LocalProtocolError("not a protocol message: %r" % (msg,))
+    body = _packer.pack([code] + [getattr(msg, name) for name in _FIELDS[code]])
+    if len(body) > MAX_FRAME:
+        raise LocalProtocolError("frame of %d bytes exceeds MAX_FRAME" % len(body))
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Message:
+    """Turn one frame body into its message, or say exactly why it is not one."""
+    try:
+        items = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise RemoteProtocolError("undecodable frame body: %s" % exc) from None
+    if not isinstance(items, list) or not items or not isinstance(items[0], int):
+        raise RemoteProtocolError("frame body is not [code, ...]")
+    code, args = items[0], items[1:]
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        raise RemoteProtocolError("unknown message code %d" % code)
+    if len(args) != _ARITY[code]:
+        raise RemoteProtocolError(
+            "%s takes %d fields, got %d" % (cls.__name__, _ARITY[code], len(args))
+        )
+    return cls(*args)
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields complete messages; a partial frame waits for more bytes."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max_frame = max_frame
+
+    def feed(self, data: bytes) -> List[Message]:
+        """Add received bytes; return every message they complete, in order."""
+        buf = self._buf
+        buf += data
+        out: List[Message] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _HEADER.unpack_from(buf, pos)
+            if length > self._max_frame:
+                raise RemoteProtocolError(
+                    "frame length %d exceeds the maximum %d: corrupt stream"
+                    % (length, self._max_frame)
+                )
+            if end - pos - 4 < length:
+                break
+            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + length])))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held back; non-zero at EOF means a frame was cut."""
+        return len(self._buf)
+
+
+def find_boot_mark(data: Union[bytes, bytearray]) -> Optional[Tuple[bytes, int]]:
+    """Locate the boot mark in start-up output: (kind byte, offset after it), or None yet."""
+    at = data.find(BOOT_MARK)
+    if at < 0 or len(data) < at + len(BOOT_MARK) + 1:
+        return None
+    kind_at = at + len(BOOT_MARK)
+    return bytes(data[kind_at : kind_at + 1]), kind_at + 1

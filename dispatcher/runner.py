@@ -1,0 +1,114 @@
+"""Start one job attempt in its own process group, reap it, kill its whole group.
+
+A job is `sh -c COMMAND` with stdin from /dev/null and stdout/stderr on pipes. It gets its own
+session (and so its own process group, pgid == pid) so that one `killpg` reaches everything it
+started, pipelines and background children included. When the job's shell exits, whatever it
+left running in its group is killed too: a batch job must not outlive its result.
+
+Runs on the end machines: Python 3.8+, stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from typing import IO, Dict, Optional
+
+from .protocol import STDERR, STDOUT, Exit, Run
+
+
+class JobProcess:
+    """One running attempt: its process, its open output pipes, and how it ended."""
+
+    def __init__(self, run: Run, slot: int, proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+        self.aid = run.aid
+        self.slot = slot
+        self.proc = proc
+        self.pid = proc.pid
+        self.started = time.monotonic()
+        self.pipes: Dict[int, int] = {}  # fd -> STDOUT / STDERR, while still open
+        self._files: Dict[int, IO[bytes]] = {}  # closing the file, not the fd, avoids double close
+        assert proc.stdout is not None and proc.stderr is not None
+        for stream, pipe in ((STDOUT, proc.stdout), (STDERR, proc.stderr)):
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self.pipes[fd] = stream
+            self._files[fd] = pipe
+        self.status: Optional[int] = None  # raw wait status once reaped
+        self.duration = 0.0
+        self.cpu = 0.0
+        self.maxrss_kb = 0
+        self.kill_at: Optional[float] = None  # when a TERM escalates to KILL
+        self.drain_until: Optional[float] = None  # give up on pipes held open by escapees
+
+    @property
+    def exited(self) -> bool:
+        return self.status is not None
+
+    def try_reap(self) -> bool:
+        """Reap the job if its shell has exited; kill its group's leftovers first.
+
+        `WNOWAIT` lets us see the exit without releasing the pid, so the group id cannot be
+        recycled by an unrelated process between our look and our `killpg`.
+        """
+        if self.status is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+        if info is None:
+            return False
+        kill_group(self.pid, signal.SIGKILL)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.status = status
+        # Reaped here: tell Popen, so it never waits on a pid that may belong to someone else.
+        self.proc.returncode = (
+            -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        )
+        self.duration = time.monotonic() - self.started
+        self.cpu = usage.ru_utime + usage.ru_stime
+        self.maxrss_kb = usage.ru_maxrss
+        return True
+
+    def exit_message(self) -> Exit:
+        status = self.status if self.status is not None else 0
+        if os.WIFSIGNALED(status):
+            code, sig = None, os.WTERMSIG(status)
+        else:
+            code, sig = os.WEXITSTATUS(status), None
+        return Exit(self.aid, code, sig, self.duration, self.cpu, self.maxrss_kb)
+
+    def close_pipe(self, fd: int) -> None:
+        self.pipes.pop(fd, None)
+        pipe = self._files.pop(fd, None)
+        if pipe is not None:
+            pipe.close()
+
+
+def spawn(run: Run, slot: int, cwd: str, env: Dict[str, str]) -> JobProcess:
+    """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report."""
+    job_env = dict(env)
+    job_env.update(run.env)
+    job_env["ANET_JOB_ID"] = str(run.job)
+    job_env["ANET_SLOT"] = str(slot)
+    proc = subprocess.Popen(
+        [b"/bin/sh", b"-c", run.command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=job_env,
+        start_new_session=True,
+        close_fds=True,
+    )
+    return JobProcess(run, slot, proc)
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    """Signal a whole job group; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
