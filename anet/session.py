@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from dispatcher.protocol import (
     BOOT_ERROR,
     BOOT_FRAMES,
@@ -37,6 +39,8 @@ from .bootstrap import Payload, payload_message
 from .connect import Connector
 from .errors import HostError
 from .hosts import HostSpec
+
+log = structlog.get_logger("anet")
 
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
@@ -212,6 +216,8 @@ class HostSession:
                     line = bytes(seen[end:]).split(b"\n", 1)[0]
                 raise HostError(self.label, line.decode(errors="replace"))
             if kind == BOOT_NEED_PAYLOAD:
+                size = len(self._payload.data)
+                log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
                 channel.stdin.write(payload_message(self._payload.data))
                 await channel.stdin.drain()
                 del seen[:end]

@@ -1,0 +1,43 @@
+"""anet: run a batch of shell commands on every core of the machines you can reach over SSH.
+
+The library comes first and the `anet` command is a thin layer over it:
+
+    import anet
+
+    async with anet.Cluster(["node1", "8/bob@node2:2222"]) as cluster:
+        async for result in cluster.run(["echo 1", "echo 2"]):
+            ...
+
+`anet.results.read(stream)` reads anet's output streams back into `JobResult` records.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import results
+from .api import Cluster, HostState
+from .batch import Job, read_batch
+from .connect import SshOptions
+from .errors import AnetError, HostError, NoHostError, ResultFormatError, UsageError
+from .hosts import HostSpec, parse_spec, resolve_hosts
+from .record import JobResult
+
+__all__ = [
+    "AnetError",
+    "Cluster",
+    "HostError",
+    "HostSpec",
+    "HostState",
+    "Job",
+    "JobResult",
+    "NoHostError",
+    "ResultFormatError",
+    "SshOptions",
+    "UsageError",
+    "__version__",
+    "parse_spec",
+    "read_batch",
+    "resolve_hosts",
+    "results",
+]

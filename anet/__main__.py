@@ -1,0 +1,5 @@
+"""`python -m anet` is the `anet` command."""
+
+from .cli import main
+
+main()
