@@ -37,6 +37,8 @@ log = structlog.get_logger("anet")
 RESULT_QUEUE = 64
 """Finished results waiting for the consumer; beyond it, hosts' channels stop being read."""
 SHUTDOWN_TIMEOUT = 5.0
+KEEPALIVE = 15.0
+"""Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
 
 
 @dataclass(slots=True)
@@ -69,11 +71,13 @@ class Cluster:
         *,
         ssh: SshOptions | None = None,
         cwd: str | None = None,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
         self.hosts = {spec.label: HostState(spec) for spec in specs}
         self._connector = Connector(ssh or SshOptions())
         self._local_cwd = cwd if cwd is not None else os.getcwd()
+        self._keepalive = keepalive
         self._payload: Payload = payload()
         self._sessions: dict[str, HostSession] = {}
         self._tasks: asyncio.TaskGroup | None = None
@@ -130,7 +134,9 @@ class Cluster:
     def _new_session(self, spec: HostSpec) -> HostSession:
         opener = open_local if spec.local else partial(open_ssh, self._connector, spec)
         cwd = self._local_cwd if spec.local else ""
-        config = SessionConfig(spec.slots, cwd)
+        config = SessionConfig(
+            spec.slots, cwd, heartbeat=self._keepalive / 5, dead_after=self._keepalive
+        )
         return HostSession(spec, opener, self._payload, self._on_message, config)
 
     async def _host_life(self, state: HostState, session: HostSession) -> None:

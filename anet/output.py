@@ -9,6 +9,7 @@ directly: the kernel does not make those wait for a reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from typing import BinaryIO, Protocol
@@ -58,10 +59,8 @@ class _PipeOutput:
             raise OutputClosed("the output was closed by its reader (broken pipe)") from None
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await self._writer.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         self._writer.close()
         os.set_blocking(self._fd, True)  # the shell may share this pipe after we exit
 

@@ -26,6 +26,7 @@ from dispatcher.protocol import (
     PROTOCOL_VERSION,
     Bye,
     FrameDecoder,
+    Heartbeat,
     Hello,
     Message,
     ProtocolError,
@@ -156,6 +157,7 @@ class HostSession:
         error: HostError | None = None
         async with asyncio.TaskGroup() as tasks:
             stderr = tasks.create_task(self._collect_stderr(self._channel.stderr))
+            heartbeat = tasks.create_task(self._heartbeat())
             try:
                 await self._serve(self._channel, ready)
             except HostError as exc:
@@ -163,6 +165,7 @@ class HostSession:
             finally:
                 self._channel.close()
                 stderr.cancel()
+                heartbeat.cancel()
         if error is not None:
             raise error
 
@@ -262,6 +265,13 @@ class HostSession:
             self.closing = True
             with contextlib.suppress(OSError, RuntimeError, AttributeError):
                 self._channel.stdin.write_eof()
+
+    async def _heartbeat(self) -> None:
+        """Proof of life for the dispatcher, which gives up after `dead_after` of silence."""
+        while True:
+            await asyncio.sleep(self._config.heartbeat)
+            if self.hello is not None:
+                self.send(Heartbeat(0.0))
 
     async def _collect_stderr(self, stderr: Reader) -> None:
         """Keep the last lines the remote side wrote on stderr, to explain a failure."""

@@ -247,3 +247,28 @@ def test_local_machine_is_the_default_host(tmp_path):
     assert sorted(r.id for r in records) == list(range(30))
     for r in records:
         assert r.stdout == f"local {r.id}\n{tmp_path}\n".encode()
+
+
+def test_jump_host_is_connected_once_and_shared(make_cluster, tmp_path):
+    own = make_cluster(4)
+    jump = own["host1"]
+    config = tmp_path / "jump_config"
+    config.write_text(
+        "".join(
+            f"Host behind{i}\n    HostName {h.address}\n    Port {h.port}\n    ProxyJump host1\n"
+            f"    User {h.user}\n    IdentityFile {own.client_key}\n"
+            f"    UserKnownHostsFile {own.known_hosts}\n"
+            for i, h in enumerate(own.hosts[1:], 2)
+        )
+        + own.ssh_config.read_text()
+    )
+    batch = write_batch(tmp_path, [f"echo {i}" for i in range(60)])
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(config), "--format", "msgpack"]
+    argv += ["-S", "behind2", "-S", "behind3", "-S", "behind4", str(batch)]
+    done = subprocess.run(argv, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = decode(done.stdout)
+    assert sorted(r.id for r in records) == list(range(60))
+    assert {r.host for r in records} == {"behind2", "behind3", "behind4"}
+    assert jump.accepted_connections() == 1  # not one per end host
+    assert [h.accepted_connections() for h in own.hosts[1:]] == [1, 1, 1]

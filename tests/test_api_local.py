@@ -1,0 +1,69 @@
+"""The public async API on the local machine: the same dispatcher, over pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anet
+from anet.batch import Job
+
+
+async def collect(cluster: anet.Cluster, commands) -> list[anet.JobResult]:
+    return [r async for r in cluster.run(commands)]
+
+
+def test_run_yields_each_result_once_with_its_id(tmp_path):
+    async def main():
+        async with anet.Cluster([":"], cwd=str(tmp_path)) as cluster:
+            return await collect(cluster, [f"echo {i}; exit $(({i} % 3 == 0))" for i in range(50)])
+
+    results = asyncio.run(main())
+    assert sorted(r.id for r in results) == list(range(50))
+    for r in results:
+        assert r.stdout == f"{r.id}\n".encode()
+        assert r.ok is (r.id % 3 != 0)
+        assert r.exit_code == (0 if r.ok else 1)
+        assert r.host == "local"
+
+
+def test_jobs_and_bytes_commands_are_accepted():
+    async def main():
+        async with anet.Cluster() as cluster:
+            first = await collect(cluster, [Job(7, b"printf '\\377'")])
+            second = await collect(cluster, [b"printf x"])
+            return first, second
+
+    first, second = asyncio.run(main())
+    assert [(r.id, r.stdout) for r in first] == [(7, b"\xff")]
+    assert [(r.id, r.stdout) for r in second] == [(0, b"x")]
+
+
+def test_a_killed_job_reports_its_signal():
+    async def main():
+        async with anet.Cluster() as cluster:
+            return await collect(cluster, ["kill -9 $$"])
+
+    (result,) = asyncio.run(main())
+    assert not result.ok and result.signal == 9 and result.exit_code is None
+
+
+def test_heartbeats_keep_a_long_job_alive_past_the_keepalive_bound():
+    """The dispatcher kills everything after `keepalive` of silence: the master must talk."""
+
+    async def main():
+        async with anet.Cluster(keepalive=1.0) as cluster:
+            return await collect(cluster, ["sleep 3; echo survived"])
+
+    start = time.monotonic()
+    (result,) = asyncio.run(main())
+    assert result.ok and result.stdout == b"survived\n"
+    assert time.monotonic() - start >= 3
+
+
+def test_empty_run_needs_no_host():
+    async def main():
+        async with anet.Cluster(["127.0.0.1:1"]) as cluster:
+            return await collect(cluster, [])
+
+    assert asyncio.run(main()) == []
