@@ -45,20 +45,37 @@ class _DirectOutput:
 
 
 class _PipeOutput:
+    """Results written in this loop iteration go out in one write(2) at its end.
+
+    Many results often finish together (one read from a host carries many Exit frames); one
+    syscall for all of them is the difference at thousands of jobs per second. `drain` still
+    makes the caller wait while the reader lags, so memory stays bounded.
+    """
+
     def __init__(self, writer: asyncio.StreamWriter, fd: int) -> None:
         self._writer = writer
         self._fd = fd
+        self._pending: list[bytes] = []
+
+    def _push(self) -> None:
+        data, self._pending = b"".join(self._pending), []
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
     async def write(self, data: bytes) -> None:
         if self._writer.is_closing():
             raise OutputClosed("the output was closed by its reader (broken pipe)")
-        self._writer.write(data)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._push)
+        self._pending.append(data)
         try:
             await self._writer.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise OutputClosed("the output was closed by its reader (broken pipe)") from None
 
     async def close(self) -> None:
+        if self._pending:
+            self._push()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await self._writer.drain()
         self._writer.close()

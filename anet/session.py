@@ -141,10 +141,10 @@ class HostSession:
         self.slots = 0
         self.closing = False
 
-    def send(self, msg: Message) -> None:
-        """Queue a frame; asyncssh and asyncio buffer it, the dispatcher always reads."""
+    def send(self, *messages: Message) -> None:
+        """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
-            self._channel.stdin.write(encode(msg))
+            self._channel.stdin.write(b"".join(map(encode, messages)))
 
     async def run(self, ready: Callable[[HostSession], None]) -> None:
         """The whole life of the host; returns at EOF, raises HostError on any failure."""
