@@ -1,0 +1,61 @@
+"""Shared fixtures: real OpenSSH sshd hosts on loopback (see sshd_hosts.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+
+import pytest
+from sshd_hosts import SshdCluster, leftover_processes
+
+ClusterFactory = Callable[..., SshdCluster]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdCluster]:
+    """Four ordinary hosts shared by the whole session; never stop or freeze them in a test
+    (use ``make_cluster``), or every later test would see a broken host."""
+    with SshdCluster(tmp_path_factory.mktemp("cluster"), 4) as shared:
+        yield shared
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Factory for a test's own hosts, ``make_cluster(n, noisy={1}, extra_config=[...])``;
+    every cluster it made is closed after the test, even if the test failed."""
+    made: list[SshdCluster] = []
+
+    def make(
+        n: int = 1, *, noisy: Collection[int] = frozenset(), extra_config: Collection[str] = ()
+    ) -> SshdCluster:
+        new = SshdCluster(
+            tmp_path / f"cluster{len(made)}", n, noisy=noisy, extra_config=list(extra_config)
+        )
+        made.append(new)
+        new.start()
+        return new
+
+    yield make
+    errors = []
+    for each in reversed(made):
+        try:
+            each.close()
+        except Exception as exc:  # close them all before reporting
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
+    """Fail the test if, 3 s after it ends, any shared host still runs something it started.
+
+    The leftovers are then killed (by restarting the host) so one leak fails one test only.
+    """
+    yield
+    left = leftover_processes(cluster.hosts, grace=3.0)
+    for name in left:
+        cluster[name].stop()
+        cluster[name].start()
+    if left:
+        pytest.fail(f"processes left running on the test hosts: {left}")
