@@ -25,8 +25,9 @@ from .batch import open_batch, read_batch
 from .connect import SshOptions
 from .errors import AnetError
 from .hosts import resolve_hosts
-from .output import open_output
-from .sinks import FORMATS, encoder_for
+from .output import ResultOutput, open_output
+from .record import JobResult
+from .sinks import FORMATS, Encoder, encoder_for
 
 log = structlog.get_logger("anet")
 
@@ -77,13 +78,23 @@ async def program(args: RunArgs, env: Environment) -> int:
             async with Cluster(hosts, ssh=SshOptions(config=args.ssh_config)) as cluster:
                 async for result in cluster.run(read_batch(batch)):
                     total += 1
-                    failed += not result.ok
-                    await output.write(encoder.encode(result))
+                    failed += not await _emit(output, encoder, result)
         finally:
             await output.close()
     if failed:
         log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
     return min(failed, ExitStatus.MAX_FAILED)
+
+
+async def _emit(output: ResultOutput, encoder: Encoder, result: JobResult) -> bool:
+    """Write one result; False when the job failed or its result cannot be written."""
+    try:
+        data = encoder.encode(result)
+    except ValueError as exc:  # e.g. over the format's record size limit
+        log.error(f"job {result.id}: cannot write its result as {encoder.name}: {exc}")
+        return False
+    await output.write(data)
+    return result.ok
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:

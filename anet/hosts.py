@@ -19,13 +19,14 @@ from .errors import UsageError
 LOCAL = ":"
 LOCAL_LABEL = "local"
 
+_DIGITS = re.compile(r"[0-9]+")
 _SPEC = re.compile(
     r"""^(?:(?P<slots>\d+)/)?              # N/
         (?:(?P<user>[^@\s/]+)@)?           # user@
         (?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s/\[\]]+)  # host, or [ipv6]
         (?::(?P<port>\d+))?$               # :port
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 
 
@@ -47,8 +48,9 @@ class HostSpec:
         if self.local:
             return LOCAL_LABEL
         user = f"{self.user}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
         port = f":{self.port}" if self.port else ""
-        return f"{user}{self.host}{port}"
+        return f"{user}{host}{port}"
 
     def with_slots(self, slots: int | None) -> HostSpec:
         return HostSpec(self.host, self.user, self.port, slots)
@@ -58,7 +60,7 @@ def parse_spec(text: str) -> HostSpec:
     """Parse one sshlogin; a malformed one is the user's mistake, named in the error."""
     text = text.strip()
     slots_text, sep, rest = text.partition("/")
-    if (sep and slots_text.isdigit() and rest == LOCAL) or text == LOCAL:
+    if (sep and _DIGITS.fullmatch(slots_text) and rest == LOCAL) or text == LOCAL:
         slots = int(slots_text) if sep else None
         return HostSpec(LOCAL, slots=_check_slots(slots, text))
     match = _SPEC.match(text)

@@ -62,7 +62,11 @@ class Scheduler:
 
     def host_ready(self, name: str, slots: int, lookahead: int | None = None) -> None:
         extra = default_lookahead(slots) if lookahead is None else lookahead
-        self._hosts[name] = _Host(name, slots, slots + extra)
+        known = self._hosts.get(name)
+        if known is not None:  # announced again: new size, same attempts in flight
+            known.slots, known.capacity = slots, slots + extra
+        else:
+            self._hosts[name] = _Host(name, slots, slots + extra)
 
     def host_lost(self, name: str) -> list[Attempt]:
         """Forget the host; its attempts go back to the queue, first in line. Returns them."""
