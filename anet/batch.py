@@ -28,7 +28,7 @@ def parse_lines(lines: Iterable[bytes]) -> Iterator[Job]:
     """Number the non-empty lines; the pure core of `read_batch`."""
     next_id = 0
     for line in lines:
-        command = line.rstrip(b"\n").rstrip(b"\r")
+        command = line.removesuffix(b"\n").removesuffix(b"\r")
         if command.strip():
             yield Job(next_id, command)
             next_id += 1
@@ -41,7 +41,8 @@ def open_batch(path: str | os.PathLike[str]) -> BinaryIO:
             raise UsageError(f"batch file {os.fspath(path)!r} is a directory")
         return open(path, "rb")
     except OSError as exc:
-        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {exc.strerror}") from None
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {reason}") from None
 
 
 def read_batch(stream: BinaryIO) -> Iterator[Job]:

@@ -113,7 +113,7 @@ class Dispatcher:
             "%d.%d.%d" % sys.version_info[:3],
             _load(),
             os.getpid(),
-            self.workdir,
+            self.workdir.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
         )
         self.send(hello)
         while self.running:

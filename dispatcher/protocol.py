@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import msgpack
 
@@ -191,15 +191,42 @@ _FIELDS: Dict[int, Tuple[str, ...]] = {
 }
 _ARITY: Dict[int, int] = {code: len(names) for code, names in _FIELDS.items()}
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_env(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+_CHECKS: Dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": lambda v: isinstance(v, float) or _is_int(v),
+    "str": lambda v: isinstance(v, str),
+    "bytes": lambda v: isinstance(v, bytes),
+    "Optional[int]": lambda v: v is None or _is_int(v),
+    "Dict[str, str]": _is_env,
+}
+"""Field checks by annotation text, so the message classes above stay the only definition."""
+_FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {
+    cls.CODE: tuple((f.name, _CHECKS[str(f.type)]) for f in fields(cls)) for cls in _CLASSES
+}
+
 _packer = msgpack.Packer(use_bin_type=True)
 
 
 def encode(msg: Message) -> bytes:
     """One frame: length prefix + msgpack `[code, *fields]`."""
     code = getattr(type(msg), "CODE", None)
-    if code not in _BY_CODE:
+    if _BY_CODE.get(code) is not type(msg):
         raise LocalProtocolError("not a protocol message: %r" % (msg,))
-    body = _packer.pack([code] + [getattr(msg, name) for name in _FIELDS[code]])
+    try:
+        body = _packer.pack([code] + [getattr(msg, name) for name in _FIELDS[code]])
+    except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+        raise LocalProtocolError("cannot encode %s: %s" % (type(msg).__name__, exc)) from None
     if len(body) > MAX_FRAME:
         raise LocalProtocolError("frame of %d bytes exceeds MAX_FRAME" % len(body))
     return _HEADER.pack(len(body)) + body
@@ -221,6 +248,9 @@ def decode_body(body: bytes) -> Message:
         raise RemoteProtocolError(
             "%s takes %d fields, got %d" % (cls.__name__, _ARITY[code], len(args))
         )
+    for (name, check), value in zip(_FIELD_CHECKS[code], args):
+        if not check(value):
+            raise RemoteProtocolError("%s.%s has a bad value: %r" % (cls.__name__, name, value))
     return cls(*args)
 
 

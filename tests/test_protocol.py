@@ -1,0 +1,421 @@
+"""dispatcher.protocol, sans I/O: every message survives the wire, however the bytes are cut."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from dispatcher.protocol import (
+    _CLASSES,
+    BOOT_ERROR,
+    BOOT_FRAMES,
+    BOOT_MARK,
+    BOOT_NEED_PAYLOAD,
+    MAX_FRAME,
+    OUTPUT_CHUNK,
+    PROTOCOL_VERSION,
+    STDERR,
+    STDOUT,
+    Bye,
+    Exit,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Kill,
+    LocalProtocolError,
+    Output,
+    RemoteProtocolError,
+    Run,
+    Setup,
+    Shutdown,
+    Started,
+    decode_body,
+    encode,
+    find_boot_mark,
+)
+
+# -- strategies ------------------------------------------------------------------------------
+
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # all msgpack carries
+counts = st.integers(min_value=0, max_value=2**32)
+floats = st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check, not the wire
+texts = st.text()  # hypothesis leaves out lone surrogates, which UTF-8 cannot carry
+blobs = st.one_of(
+    st.binary(),
+    st.just(b""),
+    st.just(b"\xff\xfe\x80 not utf-8 \xc3"),
+    st.binary(min_size=1).map(lambda b: b"\xff" + b),  # never valid UTF-8
+)
+envs = st.dictionaries(texts, texts, max_size=8)
+
+hellos = st.builds(Hello, ints, texts, counts, texts, floats, ints, texts)
+setups = st.builds(Setup, counts, texts, texts, floats, floats)
+runs = st.builds(Run, ints, ints, blobs, envs)
+starteds = st.builds(Started, ints, ints, counts)
+outputs = st.builds(Output, ints, st.sampled_from([STDOUT, STDERR]), blobs)
+exits = st.builds(
+    lambda aid, status, duration, cpu, rss: Exit(aid, *status, duration, cpu, rss),
+    ints,
+    st.one_of(st.tuples(ints, st.none()), st.tuples(st.none(), st.integers(1, 64))),
+    floats,
+    floats,
+    counts,
+)
+kills = st.builds(Kill, ints, floats)
+heartbeats = st.builds(Heartbeat, floats)
+messages = st.one_of(
+    hellos,
+    setups,
+    runs,
+    starteds,
+    outputs,
+    exits,
+    kills,
+    heartbeats,
+    st.just(Shutdown()),
+    st.just(Bye()),
+)
+
+
+def frame(body: bytes) -> bytes:
+    """A frame with a correct length prefix around any body, valid or not."""
+    return struct.pack(">I", len(body)) + body
+
+
+def feed_all(decoder: FrameDecoder, chunks: list[bytes]) -> list[Any]:
+    out: list[Any] = []
+    for chunk in chunks:
+        out += decoder.feed(chunk)
+    return out
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """Split `data` at the given offsets (any order, duplicates allowed: empty chunks)."""
+    edges = [0, *sorted(p % (len(data) + 1) for p in points), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [hellos, setups, runs, starteds, outputs, exits, kills, heartbeats],
+    ids=["Hello", "Setup", "Run", "Started", "Output", "Exit", "Kill", "Heartbeat"],
+)
+@given(data=st.data())
+def test_every_message_type_round_trips(strategy: st.SearchStrategy[Any], data: st.DataObject):
+    msg = data.draw(strategy)
+    decoder = FrameDecoder()
+    (back,) = decoder.feed(encode(msg))
+    assert back == msg
+    assert type(back) is type(msg)
+    assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("msg", [Shutdown(), Bye()])
+def test_field_less_messages_round_trip(msg: Any):
+    assert FrameDecoder().feed(encode(msg)) == [msg]
+
+
+@given(command=blobs, data=blobs, env=envs)
+@example(command=b"", data=b"", env={})
+@example(command=b"\xff\xfe", data=b"\x80\x00\xc3", env={"K": "", "": "v", "Ü": "\x00"})
+def test_bytes_fields_stay_bytes_and_env_stays_a_dict(command: bytes, data: bytes, env: dict):
+    """Binary fields must come back as `bytes` (not str, not bytes decoded with errors)."""
+    run, out = FrameDecoder().feed(encode(Run(7, 3, command, env)) + encode(Output(7, 1, data)))
+    assert type(run.command) is bytes
+    assert run.command == command
+    assert run.env == env
+    assert type(out.data) is bytes
+    assert out.data == data
+
+
+def test_run_env_defaults_to_empty_dict():
+    (back,) = FrameDecoder().feed(encode(Run(1, 2, b"true")))
+    assert back.env == {}
+
+
+def test_hello_carries_the_protocol_version():
+    hello = Hello(PROTOCOL_VERSION, "h", 4, "3.11.2", 0.5, 123, "/tmp/w")
+    (back,) = FrameDecoder().feed(encode(hello))
+    assert back.version == PROTOCOL_VERSION
+
+
+# -- streams cut anywhere ----------------------------------------------------------------------
+
+
+@given(st.lists(messages, max_size=12))
+def test_stream_fed_one_byte_at_a_time_yields_every_message_in_order(msgs: list[Any]):
+    stream = b"".join(encode(m) for m in msgs)
+    decoder = FrameDecoder()
+    got = feed_all(decoder, [stream[i : i + 1] for i in range(len(stream))])
+    assert got == msgs
+    assert decoder.pending == 0
+
+
+@given(st.lists(messages, max_size=12), st.lists(st.integers(min_value=0), max_size=30))
+def test_stream_split_at_random_points_yields_every_message_in_order(
+    msgs: list[Any], points: list[int]
+):
+    stream = b"".join(encode(m) for m in msgs)
+    decoder = FrameDecoder()
+    assert feed_all(decoder, cut(stream, points)) == msgs
+    assert decoder.pending == 0
+
+
+@given(messages, st.data())
+def test_pending_counts_the_bytes_of_a_cut_frame(msg: Any, data: st.DataObject):
+    wire = encode(msg)
+    k = data.draw(st.integers(min_value=1, max_value=len(wire) - 1), label="cut at")
+    decoder = FrameDecoder()
+    assert decoder.feed(wire[:k]) == []
+    assert decoder.pending == k  # non-zero at EOF: the peer cut a frame
+    assert decoder.feed(wire[k:]) == [msg]
+    assert decoder.pending == 0
+
+
+def test_pending_is_zero_after_whole_frames_and_keeps_a_following_partial():
+    first, second = encode(Heartbeat(0.25)), encode(Kill(5, 1.5))
+    decoder = FrameDecoder()
+    assert decoder.feed(first + second[:3]) == [Heartbeat(0.25)]
+    assert decoder.pending == 3
+
+
+# -- corrupt input from the peer -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [MAX_FRAME + 1, 2**32 - 1])
+def test_oversized_length_prefix_raises_without_waiting_for_the_body(length: int):
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        FrameDecoder().feed(struct.pack(">I", length))
+
+
+def test_oversized_length_prefix_after_a_good_frame_raises():
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().feed(encode(Bye()) + struct.pack(">I", MAX_FRAME + 1))
+
+
+def test_length_prefix_of_exactly_max_frame_is_accepted_and_waits():
+    decoder = FrameDecoder()
+    assert decoder.feed(struct.pack(">I", MAX_FRAME)) == []
+    assert decoder.pending == 4
+
+
+def test_custom_max_frame_is_enforced():
+    decoder = FrameDecoder(max_frame=8)
+    body = msgpack.packb([Heartbeat.CODE, 0.5])
+    assert len(body) > 8
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(frame(body))
+
+
+_GARBAGE = {
+    "empty body": b"",
+    "reserved msgpack byte": b"\xc1",
+    "truncated array": b"\x92\x08",
+    "trailing bytes": msgpack.packb([Heartbeat.CODE, 0.5]) + b"\x00",
+    "a map": msgpack.packb({"code": 8}),
+    "an int": msgpack.packb(8),
+    "a string": msgpack.packb("hello"),
+    "bytes": msgpack.packb(b"\x08"),
+    "empty list": msgpack.packb([]),
+    "code is a str": msgpack.packb(["8", 0.5]),
+    "code is a float": msgpack.packb([8.0, 0.5]),
+    "code is None": msgpack.packb([None]),
+    "unknown code 0": msgpack.packb([0]),
+    "unknown code 11": msgpack.packb([11]),
+    "unknown code -1": msgpack.packb([-1, 1]),
+    "unknown huge code": msgpack.packb([2**64 - 1]),
+}
+
+
+@pytest.mark.parametrize("body", list(_GARBAGE.values()), ids=list(_GARBAGE))
+def test_garbage_body_raises_remote_protocol_error(body: bytes):
+    with pytest.raises(RemoteProtocolError):
+        decode_body(body)
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().feed(frame(body))
+
+
+def _arity(cls: type) -> int:
+    return len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("cls", "n"),
+    [
+        (cls, _arity(cls) + delta)
+        for cls in _CLASSES
+        for delta in (-1, +1, +5)
+        if _arity(cls) + delta >= 0
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else f"{v} fields",
+)
+def test_wrong_arity_raises_remote_protocol_error(cls: type, n: int):
+    with pytest.raises(RemoteProtocolError, match=cls.__name__):
+        decode_body(msgpack.packb([cls.CODE, *[0] * n]))  # type: ignore[attr-defined]
+
+
+@given(st.binary(max_size=64))
+def test_random_bytes_as_body_never_raise_anything_but_remote_protocol_error(body: bytes):
+    with contextlib.suppress(RemoteProtocolError):
+        decode_body(body)
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | ints | floats | texts | st.binary(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(msgpack_values)
+def test_random_msgpack_values_never_raise_anything_but_remote_protocol_error(value: Any):
+    with contextlib.suppress(RemoteProtocolError):
+        decode_body(msgpack.packb(value, use_bin_type=True))
+
+
+# -- misuse by this side -----------------------------------------------------------------------
+
+
+class _NotAMessage:
+    pass
+
+
+@pytest.mark.parametrize(
+    "thing",
+    [None, 8, "Heartbeat", b"\x08", [8, 0.5], {"CODE": 8}, _NotAMessage(), Heartbeat, object()],
+    ids=repr,
+)
+def test_encoding_a_non_message_raises_local_protocol_error(thing: Any):
+    with pytest.raises(LocalProtocolError):
+        encode(thing)
+
+
+def test_encoding_a_frame_over_max_frame_raises_local_protocol_error():
+    with pytest.raises(LocalProtocolError, match="MAX_FRAME"):
+        encode(Output(1, STDOUT, b"x" * MAX_FRAME))
+
+
+@pytest.mark.parametrize("stream", [STDOUT, STDERR])
+def test_output_of_a_full_chunk_fits_in_one_frame(stream: int):
+    msg = Output(2**64 - 1, stream, b"\xff" * OUTPUT_CHUNK)  # widest aid: worst case overhead
+    wire = encode(msg)
+    assert len(wire) - 4 <= MAX_FRAME
+    assert FrameDecoder().feed(wire) == [msg]
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        # a str with a lone surrogate, e.g. a non-UTF-8 $HOME as os.environ decodes it
+        Hello(PROTOCOL_VERSION, "h", 1, "3.8.0", 0.0, 1, "/home/\udcff/work"),
+        Run(1, 2, b"true", {"LANG": "\udcff"}),
+        Started(2**64, 1, 0),  # wider than msgpack's integers
+        Output(1, STDOUT, object()),  # type: ignore[arg-type]
+    ],
+    ids=["surrogate str", "surrogate env", "int overflow", "unpackable field"],
+)
+def test_encoding_an_unencodable_field_raises_local_protocol_error(msg: Any):
+    with pytest.raises(LocalProtocolError, match=type(msg).__name__):
+        encode(msg)
+
+
+# -- the boot mark -----------------------------------------------------------------------------
+
+noise = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from(
+        [
+            b"",
+            b"Welcome to Ubuntu 22.04 LTS\r\n\r\nLast login: Mon from 10.0.0.1\r\n",
+            b"\x1b[1;32mhello from .bashrc\x1b[0m\n",
+            BOOT_MARK[:-1],  # an almost-mark in the noise must not be taken for the mark
+            BOOT_MARK[:3] + b"\n" + BOOT_MARK[:5],
+            b"\x00" * 10,
+        ]
+    ),
+)
+kinds = st.one_of(
+    st.sampled_from([BOOT_NEED_PAYLOAD, BOOT_FRAMES, BOOT_ERROR]), st.binary(min_size=1, max_size=1)
+)
+
+
+@given(noise, kinds, st.binary(max_size=50))
+def test_find_boot_mark_skips_any_login_noise(before: bytes, kind: bytes, after: bytes):
+    assume(BOOT_MARK not in before)
+    data = before + BOOT_MARK + kind + after
+    assert find_boot_mark(data) == (kind, len(before) + len(BOOT_MARK) + 1)
+    assert find_boot_mark(bytearray(data)) == (kind, len(before) + len(BOOT_MARK) + 1)
+
+
+@given(noise, st.integers(min_value=0, max_value=len(BOOT_MARK)))
+def test_find_boot_mark_returns_none_while_mark_or_kind_is_incomplete(before: bytes, k: int):
+    assume(BOOT_MARK not in before)
+    assert find_boot_mark(before + BOOT_MARK[:k]) is None  # k == len: the kind byte is missing
+
+
+def test_find_boot_mark_returns_none_without_a_mark():
+    assert find_boot_mark(b"") is None
+    assert find_boot_mark(bytearray()) is None
+    assert find_boot_mark(b"Last login: yesterday\n") is None
+
+
+@given(noise, kinds, st.binary(max_size=20), st.lists(st.integers(min_value=0), max_size=8))
+def test_find_boot_mark_across_chunks_as_the_reader_accumulates(
+    before: bytes, kind: bytes, after: bytes, points: list[int]
+):
+    """The session appends each read to a buffer and looks again: the mark (or its kind byte)
+    split between two reads is found as soon as, and not before, its last byte arrived."""
+    assume(BOOT_MARK not in before)
+    data = before + BOOT_MARK + kind + after
+    end = len(before) + len(BOOT_MARK) + 1
+    seen = bytearray()
+    for chunk in cut(data, points):
+        seen += chunk
+        found = find_boot_mark(seen)
+        if len(seen) < end:
+            assert found is None
+        else:
+            assert found == (kind, end)
+            assert bytes(seen[found[1] :]) == data[end : len(seen)]
+
+
+@pytest.mark.parametrize("split", range(1, len(BOOT_MARK) + 1))
+def test_find_boot_mark_split_at_every_offset_of_the_mark(split: int):
+    data = b"motd\n" + BOOT_MARK + BOOT_FRAMES + b"\x00\x00"
+    first, second = data[: 5 + split], data[5 + split :]
+    assert find_boot_mark(first) is None
+    assert find_boot_mark(first + second) == (BOOT_FRAMES, 5 + len(BOOT_MARK) + 1)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [5, 1, 1, "text instead of bytes"],
+        [5, True, 1, b"x"],  # a bool is not an aid
+        [6, 1, "0", None, 0.1, 0.0, 0],
+        [3, 1, 2, b"cmd", {"K": 1}],
+        [3, 1, 2, b"cmd", ["not", "a", "dict"]],
+        [1, 1, "h", 2, "3.8", "load", 1, "/w"],
+    ],
+)
+def test_fields_of_the_wrong_type_are_a_remote_protocol_error(items):
+    with pytest.raises(RemoteProtocolError, match="bad value"):
+        decode_body(msgpack.packb(items, use_bin_type=True))
+
+
+def test_a_lookalike_class_with_a_message_code_is_not_a_message():
+    class FakeOutput:
+        CODE = Output.CODE
+
+    with pytest.raises(LocalProtocolError):
+        encode(FakeOutput())  # type: ignore[arg-type]
