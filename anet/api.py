@@ -12,17 +12,18 @@ back. Leaving it shuts every dispatcher down, which kills any job still running 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from types import TracebackType
 
 import structlog
 
 from dispatcher.protocol import STDOUT, Exit, Message, Output, Run
 
+from .backoff import Backoff
 from .batch import Job, as_jobs
 from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
@@ -30,7 +31,8 @@ from .errors import HostError, NoHostError
 from .hosts import HostSpec, parse_spec
 from .record import JobResult
 from .scheduler import Scheduler
-from .session import HostSession, SessionConfig, open_local, open_ssh
+from .session import HostSession, SessionConfig
+from .transport import LocalTransport, SshTransport
 
 log = structlog.get_logger("anet")
 
@@ -56,10 +58,13 @@ class HostState:
     """What the cluster knows of one host, for progress displays and summaries."""
 
     spec: HostSpec
-    state: str = "connecting"
+    state: str = "connecting"  # connecting, ready, backing off, failed, closed
     error: str | None = None
     slots: int = 0
     done: int = 0
+    failures: int = 0
+    ever_ready: bool = False
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 class Cluster:
@@ -83,6 +88,8 @@ class Cluster:
         self._tasks: asyncio.TaskGroup | None = None
         self._host_tasks: list[asyncio.Task[None]] = []
         self._dispatch_scheduled = False
+        self._closing = asyncio.Event()
+        self._stuck_reported = False
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
         self._results: asyncio.Queue[JobResult | _Done | BaseException] = asyncio.Queue(
@@ -117,45 +124,78 @@ class Cluster:
 
     async def _shutdown(self) -> None:
         """Every dispatcher kills its jobs and says Bye; a silent one is cut off after a bound."""
+        self._closing.set()
         for session in self._sessions.values():
             await session.shutdown()
-        try:
-            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                while self._sessions:
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            log.warning("some dispatchers did not stop in time", hosts=sorted(self._sessions))
-        for state in self.hosts.values():
-            if state.state == "connecting":
-                state.state = "cancelled"
+        pending = [task for task in self._host_tasks if not task.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT)
+            if late:
+                log.warning(f"{len(late)} host(s) did not stop in time; cutting them off")
         await self._connector.close()
 
     # -- host lives -------------------------------------------------------------------------
 
     def _new_session(self, spec: HostSpec) -> HostSession:
-        opener = open_local if spec.local else partial(open_ssh, self._connector, spec)
         cwd = self._local_cwd if spec.local else ""
         config = SessionConfig(
             spec.slots, cwd, heartbeat=self._keepalive / 5, dead_after=self._keepalive
         )
-        return HostSession(spec, opener, self._payload, self._on_message, config)
+        return HostSession(spec, self._payload, self._on_message, config)
 
     async def _host_life(self, state: HostState, session: HostSession) -> None:
-        """Owns one host's session; a host failure is logged and becomes an event, never a crash."""
+        """Keep one host serving until the cluster closes: a failure is an event, never a crash.
+
+        A dead dispatcher is restarted over the same connection; a lost connection is opened
+        again after a jittered, growing delay; an error only the user can fix gives the host up.
+        """
         spec = state.spec
+        transport = LocalTransport() if spec.local else SshTransport(self._connector, spec)
         try:
-            await session.run(self._on_ready)
-            state.state = "closed"
-        except HostError as exc:
-            state.state, state.error = "failed", exc.reason
-            log.error(str(exc), host=exc.host, reason=exc.reason)
+            while not self._closing.is_set():
+                try:
+                    if not transport.connected:
+                        state.state = "connecting"
+                        await transport.connect()
+                    await session.run(transport, self._on_ready)
+                    error = HostError(spec.label, "the dispatcher exited")
+                except HostError as exc:
+                    error = exc
+                finally:
+                    await self._on_host_gone(state)
+                if self._closing.is_set():
+                    return
+                if not await self._after_failure(state, error):
+                    return
+                delay = state.backoff.next_delay()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._closing.wait()
         finally:
-            del self._sessions[spec.label]
-            await self._on_host_gone(state)
+            transport.close()
+            state.state = "failed" if state.state == "failed" else "closed"
+
+    async def _after_failure(self, state: HostState, error: HostError) -> bool:
+        """Record and report a host failure; False when the host is given up for good."""
+        if error.permanent:
+            state.state, state.error = "failed", error.reason
+            log.error(str(error), host=error.host, reason=error.reason)
+            await self._check_stuck()
+            return False
+        was_ready = state.state == "ready"
+        state.failures += 1
+        if was_ready or error.reason != state.error:  # once per change, not once per try
+            log.warning(f"{error}; retrying", host=error.host, reason=error.reason)
+        state.state, state.error = "backing off", error.reason
+        await self._check_stuck()
+        return True
 
     def _on_ready(self, session: HostSession) -> None:
         state = self.hosts[session.label]
-        state.state, state.slots = "ready", session.slots
+        if state.failures and state.ever_ready:
+            log.warning(f"{session.label}: back, {session.slots} slots", host=session.label)
+        state.state, state.slots, state.ever_ready = "ready", session.slots, True
+        state.backoff.reset()
         assert session.hello is not None
         log.info(
             f"{session.label}: ready, {session.slots} slots",
@@ -176,17 +216,30 @@ class Cluster:
             self._outputs.pop(attempt.aid, None)
             log.info(f"job {attempt.job.id} goes back to the queue", host=state.spec.label)
         self._dispatch()
-        await self._check_stuck()
 
     async def _check_stuck(self) -> None:
-        """No host left alive or coming, and work remains: the run cannot finish."""
+        """Fail the run when no host can ever take its work.
+
+        That is when every host was given up, or when none has ever worked and each has failed
+        at least once (a typo in every host name must not hang). Hosts that worked before and
+        are now unreachable are waited for: the user sees the warnings and may press Ctrl-C.
+        """
         scheduler = self._scheduler
-        if scheduler is None or scheduler.finished or self._sessions:
+        if scheduler is None or scheduler.finished or self._stuck_reported:
             return
-        failed = [s for s in self.hosts.values() if s.state == "failed"]
-        reasons = "; ".join(f"{s.spec.label}: {s.error}" for s in failed[:3])
+        hosts = list(self.hosts.values())
+        if any(h.state == "ready" for h in hosts):
+            return
+        given_up = all(h.state == "failed" for h in hosts)
+        never_worked = not any(h.ever_ready for h in hosts) and all(
+            h.failures or h.state == "failed" for h in hosts
+        )
+        if not (given_up or never_worked):
+            return
+        self._stuck_reported = True
+        reasons = "; ".join(f"{h.spec.label}: {h.error}" for h in hosts[:3] if h.error)
         await self._results.put(
-            NoHostError(f"no usable host left ({reasons})" if reasons else "no usable host left")
+            NoHostError(f"no usable host ({reasons})" if reasons else "no usable host")
         )
 
     # -- frames -----------------------------------------------------------------------------
@@ -270,9 +323,9 @@ class Cluster:
         jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
         scheduler = self._scheduler = Scheduler(jobs)
         try:
-            for label, session in self._sessions.items():
-                if session.hello is not None and not session.closing:
-                    scheduler.host_ready(label, session.slots)
+            for label, state in self.hosts.items():
+                if state.state == "ready":
+                    scheduler.host_ready(label, state.slots)
             self._dispatch()
             if scheduler.finished:
                 return

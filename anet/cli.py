@@ -20,7 +20,7 @@ import click
 import structlog
 
 from . import __version__, logs
-from .api import Cluster
+from .api import KEEPALIVE, Cluster
 from .batch import open_batch, read_batch
 from .connect import SshOptions
 from .errors import AnetError
@@ -64,6 +64,7 @@ class RunArgs:
     slots: int | None = None
     ssh_config: Path | None = None
     format: str | None = None
+    keepalive: float = KEEPALIVE
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -75,7 +76,8 @@ async def program(args: RunArgs, env: Environment) -> int:
         output = await open_output(env.stdout)
         try:
             await output.write(encoder.header)
-            async with Cluster(hosts, ssh=SshOptions(config=args.ssh_config)) as cluster:
+            ssh = SshOptions(config=args.ssh_config, keepalive=args.keepalive / 3)
+            async with Cluster(hosts, ssh=ssh, keepalive=args.keepalive) as cluster:
                 async for result in cluster.run(read_batch(batch)):
                     total += 1
                     failed += not await _emit(output, encoder, result)
@@ -142,6 +144,10 @@ Examples:
     "--format", "fmt", type=click.Choice(sorted(FORMATS)),
     help="Output on stdout. Default: anet when piped, text on a terminal.",
 )  # fmt: skip
+@click.option(
+    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
+)  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug).")
 @click.option("--log-json", is_flag=True, help="Log lines on stderr as JSON.")
 @click.version_option(__version__, prog_name="anet")
@@ -154,6 +160,7 @@ def cli(
     slots: int | None,
     ssh_config: Path | None,
     fmt: str | None,
+    keepalive: float,
     verbose: int,
     log_json: bool,
 ) -> int:
@@ -163,7 +170,7 @@ def cli(
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
     """
     logs.configure(verbose, log_json, env.stderr)
-    args = RunArgs(batch, hosts, host_files, slots, ssh_config, fmt)
+    args = RunArgs(batch, hosts, host_files, slots, ssh_config, fmt, keepalive)
     return _run_async(program(args, env))
 
 

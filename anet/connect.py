@@ -68,6 +68,11 @@ def describe_error(exc: BaseException, spec: HostSpec) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _needs_user(exc: BaseException) -> bool:
+    """Errors that no retry can fix: the user must fix keys, known_hosts or the config."""
+    return isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.PermissionDenied | ValueError)
+
+
 class Connector:
     """Opens end connections, sharing jump hosts and limiting concurrent handshakes."""
 
@@ -106,8 +111,9 @@ class Connector:
                 )
         except HostError:
             raise
-        except (OSError, asyncssh.Error, asyncssh.misc.Error, ValueError, TimeoutError) as exc:
-            raise HostError(spec.label, describe_error(exc, spec)) from exc
+        except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
+            reason = describe_error(exc, spec)
+            raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
         self._opened.append(conn)
         return conn
 
@@ -135,7 +141,8 @@ class Connector:
                 async with self._handshakes:
                     conn = await asyncssh.connect(spec.host, options=options, tunnel=conn or ())
             except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
-                raise HostError(spec.label, f"jump host: {describe_error(exc, spec)}") from exc
+                reason = f"jump host: {describe_error(exc, spec)}"
+                raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
             self._opened.append(conn)
         assert conn is not None
         return conn

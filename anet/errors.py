@@ -19,12 +19,15 @@ class HostError(AnetError):
     """One end machine cannot be used; other hosts carry on.
 
     `host` names the machine as the user named it, so the message reads `host: reason`.
+    `permanent` errors (a refused key, an unknown host key, no python3) need the user to act:
+    retrying cannot help, so the host is given up. Others (refused, timed out, lost) are retried.
     """
 
-    def __init__(self, host: str, reason: str) -> None:
+    def __init__(self, host: str, reason: str, *, permanent: bool = False) -> None:
         super().__init__(f"{host}: {reason}")
         self.host = host
         self.reason = reason
+        self.permanent = permanent
 
 
 class NoHostError(AnetError):

@@ -1,6 +1,6 @@
-"""One end machine's life on the master side: open a channel, boot the dispatcher, pump frames.
+"""One dispatcher's life on the master side: start it, boot it, pump its frames.
 
-The same code runs over an SSH channel and over a local subprocess's pipes: only `open_channel`
+The same code runs over an SSH channel and over a local subprocess's pipes: only the transport
 differs. Start-up reads past whatever a login shell prints until the boot mark, ships the payload
 when the host's cache misses it, then checks the dispatcher's Hello before any job is sent.
 Frames are handed to the owner's `on_message` and awaited one by one, so a slow consumer slows
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+import asyncssh
 import structlog
 
 from dispatcher.protocol import (
@@ -37,9 +37,9 @@ from dispatcher.protocol import (
 )
 
 from .bootstrap import Payload, payload_message
-from .connect import Connector
 from .errors import HostError
 from .hosts import HostSpec
+from .transport import Channel, Reader, Transport
 
 log = structlog.get_logger("anet")
 
@@ -47,67 +47,6 @@ MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
 BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
-
-
-class Reader(Protocol):
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-class Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def write_eof(self) -> None: ...
-
-
-@dataclass(slots=True)
-class Channel:
-    """A started dispatcher process, whatever carries it: its pipes and how to stop it."""
-
-    stdin: Writer
-    stdout: Reader
-    stderr: Reader
-    close: Callable[[], None]
-    wait: Callable[[], Awaitable[int | None]]
-
-
-async def open_local(payload: Payload) -> Channel:
-    """The local machine: the same stub, run by this Python, over pipes."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        payload.code,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin and proc.stdout and proc.stderr
-
-    def close() -> None:
-        if proc.returncode is None:
-            proc.stdin.close()  # type: ignore[union-attr]
-
-    return Channel(proc.stdin, proc.stdout, proc.stderr, close, proc.wait)
-
-
-async def open_ssh(connector: Connector, spec: HostSpec, payload: Payload) -> Channel:
-    conn = await connector.connect(spec)
-    try:
-        process = await conn.create_process(payload.shell_command(), encoding=None)
-    except Exception as exc:
-        conn.close()
-        raise HostError(spec.label, f"cannot start a session: {exc}") from exc
-
-    async def wait() -> int | None:
-        completed = await process.wait()
-        return completed.exit_status
-
-    def close() -> None:
-        process.close()
-        conn.close()
-
-    return Channel(process.stdin, process.stdout, process.stderr, close, wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,24 +58,28 @@ class SessionConfig:
 
 
 class HostSession:
-    """Boot and pump one host; every failure ends as a HostError with a one-line reason."""
+    """Boot and pump one dispatcher; every failure ends as a HostError with a one-line reason.
+
+    One HostSession serves a host for the whole run: `run()` is called again, on the same or a
+    new transport, each time the host's life loop brings a dispatcher back.
+    """
 
     def __init__(
         self,
         spec: HostSpec,
-        open_channel: Callable[[Payload], Awaitable[Channel]],
         payload: Payload,
         on_message: Callable[[HostSession, Message], Awaitable[None]],
         config: SessionConfig,
     ) -> None:
         self.spec = spec
         self.label = spec.label
-        self._open_channel = open_channel
         self._payload = payload
         self._on_message = on_message
         self._config = config
         self._channel: Channel | None = None
         self._stderr_tail: deque[str] = deque(maxlen=5)
+        self._waiting_since: float | None = None
+        self._silence: str | None = None
         self.hello: Hello | None = None
         self.slots = 0
         self.closing = False
@@ -146,26 +89,32 @@ class HostSession:
         if self._channel is not None and not self.closing:
             self._channel.stdin.write(b"".join(map(encode, messages)))
 
-    async def run(self, ready: Callable[[HostSession], None]) -> None:
-        """The whole life of the host; returns at EOF, raises HostError on any failure."""
+    async def run(self, transport: Transport, ready: Callable[[HostSession], None]) -> None:
+        """One dispatcher's life; returns after its Bye, raises HostError on any failure."""
+        self.hello, self.closing, self._silence = None, False, None
+        self._stderr_tail.clear()
         try:
-            self._channel = await self._open_channel(self._payload)
+            self._channel = await transport.start(self._payload)
         except HostError:
             raise
         except OSError as exc:
             raise HostError(self.label, f"cannot start the dispatcher: {exc}") from exc
         error: HostError | None = None
         async with asyncio.TaskGroup() as tasks:
-            stderr = tasks.create_task(self._collect_stderr(self._channel.stderr))
-            heartbeat = tasks.create_task(self._heartbeat())
+            helpers = [
+                tasks.create_task(self._collect_stderr(self._channel.stderr)),
+                tasks.create_task(self._heartbeat()),
+                tasks.create_task(self._watchdog(self._channel, transport)),
+            ]
             try:
                 await self._serve(self._channel, ready)
             except HostError as exc:
                 error = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
                 self._channel.close()
-                stderr.cancel()
-                heartbeat.cancel()
+                self._channel = None
+                for helper in helpers:
+                    helper.cancel()
         if error is not None:
             raise error
 
@@ -176,7 +125,7 @@ class HostSession:
                 rest = await self._boot(channel)
                 messages = decoder.feed(rest)
                 while not messages:
-                    data = await channel.stdout.read(READ_SIZE)
+                    data = await self._read(channel)
                     if not data:
                         raise await self._died("the dispatcher exited during start-up")
                     messages = decoder.feed(data)
@@ -201,7 +150,7 @@ class HostSession:
                     raise HostError(
                         self.label, "the login shell printed over 1 MiB before anet could start"
                     )
-                data = await channel.stdout.read(READ_SIZE)
+                data = await self._read(channel)
                 if not data:
                     raise await self._died("cannot start python3")
                 seen += data
@@ -212,12 +161,12 @@ class HostSession:
             if kind == BOOT_ERROR:
                 line = bytes(seen[end:]).split(b"\n", 1)[0]
                 while b"\n" not in bytes(seen[end:]):
-                    data = await channel.stdout.read(READ_SIZE)
+                    data = await self._read(channel)
                     if not data:
                         break
                     seen += data
                     line = bytes(seen[end:]).split(b"\n", 1)[0]
-                raise HostError(self.label, line.decode(errors="replace"))
+                raise HostError(self.label, line.decode(errors="replace"), permanent=True)
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
                 log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
@@ -241,10 +190,14 @@ class HostSession:
 
     async def _pump(self, channel: Channel, decoder: FrameDecoder) -> None:
         while True:
-            data = await channel.stdout.read(READ_SIZE)
+            self._waiting_since = time.monotonic()
+            data = await self._read(channel)
+            self._waiting_since = None
             if not data:
                 if self.closing:
                     return
+                if self._silence is not None:
+                    raise HostError(self.label, self._silence)
                 raise await self._died("connection lost")
             try:
                 messages = decoder.feed(data)
@@ -273,10 +226,39 @@ class HostSession:
             if self.hello is not None:
                 self.send(Heartbeat(0.0))
 
+    async def _read(self, channel: Channel) -> bytes:
+        """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
+        try:
+            return await channel.stdout.read(READ_SIZE)
+        except (OSError, asyncssh.Error):
+            return b""
+
+    async def _watchdog(self, channel: Channel, transport: Transport) -> None:
+        """Declare the host lost after `dead_after` of silence (a frozen host, a partition).
+
+        Silence counts only while the pump is waiting to read: when the pump is held up
+        delivering results to a slow consumer, the host is not to blame.
+        """
+        bound = self._config.dead_after
+        while bound > 0:
+            await asyncio.sleep(min(1.0, bound / 4))
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > bound:
+                self._silence = f"lost: no word from the host for {bound:g}s"
+                channel.close()
+                transport.close()  # a frozen peer never answers a polite channel close
+                return
+
     async def _collect_stderr(self, stderr: Reader) -> None:
         """Keep the last lines the remote side wrote on stderr, to explain a failure."""
         pending = b""
-        while data := await stderr.read(65536):
+        while True:
+            try:
+                data = await stderr.read(65536)
+            except (OSError, asyncssh.Error):
+                data = b""  # the connection died: the pump reports that
+            if not data:
+                break
             lines = (pending + data).split(b"\n")
             pending = lines.pop()
             self._stderr_tail.extend(
@@ -297,6 +279,7 @@ class HostSession:
             await asyncio.sleep(0)  # let the stderr collector take the last lines
         said = self._stderr_tail[-1] if self._stderr_tail else ""
         if status == 127:
-            return HostError(self.label, f"python3 not found on the host ({said or 'exit 127'})")
+            reason = f"python3 not found on the host ({said or 'exit 127'})"
+            return HostError(self.label, reason, permanent=True)
         detail = f": {said}" if said else (f" (exit status {status})" if status is not None else "")
         return HostError(self.label, f"{what}{detail}")

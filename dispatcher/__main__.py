@@ -29,6 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+from .pidfiles import PidFiles
 from .protocol import (
     BOOT_FRAMES,
     BOOT_MARK,
@@ -81,6 +82,10 @@ class Dispatcher:
         self.proto_out = proto_out
         self.workdir = os.path.join(home, "work")
         os.makedirs(self.workdir, 0o700, exist_ok=True)
+        self.pidfiles = PidFiles(self.workdir)
+        orphans = self.pidfiles.kill_orphans()
+        if orphans:
+            sys.stderr.write("anet dispatcher: killed %d orphaned job group(s)\n" % orphans)
         self.sel = selectors.DefaultSelector()
         self.decoder = FrameDecoder()
         self.outbuf = bytearray()
@@ -125,6 +130,7 @@ class Dispatcher:
                     break
             self.on_timers(time.monotonic())
         self.terminate_all()
+        self.pidfiles.close()
         self.send(Bye())
         self.flush_blocking()
 
@@ -215,6 +221,7 @@ class Dispatcher:
                 self.send(Exit(run.aid, 127, None, 0.0, 0.0, 0))
                 continue
             self.jobs[run.aid] = job
+            self.pidfiles.add(job.pid)
             if not self.paused:
                 self.watch_job(job)
             self.send(Started(run.aid, job.pid, slot))
@@ -259,6 +266,7 @@ class Dispatcher:
         if not job.exited or job.pipes or job.aid not in self.jobs:
             return
         del self.jobs[job.aid]
+        self.pidfiles.remove(job.pid)
         heapq.heappush(self.free_slots, job.slot)
         self.send(job.exit_message())
         self.start_queued()

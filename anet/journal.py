@@ -1,0 +1,399 @@
+"""The durable record of a batch run, so killing the master loses no finished result (invariant 3).
+
+One SQLite file per batch: a `meta` table says which batch it belongs to (a fingerprint of the
+batch file's bytes), `results` holds every job's final `JobResult`, `attempts` logs every try.
+`anet --resume` reads it back: the ids that succeeded are skipped, their results re-emitted.
+
+Writes are group commits: `record()` only buffers, and the buffer is committed when it is full or
+when the master calls `flush()` (on a timer, and at exit). In WAL mode with `synchronous=NORMAL` a
+commit is a write to the WAL without fsync, so thousands of results per second cost a handful of
+small transactions, and a committed result survives `kill -9` of the master (the OS has the
+pages); only a power cut can take the last commits, as it would any unsynced file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager, suppress
+from dataclasses import fields
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import __version__
+from .errors import UsageError
+from .record import JobResult
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x414E4554  # "ANET" in the SQLite header: tells our journal from any database
+BATCH_SIZE = 500
+"""Results per group commit; beyond a few hundred the per-commit cost is already negligible."""
+MAX_PENDING_BYTES = 16 << 20
+"""Buffered output that forces a commit, so big outputs cannot pile up in memory (invariant 4)."""
+_READ_PAGE = 64
+"""Results per query while streaming them back: bounded memory even with large outputs."""
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY, ok INTEGER NOT NULL, exit_code INTEGER, signal INTEGER,
+    host TEXT NOT NULL, attempts INTEGER NOT NULL, duration REAL NOT NULL,
+    stdout BLOB NOT NULL, stderr BLOB NOT NULL, error TEXT
+);
+CREATE TABLE attempts (
+    job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, host TEXT NOT NULL, start REAL NOT NULL,
+    runtime REAL NOT NULL, exit_code INTEGER, signal INTEGER, bytes_out INTEGER NOT NULL
+);
+"""
+_FIELDS = [field.name for field in fields(JobResult)]  # the results columns, in this order
+_COLUMNS = ", ".join(_FIELDS)
+_AS_ROW = attrgetter(*_FIELDS)  # one C call per result: a tuple to bind, no dict, no copy
+# A success is final: a later failure for the same id (which resume never causes, since it skips
+# successes) must not erase it; any other later result replaces the earlier one.
+_UPSERT_RESULT = (
+    f"INSERT INTO results ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))}) ON CONFLICT (id)"
+    f" DO UPDATE SET ({_COLUMNS}) = ({', '.join(f'excluded.{c}' for c in _FIELDS)})"
+    " WHERE excluded.ok OR NOT results.ok"
+)
+_INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class JournalError(UsageError):
+    """The journal cannot be created, read or written; the message names its path, one line."""
+
+
+class IdSet:
+    """A set of non-negative job ids, one bit each, in 1 KiB pages allocated on first use.
+
+    A million succeeded jobs as a Python `set` of ints would cost ~40 MB; here they cost ~130 KB.
+    Paging keeps a lone large id (up to 2**32-1 and beyond) from costing a bitmap up to it.
+    """
+
+    __slots__ = ("_len", "_pages")
+    _PAGE_BITS = 1 << 13
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._pages: dict[int, bytearray] = {}
+        self._len = 0
+        for job_id in ids:
+            self.add(job_id)
+
+    def add(self, job_id: int) -> None:
+        if job_id < 0:
+            raise ValueError(f"job ids are non-negative, not {job_id}")
+        page_no, bit = divmod(job_id, self._PAGE_BITS)
+        page = self._pages.get(page_no)
+        if page is None:
+            page = self._pages[page_no] = bytearray(self._PAGE_BITS // 8)
+        mask = 1 << (bit & 7)
+        if not page[bit >> 3] & mask:
+            page[bit >> 3] |= mask
+            self._len += 1
+
+    def __contains__(self, job_id: object) -> bool:
+        if not isinstance(job_id, int) or job_id < 0:
+            return False
+        page = self._pages.get(job_id // self._PAGE_BITS)
+        bit = job_id % self._PAGE_BITS
+        return page is not None and bool(page[bit >> 3] & (1 << (bit & 7)))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[int]:
+        """Ascending ids."""
+        for page_no in sorted(self._pages):
+            base = page_no * self._PAGE_BITS
+            for index, byte in enumerate(self._pages[page_no]):
+                if byte:
+                    yield from (base + index * 8 + b for b in range(8) if byte >> b & 1)
+
+
+class JournalSummary(NamedTuple):
+    """Final results so far, for status displays."""
+
+    succeeded: int
+    failed: int
+
+
+class AttemptRecord(NamedTuple):
+    """One try of a job, as a GNU-parallel-style joblog would show it."""
+
+    job_id: int
+    attempt: int
+    host: str
+    start: float  # Unix time
+    runtime: float
+    exit_code: int | None
+    signal: int | None
+    bytes_out: int
+
+
+def fingerprint_batch(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of the batch file's bytes, read in chunks: resume must not run another batch."""
+    try:
+        with open(path, "rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
+    except OSError as exc:
+        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {_one_line(exc)}") from None
+
+
+def default_journal_path(batch_path: str | os.PathLike[str], environ: Mapping[str, str]) -> Path:
+    """`$XDG_STATE_HOME/anet/journals/<name>-<8 hex>.sqlite`: the hash of the absolute batch path
+    keeps two `batch.txt` in different directories apart; the name keeps the file recognisable."""
+    state = environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: a relative value is invalid and ignored
+        home = environ.get("HOME") or str(Path.home())
+        state = os.path.join(home, ".local", "state")
+    absolute = Path(batch_path).resolve()
+    tag = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:8]
+    return Path(state, "anet", "journals", f"{absolute.name}-{tag}.sqlite")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """`mkdir -p` with mode 0700 for every directory it creates: journals hold job outputs."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        with suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(each, 0o700)
+
+
+def _is_journal_file(path: Path) -> bool:
+    """From the SQLite header alone, so a stranger's file is never opened (or changed) by SQLite."""
+    with open(path, "rb") as stream:
+        header = stream.read(100)
+    if not header:
+        return True  # an empty file is an empty database; nothing to lose
+    app_id = int.from_bytes(header[68:72], "big") if len(header) == 100 else None
+    return header.startswith(b"SQLite format 3\x00") and app_id == APPLICATION_ID
+
+
+def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) -> None:
+    """Write a fresh journal beside `path`, then rename it over any old one.
+
+    Built in rollback-journal mode, so its header (with APPLICATION_ID) is in the main file
+    before WAL mode is switched on; the rename means a crash leaves the old journal or the new
+    one, never half of either. The old WAL and shm files go first: SQLite would replay a stale
+    WAL onto the new file.
+    """
+    if path.exists() and not _is_journal_file(path):
+        raise UsageError(f"{path} exists and is not an anet journal; remove it or choose another")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # -wal/-shm follow
+    try:
+        with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+            db.executescript(f"PRAGMA application_id = {APPLICATION_ID}; BEGIN; {_SCHEMA}")
+            meta = {
+                "fingerprint": fingerprint,
+                "batch_path": os.fspath(Path(batch_path).resolve()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "anet_version": __version__,
+                "schema_version": str(SCHEMA_VERSION),
+            }
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            db.execute("COMMIT")
+            db.execute("PRAGMA journal_mode = WAL")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class Journal:
+    """An open journal; `Journal.open` makes one. Not thread-safe: the master's loop owns it."""
+
+    def __init__(
+        self, path: Path, db: sqlite3.Connection, meta: dict[str, str], batch_size: int
+    ) -> None:
+        self.path = path
+        self.meta = meta
+        """What `open` found: fingerprint, batch_path, created, anet_version, schema_version."""
+        self._db = db
+        self._batch_size = batch_size
+        self._results: list[tuple[Any, ...]] = []
+        self._attempts: list[AttemptRecord] = []
+        self._pending_bytes = 0
+        self._broken: JournalError | None = None
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        fingerprint: str,
+        batch_path: str | os.PathLike[str],
+        *,
+        resume: bool,
+        batch_size: int = BATCH_SIZE,
+    ) -> Journal:
+        """Start a fresh journal (replacing an old one), or with `resume` reopen the existing one,
+        which must belong to the same batch file contents."""
+        path = Path(path)
+        if resume and not os.path.lexists(path):
+            raise UsageError(f"no journal to resume at {path}; run without --resume")
+        try:
+            if not resume:
+                _make_private_dirs(path.parent)
+                _create(path, fingerprint, batch_path)
+            db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot create journal {path}: {_one_line(exc)}") from None
+        try:
+            meta = _check(db, path)
+            if resume and meta.get("fingerprint") != fingerprint:
+                raise UsageError(
+                    f"the batch file changed since the journal {path} was written;"
+                    " run without --resume to start over"
+                )
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file; set again in case
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA journal_size_limit = {64 << 20}")  # shrink the WAL after bursts
+        except sqlite3.Error as exc:
+            db.close()
+            raise JournalError(f"cannot open journal {path}: {_one_line(exc)}") from None
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db, meta, batch_size)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def record(self, result: JobResult) -> None:
+        """Buffer a final result; it is durable after the next commit (see `flush`)."""
+        self._results.append(_AS_ROW(result))
+        self._pending_bytes += len(result.stdout) + len(result.stderr)
+        self._flush_if_full()
+
+    def record_attempt(self, attempt: AttemptRecord) -> None:
+        """Buffer one try of a job for the joblog; committed with the results."""
+        self._attempts.append(attempt)
+        self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
+        pending = len(self._results) + len(self._attempts)
+        if pending >= self._batch_size or self._pending_bytes >= MAX_PENDING_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything buffered in one transaction: what returns from here survives kill -9.
+
+        A failed commit (disk full, file gone read-only) leaves the journal unusable: every later
+        write raises the same one-line error, rather than pretending results are kept.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        if not self._results and not self._attempts:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(_UPSERT_RESULT, self._results)
+            self._db.executemany(_INSERT_ATTEMPT, self._attempts)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            raise self._broken from None
+        finally:
+            self._results.clear()
+            self._attempts.clear()
+            self._pending_bytes = 0
+
+    def close(self) -> None:
+        """Flush and close; idempotent. After a failed flush it only closes."""
+        if self._closed:
+            return
+        try:
+            if self._broken is None:
+                self.flush()
+        finally:
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # flushes even on Ctrl-C: results that finished are worth keeping
+
+    # -- reading (each flushes first, so it sees everything recorded) --------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        self.flush()
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read journal {self.path}: {_one_line(exc)}") from None
+
+    def succeeded_ids(self) -> IdSet:
+        """Ids of the jobs that succeeded: those `--resume` must not run again."""
+        ids = IdSet()
+        with self._reading() as db:
+            for (job_id,) in db.execute("SELECT id FROM results WHERE ok"):
+                ids.add(job_id)
+        return ids
+
+    def succeeded_results(self) -> Iterator[JobResult]:
+        """Stored successes in id order, a page at a time, so a resume can re-emit them all
+        without holding them all."""
+        query = f"SELECT {_COLUMNS} FROM results WHERE ok AND id > ? ORDER BY id LIMIT ?"
+        return (JobResult(row[0], bool(row[1]), *row[2:]) for row in self._paged(query))
+
+    def summary(self) -> JournalSummary:
+        """How many jobs have a final result, by outcome."""
+        with self._reading() as db:
+            total, succeeded = db.execute("SELECT count(*), total(ok) FROM results").fetchone()
+        return JournalSummary(int(succeeded), total - int(succeeded))
+
+    def attempts(self) -> Iterator[AttemptRecord]:
+        """Every recorded try, in the order recorded (across resumed runs too)."""
+        query = "SELECT rowid, * FROM attempts WHERE rowid > ? ORDER BY rowid LIMIT ?"
+        return (AttemptRecord(*row[1:]) for row in self._paged(query))
+
+    def _paged(self, query: str) -> Iterator[tuple[Any, ...]]:
+        """Rows of `query` (keyed on its first column) by pages of _READ_PAGE: memory stays
+        bounded, and no statement stays open between yields while the master writes."""
+        after = -1
+        while True:
+            with self._reading() as db:
+                rows = db.execute(query, (after, _READ_PAGE)).fetchall()
+            yield from rows
+            if len(rows) < _READ_PAGE:
+                return
+            after = rows[-1][0]
+
+
+def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
+    """The journal's meta, once it is sure the file is an anet journal this anet can read."""
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        meta = dict(db.execute("SELECT key, value FROM meta")) if app_id == APPLICATION_ID else {}
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "no such table", locked...
+        raise UsageError(f"{path} is not a readable anet journal: {_one_line(exc)}") from None
+    if app_id != APPLICATION_ID:
+        raise UsageError(f"{path} is not an anet journal")
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise UsageError(
+            f"journal {path} has schema version {meta.get('schema_version')}, this anet reads"
+            f" {SCHEMA_VERSION}; run without --resume to start over"
+        )
+    return meta

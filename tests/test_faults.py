@@ -1,0 +1,147 @@
+"""Real faults on real sshd hosts: the batch's output must still be complete and exact.
+
+Each test breaks a host while `anet` runs (kill -9 its dispatcher, SIGSTOP it whole, stop and
+restart its sshd) and then checks, with anet's own reader, that every job's result arrived
+exactly once and right, and that nothing is left running on any host.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sshd_hosts import SshdCluster, SshdHost, leftover_processes
+
+from anet import results
+
+N_JOBS = 48
+
+
+def start_anet(cluster: SshdCluster, batch: Path, *args: str) -> subprocess.Popen[bytes]:
+    hosts = [a for name in cluster.names for a in ("-S", name)]
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(cluster.ssh_config), *hosts]
+    return subprocess.Popen(
+        [*argv, "--format", "msgpack", *args, str(batch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class StderrWatcher:
+    """Reads anet's stderr as it comes, so a test can see *when* a line appeared."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in self._stream:
+            self.lines.append((time.monotonic(), raw.decode(errors="replace").rstrip()))
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for when, line in list(self.lines):
+                if text in line:
+                    return when
+            time.sleep(0.05)
+        raise AssertionError(f"no stderr line with {text!r} in {timeout}s: {self.lines}")
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return "\n".join(line for _, line in self.lines)
+
+
+def job_batch(tmp_path: Path, seconds: float) -> Path:
+    batch = tmp_path / "batch.txt"
+    batch.write_text("".join(f"sleep {seconds}; echo job-{i}\n" for i in range(N_JOBS)))
+    return batch
+
+
+def assert_complete(stdout: bytes) -> list:
+    records = list(results.read(io.BytesIO(stdout)))
+    assert sorted(r.id for r in records) == list(range(N_JOBS))  # each id exactly once
+    for r in records:
+        assert r.ok and r.stdout == f"job-{r.id}\n".encode(), r
+    return records
+
+
+def wait_for_jobs(host: SshdHost, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sum("sleep" in cmd for _, cmd in host.processes()) < count:
+        assert time.monotonic() < deadline, f"{host.name} never ran {count} jobs"
+        time.sleep(0.05)
+
+
+def dispatcher_pid(host: SshdHost) -> int:
+    found = [pid for pid, cmd in host.processes() if "python3" in cmd and "zlib" in cmd]
+    assert len(found) == 1, host.processes()
+    return found[0]
+
+
+def test_killed_dispatcher_restarts_over_the_same_connection(make_cluster, tmp_path):
+    own = make_cluster(2)
+    proc = start_anet(own, job_batch(tmp_path, 0.4))
+    watcher = StderrWatcher(proc)
+    wait_for_jobs(own["host1"], 1)
+    victim = own["host1"]
+    os.kill(dispatcher_pid(victim), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, watcher.text()
+    records = assert_complete(out)
+    assert "host1: " in watcher.text()  # the loss was reported...
+    assert {r.host for r in records} == {"host1", "host2"}
+    assert victim.accepted_connections() == 1  # ...and the dispatcher restarted in place
+    assert leftover_processes(own.hosts, grace=5.0) == {}  # orphans were found and killed
+
+
+def test_frozen_host_is_declared_lost_within_15_seconds(make_cluster, tmp_path):
+    own = make_cluster(2)
+    frozen = own["host2"]
+    proc = start_anet(own, job_batch(tmp_path, 1.0))
+    watcher = StderrWatcher(proc)
+    try:
+        wait_for_jobs(frozen, 1)
+        frozen.freeze()
+        froze_at = time.monotonic()
+        lost_at = watcher.wait_for("host2: lost", timeout=30)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        frozen.thaw()
+    assert lost_at - froze_at <= 16.0, f"detected after {lost_at - froze_at:.1f}s"
+    assert proc.returncode == 0, watcher.text()
+    assert_complete(out)
+    # The healed host's dispatcher heard nothing from its master for too long: it killed its
+    # jobs and left, so nothing is left over.
+    assert leftover_processes([frozen], grace=10.0) == {}
+
+
+def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
+    own = make_cluster(2)
+    flaky = own["host2"]
+    batch = tmp_path / "batch.txt"
+    batch.write_text("".join(f"sleep 0.4; echo job-{i}; date +%s.%N >&2\n" for i in range(N_JOBS)))
+    proc = start_anet(own, batch, "-j", "2")
+    watcher = StderrWatcher(proc)
+    wait_for_jobs(flaky, 1)
+    flaky.stop()
+    time.sleep(1.0)
+    flaky.start()
+    back_at = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, watcher.text()
+    records = assert_complete(out)
+    after = [r for r in records if r.host == "host2" and float(r.stderr) > back_at]
+    assert after, "host2 never got work after it came back"
+    assert "host2: back" in watcher.text()
+    assert flaky.accepted_connections() == 2
