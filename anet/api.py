@@ -28,6 +28,7 @@ from .batch import Job, as_jobs
 from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
 from .errors import HostError, NoHostError
+from .flow import ByteBoundedQueue
 from .hosts import HostSpec, parse_spec
 from .record import JobResult
 from .scheduler import Scheduler
@@ -36,8 +37,10 @@ from .transport import LocalTransport, SshTransport
 
 log = structlog.get_logger("anet")
 
-RESULT_QUEUE = 64
-"""Finished results waiting for the consumer; beyond it, hosts' channels stop being read."""
+RESULT_QUEUE = 256
+RESULT_BYTES = 64 << 20
+"""Finished results waiting for the consumer, in number and in output bytes; beyond either,
+hosts' channels stop being read and SSH flow control slows the hosts down."""
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
@@ -92,8 +95,8 @@ class Cluster:
         self._stuck_reported = False
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
-        self._results: asyncio.Queue[JobResult | _Done | BaseException] = asyncio.Queue(
-            RESULT_QUEUE
+        self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
+            RESULT_QUEUE, RESULT_BYTES
         )
 
     async def __aenter__(self) -> Cluster:
@@ -272,7 +275,7 @@ class Cluster:
         scheduler.job_done(attempt.job.id)
         self.hosts[session.label].done += 1
         self._dispatch()
-        await self._results.put(result)
+        await self._results.put(result, len(result.stdout) + len(result.stderr))
         if scheduler.finished:
             await self._results.put(_Done())
 

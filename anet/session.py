@@ -47,6 +47,8 @@ MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
 BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
+EXIT_WAIT = 3.0
+"""Seconds a dispatcher gets to kill its jobs and exit once its channel is closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +113,11 @@ class HostSession:
             except HostError as exc:
                 error = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
-                self._channel.close()
-                self._channel = None
+                channel, self._channel = self._channel, None
+                channel.close()
                 for helper in helpers:
                     helper.cancel()
+                await self._reap(channel)
         if error is not None:
             raise error
 
@@ -225,6 +228,13 @@ class HostSession:
             await asyncio.sleep(self._config.heartbeat)
             if self.hello is not None:
                 self.send(Heartbeat(0.0))
+
+    async def _reap(self, channel: Channel) -> None:
+        """Wait (briefly) for the dispatcher process to end, so no transport outlives the loop."""
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+            async with asyncio.timeout(EXIT_WAIT):
+                await channel.wait()
+        channel.kill()
 
     async def _read(self, channel: Channel) -> bytes:
         """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""

@@ -42,6 +42,7 @@ class Channel:
     stderr: Reader
     close: Callable[[], None]
     wait: Callable[[], Awaitable[int | None]]
+    kill: Callable[[], None]
 
 
 class Transport(Protocol):
@@ -79,7 +80,11 @@ class LocalTransport:
             if proc.returncode is None:
                 stdin.close()  # EOF: the dispatcher kills its jobs and exits
 
-        return Channel(stdin, proc.stdout, proc.stderr, close, proc.wait)
+        def kill() -> None:
+            if proc.returncode is None:
+                proc.kill()
+
+        return Channel(stdin, proc.stdout, proc.stderr, close, proc.wait, kill)
 
     def close(self) -> None:
         pass
@@ -114,7 +119,9 @@ class SshTransport:
             completed = await process.wait()
             return completed.exit_status
 
-        return Channel(process.stdin, process.stdout, process.stderr, process.close, wait)
+        return Channel(
+            process.stdin, process.stdout, process.stderr, process.close, wait, process.close
+        )
 
     def close(self) -> None:
         if self._conn is not None:

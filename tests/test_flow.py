@@ -1,0 +1,50 @@
+"""The byte-bounded result queue, driven by hand: no timing, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from anet.flow import ByteBoundedQueue
+
+
+def test_put_waits_when_the_bytes_are_used_up_and_resumes_after_get():
+    async def main():
+        queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=100, max_bytes=10)
+        await queue.put("a", 6)
+        blocked = asyncio.create_task(queue.put("b", 6))
+        await asyncio.sleep(0)
+        assert not blocked.done() and len(queue) == 1
+        assert await queue.get() == "a"
+        await blocked
+        return await queue.get(), queue.bytes
+
+    assert asyncio.run(main()) == ("b", 0)
+
+
+def test_put_waits_when_the_item_count_is_reached():
+    async def main():
+        queue: ByteBoundedQueue[int] = ByteBoundedQueue(max_items=2, max_bytes=1 << 30)
+        await queue.put(1)
+        await queue.put(2)
+        blocked = asyncio.create_task(queue.put(3))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        await queue.get()
+        await blocked
+        return [await queue.get(), await queue.get()]
+
+    assert asyncio.run(main()) == [2, 3]
+
+
+def test_an_item_bigger_than_the_budget_passes_an_empty_queue():
+    async def main():
+        queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=10, max_bytes=10)
+        await asyncio.wait_for(queue.put("huge", 1000), timeout=1)
+        blocked = asyncio.create_task(queue.put("next", 1))
+        await asyncio.sleep(0)
+        assert not blocked.done()  # nothing joins a queue that is already over budget
+        assert await queue.get() == "huge"
+        await blocked
+        return await queue.get()
+
+    assert asyncio.run(main()) == "next"
