@@ -93,6 +93,7 @@ class Cluster:
         self._dispatch_scheduled = False
         self._closing = asyncio.Event()
         self._stuck_reported = False
+        self._done_sent = False
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
@@ -276,8 +277,7 @@ class Cluster:
         self.hosts[session.label].done += 1
         self._dispatch()
         await self._results.put(result, len(result.stdout) + len(result.stderr))
-        if scheduler.finished:
-            await self._results.put(_Done())
+        self._check_done()
 
     def _dispatch(self) -> None:
         """Ask for a scheduling round at the end of this loop iteration.
@@ -303,6 +303,14 @@ class Cluster:
             frames.setdefault(attempt.host, []).append(run)
         for host, messages in frames.items():
             self._sessions[host].send(*messages)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """End the run once the scheduler says so; only a scheduling round may discover that
+        the batch is exhausted, so both the round and each result check."""
+        if self._scheduler is not None and self._scheduler.finished and not self._done_sent:
+            self._done_sent = True
+            self._results.put_last(_Done())
 
     # -- the public verb --------------------------------------------------------------------
 
@@ -325,6 +333,7 @@ class Cluster:
         chained = itertools.chain([first], iterator)
         jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
         scheduler = self._scheduler = Scheduler(jobs)
+        self._done_sent = False
         try:
             for label, state in self.hosts.items():
                 if state.state == "ready":

@@ -45,9 +45,16 @@ try:
     p = os.path.join(d, "dispatcher-" + H + ".zip")
     if not os.path.isfile(p):
         o.write(M + %(need)r + b"\\n"); o.flush()
-        i = sys.stdin.buffer
-        n = int(i.readline())
-        b = i.read(n)
+        def rd(k, stop=None):
+            b = b""
+            while len(b) < k and (stop is None or not b.endswith(stop)):
+                c = os.read(0, 1 if stop else k - len(b))
+                if not c:
+                    break
+                b += c
+            return b
+        n = int(rd(24, b"\\n"))
+        b = rd(n)
         if len(b) != n or hashlib.sha256(b).hexdigest() != H:
             fail("dispatcher payload damaged in transit")
         t = "%%s.%%d.tmp" %% (p, os.getpid())

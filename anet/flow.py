@@ -24,7 +24,8 @@ class ByteBoundedQueue(Generic[T]):
         self._bytes = 0
         self._max_items = max_items
         self._max_bytes = max_bytes
-        self._changed = asyncio.Condition()
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
 
     def _has_room(self, size: int) -> bool:
         if not self._items:
@@ -32,19 +33,26 @@ class ByteBoundedQueue(Generic[T]):
         return len(self._items) < self._max_items and self._bytes + size <= self._max_bytes
 
     async def put(self, item: T, size: int = 0) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._has_room(size))
-            self._items.append((item, size))
-            self._bytes += size
-            self._changed.notify_all()
+        while not self._has_room(size):
+            await _wait_in(self._putters)
+        self._append(item, size)
+
+    def put_last(self, item: T) -> None:
+        """Append a final marker now, whatever the limits: it must never wait behind them."""
+        self._append(item, 0)
 
     async def get(self) -> T:
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._items))
-            item, size = self._items.popleft()
-            self._bytes -= size
-            self._changed.notify_all()
-            return item
+        while not self._items:
+            await _wait_in(self._getters)
+        item, size = self._items.popleft()
+        self._bytes -= size
+        _wake(self._putters, every=True)  # room for one may be room for several small ones
+        return item
+
+    def _append(self, item: T, size: int) -> None:
+        self._items.append((item, size))
+        self._bytes += size
+        _wake(self._getters, every=False)
 
     @property
     def bytes(self) -> int:
@@ -52,3 +60,22 @@ class ByteBoundedQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+async def _wait_in(waiters: deque[asyncio.Future[None]]) -> None:
+    future = asyncio.get_running_loop().create_future()
+    waiters.append(future)
+    try:
+        await future
+    finally:
+        if future in waiters:  # cancelled before being woken
+            waiters.remove(future)
+
+
+def _wake(waiters: deque[asyncio.Future[None]], *, every: bool) -> None:
+    while waiters:
+        future = waiters.popleft()
+        if not future.done():
+            future.set_result(None)
+            if not every:
+                return

@@ -89,7 +89,10 @@ class HostSession:
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
-            self._channel.stdin.write(b"".join(map(encode, messages)))
+            # A dead channel is the pump's to report (it sees the EOF); here it only loses
+            # frames that the requeue of this host's attempts makes up for.
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._channel.stdin.write(b"".join(map(encode, messages)))
 
     async def run(self, transport: Transport, ready: Callable[[HostSession], None]) -> None:
         """One dispatcher's life; returns after its Bye, raises HostError on any failure."""
@@ -173,8 +176,11 @@ class HostSession:
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
                 log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
-                channel.stdin.write(payload_message(self._payload.data))
-                await channel.stdin.drain()
+                try:
+                    channel.stdin.write(payload_message(self._payload.data))
+                    await channel.stdin.drain()
+                except (OSError, asyncssh.Error):
+                    raise await self._died("the stub stopped reading its payload") from None
                 del seen[:end]
                 continue
             raise HostError(self.label, f"unexpected start-up reply {kind!r}")
@@ -217,9 +223,9 @@ class HostSession:
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
         if self._channel is not None and not self.closing:
-            self._channel.stdin.write(encode(Shutdown()))
+            self.send(Shutdown())
             self.closing = True
-            with contextlib.suppress(OSError, RuntimeError, AttributeError):
+            with contextlib.suppress(OSError, RuntimeError, AttributeError, asyncssh.Error):
                 self._channel.stdin.write_eof()
 
     async def _heartbeat(self) -> None:

@@ -48,3 +48,16 @@ def test_an_item_bigger_than_the_budget_passes_an_empty_queue():
         return await queue.get()
 
     assert asyncio.run(main()) == "next"
+
+
+def test_put_last_ignores_the_limits_and_wakes_a_waiting_get():
+    async def main():
+        queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=1, max_bytes=1)
+        await queue.put("full", 1)
+        assert await queue.get() == "full"
+        getter = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)
+        queue.put_last("done")  # from synchronous code, e.g. a loop callback
+        return await asyncio.wait_for(getter, timeout=1)
+
+    assert asyncio.run(main()) == "done"
