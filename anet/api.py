@@ -19,23 +19,22 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-import structlog
-
 from dispatcher.protocol import STDOUT, Exit, Message, Output, Run
 
 from .backoff import Backoff
-from .batch import Job, as_jobs
+from .batch import Job, as_jobs, runnable
 from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
 from .errors import HostError, NoHostError
 from .flow import ByteBoundedQueue
 from .hosts import HostSpec, parse_spec
+from .logs import get_logger
 from .record import JobResult
 from .scheduler import Scheduler
 from .session import HostSession, SessionConfig
 from .transport import LocalTransport, SshTransport
 
-log = structlog.get_logger("anet")
+log = get_logger()
 
 RESULT_QUEUE = 256
 RESULT_BYTES = 64 << 20
@@ -82,7 +81,9 @@ class Cluster:
         keepalive: float = KEEPALIVE,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
-        self.hosts = {spec.label: HostState(spec) for spec in specs}
+        self.hosts: dict[str, HostState] = {}
+        for spec in specs:  # one connection per end machine, as the first listing asks
+            self.hosts.setdefault(spec.label, HostState(spec))
         self._connector = Connector(ssh or SshOptions())
         self._local_cwd = cwd if cwd is not None else os.getcwd()
         self._keepalive = keepalive
@@ -332,7 +333,7 @@ class Cluster:
             return  # an empty batch is done before any host is needed
         chained = itertools.chain([first], iterator)
         jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
-        scheduler = self._scheduler = Scheduler(jobs)
+        scheduler = self._scheduler = Scheduler(map(runnable, jobs))
         self._done_sent = False
         try:
             for label, state in self.hosts.items():

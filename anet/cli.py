@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import click
-import structlog
 
 from . import __version__, logs
 from .api import KEEPALIVE, Cluster
@@ -25,11 +24,12 @@ from .batch import open_batch, read_batch
 from .connect import SshOptions
 from .errors import AnetError
 from .hosts import resolve_hosts
+from .logs import get_logger
 from .output import ResultOutput, open_output
 from .record import JobResult
 from .sinks import FORMATS, Encoder, encoder_for
 
-log = structlog.get_logger("anet")
+log = get_logger()
 
 
 class ExitStatus(IntEnum):

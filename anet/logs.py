@@ -2,6 +2,10 @@
 
 Messages are written to stand alone (`host1: connection refused: ...`); the key-values beside
 them are for `--log-json` and `-v`, so the default output stays one clear line per event.
+
+structlog renders, the stdlib logger named "anet" delivers. A program that uses anet as a
+library and configures nothing gets Python's default: warnings and errors on stderr, never a
+line on its stdout. The CLI calls `configure()` to choose the level and the rendering.
 """
 
 from __future__ import annotations
@@ -12,29 +16,39 @@ from typing import Any, TextIO
 
 import structlog
 
+_LOGGER = logging.getLogger("anet")
+_style = {"verbose": False, "json": False}
+_json = structlog.processors.JSONRenderer()
 
-def _plain(_logger: Any, _name: str, event: dict[str, Any]) -> str:
-    return f"anet: {event.pop('event')}"
 
-
-def _verbose(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
+    if _style["json"]:
+        return str(_json(logger, name, event))
     message = event.pop("event")
+    if not _style["verbose"]:
+        return f"anet: {message}"
     level = event.pop("level", "")
     extra = " ".join(f"{key}={value}" for key, value in event.items() if key != "timestamp")
     return f"anet: {level}: {message}" + (f"  [{extra}]" if extra else "")
 
 
-def configure(verbosity: int = 0, json: bool = False, stream: TextIO | None = None) -> None:
-    """Warnings and errors by default; -v adds progress facts, -vv debugging detail."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    renderer = structlog.processors.JSONRenderer() if json else (_verbose if verbosity else _plain)
-    structlog.configure(
+def get_logger() -> Any:
+    """The logger every anet module writes to."""
+    return structlog.wrap_logger(
+        _LOGGER,
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            _render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=False,
     )
+
+
+def configure(verbosity: int = 0, json: bool = False, stream: TextIO | None = None) -> None:
+    """Warnings and errors by default; -v adds progress facts, -vv debugging detail."""
+    _style["verbose"], _style["json"] = verbosity > 0, json
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    _LOGGER.handlers[:] = [handler]
+    _LOGGER.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    _LOGGER.propagate = False

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncssh
-import structlog
 
 from dispatcher.protocol import (
     BOOT_ERROR,
@@ -39,9 +38,10 @@ from dispatcher.protocol import (
 from .bootstrap import Payload, payload_message
 from .errors import HostError
 from .hosts import HostSpec
+from .logs import get_logger
 from .transport import Channel, Reader, Transport
 
-log = structlog.get_logger("anet")
+log = get_logger()
 
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""

@@ -214,7 +214,7 @@ class Dispatcher:
             slot = heapq.heappop(self.free_slots)
             try:
                 job = spawn(run, slot, cwd, self.env)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
                 heapq.heappush(self.free_slots, slot)
                 message = "anet: cannot start job %d: %s\n" % (run.job, exc)
                 self.send(Output(run.aid, STDERR, message.encode()))

@@ -67,3 +67,24 @@ def test_empty_run_needs_no_host():
             return await collect(cluster, [])
 
     assert asyncio.run(main()) == []
+
+
+def test_commands_that_cannot_run_fail_cleanly_instead_of_hanging():
+    async def main():
+        async with anet.Cluster() as cluster:
+            commands = [b"echo ok", b"x" * 2_000_000, b"echo a\0b"]
+            return await asyncio.wait_for(collect(cluster, commands), timeout=60)
+
+    results = {r.id: r for r in asyncio.run(main())}
+    assert results[0].ok
+    assert not results[1].ok and b"longer than" in results[1].stderr
+    assert not results[2].ok and b"NUL byte" in results[2].stderr
+
+
+def test_a_host_listed_twice_gets_one_connection():
+    async def main():
+        async with anet.Cluster([":", "4/:"]) as cluster:
+            return list(cluster.hosts.values())
+
+    (only,) = asyncio.run(main())
+    assert only.spec.slots is None  # the first listing wins, as on the command line

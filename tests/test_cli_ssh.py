@@ -138,23 +138,29 @@ def test_bad_hosts_get_one_clear_line_each_and_the_rest_finish(cluster, tmp_path
     host1 = cluster["host1"]
     empty_known_hosts = tmp_path / "empty_known_hosts"
     empty_known_hosts.write_text("")
+    wrong_key = tmp_path / "wrong_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True
+    )
     unknown_key_config.write_text(
-        cluster.ssh_config.read_text()
-        + f"\nHost stranger\n    HostName {host1.address}\n    Port {host1.port}\n"
+        f"Host stranger\n    HostName {host1.address}\n    Port {host1.port}\n"
         f"    User {host1.user}\n    IdentityFile {cluster.client_key}\n"
         f"    UserKnownHostsFile {empty_known_hosts}\n"
+        f"Host wrongkey\n    HostName {host1.address}\n    Port {host1.port}\n"
+        f"    User {host1.user}\n    IdentityFile {wrong_key}\n    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {cluster.known_hosts}\n" + cluster.ssh_config.read_text()
     )
     batch = write_batch(tmp_path, [f"echo {i}" for i in range(40)])
     argv = [sys.executable, "-m", "anet", "--ssh-config", str(unknown_key_config)]
     argv += ["-S", "host2", "-S", "127.0.0.1:1"]  # nobody listens on port 1
-    argv += ["-S", f"nobody@{host1.name}", "-S", "stranger", "--format", "msgpack", str(batch)]
+    argv += ["-S", "wrongkey", "-S", "stranger", "--format", "msgpack", str(batch)]
     done = subprocess.run(argv, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sorted(r.id for r in decode(done.stdout)) == list(range(40))
     lines = done.stderr.decode().splitlines()
     assert "Traceback" not in done.stderr.decode()
-    assert any("127.0.0.1:1: connection refused" in line for line in lines), lines
-    assert any(f"nobody@{host1.name}: authentication failed" in line for line in lines), lines
+    assert any("127.0.0.1:1: connection refused" in line and "retrying" in line for line in lines)
+    assert any("wrongkey: authentication failed" in line for line in lines), lines
     assert any("stranger: host key of" in line and "known_hosts" in line for line in lines), lines
     assert len(lines) == 3, lines
 
