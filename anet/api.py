@@ -28,6 +28,7 @@ from .connect import Connector, SshOptions
 from .errors import HostError, NoHostError
 from .flow import ByteBoundedQueue
 from .hosts import HostSpec, parse_spec
+from .journal import Journal, JournalError
 from .logs import get_logger
 from .record import JobResult
 from .scheduler import Scheduler
@@ -41,6 +42,8 @@ RESULT_BYTES = 64 << 20
 """Finished results waiting for the consumer, in number and in output bytes; beyond either,
 hosts' channels stop being read and SSH flow control slows the hosts down."""
 SHUTDOWN_TIMEOUT = 5.0
+FLUSH_INTERVAL = 0.2
+"""Seconds between journal commits: the most finished work a kill -9 of the master can lose."""
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
 
@@ -95,6 +98,7 @@ class Cluster:
         self._closing = asyncio.Event()
         self._stuck_reported = False
         self._done_sent = False
+        self._journal: Journal | None = None
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
@@ -277,6 +281,12 @@ class Cluster:
         scheduler.job_done(attempt.job.id)
         self.hosts[session.label].done += 1
         self._dispatch()
+        if self._journal is not None:
+            try:
+                self._journal.record(result)
+            except JournalError as exc:
+                await self._results.put(exc)
+                return
         await self._results.put(result, len(result.stdout) + len(result.stderr))
         self._check_done()
 
@@ -306,6 +316,15 @@ class Cluster:
             self._sessions[host].send(*messages)
         self._check_done()
 
+    async def _flush_journal(self, journal: Journal) -> None:
+        """Commit on a timer, so an idle spell never leaves finished results unwritten."""
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_INTERVAL)
+                journal.flush()
+        except JournalError as exc:
+            await self._results.put(exc)  # run() raises it, like NoHostError
+
     def _check_done(self) -> None:
         """End the run once the scheduler says so; only a scheduling round may discover that
         the batch is exhausted, so both the round and each result check."""
@@ -316,12 +335,14 @@ class Cluster:
     # -- the public verb --------------------------------------------------------------------
 
     async def run(
-        self, commands: Iterable[str | bytes] | Iterator[Job]
+        self, commands: Iterable[str | bytes] | Iterator[Job], *, journal: Journal | None = None
     ) -> AsyncIterator[JobResult]:
         """Run every command once; yield each job's final result as it finishes.
 
         `commands` is an iterable of shell commands (job id = position) or of `Job`s (e.g. from
         `anet.batch.read_batch`), consumed lazily. Raises NoHostError when no host can run them.
+        With a `journal`, every final result is recorded there before it is yielded, and
+        committed every FLUSH_INTERVAL: a kill -9 loses at most that much finished work.
         """
         if self._tasks is None:
             raise RuntimeError("use `async with Cluster(...) as cluster` before run()")
@@ -335,6 +356,8 @@ class Cluster:
         jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
         scheduler = self._scheduler = Scheduler(map(runnable, jobs))
         self._done_sent = False
+        self._journal = journal
+        flusher = self._tasks.create_task(self._flush_journal(journal)) if journal else None
         try:
             for label, state in self.hosts.items():
                 if state.state == "ready":
@@ -351,4 +374,7 @@ class Cluster:
                     raise item
                 yield item
         finally:
+            if flusher is not None:
+                flusher.cancel()  # the journal's owner makes the last commit when closing it
+            self._journal = None
             self._scheduler = None

@@ -8,9 +8,10 @@ against an `Environment` that tests can replace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -22,8 +23,9 @@ from . import __version__, logs
 from .api import KEEPALIVE, Cluster
 from .batch import open_batch, read_batch
 from .connect import SshOptions
-from .errors import AnetError
+from .errors import AnetError, UsageError
 from .hosts import resolve_hosts
+from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
 from .logs import get_logger
 from .output import ResultOutput, open_output
 from .record import JobResult
@@ -65,6 +67,10 @@ class RunArgs:
     ssh_config: Path | None = None
     format: str | None = None
     keepalive: float = KEEPALIVE
+    journal: Path | None = None
+    resume: bool = False
+    only_new: bool = False
+    no_journal: bool = False
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -72,13 +78,19 @@ async def program(args: RunArgs, env: Environment) -> int:
     hosts = resolve_hosts(args.hosts, args.host_files, slots=args.slots, environ=env.environ)
     encoder = encoder_for(args.format or ("text" if env.stdout_isatty else "anet"))
     total = failed = 0
-    with open_batch(args.batch) as batch:
+    with open_batch(args.batch) as batch, _open_journal(args, env) as journal:
+        done = journal.succeeded_ids() if journal and args.resume else IdSet()
         output = await open_output(env.stdout)
         try:
             await output.write(encoder.header)
+            if journal and args.resume and not args.only_new:
+                for result in journal.succeeded_results():  # the stream is complete on its own
+                    total += 1
+                    await _emit(output, encoder, result)
+            jobs = (job for job in read_batch(batch) if job.id not in done)
             ssh = SshOptions(config=args.ssh_config, keepalive=args.keepalive / 3)
             async with Cluster(hosts, ssh=ssh, keepalive=args.keepalive) as cluster:
-                async for result in cluster.run(read_batch(batch)):
+                async for result in cluster.run(jobs, journal=journal):
                     total += 1
                     failed += not await _emit(output, encoder, result)
         finally:
@@ -86,6 +98,29 @@ async def program(args: RunArgs, env: Environment) -> int:
     if failed:
         log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
     return min(failed, ExitStatus.MAX_FAILED)
+
+
+@contextlib.contextmanager
+def _open_journal(args: RunArgs, env: Environment) -> Iterator[Journal | None]:
+    """The run's journal; without one asked for, an unwritable default only costs a warning."""
+    if args.no_journal:
+        if args.resume:
+            raise UsageError("--resume needs the journal: drop --no-journal")
+        yield None
+        return
+    path = args.journal or default_journal_path(args.batch, env.environ)
+    fingerprint = fingerprint_batch(args.batch)
+    try:
+        journal = Journal.open(path, fingerprint, args.batch, resume=args.resume)
+    except JournalError as exc:
+        if args.resume or args.journal:
+            raise
+        log.warning(f"{exc}; running without a journal (no --resume for this run)")
+        yield None
+        return
+    with journal:
+        log.info(f"journal: {journal.path}", journal=str(journal.path))
+        yield journal
 
 
 async def _emit(output: ResultOutput, encoder: Encoder, result: JobResult) -> bool:
@@ -148,6 +183,16 @@ Examples:
     "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
+@click.option(
+    "--resume", is_flag=True,
+    help="Skip the jobs that succeeded in this batch's last run (their results come first).",
+)  # fmt: skip
+@click.option("--only-new", is_flag=True, help="With --resume: do not repeat earlier results.")
+@click.option(
+    "--journal", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="Where results are recorded for --resume. Default: under $XDG_STATE_HOME/anet.",
+)  # fmt: skip
+@click.option("--no-journal", is_flag=True, help="Record nothing; --resume is then impossible.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug).")
 @click.option("--log-json", is_flag=True, help="Log lines on stderr as JSON.")
 @click.version_option(__version__, prog_name="anet")
@@ -161,6 +206,10 @@ def cli(
     ssh_config: Path | None,
     fmt: str | None,
     keepalive: float,
+    resume: bool,
+    only_new: bool,
+    journal: Path | None,
+    no_journal: bool,
     verbose: int,
     log_json: bool,
 ) -> int:
@@ -170,7 +219,10 @@ def cli(
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
     """
     logs.configure(verbose, log_json, env.stderr)
-    args = RunArgs(batch, hosts, host_files, slots, ssh_config, fmt, keepalive)
+    args = RunArgs(
+        batch, hosts, host_files, slots, ssh_config, fmt, keepalive, journal, resume, only_new,
+        no_journal,
+    )  # fmt: skip
     return _run_async(program(args, env))
 
 

@@ -145,3 +145,46 @@ def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
     assert after, "host2 never got work after it came back"
     assert "host2: back" in watcher.text()
     assert flaky.accepted_connections() == 2
+
+
+def test_kill_9_of_the_master_then_resume_loses_nothing_and_reruns_no_success(
+    make_cluster, tmp_path
+):
+    own = make_cluster(2)
+    batch = job_batch(tmp_path, 0.3)
+    journal = tmp_path / "journal.sqlite"
+    proc = start_anet(own, batch, "--journal", str(journal))
+    assert proc.stdout is not None
+    seen = []
+    for record in results.read(proc.stdout):
+        seen.append(record)
+        if len(seen) == 10:
+            break
+    time.sleep(0.5)  # past one journal commit: those 10 are durable now
+    proc.kill()
+    proc.wait()
+    # The dispatchers saw their channels close and killed their jobs.
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+    resumed = start_anet(own, batch, "--journal", str(journal), "--resume", "--only-new")
+    new_out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    new_ids = {r.id for r in results.read(io.BytesIO(new_out))}
+    assert not new_ids & {r.id for r in seen}, "a job that had succeeded ran again"
+
+    full = start_anet(own, batch, "--journal", str(journal), "--resume")
+    out, err = full.communicate(timeout=120)
+    assert full.returncode == 0, err
+    assert_complete(out)  # earlier and new results together: every job exactly once
+
+
+def test_a_changed_batch_is_refused_on_resume(tmp_path):
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo 1\n")
+    journal = tmp_path / "journal.sqlite"
+    argv = [sys.executable, "-m", "anet", "--journal", str(journal), str(batch)]
+    assert subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
+    batch.write_text("echo 2\n")
+    again = subprocess.run([*argv[:-1], "--resume", str(batch)], capture_output=True, timeout=60)
+    assert again.returncode == 255
+    assert b"batch file changed" in again.stderr and b"Traceback" not in again.stderr
