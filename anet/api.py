@@ -38,7 +38,7 @@ from .transport import LocalTransport, SshTransport
 log = get_logger()
 
 RESULT_QUEUE = 256
-RESULT_BYTES = 64 << 20
+RESULT_BYTES = 32 << 20
 """Finished results waiting for the consumer, in number and in output bytes; beyond either,
 hosts' channels stop being read and SSH flow control slows the hosts down."""
 SHUTDOWN_TIMEOUT = 5.0

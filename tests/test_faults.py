@@ -188,3 +188,34 @@ def test_a_changed_batch_is_refused_on_resume(tmp_path):
     again = subprocess.run([*argv[:-1], "--resume", str(batch)], capture_output=True, timeout=60)
     assert again.returncode == 255
     assert b"batch file changed" in again.stderr and b"Traceback" not in again.stderr
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def test_a_slow_consumer_keeps_master_memory_bounded_and_nothing_deadlocks(make_cluster, tmp_path):
+    own = make_cluster(2)
+    batch = tmp_path / "batch.txt"
+    size, jobs = 4_000_000, 100  # 400 MB of output in all
+    batch.write_text("".join(f"head -c {size} /dev/zero; echo {i}\n" for i in range(jobs)))
+    proc = start_anet(own, batch, "--no-journal")
+    assert proc.stdout is not None
+    peak, received = 0.0, 0
+    for record in results.read(proc.stdout):
+        received += 1
+        assert record.ok and len(record.stdout) == size + len(f"{record.id}\n")
+        time.sleep(0.1)  # about 40 MB/s: far slower than the hosts produce
+        peak = max(peak, _rss_mb(proc.pid))
+    assert proc.wait(timeout=60) == 0
+    assert received == jobs
+    # Unbounded, finished results alone would reach 400 MB; the result queue holds at most
+    # 32 MiB, plus the outputs of the attempts still running and transient copies.
+    assert peak < 250, f"master peaked at {peak:.0f} MB"
