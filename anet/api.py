@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from dispatcher.protocol import STDOUT, Exit, Message, Output, Run
+from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
 from .backoff import Backoff
 from .batch import Job, as_jobs, runnable
@@ -31,7 +31,7 @@ from .hosts import HostSpec, parse_spec
 from .journal import Journal, JournalError
 from .logs import get_logger
 from .record import JobResult
-from .scheduler import Scheduler
+from .scheduler import KillReason, Scheduler, Verdict
 from .session import HostSession, SessionConfig
 from .transport import LocalTransport, SshTransport
 
@@ -42,6 +42,8 @@ RESULT_BYTES = 32 << 20
 """Finished results waiting for the consumer, in number and in output bytes; beyond either,
 hosts' channels stop being read and SSH flow control slows the hosts down."""
 SHUTDOWN_TIMEOUT = 5.0
+KILL_GRACE = 2.0
+"""Seconds between TERM and KILL for a timed-out or superseded attempt's process group."""
 FLUSH_INTERVAL = 0.2
 """Seconds between journal commits: the most finished work a kill -9 of the master can lose."""
 KEEPALIVE = 15.0
@@ -56,6 +58,19 @@ class _AttemptOutput:
 
 class _Done:
     """Marks the end of a run's results."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    """How hard to try: retries of failed jobs, a per-job timeout, speculative copies.
+
+    `timeout` is seconds, or a percentage of the median run time of successful jobs ("300%",
+    as GNU parallel's --timeout); `speculate` starts copies of stragglers on faster hosts.
+    """
+
+    retries: int = 2
+    timeout: float | str | None = None
+    speculate: bool = True
 
 
 @dataclass(slots=True)
@@ -82,6 +97,7 @@ class Cluster:
         ssh: SshOptions | None = None,
         cwd: str | None = None,
         keepalive: float = KEEPALIVE,
+        policy: RunPolicy | None = None,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
         self.hosts: dict[str, HostState] = {}
@@ -99,6 +115,8 @@ class Cluster:
         self._stuck_reported = False
         self._done_sent = False
         self._journal: Journal | None = None
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._policy = policy or RunPolicy()
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
@@ -221,9 +239,16 @@ class Cluster:
         scheduler = self._scheduler
         if scheduler is None:
             return
-        for attempt in scheduler.host_lost(state.spec.label):
+        for attempt in scheduler.host_lost(state.spec.label, now=_now()):
             self._outputs.pop(attempt.aid, None)
             log.info(f"job {attempt.job.id} goes back to the queue", host=state.spec.label)
+        for given_up in scheduler.take_abandoned():
+            log.warning(f"job {given_up.job.id}: given up: {given_up.error}")
+            result = JobResult(
+                given_up.job.id, False, None, None, given_up.host, given_up.attempts, 0.0, b"", b"",
+                error=given_up.error,
+            )  # fmt: skip
+            await self._deliver(result)
         self._dispatch()
 
     async def _check_stuck(self) -> None:
@@ -258,18 +283,31 @@ class Cluster:
             output = self._outputs.get(msg.aid)
             if output is not None:
                 (output.stdout if msg.stream == STDOUT else output.stderr).extend(msg.data)
+        elif isinstance(msg, Started):
+            if self._scheduler is not None:
+                self._scheduler.attempt_started(msg.aid, _now())
+                self._dispatch()  # a start may bring a timeout or a straggler's deadline closer
         elif isinstance(msg, Exit):
             await self._on_exit(session, msg)
 
     async def _on_exit(self, session: HostSession, msg: Exit) -> None:
         scheduler = self._scheduler
-        attempt = scheduler.attempt_ended(msg.aid) if scheduler else None
         output = self._outputs.pop(msg.aid, None)
-        if attempt is None or output is None or scheduler is None:
-            return  # an attempt the run has already given up on
+        if scheduler is None:
+            return
+        ended = scheduler.attempt_ended(
+            msg.aid, ok=msg.code == 0, now=_now(), duration=msg.duration
+        )
+        self._dispatch()
+        if ended.paused is not None:
+            log.warning(str(ended.paused), host=session.label)
+        attempt = ended.attempt
+        if attempt is None or output is None or ended.verdict is Verdict.STALE:
+            self._check_done()  # a superseded copy may be the last attempt to end
+            return
         result = JobResult(
             id=attempt.job.id,
-            ok=msg.code == 0,
+            ok=ended.ok,
             exit_code=msg.code,
             signal=msg.signal,
             host=session.label,
@@ -277,10 +315,17 @@ class Cluster:
             duration=msg.duration,
             stdout=bytes(output.stdout),
             stderr=bytes(output.stderr),
+            error=ended.error,
         )
-        scheduler.job_done(attempt.job.id)
+        if not ended.final:
+            why = ended.error or _status(result)
+            log.info(f"job {result.id} failed on {session.label} ({why}); it will run again")
+            return
         self.hosts[session.label].done += 1
-        self._dispatch()
+        await self._deliver(result)
+
+    async def _deliver(self, result: JobResult) -> None:
+        """A job's one final result: journal it, then queue it for the consumer."""
         if self._journal is not None:
             try:
                 self._journal.record(result)
@@ -307,14 +352,32 @@ class Cluster:
         scheduler = self._scheduler
         if scheduler is None:
             return
+        now = _now()
         frames: dict[str, list[Message]] = {}
-        for attempt in scheduler.next_runs():
+        for kill in scheduler.due_kills(now):
+            if kill.reason is KillReason.SUPERSEDED:
+                self._outputs.pop(kill.attempt.aid, None)  # lost the race: its output is moot
+            else:
+                log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
+            frames.setdefault(kill.attempt.host, []).append(Kill(kill.attempt.aid, KILL_GRACE))
+        for attempt in scheduler.next_runs(now):
             self._outputs[attempt.aid] = _AttemptOutput()
             run = Run(attempt.aid, attempt.job.id, attempt.job.command)
             frames.setdefault(attempt.host, []).append(run)
+            if attempt.speculative:
+                log.info(f"job {attempt.job.id}: a copy starts on {attempt.host}")
         for host, messages in frames.items():
             self._sessions[host].send(*messages)
+        self._wake_at(scheduler.next_wakeup(now))
         self._check_done()
+
+    def _wake_at(self, when: float | None) -> None:
+        """One timer for the next decision no event will trigger (a timeout, a straggler)."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        if when is not None:
+            self._wakeup = asyncio.get_running_loop().call_at(when, self._dispatch)
 
     async def _flush_journal(self, journal: Journal) -> None:
         """Commit on a timer, so an idle spell never leaves finished results unwritten."""
@@ -354,7 +417,13 @@ class Cluster:
             return  # an empty batch is done before any host is needed
         chained = itertools.chain([first], iterator)
         jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
-        scheduler = self._scheduler = Scheduler(map(runnable, jobs))
+        policy = self._policy
+        scheduler = self._scheduler = Scheduler(
+            map(runnable, jobs),
+            retries=policy.retries,
+            timeout=policy.timeout,
+            speculate=policy.speculate,
+        )
         self._done_sent = False
         self._journal = journal
         flusher = self._tasks.create_task(self._flush_journal(journal)) if journal else None
@@ -374,7 +443,17 @@ class Cluster:
                     raise item
                 yield item
         finally:
+            self._wake_at(None)
             if flusher is not None:
                 flusher.cancel()  # the journal's owner makes the last commit when closing it
             self._journal = None
             self._scheduler = None
+
+
+def _now() -> float:
+    """The scheduler's clock: the event loop's, monotonic."""
+    return asyncio.get_running_loop().time()
+
+
+def _status(result: JobResult) -> str:
+    return f"signal {result.signal}" if result.signal is not None else f"exit {result.exit_code}"

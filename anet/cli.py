@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, TextIO
 import click
 
 from . import __version__, logs
-from .api import KEEPALIVE, Cluster
+from .api import KEEPALIVE, Cluster, RunPolicy
 from .batch import open_batch, read_batch
 from .connect import SshOptions
 from .errors import AnetError, UsageError
@@ -71,6 +71,7 @@ class RunArgs:
     resume: bool = False
     only_new: bool = False
     no_journal: bool = False
+    policy: RunPolicy = field(default_factory=RunPolicy)
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -89,7 +90,8 @@ async def program(args: RunArgs, env: Environment) -> int:
                     await _emit(output, encoder, result)
             jobs = (job for job in read_batch(batch) if job.id not in done)
             ssh = SshOptions(config=args.ssh_config, keepalive=args.keepalive / 3)
-            async with Cluster(hosts, ssh=ssh, keepalive=args.keepalive) as cluster:
+            cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy)
+            async with cluster:
                 async for result in cluster.run(jobs, journal=journal):
                     total += 1
                     failed += not await _emit(output, encoder, result)
@@ -184,6 +186,15 @@ Examples:
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
 @click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True,
+    help="Run a failed job again up to N times, preferably on another host.",
+)  # fmt: skip
+@click.option(
+    "--timeout", metavar="SECONDS|N%",
+    help="Kill (and retry) a job running longer; N% of the median successful run time.",
+)  # fmt: skip
+@click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
+@click.option(
     "--resume", is_flag=True,
     help="Skip the jobs that succeeded in this batch's last run (their results come first).",
 )  # fmt: skip
@@ -206,6 +217,9 @@ def cli(
     ssh_config: Path | None,
     fmt: str | None,
     keepalive: float,
+    retries: int,
+    timeout: str | None,
+    no_speculate: bool,
     resume: bool,
     only_new: bool,
     journal: Path | None,
@@ -221,9 +235,19 @@ def cli(
     logs.configure(verbose, log_json, env.stderr)
     args = RunArgs(
         batch, hosts, host_files, slots, ssh_config, fmt, keepalive, journal, resume, only_new,
-        no_journal,
+        no_journal, RunPolicy(retries, _timeout(timeout), not no_speculate),
     )  # fmt: skip
     return _run_async(program(args, env))
+
+
+def _timeout(text: str | None) -> float | str | None:
+    """Seconds as a number; a percentage stays text for the scheduler to parse and check."""
+    if text is None or text.endswith("%"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--timeout takes seconds or a percentage, not {text!r}") from None
 
 
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

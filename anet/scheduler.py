@@ -1,22 +1,55 @@
-"""Which job runs where: pure logic, no I/O, no clock of its own.
+"""Which job runs where, and what to do when things go wrong: pure logic, no I/O, no clock.
 
-The master feeds it events (a host is ready, a host is lost, an attempt ended) and asks it for
-decisions (`next_runs`), which it returns as values for the I/O layer to carry out. Jobs are pulled
-from the batch iterator only when a host has room, so memory follows the work in flight.
-
-Each host gets `slots` running jobs plus a look-ahead queue on the dispatcher (`lookahead`), so a
-core that finishes a job starts the next one without waiting a network round trip.
-Invariant 2 lives here: when a host is lost, its attempts go back to the front of the queue.
+The master feeds it events (host ready or lost, attempt started or ended) with `now` from its
+clock and asks for decisions, returned as values: `next_runs` (start these there), `due_kills`
+(stop these). Jobs are pulled from the batch only when a host has room (`slots` running plus a
+`lookahead` queue on the dispatcher, to hide a round trip), and a job's bookkeeping goes when
+its outcome is final: memory follows the work in flight (invariant 4). Fault tolerance:
+- A failed attempt (exit status, signal, timeout) runs again, up to `retries` times, on a host
+  where the job has not failed if one is up (as GNU parallel does).
+- A lost host's attempts go back to the queue, first in line, without burning retries (the job
+  did nothing wrong: invariant 2); a job lost with `max_losses` hosts, likely their killer, fails.
+- A host failing many different jobs in a row is paused; stragglers get speculative copies
+  (speculation.py). The first attempt to end well wins, the others are killed and their output
+  dropped: each job ends in one FINAL verdict or one `Abandoned` record (invariant 1).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
 from itertools import count
 
+from . import speculation
 from .batch import Job
+from .errors import UsageError
+from .speculation import HostPause, Running, Runtimes, Slots, Speculation, Timeout
+
+PEEK_FACTOR = 8
+"""To decide whether a very slow host should sit out the tail, up to this many times the cluster's
+capacity of jobs may be read ahead from the batch: bounded by the work in flight, not the batch."""
+
+
+class Verdict(Enum):
+    """What the master does with an ended attempt's result. FINAL: emit it, the job's one final
+    result (success, or failure with no retry left). RETRY: drop it; the attempt failed and the
+    job runs again, or another copy still runs. STALE: drop it; superseded, or forgotten."""
+
+    FINAL = "final"
+    RETRY = "retry"
+    STALE = "stale"
+
+
+class KillReason(Enum):
+    """TIMEOUT: its Exit counts as a failure (RETRY, or FINAL with `error`). SUPERSEDED: another
+    attempt of its job ended first; its Exit is STALE."""
+
+    TIMEOUT = "timeout"
+    SUPERSEDED = "superseded"
 
 
 @dataclass(slots=True)
@@ -27,18 +60,77 @@ class Attempt:
     job: Job
     host: str
     number: int
+    speculative: bool = False  # a copy, started while another attempt of the job ran
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The verdict on an ended attempt (`attempt` is None for an unknown aid). For FINAL, `ok`
+    says whether the job succeeded, and `error` explains a failure its exit status does not (a
+    timeout). `paused` is set when this failure paused the host."""
+
+    verdict: Verdict
+    attempt: Attempt | None
+    ok: bool = False
+    error: str | None = None
+    paused: HostPause | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.verdict is Verdict.FINAL
+
+    # The fields of `attempt`, for callers written when attempt_ended returned the Attempt.
+    @property
+    def job(self) -> Job:
+        assert self.attempt is not None
+        return self.attempt.job
+
+    @property
+    def number(self) -> int:
+        assert self.attempt is not None
+        return self.attempt.number
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Stop this attempt (Kill frame); its Exit still comes, and `attempt_ended` judges it."""
+
+    attempt: Attempt
+    reason: KillReason
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A job given up with no attempt result to emit: report it as failed with `error`."""
+
+    job: Job
+    attempts: int
+    host: str
+    error: str
 
 
 @dataclass(slots=True)
-class _Host:
-    name: str
-    slots: int
-    capacity: int
-    attempts: set[int] = field(default_factory=set)
+class _Job:
+    """A job pulled from the batch and not final yet; dropped when it is."""
+
+    job: Job
+    tries: int = 0  # attempts started, whatever became of them: the next one's number
+    failures: int = 0
+    losses: int = 0
+    failed_on: set[str] = field(default_factory=set)  # at most every host: bounded
+    aids: set[int] = field(default_factory=set)  # its attempts in flight
+
+
+@dataclass(slots=True)
+class _Run:
+    attempt: Attempt
+    started: float | None = None
+    doom: KillReason | None = None  # set when a kill was decided
+    limit: float = 0.0  # the timeout that killed it
 
     @property
-    def room(self) -> int:
-        return self.capacity - len(self.attempts)
+    def job_id(self) -> int:
+        return self.attempt.job.id
 
 
 def default_lookahead(slots: int) -> int:
@@ -47,88 +139,347 @@ def default_lookahead(slots: int) -> int:
 
 
 class Scheduler:
-    """Job queue, host table and the attempts in flight."""
+    """Job queue, host table, attempts in flight, and the decisions about them. `timeout`:
+    seconds, or `"300%"` of the median successful duration (see `Timeout`); `speculate`: True
+    for the default `Speculation` rules, False for none, or custom rules."""
 
-    def __init__(self, jobs: Iterator[Job]) -> None:
+    def __init__(
+        self,
+        jobs: Iterator[Job],
+        *,
+        retries: int = 2,
+        max_losses: int = 5,
+        timeout: float | str | Timeout | None = None,
+        speculate: bool | Speculation = True,
+        pause_after: int = 5,
+        pause_for: float = 60.0,
+    ) -> None:
+        if retries < 0 or max_losses < 1 or pause_after < 1 or pause_for < 0:
+            raise UsageError("need retries >= 0, max_losses >= 1, pause_after >= 1, pause_for >= 0")
         self._source = jobs
         self._source_done = False
-        self._requeued: deque[Job] = deque()
-        self._hosts: dict[str, _Host] = {}
-        self._attempts: dict[int, Attempt] = {}
-        self._tries: dict[int, int] = {}  # job id -> attempts started
+        self._retries, self._max_losses = retries, max_losses
+        self._timeout = Timeout.parse(timeout)
+        self._spec = Speculation() if speculate is True else (speculate or None)
+        self._pausing = speculation.Pausing(pause_after, pause_for)
+        self._queue: deque[int] = deque()  # ids of jobs waiting for a host; retries first
+        self._jobs: dict[int, _Job] = {}  # jobs pulled and not final yet
+        self._hosts: dict[str, Slots] = {}  # ready hosts
+        self._health: dict[str, speculation.HostHealth] = {}  # every host seen: pauses last
+        self._runs: dict[int, _Run] = {}  # attempts in flight, including those being killed
+        self._starts: OrderedDict[int, float] = OrderedDict()  # those started, not being killed
+        self._kills: list[Kill] = []  # decided, not yet handed out by due_kills
+        self._abandoned: list[Abandoned] = []
         self._aids = count()
+        self._now = -math.inf  # the latest `now` the caller gave
+        self._successes = 0
+        self.runtimes = Runtimes()
 
     # -- events -----------------------------------------------------------------------------
 
     def host_ready(self, name: str, slots: int, lookahead: int | None = None) -> None:
+        """The host can take `slots` running attempts plus `lookahead` queued ones."""
         extra = default_lookahead(slots) if lookahead is None else lookahead
         known = self._hosts.get(name)
         if known is not None:  # announced again: new size, same attempts in flight
             known.slots, known.capacity = slots, slots + extra
         else:
-            self._hosts[name] = _Host(name, slots, slots + extra)
+            self._hosts[name] = Slots(name, slots, slots + extra)
+            self._health.setdefault(name, speculation.HostHealth())
 
-    def host_lost(self, name: str) -> list[Attempt]:
-        """Forget the host; its attempts go back to the queue, first in line. Returns them."""
-        host = self._hosts.pop(name, None)
-        if host is None:
+    def host_lost(self, name: str, *, now: float | None = None) -> list[Attempt]:
+        """Forget the host and return all its attempts: drop their output, no Exit will count.
+
+        Their jobs go back to the queue, first in line and in job order, unless another copy of
+        them still runs. A job lost `max_losses` times, or whose attempt had timed out with no
+        retry left, is given up instead: see `take_abandoned`.
+        """
+        self._tick(now)
+        if (host := self._hosts.pop(name, None)) is None:
             return []
-        lost = sorted((self._attempts.pop(aid) for aid in host.attempts), key=lambda a: a.job.id)
-        self._requeued.extendleft(attempt.job for attempt in reversed(lost))
-        return lost
+        lost = sorted((self._runs.pop(aid) for aid in host.attempts), key=lambda r: r.job_id)
+        again: list[int] = []
+        for run in lost:
+            self._starts.pop(run.attempt.aid, None)
+            state = self._jobs.get(run.job_id)
+            if state is None or run.doom is KillReason.SUPERSEDED:
+                continue
+            state.aids.discard(run.attempt.aid)
+            if run.doom is KillReason.TIMEOUT:
+                state.failures += 1
+                state.failed_on.add(name)
+                error = f"timed out after {run.limit:.3g} s, then its host was lost"
+                give_up = state.failures > self._retries
+            else:
+                state.losses += 1
+                error = f"{state.losses} hosts were lost while running it (last: {name})"
+                give_up = state.losses >= self._max_losses
+            if give_up and not state.aids:
+                del self._jobs[run.job_id]
+                self._abandoned.append(Abandoned(state.job, state.tries, name, error))
+            elif not state.aids:  # else another copy of the job carries on
+                again.append(run.job_id)
+        self._queue.extendleft(reversed(again))
+        return [run.attempt for run in lost]
 
-    def attempt_ended(self, aid: int) -> Attempt | None:
-        """The attempt is over (whatever its outcome); None if it was already forgotten."""
-        attempt = self._attempts.pop(aid, None)
-        if attempt is not None:
-            host = self._hosts.get(attempt.host)
-            if host is not None:
-                host.attempts.discard(aid)
-        return attempt
+    def attempt_started(self, aid: int, now: float) -> None:
+        """The dispatcher started the attempt (it may have queued it): its run time counts now.
+        `now` comes from a monotonic clock, so `_starts` is in start order."""
+        self._tick(now)
+        run = self._runs.get(aid)
+        if run is not None and run.started is None:
+            run.started = now
+            if run.doom is None:
+                self._starts[aid] = now
+
+    def attempt_ended(
+        self, aid: int, *, ok: bool = True, now: float | None = None, duration: float | None = None
+    ) -> Ended:
+        """The attempt is over; the verdict says whether its result is the job's final one.
+
+        `ok`: it exited with status 0. `duration`: its run time as measured on the host (better
+        than the master's clock, which adds network delay); else `now` - start is used. The
+        default `ok=True` keeps callers that predate retries emitting every result.
+        """
+        now = self._tick(now)
+        run = self._runs.pop(aid, None)
+        self._starts.pop(aid, None)
+        if run is None:
+            return Ended(Verdict.STALE, None)
+        host = self._hosts.get(run.attempt.host)
+        if host is not None:
+            host.attempts.discard(aid)
+        state = self._jobs.get(run.job_id)
+        if state is None or run.doom is KillReason.SUPERSEDED:
+            return Ended(Verdict.STALE, run.attempt)
+        state.aids.discard(aid)
+        if not ok:  # a timed-out attempt that still exited 0 ended just before its kill: a success
+            error = f"timed out after {run.limit:.3g} s" if run.doom else None
+            return self._failed(state, run, error, now)
+        if duration is None and run.started is not None and math.isfinite(now):
+            duration = now - run.started
+        size = None  # of the job, for what its losers' hosts reveal
+        if duration is not None:
+            size = duration / self.runtimes.slowness(run.attempt.host)
+            self.runtimes.observe(run.attempt.host, duration)
+        self._successes += 1
+        self._health[run.attempt.host].streak.clear()
+        self._final(state, run, now, size)
+        return Ended(Verdict.FINAL, run.attempt, ok=True)
+
+    def _failed(self, state: _Job, run: _Run, error: str | None, now: float) -> Ended:
+        """Count the failure; retry unless the job is out of retries."""
+        name = run.attempt.host
+        state.failures += 1
+        state.failed_on.add(name)
+        if run.doom is KillReason.TIMEOUT and run.started is not None:
+            self.runtimes.at_least(name, now - run.started)
+        health = self._health[name]
+        paused = health.failed(name, run.job_id, now, self._successes, self._pausing)
+        if state.aids:  # another attempt runs: its ending decides
+            return Ended(Verdict.RETRY, run.attempt, error=error, paused=paused)
+        if state.failures > self._retries:
+            self._final(state, run, now, None)
+            return Ended(Verdict.FINAL, run.attempt, ok=False, error=error, paused=paused)
+        self._queue.appendleft(run.job_id)
+        return Ended(Verdict.RETRY, run.attempt, error=error, paused=paused)
+
+    def _final(self, state: _Job, run: _Run, now: float, size: float | None) -> None:
+        """The job is done: kill its other attempts, whose late output is then STALE."""
+        del self._jobs[run.job_id]
+        for aid in sorted(state.aids):
+            other = self._runs[aid]
+            if other.doom is None:
+                self._kills.append(Kill(other.attempt, KillReason.SUPERSEDED))
+                if other.started is not None and size:  # the loser's host is at least this slow
+                    self.runtimes.at_least(other.attempt.host, now - other.started, size)
+            other.doom = KillReason.SUPERSEDED
+            self._starts.pop(aid, None)
 
     # -- decisions --------------------------------------------------------------------------
 
-    def next_runs(self) -> list[Attempt]:
-        """Fill every host's room, one job per host per round, so hosts start evenly."""
-        runs: list[Attempt] = []
-        while True:
-            hosts = [h for h in self._hosts.values() if h.room > 0]
-            if not hosts:
-                return runs
-            hosts.sort(key=lambda h: -h.room)
-            for host in hosts:
-                job = self._next_job()
-                if job is None:
-                    return runs
-                runs.append(self._start(job, host))
+    def next_runs(self, now: float | None = None) -> list[Attempt]:
+        """Attempts to start: copies of stragglers first (capped), then queued jobs, one job per
+        host per round so hosts start evenly; once the batch ran dry, copies for idle slots."""
+        now = self._tick(now)
+        usable = [h for h in self._hosts.values() if now >= self._health[h.name].paused_until]
+        dry_before = self._source_done
+        runs = self._speculate(usable, now)
+        runs += self._fill(usable)
+        if self._source_done and not dry_before:
+            runs += self._speculate(usable, now)
+        return runs
 
-    def _next_job(self) -> Job | None:
-        if self._requeued:
-            return self._requeued.popleft()
-        if self._source_done:
-            return None
-        job = next(self._source, None)
-        if job is None:
-            self._source_done = True
-        return job
+    def due_kills(self, now: float | None = None) -> list[Kill]:
+        """Attempts to stop now: losers of a finished job, and attempts past the timeout. A killed
+        attempt keeps its slot until its Exit, which `attempt_ended` judges: STALE for a loser,
+        a failure (RETRY, or FINAL with `error`) for a timeout."""
+        now = self._tick(now)
+        kills = [k for k in self._kills if k.attempt.aid in self._runs]  # not ended meanwhile
+        self._kills = []
+        for aid, limit in self._timeouts(now)[0]:
+            run = self._runs[aid]
+            run.doom, run.limit = KillReason.TIMEOUT, limit
+            del self._starts[aid]
+            kills.append(Kill(run.attempt, KillReason.TIMEOUT))
+        return kills
 
-    def _start(self, job: Job, host: _Host) -> Attempt:
-        number = self._tries.get(job.id, 0) + 1
-        self._tries[job.id] = number
-        attempt = Attempt(next(self._aids), job, host.name, number)
-        self._attempts[attempt.aid] = attempt
-        host.attempts.add(attempt.aid)
-        return attempt
+    def next_wakeup(self, now: float | None = None) -> float | None:
+        """The earliest later time at which `due_kills` or `next_runs` may decide something new
+        with no event in between (a timeout, a straggler, a pause's end); None if none."""
+        now = self._tick(now)
+        if self._kills:
+            return now
+        times = [h.paused_until for h in self._health.values()] + [self._timeouts(now)[1]]
+        if spec := self._spec:
+            alone, hosts = partial(self._started, alone=True), self._hosts.values()
+            times.append(
+                speculation.wake_time(spec, self.runtimes, alone, hosts, now, self._drained)
+            )
+        return min((t for t in times if t is not None and t > now), default=None)
+
+    def _timeouts(self, now: float) -> tuple[list[tuple[int, float]], float | None]:
+        """Attempts past their timeout, and the next time one will be."""
+        if self._timeout is None:
+            return [], None
+        limit = partial(self._timeout.limit, self.runtimes)
+        return speculation.due(self._started(), limit, self.runtimes, now)
+
+    def take_abandoned(self) -> list[Abandoned]:
+        """Jobs given up with no result to emit (see `host_lost`): report each as a failed
+        result with its `error`. `finished` waits until they were taken."""
+        taken, self._abandoned = self._abandoned, []
+        return taken
 
     def job_done(self, job_id: int) -> None:
-        """The job has its final result: drop its bookkeeping."""
-        self._tries.pop(job_id, None)
+        """Kept for callers that predate verdicts: a FINAL verdict already dropped the job."""
+
+    # -- filling hosts ----------------------------------------------------------------------
+
+    def _fill(self, usable: list[Slots]) -> list[Attempt]:
+        """One job per host per round. Hosts that sit out the tail are left out, also of "has
+        every host failed this job?": else a job could wait forever for a host that holds back."""
+        runs: list[Attempt] = []
+        hosts = [h for h in usable if h.room > 0]
+        held = {h.name for h in hosts if self._holds_back(h, usable)}
+        names = frozenset(h.name for h in usable) - held
+        hosts = [h for h in hosts if h.name not in held]
+        while hosts:
+            hosts.sort(key=lambda h: -h.room)
+            for host in list(hosts):
+                state = self._job_for(host, names)
+                if state is not None:
+                    runs.append(self._start(state, host))
+                if state is None or host.room <= 0:
+                    hosts.remove(host)
+        return runs
+
+    def _job_for(self, host: Slots, names: frozenset[str]) -> _Job | None:
+        """The first queued job this host may take, else a new one from the batch; a host where
+        the job failed takes it only when every host in `names` has failed it."""
+        for index, job_id in enumerate(self._queue):
+            state = self._jobs[job_id]
+            if host.name not in state.failed_on or names <= state.failed_on:
+                del self._queue[index]
+                return state
+        return self._pull()
+
+    def _pull(self) -> _Job | None:
+        job = None if self._source_done else next(self._source, None)
+        self._source_done = job is None
+        return None if job is None else self._jobs.setdefault(job.id, _Job(job))
+
+    def _holds_back(self, host: Slots, usable: list[Slots]) -> bool:
+        """A very slow host sits out the batch's tail if the others would finish it sooner.
+
+        Knowing that few jobs are left takes reading ahead in the batch, bounded by PEEK_FACTOR
+        times the cluster's capacity, so memory stays bounded by the work in flight.
+        """
+        spec = self._spec
+        floor = self.runtimes.floor  # no host is faster
+        if spec is None or self.runtimes.slowness(host.name) < spec.slow_host_ratio * floor:
+            return False  # the cheap test first: most hosts are not very slow
+        others = [h for h in usable if h is not host]
+        limit = speculation.tail_limit(spec, self.runtimes, host, others)
+        if limit <= 0 or limit > PEEK_FACTOR * sum(h.capacity for h in self._hosts.values()):
+            return False
+        while len(self._queue) < limit and (state := self._pull()) is not None:
+            self._queue.append(state.job.id)
+        return len(self._queue) < limit
+
+    def _start(self, state: _Job, host: Slots, *, speculative: bool = False) -> Attempt:
+        state.tries += 1
+        attempt = Attempt(next(self._aids), state.job, host.name, state.tries, speculative)
+        self._runs[attempt.aid] = _Run(attempt)
+        host.attempts.add(attempt.aid)
+        state.aids.add(attempt.aid)
+        return attempt
+
+    # -- speculation ------------------------------------------------------------------------
+
+    def _speculate(self, usable: list[Slots], now: float) -> list[Attempt]:
+        """Copies of attempts that a copy elsewhere is expected to beat (see speculation.py).
+
+        Views of the attempts are built only when a copy is possible: once the batch ran dry,
+        for all of them if a slot is idle; before, only for those running past the least
+        straggler threshold, found from the oldest start on (`_starts` is in start order).
+        """
+        spec, runtimes = self._spec, self.runtimes
+        if spec is None or runtimes.count < spec.min_samples:
+            return []
+        hosts, drained = list(self._hosts.values()), self._drained
+        if drained:  # copies go to idle slots only
+            if all(h.slots <= h.load for h in usable):
+                return []
+            aids: Iterable[int] = (aid for aid, run in self._runs.items() if run.doom is None)
+        else:  # copies of stragglers only: none while the oldest attempt is young (most rounds)
+            if now - next(iter(self._starts.values()), now) <= spec.min_runtime:
+                return []
+            threshold = partial(spec.threshold, runtimes)
+            late = speculation.due(self._started(), threshold, runtimes, now)[0]
+            if not (aids := [aid for aid, _ in late]):
+                return []
+        copies = sum(len(state.aids) - 1 for state in self._jobs.values() if len(state.aids) > 1)
+        running = [self._view(aid) for aid in aids]
+        names = {h.name for h in usable}
+        plan = speculation.plan_speculation(
+            spec, runtimes, running, hosts, now, usable=names, drained=drained, copies=copies
+        )
+        start = partial(self._start, speculative=True)
+        return [start(self._job(aid), self._hosts[name]) for aid, name in plan]
+
+    def _view(self, aid: int) -> Running:
+        run = self._runs[aid]
+        state = self._job(aid)
+        avoid = frozenset(state.failed_on | {self._runs[a].attempt.host for a in state.aids})
+        return Running(aid, run.attempt.host, run.started, len(state.aids) == 1, avoid)
+
+    def _job(self, aid: int) -> _Job:
+        return self._jobs[self._runs[aid].job_id]
+
+    def _started(self, alone: bool = False) -> Iterator[tuple[int, str, float]]:
+        """`(aid, host, started)` of started attempts not being killed (and, if `alone`, the only
+        attempt of their job), in start order."""
+        for aid, started in self._starts.items():
+            if not alone or len(self._job(aid).aids) == 1:
+                yield aid, self._runs[aid].attempt.host, started
 
     # -- state ------------------------------------------------------------------------------
 
+    def _tick(self, now: float | None) -> float:
+        """The caller's clock: the latest `now` given stands in for calls made without one."""
+        if now is not None and now > self._now:
+            self._now = now
+        return self._now
+
+    @property
+    def _drained(self) -> bool:
+        return self._source_done and not self._queue
+
     @property
     def in_flight(self) -> int:
-        return len(self._attempts)
+        """Attempts holding a slot, including those being killed."""
+        return len(self._runs)
 
     @property
     def hosts(self) -> list[str]:
@@ -136,13 +487,13 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        """Every job was handed out and every attempt has ended."""
-        return self._source_done and not self._requeued and not self._attempts
+        """Every job has its final outcome, every attempt has ended, every give-up was taken."""
+        return self._drained and not self._runs and not self._jobs and not self._abandoned
 
     @property
     def has_pending(self) -> bool:
         """Work that has no host yet (cheap check; may pull nothing from the source)."""
-        return bool(self._requeued) or not self._source_done
+        return bool(self._queue) or not self._source_done
 
     def attempt(self, aid: int) -> Attempt | None:
-        return self._attempts.get(aid)
+        return run.attempt if (run := self._runs.get(aid)) else None

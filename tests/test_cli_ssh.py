@@ -58,7 +58,7 @@ def test_every_job_once_and_correct_over_four_hosts(cluster, tmp_path):
     records = decode(done.stdout)
     assert sorted(r.id for r in records) == list(range(500))
     for r in records:
-        assert r.ok and r.exit_code == 0 and r.attempts == 1
+        assert r.ok and r.exit_code == 0  # (a speculative copy may be the one that won)
         assert r.stdout == f"job-{r.id}\n".encode()
         assert r.stderr == f"err-{r.id}\n".encode()
     assert {r.host for r in records} == set(cluster.names)

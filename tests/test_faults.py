@@ -219,3 +219,67 @@ def test_a_slow_consumer_keeps_master_memory_bounded_and_nothing_deadlocks(make_
     # Unbounded, finished results alone would reach 400 MB; the result queue holds at most
     # 32 MiB, plus the outputs of the attempts still running and transient copies.
     assert peak < 250, f"master peaked at {peak:.0f} MB"
+
+
+def test_a_job_that_fails_once_is_retried_on_another_host(make_cluster, tmp_path):
+    own = make_cluster(2)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    batch = tmp_path / "batch.txt"
+    batch.write_text(
+        "".join(
+            f'm={marks}/{i}; if [ -e $m ]; then echo "$(cat $m) $ANET_HOST"; '
+            f"else echo $ANET_HOST > $m; exit 1; fi\n"
+            for i in range(8)
+        )
+    )
+    proc = start_anet(own, batch, "--no-speculate")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    records = list(results.read(io.BytesIO(out)))
+    assert sorted(r.id for r in records) == list(range(8))
+    for r in records:
+        first, second = r.stdout.decode().split()
+        assert r.ok and r.attempts == 2 and first != second, r
+
+
+def test_a_job_that_always_fails_is_one_final_failure_after_its_retries(make_cluster, tmp_path):
+    own = make_cluster(2)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo fine\necho broken >&2; exit 7\n")
+    proc = start_anet(own, batch, "--retries", "3")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err  # one failed job
+    records = {r.id: r for r in results.read(io.BytesIO(out))}
+    assert records[0].ok
+    failed = records[1]
+    assert not failed.ok and failed.exit_code == 7 and failed.attempts == 4
+    assert failed.stderr == b"broken\n"
+    hosts = [a for name in own.names for a in ("-S", name)]
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config), *hosts]
+    original = subprocess.run([*argv, "--format", "anet", str(batch)], capture_output=True)
+    assert original.returncode == 1
+    assert [r.id for r in results.read(io.BytesIO(original.stdout), "anet")] == [0]
+
+
+def _makespan(own: SshdCluster, batch: Path, *args: str) -> float:
+    start = time.monotonic()
+    proc = start_anet(own, batch, "-j", "2", *args)
+    out, err = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, err
+    assert sorted(r.id for r in results.read(io.BytesIO(out))) == list(range(16))
+    return elapsed
+
+
+def test_speculation_shortens_the_makespan_when_one_host_is_10x_slower(make_cluster, tmp_path):
+    own = make_cluster(2)
+    batch = tmp_path / "batch.txt"  # host2 is "10x slower": its jobs take 3 s instead of 0.3 s
+    batch.write_text(
+        "".join(f'[ "$ANET_HOST" = host2 ] && sleep 3 || sleep 0.3; echo {i}\n' for i in range(16))
+    )
+    off = _makespan(own, batch, "--no-speculate")
+    on = _makespan(own, batch)
+    # Ideal: host1 alone, 16 jobs x 0.3 s / 2 slots = 2.4 s; without copies host2's queued jobs
+    # hold the batch for rounds of 3 s.
+    assert on < 0.75 * off, f"speculation on {on:.1f}s vs off {off:.1f}s"

@@ -8,16 +8,11 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from anet.batch import Job
-from anet.scheduler import Attempt, Scheduler, default_lookahead
+from anet.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict, default_lookahead
+from anet.speculation import Speculation
 
 
 class Source:
@@ -114,7 +109,7 @@ def test_attempt_ended_frees_room_and_next_runs_refills():
     scheduler = Scheduler(source)
     scheduler.host_ready("a", 1, 1)
     first, _second = scheduler.next_runs()
-    assert scheduler.attempt_ended(first.aid) == first
+    assert scheduler.attempt_ended(first.aid).attempt == first
     assert scheduler.attempt(first.aid) is None
     assert scheduler.in_flight == 1
     (third,) = scheduler.next_runs()
@@ -123,13 +118,16 @@ def test_attempt_ended_frees_room_and_next_runs_refills():
     assert scheduler.next_runs() == []
 
 
-def test_ending_an_unknown_or_already_ended_attempt_returns_none():
+def test_ending_an_unknown_or_already_ended_attempt_is_stale():
     scheduler = Scheduler(Source())
     scheduler.host_ready("a", 1, 0)
     (run,) = scheduler.next_runs()
-    assert scheduler.attempt_ended(run.aid + 1000) is None
-    assert scheduler.attempt_ended(run.aid) == run
-    assert scheduler.attempt_ended(run.aid) is None
+    assert scheduler.attempt_ended(run.aid + 1000) == Ended(Verdict.STALE, None)
+    ended = scheduler.attempt_ended(run.aid)  # as called before verdicts: no ok, no now
+    assert ended == Ended(Verdict.FINAL, run, ok=True)
+    assert (ended.job, ended.number) == (run.job, run.number)  # still reads as the Attempt
+    scheduler.job_done(run.job.id)  # harmless
+    assert scheduler.attempt_ended(run.aid) == Ended(Verdict.STALE, None)
 
 
 # -- lost hosts ----------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def test_host_lost_returns_its_attempts_and_they_run_again_first_in_job_order():
     runs = scheduler.next_runs()
     on_a = sorted((r for r in runs if r.host == "a"), key=lambda r: r.job.id)
     on_b = [r for r in runs if r.host == "b"]
-    assert scheduler.attempt_ended(on_a[1].aid) is not None  # one of a's jobs had finished
+    assert scheduler.attempt_ended(on_a[1].aid).final  # one of a's jobs had finished
 
     lost = scheduler.host_lost("a")
     assert [r.aid for r in lost] == [on_a[0].aid, on_a[2].aid]
@@ -150,7 +148,7 @@ def test_host_lost_returns_its_attempts_and_they_run_again_first_in_job_order():
     assert scheduler.hosts == ["b"]
     for run in lost:
         assert scheduler.attempt(run.aid) is None
-        assert scheduler.attempt_ended(run.aid) is None  # its late Exit is ignored
+        assert scheduler.attempt_ended(run.aid).verdict is Verdict.STALE  # its late Exit
 
     for run in on_b:
         scheduler.attempt_ended(run.aid)
@@ -229,7 +227,7 @@ def test_finished_only_when_source_exhausted_and_every_attempt_ended():
     assert not scheduler.finished
     (last,) = scheduler.next_runs()
     assert not scheduler.finished  # source is dry but the last attempt runs
-    assert scheduler.attempt_ended(last.aid) == last
+    assert scheduler.attempt_ended(last.aid).attempt == last
     scheduler.next_runs()
     assert scheduler.finished
     assert not scheduler.has_pending
@@ -258,30 +256,109 @@ def test_aids_are_unique():
     assert len(seen) > 100
 
 
+# -- retries -------------------------------------------------------------------------------------
+
+
+def test_a_failed_job_is_retried_on_a_host_where_it_did_not_fail():
+    scheduler = Scheduler(Source(10))
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    on_a, on_b = sorted(scheduler.next_runs(0.0), key=lambda r: r.host)
+    assert scheduler.attempt_ended(on_a.aid, ok=False, now=1.0) == Ended(Verdict.RETRY, on_a)
+    (next_on_a,) = scheduler.next_runs(1.0)
+    assert (next_on_a.host, next_on_a.job.id) == ("a", 2)  # job 0 waits for b
+    assert scheduler.attempt_ended(on_b.aid, ok=True, now=2.0).final
+    (retry,) = scheduler.next_runs(2.0)
+    assert (retry.host, retry.job, retry.number) == ("b", on_a.job, 2)
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2, 5])
+def test_after_the_last_retry_the_failure_is_final(retries: int):
+    """With one host, which failed the job, the retries run there: no host is better."""
+    scheduler = Scheduler(Source(2), retries=retries)
+    scheduler.host_ready("a", 1, 0)
+    verdicts = []
+    for t in range(retries + 1):
+        (run,) = scheduler.next_runs(float(t))
+        assert (run.job.id, run.number) == (0, t + 1)  # first in line, before job 1
+        verdicts.append(scheduler.attempt_ended(run.aid, ok=False, now=t + 0.5))
+    assert [v.verdict for v in verdicts] == [Verdict.RETRY] * retries + [Verdict.FINAL]
+    assert not verdicts[-1].ok and verdicts[-1].error is None  # the exit status says it all
+    (second,) = scheduler.next_runs(9.0)
+    assert scheduler.attempt_ended(second.aid, ok=True, now=9.5).final
+    assert scheduler.next_runs(9.5) == []
+    assert scheduler.finished
+
+
+# -- lost hosts and the loss cap -----------------------------------------------------------------
+
+
+def test_a_lost_host_does_not_burn_retries():
+    scheduler = Scheduler(Source(1), retries=0, max_losses=9)
+    for number in range(1, 5):
+        scheduler.host_ready("a", 1, 0)
+        (run,) = scheduler.next_runs(float(number))
+        assert run.number == number
+        assert scheduler.host_lost("a") == [run]
+    scheduler.host_ready("a", 1, 0)
+    (run,) = scheduler.next_runs(9.0)
+    assert scheduler.attempt_ended(run.aid, ok=True, now=10.0) == Ended(Verdict.FINAL, run, ok=True)
+    assert scheduler.take_abandoned() == []
+
+
+def test_a_job_that_kills_every_host_it_runs_on_is_given_up():
+    scheduler = Scheduler(Source(1), max_losses=3)
+    for name in ("a", "b", "c"):
+        scheduler.host_ready(name, 1, 0)
+        assert len(scheduler.next_runs(0.0)) == 1
+        scheduler.host_lost(name)
+    scheduler.host_ready("d", 1, 0)
+    assert scheduler.next_runs(1.0) == []
+    assert not scheduler.finished  # until the master took the news
+    (abandoned,) = scheduler.take_abandoned()
+    assert (abandoned.job.id, abandoned.attempts, abandoned.host) == (0, 3, "c")
+    assert abandoned.error == "3 hosts were lost while running it (last: c)"
+    assert scheduler.take_abandoned() == []
+    assert scheduler.finished
+
+
 # -- any interleaving ends every job exactly once ----------------------------------------------
 
 HOSTS = ("h0", "h1", "h2")
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    """Hosts come and go, attempts end, decisions are asked for, in any order. The model plays
-    the I/O layer: it ends only attempts that are running, and after a loss no Exit arrives."""
+    """The model plays the I/O layer while hosts come and go, attempts start, succeed, fail, time
+    out and get copies, and the clock jumps, in any order. After a loss no Exit of that host
+    counts; a killed attempt's Exit reports a signal; a paused host must get no new attempt."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scheduler: Scheduler
         self.source: Source
+        self.now = 0.0
         self.capacity: dict[str, int] = {}  # ready hosts
+        self.paused: dict[str, float] = {}  # host -> until
         self.running: dict[int, Attempt] = {}  # aid -> attempt, as the I/O layer knows it
+        self.started: dict[int, float] = {}  # aid -> when
+        self.killed: dict[int, KillReason] = {}
         self.stale: list[int] = []  # aids of attempts on lost hosts
         self.aids: set[int] = set()
-        self.tries: Counter[int] = Counter()
-        self.completed: Counter[int] = Counter()
+        self.numbers: Counter[int] = Counter()  # job -> attempts handed out
+        self.completed: Counter[int] = Counter()  # job -> final outcomes
 
-    @initialize(n=st.integers(0, 25))
-    def start(self, n: int) -> None:
+    @initialize(
+        n=st.integers(0, 25),
+        retries=st.integers(0, 2),
+        max_losses=st.integers(1, 3),
+        timeout=st.sampled_from([None, 3.0, "200%"]),
+        speculate=st.booleans(),
+        pause_after=st.integers(1, 3),
+    )
+    def start(self, n: int, speculate: bool, **options) -> None:
         self.source = Source(n)
-        self.scheduler = Scheduler(self.source)
+        rules = Speculation(min_runtime=0.5, min_samples=2) if speculate else False
+        self.scheduler = Scheduler(self.source, speculate=rules, **options, pause_for=5.0)
 
     @rule(name=st.sampled_from(HOSTS), slots=st.integers(1, 3), lookahead=st.integers(0, 2))
     def host_ready(self, name: str, slots: int, lookahead: int) -> None:
@@ -291,76 +368,127 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(HOSTS))
     def host_lost(self, name: str) -> None:
-        lost = self.scheduler.host_lost(name)
-        expected = {aid for aid, a in self.running.items() if a.host == name}
-        assert {a.aid for a in lost} == expected
-        assert [a.job.id for a in lost] == sorted(a.job.id for a in lost)
+        lost = self.scheduler.host_lost(name, now=self.now)
+        assert {a.aid for a in lost} == {i for i, a in self.running.items() if a.host == name}
         for attempt in lost:
             del self.running[attempt.aid]
+            self.killed.pop(attempt.aid, None)
             self.stale.append(attempt.aid)
         self.capacity.pop(name, None)
+        self.take_abandoned()
+
+    @rule(dt=st.sampled_from([0.1, 0.6, 1.0, 2.5, 6.0]), decide=st.booleans())
+    def tick(self, dt: float, decide: bool) -> None:
+        """Time passes; maybe the master starts what is queued and asks for kills and runs."""
+        self.now += dt
+        if decide:
+            self.start_queued()
+            self.due_kills()
+            self.next_runs()
+
+    @precondition(lambda self: set(self.running) - set(self.started))
+    @rule(data=st.data())
+    def attempt_started(self, data: st.DataObject) -> None:
+        aid = data.draw(st.sampled_from(sorted(set(self.running) - set(self.started))), label="aid")
+        self.scheduler.attempt_started(aid, self.now)
+        self.started[aid] = self.now
+
+    def start_queued(self) -> None:
+        for aid in sorted(set(self.running) - set(self.started) - set(self.killed)):
+            self.scheduler.attempt_started(aid, self.now)
+            self.started[aid] = self.now
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data())
-    def attempt_ended_ok(self, data: st.DataObject) -> None:
-        aid = data.draw(st.sampled_from(sorted(self.running)), label="aid")
-        self.end(aid)
+    @rule(data=st.data(), ok=st.booleans())
+    def attempt_ended(self, data: st.DataObject, ok: bool) -> None:
+        self.end(data.draw(st.sampled_from(sorted(self.running)), label="aid"), ok)
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
     def late_exit_of_a_lost_host(self, data: st.DataObject) -> None:
         aid = data.draw(st.sampled_from(self.stale), label="stale aid")
-        assert self.scheduler.attempt_ended(aid) is None
+        assert self.scheduler.attempt_ended(aid, now=self.now) == Ended(Verdict.STALE, None)
+
+    @rule()
+    def due_kills(self) -> None:
+        for kill in self.scheduler.due_kills(self.now):
+            aid = kill.attempt.aid
+            assert self.running[aid] == kill.attempt and aid not in self.killed
+            assert kill.reason is not KillReason.TIMEOUT or aid in self.started
+            self.killed[aid] = kill.reason
 
     @rule()
     def next_runs(self) -> None:
-        runs = self.scheduler.next_runs()
+        runs = self.scheduler.next_runs(self.now)
         for attempt in runs:
             assert attempt.host in self.capacity, "attempt given to a host that is not ready"
+            assert self.paused.get(attempt.host, -1.0) <= self.now, "attempt on a paused host"
             assert attempt.aid not in self.aids, "aid reused"
             assert self.completed[attempt.job.id] == 0, "a finished job was handed out again"
-            self.tries[attempt.job.id] += 1
-            assert attempt.number == self.tries[attempt.job.id]
+            self.numbers[attempt.job.id] += 1
+            assert attempt.number == self.numbers[attempt.job.id]
             self.aids.add(attempt.aid)
             self.running[attempt.aid] = attempt
         load = Counter(a.host for a in self.running.values())
         for host in {a.host for a in runs}:
             assert load[host] <= self.capacity[host], "host given more than slots + lookahead"
 
-    def end(self, aid: int) -> None:
-        attempt = self.scheduler.attempt_ended(aid)
-        assert attempt is not None
-        assert attempt == self.running.pop(aid)
-        self.scheduler.job_done(attempt.job.id)
-        self.completed[attempt.job.id] += 1
+    def end(self, aid: int, ok: bool) -> None:
+        attempt = self.running.pop(aid)
+        reason = self.killed.pop(aid, None)
+        if aid not in self.started and reason is None:
+            self.scheduler.attempt_started(aid, self.now)
+        self.started.pop(aid, None)
+        # `ok` may hold even for a killed attempt: it exited 0 just before the kill
+        ended = self.scheduler.attempt_ended(aid, ok=ok, now=self.now)  # duration: now - start
+        assert ended.attempt == attempt
+        if ended.verdict is Verdict.STALE:  # a loser, killed or ending before its kill
+            assert self.completed[attempt.job.id] == 1
+        else:
+            assert reason is not KillReason.SUPERSEDED
+            assert ended.verdict is Verdict.FINAL or not ok
+        if ended.final:
+            assert ended.ok == ok
+            self.completed[attempt.job.id] += 1
+        if ended.paused is not None:
+            self.paused[ended.paused.host] = ended.paused.until
+
+    def take_abandoned(self) -> None:
+        for abandoned in self.scheduler.take_abandoned():
+            assert not any(a.job == abandoned.job for a in self.running.values())
+            self.completed[abandoned.job.id] += 1
 
     @invariant()
     def agrees_with_the_io_layer(self) -> None:
-        if not hasattr(self, "scheduler"):
-            return
         assert all(a.host in self.capacity for a in self.running.values())
         assert self.scheduler.in_flight == len(self.running)
         assert sorted(self.scheduler.hosts) == sorted(self.capacity)
 
     @invariant()
-    def one_attempt_per_job_and_no_second_completion(self) -> None:
-        jobs = Counter(a.job.id for a in self.running.values())
-        assert all(count == 1 for count in jobs.values())
+    def each_job_ends_once_with_at_most_two_live_attempts_on_distinct_hosts(self) -> None:
         assert all(count == 1 for count in self.completed.values())
-        if hasattr(self, "scheduler") and self.scheduler.finished:
+        unfinished = [a for a in self.running.values() if not self.completed[a.job.id]]
+        assert len({(a.job.id, a.host) for a in unfinished}) == len(unfinished)
+        live = Counter(a.job.id for a in unfinished if a.aid not in self.killed)
+        assert all(count <= 2 for count in live.values())
+        if self.scheduler.finished:
             assert not self.running
 
     def teardown(self) -> None:
-        if not hasattr(self, "scheduler"):
-            return
-        if not self.capacity:
-            self.host_ready("h0", 1, 1)
-        for _ in range(10 * self.source.n + 10):
+        for name in set(HOSTS) - set(self.capacity):  # all hosts back; h2's jobs take 3 s
+            self.host_ready(name, 1, 1)
+        for _ in range(1000):
+            self.take_abandoned()
+            self.due_kills()
             self.next_runs()
             if self.scheduler.finished:
                 break
-            for aid in sorted(self.running):
-                self.end(aid)
+            self.start_queued()
+            self.now += 1.0
+            for aid, attempt in sorted(self.running.items()):
+                took = 3.0 if attempt.host == "h2" else 1.0
+                if aid in self.killed or self.started.get(aid, self.now) <= self.now - took:
+                    self.end(aid, ok=True)
         assert self.scheduler.finished
         assert self.completed == Counter(range(self.source.n))
         assert self.source.pulled == self.source.n

@@ -1,0 +1,497 @@
+"""anet.speculation and the scheduler's speculative copies: statistics, straggler rules, caps,
+and a simulated cluster on a fake clock comparing the batch's end with and without copies."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from anet.batch import Job
+from anet.errors import UsageError
+from anet.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Verdict
+from anet.speculation import (
+    Candidate,
+    HostHealth,
+    Pausing,
+    Runtimes,
+    Target,
+    Timeout,
+    plan_copies,
+    start_wait,
+)
+
+
+def jobs(n: int) -> list[Job]:
+    return [Job(i, b"true") for i in range(n)]
+
+
+def cluster(n: int, hosts: Sequence[str], **options) -> Scheduler:
+    """A batch of n jobs on hosts of one slot and no look-ahead."""
+    scheduler = Scheduler(iter(jobs(n)), **options)
+    for host in hosts:
+        scheduler.host_ready(host, 1, 0)
+    return scheduler
+
+
+def started(scheduler: Scheduler, runs: list[Attempt], now: float) -> list[Attempt]:
+    for run in runs:
+        scheduler.attempt_started(run.aid, now)
+    return runs
+
+
+def live(scheduler: Scheduler) -> list[Attempt]:
+    return [a for a in map(scheduler.attempt, range(10_000)) if a is not None]
+
+
+def learn(scheduler: Scheduler, **durations: float) -> None:
+    """What the batch showed so far: three jobs per host, each of the given seconds."""
+    for host, duration in durations.items():
+        for _ in range(3):
+            scheduler.runtimes.observe(host, duration)
+
+
+# -- the runtime model ---------------------------------------------------------------------------
+
+
+def test_runtimes_learn_each_hosts_slowness_from_durations():
+    runtimes = Runtimes()
+    for _ in range(20):
+        for host in "abc":
+            runtimes.observe(host, 2.0)
+        runtimes.observe("slow", 20.0)
+    assert runtimes.slowness("a") == pytest.approx(1.0)
+    assert runtimes.slowness("slow") == pytest.approx(10.0)
+    assert runtimes.slowness("never seen") == 1.0
+    assert runtimes.median() == pytest.approx(2.0)  # durations as if run on a normal host
+    assert runtimes.quantile(0.9) == pytest.approx(2.0)
+    assert runtimes.expected("slow") == pytest.approx(20.0)
+
+
+def test_runtimes_memory_is_bounded():
+    runtimes = Runtimes(window=50, host_window=4)
+    for i in range(10_000):
+        runtimes.observe(f"h{i % 3}", 1.0 + i % 7)
+    assert runtimes.count == 50
+    assert all(len(samples) <= 4 for samples in runtimes._ratios.values())
+
+
+def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():
+    runtimes = Runtimes()
+    for duration in (1.0, 1.0, 1.0, 1.0, 9.0):
+        runtimes.observe("a", duration)
+    assert runtimes.slowness("a") == 1.0 and runtimes.mean() == pytest.approx(2.6)
+    assert runtimes.outlook("a", 0.5) == pytest.approx((2.1, 2.6))  # any job: the mean
+    assert runtimes.outlook("a", 2.0) == pytest.approx((7.0, 9.0))  # one of the big ones
+    assert runtimes.outlook("a", 20.0) == pytest.approx((20.0, 2.6))  # unheard of: the host
+
+
+def test_a_stopped_attempt_is_a_lower_bound_on_its_hosts_slowness():
+    runtimes = Runtimes()
+    for _ in range(5):
+        runtimes.observe("a", 1.0)
+    runtimes.at_least("b", 7.0)
+    assert runtimes.slowness("b") == pytest.approx(7.0)
+    runtimes.at_least("b", 3.0)  # tells nothing new: b is known to be slower
+    assert runtimes.slowness("b") == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [(30, Timeout(seconds=30.0)), ("2.5", Timeout(seconds=2.5)), ("300%", Timeout(percent=300.0))],
+)
+def test_timeout_specs(spec: float | str, expected: Timeout):
+    assert Timeout.parse(spec) == expected
+    assert Timeout.parse(None) is None
+
+
+@pytest.mark.parametrize("spec", ["", "abc", "-1", "0%", "nan", "inf"])
+def test_bad_timeout_specs_are_usage_errors(spec: str):
+    with pytest.raises(UsageError):
+        Timeout.parse(spec)
+
+
+def test_plan_copies_takes_the_latest_first_and_only_if_the_copy_ends_sooner():
+    assert [start_wait(load, 2, 10.0) for load in range(4)] == [0.0, 0.0, 5.0, 10.0]
+    slow = frozenset({"slow"})
+    candidates = [Candidate(1, 5.0, 1.0, slow), Candidate(2, 50.0, 1.0, slow)]
+    candidates += [Candidate(3, 0.5, 1.0, slow), Candidate(4, 9.0, 10.0, slow)]  # 4: a big job
+    targets = [Target("fast", 1, 0, 1, 1.0, 1.0), Target("mid", 1, 0, 1, 3.0, 3.0)]
+    assert plan_copies(candidates, targets, budget=10) == [(2, "fast"), (1, "mid")]
+    fast = [Target("fast", 2, 0, 1, 1.0, 1.0)]
+    assert plan_copies(candidates, fast, budget=1) == [(2, "fast")]
+    assert plan_copies(candidates, [Target("slow", 9, 0, 9, 1.0, 1.0)], budget=9) == []
+
+
+def test_pausing_needs_different_jobs_and_successes_elsewhere():
+    health, rule = HostHealth(), Pausing(after=3, seconds=10.0)
+    assert health.failed("h", 1, 0.0, 0, rule) is None
+    assert health.failed("h", 1, 0.0, 0, rule) is None  # the same job again counts once
+    assert health.failed("h", 2, 0.0, 0, rule) is None
+    assert health.failed("h", 3, 0.0, 0, rule) is None  # nobody succeeded: the jobs' fault
+    pause = health.failed("h", 4, 1.0, 5, rule)  # others succeeded meanwhile
+    assert pause is not None and (pause.seconds, pause.until, pause.jobs) == (10.0, 11.0, (1, 2, 3))
+    assert "3 different jobs failed in a row" in str(pause)
+    assert health.failed("h", 5, 2.0, 9, rule) is None  # handed out before the pause
+    assert not health.streak
+
+
+# -- stragglers in the scheduler -----------------------------------------------------------------
+
+
+def straggling() -> tuple[Scheduler, dict[str, Attempt]]:
+    """Hosts a, b, c and slow, one slot each, no look-ahead. a, b and c finish a job in 1 s;
+    at t=1 they take jobs 4, 5, 6; slow's job 3, started at 0, is still running at t=2."""
+    scheduler = cluster(100, ["a", "b", "c", "slow"])
+    first = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
+    for host in "abc":
+        assert scheduler.attempt_ended(first[host].aid, ok=True, now=1.0, duration=1.0).final
+    second = {r.host: r for r in started(scheduler, scheduler.next_runs(1.0), 1.0)}
+    assert not any(r.speculative for r in second.values())  # slow's job: 1 s, not late yet
+    return scheduler, {"slow": first["slow"], **second}
+
+
+def test_a_straggler_gets_a_copy_and_jobs_running_normally_do_not():
+    scheduler, running = straggling()
+    assert scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0).final
+    # slow's job has run 2 s > 1.5 x the 90th percentile (1 s); b's and c's jobs only 1 s
+    (copy,) = scheduler.next_runs(2.0)
+    assert copy.speculative
+    assert (copy.job, copy.host, copy.number) == (running["slow"].job, "a", 2)
+
+
+def test_the_first_finisher_wins_and_the_other_attempt_is_killed_and_stale():
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    ended = scheduler.attempt_ended(copy.aid, ok=True, now=3.0, duration=1.0)
+    assert (ended.verdict, ended.ok, ended.attempt) == (Verdict.FINAL, True, copy)
+    (kill,) = scheduler.due_kills(3.0)
+    assert (kill.attempt, kill.reason) == (running["slow"], KillReason.SUPERSEDED)
+    assert scheduler.due_kills(3.0) == []  # each kill is decided once
+    assert scheduler.attempt(running["slow"].aid) is not None  # holds its slot until its Exit
+    late = scheduler.attempt_ended(running["slow"].aid, ok=False, now=3.1)
+    assert late.verdict is Verdict.STALE
+    assert scheduler.runtimes.slowness("slow") >= 3.0  # learnt from the loser's 3 s
+
+
+def test_the_original_may_win_too():
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert scheduler.attempt_ended(running["slow"].aid, ok=True, now=2.5).final
+    assert [k.attempt for k in scheduler.due_kills(2.5)] == [copy]
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=2.6).verdict is Verdict.STALE
+
+
+def test_no_copy_for_a_job_on_a_known_slow_host_while_it_is_on_its_time():
+    scheduler = cluster(100, ["fast", "slow"])
+    learn(scheduler, fast=1.0, slow=10.0)
+    assert scheduler.runtimes.slowness("slow") == pytest.approx(10.0)
+    runs = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
+    for t in range(1, 15):  # fast ends a job every second; slow's job is on time until 15 s
+        scheduler.attempt_ended(runs["fast"].aid, ok=True, now=float(t), duration=1.0)
+        (runs["fast"],) = started(scheduler, scheduler.next_runs(float(t)), float(t))
+        assert not runs["fast"].speculative
+    scheduler.attempt_ended(runs["fast"].aid, ok=True, now=16.0, duration=1.0)
+    (copy,) = scheduler.next_runs(16.0)  # 16 s > 1.5 x 1 s x slowness 10: now it straggles
+    assert copy.speculative and copy.job == runs["slow"].job
+
+
+def test_at_the_end_of_the_batch_idle_slots_copy_what_they_would_finish_first():
+    scheduler = cluster(4, ["a", "b", "slow"])
+    learn(scheduler, a=1.0)
+    first = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
+    scheduler.attempt_ended(first["a"].aid, ok=True, now=1.0, duration=1.0)
+    scheduler.attempt_ended(first["b"].aid, ok=True, now=1.0, duration=1.0)
+    (last,) = started(scheduler, scheduler.next_runs(1.0), 1.0)  # job 3; the batch is dry now
+    # slow's job has run 1 s, as long as any job: a copy on the idle host would not end sooner
+    assert scheduler.next_runs(1.0) == []
+    wake = scheduler.next_wakeup(1.0)
+    assert wake is not None and 1.0 < wake < 1.01  # from then on, its end is anyone's guess
+    (copy,) = scheduler.next_runs(wake)
+    assert copy.speculative and copy.job == first["slow"].job
+    assert copy.host != last.host  # the idle host
+    assert scheduler.next_runs(5.0) == []  # at most two attempts of a job
+
+
+def test_copies_are_capped_while_jobs_are_still_queued():
+    scheduler = cluster(10_000, [f"h{i}" for i in range(10)])
+    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    for run in runs[:5]:
+        scheduler.attempt_ended(run.aid, ok=True, now=1.0, duration=1.0)
+    started(scheduler, scheduler.next_runs(1.0), 1.0)
+    for run in live(scheduler):
+        if run.aid >= 10:
+            scheduler.attempt_ended(run.aid, ok=True, now=2.0, duration=1.0)
+    # five attempts straggle (2 s > 1.5 s); five hosts are free; copies may take 10% of slots
+    late = scheduler.next_runs(2.0)
+    assert sum(r.speculative for r in late) == 1
+    assert len(late) == 5  # the other free hosts take queued jobs
+    assert scheduler.next_runs(3.0) == []
+
+
+def test_at_most_two_live_attempts_per_job_and_never_two_on_one_host():
+    scheduler = cluster(6, "abcdefgh")
+    learn(scheduler, a=1.0)
+    started(scheduler, scheduler.next_runs(0.0), 0.0)
+    for t in range(1, 30):  # nothing ends: every attempt straggles, and six hosts are idle
+        started(scheduler, scheduler.next_runs(float(t)), float(t))
+        attempts = live(scheduler)
+        assert max(Counter(a.job.id for a in attempts).values()) <= 2
+        assert len({(a.job.id, a.host) for a in attempts}) == len(attempts)
+    assert len(live(scheduler)) == 8  # two copies, one per idle host
+
+
+@pytest.mark.parametrize(
+    ("n", "hosts"), [(3, ["fast1", "fast2"]), (1000, ["fast1", "fast2", "slow"])]
+)
+def test_a_very_slow_host_sits_out_a_tail_that_the_others_finish_sooner(n: int, hosts: list[str]):
+    scheduler = cluster(n, ["fast1", "fast2", "slow"])
+    learn(scheduler, fast1=1.0, slow=10.0)
+    runs = scheduler.next_runs(0.0)
+    assert sorted(r.host for r in runs) == hosts  # with 3 jobs, slow would need 10 s for job 2
+    if n == 3:
+        scheduler.attempt_ended(runs[0].aid, ok=True, now=1.0, duration=1.0)
+        assert [(r.job.id, r.host) for r in scheduler.next_runs(1.0)] == [(2, runs[0].host)]
+
+
+def test_no_copies_when_speculation_is_off():
+    scheduler = cluster(2, ["a", "b"], speculate=False)
+    learn(scheduler, a=1.0)
+    started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert scheduler.next_runs(1000.0) == []
+    assert scheduler.next_wakeup(1000.0) is None
+
+
+# -- timeouts ------------------------------------------------------------------------------------
+
+
+def test_an_absolute_timeout_counts_from_the_real_start_and_is_a_retried_failure():
+    scheduler = cluster(10, "ab", timeout=5, retries=1)
+    on_a, on_b = sorted(scheduler.next_runs(0.0), key=lambda r: r.host)
+    scheduler.attempt_started(on_a.aid, 3.0)  # handed out at 0, queued on the host until 3
+    assert scheduler.due_kills(7.9) == []
+    assert scheduler.next_wakeup(7.9) == 8.0
+    assert scheduler.due_kills(8.0) == [Kill(on_a, KillReason.TIMEOUT)]
+    assert scheduler.due_kills(9.0) == []
+    ended = scheduler.attempt_ended(on_a.aid, ok=False, now=8.1)  # killed by a signal
+    assert ended == Ended(Verdict.RETRY, on_a, error="timed out after 5 s")
+    assert scheduler.attempt_ended(on_b.aid, ok=True, now=8.2).final
+    (retry,) = [r for r in scheduler.next_runs(8.2) if r.job == on_a.job]
+    assert retry.host == "b"  # where it did not fail
+    scheduler.attempt_started(retry.aid, 8.2)
+    assert [k.attempt for k in scheduler.due_kills(13.2)] == [retry]
+    last = scheduler.attempt_ended(retry.aid, ok=False, now=13.3)
+    assert last == Ended(Verdict.FINAL, retry, ok=False, error="timed out after 5 s")
+
+
+def test_an_attempt_that_exits_0_as_its_timeout_kill_comes_has_succeeded():
+    scheduler = cluster(1, "a", timeout=5)
+    (run,) = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert len(scheduler.due_kills(5.0)) == 1
+    assert scheduler.attempt_ended(run.aid, ok=True, now=5.01) == Ended(Verdict.FINAL, run, ok=True)
+
+
+def test_a_percentage_timeout_waits_for_three_successes_then_scales_the_median():
+    scheduler = Scheduler(iter(jobs(100)), timeout="300%", speculate=False)
+    scheduler.host_ready("a", 4, 0)
+    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert scheduler.due_kills(1000.0) == []  # nothing to take a median of yet
+    for run in runs[:3]:
+        assert scheduler.attempt_ended(run.aid, ok=True, now=1000.0, duration=2.0).final
+    assert [k.attempt for k in scheduler.due_kills(1000.0)] == [runs[3]]  # 1000 s > 3 x 2 s
+    started(scheduler, scheduler.next_runs(1000.0), 1000.0)
+    assert scheduler.due_kills(1005.9) == []
+    assert len(scheduler.due_kills(1006.0)) == 3
+
+
+def test_a_timed_out_attempt_whose_host_is_lost_is_a_failure():
+    scheduler = cluster(1, "a", timeout=5, retries=0)
+    started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert len(scheduler.due_kills(5.0)) == 1
+    scheduler.host_lost("a")
+    (abandoned,) = scheduler.take_abandoned()
+    assert abandoned.error == "timed out after 5 s, then its host was lost"
+
+
+# -- broken hosts --------------------------------------------------------------------------------
+
+
+class Pair:
+    """Hosts a and b, one slot each: b always succeeds, a succeeds or fails as told."""
+
+    def __init__(self, **options) -> None:
+        self.scheduler = cluster(1000, "ab", **options)
+        self.on = {r.host: r for r in self.scheduler.next_runs(0.0)}
+
+    def step(self, t: float, *, a_ok: bool) -> Ended | None:
+        """End b's attempt, then a's (if a has one), then refill the free hosts."""
+        assert self.scheduler.attempt_ended(self.on.pop("b").aid, ok=True, now=t).final
+        on_a = self.on.pop("a", None)
+        ended = self.scheduler.attempt_ended(on_a.aid, ok=a_ok, now=t) if on_a else None
+        self.on.update((r.host, r) for r in self.scheduler.next_runs(t))
+        return ended
+
+
+def test_a_host_failing_different_jobs_in_a_row_is_paused_then_doubly():
+    pair = Pair(pause_after=3, pause_for=60.0)
+    ended = [pair.step(t, a_ok=False) for t in (1.0, 2.0, 3.0)]
+    assert [e.paused if e else "no attempt" for e in ended[:2]] == [None, None]
+    pause = ended[2].paused if ended[2] else None
+    assert pause is not None
+    assert (pause.host, pause.seconds, pause.until, len(set(pause.jobs))) == ("a", 60.0, 63.0, 3)
+    assert set(pair.on) == {"b"}  # a got nothing new
+    assert pair.step(62.9, a_ok=False) is None and set(pair.on) == {"b"}
+    assert pair.step(63.0, a_ok=False) is None and set(pair.on) == {"a", "b"}  # back at work
+    again = [pair.step(t, a_ok=False) for t in (64.0, 65.0, 66.0)][-1]
+    assert again is not None and again.paused is not None
+    assert again.paused.seconds == 120.0  # paused again: twice as long
+
+
+def test_a_success_resets_the_failure_streak():
+    pair = Pair(pause_after=3)
+    for t in range(1, 30):
+        ended = pair.step(float(t), a_ok=t % 3 == 0)  # two failures, then a success
+        assert ended is not None and ended.paused is None
+
+
+def test_no_host_is_paused_when_every_host_fails_every_job():
+    scheduler = cluster(100, ["a", "b"], pause_after=2)
+    runs = scheduler.next_runs(0.0)
+    for t in range(1, 20):
+        for run in runs:
+            assert scheduler.attempt_ended(run.aid, ok=False, now=float(t)).paused is None
+        runs = scheduler.next_runs(float(t))
+        assert {r.host for r in runs} == {"a", "b"}
+
+
+# -- a simulated cluster -------------------------------------------------------------------------
+
+
+@dataclass
+class SimHost:
+    """An end machine as the dispatcher runs it: `slots` at once, the rest queued in order."""
+
+    slots: int
+    slowness: float
+    running: set[int] = field(default_factory=set)
+    queue: deque[Attempt] = field(default_factory=deque)
+
+
+class Simulation:
+    """The master's loop over a fake clock: an event queue of attempt ends, plus the wake-ups
+    the scheduler asks for. A job's duration on a host is its size times the host's slowness."""
+
+    def __init__(self, slowness: Sequence[float], sizes: Sequence[float], slots: int, **options):
+        self.scheduler = Scheduler(iter(jobs(len(sizes))), **options)
+        self.hosts = {f"h{i}": SimHost(slots, s) for i, s in enumerate(slowness)}
+        for name, host in self.hosts.items():
+            self.scheduler.host_ready(name, host.slots)
+        self.sizes = sizes
+        self.now = 0.0
+        self.events: list[tuple[float, int]] = []
+        self.killed: set[int] = set()
+        self.finals: Counter[int] = Counter()
+        self.copies = 0
+        self.makespan = 0.0
+
+    def run(self) -> Simulation:
+        self.decide()
+        while not self.scheduler.finished:
+            wake = self.scheduler.next_wakeup(self.now)
+            self.now = min(self.events[0][0] if self.events else math.inf, wake or math.inf)
+            assert self.now < math.inf, "the run is stuck"
+            while self.events and self.events[0][0] <= self.now:
+                _, aid = heapq.heappop(self.events)
+                if aid not in self.killed:
+                    self.end(aid, ok=True)
+            self.decide()
+        assert self.finals == Counter(range(len(self.sizes)))
+        return self
+
+    def decide(self) -> None:
+        while True:
+            kills = self.scheduler.due_kills(self.now)
+            for kill in kills:  # the dispatcher kills and reports the Exit at once
+                host = self.hosts[kill.attempt.host]
+                if kill.attempt.aid in host.running:
+                    self.killed.add(kill.attempt.aid)
+                else:
+                    host.queue.remove(kill.attempt)
+                self.end(kill.attempt.aid, ok=False)
+            runs = self.scheduler.next_runs(self.now)
+            for attempt in runs:
+                self.copies += attempt.speculative
+                self.hosts[attempt.host].queue.append(attempt)
+                self.start_queued(attempt.host)
+            if not kills and not runs:
+                return
+
+    def start_queued(self, name: str) -> None:
+        host = self.hosts[name]
+        while len(host.running) < host.slots and host.queue:
+            attempt = host.queue.popleft()
+            host.running.add(attempt.aid)
+            self.scheduler.attempt_started(attempt.aid, self.now)
+            end = self.now + self.sizes[attempt.job.id] * host.slowness
+            heapq.heappush(self.events, (end, attempt.aid))
+
+    def end(self, aid: int, *, ok: bool) -> None:
+        attempt = self.scheduler.attempt(aid)
+        assert attempt is not None
+        self.hosts[attempt.host].running.discard(aid)
+        ended = self.scheduler.attempt_ended(aid, ok=ok, now=self.now)
+        if ended.final:
+            self.finals[attempt.job.id] += 1
+            self.makespan = self.now
+        self.start_queued(attempt.host)
+
+
+def ideal(slowness: Sequence[float], n: int, slots: int) -> float:
+    """The least T by which `n` unit jobs can be done (each host works from time 0)."""
+    ends = sorted(k * s for s in slowness for k in range(1, n + 1))
+    return next(t for t in ends if sum(slots * math.floor(t / s + 1e-9) for s in slowness) >= n)
+
+
+ONE_SLOW = [1.0] * 7 + [10.0]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 4])
+def test_speculation_ends_a_batch_with_a_slow_host_near_the_ideal(slots: int):
+    """100 equal jobs of 1 s on 8 hosts, one of them 10x slower, default look-ahead."""
+    on = Simulation(ONE_SLOW, [1.0] * 100, slots).run()
+    off = Simulation(ONE_SLOW, [1.0] * 100, slots, speculate=False).run()
+    best = ideal(ONE_SLOW, 100, slots)
+    assert on.makespan <= best * 1.1
+    assert off.makespan >= on.makespan * 1.3
+    assert on.copies <= 10  # a handful of copies, not a doubled batch
+
+
+def test_speculation_does_nothing_on_equal_hosts():
+    on = Simulation([1.0] * 8, [1.0] * 100, 2).run()
+    assert on.copies == 0
+    assert on.makespan == ideal([1.0] * 8, 100, 2)
+
+
+@pytest.mark.parametrize(("hosts", "mean_ratio"), [([1.0] * 8, 1.03), (ONE_SLOW, 0.7)])
+def test_heavy_tailed_jobs_gain_from_copies_with_a_slow_host_and_lose_nothing_without(
+    hosts: list[float], mean_ratio: float
+):
+    """Copies cannot help when jobs, not hosts, are slow: averaged over batches, they must not
+    hurt then. (One batch may end a little earlier or later: with heavy tails, its end hangs on
+    when the biggest job happens to start.)"""
+    ratios = []
+    for seed in range(8):
+        sizes = [random.Random(seed * 1000 + i).lognormvariate(0, 1) for i in range(200)]
+        on = Simulation(hosts, sizes, 2).run()
+        off = Simulation(hosts, sizes, 2, speculate=False).run()
+        ratios.append(on.makespan / off.makespan)
+        assert on.copies <= 0.15 * len(sizes)
+    assert sum(ratios) / len(ratios) <= mean_ratio
+    assert max(ratios) <= 1.15
