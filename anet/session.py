@@ -253,13 +253,16 @@ class HostSession:
         """Declare the host lost after `dead_after` of silence (a frozen host, a partition).
 
         Silence counts only while the pump is waiting to read: when the pump is held up
-        delivering results to a slow consumer, the host is not to blame.
+        delivering results to a slow consumer, the host is not to blame. The check runs often
+        enough, and a little early, that the host is declared lost *within* `dead_after`; the
+        dispatcher's heartbeats come every `heartbeat` seconds, several times in that span.
         """
         bound = self._config.dead_after
+        tick = min(0.25, bound / 8)
         while bound > 0:
-            await asyncio.sleep(min(1.0, bound / 4))
+            await asyncio.sleep(tick)
             since = self._waiting_since
-            if since is not None and time.monotonic() - since > bound:
+            if since is not None and time.monotonic() - since > bound - 2 * tick:
                 self._silence = f"lost: no word from the host for {bound:g}s"
                 channel.close()
                 transport.close()  # a frozen peer never answers a polite channel close
