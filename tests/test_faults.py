@@ -229,10 +229,12 @@ def test_a_job_that_fails_once_is_retried_on_another_host(make_cluster, tmp_path
     batch.write_text(
         "".join(
             f'm={marks}/{i}; if [ -e $m ]; then echo "$(cat $m) $ANET_HOST"; '
-            f"else echo $ANET_HOST > $m; exit 1; fi\n"
+            f"else echo $ANET_HOST > $m; sleep 1; exit 1; fi\n"
             for i in range(8)
         )
     )
+    # Each first attempt fails only after 1 s, once both hosts are surely up: a retry goes to
+    # the same host only when no other host is there to take it.
     proc = start_anet(own, batch, "--no-speculate")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
