@@ -116,6 +116,7 @@ class Cluster:
         self._done_sent = False
         self._journal: Journal | None = None
         self._wakeup: asyncio.TimerHandle | None = None
+        self._draining = False
         self._policy = policy or RunPolicy()
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
@@ -360,7 +361,7 @@ class Cluster:
             else:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             frames.setdefault(kill.attempt.host, []).append(Kill(kill.attempt.aid, KILL_GRACE))
-        for attempt in scheduler.next_runs(now):
+        for attempt in () if self._draining else scheduler.next_runs(now):
             self._outputs[attempt.aid] = _AttemptOutput()
             run = Run(attempt.aid, attempt.job.id, attempt.job.command)
             frames.setdefault(attempt.host, []).append(run)
@@ -388,10 +389,18 @@ class Cluster:
         except JournalError as exc:
             await self._results.put(exc)  # run() raises it, like NoHostError
 
+    def drain(self) -> None:
+        """Start no more attempts; the run ends once those running have ended (--halt soon)."""
+        self._draining = True
+        self._dispatch()
+
     def _check_done(self) -> None:
         """End the run once the scheduler says so; only a scheduling round may discover that
         the batch is exhausted, so both the round and each result check."""
-        if self._scheduler is not None and self._scheduler.finished and not self._done_sent:
+        scheduler = self._scheduler
+        if scheduler is None or self._done_sent:
+            return
+        if scheduler.finished or (self._draining and scheduler.in_flight == 0):
             self._done_sent = True
             self._results.put_last(_Done())
 
@@ -425,6 +434,7 @@ class Cluster:
             speculate=policy.speculate,
         )
         self._done_sent = False
+        self._draining = False
         self._journal = journal
         flusher = self._tasks.create_task(self._flush_journal(journal)) if journal else None
         try:

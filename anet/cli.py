@@ -24,6 +24,7 @@ from .api import KEEPALIVE, Cluster, RunPolicy
 from .batch import open_batch, read_batch
 from .connect import SshOptions
 from .errors import AnetError, UsageError
+from .halt import Halt, HaltPolicy
 from .hosts import resolve_hosts
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
 from .logs import get_logger
@@ -72,6 +73,7 @@ class RunArgs:
     only_new: bool = False
     no_journal: bool = False
     policy: RunPolicy = field(default_factory=RunPolicy)
+    halt: HaltPolicy = field(default_factory=HaltPolicy)
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -79,6 +81,7 @@ async def program(args: RunArgs, env: Environment) -> int:
     hosts = resolve_hosts(args.hosts, args.host_files, slots=args.slots, environ=env.environ)
     encoder = encoder_for(args.format or ("text" if env.stdout_isatty else "anet"))
     total = failed = 0
+    halted = False
     with open_batch(args.batch) as batch, _open_journal(args, env) as journal:
         done = journal.succeeded_ids() if journal and args.resume else IdSet()
         output = await open_output(env.stdout)
@@ -91,15 +94,30 @@ async def program(args: RunArgs, env: Environment) -> int:
             jobs = (job for job in read_batch(batch) if job.id not in done)
             ssh = SshOptions(config=args.ssh_config, keepalive=args.keepalive / 3)
             cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy)
+            size = _batch_size(args.batch) if args.halt.needs_total else None
             async with cluster:
                 async for result in cluster.run(jobs, journal=journal):
                     total += 1
                     failed += not await _emit(output, encoder, result)
+                    halt = args.halt.check(failed, size)
+                    if halt is Halt.NOW:
+                        log.warning(f"halting now: {failed} jobs failed; running jobs are killed")
+                        break  # leaving the cluster kills every running job
+                    if halt is Halt.SOON and not halted:
+                        log.warning(f"halting soon: {failed} jobs failed; no new jobs start")
+                        halted = True
+                        cluster.drain()
         finally:
             await output.close()
     if failed:
         log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
     return min(failed, ExitStatus.MAX_FAILED)
+
+
+def _batch_size(path: Path) -> int:
+    """Jobs in the batch, for a --halt percentage: one streaming pass over the file."""
+    with open_batch(path) as batch:
+        return sum(1 for _ in read_batch(batch))
 
 
 @contextlib.contextmanager
@@ -193,6 +211,10 @@ Examples:
     "--timeout", metavar="SECONDS|N%",
     help="Kill (and retry) a job running longer; N% of the median successful run time.",
 )  # fmt: skip
+@click.option(
+    "--halt", metavar="WHEN,fail=N[%]",
+    help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
+)  # fmt: skip
 @click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
 @click.option(
     "--resume", is_flag=True,
@@ -219,6 +241,7 @@ def cli(
     keepalive: float,
     retries: int,
     timeout: str | None,
+    halt: str | None,
     no_speculate: bool,
     resume: bool,
     only_new: bool,
@@ -236,6 +259,7 @@ def cli(
     args = RunArgs(
         batch, hosts, host_files, slots, ssh_config, fmt, keepalive, journal, resume, only_new,
         no_journal, RunPolicy(retries, _timeout(timeout), not no_speculate),
+        HaltPolicy.parse(halt),
     )  # fmt: skip
     return _run_async(program(args, env))
 
