@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sshd_hosts import SshdCluster, SshdHost, leftover_processes
 
 from anet import results
@@ -285,3 +288,61 @@ def test_speculation_shortens_the_makespan_when_one_host_is_10x_slower(make_clus
     # Ideal: host1 alone, 16 jobs x 0.3 s / 2 slots = 2.4 s; without copies host2's queued jobs
     # hold the batch for rounds of 3 s.
     assert on < 0.75 * off, f"speculation on {on:.1f}s vs off {off:.1f}s"
+
+
+def _iptables(*args: str) -> None:
+    subprocess.run(["iptables", "-w", *args], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="a partition needs iptables and root (scripts/dev-setup installs iptables; CI is root)",
+)
+def test_a_partitioned_host_is_lost_and_the_healed_one_has_nothing_left(make_cluster, tmp_path):
+    own = make_cluster(2)
+    cut = own["host2"]
+    rules = [("INPUT", "-s", cut.address), ("INPUT", "-d", cut.address)]
+    proc = start_anet(own, job_batch(tmp_path, 1.0), "--no-journal")
+    watcher = StderrWatcher(proc)
+    try:
+        wait_for_jobs(cut, 1)
+        for chain, flag, address in rules:  # silent both ways: TCP stays open, nothing arrives
+            _iptables("-I", chain, flag, address, "-j", "DROP")
+        cut_at = time.monotonic()
+        lost_at = watcher.wait_for("host2: lost", timeout=30)
+        out, _ = proc.communicate(timeout=120)
+        # Cut off from its master, the dispatcher gives up by itself and kills its jobs.
+        assert leftover_processes([cut], grace=20.0) == {}
+    finally:
+        for chain, flag, address in rules:
+            subprocess.run(["iptables", "-w", "-D", chain, flag, address, "-j", "DROP"])
+    assert lost_at - cut_at <= 15.0
+    assert proc.returncode == 0, watcher.text()
+    assert_complete(out)
+
+
+def test_a_job_past_its_timeout_is_killed_retried_then_failed(make_cluster, tmp_path):
+    own = make_cluster(1)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo quick\nsleep 300; echo never\n")
+    proc = start_anet(own, batch, "--timeout", "1", "--retries", "1", "--no-journal")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    records = {r.id: r for r in results.read(io.BytesIO(out))}
+    assert records[0].ok
+    slow = records[1]
+    assert not slow.ok and slow.attempts == 2 and "timed out" in (slow.error or "")
+    assert slow.stdout == b""
+    assert leftover_processes(own.hosts, grace=5.0) == {}
+
+
+def test_a_200_megabyte_result_arrives_intact(make_cluster, tmp_path):
+    own = make_cluster(1)
+    make = "import random,sys; sys.stdout.buffer.write(random.Random(5).randbytes(200_000_000))"
+    batch = tmp_path / "batch.txt"
+    batch.write_text(f"python3 -c '{make}'\n")
+    proc = start_anet(own, batch, "--no-journal")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (record,) = results.read(io.BytesIO(out))
+    assert record.stdout == random.Random(5).randbytes(200_000_000)
