@@ -60,6 +60,13 @@ class StderrWatcher:
             time.sleep(0.05)
         raise AssertionError(f"no stderr line with {text!r} in {timeout}s: {self.lines}")
 
+    def finish(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> bytes:
+        """anet's whole stdout once it exits; stderr stays this watcher's alone to read."""
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=timeout)
+        return out
+
     def text(self) -> str:
         self._thread.join(timeout=5)
         return "\n".join(line for _, line in self.lines)
@@ -99,7 +106,7 @@ def test_killed_dispatcher_restarts_over_the_same_connection(make_cluster, tmp_p
     wait_for_jobs(own["host1"], 1)
     victim = own["host1"]
     os.kill(dispatcher_pid(victim), signal.SIGKILL)
-    out, _ = proc.communicate(timeout=120)
+    out = watcher.finish(proc)
     assert proc.returncode == 0, watcher.text()
     records = assert_complete(out)
     assert "host1: " in watcher.text()  # the loss was reported...
@@ -118,7 +125,7 @@ def test_frozen_host_is_declared_lost_within_15_seconds(make_cluster, tmp_path):
         frozen.freeze()
         froze_at = time.monotonic()
         lost_at = watcher.wait_for("host2: lost", timeout=30)
-        out, _ = proc.communicate(timeout=120)
+        out = watcher.finish(proc)
     finally:
         frozen.thaw()
     assert lost_at - froze_at <= 15.0, f"detected after {lost_at - froze_at:.1f}s"
@@ -141,7 +148,7 @@ def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
     time.sleep(1.0)
     flaky.start()
     back_at = time.time()
-    out, _ = proc.communicate(timeout=120)
+    out = watcher.finish(proc)
     assert proc.returncode == 0, watcher.text()
     records = assert_complete(out)
     after = [r for r in records if r.host == "host2" and float(r.stderr) > back_at]
@@ -310,7 +317,7 @@ def test_a_partitioned_host_is_lost_and_the_healed_one_has_nothing_left(make_clu
             _iptables("-I", chain, flag, address, "-j", "DROP")
         cut_at = time.monotonic()
         lost_at = watcher.wait_for("host2: lost", timeout=30)
-        out, _ = proc.communicate(timeout=120)
+        out = watcher.finish(proc)
         # Cut off from its master, the dispatcher gives up by itself and kills its jobs.
         assert leftover_processes([cut], grace=20.0) == {}
     finally:
