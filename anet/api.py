@@ -160,7 +160,6 @@ class Cluster:
             _, late = await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT)
             if late:
                 log.warning(f"{len(late)} host(s) did not stop in time; cutting them off")
-        await self._connector.close()
 
     # -- host lives -------------------------------------------------------------------------
 

@@ -164,14 +164,10 @@ class HostSession:
             kind, end = found
             if kind == BOOT_FRAMES:
                 return bytes(seen[end:])
-            if kind == BOOT_ERROR:
-                line = bytes(seen[end:]).split(b"\n", 1)[0]
-                while b"\n" not in bytes(seen[end:]):
-                    data = await self._read(channel)
-                    if not data:
-                        break
+            if kind == BOOT_ERROR:  # one line of reason follows; wait for all of it
+                while seen.find(b"\n", end) < 0 and (data := await self._read(channel)):
                     seen += data
-                    line = bytes(seen[end:]).split(b"\n", 1)[0]
+                line = bytes(seen[end:]).split(b"\n", 1)[0]
                 raise HostError(self.label, line.decode(errors="replace"), permanent=True)
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
