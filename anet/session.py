@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncssh
@@ -59,6 +60,37 @@ class SessionConfig:
     dead_after: float = 15.0
 
 
+class Request:
+    """The replies to one request, matched by its `rid`, or the host's failure if it goes first.
+
+    Requests (a deps sync, a process listing) run beside jobs on the same channel; the pump
+    routes every frame carrying this `rid` here instead of to the session's owner.
+    """
+
+    def __init__(self, rid: int, label: str) -> None:
+        self.rid = rid
+        self._label = label
+        self._replies: asyncio.Queue[Message | HostError] = asyncio.Queue()
+
+    def put(self, item: Message | HostError) -> None:
+        self._replies.put_nowait(item)
+
+    async def get(self, timeout: float) -> Message:
+        """The next reply; HostError when the host is lost or stays silent past `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._replies.get()
+        except TimeoutError:
+            raise HostError(self._label, f"no reply within {timeout:g}s") from None
+        if isinstance(item, HostError):
+            raise item
+        return item
+
+    def has_reply(self) -> bool:
+        """True when a reply (or the host's failure) is waiting: an early error to act on."""
+        return not self._replies.empty()
+
+
 class HostSession:
     """Boot and pump one dispatcher; every failure ends as a HostError with a one-line reason.
 
@@ -85,14 +117,42 @@ class HostSession:
         self.hello: Hello | None = None
         self.slots = 0
         self.closing = False
+        self.bytes_sent = 0
+        self._requests: dict[int, Request] = {}
+        self._rids = itertools.count(1)
 
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
+            data = b"".join(map(encode, messages))
+            self.bytes_sent += len(data)
             # A dead channel is the pump's to report (it sees the EOF); here it only loses
             # frames that the requeue of this host's attempts makes up for.
             with contextlib.suppress(OSError, asyncssh.Error):
-                self._channel.stdin.write(b"".join(map(encode, messages)))
+                self._channel.stdin.write(data)
+
+    async def send_drained(self, *messages: Message) -> None:
+        """Send, then wait for the transport's buffer to drain: flow control for bulk data."""
+        channel = self._channel
+        if channel is None or self.closing:
+            raise HostError(self.label, "connection lost")
+        self.send(*messages)
+        try:
+            await channel.stdin.drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise HostError(self.label, f"connection lost: {exc}") from None
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[Request]:
+        """A fresh request id whose replies are routed to the yielded Request until exit."""
+        if self._channel is None or self.closing or self.hello is None:
+            raise HostError(self.label, "not ready")
+        req = Request(next(self._rids), self.label)
+        self._requests[req.rid] = req
+        try:
+            yield req
+        finally:
+            del self._requests[req.rid]
 
     async def run(self, transport: Transport, ready: Callable[[HostSession], None]) -> None:
         """One dispatcher's life; returns after its Bye, raises HostError on any failure."""
@@ -117,6 +177,9 @@ class HostSession:
                 error = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
                 channel, self._channel = self._channel, None
+                gone = error or HostError(self.label, "the dispatcher exited")
+                for req in self._requests.values():
+                    req.put(gone)
                 channel.close()
                 for helper in helpers:
                     helper.cancel()
@@ -214,6 +277,10 @@ class HostSession:
         for msg in messages:
             if isinstance(msg, Bye):
                 self.closing = True
+            req = self._requests.get(getattr(msg, "rid", -1))
+            if req is not None:
+                req.put(msg)
+                continue
             await self._on_message(self, msg)
 
     async def shutdown(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 BOOT_MARK = b"\x00\x1bANET\x1b"
 BOOT_NEED_PAYLOAD = b"N"
 BOOT_FRAMES = b"F"
@@ -55,143 +55,6 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame or message."""
 
 
-# Message types. Field order is the wire order: append new fields at the end only.
-
-
-@dataclass(frozen=True)
-class Hello:
-    """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
-
-    CODE = 1
-    version: int
-    hostname: str
-    cores: int
-    python: str
-    load: float
-    pid: int
-    workdir: str
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Master -> dispatcher, answer to Hello: how to run this host's jobs.
-
-    `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
-    the master for that many seconds (a frozen master or a silent network partition).
-    """
-
-    CODE = 2
-    slots: int
-    host_label: str
-    cwd: str
-    heartbeat: float
-    dead_after: float
-
-
-@dataclass(frozen=True)
-class Run:
-    """Master -> dispatcher: run `command` with `sh -c` once a slot is free.
-
-    `aid` (attempt id) is unique within the master's run: every later frame about this attempt
-    carries it, so output from a killed or superseded copy can be told apart and dropped.
-    """
-
-    CODE = 3
-    aid: int
-    job: int
-    command: bytes
-    env: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Started:
-    """Dispatcher -> master: the attempt got a slot and a process (queued runs wait for one)."""
-
-    CODE = 4
-    aid: int
-    pid: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class Output:
-    """Dispatcher -> master: one chunk (<= OUTPUT_CHUNK bytes) of a job's stdout or stderr."""
-
-    CODE = 5
-    aid: int
-    stream: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Exit:
-    """Dispatcher -> master: the attempt ended; all its Output frames came before this one.
-
-    Exactly one of `code` and `signal` is set. `duration` is wall seconds from start to exit,
-    measured on the end machine; `cpu` is user + system seconds of the whole job.
-    """
-
-    CODE = 6
-    aid: int
-    code: Optional[int]
-    signal: Optional[int]
-    duration: float
-    cpu: float
-    maxrss_kb: int
-
-
-@dataclass(frozen=True)
-class Kill:
-    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
-
-    CODE = 7
-    aid: int
-    grace: float
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
-
-    CODE = 8
-    load: float
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    """Master -> dispatcher: kill every job, answer Bye, exit."""
-
-    CODE = 9
-
-
-@dataclass(frozen=True)
-class Bye:
-    """Dispatcher -> master: every job group is dead; the dispatcher exits after this frame."""
-
-    CODE = 10
-
-
-Message = Union[Hello, Setup, Run, Started, Output, Exit, Kill, Heartbeat, Shutdown, Bye]
-
-_CLASSES: Tuple[Type[Any], ...] = (
-    Hello,
-    Setup,
-    Run,
-    Started,
-    Output,
-    Exit,
-    Kill,
-    Heartbeat,
-    Shutdown,
-    Bye,
-)
-_BY_CODE: Dict[int, Type[Any]] = {cls.CODE: cls for cls in _CLASSES}
-_FIELDS: Dict[int, Tuple[str, ...]] = {
-    cls.CODE: tuple(f.name for f in fields(cls)) for cls in _CLASSES
-}
-_ARITY: Dict[int, int] = {code: len(names) for code, names in _FIELDS.items()}
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -209,11 +72,164 @@ _CHECKS: Dict[str, Callable[[Any], bool]] = {
     "bytes": lambda v: isinstance(v, bytes),
     "Optional[int]": lambda v: v is None or _is_int(v),
     "Dict[str, str]": _is_env,
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
 }
 """Field checks by annotation text, so the message classes above stay the only definition."""
-_FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {
-    cls.CODE: tuple((f.name, _CHECKS[str(f.type)]) for f in fields(cls)) for cls in _CLASSES
-}
+_BY_CODE: Dict[int, Type[Any]] = {}
+_FIELDS: Dict[int, Tuple[str, ...]] = {}
+_ARITY: Dict[int, int] = {}
+_FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {}
+
+
+# Message types. Field order is the wire order. Each class registers itself with @message, so a
+# new message is one class, wherever it lives (sync and housekeeping messages have their own
+# modules); both sides ship from the same payload, so PROTOCOL_VERSION only guards mixed installs.
+
+_CLASSES: List[Type[Any]] = []
+
+
+class Message:
+    """Base of every wire message: `CODE` is its type code, its dataclass fields the body."""
+
+    CODE = 0
+
+
+def message(cls: Type[Any]) -> Type[Any]:
+    """Register a frozen dataclass as a wire message under its unique `CODE`."""
+    if any(other.CODE == cls.CODE for other in _CLASSES):
+        raise LocalProtocolError("message code %d used twice" % cls.CODE)
+    _CLASSES.append(cls)
+    names = tuple(f.name for f in fields(cls))
+    _BY_CODE[cls.CODE] = cls
+    _FIELDS[cls.CODE] = names
+    _ARITY[cls.CODE] = len(names)
+    _FIELD_CHECKS[cls.CODE] = tuple((f.name, _CHECKS[str(f.type)]) for f in fields(cls))
+    return cls
+
+
+@message
+@dataclass(frozen=True)
+class Hello(Message):
+    """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
+
+    CODE = 1
+    version: int
+    hostname: str
+    cores: int
+    python: str
+    load: float
+    pid: int
+    workdir: str
+
+
+@message
+@dataclass(frozen=True)
+class Setup(Message):
+    """Master -> dispatcher, answer to Hello: how to run this host's jobs.
+
+    `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
+    the master for that many seconds (a frozen master or a silent network partition).
+    """
+
+    CODE = 2
+    slots: int
+    host_label: str
+    cwd: str
+    heartbeat: float
+    dead_after: float
+
+
+@message
+@dataclass(frozen=True)
+class Run(Message):
+    """Master -> dispatcher: run `command` with `sh -c` once a slot is free.
+
+    `aid` (attempt id) is unique within the master's run: every later frame about this attempt
+    carries it, so output from a killed or superseded copy can be told apart and dropped.
+    """
+
+    CODE = 3
+    aid: int
+    job: int
+    command: bytes
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@message
+@dataclass(frozen=True)
+class Started(Message):
+    """Dispatcher -> master: the attempt got a slot and a process (queued runs wait for one)."""
+
+    CODE = 4
+    aid: int
+    pid: int
+    slot: int
+
+
+@message
+@dataclass(frozen=True)
+class Output(Message):
+    """Dispatcher -> master: one chunk (<= OUTPUT_CHUNK bytes) of a job's stdout or stderr."""
+
+    CODE = 5
+    aid: int
+    stream: int
+    data: bytes
+
+
+@message
+@dataclass(frozen=True)
+class Exit(Message):
+    """Dispatcher -> master: the attempt ended; all its Output frames came before this one.
+
+    Exactly one of `code` and `signal` is set. `duration` is wall seconds from start to exit,
+    measured on the end machine; `cpu` is user + system seconds of the whole job.
+    """
+
+    CODE = 6
+    aid: int
+    code: Optional[int]
+    signal: Optional[int]
+    duration: float
+    cpu: float
+    maxrss_kb: int
+
+
+@message
+@dataclass(frozen=True)
+class Kill(Message):
+    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
+
+    CODE = 7
+    aid: int
+    grace: float
+
+
+@message
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
+
+    CODE = 8
+    load: float
+
+
+@message
+@dataclass(frozen=True)
+class Shutdown(Message):
+    """Master -> dispatcher: kill every job, answer Bye, exit."""
+
+    CODE = 9
+
+
+@message
+@dataclass(frozen=True)
+class Bye(Message):
+    """Dispatcher -> master: every job group is dead; the dispatcher exits after this frame."""
+
+    CODE = 10
+
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -1,0 +1,126 @@
+"""What every `anet` subcommand shares: the outside world, exit statuses, host options.
+
+Subcommands live in their own modules (`cli_*.py`) and build on these, so each stays a thin
+layer over `anet.api`; `anet.cli` assembles them into the one `anet` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO, TypeVar
+
+import click
+
+from .connect import SshOptions
+from .hosts import HostSpec, resolve_hosts
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExitStatus(IntEnum):
+    """0, or the number of failed jobs up to 101 (GNU parallel's convention), or these."""
+
+    OK = 0
+    USAGE = 2
+    MAX_FAILED = 101
+    INTERRUPTED = 130
+    ERROR = 255
+
+
+@dataclass(slots=True)
+class Environment:
+    """The process's outside world, replaceable in tests."""
+
+    stdout: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    @property
+    def stdout_isatty(self) -> bool:
+        return self.stdout.isatty()
+
+
+@dataclass(frozen=True, slots=True)
+class HostArgs:
+    """Which machines a command addresses, from -S/-H/-j/--ssh-config."""
+
+    hosts: tuple[str, ...] = ()
+    host_files: tuple[Path, ...] = ()
+    slots: int | None = None
+    ssh_config: Path | None = None
+
+    def resolve(self, env: Environment) -> list[HostSpec]:
+        return resolve_hosts(self.hosts, self.host_files, slots=self.slots, environ=env.environ)
+
+    def ssh_options(self, keepalive: float) -> SshOptions:
+        return SshOptions(config=self.ssh_config, keepalive=keepalive / 3)
+
+
+def host_options(command: F) -> F:
+    """-S, -H, -j and --ssh-config, gathered into one `host_args: HostArgs` parameter."""
+
+    options = [
+        click.option(
+            "-S", "--host", "hosts", multiple=True, metavar="SPEC",
+            help="[N/][user@]host[:port], ':' = local; node[01-40] ranges too.",
+        ),
+        click.option(
+            "-H", "--hosts", "host_files", multiple=True, type=click.Path(path_type=Path),
+            metavar="FILE",
+            help="Hosts file: one SPEC a line. Default: $ANET_HOSTS, else this machine.",
+        ),
+        click.option("-j", "--slots", type=click.IntRange(min=1), help="Job slots on every host."),
+        click.option(
+            "--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+            help="ssh client config replacing ~/.ssh/config.",
+        ),
+    ]  # fmt: skip
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["host_args"] = HostArgs(
+            kwargs.pop("hosts"), kwargs.pop("host_files"), kwargs.pop("slots"),
+            kwargs.pop("ssh_config"),
+        )  # fmt: skip
+        return command(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def log_options(command: F) -> F:
+    """-v and --log-json, applied before the command runs."""
+    from . import logs
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        env = click.get_current_context().find_object(Environment) or Environment()
+        logs.configure(kwargs.pop("verbose"), kwargs.pop("log_json"), env.stderr)
+        return command(*args, **kwargs)
+
+    wrapper = click.option("--log-json", is_flag=True, help="Log lines on stderr as JSON.")(wrapper)
+    wrapper = click.option(
+        "-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug)."
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when it is installed: the master's per-job cost is mostly event-loop overhead."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)

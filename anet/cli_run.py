@@ -1,0 +1,200 @@
+"""`anet [run] BATCH`: run a batch on the hosts and stream the results to stdout."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from .api import KEEPALIVE, Cluster, RunPolicy
+from .batch import open_batch, read_batch
+from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .errors import UsageError
+from .halt import Halt, HaltPolicy
+from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
+from .logs import get_logger
+from .output import ResultOutput, open_output
+from .record import JobResult
+from .sinks import FORMATS, Encoder, encoder_for
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RunArgs:
+    """What `anet BATCH` was asked to do, parsed from the command line."""
+
+    batch: Path
+    host_args: HostArgs = field(default_factory=HostArgs)
+    format: str | None = None
+    keepalive: float = KEEPALIVE
+    journal: Path | None = None
+    resume: bool = False
+    only_new: bool = False
+    no_journal: bool = False
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    halt: HaltPolicy = field(default_factory=HaltPolicy)
+
+
+async def program(args: RunArgs, env: Environment) -> int:
+    """Run the batch; the exit status counts failed jobs."""
+    hosts = args.host_args.resolve(env)
+    encoder = encoder_for(args.format or ("text" if env.stdout_isatty else "anet"))
+    total = failed = 0
+    halted = False
+    with open_batch(args.batch) as batch, _open_journal(args, env) as journal:
+        done = journal.succeeded_ids() if journal and args.resume else IdSet()
+        output = await open_output(env.stdout)
+        try:
+            await output.write(encoder.header)
+            if journal and args.resume and not args.only_new:
+                for result in journal.succeeded_results():  # the stream is complete on its own
+                    total += 1
+                    await _emit(output, encoder, result)
+            jobs = (job for job in read_batch(batch) if job.id not in done)
+            ssh = args.host_args.ssh_options(args.keepalive)
+            cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy)
+            size = _batch_size(args.batch) if args.halt.needs_total else None
+            async with cluster:
+                async for result in cluster.run(jobs, journal=journal):
+                    total += 1
+                    failed += not await _emit(output, encoder, result)
+                    halt = args.halt.check(failed, size)
+                    if halt is Halt.NOW:
+                        log.warning(f"halting now: {failed} jobs failed; running jobs are killed")
+                        break  # leaving the cluster kills every running job
+                    if halt is Halt.SOON and not halted:
+                        log.warning(f"halting soon: {failed} jobs failed; no new jobs start")
+                        halted = True
+                        cluster.drain()
+        finally:
+            await output.close()
+    if failed:
+        log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
+    return min(failed, ExitStatus.MAX_FAILED)
+
+
+def _batch_size(path: Path) -> int:
+    """Jobs in the batch, for a --halt percentage: one streaming pass over the file."""
+    with open_batch(path) as batch:
+        return sum(1 for _ in read_batch(batch))
+
+
+@contextlib.contextmanager
+def _open_journal(args: RunArgs, env: Environment) -> Iterator[Journal | None]:
+    """The run's journal; without one asked for, an unwritable default only costs a warning."""
+    if args.no_journal:
+        if args.resume:
+            raise UsageError("--resume needs the journal: drop --no-journal")
+        yield None
+        return
+    path = args.journal or default_journal_path(args.batch, env.environ)
+    fingerprint = fingerprint_batch(args.batch)
+    try:
+        journal = Journal.open(path, fingerprint, args.batch, resume=args.resume)
+    except JournalError as exc:
+        if args.resume or args.journal:
+            raise
+        log.warning(f"{exc}; running without a journal (no --resume for this run)")
+        yield None
+        return
+    with journal:
+        log.info(f"journal: {journal.path}", journal=str(journal.path))
+        yield journal
+
+
+async def _emit(output: ResultOutput, encoder: Encoder, result: JobResult) -> bool:
+    """Write one result; False when the job failed or its result cannot be written."""
+    try:
+        data = encoder.encode(result)
+    except ValueError as exc:  # e.g. over the format's record size limit
+        log.error(f"job {result.id}: cannot write its result as {encoder.name}: {exc}")
+        return False
+    await output.write(data)
+    return result.ok
+
+
+EPILOG = """\b
+Examples:
+  anet batch_examples/primes.txt > results.bin     # on this machine
+  anet -H hosts.txt batch.txt | ./my_consumer      # on every machine in hosts.txt
+  anet -S alice@node1 -S 8/bob@node2:2222 batch.txt
+  anet -H hosts.txt batch.txt --format text        # readable; the default on a terminal
+  anet -H hosts.txt batch.txt deps/                # jobs run inside a synced copy of deps/
+"""
+
+
+@click.command("run", epilog=EPILOG)
+@click.argument("batch", type=click.Path(path_type=Path))
+@host_options
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(FORMATS)),
+    help="Output on stdout. Default: anet when piped, text on a terminal.",
+)  # fmt: skip
+@click.option(
+    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
+)  # fmt: skip
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True,
+    help="Run a failed job again up to N times, preferably on another host.",
+)  # fmt: skip
+@click.option(
+    "--timeout", metavar="SECONDS|N%",
+    help="Kill (and retry) a job running longer; N% of the median successful run time.",
+)  # fmt: skip
+@click.option(
+    "--halt", metavar="WHEN,fail=N[%]",
+    help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
+)  # fmt: skip
+@click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
+@click.option(
+    "--resume", is_flag=True,
+    help="Skip the jobs that succeeded in this batch's last run (their results come first).",
+)  # fmt: skip
+@click.option("--only-new", is_flag=True, help="With --resume: do not repeat earlier results.")
+@click.option(
+    "--journal", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="Where results are recorded for --resume. Default: under $XDG_STATE_HOME/anet.",
+)  # fmt: skip
+@click.option("--no-journal", is_flag=True, help="Record nothing; --resume is then impossible.")
+@log_options
+@click.pass_obj
+def run_command(
+    env: Environment,
+    batch: Path,
+    host_args: HostArgs,
+    fmt: str | None,
+    keepalive: float,
+    retries: int,
+    timeout: str | None,
+    halt: str | None,
+    no_speculate: bool,
+    resume: bool,
+    only_new: bool,
+    journal: Path | None,
+    no_journal: bool,
+) -> int:
+    """Run each non-empty line of BATCH as a job on every core of the hosts.
+
+    Results stream to stdout as jobs finish; the exit status is the number of failed jobs
+    (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
+    """
+    args = RunArgs(
+        batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
+        RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
+    )  # fmt: skip
+    return run_async(program(args, env))
+
+
+def _timeout(text: str | None) -> float | str | None:
+    """Seconds as a number; a percentage stays text for the scheduler to parse and check."""
+    if text is None or text.endswith("%"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--timeout takes seconds or a percentage, not {text!r}") from None
