@@ -123,6 +123,7 @@ class Cluster:
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
             RESULT_QUEUE, RESULT_BYTES
         )
+        self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     async def __aenter__(self) -> Cluster:
         self._tasks = asyncio.TaskGroup()
@@ -202,8 +203,34 @@ class Cluster:
             transport.close()
             state.state = "failed" if state.state == "failed" else "closed"
 
+    async def ready_session(self, label: str) -> HostSession:
+        """The host's session once its dispatcher is ready; HostError as soon as it fails once.
+
+        For one-shot commands (find, killall, check, onall): they report a down host at once
+        instead of waiting through the reconnection backoff that a batch run would sit out.
+        """
+        state = self.hosts[label]
+        if state.state not in ("ready", "failed", "backing off"):
+            waiter = asyncio.get_running_loop().create_future()
+            self._settle_waiters.setdefault(label, []).append(waiter)
+            await waiter  # set by _settled when the host gets ready or fails
+        if state.state == "ready":
+            return self._sessions[label]
+        raise HostError(label, state.error or state.state)
+
+    def _settled(self, label: str) -> None:
+        for waiter in self._settle_waiters.pop(label, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _after_failure(self, state: HostState, error: HostError) -> bool:
         """Record and report a host failure; False when the host is given up for good."""
+        try:
+            return await self._after_failure_noted(state, error)
+        finally:
+            self._settled(state.spec.label)
+
+    async def _after_failure_noted(self, state: HostState, error: HostError) -> bool:
         if error.permanent:
             state.state, state.error = "failed", error.reason
             log.error(str(error), host=error.host, reason=error.reason)
@@ -223,6 +250,7 @@ class Cluster:
             log.warning(f"{session.label}: back, {session.slots} slots", host=session.label)
         state.state, state.slots, state.ever_ready = "ready", session.slots, True
         state.backoff.reset()
+        self._settled(session.label)
         assert session.hello is not None
         log.info(
             f"{session.label}: ready, {session.slots} slots",
