@@ -99,6 +99,9 @@ class Dispatcher:
         self.running = True
         self.last_heard = time.monotonic()
         self.next_heartbeat = float("inf")
+        self.handlers: Dict[type, Callable[[Any], None]] = {}
+        """Handlers of request messages (deps sync, housekeeping), by message class; each
+        request module registers its own, so this loop stays about jobs."""
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
@@ -190,6 +193,8 @@ class Dispatcher:
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False
+        elif type(msg) in self.handlers:
+            self.handlers[type(msg)](msg)
         # Heartbeat: receiving it already refreshed last_heard.
 
     def kill(self, msg: Kill) -> None:
