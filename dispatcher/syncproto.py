@@ -1,0 +1,211 @@
+"""The deps-sync messages and the rules for tree entries, shared by master and dispatcher.
+
+A deps tree travels as a manifest: one entry per file, directory and symlink, sorted by path
+(so a directory always comes before what it holds). Its id is the SHA-256 of the manifest, so
+a host that already holds a complete tree with that id needs nothing more: the no-op re-sync
+is one small request and one small reply.
+
+A sync on the wire (every frame carries the request's `rid`):
+
+    master                              dispatcher
+    SyncOffer(tree id)          ->
+                                <-      SyncState(ready, path, fsid)   ready: done
+    SyncEntries(chunk) ...      ->
+    SyncEntries(chunk, last)    ->
+                                <-      SyncWant(bitmap of files to send, files reused)
+    SyncData(file, offset) ...  ->      (only the wanted files, in 256 KiB chunks)
+    SyncCommit                  ->
+                                <-      SyncDone(path, error)      also early, on any error
+
+Entries are `[path, kind, mode, size, mtime_ns, digest]`: `path` is bytes (any file name
+survives), `digest` the SHA-256 of a file's content or a symlink's target. `check_entry` is the
+one judge of what is acceptable, applied by the master before sending and by the dispatcher
+again on receipt, so a buggy or hostile master still cannot write outside the tree.
+
+Python 3.8+, stdlib + msgpack only: this module runs on the end machines too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from typing import Any, List, Optional, Set
+
+import msgpack
+
+from .protocol import Message, message
+
+FILE = 0
+DIR = 1
+LINK = 2
+KINDS = (FILE, DIR, LINK)
+MODE_BITS = 0o7777
+
+ENTRIES_PER_FRAME = 2000
+"""Manifest entries per SyncEntries frame: a few hundred KiB at most, under MAX_FRAME."""
+
+
+@message
+@dataclass(frozen=True)
+class SyncOffer(Message):
+    """Master -> dispatcher: "do you hold tree `tree` (a manifest digest)?"."""
+
+    CODE = 11
+    rid: int
+    tree: bytes
+    entries: int
+    size: int
+
+
+@message
+@dataclass(frozen=True)
+class SyncState(Message):
+    """Dispatcher -> master: the answer to SyncOffer.
+
+    `fsid` names the file system holding the tree store: hosts that share one (an NFS home)
+    report the same id, so the master syncs it once and lets the others wait.
+    """
+
+    CODE = 12
+    rid: int
+    ready: bool
+    path: bytes
+    fsid: str
+
+
+@message
+@dataclass(frozen=True)
+class SyncEntries(Message):
+    """Master -> dispatcher: a chunk of the manifest; `last` ends it."""
+
+    CODE = 13
+    rid: int
+    tree: bytes
+    entries: list
+    last: bool
+
+
+@message
+@dataclass(frozen=True)
+class SyncWant(Message):
+    """Dispatcher -> master: bit i of `want` set = send file entry i; `reused` files were
+    found in earlier trees on the host and need no transfer."""
+
+    CODE = 14
+    rid: int
+    want: bytes
+    reused: int
+
+
+@message
+@dataclass(frozen=True)
+class SyncData(Message):
+    """Master -> dispatcher: bytes of file entry `index` at `offset`, in order."""
+
+    CODE = 15
+    rid: int
+    index: int
+    offset: int
+    data: bytes
+
+
+@message
+@dataclass(frozen=True)
+class SyncCommit(Message):
+    """Master -> dispatcher: every wanted byte was sent; verify and switch the tree in."""
+
+    CODE = 16
+    rid: int
+
+
+@message
+@dataclass(frozen=True)
+class SyncDone(Message):
+    """Dispatcher -> master: the sync's end: `path` of the ready tree, or `error` (one line)."""
+
+    CODE = 17
+    rid: int
+    path: bytes
+    error: str
+
+
+class EntryError(ValueError):
+    """A manifest entry that must not be written: it would escape the tree or is malformed."""
+
+
+def show_path(path: Any) -> str:
+    """A path for a one-line message: quoted text, odd bytes escaped."""
+    if isinstance(path, bytes):
+        return repr(path.decode("utf-8", "backslashreplace"))
+    return repr(path)
+
+
+def check_path(path: Any) -> None:
+    """A relative path whose every component is a real name: no '', '.', '..', NUL, or '/'."""
+    if not isinstance(path, bytes) or not path:
+        raise EntryError("empty or non-bytes path")
+    if path.startswith(b"/") or b"\0" in path:
+        raise EntryError("absolute path or NUL byte: %s" % show_path(path))
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise EntryError("path escapes the tree or is not normal: %s" % show_path(path))
+
+
+def check_link(path: bytes, target: Any) -> None:
+    """A symlink must point inside the tree, relative, however many '..' it climbs first."""
+    if not isinstance(target, bytes) or not target or b"\0" in target:
+        raise EntryError("bad symlink target for %s" % show_path(path))
+    if target.startswith(b"/"):
+        raise EntryError(
+            "symlink %s points to an absolute path %s" % (show_path(path), show_path(target))
+        )
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == b".." or resolved.startswith(b"../"):
+        raise EntryError(
+            "symlink %s points outside the tree (%s)" % (show_path(path), show_path(target))
+        )
+
+
+def check_entry(entry: Any, dirs: Set[bytes], previous: Optional[bytes]) -> List[Any]:
+    """Validate one entry in manifest order; `dirs` collects the directories seen so far.
+
+    The parent of each entry must be the tree's root or a directory entry declared before it,
+    never a symlink: that alone keeps every write inside the tree, on either side.
+    """
+    if not isinstance(entry, list) or len(entry) != 6:
+        raise EntryError("malformed manifest entry")
+    path, kind, mode, size, mtime_ns, digest = entry
+    check_path(path)
+    if previous is not None and path <= previous:
+        raise EntryError("manifest not sorted at %s" % show_path(path))
+    if kind not in KINDS or not isinstance(mode, int) or not 0 <= mode <= MODE_BITS:
+        raise EntryError("bad kind or mode for %s" % show_path(path))
+    if not isinstance(size, int) or size < 0 or not isinstance(mtime_ns, int):
+        raise EntryError("bad size or mtime for %s" % show_path(path))
+    if not isinstance(digest, bytes):
+        raise EntryError("bad digest for %s" % show_path(path))
+    parent = posixpath.dirname(path)
+    if parent and parent not in dirs:
+        raise EntryError("%s is not inside a directory of the tree" % show_path(path))
+    if kind == DIR:
+        dirs.add(path)
+    elif kind == LINK:
+        check_link(path, digest)
+    elif len(digest) != 32:
+        raise EntryError("bad content digest for %s" % show_path(path))
+    return entry
+
+
+def check_manifest(entries: List[Any]) -> None:
+    """Validate a whole manifest; raises EntryError naming the first bad entry."""
+    dirs: Set[bytes] = set()
+    previous: Optional[bytes] = None
+    for entry in entries:
+        check_entry(entry, dirs, previous)
+        previous = entry[0]
+
+
+def tree_id(entries: List[Any]) -> bytes:
+    """The tree's identity: SHA-256 of its canonical manifest (both sides compute it alike)."""
+    return hashlib.sha256(msgpack.packb(entries, use_bin_type=True)).digest()

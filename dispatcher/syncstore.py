@@ -1,0 +1,489 @@
+"""The end machine's side of deps sync: a store of complete, content-addressed trees.
+
+Layout, under `$ANET_HOME/deps/` (0700):
+
+    fsid                 random id of this file system, made once by whichever host comes first
+    trees/<id>/          a complete tree, named by its manifest digest; never modified here
+    trees/<id>.manifest  its manifest (msgpack), present before the tree dir is renamed in
+    staging/<id>.<host>.<pid>.<rand>/   a tree being built
+    trash/               trees being deleted
+
+Why this shape:
+- **Atomic switch.** A tree is built in staging and renamed into `trees/` only once every file
+  was received and its SHA-256 checked, so no job ever sees a half-synced folder, and an
+  interrupted sync leaves the earlier trees as they were.
+- **Concurrent runs cannot corrupt each other.** Different deps are different tree ids, hence
+  different directories; two runs syncing the same tree both build a complete copy and the
+  second rename finds the first one in place and keeps it.
+- **Delta.** A new tree takes every file it can from earlier trees (a hard link when content,
+  mode and mtime all match, a local copy when only the content does); only the rest travels.
+  Reused files are checked against their tree's manifest (size, mtime) first, so a file a job
+  modified in place is sent again rather than trusted.
+- **Shared file systems.** `fsid` lets the master see which hosts share one store (an NFS
+  home): it syncs there once and the other hosts find the tree ready.
+
+Every path comes from the master and is checked by `syncproto.check_entry` before use; files
+are created with O_EXCL|O_NOFOLLOW inside a staging directory made here, so whatever the
+master sends, nothing is written outside the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import stat
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import msgpack
+
+from .protocol import Message
+from .syncproto import (
+    DIR,
+    FILE,
+    LINK,
+    EntryError,
+    SyncCommit,
+    SyncData,
+    SyncDone,
+    SyncEntries,
+    SyncOffer,
+    SyncState,
+    SyncWant,
+    check_entry,
+    show_path,
+    tree_id,
+)
+
+KEEP_TREES = 3
+"""Complete trees kept besides those in use: the bases of the next delta."""
+BASE_TREES = 5
+"""Earlier trees searched for reusable files."""
+STALE_STAGING = 24 * 3600.0
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full on the host"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded on the host"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied on the host: %s" % (exc.filename or exc)
+    return "sync failed on the host: %s" % exc
+
+
+class SyncFailed(Exception):
+    """Ends one sync with a one-line reason for the master."""
+
+
+def _stat_matches(st: os.stat_result, entry: List[Any]) -> bool:
+    """Does a file on disk still look like its manifest entry (content unchanged, presumably)?"""
+    _, kind, mode, size, mtime_ns, _ = entry
+    if kind == FILE:
+        return (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == size
+            and st.st_mtime_ns == mtime_ns
+            and stat.S_IMODE(st.st_mode) == mode
+        )
+    if kind == DIR:
+        return stat.S_ISDIR(st.st_mode)
+    return stat.S_ISLNK(st.st_mode)
+
+
+class Incoming:
+    """One tree being built in staging: its manifest, what is wanted, the file being written."""
+
+    def __init__(self, rid: int, tree: bytes) -> None:
+        self.rid = rid
+        self.tree = tree
+        self.entries: List[List[Any]] = []
+        self.dirs: Set[bytes] = set()
+        self.staging = b""
+        self.wanted: List[int] = []
+        self.next_want = 0
+        self.fd: Optional[int] = None
+        self.index = -1
+        self.written = 0
+        self.hasher: Any = None
+
+
+class SyncStore:
+    """Handles the Sync* requests for one dispatcher; `job_cwd` is the tree jobs run in."""
+
+    def __init__(self, home: str, send: Callable[[Message], None]) -> None:
+        self.root = os.path.join(os.fsencode(home), b"deps")
+        self.send = send
+        self.job_cwd: Optional[bytes] = None
+        self._lock_fd: Optional[int] = None
+        self._incoming: Dict[int, Incoming] = {}
+        self._failed: Set[int] = set()
+        self._cleaned = False
+
+    def register(self, handlers: Dict[type, Callable[[Any], None]]) -> None:
+        handlers[SyncOffer] = self._guarded(self.on_offer)
+        handlers[SyncEntries] = self._guarded(self.on_entries)
+        handlers[SyncData] = self._guarded(self.on_data)
+        handlers[SyncCommit] = self._guarded(self.on_commit)
+
+    def _guarded(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        """Turn any failure of one sync into its SyncDone(error); the dispatcher goes on."""
+
+        def handle(msg: Any) -> None:
+            if msg.rid in self._failed:
+                return  # the master has been told; it stops sending soon
+            try:
+                handler(msg)
+            except (SyncFailed, EntryError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    reason = _describe(exc)
+                elif isinstance(exc, EntryError):
+                    reason = "refused: %s" % exc
+                else:
+                    reason = str(exc)
+                self._abandon(msg.rid)
+                self._failed.add(msg.rid)
+                self.send(SyncDone(msg.rid, b"", reason))
+
+        return handle
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _dir(self, name: bytes) -> bytes:
+        path = os.path.join(self.root, name)
+        os.makedirs(path, 0o700, exist_ok=True)
+        return path
+
+    def _tree_dir(self, tree: bytes) -> bytes:
+        return os.path.join(self.root, b"trees", tree.hex().encode())
+
+    def _manifest(self, tree: bytes) -> bytes:
+        return self._tree_dir(tree) + b".manifest"
+
+    def fsid(self) -> str:
+        """This store's file-system id, created race-free: the first host's link wins."""
+        path = os.path.join(self._dir(b""), b"fsid")
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            pass
+        tmp = path + b".%d" % os.getpid()
+        with open(tmp, "wb") as f:
+            f.write(os.urandom(16).hex().encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        with open(path, "rb") as f:
+            return f.read().decode("ascii", "replace").strip()
+
+    # -- offer: is the tree here already? -----------------------------------------------------
+
+    def on_offer(self, msg: SyncOffer) -> None:
+        self._clean_once()
+        fsid = self.fsid()
+        ready = self._intact(msg.tree)
+        if ready:
+            self._use(msg.tree)
+        path = self._tree_dir(msg.tree) if ready else b""
+        self.send(SyncState(msg.rid, ready, path, fsid))
+
+    def _load_manifest(self, tree: bytes) -> Optional[List[List[Any]]]:
+        try:
+            with open(self._manifest(tree), "rb") as f:
+                entries = msgpack.unpackb(f.read(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return None
+        return entries if isinstance(entries, list) else None
+
+    def _intact(self, tree: bytes) -> bool:
+        """Complete (manifest and dir both in place) and unmodified, judged by lstat alone."""
+        entries = self._load_manifest(tree)
+        if entries is None or tree_id(entries) != tree:
+            return False
+        base = self._tree_dir(tree)
+        try:
+            for entry in entries:
+                if not _stat_matches(os.lstat(os.path.join(base, entry[0])), entry):
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def _use(self, tree: bytes) -> None:
+        """Jobs run in this tree from now on; a shared lock keeps other runs' GC off it."""
+        fd = os.open(self._manifest(tree), os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.utime(fd)  # recency, for the GC's "newest trees" order
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = fd
+        self.job_cwd = self._tree_dir(tree)
+
+    # -- entries: plan the delta --------------------------------------------------------------
+
+    def on_entries(self, msg: SyncEntries) -> None:
+        inc = self._incoming.get(msg.rid)
+        if inc is None:
+            inc = self._incoming[msg.rid] = Incoming(msg.rid, msg.tree)
+        previous = inc.entries[-1][0] if inc.entries else None
+        for entry in msg.entries:
+            inc.entries.append(check_entry(entry, inc.dirs, previous))
+            previous = entry[0]
+        if not msg.last:
+            return
+        if tree_id(inc.entries) != inc.tree:
+            raise SyncFailed("manifest does not match its tree id")
+        name = b"%s.%d.%s.%s" % (  # the host name last: it may hold dots
+            inc.tree.hex().encode(),
+            os.getpid(),
+            os.urandom(4).hex().encode(),
+            socket.gethostname().encode("ascii", "replace"),
+        )
+        inc.staging = os.path.join(self._dir(b"staging"), name)
+        os.mkdir(inc.staging, 0o700)
+        reused = self._build(inc)
+        want = bytearray((len(inc.entries) + 7) // 8)
+        for index in inc.wanted:
+            want[index >> 3] |= 1 << (index & 7)
+        self.send(SyncWant(msg.rid, bytes(want), reused))
+
+    def _build(self, inc: Incoming) -> int:
+        """Make the directories, take what earlier trees hold; list the files still wanted."""
+        bases = self._bases()
+        reused = 0
+        for index, entry in enumerate(inc.entries):
+            path, kind, _, size, _, digest = entry
+            target = os.path.join(inc.staging, path)
+            if kind == DIR:
+                os.mkdir(target, 0o700)
+            elif kind == FILE:
+                if size == 0:
+                    self._finish_file(os.open(target, _CREATE, 0o600), target, entry)
+                elif self._reuse(bases.get(digest, ()), target, entry):
+                    reused += 1
+                else:
+                    inc.wanted.append(index)
+        return reused
+
+    def _bases(self) -> Dict[bytes, List[Tuple[bytes, List[Any]]]]:
+        """Content digest -> (path, entry) of files in the newest complete trees."""
+        found: Dict[bytes, List[Tuple[bytes, List[Any]]]] = {}
+        for tree in self._trees_newest_first()[:BASE_TREES]:
+            entries = self._load_manifest(tree)
+            if not entries:
+                continue
+            base = self._tree_dir(tree)
+            for entry in entries:
+                if entry[1] == FILE and entry[3] > 0:
+                    found.setdefault(entry[5], []).append((os.path.join(base, entry[0]), entry))
+        return found
+
+    def _reuse(self, candidates: Any, target: bytes, entry: List[Any]) -> bool:
+        for source, old in candidates:
+            try:
+                if not _stat_matches(os.lstat(source), old):
+                    continue  # modified since it was synced: its content is not trusted
+                if old[2:5] == entry[2:5]:  # same mode, size, mtime: one inode serves both
+                    try:
+                        os.link(source, target)
+                        return True
+                    except OSError:
+                        pass  # another file system, or too many links: copy instead
+                shutil.copyfile(source, target, follow_symlinks=False)
+                self._finish_file(os.open(target, os.O_RDONLY | os.O_NOFOLLOW), target, entry)
+                return True
+            except FileNotFoundError:
+                continue  # a concurrent GC removed that tree
+        return False
+
+    @staticmethod
+    def _finish_file(fd: int, path: bytes, entry: List[Any]) -> None:
+        try:
+            os.fchmod(fd, entry[2])
+        finally:
+            os.close(fd)
+        os.utime(path, ns=(entry[4], entry[4]), follow_symlinks=False)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def on_data(self, msg: SyncData) -> None:
+        inc = self._incoming.get(msg.rid)
+        if inc is None or not inc.staging:
+            raise SyncFailed("file data before the manifest")
+        if msg.index != inc.index:
+            self._close_current(inc)
+            if inc.next_want >= len(inc.wanted) or inc.wanted[inc.next_want] != msg.index:
+                raise SyncFailed("data for file %d, which was not asked for" % msg.index)
+            inc.next_want += 1
+            inc.index, inc.written = msg.index, 0
+            inc.hasher = hashlib.sha256()
+            target = os.path.join(inc.staging, inc.entries[msg.index][0])
+            inc.fd = os.open(target, _CREATE, 0o600)
+        size = inc.entries[inc.index][3]
+        if msg.offset != inc.written or inc.written + len(msg.data) > size:
+            raise SyncFailed("file data out of order or past the file's size")
+        view = memoryview(msg.data)
+        while view:
+            view = view[os.write(inc.fd, view) :]  # type: ignore[arg-type]
+        inc.hasher.update(msg.data)
+        inc.written += len(msg.data)
+
+    def _close_current(self, inc: Incoming) -> None:
+        """The file being written must be complete and match its digest before the next one."""
+        if inc.fd is None:
+            return
+        fd, inc.fd = inc.fd, None
+        entry = inc.entries[inc.index]
+        if inc.written != entry[3] or inc.hasher.digest() != entry[5]:
+            os.close(fd)
+            raise SyncFailed("file %s arrived incomplete or corrupt" % show_path(entry[0]))
+        self._finish_file(fd, os.path.join(inc.staging, entry[0]), entry)
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def on_commit(self, msg: SyncCommit) -> None:
+        inc = self._incoming.get(msg.rid)
+        if inc is None or not inc.staging:
+            raise SyncFailed("commit before the manifest")
+        self._close_current(inc)
+        if inc.next_want != len(inc.wanted):
+            raise SyncFailed("%d file(s) never arrived" % (len(inc.wanted) - inc.next_want))
+        for path, kind, _, _, _, target in inc.entries:
+            if kind == LINK:
+                os.symlink(target, os.path.join(inc.staging, path))
+        for path, kind, mode, _, mtime_ns, _ in reversed(inc.entries):  # deepest first
+            if kind == DIR:
+                full = os.path.join(inc.staging, path)
+                os.chmod(full, mode | 0o700)  # the owner must be able to clean it up
+                os.utime(full, ns=(mtime_ns, mtime_ns))
+        self._switch_in(inc)
+        del self._incoming[msg.rid]
+        self._use(inc.tree)
+        self.send(SyncDone(msg.rid, self._tree_dir(inc.tree), ""))
+        self._collect_garbage()
+
+    def _switch_in(self, inc: Incoming) -> None:
+        """Manifest first, then the tree dir: a tree is complete once both are in place."""
+        self._dir(b"trees")
+        manifest = inc.staging + b".manifest"
+        with open(manifest, "wb") as f:
+            f.write(msgpack.packb(inc.entries, use_bin_type=True))
+        os.replace(manifest, self._manifest(inc.tree))
+        final = self._tree_dir(inc.tree)
+        for _ in range(2):
+            try:
+                os.rename(inc.staging, final)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            if self._intact(inc.tree):  # a concurrent run finished the same tree first
+                self._remove(inc.staging)
+                return
+            self._remove(final)  # a damaged copy (a job changed it): replace it
+        raise SyncFailed("cannot switch the new tree in")
+
+    # -- cleaning -----------------------------------------------------------------------------
+
+    def _trees_newest_first(self) -> List[bytes]:
+        trees = []
+        try:
+            names = os.listdir(self._dir(b"trees"))
+        except OSError:
+            return []
+        for name in names:
+            if name.endswith(b".manifest"):
+                try:
+                    mtime = os.stat(os.path.join(self.root, b"trees", name)).st_mtime
+                    trees.append((mtime, bytes.fromhex(name[: -len(b".manifest")].decode())))
+                except (OSError, ValueError):
+                    continue
+        return [tree for _, tree in sorted(trees, reverse=True)]
+
+    def _collect_garbage(self) -> None:
+        """Drop old trees nobody uses: each user holds a shared lock on the tree's manifest."""
+        for tree in self._trees_newest_first()[KEEP_TREES:]:
+            if self._tree_dir(tree) == self.job_cwd:
+                continue
+            try:
+                fd = os.open(self._manifest(tree), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # another run's jobs work in it
+            try:
+                self._remove(self._tree_dir(tree))
+                os.unlink(self._manifest(tree))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _remove(self, path: bytes) -> None:
+        """Rename away first, so a half-deleted tree never looks like a tree."""
+        if not os.path.lexists(path):
+            return
+        trash = os.path.join(self._dir(b"trash"), os.urandom(8).hex().encode())
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _abandon(self, rid: int) -> None:
+        inc = self._incoming.pop(rid, None)
+        if inc is None:
+            return
+        if inc.fd is not None:
+            os.close(inc.fd)
+        if inc.staging:
+            shutil.rmtree(inc.staging, ignore_errors=True)
+
+    def abandon_all(self) -> None:
+        """At exit: unfinished trees are useless; remove them now rather than at the next GC."""
+        for rid in list(self._incoming):
+            self._abandon(rid)
+
+    def _clean_once(self) -> None:
+        """Remove what crashed or killed dispatchers left: their staging dirs and trash."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        me = socket.gethostname().encode("ascii", "replace")
+        for area in (b"staging", b"trash"):
+            folder = self._dir(area)
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                if area == b"trash" or self._stale(name, path, me):
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+
+    @staticmethod
+    def _stale(name: bytes, path: bytes, me: bytes) -> bool:
+        """A staging dir of a dead dispatcher on this host, or one untouched for a day."""
+        parts = name.split(b".", 3)
+        if len(parts) == 4 and parts[3] == me:
+            try:
+                os.kill(int(parts[1]), 0)
+            except (ValueError, ProcessLookupError):
+                return True
+            except PermissionError:
+                return False
+            return False
+        try:
+            return time.time() - os.lstat(path).st_mtime > STALE_STAGING
+        except OSError:
+            return False
