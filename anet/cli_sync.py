@@ -1,0 +1,132 @@
+"""`anet sync DEPS`: only the deps sync, to every host, with a table of what each one got.
+
+Useful before a series of batches: each later `anet BATCH DEPS` then costs one round trip
+per host for the deps. On a terminal, large transfers show a progress line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TextIO
+
+import click
+
+from .api import KEEPALIVE, Cluster
+from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .errors import HostError
+from .manifest import Tree, scan_deps
+from .sync import SyncReport
+
+PROGRESS_EVERY = 0.5
+
+
+@click.command("sync")
+@click.argument("deps", type=click.Path())
+@host_options
+@click.option(
+    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    metavar="SECONDS", help="Declare a silent host lost after this long.",
+)  # fmt: skip
+@log_options
+@click.pass_obj
+def sync_command(env: Environment, deps: str, host_args: HostArgs, keepalive: float) -> int:
+    """Make every host hold an identical copy of DEPS (only what changed travels).
+
+    `deps/` syncs the folder's contents, `deps` the folder itself. The exit status is the
+    number of hosts that could not be synced.
+    """
+    return run_async(sync_program(env, deps, host_args, keepalive))
+
+
+async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepalive: float) -> int:
+    hosts = host_args.resolve(env)
+    tree = scan_deps(deps, env.environ)
+    meter = _Meter(env.stderr, tree)
+    cluster = Cluster(
+        hosts, ssh=host_args.ssh_options(keepalive), keepalive=keepalive, deps=tree,
+        sync_progress=meter.add,
+    )  # fmt: skip
+    outcomes: dict[str, SyncReport | HostError] = {}
+
+    async def one(label: str) -> None:
+        try:
+            await cluster.ready_session(label)
+            outcomes[label] = cluster.sync_reports[label]
+        except HostError as exc:
+            outcomes[label] = exc
+
+    async with cluster, asyncio.TaskGroup() as tasks:
+        shown = tasks.create_task(meter.show()) if meter.enabled else None
+        await asyncio.gather(*(one(label) for label in cluster.hosts))
+        if shown is not None:
+            shown.cancel()
+    meter.clear()
+    env.stderr.write(render_table(tree, [outcomes[label] for label in cluster.hosts]))
+    failed = sum(isinstance(o, HostError) for o in outcomes.values())
+    return min(failed, ExitStatus.MAX_FAILED)
+
+
+def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
+    """One line per host: what travelled, what was reused, how long it took, or why not."""
+    rows = [("host", "result", "files sent", "bytes sent", "reused", "seconds")]
+    for outcome in outcomes:
+        if isinstance(outcome, HostError):
+            rows.append((outcome.host, f"FAILED: {outcome.reason}", "", "", "", ""))
+            continue
+        result = "shared copy" if outcome.waited_for_shared else "ok"
+        if outcome.files_sent == 0 and not outcome.waited_for_shared:
+            result = "up to date" if outcome.reused == 0 else "ok"
+        rows.append(
+            (
+                outcome.host, result, str(outcome.files_sent), _size(outcome.bytes_sent),
+                str(outcome.reused), f"{outcome.seconds:.2f}",
+            )
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        f"deps: {len(tree.entries)} entries, {tree.files} files, {_size(tree.size)}",
+        *("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+          for row in rows),
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+class _Meter:
+    """Bytes sent so far, shown on a timer (never per chunk) when stderr is a terminal."""
+
+    def __init__(self, stream: TextIO, tree: Tree) -> None:
+        self._stream = stream
+        self._tree = tree
+        self.sent = 0
+        self._shown = False
+        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+
+    def add(self, _host: str, n: int) -> None:
+        self.sent += n
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+
+    async def show(self) -> None:
+        start = time.monotonic()
+        while True:  # cancelled when every host is done
+            await asyncio.sleep(PROGRESS_EVERY)
+            if not self.sent:
+                continue
+            rate = self.sent / max(time.monotonic() - start, 1e-6)
+            self._stream.write(
+                f"\ranet sync: {_size(self.sent)} sent ({_size(int(rate))}/s), "
+                f"tree {_size(self._tree.size)}\x1b[K"
+            )
+            self._stream.flush()
+            self._shown = True
