@@ -156,6 +156,9 @@ class SyncStore:
     # -- paths --------------------------------------------------------------------------------
 
     def _dir(self, name: bytes) -> bytes:
+        """A folder of the store, made private (0700) like the store itself."""
+        if not os.path.isdir(self.root):
+            os.makedirs(self.root, 0o700, exist_ok=True)  # the mode applies to the leaf only
         path = os.path.join(self.root, name)
         os.makedirs(path, 0o700, exist_ok=True)
         return path
