@@ -1,0 +1,209 @@
+"""The host's tree store driven directly (no SSH): delta, damage, concurrency, GC, scanning.
+
+These run the dispatcher's SyncStore in this process against a temp folder, fed with the same
+messages the master sends, so each rule of the store is pinned without network timing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from anet.hashcache import HashCache, open_cache
+from anet.manifest import DepsError, Tree, scan
+from dispatcher.syncproto import (
+    ENTRIES_PER_FRAME,
+    FILE,
+    SyncCommit,
+    SyncData,
+    SyncDone,
+    SyncEntries,
+    SyncOffer,
+    SyncState,
+    SyncWant,
+)
+from dispatcher.syncstore import KEEP_TREES, SyncStore
+
+
+class Host:
+    """A SyncStore with an outbox, as one dispatcher would hold it."""
+
+    def __init__(self, home: Path) -> None:
+        self.sent: list[object] = []
+        self.store = SyncStore(str(home), self.sent.append)
+        self.handlers: dict[type, object] = {}
+        self.store.register(self.handlers)  # type: ignore[arg-type]
+        self.rid = 0
+
+    def handle(self, msg: object) -> object | None:
+        before = len(self.sent)
+        self.handlers[type(msg)](msg)  # type: ignore[operator]
+        return self.sent[-1] if len(self.sent) > before else None
+
+    def offer(self, tree: Tree) -> SyncState:
+        self.rid += 1
+        reply = self.handle(SyncOffer(self.rid, tree.id, len(tree.entries), tree.size))
+        assert isinstance(reply, SyncState)
+        return reply
+
+    def begin(self, tree: Tree) -> tuple[int, SyncWant]:
+        """Send the manifest; the host's answer says which files must travel."""
+        self.rid += 1
+        reply = None
+        for start in range(0, len(tree.entries), ENTRIES_PER_FRAME):
+            chunk = tree.entries[start : start + ENTRIES_PER_FRAME]
+            last = start + ENTRIES_PER_FRAME >= len(tree.entries)
+            reply = self.handle(SyncEntries(self.rid, tree.id, chunk, last))
+        assert isinstance(reply, SyncWant), reply
+        return self.rid, reply
+
+    def finish(self, rid: int, tree: Tree, want: SyncWant) -> SyncDone:
+        for i, entry in enumerate(tree.entries):
+            if entry[1] == FILE and want.want[i >> 3] & (1 << (i & 7)):
+                data = Path(os.fsdecode(tree.local_path(i))).read_bytes()
+                self.handle(SyncData(rid, i, 0, data))
+        reply = self.handle(SyncCommit(rid))
+        assert isinstance(reply, SyncDone)
+        return reply
+
+    def sync(self, tree: Tree) -> tuple[SyncWant, SyncDone]:
+        rid, want = self.begin(tree)
+        return want, self.finish(rid, tree, want)
+
+
+def wanted(want: SyncWant) -> int:
+    return sum(bin(b).count("1") for b in want.want)
+
+
+def scan_dir(path: Path) -> Tree:
+    with open_cache(None) as cache:
+        return scan(f"{path}/", cache)
+
+
+def make(root: Path, n: int = 5) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"f{i}").write_text(f"file {i}\n")
+    return root
+
+
+def test_a_tree_is_ready_only_after_commit(tmp_path):
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src"))
+    assert not host.offer(tree).ready
+    rid, want = host.begin(tree)
+    assert wanted(want) == 5
+    assert not host.offer(tree).ready  # staging is invisible
+    done = host.finish(rid, tree, want)
+    assert done.error == "" and host.offer(tree).ready
+    assert host.store.job_cwd == done.path
+
+
+def test_a_file_modified_in_the_store_is_detected_and_sent_again(tmp_path):
+    host, src = Host(tmp_path / "home"), make(tmp_path / "src")
+    tree = scan_dir(src)
+    _, done = host.sync(tree)
+    victim = Path(os.fsdecode(done.path)) / "f2"
+    victim.write_text("a job wrote here\n")
+    assert not host.offer(tree).ready
+    want, again = host.sync(tree)
+    assert again.error == "" and wanted(want) == 1  # only the damaged file travels
+    assert (Path(os.fsdecode(again.path)) / "f2").read_text() == "file 2\n"
+
+
+def test_two_syncs_of_one_tree_at_once_both_succeed(tmp_path):
+    first, second = Host(tmp_path / "home"), Host(tmp_path / "home")  # one shared store
+    tree = scan_dir(make(tmp_path / "src"))
+    rid1, want1 = first.begin(tree)
+    rid2, want2 = second.begin(tree)
+    done1 = first.finish(rid1, tree, want1)
+    done2 = second.finish(rid2, tree, want2)
+    assert done1.error == done2.error == "" and done1.path == done2.path
+    assert first.offer(tree).ready
+    assert os.listdir(tmp_path / "home" / "deps" / "staging") == []
+
+
+def test_different_trees_do_not_disturb_each_other(tmp_path):
+    a, b = Host(tmp_path / "home"), Host(tmp_path / "home")
+    tree_a = scan_dir(make(tmp_path / "a"))
+    tree_b = scan_dir(make(tmp_path / "b", 3))
+    rid_a, want_a = a.begin(tree_a)
+    _, done_b = b.sync(tree_b)
+    done_a = a.finish(rid_a, tree_a, want_a)
+    assert done_a.path != done_b.path
+    assert a.offer(tree_a).ready and b.offer(tree_b).ready
+
+
+def test_old_trees_are_collected_but_not_one_in_use(tmp_path):
+    user, src = Host(tmp_path / "home"), make(tmp_path / "src")
+    in_use = scan_dir(src)
+    user.sync(in_use)  # this "other run" keeps a shared lock on its tree
+    other = Host(tmp_path / "home")
+    for i in range(KEEP_TREES + 2):
+        (src / "f0").write_text(f"version {i}\n")
+        time.sleep(0.01)
+        other.sync(scan_dir(src))
+    trees = os.listdir(tmp_path / "home" / "deps" / "trees")
+    assert sum(name.endswith(".manifest") for name in trees) == KEEP_TREES + 1
+    assert user.offer(in_use).ready
+
+
+def test_data_past_a_files_size_or_unasked_fails_the_sync_only(tmp_path):
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src"))
+    rid, _ = host.begin(tree)
+    reply = host.handle(SyncData(rid, 0, 0, b"far too long for this file\n"))
+    assert isinstance(reply, SyncDone) and "past the file" in reply.error
+    assert host.handle(SyncCommit(rid)) is None  # the failed sync is over: ignored
+    assert os.listdir(tmp_path / "home" / "deps" / "staging") == []
+    _, done = host.sync(tree)  # the store itself is fine
+    assert done.error == ""
+
+
+def test_corrupt_content_is_refused_at_commit(tmp_path):
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src", 1))
+    rid, _ = host.begin(tree)
+    host.handle(SyncData(rid, 0, 0, b"file X\n"))  # right size, wrong bytes
+    reply = host.handle(SyncCommit(rid))
+    assert isinstance(reply, SyncDone) and "corrupt" in reply.error
+    assert not host.offer(tree).ready
+
+
+def test_scan_sorts_parents_first_and_follows_the_slash_rule(tmp_path):
+    src = make(tmp_path / "pkg")
+    (src / "sub").mkdir()
+    (src / "sub" / "x").write_text("x")
+    with open_cache(None) as cache:
+        contents = scan(f"{src}/", cache)
+        folder = scan(str(src), cache)
+        single = scan(str(src / "f1"), cache)
+    assert [e[0] for e in contents.entries] == [b"f0", b"f1", b"f2", b"f3", b"f4", b"sub", b"sub/x"]
+    assert [e[0] for e in folder.entries][:2] == [b"pkg", b"pkg/f0"]
+    assert [e[0] for e in single.entries] == [b"f1"]
+
+
+def test_digests_are_cached_and_an_edit_is_noticed_even_with_its_mtime_restored(tmp_path):
+    src = make(tmp_path / "src", 50)
+    db = tmp_path / "hashes.sqlite"
+    with open_cache(db) as cache:
+        scan(f"{src}/", cache)
+        assert cache.hashed == 50
+    with open_cache(db) as cache:
+        scan(f"{src}/", cache)
+        assert cache.hashed == 0
+    st = (src / "f7").stat()
+    (src / "f7").write_text("file X\n")  # same size
+    os.utime(src / "f7", ns=(st.st_atime_ns, st.st_mtime_ns))
+    cache = HashCache(db)
+    tree = scan(f"{src}/", cache)
+    assert cache.hashed == 1
+    cache.close()
+    assert tree.id != scan_dir(make(tmp_path / "other", 50)).id
+
+
+def test_special_files_are_refused(tmp_path):
+    src = make(tmp_path / "src")
+    os.mkfifo(src / "pipe")
+    with pytest.raises(DepsError, match="device, socket or pipe"):
+        scan_dir(src)
