@@ -138,7 +138,10 @@ class HostSession:
             raise HostError(self.label, "connection lost")
         self.send(*messages)
         try:
-            await channel.stdin.drain()
+            async with asyncio.timeout(self._config.dead_after or None):
+                await channel.stdin.drain()
+        except TimeoutError:
+            raise HostError(self.label, "the host stopped reading") from None
         except (OSError, asyncssh.Error) as exc:
             raise HostError(self.label, f"connection lost: {exc}") from None
 
@@ -154,8 +157,17 @@ class HostSession:
         finally:
             del self._requests[req.rid]
 
-    async def run(self, transport: Transport, ready: Callable[[HostSession], None]) -> None:
-        """One dispatcher's life; returns after its Bye, raises HostError on any failure."""
+    async def run(
+        self,
+        transport: Transport,
+        ready: Callable[[HostSession], None],
+        prepare: Callable[[HostSession], Awaitable[None]] | None = None,
+    ) -> None:
+        """One dispatcher's life; returns after its Bye, raises HostError on any failure.
+
+        `prepare` (a deps sync) runs once the dispatcher said Hello, with frames already
+        flowing; `ready` is called only after it succeeded, so no job meets a half-made host.
+        """
         self.hello, self.closing, self._silence = None, False, None
         self._stderr_tail.clear()
         try:
@@ -172,7 +184,7 @@ class HostSession:
                 tasks.create_task(self._watchdog(self._channel, transport)),
             ]
             try:
-                await self._serve(self._channel, ready)
+                await self._serve(self._channel, ready, prepare, tasks)
             except HostError as exc:
                 error = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
@@ -187,7 +199,13 @@ class HostSession:
         if error is not None:
             raise error
 
-    async def _serve(self, channel: Channel, ready: Callable[[HostSession], None]) -> None:
+    async def _serve(
+        self,
+        channel: Channel,
+        ready: Callable[[HostSession], None],
+        prepare: Callable[[HostSession], Awaitable[None]] | None,
+        tasks: asyncio.TaskGroup,
+    ) -> None:
         decoder = FrameDecoder()
         try:
             async with asyncio.timeout(BOOT_TIMEOUT):
@@ -205,9 +223,26 @@ class HostSession:
         except ProtocolError as exc:
             raise HostError(self.label, f"garbled start-up: {exc}") from None
         self._greet(messages[0])
-        ready(self)
         await self._dispatch(messages[1:])
-        await self._pump(channel, decoder)
+        pump = tasks.create_task(self._pump_to_end(channel, decoder))
+        if prepare is not None:
+            await prepare(self)  # a lost pump fails its requests: prepare raises HostError
+        ready(self)
+        error = await pump
+        if error is not None:
+            raise error
+
+    async def _pump_to_end(self, channel: Channel, decoder: FrameDecoder) -> HostError | None:
+        """The pump as a task: its failure is returned (raising would tear the task group
+        down) and handed to every open request, which would otherwise wait for a reply."""
+        error: HostError | None = None
+        try:
+            await self._pump(channel, decoder)
+        except HostError as exc:
+            error = exc
+        for req in self._requests.values():
+            req.put(error or HostError(self.label, "the dispatcher exited"))
+        return error
 
     async def _boot(self, channel: Channel) -> bytes:
         """Skip login noise up to the boot mark; ship the payload if asked. Returns frame bytes."""

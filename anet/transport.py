@@ -20,6 +20,11 @@ from .connect import Connector
 from .errors import HostError
 from .hosts import HostSpec
 
+WRITE_HIGH_WATER = 4 << 20
+"""Bytes the master may buffer towards a dispatcher before `drain()` waits. The transports'
+default (64 KiB) would make a deps transfer stop and wait after every 256 KiB frame; the
+SSH window still bounds what is in flight, this only keeps the pipe full."""
+
 
 class Reader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
@@ -75,6 +80,7 @@ class LocalTransport:
         )
         assert proc.stdin and proc.stdout and proc.stderr
         stdin = proc.stdin
+        stdin.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
         def close() -> None:
             if proc.returncode is None:
@@ -114,6 +120,7 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             self.close()
             raise HostError(self._spec.label, f"cannot start a session: {exc}") from exc
+        process.stdin.channel.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
         async def wait() -> int | None:
             completed = await process.wait()

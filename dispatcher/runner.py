@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import IO, Dict, Optional
+from typing import IO, Dict, Optional, Union
 
 from .protocol import STDERR, STDOUT, Exit, Run
 
@@ -89,7 +89,7 @@ class JobProcess:
             pipe.close()
 
 
-def spawn(run: Run, slot: int, cwd: str, env: Dict[str, str]) -> JobProcess:
+def spawn(run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str]) -> JobProcess:
     """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report."""
     job_env = dict(env)
     job_env.update(run.env)
