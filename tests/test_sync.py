@@ -370,3 +370,42 @@ def test_dispatcher_refuses_escaping_entries_from_the_master(make_cluster, tmp_p
     written = {p.name for p in home.parent.rglob("*evil*")} | {p.name for p in home.rglob("x")}
     assert written == set()
     assert not Path("/tmp/evil").exists()
+
+
+def test_two_runs_with_different_deps_on_one_host_each_see_their_own(cluster, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        deps = tmp_path / name
+        deps.mkdir()
+        (deps / "version").write_text(f"deps {name}\n")
+        batch = tmp_path / f"batch-{name}.txt"
+        batch.write_text("sleep 0.05; cat version\n" * 30)
+        runs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "anet",
+                    "--ssh-config",
+                    str(cluster.ssh_config),
+                    "-S",
+                    "3/host1",
+                    "--format",
+                    "jsonl",
+                    "--no-journal",
+                    str(batch),
+                    f"{deps}/",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+    import json
+
+    for name, proc in zip(("a", "b"), runs, strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        assert len(records) == 30
+        assert {r["stdout"] for r in records} == {f"deps {name}\n"}
