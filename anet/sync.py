@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dispatcher.protocol import OUTPUT_CHUNK, Message
 from dispatcher.syncproto import (
@@ -39,6 +39,7 @@ REPLY_TIMEOUT = 300.0
 """Seconds for the host to answer a sync step; building a big tree from earlier ones (local
 copies on the host's disk) is the slowest step, and it sends no frames while it works."""
 DATA_CHUNK = OUTPUT_CHUNK
+MANIFEST_BYTES = 512 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +84,9 @@ async def transfer(
     """Send the manifest and the files the host lacks; (done, files sent, bytes, reused)."""
     with session.request() as req:
         entries = tree.entries
-        for start in range(0, len(entries), ENTRIES_PER_FRAME):
-            chunk = entries[start : start + ENTRIES_PER_FRAME]
-            last = start + ENTRIES_PER_FRAME >= len(entries)
+        chunks = list(_manifest_chunks(entries))
+        for number, chunk in enumerate(chunks, 1):
+            last = number == len(chunks)
             await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
         want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
         wanted = [
@@ -104,6 +105,21 @@ async def transfer(
         if done.error:
             raise HostError(session.label, f"deps sync failed: {done.error}", permanent=True)
         return done, len(wanted), sent, want.reused
+
+
+def _manifest_chunks(entries: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """Manifest pieces of at most ENTRIES_PER_FRAME entries and MANIFEST_BYTES (paths can be
+    4 KiB long: counting entries alone could overflow a frame)."""
+    chunk: list[list[Any]] = []
+    size = 0
+    for entry in entries:
+        cost = len(entry[0]) + len(entry[5]) + 48
+        if chunk and (len(chunk) == ENTRIES_PER_FRAME or size + cost > MANIFEST_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    yield chunk  # possibly empty: an empty tree is still a manifest
 
 
 async def _send_file(

@@ -125,6 +125,16 @@ class SyncStore:
         self._incoming: Dict[int, Incoming] = {}
         self._failed: Set[int] = set()
         self._cleaned = False
+        self.keepalive: Callable[[], None] = lambda: None
+        """Set by the dispatcher: sends a heartbeat now. Building a big tree from local
+        copies can take longer than the master's patience for a silent host."""
+        self._last_tick = time.monotonic()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick > 1.0:
+            self._last_tick = now
+            self.keepalive()
 
     def register(self, handlers: Dict[type, Callable[[Any], None]]) -> None:
         handlers[SyncOffer] = self._guarded(self.on_offer)
@@ -216,6 +226,7 @@ class SyncStore:
         base = self._tree_dir(tree)
         try:
             for entry in entries:
+                self._tick()
                 if not _stat_matches(os.lstat(os.path.join(base, entry[0])), entry):
                     return False
         except OSError:
@@ -265,6 +276,7 @@ class SyncStore:
         bases = self._bases()
         reused = 0
         for index, entry in enumerate(inc.entries):
+            self._tick()
             path, kind, _, size, _, digest = entry
             target = os.path.join(inc.staging, path)
             if kind == DIR:
@@ -362,6 +374,7 @@ class SyncStore:
         if inc.next_want != len(inc.wanted):
             raise SyncFailed("%d file(s) never arrived" % (len(inc.wanted) - inc.next_want))
         for path, kind, _, _, _, target in inc.entries:
+            self._tick()
             if kind == LINK:
                 os.symlink(target, os.path.join(inc.staging, path))
         for path, kind, mode, _, mtime_ns, _ in reversed(inc.entries):  # deepest first
