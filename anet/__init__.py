@@ -8,6 +8,7 @@ The library comes first and the `anet` command is a thin layer over it:
         async for result in cluster.run(["echo 1", "echo 2"]):
             ...
 
+`anet.Machines` does the housekeeping of a pool (find, killall, check, onall);
 `anet.results.read(stream)` reads anet's output streams back into `JobResult` records.
 """
 
@@ -21,16 +22,22 @@ from .batch import Job, read_batch
 from .connect import SshOptions
 from .errors import AnetError, HostError, NoHostError, ResultFormatError, UsageError
 from .hosts import HostSpec, parse_spec, resolve_hosts
+from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
 from .record import JobResult
 
 __all__ = [
     "AnetError",
     "Cluster",
+    "HostCheck",
     "HostError",
+    "HostKills",
+    "HostOutput",
+    "HostProcesses",
     "HostSpec",
     "HostState",
     "Job",
     "JobResult",
+    "Machines",
     "NoHostError",
     "ResultFormatError",
     "SshOptions",

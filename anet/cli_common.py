@@ -55,16 +55,19 @@ class HostArgs:
     host_files: tuple[Path, ...] = ()
     slots: int | None = None
     ssh_config: Path | None = None
+    accept_new_hosts: bool = False
 
     def resolve(self, env: Environment) -> list[HostSpec]:
         return resolve_hosts(self.hosts, self.host_files, slots=self.slots, environ=env.environ)
 
     def ssh_options(self, keepalive: float) -> SshOptions:
-        return SshOptions(config=self.ssh_config, keepalive=keepalive / 3)
+        return SshOptions(
+            config=self.ssh_config, keepalive=keepalive / 3, accept_new_hosts=self.accept_new_hosts
+        )
 
 
 def host_options(command: F) -> F:
-    """-S, -H, -j and --ssh-config, gathered into one `host_args: HostArgs` parameter."""
+    """-S, -H, -j, --ssh-config, --accept-new-hosts: one `host_args: HostArgs` parameter."""
 
     options = [
         click.option(
@@ -81,13 +84,17 @@ def host_options(command: F) -> F:
             "--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
             help="ssh client config replacing ~/.ssh/config.",
         ),
+        click.option(
+            "--accept-new-hosts", is_flag=True,
+            help="Record the keys of hosts known_hosts has never seen; a changed key is refused.",
+        ),
     ]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         kwargs["host_args"] = HostArgs(
             kwargs.pop("hosts"), kwargs.pop("host_files"), kwargs.pop("slots"),
-            kwargs.pop("ssh_config"),
+            kwargs.pop("ssh_config"), kwargs.pop("accept_new_hosts"),
         )  # fmt: skip
         return command(*args, **kwargs)
 
@@ -114,13 +121,17 @@ def log_options(command: F) -> F:
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """uvloop when it is installed: the master's per-job cost is mostly event-loop overhead."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
+    """uvloop when it is installed: the master's per-job cost is mostly event-loop overhead.
 
-        factory = uvloop.new_event_loop
-    except ImportError:
-        pass
+    ANET_NO_UVLOOP=1 forces the stock loop, for benchmarks and for ruling uvloop out of a bug.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if os.environ.get("ANET_NO_UVLOOP", "") in ("", "0"):
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            pass
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)

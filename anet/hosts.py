@@ -2,8 +2,10 @@
 
 A spec is GNU parallel's sshlogin form `[N/][user@]host[:port]`, so a `--sshloginfile` carries
 over unchanged: `N/` sets the job slots (default: the cores the dispatcher reports), `:` alone is
-the local machine. Everything an ssh client would read from `~/.ssh/config` (HostName, User,
-Port, IdentityFile, ProxyJump, ...) is resolved later, at connect time.
+the local machine. `node[01-40]` (and `rack[1-2]-n[1,3,5-7]`) names many hosts at once, as
+clush and pdsh spell it; zero padding is kept. Everything an ssh client would read from
+`~/.ssh/config` (HostName, User, Port, IdentityFile, ProxyJump, ...) is resolved later, at
+connect time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ LOCAL = ":"
 LOCAL_LABEL = "local"
 
 _DIGITS = re.compile(r"[0-9]+")
+_RANGE = re.compile(r"\[([0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*)\]")
+"""A bracketed list of numbers and ranges; an IPv6 address in brackets never matches (no '-'
+or ',' alone would make `[1]`, which is no address either)."""
+MAX_EXPANSION = 65536
 _SPEC = re.compile(
     r"""^(?:(?P<slots>\d+)/)?              # N/
         (?:(?P<user>[^@\s/]+)@)?           # user@
@@ -74,6 +80,32 @@ def parse_spec(text: str) -> HostSpec:
     return HostSpec(host, match["user"], port, _check_slots(slots, text))
 
 
+def expand_range(text: str) -> list[str]:
+    """`node[01-03]` -> node01, node02, node03; several brackets multiply; no bracket: [text]."""
+    match = _RANGE.search(text)
+    if match is None:
+        return [text]
+    numbers: list[str] = []
+    for part in match[1].split(","):
+        first, _, last = part.partition("-")
+        last = last or first
+        width = len(first) if first.startswith("0") else 0
+        if int(last) < int(first):
+            raise UsageError(f"bad host range {text!r}: {part} counts backwards")
+        if len(numbers) + int(last) - int(first) >= MAX_EXPANSION:
+            raise UsageError(f"host range {text!r} names over {MAX_EXPANSION} hosts")
+        numbers += [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
+    head, tail = text[: match.start()], expand_range(text[match.end() :])
+    if len(numbers) * len(tail) > MAX_EXPANSION:
+        raise UsageError(f"host range {text!r} names over {MAX_EXPANSION} hosts")
+    return [f"{head}{number}{rest}" for number in numbers for rest in tail]
+
+
+def parse_specs(text: str) -> list[HostSpec]:
+    """One spec, or as many as its host range names."""
+    return [parse_spec(each) for each in expand_range(text.strip())]
+
+
 def _check_slots(slots: int | None, text: str) -> int | None:
     if slots is not None and slots < 1:
         raise UsageError(f"bad host spec {text!r}: job slots must be at least 1")
@@ -88,7 +120,7 @@ def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
         if not line:
             continue
         try:
-            specs.append(parse_spec(line))
+            specs += parse_specs(line)
         except UsageError as exc:
             raise UsageError(f"{origin}:{number}: {exc}") from None
     return specs
@@ -115,7 +147,7 @@ def resolve_hosts(
     connection per end machine, whatever the user listed.
     """
     environ = os.environ if environ is None else environ
-    hosts = [parse_spec(spec) for spec in specs]
+    hosts = [host for spec in specs for host in parse_specs(spec)]
     files = list(files)
     if not files and not hosts and environ.get("ANET_HOSTS"):
         files = [environ["ANET_HOSTS"]]

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+from . import procs
 from .pidfiles import PidFiles
 from .protocol import (
     BOOT_FRAMES,
@@ -52,6 +53,7 @@ from .protocol import (
     encode,
 )
 from .runner import JobProcess, kill_group, spawn
+from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
@@ -102,6 +104,10 @@ class Dispatcher:
         self.handlers: Dict[type, Callable[[Any], None]] = {}
         """Handlers of request messages (deps sync, housekeeping), by message class; each
         request module registers its own, so this loop stays about jobs."""
+        procs.register(self.handlers, self.send)
+        self.deps = SyncStore(home, self.send)
+        self.deps.register(self.handlers)
+        self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
@@ -133,6 +139,7 @@ class Dispatcher:
                     break
             self.on_timers(time.monotonic())
         self.terminate_all()
+        self.deps.abandon_all()
         self.pidfiles.close()
         self.send(Bye())
         self.flush_blocking()
@@ -164,7 +171,7 @@ class Dispatcher:
 
     def on_master_input(self, fd: int) -> None:
         try:
-            data = os.read(fd, 1 << 16)
+            data = os.read(fd, 1 << 20)  # big: deps data arrives in 256 KiB frames
         except BlockingIOError:
             return
         if not data:
@@ -197,6 +204,11 @@ class Dispatcher:
             self.handlers[type(msg)](msg)
         # Heartbeat: receiving it already refreshed last_heard.
 
+    def heartbeat_now(self) -> None:
+        """A heartbeat sent at once, from inside a long handler (a big deps build)."""
+        self.send(Heartbeat(_load()))
+        self.flush()
+
     def kill(self, msg: Kill) -> None:
         for queued in self.queue:
             if queued.aid == msg.aid:
@@ -213,7 +225,7 @@ class Dispatcher:
     def start_queued(self) -> None:
         if self.setup is None:
             return
-        cwd = self.setup.cwd or self.workdir
+        cwd = self.deps.job_cwd or self.setup.cwd or self.workdir  # synced deps come first
         while self.queue and self.free_slots:
             run = self.queue.popleft()
             slot = heapq.heappop(self.free_slots)

@@ -1,0 +1,391 @@
+"""Housekeeping on an end machine: list the user's processes, signal them safely, probe the host.
+
+`anet --find` and `anet --killall` ask every dispatcher to match the user's processes against a
+regular expression (like `pgrep -f`), reading /proc directly: no `ps | grep`, so no grep to
+match itself. What must never be matched, whatever the pattern:
+
+- this dispatcher and its ancestors (the sshd session and login shell anet came through);
+- every other anet dispatcher and its ancestors (another run's machinery, not its jobs);
+- every sshd process (an SSH session is the user's lifeline to the machine);
+- on the master's own machine, the master and its ancestors (the shell the user typed in):
+  the master's command line contains the pattern, as the old `ps | grep` did;
+- init, kernel threads, zombies, and anything of another user.
+
+Killing is two requests, driven by the master: `SignalProcs` with TERM, then polls with signal
+0, then KILL for the survivors. The grace period thus lives on the master, and this loop never
+sleeps. Every target is named by pid *and* start time and re-checked before each signal, so a
+recycled pid is never hit. A matched process that leads its own process group (a job started
+by anet, a pipeline) is signalled as a group, children included, unless the group holds a
+protected process.
+
+Runs on the end machines: Python 3.8+, stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from .protocol import Message, message
+
+STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
+"""How every anet dispatcher's command line starts after `python3 -c` (anet.bootstrap's stub)."""
+
+GONE = "gone"
+SIGNALLED = "signalled"
+ALIVE = "alive"
+DENIED = "permission denied"
+PROTECTED = "protected"
+
+
+# -- messages (codes 20-39) ------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class FindProcs(Message):
+    """Master -> dispatcher: list the user's processes whose command line matches `pattern`.
+
+    `machine` and `master_pid` name the master's process (boot id + pid namespace, and pid),
+    so that a dispatcher on the master's own machine never matches the master or its shell.
+    """
+
+    CODE = 20
+    rid: int
+    pattern: str
+    machine: str
+    master_pid: int
+
+
+@message
+@dataclass(frozen=True)
+class ProcsFound(Message):
+    """Dispatcher -> master: the matches, each a list in the order of `ROW_FIELDS`; or `error`."""
+
+    CODE = 21
+    rid: int
+    procs: list
+    error: str
+
+
+ROW_FIELDS = (
+    "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
+)  # fmt: skip
+"""A ProcsFound row: `start` is in clock ticks since boot (the identity beside the pid),
+`group` the number of processes in the group the process leads (0: it leads none, or its group
+holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them."""
+
+
+@message
+@dataclass(frozen=True)
+class SignalProcs(Message):
+    """Master -> dispatcher: send `sig` to each target [pid, start, group]; 0 only checks.
+
+    A target with `group` true is its process group: it is alive while any member is.
+    """
+
+    CODE = 22
+    rid: int
+    targets: list
+    sig: int
+    machine: str
+    master_pid: int
+
+
+@message
+@dataclass(frozen=True)
+class Signalled(Message):
+    """Dispatcher -> master: [pid, outcome] per target: signalled, alive, gone, permission
+    denied, protected."""
+
+    CODE = 23
+    rid: int
+    outcomes: list
+
+
+@message
+@dataclass(frozen=True)
+class ProbeHost(Message):
+    """Master -> dispatcher: free memory and disk where jobs run, for `anet hosts check`."""
+
+    CODE = 24
+    rid: int
+    path: str
+
+
+@message
+@dataclass(frozen=True)
+class HostProbe(Message):
+    """Dispatcher -> master: MemAvailable and free disk (KiB, -1 when unknown), 1-minute load."""
+
+    CODE = 25
+    rid: int
+    mem_free_kb: int
+    disk_free_kb: int
+    load: float
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+
+class Proc:
+    """What /proc says about one process."""
+
+    __slots__ = ("argv", "name", "pgid", "pid", "ppid", "rss", "start", "state", "ticks", "uid")
+
+    def __init__(self, pid: int, stat: bytes, uid: int, argv: List[str]) -> None:
+        self.pid = pid
+        # The name is in parentheses and may itself hold ") ": split on the last one.
+        head, _, tail = stat.rpartition(b")")
+        self.name = head.partition(b"(")[2].decode("utf-8", "replace")
+        fields = tail.split()
+        self.state = fields[0].decode()
+        self.ppid = int(fields[1])
+        self.pgid = int(fields[2])
+        self.ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        self.start = int(fields[19])
+        self.rss = int(fields[21])  # pages
+        self.uid = uid
+        self.argv = argv
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv)
+
+
+def read_proc(pid: int, light: bool = False) -> Optional[Proc]:
+    """The process, or None when it is gone (or unreadable: another user's, hidepid).
+
+    `light` reads only its stat (no uid, no command line): enough to tell whether it and its
+    group are still alive, at a third of the cost, for the polls of a grace period.
+    """
+    base = "/proc/%d/" % pid
+    try:
+        with open(base + "stat", "rb") as f:
+            stat = f.read()
+        if light:
+            return Proc(pid, stat, -1, [])
+        with open(base + "status", "rb") as f:
+            uid = -1
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    uid = int(line.split()[1])  # the real uid
+                    break
+        with open(base + "cmdline", "rb") as f:
+            raw = f.read()
+    except (OSError, ValueError, IndexError):
+        return None
+    argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0")]
+    while argv and not argv[-1]:
+        argv.pop()
+    try:
+        return Proc(pid, stat, uid, argv)
+    except (IndexError, ValueError):
+        return None
+
+
+def process_table(light: bool = False) -> Dict[int, Proc]:
+    """Every live process; raises OSError where there is no /proc (macOS, BSD)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            proc = read_proc(int(name), light)
+            if proc is not None:
+                table[proc.pid] = proc
+    return table
+
+
+def machine_id() -> str:
+    """Boot id and pid namespace: equal on two sides only when their pids mean the same."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return boot + ":" + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _ancestors(table: Dict[int, Proc], pid: int) -> Set[int]:
+    found = set()
+    while pid in table and pid not in found and pid > 1:
+        found.add(pid)
+        pid = table[pid].ppid
+    return found
+
+
+def is_dispatcher(proc: Proc) -> bool:
+    return len(proc.argv) >= 3 and proc.argv[1] == "-c" and proc.argv[2].startswith(STUB_MARK)
+
+
+def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]:
+    """Pids that are never matched nor signalled: see the module docstring for why each."""
+    keep = {1} | _ancestors(table, os.getpid())
+    for proc in table.values():
+        if is_dispatcher(proc) or proc.name == "sshd" or proc.name.startswith("sshd-"):
+            keep |= _ancestors(table, proc.pid)
+    if machine and machine == machine_id():
+        keep |= _ancestors(table, master_pid)
+    return keep
+
+
+def _matchable(proc: Proc, uid: int, keep: Set[int]) -> bool:
+    return proc.uid == uid and proc.pid not in keep and bool(proc.argv) and proc.state not in "ZX"
+
+
+def _group_size(table: Dict[int, Proc], proc: Proc, uid: int, keep: Set[int]) -> int:
+    """Members of the group `proc` leads, when it is safe to signal as a whole; else 0."""
+    if proc.pgid != proc.pid:
+        return 0
+    members = [p for p in table.values() if p.pgid == proc.pid and p.state not in "ZX"]
+    if any(p.pid in keep or p.uid != uid for p in members):
+        return 0
+    return len(members)
+
+
+def find(pattern: str, machine: str, master_pid: int) -> List[List[Any]]:
+    """The user's processes whose full command line matches `pattern` (re.search), as rows."""
+    regex = re.compile(pattern)
+    table = process_table()
+    keep = protected(table, machine, master_pid)
+    uid = os.getuid()
+    hz = os.sysconf("SC_CLK_TCK")
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    uptime = _uptime()
+    total_kb = _meminfo().get("MemTotal", 0)
+    rows = []
+    for proc in sorted(table.values(), key=lambda p: p.pid):
+        if not _matchable(proc, uid, keep) or not regex.search(proc.command):
+            continue
+        elapsed = max(0.0, uptime - proc.start / hz)
+        cpu = 100.0 * proc.ticks / hz / elapsed if elapsed > 0 else 0.0
+        rss_kb = proc.rss * page_kb
+        mem = 100.0 * rss_kb / total_kb if total_kb else 0.0
+        group = _group_size(table, proc, uid, keep)
+        rows.append(
+            [proc.pid, proc.start, proc.pgid, group, _user(proc.uid), round(elapsed, 2),
+             round(cpu, 1), round(mem, 1), rss_kb, proc.command]
+        )  # fmt: skip
+    return rows
+
+
+def signal_targets(targets: List[Any], sig: int, machine: str, master_pid: int) -> List[Any]:
+    """Signal each [pid, start, group] target that is still the same process; say what happened.
+
+    Signal 0 only asks whether each target (its group, for a group) is still alive.
+    """
+    table = process_table(light=not sig)
+    keep = protected(table, machine, master_pid) if sig else set()
+    uid = os.getuid()
+    outcomes = []
+    for pid, start, group in targets:
+        proc = table.get(pid)
+        same = proc is not None and proc.start == start and proc.state not in "ZX"
+        members = [p for p in table.values() if p.pgid == pid and p.state not in "ZX"]
+        alive = bool(members) if group else same
+        if not alive:
+            outcomes.append([pid, GONE])
+        elif not sig:
+            outcomes.append([pid, ALIVE])
+        elif (group and any(p.pid in keep or p.uid != uid for p in members)) or (
+            not group and (proc is None or not _matchable(proc, uid, keep))
+        ):
+            outcomes.append([pid, PROTECTED])
+        else:
+            outcomes.append([pid, _send(pid, sig, group)])
+    return outcomes
+
+
+def _send(pid: int, sig: int, group: bool) -> str:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return GONE
+    except PermissionError:
+        return DENIED
+    return SIGNALLED
+
+
+def probe(path: str) -> List[Any]:
+    """[MemAvailable KiB, free KiB on the file system of `path`, 1-minute load]."""
+    mem = _meminfo().get("MemAvailable", -1)
+    try:
+        vfs = os.statvfs(path or ".")
+        disk = vfs.f_bavail * vfs.f_frsize // 1024
+    except OSError:
+        disk = -1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return [mem, disk, load]
+
+
+def _uptime() -> float:
+    try:
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+def _meminfo() -> Dict[str, int]:
+    found = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    found[key] = int(parts[0])
+    except OSError:
+        pass
+    return found
+
+
+_USERS: Dict[int, str] = {}
+
+
+def _user(uid: int) -> str:
+    if uid not in _USERS:
+        try:
+            _USERS[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _USERS[uid] = str(uid)
+    return _USERS[uid]
+
+
+# -- the dispatcher's handlers ----------------------------------------------------------------
+
+
+def register(handlers: Dict[type, Callable[[Any], None]], send: Callable[[Message], None]) -> None:
+    """Add this module's request handlers to a Dispatcher's `handlers`; replies go to `send`."""
+
+    def on_find(msg: FindProcs) -> None:
+        try:
+            rows, error = find(msg.pattern, msg.machine, msg.master_pid), ""
+        except re.error as exc:
+            rows, error = [], "bad pattern: %s" % exc
+        except OSError as exc:
+            rows, error = [], "cannot list processes (needs Linux /proc): %s" % exc
+        send(ProcsFound(msg.rid, rows, error))
+
+    def on_signal(msg: SignalProcs) -> None:
+        try:
+            outcomes = signal_targets(msg.targets, msg.sig, msg.machine, msg.master_pid)
+        except (OSError, ValueError, TypeError):
+            outcomes = [[t[0], DENIED] for t in msg.targets if isinstance(t, list) and t]
+        send(Signalled(msg.rid, outcomes))
+
+    def on_probe(msg: ProbeHost) -> None:
+        send(HostProbe(msg.rid, *probe(msg.path)))
+
+    handlers[FindProcs] = on_find
+    handlers[SignalProcs] = on_signal
+    handlers[ProbeHost] = on_probe
