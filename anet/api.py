@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
+from .attemptlog import AttemptLog, AttemptObserver
 from .backoff import Backoff
 from .batch import Job, as_jobs, runnable
 from .bootstrap import Payload, payload
@@ -30,9 +32,11 @@ from .flow import ByteBoundedQueue
 from .hosts import HostSpec, parse_spec
 from .journal import Journal, JournalError
 from .logs import get_logger
+from .manifest import Tree
 from .record import JobResult
-from .scheduler import KillReason, Scheduler, Verdict
+from .scheduler import Ended, KillReason, Scheduler, Verdict
 from .session import HostSession, SessionConfig
+from .sync import Progress, Syncer, SyncReport
 from .transport import LocalTransport, SshTransport
 
 log = get_logger()
@@ -54,6 +58,9 @@ KEEPALIVE = 15.0
 class _AttemptOutput:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
+    start: float = 0.0  # wall clock (for the journal's attempts and the joblog); reset at Started
+    started: bool = False  # counted in its host's `running`
+    dropped: bool = False  # a superseded copy: its output is moot, its Exit still gets logged
 
 
 class _Done:
@@ -85,6 +92,21 @@ class HostState:
     failures: int = 0
     ever_ready: bool = False
     backoff: Backoff = field(default_factory=Backoff)
+    # Counters for the live view and the end summary: plain increments on events the master
+    # handles anyway; displays read them on a timer, never per event.
+    running: int = 0  # attempts started on the host and not ended
+    failed_attempts: int = 0  # attempts that exited non-zero, were killed or timed out
+    spec_won: int = 0  # speculative copies started here that gave their job's result
+    spec_lost: int = 0  # speculative copies started here that another attempt beat
+    ended: int = 0  # attempts that ended with an Exit
+    busy_time: float = 0.0  # their summed run times: mean job time is busy_time / ended
+    last_heard: float | None = None  # event-loop clock of the last frame from the host
+    retry_at: float | None = None  # event-loop clock of the next connection try, backing off
+
+    @property
+    def mean_time(self) -> float | None:
+        """Mean run time of the attempts that ended here, None before the first."""
+        return self.busy_time / self.ended if self.ended else None
 
 
 class Cluster:
@@ -98,6 +120,8 @@ class Cluster:
         cwd: str | None = None,
         keepalive: float = KEEPALIVE,
         policy: RunPolicy | None = None,
+        deps: Tree | None = None,
+        sync_progress: Progress | None = None,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
         self.hosts: dict[str, HostState] = {}
@@ -118,12 +142,16 @@ class Cluster:
         self._wakeup: asyncio.TimerHandle | None = None
         self._draining = False
         self._policy = policy or RunPolicy()
+        self._syncer = Syncer(deps, sync_progress) if deps is not None else None
+        self.sync_reports: dict[str, SyncReport] = {}
+        """How each host got the deps tree (its latest sync), for `anet sync` and summaries."""
         self._scheduler: Scheduler | None = None
         self._outputs: dict[int, _AttemptOutput] = {}
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
             RESULT_QUEUE, RESULT_BYTES
         )
         self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._attempt_log = AttemptLog()  # the journal's attempts and host events, --joblog
 
     async def __aenter__(self) -> Cluster:
         self._tasks = asyncio.TaskGroup()
@@ -185,7 +213,8 @@ class Cluster:
                     if not transport.connected:
                         state.state = "connecting"
                         await transport.connect()
-                    await session.run(transport, self._on_ready)
+                    prepare = self._sync_deps if self._syncer is not None else None
+                    await session.run(transport, self._on_ready, prepare)
                     error = HostError(spec.label, "the dispatcher exited")
                 except HostError as exc:
                     error = exc
@@ -196,6 +225,7 @@ class Cluster:
                 if not await self._after_failure(state, error):
                     return
                 delay = state.backoff.next_delay()
+                state.retry_at = _now() + delay
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._closing.wait()
@@ -203,13 +233,32 @@ class Cluster:
             transport.close()
             state.state = "failed" if state.state == "failed" else "closed"
 
+    async def _sync_deps(self, session: HostSession) -> None:
+        """Bring the deps tree to the host before it gets any job (it runs them inside)."""
+        assert self._syncer is not None
+        self.hosts[session.label].state = "syncing"
+        report = await self._syncer.sync(session)
+        self.sync_reports[session.label] = report
+        how = (
+            "already there"
+            if not report.files_sent
+            else f"{report.files_sent} files, {report.bytes_sent} bytes sent"
+        )
+        log.info(
+            f"{session.label}: deps ready in {report.seconds:.2f}s ({how})",
+            host=session.label,
+            path=report.path.decode(errors="replace"),
+            reused=report.reused,
+        )
+
     async def ready_session(self, label: str) -> HostSession:
         """The host's session once its dispatcher is ready; HostError as soon as it fails once.
 
         For one-shot commands (find, killall, check, onall): they report a down host at once
         instead of waiting through the reconnection backoff that a batch run would sit out.
         """
-        state = self.hosts[label]
+        state = self.hosts.get(label) or self.hosts[parse_spec(label).label]  # ":" is "local"
+        label = state.spec.label
         if state.state not in ("ready", "failed", "backing off"):
             waiter = asyncio.get_running_loop().create_future()
             self._settle_waiters.setdefault(label, []).append(waiter)
@@ -232,11 +281,13 @@ class Cluster:
 
     async def _after_failure_noted(self, state: HostState, error: HostError) -> bool:
         if error.permanent:
+            self._host_event(state.spec.label, "failed", error.reason)
             state.state, state.error = "failed", error.reason
             log.error(str(error), host=error.host, reason=error.reason)
             await self._check_stuck()
             return False
         was_ready = state.state == "ready"
+        self._host_event(state.spec.label, "lost" if was_ready else "unreachable", error.reason)
         state.failures += 1
         if was_ready or error.reason != state.error:  # once per change, not once per try
             log.warning(f"{error}; retrying", host=error.host, reason=error.reason)
@@ -248,6 +299,8 @@ class Cluster:
         state = self.hosts[session.label]
         if state.failures and state.ever_ready:
             log.warning(f"{session.label}: back, {session.slots} slots", host=session.label)
+        self._host_event(session.label, "back" if state.ever_ready else "ready", str(session.slots))
+        state.retry_at = None
         state.state, state.slots, state.ever_ready = "ready", session.slots, True
         state.backoff.reset()
         self._settled(session.label)
@@ -267,8 +320,13 @@ class Cluster:
         scheduler = self._scheduler
         if scheduler is None:
             return
+        state.running = 0
         for attempt in scheduler.host_lost(state.spec.label, now=_now()):
-            self._outputs.pop(attempt.aid, None)
+            output = self._outputs.pop(attempt.aid, None)
+            if output is not None:  # logged as lost: no exit code, no signal
+                size = len(output.stdout) + len(output.stderr)
+                runtime = time.time() - output.start
+                self._attempt_log.attempt(attempt, size, output.start, runtime, None, None)
             log.info(f"job {attempt.job.id} goes back to the queue", host=state.spec.label)
         for given_up in scheduler.take_abandoned():
             log.warning(f"job {given_up.job.id}: given up: {given_up.error}")
@@ -307,11 +365,16 @@ class Cluster:
     # -- frames -----------------------------------------------------------------------------
 
     async def _on_message(self, session: HostSession, msg: Message) -> None:
+        self.hosts[session.label].last_heard = _now()
         if isinstance(msg, Output):
             output = self._outputs.get(msg.aid)
-            if output is not None:
+            if output is not None and not output.dropped:
                 (output.stdout if msg.stream == STDOUT else output.stderr).extend(msg.data)
         elif isinstance(msg, Started):
+            output = self._outputs.get(msg.aid)
+            if output is not None and not output.started:
+                output.started, output.start = True, time.time()
+                self.hosts[session.label].running += 1
             if self._scheduler is not None:
                 self._scheduler.attempt_started(msg.aid, _now())
                 self._dispatch()  # a start may bring a timeout or a straggler's deadline closer
@@ -327,6 +390,8 @@ class Cluster:
             msg.aid, ok=msg.code == 0, now=_now(), duration=msg.duration
         )
         self._dispatch()
+        if output is not None and ended.attempt is not None:
+            self._count_attempt(self.hosts[session.label], ended, output, msg)
         if ended.paused is not None:
             log.warning(str(ended.paused), host=session.label)
         attempt = ended.attempt
@@ -351,6 +416,33 @@ class Cluster:
             return
         self.hosts[session.label].done += 1
         await self._deliver(result)
+
+    def observe_attempts(self, observer: AttemptObserver) -> None:
+        """Call `observer` with each attempt as it ends or is lost (e.g. to write a joblog)."""
+        self._attempt_log.observers.append(observer)
+
+    def _count_attempt(
+        self, state: HostState, ended: Ended, output: _AttemptOutput, msg: Exit
+    ) -> None:
+        """Update the host's counters for an ended attempt, and log the attempt."""
+        attempt = ended.attempt
+        assert attempt is not None
+        if output.started:
+            state.running -= 1
+        state.ended += 1
+        state.busy_time += msg.duration
+        if ended.verdict is Verdict.STALE:
+            state.spec_lost += attempt.speculative
+        elif msg.code != 0:
+            state.failed_attempts += 1
+        elif ended.final:
+            state.spec_won += attempt.speculative
+        size = len(output.stdout) + len(output.stderr)
+        self._attempt_log.attempt(attempt, size, output.start, msg.duration, msg.code, msg.signal)
+
+    def _host_event(self, label: str, event: str, detail: str | None) -> None:
+        """A host joined, was lost, came back or was given up: for `anet report`'s timeline."""
+        self._attempt_log.host_event(label, event, detail)
 
     async def _deliver(self, result: JobResult) -> None:
         """A job's one final result: journal it, then queue it for the consumer."""
@@ -384,12 +476,16 @@ class Cluster:
         frames: dict[str, list[Message]] = {}
         for kill in scheduler.due_kills(now):
             if kill.reason is KillReason.SUPERSEDED:
-                self._outputs.pop(kill.attempt.aid, None)  # lost the race: its output is moot
+                output = self._outputs.get(kill.attempt.aid)
+                if output is not None:  # lost the race: its output is moot
+                    output.dropped = True
+                    output.stdout.clear()
+                    output.stderr.clear()
             else:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             frames.setdefault(kill.attempt.host, []).append(Kill(kill.attempt.aid, KILL_GRACE))
         for attempt in () if self._draining else scheduler.next_runs(now):
-            self._outputs[attempt.aid] = _AttemptOutput()
+            self._outputs[attempt.aid] = _AttemptOutput(start=time.time())
             run = Run(attempt.aid, attempt.job.id, attempt.job.command)
             frames.setdefault(attempt.host, []).append(run)
             if attempt.speculative:
@@ -462,12 +558,13 @@ class Cluster:
         )
         self._done_sent = False
         self._draining = False
-        self._journal = journal
+        self._journal = self._attempt_log.journal = journal
         flusher = self._tasks.create_task(self._flush_journal(journal)) if journal else None
         try:
             for label, state in self.hosts.items():
                 if state.state == "ready":
                     scheduler.host_ready(label, state.slots)
+                    self._host_event(label, "ready", str(state.slots))
             self._dispatch()
             if scheduler.finished:
                 return
@@ -483,7 +580,7 @@ class Cluster:
             self._wake_at(None)
             if flusher is not None:
                 flusher.cancel()  # the journal's owner makes the last commit when closing it
-            self._journal = None
+            self._journal = self._attempt_log.journal = None
             self._scheduler = None
 
 

@@ -16,7 +16,10 @@ import click
 
 from . import __version__
 from .cli_common import Environment, ExitStatus
+from .cli_machines import COMMANDS as MACHINE_COMMANDS
+from .cli_report import completion_command, report_command, status_command
 from .cli_run import run_command
+from .cli_sync import sync_command
 from .errors import AnetError
 
 DEFAULT_COMMAND = "run"
@@ -41,7 +44,16 @@ _GROUP_OPTIONS = ("-h", "--help", "--version")
 @click.group(
     cls=AnetGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="`anet BATCH` means `anet run BATCH`; `anet COMMAND --help` tells more.",
+    epilog="""\b
+Examples:
+  anet batch.txt > results.bin                    # every core of this machine
+  anet -H hosts.txt batch.txt --joblog jobs.tsv   # on the machines in hosts.txt
+  anet -H hosts.txt -k --format text batch.txt    # readable, in job order
+  anet status JOURNAL                             # how far a run is, while it runs
+  anet report JOURNAL -o report.html              # throughput, hosts, failures: one page
+  eval "$(anet completion bash)"                  # tab completion (zsh too)
+
+`anet BATCH` means `anet run BATCH`; `anet COMMAND --help` tells more.""",
 )
 @click.version_option(__version__, prog_name="anet")
 def cli() -> None:
@@ -49,6 +61,11 @@ def cli() -> None:
 
 
 cli.add_command(run_command)
+for _observing in (status_command, report_command, completion_command):
+    cli.add_command(_observing)
+for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
+    cli.add_command(_command)
+cli.add_command(sync_command)
 
 
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -16,9 +16,11 @@ from .errors import UsageError
 from .halt import Halt, HaltPolicy
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
 from .logs import get_logger
+from .manifest import scan_deps
+from .observe import ObserveArgs, RunObservers
 from .output import ResultOutput, open_output
 from .record import JobResult
-from .sinks import FORMATS, Encoder, encoder_for
+from .sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
 
 log = get_logger()
 
@@ -37,31 +39,45 @@ class RunArgs:
     no_journal: bool = False
     policy: RunPolicy = field(default_factory=RunPolicy)
     halt: HaltPolicy = field(default_factory=HaltPolicy)
+    observe: ObserveArgs = field(default_factory=ObserveArgs)
+    deps: str | None = None
 
 
 async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
-    encoder = encoder_for(args.format or ("text" if env.stdout_isatty else "anet"))
+    tree = scan_deps(args.deps, env.environ) if args.deps else None  # errors before any sending
+    encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
     total = failed = 0
     halted = False
-    with open_batch(args.batch) as batch, _open_journal(args, env) as journal:
+    with (
+        open_batch(args.batch) as batch,
+        _open_journal(args, env) as journal,
+        RunObservers(args.observe, env.stderr, args.batch, journal) as seen,
+    ):
         done = journal.succeeded_ids() if journal and args.resume else IdSet()
+        seen.resuming(journal, done, replay=args.resume and not args.only_new)
         output = await open_output(env.stdout)
         try:
             await output.write(encoder.header)
-            if journal and args.resume and not args.only_new:
+            if journal and args.resume and not args.only_new and not args.observe.keep_order:
                 for result in journal.succeeded_results():  # the stream is complete on its own
                     total += 1
                     await _emit(output, encoder, result)
             jobs = (job for job in read_batch(batch) if job.id not in done)
             ssh = args.host_args.ssh_options(args.keepalive)
-            cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy)
+            cluster = Cluster(
+                hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree
+            )
             size = _batch_size(args.batch) if args.halt.needs_total else None
-            async with cluster:
-                async for result in cluster.run(jobs, journal=journal):
+            async with cluster, seen.watching(cluster):
+                async for result in cluster.run(seen.jobs(jobs), journal=journal):
                     total += 1
-                    failed += not await _emit(output, encoder, result)
+                    seen.arrived(result)
+                    failed += not result.ok
+                    for out in seen.ordered(result):  # with -k, maybe none, maybe many
+                        written = await _emit(output, encoder, out)
+                        failed += out.ok and not written  # an ok result that cannot be written
                     halt = args.halt.check(failed, size)
                     if halt is Halt.NOW:
                         log.warning(f"halting now: {failed} jobs failed; running jobs are killed")
@@ -70,11 +86,24 @@ async def program(args: RunArgs, env: Environment) -> int:
                         log.warning(f"halting soon: {failed} jobs failed; no new jobs start")
                         halted = True
                         cluster.drain()
+                for out in seen.rest():  # -k after a halt: what waited for an unfinished job
+                    written = await _emit(output, encoder, out)
+                    failed += out.ok and not written
         finally:
             await output.close()
+    seen.print_summary()
     if failed:
         log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
     return min(failed, ExitStatus.MAX_FAILED)
+
+
+def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
+    """The output format; --tag is a variant of text, the default on a terminal."""
+    if tag:
+        if name not in (None, "text"):
+            raise UsageError(f"--tag goes with --format text, not {name}")
+        return TAGGED_TEXT
+    return encoder_for(name or ("text" if stdout_isatty else "anet"))
 
 
 def _batch_size(path: Path) -> int:
@@ -129,6 +158,7 @@ Examples:
 
 @click.command("run", epilog=EPILOG)
 @click.argument("batch", type=click.Path(path_type=Path))
+@click.argument("deps", required=False, type=click.Path(), metavar="[DEPS]")
 @host_options
 @click.option(
     "--format", "fmt", type=click.Choice(sorted(FORMATS)),
@@ -161,11 +191,26 @@ Examples:
     help="Where results are recorded for --resume. Default: under $XDG_STATE_HOME/anet.",
 )  # fmt: skip
 @click.option("--no-journal", is_flag=True, help="Record nothing; --resume is then impossible.")
+@click.option(
+    "--joblog", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="One line per attempt, GNU parallel's joblog columns (tab-separated).",
+)  # fmt: skip
+@click.option(
+    "--results", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+    help="Also write each job's stdout, stderr and meta.json under DIR/<id>/.",
+)  # fmt: skip
+@click.option(
+    "-k", "--keep-order", is_flag=True,
+    help="Results in job-id order (those waiting for an earlier job wait on disk).",
+)  # fmt: skip
+@click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
 @log_options
 @click.pass_obj
 def run_command(
     env: Environment,
     batch: Path,
+    deps: str | None,
     host_args: HostArgs,
     fmt: str | None,
     keepalive: float,
@@ -177,8 +222,16 @@ def run_command(
     only_new: bool,
     journal: Path | None,
     no_journal: bool,
+    joblog: Path | None,
+    results: Path | None,
+    keep_order: bool,
+    tag: bool,
+    quiet: bool,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts.
+
+    With DEPS (a folder, or a file), every host first gets an identical copy of it, and its
+    jobs run inside that copy: `deps/` syncs the folder's contents, `deps` the folder itself.
 
     Results stream to stdout as jobs finish; the exit status is the number of failed jobs
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
@@ -186,6 +239,8 @@ def run_command(
     args = RunArgs(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
+        observe=ObserveArgs(joblog, results, keep_order, tag, quiet),
+        deps=deps,
     )  # fmt: skip
     return run_async(program(args, env))
 

@@ -49,6 +49,11 @@ CREATE TABLE attempts (
     runtime REAL NOT NULL, exit_code INTEGER, signal INTEGER, bytes_out INTEGER NOT NULL
 );
 """
+_HOST_EVENTS = """CREATE TABLE IF NOT EXISTS host_events (
+    time REAL NOT NULL, host TEXT NOT NULL, event TEXT NOT NULL, detail TEXT
+);"""
+"""Hosts joining, lost, back, given up: `anet report`'s timeline. Added after schema version 1
+shipped, so opening any journal creates it if missing rather than bumping the version."""
 _FIELDS = [field.name for field in fields(JobResult)]  # the results columns, in this order
 _COLUMNS = ", ".join(_FIELDS)
 _AS_ROW = attrgetter(*_FIELDS)  # one C call per result: a tuple to bind, no dict, no copy
@@ -60,6 +65,7 @@ _UPSERT_RESULT = (
     " WHERE excluded.ok OR NOT results.ok"
 )
 _INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_HOST_EVENT = "INSERT INTO host_events VALUES (?, ?, ?, ?)"
 
 
 class JournalError(UsageError):
@@ -192,7 +198,9 @@ def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) ->
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # -wal/-shm follow
     try:
         with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
-            db.executescript(f"PRAGMA application_id = {APPLICATION_ID}; BEGIN; {_SCHEMA}")
+            db.executescript(
+                f"PRAGMA application_id = {APPLICATION_ID}; BEGIN; {_SCHEMA} {_HOST_EVENTS}"
+            )
             meta = {
                 "fingerprint": fingerprint,
                 "batch_path": os.fspath(Path(batch_path).resolve()),
@@ -224,6 +232,7 @@ class Journal:
         self._batch_size = batch_size
         self._results: list[tuple[Any, ...]] = []
         self._attempts: list[AttemptRecord] = []
+        self._host_events: list[tuple[float, str, str, str | None]] = []
         self._pending_bytes = 0
         self._broken: JournalError | None = None
         self._closed = False
@@ -260,6 +269,7 @@ class Journal:
             db.execute("PRAGMA journal_mode = WAL")  # kept in the file; set again in case
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(f"PRAGMA journal_size_limit = {64 << 20}")  # shrink the WAL after bursts
+            db.execute(_HOST_EVENTS)
         except sqlite3.Error as exc:
             db.close()
             raise JournalError(f"cannot open journal {path}: {_one_line(exc)}") from None
@@ -281,6 +291,11 @@ class Journal:
         self._attempts.append(attempt)
         self._flush_if_full()
 
+    def record_host_event(self, when: float, host: str, event: str, detail: str | None) -> None:
+        """Buffer a host's change of state (Unix time `when`); committed with the results."""
+        self._host_events.append((when, host, event, detail))
+        self._flush_if_full()
+
     def _flush_if_full(self) -> None:
         pending = len(self._results) + len(self._attempts)
         full = pending >= self._batch_size or self._pending_bytes >= MAX_PENDING_BYTES
@@ -297,12 +312,13 @@ class Journal:
             raise self._broken
         if self._closed:
             raise RuntimeError("the journal is closed")
-        if not self._results and not self._attempts:
+        if not self._results and not self._attempts and not self._host_events:
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_UPSERT_RESULT, self._results)
             self._db.executemany(_INSERT_ATTEMPT, self._attempts)
+            self._db.executemany(_INSERT_HOST_EVENT, self._host_events)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
@@ -313,6 +329,7 @@ class Journal:
         finally:
             self._results.clear()
             self._attempts.clear()
+            self._host_events.clear()
             self._pending_bytes = 0
 
     def close(self) -> None:
@@ -356,6 +373,13 @@ class Journal:
         query = f"SELECT {_COLUMNS} FROM results WHERE ok AND id > ? ORDER BY id LIMIT ?"
         return (JobResult(row[0], bool(row[1]), *row[2:]) for row in self._paged(query))
 
+    def results_from(self, first: int) -> Iterator[JobResult]:
+        """Stored results with id >= `first`, in id order, a page at a time (for --keep-order:
+        results waiting for an earlier job are read back from here, not held in memory)."""
+        query = f"SELECT {_COLUMNS} FROM results WHERE id > ? ORDER BY id LIMIT ?"
+        pages = self._paged(query, first - 1)
+        return (JobResult(row[0], bool(row[1]), *row[2:]) for row in pages)
+
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
         with self._reading() as db:
@@ -367,10 +391,9 @@ class Journal:
         query = "SELECT rowid, * FROM attempts WHERE rowid > ? ORDER BY rowid LIMIT ?"
         return (AttemptRecord(*row[1:]) for row in self._paged(query))
 
-    def _paged(self, query: str) -> Iterator[tuple[Any, ...]]:
+    def _paged(self, query: str, after: int = -1) -> Iterator[tuple[Any, ...]]:
         """Rows of `query` (keyed on its first column) by pages of _READ_PAGE: memory stays
         bounded, and no statement stays open between yields while the master writes."""
-        after = -1
         while True:
             with self._reading() as db:
                 rows = db.execute(query, (after, _READ_PAGE)).fetchall()

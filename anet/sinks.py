@@ -39,6 +39,14 @@ text -- no header; for humans, yet exactly parseable. Per job:
     (even lines that look like headers); the duration is rounded to the millisecond. The status
     keeps everything of a result where ok means exit code 0 and a failure has one cause; else
     it shows the first of error, signal, exit code. Host names never contain whitespace.
+
+text with --tag -- for grep and humans, not for reading back: every line of output becomes
+
+        {id} {host}\t<line>            a line of stdout
+        {id} {host} stderr\t<line>     a line of stderr
+        {id} {host} status\t<status>   only for a failed job, after its output
+
+    (a last line without a line break gets one). `cut -f2-` strips the tags.
 """
 
 from __future__ import annotations
@@ -174,6 +182,21 @@ def encode_text(result: JobResult) -> bytes:
         parts.extend(_text_body(result.stderr))
     return b"".join(parts)
 
+
+def encode_text_tagged(result: JobResult) -> bytes:
+    """Each output line prefixed with the job id and host (GNU parallel's --tag)."""
+    if any(char.isspace() for char in result.host):
+        raise ValueError(f"host name {result.host!r} contains whitespace")
+    tag = f"{result.id} {result.host}".encode()
+    parts = [tag + b"\t" + line for line in result.stdout.splitlines(keepends=True)]
+    parts += [tag + b" stderr\t" + line for line in result.stderr.splitlines(keepends=True)]
+    if not result.ok:
+        parts.append(tag + b" status\t" + _text_status(result).encode("utf-8"))
+    return b"".join(part if part.endswith(b"\n") else part + b"\n" for part in parts)
+
+
+TAGGED_TEXT: Final = Encoder("text", b"", encode_text_tagged)
+"""The text format with --tag."""
 
 FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
     {

@@ -1,0 +1,174 @@
+"""What `anet run` shows and keeps besides the result stream: progress, summary, joblog, results
+folder, keep-order. One object per run gathers them, so `cli_run.program` only wires.
+
+Each result is seen twice: when it arrives (`arrived`: counts, the failed list, the results
+folder) and when it goes out on stdout (`ordered`: identity, or the keep-order buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
+
+from .batch import Job, open_batch, read_batch
+from .joblog import Joblog
+from .journal import IdSet, Journal
+from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
+from .progress import ProgressView, Snapshot, Tally, take_snapshot
+from .record import JobResult
+from .resultsdir import ResultsDir
+from .summary import FailedJobs, render_summary
+
+if TYPE_CHECKING:
+    from .api import Cluster
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveArgs:
+    """--joblog, --results, -k, --tag, --quiet as given."""
+
+    joblog: Path | None = None
+    results: Path | None = None
+    keep_order: bool = False
+    tag: bool = False
+    quiet: bool = False
+
+
+def _isatty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def count_jobs(path: Path) -> int:
+    """Jobs in the batch: one streaming pass over the file (run in a thread for big ones)."""
+    with open_batch(path) as batch:
+        return sum(1 for _ in read_batch(batch))
+
+
+class RunObservers:
+    """Everything a run writes besides stdout; use as a context manager around the run."""
+
+    def __init__(
+        self,
+        args: ObserveArgs,
+        stderr: TextIO,
+        batch: Path,
+        journal: Journal | None,
+    ) -> None:
+        self.args = args
+        self._stderr = stderr
+        self._batch = batch
+        self._journal = journal
+        self.tally = Tally()
+        self.failed = FailedJobs()
+        self._joblog = Joblog.open(args.joblog) if args.joblog else None
+        self._results = ResultsDir(args.results) if args.results else None
+        self._order: KeepOrder | None = None
+        if args.keep_order:
+            spill: Spill = JournalSpill(journal) if journal is not None else FileSpill()
+            self._order = KeepOrder(spill)
+        self.final: Snapshot | None = None
+
+    def __enter__(self) -> RunObservers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._joblog is not None:
+            self._joblog.close()
+        if self._order is not None:
+            self._order.close()
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def resuming(self, journal: Journal | None, done: IdSet, *, replay: bool) -> None:
+        """With --resume: the earlier run's successes count as done; with -k and `replay`,
+        they are merged into the ordered stream (filtered by `done`: the journal also gets this
+        run's results meanwhile)."""
+        self.tally.base = len(done)
+        if journal is not None and replay and self._order is not None:
+            earlier = (r for r in journal.succeeded_results() if r.id in done)
+            self._order.merge_earlier(earlier)
+
+    def jobs(self, jobs: Iterable[Job]) -> Iterable[Job]:
+        """The jobs for the cluster; with -k, noting the order they are issued in."""
+        return self._order.jobs(jobs) if self._order is not None else jobs
+
+    @contextlib.asynccontextmanager
+    async def watching(self, cluster: Cluster) -> AsyncIterator[None]:
+        """Joblog and progress for the run's duration; keeps the last snapshot for the summary."""
+        if self._joblog is not None:
+            cluster.observe_attempts(self._joblog.write)
+        if self.args.quiet:
+            view = None
+        else:
+            live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
+            view = ProgressView(self._stderr, self._source(cluster), live=live)
+        counting = asyncio.get_running_loop().create_task(self._count())
+        try:
+            if view is None:
+                yield
+            else:
+                async with view:
+                    yield
+                    self.final = view.snapshot()
+        finally:
+            counting.cancel()
+
+    def _source(self, cluster: Cluster):  # noqa: ANN202 (a closure)
+        def source(elapsed: float) -> Snapshot:
+            now = asyncio.get_running_loop().time()
+            return take_snapshot(self.tally, cluster.hosts, elapsed, now)
+
+        return source
+
+    async def _count(self) -> None:
+        with contextlib.suppress(Exception):  # a progress bar without a total is still useful
+            self.tally.total = await asyncio.to_thread(count_jobs, self._batch)
+
+    # -- per result --------------------------------------------------------------------------
+
+    def arrived(self, result: JobResult) -> None:
+        """A final result came from the cluster."""
+        self.tally.done += 1
+        if not result.ok:
+            self.tally.failed += 1
+            self.failed.add(result)
+        if self._results is not None:
+            self._results.write(result)
+
+    def ordered(self, result: JobResult) -> Iterator[JobResult]:
+        """What goes out on stdout now that `result` arrived."""
+        if self._order is None:
+            return iter((result,))
+        return self._order.add(result)
+
+    def rest(self) -> Iterator[JobResult]:
+        """With -k: what still waits once the run ended (or halted), in order."""
+        return self._order.rest() if self._order is not None else iter(())
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def print_summary(self) -> None:
+        """On stderr, unless --quiet or the run never started."""
+        if self.args.quiet or self.final is None:
+            return
+        places: list[tuple[str, Path | str]] = []
+        if self._journal is not None:
+            places.append(("journal", self._journal.path))
+        if self.args.joblog:
+            places.append(("joblog", self.args.joblog))
+        if self.args.results:
+            places.append(("results", self.args.results))
+        self._stderr.write(render_summary(self.final, self.failed, places))
+        self._stderr.flush()
