@@ -27,11 +27,17 @@ from itertools import count
 from . import speculation
 from .batch import Job
 from .errors import UsageError
+from .lookahead import RoundTrips, default_lookahead, lookahead_for
 from .speculation import HostPause, Running, Runtimes, Slots, Speculation, Timeout
 
 PEEK_FACTOR = 8
 """To decide whether a very slow host should sit out the tail, up to this many times the cluster's
 capacity of jobs may be read ahead from the batch: bounded by the work in flight, not the batch."""
+
+
+RETUNE_EVERY = 16
+"""Successes between two re-sizings of a host's queue to its typical job (a round trip measured
+anew re-sizes it at once): a few microseconds a job saved, for a target that moves slowly."""
 
 
 class Verdict(Enum):
@@ -133,11 +139,6 @@ class _Run:
         return self.attempt.job.id
 
 
-def default_lookahead(slots: int) -> int:
-    """Jobs queued on a host beyond its slots: enough to hide a round trip behind short jobs."""
-    return max(2, slots)
-
-
 class Scheduler:
     """Job queue, host table, attempts in flight, and the decisions about them. `timeout`:
     seconds, or `"300%"` of the median successful duration (see `Timeout`); `speculate`: True
@@ -174,12 +175,19 @@ class Scheduler:
         self._now = -math.inf  # the latest `now` the caller gave
         self._successes = 0
         self.runtimes = Runtimes()
+        self._trips = RoundTrips()
+        self._adaptive: set[str] = set()  # hosts whose lookahead follows their round trip
 
     # -- events -----------------------------------------------------------------------------
 
     def host_ready(self, name: str, slots: int, lookahead: int | None = None) -> None:
-        """The host can take `slots` running attempts plus `lookahead` queued ones."""
+        """The host can take `slots` running attempts plus `lookahead` queued ones; without a
+        `lookahead`, the queue grows to hide the host's measured round trip (see lookahead.py)."""
         extra = default_lookahead(slots) if lookahead is None else lookahead
+        if lookahead is None:
+            self._adaptive.add(name)
+        else:
+            self._adaptive.discard(name)
         known = self._hosts.get(name)
         if known is not None:  # announced again: new size, same attempts in flight
             known.slots, known.capacity = slots, slots + extra
@@ -197,6 +205,9 @@ class Scheduler:
         self._tick(now)
         if (host := self._hosts.pop(name, None)) is None:
             return []
+        self._trips.forget_host(name)
+        for aid in host.attempts:
+            self._trips.forget(aid)
         lost = sorted((self._runs.pop(aid) for aid in host.attempts), key=lambda r: r.job_id)
         again: list[int] = []
         for run in lost:
@@ -231,6 +242,8 @@ class Scheduler:
             run.started = now
             if run.doom is None:
                 self._starts[aid] = now
+        if (host := self._trips.started(aid, now)) is not None:
+            self._retune(host)
 
     def attempt_ended(
         self, aid: int, *, ok: bool = True, now: float | None = None, duration: float | None = None
@@ -244,6 +257,7 @@ class Scheduler:
         now = self._tick(now)
         run = self._runs.pop(aid, None)
         self._starts.pop(aid, None)
+        self._trips.forget(aid)
         if run is None:
             return Ended(Verdict.STALE, None)
         host = self._hosts.get(run.attempt.host)
@@ -262,6 +276,8 @@ class Scheduler:
         if duration is not None:
             size = duration / self.runtimes.slowness(run.attempt.host)
             self.runtimes.observe(run.attempt.host, duration)
+            if not self._successes % RETUNE_EVERY:  # the typical job drifts slowly: cheaply
+                self._retune(run.attempt.host)
         self._successes += 1
         self._health[run.attempt.host].streak.clear()
         self._final(state, run, now, size)
@@ -410,10 +426,20 @@ class Scheduler:
     def _start(self, state: _Job, host: Slots, *, speculative: bool = False) -> Attempt:
         state.tries += 1
         attempt = Attempt(next(self._aids), state.job, host.name, state.tries, speculative)
+        if host.load < host.slots and host.name in self._adaptive:  # it starts on arrival
+            self._trips.sent(attempt.aid, host.name, self._now)
         self._runs[attempt.aid] = _Run(attempt)
         host.attempts.add(attempt.aid)
         state.aids.add(attempt.aid)
         return attempt
+
+    def _retune(self, name: str) -> None:
+        """Size the host's queue to its round trip and its typical job (Little's law)."""
+        host, trip = self._hosts.get(name), self._trips.estimate(name)
+        if host is None or trip is None or name not in self._adaptive or not self.runtimes.count:
+            return
+        duration = self.runtimes.expected(name)
+        host.capacity = host.slots + lookahead_for(host.slots, trip, duration)
 
     # -- speculation ------------------------------------------------------------------------
 

@@ -57,6 +57,37 @@ def test_default_lookahead(slots: int):
     assert default_lookahead(slots) >= 2  # enough to hide one round trip
 
 
+def _steady_state(lookahead: int | None, rtt: float, job: float, rounds: int = 40) -> int:
+    """Run 2-slot host `a` whose Started frames arrive `rtt` after each Run; its most in flight."""
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 2, lookahead)
+    now, most = 0.0, 0
+    for _ in range(rounds):
+        runs = scheduler.next_runs(now)
+        now += rtt
+        for run in runs:
+            scheduler.attempt_started(run.aid, now)
+        most = max(most, scheduler.in_flight)
+        for aid in sorted(a.aid for a in runs)[:2]:  # two slots: two jobs end per round
+            scheduler.attempt_ended(aid, now=now + job, duration=job)
+        now += job
+    return most
+
+
+def test_the_default_queue_grows_to_hide_a_long_round_trip():
+    # 50 ms round trip, 20 ms jobs, 2 slots: Little's law wants 2 x 50 / 20 = 5 queued.
+    assert _steady_state(None, rtt=0.05, job=0.02) >= 2 + 5
+
+
+def test_the_default_queue_stays_put_on_a_short_round_trip_and_is_capped():
+    assert _steady_state(None, rtt=0.0005, job=0.5) == 2 + default_lookahead(2)
+    assert _steady_state(None, rtt=10.0, job=0.001) <= 2 + 8 * 2
+
+
+def test_an_explicit_lookahead_is_never_changed():
+    assert _steady_state(1, rtt=0.05, job=0.02) == 2 + 1
+
+
 @given(
     st.integers(1, 8),
     st.integers(0, 8),

@@ -1,0 +1,1 @@
+"""anet's benchmark suite: `python3 -m bench [--quick]`; see docs/benchmarks.md."""

@@ -1,0 +1,45 @@
+"""Scenario 8: one job writing a lot to stdout: MB/s through anet vs a bare `ssh host cmd`.
+
+The same command (`head -c N /dev/zero`) on the same loopback sshd host: through anet (the
+output crosses the dispatcher, the msgpack frames and asyncssh, and the master keeps the job's
+whole stdout as its result) and through the OpenSSH client straight to /dev/null, the pipe's
+limit. anet runs with --no-journal: the journal would store the 1 GB result in SQLite too.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+from .harness import Bed, Sample, Table, anet_argv, anet_env, interleave, median, timed
+
+NAME = "bigout"
+
+
+def run(bed: Bed) -> list[Table]:
+    size = (256 if bed.quick else 1000) * 1_000_000
+    cluster = bed.cluster(4)
+    host = cluster.names[0]
+    command = f"head -c {size} /dev/zero"
+    batch = bed.path("bigout.txt")
+    batch.write_text(command + "\n")
+    contenders: dict[str, Callable[[], Sample]] = {
+        "ssh host cmd > /dev/null": lambda: timed(cluster.ssh_argv(host, command)),
+        "anet (ssh host)": lambda: timed(
+            anet_argv(cluster.ssh_config, [f"1/{host}"], "--no-journal", str(batch)),
+            env=anet_env(bed.root),
+            stdout=subprocess.DEVNULL,
+        ),
+    }
+    samples = interleave(contenders, bed.runs, what="bigout")
+    base = size / median(samples["ssh host cmd > /dev/null"]) / 1e6
+    table = Table(
+        f"8. Big output: one job writing {size / 1e6:,.0f} MB to stdout, one loopback sshd host",
+        "Wall time from process start to exit; MB = 10^6 bytes.",
+        ["path", "median wall s", "MB/s", "vs ssh", "peak RSS MB"],
+    )
+    for name, runs in samples.items():
+        rate = size / median(runs) / 1e6
+        table.rows.append([name, f"{median(runs):.2f}", f"{rate:,.0f}", f"{rate / base:.2f}x",
+                           f"{median(runs, lambda s: s.maxrss_mb):,.0f}"])  # fmt: skip
+    return [table]
