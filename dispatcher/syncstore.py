@@ -62,8 +62,9 @@ from .syncproto import (
 
 KEEP_TREES = 3
 """Complete trees kept besides those in use: the bases of the next delta."""
-BASE_TREES = 5
-"""Earlier trees searched for reusable files."""
+BASE_TREES = 2
+"""Earlier trees searched for reusable files: the newest holds nearly everything, and each
+one searched costs loading its whole manifest."""
 STALE_STAGING = 24 * 3600.0
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
@@ -223,11 +224,11 @@ class SyncStore:
         entries = self._load_manifest(tree)
         if entries is None or tree_id(entries) != tree:
             return False
-        base = self._tree_dir(tree)
-        try:
+        base = self._tree_dir(tree) + b"/"  # entry paths are checked relative paths: plain
+        try:  # concatenation, 10,000 times cheaper than os.path.join calls add up
             for entry in entries:
                 self._tick()
-                if not _stat_matches(os.lstat(os.path.join(base, entry[0])), entry):
+                if not _stat_matches(os.lstat(base + entry[0]), entry):
                     return False
         except OSError:
             return False
@@ -275,10 +276,11 @@ class SyncStore:
         """Make the directories, take what earlier trees hold; list the files still wanted."""
         bases = self._bases()
         reused = 0
+        staging = inc.staging + b"/"
         for index, entry in enumerate(inc.entries):
             self._tick()
             path, kind, _, size, _, digest = entry
-            target = os.path.join(inc.staging, path)
+            target = staging + path
             if kind == DIR:
                 os.mkdir(target, 0o700)
             elif kind == FILE:
@@ -291,20 +293,21 @@ class SyncStore:
         return reused
 
     def _bases(self) -> Dict[bytes, List[Tuple[bytes, List[Any]]]]:
-        """Content digest -> (path, entry) of files in the newest complete trees."""
+        """Content digest -> (tree dir + "/", entry) of files in the newest complete trees."""
         found: Dict[bytes, List[Tuple[bytes, List[Any]]]] = {}
         for tree in self._trees_newest_first()[:BASE_TREES]:
             entries = self._load_manifest(tree)
             if not entries:
                 continue
-            base = self._tree_dir(tree)
+            base = self._tree_dir(tree) + b"/"
             for entry in entries:
                 if entry[1] == FILE and entry[3] > 0:
-                    found.setdefault(entry[5], []).append((os.path.join(base, entry[0]), entry))
+                    found.setdefault(entry[5], []).append((base, entry))
         return found
 
     def _reuse(self, candidates: Any, target: bytes, entry: List[Any]) -> bool:
-        for source, old in candidates:
+        for base, old in candidates:
+            source = base + old[0]
             try:
                 if not _stat_matches(os.lstat(source), old):
                     continue  # modified since it was synced: its content is not trusted
@@ -386,6 +389,7 @@ class SyncStore:
         del self._incoming[msg.rid]
         self._use(inc.tree)
         self.send(SyncDone(msg.rid, self._tree_dir(inc.tree), ""))
+        self.keepalive()  # also flushes: the master need not wait for the GC below
         self._collect_garbage()
 
     def _switch_in(self, inc: Incoming) -> None:
