@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -27,7 +27,7 @@ from .backoff import Backoff
 from .batch import Job, as_jobs, runnable
 from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
-from .errors import HostError, NoHostError
+from .errors import AnetError, HostError, NoHostError
 from .flow import ByteBoundedQueue
 from .hosts import HostSpec, parse_spec
 from .journal import Journal, JournalError
@@ -120,7 +120,7 @@ class Cluster:
         cwd: str | None = None,
         keepalive: float = KEEPALIVE,
         policy: RunPolicy | None = None,
-        deps: Tree | None = None,
+        deps: Tree | Awaitable[Tree] | None = None,
         sync_progress: Progress | None = None,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
@@ -237,6 +237,13 @@ class Cluster:
         """Bring the deps tree to the host before it gets any job (it runs them inside)."""
         assert self._syncer is not None
         self.hosts[session.label].state = "syncing"
+        try:
+            await self._syncer.tree()
+        except AnetError:
+            # The scan failed (a missing or unsafe deps path): whoever started it reports that
+            # in one line and closes the cluster; this host just waits for the end, silently.
+            await self._closing.wait()
+            raise HostError(session.label, "deps could not be scanned", permanent=True) from None
         report = await self._syncer.sync(session)
         self.sync_reports[session.label] = report
         how = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from .errors import UsageError
 from .halt import Halt, HaltPolicy
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
 from .logs import get_logger
-from .manifest import scan_deps
+from .manifest import Tree, scan_deps
 from .observe import ObserveArgs, RunObservers
 from .output import ResultOutput, open_output
 from .record import JobResult
@@ -46,7 +47,6 @@ class RunArgs:
 async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
-    tree = scan_deps(args.deps, env.environ) if args.deps else None  # errors before any sending
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
     total = failed = 0
     halted = False
@@ -66,11 +66,16 @@ async def program(args: RunArgs, env: Environment) -> int:
                     await _emit(output, encoder, result)
             jobs = (job for job in read_batch(batch) if job.id not in done)
             ssh = args.host_args.ssh_options(args.keepalive)
+            # The deps scan runs in a thread while the hosts connect; its error stops the run
+            # before any deps byte is sent (hosts wait for the scan before their sync starts).
+            tree = _start_scan(args.deps, env) if args.deps else None
             cluster = Cluster(
                 hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree
             )
             size = _batch_size(args.batch) if args.halt.needs_total else None
             async with cluster, seen.watching(cluster):
+                if tree is not None:
+                    await tree  # a DepsError (one line) ends the run before any job starts
                 async for result in cluster.run(seen.jobs(jobs), journal=journal):
                     total += 1
                     seen.arrived(result)
@@ -104,6 +109,11 @@ def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
             raise UsageError(f"--tag goes with --format text, not {name}")
         return TAGGED_TEXT
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
+
+
+def _start_scan(deps: str, env: Environment) -> asyncio.Future[Tree]:
+    """Scan the deps folder in a worker thread: hashing a big tree overlaps the SSH handshakes."""
+    return asyncio.get_running_loop().run_in_executor(None, scan_deps, deps, env.environ)
 
 
 def _batch_size(path: Path) -> int:

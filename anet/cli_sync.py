@@ -41,10 +41,10 @@ def sync_command(env: Environment, deps: str, host_args: HostArgs, keepalive: fl
 
 async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepalive: float) -> int:
     hosts = host_args.resolve(env)
-    tree = scan_deps(deps, env.environ)
-    meter = _Meter(env.stderr, tree)
+    scan = asyncio.get_running_loop().run_in_executor(None, scan_deps, deps, env.environ)
+    meter = _Meter(env.stderr)
     cluster = Cluster(
-        hosts, ssh=host_args.ssh_options(keepalive), keepalive=keepalive, deps=tree,
+        hosts, ssh=host_args.ssh_options(keepalive), keepalive=keepalive, deps=scan,
         sync_progress=meter.add,
     )  # fmt: skip
     outcomes: dict[str, SyncReport | HostError] = {}
@@ -56,11 +56,13 @@ async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepali
         except HostError as exc:
             outcomes[label] = exc
 
-    async with cluster, asyncio.TaskGroup() as tasks:
-        shown = tasks.create_task(meter.show()) if meter.enabled else None
-        await asyncio.gather(*(one(label) for label in cluster.hosts))
-        if shown is not None:
-            shown.cancel()
+    async with cluster:
+        tree = await scan  # the hosts connect meanwhile; a DepsError ends it here, in one line
+        async with asyncio.TaskGroup() as tasks:
+            shown = tasks.create_task(meter.show()) if meter.enabled else None
+            await asyncio.gather(*(one(label) for label in cluster.hosts))
+            if shown is not None:
+                shown.cancel()
     meter.clear()
     env.stderr.write(render_table(tree, [outcomes[label] for label in cluster.hosts]))
     failed = sum(isinstance(o, HostError) for o in outcomes.values())
@@ -103,9 +105,8 @@ def _size(n: int) -> str:
 class _Meter:
     """Bytes sent so far, shown on a timer (never per chunk) when stderr is a terminal."""
 
-    def __init__(self, stream: TextIO, tree: Tree) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._tree = tree
         self.sent = 0
         self._shown = False
         self.enabled = hasattr(stream, "isatty") and stream.isatty()
@@ -124,9 +125,6 @@ class _Meter:
             if not self.sent:
                 continue
             rate = self.sent / max(time.monotonic() - start, 1e-6)
-            self._stream.write(
-                f"\ranet sync: {_size(self.sent)} sent ({_size(int(rate))}/s), "
-                f"tree {_size(self._tree.size)}\x1b[K"
-            )
+            self._stream.write(f"\ranet sync: {_size(self.sent)} sent ({_size(int(rate))}/s)\x1b[K")
             self._stream.flush()
             self._shown = True

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -140,8 +140,8 @@ async def _send_file(
 class Syncer:
     """One tree to many hosts, copying once per file system."""
 
-    def __init__(self, tree: Tree, progress: Progress | None = None) -> None:
-        self.tree = tree
+    def __init__(self, tree: Tree | Awaitable[Tree], progress: Progress | None = None) -> None:
+        self._tree = tree
         self._progress = progress
         self._copies: dict[str, asyncio.Future[None]] = {}
 
@@ -152,10 +152,11 @@ class Syncer:
         permanent HostError: that host gets no jobs. A lost connection is a plain HostError:
         the host comes back later and the sync starts over from what the host holds.
         """
+        tree = await self.tree()
         started, wire_start = time.monotonic(), session.bytes_sent
         waited = False
         while True:
-            state = await offer(session, self.tree)
+            state = await offer(session, tree)
             if state.ready:
                 return self._report(session, state.path, 0, 0, 0, started, wire_start, waited)
             copying = self._copies.get(state.fsid)
@@ -165,12 +166,18 @@ class Syncer:
                 continue
             copied = self._copies[state.fsid] = asyncio.get_running_loop().create_future()
             try:
-                done, files, sent, reused = await transfer(session, self.tree, self._progress)
+                done, files, sent, reused = await transfer(session, tree, self._progress)
             finally:
                 copied.set_result(None)
             return self._report(
                 session, done.path, files, sent, reused, started, wire_start, waited
             )
+
+    async def tree(self) -> Tree:
+        """The tree, once scanned: the scan may still run (in a thread) while hosts connect."""
+        if not isinstance(self._tree, Tree):
+            self._tree = await self._tree  # a future: every host awaits the same scan
+        return self._tree
 
     @staticmethod
     def _report(
