@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .record import JobResult
+from .sinks import head_fields
 
 META = "meta.json"
 
@@ -22,13 +23,7 @@ META = "meta.json"
 def meta(result: JobResult) -> dict[str, object]:
     """The result without its outputs."""
     return {
-        "id": result.id,
-        "ok": result.ok,
-        "exit": result.exit_code,
-        "signal": result.signal,
-        "host": result.host,
-        "attempts": result.attempts,
-        "duration": result.duration,
+        **head_fields(result),
         "error": result.error,
         "stdout_bytes": len(result.stdout),
         "stderr_bytes": len(result.stderr),

@@ -101,8 +101,8 @@ def encode_anet(result: JobResult) -> bytes:
     return _ANET_HEAD.pack(result.id, len(result.stdout)) + result.stdout
 
 
-def _head_fields(result: JobResult) -> dict[str, object]:
-    """The record's map up to its outputs, in wire order."""
+def head_fields(result: JobResult) -> dict[str, object]:
+    """The record's map up to its outputs, in wire order (the results folder's meta.json too)."""
     return {
         "id": result.id,
         "ok": result.ok,
@@ -117,7 +117,7 @@ def _head_fields(result: JobResult) -> dict[str, object]:
 def encode_msgpack(result: JobResult) -> bytes:
     """A 4-byte big-endian length, then the record as a msgpack map."""
     fields = {
-        **_head_fields(result),
+        **head_fields(result),
         "stdout": result.stdout,
         "stderr": result.stderr,
         "error": result.error,
@@ -138,7 +138,7 @@ def _json_output(key: str, data: bytes) -> dict[str, str]:
 def encode_jsonl(result: JobResult) -> bytes:
     """One compact JSON object and a newline."""
     fields = {
-        **_head_fields(result),
+        **head_fields(result),
         **_json_output("stdout", result.stdout),
         **_json_output("stderr", result.stderr),
         "error": result.error,
