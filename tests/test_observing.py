@@ -220,8 +220,10 @@ def test_report_and_status_from_a_real_journal_with_a_host_lost_and_back(make_cl
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "install Debian's chromium (scripts/dev-setup does)"
     own = make_cluster(2)
+    # Long enough (about 16 s of work for host1 alone) that host2 surely comes back after its
+    # restart, through a reconnection backoff of up to 1 + 2 + 4 s, before the batch ends.
     batch = write_batch(
-        tmp_path, [f"sleep 0.{(i * 37) % 5}; echo {i}; exit $(( {i} == 17 ))" for i in range(80)]
+        tmp_path, [f"sleep 0.{(i * 37) % 5}; echo {i}; exit $(( {i} == 17 ))" for i in range(160)]
     )
     journal = tmp_path / "journal.sqlite"
     argv = [sys.executable, "-m", "anet", "run", "--ssh-config", str(own.ssh_config),
@@ -252,7 +254,7 @@ def test_report_and_status_from_a_real_journal_with_a_host_lost_and_back(make_cl
 
     status = anet("status", str(journal))
     text = status.stdout.decode()
-    assert "80/80 jobs done, 1 failed" in text, text
+    assert "160/160 jobs done, 1 failed" in text, text
     assert "job 17 on host" in text and "host1" in text and "host2" in text
 
     page = tmp_path / "report.html"
