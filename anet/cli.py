@@ -49,6 +49,10 @@ Examples:
   anet batch.txt > results.bin                    # every core of this machine
   anet -H hosts.txt batch.txt --joblog jobs.tsv   # on the machines in hosts.txt
   anet -H hosts.txt -k --format text batch.txt    # readable, in job order
+  anet -H hosts.txt batch.txt deps/               # jobs run in a synced copy of deps/
+  anet sync -H hosts.txt deps/                    # only the sync (delta, atomic)
+  anet --find 'my_sim' -H hosts.txt               # processes matching, on every host
+  anet hosts check -H hosts.txt --write-ok ok.txt # which hosts are usable
   anet status JOURNAL                             # how far a run is, while it runs
   anet report JOURNAL -o report.html              # throughput, hosts, failures: one page
   eval "$(anet completion bash)"                  # tab completion (zsh too)
