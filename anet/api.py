@@ -16,9 +16,10 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypeVar
 
 from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
@@ -40,6 +41,8 @@ from .sync import Progress, Syncer, SyncReport
 from .transport import LocalTransport, SshTransport
 
 log = get_logger()
+
+T = TypeVar("T")
 
 RESULT_QUEUE = 256
 RESULT_BYTES = 32 << 20
@@ -273,6 +276,20 @@ class Cluster:
         if state.state == "ready":
             return self._sessions[label]
         raise HostError(label, state.error or state.state)
+
+    async def each_host(
+        self, ask: Callable[[HostSession], Awaitable[T]], failed: Callable[[str, str], T]
+    ) -> list[T]:
+        """`ask` every host once it is ready, all at once, in the order the hosts were given; a
+        host that fails first becomes `failed(label, reason)`. The one-shot commands' loop."""
+
+        async def one(label: str) -> T:
+            try:
+                return await ask(await self.ready_session(label))
+            except HostError as exc:
+                return failed(label, exc.reason)
+
+        return list(await asyncio.gather(*(one(label) for label in self.hosts)))
 
     def _settled(self, label: str) -> None:
         for waiter in self._settle_waiters.pop(label, []):

@@ -16,6 +16,7 @@ from .api import KEEPALIVE, Cluster
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import HostError
 from .manifest import Tree, scan_deps
+from .session import HostSession
 from .sync import SyncReport
 
 PROGRESS_EVERY = 0.5
@@ -47,25 +48,20 @@ async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepali
         hosts, ssh=host_args.ssh_options(keepalive), keepalive=keepalive, deps=scan,
         sync_progress=meter.add,
     )  # fmt: skip
-    outcomes: dict[str, SyncReport | HostError] = {}
 
-    async def one(label: str) -> None:
-        try:
-            await cluster.ready_session(label)
-            outcomes[label] = cluster.sync_reports[label]
-        except HostError as exc:
-            outcomes[label] = exc
+    async def report(session: HostSession) -> SyncReport:
+        return cluster.sync_reports[session.label]  # ready means synced
 
     async with cluster:
         tree = await scan  # the hosts connect meanwhile; a DepsError ends it here, in one line
         async with asyncio.TaskGroup() as tasks:
             shown = tasks.create_task(meter.show()) if meter.enabled else None
-            await asyncio.gather(*(one(label) for label in cluster.hosts))
+            outcomes = await cluster.each_host(report, HostError)
             if shown is not None:
                 shown.cancel()
     meter.clear()
-    env.stderr.write(render_table(tree, [outcomes[label] for label in cluster.hosts]))
-    failed = sum(isinstance(o, HostError) for o in outcomes.values())
+    env.stderr.write(render_table(tree, outcomes))
+    failed = sum(isinstance(o, HostError) for o in outcomes)
     return min(failed, ExitStatus.MAX_FAILED)
 
 

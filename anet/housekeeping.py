@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from dispatcher.procs import (
     ALIVE,
@@ -37,7 +36,6 @@ from dispatcher.protocol import STDOUT, Exit, Message, Output, Run
 
 from .api import Cluster
 from .connect import KEY_ACCEPTED, KEY_KNOWN
-from .errors import HostError
 from .session import HostSession, Request
 
 REPLY_TIMEOUT = 30.0
@@ -52,8 +50,6 @@ KILL_WAIT = 2.0
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL)
 """Signals sent to end a process: killall follows them with KILL for the survivors. Others
 (USR1, STOP, ...) are only sent."""
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,19 +170,6 @@ class Machines(Cluster):
                 return
         await super()._on_message(session, msg)
 
-    async def _each_host(
-        self, ask: Callable[[HostSession], Awaitable[T]], failed: Callable[[str, str], T]
-    ) -> list[T]:
-        """`ask` every ready host at once; a host that fails becomes `failed(label, reason)`."""
-
-        async def one(label: str) -> T:
-            try:
-                return await ask(await self.ready_session(label))
-            except HostError as exc:
-                return failed(label, exc.reason)
-
-        return list(await asyncio.gather(*(one(label) for label in self.hosts)))
-
     # -- find and killall -----------------------------------------------------------------
 
     async def find(self, pattern: str) -> list[HostProcesses]:
@@ -196,7 +179,7 @@ class Machines(Cluster):
             procs, error = await _find(session, pattern)
             return HostProcesses(session.label, procs, error)
 
-        return await self._each_host(ask, lambda host, why: HostProcesses(host, error=why))
+        return await self.each_host(ask, lambda host, why: HostProcesses(host, error=why))
 
     async def killall(
         self,
@@ -217,7 +200,7 @@ class Machines(Cluster):
                 return HostKills(session.label, [Killed(p, WOULD_KILL) for p in procs])
             return HostKills(session.label, await _kill(session, procs, sig, grace))
 
-        return await self._each_host(ask, lambda host, why: HostKills(host, error=why))
+        return await self.each_host(ask, lambda host, why: HostKills(host, error=why))
 
     # -- check ------------------------------------------------------------------------------
 
@@ -254,7 +237,7 @@ class Machines(Cluster):
                 key, auth = None, None
             return HostCheck(label, key=key, auth=auth, error=reason)
 
-        return await self._each_host(ask, failed)
+        return await self.each_host(ask, failed)
 
     # -- onall ------------------------------------------------------------------------------
 
@@ -282,7 +265,7 @@ class Machines(Cluster):
                 finally:
                     del self._once[(session.label, aid)]
 
-        return await self._each_host(ask, lambda host, why: HostOutput(host, error=why))
+        return await self.each_host(ask, lambda host, why: HostOutput(host, error=why))
 
 
 def _master() -> tuple[str, int]:
