@@ -189,9 +189,7 @@ class HostSession:
                 error = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
                 channel, self._channel = self._channel, None
-                gone = error or HostError(self.label, "the dispatcher exited")
-                for req in self._requests.values():
-                    req.put(gone)
+                self._fail_requests(error)  # those the pump could not (it was cancelled)
                 channel.close()
                 for helper in helpers:
                     helper.cancel()
@@ -240,9 +238,14 @@ class HostSession:
             await self._pump(channel, decoder)
         except HostError as exc:
             error = exc
-        for req in self._requests.values():
-            req.put(error or HostError(self.label, "the dispatcher exited"))
+        self._fail_requests(error)
         return error
+
+    def _fail_requests(self, error: HostError | None) -> None:
+        """Every open request gets the host's end as its reply, rather than wait for one."""
+        gone = error or HostError(self.label, "the dispatcher exited")
+        for req in self._requests.values():
+            req.put(gone)
 
     async def _boot(self, channel: Channel) -> bytes:
         """Skip login noise up to the boot mark; ship the payload if asked. Returns frame bytes."""
