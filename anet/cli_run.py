@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from .errors import UsageError
 from .halt import Halt, HaltPolicy
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
 from .logs import get_logger
-from .manifest import Tree, scan_deps
+from .manifest import start_scan
 from .observe import ObserveArgs, RunObservers
 from .output import ResultOutput, open_output
 from .record import JobResult
@@ -68,7 +67,7 @@ async def program(args: RunArgs, env: Environment) -> int:
             ssh = args.host_args.ssh_options(args.keepalive)
             # The deps scan runs in a thread while the hosts connect; its error stops the run
             # before any deps byte is sent (hosts wait for the scan before their sync starts).
-            tree = _start_scan(args.deps, env) if args.deps else None
+            tree = start_scan(args.deps, env.environ) if args.deps else None
             cluster = Cluster(
                 hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree
             )
@@ -109,11 +108,6 @@ def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
             raise UsageError(f"--tag goes with --format text, not {name}")
         return TAGGED_TEXT
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
-
-
-def _start_scan(deps: str, env: Environment) -> asyncio.Future[Tree]:
-    """Scan the deps folder in a worker thread: hashing a big tree overlaps the SSH handshakes."""
-    return asyncio.get_running_loop().run_in_executor(None, scan_deps, deps, env.environ)
 
 
 def _batch_size(path: Path) -> int:

@@ -15,7 +15,7 @@ import click
 from .api import KEEPALIVE, Cluster
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import HostError
-from .manifest import Tree, scan_deps
+from .manifest import Tree, start_scan
 from .session import HostSession
 from .sync import SyncReport
 
@@ -42,7 +42,7 @@ def sync_command(env: Environment, deps: str, host_args: HostArgs, keepalive: fl
 
 async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepalive: float) -> int:
     hosts = host_args.resolve(env)
-    scan = asyncio.get_running_loop().run_in_executor(None, scan_deps, deps, env.environ)
+    scan = start_scan(deps, env.environ)
     meter = _Meter(env.stderr)
     cluster = Cluster(
         hosts, ssh=host_args.ssh_options(keepalive), keepalive=keepalive, deps=scan,

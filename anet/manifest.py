@@ -8,6 +8,7 @@ file) is refused here, with the offending path, before anything is sent.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Mapping
@@ -89,6 +90,12 @@ def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
         tree=tree.id.hex()[:16],
     )
     return tree
+
+
+def start_scan(argument: str, environ: Mapping[str, str]) -> asyncio.Future[Tree]:
+    """`scan_deps` in a worker thread: hashing a big tree overlaps the SSH handshakes. Await
+    the future for the tree, or for the DepsError naming what is wrong with it."""
+    return asyncio.get_running_loop().run_in_executor(None, scan_deps, argument, environ)
 
 
 def _walk(folder: bytes, prefix: bytes, cache: HashCache, out: list[list[Any]]) -> None:
