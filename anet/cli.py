@@ -8,6 +8,7 @@ and `anet --find`/`--killall`/`--onall` are spellings of the subcommands of thos
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from .cli_machines import COMMANDS as MACHINE_COMMANDS
 from .cli_report import completion_command, report_command, status_command
 from .cli_run import run_command
 from .cli_sync import sync_command
-from .errors import AnetError
+from .errors import AnetError, Stopped
 
 DEFAULT_COMMAND = "run"
 OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
@@ -90,13 +91,23 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
     except click.ClickException as exc:
         env.stderr.write(f"anet: {exc.format_message()}\n")
         return ExitStatus.ERROR
+    except Stopped as exc:
+        _say(env, f"anet: {exc}")
+        return 128 + exc.signum
     except AnetError as exc:
         env.stderr.write(f"anet: {exc}\n")
         return ExitStatus.ERROR
     except (KeyboardInterrupt, click.Abort):
-        env.stderr.write("anet: interrupted; running jobs were stopped\n")
+        _say(env, "anet: interrupted; running jobs were stopped")
         return ExitStatus.INTERRUPTED
     return status if isinstance(status, int) else ExitStatus.OK
+
+
+def _say(env: Environment, line: str) -> None:
+    """A last line that may have nowhere to go (a hung-up terminal): never a traceback."""
+    with contextlib.suppress(OSError):
+        env.stderr.write(f"{line}\n")
+        env.stderr.flush()
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO, TextIO, TypeVar
 import click
 
 from .connect import SshOptions
+from .errors import Stopped
 from .hosts import HostSpec, resolve_hosts
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +40,7 @@ class ExitStatus(IntEnum):
 class Environment:
     """The process's outside world, replaceable in tests."""
 
+    stdin: BinaryIO = field(default_factory=lambda: sys.stdin.buffer)
     stdout: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
@@ -120,6 +123,10 @@ def log_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that end a run the way Ctrl-C does (asyncio.Runner handles SIGINT itself)."""
+
+
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """uvloop when it is installed: the master's per-job cost is mostly event-loop overhead.
 
@@ -134,4 +141,33 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         except ImportError:
             pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        return runner.run(_stoppable(coro))
+
+
+async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:
+    """Run `coro`; TERM or HUP cancels it, as asyncio.Runner does on Ctrl-C, so the same
+    cleanup runs (remote jobs killed, results written or left owed, journal committed), and
+    then raises Stopped. A second such signal ends anet at once, the way the signal would."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:
+        if caught:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        caught.append(signum)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if caught:
+            raise Stopped(caught[0]) from None
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

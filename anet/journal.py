@@ -367,6 +367,11 @@ class Journal:
         self._flush_if_full()
 
     @property
+    def broken(self) -> bool:
+        """A commit failed: every later write raises the same error."""
+        return self._broken is not None
+
+    @property
     def unflushed(self) -> bool:
         """Results recorded but not committed yet: they must not reach stdout before a flush."""
         return bool(self._results or self._chunked)

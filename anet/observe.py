@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .batch import Job, open_batch, read_batch
 from .joblog import Joblog
-from .journal import IdSet, Journal
+from .journal import Journal
 from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
 from .progress import ProgressView, Snapshot, Tally, take_snapshot
 from .record import JobResult
@@ -58,7 +58,7 @@ class RunObservers:
         self,
         args: ObserveArgs,
         stderr: TextIO,
-        batch: Path,
+        batch: Path | None,
         journal: Journal | None,
     ) -> None:
         self.args = args
@@ -91,13 +91,11 @@ class RunObservers:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def resuming(self, journal: Journal | None, done: IdSet, *, replay: bool) -> None:
-        """With --resume: the earlier run's successes count as done; with -k and `replay`,
-        they are merged into the ordered stream (filtered by `done`: the journal also gets this
-        run's results meanwhile)."""
-        self.tally.base = len(done)
-        if journal is not None and replay and self._order is not None:
-            earlier = (r for r in journal.succeeded_results() if r.id in done)
+    def resuming(self, done: int, earlier: Iterator[JobResult] | None) -> None:
+        """With --resume: `done` earlier successes count as done; with -k, the `earlier` results
+        to write again are merged into the ordered stream."""
+        self.tally.base = done
+        if earlier is not None and self._order is not None:
             self._order.merge_earlier(earlier)
 
     def jobs(self, jobs: Iterable[Job]) -> Iterable[Job]:
@@ -133,6 +131,8 @@ class RunObservers:
         return source
 
     async def _count(self) -> None:
+        if self._batch is None:  # a stream: its jobs are known as they are read
+            return
         with contextlib.suppress(Exception):  # a progress bar without a total is still useful
             self.tally.total = await asyncio.to_thread(count_jobs, self._batch)
 

@@ -485,7 +485,7 @@ def test_only_results_never_marked_delivered_are_owed_to_the_consumer(tmp_path):
     with Journal.open(path, FP, "batch.txt", resume=True) as journal:
         owed = [r.id for r in journal.succeeded_results(undelivered=True)]
         assert owed == [1, 4, 5]  # a failure is not owed: resume runs that job again
-        assert [r.stdout for r in journal.succeeded_results(undelivered=True)][0] == b"out 1"
+        assert next(journal.succeeded_results(undelivered=True)).stdout == b"out 1"
         assert [r.id for r in journal.succeeded_results()] == [0, 1, 2, 3, 4, 5]
 
 
