@@ -7,11 +7,13 @@ exactly once and right, and that nothing is left running on any host.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -353,3 +355,29 @@ def test_a_200_megabyte_result_arrives_intact(make_cluster, tmp_path):
     assert proc.returncode == 0, err
     (record,) = results.read(io.BytesIO(out))
     assert record.stdout == random.Random(5).randbytes(200_000_000)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_dispatcher_cache_is_fetched_again(make_cluster, tmp_path, damage):
+    """A job may write anywhere the user can: a damaged cached payload must not break the host
+    for ever. The stub checks the file against its hash and asks for a fresh copy."""
+    own = make_cluster(1)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo 1\necho 2\n")
+    first = start_anet(own, batch, "--no-journal")
+    assert first.wait(timeout=60) == 0, first.communicate()[1]
+    (cached,) = own["host1"].anet_home.glob("dispatcher-*.zip")
+    good = cached.read_bytes()
+    if damage == "truncated":
+        cached.write_bytes(good[: len(good) // 3])
+    else:  # same size, one byte changed in the middle: only the hash can tell
+        middle = len(good) // 2
+        cached.write_bytes(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1 :])
+    again = start_anet(own, batch, "--no-journal")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert sorted(r.stdout for r in results.read(io.BytesIO(out))) == [b"1\n", b"2\n"]
+    assert cached.read_bytes() == good
+    assert hashlib.sha256(good).hexdigest() == cached.name[len("dispatcher-") : -len(".zip")]
+    assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
+    assert [p.name for p in cached.parent.glob("dispatcher-*")] == [cached.name]  # no tmp left
