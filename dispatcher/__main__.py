@@ -52,13 +52,19 @@ from .protocol import (
     Started,
     encode,
 )
-from .runner import JobProcess, kill_group, spawn
+from .runner import JobProcess, kill_group, read_buffered, spawn
 from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
 DRAIN_GRACE = 2.0
-"""Seconds to keep reading a job's pipes after its group was killed (an escapee holds them)."""
+"""Seconds of reading a job's pipes after its shell ended and its group was killed, in case a
+process that left the group (an escapee) still holds them. Only time spent reading counts:
+while back-pressure pauses the pipes, the clock stops."""
+CUT_NOTE = (
+    b"anet: output cut: a process this job started left its process group and kept its"
+    b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
+)
 SHUTDOWN_GRACE = 1.0
 
 
@@ -163,9 +169,7 @@ class Dispatcher:
                 job.kill_at = None
                 kill_group(job.pid, signal.SIGKILL)
             if job.drain_until is not None and now >= job.drain_until:
-                for fd in list(job.pipes):
-                    self.close_job_fd(job, fd)
-                self.maybe_finish(job)
+                self.cut_output(job)
 
     # -- frames from the master -------------------------------------------------------------
 
@@ -266,6 +270,16 @@ class Dispatcher:
             self.sel.unregister(fd)
         job.close_pipe(fd)
 
+    def cut_output(self, job: JobProcess) -> None:
+        """The grace is over and an escapee still holds the pipes: send what they hold now,
+        stop waiting for their EOF, and say so in the job's stderr (its exit status stays)."""
+        for fd in list(job.pipes):
+            for data in read_buffered(fd):
+                self.send(Output(job.aid, job.pipes[fd], data))
+            self.close_job_fd(job, fd)
+        self.send(Output(job.aid, STDERR, CUT_NOTE))
+        self.maybe_finish(job)
+
     def on_sigchld(self, fd: int) -> None:
         try:
             while os.read(fd, 512):
@@ -275,7 +289,8 @@ class Dispatcher:
         for job in list(self.jobs.values()):
             if not job.exited and job.try_reap():
                 if job.pipes:
-                    job.drain_until = time.monotonic() + DRAIN_GRACE
+                    job.drain_left = DRAIN_GRACE
+                    job.drain_clock(time.monotonic(), not self.paused)
                 self.maybe_finish(job)
 
     def maybe_finish(self, job: JobProcess) -> None:
@@ -311,9 +326,15 @@ class Dispatcher:
             self.set_paused(True)
 
     def set_paused(self, paused: bool) -> None:
-        """Stop (or resume) reading job pipes: back-pressure from the master to the jobs."""
+        """Stop (or resume) reading job pipes: back-pressure from the master to the jobs.
+
+        Never a loss: paused pipes keep their data (and block their writers), and an ended
+        job's escapee grace does not run while nobody reads its pipes.
+        """
         self.paused = paused
+        now = time.monotonic()
         for job in self.jobs.values():
+            job.drain_clock(now, not paused)
             if paused:
                 for fd in job.pipes:
                     self.sel.unregister(fd)

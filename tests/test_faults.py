@@ -24,6 +24,7 @@ import pytest
 from sshd_hosts import SshdCluster, SshdHost, leftover_processes
 
 from anet import results
+from dispatcher.__main__ import DRAIN_GRACE
 
 N_JOBS = 48
 
@@ -355,6 +356,42 @@ def test_a_200_megabyte_result_arrives_intact(make_cluster, tmp_path):
     assert proc.returncode == 0, err
     (record,) = results.read(io.BytesIO(out))
     assert record.stdout == random.Random(5).randbytes(200_000_000)
+
+
+def test_a_master_stopped_longer_than_the_drain_grace_loses_no_output(make_cluster, tmp_path):
+    """Ctrl-Z of `anet` while a big job streams: back-pressure pauses the other jobs' pipes on
+    the host, and a job that ends meanwhile must still deliver its output once anet goes on."""
+    own = make_cluster(1)
+    host = own["host1"]
+    big, smalls = 100_000_000, 10
+    batch = tmp_path / "stop.txt"
+    batch.write_text(
+        f"head -c 3000000000 /dev/zero | head -c {big}\n"
+        + "".join(f"sleep 1.5; echo small{i}\n" for i in range(1, smalls + 1))
+    )
+    out = tmp_path / "o.bin"
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config), "-S", "4/host1"]
+    argv += ["-q", "--no-journal", "--no-speculate", "--format", "msgpack", str(batch)]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_jobs(host, 3)  # the first small jobs run next to the big one
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while any("sleep 1.5" in cmd for _, cmd in host.processes()):  # they end, paused
+            assert time.monotonic() < deadline, host.processes()
+            time.sleep(0.05)
+        time.sleep(DRAIN_GRACE + 1.5)  # anet stays stopped well past the grace
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    with out.open("rb") as stream:
+        records = {r.id: r for r in results.read(stream)}
+    assert sorted(records) == list(range(smalls + 1))
+    assert records[0].ok and records[0].stdout == bytes(big)
+    for i in range(1, smalls + 1):
+        assert records[i].ok and records[i].stdout == f"small{i}\n".encode(), records[i]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
