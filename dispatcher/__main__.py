@@ -66,6 +66,8 @@ CUT_NOTE = (
     b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
 )
 SHUTDOWN_GRACE = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
 
 def _load() -> float:
@@ -105,6 +107,7 @@ class Dispatcher:
         self.paused = False
         self.writing = False
         self.running = True
+        self.stopped_by = 0  # the signal that told us to stop, if one did
         self.last_heard = time.monotonic()
         self.next_heartbeat = float("inf")
         self.handlers: Dict[type, Callable[[Any], None]] = {}
@@ -118,6 +121,8 @@ class Dispatcher:
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.on_stop_signal)
         signal.set_wakeup_fd(self.sigchld_w)
         self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
@@ -144,6 +149,9 @@ class Dispatcher:
                 if not self.running:
                     break
             self.on_timers(time.monotonic())
+        if self.stopped_by:
+            name = signal.Signals(self.stopped_by).name
+            sys.stderr.write("anet dispatcher: %s received: stopping every job\n" % name)
         self.terminate_all()
         self.deps.abandon_all()
         self.pidfiles.close()
@@ -207,6 +215,13 @@ class Dispatcher:
         elif type(msg) in self.handlers:
             self.handlers[type(msg)](msg)
         # Heartbeat: receiving it already refreshed last_heard.
+
+    def on_stop_signal(self, signum: int, _frame: Any) -> None:
+        """Told to die (a terminal's ^C, kill, a hang-up): end as when the master goes, jobs
+        killed first. They live in their own sessions: dying at once would orphan them.
+        Only flags here: the loop does the work (no I/O inside a signal handler)."""
+        self.stopped_by = signum
+        self.running = False
 
     def heartbeat_now(self) -> None:
         """A heartbeat sent at once, from inside a long handler (a big deps build)."""

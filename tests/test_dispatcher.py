@@ -6,7 +6,9 @@ real frames; the test plays a master that can stop reading, or a user that signa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import select
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from dispatcher.protocol import (
     BOOT_FRAMES,
     BOOT_MARK,
     STDOUT,
+    Bye,
     Exit,
     FrameDecoder,
     Hello,
@@ -185,3 +188,73 @@ def test_an_escapee_holding_the_pipes_is_cut_after_the_grace_and_the_cut_is_said
         assert DRAIN_GRACE <= waited < DRAIN_GRACE + 5
     finally:
         os.kill(read_pid(escapee_pid), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_dispatcher_told_to_die_kills_its_jobs_first(dispatcher_process, tmp_path, sig):
+    d = dispatcher_process(3)
+    pid_files = [tmp_path / f"job{i}.pid" for i in range(3)]
+    d.send(
+        *(
+            Run(i, i, b"echo $$ > %s; exec sleep 300" % str(p).encode())
+            for i, p in enumerate(pid_files)
+        )
+    )
+    pids = [read_pid(p) for p in pid_files]
+    try:
+        d.proc.send_signal(sig)
+        d.read_until(lambda m: isinstance(m, Bye), timeout=10)
+        assert d.proc.wait(timeout=10) == 0
+        assert [p for p in pids if alive(p)] == []
+    finally:
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _drain(fd: int, timeout: float) -> bool:
+    """Read (and drop) what the program wrote on its terminal; False once it closed it."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return True
+    try:
+        return bool(os.read(fd, 65536))
+    except OSError:  # EIO: the last holder of the terminal's other side closed it
+        return False
+
+
+def test_ctrl_c_at_a_terminal_leaves_no_local_job_running(tmp_path):
+    """The terminal sends ^C's SIGINT to its whole foreground group: anet must still stop its
+    local jobs, which run in their own sessions and would outlive a dispatcher killed by it."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    batch = tmp_path / "batch.txt"
+    batch.write_text("".join(f"echo $$ > {pids}/{i}.pid; exec sleep 300\n" for i in range(4)))
+    argv = [sys.executable, "-m", "anet", "-S", "4/:", "--no-journal", "-q", str(batch)]
+    env = {**os.environ, "ANET_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("ANET_HOSTS", None)
+    child, terminal = pty.fork()
+    if child == 0:  # a new session whose controlling terminal is the pty, in its foreground
+        os.execve(sys.executable, argv, env)
+    jobs: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(jobs) < 4:
+            assert _drain(terminal, 0.05) and time.monotonic() < deadline, "jobs never started"
+            jobs = [int(p.read_text()) for p in pids.glob("*.pid") if p.read_text().endswith("\n")]
+        os.write(terminal, b"\x03")  # the user's Ctrl-C, as the terminal driver delivers it
+        deadline = time.monotonic() + 30
+        while _drain(terminal, 0.1):
+            assert time.monotonic() < deadline, "anet did not exit after Ctrl-C"
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 130
+        assert [pid for pid in jobs if alive(pid)] == []
+    finally:
+        for pid in jobs:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+        os.close(terminal)
