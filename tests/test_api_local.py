@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import anet
@@ -88,3 +89,17 @@ def test_a_host_listed_twice_gets_one_connection():
 
     (only,) = asyncio.run(main())
     assert only.spec.slots is None  # the first listing wins, as on the command line
+
+
+def test_the_local_dispatcher_is_outside_the_terminals_process_group():
+    """A terminal signals its whole foreground group (^C, ^Z, a hang-up): the master must get
+    them alone and stop the dispatcher in order, as on an SSH host."""
+
+    async def main() -> tuple[int, int]:
+        async with anet.Cluster([":"]) as cluster:
+            session = await cluster.ready_session(":")
+            assert session.hello is not None
+            return os.getpgid(session.hello.pid), os.getsid(session.hello.pid)
+
+    group, session_id = asyncio.run(main())
+    assert group != os.getpgrp() and session_id != os.getsid(0)
