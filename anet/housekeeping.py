@@ -66,6 +66,7 @@ class Process:
     mem: float
     rss_kb: int
     command: str
+    lifeline: str = ""  # what of the user's sessions it keeps alive: killall needs force
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +92,35 @@ class Killed:
 KILLED_TERM = "killed"
 KILLED_KILL = "killed by KILL"
 WOULD_KILL = "would kill"
+NEEDS_FORCE = "needs --force"
 VANISHED = "already gone"
 SURVIVED = "survived KILL"
 
 
 @dataclass(frozen=True, slots=True)
 class HostKills:
+    """`killall` on one host. `refused`: a match on some host keeps a session alive and
+    `force` was not given, so nothing was killed on any host; the kills say what would be."""
+
     host: str
     kills: list[Killed] = field(default_factory=list)
     error: str | None = None
+    refused: bool = False
 
     @property
     def complete(self) -> bool:
         """Everything matched is dead (or would be, in a dry run), and the host answered."""
         failed = (SURVIVED, DENIED, PROTECTED)
-        return self.error is None and not any(k.outcome in failed for k in self.kills)
+        return (
+            self.error is None
+            and not self.refused
+            and not any(k.outcome in failed for k in self.kills)
+        )
+
+    @property
+    def lifelines(self) -> list[Killed]:
+        """The matches that keep a session of the user's alive."""
+        return [k for k in self.kills if k.process.lifeline]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,19 +203,27 @@ class Machines(Cluster):
         sig: int = signal.SIGTERM,
         grace: float = 5.0,
         dry_run: bool = False,
+        force: bool = False,
     ) -> list[HostKills]:
         """Signal the matches (their whole group, for a group leader), KILL the survivors after
-        `grace` seconds, and say per process what happened. `dry_run` signals nothing."""
+        `grace` seconds, and say per process what happened. `dry_run` signals nothing.
 
-        async def ask(session: HostSession) -> HostKills:
-            procs, error = await _find(session, pattern)
-            if error is not None:
-                return HostKills(session.label, error=error)
-            if dry_run:
-                return HostKills(session.label, [Killed(p, WOULD_KILL) for p in procs])
-            return HostKills(session.label, await _kill(session, procs, sig, grace))
+        Every host is listed first: when a match anywhere keeps one of the user's sessions
+        alive (a login shell, tmux, Jupyter: `Process.lifeline`) and `force` is false, nothing
+        is killed anywhere and every answer is `refused`, listing what would be taken.
+        """
+        found = {answer.host: answer for answer in await self.find(pattern)}
+        refused = not force and any(p.lifeline for a in found.values() for p in a.processes)
+        if dry_run or refused:
+            return [_would_kill(answer, refused) for answer in found.values()]
 
-        return await self.each_host(ask, lambda host, why: HostKills(host, error=why))
+        async def kill(session: HostSession) -> HostKills:
+            listed = found[session.label]
+            if listed.error is not None or not listed.processes:
+                return HostKills(session.label, error=listed.error)
+            return HostKills(session.label, await _kill(session, listed.processes, sig, grace))
+
+        return await self.each_host(kill, lambda host, why: HostKills(host, error=why))
 
     # -- check ------------------------------------------------------------------------------
 
@@ -266,6 +289,15 @@ class Machines(Cluster):
                     del self._once[(session.label, aid)]
 
         return await self.each_host(ask, lambda host, why: HostOutput(host, error=why))
+
+
+def _would_kill(listed: HostProcesses, refused: bool) -> HostKills:
+    """What killall would do on a host, when it does nothing (a dry run, or refused)."""
+    kills = [
+        Killed(p, f"{NEEDS_FORCE} ({p.lifeline})" if refused and p.lifeline else WOULD_KILL)
+        for p in listed.processes
+    ]
+    return HostKills(listed.host, kills, listed.error, refused)
 
 
 def _master() -> tuple[str, int]:

@@ -8,8 +8,13 @@ match itself. What must never be matched, whatever the pattern:
 - every other anet dispatcher and its ancestors (another run's machinery, not its jobs);
 - every sshd process (an SSH session is the user's lifeline to the machine);
 - on the master's own machine, the master and its ancestors (the shell the user typed in):
-  the master's command line contains the pattern, as the old `ps | grep` did;
+  the master's command line contains the pattern, as the old `ps | grep` did; and the pipeline
+  the master runs in (`anet --killall sim | grep sim`: the grep holds the pattern too);
 - init, kernel threads, zombies, and anything of another user.
+
+What keeps the user's sessions alive (login shells, terminals' session leaders, tmux and
+screen, agents, Jupyter: `lifeline()`) is matched, but each row says so, and killall takes
+those only with `--force`: a pattern that catches one is most likely broader than meant.
 
 Killing is two requests, driven by the master: `SignalProcs` with TERM, then polls with signal
 0, then KILL for the survivors. The grace period thus lives on the master, and this loop never
@@ -74,10 +79,13 @@ class ProcsFound(Message):
 
 ROW_FIELDS = (
     "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
+    "lifeline",
 )  # fmt: skip
 """A ProcsFound row: `start` is in clock ticks since boot (the identity beside the pid),
 `group` the number of processes in the group the process leads (0: it leads none, or its group
-holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them."""
+holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them,
+`lifeline` what of the user's sessions the process (or its group) keeps alive, "" for nothing
+(see `lifeline()`): killall takes those only when told to."""
 
 
 @message
@@ -135,7 +143,10 @@ class HostProbe(Message):
 class Proc:
     """What /proc says about one process."""
 
-    __slots__ = ("argv", "name", "pgid", "pid", "ppid", "rss", "start", "state", "ticks", "uid")
+    __slots__ = (
+        "argv", "name", "pgid", "pid", "ppid", "rss", "sid", "start", "state", "ticks", "tty",
+        "uid",
+    )  # fmt: skip
 
     def __init__(self, pid: int, stat: bytes, uid: int, argv: List[str]) -> None:
         self.pid = pid
@@ -146,6 +157,8 @@ class Proc:
         self.state = fields[0].decode()
         self.ppid = int(fields[1])
         self.pgid = int(fields[2])
+        self.sid = int(fields[3])
+        self.tty = int(fields[4])  # the controlling terminal's device number; 0: none
         self.ticks = int(fields[11]) + int(fields[12])  # utime + stime
         self.start = int(fields[19])
         self.rss = int(fields[21])  # pages
@@ -217,6 +230,47 @@ def _ancestors(table: Dict[int, Proc], pid: int) -> Set[int]:
     return found
 
 
+MULTIPLEXERS = ("tmux", "screen", "mosh-server", "dtach", "abduco", "zellij")
+AGENTS = ("ssh-agent", "gpg-agent")
+NOTEBOOKS = ("jupyter", "ipykernel")
+
+
+def lifeline(proc: Proc) -> str:
+    """What of the user's sessions `proc` keeps alive, or "" when nothing does.
+
+    Killing one of these ends a session or a piece of the user's own work at the machine, not a
+    computation: a terminal multiplexer and every window in it, a login shell or a terminal's
+    shell (the session leader that owns the terminal), an agent holding keys, the user's
+    service manager, a Jupyter server or kernel (its notebooks' state), a VS Code server.
+    """
+    program = os.path.basename(proc.argv[0]) if proc.argv else ""
+    names = (proc.name.lower(), program.lower())  # comm "tmux: server"; argv[0] "SCREEN"
+    if any(name.split(":")[0] in MULTIPLEXERS for name in names):
+        return "terminal multiplexer"
+    if any(name in AGENTS for name in names):
+        return "agent"
+    if proc.argv and proc.argv[0].startswith("-"):
+        return "login shell"
+    if proc.sid == proc.pid and proc.tty:
+        return "terminal session"
+    if proc.name in ("systemd", "(sd-pam)"):  # the user's own `systemd --user`
+        return "service manager"
+    if _runs(proc.argv, NOTEBOOKS):
+        return "Jupyter"
+    if any("/.vscode-server/" in arg for arg in proc.argv[:2]):
+        return "VS Code server"
+    return ""
+
+
+def _runs(argv: List[str], programs: tuple) -> bool:
+    """The program itself, the script an interpreter runs, or its `-m` module, is one of
+    `programs` (by prefix: jupyter-lab, ipykernel_launcher)."""
+    run = argv[:2]
+    if len(argv) >= 3 and argv[1] == "-m":
+        run = argv[2:3]
+    return any(os.path.basename(arg).startswith(programs) for arg in run)
+
+
 def is_dispatcher(proc: Proc) -> bool:
     return len(proc.argv) >= 3 and proc.argv[1] == "-c" and proc.argv[2].startswith(STUB_MARK)
 
@@ -228,22 +282,59 @@ def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]
         if is_dispatcher(proc) or proc.name == "sshd" or proc.name.startswith("sshd-"):
             keep |= _ancestors(table, proc.pid)
     if machine and machine == machine_id():
-        keep |= _ancestors(table, master_pid)
+        keep |= _ancestors(table, master_pid) | _pipeline(table, master_pid)
     return keep
+
+
+def _pipeline(table: Dict[int, Proc], pid: int) -> Set[int]:
+    """The members of `pid`'s process group that share a pipe with it, directly or through
+    one another: the shell pipeline it runs in (`anet --killall sim | grep sim | head`)."""
+    proc = table.get(pid)
+    if proc is None:
+        return set()
+    pipes = {p.pid: _pipes(p.pid) for p in table.values() if p.pgid == proc.pgid}
+    linked, reached = {pid}, set(pipes.get(pid, ()))
+    grown = True
+    while grown:
+        grown = False
+        for other, own in pipes.items():
+            if other not in linked and own & reached:
+                linked.add(other)
+                reached |= own
+                grown = True
+    return linked
+
+
+def _pipes(pid: int) -> Set[str]:
+    """The pipes (`pipe:[inode]`) among the open files of `pid`."""
+    base = "/proc/%d/fd/" % pid
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        try:
+            target = os.readlink(base + name)
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
 
 
 def _matchable(proc: Proc, uid: int, keep: Set[int]) -> bool:
     return proc.uid == uid and proc.pid not in keep and bool(proc.argv) and proc.state not in "ZX"
 
 
-def _group_size(table: Dict[int, Proc], proc: Proc, uid: int, keep: Set[int]) -> int:
-    """Members of the group `proc` leads, when it is safe to signal as a whole; else 0."""
+def _group(table: Dict[int, Proc], proc: Proc, uid: int, keep: Set[int]) -> List[Proc]:
+    """The live members of the group `proc` leads, when it is safe to signal as a whole."""
     if proc.pgid != proc.pid:
-        return 0
+        return []
     members = [p for p in table.values() if p.pgid == proc.pid and p.state not in "ZX"]
     if any(p.pid in keep or p.uid != uid for p in members):
-        return 0
-    return len(members)
+        return []
+    return members
 
 
 def find(pattern: str, machine: str, master_pid: int) -> List[List[Any]]:
@@ -264,10 +355,11 @@ def find(pattern: str, machine: str, master_pid: int) -> List[List[Any]]:
         cpu = 100.0 * proc.ticks / hz / elapsed if elapsed > 0 else 0.0
         rss_kb = proc.rss * page_kb
         mem = 100.0 * rss_kb / total_kb if total_kb else 0.0
-        group = _group_size(table, proc, uid, keep)
+        group = _group(table, proc, uid, keep)
+        kept = [lifeline(p) for p in [proc, *group]]  # the whole group goes when it leads one
         rows.append(
-            [proc.pid, proc.start, proc.pgid, group, _user(proc.uid), round(elapsed, 2),
-             round(cpu, 1), round(mem, 1), rss_kb, proc.command]
+            [proc.pid, proc.start, proc.pgid, len(group), _user(proc.uid), round(elapsed, 2),
+             round(cpu, 1), round(mem, 1), rss_kb, proc.command, next(filter(None, kept), "")]
         )  # fmt: skip
     return rows
 
