@@ -18,6 +18,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatcher.forked import Cancel
 from dispatcher.procs import (
     ALIVE,
     DENIED,
@@ -40,6 +41,10 @@ from .session import HostSession, Request
 
 REPLY_TIMEOUT = 30.0
 """Seconds a ready dispatcher gets to answer a listing or a signal request."""
+MATCH_TIMEOUT = 5.0
+"""Seconds a host may take to list and match its processes for a find: milliseconds for any
+sane pattern; past it a pattern that backtracks for ever (`(a+)+$`) is that host's error, and
+the host stops matching. The master waits this plus REPLY_TIMEOUT for the answer."""
 POLL = 0.2
 """Seconds between checks whether signalled processes are gone, during the grace period:
 each check reads every process's stat on the host, so not much more often than this."""
@@ -187,11 +192,12 @@ class Machines(Cluster):
 
     # -- find and killall -----------------------------------------------------------------
 
-    async def find(self, pattern: str) -> list[HostProcesses]:
-        """Each host's processes of the SSH user whose command line matches `pattern`."""
+    async def find(self, pattern: str, *, timeout: float = MATCH_TIMEOUT) -> list[HostProcesses]:
+        """Each host's processes of the SSH user whose command line matches `pattern`; a host
+        that cannot match it within `timeout` seconds answers with an error."""
 
         async def ask(session: HostSession) -> HostProcesses:
-            procs, error = await _find(session, pattern)
+            procs, error = await _find(session, pattern, timeout)
             return HostProcesses(session.label, procs, error)
 
         return await self.each_host(ask, lambda host, why: HostProcesses(host, error=why))
@@ -305,10 +311,17 @@ def _master() -> tuple[str, int]:
     return machine_id(), os.getpid()
 
 
-async def _find(session: HostSession, pattern: str) -> tuple[list[Process], str | None]:
+async def _find(
+    session: HostSession, pattern: str, timeout: float
+) -> tuple[list[Process], str | None]:
     with session.request() as req:
-        session.send(FindProcs(req.rid, pattern, *_master()))
-        reply = await req.get(REPLY_TIMEOUT)
+        session.send(FindProcs(req.rid, pattern, *_master(), timeout))
+        reply = None
+        try:
+            reply = await req.get(timeout + REPLY_TIMEOUT)
+        finally:
+            if reply is None:  # given up on (no answer, or our caller was cancelled)
+                session.send(Cancel(req.rid))  # so the host stops matching at once
     assert isinstance(reply, ProcsFound)
     if reply.error:
         return [], reply.error

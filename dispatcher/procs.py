@@ -33,8 +33,9 @@ import pwd
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from .forked import TIMED_OUT, Forks
 from .protocol import Message, message
 
 STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
@@ -57,6 +58,8 @@ class FindProcs(Message):
 
     `machine` and `master_pid` name the master's process (boot id + pid namespace, and pid),
     so that a dispatcher on the master's own machine never matches the master or its shell.
+    `timeout` bounds the listing in seconds: a pattern that backtracks for ever (`(a+)+$`)
+    gets an error reply then, and its matching is stopped (see `dispatcher.forked`).
     """
 
     CODE = 20
@@ -64,6 +67,7 @@ class FindProcs(Message):
     pattern: str
     machine: str
     master_pid: int
+    timeout: float
 
 
 @message
@@ -287,40 +291,43 @@ def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]
 
 
 def _pipeline(table: Dict[int, Proc], pid: int) -> Set[int]:
-    """The members of `pid`'s process group that share a pipe with it, directly or through
-    one another: the shell pipeline it runs in (`anet --killall sim | grep sim | head`)."""
+    """The shell pipeline `pid` runs in (`anet --killall sim | grep sim | head`): the members
+    of its process group that read what it writes, what those write, and so on, and those it
+    reads from, and so on. A stdout->stdin pipe is the link: a job that merely writes to the
+    same pipe as `pid` (`sim & anet --killall sim`, in a script whose output is piped) is not
+    part of it."""
     proc = table.get(pid)
     if proc is None:
         return set()
-    pipes = {p.pid: _pipes(p.pid) for p in table.values() if p.pgid == proc.pgid}
-    linked, reached = {pid}, set(pipes.get(pid, ()))
-    grown = True
-    while grown:
-        grown = False
-        for other, own in pipes.items():
-            if other not in linked and own & reached:
-                linked.add(other)
-                reached |= own
-                grown = True
-    return linked
+    ends = {p.pid: _pipe_ends(p.pid) for p in table.values() if p.pgid == proc.pgid}
+    downstream = _follow(ends, pid, lambda a, b: bool(a[1] & b[0]))
+    upstream = _follow(ends, pid, lambda a, b: bool(b[1] & a[0]))
+    return downstream | upstream
 
 
-def _pipes(pid: int) -> Set[str]:
-    """The pipes (`pipe:[inode]`) among the open files of `pid`."""
-    base = "/proc/%d/fd/" % pid
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return set()
-    found = set()
-    for name in names:
+def _follow(ends: Dict[int, Tuple[Set[str], Set[str]]], start: int, linked: Callable) -> Set[int]:
+    """Every process reached from `start` through `linked(from_ends, to_ends)` steps."""
+    found, todo = {start}, [start]
+    while todo:
+        here = ends.get(todo.pop(), (set(), set()))
+        for other, there in ends.items():
+            if other not in found and linked(here, there):
+                found.add(other)
+                todo.append(other)
+    return found
+
+
+def _pipe_ends(pid: int) -> Tuple[Set[str], Set[str]]:
+    """The pipes (`pipe:[inode]`) on `pid`'s stdin, and on its stdout and stderr."""
+    reads, writes = set(), set()  # type: Set[str], Set[str]
+    for fd, side in ((0, reads), (1, writes), (2, writes)):
         try:
-            target = os.readlink(base + name)
+            target = os.readlink("/proc/%d/fd/%d" % (pid, fd))
         except OSError:
             continue
         if target.startswith("pipe:"):
-            found.add(target)
-    return found
+            side.add(target)
+    return reads, writes
 
 
 def _matchable(proc: Proc, uid: int, keep: Set[int]) -> bool:
@@ -456,17 +463,39 @@ def _user(uid: int) -> str:
 # -- the dispatcher's handlers ----------------------------------------------------------------
 
 
-def register(handlers: Dict[type, Callable[[Any], None]], send: Callable[[Message], None]) -> None:
-    """Add this module's request handlers to a Dispatcher's `handlers`; replies go to `send`."""
+MAX_TIMEOUT = 3600.0
+"""The longest a listing may take, whatever the master asks."""
+
+
+def register(
+    handlers: Dict[type, Callable[[Any], None]], send: Callable[[Message], None], forks: Forks
+) -> None:
+    """Add this module's request handlers to a Dispatcher's `handlers`; replies go to `send`;
+    a listing runs in a child of `forks`, so that no pattern can stall the loop."""
 
     def on_find(msg: FindProcs) -> None:
-        try:
-            rows, error = find(msg.pattern, msg.machine, msg.master_pid), ""
-        except re.error as exc:
-            rows, error = [], "bad pattern: %s" % exc
-        except OSError as exc:
-            rows, error = [], "cannot list processes (needs Linux /proc): %s" % exc
-        send(ProcsFound(msg.rid, rows, error))
+        bound = min(max(msg.timeout, 0.1), MAX_TIMEOUT)
+
+        def work() -> ProcsFound:
+            try:
+                rows, error = find(msg.pattern, msg.machine, msg.master_pid), ""
+            except re.error as exc:
+                rows, error = [], "bad pattern: %s" % exc
+            except OSError as exc:
+                rows, error = [], "cannot list processes (needs Linux /proc): %s" % exc
+            return ProcsFound(msg.rid, rows, error)
+
+        def failed(why: str) -> ProcsFound:
+            if why == TIMED_OUT:
+                why = (
+                    "the pattern took over %gs to match (nested repeats such as (a+)+ can "
+                    "backtrack for ever): simplify it" % bound
+                )
+            else:
+                why = "cannot list processes: %s" % why
+            return ProcsFound(msg.rid, [], why)
+
+        forks.start(msg.rid, work, failed, bound)
 
     def on_signal(msg: SignalProcs) -> None:
         try:
