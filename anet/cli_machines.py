@@ -192,7 +192,7 @@ def pattern_args(args: Sequence[str], params: Sequence[click.Parameter]) -> list
 
 
 @click.command("find", cls=PatternCommand)
-@click.argument("pattern")
+@click.argument("pattern", metavar="PATTERN...")
 @host_options
 @FORMAT
 @log_options
@@ -269,7 +269,7 @@ def _count_down(answers: Sequence[Any]) -> int:
 
 
 @click.command("killall", cls=PatternCommand)
-@click.argument("pattern")
+@click.argument("pattern", metavar="PATTERN...")
 @host_options
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be killed; kill nothing.")
 @click.option(

@@ -10,30 +10,22 @@ processes planted here.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import click
 import pytest
-from test_machines import SLEEPER, Planted, alive, anet, group_members, jsonl
+import test_machines
+from sshd_hosts import _proc_table
+from test_machines import SLEEPER, alive, anet, group_members, jsonl
 
 from anet.cli_machines import find_command, killall_command, pattern_args
 from dispatcher import procs
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
-
-
-@pytest.fixture
-def planted() -> Iterator[Planted]:
-    made = Planted()
-    try:
-        yield made
-    finally:
-        made.close()
+planted = test_machines.planted  # processes with distinctive command lines, killed at the end
 
 
 class Tmux:
@@ -129,23 +121,12 @@ def test_killall_lists_and_spares_session_keepers_without_force(cluster, planted
 def _wait_for_session_leader(parent: int) -> int:
     """The pid of the shell pty.spawn started under `parent`: a session leader on a terminal."""
     for _ in range(500):
-        for member in _children(parent):
-            stat = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-            if int(stat[3]) == member and int(stat[4]) != 0:
-                return member
-        subprocess.run(["sleep", "0.02"])
+        for pid, (ppid, _, _) in _proc_table().items():
+            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            if ppid == parent and int(stat[3]) == pid and int(stat[4]) != 0:
+                return pid
+        time.sleep(0.02)
     raise AssertionError("pty.spawn started no terminal session")
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-                if int(stat[1]) == parent:
-                    found.append(int(entry))
-    return found
 
 
 def test_session_keepers_are_classified_from_proc():
