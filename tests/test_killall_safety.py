@@ -29,17 +29,17 @@ planted = test_machines.planted  # processes with distinctive command lines, kil
 
 
 class Tmux:
-    """A real tmux server on its own socket, named after the test's marker."""
+    """A real tmux server on a socket of its own, whose path holds the test's marker."""
 
-    def __init__(self, socket: str) -> None:
-        self.socket = socket
-        command = ["tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d", "sleep 300"]
+    def __init__(self, socket: Path) -> None:
+        self.socket = str(socket)
+        command = ["tmux", "-S", self.socket, "-f", "/dev/null", "new-session", "-d", "sleep 300"]
         subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
-        shown = ["tmux", "-L", socket, "display", "-p", "#{pid}"]
+        shown = ["tmux", "-S", self.socket, "display", "-p", "#{pid}"]
         self.pid = int(subprocess.run(shown, check=True, capture_output=True).stdout)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
 
 
 # -- empty patterns ---------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def test_find_with_an_empty_pattern_lists_every_process_of_the_user(cluster, pla
 # -- what keeps the user's sessions alive needs --force ----------------------------------------
 
 
-def test_killall_lists_and_spares_session_keepers_without_force(cluster, planted):
+def test_killall_lists_and_spares_session_keepers_without_force(cluster, planted, tmp_path):
     # A login shell (argv[0] starts with "-"), a terminal's session leader (under a pty), a real
     # tmux server, and an ordinary sleeper: all match the marker.
     login = subprocess.Popen(
@@ -81,7 +81,7 @@ def test_killall_lists_and_spares_session_keepers_without_force(cluster, planted
         "pty",
     )
     sleeper = planted.start(SLEEPER, "sleeper")
-    tmux = Tmux(f"{planted.marker}-tmux")
+    tmux = Tmux(tmp_path / f"{planted.marker}-tmux")
     try:
         planted.wait_started(1 + 1 + 2)
         terminal = _wait_for_session_leader(term.pid)
