@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import procs
+from .forked import Forks
 from .pidfiles import PidFiles
 from .protocol import (
     BOOT_FRAMES,
@@ -113,7 +114,10 @@ class Dispatcher:
         self.handlers: Dict[type, Callable[[Any], None]] = {}
         """Handlers of request messages (deps sync, housekeeping), by message class; each
         request module registers its own, so this loop stays about jobs."""
-        procs.register(self.handlers, self.send)
+        self.forks = Forks(self.sel, self.send)
+        """Request work that could stall this loop (matching a pattern) runs in children."""
+        self.forks.register(self.handlers)
+        procs.register(self.handlers, self.send, self.forks)
         self.deps = SyncStore(home, self.send)
         self.deps.register(self.handlers)
         self.deps.keepalive = self.heartbeat_now
@@ -153,13 +157,14 @@ class Dispatcher:
             name = signal.Signals(self.stopped_by).name
             sys.stderr.write("anet dispatcher: %s received: stopping every job\n" % name)
         self.terminate_all()
+        self.forks.stop_all()
         self.deps.abandon_all()
         self.pidfiles.close()
         self.send(Bye())
         self.flush_blocking()
 
     def timeout(self) -> float:
-        deadlines = [self.next_heartbeat]
+        deadlines = [self.next_heartbeat, self.forks.next_deadline()]
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -172,6 +177,7 @@ class Dispatcher:
             self.next_heartbeat = now + self.setup.heartbeat
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
+        self.forks.expire(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -301,6 +307,7 @@ class Dispatcher:
                 pass
         except BlockingIOError:
             pass
+        self.forks.reap()
         for job in list(self.jobs.values()):
             if not job.exited and job.try_reap():
                 if job.pipes:
