@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, diagnostics
 from .cli_common import Environment, ExitStatus
 from .cli_machines import COMMANDS as MACHINE_COMMANDS
 from .cli_report import completion_command, report_command, status_command
@@ -100,4 +100,5 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
 
 
 def main() -> None:
+    diagnostics.install()  # before anything is written: stderr must never block the work
     sys.exit(raw_main())

@@ -209,6 +209,10 @@ Examples:
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
+@click.option(
+    "--progress", is_flag=True,
+    help="Status lines every 10 s on stderr even when it is not a terminal (a log file).",
+)  # fmt: skip
 @log_options
 @click.pass_obj
 def run_command(
@@ -231,6 +235,7 @@ def run_command(
     keep_order: bool,
     tag: bool,
     quiet: bool,
+    progress: bool,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts.
 
@@ -243,7 +248,7 @@ def run_command(
     args = RunArgs(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
-        observe=ObserveArgs(joblog, results, keep_order, tag, quiet),
+        observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps,
     )  # fmt: skip
     return run_async(program(args, env))
