@@ -21,6 +21,7 @@ from .cli_report import completion_command, report_command, status_command
 from .cli_run import run_command
 from .cli_sync import sync_command
 from .errors import AnetError
+from .printable import printable
 
 DEFAULT_COMMAND = "run"
 OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
@@ -90,8 +91,8 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
     except click.ClickException as exc:
         env.stderr.write(f"anet: {exc.format_message()}\n")
         return ExitStatus.ERROR
-    except AnetError as exc:
-        env.stderr.write(f"anet: {exc}\n")
+    except AnetError as exc:  # may carry what a host said: "no usable host (h1: ...)"
+        env.stderr.write(f"anet: {printable(str(exc))}\n")
         return ExitStatus.ERROR
     except (KeyboardInterrupt, click.Abort):
         env.stderr.write("anet: interrupted; running jobs were stopped\n")

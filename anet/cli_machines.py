@@ -26,6 +26,7 @@ from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_opt
 from .errors import UsageError
 from .hosts import HostSpec, parse_spec
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
+from .printable import printable
 from .scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
 
 T = TypeVar("T")
@@ -81,8 +82,11 @@ def _write(env: Environment, text: str) -> None:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned; the last column free."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """Columns padded to their widest cell; numbers right-aligned; the last column free.
+
+    Cells are mostly what hosts said (command lines, errors, banners): escaped, on one line.
+    """
+    cells = [[str(c) for c in header]] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
     numeric = [all(_is_number(row[i]) for row in cells[1:]) for i in range(len(header))]
     lines = []
@@ -107,7 +111,7 @@ def _report_down(env: Environment, answers: Sequence[Any]) -> int:
     """One stderr line per host that could not be asked; their number."""
     down = [a for a in answers if a.error is not None]
     for answer in down:
-        env.stderr.write(f"anet: {answer.host}: {answer.error}\n")
+        env.stderr.write(f"anet: {answer.host}: {printable(answer.error)}\n")
     return len(down)
 
 
@@ -322,8 +326,8 @@ def _write_folded(env: Environment, answers: Sequence[HostOutput], *, folded: bo
     groups = fold(answers) if folded else [([a.host], a) for a in answers]
     for hosts, a in groups:
         count = f" ({len(hosts)} hosts)" if len(hosts) > 1 else ""
-        _write(env, f"== {', '.join(hosts)}{count}: {a.status} ==\n")
-        for data in (a.stdout, a.stderr):
+        _write(env, f"== {', '.join(hosts)}{count}: {printable(a.status)} ==\n")
+        for data in (a.stdout, a.stderr):  # raw: what the user asked to see, as ssh shows it
             if data:
                 env.stdout.write(data if data.endswith(b"\n") else data + b"\n")
     env.stdout.flush()

@@ -16,6 +16,7 @@ from .api import KEEPALIVE, Cluster
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import HostError
 from .manifest import Tree, start_scan
+from .printable import printable
 from .session import HostSession
 from .sync import SyncReport
 
@@ -70,7 +71,7 @@ def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
     rows = [("host", "result", "files sent", "bytes sent", "reused", "seconds")]
     for outcome in outcomes:
         if isinstance(outcome, HostError):
-            rows.append((outcome.host, f"FAILED: {outcome.reason}", "", "", "", ""))
+            rows.append((outcome.host, f"FAILED: {printable(outcome.reason)}", "", "", "", ""))
             continue
         result = "shared copy" if outcome.waited_for_shared else "ok"
         if outcome.files_sent == 0 and not outcome.waited_for_shared:
