@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -64,6 +65,19 @@ class HostArgs:
         return SshOptions(
             config=self.ssh_config, keepalive=keepalive / 3, accept_new_hosts=self.accept_new_hosts
         )
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf: nan compares false with everything, so a
+    bound set to it is never (or always) reached, e.g. `--keepalive nan` dropped every host."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def host_options(command: F) -> F:

@@ -11,7 +11,15 @@ import click
 
 from .api import KEEPALIVE, Cluster, RunPolicy
 from .batch import open_batch, read_batch
-from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .cli_common import (
+    Environment,
+    ExitStatus,
+    FiniteFloat,
+    HostArgs,
+    host_options,
+    log_options,
+    run_async,
+)
 from .errors import UsageError
 from .halt import Halt, HaltPolicy
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
@@ -169,7 +177,7 @@ Examples:
     help="Output on stdout. Default: anet when piped, text on a terminal.",
 )  # fmt: skip
 @click.option(
-    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
 @click.option(

@@ -13,7 +13,15 @@ from typing import TextIO
 import click
 
 from .api import KEEPALIVE, Cluster
-from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .cli_common import (
+    Environment,
+    ExitStatus,
+    FiniteFloat,
+    HostArgs,
+    host_options,
+    log_options,
+    run_async,
+)
 from .errors import HostError
 from .manifest import Tree, start_scan
 from .printable import printable
@@ -27,7 +35,7 @@ PROGRESS_EVERY = 0.5
 @click.argument("deps", type=click.Path())
 @host_options
 @click.option(
-    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long.",
 )  # fmt: skip
 @log_options
