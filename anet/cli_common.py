@@ -59,7 +59,11 @@ class HostArgs:
     accept_new_hosts: bool = False
 
     def resolve(self, env: Environment) -> list[HostSpec]:
-        return resolve_hosts(self.hosts, self.host_files, slots=self.slots, environ=env.environ)
+        """The hosts, one spec per end machine as the ssh config and name resolution say."""
+        config = SshOptions(config=self.ssh_config).config_paths()
+        return resolve_hosts(
+            self.hosts, self.host_files, slots=self.slots, environ=env.environ, ssh_config=config
+        )
 
     def ssh_options(self, keepalive: float) -> SshOptions:
         return SshOptions(

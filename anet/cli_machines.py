@@ -388,7 +388,7 @@ def _report_checks(
         _write(env, _table(CHECK_HEADER, [_check_row(a) for a in answers]))
     if write_ok is not None:
         by_label = {spec.label: spec for spec in specs}
-        lines = [_spec_text(by_label[a.host]) for a in answers if a.ok]
+        lines = [by_label[a.host].text for a in answers if a.ok]
         try:
             write_ok.write_text("".join(f"{line}\n" for line in lines))
         except OSError as exc:
@@ -416,10 +416,6 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
         "cores": a.cores, "load": a.load, "mem_free_kb": a.mem_free_kb,
         "disk_free_kb": a.disk_free_kb, "hostname": a.hostname, "error": a.error,
     }  # fmt: skip
-
-
-def _spec_text(spec: HostSpec) -> str:
-    return f"{spec.slots}/{spec.label}" if spec.slots else spec.label
 
 
 @hosts_group.command("scan")
