@@ -21,16 +21,9 @@ from typing import Any, TypeVar
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE
-from .cli_common import (
-    Environment,
-    ExitStatus,
-    FiniteFloat,
-    HostArgs,
-    host_options,
-    log_options,
-    run_async,
-)
+from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .hosts import HostSpec, parse_spec
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
@@ -232,7 +225,8 @@ def _count_down(answers: Sequence[Any]) -> int:
     help="Signal to send first (name or number).",
 )  # fmt: skip
 @click.option(
-    "--grace", type=FiniteFloat(min=0), default=5.0, show_default=True, metavar="SECONDS",
+    "--grace", type=cli_common.FiniteFloat(min=0), default=5.0, show_default=True,
+    metavar="SECONDS",
     help="Time to die before survivors get KILL (after TERM, INT, HUP or QUIT only).",
 )  # fmt: skip
 @FORMAT
@@ -356,7 +350,7 @@ def hosts_group() -> None:
     help="Write the usable hosts to FILE, one a line: a hosts file for -H.",
 )  # fmt: skip
 @click.option(
-    "--timeout", type=FiniteFloat(min=0.1), default=10.0, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.1), default=10.0, show_default=True,
     metavar="SECONDS", help="Give up connecting to a host after this long.",
 )  # fmt: skip
 @FORMAT
@@ -426,7 +420,7 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
 )  # fmt: skip
 @click.option("--user", "-l", help="Log in as USER on the hosts found (default: ssh config).")
 @click.option(
-    "--timeout", type=FiniteFloat(min=0.05), default=SCAN_TIMEOUT, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.05), default=SCAN_TIMEOUT, show_default=True,
     metavar="SECONDS", help="Per address: time to connect and read the SSH banner.",
 )  # fmt: skip
 @click.option(

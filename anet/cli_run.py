@@ -9,17 +9,10 @@ from pathlib import Path
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE, Cluster, RunPolicy
 from .batch import open_batch, read_batch
-from .cli_common import (
-    Environment,
-    ExitStatus,
-    FiniteFloat,
-    HostArgs,
-    host_options,
-    log_options,
-    run_async,
-)
+from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .halt import Halt, HaltPolicy
 from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
@@ -177,7 +170,7 @@ Examples:
     help="Output on stdout. Default: anet when piped, text on a terminal.",
 )  # fmt: skip
 @click.option(
-    "--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=cli_common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
 @click.option(

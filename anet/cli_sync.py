@@ -12,16 +12,9 @@ from typing import TextIO
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE, Cluster
-from .cli_common import (
-    Environment,
-    ExitStatus,
-    FiniteFloat,
-    HostArgs,
-    host_options,
-    log_options,
-    run_async,
-)
+from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import HostError
 from .manifest import Tree, start_scan
 from .printable import printable
@@ -35,7 +28,7 @@ PROGRESS_EVERY = 0.5
 @click.argument("deps", type=click.Path())
 @host_options
 @click.option(
-    "--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=cli_common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long.",
 )  # fmt: skip
 @log_options
