@@ -88,23 +88,19 @@ def _canonical(host: str) -> str:
 def end_machine(spec: HostSpec, config_paths: Sequence[str]) -> EndMachine:
     """`spec` as the ssh config resolves it; the spec alone when the config cannot be read
     (the connection will report that error itself)."""
-    user = spec.user or _local_user()
-    host, port, via = spec.host, spec.port or DEFAULT_PORT, ""
+    local = _local_user()
+    user, host, port = spec.user or local, spec.host, spec.port or DEFAULT_PORT
     try:
         config = SSHClientConfig.load(
             None, list(config_paths), False, False, False,
-            _local_user(), spec.user or (), spec.host, spec.port or (),
+            local, spec.user or (), spec.host, spec.port or (),
         )  # fmt: skip
     except (OSError, ValueError):
         return EndMachine(user, _canonical(host), port)
     host = str(config.get("Hostname", spec.host))
     user = str(config.get("User", user))
     port = int(config.get("Port", port))  # type: ignore[call-overload]
-    jump, command = config.get("ProxyJump"), config.get("ProxyCommand")
-    if jump and str(jump).lower() != "none":
-        via = str(jump)
-    elif command and command != ["none"]:
-        via = " ".join(command) if isinstance(command, list) else str(command)
+    via = str(config.get("ProxyJump") or config.get("ProxyCommand") or "")  # "none" is None
     auth = tuple((name, _hashable(config.get(name))) for name in AUTH_OPTIONS if config.get(name))
     return EndMachine(user, _canonical(host), port, via, auth)
 
@@ -192,19 +188,17 @@ class _Groups:
 def machine_keys(
     specs: Sequence[HostSpec],
     config_paths: Sequence[str],
-    *,
     budget: float = DNS_BUDGET,
-    resolve: bool = True,
 ) -> tuple[dict[str, Hashable], dict[str, EndMachine]]:
     """For each spec's label: a key equal for the specs of one end machine, and where the
-    spec's connection goes. `resolve=False` compares names without resolving them."""
+    spec's connection goes."""
     ends = {s.label: end_machine(s, config_paths) for s in specs if not s.local}
     by_login: dict[Hashable, set[str]] = {}
     for end in ends.values():
         if not end.via:  # behind a jump, a name means what it means there
             by_login.setdefault(end.login, set()).add(end.host)
     names = [name for hosts in by_login.values() for name in _worth_resolving(hosts)]
-    addresses: Mapping[str, frozenset[str]] = resolve_names(names, budget) if resolve else {}
+    addresses: Mapping[str, frozenset[str]] = resolve_names(names, budget)
     groups = _Groups()
     for end in ends.values():
         if not end.via and _one_per_family(found := addresses.get(end.host, frozenset())):
