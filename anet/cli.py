@@ -15,13 +15,14 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, diagnostics
 from .cli_common import Environment, ExitStatus
 from .cli_machines import COMMANDS as MACHINE_COMMANDS
 from .cli_report import completion_command, report_command, status_command
 from .cli_run import run_command
 from .cli_sync import sync_command
 from .errors import AnetError, Stopped
+from .printable import printable
 
 DEFAULT_COMMAND = "run"
 OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
@@ -94,8 +95,8 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
     except Stopped as exc:
         _say(env, f"anet: {exc}")
         return 128 + exc.signum
-    except AnetError as exc:
-        env.stderr.write(f"anet: {exc}\n")
+    except AnetError as exc:  # may carry what a host said: "no usable host (h1: ...)"
+        env.stderr.write(f"anet: {printable(str(exc))}\n")
         return ExitStatus.ERROR
     except (KeyboardInterrupt, click.Abort):
         _say(env, "anet: interrupted; running jobs were stopped")
@@ -111,4 +112,5 @@ def _say(env: Environment, line: str) -> None:
 
 
 def main() -> None:
+    diagnostics.install()  # before anything is written: stderr must never block the work
     sys.exit(raw_main())

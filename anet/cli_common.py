@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import signal
 import sys
@@ -61,12 +62,29 @@ class HostArgs:
     accept_new_hosts: bool = False
 
     def resolve(self, env: Environment) -> list[HostSpec]:
-        return resolve_hosts(self.hosts, self.host_files, slots=self.slots, environ=env.environ)
+        """The hosts, one spec per end machine as the ssh config and name resolution say."""
+        config = SshOptions(config=self.ssh_config).config_paths()
+        return resolve_hosts(
+            self.hosts, self.host_files, slots=self.slots, environ=env.environ, ssh_config=config
+        )
 
     def ssh_options(self, keepalive: float) -> SshOptions:
         return SshOptions(
             config=self.ssh_config, keepalive=keepalive / 3, accept_new_hosts=self.accept_new_hosts
         )
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf: nan compares false with everything, so a
+    bound set to it is never (or always) reached, e.g. `--keepalive nan` dropped every host."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def host_options(command: F) -> F:

@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .hosts import HostSpec, parse_spec
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
+from .printable import printable
 from .scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
 
 T = TypeVar("T")
@@ -83,8 +85,11 @@ def _write(env: Environment, text: str) -> None:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned; the last column free."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """Columns padded to their widest cell; numbers right-aligned; the last column free.
+
+    Cells are mostly what hosts said (command lines, errors, banners): escaped, on one line.
+    """
+    cells = [[str(c) for c in header]] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
     numeric = [all(_is_number(row[i]) for row in cells[1:]) for i in range(len(header))]
     lines = []
@@ -109,7 +114,7 @@ def _report_down(env: Environment, answers: Sequence[Any]) -> int:
     """One stderr line per host that could not be asked; their number."""
     down = [a for a in answers if a.error is not None]
     for answer in down:
-        env.stderr.write(f"anet: {answer.host}: {answer.error}\n")
+        env.stderr.write(f"anet: {answer.host}: {printable(answer.error)}\n")
     return len(down)
 
 
@@ -282,7 +287,8 @@ def _count_down(answers: Sequence[Any]) -> int:
     help="Signal to send first (name or number).",
 )  # fmt: skip
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
+    "--grace", type=cli_common.FiniteFloat(min=0), default=5.0, show_default=True,
+    metavar="SECONDS",
     help="Time to die before survivors get KILL (after TERM, INT, HUP or QUIT only).",
 )  # fmt: skip
 @FORMAT
@@ -405,8 +411,8 @@ def _write_folded(env: Environment, answers: Sequence[HostOutput], *, folded: bo
     groups = fold(answers) if folded else [([a.host], a) for a in answers]
     for hosts, a in groups:
         count = f" ({len(hosts)} hosts)" if len(hosts) > 1 else ""
-        _write(env, f"== {', '.join(hosts)}{count}: {a.status} ==\n")
-        for data in (a.stdout, a.stderr):
+        _write(env, f"== {', '.join(hosts)}{count}: {printable(a.status)} ==\n")
+        for data in (a.stdout, a.stderr):  # raw: what the user asked to see, as ssh shows it
             if data:
                 env.stdout.write(data if data.endswith(b"\n") else data + b"\n")
     env.stdout.flush()
@@ -427,7 +433,7 @@ def hosts_group() -> None:
     help="Write the usable hosts to FILE, one a line: a hosts file for -H.",
 )  # fmt: skip
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.1), default=10.0, show_default=True,
     metavar="SECONDS", help="Give up connecting to a host after this long.",
 )  # fmt: skip
 @FORMAT
@@ -459,7 +465,7 @@ def _report_checks(
         _write(env, _table(CHECK_HEADER, [_check_row(a) for a in answers]))
     if write_ok is not None:
         by_label = {spec.label: spec for spec in specs}
-        lines = [_spec_text(by_label[a.host]) for a in answers if a.ok]
+        lines = [by_label[a.host].text for a in answers if a.ok]
         try:
             write_ok.write_text("".join(f"{line}\n" for line in lines))
         except OSError as exc:
@@ -489,10 +495,6 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _spec_text(spec: HostSpec) -> str:
-    return f"{spec.slots}/{spec.label}" if spec.slots else spec.label
-
-
 @hosts_group.command("scan")
 @click.argument("targets", nargs=-1, required=True)
 @click.option(
@@ -501,7 +503,7 @@ def _spec_text(spec: HostSpec) -> str:
 )  # fmt: skip
 @click.option("--user", "-l", help="Log in as USER on the hosts found (default: ssh config).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.05), default=SCAN_TIMEOUT, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.05), default=SCAN_TIMEOUT, show_default=True,
     metavar="SECONDS", help="Per address: time to connect and read the SSH banner.",
 )  # fmt: skip
 @click.option(

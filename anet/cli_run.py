@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE, Cluster, RunPolicy
 from .batch import BatchSource, Job, open_source, read_batch
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
@@ -257,7 +258,7 @@ Examples:
     help="Output on stdout. Default: anet when piped, text on a terminal.",
 )  # fmt: skip
 @click.option(
-    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=cli_common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
 @click.option(
@@ -297,6 +298,10 @@ Examples:
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
+@click.option(
+    "--progress", is_flag=True,
+    help="Status lines every 10 s on stderr even when it is not a terminal (a log file).",
+)  # fmt: skip
 @log_options
 @click.pass_obj
 def run_command(
@@ -319,6 +324,7 @@ def run_command(
     keep_order: bool,
     tag: bool,
     quiet: bool,
+    progress: bool,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts.
 
@@ -331,7 +337,7 @@ def run_command(
     args = RunArgs(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
-        observe=ObserveArgs(joblog, results, keep_order, tag, quiet),
+        observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps,
     )  # fmt: skip
     return run_async(program(args, env))

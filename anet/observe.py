@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,13 +31,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ObserveArgs:
-    """--joblog, --results, -k, --tag, --quiet as given."""
+    """--joblog, --results, -k, --tag, --quiet, --progress as given."""
 
     joblog: Path | None = None
     results: Path | None = None
     keep_order: bool = False
     tag: bool = False
     quiet: bool = False
+    progress: bool = False
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -107,23 +108,36 @@ class RunObservers:
         """Joblog and progress for the run's duration; keeps the last snapshot for the summary."""
         if self._joblog is not None:
             cluster.observe_attempts(self._joblog.write)
-        if self.args.quiet:
-            view = None
-        else:
-            live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
-            view = ProgressView(self._stderr, self._source(cluster), live=live)
-        counting = asyncio.get_running_loop().create_task(self._count())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        source = self._source(cluster)
+        view = self._view(source)
+        counting = loop.create_task(self._count())
         try:
             if view is None:
                 yield
             else:
                 async with view:
                     yield
-                    self.final = view.snapshot()
+            if not self.args.quiet:
+                self.final = source(loop.time() - start)
         finally:
             counting.cancel()
 
-    def _source(self, cluster: Cluster):  # noqa: ANN202 (a closure)
+    def _view(self, source: Callable[[float], Snapshot]) -> ProgressView | None:
+        """The live view on a terminal; status lines elsewhere only with --progress.
+
+        A status line every 10 s into a pipe that nobody reads would fill it in about 96
+        minutes; a log file that wants them asks for them.
+        """
+        if self.args.quiet:
+            return None
+        live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
+        if not live and not self.args.progress:
+            return None
+        return ProgressView(self._stderr, source, live=live)
+
+    def _source(self, cluster: Cluster) -> Callable[[float], Snapshot]:
         def source(elapsed: float) -> Snapshot:
             now = asyncio.get_running_loop().time()
             return take_snapshot(self.tally, cluster.hosts, elapsed, now)
