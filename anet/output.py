@@ -49,6 +49,9 @@ class ResultOutput:
         """Queue `data` (all of `job_id`'s result, when given) for this iteration's write."""
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush_pending)
+        self._enqueue(data, job_id)
+
+    def _enqueue(self, data: bytes, job_id: int | None) -> None:
         self._pending.append(data)
         self._queued += len(data)
         if job_id is not None:
