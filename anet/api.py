@@ -141,6 +141,7 @@ class Cluster:
         self._closing = asyncio.Event()
         self._stuck_reported = False
         self._done_sent = False
+        self._delivering = 0  # final results waiting for room in the queue
         self._journal: Journal | None = None
         self._journal_required = False
         self._wakeup: asyncio.TimerHandle | None = None
@@ -187,14 +188,14 @@ class Cluster:
     async def _shutdown(self) -> None:
         """Every dispatcher kills its jobs and says Bye; a silent one is cut off after a bound.
 
-        A host that is not ready has no job to stop: it is cut off at once, so a run that ends
-        early (an empty batch, a host that is slow to answer) does not wait for its handshake.
+        A host whose dispatcher has not started (still connecting, or backing off) has nothing
+        to stop: it is cut off at once, so a run that ends early does not wait for a handshake.
         """
         self._closing.set()
         for session in self._sessions.values():
             await session.shutdown()
         for label, task in self._host_tasks.items():
-            if self.hosts[label].state != "ready":
+            if not self._sessions[label].started:
                 task.cancel()
         pending = [task for task in self._host_tasks.values() if not task.done()]
         if pending:
@@ -485,7 +486,11 @@ class Cluster:
                 self._journal.record(result)
             except JournalError as exc:
                 self._journal_failed(exc)
-        await self._results.put(result, len(result.stdout) + len(result.stderr))
+        self._delivering += 1  # the run may not end while a result waits for room
+        try:
+            await self._results.put(result, len(result.stdout) + len(result.stderr))
+        finally:
+            self._delivering -= 1
         self._check_done()
 
     def _commit_before_yield(self) -> None:
@@ -577,7 +582,7 @@ class Cluster:
         """End the run once the scheduler says so; only a scheduling round may discover that
         the batch is exhausted, so both the round and each result check."""
         scheduler = self._scheduler
-        if scheduler is None or self._done_sent:
+        if scheduler is None or self._done_sent or self._delivering:
             return
         if scheduler.finished or (self._draining and scheduler.in_flight == 0):
             self._done_sent = True

@@ -121,6 +121,11 @@ class HostSession:
         self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
 
+    @property
+    def started(self) -> bool:
+        """A dispatcher process is running for this session (booting, syncing or serving)."""
+        return self._channel is not None
+
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
