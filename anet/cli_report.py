@@ -111,11 +111,12 @@ def completion_command(env: Environment, shell: str) -> int:
     """
     from click.shell_completion import get_completion_class
 
-    from .cli import cli  # the whole command tree, subcommands included
-
+    # The whole command tree is the root of this command's context: found there, not imported
+    # from anet.cli, which imports this module.
+    tree = click.get_current_context().find_root().command
     completion = get_completion_class(shell)
     assert completion is not None  # the Choice above lists only shells click knows
-    script = completion(cli, {}, "anet", "_ANET_COMPLETE").source()
+    script = completion(tree, {}, "anet", "_ANET_COMPLETE").source()
     env.stdout.write(script.encode())
     env.stdout.flush()
     return ExitStatus.OK

@@ -39,7 +39,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import __version__
+from ._version import __version__
 from .errors import UsageError
 from .record import JobResult
 
