@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
-from .batch import Job, open_batch, read_batch
+from .batch import Job, count_jobs
 from .joblog import Joblog
 from .journal import Journal
 from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
@@ -44,12 +44,6 @@ class ObserveArgs:
 def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
-
-
-def count_jobs(path: Path) -> int:
-    """Jobs in the batch: one streaming pass over the file (run in a thread for big ones)."""
-    with open_batch(path) as batch:
-        return sum(1 for _ in read_batch(batch))
 
 
 class RunObservers:

@@ -15,7 +15,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch import open_batch, read_batch
+from .batch import count_jobs
 from .errors import UsageError
 from .journal import APPLICATION_ID, JournalError, fingerprint_batch
 from .printable import printable
@@ -107,8 +107,7 @@ def _batch_total(meta: dict[str, str]) -> int | None:
     try:
         if fingerprint_batch(batch) != meta.get("fingerprint"):
             return None
-        with open_batch(batch) as stream:
-            return sum(1 for _ in read_batch(stream))
+        return count_jobs(batch)
     except (OSError, UsageError):
         return None
 
