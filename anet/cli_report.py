@@ -15,7 +15,7 @@ from .errors import UsageError
 from .progress import duration, job_time
 from .report import render_report
 from .stats import RunStats, load
-from .summary import _table
+from .tables import table
 
 
 def status_text(stats: RunStats) -> str:
@@ -43,7 +43,7 @@ def status_text(stats: RunStats) -> str:
         for h in stats.hosts
     ]
     if rows:
-        lines += ["  " + line for line in _table(header, rows)]
+        lines += ["  " + line for line in table(header, rows)]
     lost = [e for e in stats.events if e[2] in ("lost", "failed")]
     if lost:
         lines.append(f"hosts lost or given up: {len(lost)} time(s); see `anet report`")

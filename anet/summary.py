@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .printable import printable
-from .progress import Snapshot, align_columns, duration, host_state, job_time
+from .progress import Snapshot, duration, host_state, job_time
 from .record import JobResult
+from .tables import table
 
 FAILED_SHOWN = 20
 """Failed jobs listed by id in the summary; the journal (`anet status`) has them all."""
@@ -46,11 +47,6 @@ class FailedJobs:
             self.first.append((result.id, last_error_line(result)))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """The first `left` columns left-aligned (names), the others right-aligned (numbers)."""
-    return align_columns(header, rows, left)[0]
-
-
 def render_summary(
     snap: Snapshot, failed: FailedJobs, places: Sequence[tuple[str, Path | str]] = ()
 ) -> str:
@@ -75,7 +71,7 @@ def render_summary(
         ]
         for row in snap.hosts
     ]
-    lines += ["  " + line for line in _table(header, rows, left=2)]
+    lines += ["  " + line for line in table(header, rows, left=2)]
     if failed.count:
         more = failed.count - len(failed.first)
         lines.append(f"failed jobs ({failed.count}):")
