@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .printable import printable
+from .printable import failure_line
 from .progress import Snapshot, duration, host_state, job_time
 from .record import JobResult
 from .tables import table
@@ -23,11 +23,9 @@ FAILED_SHOWN = 20
 def last_error_line(result: JobResult) -> str:
     """Why a job failed, in one line: anet's own explanation, else its last stderr line (both
     may hold what a host said: escaped)."""
-    if result.error:
-        return printable(" ".join(result.error.split()))
-    for line in reversed(result.stderr.splitlines()):
-        if line.strip():
-            return printable(line.decode("utf-8", "replace").strip()[:200])
+    said = failure_line(result.error, result.stderr)
+    if said is not None:
+        return said
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exit {result.exit_code}"
