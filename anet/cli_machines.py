@@ -504,8 +504,7 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
     "--write-ok", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
     help="Write the usable hosts found to FILE, one a line: a hosts file for -H.",
 )  # fmt: skip
-@click.option("--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="ssh client config replacing ~/.ssh/config.")  # fmt: skip
+@cli_common.ssh_config_option
 @click.option("--accept-new-hosts", is_flag=True, help="Record the keys of new hosts found.")
 @FORMAT
 @log_options

@@ -18,6 +18,7 @@ from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_opt
 from .errors import HostError
 from .manifest import Tree, start_scan
 from .printable import printable
+from .progress import is_terminal
 from .session import HostSession
 from .sync import SyncReport
 from .tables import align_columns, size_text
@@ -97,7 +98,7 @@ class _Meter:
         self._stream = stream
         self.sent = 0
         self._shown = False
-        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+        self.enabled = is_terminal(stream)
 
     def add(self, _host: str, n: int) -> None:
         self.sent += n

@@ -314,6 +314,12 @@ def _logs_through(stream: _ConsoleStream) -> Iterator[None]:
                 handler.setStream(old)
 
 
+def is_terminal(stream: object) -> bool:
+    """Whether a live view may draw on `stream`: a terminal (a test's StringIO or a pipe is not)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 class ProgressView:
     """Redraw on a timer from `source()`: a live view on a terminal, else status lines.
 
