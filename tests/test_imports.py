@@ -7,14 +7,14 @@ module found on disk is checked, so a new one is covered the day it is added.
 Edges are read with `ast`, nothing is imported: `import a.b`, `from . import x` (x a module, or
 a name of the package's `__init__`), `from .m import y`, at any depth, inside functions too.
 Only imports under `if TYPE_CHECKING:` are left out: they never run, so they cannot leave a
-module half-initialised (today they name `anet.api`'s Cluster and HostState in observe and
-progress, and `anet.hosts`'s HostSpec in identity, which hosts imports late).
+module half-initialised; they name a type another floor hands over (the `Cluster` that
+observe.py is given, the `HostSpec` that identity.py is given by hosts.py, which imports it late).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,17 +51,19 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imports(tree: ast.AST, in_function: bool = False) -> Iterator[tuple[ast.stmt, bool]]:
-    """Every import statement that can run, and whether it sits in a function."""
-    for node in ast.iter_child_nodes(tree):
+def _imports(
+    nodes: Iterable[ast.AST], in_function: bool = False
+) -> Iterator[tuple[ast.stmt, bool]]:
+    """Every import statement among `nodes` and below that can run, and whether it sits in a
+    function (and so runs late)."""
+    for node in nodes:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for other in node.orelse:
-                yield from _imports(other, in_function)
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from _imports(node.orelse, in_function)  # the else branch does run
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node, in_function
-        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        yield from _imports(node, inner)
+        else:
+            late = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            yield from _imports(ast.iter_child_nodes(node), late)
 
 
 def _known(name: str, modules: dict[str, Path]) -> str | None:
@@ -76,7 +78,7 @@ def edges(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Edge]:
     found = []
     for module, path in modules.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node, late in _imports(ast.parse(path.read_text(), str(path))):
+        for node, late in _imports([ast.parse(path.read_text(), str(path))]):
             if isinstance(node, ast.Import):
                 targets = [_known(alias.name, modules) for alias in node.names]
             else:
@@ -172,6 +174,8 @@ def test_the_walk_sees_every_kind_of_import(tmp_path: Path) -> None:
         "pkg/sub/e.py": "from .. import d\n",  # absolute one way, two levels up the other
         "pkg/f.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .g import G\n",
         "pkg/g.py": "from .f import F\n",  # closed only by a type-only import: no circle
+        "pkg/h.py": "if TYPE_CHECKING:\n    pass\nelse:\n    from .i import I\n",
+        "pkg/i.py": "from .h import H\n",  # the else of `if TYPE_CHECKING` runs
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,7 @@ def test_the_walk_sees_every_kind_of_import(tmp_path: Path) -> None:
         "pkg -> pkg.a (pkg/__init__.py:1) -> pkg (pkg/a.py:1)",
         "pkg.b -> pkg.c (pkg/b.py:1) -> pkg.b (pkg/c.py:2 in a function)",
         "pkg.d -> pkg.sub.e (pkg/d.py:1) -> pkg.d (pkg/sub/e.py:1)",
+        "pkg.h -> pkg.i (pkg/h.py:4) -> pkg.h (pkg/i.py:1)",
     ]
 
 
