@@ -87,6 +87,13 @@ def read_batch(stream: BinaryIO) -> Iterator[Job]:
     return parse_lines(iter(stream.readline, b""))
 
 
+def count_jobs(path: str | os.PathLike[str]) -> int:
+    """Jobs in a batch file: one streaming pass (in a thread for a big one). The one place the
+    batch is counted: a --halt percentage, the progress bar's total, `anet status`."""
+    with open_batch(path) as stream:
+        return sum(1 for _ in read_batch(stream))
+
+
 MAX_COMMAND = 128 * 1024
 """Linux's limit on one exec argument (MAX_ARG_STRLEN): `sh -c` cannot take a longer command."""
 

@@ -13,7 +13,7 @@ import click
 
 from . import cli_common
 from .api import KEEPALIVE, Cluster, RunPolicy
-from .batch import BatchSource, Job, open_source, read_batch
+from .batch import BatchSource, Job, count_jobs, open_source, read_batch
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .halt import Halt, HaltPolicy
@@ -28,7 +28,7 @@ from .journal import (
 )
 from .logs import get_logger
 from .manifest import start_scan
-from .observe import ObserveArgs, RunObservers, count_jobs
+from .observe import ObserveArgs, RunObservers
 from .output import ResultOutput, open_output
 from .record import JobResult
 from .sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for

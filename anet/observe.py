@@ -16,11 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
-from .batch import Job, open_batch, read_batch
+from .batch import Job, count_jobs
 from .joblog import Joblog
 from .journal import Journal
 from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
-from .progress import ProgressView, Snapshot, Tally, take_snapshot
+from .progress import ProgressView, Snapshot, Tally, is_terminal, take_snapshot
 from .record import JobResult
 from .resultsdir import ResultsDir
 from .summary import FailedJobs, render_summary
@@ -39,17 +39,6 @@ class ObserveArgs:
     tag: bool = False
     quiet: bool = False
     progress: bool = False
-
-
-def _isatty(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def count_jobs(path: Path) -> int:
-    """Jobs in the batch: one streaming pass over the file (run in a thread for big ones)."""
-    with open_batch(path) as batch:
-        return sum(1 for _ in read_batch(batch))
 
 
 class RunObservers:
@@ -132,7 +121,7 @@ class RunObservers:
         """
         if self.args.quiet:
             return None
-        live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
+        live = is_terminal(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
         if not live and not self.args.progress:
             return None
         return ProgressView(self._stderr, source, live=live)
