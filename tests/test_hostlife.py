@@ -7,6 +7,7 @@ whenever every task waits (tests/fakeclock.py), so the times asserted are exact.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 from fakeclock import fake_clock
@@ -106,7 +107,7 @@ def test_refused_connections_are_retried_with_growing_jittered_delays_until_one_
     with fake_clock() as run:
         run(live(host, session, transport, until=1000.0))
     expected = Backoff(rng=random.Random(7))
-    gaps = [b - a - transport.handshake for a, b in zip(transport.tries, transport.tries[1:])]
+    gaps = [b - a - transport.handshake for a, b in itertools.pairwise(transport.tries)]
     assert len(transport.tries) == 11 and len(session.runs) == 1
     assert [round(g, 9) for g in gaps] == [round(expected.next_delay(), 9) for _ in range(10)]
     assert host.state == HostPhase.CLOSED and host.failures == 10 and host.ever_ready
@@ -122,9 +123,8 @@ def test_a_dead_dispatcher_restarts_over_the_same_connection_a_lost_one_reconnec
     assert len(session.runs) == 3
     kinds = [what for _, what in events.log]
     assert kinds.count("ready") == 3 and kinds.count("gone") == 3
-    assert ["event ready", "event lost", "event back", "event lost", "event back"] == [
-        k for k in kinds if k.startswith("event")
-    ]
+    timeline = [k for k in kinds if k.startswith("event")]
+    assert timeline == ["event ready", "event lost", "event back", "event lost", "event back"]
 
 
 def test_a_permanent_error_gives_the_host_up_and_it_is_never_tried_again():
