@@ -30,17 +30,19 @@ from .connect import Connector, SshOptions
 from .drive import Drive
 from .engine import RunPolicy
 from .errors import AnetError, HostError
+from .halt import Halt
 from .hostlife import HostPhase, HostState, host_life, stuck
 from .hosts import HostSpec, parse_spec
 from .journal import Journal
 from .logs import get_logger
 from .manifest import Tree
 from .record import JobResult
+from .runs import RunOptions, RunPlan, marked
 from .session import HostSession, SessionConfig
 from .sync import Progress, Syncer, SyncReport
 from .transport import LocalTransport, SshTransport
 
-__all__ = ["KEEPALIVE", "Cluster", "HostState", "RunPolicy"]
+__all__ = ["KEEPALIVE", "Cluster", "HostState", "RunOptions", "RunPlan", "RunPolicy"]
 
 log = get_logger()
 
@@ -89,6 +91,18 @@ class Cluster:
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        return self
+
+    def connect(self) -> None:
+        """Start every host's life (connect, boot, sync) now, if not started yet.
+
+        A run and the one-shot commands call it when they first need a host, so a run with
+        nothing left to do connects to no host at all.
+        """
+        if self._tasks is None:
+            raise RuntimeError("use `async with Cluster(...) as cluster` first")
+        if self._sessions:
+            return
         for state in self.hosts.values():
             session = self._new_session(state.spec)
             self._sessions[state.spec.label] = session
@@ -98,7 +112,11 @@ class Cluster:
             prepare = self._sync_deps if self._syncer is not None else None
             life = host_life(state, session, transport, self, self._closing, prepare)
             self._host_tasks[state.spec.label] = self._tasks.create_task(life)
-        return self
+
+    @property
+    def connected(self) -> bool:
+        """The hosts' lives have started (see `connect`)."""
+        return bool(self._sessions)
 
     async def __aexit__(
         self,
@@ -198,6 +216,7 @@ class Cluster:
         """
         state = self.hosts.get(label) or self.hosts[parse_spec(label).label]  # ":" is "local"
         label = state.spec.label
+        self.connect()
         settled = (HostPhase.READY, HostPhase.FAILED, HostPhase.BACKING_OFF)
         if state.state not in settled:
             waiter = asyncio.get_running_loop().create_future()
@@ -250,7 +269,8 @@ class Cluster:
         self._attempt_log.observers.append(observer)
 
     def drain(self) -> None:
-        """Start no more attempts; the run ends once those running have ended (--halt soon)."""
+        """Start no more attempts; the run ends once those running have ended (like a
+        `HaltPolicy` of `soon`, at the caller's word)."""
         if self._drive is not None:
             self._drive.drain()
 
@@ -258,7 +278,8 @@ class Cluster:
 
     async def run(
         self,
-        commands: Iterable[str | bytes] | Iterator[Job],
+        commands: Iterable[str | bytes] | Iterable[Job] | RunPlan,
+        options: RunOptions | None = None,
         *,
         journal: Journal | None = None,
         journal_required: bool = False,
@@ -266,32 +287,55 @@ class Cluster:
         """Run every command once; yield each job's final result as it finishes.
 
         `commands` is an iterable of shell commands (job id = position) or of `Job`s (e.g. from
-        `anet.batch.read_batch`), consumed lazily. Raises NoHostError when no host can run them.
-        With a `journal`, every final result is committed there before it is yielded, so a kill
-        -9 loses no result the consumer has not seen; the consumer marks what it delivered
-        (`Journal.mark_delivered`). If the journal cannot be written, the run goes on without
-        it (one warning), or with `journal_required` raises its JournalError.
+        `anet.batch.read_batch`), consumed lazily, or a `RunPlan` made from them. `options`
+        (runs.py) adds what `anet run` does: resume and only-new from a journal, halt, keep
+        order. Raises NoHostError when no host can run them.
+
+        With a journal, every final result is committed there before it is yielded, so a kill
+        -9 loses no result the consumer has not seen. If the journal cannot be written, the run
+        goes on without it (one warning), or with `journal_required` raises its JournalError.
+        (`journal=` and `journal_required=` are short for the same in `options`.)
         """
         if self._tasks is None:
             raise RuntimeError("use `async with Cluster(...) as cluster` before run()")
         if self._drive is not None:
             raise RuntimeError("one run at a time per cluster")
-        iterator = iter(commands)
-        first = next(iterator, None)
-        if first is None:
-            return  # an empty batch is done before any host is needed
-        chained = itertools.chain([first], iterator)
-        jobs = chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type]
-        self._attempt_log.journal = journal
+        if isinstance(commands, RunPlan):
+            plan = commands
+        else:
+            options = options or RunOptions(journal=journal, journal_required=journal_required)
+            plan = RunPlan(_as_jobs(commands), options)
+        try:
+            async for result in marked(self._run_plan(plan), plan):
+                yield result
+        finally:
+            plan.close()
+
+    async def _run_plan(self, plan: RunPlan) -> AsyncIterator[JobResult]:
+        if not plan.options.keep_order:
+            for result in plan.earlier():  # the earlier run's results come first
+                yield result
+        first = next(plan.jobs, None)
+        if first is not None:  # else nothing to run: no host is even connected
+            async for result in self._drive_jobs(plan, itertools.chain((first,), plan.jobs)):
+                yield result
+        for result in plan.rest():  # keep-order: what waited for a job that never ended
+            yield result
+
+    async def _drive_jobs(self, plan: RunPlan, jobs: Iterator[Job]) -> AsyncIterator[JobResult]:
+        assert self._tasks is not None
+        options = plan.options
+        self.connect()
+        self._attempt_log.journal = options.journal
         drive = self._drive = Drive(
-            jobs,  # type: ignore[arg-type]
+            jobs,
             self._policy,
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
             self._send,
             self._tasks,
             self._attempt_log,
-            journal,
-            journal_required=journal_required,
+            options.journal,
+            journal_required=options.journal_required,
         )
         try:
             for label, state in self.hosts.items():
@@ -300,7 +344,23 @@ class Cluster:
                     self.host_event(label, "ready", str(state.slots))
             await self._check_stuck()
             async for result in drive.results():
-                yield result
+                for ready in plan.ordered(result):
+                    yield ready
+                halt = plan.halt()
+                if halt is Halt.NOW:
+                    drive.abort()
+                elif halt is Halt.SOON:
+                    drive.drain()
         finally:
             self._attempt_log.journal = None
             self._drive = None
+
+
+def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:
+    """Jobs as given, or commands numbered by position; consumed lazily."""
+    iterator = iter(commands)
+    first = next(iterator, None)
+    if first is None:
+        return iter(())
+    chained = itertools.chain([first], iterator)
+    return chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type,return-value]

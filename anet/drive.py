@@ -102,6 +102,11 @@ class Drive:
         self.engine.drain()
         self.round_soon()
 
+    def abort(self) -> None:
+        """Kill every attempt in flight; the run ends once they have ended (--halt now)."""
+        self.engine.abort()
+        self.round_soon()
+
     # -- the consumer's side --------------------------------------------------------------------
 
     async def results(self) -> AsyncIterator[JobResult]:

@@ -23,7 +23,7 @@ from .batch import Job, unrunnable
 from .errors import HostError
 from .logs import get_logger
 from .record import JobResult
-from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
+from .scheduler import Attempt, Ended, Scheduler, Verdict
 
 log = get_logger()
 
@@ -178,6 +178,12 @@ class Engine:
         """Start no more attempts; the run ends once those running have ended (--halt soon)."""
         self._draining = True
 
+    def abort(self) -> None:
+        """Kill every attempt in flight and start none: the run ends once their Exits (or their
+        hosts' losses) came, with no result for their jobs (--halt now)."""
+        self._draining = True
+        self._scheduler.abort()
+
     # -- decisions ------------------------------------------------------------------------------
 
     def round(self, now: float) -> None:
@@ -187,8 +193,8 @@ class Engine:
         actions = self._actions
         for kill in self._scheduler.due_kills(now):
             flight = self._flights.get(kill.attempt.aid)
-            if kill.reason is KillReason.SUPERSEDED:
-                if flight is not None:  # lost the race: its output is moot
+            if kill.reason.moot:
+                if flight is not None:  # lost the race, or the run stops: its output is moot
                     flight.dropped = True
                     flight.stdout.clear()
                     flight.stderr.clear()

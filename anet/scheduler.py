@@ -52,10 +52,17 @@ class Verdict(Enum):
 
 class KillReason(Enum):
     """TIMEOUT: its Exit counts as a failure (RETRY, or FINAL with `error`). SUPERSEDED: another
-    attempt of its job ended first; its Exit is STALE."""
+    attempt of its job ended first; its Exit is STALE. HALTED: the run stops (`abort`); its Exit
+    is STALE too, the job gets no result."""
 
     TIMEOUT = "timeout"
     SUPERSEDED = "superseded"
+    HALTED = "halted"
+
+    @property
+    def moot(self) -> bool:
+        """The attempt's outcome no longer matters: its Exit (or loss) is STALE."""
+        return self is not KillReason.TIMEOUT
 
 
 @dataclass(slots=True)
@@ -213,7 +220,7 @@ class Scheduler:
         for run in lost:
             self._starts.pop(run.attempt.aid, None)
             state = self._jobs.get(run.job_id)
-            if state is None or run.doom is KillReason.SUPERSEDED:
+            if state is None or (run.doom is not None and run.doom.moot):
                 continue
             state.aids.discard(run.attempt.aid)
             if run.doom is KillReason.TIMEOUT:
@@ -264,7 +271,7 @@ class Scheduler:
         if host is not None:
             host.attempts.discard(aid)
         state = self._jobs.get(run.job_id)
-        if state is None or run.doom is KillReason.SUPERSEDED:
+        if state is None or (run.doom is not None and run.doom.moot):
             return Ended(Verdict.STALE, run.attempt)
         state.aids.discard(aid)
         if not ok:  # a timed-out attempt that still exited 0 ended just before its kill: a success
@@ -360,6 +367,17 @@ class Scheduler:
             return [], None
         limit = partial(self._timeout.limit, self.runtimes)
         return speculation.due(self._started(), limit, self.runtimes, now)
+
+    def abort(self) -> None:
+        """Stop the run: start nothing more, kill every attempt in flight; their Exits are
+        STALE and their jobs get no result (--halt now)."""
+        self._source_done = True
+        self._queue.clear()
+        for run in self._runs.values():
+            if run.doom is None:
+                self._kills.append(Kill(run.attempt, KillReason.HALTED))
+            run.doom = KillReason.HALTED
+        self._starts.clear()
 
     def take_abandoned(self) -> list[Abandoned]:
         """Jobs given up with no result to emit (see `host_lost`): report each as a failed

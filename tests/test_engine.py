@@ -353,3 +353,20 @@ def test_any_interleaving_of_loss_failure_timeout_and_speculation_ends_each_job_
     counts = Counter(r.id for r in hosts.results)
     assert sorted(counts) == list(range(n)), "a job without a final result"
     assert max(counts.values()) == 1, f"a job with two final results: {counts}"
+
+
+def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
+    engine, hosts = engine_for(10, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.start("h1", 0)
+    hosts.finish("h1", 0)
+    sent = list(hosts.runs["h1"])
+    engine.abort()
+    hosts.round()
+    assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in sent)
+    assert not engine.finished
+    for run in sent:
+        hosts.say("h1", Exit(run.aid, None, 15, 0.1, 0.0, 0))
+    assert engine.finished and [r.id for r in hosts.results] == [0]
+    hosts.advance(60.0)  # nothing more is ever sent
+    assert all(r.aid in {run.aid for run in sent} for r in hosts.runs["h1"])
