@@ -28,18 +28,20 @@ The knobs (:class:`Behaviour`; every default is honest):
   as a stub on a broken host does (escape codes welcome).
 - ``after_hello``: raw frame bodies (``[code, *fields]``) sent right after Hello.
 - ``forge``: after each Run it gets, forge ``Output(forge_output)`` + ``Exit(code 0)`` for
-  every attempt id within ``forge_window`` of it that it was not given: the sequential ids
+  every attempt id up to ``forge_window`` below it that it was not given: the sequential ids
   the other hosts got. Its own jobs still run honestly.
 - ``started`` / ``output`` / ``exit``: fields to replace in every Started / Output / Exit
   frame about its own jobs: ``{"slot": 99}``, ``{"stream": 7}``, ``{"code": 2**40}``,
   ``{"duration": float("nan")}``.
-- ``exit_twice``, ``output_after_exit``: repeat the Exit; send one more Output after it.
+- ``started_twice``, ``exit_twice``, ``output_after_exit``: repeat the Started; repeat the
+  Exit; send one more Output after the Exit.
 - ``replies``: request class name (``"FindProcs"``, ``"SignalProcs"``, ``"ProbeHost"``,
   ``"SyncOffer"``, ...) -> what to answer instead of the real reply: a list ``[code, *fields]``
   sent as the frame ``[code, rid, *fields]``, or ``bytes`` written raw onto the stream.
 
-What it did is in :meth:`Hostile.events` ("hello ...", "forged 17", "replied FindProcs"), so a
-test can check that the misbehaviour really happened and cannot pass vacuously.
+What it did is in :meth:`Hostile.events` ("hello {...}", "forged 17", "lied Exit {...}",
+"replied FindProcs"), so a test can check that the misbehaviour really happened and cannot pass
+vacuously.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Behaviour:
     started: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
     exit: dict[str, Any] = field(default_factory=dict)
+    started_twice: bool = False
     exit_twice: bool = False
     output_after_exit: bool = False
     replies: dict[str, list[Any] | bytes] = field(default_factory=dict)
@@ -193,9 +196,14 @@ class HostileDispatcher(Dispatcher):
                 self.send_raw(each)
             return
         knobs = {Started: self.b.started, Output: self.b.output, Exit: self.b.exit}
-        values.update(knobs.get(type(msg), {}))
+        if lies := knobs.get(type(msg)):
+            values.update(lies)
+            self.note(f"lied {type(msg).__name__} {values!r}"[:200])
         body = [msg.CODE, *values.values()]
         self.send_raw(body)
+        if isinstance(msg, Started) and self.b.started_twice:
+            self.note(f"started twice {msg.aid}")
+            self.send_raw(body)
         if isinstance(msg, Exit) and self.b.exit_twice:
             self.note(f"exit twice {msg.aid}")
             self.send_raw(body)
@@ -228,8 +236,11 @@ class HostileDispatcher(Dispatcher):
                 self.forge_near(msg.aid)
 
     def forge_near(self, aid: int) -> None:
-        """Results for the attempt ids around `aid` that the other hosts must have got."""
-        for other in range(max(0, aid - self.b.forge_window), aid + self.b.forge_window):
+        """Results for the attempt ids just below `aid` that this host was not given: other
+        hosts got them, as the master sends each host its Runs in the order of their ids.
+        (Ids above it may be on their way here: results for them would be lies about its
+        own jobs, which no master can tell from the truth.)"""
+        for other in range(max(0, aid - self.b.forge_window), aid):
             if other not in self.given:
                 self.note(f"forged {other}")
                 self.send_raw([Output.CODE, other, STDOUT, self.b.forge_output])
