@@ -212,8 +212,7 @@ class Machines(Cluster):
             assert hello is not None
             with session.request() as req:
                 session.send(ProbeHost(req.rid, hello.workdir))
-                reply = await req.get(REPLY_TIMEOUT)
-            assert isinstance(reply, HostProbe)
+                reply = await req.reply(HostProbe, REPLY_TIMEOUT)
             return HostCheck(
                 session.label,
                 key=None if session.spec.local else self._connector.host_key(session.label),
@@ -276,8 +275,7 @@ def _master() -> tuple[str, int]:
 async def _find(session: HostSession, pattern: str) -> tuple[list[Process], str | None]:
     with session.request() as req:
         session.send(FindProcs(req.rid, pattern, *_master()))
-        reply = await req.get(REPLY_TIMEOUT)
-    assert isinstance(reply, ProcsFound)
+        reply = await req.reply(ProcsFound, REPLY_TIMEOUT)
     if reply.error:
         return [], reply.error
     return [Process(**dict(zip(ROW_FIELDS, row, strict=True))) for row in reply.procs], None
@@ -288,8 +286,7 @@ async def _signal(session: HostSession, procs: list[Process], sig: int) -> dict[
     targets = [[p.pid, p.start, p.group > 0] for p in procs]
     with session.request() as req:
         session.send(SignalProcs(req.rid, targets, sig, *_master()))
-        reply = await req.get(REPLY_TIMEOUT)
-    assert isinstance(reply, Signalled)
+        reply = await req.reply(Signalled, REPLY_TIMEOUT)
     return {pid: outcome for pid, outcome in reply.outcomes}
 
 

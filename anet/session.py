@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncssh
 
@@ -54,8 +55,16 @@ from .transport import Channel, Reader, Transport
 
 log = get_logger()
 
+M = TypeVar("M", bound=Message)
+
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
+MAX_LINE = 1000
+"""Bytes of one line from the host (a boot error, the stderr that explains a failure) that
+anet keeps and shows: a host cannot fill the master's memory or the user's terminal with one."""
+MAX_AUTO_SLOTS = 1024
+"""Slots a host gets from its own core count, at most: a host cannot draw a whole batch to
+itself by claiming 10,000 cores. The user's `N/host` or `-j N` is believed as it is."""
 BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
 EXIT_WAIT = 3.0
@@ -95,6 +104,15 @@ class Request:
         if isinstance(item, HostError):
             raise item
         return item
+
+    async def reply(self, kind: type[M], timeout: float) -> M:
+        """The next reply, which must be a `kind`: any other message is the host's protocol
+        error (HostError), as a reply that does not decode is."""
+        msg = await self.get(timeout)
+        if not isinstance(msg, kind):
+            reason = f"protocol error: {type(msg).__name__} in reply, not {kind.__name__}"
+            raise HostError(self._label, reason, permanent=True)
+        return msg
 
     def has_reply(self) -> bool:
         """True when a reply (or the host's failure) is waiting: an early error to act on."""
@@ -281,11 +299,15 @@ class HostSession:
             kind, end = found
             if kind == BOOT_FRAMES:
                 return bytes(seen[end:])
-            if kind == BOOT_ERROR:  # one line of reason follows; wait for all of it
-                while seen.find(b"\n", end) < 0 and (data := await self._read(channel)):
+            if kind == BOOT_ERROR:  # one line of reason follows; wait for it, within bounds
+                while (
+                    seen.find(b"\n", end) < 0
+                    and len(seen) - end < MAX_LINE
+                    and (data := await self._read(channel))
+                ):
                     seen += data
                 line = bytes(seen[end:]).split(b"\n", 1)[0]
-                raise HostError(self.label, line.decode(errors="replace"), permanent=True)
+                raise HostError(self.label, _clip(line), permanent=True)
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
                 log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
@@ -306,7 +328,13 @@ class HostSession:
                 self.label, f"dispatcher speaks protocol {first.version}, anet {PROTOCOL_VERSION}"
             )
         self.hello = first
-        self.slots = self.spec.slots or first.cores
+        self.slots = self.spec.slots or min(first.cores, MAX_AUTO_SLOTS)
+        if self.slots < first.cores and not self.spec.slots:
+            log.warning(
+                f"{self.label}: reports {first.cores} cores; using {MAX_AUTO_SLOTS} "
+                f"(say {first.cores}/{self.label} to use them all)",
+                host=self.label,
+            )
         config = self._config
         self.send(Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after))
 
@@ -365,9 +393,7 @@ class HostSession:
         a new connection would only give it more work and another chance to lie. Its running
         attempts go back to the queue like any lost host's; nothing it said is a result.
         """
-        return HostError(
-            self.label, f"protocol error: {what}; it gets no more jobs", permanent=True
-        )
+        return HostError(self.label, f"protocol error: {what}", permanent=True)
 
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
@@ -428,12 +454,10 @@ class HostSession:
             if not data:
                 break
             lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            self._stderr_tail.extend(
-                line.decode(errors="replace") for line in lines if line.strip()
-            )
+            pending = lines.pop()[: MAX_LINE + 1]  # an endless line must not fill the memory
+            self._stderr_tail.extend(_clip(line) for line in lines if line.strip())
         if pending.strip():
-            self._stderr_tail.append(pending.decode(errors="replace"))
+            self._stderr_tail.append(_clip(pending))
 
     async def _died(self, what: str) -> HostError:
         """Explain an EOF with the exit status and what the remote side said on stderr."""
@@ -451,3 +475,9 @@ class HostSession:
             return HostError(self.label, reason, permanent=True)
         detail = f": {said}" if said else (f" (exit status {status})" if status is not None else "")
         return HostError(self.label, f"{what}{detail}")
+
+
+def _clip(line: bytes) -> str:
+    """A line from the host as text of at most MAX_LINE bytes' worth, marked when cut."""
+    text = line[:MAX_LINE].decode(errors="replace")
+    return text if len(line) <= MAX_LINE else f"{text}..."

@@ -89,6 +89,11 @@ async def transfer(
             last = number == len(chunks)
             await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
         want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
+        if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
+            reason = (
+                f"protocol error: SyncWant of {len(want.want)} bytes for {len(entries)} entries"
+            )
+            raise HostError(session.label, reason, permanent=True)
         wanted = [
             i
             for i in range(len(entries))

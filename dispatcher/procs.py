@@ -30,7 +30,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from .protocol import Message, message
+from .protocol import (
+    MAX_NAME,
+    MAX_PID,
+    MAX_TEXT,
+    Message,
+    bounded,
+    integer,
+    message,
+    number,
+)
 
 STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
 """How every anet dispatcher's command line starts after `python3 -c` (anet.bootstrap's stub)."""
@@ -40,6 +49,7 @@ SIGNALLED = "signalled"
 ALIVE = "alive"
 DENIED = "permission denied"
 PROTECTED = "protected"
+OUTCOMES = (GONE, SIGNALLED, ALIVE, DENIED, PROTECTED)
 
 
 # -- messages (codes 20-39) ------------------------------------------------------------------
@@ -61,6 +71,48 @@ class FindProcs(Message):
     master_pid: int
 
 
+ROW_FIELDS = (
+    "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
+)  # fmt: skip
+"""A ProcsFound row: `start` is in clock ticks since boot (the identity beside the pid),
+`group` the number of processes in the group the process leads (0: it leads none, or its group
+holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them."""
+
+
+def _is_row(row: Any) -> bool:
+    """A ProcsFound row whose every item has the type and range `ROW_FIELDS` says."""
+    if not isinstance(row, list) or len(row) != len(ROW_FIELDS):
+        return False
+    pid, start, pgid, group, user, elapsed, cpu, mem, rss_kb, command = row
+    return (
+        integer(pid, 1, MAX_PID)
+        and all(integer(v, 0) for v in (start, pgid, group, rss_kb))
+        and all(number(v, 0) for v in (elapsed, cpu, mem))
+        and isinstance(user, str)
+        and len(user) <= MAX_NAME
+        and isinstance(command, str)
+    )
+
+
+def _are_rows(rows: List[Any]) -> bool:
+    return all(map(_is_row, rows))
+
+
+def _are_outcomes(pairs: List[Any]) -> bool:
+    return all(map(_is_outcome, pairs))
+
+
+def _is_outcome(pair: Any) -> bool:
+    """A Signalled pair: [pid, one of OUTCOMES]."""
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and integer(pair[0], 0)
+        and isinstance(pair[1], str)
+        and pair[1] in OUTCOMES
+    )
+
+
 @message
 @dataclass(frozen=True)
 class ProcsFound(Message):
@@ -68,16 +120,8 @@ class ProcsFound(Message):
 
     CODE = 21
     rid: int
-    procs: list
-    error: str
-
-
-ROW_FIELDS = (
-    "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
-)  # fmt: skip
-"""A ProcsFound row: `start` is in clock ticks since boot (the identity beside the pid),
-`group` the number of processes in the group the process leads (0: it leads none, or its group
-holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them."""
+    procs: list = bounded(check=_are_rows)
+    error: str = bounded(length=MAX_TEXT)
 
 
 @message
@@ -104,7 +148,7 @@ class Signalled(Message):
 
     CODE = 23
     rid: int
-    outcomes: list
+    outcomes: list = bounded(check=_are_outcomes)
 
 
 @message
@@ -124,9 +168,9 @@ class HostProbe(Message):
 
     CODE = 25
     rid: int
-    mem_free_kb: int
-    disk_free_kb: int
-    load: float
+    mem_free_kb: int = bounded(-1)
+    disk_free_kb: int = bounded(-1)
+    load: float = bounded(0)
 
 
 # -- /proc ------------------------------------------------------------------------------------

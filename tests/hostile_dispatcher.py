@@ -24,6 +24,8 @@ The knobs (:class:`Behaviour`; every default is honest):
 
 - ``hello``: Hello fields to replace: ``{"cores": 10**7}``, ``{"hostname": "\\x1b]0;x\\x07"}``,
   ``{"pid": -1, "python": "9" * 10**5}``.
+- ``boot_stderr``: write these bytes on stderr and exit 1 before the boot mark, as a python3
+  that dies at start does.
 - ``boot_error``: answer the stub with ``BOOT_MARK + b"E" + boot_error + b"\\n"`` and exit,
   as a stub on a broken host does (escape codes welcome).
 - ``after_hello``: raw frame bodies (``[code, *fields]``) sent right after Hello.
@@ -84,6 +86,7 @@ class Behaviour:
     """What the hostile host does; see the module docstring for each knob."""
 
     hello: dict[str, Any] = field(default_factory=dict)
+    boot_stderr: bytes | None = None
     boot_error: bytes | None = None
     after_hello: list[list[Any]] = field(default_factory=list)
     forge: bool = False
@@ -179,9 +182,14 @@ class HostileDispatcher(Dispatcher):
             f.write(event + "\n")
 
     def serve(self) -> None:
+        if self.b.boot_stderr is not None:
+            self.note("boot stderr")
+            os.write(2, self.b.boot_stderr)
+            os._exit(1)
         if self.b.boot_error is not None:
             self.note("boot error")
-            os.write(self.proto_out, BOOT_MARK + BOOT_ERROR + self.b.boot_error + b"\n")
+            self.outbuf += BOOT_MARK + BOOT_ERROR + self.b.boot_error + b"\n"
+            self.flush_blocking()
             return
         super().serve()
 
