@@ -68,7 +68,8 @@ def _expect(session: HostSession, msg: Message, kind: type[M]) -> M:
         return msg
     if isinstance(msg, SyncDone) and msg.error:
         raise HostError(session.label, f"deps sync failed: {msg.error}", permanent=True)
-    raise HostError(session.label, f"deps sync: {type(msg).__name__} instead of {kind.__name__}")
+    reason = f"protocol error: deps sync: {type(msg).__name__} instead of {kind.__name__}"
+    raise HostError(session.label, reason, permanent=True)  # as session.py's protocol errors
 
 
 async def offer(session: HostSession, tree: Tree) -> SyncState:

@@ -261,17 +261,34 @@ def test_hosts_check_shows_every_other_host_when_one_replies_garbage(make_hostil
     assert done.returncode != 0
 
 
-def test_anet_sync_goes_on_when_a_host_wants_files_that_do_not_exist(make_hostile, tmp_path):
-    own, bad = make_hostile(2)
-    bad.behave(replies={"SyncEntries": [SyncWant.CODE, b"", 0]})  # a bitmap too short
+def make_deps(tmp_path: Path) -> Path:
     deps = tmp_path / "deps"
     (deps / "sub").mkdir(parents=True)
     (deps / "a.txt").write_text("a")
     (deps / "sub" / "b.txt").write_text("b")
-    done = run_anet(own, "sync", *hosts_args(own), str(deps))
+    return deps
+
+
+def test_anet_sync_goes_on_when_a_host_wants_files_that_do_not_exist(make_hostile, tmp_path):
+    own, bad = make_hostile(2)
+    bad.behave(replies={"SyncEntries": [SyncWant.CODE, b"", 0]})  # a bitmap too short
+    done = run_anet(own, "sync", *hosts_args(own), str(make_deps(tmp_path)))
     assert "replied SyncEntries" in bad.events()
     assert b"Traceback" not in done.stderr, done.stderr
     (line,) = anet_lines(done.stderr, "host2")
     assert "protocol error" in line and "SyncWant" in line, line
     assert done.returncode != 0
     assert any(p.name == "a.txt" for p in own["host1"].anet_home.rglob("a.txt"))
+
+
+def test_a_host_that_answers_a_deps_offer_out_of_turn_is_given_up(make_hostile, tmp_path):
+    own, bad = make_hostile(2)
+    bad.behave(replies={"SyncOffer": [HostProbe.CODE, 1, 2, 0.5]})
+    stderr = tmp_path / "stderr"
+    batch = write_batch(tmp_path, [f"{until_in(stderr, 'host2:')}echo job-{i}" for i in range(4)])
+    deps = str(make_deps(tmp_path))
+    done = run_anet(own, *hosts_args(own), "--format", "msgpack", str(batch), deps, stderr=stderr)
+    assert "replied SyncOffer" in bad.events()
+    assert sorted(r.id for r in decode(done.stdout)) == [0, 1, 2, 3]
+    (line,) = anet_lines(done.stderr, "host2")
+    assert "protocol error" in line and "retrying" not in line, line
