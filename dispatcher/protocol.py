@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
 
 import msgpack
 
@@ -97,35 +98,15 @@ _CHECKS: Dict[str, Callable[[Any], bool]] = {
 
 
 def bounded(
-    low: Optional[float] = None,
-    high: Optional[float] = None,
+    low: float = -math.inf,
+    high: float = math.inf,
     length: Optional[int] = None,
     check: Optional[Callable[[Any], bool]] = None,
 ) -> Any:
     """A message field the receiver checks beyond its type: a number within [`low`, `high`]
     (a float also finite), a str, bytes or list of at most `length` items, or any `check`.
     None (of an Optional field) passes; the type check already allowed it or not."""
-    return field(metadata={"bound": _bound(low, high, length, check)})
-
-
-def _bound(
-    low: Optional[float],
-    high: Optional[float],
-    length: Optional[int],
-    check: Optional[Callable[[Any], bool]],
-) -> Callable[[Any], bool]:
-    def within(value: Any) -> bool:
-        if value is None:
-            return True
-        if length is not None:
-            return len(value) <= length
-        if check is not None:
-            return check(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        return (low is None or value >= low) and (high is None or value <= high)
-
-    return within
+    return field(metadata={"bound": (low, high, length, check)})
 
 
 def number(value: Any, low: float, high: float = math.inf) -> bool:
@@ -141,17 +122,28 @@ def integer(value: Any, low: float, high: float = math.inf) -> bool:
 
 
 def _field_check(f: "Field[Any]") -> Callable[[Any], bool]:
+    """The field's type check and bounds as one function: it runs for every field of every
+    frame, so each case is its own small lambda."""
     typed = _CHECKS[str(f.type)]
-    bound = f.metadata.get("bound")
-    if bound is None:
+    if "bound" not in f.metadata:
         return typed
-    return lambda value: typed(value) and bound(value)
+    low, high, length, check = f.metadata["bound"]
+    if length is not None:
+        return lambda v: typed(v) and len(v) <= length
+    if check is not None:
+        return lambda v: typed(v) and check(v)
+    top = min(high, sys.float_info.max)  # comparisons refuse NaN; this refuses infinity
+    if str(f.type).startswith("Optional"):
+        return lambda v: v is None or (typed(v) and low <= v <= top)
+    return lambda v: typed(v) and low <= v <= top
 
 
 _BY_CODE: Dict[int, Type[Any]] = {}
 _FIELDS: Dict[int, Tuple[str, ...]] = {}
 _ARITY: Dict[int, int] = {}
 _FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {}
+_WHOLE_CHECKED: Set[int] = set()
+"""Codes of the messages with a `problem()` of their own (the others need no call)."""
 
 
 # Message types. Field order is the wire order. Each class registers itself with @message, so a
@@ -181,6 +173,8 @@ def message(cls: Type[Any]) -> Type[Any]:
     _FIELDS[cls.CODE] = names
     _ARITY[cls.CODE] = len(names)
     _FIELD_CHECKS[cls.CODE] = tuple((f.name, _field_check(f)) for f in fields(cls))
+    if cls.problem is not Message.problem:
+        _WHOLE_CHECKED.add(cls.CODE)
     return cls
 
 
@@ -353,9 +347,10 @@ def decode_body(body: bytes) -> Message:
                 "%s.%s has a bad value: %s" % (cls.__name__, name, _short(value))
             )
     msg = cls(*args)
-    problem = msg.problem()
-    if problem is not None:
-        raise RemoteProtocolError("%s %s" % (cls.__name__, problem))
+    if code in _WHOLE_CHECKED:
+        problem = msg.problem()
+        if problem is not None:
+            raise RemoteProtocolError("%s %s" % (cls.__name__, problem))
     return msg
 
 
