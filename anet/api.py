@@ -136,12 +136,14 @@ class Cluster:
         self._payload: Payload = payload()
         self._sessions: dict[str, HostSession] = {}
         self._tasks: asyncio.TaskGroup | None = None
-        self._host_tasks: list[asyncio.Task[None]] = []
+        self._host_tasks: dict[str, asyncio.Task[None]] = {}
         self._dispatch_scheduled = False
         self._closing = asyncio.Event()
         self._stuck_reported = False
         self._done_sent = False
+        self._delivering = 0  # final results waiting for room in the queue
         self._journal: Journal | None = None
+        self._journal_required = False
         self._wakeup: asyncio.TimerHandle | None = None
         self._draining = False
         self._policy = policy or RunPolicy()
@@ -162,7 +164,8 @@ class Cluster:
         for state in self.hosts.values():
             session = self._new_session(state.spec)
             self._sessions[state.spec.label] = session
-            self._host_tasks.append(self._tasks.create_task(self._host_life(state, session)))
+            task = self._tasks.create_task(self._host_life(state, session))
+            self._host_tasks[state.spec.label] = task
         return self
 
     async def __aexit__(
@@ -175,7 +178,7 @@ class Cluster:
         try:
             await self._shutdown()
         finally:
-            for task in self._host_tasks:
+            for task in self._host_tasks.values():
                 task.cancel()  # only those still running after the shutdown bound
             # The body's own exception propagates as itself (returning None), not wrapped in an
             # ExceptionGroup: host tasks never raise, so there is nothing else to report.
@@ -183,11 +186,18 @@ class Cluster:
             await self._connector.close()
 
     async def _shutdown(self) -> None:
-        """Every dispatcher kills its jobs and says Bye; a silent one is cut off after a bound."""
+        """Every dispatcher kills its jobs and says Bye; a silent one is cut off after a bound.
+
+        A host whose dispatcher has not started (still connecting, or backing off) has nothing
+        to stop: it is cut off at once, so a run that ends early does not wait for a handshake.
+        """
         self._closing.set()
         for session in self._sessions.values():
             await session.shutdown()
-        pending = [task for task in self._host_tasks if not task.done()]
+        for label, task in self._host_tasks.items():
+            if not self._sessions[label].started:
+                task.cancel()
+        pending = [task for task in self._host_tasks.values() if not task.done()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT)
             if late:
@@ -469,15 +479,41 @@ class Cluster:
         self._attempt_log.host_event(label, event, detail)
 
     async def _deliver(self, result: JobResult) -> None:
-        """A job's one final result: journal it, then queue it for the consumer."""
+        """A job's one final result: journal it, then queue it for the consumer (the journal is
+        committed before the consumer gets it: see `_commit_before_yield`)."""
         if self._journal is not None:
             try:
                 self._journal.record(result)
             except JournalError as exc:
-                await self._results.put(exc)
-                return
-        await self._results.put(result, len(result.stdout) + len(result.stderr))
+                self._journal_failed(exc)
+        self._delivering += 1  # the run may not end while a result waits for room
+        try:
+            await self._results.put(result, len(result.stdout) + len(result.stderr))
+        finally:
+            self._delivering -= 1
         self._check_done()
+
+    def _commit_before_yield(self) -> None:
+        """Commit what the journal holds before a result leaves the cluster: a result the
+        consumer has must be one that --resume will not run again (exactly once across a stop).
+        One commit covers every result recorded so far, so bursts cost one commit."""
+        journal = self._journal
+        if journal is None or not (journal.unflushed or journal.broken):
+            return
+        try:
+            journal.flush()
+        except JournalError as exc:
+            self._journal_failed(exc)
+            if self._journal is not None:  # required: the run stops, its results stay owed
+                raise
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        """A journal that cannot be written: the run goes on without it, one warning, unless the
+        caller required it (then the next result raises, and the run stops)."""
+        if self._journal is None or self._journal_required:
+            return
+        log.warning(f"{exc}; running on without it (a --resume would run the later jobs again)")
+        self._journal = self._attempt_log.journal = None
 
     def _dispatch(self) -> None:
         """Ask for a scheduling round at the end of this loop iteration.
@@ -527,14 +563,15 @@ class Cluster:
         if when is not None:
             self._wakeup = asyncio.get_running_loop().call_at(when, self._dispatch)
 
-    async def _flush_journal(self, journal: Journal) -> None:
-        """Commit on a timer, so an idle spell never leaves finished results unwritten."""
-        try:
-            while True:
-                await asyncio.sleep(FLUSH_INTERVAL)
-                journal.flush()
-        except JournalError as exc:
-            await self._results.put(exc)  # run() raises it, like NoHostError
+    async def _flush_journal(self) -> None:
+        """Commit on a timer, so an idle spell never leaves attempts or delivery marks unwritten."""
+        while self._journal is not None:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                if self._journal is not None and not self._journal.broken:
+                    self._journal.flush()
+            except JournalError as exc:
+                self._journal_failed(exc)
 
     def drain(self) -> None:
         """Start no more attempts; the run ends once those running have ended (--halt soon)."""
@@ -545,7 +582,7 @@ class Cluster:
         """End the run once the scheduler says so; only a scheduling round may discover that
         the batch is exhausted, so both the round and each result check."""
         scheduler = self._scheduler
-        if scheduler is None or self._done_sent:
+        if scheduler is None or self._done_sent or self._delivering:
             return
         if scheduler.finished or (self._draining and scheduler.in_flight == 0):
             self._done_sent = True
@@ -554,14 +591,20 @@ class Cluster:
     # -- the public verb --------------------------------------------------------------------
 
     async def run(
-        self, commands: Iterable[str | bytes] | Iterator[Job], *, journal: Journal | None = None
+        self,
+        commands: Iterable[str | bytes] | Iterator[Job],
+        *,
+        journal: Journal | None = None,
+        journal_required: bool = False,
     ) -> AsyncIterator[JobResult]:
         """Run every command once; yield each job's final result as it finishes.
 
         `commands` is an iterable of shell commands (job id = position) or of `Job`s (e.g. from
         `anet.batch.read_batch`), consumed lazily. Raises NoHostError when no host can run them.
-        With a `journal`, every final result is recorded there before it is yielded, and
-        committed every FLUSH_INTERVAL: a kill -9 loses at most that much finished work.
+        With a `journal`, every final result is committed there before it is yielded, so a kill
+        -9 loses no result the consumer has not seen; the consumer marks what it delivered
+        (`Journal.mark_delivered`). If the journal cannot be written, the run goes on without
+        it (one warning), or with `journal_required` raises its JournalError.
         """
         if self._tasks is None:
             raise RuntimeError("use `async with Cluster(...) as cluster` before run()")
@@ -583,7 +626,8 @@ class Cluster:
         self._done_sent = False
         self._draining = False
         self._journal = self._attempt_log.journal = journal
-        flusher = self._tasks.create_task(self._flush_journal(journal)) if journal else None
+        self._journal_required = journal_required
+        flusher = self._tasks.create_task(self._flush_journal()) if journal else None
         try:
             for label, state in self.hosts.items():
                 if state.state == "ready":
@@ -599,6 +643,7 @@ class Cluster:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                self._commit_before_yield()
                 yield item
         finally:
             self._wake_at(None)

@@ -8,9 +8,12 @@ A trailing CR is dropped, so a batch saved on Windows runs the same.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from .errors import UsageError
@@ -43,6 +46,40 @@ def open_batch(path: str | os.PathLike[str]) -> BinaryIO:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {reason}") from None
+
+
+STDIN = "-"
+"""The batch argument that means standard input, as GNU parallel and most tools spell it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSource:
+    """An open batch, and whether it can be read again.
+
+    A regular file can: its fingerprint keys the journal, a thread counts its jobs for the
+    progress bar, --resume finds it again. Standard input, a pipe or a FIFO is a *stream*,
+    read exactly once as the jobs are needed (`path` is None): reading it a second time would
+    take lines from the jobs, or wait for ever for a writer that is gone.
+    """
+
+    stream: BinaryIO
+    name: str
+    path: Path | None
+
+    @property
+    def is_stream(self) -> bool:
+        return self.path is None
+
+
+@contextlib.contextmanager
+def open_source(arg: str | os.PathLike[str], stdin: BinaryIO) -> Iterator[BatchSource]:
+    """The batch named on the command line, `-` being standard input (always a stream)."""
+    if os.fspath(arg) == STDIN:
+        yield BatchSource(stdin, "standard input", None)
+        return
+    with open_batch(arg) as stream:
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        yield BatchSource(stream, os.fspath(arg), Path(arg) if regular else None)
 
 
 def read_batch(stream: BinaryIO) -> Iterator[Job]:

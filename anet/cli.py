@@ -8,19 +8,21 @@ and `anet --find`/`--killall`/`--onall` are spellings of the subcommands of thos
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, diagnostics
 from .cli_common import Environment, ExitStatus
 from .cli_machines import COMMANDS as MACHINE_COMMANDS
 from .cli_report import completion_command, report_command, status_command
 from .cli_run import run_command
 from .cli_sync import sync_command
-from .errors import AnetError
+from .errors import AnetError, Stopped
+from .printable import printable
 
 DEFAULT_COMMAND = "run"
 OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
@@ -90,14 +92,25 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
     except click.ClickException as exc:
         env.stderr.write(f"anet: {exc.format_message()}\n")
         return ExitStatus.ERROR
-    except AnetError as exc:
-        env.stderr.write(f"anet: {exc}\n")
+    except Stopped as exc:
+        _say(env, f"anet: {exc}")
+        return 128 + exc.signum
+    except AnetError as exc:  # may carry what a host said: "no usable host (h1: ...)"
+        env.stderr.write(f"anet: {printable(str(exc))}\n")
         return ExitStatus.ERROR
     except (KeyboardInterrupt, click.Abort):
-        env.stderr.write("anet: interrupted; running jobs were stopped\n")
+        _say(env, "anet: interrupted; running jobs were stopped")
         return ExitStatus.INTERRUPTED
     return status if isinstance(status, int) else ExitStatus.OK
 
 
+def _say(env: Environment, line: str) -> None:
+    """A last line that may have nowhere to go (a hung-up terminal): never a traceback."""
+    with contextlib.suppress(OSError):
+        env.stderr.write(f"{line}\n")
+        env.stderr.flush()
+
+
 def main() -> None:
+    diagnostics.install()  # before anything is written: stderr must never block the work
     sys.exit(raw_main())

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any, BinaryIO, TextIO, TypeVar
 import click
 
 from .connect import SshOptions
+from .errors import Stopped
 from .hosts import HostSpec, resolve_hosts
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +41,7 @@ class ExitStatus(IntEnum):
 class Environment:
     """The process's outside world, replaceable in tests."""
 
+    stdin: BinaryIO = field(default_factory=lambda: sys.stdin.buffer)
     stdout: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
@@ -58,12 +62,29 @@ class HostArgs:
     accept_new_hosts: bool = False
 
     def resolve(self, env: Environment) -> list[HostSpec]:
-        return resolve_hosts(self.hosts, self.host_files, slots=self.slots, environ=env.environ)
+        """The hosts, one spec per end machine as the ssh config and name resolution say."""
+        config = SshOptions(config=self.ssh_config).config_paths()
+        return resolve_hosts(
+            self.hosts, self.host_files, slots=self.slots, environ=env.environ, ssh_config=config
+        )
 
     def ssh_options(self, keepalive: float) -> SshOptions:
         return SshOptions(
             config=self.ssh_config, keepalive=keepalive / 3, accept_new_hosts=self.accept_new_hosts
         )
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf: nan compares false with everything, so a
+    bound set to it is never (or always) reached, e.g. `--keepalive nan` dropped every host."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def host_options(command: F) -> F:
@@ -120,6 +141,10 @@ def log_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that end a run the way Ctrl-C does (asyncio.Runner handles SIGINT itself)."""
+
+
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """uvloop when it is installed: the master's per-job cost is mostly event-loop overhead.
 
@@ -134,4 +159,33 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         except ImportError:
             pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        return runner.run(_stoppable(coro))
+
+
+async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:
+    """Run `coro`; TERM or HUP cancels it, as asyncio.Runner does on Ctrl-C, so the same
+    cleanup runs (remote jobs killed, results written or left owed, journal committed), and
+    then raises Stopped. A second such signal ends anet at once, the way the signal would."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:
+        if caught:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        caught.append(signum)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if caught:
+            raise Stopped(caught[0]) from None
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

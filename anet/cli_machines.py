@@ -9,6 +9,7 @@ The exit status says whether everything asked for was done (see `Status`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .hosts import HostSpec, parse_spec
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
+from .printable import printable
 from .scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
 
 T = TypeVar("T")
@@ -37,6 +40,7 @@ class Status(IntEnum):
     OK = 0
     NO_MATCH = 1  # find, killall: no process matched (as pgrep and pkill say it)
     INCOMPLETE = 3  # a host could not be asked, or a process could not be killed
+    REFUSED = 4  # killall: a match keeps a session alive and --force was not given
 
 
 FORMAT = click.option(
@@ -81,8 +85,11 @@ def _write(env: Environment, text: str) -> None:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned; the last column free."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """Columns padded to their widest cell; numbers right-aligned; the last column free.
+
+    Cells are mostly what hosts said (command lines, errors, banners): escaped, on one line.
+    """
+    cells = [[str(c) for c in header]] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
     numeric = [all(_is_number(row[i]) for row in cells[1:]) for i in range(len(header))]
     lines = []
@@ -107,7 +114,7 @@ def _report_down(env: Environment, answers: Sequence[Any]) -> int:
     """One stderr line per host that could not be asked; their number."""
     down = [a for a in answers if a.error is not None]
     for answer in down:
-        env.stderr.write(f"anet: {answer.host}: {answer.error}\n")
+        env.stderr.write(f"anet: {answer.host}: {printable(answer.error)}\n")
     return len(down)
 
 
@@ -144,11 +151,53 @@ def _signal_number(text: str) -> int:
         raise UsageError(f"unknown signal {text!r}") from None
 
 
+# -- patterns -----------------------------------------------------------------------------------
+
+
+class PatternCommand(click.Command):
+    """A command whose PATTERN may come as several words, joined by single spaces: `anet
+    --killall java -jar RED` is the pattern 'java -jar RED', as the command line of a program
+    that Java's `Runtime.exec` started reads. See `pattern_args`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, pattern_args(args, self.get_params(ctx)))
+
+
+def pattern_args(args: Sequence[str], params: Sequence[click.Parameter]) -> list[str]:
+    """The command's options, then `--` and the pattern's words as one argument.
+
+    A word is an option only when it is one of the command's option names exactly (or
+    `--name=value`); every other word, `-jar` or `-j4` included, belongs to the pattern, and so
+    does everything after `--`. A mistyped option thus only makes the pattern longer, so it
+    matches less, never more.
+    """
+    takes_value: dict[str, bool] = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            for name in (*param.opts, *param.secondary_opts):
+                takes_value[name] = not (param.is_flag or param.count)
+    options: list[str] = []
+    words: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            words.extend(rest)
+            break
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if name not in takes_value:
+            words.append(arg)
+            continue
+        options.append(arg)
+        if takes_value[name] and name == arg:
+            options.extend(itertools.islice(rest, 1))  # its value (click reports a missing one)
+    return [*options, "--", " ".join(words)] if words else options
+
+
 # -- find ---------------------------------------------------------------------------------------
 
 
-@click.command("find")
-@click.argument("pattern")
+@click.command("find", cls=PatternCommand)
+@click.argument("pattern", metavar="PATTERN...")
 @host_options
 @FORMAT
 @log_options
@@ -156,8 +205,10 @@ def _signal_number(text: str) -> int:
 def find_command(env: Environment, pattern: str, host_args: HostArgs, fmt: str) -> int:
     """List the processes whose command line matches PATTERN, on every host.
 
-    PATTERN is a Python regular expression searched in the full command line (as `pgrep -f`).
-    Only the SSH user's processes are listed, never anet's own. Exit status: 0 when something
+    PATTERN is a Python regular expression searched in the full command line (as `pgrep -f`);
+    several words are one pattern, joined by single spaces (options are told apart by their
+    exact names; put the pattern after `--` to be sure). An empty one lists everything. Only
+    the SSH user's processes are listed, never anet's own. Exit status: 0 when something
     matched, 1 when nothing did, 3 when a host could not be asked.
     """
     _check_pattern(pattern)
@@ -186,17 +237,28 @@ def _no_match(env: Environment, pattern: str, fmt: str) -> Status:
     return Status.NO_MATCH
 
 
-def _check_pattern(pattern: str) -> None:
+def _check_pattern(pattern: str) -> re.Pattern[str]:
     try:
-        re.compile(pattern)
+        return re.compile(pattern)
     except re.error as exc:
         raise UsageError(f"bad pattern {pattern!r}: {exc}") from None
+
+
+def _check_kill_pattern(pattern: str) -> None:
+    """killall never takes a pattern that matches every process: empty, blank, `.*`, `^`."""
+    regex = _check_pattern(pattern)
+    if not pattern.strip() or regex.search("") is not None:
+        raise UsageError(
+            f"refusing to kill with the pattern {pattern!r}: it matches every process of "
+            "yours; name what to kill"
+        )
 
 
 def _process_record(host: str, p: Any) -> dict[str, Any]:
     return {
         "host": host, "pid": p.pid, "user": p.user, "elapsed": p.elapsed, "cpu": p.cpu,
         "mem": p.mem, "rss_kb": p.rss_kb, "group": p.group, "command": p.command,
+        "lifeline": p.lifeline or None,
     }  # fmt: skip
 
 
@@ -211,16 +273,22 @@ def _count_down(answers: Sequence[Any]) -> int:
 # -- killall ------------------------------------------------------------------------------------
 
 
-@click.command("killall")
-@click.argument("pattern")
+@click.command("killall", cls=PatternCommand)
+@click.argument("pattern", metavar="PATTERN...")
 @host_options
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be killed; kill nothing.")
+@click.option(
+    "--force", is_flag=True,
+    help="Also kill what keeps your sessions alive: login shells, terminals, tmux, screen, "
+    "agents, Jupyter, VS Code servers.",
+)  # fmt: skip
 @click.option(
     "--signal", "-s", "sig", default="TERM", show_default=True, metavar="SIG",
     help="Signal to send first (name or number).",
 )  # fmt: skip
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
+    "--grace", type=cli_common.FiniteFloat(min=0), default=5.0, show_default=True,
+    metavar="SECONDS",
     help="Time to die before survivors get KILL (after TERM, INT, HUP or QUIT only).",
 )  # fmt: skip
 @FORMAT
@@ -231,23 +299,27 @@ def killall_command(
     pattern: str,
     host_args: HostArgs,
     dry_run: bool,
+    force: bool,
     sig: str,
     grace: float,
     fmt: str,
 ) -> int:
     """Kill the processes whose command line matches PATTERN, on every host.
 
-    The same match as `anet find`; a match that leads a process group (a job and its
-    children) is killed as a group. anet's own dispatcher, its SSH session, your shell and
-    other users' processes are never touched. Exit status: 0 when every match is dead,
-    1 when nothing matched, 3 when a host could not be asked or a process survived.
+    The same match as `anet find` (a pattern matching everything is refused); a match that
+    leads a process group (a job and its children) is killed as a group. anet's own
+    dispatcher, its SSH session, your shell, its pipeline and other users' processes are never
+    touched. When a match keeps one of your sessions alive (a login shell, tmux, Jupyter...),
+    nothing is killed anywhere without --force: the matches are listed instead. Exit status:
+    0 when every match is dead, 1 when nothing matched, 3 when a host could not be asked or a
+    process survived, 4 when refused for want of --force.
     """
-    _check_pattern(pattern)
+    _check_kill_pattern(pattern)
     number = _signal_number(sig)
     answers = run_async(
         _ask(
             _machines(host_args, env),
-            lambda m: m.killall(pattern, sig=number, grace=grace, dry_run=dry_run),
+            lambda m: m.killall(pattern, sig=number, grace=grace, dry_run=dry_run, force=force),
         )
     )
     rows = [(a.host, k) for a in answers for k in a.kills]
@@ -262,9 +334,26 @@ def killall_command(
         _write(env, _table(header, table))
     if fmt != "jsonl":
         _report_down(env, answers)
+    if any(a.refused for a in answers):
+        return _refused(env, answers) if fmt != "jsonl" else Status.REFUSED
     if not all(a.complete for a in answers):
         return Status.INCOMPLETE
     return Status.OK if rows else _no_match(env, pattern, fmt)
+
+
+def _refused(env: Environment, answers: Sequence[HostKills]) -> Status:
+    """One line per host whose matches keep a session alive, then what to do about it."""
+    for a in answers:
+        if a.lifelines:
+            what = ", ".join(sorted({k.process.lifeline for k in a.lifelines}))
+            env.stderr.write(
+                f"anet: {a.host}: {len(a.lifelines)} of {len(a.kills)} matches keep your "
+                f"sessions alive ({what})\n"
+            )
+    env.stderr.write(
+        "anet: nothing was killed: narrow the pattern, or add --force to kill these too\n"
+    )
+    return Status.REFUSED
 
 
 def _with_group(p: Any) -> str:
@@ -322,8 +411,8 @@ def _write_folded(env: Environment, answers: Sequence[HostOutput], *, folded: bo
     groups = fold(answers) if folded else [([a.host], a) for a in answers]
     for hosts, a in groups:
         count = f" ({len(hosts)} hosts)" if len(hosts) > 1 else ""
-        _write(env, f"== {', '.join(hosts)}{count}: {a.status} ==\n")
-        for data in (a.stdout, a.stderr):
+        _write(env, f"== {', '.join(hosts)}{count}: {printable(a.status)} ==\n")
+        for data in (a.stdout, a.stderr):  # raw: what the user asked to see, as ssh shows it
             if data:
                 env.stdout.write(data if data.endswith(b"\n") else data + b"\n")
     env.stdout.flush()
@@ -344,7 +433,7 @@ def hosts_group() -> None:
     help="Write the usable hosts to FILE, one a line: a hosts file for -H.",
 )  # fmt: skip
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.1), default=10.0, show_default=True,
     metavar="SECONDS", help="Give up connecting to a host after this long.",
 )  # fmt: skip
 @FORMAT
@@ -376,7 +465,7 @@ def _report_checks(
         _write(env, _table(CHECK_HEADER, [_check_row(a) for a in answers]))
     if write_ok is not None:
         by_label = {spec.label: spec for spec in specs}
-        lines = [_spec_text(by_label[a.host]) for a in answers if a.ok]
+        lines = [by_label[a.host].text for a in answers if a.ok]
         try:
             write_ok.write_text("".join(f"{line}\n" for line in lines))
         except OSError as exc:
@@ -406,10 +495,6 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _spec_text(spec: HostSpec) -> str:
-    return f"{spec.slots}/{spec.label}" if spec.slots else spec.label
-
-
 @hosts_group.command("scan")
 @click.argument("targets", nargs=-1, required=True)
 @click.option(
@@ -418,7 +503,7 @@ def _spec_text(spec: HostSpec) -> str:
 )  # fmt: skip
 @click.option("--user", "-l", help="Log in as USER on the hosts found (default: ssh config).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.05), default=SCAN_TIMEOUT, show_default=True,
+    "--timeout", type=cli_common.FiniteFloat(min=0.05), default=SCAN_TIMEOUT, show_default=True,
     metavar="SECONDS", help="Per address: time to connect and read the SSH banner.",
 )  # fmt: skip
 @click.option(

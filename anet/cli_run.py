@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE, Cluster, RunPolicy
-from .batch import open_batch, read_batch
+from .batch import BatchSource, Job, open_source, read_batch
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
 from .halt import Halt, HaltPolicy
-from .journal import IdSet, Journal, JournalError, default_journal_path, fingerprint_batch
+from .hosts import HostSpec
+from .journal import (
+    IdSet,
+    Journal,
+    JournalBusy,
+    JournalError,
+    default_journal_path,
+    fingerprint_batch,
+)
 from .logs import get_logger
 from .manifest import start_scan
-from .observe import ObserveArgs, RunObservers
+from .observe import ObserveArgs, RunObservers, count_jobs
 from .output import ResultOutput, open_output
 from .record import JobResult
 from .sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
@@ -43,62 +54,150 @@ class RunArgs:
     deps: str | None = None
 
 
+STOP_DRAIN = 5.0
+"""Seconds a stopped run (Ctrl-C, TERM, HUP, an error) waits for the reader to take the results
+it holds; what the reader does not take stays owed in the journal for --resume --only-new."""
+
+
 async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
-    total = failed = 0
-    halted = False
     with (
-        open_batch(args.batch) as batch,
-        _open_journal(args, env) as journal,
-        RunObservers(args.observe, env.stderr, args.batch, journal) as seen,
+        open_source(args.batch, env.stdin) as source,
+        _open_journal(args, source, env) as journal,
+        RunObservers(args.observe, env.stderr, source.path, journal) as seen,
     ):
+        if source.is_stream and args.halt.needs_total:
+            raise UsageError(f"--halt with a percentage needs a batch file, not {source.name}")
         done = journal.succeeded_ids() if journal and args.resume else IdSet()
-        seen.resuming(journal, done, replay=args.resume and not args.only_new)
-        output = await open_output(env.stdout)
+        earlier = _earlier(journal, args, done)
+        seen.resuming(len(done), earlier if args.observe.keep_order else None)
+        size = count_jobs(source.path) if source.path and args.halt.needs_total else None
+        out = Delivery(await open_output(env.stdout), encoder, journal)
+        stopped = True
         try:
-            await output.write(encoder.header)
-            if journal and args.resume and not args.only_new and not args.observe.keep_order:
-                for result in journal.succeeded_results():  # the stream is complete on its own
-                    total += 1
-                    await _emit(output, encoder, result)
-            jobs = (job for job in read_batch(batch) if job.id not in done)
-            ssh = args.host_args.ssh_options(args.keepalive)
-            # The deps scan runs in a thread while the hosts connect; its error stops the run
-            # before any deps byte is sent (hosts wait for the scan before their sync starts).
-            tree = start_scan(args.deps, env.environ) if args.deps else None
-            cluster = Cluster(
-                hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree
-            )
-            size = _batch_size(args.batch) if args.halt.needs_total else None
-            async with cluster, seen.watching(cluster):
-                if tree is not None:
-                    await tree  # a DepsError (one line) ends the run before any job starts
-                async for result in cluster.run(seen.jobs(jobs), journal=journal):
-                    total += 1
-                    seen.arrived(result)
-                    failed += not result.ok
-                    for out in seen.ordered(result):  # with -k, maybe none, maybe many
-                        written = await _emit(output, encoder, out)
-                        failed += out.ok and not written  # an ok result that cannot be written
-                    halt = args.halt.check(failed, size)
-                    if halt is Halt.NOW:
-                        log.warning(f"halting now: {failed} jobs failed; running jobs are killed")
-                        break  # leaving the cluster kills every running job
-                    if halt is Halt.SOON and not halted:
-                        log.warning(f"halting soon: {failed} jobs failed; no new jobs start")
-                        halted = True
-                        cluster.drain()
-                for out in seen.rest():  # -k after a halt: what waited for an unfinished job
-                    written = await _emit(output, encoder, out)
-                    failed += out.ok and not written
+            await out.start()
+            if not args.observe.keep_order:
+                await out.emit_all(earlier)  # the earlier run's results come first
+            jobs = _peek(job for job in read_batch(source.stream) if job.id not in done)
+            if jobs is not None:
+                await _run(args, env, hosts, seen, jobs, journal, out, size)
+            for result in seen.rest():  # -k: what waited for a job that never ended
+                await out.emit(result)
+            stopped = False
         finally:
-            await output.close()
+            await out.close(None if not stopped else STOP_DRAIN)
     seen.print_summary()
-    if failed:
-        log.warning(f"{failed} of {total} jobs failed", failed=failed, total=total)
-    return min(failed, ExitStatus.MAX_FAILED)
+    if out.failed:
+        log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
+    return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+async def _run(
+    args: RunArgs,
+    env: Environment,
+    hosts: list[HostSpec],
+    seen: RunObservers,
+    jobs: Iterator[Job],
+    journal: Journal | None,
+    out: Delivery,
+    size: int | None,
+) -> None:
+    """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
+    ssh = args.host_args.ssh_options(args.keepalive)
+    # The deps scan runs in a thread while the hosts connect; its error stops the run before
+    # any deps byte is sent (hosts wait for the scan before their sync starts).
+    tree = start_scan(args.deps, env.environ) if args.deps else None
+    cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree)
+    halted = False
+    async with cluster, seen.watching(cluster):
+        if tree is not None:
+            await tree  # a DepsError (one line) ends the run before any job starts
+        required = args.journal is not None  # the user's own journal: no results without it
+        async for result in cluster.run(
+            seen.jobs(jobs), journal=journal, journal_required=required
+        ):
+            out.counted(result)
+            seen.arrived(result)
+            for ready in seen.ordered(result):  # with -k, maybe none, maybe many
+                await out.emit(ready)
+            halt = args.halt.check(out.failed, size)
+            if halt is Halt.NOW:
+                log.warning(f"halting now: {out.failed} jobs failed; running jobs are killed")
+                break  # leaving the cluster kills every running job
+            if halt is Halt.SOON and not halted:
+                log.warning(f"halting soon: {out.failed} jobs failed; no new jobs start")
+                halted = True
+                cluster.drain()
+
+
+def _earlier(journal: Journal | None, args: RunArgs, done: IdSet) -> Iterator[JobResult]:
+    """What a resumed run writes besides its own results: every earlier success, or with
+    --only-new those the earlier run committed but never got to its reader. Read lazily (with
+    -k, as the run goes), so filtered by `done`: this run's own results join the journal."""
+    if journal is None or not args.resume:
+        return iter(())
+    return (r for r in journal.succeeded_results(undelivered=args.only_new) if r.id in done)
+
+
+def _peek(jobs: Iterator[Job]) -> Iterator[Job] | None:
+    """The jobs, or None when there are none: then no host is even connected."""
+    first = next(jobs, None)
+    return None if first is None else itertools.chain((first,), jobs)
+
+
+class Delivery:
+    """Results to stdout, counted, and marked delivered in the journal once the kernel has them.
+
+    A result counts as failed when the job failed, or when it cannot be written in the chosen
+    format; `total` counts final results, those of an earlier run that are written again too.
+    """
+
+    def __init__(self, output: ResultOutput, encoder: Encoder, journal: Journal | None) -> None:
+        self._output = output
+        self._encoder = encoder
+        self._journal = journal
+        self.total = 0
+        self.failed = 0
+
+    async def start(self) -> None:
+        await self._output.write(self._encoder.header)
+
+    def counted(self, result: JobResult) -> None:
+        """A result of this run arrived (with -k it may be written later)."""
+        self.total += 1
+        self.failed += not result.ok
+
+    async def emit_all(self, results: Iterator[JobResult]) -> None:
+        for result in results:
+            self.total += 1
+            await self.emit(result)
+
+    async def emit(self, result: JobResult) -> None:
+        try:
+            data = self._encoder.encode(result)
+        except ValueError as exc:  # e.g. over the format's record size limit
+            log.error(f"job {result.id}: cannot write its result as {self._encoder.name}: {exc}")
+            self.failed += result.ok
+            return
+        await self._output.write(data, result.id)
+        self._mark()
+
+    def _mark(self) -> None:
+        journal = self._journal
+        delivered = self._output.delivered()
+        if journal is not None and not journal.broken:
+            for job_id in delivered:
+                journal.mark_delivered(job_id)
+
+    async def close(self, timeout: float | None) -> None:
+        """Write what is left (waiting at most `timeout` for the reader), then mark it."""
+        try:
+            await self._output.close(timeout)
+        finally:
+            with contextlib.suppress(JournalError):  # the run already said the journal broke
+                self._mark()
 
 
 def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
@@ -110,24 +209,25 @@ def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
 
 
-def _batch_size(path: Path) -> int:
-    """Jobs in the batch, for a --halt percentage: one streaming pass over the file."""
-    with open_batch(path) as batch:
-        return sum(1 for _ in read_batch(batch))
-
-
 @contextlib.contextmanager
-def _open_journal(args: RunArgs, env: Environment) -> Iterator[Journal | None]:
-    """The run's journal; without one asked for, an unwritable default only costs a warning."""
-    if args.no_journal:
-        if args.resume:
-            raise UsageError("--resume needs the journal: drop --no-journal")
+def _open_journal(args: RunArgs, source: BatchSource, env: Environment) -> Iterator[Journal | None]:
+    """The run's journal; without one asked for, an unwritable default only costs a warning.
+
+    A batch read from a stream has no default journal: it cannot be read again, so it could
+    never be resumed (--journal FILE still keeps one, for `anet status` and `anet report`).
+    """
+    if args.resume and (args.no_journal or source.is_stream):
+        why = "drop --no-journal" if args.no_journal else f"{source.name} can only be read once"
+        raise UsageError(f"--resume needs the journal of a batch file: {why}")
+    if args.no_journal or (source.is_stream and args.journal is None):
         yield None
         return
     path = args.journal or default_journal_path(args.batch, env.environ)
-    fingerprint = fingerprint_batch(args.batch)
+    fingerprint = fingerprint_batch(args.batch) if source.path else f"stream:{uuid.uuid4()}"
     try:
         journal = Journal.open(path, fingerprint, args.batch, resume=args.resume)
+    except JournalBusy:
+        raise
     except JournalError as exc:
         if args.resume or args.journal:
             raise
@@ -137,17 +237,6 @@ def _open_journal(args: RunArgs, env: Environment) -> Iterator[Journal | None]:
     with journal:
         log.info(f"journal: {journal.path}", journal=str(journal.path))
         yield journal
-
-
-async def _emit(output: ResultOutput, encoder: Encoder, result: JobResult) -> bool:
-    """Write one result; False when the job failed or its result cannot be written."""
-    try:
-        data = encoder.encode(result)
-    except ValueError as exc:  # e.g. over the format's record size limit
-        log.error(f"job {result.id}: cannot write its result as {encoder.name}: {exc}")
-        return False
-    await output.write(data)
-    return result.ok
 
 
 EPILOG = """\b
@@ -169,7 +258,7 @@ Examples:
     help="Output on stdout. Default: anet when piped, text on a terminal.",
 )  # fmt: skip
 @click.option(
-    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=cli_common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
 @click.option(
@@ -209,6 +298,10 @@ Examples:
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
+@click.option(
+    "--progress", is_flag=True,
+    help="Status lines every 10 s on stderr even when it is not a terminal (a log file).",
+)  # fmt: skip
 @log_options
 @click.pass_obj
 def run_command(
@@ -231,6 +324,7 @@ def run_command(
     keep_order: bool,
     tag: bool,
     quiet: bool,
+    progress: bool,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts.
 
@@ -243,7 +337,7 @@ def run_command(
     args = RunArgs(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
-        observe=ObserveArgs(joblog, results, keep_order, tag, quiet),
+        observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps,
     )  # fmt: skip
     return run_async(program(args, env))

@@ -12,10 +12,12 @@ from typing import TextIO
 
 import click
 
+from . import cli_common
 from .api import KEEPALIVE, Cluster
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import HostError
 from .manifest import Tree, start_scan
+from .printable import printable
 from .session import HostSession
 from .sync import SyncReport
 
@@ -26,7 +28,7 @@ PROGRESS_EVERY = 0.5
 @click.argument("deps", type=click.Path())
 @host_options
 @click.option(
-    "--keepalive", type=click.FloatRange(min=1.0), default=KEEPALIVE, show_default=True,
+    "--keepalive", type=cli_common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long.",
 )  # fmt: skip
 @log_options
@@ -70,7 +72,7 @@ def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
     rows = [("host", "result", "files sent", "bytes sent", "reused", "seconds")]
     for outcome in outcomes:
         if isinstance(outcome, HostError):
-            rows.append((outcome.host, f"FAILED: {outcome.reason}", "", "", "", ""))
+            rows.append((outcome.host, f"FAILED: {printable(outcome.reason)}", "", "", "", ""))
             continue
         result = "shared copy" if outcome.waited_for_shared else "ok"
         if outcome.files_sent == 0 and not outcome.waited_for_shared:

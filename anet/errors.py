@@ -6,6 +6,8 @@ a failed *job* is never an exception, it is a result; a failed *host* is an even
 
 from __future__ import annotations
 
+import signal
+
 
 class AnetError(Exception):
     """Root of anet's errors; its message is meant for the user, one line."""
@@ -36,3 +38,11 @@ class NoHostError(AnetError):
 
 class ResultFormatError(AnetError):
     """A results stream is corrupt or not in the format it claims."""
+
+
+class Stopped(AnetError):
+    """A signal asked anet to stop (TERM, HUP): it ends the run as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; running jobs were stopped")

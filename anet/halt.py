@@ -10,6 +10,7 @@ Pure: the CLI feeds it counts and acts on the answer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -40,7 +41,7 @@ class HaltPolicy:
             number = float(value.removesuffix("%"))
         except ValueError:
             raise UsageError(f"--halt: {value!r} is not a number") from None
-        if number <= 0 or (percent and number > 100):
+        if not math.isfinite(number) or number <= 0 or (percent and number > 100):
             raise UsageError(f"--halt: fail={value} is out of range")
         return cls(Halt(when), number, percent)
 

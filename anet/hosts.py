@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .logs import get_logger
+from .printable import printable
+
+log = get_logger()
 
 LOCAL = ":"
 LOCAL_LABEL = "local"
@@ -26,6 +30,8 @@ _RANGE = re.compile(r"\[([0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*)\]")
 """A bracketed list of numbers and ranges; an IPv6 address in brackets never matches (no '-'
 or ',' alone would make `[1]`, which is no address either)."""
 MAX_EXPANSION = 65536
+_UNDECODED = re.compile("[\udc80-\udcff]")
+"""Bytes that were not UTF-8, as `surrogateescape` keeps them."""
 _SPEC = re.compile(
     r"""^(?:(?P<slots>\d+)/)?              # N/
         (?:(?P<user>[^@\s/]+)@)?           # user@
@@ -58,6 +64,12 @@ class HostSpec:
         port = f":{self.port}" if self.port else ""
         return f"{user}{host}{port}"
 
+    @property
+    def text(self) -> str:
+        """The spec written back, `N/` included: it parses to this spec again."""
+        name = LOCAL if self.local else self.label
+        return f"{self.slots}/{name}" if self.slots else name
+
     def with_slots(self, slots: int | None) -> HostSpec:
         return HostSpec(self.host, self.user, self.port, slots)
 
@@ -65,6 +77,8 @@ class HostSpec:
 def parse_spec(text: str) -> HostSpec:
     """Parse one sshlogin; a malformed one is the user's mistake, named in the error."""
     text = text.strip()
+    if _UNDECODED.search(text):  # from a hosts file or argv: no host name has such bytes
+        raise UsageError(f"bad host spec '{printable(text)}': not UTF-8")
     slots_text, sep, rest = text.partition("/")
     if (sep and _DIGITS.fullmatch(slots_text) and rest == LOCAL) or text == LOCAL:
         slots = int(slots_text) if sep else None
@@ -113,7 +127,11 @@ def _check_slots(slots: int | None, text: str) -> int | None:
 
 
 def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
-    """A hosts file: one spec a line; blank lines and `#` comments are skipped."""
+    """A hosts file: one spec a line; blank lines and `#` comments are skipped.
+
+    `text` may hold undecodable bytes as surrogates (`read_hosts_file`): a comment in Latin-1
+    is fine, a host name that is not UTF-8 is refused by `parse_spec`, named with its line.
+    """
     specs = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -128,7 +146,7 @@ def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
 
 def read_hosts_file(path: str | os.PathLike[str]) -> list[HostSpec]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
         raise UsageError(f"cannot read hosts file {os.fspath(path)!r}: {exc.strerror}") from None
     return parse_hosts_text(text, os.fspath(path))
@@ -140,11 +158,14 @@ def resolve_hosts(
     *,
     slots: int | None = None,
     environ: Mapping[str, str] | None = None,
+    ssh_config: Sequence[str] | None = None,
 ) -> list[HostSpec]:
     """-S specs and -H files, else $ANET_HOSTS (a hosts file), else the local machine.
 
-    `slots` (the CLI's -j) overrides every host's own N/. Repeated hosts are merged: one
-    connection per end machine, whatever the user listed.
+    `slots` (the CLI's -j) overrides every host's own N/. Specs that name one end machine are
+    merged (`merge_specs`): one connection per end machine, whatever the user listed. Without
+    `ssh_config` (the config files' paths, maybe none) that means the same user, host and port
+    as written; with it, as the ssh config and name resolution say (`anet.identity`).
     """
     environ = os.environ if environ is None else environ
     hosts = [host for spec in specs for host in parse_specs(spec)]
@@ -160,7 +181,51 @@ def resolve_hosts(
     if slots is not None:
         _check_slots(slots, f"-j {slots}")
         hosts = [host.with_slots(slots) for host in hosts]
-    unique: dict[str, HostSpec] = {}
-    for host in hosts:
-        unique.setdefault(host.label, host)
-    return list(unique.values())
+    if ssh_config is None:
+        return _merged(hosts, lambda spec: spec.label)
+    from .identity import machine_keys  # it reads ssh configs: asyncssh, loaded when needed
+
+    keys, ends = machine_keys(hosts, ssh_config)
+    return _merged(hosts, lambda spec: keys[spec.label], lambda spec: ends.get(spec.label))
+
+
+def _merged(
+    hosts: Sequence[HostSpec],
+    key: Callable[[HostSpec], Hashable],
+    where: Callable[[HostSpec], object] | None = None,
+) -> list[HostSpec]:
+    merged, notes = merge_specs(hosts, key, where)
+    for note in notes:
+        log.warning(note)
+    return merged
+
+
+def merge_specs(
+    specs: Sequence[HostSpec],
+    key: Callable[[HostSpec], Hashable],
+    where: Callable[[HostSpec], object] | None = None,
+) -> tuple[list[HostSpec], list[str]]:
+    """One spec per `key` (one end machine), in first-listed order, and a line for each merge
+    that dropped a name or a slot count (`where(spec)`, if not None, says where they all go).
+
+    The first spec's name is kept, with the largest `N/` any of them gave; an `N/` beats none,
+    as the only number the user wrote for that machine.
+    """
+    groups: dict[Hashable, list[HostSpec]] = {}
+    for spec in specs:
+        groups.setdefault(key(spec), []).append(spec)
+    merged, notes = [], []
+    for group in groups.values():
+        counts = [spec.slots for spec in group if spec.slots is not None]
+        kept = group[0].with_slots(max(counts) if counts else None)
+        merged.append(kept)
+        if len(set(group)) > 1:  # more than repeats of one spec
+            names = list(dict.fromkeys(spec.text for spec in group))
+            place = where(group[0]) if where is not None else None
+            machine = f"one machine ({place})" if place else "one machine"
+            notes.append(f"{_and(names)} name {machine}: used once, as {kept.text}")
+    return merged, notes
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"

@@ -18,6 +18,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatcher.forked import Cancel
 from dispatcher.procs import (
     ALIVE,
     DENIED,
@@ -40,6 +41,10 @@ from .session import HostSession, Request
 
 REPLY_TIMEOUT = 30.0
 """Seconds a ready dispatcher gets to answer a listing or a signal request."""
+MATCH_TIMEOUT = 5.0
+"""Seconds a host may take to list and match its processes for a find: milliseconds for any
+sane pattern; past it a pattern that backtracks for ever (`(a+)+$`) is that host's error, and
+the host stops matching. The master waits this plus REPLY_TIMEOUT for the answer."""
 POLL = 0.2
 """Seconds between checks whether signalled processes are gone, during the grace period:
 each check reads every process's stat on the host, so not much more often than this."""
@@ -66,6 +71,7 @@ class Process:
     mem: float
     rss_kb: int
     command: str
+    lifeline: str = ""  # what of the user's sessions it keeps alive: killall needs force
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +97,35 @@ class Killed:
 KILLED_TERM = "killed"
 KILLED_KILL = "killed by KILL"
 WOULD_KILL = "would kill"
+NEEDS_FORCE = "needs --force"
 VANISHED = "already gone"
 SURVIVED = "survived KILL"
 
 
 @dataclass(frozen=True, slots=True)
 class HostKills:
+    """`killall` on one host. `refused`: a match on some host keeps a session alive and
+    `force` was not given, so nothing was killed on any host; the kills say what would be."""
+
     host: str
     kills: list[Killed] = field(default_factory=list)
     error: str | None = None
+    refused: bool = False
 
     @property
     def complete(self) -> bool:
         """Everything matched is dead (or would be, in a dry run), and the host answered."""
         failed = (SURVIVED, DENIED, PROTECTED)
-        return self.error is None and not any(k.outcome in failed for k in self.kills)
+        return (
+            self.error is None
+            and not self.refused
+            and not any(k.outcome in failed for k in self.kills)
+        )
+
+    @property
+    def lifelines(self) -> list[Killed]:
+        """The matches that keep a session of the user's alive."""
+        return [k for k in self.kills if k.process.lifeline]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +192,12 @@ class Machines(Cluster):
 
     # -- find and killall -----------------------------------------------------------------
 
-    async def find(self, pattern: str) -> list[HostProcesses]:
-        """Each host's processes of the SSH user whose command line matches `pattern`."""
+    async def find(self, pattern: str, *, timeout: float = MATCH_TIMEOUT) -> list[HostProcesses]:
+        """Each host's processes of the SSH user whose command line matches `pattern`; a host
+        that cannot match it within `timeout` seconds answers with an error."""
 
         async def ask(session: HostSession) -> HostProcesses:
-            procs, error = await _find(session, pattern)
+            procs, error = await _find(session, pattern, timeout)
             return HostProcesses(session.label, procs, error)
 
         return await self.each_host(ask, lambda host, why: HostProcesses(host, error=why))
@@ -188,19 +209,27 @@ class Machines(Cluster):
         sig: int = signal.SIGTERM,
         grace: float = 5.0,
         dry_run: bool = False,
+        force: bool = False,
     ) -> list[HostKills]:
         """Signal the matches (their whole group, for a group leader), KILL the survivors after
-        `grace` seconds, and say per process what happened. `dry_run` signals nothing."""
+        `grace` seconds, and say per process what happened. `dry_run` signals nothing.
 
-        async def ask(session: HostSession) -> HostKills:
-            procs, error = await _find(session, pattern)
-            if error is not None:
-                return HostKills(session.label, error=error)
-            if dry_run:
-                return HostKills(session.label, [Killed(p, WOULD_KILL) for p in procs])
-            return HostKills(session.label, await _kill(session, procs, sig, grace))
+        Every host is listed first: when a match anywhere keeps one of the user's sessions
+        alive (a login shell, tmux, Jupyter: `Process.lifeline`) and `force` is false, nothing
+        is killed anywhere and every answer is `refused`, listing what would be taken.
+        """
+        found = {answer.host: answer for answer in await self.find(pattern)}
+        refused = not force and any(p.lifeline for a in found.values() for p in a.processes)
+        if dry_run or refused:
+            return [_would_kill(answer, refused) for answer in found.values()]
 
-        return await self.each_host(ask, lambda host, why: HostKills(host, error=why))
+        async def kill(session: HostSession) -> HostKills:
+            listed = found[session.label]
+            if listed.error is not None or not listed.processes:
+                return HostKills(session.label, error=listed.error)
+            return HostKills(session.label, await _kill(session, listed.processes, sig, grace))
+
+        return await self.each_host(kill, lambda host, why: HostKills(host, error=why))
 
     # -- check ------------------------------------------------------------------------------
 
@@ -267,15 +296,31 @@ class Machines(Cluster):
         return await self.each_host(ask, lambda host, why: HostOutput(host, error=why))
 
 
+def _would_kill(listed: HostProcesses, refused: bool) -> HostKills:
+    """What killall would do on a host, when it does nothing (a dry run, or refused)."""
+    kills = [
+        Killed(p, f"{NEEDS_FORCE} ({p.lifeline})" if refused and p.lifeline else WOULD_KILL)
+        for p in listed.processes
+    ]
+    return HostKills(listed.host, kills, listed.error, refused)
+
+
 def _master() -> tuple[str, int]:
     """Who the master is, so the dispatcher on its own machine never matches it."""
     return machine_id(), os.getpid()
 
 
-async def _find(session: HostSession, pattern: str) -> tuple[list[Process], str | None]:
+async def _find(
+    session: HostSession, pattern: str, timeout: float
+) -> tuple[list[Process], str | None]:
     with session.request() as req:
-        session.send(FindProcs(req.rid, pattern, *_master()))
-        reply = await req.reply(ProcsFound, REPLY_TIMEOUT)
+        session.send(FindProcs(req.rid, pattern, *_master(), timeout))
+        reply = None
+        try:
+            reply = await req.reply(ProcsFound, timeout + REPLY_TIMEOUT)
+        finally:
+            if reply is None:  # given up on (no answer, or our caller was cancelled)
+                session.send(Cancel(req.rid))  # so the host stops matching at once
     if reply.error:
         return [], reply.error
     return [Process(**dict(zip(ROW_FIELDS, row, strict=True))) for row in reply.procs], None

@@ -4,6 +4,20 @@ One SQLite file per batch: a `meta` table says which batch it belongs to (a fing
 batch file's bytes), `results` holds every job's final `JobResult`, `attempts` logs every try.
 `anet --resume` reads it back: the ids that succeeded are skipped, their results re-emitted.
 
+Exactly once across a stop of the master rests on one order, kept by the writer of stdout:
+a result is *committed* here before any byte of it is written, and marked *delivered* once the
+kernel has taken all its bytes (`mark_delivered`, committed with the next group commit).
+`--resume --only-new` then writes the results that were committed but never delivered, and runs
+only the jobs that have no success here. A stop the master handles (Ctrl-C, TERM, HUP, an error)
+commits its last marks, so nothing is lost or repeated; a kill -9 can only repeat the results
+written since the last commit, never lose one. docs/formats.md says what a consumer can rely on.
+
+Outputs larger than INLINE_OUTPUT go to `output_chunks` in pieces, since SQLite refuses a value
+over about 1 GB ("string or blob too big"); readers put them back together.
+
+One run at a time per journal: `open` takes an exclusive lock beside the file (flock on
+`<journal>.lock`), so a second run of the same batch gets a clear error, not a shared journal.
+
 Writes are group commits: `record()` only buffers, and the buffer is committed when it is full or
 when the master calls `flush()` (on a timer, and at exit). In WAL mode with `synchronous=NORMAL` a
 commit is a write to the WAL without fsync, so thousands of results per second cost a handful of
@@ -13,13 +27,14 @@ pages); only a power cut can take the last commits, as it would any unsynced fil
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
-from dataclasses import fields
+from dataclasses import fields, replace
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,13 +51,18 @@ MAX_PENDING_BYTES = 16 << 20
 """Buffered output that forces a commit, so big outputs cannot pile up in memory (invariant 4)."""
 _READ_PAGE = 64
 """Results per query while streaming them back: bounded memory even with large outputs."""
+INLINE_OUTPUT = 64 << 20
+"""Output bytes (stdout + stderr) a result row holds itself; beyond, it goes to output_chunks."""
+CHUNK = 16 << 20
+"""Bytes per output_chunks row: far below SQLite's 1 GB limit on one value."""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE results (
     id INTEGER PRIMARY KEY, ok INTEGER NOT NULL, exit_code INTEGER, signal INTEGER,
     host TEXT NOT NULL, attempts INTEGER NOT NULL, duration REAL NOT NULL,
-    stdout BLOB NOT NULL, stderr BLOB NOT NULL, error TEXT
+    stdout BLOB NOT NULL, stderr BLOB NOT NULL, error TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0, chunked INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE attempts (
     job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, host TEXT NOT NULL, start REAL NOT NULL,
@@ -54,22 +74,43 @@ _HOST_EVENTS = """CREATE TABLE IF NOT EXISTS host_events (
 );"""
 """Hosts joining, lost, back, given up: `anet report`'s timeline. Added after schema version 1
 shipped, so opening any journal creates it if missing rather than bumping the version."""
+_OUTPUT_CHUNKS = """CREATE TABLE IF NOT EXISTS output_chunks (
+    id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS output_chunks_key ON output_chunks (id, stream, seq);"""
+"""The pieces of outputs too big for one SQLite value (stream 1 = stdout, 2 = stderr)."""
+_ADDED_COLUMNS = {
+    "delivered": "INTEGER NOT NULL DEFAULT 1",
+    "chunked": "INTEGER NOT NULL DEFAULT 0",
+}
+"""Result columns added after schema version 1 shipped, with the value older rows get: an older
+anet wrote each result before committing it, so its results count as delivered."""
 _FIELDS = [field.name for field in fields(JobResult)]  # the results columns, in this order
 _COLUMNS = ", ".join(_FIELDS)
 _AS_ROW = attrgetter(*_FIELDS)  # one C call per result: a tuple to bind, no dict, no copy
+_STORED = [*_FIELDS, "delivered", "chunked"]
 # A success is final: a later failure for the same id (which resume never causes, since it skips
-# successes) must not erase it; any other later result replaces the earlier one.
+# successes) must not erase it; any other later result replaces the earlier one. A new result is
+# never delivered yet; `chunked` is the last value bound.
 _UPSERT_RESULT = (
-    f"INSERT INTO results ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))}) ON CONFLICT (id)"
-    f" DO UPDATE SET ({_COLUMNS}) = ({', '.join(f'excluded.{c}' for c in _FIELDS)})"
+    f"INSERT INTO results ({', '.join(_STORED)}) VALUES ({', '.join('?' * len(_FIELDS))}, 0, ?)"
+    f" ON CONFLICT (id) DO UPDATE SET ({', '.join(_STORED)})"
+    f" = ({', '.join(f'excluded.{c}' for c in _STORED)})"
     " WHERE excluded.ok OR NOT results.ok"
 )
+_MARK_DELIVERED = "UPDATE results SET delivered = 1 WHERE id = ?"
+_INSERT_CHUNK = "INSERT INTO output_chunks VALUES (?, ?, ?, ?)"
+_SELECT = f"SELECT {_COLUMNS}, chunked FROM results"
 _INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_HOST_EVENT = "INSERT INTO host_events VALUES (?, ?, ?, ?)"
 
 
 class JournalError(UsageError):
     """The journal cannot be created, read or written; the message names its path, one line."""
+
+
+class JournalBusy(JournalError):
+    """Another anet run holds the journal (the same batch, running now)."""
 
 
 class IdSet:
@@ -199,7 +240,8 @@ def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) ->
     try:
         with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
             db.executescript(
-                f"PRAGMA application_id = {APPLICATION_ID}; BEGIN; {_SCHEMA} {_HOST_EVENTS}"
+                f"PRAGMA application_id = {APPLICATION_ID};"
+                f" BEGIN; {_SCHEMA} {_HOST_EVENTS} {_OUTPUT_CHUNKS}"
             )
             meta = {
                 "fingerprint": fingerprint,
@@ -223,14 +265,22 @@ class Journal:
     """An open journal; `Journal.open` makes one. Not thread-safe: the master's loop owns it."""
 
     def __init__(
-        self, path: Path, db: sqlite3.Connection, meta: dict[str, str], batch_size: int
+        self,
+        path: Path,
+        db: sqlite3.Connection,
+        meta: dict[str, str],
+        batch_size: int,
+        lock: int | None = None,
     ) -> None:
         self.path = path
         self.meta = meta
         """What `open` found: fingerprint, batch_path, created, anet_version, schema_version."""
         self._db = db
+        self._lock = lock
         self._batch_size = batch_size
         self._results: list[tuple[Any, ...]] = []
+        self._chunked: list[JobResult] = []
+        self._delivered: list[tuple[int]] = []
         self._attempts: list[AttemptRecord] = []
         self._host_events: list[tuple[float, str, str, str | None]] = []
         self._pending_bytes = 0
@@ -248,17 +298,24 @@ class Journal:
         batch_size: int = BATCH_SIZE,
     ) -> Journal:
         """Start a fresh journal (replacing an old one), or with `resume` reopen the existing one,
-        which must belong to the same batch file contents."""
+        which must belong to the same batch file contents. JournalBusy while another run has it."""
         path = Path(path)
         if resume and not os.path.lexists(path):
             raise UsageError(f"no journal to resume at {path}; run without --resume")
+        lock: int | None = None
         try:
             if not resume:
                 _make_private_dirs(path.parent)
+            lock = _lock(path)
+            if not resume:
                 _create(path, fingerprint, batch_path)
             db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
+            _unlock(lock)
             raise JournalError(f"cannot create journal {path}: {_one_line(exc)}") from None
+        except BaseException:
+            _unlock(lock)
+            raise
         try:
             meta = _check(db, path)
             if resume and meta.get("fingerprint") != fingerprint:
@@ -269,22 +326,35 @@ class Journal:
             db.execute("PRAGMA journal_mode = WAL")  # kept in the file; set again in case
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(f"PRAGMA journal_size_limit = {64 << 20}")  # shrink the WAL after bursts
-            db.execute(_HOST_EVENTS)
+            _migrate(db)
         except sqlite3.Error as exc:
             db.close()
+            _unlock(lock)
             raise JournalError(f"cannot open journal {path}: {_one_line(exc)}") from None
         except BaseException:
             db.close()
+            _unlock(lock)
             raise
-        return cls(path, db, meta, batch_size)
+        return cls(path, db, meta, batch_size, lock)
 
     # -- writing ----------------------------------------------------------------------------
 
     def record(self, result: JobResult) -> None:
         """Buffer a final result; it is durable after the next commit (see `flush`)."""
-        self._results.append(_AS_ROW(result))
-        self._pending_bytes += len(result.stdout) + len(result.stderr)
+        size = len(result.stdout) + len(result.stderr)
+        if size > INLINE_OUTPUT:
+            self._chunked.append(result)
+        else:
+            self._results.append((*_AS_ROW(result), 0))
+        self._pending_bytes += size
         self._flush_if_full()
+
+    def mark_delivered(self, job_id: int) -> None:
+        """The whole of this job's result reached stdout (the kernel took its bytes): a resume
+        with --only-new must not write it again. Committed with the next group commit."""
+        self._delivered.append((job_id,))
+        if len(self._delivered) >= self._batch_size:
+            self.flush()
 
     def record_attempt(self, attempt: AttemptRecord) -> None:
         """Buffer one try of a job for the joblog; committed with the results."""
@@ -296,8 +366,18 @@ class Journal:
         self._host_events.append((when, host, event, detail))
         self._flush_if_full()
 
+    @property
+    def broken(self) -> bool:
+        """A commit failed: every later write raises the same error."""
+        return self._broken is not None
+
+    @property
+    def unflushed(self) -> bool:
+        """Results recorded but not committed yet: they must not reach stdout before a flush."""
+        return bool(self._results or self._chunked)
+
     def _flush_if_full(self) -> None:
-        pending = len(self._results) + len(self._attempts)
+        pending = len(self._results) + len(self._chunked) + len(self._attempts)
         full = pending >= self._batch_size or self._pending_bytes >= MAX_PENDING_BYTES
         if full or self._broken or self._closed:  # misuse and breakage fail loudly, at once
             self.flush()
@@ -312,11 +392,15 @@ class Journal:
             raise self._broken
         if self._closed:
             raise RuntimeError("the journal is closed")
-        if not self._results and not self._attempts and not self._host_events:
+        buffers = (self._results, self._chunked, self._delivered, self._attempts, self._host_events)
+        if not any(buffers):
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_UPSERT_RESULT, self._results)
+            for result in self._chunked:
+                self._write_chunked(result)
+            self._db.executemany(_MARK_DELIVERED, self._delivered)
             self._db.executemany(_INSERT_ATTEMPT, self._attempts)
             self._db.executemany(_INSERT_HOST_EVENT, self._host_events)
             self._db.execute("COMMIT")
@@ -327,10 +411,25 @@ class Journal:
             self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
             raise self._broken from None
         finally:
-            self._results.clear()
-            self._attempts.clear()
-            self._host_events.clear()
+            for buffer in buffers:
+                buffer.clear()
             self._pending_bytes = 0
+
+    def _write_chunked(self, result: JobResult) -> None:
+        """A result whose output is too big for one row: the row, then its output in pieces."""
+        row = (*_AS_ROW(replace(result, stdout=b"", stderr=b"")), 1)
+        if self._db.execute(_UPSERT_RESULT, row).rowcount == 0:
+            return  # a success already stands for this id
+        self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
+        for stream, data in ((1, result.stdout), (2, result.stderr)):
+            view = memoryview(data)
+            self._db.executemany(
+                _INSERT_CHUNK,
+                (
+                    (result.id, stream, seq, view[at : at + CHUNK])
+                    for seq, at in enumerate(range(0, len(view), CHUNK))
+                ),
+            )
 
     def close(self) -> None:
         """Flush and close; idempotent. After a failed flush it only closes."""
@@ -342,6 +441,8 @@ class Journal:
         finally:
             self._closed = True
             self._db.close()
+            _unlock(self._lock)
+            self._lock = None
 
     def __enter__(self) -> Journal:
         return self
@@ -367,18 +468,32 @@ class Journal:
                 ids.add(job_id)
         return ids
 
-    def succeeded_results(self) -> Iterator[JobResult]:
+    def succeeded_results(self, *, undelivered: bool = False) -> Iterator[JobResult]:
         """Stored successes in id order, a page at a time, so a resume can re-emit them all
-        without holding them all."""
-        query = f"SELECT {_COLUMNS} FROM results WHERE ok AND id > ? ORDER BY id LIMIT ?"
-        return (JobResult(row[0], bool(row[1]), *row[2:]) for row in self._paged(query))
+        without holding them all; with `undelivered`, only those that never reached stdout
+        (what `--resume --only-new` owes its consumer)."""
+        which = "ok AND NOT delivered" if undelivered else "ok"
+        return self._results_where(f"{which} AND id > ?")
 
     def results_from(self, first: int) -> Iterator[JobResult]:
         """Stored results with id >= `first`, in id order, a page at a time (for --keep-order:
         results waiting for an earlier job are read back from here, not held in memory)."""
-        query = f"SELECT {_COLUMNS} FROM results WHERE id > ? ORDER BY id LIMIT ?"
-        pages = self._paged(query, first - 1)
-        return (JobResult(row[0], bool(row[1]), *row[2:]) for row in pages)
+        return self._results_where("id > ?", first - 1)
+
+    def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
+        query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
+        for row in self._paged(query, after):
+            stdout, stderr = self._chunks(row[0]) if row[-1] else (row[7], row[8])
+            yield JobResult(row[0], bool(row[1]), *row[2:7], stdout, stderr, row[9])
+
+    def _chunks(self, job_id: int) -> tuple[bytes, bytes]:
+        """A chunked result's stdout and stderr, put back together."""
+        parts: tuple[list[bytes], list[bytes]] = ([], [])
+        with self._reading() as db:
+            query = "SELECT stream, data FROM output_chunks WHERE id = ? ORDER BY stream, seq"
+            for stream, data in db.execute(query, (job_id,)):
+                parts[stream - 1].append(data)
+        return b"".join(parts[0]), b"".join(parts[1])
 
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
@@ -401,6 +516,48 @@ class Journal:
             if len(rows) < _READ_PAGE:
                 return
             after = rows[-1][0]
+
+
+def _lock(path: Path) -> int:
+    """Hold `<journal>.lock` exclusively for the run; its text names the holder's pid.
+
+    A separate file, because a fresh journal is renamed over the old one (a lock on the old
+    inode would not keep a second run out), and flock because SQLite's own locks are fcntl
+    locks that come and go with each transaction.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise JournalBusy(
+            f"journal {path} is in use by another anet run of this batch{who};"
+            " wait for it, or give this run its own --journal FILE (or --no-journal)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Tables and columns added since schema version 1, created where an older anet left none."""
+    db.execute(_HOST_EVENTS)
+    db.executescript(_OUTPUT_CHUNKS)
+    have = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
 
 def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:

@@ -16,19 +16,25 @@ from typing import Any, TextIO
 
 import structlog
 
+from .printable import printable
+
 _LOGGER = logging.getLogger("anet")
 _style = {"verbose": False, "json": False}
 _json = structlog.processors.JSONRenderer()
 
 
 def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
+    """One line; what a host said in it (a reason, a hostname) has its control codes escaped.
+    JSON needs no more: the renderer escapes every control and non-ASCII character."""
     if _style["json"]:
         return str(_json(logger, name, event))
-    message = event.pop("event")
+    message = printable(str(event.pop("event")))
     if not _style["verbose"]:
         return f"anet: {message}"
     level = event.pop("level", "")
-    extra = " ".join(f"{key}={value}" for key, value in event.items() if key != "timestamp")
+    extra = " ".join(
+        f"{key}={printable(str(value))}" for key, value in event.items() if key != "timestamp"
+    )
     return f"anet: {level}: {message}" + (f"  [{extra}]" if extra else "")
 
 

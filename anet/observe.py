@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .batch import Job, open_batch, read_batch
 from .joblog import Joblog
-from .journal import IdSet, Journal
+from .journal import Journal
 from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
 from .progress import ProgressView, Snapshot, Tally, take_snapshot
 from .record import JobResult
@@ -31,13 +31,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ObserveArgs:
-    """--joblog, --results, -k, --tag, --quiet as given."""
+    """--joblog, --results, -k, --tag, --quiet, --progress as given."""
 
     joblog: Path | None = None
     results: Path | None = None
     keep_order: bool = False
     tag: bool = False
     quiet: bool = False
+    progress: bool = False
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -58,7 +59,7 @@ class RunObservers:
         self,
         args: ObserveArgs,
         stderr: TextIO,
-        batch: Path,
+        batch: Path | None,
         journal: Journal | None,
     ) -> None:
         self.args = args
@@ -91,13 +92,11 @@ class RunObservers:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def resuming(self, journal: Journal | None, done: IdSet, *, replay: bool) -> None:
-        """With --resume: the earlier run's successes count as done; with -k and `replay`,
-        they are merged into the ordered stream (filtered by `done`: the journal also gets this
-        run's results meanwhile)."""
-        self.tally.base = len(done)
-        if journal is not None and replay and self._order is not None:
-            earlier = (r for r in journal.succeeded_results() if r.id in done)
+    def resuming(self, done: int, earlier: Iterator[JobResult] | None) -> None:
+        """With --resume: `done` earlier successes count as done; with -k, the `earlier` results
+        to write again are merged into the ordered stream."""
+        self.tally.base = done
+        if earlier is not None and self._order is not None:
             self._order.merge_earlier(earlier)
 
     def jobs(self, jobs: Iterable[Job]) -> Iterable[Job]:
@@ -109,23 +108,36 @@ class RunObservers:
         """Joblog and progress for the run's duration; keeps the last snapshot for the summary."""
         if self._joblog is not None:
             cluster.observe_attempts(self._joblog.write)
-        if self.args.quiet:
-            view = None
-        else:
-            live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
-            view = ProgressView(self._stderr, self._source(cluster), live=live)
-        counting = asyncio.get_running_loop().create_task(self._count())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        source = self._source(cluster)
+        view = self._view(source)
+        counting = loop.create_task(self._count())
         try:
             if view is None:
                 yield
             else:
                 async with view:
                     yield
-                    self.final = view.snapshot()
+            if not self.args.quiet:
+                self.final = source(loop.time() - start)
         finally:
             counting.cancel()
 
-    def _source(self, cluster: Cluster):  # noqa: ANN202 (a closure)
+    def _view(self, source: Callable[[float], Snapshot]) -> ProgressView | None:
+        """The live view on a terminal; status lines elsewhere only with --progress.
+
+        A status line every 10 s into a pipe that nobody reads would fill it in about 96
+        minutes; a log file that wants them asks for them.
+        """
+        if self.args.quiet:
+            return None
+        live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
+        if not live and not self.args.progress:
+            return None
+        return ProgressView(self._stderr, source, live=live)
+
+    def _source(self, cluster: Cluster) -> Callable[[float], Snapshot]:
         def source(elapsed: float) -> Snapshot:
             now = asyncio.get_running_loop().time()
             return take_snapshot(self.tally, cluster.hosts, elapsed, now)
@@ -133,6 +145,8 @@ class RunObservers:
         return source
 
     async def _count(self) -> None:
+        if self._batch is None:  # a stream: its jobs are known as they are read
+            return
         with contextlib.suppress(Exception):  # a progress bar without a total is still useful
             self.tally.total = await asyncio.to_thread(count_jobs, self._batch)
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 LIVE_INTERVAL = 0.5
 """Seconds between redraws of the live view: smooth enough to watch, a few ms of CPU a second."""
 STATUS_INTERVAL = 10.0
-"""Seconds between status lines when stderr is not a terminal (a log file, CI)."""
+"""Seconds between status lines when stderr is not a terminal and `--progress` asks for them."""
 FRAME_BUDGET = 0.01
 """Most of one core the live view may spend drawing; a slow terminal gets fewer frames."""
 RATE_WINDOW = 60.0

@@ -151,6 +151,11 @@ class HostSession:
         self._attempts: dict[int, bool] = {}
         """Attempts sent to this dispatcher and not ended, by aid: True once Started."""
 
+    @property
+    def started(self) -> bool:
+        """A dispatcher process is running for this session (booting, syncing or serving)."""
+        return self._channel is not None
+
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .batch import open_batch, read_batch
 from .errors import UsageError
 from .journal import APPLICATION_ID, JournalError, fingerprint_batch
+from .printable import printable
 
 LISTED = 20
 """Failed and slowest jobs listed."""
@@ -113,11 +114,11 @@ def _batch_total(meta: dict[str, str]) -> int | None:
 
 
 def _why(error: str | None, tail: bytes | None, exit_code: int | None, signal: int | None) -> str:
-    if error:
-        return " ".join(error.split())
+    if error:  # anet's words, maybe quoting a host's: escaped, as everything a host says
+        return printable(" ".join(error.split()))
     for line in reversed((tail or b"").splitlines()):
         if line.strip():
-            return line.decode("utf-8", "replace").strip()[:200]
+            return printable(line.decode("utf-8", "replace").strip()[:200])
     return f"signal {signal}" if signal is not None else f"exit {exit_code}"
 
 

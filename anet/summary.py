@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .printable import printable
 from .progress import Snapshot, align_columns, duration, host_state, job_time
 from .record import JobResult
 
@@ -19,12 +20,13 @@ FAILED_SHOWN = 20
 
 
 def last_error_line(result: JobResult) -> str:
-    """Why a job failed, in one line: anet's own explanation, else its last stderr line."""
+    """Why a job failed, in one line: anet's own explanation, else its last stderr line (both
+    may hold what a host said: escaped)."""
     if result.error:
-        return " ".join(result.error.split())
+        return printable(" ".join(result.error.split()))
     for line in reversed(result.stderr.splitlines()):
         if line.strip():
-            return line.decode("utf-8", "replace").strip()[:200]
+            return printable(line.decode("utf-8", "replace").strip()[:200])
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exit {result.exit_code}"

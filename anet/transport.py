@@ -77,6 +77,9 @@ class LocalTransport:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            # Out of the terminal's foreground group: a ^C there must reach the master alone,
+            # which stops the dispatcher in order (its jobs first), as it does on SSH hosts.
+            start_new_session=True,
         )
         assert proc.stdin and proc.stdout and proc.stderr
         stdin = proc.stdin

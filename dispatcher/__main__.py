@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import procs
+from .forked import Forks
 from .pidfiles import PidFiles
 from .protocol import (
     BOOT_FRAMES,
@@ -52,14 +53,22 @@ from .protocol import (
     Started,
     encode,
 )
-from .runner import JobProcess, kill_group, spawn
+from .runner import JobProcess, kill_group, read_buffered, spawn
 from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
 DRAIN_GRACE = 2.0
-"""Seconds to keep reading a job's pipes after its group was killed (an escapee holds them)."""
+"""Seconds of reading a job's pipes after its shell ended and its group was killed, in case a
+process that left the group (an escapee) still holds them. Only time spent reading counts:
+while back-pressure pauses the pipes, the clock stops."""
+CUT_NOTE = (
+    b"anet: output cut: a process this job started left its process group and kept its"
+    b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
+)
 SHUTDOWN_GRACE = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
 
 def _load() -> float:
@@ -99,12 +108,16 @@ class Dispatcher:
         self.paused = False
         self.writing = False
         self.running = True
+        self.stopped_by = 0  # the signal that told us to stop, if one did
         self.last_heard = time.monotonic()
         self.next_heartbeat = float("inf")
         self.handlers: Dict[type, Callable[[Any], None]] = {}
         """Handlers of request messages (deps sync, housekeeping), by message class; each
         request module registers its own, so this loop stays about jobs."""
-        procs.register(self.handlers, self.send)
+        self.forks = Forks(self.sel, self.send)
+        """Request work that could stall this loop (matching a pattern) runs in children."""
+        self.forks.register(self.handlers)
+        procs.register(self.handlers, self.send, self.forks)
         self.deps = SyncStore(home, self.send)
         self.deps.register(self.handlers)
         self.deps.keepalive = self.heartbeat_now
@@ -112,6 +125,8 @@ class Dispatcher:
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.on_stop_signal)
         signal.set_wakeup_fd(self.sigchld_w)
         self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
@@ -138,14 +153,18 @@ class Dispatcher:
                 if not self.running:
                     break
             self.on_timers(time.monotonic())
+        if self.stopped_by:
+            name = signal.Signals(self.stopped_by).name
+            sys.stderr.write("anet dispatcher: %s received: stopping every job\n" % name)
         self.terminate_all()
+        self.forks.stop_all()
         self.deps.abandon_all()
         self.pidfiles.close()
         self.send(Bye())
         self.flush_blocking()
 
     def timeout(self) -> float:
-        deadlines = [self.next_heartbeat]
+        deadlines = [self.next_heartbeat, self.forks.next_deadline()]
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -158,14 +177,13 @@ class Dispatcher:
             self.next_heartbeat = now + self.setup.heartbeat
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
+        self.forks.expire(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
                 kill_group(job.pid, signal.SIGKILL)
             if job.drain_until is not None and now >= job.drain_until:
-                for fd in list(job.pipes):
-                    self.close_job_fd(job, fd)
-                self.maybe_finish(job)
+                self.cut_output(job)
 
     # -- frames from the master -------------------------------------------------------------
 
@@ -203,6 +221,13 @@ class Dispatcher:
         elif type(msg) in self.handlers:
             self.handlers[type(msg)](msg)
         # Heartbeat: receiving it already refreshed last_heard.
+
+    def on_stop_signal(self, signum: int, _frame: Any) -> None:
+        """Told to die (a terminal's ^C, kill, a hang-up): end as when the master goes, jobs
+        killed first. They live in their own sessions: dying at once would orphan them.
+        Only flags here: the loop does the work (no I/O inside a signal handler)."""
+        self.stopped_by = signum
+        self.running = False
 
     def heartbeat_now(self) -> None:
         """A heartbeat sent at once, from inside a long handler (a big deps build)."""
@@ -266,16 +291,28 @@ class Dispatcher:
             self.sel.unregister(fd)
         job.close_pipe(fd)
 
+    def cut_output(self, job: JobProcess) -> None:
+        """The grace is over and an escapee still holds the pipes: send what they hold now,
+        stop waiting for their EOF, and say so in the job's stderr (its exit status stays)."""
+        for fd in list(job.pipes):
+            for data in read_buffered(fd):
+                self.send(Output(job.aid, job.pipes[fd], data))
+            self.close_job_fd(job, fd)
+        self.send(Output(job.aid, STDERR, CUT_NOTE))
+        self.maybe_finish(job)
+
     def on_sigchld(self, fd: int) -> None:
         try:
             while os.read(fd, 512):
                 pass
         except BlockingIOError:
             pass
+        self.forks.reap()
         for job in list(self.jobs.values()):
             if not job.exited and job.try_reap():
                 if job.pipes:
-                    job.drain_until = time.monotonic() + DRAIN_GRACE
+                    job.drain_left = DRAIN_GRACE
+                    job.drain_clock(time.monotonic(), not self.paused)
                 self.maybe_finish(job)
 
     def maybe_finish(self, job: JobProcess) -> None:
@@ -311,9 +348,15 @@ class Dispatcher:
             self.set_paused(True)
 
     def set_paused(self, paused: bool) -> None:
-        """Stop (or resume) reading job pipes: back-pressure from the master to the jobs."""
+        """Stop (or resume) reading job pipes: back-pressure from the master to the jobs.
+
+        Never a loss: paused pipes keep their data (and block their writers), and an ended
+        job's escapee grace does not run while nobody reads its pipes.
+        """
         self.paused = paused
+        now = time.monotonic()
         for job in self.jobs.values():
+            job.drain_clock(now, not paused)
             if paused:
                 for fd in job.pipes:
                     self.sel.unregister(fd)

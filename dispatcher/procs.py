@@ -8,8 +8,13 @@ match itself. What must never be matched, whatever the pattern:
 - every other anet dispatcher and its ancestors (another run's machinery, not its jobs);
 - every sshd process (an SSH session is the user's lifeline to the machine);
 - on the master's own machine, the master and its ancestors (the shell the user typed in):
-  the master's command line contains the pattern, as the old `ps | grep` did;
+  the master's command line contains the pattern, as the old `ps | grep` did; and the pipeline
+  the master runs in (`anet --killall sim | grep sim`: the grep holds the pattern too);
 - init, kernel threads, zombies, and anything of another user.
+
+What keeps the user's sessions alive (login shells, terminals' session leaders, tmux and
+screen, agents, Jupyter: `lifeline()`) is matched, but each row says so, and killall takes
+those only with `--force`: a pattern that catches one is most likely broader than meant.
 
 Killing is two requests, driven by the master: `SignalProcs` with TERM, then polls with signal
 0, then KILL for the survivors. The grace period thus lives on the master, and this loop never
@@ -28,8 +33,9 @@ import pwd
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from .forked import TIMED_OUT, Forks
 from .protocol import (
     MAX_NAME,
     MAX_PID,
@@ -62,6 +68,8 @@ class FindProcs(Message):
 
     `machine` and `master_pid` name the master's process (boot id + pid namespace, and pid),
     so that a dispatcher on the master's own machine never matches the master or its shell.
+    `timeout` bounds the listing in seconds: a pattern that backtracks for ever (`(a+)+$`)
+    gets an error reply then, and its matching is stopped (see `dispatcher.forked`).
     """
 
     CODE = 20
@@ -69,37 +77,36 @@ class FindProcs(Message):
     pattern: str
     machine: str
     master_pid: int
+    timeout: float
 
 
 ROW_FIELDS = (
     "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
+    "lifeline",
 )  # fmt: skip
 """A ProcsFound row: `start` is in clock ticks since boot (the identity beside the pid),
 `group` the number of processes in the group the process leads (0: it leads none, or its group
-holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them."""
+holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them,
+`lifeline` what of the user's sessions the process (or its group) keeps alive, "" for nothing
+(see `lifeline()`): killall takes those only when told to."""
 
 
 def _is_row(row: Any) -> bool:
     """A ProcsFound row whose every item has the type and range `ROW_FIELDS` says."""
     if not isinstance(row, list) or len(row) != len(ROW_FIELDS):
         return False
-    pid, start, pgid, group, user, elapsed, cpu, mem, rss_kb, command = row
+    pid, start, pgid, group, user, elapsed, cpu, mem, rss_kb, command, keeps = row
     return (
         integer(pid, 1, MAX_PID)
         and all(integer(v, 0) for v in (start, pgid, group, rss_kb))
         and all(number(v, 0) for v in (elapsed, cpu, mem))
-        and isinstance(user, str)
-        and len(user) <= MAX_NAME
+        and all(isinstance(v, str) and len(v) <= MAX_NAME for v in (user, keeps))
         and isinstance(command, str)
     )
 
 
 def _are_rows(rows: List[Any]) -> bool:
     return all(map(_is_row, rows))
-
-
-def _are_outcomes(pairs: List[Any]) -> bool:
-    return all(map(_is_outcome, pairs))
 
 
 def _is_outcome(pair: Any) -> bool:
@@ -111,6 +118,10 @@ def _is_outcome(pair: Any) -> bool:
         and isinstance(pair[1], str)
         and pair[1] in OUTCOMES
     )
+
+
+def _are_outcomes(pairs: List[Any]) -> bool:
+    return all(map(_is_outcome, pairs))
 
 
 @message
@@ -179,7 +190,10 @@ class HostProbe(Message):
 class Proc:
     """What /proc says about one process."""
 
-    __slots__ = ("argv", "name", "pgid", "pid", "ppid", "rss", "start", "state", "ticks", "uid")
+    __slots__ = (
+        "argv", "name", "pgid", "pid", "ppid", "rss", "sid", "start", "state", "ticks", "tty",
+        "uid",
+    )  # fmt: skip
 
     def __init__(self, pid: int, stat: bytes, uid: int, argv: List[str]) -> None:
         self.pid = pid
@@ -190,6 +204,8 @@ class Proc:
         self.state = fields[0].decode()
         self.ppid = int(fields[1])
         self.pgid = int(fields[2])
+        self.sid = int(fields[3])
+        self.tty = int(fields[4])  # the controlling terminal's device number; 0: none
         self.ticks = int(fields[11]) + int(fields[12])  # utime + stime
         self.start = int(fields[19])
         self.rss = int(fields[21])  # pages
@@ -261,6 +277,47 @@ def _ancestors(table: Dict[int, Proc], pid: int) -> Set[int]:
     return found
 
 
+MULTIPLEXERS = ("tmux", "screen", "mosh-server", "dtach", "abduco", "zellij")
+AGENTS = ("ssh-agent", "gpg-agent")
+NOTEBOOKS = ("jupyter", "ipykernel")
+
+
+def lifeline(proc: Proc) -> str:
+    """What of the user's sessions `proc` keeps alive, or "" when nothing does.
+
+    Killing one of these ends a session or a piece of the user's own work at the machine, not a
+    computation: a terminal multiplexer and every window in it, a login shell or a terminal's
+    shell (the session leader that owns the terminal), an agent holding keys, the user's
+    service manager, a Jupyter server or kernel (its notebooks' state), a VS Code server.
+    """
+    program = os.path.basename(proc.argv[0]) if proc.argv else ""
+    names = (proc.name.lower(), program.lower())  # comm "tmux: server"; argv[0] "SCREEN"
+    if any(name.split(":")[0] in MULTIPLEXERS for name in names):
+        return "terminal multiplexer"
+    if any(name in AGENTS for name in names):
+        return "agent"
+    if proc.argv and proc.argv[0].startswith("-"):
+        return "login shell"
+    if proc.sid == proc.pid and proc.tty:
+        return "terminal session"
+    if proc.name in ("systemd", "(sd-pam)"):  # the user's own `systemd --user`
+        return "service manager"
+    if _runs(proc.argv, NOTEBOOKS):
+        return "Jupyter"
+    if any("/.vscode-server/" in arg for arg in proc.argv[:2]):
+        return "VS Code server"
+    return ""
+
+
+def _runs(argv: List[str], programs: tuple) -> bool:
+    """The program itself, the script an interpreter runs, or its `-m` module, is one of
+    `programs` (by prefix: jupyter-lab, ipykernel_launcher)."""
+    run = argv[:2]
+    if len(argv) >= 3 and argv[1] == "-m":
+        run = argv[2:3]
+    return any(os.path.basename(arg).startswith(programs) for arg in run)
+
+
 def is_dispatcher(proc: Proc) -> bool:
     return len(proc.argv) >= 3 and proc.argv[1] == "-c" and proc.argv[2].startswith(STUB_MARK)
 
@@ -272,22 +329,62 @@ def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]
         if is_dispatcher(proc) or proc.name == "sshd" or proc.name.startswith("sshd-"):
             keep |= _ancestors(table, proc.pid)
     if machine and machine == machine_id():
-        keep |= _ancestors(table, master_pid)
+        keep |= _ancestors(table, master_pid) | _pipeline(table, master_pid)
     return keep
+
+
+def _pipeline(table: Dict[int, Proc], pid: int) -> Set[int]:
+    """The shell pipeline `pid` runs in (`anet --killall sim | grep sim | head`): the members
+    of its process group that read what it writes, what those write, and so on, and those it
+    reads from, and so on. A stdout->stdin pipe is the link: a job that merely writes to the
+    same pipe as `pid` (`sim & anet --killall sim`, in a script whose output is piped) is not
+    part of it."""
+    proc = table.get(pid)
+    if proc is None:
+        return set()
+    ends = {p.pid: _pipe_ends(p.pid) for p in table.values() if p.pgid == proc.pgid}
+    downstream = _follow(ends, pid, lambda a, b: bool(a[1] & b[0]))
+    upstream = _follow(ends, pid, lambda a, b: bool(b[1] & a[0]))
+    return downstream | upstream
+
+
+def _follow(ends: Dict[int, Tuple[Set[str], Set[str]]], start: int, linked: Callable) -> Set[int]:
+    """Every process reached from `start` through `linked(from_ends, to_ends)` steps."""
+    found, todo = {start}, [start]
+    while todo:
+        here = ends.get(todo.pop(), (set(), set()))
+        for other, there in ends.items():
+            if other not in found and linked(here, there):
+                found.add(other)
+                todo.append(other)
+    return found
+
+
+def _pipe_ends(pid: int) -> Tuple[Set[str], Set[str]]:
+    """The pipes (`pipe:[inode]`) on `pid`'s stdin, and on its stdout and stderr."""
+    reads, writes = set(), set()  # type: Set[str], Set[str]
+    for fd, side in ((0, reads), (1, writes), (2, writes)):
+        try:
+            target = os.readlink("/proc/%d/fd/%d" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            side.add(target)
+    return reads, writes
 
 
 def _matchable(proc: Proc, uid: int, keep: Set[int]) -> bool:
     return proc.uid == uid and proc.pid not in keep and bool(proc.argv) and proc.state not in "ZX"
 
 
-def _group_size(table: Dict[int, Proc], proc: Proc, uid: int, keep: Set[int]) -> int:
-    """Members of the group `proc` leads, when it is safe to signal as a whole; else 0."""
+def _group(table: Dict[int, Proc], proc: Proc, uid: int, keep: Set[int]) -> List[Proc]:
+    """The live members of the group `proc` leads, when it is safe to signal as a whole."""
     if proc.pgid != proc.pid:
-        return 0
+        return []
     members = [p for p in table.values() if p.pgid == proc.pid and p.state not in "ZX"]
     if any(p.pid in keep or p.uid != uid for p in members):
-        return 0
-    return len(members)
+        return []
+    return members
 
 
 def find(pattern: str, machine: str, master_pid: int) -> List[List[Any]]:
@@ -308,10 +405,11 @@ def find(pattern: str, machine: str, master_pid: int) -> List[List[Any]]:
         cpu = 100.0 * proc.ticks / hz / elapsed if elapsed > 0 else 0.0
         rss_kb = proc.rss * page_kb
         mem = 100.0 * rss_kb / total_kb if total_kb else 0.0
-        group = _group_size(table, proc, uid, keep)
+        group = _group(table, proc, uid, keep)
+        kept = [lifeline(p) for p in [proc, *group]]  # the whole group goes when it leads one
         rows.append(
-            [proc.pid, proc.start, proc.pgid, group, _user(proc.uid), round(elapsed, 2),
-             round(cpu, 1), round(mem, 1), rss_kb, proc.command]
+            [proc.pid, proc.start, proc.pgid, len(group), _user(proc.uid), round(elapsed, 2),
+             round(cpu, 1), round(mem, 1), rss_kb, proc.command, next(filter(None, kept), "")]
         )  # fmt: skip
     return rows
 
@@ -408,17 +506,39 @@ def _user(uid: int) -> str:
 # -- the dispatcher's handlers ----------------------------------------------------------------
 
 
-def register(handlers: Dict[type, Callable[[Any], None]], send: Callable[[Message], None]) -> None:
-    """Add this module's request handlers to a Dispatcher's `handlers`; replies go to `send`."""
+MAX_TIMEOUT = 3600.0
+"""The longest a listing may take, whatever the master asks."""
+
+
+def register(
+    handlers: Dict[type, Callable[[Any], None]], send: Callable[[Message], None], forks: Forks
+) -> None:
+    """Add this module's request handlers to a Dispatcher's `handlers`; replies go to `send`;
+    a listing runs in a child of `forks`, so that no pattern can stall the loop."""
 
     def on_find(msg: FindProcs) -> None:
-        try:
-            rows, error = find(msg.pattern, msg.machine, msg.master_pid), ""
-        except re.error as exc:
-            rows, error = [], "bad pattern: %s" % exc
-        except OSError as exc:
-            rows, error = [], "cannot list processes (needs Linux /proc): %s" % exc
-        send(ProcsFound(msg.rid, rows, error))
+        bound = min(max(msg.timeout, 0.1), MAX_TIMEOUT)
+
+        def work() -> ProcsFound:
+            try:
+                rows, error = find(msg.pattern, msg.machine, msg.master_pid), ""
+            except re.error as exc:
+                rows, error = [], "bad pattern: %s" % exc
+            except OSError as exc:
+                rows, error = [], "cannot list processes (needs Linux /proc): %s" % exc
+            return ProcsFound(msg.rid, rows, error)
+
+        def failed(why: str) -> ProcsFound:
+            if why == TIMED_OUT:
+                why = (
+                    "the pattern took over %gs to match (nested repeats such as (a+)+ can "
+                    "backtrack for ever): simplify it" % bound
+                )
+            else:
+                why = "cannot list processes: %s" % why
+            return ProcsFound(msg.rid, [], why)
+
+        forks.start(msg.rid, work, failed, bound)
 
     def on_signal(msg: SignalProcs) -> None:
         try:

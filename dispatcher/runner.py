@@ -11,13 +11,16 @@ Runs on the end machines: Python 3.8+, stdlib only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import struct
 import subprocess
+import termios
 import time
-from typing import IO, Dict, Optional, Union
+from typing import IO, Dict, Iterator, Optional, Union
 
-from .protocol import STDERR, STDOUT, Exit, Run
+from .protocol import OUTPUT_CHUNK, STDERR, STDOUT, Exit, Run
 
 
 class JobProcess:
@@ -42,7 +45,12 @@ class JobProcess:
         self.cpu = 0.0
         self.maxrss_kb = 0
         self.kill_at: Optional[float] = None  # when a TERM escalates to KILL
-        self.drain_until: Optional[float] = None  # give up on pipes held open by escapees
+        self.drain_left: Optional[float] = None
+        """Seconds of reading still granted to pipes an escapee may hold open; None until the
+        shell is reaped with a pipe still open."""
+        self.drain_until: Optional[float] = None
+        """When that grace ends; set only while the pipes are being read, so a paused job's
+        grace does not run out unread."""
 
     @property
     def exited(self) -> bool:
@@ -82,6 +90,16 @@ class JobProcess:
             code, sig = os.WEXITSTATUS(status), None
         return Exit(self.aid, code, sig, self.duration, self.cpu, self.maxrss_kb)
 
+    def drain_clock(self, now: float, reading: bool) -> None:
+        """Run the escapee grace clock while the pipes are read, stop it while they are not."""
+        if self.drain_left is None:
+            return
+        if reading and self.drain_until is None:
+            self.drain_until = now + self.drain_left
+        elif not reading and self.drain_until is not None:
+            self.drain_left = max(0.0, self.drain_until - now)
+            self.drain_until = None
+
     def close_pipe(self, fd: int) -> None:
         self.pipes.pop(fd, None)
         pipe = self._files.pop(fd, None)
@@ -106,6 +124,26 @@ def spawn(run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str]) -> J
         close_fds=True,
     )
     return JobProcess(run, slot, proc)
+
+
+def read_buffered(fd: int) -> Iterator[bytes]:
+    """What a pipe holds right now, in chunks; never waits for a writer to add more.
+
+    FIONREAD bounds the reading: a writer that never stops cannot keep us here.
+    """
+    try:
+        left = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return
+    while left > 0:
+        try:
+            data = os.read(fd, min(left, OUTPUT_CHUNK))
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        left -= len(data)
+        yield data
 
 
 def kill_group(pgid: int, sig: int) -> None:

@@ -18,7 +18,10 @@ Why this shape:
 - **Delta.** A new tree takes every file it can from earlier trees (a hard link when content,
   mode and mtime all match, a local copy when only the content does); only the rest travels.
   Reused files are checked against their tree's manifest (size, mtime) first, so a file a job
-  modified in place is sent again rather than trusted.
+  modified in place is sent again rather than trusted. A reused file is reached one folder at
+  a time with O_NOFOLLOW: jobs run inside these trees, and one that swapped a folder for a
+  symlink to look-alike files must not pass them off as the master's; a copy is also checked
+  against its digest, since its bytes are read anyway.
 - **Shared file systems.** `fsid` lets the master see which hosts share one store (an NFS
   home): it syncs there once and the other hosts find the tree ready.
 
@@ -67,6 +70,8 @@ BASE_TREES = 2
 one searched costs loading its whole manifest."""
 STALE_STAGING = 24 * 3600.0
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+COPY_CHUNK = 1 << 20
 
 
 def _describe(exc: OSError) -> str:
@@ -96,6 +101,43 @@ def _stat_matches(st: os.stat_result, entry: List[Any]) -> bool:
     if kind == DIR:
         return stat.S_ISDIR(st.st_mode)
     return stat.S_ISLNK(st.st_mode)
+
+
+def _open_beneath(base: bytes, path: bytes) -> Tuple[int, int]:
+    """Open `base/path` for reading, one component at a time, following no symlink (not even
+    `base` itself): (fd of its folder, fd of the file). A job may have replaced any folder of an
+    old tree by a symlink to look-alike files; OSError (ELOOP, ENOTDIR) then."""
+    parts = path.split(b"/")
+    folder = os.open(base.rstrip(b"/"), _DIR_FLAGS)  # a trailing slash would follow a symlink
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
+        return folder, os.open(parts[-1], flags, dir_fd=folder)
+    except OSError:
+        os.close(folder)
+        raise
+
+
+def _link(folder: int, name: bytes, st: os.stat_result, target: bytes) -> bool:
+    """Hard-link the file opened as `st` into the new tree; False if that cannot be done."""
+    try:
+        os.link(name, target, src_dir_fd=folder, follow_symlinks=False)
+    except OSError:
+        return False  # another file system, or too many links: copy instead
+    linked = os.lstat(target)
+    if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
+        return True
+    os.unlink(target)  # the name was swapped since we opened it
+    return False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Incoming:
@@ -226,6 +268,8 @@ class SyncStore:
             return False
         base = self._tree_dir(tree) + b"/"  # entry paths are checked relative paths: plain
         try:  # concatenation, 10,000 times cheaper than os.path.join calls add up
+            if not stat.S_ISDIR(os.lstat(base[:-1]).st_mode):
+                return False  # a symlink in place of the tree: every lstat below would follow it
             for entry in entries:
                 self._tick()
                 if not _stat_matches(os.lstat(base + entry[0]), entry):
@@ -307,22 +351,46 @@ class SyncStore:
 
     def _reuse(self, candidates: Any, target: bytes, entry: List[Any]) -> bool:
         for base, old in candidates:
-            source = base + old[0]
             try:
-                if not _stat_matches(os.lstat(source), old):
+                folder, source = _open_beneath(base, old[0])
+            except OSError:
+                continue  # a concurrent GC removed it, or a job put a symlink on the way
+            try:
+                st = os.fstat(source)
+                if not _stat_matches(st, old):
                     continue  # modified since it was synced: its content is not trusted
-                if old[2:5] == entry[2:5]:  # same mode, size, mtime: one inode serves both
-                    try:
-                        os.link(source, target)
-                        return True
-                    except OSError:
-                        pass  # another file system, or too many links: copy instead
-                shutil.copyfile(source, target, follow_symlinks=False)
-                self._finish_file(os.open(target, os.O_RDONLY | os.O_NOFOLLOW), target, entry)
-                return True
-            except FileNotFoundError:
-                continue  # a concurrent GC removed that tree
+                name = old[0].rsplit(b"/", 1)[-1]
+                if old[2:5] == entry[2:5] and _link(folder, name, st, target):
+                    return True  # same mode, size, mtime: one inode serves both
+                if self._copy(source, target, entry):
+                    return True
+            finally:
+                os.close(source)
+                os.close(folder)
         return False
+
+    def _copy(self, source: int, target: bytes, entry: List[Any]) -> bool:
+        """Copy an opened file into the new tree, if its bytes hash to the entry's digest: they
+        are read anyway, so the check is nearly free."""
+        hasher = hashlib.sha256()
+        fd = os.open(target, _CREATE, 0o600)
+        try:
+            while True:
+                self._tick()
+                data = os.read(source, COPY_CHUNK)
+                if not data:
+                    break
+                hasher.update(data)
+                _write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
+        if hasher.digest() != entry[5]:
+            os.close(fd)
+            os.unlink(target)
+            return False
+        self._finish_file(fd, target, entry)
+        return True
 
     @staticmethod
     def _finish_file(fd: int, path: bytes, entry: List[Any]) -> None:
@@ -350,9 +418,7 @@ class SyncStore:
         size = inc.entries[inc.index][3]
         if msg.offset != inc.written or inc.written + len(msg.data) > size:
             raise SyncFailed("file data out of order or past the file's size")
-        view = memoryview(msg.data)
-        while view:
-            view = view[os.write(inc.fd, view) :]  # type: ignore[arg-type]
+        _write_all(inc.fd, msg.data)  # type: ignore[arg-type]
         inc.hasher.update(msg.data)
         inc.written += len(msg.data)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import anet
@@ -88,3 +89,34 @@ def test_a_host_listed_twice_gets_one_connection():
 
     (only,) = asyncio.run(main())
     assert only.spec.slots is None  # the first listing wins, as on the command line
+
+
+def test_the_local_dispatcher_is_outside_the_terminals_process_group():
+    """A terminal signals its whole foreground group (^C, ^Z, a hang-up): the master must get
+    them alone and stop the dispatcher in order, as on an SSH host."""
+
+    async def main() -> tuple[int, int]:
+        async with anet.Cluster([":"]) as cluster:
+            session = await cluster.ready_session(":")
+            assert session.hello is not None
+            return os.getpgid(session.hello.pid), os.getsid(session.hello.pid)
+
+    group, session_id = asyncio.run(main())
+    assert group != os.getpgrp() and session_id != os.getsid(0)
+
+
+def test_the_last_result_is_not_overtaken_by_the_end_of_the_run(monkeypatch):
+    """With the result queue full, the last job's result waits to get in; the scheduler already
+    counts the job final, so the run's end marker used to jump the queue: that result was lost
+    and the run still ended well (seen as 99 of 100 results under a slow consumer)."""
+    monkeypatch.setattr(anet.api, "RESULT_QUEUE", 1)
+
+    async def main():
+        got = []
+        async with anet.Cluster([":"]) as cluster:
+            async for result in cluster.run(["echo 0", "echo 1", "echo 2"]):
+                got.append(result.id)
+                await asyncio.sleep(0.5)  # a slow consumer: every job ends meanwhile
+        return got
+
+    assert sorted(asyncio.run(main())) == [0, 1, 2]

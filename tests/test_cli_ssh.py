@@ -279,3 +279,26 @@ def test_jump_host_is_connected_once_and_shared(make_cluster, tmp_path):
     assert {r.host for r in records} == {"behind2", "behind3", "behind4"}
     assert jump.accepted_connections() == 1  # not one per end host
     assert [h.accepted_connections() for h in own.hosts[1:]] == [1, 1, 1]
+
+
+def test_one_machine_named_five_ways_gets_one_connection(make_cluster, tmp_path):
+    """Invariant 7: an ssh config alias, the address, user@address and N/ all name host1."""
+    own = make_cluster(1)
+    host = own["host1"]
+    config = tmp_path / "ssh_config"
+    config.write_text(own.ssh_config.read_text().replace("Host host1\n", "Host host1 twin\n"))
+    address = f"{host.address}:{host.port}"
+    specs = ["host1", "twin", address, f"{host.user}@{address}", "3/host1"]
+    batch = write_batch(tmp_path, [f"echo {i}" for i in range(20)])
+    hosts = [arg for spec in specs for arg in ("-S", spec)]
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(config), "--format", "msgpack",
+            "--no-journal", "-q", *hosts, str(batch)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert host.accepted_connections() == 1
+    assert sorted(r.id for r in decode(done.stdout)) == list(range(20))
+    assert {r.host for r in decode(done.stdout)} == {"host1"}
+    assert done.stderr.decode() == (
+        f"anet: host1, twin, {address}, {host.user}@{address} and 3/host1 name one machine"
+        f" ({host.user}@{address}): used once, as 3/host1\n"
+    )

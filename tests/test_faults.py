@@ -7,11 +7,13 @@ exactly once and right, and that nothing is left running on any host.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import pytest
 from sshd_hosts import SshdCluster, SshdHost, leftover_processes
 
 from anet import results
+from dispatcher.__main__ import DRAIN_GRACE
 
 N_JOBS = 48
 
@@ -353,3 +356,65 @@ def test_a_200_megabyte_result_arrives_intact(make_cluster, tmp_path):
     assert proc.returncode == 0, err
     (record,) = results.read(io.BytesIO(out))
     assert record.stdout == random.Random(5).randbytes(200_000_000)
+
+
+def test_a_master_stopped_longer_than_the_drain_grace_loses_no_output(make_cluster, tmp_path):
+    """Ctrl-Z of `anet` while a big job streams: back-pressure pauses the other jobs' pipes on
+    the host, and a job that ends meanwhile must still deliver its output once anet goes on."""
+    own = make_cluster(1)
+    host = own["host1"]
+    big, smalls = 100_000_000, 10
+    batch = tmp_path / "stop.txt"
+    batch.write_text(
+        f"head -c 3000000000 /dev/zero | head -c {big}\n"
+        + "".join(f"sleep 1.5; echo small{i}\n" for i in range(1, smalls + 1))
+    )
+    out = tmp_path / "o.bin"
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config), "-S", "4/host1"]
+    argv += ["-q", "--no-journal", "--no-speculate", "--format", "msgpack", str(batch)]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_jobs(host, 3)  # the first small jobs run next to the big one
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while any("sleep 1.5" in cmd for _, cmd in host.processes()):  # they end, paused
+            assert time.monotonic() < deadline, host.processes()
+            time.sleep(0.05)
+        time.sleep(DRAIN_GRACE + 1.5)  # anet stays stopped well past the grace
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    with out.open("rb") as stream:
+        records = {r.id: r for r in results.read(stream)}
+    assert sorted(records) == list(range(smalls + 1))
+    assert records[0].ok and records[0].stdout == bytes(big)
+    for i in range(1, smalls + 1):
+        assert records[i].ok and records[i].stdout == f"small{i}\n".encode(), records[i]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_dispatcher_cache_is_fetched_again(make_cluster, tmp_path, damage):
+    """A job may write anywhere the user can: a damaged cached payload must not break the host
+    for ever. The stub checks the file against its hash and asks for a fresh copy."""
+    own = make_cluster(1)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo 1\necho 2\n")
+    first = start_anet(own, batch, "--no-journal")
+    assert first.wait(timeout=60) == 0, first.communicate()[1]
+    (cached,) = own["host1"].anet_home.glob("dispatcher-*.zip")
+    good = cached.read_bytes()
+    if damage == "truncated":
+        cached.write_bytes(good[: len(good) // 3])
+    else:  # same size, one byte changed in the middle: only the hash can tell
+        middle = len(good) // 2
+        cached.write_bytes(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1 :])
+    again = start_anet(own, batch, "--no-journal")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert sorted(r.stdout for r in results.read(io.BytesIO(out))) == [b"1\n", b"2\n"]
+    assert cached.read_bytes() == good
+    assert hashlib.sha256(good).hexdigest() == cached.name[len("dispatcher-") : -len(".zip")]
+    assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
+    assert [p.name for p in cached.parent.glob("dispatcher-*")] == [cached.name]  # no tmp left

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from anet import logs
+from anet.cli_common import Environment, HostArgs
 from anet.errors import UsageError
 from anet.hosts import LOCAL, LOCAL_LABEL, HostSpec, parse_hosts_text, parse_spec, resolve_hosts
 
@@ -264,3 +269,92 @@ def test_resolved_hosts_are_unique_and_in_first_seen_order(specs: list[str]):
 def test_distinct_ipv6_hosts_are_not_merged():
     """'[::1]:22' and '[::1:22]' once shared the label '::1:22' and one machine was dropped."""
     assert len(resolve_hosts(["[::1]:22", "[::1:22]"], environ={})) == 2
+
+
+# -- one end machine, one connection -----------------------------------------------------------
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """What anet logs (warnings) while the test runs."""
+    stream = io.StringIO()
+    logs.configure(0, stream=stream)
+    yield stream
+    logs.configure(0)
+    logging.getLogger("anet").handlers[:] = []
+
+
+def test_a_repeated_host_keeps_its_largest_slot_count_and_says_so(log_lines):
+    hosts = resolve_hosts(["2/a", "a", "5/a", "b", "b"], environ={})
+    assert [(h.label, h.slots) for h in hosts] == [("a", 5), ("b", None)]
+    assert log_lines.getvalue() == "anet: 2/a, a and 5/a name one machine: used once, as 5/a\n"
+
+
+def ssh_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ssh_config"
+    path.write_text(text)
+    return path
+
+
+def resolve(config: Path, *specs: str) -> list[tuple[str, int | None]]:
+    hosts = HostArgs(specs, ssh_config=config).resolve(Environment(environ={}))
+    return [(h.label, h.slots) for h in hosts]
+
+
+def test_ssh_config_aliases_of_one_machine_are_one_host(tmp_path, log_lines):
+    config = ssh_config(
+        tmp_path,
+        "Host h1 h1-alias\n  HostName 10.9.8.7\n  User bob\n"
+        "Host other\n  HostName 10.9.8.7\n  User alice\n"
+        "Host *\n  Port 2222\n",
+    )
+    got = resolve(config, "h1", "bob@10.9.8.7", "4/h1-alias", "8/bob@10.9.8.7:2222", "other")
+    assert got == [("h1", 8), ("other", None)]  # alice is another login: another connection
+    assert log_lines.getvalue() == (
+        "anet: h1, bob@10.9.8.7, 4/h1-alias and 8/bob@10.9.8.7:2222 name one machine"
+        " (bob@10.9.8.7:2222): used once, as 8/h1\n"
+    )
+
+
+def test_names_that_resolve_to_one_address_are_one_machine(tmp_path, log_lines):
+    config = ssh_config(tmp_path, "Host *\n  User bob\n")
+    got = resolve(config, "localhost:2200", "2/127.0.0.1:2200", "localhost:2201", "bob@[::1]")
+    assert got == [("localhost:2200", 2), ("localhost:2201", None), ("bob@[::1]", None)]
+
+
+def test_hosts_behind_different_jump_hosts_are_not_merged(tmp_path, log_lines):
+    config = ssh_config(
+        tmp_path,
+        "Host a1 a2\n  HostName 10.0.0.5\n  ProxyJump gw-a\n"
+        "Host b1\n  HostName 10.0.0.5\n  ProxyJump gw-b\n",
+    )
+    assert resolve(config, "a1", "a2", "b1") == [("a1", None), ("b1", None)]
+
+
+def test_a_hosts_file_that_is_not_utf8(tmp_path: Path):
+    path = tmp_path / "hosts"
+    path.write_bytes(b"# Rechner im B\xfcro (Latin-1)\nnode1\n")
+    assert labels(resolve_hosts([], [path], environ={})) == ["node1"]  # a comment: anything
+    path.write_bytes(b"node1\nn\xf6de2\n")
+    with pytest.raises(UsageError, match=r"hosts:2: bad host spec 'n\\xf6de2': not UTF-8$"):
+        resolve_hosts([], [path], environ={})
+    with pytest.raises(UsageError, match=r"^bad host spec 'n\\xf6de': not UTF-8$"):
+        resolve_hosts([b"n\xf6de".decode(errors="surrogateescape")], environ={})  # argv
+
+
+def test_only_names_that_may_be_another_spec_are_looked_up():
+    from anet.identity import _worth_resolving
+
+    assert _worth_resolving({"node01", "node02", "node03"}) == []  # a pool costs no lookup
+    assert _worth_resolving({"node01", "node02", "10.0.0.1"}) == ["node01", "node02"]
+    assert _worth_resolving({"n1", "n1.example.org", "n2"}) == ["n1", "n1.example.org"]
+
+
+def test_aliases_with_different_keys_are_different_ways_in(tmp_path, log_lines):
+    config = ssh_config(
+        tmp_path,
+        "Host good\n  HostName 10.0.0.5\n  IdentityFile ~/.ssh/ok\n"
+        "Host wrongkey\n  HostName 10.0.0.5\n  IdentityFile ~/.ssh/old\n"
+        "Host same\n  HostName 10.0.0.5\n  IdentityFile ~/.ssh/ok\n",
+    )
+    assert resolve(config, "good", "wrongkey", "same") == [("good", None), ("wrongkey", None)]

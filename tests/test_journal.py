@@ -21,6 +21,7 @@ from anet.journal import (
     AttemptRecord,
     IdSet,
     Journal,
+    JournalError,
     JournalSummary,
     default_journal_path,
     fingerprint_batch,
@@ -89,7 +90,8 @@ def test_round_trip_keeps_every_field_and_binary_outputs(tmp_path):
         assert journal.meta["batch_path"] == str(Path("batch.txt").resolve())
         assert journal.meta["schema_version"] == "1"
     with closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT * FROM results WHERE NOT ok ORDER BY id").fetchall()
+        columns = "id, ok, exit_code, signal, host, attempts, duration, stdout, stderr, error"
+        rows = db.execute(f"SELECT {columns} FROM results WHERE NOT ok ORDER BY id").fetchall()
     assert [JobResult(r[0], bool(r[1]), *r[2:]) for r in rows] == lost
 
 
@@ -466,3 +468,134 @@ def test_a_full_disk_is_a_one_line_error_naming_the_journal(tmp_path):
     assert first.startswith(f"'cannot write journal {path}: ")
     assert second == first  # a broken journal stays broken: no result is silently dropped
     assert closed == "closed"
+
+
+# -- delivery marks, big outputs, one run at a time -------------------------------------------
+
+
+def test_only_results_never_marked_delivered_are_owed_to_the_consumer(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        for i in range(6):
+            journal.record(ok(i, b"out %d" % i))
+        journal.record(failed(6))
+        journal.flush()
+        for i in (0, 2, 3):
+            journal.mark_delivered(i)
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        owed = [r.id for r in journal.succeeded_results(undelivered=True)]
+        assert owed == [1, 4, 5]  # a failure is not owed: resume runs that job again
+        assert next(journal.succeeded_results(undelivered=True)).stdout == b"out 1"
+        assert [r.id for r in journal.succeeded_results()] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_result_that_replaces_a_failure_is_owed_again(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(failed(0))
+        journal.flush()
+        journal.mark_delivered(0)
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        journal.record(ok(0, b"second try"))
+        assert [r.stdout for r in journal.succeeded_results(undelivered=True)] == [b"second try"]
+
+
+def test_a_journal_written_before_delivery_marks_counts_its_results_as_delivered(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(0))
+    with closing(sqlite3.connect(path)) as db:  # the results table as schema 1 first had it
+        db.executescript(
+            "ALTER TABLE results DROP COLUMN delivered; ALTER TABLE results DROP COLUMN chunked;"
+        )
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        assert list(journal.succeeded_results(undelivered=True)) == []
+        journal.record(ok(1))
+        assert [r.id for r in journal.succeeded_results(undelivered=True)] == [1]
+
+
+def test_outputs_past_the_inline_limit_are_kept_whole_in_chunks(tmp_path, monkeypatch):
+    import anet.journal
+
+    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 1000)
+    monkeypatch.setattr(anet.journal, "CHUNK", 300)
+    big = bytes(random.Random(1).randbytes(2500))
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(0, big, stderr=big[:700] + big))
+        journal.record(ok(1, b"small"))
+        journal.record(ok(2, b"", stderr=big))
+    assert count_rows(path, "output_chunks") == 9 + 11 + 9
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        got = {r.id: r for r in journal.succeeded_results()}
+        assert got[0] == ok(0, big, stderr=big[:700] + big)
+        assert got[1] == ok(1, b"small")
+        assert got[2] == ok(2, b"", stderr=big)
+        assert [r.id for r in journal.results_from(1)] == [1, 2]
+
+
+def test_a_failure_never_replaces_the_chunks_of_a_success(tmp_path, monkeypatch):
+    import anet.journal
+
+    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 10)
+    monkeypatch.setattr(anet.journal, "CHUNK", 4)
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(0, b"the first, kept"))
+        journal.flush()
+        journal.record(JobResult(0, False, 1, None, "h", 2, 0.1, b"x" * 40, b""))
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        assert [r.stdout for r in journal.succeeded_results()] == [b"the first, kept"]
+
+
+def test_an_output_over_a_gigabyte_is_journaled(tmp_path):
+    """SQLite refuses one value over 10**9 bytes ("string or blob too big"): the run died."""
+    huge = b"y" * (10**9 + 4096)
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(0, huge))
+        journal.record(ok(1, b"after"))
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        results = list(journal.succeeded_results())
+        assert [len(r.stdout) for r in results] == [len(huge), 5]
+        assert results[0].stdout == huge
+
+
+def test_a_second_run_of_the_same_journal_is_refused_until_the_first_ends(tmp_path):
+    path = tmp_path / "j.sqlite"
+    first = fresh(path)
+    with pytest.raises(JournalError, match=rf"in use by another anet run .*pid {os.getpid()}"):
+        fresh(path)
+    with pytest.raises(JournalError, match="in use"):
+        Journal.open(path, FP, "batch.txt", resume=True)
+    first.record(ok(0))
+    first.close()
+    with Journal.open(path, FP, "batch.txt", resume=True) as again:
+        assert list(again.succeeded_ids()) == [0]
+
+
+HOLDER = """
+    import sys, time
+    from anet.journal import Journal
+
+    journal = Journal.open(sys.argv[1], "fp", "batch.txt", resume=False)
+    print("open", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_lock_of_a_killed_run_is_gone_with_it(tmp_path):
+    path = tmp_path / "j.sqlite"
+    child = run_child(HOLDER, str(path))
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "open\n"
+        with pytest.raises(JournalError, match=f"pid {child.pid}"):
+            Journal.open(path, "fp", "batch.txt", resume=True)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+        child.communicate()
+    with Journal.open(path, "fp", "batch.txt", resume=True) as journal:
+        assert journal.summary() == JournalSummary(0, 0)

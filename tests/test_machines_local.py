@@ -21,7 +21,7 @@ from anet.errors import UsageError
 from anet.hosts import HostSpec, expand_range, resolve_hosts
 from anet.housekeeping import HostOutput, Machines
 from anet.scan import expand_targets
-from dispatcher import procs
+from dispatcher import forked, procs
 from dispatcher.protocol import FrameDecoder, encode
 
 # -- host ranges ------------------------------------------------------------------------------
@@ -165,8 +165,8 @@ def test_other_users_processes_are_never_matched():
 
 def test_housekeeping_messages_round_trip():
     messages = [
-        procs.FindProcs(1, "sleep", "boot:pid", 42),
-        procs.ProcsFound(1, [[5, 6, 5, 1, "u", 1.5, 0.0, 0.1, 1024, "sleep 1"]], ""),
+        procs.FindProcs(1, "sleep", "boot:pid", 42, 5.0),
+        procs.ProcsFound(1, [[5, 6, 5, 1, "u", 1.5, 0.0, 0.1, 1024, "sleep 1", ""]], ""),
         procs.SignalProcs(2, [[5, 6, True]], 15, "", 0),
         procs.Signalled(2, [[5, "signalled"]]),
         procs.ProbeHost(3, "/tmp"),
@@ -185,7 +185,9 @@ def test_dispatcher_modules_compile_for_python_3_8():
     if python38 is None:
         pytest.skip("needs a Python 3.8 interpreter")
     done = subprocess.run(
-        [python38, "-m", "py_compile", procs.__file__], capture_output=True, text=True
+        [python38, "-m", "py_compile", procs.__file__, forked.__file__],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
 

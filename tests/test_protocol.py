@@ -454,7 +454,7 @@ def _with(body: list[Any], at: int, value: Any) -> list[Any]:
     return [*body[:at], value, *body[at + 1 :]]
 
 
-_ROW = [10, 5, 10, 1, "me", 1.5, 0.0, 0.1, 2048, "sleep 5"]
+_ROW = [10, 5, 10, 1, "me", 1.5, 0.0, 0.1, 2048, "sleep 5", ""]
 _LIES = {
     "Hello: 10**7 cores": _with(_HELLO, 3, 10**7),
     "Hello: no cores": _with(_HELLO, 3, 0),
@@ -491,6 +491,12 @@ _LIES = {
     "ProcsFound: a row is not a list": [ProcsFound.CODE, 1, ["row"], ""],
     "ProcsFound: a short row": [ProcsFound.CODE, 1, [_ROW[:-1]], ""],
     "ProcsFound: a long row": [ProcsFound.CODE, 1, [[*_ROW, "x"]], ""],
+    "ProcsFound: a lifeline of 1,000 characters": [
+        ProcsFound.CODE,
+        1,
+        [_with(_ROW, 10, "l" * 1000)],
+        "",
+    ],
     "ProcsFound: a str pid": [ProcsFound.CODE, 1, [_with(_ROW, 0, "10")], ""],
     "ProcsFound: pid 0": [ProcsFound.CODE, 1, [_with(_ROW, 0, 0)], ""],
     "ProcsFound: elapsed NaN": [ProcsFound.CODE, 1, [_with(_ROW, 5, NAN)], ""],

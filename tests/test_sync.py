@@ -409,3 +409,30 @@ def test_two_runs_with_different_deps_on_one_host_each_see_their_own(cluster, tm
         records = [json.loads(line) for line in out.splitlines()]
         assert len(records) == 30
         assert {r["stdout"] for r in records} == {f"deps {name}\n"}
+
+
+def test_a_folder_a_job_swapped_for_a_symlink_cannot_taint_the_next_tree(make_cluster, tmp_path):
+    """A job replaces data/ in its deps by a symlink to look-alike files (same names, sizes,
+    modes, mtimes; other bytes). The next tree reuses data/ from this one: it must get the
+    master's bytes, never the look-alikes, and be reported ready only when it matches."""
+    own = make_cluster(1)
+    deps = make_deps(tmp_path / "deps")
+    elsewhere = tmp_path / "elsewhere"
+    vandal = (
+        f"cp -rp data {elsewhere} && (cd {elsewhere} && for f in part*; do"
+        " tr a-z0-9 b-za1-90 < $f > x && touch -r $f x && chmod --reference=$f x && mv x $f;"
+        f" done) && rm -r data && ln -s {elsewhere} data"
+    )
+    batch = tmp_path / "batch.txt"
+    batch.write_text(vandal + "\n")
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config), "-S", "host1"]
+    done = subprocess.run(
+        [*argv, "--no-journal", str(batch), f"{deps}/"], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (remote_tree(own, "host1", scan_tree(deps)) / "data").is_symlink()
+    (deps / "prog.py").write_text("print('a new version')\n")
+    tree = scan_tree(deps)
+    report = sync(own, ["host1"], tree)["host1"]
+    assert isinstance(report, SyncReport), report
+    assert snapshot(remote_tree(own, "host1", tree)) == snapshot(deps)

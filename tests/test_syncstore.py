@@ -7,6 +7,7 @@ messages the master sends, so each rule of the store is pinned without network t
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -159,6 +160,55 @@ def test_data_past_a_files_size_or_unasked_fails_the_sync_only(tmp_path):
     assert os.listdir(tmp_path / "home" / "deps" / "staging") == []
     _, done = host.sync(tree)  # the store itself is fine
     assert done.error == ""
+
+
+def plant_symlink(folder: Path, elsewhere: Path) -> None:
+    """What a job may do in its deps: replace a folder by a symlink to look-alikes (the same
+    names, sizes, modes and mtimes, other bytes)."""
+    shutil.copytree(folder, elsewhere, symlinks=True)  # copy2: modes and mtimes kept
+    for fake in elsewhere.rglob("*"):
+        if fake.is_file() and not fake.is_symlink():
+            st = fake.stat()
+            fake.write_bytes(bytes(b ^ 1 for b in fake.read_bytes()))
+            os.utime(fake, ns=(st.st_atime_ns, st.st_mtime_ns))
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize("swapped", ["lib", "."])
+def test_reuse_never_follows_a_symlink_a_job_put_into_an_old_tree(tmp_path, swapped):
+    host, src = Host(tmp_path / "home"), make(tmp_path / "src")
+    (src / "lib").mkdir()
+    for i in range(3):
+        (src / "lib" / f"m{i}.py").write_text(f"module {i}\n")
+    old_tree = scan_dir(src)
+    _, first = host.sync(old_tree)
+    plant_symlink(Path(os.fsdecode(first.path)) / swapped, tmp_path / "elsewhere")
+    assert not host.offer(old_tree).ready  # look-alikes are not the tree, even by lstat
+    (src / "f0").write_text("a new version\n")  # a new tree that reuses lib/ from the old one
+    tree = scan_dir(src)
+    want, done = host.sync(tree)
+    assert done.error == ""
+    new = Path(os.fsdecode(done.path))
+    for i in range(3):
+        assert (new / "lib" / f"m{i}.py").read_text() == f"module {i}\n"
+    assert wanted(want) == (4 if swapped == "lib" else 8)  # what the symlink hid travelled
+    assert host.offer(tree).ready
+
+
+def test_a_copy_is_taken_only_if_its_bytes_match_the_digest(tmp_path):
+    """Same content, other mtime: the file is copied, not linked, and the copy is hashed."""
+    host, src = Host(tmp_path / "home"), make(tmp_path / "src")
+    _, first = host.sync(scan_dir(src))
+    stored = Path(os.fsdecode(first.path)) / "f1"
+    st = stored.stat()
+    stored.write_text("file X\n")  # a job edits it in place, same size, mtime restored
+    os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(src / "f1", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # master: touched only
+    tree = scan_dir(src)
+    want, done = host.sync(tree)
+    assert done.error == "" and wanted(want) == 1
+    assert (Path(os.fsdecode(done.path)) / "f1").read_text() == "file 1\n"
 
 
 def test_corrupt_content_is_refused_at_commit(tmp_path):
