@@ -33,7 +33,7 @@ from dispatcher.procs import (
     SignalProcs,
     machine_id,
 )
-from dispatcher.protocol import STDOUT, Exit, Message, Output, Run
+from dispatcher.protocol import STDOUT, Exit, Message, Output, Run, Started
 
 from .api import Cluster
 from .connect import KEY_ACCEPTED, KEY_KNOWN
@@ -182,8 +182,8 @@ class Machines(Cluster):
         self._once: dict[tuple[str, int], Request] = {}
 
     async def _on_message(self, session: HostSession, msg: Message) -> None:
-        """onall's Output and Exit frames go to the waiting call, the rest as in a run."""
-        if isinstance(msg, Output | Exit):
+        """onall's Started, Output and Exit frames go to the waiting call, the rest as in a run."""
+        if isinstance(msg, Started | Output | Exit):
             req = self._once.get((session.label, msg.aid))
             if req is not None:
                 req.put(msg)

@@ -7,6 +7,7 @@ import os
 import time
 
 import anet
+import anet.drive
 from anet.batch import Job
 
 
@@ -109,7 +110,7 @@ def test_the_last_result_is_not_overtaken_by_the_end_of_the_run(monkeypatch):
     """With the result queue full, the last job's result waits to get in; the scheduler already
     counts the job final, so the run's end marker used to jump the queue: that result was lost
     and the run still ended well (seen as 99 of 100 results under a slow consumer)."""
-    monkeypatch.setattr(anet.api, "RESULT_QUEUE", 1)
+    monkeypatch.setattr(anet.drive, "RESULT_QUEUE", 1)
 
     async def main():
         got = []
