@@ -241,8 +241,7 @@ class Machines(Cluster):
             assert hello is not None
             with session.request() as req:
                 session.send(ProbeHost(req.rid, hello.workdir))
-                reply = await req.get(REPLY_TIMEOUT)
-            assert isinstance(reply, HostProbe)
+                reply = await req.reply(HostProbe, REPLY_TIMEOUT)
             return HostCheck(
                 session.label,
                 key=None if session.spec.local else self._connector.host_key(session.label),
@@ -318,11 +317,10 @@ async def _find(
         session.send(FindProcs(req.rid, pattern, *_master(), timeout))
         reply = None
         try:
-            reply = await req.get(timeout + REPLY_TIMEOUT)
+            reply = await req.reply(ProcsFound, timeout + REPLY_TIMEOUT)
         finally:
             if reply is None:  # given up on (no answer, or our caller was cancelled)
                 session.send(Cancel(req.rid))  # so the host stops matching at once
-    assert isinstance(reply, ProcsFound)
     if reply.error:
         return [], reply.error
     return [Process(**dict(zip(ROW_FIELDS, row, strict=True))) for row in reply.procs], None
@@ -333,8 +331,7 @@ async def _signal(session: HostSession, procs: list[Process], sig: int) -> dict[
     targets = [[p.pid, p.start, p.group > 0] for p in procs]
     with session.request() as req:
         session.send(SignalProcs(req.rid, targets, sig, *_master()))
-        reply = await req.get(REPLY_TIMEOUT)
-    assert isinstance(reply, Signalled)
+        reply = await req.reply(Signalled, REPLY_TIMEOUT)
     return {pid: outcome for pid, outcome in reply.outcomes}
 
 

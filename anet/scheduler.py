@@ -65,9 +65,14 @@ class KillReason(Enum):
         return self is not KillReason.TIMEOUT
 
 
+_AIDS = count()
+"""Attempt ids, unique in the master process rather than per run: a late frame about an attempt
+of an earlier run on the same hosts can never pass for an attempt of this one."""
+
+
 @dataclass(slots=True)
 class Attempt:
-    """One try of a job on one host; `aid` is unique within the master's run."""
+    """One try of a job on one host; `aid` is unique within the master process."""
 
     aid: int
     job: Job
@@ -178,7 +183,7 @@ class Scheduler:
         self._starts: OrderedDict[int, float] = OrderedDict()  # those started, not being killed
         self._kills: list[Kill] = []  # decided, not yet handed out by due_kills
         self._abandoned: list[Abandoned] = []
-        self._aids = count()
+        self._aids = _AIDS
         self._now = -math.inf  # the latest `now` the caller gave
         self._successes = 0
         self.runtimes = Runtimes()

@@ -5,6 +5,12 @@ differs. Start-up reads past whatever a login shell prints until the boot mark, 
 when the host's cache misses it, then checks the dispatcher's Hello before any job is sent.
 Frames are handed to the owner's `on_message` and awaited one by one, so a slow consumer slows
 the reading of this channel (SSH flow control) instead of piling frames up in memory.
+
+A host speaks only for itself (invariant 8): the session remembers which attempts it sent this
+dispatcher, and a Started, Output or Exit frame about any other attempt (one sent to another
+host, one that already ended here, a guessed id) is a protocol error of this host, checked
+before the owner ever sees the frame. So is every frame the protocol module refuses (a field
+out of its bounds), and a Started in a slot the host was not given.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncssh
 
@@ -25,13 +32,17 @@ from dispatcher.protocol import (
     BOOT_NEED_PAYLOAD,
     PROTOCOL_VERSION,
     Bye,
+    Exit,
     FrameDecoder,
     Heartbeat,
     Hello,
     Message,
+    Output,
     ProtocolError,
+    Run,
     Setup,
     Shutdown,
+    Started,
     encode,
     find_boot_mark,
 )
@@ -44,8 +55,16 @@ from .transport import Channel, Reader, Transport
 
 log = get_logger()
 
+M = TypeVar("M", bound=Message)
+
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
+MAX_LINE = 1000
+"""Bytes of one line from the host (a boot error, the stderr that explains a failure) that
+anet keeps and shows: a host cannot fill the master's memory or the user's terminal with one."""
+MAX_AUTO_SLOTS = 1024
+"""Slots a host gets from its own core count, at most: a host cannot draw a whole batch to
+itself by claiming 10,000 cores. The user's `N/host` or `-j N` is believed as it is."""
 BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
 EXIT_WAIT = 3.0
@@ -86,6 +105,15 @@ class Request:
             raise item
         return item
 
+    async def reply(self, kind: type[M], timeout: float) -> M:
+        """The next reply, which must be a `kind`: any other message is the host's protocol
+        error (HostError), as a reply that does not decode is."""
+        msg = await self.get(timeout)
+        if not isinstance(msg, kind):
+            reason = f"protocol error: {type(msg).__name__} in reply, not {kind.__name__}"
+            raise HostError(self._label, reason, permanent=True)
+        return msg
+
     def has_reply(self) -> bool:
         """True when a reply (or the host's failure) is waiting: an early error to act on."""
         return not self._replies.empty()
@@ -120,6 +148,8 @@ class HostSession:
         self.bytes_sent = 0
         self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
+        self._attempts: dict[int, bool] = {}
+        """Attempts sent to this dispatcher and not ended, by aid: True once Started."""
 
     @property
     def started(self) -> bool:
@@ -129,6 +159,9 @@ class HostSession:
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
+            for msg in messages:
+                if isinstance(msg, Run):
+                    self._attempts[msg.aid] = False
             data = b"".join(map(encode, messages))
             self.bytes_sent += len(data)
             # A dead channel is the pump's to report (it sees the EOF); here it only loses
@@ -175,6 +208,7 @@ class HostSession:
         """
         self.hello, self.closing, self._silence = None, False, None
         self._stderr_tail.clear()
+        self._attempts.clear()  # a new dispatcher was given nothing yet
         try:
             self._channel = await transport.start(self._payload)
         except HostError:
@@ -224,7 +258,7 @@ class HostSession:
                 self.label, f"dispatcher did not start within {BOOT_TIMEOUT:.0f}s"
             ) from None
         except ProtocolError as exc:
-            raise HostError(self.label, f"garbled start-up: {exc}") from None
+            raise self._protocol_error(f"garbled start-up: {exc}") from None
         self._greet(messages[0])
         await self._dispatch(messages[1:])
         pump = tasks.create_task(self._pump_to_end(channel, decoder))
@@ -270,11 +304,15 @@ class HostSession:
             kind, end = found
             if kind == BOOT_FRAMES:
                 return bytes(seen[end:])
-            if kind == BOOT_ERROR:  # one line of reason follows; wait for all of it
-                while seen.find(b"\n", end) < 0 and (data := await self._read(channel)):
+            if kind == BOOT_ERROR:  # one line of reason follows; wait for it, within bounds
+                while (
+                    seen.find(b"\n", end) < 0
+                    and len(seen) - end < MAX_LINE
+                    and (data := await self._read(channel))
+                ):
                     seen += data
                 line = bytes(seen[end:]).split(b"\n", 1)[0]
-                raise HostError(self.label, line.decode(errors="replace"), permanent=True)
+                raise HostError(self.label, _clip(line), permanent=True)
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
                 log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
@@ -295,7 +333,13 @@ class HostSession:
                 self.label, f"dispatcher speaks protocol {first.version}, anet {PROTOCOL_VERSION}"
             )
         self.hello = first
-        self.slots = self.spec.slots or first.cores
+        self.slots = self.spec.slots or min(first.cores, MAX_AUTO_SLOTS)
+        if self.slots < first.cores and not self.spec.slots:
+            log.warning(
+                f"{self.label}: reports {first.cores} cores; using {MAX_AUTO_SLOTS} "
+                f"(say {first.cores}/{self.label} to use them all)",
+                host=self.label,
+            )
         config = self._config
         self.send(Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after))
 
@@ -313,18 +357,48 @@ class HostSession:
             try:
                 messages = decoder.feed(data)
             except ProtocolError as exc:
-                raise HostError(self.label, f"corrupt frame from the dispatcher: {exc}") from None
+                raise self._protocol_error(str(exc)) from None
             await self._dispatch(messages)
 
     async def _dispatch(self, messages: list[Message]) -> None:
         for msg in messages:
-            if isinstance(msg, Bye):
+            if isinstance(msg, Started | Output | Exit):
+                self._vet(msg)
+            elif isinstance(msg, Bye):
                 self.closing = True
             req = self._requests.get(getattr(msg, "rid", -1))
             if req is not None:
                 req.put(msg)
                 continue
             await self._on_message(self, msg)
+
+    def _vet(self, msg: Started | Output | Exit) -> None:
+        """Let a frame about an attempt through only if the attempt is this host's to speak of:
+        sent here, not ended; Started once, in one of the host's slots."""
+        started = self._attempts.get(msg.aid)
+        if started is None:
+            raise self._protocol_error(
+                f"{type(msg).__name__} about attempt {msg.aid}, which was not sent to this host "
+                "or had already ended there"
+            )
+        if isinstance(msg, Exit):
+            del self._attempts[msg.aid]
+        elif isinstance(msg, Started):
+            if started:
+                raise self._protocol_error(f"a second Started for attempt {msg.aid}")
+            if msg.slot > self.slots:
+                raise self._protocol_error(f"Started in slot {msg.slot} of {self.slots}")
+            self._attempts[msg.aid] = True
+
+    def _protocol_error(self, what: str) -> HostError:
+        """The host broke the protocol: it is given up for this run, never reconnected.
+
+        SSH already guarantees that bytes arrive as they were sent, so a frame that breaks the
+        protocol is no accident of the network: the dispatcher there is broken or hostile, and
+        a new connection would only give it more work and another chance to lie. Its running
+        attempts go back to the queue like any lost host's; nothing it said is a result.
+        """
+        return HostError(self.label, f"protocol error: {what}", permanent=True)
 
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
@@ -385,12 +459,10 @@ class HostSession:
             if not data:
                 break
             lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            self._stderr_tail.extend(
-                line.decode(errors="replace") for line in lines if line.strip()
-            )
+            pending = lines.pop()[: MAX_LINE + 1]  # an endless line must not fill the memory
+            self._stderr_tail.extend(_clip(line) for line in lines if line.strip())
         if pending.strip():
-            self._stderr_tail.append(pending.decode(errors="replace"))
+            self._stderr_tail.append(_clip(pending))
 
     async def _died(self, what: str) -> HostError:
         """Explain an EOF with the exit status and what the remote side said on stderr."""
@@ -408,3 +480,9 @@ class HostSession:
             return HostError(self.label, reason, permanent=True)
         detail = f": {said}" if said else (f" (exit status {status})" if status is not None else "")
         return HostError(self.label, f"{what}{detail}")
+
+
+def _clip(line: bytes) -> str:
+    """A line from the host as text of at most MAX_LINE bytes' worth, marked when cut."""
+    text = line[:MAX_LINE].decode(errors="replace")
+    return text if len(line) <= MAX_LINE else f"{text}..."

@@ -68,7 +68,8 @@ def _expect(session: HostSession, msg: Message, kind: type[M]) -> M:
         return msg
     if isinstance(msg, SyncDone) and msg.error:
         raise HostError(session.label, f"deps sync failed: {msg.error}", permanent=True)
-    raise HostError(session.label, f"deps sync: {type(msg).__name__} instead of {kind.__name__}")
+    reason = f"protocol error: deps sync: {type(msg).__name__} instead of {kind.__name__}"
+    raise HostError(session.label, reason, permanent=True)  # as session.py's protocol errors
 
 
 async def offer(session: HostSession, tree: Tree) -> SyncState:
@@ -89,6 +90,11 @@ async def transfer(
             last = number == len(chunks)
             await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
         want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
+        if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
+            reason = (
+                f"protocol error: SyncWant of {len(want.want)} bytes for {len(entries)} entries"
+            )
+            raise HostError(session.label, reason, permanent=True)
         wanted = [
             i
             for i in range(len(entries))
