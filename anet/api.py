@@ -29,7 +29,7 @@ from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
 from .drive import Drive
 from .engine import RunPolicy
-from .errors import AnetError, HostError
+from .errors import AnetError, HostError, protocol_error
 from .halt import Halt
 from .hostlife import HostPhase, HostState, host_life, stuck
 from .hosts import HostSpec, parse_spec
@@ -85,7 +85,8 @@ class Cluster:
         self._tasks: asyncio.TaskGroup | None = None
         self._host_tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = asyncio.Event()
-        self._drive: Drive | None = None
+        self._drive: Drive | None = None  # the run under way
+        self._drives: list[Drive] = []  # runs that ended early, their killed attempts ending
         self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._attempt_log = AttemptLog()  # the journal's attempts and host events, --joblog
 
@@ -167,8 +168,9 @@ class Cluster:
             self._drive.host_ready(session.label, session.slots)
 
     async def host_gone(self, label: str) -> None:
-        if self._drive is not None:
-            await self._drive.host_lost(label)
+        for drive in [*self._drives, *([self._drive] if self._drive else [])]:
+            await drive.host_lost(label)
+        self._drives = [d for d in self._drives if not d.engine.finished]
 
     async def host_failed(self, label: str) -> None:
         self._settled(label)
@@ -248,18 +250,18 @@ class Cluster:
     # -- frames ---------------------------------------------------------------------------------
 
     async def _on_message(self, session: HostSession, msg: Message) -> None:
-        """Every frame a host's pump reads that no request claimed; a job frame goes to the run
-        under way (one about an attempt the host was not given is its protocol error)."""
+        """Every frame a host's pump reads that no request claimed. A job frame goes to the run
+        that sent its attempt (the current one, or an earlier one whose killed attempts are
+        still ending); one about an attempt no run sent that host is its protocol error."""
         self.hosts[session.label].last_heard = asyncio.get_running_loop().time()
-        if isinstance(msg, _JOB_FRAMES):
-            if self._drive is None:
-                raise HostError(
-                    session.label,
-                    f"protocol error: {type(msg).__name__} with no run under way;"
-                    " it gets no more jobs",
-                    permanent=True,
-                )
-            await self._drive.frame(session.label, msg)
+        if not isinstance(msg, _JOB_FRAMES):
+            return
+        drive = next((d for d in self._drives if d.engine.owns(msg.aid)), self._drive)
+        if drive is None:
+            raise protocol_error(session.label, f"{type(msg).__name__} with no run under way")
+        await drive.frame(session.label, msg)
+        if drive is not self._drive and drive.engine.finished:
+            self._drives.remove(drive)
 
     def _send(self, label: str, frames: list[Message]) -> None:
         self._sessions[label].send(*frames)
@@ -354,6 +356,9 @@ class Cluster:
         finally:
             self._attempt_log.journal = None
             self._drive = None
+            if not drive.engine.finished:  # the consumer stopped early: kill what still runs
+                drive.abort()
+                self._drives.append(drive)
 
 
 def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
 from .batch import Job, unrunnable
-from .errors import HostError
+from .errors import protocol_error
 from .logs import get_logger
 from .record import JobResult
 from .scheduler import Attempt, Ended, Scheduler, Verdict
@@ -162,10 +162,14 @@ class Engine:
     def frame(self, host: str, msg: Message, now: float) -> None:
         """A Started, Output or Exit frame from `host`. HostError (permanent) when the host
         speaks of an attempt that is not its own: it breaks the protocol, and is given up."""
-        flight = self._flights.get(getattr(msg, "aid", -1))
+        aid = getattr(msg, "aid", -1)
+        flight = self._flights.get(aid)
         if flight is None or flight.attempt.host != host:
-            name = type(msg).__name__
-            raise _lied(host, f"{name} about an attempt not sent to it, or already ended there")
+            raise protocol_error(
+                host,
+                f"{type(msg).__name__} about attempt {aid}, which was not sent to this host"
+                " or had already ended there",
+            )
         if isinstance(msg, Output):
             if not flight.dropped:
                 (flight.stdout if msg.stream == STDOUT else flight.stderr).extend(msg.data)
@@ -173,6 +177,10 @@ class Engine:
             self._started(host, flight, msg, now)
         elif isinstance(msg, Exit):
             self._exit(host, flight, msg, now)
+
+    def owns(self, aid: int) -> bool:
+        """The attempt was sent by this run and has not ended: its frames are this run's."""
+        return aid in self._flights
 
     def drain(self) -> None:
         """Start no more attempts; the run ends once those running have ended (--halt soon)."""
@@ -240,9 +248,9 @@ class Engine:
 
     def _started(self, host: str, flight: _Flight, msg: Started, now: float) -> None:
         if flight.started:
-            raise _lied(host, f"a second Started for attempt {msg.aid}")
+            raise protocol_error(host, f"a second Started for attempt {msg.aid}")
         if msg.slot > self._slots.get(host, 0):
-            raise _lied(host, f"Started in slot {msg.slot} of {self._slots.get(host, 0)}")
+            raise protocol_error(host, f"Started in slot {msg.slot} of {self._slots.get(host, 0)}")
         flight.started, flight.start = True, now + self._wall
         self._stats[host].running += 1
         self._scheduler.attempt_started(msg.aid, now)
@@ -293,17 +301,6 @@ class Engine:
         self._actions.attempts.append(
             AttemptEnd(attempt, flight.size, flight.start, msg.duration, msg.code, msg.signal)
         )
-
-
-def _lied(host: str, what: str) -> HostError:
-    """The host broke the protocol: it is given up for this run, never reconnected.
-
-    SSH already guarantees that bytes arrive as they were sent, so a frame that breaks the
-    protocol is no accident of the network: the dispatcher there is broken or hostile, and a new
-    connection would only give it more work and another chance to lie. Its running attempts go
-    back to the queue like any lost host's; nothing it said is a result.
-    """
-    return HostError(host, f"protocol error: {what}; it gets no more jobs", permanent=True)
 
 
 def _status(result: JobResult) -> str:

@@ -6,11 +6,10 @@ when the host's cache misses it, then checks the dispatcher's Hello before any j
 Frames are handed to the owner's `on_message` and awaited one by one, so a slow consumer slows
 the reading of this channel (SSH flow control) instead of piling frames up in memory.
 
-A host speaks only for itself (invariant 8): the session remembers which attempts it sent this
-dispatcher, and a Started, Output or Exit frame about any other attempt (one sent to another
-host, one that already ended here, a guessed id) is a protocol error of this host, checked
-before the owner ever sees the frame. So is every frame the protocol module refuses (a field
-out of its bounds), and a Started in a slot the host was not given.
+Every frame the protocol module refuses (bytes that do not decode, a field out of its bounds)
+is a protocol error of this host: it is given up (errors.protocol_error). Whether a frame about
+an attempt is the host's own to speak of is the engine's to check (invariant 8): it alone knows
+which attempts went where.
 """
 
 from __future__ import annotations
@@ -32,23 +31,19 @@ from dispatcher.protocol import (
     BOOT_NEED_PAYLOAD,
     PROTOCOL_VERSION,
     Bye,
-    Exit,
     FrameDecoder,
     Heartbeat,
     Hello,
     Message,
-    Output,
     ProtocolError,
-    Run,
     Setup,
     Shutdown,
-    Started,
     encode,
     find_boot_mark,
 )
 
 from .bootstrap import Payload, payload_message
-from .errors import HostError
+from .errors import HostError, protocol_error
 from .hosts import HostSpec
 from .logs import get_logger
 from .transport import Channel, Reader, Transport
@@ -110,8 +105,7 @@ class Request:
         error (HostError), as a reply that does not decode is."""
         msg = await self.get(timeout)
         if not isinstance(msg, kind):
-            reason = f"protocol error: {type(msg).__name__} in reply, not {kind.__name__}"
-            raise HostError(self._label, reason, permanent=True)
+            raise protocol_error(self._label, f"{type(msg).__name__} in reply, not {kind.__name__}")
         return msg
 
     def has_reply(self) -> bool:
@@ -148,8 +142,6 @@ class HostSession:
         self.bytes_sent = 0
         self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
-        self._attempts: dict[int, bool] = {}
-        """Attempts sent to this dispatcher and not ended, by aid: True once Started."""
 
     @property
     def started(self) -> bool:
@@ -159,9 +151,6 @@ class HostSession:
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
         if self._channel is not None and not self.closing:
-            for msg in messages:
-                if isinstance(msg, Run):
-                    self._attempts[msg.aid] = False
             data = b"".join(map(encode, messages))
             self.bytes_sent += len(data)
             # A dead channel is the pump's to report (it sees the EOF); here it only loses
@@ -208,7 +197,6 @@ class HostSession:
         """
         self.hello, self.closing, self._silence = None, False, None
         self._stderr_tail.clear()
-        self._attempts.clear()  # a new dispatcher was given nothing yet
         try:
             self._channel = await transport.start(self._payload)
         except HostError:
@@ -258,7 +246,7 @@ class HostSession:
                 self.label, f"dispatcher did not start within {BOOT_TIMEOUT:.0f}s"
             ) from None
         except ProtocolError as exc:
-            raise self._protocol_error(f"garbled start-up: {exc}") from None
+            raise protocol_error(self.label, f"garbled start-up: {exc}") from None
         self._greet(messages[0])
         await self._dispatch(messages[1:])
         pump = tasks.create_task(self._pump_to_end(channel, decoder))
@@ -357,48 +345,18 @@ class HostSession:
             try:
                 messages = decoder.feed(data)
             except ProtocolError as exc:
-                raise self._protocol_error(str(exc)) from None
+                raise protocol_error(self.label, str(exc)) from None
             await self._dispatch(messages)
 
     async def _dispatch(self, messages: list[Message]) -> None:
         for msg in messages:
-            if isinstance(msg, Started | Output | Exit):
-                self._vet(msg)
-            elif isinstance(msg, Bye):
+            if isinstance(msg, Bye):
                 self.closing = True
             req = self._requests.get(getattr(msg, "rid", -1))
             if req is not None:
                 req.put(msg)
                 continue
             await self._on_message(self, msg)
-
-    def _vet(self, msg: Started | Output | Exit) -> None:
-        """Let a frame about an attempt through only if the attempt is this host's to speak of:
-        sent here, not ended; Started once, in one of the host's slots."""
-        started = self._attempts.get(msg.aid)
-        if started is None:
-            raise self._protocol_error(
-                f"{type(msg).__name__} about attempt {msg.aid}, which was not sent to this host "
-                "or had already ended there"
-            )
-        if isinstance(msg, Exit):
-            del self._attempts[msg.aid]
-        elif isinstance(msg, Started):
-            if started:
-                raise self._protocol_error(f"a second Started for attempt {msg.aid}")
-            if msg.slot > self.slots:
-                raise self._protocol_error(f"Started in slot {msg.slot} of {self.slots}")
-            self._attempts[msg.aid] = True
-
-    def _protocol_error(self, what: str) -> HostError:
-        """The host broke the protocol: it is given up for this run, never reconnected.
-
-        SSH already guarantees that bytes arrive as they were sent, so a frame that breaks the
-        protocol is no accident of the network: the dispatcher there is broken or hostile, and
-        a new connection would only give it more work and another chance to lie. Its running
-        attempts go back to the queue like any lost host's; nothing it said is a result.
-        """
-        return HostError(self.label, f"protocol error: {what}", permanent=True)
 
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""

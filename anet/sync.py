@@ -31,7 +31,7 @@ from dispatcher.syncproto import (
     SyncWant,
 )
 
-from .errors import HostError
+from .errors import HostError, protocol_error
 from .manifest import Tree
 from .session import HostSession, Request
 
@@ -68,8 +68,9 @@ def _expect(session: HostSession, msg: Message, kind: type[M]) -> M:
         return msg
     if isinstance(msg, SyncDone) and msg.error:
         raise HostError(session.label, f"deps sync failed: {msg.error}", permanent=True)
-    reason = f"protocol error: deps sync: {type(msg).__name__} instead of {kind.__name__}"
-    raise HostError(session.label, reason, permanent=True)  # as session.py's protocol errors
+    raise protocol_error(
+        session.label, f"deps sync: {type(msg).__name__} instead of {kind.__name__}"
+    )
 
 
 async def offer(session: HostSession, tree: Tree) -> SyncState:
@@ -91,10 +92,8 @@ async def transfer(
             await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
         want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
         if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
-            reason = (
-                f"protocol error: SyncWant of {len(want.want)} bytes for {len(entries)} entries"
-            )
-            raise HostError(session.label, reason, permanent=True)
+            what = f"SyncWant of {len(want.want)} bytes for {len(entries)} entries"
+            raise protocol_error(session.label, what)
         wanted = [
             i
             for i in range(len(entries))

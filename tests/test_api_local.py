@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import anet
 import anet.drive
@@ -121,3 +122,31 @@ def test_the_last_result_is_not_overtaken_by_the_end_of_the_run(monkeypatch):
         return got
 
     assert sorted(asyncio.run(main())) == [0, 1, 2]
+
+
+def test_a_run_left_early_kills_its_jobs_and_the_next_run_on_the_cluster_goes_on(tmp_path):
+    """The consumer stops reading a run: its jobs still running are killed, and their late
+    frames are that run's, not lies: the host keeps serving the next run."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    async def main():
+        async with anet.Cluster([":"]) as cluster:
+            slow = [f"echo $$ > {marks}/{i}; sleep 30" for i in range(4)]
+            first = cluster.run(["echo quick", *slow])
+            async for result in first:
+                assert result.id == 0
+                break
+            await first.aclose()
+            await asyncio.sleep(0.5)  # the kills take effect; the late Exits arrive
+            second = await collect(cluster, ["echo again"])
+            return second, cluster.hosts["local"].state
+
+    started = time.monotonic()
+    second, state = asyncio.run(main())
+    assert [r.stdout for r in second] == [b"again\n"] and state == "ready"  # not given up
+    assert time.monotonic() - started < 20  # not the 30 s the slow jobs would take
+    for mark in marks.iterdir():
+        pid = int(mark.read_text())
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text()
