@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Set
 
-from .protocol import MAX_FRAME, FrameDecoder, Message, ProtocolError, encode, message
+from .protocol import MASTER, MAX_FRAME, FrameDecoder, Message, ProtocolError, encode, message
 
 TIMED_OUT = "timed out"
 """What `fail` is given when the deadline passed; other reasons say what went wrong."""
@@ -43,6 +43,7 @@ class Cancel(Message):
     """Master -> dispatcher: the master gave up on request `rid`; stop its work, reply nothing."""
 
     CODE = 18
+    SENDER = MASTER
     rid: int
 
 

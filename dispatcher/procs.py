@@ -37,6 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .forked import TIMED_OUT, Forks
 from .protocol import (
+    DISPATCHER,
+    MASTER,
     MAX_NAME,
     MAX_PID,
     MAX_TEXT,
@@ -73,6 +75,7 @@ class FindProcs(Message):
     """
 
     CODE = 20
+    SENDER = MASTER
     rid: int
     pattern: str
     machine: str
@@ -130,6 +133,7 @@ class ProcsFound(Message):
     """Dispatcher -> master: the matches, each a list in the order of `ROW_FIELDS`; or `error`."""
 
     CODE = 21
+    SENDER = DISPATCHER
     rid: int
     procs: list = bounded(check=_are_rows)
     error: str = bounded(length=MAX_TEXT)
@@ -144,6 +148,7 @@ class SignalProcs(Message):
     """
 
     CODE = 22
+    SENDER = MASTER
     rid: int
     targets: list
     sig: int
@@ -158,6 +163,7 @@ class Signalled(Message):
     denied, protected."""
 
     CODE = 23
+    SENDER = DISPATCHER
     rid: int
     outcomes: list = bounded(check=_are_outcomes)
 
@@ -168,6 +174,7 @@ class ProbeHost(Message):
     """Master -> dispatcher: free memory and disk where jobs run, for `anet hosts check`."""
 
     CODE = 24
+    SENDER = MASTER
     rid: int
     path: str
 
@@ -178,6 +185,7 @@ class HostProbe(Message):
     """Dispatcher -> master: MemAvailable and free disk (KiB, -1 when unknown), 1-minute load."""
 
     CODE = 25
+    SENDER = DISPATCHER
     rid: int
     mem_free_kb: int = bounded(-1)
     disk_free_kb: int = bounded(-1)

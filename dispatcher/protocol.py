@@ -16,20 +16,26 @@ payload corrupted). A frame's body is `[type_code, field, field, ...]` in the fi
 message class below. This file must stay Python 3.8 compatible and import only the stdlib and
 msgpack: it runs on the end machines.
 
+Each message class says who sends it (`SENDER`: MASTER, DISPATCHER or EITHER). What may come
+when (the boot, Hello and Setup first, nothing after Bye) is the session's: both ends speak
+through a `Connection` (dispatcher/connection.py), which also refuses a message from the wrong
+end.
+
 Decoding checks every field's type, and the fields of what a dispatcher sends are bounded as
 well (`bounded(...)` below: an exit status within 0-255, a finite duration >= 0, a hostname of
 at most 255 characters, ...): the master trusts no end machine (invariant 8), so a value out of
 its bounds is a RemoteProtocolError before anything believes it. What only the master knows
-(the slots it gave a host, the attempts it sent there) it checks itself, in anet/session.py.
+(the slots it gave a host, the attempts it sent there) it checks itself, in anet/engine.py.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import struct
 import sys
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Type, Union
 
 import msgpack
 
@@ -67,11 +73,32 @@ class ProtocolError(Exception):
 
 
 class LocalProtocolError(ProtocolError):
-    """This side tried to send something the protocol does not allow."""
+    """This side tried to send something the protocol does not allow: a bug on this side."""
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that are not a valid frame or message."""
+    """The peer sent bytes that are not a valid frame or message, or a message it may not
+    send, or not now: the peer is broken or hostile."""
+
+
+class StartupError(RemoteProtocolError):
+    """The peer's start-up went wrong before any frame of it was believed: too much login
+    noise, an unknown boot reply, a first frame that is not the greeting, another protocol
+    version. Its text is the whole reason; the master retries these, unlike the others."""
+
+
+class Role(enum.Enum):
+    """Which end a Connection is, and who sends a message (its class's `SENDER`)."""
+
+    MASTER = "master"
+    DISPATCHER = "dispatcher"
+    EITHER = "either"
+    """As a message's SENDER only: both ends send it (Heartbeat)."""
+
+
+MASTER = Role.MASTER
+DISPATCHER = Role.DISPATCHER
+EITHER = Role.EITHER
 
 
 def _is_int(value: Any) -> bool:
@@ -154,9 +181,11 @@ _CLASSES: List[Type[Any]] = []
 
 
 class Message:
-    """Base of every wire message: `CODE` is its type code, its dataclass fields the body."""
+    """Base of every wire message: `CODE` is its type code, `SENDER` the end that sends it
+    (MASTER, DISPATCHER or EITHER; the other end refuses it), its dataclass fields the body."""
 
     CODE = 0
+    SENDER: ClassVar[Role]
 
     def problem(self) -> Optional[str]:
         """What makes the message invalid as a whole, though each field is (None: nothing)."""
@@ -167,6 +196,10 @@ def message(cls: Type[Any]) -> Type[Any]:
     """Register a frozen dataclass as a wire message under its unique `CODE`."""
     if any(other.CODE == cls.CODE for other in _CLASSES):
         raise LocalProtocolError("message code %d used twice" % cls.CODE)
+    if not isinstance(getattr(cls, "SENDER", None), Role):
+        raise LocalProtocolError(
+            "message %s says not who sends it: SENDER = MASTER, DISPATCHER or EITHER" % cls.__name__
+        )
     _CLASSES.append(cls)
     names = tuple(f.name for f in fields(cls))
     _BY_CODE[cls.CODE] = cls
@@ -184,6 +217,7 @@ class Hello(Message):
     """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
 
     CODE = 1
+    SENDER = DISPATCHER
     version: int = bounded(0, 65535)
     hostname: str = bounded(length=MAX_NAME)
     cores: int = bounded(1, MAX_CORES)
@@ -203,6 +237,7 @@ class Setup(Message):
     """
 
     CODE = 2
+    SENDER = MASTER
     slots: int
     host_label: str
     cwd: str
@@ -220,6 +255,7 @@ class Run(Message):
     """
 
     CODE = 3
+    SENDER = MASTER
     aid: int
     job: int
     command: bytes
@@ -232,6 +268,7 @@ class Started(Message):
     """Dispatcher -> master: the attempt got a slot and a process (queued runs wait for one)."""
 
     CODE = 4
+    SENDER = DISPATCHER
     aid: int
     pid: int = bounded(1, MAX_PID)
     slot: int = bounded(1, MAX_CORES)
@@ -243,6 +280,7 @@ class Output(Message):
     """Dispatcher -> master: one chunk (<= OUTPUT_CHUNK bytes) of a job's stdout or stderr."""
 
     CODE = 5
+    SENDER = DISPATCHER
     aid: int
     stream: int = bounded(STDOUT, STDERR)
     data: bytes = bounded(length=OUTPUT_CHUNK)
@@ -258,6 +296,7 @@ class Exit(Message):
     """
 
     CODE = 6
+    SENDER = DISPATCHER
     aid: int
     code: Optional[int] = bounded(0, 255)
     signal: Optional[int] = bounded(1, 127)
@@ -277,6 +316,7 @@ class Kill(Message):
     """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
 
     CODE = 7
+    SENDER = MASTER
     aid: int
     grace: float
 
@@ -287,6 +327,7 @@ class Heartbeat(Message):
     """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
 
     CODE = 8
+    SENDER = EITHER
     load: float = bounded(0)
 
 
@@ -296,6 +337,7 @@ class Shutdown(Message):
     """Master -> dispatcher: kill every job, answer Bye, exit."""
 
     CODE = 9
+    SENDER = MASTER
 
 
 @message
@@ -304,6 +346,7 @@ class Bye(Message):
     """Dispatcher -> master: every job group is dead; the dispatcher exits after this frame."""
 
     CODE = 10
+    SENDER = DISPATCHER
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -323,8 +366,9 @@ def encode(msg: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Message:
-    """Turn one frame body into its message, or say exactly why it is not one."""
+def decode_body(body: bytes, sender: Optional[Role] = None) -> Message:
+    """Turn one frame body into its message, or say exactly why it is not one; a message
+    that `sender` (when given) may not send is refused before its fields are looked at."""
     try:
         items = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -337,6 +381,8 @@ def decode_body(body: bytes) -> Message:
     cls = _BY_CODE.get(code)
     if cls is None:
         raise RemoteProtocolError("unknown message code %d" % code)
+    if sender is not None and cls.SENDER is not sender and cls.SENDER is not EITHER:
+        raise RemoteProtocolError(_not_theirs(sender, cls))
     if len(args) != _ARITY[code]:
         raise RemoteProtocolError(
             "%s takes %d fields, got %d" % (cls.__name__, _ARITY[code], len(args))
@@ -354,14 +400,38 @@ def decode_body(body: bytes) -> Message:
     return msg
 
 
+def _not_theirs(sender: Role, cls: Type[Any]) -> str:
+    return "the %s sent %s, which only the %s sends" % (
+        sender.value,
+        cls.__name__,
+        cls.SENDER.value,
+    )
+
+
 def _short(value: Any) -> str:
     """A bad value for a one-line error: its repr (escapes included), cut to 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else "%s... (%d characters)" % (text[:50], len(text))
 
 
+def frame_end(buf: bytearray, pos: int, max_frame: int) -> int:
+    """Where the frame at `pos` ends, once all of it is in `buf`; 0 while it is incomplete."""
+    if len(buf) - pos < 4:
+        return 0
+    (length,) = _HEADER.unpack_from(buf, pos)
+    if length > max_frame:
+        raise RemoteProtocolError(
+            "frame length %d exceeds the maximum %d: corrupt stream" % (length, max_frame)
+        )
+    end = pos + 4 + length
+    return end if end <= len(buf) else 0
+
+
 class FrameDecoder:
-    """Accumulates bytes and yields complete messages; a partial frame waits for more bytes."""
+    """Accumulates bytes and yields complete messages; a partial frame waits for more bytes.
+
+    Frames only, from whoever: the ends of a session use a `Connection`, which also knows who
+    may say what, and when."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
@@ -373,18 +443,12 @@ class FrameDecoder:
         buf += data
         out: List[Message] = []
         pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            if length > self._max_frame:
-                raise RemoteProtocolError(
-                    "frame length %d exceeds the maximum %d: corrupt stream"
-                    % (length, self._max_frame)
-                )
-            if end - pos - 4 < length:
+        while True:
+            end = frame_end(buf, pos, self._max_frame)
+            if not end:
                 break
-            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + length])))
-            pos += 4 + length
+            out.append(decode_body(bytes(buf[pos + 4 : end])))
+            pos = end
         if pos:
             del buf[:pos]
         return out

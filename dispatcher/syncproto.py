@@ -34,7 +34,16 @@ from typing import Any, List, Optional, Set
 
 import msgpack
 
-from .protocol import MAX_NAME, MAX_PATH, MAX_TEXT, Message, bounded, message
+from .protocol import (
+    DISPATCHER,
+    MASTER,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_TEXT,
+    Message,
+    bounded,
+    message,
+)
 
 FILE = 0
 DIR = 1
@@ -52,6 +61,7 @@ class SyncOffer(Message):
     """Master -> dispatcher: "do you hold tree `tree` (a manifest digest)?"."""
 
     CODE = 11
+    SENDER = MASTER
     rid: int
     tree: bytes
     entries: int
@@ -68,6 +78,7 @@ class SyncState(Message):
     """
 
     CODE = 12
+    SENDER = DISPATCHER
     rid: int
     ready: bool
     path: bytes = bounded(length=MAX_PATH)
@@ -80,6 +91,7 @@ class SyncEntries(Message):
     """Master -> dispatcher: a chunk of the manifest; `last` ends it."""
 
     CODE = 13
+    SENDER = MASTER
     rid: int
     tree: bytes
     entries: list
@@ -93,6 +105,7 @@ class SyncWant(Message):
     found in earlier trees on the host and need no transfer."""
 
     CODE = 14
+    SENDER = DISPATCHER
     rid: int
     want: bytes
     reused: int = bounded(0)
@@ -104,6 +117,7 @@ class SyncData(Message):
     """Master -> dispatcher: bytes of file entry `index` at `offset`, in order."""
 
     CODE = 15
+    SENDER = MASTER
     rid: int
     index: int
     offset: int
@@ -116,6 +130,7 @@ class SyncCommit(Message):
     """Master -> dispatcher: every wanted byte was sent; verify and switch the tree in."""
 
     CODE = 16
+    SENDER = MASTER
     rid: int
 
 
@@ -125,6 +140,7 @@ class SyncDone(Message):
     """Dispatcher -> master: the sync's end: `path` of the ready tree, or `error` (one line)."""
 
     CODE = 17
+    SENDER = DISPATCHER
     rid: int
     path: bytes = bounded(length=MAX_PATH)
     error: str = bounded(length=MAX_TEXT)
