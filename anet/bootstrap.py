@@ -132,8 +132,3 @@ def payload() -> Payload:
     data = build_zip(_package_files())
     digest = hashlib.sha256(data).hexdigest()
     return Payload(data, digest, stub_code(digest))
-
-
-def payload_message(data: bytes) -> bytes:
-    """What the master sends after the stub asked for the payload: length line, then the zip."""
-    return b"%d\n" % len(data) + data

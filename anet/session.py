@@ -6,9 +6,12 @@ when the host's cache misses it, then checks the dispatcher's Hello before any j
 Frames are handed to the owner's `on_message` and awaited one by one, so a slow consumer slows
 the reading of this channel (SSH flow control) instead of piling frames up in memory.
 
-Every frame the protocol module refuses (bytes that do not decode, a field out of its bounds)
-is a protocol error of this host: it is given up (errors.protocol_error). Whether a frame about
-an attempt is the host's own to speak of is the engine's to check (invariant 8): it alone knows
+The session's states (boot, Hello, Setup, Bye) are the protocol's: a `Connection(MASTER)`
+(dispatcher/connection.py) reads the bytes and says what they mean; this class does the I/O and
+turns the connection's verdicts into HostErrors. Every frame it refuses (bytes that do not
+decode, a field out of its bounds, a message only the master sends, a frame after Bye) is a
+protocol error of this host: it is given up (errors.protocol_error). Whether a frame about an
+attempt is the host's own to speak of is the engine's to check (invariant 8): it alone knows
 which attempts went where.
 """
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -25,24 +27,28 @@ from typing import TypeVar
 
 import asyncssh
 
+from dispatcher.connection import (
+    MAX_LINE,
+    NEED_DATA,
+    BootFailed,
+    Connection,
+    ConnectionClosed,
+    PayloadWanted,
+    State,
+    clip_line,
+)
 from dispatcher.protocol import (
-    BOOT_ERROR,
-    BOOT_FRAMES,
-    BOOT_NEED_PAYLOAD,
-    PROTOCOL_VERSION,
-    Bye,
-    FrameDecoder,
+    MASTER,
     Heartbeat,
     Hello,
     Message,
-    ProtocolError,
+    RemoteProtocolError,
     Setup,
     Shutdown,
-    encode,
-    find_boot_mark,
+    StartupError,
 )
 
-from .bootstrap import Payload, payload_message
+from .bootstrap import Payload
 from .errors import HostError, protocol_error
 from .hosts import HostSpec
 from .logs import get_logger
@@ -52,11 +58,6 @@ log = get_logger()
 
 M = TypeVar("M", bound=Message)
 
-MAX_NOISE = 1 << 20
-"""Bytes a login shell may print before the boot mark; more means something is badly wrong."""
-MAX_LINE = 1000
-"""Bytes of one line from the host (a boot error, the stderr that explains a failure) that
-anet keeps and shows: a host cannot fill the master's memory or the user's terminal with one."""
 MAX_AUTO_SLOTS = 1024
 """Slots a host gets from its own core count, at most: a host cannot draw a whole batch to
 itself by claiming 10,000 cores. The user's `N/host` or `-j N` is believed as it is."""
@@ -113,6 +114,33 @@ class Request:
         return not self._replies.empty()
 
 
+class StderrTail:
+    """The last lines the remote side wrote on stderr, to explain a failure."""
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque(maxlen=5)
+
+    @property
+    def last(self) -> str:
+        return self._lines[-1] if self._lines else ""
+
+    async def collect(self, stderr: Reader) -> None:
+        """Read `stderr` to its end, keeping its last lines."""
+        pending = b""
+        while True:
+            try:
+                data = await stderr.read(65536)
+            except (OSError, asyncssh.Error):
+                data = b""  # the connection died: the pump reports that
+            if not data:
+                break
+            lines = (pending + data).split(b"\n")
+            pending = lines.pop()[: MAX_LINE + 1]  # an endless line must not fill the memory
+            self._lines.extend(clip_line(line) for line in lines if line.strip())
+        if pending.strip():
+            self._lines.append(clip_line(pending))
+
+
 class HostSession:
     """Boot and pump one dispatcher; every failure ends as a HostError with a one-line reason.
 
@@ -133,12 +161,13 @@ class HostSession:
         self._on_message = on_message
         self._config = config
         self._channel: Channel | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=5)
+        self._conn = Connection(MASTER)
+        self._stderr = StderrTail()
         self._waiting_since: float | None = None
         self._silence: str | None = None
+        self._stopping = False
         self.hello: Hello | None = None
         self.slots = 0
-        self.closing = False
         self.bytes_sent = 0
         self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
@@ -148,15 +177,29 @@ class HostSession:
         """A dispatcher process is running for this session (booting, syncing or serving)."""
         return self._channel is not None
 
+    @property
+    def closing(self) -> bool:
+        """Nothing more is sent: this side asked the dispatcher to stop, or it said Bye (or its
+        stream ended)."""
+        return self._stopping or self._conn.their_state is State.CLOSED
+
     def send(self, *messages: Message) -> None:
-        """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
-        if self._channel is not None and not self.closing:
-            data = b"".join(map(encode, messages))
-            self.bytes_sent += len(data)
-            # A dead channel is the pump's to report (it sees the EOF); here it only loses
-            # frames that the requeue of this host's attempts makes up for.
-            with contextlib.suppress(OSError, asyncssh.Error):
-                self._channel.stdin.write(data)
+        """Queue frames in one write; the transport buffers it, the dispatcher always reads.
+
+        Only a serving dispatcher gets frames: before its Hello (it may still be reading its
+        payload) and once it is closing, they are dropped, as the requeue of this host's
+        attempts makes up for."""
+        conn = self._conn
+        if self._channel is not None and not self.closing and conn.our_state is State.RUNNING:
+            self._write(b"".join(map(conn.send, messages)))
+
+    def _write(self, data: bytes) -> None:
+        assert self._channel is not None
+        self.bytes_sent += len(data)
+        # A dead channel is the pump's to report (it sees the EOF); here it only loses frames
+        # that the requeue of this host's attempts makes up for.
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._channel.stdin.write(data)
 
     async def send_drained(self, *messages: Message) -> None:
         """Send, then wait for the transport's buffer to drain: flow control for bulk data."""
@@ -195,8 +238,8 @@ class HostSession:
         `prepare` (a deps sync) runs once the dispatcher said Hello, with frames already
         flowing; `ready` is called only after it succeeded, so no job meets a half-made host.
         """
-        self.hello, self.closing, self._silence = None, False, None
-        self._stderr_tail.clear()
+        self.hello, self._stopping, self._silence = None, False, None
+        self._conn, self._stderr = Connection(MASTER), StderrTail()
         try:
             self._channel = await transport.start(self._payload)
         except HostError:
@@ -206,7 +249,7 @@ class HostSession:
         error: HostError | None = None
         async with asyncio.TaskGroup() as tasks:
             helpers = [
-                tasks.create_task(self._collect_stderr(self._channel.stderr)),
+                tasks.create_task(self._stderr.collect(self._channel.stderr)),
                 tasks.create_task(self._heartbeat()),
                 tasks.create_task(self._watchdog(self._channel, transport)),
             ]
@@ -220,7 +263,7 @@ class HostSession:
                 channel.close()
                 for helper in helpers:
                     helper.cancel()
-                await self._reap(channel)
+                await _reap(channel)
         if error is not None:
             raise error
 
@@ -231,25 +274,19 @@ class HostSession:
         prepare: Callable[[HostSession], Awaitable[None]] | None,
         tasks: asyncio.TaskGroup,
     ) -> None:
-        decoder = FrameDecoder()
         try:
             async with asyncio.timeout(BOOT_TIMEOUT):
-                rest = await self._boot(channel)
-                messages = decoder.feed(rest)
-                while not messages:
-                    data = await self._read(channel)
-                    if not data:
-                        raise await self._died("the dispatcher exited during start-up")
-                    messages = decoder.feed(data)
+                hello = await self._start(channel)
         except TimeoutError:
             raise HostError(
                 self.label, f"dispatcher did not start within {BOOT_TIMEOUT:.0f}s"
             ) from None
-        except ProtocolError as exc:
+        except StartupError as exc:  # not the stream's fault: retried, as ever
+            raise HostError(self.label, str(exc)) from None
+        except RemoteProtocolError as exc:
             raise protocol_error(self.label, f"garbled start-up: {exc}") from None
-        self._greet(messages[0])
-        await self._dispatch(messages[1:])
-        pump = tasks.create_task(self._pump_to_end(channel, decoder))
+        self._greet(hello)
+        pump = tasks.create_task(self._pump_to_end(channel))
         if prepare is not None:
             await prepare(self)  # a lost pump fails its requests: prepare raises HostError
         ready(self)
@@ -257,12 +294,12 @@ class HostSession:
         if error is not None:
             raise error
 
-    async def _pump_to_end(self, channel: Channel, decoder: FrameDecoder) -> HostError | None:
+    async def _pump_to_end(self, channel: Channel) -> HostError | None:
         """The pump as a task: its failure is returned (raising would tear the task group
         down) and handed to every open request, which would otherwise wait for a reply."""
         error: HostError | None = None
         try:
-            await self._pump(channel, decoder)
+            await self._pump(channel)
         except HostError as exc:
             error = exc
         self._fail_requests(error)
@@ -274,95 +311,85 @@ class HostSession:
         for req in self._requests.values():
             req.put(gone)
 
-    async def _boot(self, channel: Channel) -> bytes:
-        """Skip login noise up to the boot mark; ship the payload if asked. Returns frame bytes."""
-        seen = bytearray()
+    async def _start(self, channel: Channel) -> Hello:
+        """Past the login noise, with the payload shipped if asked, up to the dispatcher's
+        Hello; the connection judges every byte, this reads and writes."""
+        conn = self._conn
         while True:
-            found = find_boot_mark(seen)
-            if found is None:
-                if len(seen) > MAX_NOISE:
-                    raise HostError(
-                        self.label, "the login shell printed over 1 MiB before anet could start"
-                    )
-                data = await self._read(channel)
-                if not data:
-                    raise await self._died("cannot start python3")
-                seen += data
-                continue
-            kind, end = found
-            if kind == BOOT_FRAMES:
-                return bytes(seen[end:])
-            if kind == BOOT_ERROR:  # one line of reason follows; wait for it, within bounds
-                while (
-                    seen.find(b"\n", end) < 0
-                    and len(seen) - end < MAX_LINE
-                    and (data := await self._read(channel))
-                ):
-                    seen += data
-                line = bytes(seen[end:]).split(b"\n", 1)[0]
-                raise HostError(self.label, _clip(line), permanent=True)
-            if kind == BOOT_NEED_PAYLOAD:
-                size = len(self._payload.data)
-                log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
-                try:
-                    channel.stdin.write(payload_message(self._payload.data))
-                    await channel.stdin.drain()
-                except (OSError, asyncssh.Error):
-                    raise await self._died("the stub stopped reading its payload") from None
-                del seen[:end]
-                continue
-            raise HostError(self.label, f"unexpected start-up reply {kind!r}")
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(await _read(channel))
+            elif isinstance(event, Hello):
+                return event
+            elif isinstance(event, PayloadWanted):
+                await self._send_payload(channel)
+            elif isinstance(event, BootFailed):
+                raise HostError(self.label, event.reason, permanent=True)
+            else:
+                assert isinstance(event, ConnectionClosed)
+                booting = event.state in (State.BOOTING, State.PAYLOAD)
+                what = (
+                    "cannot start python3" if booting else "the dispatcher exited during start-up"
+                )
+                raise await self._died(what)
 
-    def _greet(self, first: Message) -> None:
-        if not isinstance(first, Hello):
-            raise HostError(self.label, f"dispatcher spoke {type(first).__name__} before Hello")
-        if first.version != PROTOCOL_VERSION:
-            raise HostError(
-                self.label, f"dispatcher speaks protocol {first.version}, anet {PROTOCOL_VERSION}"
-            )
-        self.hello = first
-        self.slots = self.spec.slots or min(first.cores, MAX_AUTO_SLOTS)
-        if self.slots < first.cores and not self.spec.slots:
+    async def _send_payload(self, channel: Channel) -> None:
+        size = len(self._payload.data)
+        log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
+        try:
+            channel.stdin.write(self._conn.send_payload(self._payload.data))
+            await channel.stdin.drain()
+        except (OSError, asyncssh.Error):
+            raise await self._died("the stub stopped reading its payload") from None
+
+    def _greet(self, hello: Hello) -> None:
+        """Size the host from its Hello (the connection checked the version) and answer it."""
+        self.hello = hello
+        self.slots = self.spec.slots or min(hello.cores, MAX_AUTO_SLOTS)
+        if self.slots < hello.cores and not self.spec.slots:
             log.warning(
-                f"{self.label}: reports {first.cores} cores; using {MAX_AUTO_SLOTS} "
-                f"(say {first.cores}/{self.label} to use them all)",
+                f"{self.label}: reports {hello.cores} cores; using {MAX_AUTO_SLOTS} "
+                f"(say {hello.cores}/{self.label} to use them all)",
                 host=self.label,
             )
         config = self._config
-        self.send(Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after))
+        setup = Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after)
+        self._write(self._conn.send(setup))
 
-    async def _pump(self, channel: Channel, decoder: FrameDecoder) -> None:
+    async def _pump(self, channel: Channel) -> None:
+        conn, loop = self._conn, asyncio.get_running_loop()
         while True:
-            self._waiting_since = time.monotonic()
-            data = await self._read(channel)
-            self._waiting_since = None
-            if not data:
-                if self.closing:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                raise protocol_error(self.label, str(exc)) from None
+            if event is NEED_DATA:
+                self._waiting_since = loop.time()
+                data = await _read(channel)
+                self._waiting_since = None
+                conn.receive_data(data)
+            elif isinstance(event, ConnectionClosed):
+                if event.clean or self._stopping:
                     return
                 if self._silence is not None:
                     raise HostError(self.label, self._silence)
                 raise await self._died("connection lost")
-            try:
-                messages = decoder.feed(data)
-            except ProtocolError as exc:
-                raise protocol_error(self.label, str(exc)) from None
-            await self._dispatch(messages)
+            else:
+                await self._dispatch(event)
 
-    async def _dispatch(self, messages: list[Message]) -> None:
-        for msg in messages:
-            if isinstance(msg, Bye):
-                self.closing = True
-            req = self._requests.get(getattr(msg, "rid", -1))
-            if req is not None:
-                req.put(msg)
-                continue
+    async def _dispatch(self, msg: Message) -> None:
+        """A request's reply to its request, any other frame (Bye too) to the owner."""
+        req = self._requests.get(getattr(msg, "rid", -1))
+        if req is not None:
+            req.put(msg)
+        else:
             await self._on_message(self, msg)
 
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
         if self._channel is not None and not self.closing:
-            self.send(Shutdown())
-            self.closing = True
+            self.send(Shutdown())  # only to a serving dispatcher: a booting one gets the EOF
+            self._stopping = True
             with contextlib.suppress(OSError, RuntimeError, AttributeError, asyncssh.Error):
                 self._channel.stdin.write_eof()
 
@@ -373,20 +400,6 @@ class HostSession:
             if self.hello is not None:
                 self.send(Heartbeat(0.0))
 
-    async def _reap(self, channel: Channel) -> None:
-        """Wait (briefly) for the dispatcher process to end, so no transport outlives the loop."""
-        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-            async with asyncio.timeout(EXIT_WAIT):
-                await channel.wait()
-        channel.kill()
-
-    async def _read(self, channel: Channel) -> bytes:
-        """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
-        try:
-            return await channel.stdout.read(READ_SIZE)
-        except (OSError, asyncssh.Error):
-            return b""
-
     async def _watchdog(self, channel: Channel, transport: Transport) -> None:
         """Declare the host lost after `dead_after` of silence (a frozen host, a partition).
 
@@ -395,32 +408,16 @@ class HostSession:
         enough, and a little early, that the host is declared lost *within* `dead_after`; the
         dispatcher's heartbeats come every `heartbeat` seconds, several times in that span.
         """
-        bound = self._config.dead_after
+        bound, loop = self._config.dead_after, asyncio.get_running_loop()
         tick = min(0.25, bound / 8)
         while bound > 0:
             await asyncio.sleep(tick)
             since = self._waiting_since
-            if since is not None and time.monotonic() - since > bound - 2 * tick:
+            if since is not None and loop.time() - since > bound - 2 * tick:
                 self._silence = f"lost: no word from the host for {bound:g}s"
                 channel.close()
                 transport.close()  # a frozen peer never answers a polite channel close
                 return
-
-    async def _collect_stderr(self, stderr: Reader) -> None:
-        """Keep the last lines the remote side wrote on stderr, to explain a failure."""
-        pending = b""
-        while True:
-            try:
-                data = await stderr.read(65536)
-            except (OSError, asyncssh.Error):
-                data = b""  # the connection died: the pump reports that
-            if not data:
-                break
-            lines = (pending + data).split(b"\n")
-            pending = lines.pop()[: MAX_LINE + 1]  # an endless line must not fill the memory
-            self._stderr_tail.extend(_clip(line) for line in lines if line.strip())
-        if pending.strip():
-            self._stderr_tail.append(_clip(pending))
 
     async def _died(self, what: str) -> HostError:
         """Explain an EOF with the exit status and what the remote side said on stderr."""
@@ -432,7 +429,7 @@ class HostSession:
             except (TimeoutError, OSError):
                 pass
             await asyncio.sleep(0)  # let the stderr collector take the last lines
-        said = self._stderr_tail[-1] if self._stderr_tail else ""
+        said = self._stderr.last
         if status == 127:
             reason = f"python3 not found on the host ({said or 'exit 127'})"
             return HostError(self.label, reason, permanent=True)
@@ -440,7 +437,17 @@ class HostSession:
         return HostError(self.label, f"{what}{detail}")
 
 
-def _clip(line: bytes) -> str:
-    """A line from the host as text of at most MAX_LINE bytes' worth, marked when cut."""
-    text = line[:MAX_LINE].decode(errors="replace")
-    return text if len(line) <= MAX_LINE else f"{text}..."
+async def _reap(channel: Channel) -> None:
+    """Wait (briefly) for the dispatcher process to end, so no transport outlives the loop."""
+    with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+        async with asyncio.timeout(EXIT_WAIT):
+            await channel.wait()
+    channel.kill()
+
+
+async def _read(channel: Channel) -> bytes:
+    """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
+    try:
+        return await channel.stdout.read(READ_SIZE)
+    except (OSError, asyncssh.Error):
+        return b""
