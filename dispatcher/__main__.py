@@ -30,28 +30,26 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import procs
+from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .pidfiles import PidFiles
 from .protocol import (
-    BOOT_FRAMES,
-    BOOT_MARK,
+    DISPATCHER,
     OUTPUT_CHUNK,
     PROTOCOL_VERSION,
     STDERR,
     Bye,
     Exit,
-    FrameDecoder,
     Heartbeat,
     Hello,
     Kill,
     Message,
     Output,
-    ProtocolError,
+    RemoteProtocolError,
     Run,
     Setup,
     Shutdown,
     Started,
-    encode,
 )
 from .runner import JobProcess, kill_group, read_buffered, spawn
 from .syncstore import SyncStore
@@ -98,7 +96,9 @@ class Dispatcher:
         if orphans:
             sys.stderr.write("anet dispatcher: killed %d orphaned job group(s)\n" % orphans)
         self.sel = selectors.DefaultSelector()
-        self.decoder = FrameDecoder()
+        self.conn = Connection(DISPATCHER)
+        """The session's states: Setup comes first, nothing after Shutdown, and only what a
+        master may send; what this loop sends goes through it too."""
         self.outbuf = bytearray()
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
@@ -134,7 +134,7 @@ class Dispatcher:
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
-        os.write(self.proto_out, BOOT_MARK + BOOT_FRAMES)  # tiny: fits any empty pipe
+        os.write(self.proto_out, self.conn.start())  # the boot mark, tiny: fits any empty pipe
         hello = Hello(
             PROTOCOL_VERSION,
             socket.gethostname(),
@@ -192,18 +192,21 @@ class Dispatcher:
             data = os.read(fd, 1 << 20)  # big: deps data arrives in 256 KiB frames
         except BlockingIOError:
             return
-        if not data:
-            self.running = False  # master gone: EOF or a broken connection
-            return
-        self.last_heard = time.monotonic()
+        if data:
+            self.last_heard = time.monotonic()
+        self.conn.receive_data(data)  # b"": the master is gone (EOF, a broken connection)
         try:
-            messages = self.decoder.feed(data)
-        except ProtocolError as exc:
+            msg = self.conn.next_event()
+            while msg is not NEED_DATA:
+                if isinstance(msg, ConnectionClosed):
+                    self.running = False
+                    return
+                self.handle(msg)
+                msg = self.conn.next_event()
+        except RemoteProtocolError as exc:  # garbled, or what no master sends (or not now)
             sys.stderr.write("anet dispatcher: %s\n" % exc)
             self.running = False
             return
-        for msg in messages:
-            self.handle(msg)
         self.start_queued()
 
     def handle(self, msg: Message) -> None:
@@ -343,7 +346,7 @@ class Dispatcher:
     # -- frames to the master ---------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        self.outbuf += encode(msg)
+        self.outbuf += self.conn.send(msg)
         if len(self.outbuf) > HIGH_WATER and not self.paused:
             self.set_paused(True)
 
