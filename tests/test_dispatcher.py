@@ -22,6 +22,7 @@ from dispatcher.__main__ import CUT_NOTE, DRAIN_GRACE, HIGH_WATER
 from dispatcher.protocol import (
     BOOT_FRAMES,
     BOOT_MARK,
+    PROTOCOL_VERSION,
     STDOUT,
     Bye,
     Exit,
@@ -31,6 +32,7 @@ from dispatcher.protocol import (
     Output,
     Run,
     Setup,
+    Started,
     encode,
 )
 
@@ -210,6 +212,42 @@ def test_a_dispatcher_told_to_die_kills_its_jobs_first(dispatcher_process, tmp_p
         for p in pids:
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+_NOT_FROM_A_MASTER: list[Message] = [
+    Started(1, 100, 1),
+    Exit(1, 0, None, 0.1, 0.1, 1),
+    Hello(PROTOCOL_VERSION, "h", 1, "3.11", 0.0, 1, "/w"),
+    Bye(),
+    Setup(1, "again", "", 60.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("frame", _NOT_FROM_A_MASTER, ids=lambda m: type(m).__name__)
+def test_a_frame_no_master_sends_ends_the_dispatcher_and_its_jobs(
+    dispatcher_process, tmp_path, capfd, frame: Message
+):
+    """What only a dispatcher sends, or a second Setup, is a broken master: the dispatcher
+    stops as for a corrupt frame (one line on stderr, jobs killed, Bye), never ignores it."""
+    d = dispatcher_process(1)
+    pid_file = tmp_path / "job.pid"
+    d.send(Run(1, 0, b"echo $$ > %s; exec sleep 300" % str(pid_file).encode()))
+    pid = read_pid(pid_file)
+    try:
+        d.send(frame)
+        d.read_until(lambda m: isinstance(m, Bye), timeout=10)
+        assert d.proc.wait(timeout=10) == 0
+        assert not alive(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    name = type(frame).__name__
+    said = (
+        "the master sent a second Setup"
+        if isinstance(frame, Setup)
+        else f"the master sent {name}, which only the dispatcher sends"
+    )
+    assert f"anet dispatcher: {said}\n" in capfd.readouterr().err
 
 
 def _drain(fd: int, timeout: float) -> bool:
