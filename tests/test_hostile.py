@@ -27,6 +27,7 @@ from anet.connect import SshOptions
 from anet.record import JobResult
 from anet.session import MAX_AUTO_SLOTS
 from dispatcher.procs import HostProbe, ProcsFound, Signalled
+from dispatcher.protocol import PROTOCOL_VERSION, Hello, Run
 from dispatcher.syncproto import SyncWant
 
 
@@ -139,6 +140,16 @@ _LIES: dict[str, tuple[dict[str, Any], str, str]] = {
     "Started twice": ({"started_twice": True}, "a second Started", "started twice"),
     "Exit twice": ({"exit_twice": True}, "Exit about attempt", "exit twice"),
     "Output after Exit": ({"output_after_exit": True}, "Output about attempt", "output after"),
+    "a Run from the dispatcher": (
+        {"after_hello": [[Run.CODE, 1, 1, b"rm -rf ~", {}]]},
+        "the dispatcher sent Run, which only the master sends",
+        "hello",
+    ),
+    "a second Hello": (
+        {"after_hello": [[Hello.CODE, PROTOCOL_VERSION, "h", 2, "3.11.7", 0.0, 5, "/w"]]},
+        "the dispatcher sent a second Hello",
+        "hello",
+    ),
 }
 
 
