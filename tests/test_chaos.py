@@ -9,8 +9,9 @@ hosts are faulted at once, so the batch can always go on.
 
 The faults: kill -9 of the host's dispatcher; SIGSTOP of the whole host for longer than
 --keepalive; its sshd stopped (every session and process of the host killed, as in a crash) and
-started again; a partition (iptables DROP of the host's sshd traffic, as root). Each is healed in
-a `finally`, and the test ends by checking that no job process and no iptables rule is left.
+started again; a partition (`SshdHost.partition`: iptables DROP of its sshd traffic, as root).
+Each is healed in a `finally`, and the test ends by checking that no job process and no iptables
+rule is left.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from sshd_hosts import SshdCluster, SshdHost, leftover_processes
+from sshd_hosts import SshdCluster, SshdHost, leftover_processes, partition_rules
 
 from anet import results
 from anet.errors import ResultFormatError
@@ -50,8 +51,6 @@ COMMIT_WINDOW = 1.5
 """After kill -9, `--resume --only-new` may repeat results whose delivery mark was not committed
 yet: those read in the last journal commit interval (0.2 s) before the kill. This allows for a
 loaded machine; a repeat of anything older is a defect."""
-RULE_TAG = f"anet-chaos-{os.getpid()}"
-"""iptables comment on every rule this module adds, so the final check finds ours only."""
 
 
 # -- the batch ------------------------------------------------------------------------------------
@@ -135,23 +134,6 @@ def mixed_batch(tmp_path: Path) -> tuple[Path, dict[int, Expected]]:
 # -- the faults -----------------------------------------------------------------------------------
 
 
-def _iptables(action: str, host: SshdHost) -> None:
-    """Add (-I) or delete (-D) the DROP rules that cut `host` off, both ways. Only its sshd port:
-    other tests on this machine use the same 127.0.0.x addresses with other ports."""
-    for match in (("-d", host.address, "--dport"), ("-s", host.address, "--sport")):
-        address_flag, address, port_flag = match
-        subprocess.run(
-            ["iptables", "-w", action, "INPUT", "-p", "tcp", address_flag, address,
-             port_flag, str(host.port), "-m", "comment", "--comment", RULE_TAG, "-j", "DROP"],
-            check=action == "-I", capture_output=True,
-        )  # fmt: skip
-
-
-def our_rules() -> list[str]:
-    listed = subprocess.run(["iptables", "-w", "-S"], check=True, capture_output=True, text=True)
-    return [line for line in listed.stdout.splitlines() if RULE_TAG in line]
-
-
 def _kill_dispatcher(host: SshdHost, rng: random.Random) -> str:
     """kill -9 one of the host's dispatchers (the one-line `python3 -c` stub with zlib)."""
     found = [pid for pid, cmd in host.processes() if "python3" in cmd and "zlib" in cmd]
@@ -181,13 +163,13 @@ class Chaos:
 
     cluster: SshdCluster
     rng: random.Random
-    started: float = field(default_factory=time.monotonic)
-    log: list[str] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _busy: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
+    started: float = field(init=False, default_factory=time.monotonic)
+    log: list[str] = field(init=False, default_factory=list)
+    errors: list[BaseException] = field(init=False, default_factory=list)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    _busy: set[str] = field(init=False, default_factory=set)  # hosts with a lasting fault
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(init=False, default_factory=list)
 
     def __enter__(self) -> Chaos:
         self._spawn(self._drive)
@@ -261,10 +243,10 @@ class Chaos:
                 host.start()
         else:
             try:
-                _iptables("-I", host)
+                host.partition()
                 yield
             finally:
-                _iptables("-D", host)
+                host.heal()
 
 
 # -- running anet ---------------------------------------------------------------------------------
@@ -486,9 +468,7 @@ def test_chaos_then_resume_gives_every_result_once_and_exact(
             chaos.note("resumed run ended")
         left = leftover_processes(own.hosts, grace=20.0)
     finally:
-        rules = our_rules()
-        for host in own.hosts:  # the faults removed theirs; this is only a safety net
-            _iptables("-D", host)
+        rules = partition_rules()  # the faults healed theirs; closing the hosts heals any left
         print("\n".join([f"seed {seed}, scenario {scenario}", *chaos.log]))  # shown on failure
     check_streams(first, second, expected, sig)
     if "--only-new" in resume:
