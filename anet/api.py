@@ -263,6 +263,11 @@ class Cluster:
         if drive is not self._drive and drive.engine.finished:
             self._drives.remove(drive)
 
+    def host_key(self, label: str) -> str | None:
+        """What became of the host's SSH host key (known, accepted, unknown, changed), or None
+        before its first connection: `hosts check` shows it."""
+        return self._connector.host_key(label)
+
     def _send(self, label: str, frames: list[Message]) -> None:
         self._sessions[label].send(*frames)
 
