@@ -14,9 +14,8 @@ The library comes first and the `anet` command is a thin layer over it:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import results
+from ._version import __version__
 from .api import Cluster, HostState
 from .batch import Job, read_batch
 from .connect import SshOptions

@@ -87,23 +87,25 @@ def read_batch(stream: BinaryIO) -> Iterator[Job]:
     return parse_lines(iter(stream.readline, b""))
 
 
+def count_jobs(path: str | os.PathLike[str]) -> int:
+    """Jobs in a batch file: one streaming pass (in a thread for a big one). The one place the
+    batch is counted: a --halt percentage, the progress bar's total, `anet status`."""
+    with open_batch(path) as stream:
+        return sum(1 for _ in read_batch(stream))
+
+
 MAX_COMMAND = 128 * 1024
 """Linux's limit on one exec argument (MAX_ARG_STRLEN): `sh -c` cannot take a longer command."""
 
 
-def runnable(job: Job) -> Job:
-    """The job as it can travel, or one that fails at once saying why it could not.
-
-    A command too long for exec or with a NUL byte cannot run anywhere; sending it would only
-    fail on every host in turn, so it becomes a failed job with a clear stderr line instead.
-    """
-    if len(job.command) > MAX_COMMAND:
-        why = f"command of {len(job.command)} bytes is longer than {MAX_COMMAND}"
-    elif b"\0" in job.command:
-        why = "command contains a NUL byte"
-    else:
-        return job
-    return Job(job.id, f"echo 'anet: job {job.id}: {why}' >&2; exit 126".encode())
+def unrunnable(command: bytes) -> str | None:
+    """Why no host can run `command`, or None. Such a job fails on the master, at once, with
+    this reason: sending it would only fail on every host in turn."""
+    if len(command) > MAX_COMMAND:
+        return f"command of {len(command)} bytes is longer than {MAX_COMMAND}"
+    if b"\0" in command:
+        return "command contains a NUL byte"
+    return None
 
 
 def as_jobs(commands: Iterable[str | bytes]) -> Iterator[Job]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from . import __version__, diagnostics
+from . import diagnostics
+from ._version import __version__
 from .cli_common import Environment, ExitStatus
 from .cli_machines import COMMANDS as MACHINE_COMMANDS
 from .cli_report import completion_command, report_command, status_command

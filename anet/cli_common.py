@@ -87,6 +87,13 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+ssh_config_option = click.option(
+    "--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="ssh client config replacing ~/.ssh/config.",
+)  # fmt: skip
+"""--ssh-config, for the commands that take -S/-H (`host_options`) and for `hosts scan`."""
+
+
 def host_options(command: F) -> F:
     """-S, -H, -j, --ssh-config, --accept-new-hosts: one `host_args: HostArgs` parameter."""
 
@@ -101,10 +108,7 @@ def host_options(command: F) -> F:
             help="Hosts file: one SPEC a line. Default: $ANET_HOSTS, else this machine.",
         ),
         click.option("-j", "--slots", type=click.IntRange(min=1), help="Job slots on every host."),
-        click.option(
-            "--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-            help="ssh client config replacing ~/.ssh/config.",
-        ),
+        ssh_config_option,
         click.option(
             "--accept-new-hosts", is_flag=True,
             help="Record the keys of hosts known_hosts has never seen; a changed key is refused.",

@@ -30,6 +30,7 @@ from .hosts import HostSpec, parse_spec
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
 from .printable import printable
 from .scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
+from .tables import KIB_LETTERS, align_columns, size_text
 
 T = TypeVar("T")
 
@@ -85,21 +86,14 @@ def _write(env: Environment, text: str) -> None:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned; the last column free.
+    """Numbers right-aligned, the last column (a command line, an error) left as it is.
 
     Cells are mostly what hosts said (command lines, errors, banners): escaped, on one line.
     """
-    cells = [[str(c) for c in header]] + [[printable(str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
-    numeric = [all(_is_number(row[i]) for row in cells[1:]) for i in range(len(header))]
-    lines = []
-    for row in cells:
-        padded = [
-            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
-            for i, cell in enumerate(row[:-1])
-        ]
-        lines.append("  ".join([*padded, row[-1]]).rstrip())
-    return "\n".join(lines) + "\n"
+    body = [[printable(str(c)) for c in row] for row in rows]
+    right = [all(_is_number(row[i]) for row in body) for i in range(len(header) - 1)]
+    lines, _ = align_columns([str(c) for c in header], body, [*right, False])
+    return "".join(line + "\n" for line in lines)
 
 
 def _is_number(text: str) -> bool:
@@ -131,12 +125,7 @@ def elapsed_text(seconds: float) -> str:
 
 
 def _size(kb: int | None) -> str:
-    if kb is None:
-        return "-"
-    for unit, scale in (("T", 1 << 30), ("G", 1 << 20), ("M", 1 << 10)):
-        if kb >= scale:
-            return f"{kb / scale:.1f}{unit}"
-    return f"{kb}K"
+    return "-" if kb is None else size_text(kb, KIB_LETTERS)
 
 
 def _signal_number(text: str) -> int:
@@ -515,8 +504,7 @@ def _check_record(a: HostCheck) -> dict[str, Any]:
     "--write-ok", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
     help="Write the usable hosts found to FILE, one a line: a hosts file for -H.",
 )  # fmt: skip
-@click.option("--ssh-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="ssh client config replacing ~/.ssh/config.")  # fmt: skip
+@cli_common.ssh_config_option
 @click.option("--accept-new-hosts", is_flag=True, help="Record the keys of new hosts found.")
 @FORMAT
 @log_options

@@ -15,7 +15,7 @@ from .errors import UsageError
 from .progress import duration, job_time
 from .report import render_report
 from .stats import RunStats, load
-from .summary import _table
+from .tables import table
 
 
 def status_text(stats: RunStats) -> str:
@@ -43,7 +43,7 @@ def status_text(stats: RunStats) -> str:
         for h in stats.hosts
     ]
     if rows:
-        lines += ["  " + line for line in _table(header, rows)]
+        lines += ["  " + line for line in table(header, rows)]
     lost = [e for e in stats.events if e[2] in ("lost", "failed")]
     if lost:
         lines.append(f"hosts lost or given up: {len(lost)} time(s); see `anet report`")
@@ -111,11 +111,12 @@ def completion_command(env: Environment, shell: str) -> int:
     """
     from click.shell_completion import get_completion_class
 
-    from .cli import cli  # the whole command tree, subcommands included
-
+    # The whole command tree is the root of this command's context: found there, not imported
+    # from anet.cli, which imports this module.
+    tree = click.get_current_context().find_root().command
     completion = get_completion_class(shell)
     assert completion is not None  # the Choice above lists only shells click knows
-    script = completion(cli, {}, "anet", "_ANET_COMPLETE").source()
+    script = completion(tree, {}, "anet", "_ANET_COMPLETE").source()
     env.stdout.write(script.encode())
     env.stdout.flush()
     return ExitStatus.OK

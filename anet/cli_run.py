@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,14 +11,13 @@ from pathlib import Path
 import click
 
 from . import cli_common
-from .api import KEEPALIVE, Cluster, RunPolicy
-from .batch import BatchSource, Job, open_source, read_batch
+from .api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
+from .batch import BatchSource, count_jobs, open_source, read_batch
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .errors import UsageError
-from .halt import Halt, HaltPolicy
+from .halt import HaltPolicy
 from .hosts import HostSpec
 from .journal import (
-    IdSet,
     Journal,
     JournalBusy,
     JournalError,
@@ -28,7 +26,7 @@ from .journal import (
 )
 from .logs import get_logger
 from .manifest import start_scan
-from .observe import ObserveArgs, RunObservers, count_jobs
+from .observe import ObserveArgs, RunObservers
 from .output import ResultOutput, open_output
 from .record import JobResult
 from .sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
@@ -70,21 +68,26 @@ async def program(args: RunArgs, env: Environment) -> int:
     ):
         if source.is_stream and args.halt.needs_total:
             raise UsageError(f"--halt with a percentage needs a batch file, not {source.name}")
-        done = journal.succeeded_ids() if journal and args.resume else IdSet()
-        earlier = _earlier(journal, args, done)
-        seen.resuming(len(done), earlier if args.observe.keep_order else None)
-        size = count_jobs(source.path) if source.path and args.halt.needs_total else None
+        options = RunOptions(
+            journal,
+            # The user's own --journal is required: no result leaves without it. The default
+            # one only costs a warning when it breaks.
+            journal_required=args.journal is not None,
+            resume=args.resume,
+            only_new=args.only_new,
+            halt=args.halt,
+            batch_size=count_jobs(source.path) if source.path and args.halt.needs_total else None,
+            keep_order=args.observe.keep_order,
+            mark_delivered=False,  # Delivery marks a result once the kernel has its bytes
+            arrived=seen.arrived,
+        )
+        plan = RunPlan(read_batch(source.stream), options)
+        seen.tally.base = len(plan.done)
         out = Delivery(await open_output(env.stdout), encoder, journal)
         stopped = True
         try:
             await out.start()
-            if not args.observe.keep_order:
-                await out.emit_all(earlier)  # the earlier run's results come first
-            jobs = _peek(job for job in read_batch(source.stream) if job.id not in done)
-            if jobs is not None:
-                await _run(args, env, hosts, seen, jobs, journal, out, size)
-            for result in seen.rest():  # -k: what waited for a job that never ended
-                await out.emit(result)
+            await _run(args, env, hosts, seen, plan, out)
             stopped = False
         finally:
             await out.close(None if not stopped else STOP_DRAIN)
@@ -99,10 +102,8 @@ async def _run(
     env: Environment,
     hosts: list[HostSpec],
     seen: RunObservers,
-    jobs: Iterator[Job],
-    journal: Journal | None,
+    plan: RunPlan,
     out: Delivery,
-    size: int | None,
 ) -> None:
     """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
     ssh = args.host_args.ssh_options(args.keepalive)
@@ -110,48 +111,18 @@ async def _run(
     # any deps byte is sent (hosts wait for the scan before their sync starts).
     tree = start_scan(args.deps, env.environ) if args.deps else None
     cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree)
-    halted = False
     async with cluster, seen.watching(cluster):
         if tree is not None:
             await tree  # a DepsError (one line) ends the run before any job starts
-        required = args.journal is not None  # the user's own journal: no results without it
-        async for result in cluster.run(
-            seen.jobs(jobs), journal=journal, journal_required=required
-        ):
-            out.counted(result)
-            seen.arrived(result)
-            for ready in seen.ordered(result):  # with -k, maybe none, maybe many
-                await out.emit(ready)
-            halt = args.halt.check(out.failed, size)
-            if halt is Halt.NOW:
-                log.warning(f"halting now: {out.failed} jobs failed; running jobs are killed")
-                break  # leaving the cluster kills every running job
-            if halt is Halt.SOON and not halted:
-                log.warning(f"halting soon: {out.failed} jobs failed; no new jobs start")
-                halted = True
-                cluster.drain()
-
-
-def _earlier(journal: Journal | None, args: RunArgs, done: IdSet) -> Iterator[JobResult]:
-    """What a resumed run writes besides its own results: every earlier success, or with
-    --only-new those the earlier run committed but never got to its reader. Read lazily (with
-    -k, as the run goes), so filtered by `done`: this run's own results join the journal."""
-    if journal is None or not args.resume:
-        return iter(())
-    return (r for r in journal.succeeded_results(undelivered=args.only_new) if r.id in done)
-
-
-def _peek(jobs: Iterator[Job]) -> Iterator[Job] | None:
-    """The jobs, or None when there are none: then no host is even connected."""
-    first = next(jobs, None)
-    return None if first is None else itertools.chain((first,), jobs)
+        async for result in cluster.run(plan):
+            await out.emit(result)
 
 
 class Delivery:
     """Results to stdout, counted, and marked delivered in the journal once the kernel has them.
 
     A result counts as failed when the job failed, or when it cannot be written in the chosen
-    format; `total` counts final results, those of an earlier run that are written again too.
+    format; `total` counts the results written, those of an earlier run written again too.
     """
 
     def __init__(self, output: ResultOutput, encoder: Encoder, journal: Journal | None) -> None:
@@ -164,23 +135,15 @@ class Delivery:
     async def start(self) -> None:
         await self._output.write(self._encoder.header)
 
-    def counted(self, result: JobResult) -> None:
-        """A result of this run arrived (with -k it may be written later)."""
-        self.total += 1
-        self.failed += not result.ok
-
-    async def emit_all(self, results: Iterator[JobResult]) -> None:
-        for result in results:
-            self.total += 1
-            await self.emit(result)
-
     async def emit(self, result: JobResult) -> None:
+        self.total += 1
         try:
             data = self._encoder.encode(result)
         except ValueError as exc:  # e.g. over the format's record size limit
             log.error(f"job {result.id}: cannot write its result as {self._encoder.name}: {exc}")
-            self.failed += result.ok
+            self.failed += 1
             return
+        self.failed += not result.ok
         await self._output.write(data, result.id)
         self._mark()
 

@@ -18,8 +18,10 @@ from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_opt
 from .errors import HostError
 from .manifest import Tree, start_scan
 from .printable import printable
+from .progress import is_terminal
 from .session import HostSession
 from .sync import SyncReport
+from .tables import align_columns, size_text
 
 PROGRESS_EVERY = 0.5
 
@@ -69,7 +71,8 @@ async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepali
 
 def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
     """One line per host: what travelled, what was reused, how long it took, or why not."""
-    rows = [("host", "result", "files sent", "bytes sent", "reused", "seconds")]
+    header = ("host", "result", "files sent", "bytes sent", "reused", "seconds")
+    rows: list[tuple[str, ...]] = []
     for outcome in outcomes:
         if isinstance(outcome, HostError):
             rows.append((outcome.host, f"FAILED: {printable(outcome.reason)}", "", "", "", ""))
@@ -79,25 +82,13 @@ def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
             result = "up to date" if outcome.reused == 0 else "ok"
         rows.append(
             (
-                outcome.host, result, str(outcome.files_sent), _size(outcome.bytes_sent),
+                outcome.host, result, str(outcome.files_sent), size_text(outcome.bytes_sent),
                 str(outcome.reused), f"{outcome.seconds:.2f}",
             )
         )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        f"deps: {len(tree.entries)} entries, {tree.files} files, {_size(tree.size)}",
-        *("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-          for row in rows),
-    ]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    lines, _ = align_columns(header, rows, [False] * len(header))
+    deps = f"deps: {len(tree.entries)} entries, {tree.files} files, {size_text(tree.size)}"
+    return "".join(f"{line}\n" for line in [deps, *lines])
 
 
 class _Meter:
@@ -107,7 +98,7 @@ class _Meter:
         self._stream = stream
         self.sent = 0
         self._shown = False
-        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+        self.enabled = is_terminal(stream)
 
     def add(self, _host: str, n: int) -> None:
         self.sent += n
@@ -123,6 +114,8 @@ class _Meter:
             if not self.sent:
                 continue
             rate = self.sent / max(time.monotonic() - start, 1e-6)
-            self._stream.write(f"\ranet sync: {_size(self.sent)} sent ({_size(int(rate))}/s)\x1b[K")
+            self._stream.write(
+                f"\ranet sync: {size_text(self.sent)} sent ({size_text(int(rate))}/s)\x1b[K"
+            )
             self._stream.flush()
             self._shown = True

@@ -32,6 +32,17 @@ class HostError(AnetError):
         self.permanent = permanent
 
 
+def protocol_error(host: str, what: str) -> HostError:
+    """The host broke the protocol: it is given up for this run, never reconnected.
+
+    SSH already guarantees that bytes arrive as they were sent, so a frame that breaks the
+    protocol is no accident of the network: the dispatcher there is broken or hostile, and a
+    new connection would only give it more work and another chance to lie. Its running attempts
+    go back to the queue like any lost host's; nothing it said is a result.
+    """
+    return HostError(host, f"protocol error: {what}", permanent=True)
+
+
 class NoHostError(AnetError):
     """No host at all could run the batch."""
 

@@ -1,8 +1,7 @@
 """What `anet run` shows and keeps besides the result stream: progress, summary, joblog, results
-folder, keep-order. One object per run gathers them, so `cli_run.program` only wires.
-
-Each result is seen twice: when it arrives (`arrived`: counts, the failed list, the results
-folder) and when it goes out on stdout (`ordered`: identity, or the keep-order buffer).
+folder. One object per run gathers them, so `cli_run.program` only wires. Each result is seen
+when it arrives (`arrived`: counts, the failed list, the results folder), before keep-order
+holds it back (that is the run's own business: runs.py).
 """
 
 from __future__ import annotations
@@ -10,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
-from .batch import Job, open_batch, read_batch
+from .batch import count_jobs
 from .joblog import Joblog
 from .journal import Journal
-from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
-from .progress import ProgressView, Snapshot, Tally, take_snapshot
+from .progress import ProgressView, Snapshot, Tally, is_terminal, take_snapshot
 from .record import JobResult
 from .resultsdir import ResultsDir
 from .summary import FailedJobs, render_summary
@@ -41,17 +39,6 @@ class ObserveArgs:
     progress: bool = False
 
 
-def _isatty(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def count_jobs(path: Path) -> int:
-    """Jobs in the batch: one streaming pass over the file (run in a thread for big ones)."""
-    with open_batch(path) as batch:
-        return sum(1 for _ in read_batch(batch))
-
-
 class RunObservers:
     """Everything a run writes besides stdout; use as a context manager around the run."""
 
@@ -70,10 +57,6 @@ class RunObservers:
         self.failed = FailedJobs()
         self._joblog = Joblog.open(args.joblog) if args.joblog else None
         self._results = ResultsDir(args.results) if args.results else None
-        self._order: KeepOrder | None = None
-        if args.keep_order:
-            spill: Spill = JournalSpill(journal) if journal is not None else FileSpill()
-            self._order = KeepOrder(spill)
         self.final: Snapshot | None = None
 
     def __enter__(self) -> RunObservers:
@@ -87,21 +70,8 @@ class RunObservers:
     ) -> None:
         if self._joblog is not None:
             self._joblog.close()
-        if self._order is not None:
-            self._order.close()
 
     # -- wiring ------------------------------------------------------------------------------
-
-    def resuming(self, done: int, earlier: Iterator[JobResult] | None) -> None:
-        """With --resume: `done` earlier successes count as done; with -k, the `earlier` results
-        to write again are merged into the ordered stream."""
-        self.tally.base = done
-        if earlier is not None and self._order is not None:
-            self._order.merge_earlier(earlier)
-
-    def jobs(self, jobs: Iterable[Job]) -> Iterable[Job]:
-        """The jobs for the cluster; with -k, noting the order they are issued in."""
-        return self._order.jobs(jobs) if self._order is not None else jobs
 
     @contextlib.asynccontextmanager
     async def watching(self, cluster: Cluster) -> AsyncIterator[None]:
@@ -119,7 +89,7 @@ class RunObservers:
             else:
                 async with view:
                     yield
-            if not self.args.quiet:
+            if not self.args.quiet and cluster.connected:  # a run with nothing to do: none
                 self.final = source(loop.time() - start)
         finally:
             counting.cancel()
@@ -132,7 +102,7 @@ class RunObservers:
         """
         if self.args.quiet:
             return None
-        live = _isatty(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
+        live = is_terminal(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
         if not live and not self.args.progress:
             return None
         return ProgressView(self._stderr, source, live=live)
@@ -160,16 +130,6 @@ class RunObservers:
             self.failed.add(result)
         if self._results is not None:
             self._results.write(result)
-
-    def ordered(self, result: JobResult) -> Iterator[JobResult]:
-        """What goes out on stdout now that `result` arrived."""
-        if self._order is None:
-            return iter((result,))
-        return self._order.add(result)
-
-    def rest(self) -> Iterator[JobResult]:
-        """With -k: what still waits once the run ended (or halted), in order."""
-        return self._order.rest() if self._order is not None else iter(())
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -42,3 +42,15 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """`text` with every control character (and bidi override) escaped, on one line."""
     return _UNSAFE.sub(_escape, text)
+
+
+def failure_line(error: str | None, stderr: bytes | None) -> str | None:
+    """Why a job failed, on one printable line: anet's own explanation (which may quote a host),
+    else the last non-blank line of its stderr, cut at 200 characters; None if neither says.
+    The run summary and `anet status` both show it."""
+    if error:
+        return printable(" ".join(error.split()))
+    for line in reversed((stderr or b"").splitlines()):
+        if line.strip():
+            return printable(line.decode("utf-8", "replace").strip()[:200])
+    return None

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -24,6 +24,8 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from .tables import align_columns, names_then_numbers
 
 if TYPE_CHECKING:
     from .api import HostState
@@ -196,24 +198,6 @@ def status_line(snap: Snapshot, rates: Rates) -> str:
     )
 
 
-def align_columns(
-    header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1
-) -> tuple[list[str], list[int]]:
-    """Lines of a plain table, two spaces between columns, the first `left` columns aligned left
-    (names), the others right (numbers); also each column's start offset, for styling."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    starts = [sum(widths[:i]) + 2 * i for i in range(len(widths))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return [line(header), *(line(r) for r in rows)], starts
-
-
 _STATE_STYLES = {"ready": "green", "backing off": "yellow", "given up": "bold red"}
 
 
@@ -244,7 +228,8 @@ def render(
         hosts.sort(key=lambda row: row.state == "ready")  # stable: the given order otherwise
         hidden, hosts = len(hosts) - max(max_rows - 1, 0), hosts[: max(max_rows - 1, 0)]
     rows = [_cells(row, rates) for row in hosts]
-    lines, starts = align_columns([name for name, _ in _COLUMNS], rows, left=2)
+    right = names_then_numbers(len(_COLUMNS), names=2)
+    lines, starts = align_columns([name for name, _ in _COLUMNS], rows, right)
     texts = [Text(lines[0], style="bold")]
     for line, cells in zip(lines[1:], rows, strict=True):
         text = Text(line)
@@ -327,6 +312,12 @@ def _logs_through(stream: _ConsoleStream) -> Iterator[None]:
         for handler, old in zip(handlers, previous, strict=True):
             if old is not None:
                 handler.setStream(old)
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether a live view may draw on `stream`: a terminal (a test's StringIO or a pipe is not)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class ProgressView:

@@ -5,6 +5,11 @@ differs. Start-up reads past whatever a login shell prints until the boot mark, 
 when the host's cache misses it, then checks the dispatcher's Hello before any job is sent.
 Frames are handed to the owner's `on_message` and awaited one by one, so a slow consumer slows
 the reading of this channel (SSH flow control) instead of piling frames up in memory.
+
+Every frame the protocol module refuses (bytes that do not decode, a field out of its bounds)
+is a protocol error of this host: it is given up (errors.protocol_error). Whether a frame about
+an attempt is the host's own to speak of is the engine's to check (invariant 8): it alone knows
+which attempts went where.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncssh
 
@@ -37,15 +43,23 @@ from dispatcher.protocol import (
 )
 
 from .bootstrap import Payload, payload_message
-from .errors import HostError
+from .errors import HostError, protocol_error
 from .hosts import HostSpec
 from .logs import get_logger
 from .transport import Channel, Reader, Transport
 
 log = get_logger()
 
+M = TypeVar("M", bound=Message)
+
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
+MAX_LINE = 1000
+"""Bytes of one line from the host (a boot error, the stderr that explains a failure) that
+anet keeps and shows: a host cannot fill the master's memory or the user's terminal with one."""
+MAX_AUTO_SLOTS = 1024
+"""Slots a host gets from its own core count, at most: a host cannot draw a whole batch to
+itself by claiming 10,000 cores. The user's `N/host` or `-j N` is believed as it is."""
 BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
 EXIT_WAIT = 3.0
@@ -86,6 +100,14 @@ class Request:
             raise item
         return item
 
+    async def reply(self, kind: type[M], timeout: float) -> M:
+        """The next reply, which must be a `kind`: any other message is the host's protocol
+        error (HostError), as a reply that does not decode is."""
+        msg = await self.get(timeout)
+        if not isinstance(msg, kind):
+            raise protocol_error(self._label, f"{type(msg).__name__} in reply, not {kind.__name__}")
+        return msg
+
     def has_reply(self) -> bool:
         """True when a reply (or the host's failure) is waiting: an early error to act on."""
         return not self._replies.empty()
@@ -120,6 +142,11 @@ class HostSession:
         self.bytes_sent = 0
         self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
+
+    @property
+    def started(self) -> bool:
+        """A dispatcher process is running for this session (booting, syncing or serving)."""
+        return self._channel is not None
 
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads."""
@@ -219,7 +246,7 @@ class HostSession:
                 self.label, f"dispatcher did not start within {BOOT_TIMEOUT:.0f}s"
             ) from None
         except ProtocolError as exc:
-            raise HostError(self.label, f"garbled start-up: {exc}") from None
+            raise protocol_error(self.label, f"garbled start-up: {exc}") from None
         self._greet(messages[0])
         await self._dispatch(messages[1:])
         pump = tasks.create_task(self._pump_to_end(channel, decoder))
@@ -265,11 +292,15 @@ class HostSession:
             kind, end = found
             if kind == BOOT_FRAMES:
                 return bytes(seen[end:])
-            if kind == BOOT_ERROR:  # one line of reason follows; wait for all of it
-                while seen.find(b"\n", end) < 0 and (data := await self._read(channel)):
+            if kind == BOOT_ERROR:  # one line of reason follows; wait for it, within bounds
+                while (
+                    seen.find(b"\n", end) < 0
+                    and len(seen) - end < MAX_LINE
+                    and (data := await self._read(channel))
+                ):
                     seen += data
                 line = bytes(seen[end:]).split(b"\n", 1)[0]
-                raise HostError(self.label, line.decode(errors="replace"), permanent=True)
+                raise HostError(self.label, _clip(line), permanent=True)
             if kind == BOOT_NEED_PAYLOAD:
                 size = len(self._payload.data)
                 log.info(f"{self.label}: dispatcher not cached there, sending it ({size} bytes)")
@@ -290,7 +321,13 @@ class HostSession:
                 self.label, f"dispatcher speaks protocol {first.version}, anet {PROTOCOL_VERSION}"
             )
         self.hello = first
-        self.slots = self.spec.slots or first.cores
+        self.slots = self.spec.slots or min(first.cores, MAX_AUTO_SLOTS)
+        if self.slots < first.cores and not self.spec.slots:
+            log.warning(
+                f"{self.label}: reports {first.cores} cores; using {MAX_AUTO_SLOTS} "
+                f"(say {first.cores}/{self.label} to use them all)",
+                host=self.label,
+            )
         config = self._config
         self.send(Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after))
 
@@ -308,7 +345,7 @@ class HostSession:
             try:
                 messages = decoder.feed(data)
             except ProtocolError as exc:
-                raise HostError(self.label, f"corrupt frame from the dispatcher: {exc}") from None
+                raise protocol_error(self.label, str(exc)) from None
             await self._dispatch(messages)
 
     async def _dispatch(self, messages: list[Message]) -> None:
@@ -380,12 +417,10 @@ class HostSession:
             if not data:
                 break
             lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            self._stderr_tail.extend(
-                line.decode(errors="replace") for line in lines if line.strip()
-            )
+            pending = lines.pop()[: MAX_LINE + 1]  # an endless line must not fill the memory
+            self._stderr_tail.extend(_clip(line) for line in lines if line.strip())
         if pending.strip():
-            self._stderr_tail.append(pending.decode(errors="replace"))
+            self._stderr_tail.append(_clip(pending))
 
     async def _died(self, what: str) -> HostError:
         """Explain an EOF with the exit status and what the remote side said on stderr."""
@@ -403,3 +438,9 @@ class HostSession:
             return HostError(self.label, reason, permanent=True)
         detail = f": {said}" if said else (f" (exit status {status})" if status is not None else "")
         return HostError(self.label, f"{what}{detail}")
+
+
+def _clip(line: bytes) -> str:
+    """A line from the host as text of at most MAX_LINE bytes' worth, marked when cut."""
+    text = line[:MAX_LINE].decode(errors="replace")
+    return text if len(line) <= MAX_LINE else f"{text}..."

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .printable import printable
-from .progress import Snapshot, align_columns, duration, host_state, job_time
+from .printable import failure_line
+from .progress import Snapshot, duration, host_state, job_time
 from .record import JobResult
+from .tables import table
 
 FAILED_SHOWN = 20
 """Failed jobs listed by id in the summary; the journal (`anet status`) has them all."""
@@ -22,11 +23,9 @@ FAILED_SHOWN = 20
 def last_error_line(result: JobResult) -> str:
     """Why a job failed, in one line: anet's own explanation, else its last stderr line (both
     may hold what a host said: escaped)."""
-    if result.error:
-        return printable(" ".join(result.error.split()))
-    for line in reversed(result.stderr.splitlines()):
-        if line.strip():
-            return printable(line.decode("utf-8", "replace").strip()[:200])
+    said = failure_line(result.error, result.stderr)
+    if said is not None:
+        return said
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exit {result.exit_code}"
@@ -44,11 +43,6 @@ class FailedJobs:
         self.count += 1
         if len(self.first) < self.keep:
             self.first.append((result.id, last_error_line(result)))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """The first `left` columns left-aligned (names), the others right-aligned (numbers)."""
-    return align_columns(header, rows, left)[0]
 
 
 def render_summary(
@@ -75,7 +69,7 @@ def render_summary(
         ]
         for row in snap.hosts
     ]
-    lines += ["  " + line for line in _table(header, rows, left=2)]
+    lines += ["  " + line for line in table(header, rows, left=2)]
     if failed.count:
         more = failed.count - len(failed.first)
         lines.append(f"failed jobs ({failed.count}):")

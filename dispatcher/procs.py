@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .forked import TIMED_OUT, Forks
-from .protocol import Message, message
+from .protocol import (
+    MAX_NAME,
+    MAX_PID,
+    MAX_TEXT,
+    Message,
+    bounded,
+    integer,
+    message,
+    number,
+)
 
 STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
 """How every anet dispatcher's command line starts after `python3 -c` (anet.bootstrap's stub)."""
@@ -46,6 +55,7 @@ SIGNALLED = "signalled"
 ALIVE = "alive"
 DENIED = "permission denied"
 PROTECTED = "protected"
+OUTCOMES = (GONE, SIGNALLED, ALIVE, DENIED, PROTECTED)
 
 
 # -- messages (codes 20-39) ------------------------------------------------------------------
@@ -70,17 +80,6 @@ class FindProcs(Message):
     timeout: float
 
 
-@message
-@dataclass(frozen=True)
-class ProcsFound(Message):
-    """Dispatcher -> master: the matches, each a list in the order of `ROW_FIELDS`; or `error`."""
-
-    CODE = 21
-    rid: int
-    procs: list
-    error: str
-
-
 ROW_FIELDS = (
     "pid", "start", "pgid", "group", "user", "elapsed", "cpu", "mem", "rss_kb", "command",
     "lifeline",
@@ -90,6 +89,50 @@ ROW_FIELDS = (
 holds a protected process), `elapsed` seconds, `cpu` and `mem` percentages as `ps` shows them,
 `lifeline` what of the user's sessions the process (or its group) keeps alive, "" for nothing
 (see `lifeline()`): killall takes those only when told to."""
+
+
+def _is_row(row: Any) -> bool:
+    """A ProcsFound row whose every item has the type and range `ROW_FIELDS` says."""
+    if not isinstance(row, list) or len(row) != len(ROW_FIELDS):
+        return False
+    pid, start, pgid, group, user, elapsed, cpu, mem, rss_kb, command, keeps = row
+    return (
+        integer(pid, 1, MAX_PID)
+        and all(integer(v, 0) for v in (start, pgid, group, rss_kb))
+        and all(number(v, 0) for v in (elapsed, cpu, mem))
+        and all(isinstance(v, str) and len(v) <= MAX_NAME for v in (user, keeps))
+        and isinstance(command, str)
+    )
+
+
+def _are_rows(rows: List[Any]) -> bool:
+    return all(map(_is_row, rows))
+
+
+def _is_outcome(pair: Any) -> bool:
+    """A Signalled pair: [pid, one of OUTCOMES]."""
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and integer(pair[0], 0)
+        and isinstance(pair[1], str)
+        and pair[1] in OUTCOMES
+    )
+
+
+def _are_outcomes(pairs: List[Any]) -> bool:
+    return all(map(_is_outcome, pairs))
+
+
+@message
+@dataclass(frozen=True)
+class ProcsFound(Message):
+    """Dispatcher -> master: the matches, each a list in the order of `ROW_FIELDS`; or `error`."""
+
+    CODE = 21
+    rid: int
+    procs: list = bounded(check=_are_rows)
+    error: str = bounded(length=MAX_TEXT)
 
 
 @message
@@ -116,7 +159,7 @@ class Signalled(Message):
 
     CODE = 23
     rid: int
-    outcomes: list
+    outcomes: list = bounded(check=_are_outcomes)
 
 
 @message
@@ -136,9 +179,9 @@ class HostProbe(Message):
 
     CODE = 25
     rid: int
-    mem_free_kb: int
-    disk_free_kb: int
-    load: float
+    mem_free_kb: int = bounded(-1)
+    disk_free_kb: int = bounded(-1)
+    load: float = bounded(0)
 
 
 # -- /proc ------------------------------------------------------------------------------------

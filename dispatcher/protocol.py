@@ -15,13 +15,21 @@ A session on the wire (docs/protocol.md has the full specification):
 payload corrupted). A frame's body is `[type_code, field, field, ...]` in the field order of its
 message class below. This file must stay Python 3.8 compatible and import only the stdlib and
 msgpack: it runs on the end machines.
+
+Decoding checks every field's type, and the fields of what a dispatcher sends are bounded as
+well (`bounded(...)` below: an exit status within 0-255, a finite duration >= 0, a hostname of
+at most 255 characters, ...): the master trusts no end machine (invariant 8), so a value out of
+its bounds is a RemoteProtocolError before anything believes it. What only the master knows
+(the slots it gave a host, the attempts it sent there) it checks itself, in anet/session.py.
 """
 
 from __future__ import annotations
 
+import math
 import struct
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+import sys
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
 
 import msgpack
 
@@ -39,6 +47,17 @@ OUTPUT_CHUNK = 256 * 1024
 
 STDOUT = 1
 STDERR = 2
+
+MAX_CORES = 1 << 16
+"""More CPUs than any machine has: a Hello claiming more is a lie, not a big machine."""
+MAX_PID = (1 << 31) - 1
+"""pid_t is a 32-bit signed int everywhere anet runs."""
+MAX_NAME = 255
+"""Characters of a name a host reports: its hostname, a user, a python version."""
+MAX_PATH = 4096
+"""Characters (or bytes) of a path a host reports, as Linux's PATH_MAX."""
+MAX_TEXT = 4096
+"""Characters of an error line a host reports."""
 
 _HEADER = struct.Struct(">I")
 
@@ -76,10 +95,55 @@ _CHECKS: Dict[str, Callable[[Any], bool]] = {
     "list": lambda v: isinstance(v, list),
 }
 """Field checks by annotation text, so the message classes above stay the only definition."""
+
+
+def bounded(
+    low: float = -math.inf,
+    high: float = math.inf,
+    length: Optional[int] = None,
+    check: Optional[Callable[[Any], bool]] = None,
+) -> Any:
+    """A message field the receiver checks beyond its type: a number within [`low`, `high`]
+    (a float also finite), a str, bytes or list of at most `length` items, or any `check`.
+    None (of an Optional field) passes; the type check already allowed it or not."""
+    return field(metadata={"bound": (low, high, length, check)})
+
+
+def number(value: Any, low: float, high: float = math.inf) -> bool:
+    """`value` is an int or a finite float within [low, high] (for checks of list items)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and low <= value <= high
+    return integer(value, low, high)
+
+
+def integer(value: Any, low: float, high: float = math.inf) -> bool:
+    """`value` is an int (not a bool) within [low, high] (for checks of list items)."""
+    return _is_int(value) and low <= value <= high
+
+
+def _field_check(f: "Field[Any]") -> Callable[[Any], bool]:
+    """The field's type check and bounds as one function: it runs for every field of every
+    frame, so each case is its own small lambda."""
+    typed = _CHECKS[str(f.type)]
+    if "bound" not in f.metadata:
+        return typed
+    low, high, length, check = f.metadata["bound"]
+    if length is not None:
+        return lambda v: typed(v) and len(v) <= length
+    if check is not None:
+        return lambda v: typed(v) and check(v)
+    top = min(high, sys.float_info.max)  # comparisons refuse NaN; this refuses infinity
+    if str(f.type).startswith("Optional"):
+        return lambda v: v is None or (typed(v) and low <= v <= top)
+    return lambda v: typed(v) and low <= v <= top
+
+
 _BY_CODE: Dict[int, Type[Any]] = {}
 _FIELDS: Dict[int, Tuple[str, ...]] = {}
 _ARITY: Dict[int, int] = {}
 _FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {}
+_WHOLE_CHECKED: Set[int] = set()
+"""Codes of the messages with a `problem()` of their own (the others need no call)."""
 
 
 # Message types. Field order is the wire order. Each class registers itself with @message, so a
@@ -94,6 +158,10 @@ class Message:
 
     CODE = 0
 
+    def problem(self) -> Optional[str]:
+        """What makes the message invalid as a whole, though each field is (None: nothing)."""
+        return None
+
 
 def message(cls: Type[Any]) -> Type[Any]:
     """Register a frozen dataclass as a wire message under its unique `CODE`."""
@@ -104,7 +172,9 @@ def message(cls: Type[Any]) -> Type[Any]:
     _BY_CODE[cls.CODE] = cls
     _FIELDS[cls.CODE] = names
     _ARITY[cls.CODE] = len(names)
-    _FIELD_CHECKS[cls.CODE] = tuple((f.name, _CHECKS[str(f.type)]) for f in fields(cls))
+    _FIELD_CHECKS[cls.CODE] = tuple((f.name, _field_check(f)) for f in fields(cls))
+    if cls.problem is not Message.problem:
+        _WHOLE_CHECKED.add(cls.CODE)
     return cls
 
 
@@ -114,13 +184,13 @@ class Hello(Message):
     """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
 
     CODE = 1
-    version: int
-    hostname: str
-    cores: int
-    python: str
-    load: float
-    pid: int
-    workdir: str
+    version: int = bounded(0, 65535)
+    hostname: str = bounded(length=MAX_NAME)
+    cores: int = bounded(1, MAX_CORES)
+    python: str = bounded(length=MAX_NAME)
+    load: float = bounded(0)
+    pid: int = bounded(1, MAX_PID)
+    workdir: str = bounded(length=MAX_PATH)
 
 
 @message
@@ -163,8 +233,8 @@ class Started(Message):
 
     CODE = 4
     aid: int
-    pid: int
-    slot: int
+    pid: int = bounded(1, MAX_PID)
+    slot: int = bounded(1, MAX_CORES)
 
 
 @message
@@ -174,8 +244,8 @@ class Output(Message):
 
     CODE = 5
     aid: int
-    stream: int
-    data: bytes
+    stream: int = bounded(STDOUT, STDERR)
+    data: bytes = bounded(length=OUTPUT_CHUNK)
 
 
 @message
@@ -189,11 +259,16 @@ class Exit(Message):
 
     CODE = 6
     aid: int
-    code: Optional[int]
-    signal: Optional[int]
-    duration: float
-    cpu: float
-    maxrss_kb: int
+    code: Optional[int] = bounded(0, 255)
+    signal: Optional[int] = bounded(1, 127)
+    duration: float = bounded(0)
+    cpu: float = bounded(0)
+    maxrss_kb: int = bounded(0)
+
+    def problem(self) -> Optional[str]:
+        if (self.code is None) == (self.signal is None):
+            return "needs exactly one of code and signal"
+        return None
 
 
 @message
@@ -212,7 +287,7 @@ class Heartbeat(Message):
     """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
 
     CODE = 8
-    load: float
+    load: float = bounded(0)
 
 
 @message
@@ -253,7 +328,9 @@ def decode_body(body: bytes) -> Message:
     try:
         items = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise RemoteProtocolError("undecodable frame body: %s" % exc) from None
+        raise RemoteProtocolError(
+            "undecodable frame body (%s)" % (exc or type(exc).__name__)
+        ) from None
     if not isinstance(items, list) or not items or not isinstance(items[0], int):
         raise RemoteProtocolError("frame body is not [code, ...]")
     code, args = items[0], items[1:]
@@ -266,8 +343,21 @@ def decode_body(body: bytes) -> Message:
         )
     for (name, check), value in zip(_FIELD_CHECKS[code], args):
         if not check(value):
-            raise RemoteProtocolError("%s.%s has a bad value: %r" % (cls.__name__, name, value))
-    return cls(*args)
+            raise RemoteProtocolError(
+                "%s.%s has a bad value: %s" % (cls.__name__, name, _short(value))
+            )
+    msg = cls(*args)
+    if code in _WHOLE_CHECKED:
+        problem = msg.problem()
+        if problem is not None:
+            raise RemoteProtocolError("%s %s" % (cls.__name__, problem))
+    return msg
+
+
+def _short(value: Any) -> str:
+    """A bad value for a one-line error: its repr (escapes included), cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else "%s... (%d characters)" % (text[:50], len(text))
 
 
 class FrameDecoder:

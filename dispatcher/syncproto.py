@@ -34,7 +34,7 @@ from typing import Any, List, Optional, Set
 
 import msgpack
 
-from .protocol import Message, message
+from .protocol import MAX_NAME, MAX_PATH, MAX_TEXT, Message, bounded, message
 
 FILE = 0
 DIR = 1
@@ -70,8 +70,8 @@ class SyncState(Message):
     CODE = 12
     rid: int
     ready: bool
-    path: bytes
-    fsid: str
+    path: bytes = bounded(length=MAX_PATH)
+    fsid: str = bounded(length=MAX_NAME)
 
 
 @message
@@ -95,7 +95,7 @@ class SyncWant(Message):
     CODE = 14
     rid: int
     want: bytes
-    reused: int
+    reused: int = bounded(0)
 
 
 @message
@@ -126,8 +126,8 @@ class SyncDone(Message):
 
     CODE = 17
     rid: int
-    path: bytes
-    error: str
+    path: bytes = bounded(length=MAX_PATH)
+    error: str = bounded(length=MAX_TEXT)
 
 
 class EntryError(ValueError):

@@ -6,9 +6,11 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
+from hostile_dispatcher import Hostile
 from sshd_hosts import SshdCluster, leftover_processes
 
 ClusterFactory = Callable[..., SshdCluster]
+HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +23,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdCluster]:
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """Factory for a test's own hosts, ``make_cluster(n, noisy={1}, extra_config=[...])``;
-    every cluster it made is closed after the test, even if the test failed."""
+    """Factory for a test's own hosts, ``make_cluster(n, noisy={1}, shims={2},
+    extra_config=[...])`` (see SshdCluster); every cluster it made is closed after the test,
+    even if the test failed."""
     made: list[SshdCluster] = []
 
     def make(
-        n: int = 1, *, noisy: Collection[int] = frozenset(), extra_config: Collection[str] = ()
+        n: int = 1,
+        *,
+        noisy: Collection[int] = frozenset(),
+        shims: Collection[int] = frozenset(),
+        extra_config: Collection[str] = (),
     ) -> SshdCluster:
         new = SshdCluster(
-            tmp_path / f"cluster{len(made)}", n, noisy=noisy, extra_config=list(extra_config)
+            tmp_path / f"cluster{len(made)}",
+            n,
+            noisy=noisy,
+            shims=shims,
+            extra_config=list(extra_config),
         )
         made.append(new)
         new.start()
@@ -44,6 +55,18 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def make_hostile(make_cluster: ClusterFactory) -> HostileFactory:
+    """``own, bad = make_hostile(n=2)``: a test's own n hosts, the last of them hostile: a
+    fake dispatcher (tests/hostile_dispatcher.py) that is honest until ``bad.behave(...)``."""
+
+    def make(n: int = 2) -> tuple[SshdCluster, Hostile]:
+        own = make_cluster(n, shims={n})
+        return own, Hostile(own[f"host{n}"])
+
+    return make
 
 
 @pytest.fixture

@@ -44,6 +44,9 @@ from typing import Self
 SSHD_FALLBACK = Path("/usr/sbin/sshd")
 """Where Debian puts sshd; a non-root ``PATH`` usually lacks ``/usr/sbin``."""
 
+STOCK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The PATH that follows a host's shim directory: what a stock sshd gives a session."""
+
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 _SFTP_SERVERS = (
@@ -234,6 +237,9 @@ class SshdHost:
         """This host's ``$ANET_HOME``; not created here: anet must make it, as on a real host."""
         self.home = dir / "home"
         """This host's ``$HOME``: empty, so no dotfile of the real user runs on the fake host."""
+        self.shims = dir / "shims"
+        """Ahead of the stock PATH on a host made with ``shims``: a test puts fake commands
+        there (a ``python3`` that starts a hostile dispatcher); empty, it changes nothing."""
         self.config = dir / "sshd_config"
         self.log = dir / "sshd.log"
         self.host_key = dir / "ssh_host_ed25519_key"
@@ -407,10 +413,13 @@ class SshdCluster:
     """N sshd hosts ``host1``..``hostN`` at 127.0.0.2.., and an ssh config that reaches them.
 
     ``noisy`` holds host numbers (``{2}`` is host2) whose login prints banner lines on stdout and
-    stderr before running the command, like a chatty ``.bashrc``.  ``extra_config`` lines are
-    appended to every sshd_config (e.g. ``"MaxSessions 2"``); sshd keeps the *first* value of a
-    keyword, so they add settings but cannot override ours (a noisy host's ForceCommand, the
-    SetEnv line).  Start with :meth:`start` or ``with``; :meth:`close` leaves nothing running.
+    stderr before running the command, like a chatty ``.bashrc``.  Sessions on the hosts in
+    ``shims`` find :attr:`SshdHost.shims` first on their ``PATH``, so a test can replace a
+    command on that host alone (tests/hostile_dispatcher.py replaces ``python3``).
+    ``extra_config`` lines are appended to every sshd_config (e.g. ``"MaxSessions 2"``); sshd
+    keeps the *first* value of a keyword, so they add settings but cannot override ours (a
+    noisy host's ForceCommand, the SetEnv line).  Start with :meth:`start` or ``with``;
+    :meth:`close` leaves nothing running.
     """
 
     def __init__(
@@ -419,14 +428,16 @@ class SshdCluster:
         n: int,
         *,
         noisy: Collection[int] = frozenset(),
+        shims: Collection[int] = frozenset(),
         extra_config: Sequence[str] = (),
     ) -> None:
         self.root = root.resolve()
         # sshd_config and ssh_config expand %-tokens and split on blanks: keep paths plain.
         if _UNSAFE_PATH_CHARS.search(str(self.root)):
             raise ValueError(f"cluster root must be a plain path: {self.root}")
-        if unknown := set(noisy) - set(range(1, n + 1)):
-            raise ValueError(f"noisy names hosts that do not exist: {sorted(unknown)}")
+        for what, numbers in (("noisy", noisy), ("shims", shims)):
+            if unknown := set(numbers) - set(range(1, n + 1)):
+                raise ValueError(f"{what} names hosts that do not exist: {sorted(unknown)}")
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.ssh_config = self.root / "ssh_config"
         self.known_hosts = self.root / "known_hosts"
@@ -439,6 +450,7 @@ class SshdCluster:
                 zip(addresses, _free_ports(addresses), strict=True), 1
             )
         ]
+        self._shimmed = {f"host{i}" for i in shims}
         self._write_files(noisy={f"host{i}" for i in noisy}, extra_config=extra_config)
 
     def __getitem__(self, name: str) -> SshdHost:
@@ -495,6 +507,8 @@ class SshdCluster:
         known, client = [], []
         for host in self.hosts:
             host.home.mkdir(parents=True)
+            if host.name in self._shimmed:
+                host.shims.mkdir()
             public = _keygen(host.host_key, host.name).split()
             known.append(f"[{host.address}]:{host.port} {public[0]} {public[1]}\n")
             client.append(self._client_entry(host))
@@ -518,7 +532,9 @@ class SshdCluster:
             "KbdInteractiveAuthentication no",
             "LogLevel VERBOSE",
             f"Subsystem sftp {_sftp_server()}",
-            f"SetEnv HOME={host.home} ANET_HOME={host.anet_home}",  # overrides passwd's HOME
+            # SetEnv comes after sshd's own HOME and PATH, so it overrides them.
+            f"SetEnv HOME={host.home} ANET_HOME={host.anet_home}"
+            + (f" PATH={host.shims}:{STOCK_PATH}" if host.name in self._shimmed else ""),
         ]
         if sshd_version(sshd) >= (9, 8):
             # 9.8 penalises sources that connect without logging in, such as our readiness

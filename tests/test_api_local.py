@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import anet
+import anet.drive
 from anet.batch import Job
 
 
@@ -103,3 +105,48 @@ def test_the_local_dispatcher_is_outside_the_terminals_process_group():
 
     group, session_id = asyncio.run(main())
     assert group != os.getpgrp() and session_id != os.getsid(0)
+
+
+def test_the_last_result_is_not_overtaken_by_the_end_of_the_run(monkeypatch):
+    """With the result queue full, the last job's result waits to get in; the scheduler already
+    counts the job final, so the run's end marker used to jump the queue: that result was lost
+    and the run still ended well (seen as 99 of 100 results under a slow consumer)."""
+    monkeypatch.setattr(anet.drive, "RESULT_QUEUE", 1)
+
+    async def main():
+        got = []
+        async with anet.Cluster([":"]) as cluster:
+            async for result in cluster.run(["echo 0", "echo 1", "echo 2"]):
+                got.append(result.id)
+                await asyncio.sleep(0.5)  # a slow consumer: every job ends meanwhile
+        return got
+
+    assert sorted(asyncio.run(main())) == [0, 1, 2]
+
+
+def test_a_run_left_early_kills_its_jobs_and_the_next_run_on_the_cluster_goes_on(tmp_path):
+    """The consumer stops reading a run: its jobs still running are killed, and their late
+    frames are that run's, not lies: the host keeps serving the next run."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    async def main():
+        async with anet.Cluster([":"]) as cluster:
+            slow = [f"echo $$ > {marks}/{i}; sleep 30" for i in range(4)]
+            first = cluster.run(["echo quick", *slow])
+            async for result in first:
+                assert result.id == 0
+                break
+            await first.aclose()
+            await asyncio.sleep(0.5)  # the kills take effect; the late Exits arrive
+            second = await collect(cluster, ["echo again"])
+            return second, cluster.hosts["local"].state
+
+    started = time.monotonic()
+    second, state = asyncio.run(main())
+    assert [r.stdout for r in second] == [b"again\n"] and state == "ready"  # not given up
+    assert time.monotonic() - started < 20  # not the 30 s the slow jobs would take
+    for mark in marks.iterdir():
+        pid = int(mark.read_text())
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text()

@@ -27,6 +27,7 @@ from anet.journal import (
     fingerprint_batch,
 )
 from anet.record import JobResult
+from anet.stats import load
 
 ROOT = Path(__file__).resolve().parent.parent
 FP = "f" * 64
@@ -599,3 +600,65 @@ def test_the_lock_of_a_killed_run_is_gone_with_it(tmp_path):
         child.communicate()
     with Journal.open(path, "fp", "batch.txt", resume=True) as journal:
         assert journal.summary() == JournalSummary(0, 0)
+
+
+# -- read-only, as `anet status` and `anet report` read it -----------------------------------
+
+
+def test_status_gives_the_last_stderr_line_of_a_failure_whose_output_was_chunked(
+    tmp_path, monkeypatch
+):
+    """A chunked row's stderr column is empty: status said "exit 1" instead of the reason."""
+    import anet.journal
+
+    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 1000)
+    monkeypatch.setattr(anet.journal, "CHUNK", 300)
+    stderr = b"a" * 580 + b"\ndisk quota exceeded\n"  # chunks end at 300, 600: the line spans two
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(JobResult(0, False, 1, None, "node1", 1, 0.5, b"x" * 2500, stderr))
+        journal.record(JobResult(1, False, 1, None, "node1", 1, 0.5, b"", b"small and inline\n"))
+    assert count_rows(path, "output_chunks") == 9 + 3
+    assert [(job.id, job.why) for job in load(path).failed_jobs] == [
+        (0, "disk quota exceeded"),
+        (1, "small and inline"),
+    ]
+
+
+def test_status_reads_a_journal_that_a_run_holds_open(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(0))
+        journal.record(failed(1))
+        journal.record_attempt(AttemptRecord(0, 1, "node1", 1700000000.0, 0.25, 0, None, 2))
+        journal.flush()
+        seen = load(path)
+        assert (seen.succeeded, seen.failed, seen.attempts) == (1, 1, 1)
+        journal.record(ok(2))
+        journal.flush()
+        assert load(path).succeeded == 2
+
+
+def test_status_reads_a_journal_whose_path_has_uri_characters(tmp_path):
+    """The read-only open is a `file:` URI: a `?` or `#` in the path cut it short."""
+    path = tmp_path / "batch #2?" / "j %41.sqlite"
+    path.parent.mkdir()
+    with fresh(path) as journal:
+        journal.record(ok(0))
+    assert load(path).succeeded == 1
+
+
+def test_status_reads_an_older_journal_without_changing_it(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(failed(0))
+        journal.record_host_event(1700000000.0, "node1", "ready", None)
+    with closing(sqlite3.connect(path)) as db:  # as schema 1 first had it
+        db.executescript(
+            "DROP TABLE host_events; DROP TABLE output_chunks;"
+            " ALTER TABLE results DROP COLUMN delivered; ALTER TABLE results DROP COLUMN chunked;"
+        )
+    before = path.read_bytes()
+    seen = load(path)
+    assert (seen.failed, seen.events, seen.failed_jobs[0].why) == (1, [], "boom")
+    assert path.read_bytes() == before

@@ -166,7 +166,7 @@ def test_other_users_processes_are_never_matched():
 def test_housekeeping_messages_round_trip():
     messages = [
         procs.FindProcs(1, "sleep", "boot:pid", 42, 5.0),
-        procs.ProcsFound(1, [[5, 6, 5, 1, "u", 1.5, 0.0, 0.1, 1024, "sleep 1"]], ""),
+        procs.ProcsFound(1, [[5, 6, 5, 1, "u", 1.5, 0.0, 0.1, 1024, "sleep 1", ""]], ""),
         procs.SignalProcs(2, [[5, 6, True]], 15, "", 0),
         procs.Signalled(2, [[5, "signalled"]]),
         procs.ProbeHost(3, "/tmp"),

@@ -12,13 +12,27 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from dispatcher.procs import (
+    ALIVE,
+    DENIED,
+    GONE,
+    PROTECTED,
+    SIGNALLED,
+    HostProbe,
+    ProcsFound,
+    Signalled,
+)
 from dispatcher.protocol import (
     _CLASSES,
     BOOT_ERROR,
     BOOT_FRAMES,
     BOOT_MARK,
     BOOT_NEED_PAYLOAD,
+    MAX_CORES,
     MAX_FRAME,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_PID,
     OUTPUT_CHUNK,
     PROTOCOL_VERSION,
     STDERR,
@@ -40,6 +54,7 @@ from dispatcher.protocol import (
     encode,
     find_boot_mark,
 )
+from dispatcher.syncproto import SyncDone, SyncWant
 
 # -- strategies ------------------------------------------------------------------------------
 
@@ -55,21 +70,28 @@ blobs = st.one_of(
 )
 envs = st.dictionaries(texts, texts, max_size=8)
 
-hellos = st.builds(Hello, ints, texts, counts, texts, floats, ints, texts)
+# What a dispatcher sends is bounded (see the end of this file): within the bounds, anything.
+names = st.text(max_size=MAX_NAME)
+paths = st.text(max_size=MAX_PATH)
+pids = st.integers(1, MAX_PID)
+slots = st.integers(1, MAX_CORES)
+seconds = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
+
+hellos = st.builds(Hello, st.integers(0, 65535), names, slots, names, seconds, pids, paths)
 setups = st.builds(Setup, counts, texts, texts, floats, floats)
 runs = st.builds(Run, ints, ints, blobs, envs)
-starteds = st.builds(Started, ints, ints, counts)
+starteds = st.builds(Started, ints, pids, slots)
 outputs = st.builds(Output, ints, st.sampled_from([STDOUT, STDERR]), blobs)
 exits = st.builds(
     lambda aid, status, duration, cpu, rss: Exit(aid, *status, duration, cpu, rss),
     ints,
-    st.one_of(st.tuples(ints, st.none()), st.tuples(st.none(), st.integers(1, 64))),
-    floats,
-    floats,
+    st.one_of(st.tuples(st.integers(0, 255), st.none()), st.tuples(st.none(), st.integers(1, 127))),
+    seconds,
+    seconds,
     counts,
 )
 kills = st.builds(Kill, ints, floats)
-heartbeats = st.builds(Heartbeat, floats)
+heartbeats = st.builds(Heartbeat, seconds)
 messages = st.one_of(
     hellos,
     setups,
@@ -419,3 +441,109 @@ def test_a_lookalike_class_with_a_message_code_is_not_a_message():
 
     with pytest.raises(LocalProtocolError):
         encode(FakeOutput())  # type: ignore[arg-type]
+
+
+# -- a host's claims are bounded before they are believed (invariant 8) -------------------------
+
+NAN, INF = float("nan"), float("inf")
+_HELLO = [Hello.CODE, PROTOCOL_VERSION, "h1", 4, "3.11.7", 0.5, 4242, "/w"]
+_EXIT = [Exit.CODE, 7, 0, None, 0.5, 0.25, 1024]
+
+
+def _with(body: list[Any], at: int, value: Any) -> list[Any]:
+    return [*body[:at], value, *body[at + 1 :]]
+
+
+_ROW = [10, 5, 10, 1, "me", 1.5, 0.0, 0.1, 2048, "sleep 5", ""]
+_LIES = {
+    "Hello: 10**7 cores": _with(_HELLO, 3, 10**7),
+    "Hello: no cores": _with(_HELLO, 3, 0),
+    "Hello: load NaN": _with(_HELLO, 5, NAN),
+    "Hello: negative load": _with(_HELLO, 5, -1.0),
+    "Hello: pid 0": _with(_HELLO, 6, 0),
+    "Hello: pid 2**40": _with(_HELLO, 6, 2**40),
+    "Hello: a 10,000 character hostname": _with(_HELLO, 2, "h" * 10_000),
+    "Hello: a 1,000 character python": _with(_HELLO, 4, "3" * 1000),
+    "Hello: a 100,000 character workdir": _with(_HELLO, 7, "/w" * 50_000),
+    "Hello: negative version": _with(_HELLO, 1, -2),
+    "Started: pid 0": [Started.CODE, 7, 0, 1],
+    "Started: slot 0": [Started.CODE, 7, 100, 0],
+    "Started: slot 2**40": [Started.CODE, 7, 100, 2**40],
+    "Output: stream 0": [Output.CODE, 7, 0, b"x"],
+    "Output: stream 3": [Output.CODE, 7, 3, b"x"],
+    "Output: over OUTPUT_CHUNK": [Output.CODE, 7, STDOUT, b"x" * (OUTPUT_CHUNK + 1)],
+    "Exit: code 2**40": _with(_EXIT, 2, 2**40),
+    "Exit: code 256": _with(_EXIT, 2, 256),
+    "Exit: code -1": _with(_EXIT, 2, -1),
+    "Exit: signal 0": _with(_with(_EXIT, 2, None), 3, 0),
+    "Exit: signal 128": _with(_with(_EXIT, 2, None), 3, 128),
+    "Exit: code and signal": _with(_EXIT, 3, 9),
+    "Exit: neither code nor signal": _with(_EXIT, 2, None),
+    "Exit: negative duration": _with(_EXIT, 4, -1.0),
+    "Exit: duration NaN": _with(_EXIT, 4, NAN),
+    "Exit: duration inf": _with(_EXIT, 4, INF),
+    "Exit: negative cpu": _with(_EXIT, 5, -0.5),
+    "Exit: cpu NaN": _with(_EXIT, 5, NAN),
+    "Exit: negative maxrss": _with(_EXIT, 6, -1),
+    "Heartbeat: load NaN": [Heartbeat.CODE, NAN],
+    "Heartbeat: load inf": [Heartbeat.CODE, INF],
+    "Heartbeat: negative load": [Heartbeat.CODE, -1.0],
+    "ProcsFound: a row is not a list": [ProcsFound.CODE, 1, ["row"], ""],
+    "ProcsFound: a short row": [ProcsFound.CODE, 1, [_ROW[:-1]], ""],
+    "ProcsFound: a long row": [ProcsFound.CODE, 1, [[*_ROW, "x"]], ""],
+    "ProcsFound: a lifeline of 1,000 characters": [
+        ProcsFound.CODE,
+        1,
+        [_with(_ROW, 10, "l" * 1000)],
+        "",
+    ],
+    "ProcsFound: a str pid": [ProcsFound.CODE, 1, [_with(_ROW, 0, "10")], ""],
+    "ProcsFound: pid 0": [ProcsFound.CODE, 1, [_with(_ROW, 0, 0)], ""],
+    "ProcsFound: elapsed NaN": [ProcsFound.CODE, 1, [_with(_ROW, 5, NAN)], ""],
+    "ProcsFound: a bytes command": [ProcsFound.CODE, 1, [_with(_ROW, 9, b"sleep")], ""],
+    "ProcsFound: a 10,000 character user": [ProcsFound.CODE, 1, [_with(_ROW, 4, "u" * 10**4)], ""],
+    "Signalled: an outcome is not a pair": [Signalled.CODE, 1, [[10]]],
+    "Signalled: an unknown outcome": [Signalled.CODE, 1, [[10, "obliterated"]]],
+    "Signalled: a str pid": [Signalled.CODE, 1, [["10", "gone"]]],
+    "HostProbe: memory -2": [HostProbe.CODE, 1, -2, 0, 0.5],
+    "HostProbe: load NaN": [HostProbe.CODE, 1, 0, 0, NAN],
+    "SyncWant: negative reused": [SyncWant.CODE, 1, b"", -1],
+    "SyncDone: a 100,000 character error": [SyncDone.CODE, 1, b"", "e" * 100_000],
+}
+
+
+@pytest.mark.parametrize("body", list(_LIES.values()), ids=list(_LIES))
+def test_a_field_out_of_its_bounds_is_a_remote_protocol_error(body: list[Any]):
+    with pytest.raises(RemoteProtocolError, match=decode_name(body)):
+        decode_body(msgpack.packb(body, use_bin_type=True))
+
+
+def decode_name(body: list[Any]) -> str:
+    """The message class name the error must name."""
+    return next(cls.__name__ for cls in _CLASSES if body[0] == cls.CODE)
+
+
+_LIMITS = {
+    "Hello: one core": _with(_HELLO, 3, 1),
+    "Hello: 65,536 cores": _with(_HELLO, 3, 65_536),
+    "Hello: an int load": _with(_HELLO, 5, 0),
+    "Exit: code 255": _with(_EXIT, 2, 255),
+    "Exit: signal 1": _with(_with(_EXIT, 2, None), 3, 1),
+    "Exit: signal 127": _with(_with(_EXIT, 2, None), 3, 127),
+    "Exit: zero duration, cpu and maxrss": [Exit.CODE, 7, 0, None, 0.0, 0.0, 0],
+    "Output: a full chunk on stderr": [Output.CODE, 7, STDERR, b"x" * OUTPUT_CHUNK],
+    "Started: slot 1": [Started.CODE, 7, 1, 1],
+    "ProcsFound: a row": [ProcsFound.CODE, 1, [_ROW, _with(_ROW, 5, 0)], ""],
+    "Signalled: each outcome": [
+        Signalled.CODE,
+        1,
+        [[1, o] for o in (GONE, SIGNALLED, ALIVE, DENIED, PROTECTED)],
+    ],
+    "HostProbe: unknown memory and disk": [HostProbe.CODE, 1, -1, -1, 0.0],
+}
+
+
+@pytest.mark.parametrize("body", list(_LIMITS.values()), ids=list(_LIMITS))
+def test_a_field_at_the_edge_of_its_bounds_is_accepted(body: list[Any]):
+    msg = decode_body(msgpack.packb(body, use_bin_type=True))
+    assert [msg.CODE, *(getattr(msg, f) for f in msg.__dataclass_fields__)] == body

@@ -226,8 +226,9 @@ def test_copies_are_capped_while_jobs_are_still_queued():
     for run in runs[:5]:
         scheduler.attempt_ended(run.aid, ok=True, now=1.0, duration=1.0)
     started(scheduler, scheduler.next_runs(1.0), 1.0)
+    first = min(run.aid for run in runs)  # aids are unique in the process, not per scheduler
     for run in live(scheduler):
-        if run.aid >= 10:
+        if run.aid >= first + 10:
             scheduler.attempt_ended(run.aid, ok=True, now=2.0, duration=1.0)
     # five attempts straggle (2 s > 1.5 s); five hosts are free; copies may take 10% of slots
     late = scheduler.next_runs(2.0)

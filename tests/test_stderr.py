@@ -82,10 +82,11 @@ def test_a_stderr_nobody_reads_does_not_stop_the_results(tmp_path, make_stderr):
 
 
 class _NoHosts:
-    """A cluster with no host yet: the view's source reads `hosts` only."""
+    """A cluster with no host yet: the view's source reads `hosts` and `connected` only."""
 
     def __init__(self) -> None:
         self.hosts: dict = {}
+        self.connected = True
 
 
 def _status_lines(args: ObserveArgs, tmp_path: Path, monkeypatch) -> str:

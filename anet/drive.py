@@ -1,0 +1,241 @@
+"""One run under way: feeds the engine what the hosts say and carries out what it decides.
+
+The engine decides; this carries out, on the event loop: frames to each host in one write per
+scheduling round, the attempt log, final results into a bounded queue for the consumer (a full
+queue stops the host's pump: SSH flow control slows the host down), the journal committed
+before a result leaves (exactly once across a stop: see journal.py), and one timer for the
+next decision no event will bring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from dispatcher.protocol import Message, Output
+
+from .attemptlog import AttemptLog
+from .batch import Job
+from .engine import Actions, Engine, HostStats, RunPolicy
+from .errors import NoHostError
+from .flow import ByteBoundedQueue
+from .journal import Journal, JournalError
+from .logs import get_logger
+from .record import JobResult
+
+log = get_logger()
+
+RESULT_QUEUE = 256
+RESULT_BYTES = 32 << 20
+"""Finished results waiting for the consumer, in number and in output bytes; beyond either,
+hosts' channels stop being read and SSH flow control slows the hosts down."""
+FLUSH_INTERVAL = 0.2
+"""Seconds between journal commits when no result leaves: attempts and delivery marks."""
+
+
+class _Done:
+    """Marks the end of a run's results."""
+
+
+Send = Callable[[str, list[Message]], None]
+
+
+class Drive:
+    """The loop-side half of one run; `Cluster.run` makes one and routes host events to it."""
+
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        policy: RunPolicy,
+        stats: dict[str, HostStats],
+        send: Send,
+        tasks: asyncio.TaskGroup,
+        attempt_log: AttemptLog,
+        journal: Journal | None = None,
+        *,
+        journal_required: bool = False,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.engine = Engine(jobs, policy, stats, wall_offset=_wall_offset(loop))
+        self._send = send
+        self._tasks = tasks
+        self._attempt_log = attempt_log
+        self._journal = journal
+        self._journal_required = journal_required
+        self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
+            RESULT_QUEUE, RESULT_BYTES
+        )
+        self._round_due = False
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._delivering = 0  # final results waiting for room in the queue
+        self._done_sent = False
+        self._failed = False
+
+    # -- events from the hosts ------------------------------------------------------------------
+
+    def host_ready(self, label: str, slots: int) -> None:
+        self.engine.host_ready(label, slots)
+        self.round_soon()
+
+    async def host_lost(self, label: str) -> None:
+        self.engine.host_lost(label, self._loop.time())
+        await self._carry_out(self.engine.take())
+        self.round_soon()
+
+    async def frame(self, label: str, msg: Message) -> None:
+        """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame)."""
+        self.engine.frame(label, msg, self._loop.time())
+        if not isinstance(msg, Output):
+            await self._carry_out(self.engine.take())
+            self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
+
+    async def no_host(self, reason: str) -> None:
+        """No host can ever take the work: the run fails with NoHostError."""
+        if not self._failed:
+            self._failed = True
+            await self._results.put(NoHostError(reason))
+
+    def drain(self) -> None:
+        """Start no more attempts; the run ends once those running have ended (--halt soon)."""
+        self.engine.drain()
+        self.round_soon()
+
+    def abort(self) -> None:
+        """Kill every attempt in flight; the run ends once they have ended (--halt now)."""
+        self.engine.abort()
+        self.round_soon()
+
+    # -- the consumer's side --------------------------------------------------------------------
+
+    async def results(self) -> AsyncIterator[JobResult]:
+        """Each job's final result, committed to the journal before it is yielded."""
+        flusher = self._tasks.create_task(self._flush_journal()) if self._journal else None
+        try:
+            self.round_soon()
+            while True:
+                item = await self._results.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._commit_before_yield()
+                yield item
+        finally:
+            if flusher is not None:
+                flusher.cancel()  # the journal's owner makes the last commit when closing it
+            self._wake_at(None)
+
+    # -- carrying out ---------------------------------------------------------------------------
+
+    def round_soon(self) -> None:
+        """Ask for a scheduling round at the end of this loop iteration.
+
+        Coalescing matters for throughput: a read from a host often carries many Exit frames,
+        and one round then sends their replacements to each host in one SSH packet instead of
+        one packet (and one encryption, one syscall) per job.
+        """
+        if not self._round_due:
+            self._round_due = True
+            self._loop.call_soon(self._round)
+
+    def _round(self) -> None:
+        self._round_due = False
+        self.engine.round(self._loop.time())
+        actions = self.engine.take()
+        self._carry_out_now(actions)
+        if actions.results:  # failed on the master (unrunnable): deliver them in the order
+            self._delivering += 1  # taken, held from here so the run cannot end before them
+            self._tasks.create_task(self._deliver_held(actions.results))
+        self._check_done()
+
+    async def _carry_out(self, actions: Actions) -> None:
+        self._carry_out_now(actions)
+        for result in actions.results:
+            await self._deliver(result)
+
+    def _carry_out_now(self, actions: Actions) -> None:
+        for host, frames in actions.frames.items():
+            self._send(host, frames)
+        for end in actions.attempts:
+            self._attempt_log.attempt(
+                end.attempt, end.size, end.start, end.runtime, end.code, end.signal
+            )
+        self._wake_at(actions.wakeup)
+
+    async def _deliver_held(self, results: list[JobResult]) -> None:
+        try:
+            for result in results:
+                await self._deliver(result)
+        finally:
+            self._delivering -= 1
+            self._check_done()
+
+    async def _deliver(self, result: JobResult) -> None:
+        """A job's one final result: journal it, then queue it for the consumer (the journal is
+        committed before the consumer gets it: see `_commit_before_yield`)."""
+        if self._journal is not None:
+            try:
+                self._journal.record(result)
+            except JournalError as exc:
+                self._journal_failed(exc)
+        self._delivering += 1  # the run may not end while a result waits for room
+        try:
+            await self._results.put(result, len(result.stdout) + len(result.stderr))
+        finally:
+            self._delivering -= 1
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """End the run once the engine says so and no result is still on its way."""
+        if not self._done_sent and not self._delivering and self.engine.finished:
+            self._done_sent = True
+            self._results.put_last(_Done())
+
+    def _wake_at(self, when: float | None) -> None:
+        """One timer for the next decision no event will trigger (a timeout, a straggler)."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        if when is not None:
+            self._wakeup = self._loop.call_at(when, self.round_soon)
+
+    # -- the journal ----------------------------------------------------------------------------
+
+    def _commit_before_yield(self) -> None:
+        """Commit what the journal holds before a result leaves the cluster: a result the
+        consumer has must be one that --resume will not run again (exactly once across a stop).
+        One commit covers every result recorded so far, so bursts cost one commit."""
+        journal = self._journal
+        if journal is None or not (journal.unflushed or journal.broken):
+            return
+        try:
+            journal.flush()
+        except JournalError as exc:
+            self._journal_failed(exc)
+            if self._journal is not None:  # required: the run stops, its results stay owed
+                raise
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        """A journal that cannot be written: the run goes on without it, one warning, unless the
+        caller required it (then the next result raises, and the run stops)."""
+        if self._journal is None or self._journal_required:
+            return
+        log.warning(f"{exc}; running on without it (a --resume would run the later jobs again)")
+        self._journal = self._attempt_log.journal = None
+
+    async def _flush_journal(self) -> None:
+        """Commit on a timer, so an idle spell never leaves attempts or delivery marks unwritten."""
+        while self._journal is not None:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                if self._journal is not None and not self._journal.broken:
+                    self._journal.flush()
+            except JournalError as exc:
+                self._journal_failed(exc)
+
+
+def _wall_offset(loop: asyncio.AbstractEventLoop) -> float:
+    """Unix time minus loop time: turns the engine's monotonic times into record times."""
+    return time.time() - loop.time()

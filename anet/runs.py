@@ -1,0 +1,121 @@
+"""A batch run as `anet run` does it, for any program: resume, only-new, halt, keep-order.
+
+`Cluster.run(commands, RunOptions(...))` (or a `RunPlan` made first, to know before any host
+is touched whether anything is left to run) is the whole use-case; the CLI only turns argv into
+options and results into bytes. What a run adds to "run these jobs" lives here:
+- with a journal and `resume`, the jobs that succeeded earlier are skipped and their results
+  yielded again first (all of them; with `only_new`, only those the earlier run committed but
+  never delivered), so a resumed stream is complete on its own, or exactly what was owed;
+- `halt` stops the run after too many failures: `now` kills what runs, `soon` starts no more;
+- `keep_order` yields results in job order, holding the early ones in bounded memory (spilled
+  to the journal, or a temporary file);
+- a result counts as delivered once the consumer asks for the next one (or, with
+  `mark_delivered=False`, when the consumer says so: the CLI marks a result once the kernel has
+  its bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .batch import Job
+from .halt import Halt, HaltPolicy
+from .journal import IdSet, Journal
+from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
+from .logs import get_logger
+from .record import JobResult
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How `Cluster.run` treats a batch, beyond running each job once.
+
+    `batch_size` is the number of jobs, for a halt percentage (None: not known, e.g. a stream).
+    `arrived` is called with each result of this run as it arrives, before any reordering (for
+    progress counts and a results folder).
+    """
+
+    journal: Journal | None = None
+    journal_required: bool = False
+    resume: bool = False
+    only_new: bool = False
+    halt: HaltPolicy = field(default_factory=HaltPolicy)
+    batch_size: int | None = None
+    keep_order: bool = False
+    mark_delivered: bool = True
+    arrived: Callable[[JobResult], None] | None = None
+
+
+class RunPlan:
+    """One run's use-case state: what is skipped, what is owed, the order, the failures."""
+
+    def __init__(self, jobs: Iterable[Job], options: RunOptions) -> None:
+        self.options = options
+        journal = options.journal
+        if options.resume and journal is None:
+            raise ValueError("resume needs a journal")
+        self.done = journal.succeeded_ids() if journal is not None and options.resume else IdSet()
+        self.failed = 0
+        self._halted: Halt | None = None
+        self._order: KeepOrder | None = None
+        if options.keep_order:
+            spill: Spill = JournalSpill(journal) if journal is not None else FileSpill()
+            self._order = KeepOrder(spill)
+            self._order.merge_earlier(self.earlier())
+        done = self.done
+        todo = (job for job in jobs if job.id not in done)
+        self.jobs: Iterator[Job] = self._order.jobs(todo) if self._order is not None else todo
+
+    def earlier(self) -> Iterator[JobResult]:
+        """The earlier run's results to yield again. Read lazily (with keep-order, as the run
+        goes), so filtered by `done`: this run's own results join the journal meanwhile."""
+        journal, options = self.options.journal, self.options
+        if journal is None or not options.resume:
+            return iter(())
+        owed = journal.succeeded_results(undelivered=options.only_new)
+        return (r for r in owed if r.id in self.done)
+
+    def ordered(self, result: JobResult) -> Iterator[JobResult]:
+        """What may leave now that `result` arrived: itself, or with keep-order maybe none, or
+        several. Counts the failure, and calls `arrived`."""
+        self.failed += not result.ok
+        if self.options.arrived is not None:
+            self.options.arrived(result)
+        if self._order is None:
+            return iter((result,))
+        return self._order.add(result)
+
+    def halt(self) -> Halt | None:
+        """Whether this result's failure count calls for a halt, once per kind (NOW after SOON
+        is still news); the warning is said here."""
+        halt = self.options.halt.check(self.failed, self.options.batch_size)
+        if halt is None or halt is self._halted or self._halted is Halt.NOW:
+            return None
+        self._halted = halt
+        if halt is Halt.NOW:
+            log.warning(f"halting now: {self.failed} jobs failed; running jobs are killed")
+        else:
+            log.warning(f"halting soon: {self.failed} jobs failed; no new jobs start")
+        return halt
+
+    def rest(self) -> Iterator[JobResult]:
+        """With keep-order, what still waits once the run ended (or halted), in order."""
+        return self._order.rest() if self._order is not None else iter(())
+
+    def close(self) -> None:
+        if self._order is not None:
+            self._order.close()
+
+
+async def marked(results: AsyncIterator[JobResult], plan: RunPlan) -> AsyncIterator[JobResult]:
+    """Yield `results`, marking each delivered in the journal once the consumer asks for the
+    next (unless the consumer marks them itself)."""
+    journal = plan.options.journal
+    mark = journal is not None and plan.options.mark_delivered
+    async for result in results:
+        yield result
+        if mark and journal is not None and not journal.broken:
+            journal.mark_delivered(result.id)

@@ -1,0 +1,372 @@
+"""The engine on a fake clock: every path the fault tests take against real sshd (a lost host,
+a frozen one, a crashed dispatcher, retries, speculation, timeouts, halt, forged frames), in
+milliseconds. `Hosts` is a recording double of the dispatchers: it takes the engine's frames,
+runs nothing, and fails the test on any frame it did not expect; the test says when each
+attempt starts, prints and ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anet.batch import MAX_COMMAND, Job
+from anet.engine import Actions, Engine, HostStats, RunPolicy
+from anet.errors import HostError
+from dispatcher.protocol import STDERR, STDOUT, Exit, Kill, Message, Output, Run, Started
+
+
+def jobs(n: int) -> list[Job]:
+    return [Job(i, b"echo %d" % i) for i in range(n)]
+
+
+class Hosts:
+    """The dispatchers as the engine sees them: what it sent each, attempt by attempt."""
+
+    def __init__(self, engine: Engine, stats: dict[str, HostStats]) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.now = 0.0
+        self.runs: dict[str, list[Run]] = {}  # sent, not ended, by host
+        self.kills: list[tuple[str, int]] = []
+        self.results = []
+        self.attempts = []
+        self.wakeup: float | None = None
+
+    def ready(self, host: str, slots: int) -> None:
+        self.stats.setdefault(host, HostStats())
+        self.engine.host_ready(host, slots)
+        self.round()
+
+    def lose(self, host: str) -> None:
+        self.engine.host_lost(host, self.now)
+        self.runs.pop(host, None)
+        self.round()
+
+    def round(self) -> Actions:
+        self.engine.round(self.now)
+        return self.take()
+
+    def take(self) -> Actions:
+        actions = self.engine.take()
+        for host, frames in actions.frames.items():
+            for msg in frames:
+                if isinstance(msg, Run):
+                    self.runs.setdefault(host, []).append(msg)
+                elif isinstance(msg, Kill):
+                    assert msg.aid in {r.aid for r in self.runs.get(host, [])}, msg
+                    self.kills.append((host, msg.aid))
+                else:
+                    raise AssertionError(f"unexpected frame to {host}: {msg}")
+        self.results += actions.results
+        self.attempts += actions.attempts
+        self.wakeup = actions.wakeup
+        return actions
+
+    def on(self, host: str, job_id: int) -> Run:
+        (run,) = [r for r in self.runs.get(host, []) if r.job == job_id]
+        return run
+
+    def say(self, host: str, *msgs: Message) -> None:
+        for msg in msgs:
+            self.engine.frame(host, msg, self.now)
+        self.round()
+
+    def start(self, host: str, job_id: int, slot: int = 1) -> Run:
+        run = self.on(host, job_id)
+        self.say(host, Started(run.aid, 1000 + run.aid, slot))
+        return run
+
+    def finish(self, host: str, job_id: int, out: bytes = b"", code: int = 0) -> None:
+        run = self.on(host, job_id)
+        self.runs[host].remove(run)
+        msgs: list[Message] = [Output(run.aid, STDOUT, out)] if out else []
+        self.say(host, *msgs, Exit(run.aid, code, None, 0.5, 0.1, 1000))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.round()
+
+
+def engine_for(n: int, **policy) -> tuple[Engine, Hosts]:
+    stats: dict[str, HostStats] = {}
+    engine = Engine(jobs(n), RunPolicy(**policy), stats, wall_offset=1e9)
+    return engine, Hosts(engine, stats)
+
+
+def test_jobs_go_out_in_one_round_per_host_and_results_come_back_once():
+    engine, hosts = engine_for(3, speculate=False)
+    hosts.ready("h1", 2)
+    assert sorted(r.job for r in hosts.runs["h1"]) == [0, 1, 2]  # 2 slots + a look-ahead
+    for i in range(3):
+        hosts.start("h1", i, slot=1 + i % 2)
+        hosts.finish("h1", i, b"out %d\n" % i)
+    assert [(r.id, r.ok, r.stdout, r.host) for r in hosts.results] == [
+        (i, True, b"out %d\n" % i, "h1") for i in range(3)
+    ]
+    assert engine.finished and hosts.stats["h1"].done == 3 and hosts.stats["h1"].running == 0
+    assert [a.start >= 1e9 for a in hosts.attempts] == [True] * 3  # Unix times, by the offset
+
+
+def test_output_of_both_streams_is_kept_apart_and_in_order():
+    _, hosts = engine_for(1, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    hosts.say("h1", Output(run.aid, STDOUT, b"a"), Output(run.aid, STDERR, b"E"))
+    hosts.finish("h1", 0, b"b")
+    (result,) = hosts.results
+    assert (result.stdout, result.stderr) == (b"ab", b"E")
+
+
+def test_a_lost_host_loses_no_job_its_attempts_run_again_elsewhere():
+    engine, hosts = engine_for(4, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.start("h1", 0)
+    hosts.start("h1", 1, slot=2)
+    sent = sorted(r.job for r in hosts.runs["h1"])  # two running, the rest queued there
+    hosts.now = 5.0
+    hosts.lose("h1")
+    assert sorted((a.attempt.job.id, a.code, a.signal) for a in hosts.attempts) == [
+        (i, None, None) for i in sent
+    ]
+    hosts.ready("h2", 4)
+    for i in range(4):
+        hosts.start("h2", i, slot=1 + i)
+        hosts.finish("h2", i)
+    assert sorted(r.id for r in hosts.results) == [0, 1, 2, 3]
+    assert {r.id: r.attempts for r in hosts.results}[0] == 2
+    assert engine.finished
+
+
+def test_a_crashed_dispatcher_comes_back_and_finishes_the_batch():
+    _, hosts = engine_for(2, speculate=False)
+    hosts.ready("h1", 1)
+    hosts.start("h1", 0)
+    hosts.lose("h1")  # the dispatcher died; the connection is fine
+    hosts.ready("h1", 1)  # a new one, with nothing of the old
+    hosts.start("h1", 0)
+    hosts.finish("h1", 0)
+    hosts.start("h1", 1)
+    hosts.finish("h1", 1)
+    assert sorted((r.id, r.attempts) for r in hosts.results) == [(0, 2), (1, 2)]  # both sent
+
+
+def test_a_job_lost_with_five_hosts_is_given_up_with_a_reason():
+    engine, hosts = engine_for(1, speculate=False)
+    for n in range(5):
+        hosts.ready(f"h{n}", 1)
+        if hosts.runs.get(f"h{n}"):
+            hosts.start(f"h{n}", 0)
+        hosts.lose(f"h{n}")
+    (result,) = hosts.results
+    assert not result.ok and "5 hosts were lost" in (result.error or "")
+    assert engine.finished
+
+
+def test_a_failed_attempt_is_retried_on_another_host_then_final():
+    _, hosts = engine_for(1, speculate=False, retries=1)
+    hosts.ready("h1", 1)
+    hosts.ready("h2", 1)
+    first = "h1" if hosts.runs.get("h1") else "h2"
+    other = "h2" if first == "h1" else "h1"
+    hosts.start(first, 0)
+    hosts.finish(first, 0, code=3)
+    assert hosts.results == [] and hosts.stats[first].failed_attempts == 1
+    hosts.start(other, 0)
+    hosts.finish(other, 0, code=4)
+    (result,) = hosts.results
+    assert (result.ok, result.exit_code, result.attempts, result.host) == (False, 4, 2, other)
+
+
+def test_a_job_past_its_timeout_is_killed_and_its_exit_counts_as_a_failure():
+    _, hosts = engine_for(1, speculate=False, retries=0, timeout=10.0)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    assert hosts.wakeup == pytest.approx(10.0)
+    hosts.advance(10.0)
+    assert hosts.kills == [("h1", run.aid)]
+    hosts.say("h1", Exit(run.aid, None, 15, 10.0, 0.0, 0))
+    (result,) = hosts.results
+    assert not result.ok and result.error == "timed out after 10 s" and result.signal == 15
+
+
+def test_a_straggler_gets_a_copy_and_the_first_to_end_wins_the_other_is_killed():
+    _, hosts = engine_for(12)
+    hosts.ready("fast", 4)
+    hosts.ready("slow", 1)
+    for _ in range(20):  # the fast host makes the typical job 0.5 s
+        for run in list(hosts.runs.get("fast", [])):
+            hosts.start("fast", run.job, slot=1 + run.job % 4)
+            hosts.finish("fast", run.job)
+        straggler = [r for r in hosts.runs.get("slow", [])]
+        if straggler and straggler[0].aid not in {a for _, a in hosts.kills}:
+            break
+    stuck = hosts.runs["slow"][0]
+    hosts.start("slow", stuck.job)
+    for _ in range(60):  # time passes; the slow host's job does not end
+        hosts.advance(1.0)
+        if any(r.job == stuck.job for r in hosts.runs.get("fast", [])):
+            break
+    copy = hosts.on("fast", stuck.job)
+    hosts.start("fast", stuck.job)
+    hosts.say("slow", Output(stuck.aid, STDOUT, b"late output"))
+    hosts.finish("fast", stuck.job, b"copy\n")
+    assert ("slow", stuck.aid) in hosts.kills  # the loser is killed
+    hosts.finish("slow", stuck.job, b"never seen\n")  # its late Exit is stale
+    mine = [r for r in hosts.results if r.id == stuck.job]
+    assert [(r.stdout, r.host) for r in mine] == [(b"copy\n", "fast")]
+    assert hosts.stats["fast"].spec_won == 1 and hosts.stats["slow"].spec_lost == 0
+    assert copy.aid != stuck.aid
+
+
+def test_draining_starts_nothing_more_and_finishes_once_the_running_end():
+    engine, hosts = engine_for(10, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.start("h1", 0)
+    engine.drain()
+    hosts.finish("h1", 0)
+    assert not engine.finished  # the look-ahead attempts were sent; their Exit still comes
+    for run in list(hosts.runs["h1"]):
+        hosts.say("h1", Exit(run.aid, None, 15, 0.0, 0.0, 0))  # killed as the cluster leaves
+        hosts.runs["h1"].remove(run)
+    assert engine.finished
+    assert [r.id for r in hosts.results] == [0]
+
+
+def test_commands_no_host_can_run_fail_on_the_master_and_are_never_sent():
+    stats: dict[str, HostStats] = {}
+    batch = [Job(0, b"echo ok"), Job(1, b"x" * (MAX_COMMAND + 1)), Job(2, b"a\0b")]
+    engine = Engine(batch, RunPolicy(speculate=False), stats)
+    hosts = Hosts(engine, stats)
+    hosts.ready("h1", 4)
+    assert [r.job for r in hosts.runs["h1"]] == [0]
+    failed = {r.id: r for r in hosts.results}
+    assert sorted(failed) == [1, 2]
+    assert "longer than" in failed[1].error and b"NUL byte" in failed[2].stderr
+    assert not engine.finished
+    hosts.start("h1", 0)
+    hosts.finish("h1", 0)
+    assert engine.finished
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda run, other: Exit(other.aid, 0, None, 0.1, 0.0, 0),  # another host's attempt
+        lambda run, other: Output(other.aid, STDOUT, b"forged"),
+        lambda run, other: Started(other.aid, 1, 1),
+        lambda run, other: Exit(run.aid + 1000, 0, None, 0.1, 0.0, 0),  # a guessed id
+        lambda run, other: Started(run.aid, 1, 9),  # a slot it does not have
+    ],
+)
+def test_a_host_speaks_only_of_its_own_attempts(forge):
+    engine, hosts = engine_for(8, speculate=False)
+    hosts.ready("honest", 1)
+    hosts.ready("liar", 1)
+    run, other = hosts.runs["liar"][0], hosts.runs["honest"][0]
+    with pytest.raises(HostError, match="protocol error") as caught:
+        engine.frame("liar", forge(run, other), hosts.now)
+    assert caught.value.permanent and caught.value.host == "liar"
+    assert hosts.results == []
+
+
+def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
+    engine, hosts = engine_for(2, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    with pytest.raises(HostError, match="second Started"):
+        engine.frame("h1", Started(run.aid, 1, 1), 0.0)
+    hosts.finish("h1", 0)
+    with pytest.raises(HostError, match="already ended"):
+        engine.frame("h1", Exit(run.aid, 0, None, 0.1, 0.0, 0), 0.0)
+    assert [r.id for r in hosts.results] == [0]
+
+
+# -- any interleaving ends every job exactly once -------------------------------------------------
+
+EVENT = st.one_of(
+    st.tuples(st.just("start"), st.integers(0, 3)),
+    st.tuples(st.just("end"), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("lose"), st.integers(0, 3)),
+    st.tuples(st.just("ready"), st.integers(0, 3)),
+    st.tuples(st.just("time"), st.floats(0.1, 30.0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 15),
+    events=st.lists(EVENT, max_size=120),
+    timeout=st.sampled_from([None, 5.0]),
+    speculate=st.booleans(),
+)
+def test_any_interleaving_of_loss_failure_timeout_and_speculation_ends_each_job_once(
+    n, events, timeout, speculate
+):
+    engine, hosts = engine_for(n, timeout=timeout, speculate=speculate, retries=1)
+    up: set[str] = set()
+
+    def host_of(i: int) -> str:
+        return f"h{i}"
+
+    def running(host: str) -> list[Run]:
+        return hosts.runs.get(host, [])
+
+    for event in events:
+        kind, *args = event
+        if kind == "ready" and host_of(args[0]) not in up:
+            up.add(host_of(args[0]))
+            hosts.ready(host_of(args[0]), 1 + args[0] % 3)
+        elif kind == "lose" and host_of(args[0]) in up:
+            up.discard(host_of(args[0]))
+            hosts.lose(host_of(args[0]))
+        elif kind == "start" and running(host_of(args[0])):
+            host = host_of(args[0])
+            run = running(host)[0]
+            with contextlib.suppress(HostError):  # started already: not said twice for real
+                engine.frame(host, Started(run.aid, 1, 1), hosts.now)
+            hosts.round()
+        elif kind == "end" and running(host_of(args[0])):
+            host = host_of(args[0])
+            run = running(host).pop(0)
+            engine.frame(host, Exit(run.aid, 0 if args[1] else 1, None, 0.2, 0.0, 0), hosts.now)
+            hosts.round()
+        elif kind == "time":
+            hosts.advance(args[0])
+    # Then the world settles: one host stays up and every attempt it is given ends well.
+    if not up:
+        hosts.ready("h0", 2)
+        up.add("h0")
+    for _ in range(10 * n + 20):
+        if engine.finished:
+            break
+        for host in list(up):
+            for run in list(running(host)):
+                running(host).remove(run)
+                engine.frame(host, Exit(run.aid, 0, None, 0.2, 0.0, 0), hosts.now)
+        hosts.advance(1.0)
+    assert engine.finished
+    counts = Counter(r.id for r in hosts.results)
+    assert sorted(counts) == list(range(n)), "a job without a final result"
+    assert max(counts.values()) == 1, f"a job with two final results: {counts}"
+
+
+def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
+    engine, hosts = engine_for(10, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.start("h1", 0)
+    hosts.finish("h1", 0)
+    sent = list(hosts.runs["h1"])
+    engine.abort()
+    hosts.round()
+    assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in sent)
+    assert not engine.finished
+    for run in sent:
+        hosts.say("h1", Exit(run.aid, None, 15, 0.1, 0.0, 0))
+    assert engine.finished and [r.id for r in hosts.results] == [0]
+    hosts.advance(60.0)  # nothing more is ever sent
+    assert all(r.aid in {run.aid for run in sent} for r in hosts.runs["h1"])
