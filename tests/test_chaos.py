@@ -370,17 +370,10 @@ def wrong(records: list[JobResult], expected: dict[int, Expected]) -> list[str]:
 
 def allowed_repeats(first: AnetRun) -> set[int]:
     """Ids a kill -9 may make `--resume --only-new` write again: those read in the last commit
-    interval (COMMIT_WINDOW, generously) before the kill, and the write just before them.
-
-    That last write is there because a result's delivery mark is taken only when the *next*
-    result is written (Delivery._mark runs after each emit, before that emit's bytes are pushed):
-    after a lull, the kill can repeat a result read seconds earlier. See the xfail test below.
-    """
+    interval (COMMIT_WINDOW, generously) before the kill."""
     assert first.stopped_at is not None
     window = first.stopped_at - COMMIT_WINDOW
-    before = [when for when, _ in first.arrivals if when < window]
-    since = min(window, before[-1] - 0.1) if before else window  # one write arrives at once
-    return {r.id for when, r in first.arrivals if when >= since}
+    return {r.id for when, r in first.arrivals if when >= window}
 
 
 def query(journal: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
@@ -503,11 +496,6 @@ def delivered_mark(journal: Path, job_id: int) -> bool:
     return query(journal, "SELECT delivered FROM results WHERE id = ?", job_id) == [(1,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the delivery mark of a result is taken when the next result is written, so after a"
-    " lull kill -9 repeats a result read long before (fix in cli_run.Delivery, then drop this)",
-)
 def test_after_a_lull_kill_9_repeats_no_result_read_long_before(make_cluster, tmp_path):
     """The promise (journal.py): a kill -9 repeats only the results written since the last
     commit (0.2 s). Here job 0 is read, then nothing happens for 2 s: ten commits later, its
