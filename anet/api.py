@@ -29,7 +29,7 @@ from .bootstrap import Payload, payload
 from .connect import Connector, SshOptions
 from .drive import Drive
 from .engine import RunPolicy
-from .errors import AnetError, HostError, protocol_error
+from .errors import HostError, protocol_error
 from .halt import Halt
 from .hostlife import HostPhase, HostState, host_life, stuck
 from .hosts import HostSpec, parse_spec
@@ -185,28 +185,8 @@ class Cluster:
             await self._drive.no_host(reason)
 
     async def _sync_deps(self, session: HostSession) -> None:
-        """Bring the deps tree to the host before it gets any job (it runs them inside)."""
         assert self._syncer is not None
-        try:
-            await self._syncer.tree()
-        except AnetError:
-            # The scan failed (a missing or unsafe deps path): whoever started it reports that
-            # in one line and closes the cluster; this host just waits for the end, silently.
-            await self._closing.wait()
-            raise HostError(session.label, "deps could not be scanned", permanent=True) from None
-        report = await self._syncer.sync(session)
-        self.sync_reports[session.label] = report
-        how = (
-            "already there"
-            if not report.files_sent
-            else f"{report.files_sent} files, {report.bytes_sent} bytes sent"
-        )
-        log.info(
-            f"{session.label}: deps ready in {report.seconds:.2f}s ({how})",
-            host=session.label,
-            path=report.path.decode(errors="replace"),
-            reused=report.reused,
-        )
+        self.sync_reports[session.label] = await self._syncer.prepare(session, self._closing)
 
     # -- one-shot commands ----------------------------------------------------------------------
 
@@ -262,6 +242,11 @@ class Cluster:
         await drive.frame(session.label, msg)
         if drive is not self._drive and drive.engine.finished:
             self._drives.remove(drive)
+
+    def host_key(self, label: str) -> str | None:
+        """What became of the host's SSH host key (known, accepted, unknown, changed), or None
+        before its first connection: `hosts check` shows it."""
+        return self._connector.host_key(label)
 
     def _send(self, label: str, frames: list[Message]) -> None:
         self._sessions[label].send(*frames)

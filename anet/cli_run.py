@@ -14,6 +14,7 @@ from . import cli_common
 from .api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from .batch import BatchSource, count_jobs, open_source, read_batch
 from .cli_common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .delivery import Delivery
 from .errors import UsageError
 from .halt import HaltPolicy
 from .hosts import HostSpec
@@ -27,8 +28,7 @@ from .journal import (
 from .logs import get_logger
 from .manifest import start_scan
 from .observe import ObserveArgs, RunObservers
-from .output import ResultOutput, open_output
-from .record import JobResult
+from .output import open_output
 from .sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
 
 log = get_logger()
@@ -50,11 +50,6 @@ class RunArgs:
     halt: HaltPolicy = field(default_factory=HaltPolicy)
     observe: ObserveArgs = field(default_factory=ObserveArgs)
     deps: str | None = None
-
-
-STOP_DRAIN = 5.0
-"""Seconds a stopped run (Ctrl-C, TERM, HUP, an error) waits for the reader to take the results
-it holds; what the reader does not take stays owed in the journal for --resume --only-new."""
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -83,14 +78,8 @@ async def program(args: RunArgs, env: Environment) -> int:
         )
         plan = RunPlan(read_batch(source.stream), options)
         seen.tally.base = len(plan.done)
-        out = Delivery(await open_output(env.stdout), encoder, journal)
-        stopped = True
-        try:
-            await out.start()
+        async with Delivery(await open_output(env.stdout), encoder, journal) as out:
             await _run(args, env, hosts, seen, plan, out)
-            stopped = False
-        finally:
-            await out.close(None if not stopped else STOP_DRAIN)
     seen.print_summary()
     if out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
@@ -116,51 +105,6 @@ async def _run(
             await tree  # a DepsError (one line) ends the run before any job starts
         async for result in cluster.run(plan):
             await out.emit(result)
-
-
-class Delivery:
-    """Results to stdout, counted, and marked delivered in the journal once the kernel has them.
-
-    A result counts as failed when the job failed, or when it cannot be written in the chosen
-    format; `total` counts the results written, those of an earlier run written again too.
-    """
-
-    def __init__(self, output: ResultOutput, encoder: Encoder, journal: Journal | None) -> None:
-        self._output = output
-        self._encoder = encoder
-        self._journal = journal
-        self.total = 0
-        self.failed = 0
-
-    async def start(self) -> None:
-        await self._output.write(self._encoder.header)
-
-    async def emit(self, result: JobResult) -> None:
-        self.total += 1
-        try:
-            data = self._encoder.encode(result)
-        except ValueError as exc:  # e.g. over the format's record size limit
-            log.error(f"job {result.id}: cannot write its result as {self._encoder.name}: {exc}")
-            self.failed += 1
-            return
-        self.failed += not result.ok
-        await self._output.write(data, result.id)
-        self._mark()
-
-    def _mark(self) -> None:
-        journal = self._journal
-        delivered = self._output.delivered()
-        if journal is not None and not journal.broken:
-            for job_id in delivered:
-                journal.mark_delivered(job_id)
-
-    async def close(self, timeout: float | None) -> None:
-        """Write what is left (waiting at most `timeout` for the reader), then mark it."""
-        try:
-            await self._output.close(timeout)
-        finally:
-            with contextlib.suppress(JournalError):  # the run already said the journal broke
-                self._mark()
 
 
 def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.forked import Cancel
+from dispatcher.once import OnceExit, OnceOutput, RunOnce
 from dispatcher.procs import (
     ALIVE,
     DENIED,
@@ -33,11 +35,14 @@ from dispatcher.procs import (
     SignalProcs,
     machine_id,
 )
-from dispatcher.protocol import STDOUT, Exit, Message, Output, Run, Started
+from dispatcher.protocol import STDOUT
 
 from .api import Cluster
 from .connect import KEY_ACCEPTED, KEY_KNOWN
-from .session import HostSession, Request
+from .errors import protocol_error
+from .hostlife import HostState
+from .hosts import HostSpec
+from .session import HostSession
 
 REPLY_TIMEOUT = 30.0
 """Seconds a ready dispatcher gets to answer a listing or a signal request."""
@@ -170,25 +175,32 @@ class HostCheck:
         return self.error is None
 
 
-class Machines(Cluster):
-    """A `Cluster` for one-shot commands over every host: find, killall, check, onall."""
+class Machines:
+    """One-shot commands over every host: find, killall, check, onall.
 
-    _ONCE_AIDS = -1
-    """onall attempts use negative ids, which a batch run's scheduler never hands out."""
+    It holds a `Cluster` (one connection and one dispatcher per host, as a run has) and asks
+    each host by request, with the arguments of `Cluster`; use it as `async with`.
+    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """The arguments of `Cluster`."""
-        super().__init__(*args, **kwargs)
-        self._once: dict[tuple[str, int], Request] = {}
+    def __init__(self, hosts: Sequence[HostSpec | str] | None = None, **kwargs: Any) -> None:
+        self._cluster = Cluster(hosts, **kwargs)
 
-    async def _on_message(self, session: HostSession, msg: Message) -> None:
-        """onall's Started, Output and Exit frames go to the waiting call, the rest as in a run."""
-        if isinstance(msg, Started | Output | Exit):
-            req = self._once.get((session.label, msg.aid))
-            if req is not None:
-                req.put(msg)
-                return
-        await super()._on_message(session, msg)
+    async def __aenter__(self) -> Machines:
+        await self._cluster.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._cluster.__aexit__(*exc_info)
+
+    @property
+    def hosts(self) -> dict[str, HostState]:
+        """The hosts, as the cluster knows them, in the order given."""
+        return self._cluster.hosts
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster the commands go through: a batch can run on it meanwhile."""
+        return self._cluster
 
     # -- find and killall -----------------------------------------------------------------
 
@@ -200,7 +212,7 @@ class Machines(Cluster):
             procs, error = await _find(session, pattern, timeout)
             return HostProcesses(session.label, procs, error)
 
-        return await self.each_host(ask, lambda host, why: HostProcesses(host, error=why))
+        return await self._cluster.each_host(ask, lambda host, why: HostProcesses(host, error=why))
 
     async def killall(
         self,
@@ -229,7 +241,7 @@ class Machines(Cluster):
                 return HostKills(session.label, error=listed.error)
             return HostKills(session.label, await _kill(session, listed.processes, sig, grace))
 
-        return await self.each_host(kill, lambda host, why: HostKills(host, error=why))
+        return await self._cluster.each_host(kill, lambda host, why: HostKills(host, error=why))
 
     # -- check ------------------------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class Machines(Cluster):
                 reply = await req.reply(HostProbe, REPLY_TIMEOUT)
             return HostCheck(
                 session.label,
-                key=None if session.spec.local else self._connector.host_key(session.label),
+                key=None if session.spec.local else self._cluster.host_key(session.label),
                 auth=None if session.spec.local else True,
                 python=hello.python,
                 cores=hello.cores,
@@ -255,7 +267,7 @@ class Machines(Cluster):
             )
 
         def failed(label: str, reason: str) -> HostCheck:
-            key = self._connector.host_key(label)
+            key = self._cluster.host_key(label)
             auth: bool | None = None
             if reason.startswith("authentication failed"):
                 key, auth = key or KEY_KNOWN, False  # the key check comes first in SSH
@@ -265,7 +277,7 @@ class Machines(Cluster):
                 key, auth = None, None
             return HostCheck(label, key=key, auth=auth, error=reason)
 
-        return await self.each_host(ask, failed)
+        return await self._cluster.each_host(ask, failed)
 
     # -- onall ------------------------------------------------------------------------------
 
@@ -274,26 +286,23 @@ class Machines(Cluster):
         data = command.encode() if isinstance(command, str) else command
 
         async def ask(session: HostSession) -> HostOutput:
-            aid = self._ONCE_AIDS
             # In the home directory on remote hosts, as `ssh host CMD` (and clush) run it;
             # in the current directory on the local machine, as a batch job would.
-            run = Run(aid, 0, data if session.spec.local else b"cd && " + data)
+            command = data if session.spec.local else b"cd && " + data
             out, err = bytearray(), bytearray()
             with session.request() as req:  # its HostError comes if the host is lost
-                self._once[(session.label, aid)] = req
-                try:
-                    session.send(run)
-                    while True:
-                        msg = await req.get(ONALL_TIMEOUT)
-                        if isinstance(msg, Output):
-                            (out if msg.stream == STDOUT else err).extend(msg.data)
-                        elif isinstance(msg, Exit):
-                            return HostOutput(session.label, bytes(out), bytes(err), msg.code,
-                                              msg.signal)  # fmt: skip
-                finally:
-                    del self._once[(session.label, aid)]
+                session.send(RunOnce(req.rid, command))
+                while True:
+                    msg = await req.get(ONALL_TIMEOUT)
+                    if isinstance(msg, OnceOutput):
+                        (out if msg.stream == STDOUT else err).extend(msg.data)
+                    elif isinstance(msg, OnceExit):
+                        return HostOutput(session.label, bytes(out), bytes(err), msg.code,
+                                          msg.signal)  # fmt: skip
+                    else:
+                        raise protocol_error(session.label, f"{type(msg).__name__} in onall")
 
-        return await self.each_host(ask, lambda host, why: HostOutput(host, error=why))
+        return await self._cluster.each_host(ask, lambda host, why: HostOutput(host, error=why))
 
 
 def _would_kill(listed: HostProcesses, refused: bool) -> HostKills:

@@ -17,18 +17,19 @@ its outcome is final: memory follows the work in flight (invariant 4). Fault tol
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from itertools import count
 
 from . import speculation
+from .backlog import Backlog, PendingJob
 from .batch import Job
 from .errors import UsageError
-from .lookahead import RoundTrips, default_lookahead, lookahead_for
-from .speculation import HostPause, Running, Runtimes, Slots, Speculation, Timeout
+from .hosttable import HostTable
+from .inflight import Flight, InFlight
+from .speculation import HostPause, Runtimes, Slots, Speculation, Timeout
 
 PEEK_FACTOR = 8
 """To decide whether a very slow host should sit out the tail, up to this many times the cluster's
@@ -127,30 +128,6 @@ class Abandoned:
     error: str
 
 
-@dataclass(slots=True)
-class _Job:
-    """A job pulled from the batch and not final yet; dropped when it is."""
-
-    job: Job
-    tries: int = 0  # attempts started, whatever became of them: the next one's number
-    failures: int = 0
-    losses: int = 0
-    failed_on: set[str] = field(default_factory=set)  # at most every host: bounded
-    aids: set[int] = field(default_factory=set)  # its attempts in flight
-
-
-@dataclass(slots=True)
-class _Run:
-    attempt: Attempt
-    started: float | None = None
-    doom: KillReason | None = None  # set when a kill was decided
-    limit: float = 0.0  # the timeout that killed it
-
-    @property
-    def job_id(self) -> int:
-        return self.attempt.job.id
-
-
 class Scheduler:
     """Job queue, host table, attempts in flight, and the decisions about them. `timeout`:
     seconds, or `"300%"` of the median successful duration (see `Timeout`); `speculate`: True
@@ -169,43 +146,29 @@ class Scheduler:
     ) -> None:
         if retries < 0 or max_losses < 1 or pause_after < 1 or pause_for < 0:
             raise UsageError("need retries >= 0, max_losses >= 1, pause_after >= 1, pause_for >= 0")
-        self._source = jobs
-        self._source_done = False
+        self._backlog = Backlog(jobs)
+        self._jobs = self._backlog.jobs  # jobs pulled and not final yet
         self._retries, self._max_losses = retries, max_losses
         self._timeout = Timeout.parse(timeout)
         self._spec = Speculation() if speculate is True else (speculate or None)
         self._pausing = speculation.Pausing(pause_after, pause_for)
-        self._queue: deque[int] = deque()  # ids of jobs waiting for a host; retries first
-        self._jobs: dict[int, _Job] = {}  # jobs pulled and not final yet
-        self._hosts: dict[str, Slots] = {}  # ready hosts
-        self._health: dict[str, speculation.HostHealth] = {}  # every host seen: pauses last
-        self._runs: dict[int, _Run] = {}  # attempts in flight, including those being killed
-        self._starts: OrderedDict[int, float] = OrderedDict()  # those started, not being killed
+        self._table = HostTable()
+        self._hosts = self._table.slots  # ready hosts
+        self._health = self._table.health  # every host seen: pauses last
+        self._flights = InFlight(self._jobs)  # attempts in flight, including those being killed
         self._kills: list[Kill] = []  # decided, not yet handed out by due_kills
         self._abandoned: list[Abandoned] = []
         self._aids = _AIDS
         self._now = -math.inf  # the latest `now` the caller gave
         self._successes = 0
         self.runtimes = Runtimes()
-        self._trips = RoundTrips()
-        self._adaptive: set[str] = set()  # hosts whose lookahead follows their round trip
 
     # -- events -----------------------------------------------------------------------------
 
     def host_ready(self, name: str, slots: int, lookahead: int | None = None) -> None:
         """The host can take `slots` running attempts plus `lookahead` queued ones; without a
         `lookahead`, the queue grows to hide the host's measured round trip (see lookahead.py)."""
-        extra = default_lookahead(slots) if lookahead is None else lookahead
-        if lookahead is None:
-            self._adaptive.add(name)
-        else:
-            self._adaptive.discard(name)
-        known = self._hosts.get(name)
-        if known is not None:  # announced again: new size, same attempts in flight
-            known.slots, known.capacity = slots, slots + extra
-        else:
-            self._hosts[name] = Slots(name, slots, slots + extra)
-            self._health.setdefault(name, speculation.HostHealth())
+        self._table.ready(name, slots, lookahead)
 
     def host_lost(self, name: str, *, now: float | None = None) -> list[Attempt]:
         """Forget the host and return all its attempts: drop their output, no Exit will count.
@@ -215,15 +178,12 @@ class Scheduler:
         retry left, is given up instead: see `take_abandoned`.
         """
         self._tick(now)
-        if (host := self._hosts.pop(name, None)) is None:
+        if (host := self._table.lost(name)) is None:
             return []
-        self._trips.forget_host(name)
-        for aid in host.attempts:
-            self._trips.forget(aid)
-        lost = sorted((self._runs.pop(aid) for aid in host.attempts), key=lambda r: r.job_id)
+        ends = (self._flights.end(aid) for aid in host.attempts)
+        lost = sorted((run for run in ends if run is not None), key=lambda r: r.job_id)
         again: list[int] = []
         for run in lost:
-            self._starts.pop(run.attempt.aid, None)
             state = self._jobs.get(run.job_id)
             if state is None or (run.doom is not None and run.doom.moot):
                 continue
@@ -242,20 +202,16 @@ class Scheduler:
                 self._abandoned.append(Abandoned(state.job, state.tries, name, error))
             elif not state.aids:  # else another copy of the job carries on
                 again.append(run.job_id)
-        self._queue.extendleft(reversed(again))
+        self._backlog.again(again)
         return [run.attempt for run in lost]
 
     def attempt_started(self, aid: int, now: float) -> None:
         """The dispatcher started the attempt (it may have queued it): its run time counts now.
-        `now` comes from a monotonic clock, so `_starts` is in start order."""
+        `now` comes from a monotonic clock, so starts stay in start order."""
         self._tick(now)
-        run = self._runs.get(aid)
-        if run is not None and run.started is None:
-            run.started = now
-            if run.doom is None:
-                self._starts[aid] = now
-        if (host := self._trips.started(aid, now)) is not None:
-            self._retune(host)
+        self._flights.start(aid, now)
+        if (host := self._table.started(aid, now)) is not None:
+            self._table.retune(host, self.runtimes)
 
     def attempt_ended(
         self, aid: int, *, ok: bool = True, now: float | None = None, duration: float | None = None
@@ -267,9 +223,8 @@ class Scheduler:
         default `ok=True` keeps callers that predate retries emitting every result.
         """
         now = self._tick(now)
-        run = self._runs.pop(aid, None)
-        self._starts.pop(aid, None)
-        self._trips.forget(aid)
+        run = self._flights.end(aid)
+        self._table.forget(aid)
         if run is None:
             return Ended(Verdict.STALE, None)
         host = self._hosts.get(run.attempt.host)
@@ -289,13 +244,13 @@ class Scheduler:
             size = duration / self.runtimes.slowness(run.attempt.host)
             self.runtimes.observe(run.attempt.host, duration)
             if not self._successes % RETUNE_EVERY:  # the typical job drifts slowly: cheaply
-                self._retune(run.attempt.host)
+                self._table.retune(run.attempt.host, self.runtimes)
         self._successes += 1
         self._health[run.attempt.host].streak.clear()
         self._final(state, run, now, size)
         return Ended(Verdict.FINAL, run.attempt, ok=True)
 
-    def _failed(self, state: _Job, run: _Run, error: str | None, now: float) -> Ended:
+    def _failed(self, state: PendingJob, run: Flight, error: str | None, now: float) -> Ended:
         """Count the failure; retry unless the job is out of retries."""
         name = run.attempt.host
         state.failures += 1
@@ -309,20 +264,19 @@ class Scheduler:
         if state.failures > self._retries:
             self._final(state, run, now, None)
             return Ended(Verdict.FINAL, run.attempt, ok=False, error=error, paused=paused)
-        self._queue.appendleft(run.job_id)
+        self._backlog.again([run.job_id])
         return Ended(Verdict.RETRY, run.attempt, error=error, paused=paused)
 
-    def _final(self, state: _Job, run: _Run, now: float, size: float | None) -> None:
+    def _final(self, state: PendingJob, run: Flight, now: float, size: float | None) -> None:
         """The job is done: kill its other attempts, whose late output is then STALE."""
         del self._jobs[run.job_id]
         for aid in sorted(state.aids):
-            other = self._runs[aid]
+            other = self._flights.runs[aid]
             if other.doom is None:
                 self._kills.append(Kill(other.attempt, KillReason.SUPERSEDED))
                 if other.started is not None and size:  # the loser's host is at least this slow
                     self.runtimes.at_least(other.attempt.host, now - other.started, size)
-            other.doom = KillReason.SUPERSEDED
-            self._starts.pop(aid, None)
+            self._flights.doom(other, KillReason.SUPERSEDED)
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -330,11 +284,11 @@ class Scheduler:
         """Attempts to start: copies of stragglers first (capped), then queued jobs, one job per
         host per round so hosts start evenly; once the batch ran dry, copies for idle slots."""
         now = self._tick(now)
-        usable = [h for h in self._hosts.values() if now >= self._health[h.name].paused_until]
-        dry_before = self._source_done
+        usable = self._table.usable(now)
+        dry_before = self._backlog.source_done
         runs = self._speculate(usable, now)
         runs += self._fill(usable)
-        if self._source_done and not dry_before:
+        if self._backlog.source_done and not dry_before:
             runs += self._speculate(usable, now)
         return runs
 
@@ -343,12 +297,12 @@ class Scheduler:
         attempt keeps its slot until its Exit, which `attempt_ended` judges: STALE for a loser,
         a failure (RETRY, or FINAL with `error`) for a timeout."""
         now = self._tick(now)
-        kills = [k for k in self._kills if k.attempt.aid in self._runs]  # not ended meanwhile
+        kills = [k for k in self._kills if k.attempt.aid in self._flights]  # not ended meanwhile
         self._kills = []
         for aid, limit in self._timeouts(now)[0]:
-            run = self._runs[aid]
-            run.doom, run.limit = KillReason.TIMEOUT, limit
-            del self._starts[aid]
+            run = self._flights.runs[aid]
+            run.limit = limit
+            self._flights.doom(run, KillReason.TIMEOUT)
             kills.append(Kill(run.attempt, KillReason.TIMEOUT))
         return kills
 
@@ -360,9 +314,9 @@ class Scheduler:
             return now
         times = [h.paused_until for h in self._health.values()] + [self._timeouts(now)[1]]
         if spec := self._spec:
-            alone, hosts = partial(self._started, alone=True), self._hosts.values()
+            alone, hosts = partial(self._flights.started, alone=True), self._hosts.values()
             times.append(
-                speculation.wake_time(spec, self.runtimes, alone, hosts, now, self._drained)
+                speculation.wake_time(spec, self.runtimes, alone, hosts, now, self._backlog.drained)
             )
         return min((t for t in times if t is not None and t > now), default=None)
 
@@ -371,18 +325,16 @@ class Scheduler:
         if self._timeout is None:
             return [], None
         limit = partial(self._timeout.limit, self.runtimes)
-        return speculation.due(self._started(), limit, self.runtimes, now)
+        return speculation.due(self._flights.started(), limit, self.runtimes, now)
 
     def abort(self) -> None:
         """Stop the run: start nothing more, kill every attempt in flight; their Exits are
         STALE and their jobs get no result (--halt now)."""
-        self._source_done = True
-        self._queue.clear()
-        for run in self._runs.values():
+        self._backlog.close()
+        for run in self._flights.runs.values():
             if run.doom is None:
                 self._kills.append(Kill(run.attempt, KillReason.HALTED))
-            run.doom = KillReason.HALTED
-        self._starts.clear()
+            self._flights.doom(run, KillReason.HALTED)
 
     def take_abandoned(self) -> list[Abandoned]:
         """Jobs given up with no result to emit (see `host_lost`): report each as a failed
@@ -406,27 +358,12 @@ class Scheduler:
         while hosts:
             hosts.sort(key=lambda h: -h.room)
             for host in list(hosts):
-                state = self._job_for(host, names)
+                state = self._backlog.next_for(host.name, names)
                 if state is not None:
                     runs.append(self._start(state, host))
                 if state is None or host.room <= 0:
                     hosts.remove(host)
         return runs
-
-    def _job_for(self, host: Slots, names: frozenset[str]) -> _Job | None:
-        """The first queued job this host may take, else a new one from the batch; a host where
-        the job failed takes it only when every host in `names` has failed it."""
-        for index, job_id in enumerate(self._queue):
-            state = self._jobs[job_id]
-            if host.name not in state.failed_on or names <= state.failed_on:
-                del self._queue[index]
-                return state
-        return self._pull()
-
-    def _pull(self) -> _Job | None:
-        job = None if self._source_done else next(self._source, None)
-        self._source_done = job is None
-        return None if job is None else self._jobs.setdefault(job.id, _Job(job))
 
     def _holds_back(self, host: Slots, usable: list[Slots]) -> bool:
         """A very slow host sits out the batch's tail if the others would finish it sooner.
@@ -434,84 +371,31 @@ class Scheduler:
         Knowing that few jobs are left takes reading ahead in the batch, bounded by PEEK_FACTOR
         times the cluster's capacity, so memory stays bounded by the work in flight.
         """
-        spec = self._spec
-        floor = self.runtimes.floor  # no host is faster
-        if spec is None or self.runtimes.slowness(host.name) < spec.slow_host_ratio * floor:
-            return False  # the cheap test first: most hosts are not very slow
-        others = [h for h in usable if h is not host]
-        limit = speculation.tail_limit(spec, self.runtimes, host, others)
-        if limit <= 0 or limit > PEEK_FACTOR * sum(h.capacity for h in self._hosts.values()):
+        if self._spec is None:
             return False
-        while len(self._queue) < limit and (state := self._pull()) is not None:
-            self._queue.append(state.job.id)
-        return len(self._queue) < limit
+        limit = self._table.tail_limit(host, usable, self._spec, self.runtimes, PEEK_FACTOR)
+        return limit > 0 and self._backlog.fewer_than(limit)
 
-    def _start(self, state: _Job, host: Slots, *, speculative: bool = False) -> Attempt:
+    def _start(self, state: PendingJob, host: Slots, *, speculative: bool = False) -> Attempt:
         state.tries += 1
         attempt = Attempt(next(self._aids), state.job, host.name, state.tries, speculative)
-        if host.load < host.slots and host.name in self._adaptive:  # it starts on arrival
-            self._trips.sent(attempt.aid, host.name, self._now)
-        self._runs[attempt.aid] = _Run(attempt)
+        self._table.sent(attempt.aid, host, self._now)
+        self._flights.add(attempt)
         host.attempts.add(attempt.aid)
         state.aids.add(attempt.aid)
         return attempt
 
-    def _retune(self, name: str) -> None:
-        """Size the host's queue to its round trip and its typical job (Little's law)."""
-        host, trip = self._hosts.get(name), self._trips.estimate(name)
-        if host is None or trip is None or name not in self._adaptive or not self.runtimes.count:
-            return
-        duration = self.runtimes.expected(name)
-        host.capacity = host.slots + lookahead_for(host.slots, trip, duration)
-
     # -- speculation ------------------------------------------------------------------------
 
     def _speculate(self, usable: list[Slots], now: float) -> list[Attempt]:
-        """Copies of attempts that a copy elsewhere is expected to beat (see speculation.py).
-
-        Views of the attempts are built only when a copy is possible: once the batch ran dry,
-        for all of them if a slot is idle; before, only for those running past the least
-        straggler threshold, found from the oldest start on (`_starts` is in start order).
-        """
-        spec, runtimes = self._spec, self.runtimes
-        if spec is None or runtimes.count < spec.min_samples:
+        """Copies of attempts that a copy elsewhere is expected to beat (see speculation.py)."""
+        spec = self._spec
+        if spec is None or self.runtimes.count < spec.min_samples:
             return []
-        hosts, drained = list(self._hosts.values()), self._drained
-        if drained:  # copies go to idle slots only
-            if all(h.slots <= h.load for h in usable):
-                return []
-            aids: Iterable[int] = (aid for aid, run in self._runs.items() if run.doom is None)
-        else:  # copies of stragglers only: none while the oldest attempt is young (most rounds)
-            if now - next(iter(self._starts.values()), now) <= spec.min_runtime:
-                return []
-            threshold = partial(spec.threshold, runtimes)
-            late = speculation.due(self._started(), threshold, runtimes, now)[0]
-            if not (aids := [aid for aid, _ in late]):
-                return []
-        copies = sum(len(state.aids) - 1 for state in self._jobs.values() if len(state.aids) > 1)
-        running = [self._view(aid) for aid in aids]
-        names = {h.name for h in usable}
-        plan = speculation.plan_speculation(
-            spec, runtimes, running, hosts, now, usable=names, drained=drained, copies=copies
-        )
+        hosts = list(self._hosts.values())
+        plan = self._flights.copies(spec, self.runtimes, hosts, usable, now, self._backlog.drained)
         start = partial(self._start, speculative=True)
-        return [start(self._job(aid), self._hosts[name]) for aid, name in plan]
-
-    def _view(self, aid: int) -> Running:
-        run = self._runs[aid]
-        state = self._job(aid)
-        avoid = frozenset(state.failed_on | {self._runs[a].attempt.host for a in state.aids})
-        return Running(aid, run.attempt.host, run.started, len(state.aids) == 1, avoid)
-
-    def _job(self, aid: int) -> _Job:
-        return self._jobs[self._runs[aid].job_id]
-
-    def _started(self, alone: bool = False) -> Iterator[tuple[int, str, float]]:
-        """`(aid, host, started)` of started attempts not being killed (and, if `alone`, the only
-        attempt of their job), in start order."""
-        for aid, started in self._starts.items():
-            if not alone or len(self._job(aid).aids) == 1:
-                yield aid, self._runs[aid].attempt.host, started
+        return [start(self._flights.job(aid), self._hosts[name]) for aid, name in plan]
 
     # -- state ------------------------------------------------------------------------------
 
@@ -522,13 +406,9 @@ class Scheduler:
         return self._now
 
     @property
-    def _drained(self) -> bool:
-        return self._source_done and not self._queue
-
-    @property
     def in_flight(self) -> int:
         """Attempts holding a slot, including those being killed."""
-        return len(self._runs)
+        return len(self._flights)
 
     @property
     def hosts(self) -> list[str]:
@@ -537,12 +417,13 @@ class Scheduler:
     @property
     def finished(self) -> bool:
         """Every job has its final outcome, every attempt has ended, every give-up was taken."""
-        return self._drained and not self._runs and not self._jobs and not self._abandoned
+        idle = not self._flights and not self._jobs and not self._abandoned
+        return idle and self._backlog.drained
 
     @property
     def has_pending(self) -> bool:
         """Work that has no host yet (cheap check; may pull nothing from the source)."""
-        return bool(self._queue) or not self._source_done
+        return self._backlog.has_pending
 
     def attempt(self, aid: int) -> Attempt | None:
-        return run.attempt if (run := self._runs.get(aid)) else None
+        return run.attempt if (run := self._flights.runs.get(aid)) else None

@@ -31,9 +31,12 @@ from dispatcher.syncproto import (
     SyncWant,
 )
 
-from .errors import HostError, protocol_error
+from .errors import AnetError, HostError, protocol_error
+from .logs import get_logger
 from .manifest import Tree
 from .session import HostSession, Request
+
+log = get_logger()
 
 REPLY_TIMEOUT = 300.0
 """Seconds for the host to answer a sync step; building a big tree from earlier ones (local
@@ -177,6 +180,31 @@ class Syncer:
             return self._report(
                 session, done.path, files, sent, reused, started, wire_start, waited
             )
+
+    async def prepare(self, session: HostSession, closing: asyncio.Event) -> SyncReport:
+        """A host's deps before it gets any job (they run inside): `sync`, said in one line.
+
+        If the scan failed (a missing or unsafe deps path), whoever started it reports that in
+        one line and closes the cluster: this host just waits for `closing`, silently.
+        """
+        try:
+            await self.tree()
+        except AnetError:
+            await closing.wait()
+            raise HostError(session.label, "deps could not be scanned", permanent=True) from None
+        report = await self.sync(session)
+        how = (
+            "already there"
+            if not report.files_sent
+            else f"{report.files_sent} files, {report.bytes_sent} bytes sent"
+        )
+        log.info(
+            f"{session.label}: deps ready in {report.seconds:.2f}s ({how})",
+            host=session.label,
+            path=report.path.decode(errors="replace"),
+            reused=report.reused,
+        )
+        return report
 
     async def tree(self) -> Tree:
         """The tree, once scanned: the scan may still run (in a thread) while hosts connect."""

@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
+from .once import OnceExit, OnceOutput, RunOnce
 from .pidfiles import PidFiles
 from .protocol import (
     DISPATCHER,
@@ -120,6 +121,7 @@ class Dispatcher:
         procs.register(self.handlers, self.send, self.forks)
         self.deps = SyncStore(home, self.send)
         self.deps.register(self.handlers)
+        self.handlers[RunOnce] = self.run_once
         self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
@@ -271,6 +273,22 @@ class Dispatcher:
                 self.watch_job(job)
             self.send(Started(run.aid, job.pid, slot))
 
+    def run_once(self, msg: RunOnce) -> None:
+        """An onall command: started at once, in no slot, under a negative id (the master's
+        attempt ids are >= 0); its frames are the request's replies."""
+        run = Run(-msg.rid, 0, msg.command)
+        cwd = self.deps.job_cwd or (self.setup.cwd if self.setup else "") or self.workdir
+        try:
+            job = spawn(run, 0, cwd, self.env, rid=msg.rid)
+        except (OSError, ValueError) as exc:
+            self.send(OnceOutput(msg.rid, STDERR, ("anet: cannot start: %s\n" % exc).encode()))
+            self.send(OnceExit(msg.rid, 127, None))
+            return
+        self.jobs[run.aid] = job
+        self.pidfiles.add(job.pid)
+        if not self.paused:
+            self.watch_job(job)
+
     def watch_job(self, job: JobProcess) -> None:
         for fd in job.pipes:
             self.sel.register(fd, selectors.EVENT_READ, self.job_reader(job))
@@ -282,7 +300,7 @@ class Dispatcher:
             except BlockingIOError:
                 return
             if data:
-                self.send(Output(job.aid, job.pipes[fd], data))
+                self.send(job.output_message(job.pipes[fd], data))
                 return
             self.close_job_fd(job, fd)
             self.maybe_finish(job)
@@ -299,9 +317,9 @@ class Dispatcher:
         stop waiting for their EOF, and say so in the job's stderr (its exit status stays)."""
         for fd in list(job.pipes):
             for data in read_buffered(fd):
-                self.send(Output(job.aid, job.pipes[fd], data))
+                self.send(job.output_message(job.pipes[fd], data))
             self.close_job_fd(job, fd)
-        self.send(Output(job.aid, STDERR, CUT_NOTE))
+        self.send(job.output_message(STDERR, CUT_NOTE))
         self.maybe_finish(job)
 
     def on_sigchld(self, fd: int) -> None:
@@ -324,7 +342,8 @@ class Dispatcher:
             return
         del self.jobs[job.aid]
         self.pidfiles.remove(job.pid)
-        heapq.heappush(self.free_slots, job.slot)
+        if job.slot:  # an onall command took none
+            heapq.heappush(self.free_slots, job.slot)
         self.send(job.exit_message())
         self.start_queued()
 

@@ -20,14 +20,26 @@ import termios
 import time
 from typing import IO, Dict, Iterator, Optional, Union
 
-from .protocol import OUTPUT_CHUNK, STDERR, STDOUT, Exit, Run
+from .once import OnceExit, OnceOutput
+from .protocol import OUTPUT_CHUNK, STDERR, STDOUT, Exit, Message, Output, Run
 
 
 class JobProcess:
-    """One running attempt: its process, its open output pipes, and how it ended."""
+    """One running attempt: its process, its open output pipes, and how it ended.
 
-    def __init__(self, run: Run, slot: int, proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    An onall command (`rid` set) runs the same way, in slot 0 (it takes none), and its frames
+    are the request's replies (once.py) rather than an attempt's.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        slot: int,
+        proc: subprocess.Popen,  # type: ignore[type-arg]
+        rid: Optional[int] = None,
+    ) -> None:
         self.aid = run.aid
+        self.rid = rid
         self.slot = slot
         self.proc = proc
         self.pid = proc.pid
@@ -82,12 +94,19 @@ class JobProcess:
         self.maxrss_kb = usage.ru_maxrss
         return True
 
-    def exit_message(self) -> Exit:
+    def output_message(self, stream: int, data: bytes) -> Message:
+        if self.rid is not None:
+            return OnceOutput(self.rid, stream, data)
+        return Output(self.aid, stream, data)
+
+    def exit_message(self) -> Message:
         status = self.status if self.status is not None else 0
         if os.WIFSIGNALED(status):
             code, sig = None, os.WTERMSIG(status)
         else:
             code, sig = os.WEXITSTATUS(status), None
+        if self.rid is not None:
+            return OnceExit(self.rid, code, sig)
         return Exit(self.aid, code, sig, self.duration, self.cpu, self.maxrss_kb)
 
     def drain_clock(self, now: float, reading: bool) -> None:
@@ -107,7 +126,9 @@ class JobProcess:
             pipe.close()
 
 
-def spawn(run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str]) -> JobProcess:
+def spawn(
+    run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str], rid: Optional[int] = None
+) -> JobProcess:
     """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report."""
     job_env = dict(env)
     job_env.update(run.env)
@@ -123,7 +144,7 @@ def spawn(run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str]) -> J
         start_new_session=True,
         close_fds=True,
     )
-    return JobProcess(run, slot, proc)
+    return JobProcess(run, slot, proc, rid)
 
 
 def read_buffered(fd: int) -> Iterator[bytes]:

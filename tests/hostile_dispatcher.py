@@ -33,8 +33,8 @@ The knobs (:class:`Behaviour`; every default is honest):
   every attempt id up to ``forge_window`` below it that it was not given: the sequential ids
   the other hosts got. Its own jobs still run honestly.
 - ``started`` / ``output`` / ``exit``: fields to replace in every Started / Output / Exit
-  frame about its own jobs: ``{"slot": 99}``, ``{"stream": 7}``, ``{"code": 2**40}``,
-  ``{"duration": float("nan")}``.
+  frame about its own jobs (and onall's OnceOutput / OnceExit): ``{"slot": 99}``,
+  ``{"stream": 7}``, ``{"code": 2**40}``, ``{"duration": float("nan")}``.
 - ``started_twice``, ``exit_twice``, ``output_after_exit``: repeat the Started; repeat the
   Exit; send one more Output after the Exit.
 - ``replies``: request class name (``"FindProcs"``, ``"SignalProcs"``, ``"ProbeHost"``,
@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from dispatcher.__main__ import HIGH_WATER, Dispatcher, _take_protocol_fds
+from dispatcher.once import OnceExit, OnceOutput
 from dispatcher.protocol import (
     BOOT_ERROR,
     BOOT_MARK,
@@ -203,10 +204,17 @@ class HostileDispatcher(Dispatcher):
             for each in ([msg.CODE, *values.values()], *self.b.after_hello):
                 self.send_raw(each)
             return
-        knobs = {Started: self.b.started, Output: self.b.output, Exit: self.b.exit}
+        knobs = {
+            Started: self.b.started,
+            Output: self.b.output,
+            Exit: self.b.exit,
+            OnceOutput: self.b.output,  # onall's frames are lied about as the jobs' are
+            OnceExit: self.b.exit,
+        }
         if lies := knobs.get(type(msg)):
             values.update(lies)
-            self.note(f"lied {type(msg).__name__} {values!r}"[:200])
+            kind = {OnceOutput: "Output", OnceExit: "Exit"}.get(type(msg), type(msg).__name__)
+            self.note(f"lied {kind} {values!r}"[:200])
         body = [msg.CODE, *values.values()]
         self.send_raw(body)
         if isinstance(msg, Started) and self.b.started_twice:

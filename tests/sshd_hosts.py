@@ -55,6 +55,8 @@ _SFTP_SERVERS = (
     Path("/usr/lib/ssh/sftp-server"),  # Arch
 )
 _UNSAFE_PATH_CHARS = re.compile(r"[\s\"'%#\\]")
+PARTITION_TAG = f"anet-test-partition-{os.getpid()}"
+"""The iptables comment on every rule :meth:`SshdHost.partition` adds: this process's rules."""
 
 ProcId = tuple[int, int]
 """(pid, start time in clock ticks): unlike a bare pid, it cannot be recycled."""
@@ -243,6 +245,7 @@ class SshdHost:
         self.host_key = dir / "ssh_host_ed25519_key"
         self._listener: subprocess.Popen[bytes] | None = None
         self._frozen = False
+        self._partitioned = False
 
     def __repr__(self) -> str:
         return f"<SshdHost {self.name} {self.spec} alive={self.alive} frozen={self._frozen}>"
@@ -285,6 +288,7 @@ class SshdHost:
 
     def stop(self) -> None:
         """Crash the host: SIGTERM the listener, SIGKILL every session and process it started."""
+        self.heal()
         if self._listener is None:
             return
         listener, self._listener, self._frozen = self._listener, None, False
@@ -318,6 +322,31 @@ class SshdHost:
         if self._listener is not None:
             _signal(self._tree(self._listener.pid), signal.SIGCONT)
         self._frozen = False
+
+    def partition(self) -> None:
+        """Cut the host off the network, both ways: TCP stays open, nothing arrives (root and
+        iptables needed). Undone by :meth:`heal`, and by :meth:`stop`, so no rule outlives it.
+
+        Only this host's sshd port is cut, not its address: every cluster on the machine uses
+        the same 127.0.0.x addresses, and another test run's hosts must not go silent too.
+        """
+        self._iptables("-I")
+        self._partitioned = True
+
+    def heal(self) -> None:
+        """Remove what :meth:`partition` added (idempotent)."""
+        if self._partitioned:
+            self._iptables("-D")
+            self._partitioned = False
+
+    def _iptables(self, action: str) -> None:
+        for way in (("-d", "--dport"), ("-s", "--sport")):  # to sshd, and from it
+            where = [way[0], self.address, way[1], str(self.port)]
+            rule = ["INPUT", "-p", "tcp", *where, "-m", "comment", "--comment", PARTITION_TAG]
+            subprocess.run(
+                ["iptables", "-w", action, *rule, "-j", "DROP"],
+                check=action == "-I", capture_output=True,
+            )  # fmt: skip
 
     def accepted_connections(self) -> int:
         """Successful logins so far, across restarts (sshd appends to one log)."""
@@ -556,6 +585,12 @@ class SshdCluster:
         )
         script.chmod(0o755)
         return script
+
+
+def partition_rules() -> list[str]:
+    """The iptables rules this process's partitions left in place (``iptables -S`` lines)."""
+    listed = subprocess.run(["iptables", "-w", "-S"], check=True, capture_output=True, text=True)
+    return [line for line in listed.stdout.splitlines() if PARTITION_TAG in line]
 
 
 def leftover_processes(

@@ -81,7 +81,7 @@ def test_jobs_run_while_a_pattern_is_matched_and_giving_up_cancels_it(make_clust
     async def main() -> None:
         options = SshOptions(config=own.ssh_config)
         async with Machines(["host1"], ssh=options) as machines:
-            session = await machines.ready_session("host1")
+            session = await machines.cluster.ready_session("host1")
             assert session.hello is not None
             dispatcher = session.hello.pid
             before = busy(dispatcher)
@@ -89,7 +89,7 @@ def test_jobs_run_while_a_pattern_is_matched_and_giving_up_cancels_it(make_clust
             await _until(lambda: busy(dispatcher) - before >= 20, 10, "matching never started")
 
             async with asyncio.timeout(8):  # well before the 15 s watchdog drops the host
-                results = [r async for r in machines.run(["echo ok"] * 4)]
+                results = [r async for r in machines.cluster.run(["echo ok"] * 4)]
             assert sorted(r.stdout for r in results) == [b"ok\n"] * 4
             assert not finding.done()
 
@@ -108,7 +108,7 @@ def test_jobs_run_while_a_pattern_is_matched_and_giving_up_cancels_it(make_clust
             )
             assert asyncio.get_running_loop().time() - started < 10
             await _until(lambda: not children(dispatcher), 3, "the late matcher lives on")
-            again = [r async for r in machines.run(["echo still"])]
+            again = [r async for r in machines.cluster.run(["echo still"])]
             assert [r.stdout for r in again] == [b"still\n"]
 
     asyncio.run(main())

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from anet.batch import Job
-from anet.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict, default_lookahead
+from anet.lookahead import default_lookahead
+from anet.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from anet.speculation import Speculation
 
 

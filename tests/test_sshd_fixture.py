@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -201,3 +202,23 @@ def test_missing_sshd_is_an_error_not_a_skip(
     monkeypatch.setattr(sshd_hosts, "SSHD_FALLBACK", tmp_path / "sshd")
     with pytest.raises(SshdError, match="openssh-server"):
         sshd_hosts.find_sshd()
+
+
+def test_a_partition_cuts_off_that_host_only(make_cluster) -> None:
+    """Every cluster on this machine uses the same 127.0.0.x addresses (other ports): cutting
+    one host off must leave another cluster's host on the same address alone, or two test runs
+    sharing a machine break each other's hosts."""
+    assert os.geteuid() == 0, "a partition needs root (and iptables): CI runs as root"
+    mine, neighbours = make_cluster(1), make_cluster(1)
+    cut, neighbour = mine["host1"], neighbours["host1"]
+    assert cut.address == neighbour.address and cut.port != neighbour.port
+    try:
+        cut.partition()
+        assert ok(neighbours, "host1", "echo reachable") == "reachable\n"
+        silent = ssh(mine, "host1", "true", "-o", "ConnectTimeout=2")
+        assert silent.returncode == 255 and "timed out" in silent.stderr, silent.stderr
+        assert len(sshd_hosts.partition_rules()) == 2
+    finally:
+        cut.heal()
+    assert sshd_hosts.partition_rules() == []
+    assert ok(mine, "host1", "echo back") == "back\n"
