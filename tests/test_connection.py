@@ -86,12 +86,15 @@ _PLAIN: dict[str, Any] = {
 
 
 def sample(cls: type) -> Message:
-    """A valid message of `cls`, whatever its fields: ones, halves, one-letter strings."""
+    """A valid message of `cls`, whatever its fields: ones, halves, one-letter strings, and
+    one optional int set (an exit's code, not its signal)."""
     if cls is Hello:
         return HELLO
-    if cls is Exit:
-        return Exit(1, 0, None, 0.5, 0.5, 1)
-    msg = cls(*(_PLAIN[str(f.type)] for f in dataclasses.fields(cls)))
+    values = [_PLAIN[str(f.type)] for f in dataclasses.fields(cls)]
+    optional = [i for i, f in enumerate(dataclasses.fields(cls)) if str(f.type) == "Optional[int]"]
+    if optional:
+        values[optional[0]] = 0
+    msg = cls(*values)
     assert decode_body(encode(msg)[4:]) == msg  # a valid frame: refused only for who sent it
     return msg
 
@@ -379,24 +382,25 @@ def test_a_second_hello_or_setup_is_refused():
         master.send(SETUP)
 
 
-@pytest.mark.parametrize("cls", [c for c in MESSAGES if c.SENDER is not MASTER])
-def test_nothing_comes_after_bye(cls: type):
-    master, disp = running()
-    events(master, disp.send(Bye()))
-    with pytest.raises(RemoteProtocolError, match=f"the dispatcher sent {cls.__name__} after Bye"):
-        events(master, encode(sample(cls)))
-    with pytest.raises(LocalProtocolError, match=f"cannot send {cls.__name__}: the dispatcher"):
-        disp.send(sample(cls))
+_AFTER_LAST_WORDS = [(Bye(), c) for c in MESSAGES if c.SENDER is not MASTER] + [
+    (Shutdown(), c) for c in MESSAGES if c.SENDER is not DISPATCHER
+]
 
 
-@pytest.mark.parametrize("cls", [c for c in MESSAGES if c.SENDER is not DISPATCHER])
-def test_nothing_comes_after_shutdown(cls: type):
+@pytest.mark.parametrize(
+    ("last", "cls"),
+    _AFTER_LAST_WORDS,
+    ids=[f"{type(last).__name__}-{cls.__name__}" for last, cls in _AFTER_LAST_WORDS],
+)
+def test_nothing_comes_after_bye_or_shutdown(last: Message, cls: type):
     master, disp = running()
-    events(disp, master.send(Shutdown()))
-    with pytest.raises(RemoteProtocolError, match=f"the master sent {cls.__name__} after Shutdown"):
-        events(disp, encode(sample(cls)))
-    with pytest.raises(LocalProtocolError, match=f"cannot send {cls.__name__}: the master is clo"):
-        master.send(sample(cls))
+    sender, receiver = (disp, master) if isinstance(last, Bye) else (master, disp)
+    assert events(receiver, sender.send(last)) == [last]
+    who, name, after = sender.role.value, cls.__name__, type(last).__name__
+    with pytest.raises(RemoteProtocolError, match=f"^the {who} sent {name} after {after}$"):
+        events(receiver, encode(sample(cls)))
+    with pytest.raises(LocalProtocolError, match=f"^cannot send {name}: the {who} is closed$"):
+        sender.send(sample(cls))
 
 
 def test_the_master_sends_nothing_before_hello_and_setup_comes_first():
