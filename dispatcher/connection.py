@@ -80,12 +80,12 @@ class State(enum.Enum):
     BROKEN = "broken"  # it broke the protocol; nothing more of it is believed
 
 
-PAYLOAD_SENT = "payload sent"
+_PAYLOAD_SENT = "payload sent"
 
 _NEXT: Dict[Tuple[Role, State, Any], State] = {
-    # whose state  in state        on                   becomes
+    # whose state  in state         on                    becomes
     (DISPATCHER, State.BOOTING, BOOT_NEED_PAYLOAD): State.PAYLOAD,
-    (DISPATCHER, State.PAYLOAD, PAYLOAD_SENT): State.BOOTING,
+    (DISPATCHER, State.PAYLOAD, _PAYLOAD_SENT): State.BOOTING,
     (DISPATCHER, State.BOOTING, BOOT_ERROR): State.FAILED,
     (DISPATCHER, State.BOOTING, BOOT_FRAMES): State.HELLO,
     (DISPATCHER, State.HELLO, Hello): State.RUNNING,
@@ -152,11 +152,11 @@ class Connection:
     `receive_data(data)` takes what the peer sent (b"" at the end of its stream); then
     `next_event()` returns one event at a time until NEED_DATA: the peer's messages and, on the
     master's end, the stub's PayloadWanted (then PAUSED until `send_payload()`) and BootFailed;
-    at the end ConnectionClosed. `send`
-    turns a message into the bytes to write. Both ends' states are tracked (`our_state`,
-    `their_state`), and a message its sender may not send, or not in its state, is refused:
-    RemoteProtocolError from the peer (StartupError during its start-up), LocalProtocolError
-    from this side. After a RemoteProtocolError the connection stays broken.
+    at the end ConnectionClosed. `send` turns a message into the bytes to write. Both ends'
+    states are tracked (`our_state`, `their_state`), and a message its sender may not send, or
+    not in its state, is refused: RemoteProtocolError from the peer (StartupError during its
+    start-up), LocalProtocolError from this side. After a RemoteProtocolError the connection
+    stays broken.
 
     The master's end meets the dispatcher's from its login noise on; the dispatcher's end starts
     where the stub left off (`start()` gives its boot mark) and needs the master's Setup first.
@@ -307,7 +307,7 @@ class Connection:
         """The master's answer to PayloadWanted: the length line, then the dispatcher's zip."""
         if self.role is not MASTER or self._states[DISPATCHER] is not State.PAYLOAD:
             raise LocalProtocolError("no payload was asked for")
-        self._states[DISPATCHER] = _NEXT[(DISPATCHER, State.PAYLOAD, PAYLOAD_SENT)]
+        self._states[DISPATCHER] = _NEXT[(DISPATCHER, State.PAYLOAD, _PAYLOAD_SENT)]
         self._noise = 0  # the stub starts again: noise is counted afresh
         return b"%d\n" % len(payload) + payload
 
