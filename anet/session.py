@@ -58,6 +58,7 @@ log = get_logger()
 
 M = TypeVar("M", bound=Message)
 
+RUNNING, CLOSED = State.RUNNING, State.CLOSED  # read per frame sent: an Enum's class is slow
 MAX_AUTO_SLOTS = 1024
 """Slots a host gets from its own core count, at most: a host cannot draw a whole batch to
 itself by claiming 10,000 cores. The user's `N/host` or `-j N` is believed as it is."""
@@ -181,7 +182,7 @@ class HostSession:
     def closing(self) -> bool:
         """Nothing more is sent: this side asked the dispatcher to stop, or it said Bye (or its
         stream ended)."""
-        return self._stopping or self._conn.their_state is State.CLOSED
+        return self._stopping or self._conn.their_state is CLOSED
 
     def send(self, *messages: Message) -> None:
         """Queue frames in one write; the transport buffers it, the dispatcher always reads.
@@ -190,7 +191,7 @@ class HostSession:
         payload) and once it is closing, they are dropped, as the requeue of this host's
         attempts makes up for."""
         conn = self._conn
-        if self._channel is not None and not self.closing and conn.our_state is State.RUNNING:
+        if self._channel is not None and not self.closing and conn.our_state is RUNNING:
             self._write(b"".join(map(conn.send, messages)))
 
     def _write(self, data: bytes) -> None:
@@ -374,16 +375,10 @@ class HostSession:
                 if self._silence is not None:
                     raise HostError(self.label, self._silence)
                 raise await self._died("connection lost")
+            elif (req := self._requests.get(getattr(event, "rid", -1))) is not None:
+                req.put(event)  # a request's reply goes to its request
             else:
-                await self._dispatch(event)
-
-    async def _dispatch(self, msg: Message) -> None:
-        """A request's reply to its request, any other frame (Bye too) to the owner."""
-        req = self._requests.get(getattr(msg, "rid", -1))
-        if req is not None:
-            req.put(msg)
-        else:
-            await self._on_message(self, msg)
+                await self._on_message(self, event)  # any other frame (Bye too) to the owner
 
     async def shutdown(self) -> None:
         """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""

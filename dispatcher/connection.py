@@ -79,6 +79,8 @@ class State(enum.Enum):
     FAILED = "failed"  # the stub reported a start-up error (E); nothing more is read
     BROKEN = "broken"  # it broke the protocol; nothing more of it is believed
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python, per frame
+
 
 _PAYLOAD_SENT = "payload sent"
 
@@ -104,6 +106,7 @@ _TURNS = frozenset(key[2].CODE for key in _NEXT if isinstance(key[2], type))
 _FRAMES = (State.HELLO, State.SETUP, State.RUNNING, State.CLOSED)
 """States in which what the peer sends is read as frames."""
 _RUNNING = State.RUNNING
+"""For the hot paths: an Enum member read through its class costs about 0.3 us on 3.11."""
 
 
 class _Sentinel:
@@ -299,7 +302,7 @@ class Connection:
                 "the %s may not send %s: only the %s does"
                 % (self.role.value, type(msg).__name__, sender.value)
             )
-        if self._states[self.role] is not State.RUNNING or msg.CODE in _TURNS:
+        if self._states[self.role] is not _RUNNING or msg.CODE in _TURNS:
             self._turn(self.role, msg, remote=False)
         return data
 

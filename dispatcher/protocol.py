@@ -95,6 +95,8 @@ class Role(enum.Enum):
     EITHER = "either"
     """As a message's SENDER only: both ends send it (Heartbeat)."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python, per frame
+
 
 MASTER = Role.MASTER
 DISPATCHER = Role.DISPATCHER
