@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .protocol import (
     BOOT_ERROR,
@@ -149,6 +149,10 @@ class ConnectionClosed:
         return self.state is State.CLOSED
 
 
+Event = Union[Message, PayloadWanted, BootFailed, ConnectionClosed]
+"""What `next_event()` returns, but for its NEED_DATA and PAUSED."""
+
+
 class Connection:
     """One end of a master <-> dispatcher session, sans I/O (as h11 is for HTTP).
 
@@ -200,7 +204,7 @@ class Connection:
             self._pos = 0
         self._buf += data
 
-    def next_event(self) -> Any:
+    def next_event(self) -> Union[Event, _Sentinel]:
         """The next event the received bytes complete, or NEED_DATA (or PAUSED)."""
         state = self._states[self.peer]
         if state is _RUNNING:  # the hot path: a job's frames, all of one kind of check
@@ -227,7 +231,7 @@ class Connection:
         cut = len(self._buf) - self._pos if state in _FRAMES else 0
         return ConnectionClosed(state, cut)
 
-    def _next_event(self, state: State) -> Any:
+    def _next_event(self, state: State) -> Union[Event, _Sentinel, None]:
         if state in _FRAMES:
             return self._next_message(state)
         if state is State.BOOTING:
@@ -255,7 +259,7 @@ class Connection:
         self._turn(self.peer, msg, remote=True)
         return msg
 
-    def _next_boot(self) -> Any:
+    def _next_boot(self) -> Optional[Event]:
         """The dispatcher's end boots: skip login noise (at most MAX_NOISE) up to a boot mark."""
         buf = self._buf
         at = buf.find(BOOT_MARK, self._pos)
