@@ -35,6 +35,15 @@ def state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
+def settled_state(pid: int, want: str, within: float = 5.0) -> str:
+    """The process's state once it is `want`, or whatever it is after `within` seconds: a
+    signal is delivered asynchronously, so a loaded machine may show the old state a moment."""
+    deadline = time.monotonic() + within
+    while (now := state(pid)) != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return now
+
+
 def wait_for(host: SshdHost, command: str) -> int:
     """The pid of ``command`` once the host runs it (its login may still be busy before)."""
     deadline = time.monotonic() + 10
@@ -145,7 +154,7 @@ def test_freeze_hangs_new_and_open_sessions_and_thaw_restores(make_cluster) -> N
     host.freeze()
     assert host.alive
     assert host.frozen
-    assert state(sleeper) == "T"
+    assert settled_state(sleeper, "T") == "T"
     started = time.monotonic()
     hung = ssh(hosts, "host1", "true", "-o", "ConnectTimeout=2")
     assert hung.returncode == 255
