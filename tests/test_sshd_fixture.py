@@ -163,7 +163,7 @@ def test_freeze_hangs_new_and_open_sessions_and_thaw_restores(make_cluster) -> N
 
     host.thaw()
     assert not host.frozen
-    assert state(sleeper) != "T"
+    assert settled_state(sleeper, "S") != "T"
     assert ok(hosts, "host1", "echo thawed") == "thawed\n"
     session.kill()
     session.wait()
