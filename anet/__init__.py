@@ -16,17 +16,21 @@ from __future__ import annotations
 
 from . import results
 from ._version import __version__
-from .api import Cluster, HostState
-from .batch import Job, read_batch
-from .connect import SshOptions
+from .api import Cluster, HostState, RunOptions, RunPlan, RunPolicy
+from .core.batch import Job, read_batch
+from .core.halt import HaltPolicy
+from .core.record import JobResult
 from .errors import AnetError, HostError, NoHostError, ResultFormatError, UsageError
-from .hosts import HostSpec, parse_spec, resolve_hosts
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
-from .record import JobResult
+from .remote.connect import SshOptions
+from .remote.hosts import HostSpec, parse_spec, resolve_hosts
+from .streams.journal import Journal
+from .streams.sinks import encoder_for
 
 __all__ = [
     "AnetError",
     "Cluster",
+    "HaltPolicy",
     "HostCheck",
     "HostError",
     "HostKills",
@@ -36,12 +40,17 @@ __all__ = [
     "HostState",
     "Job",
     "JobResult",
+    "Journal",
     "Machines",
     "NoHostError",
     "ResultFormatError",
+    "RunOptions",
+    "RunPlan",
+    "RunPolicy",
     "SshOptions",
     "UsageError",
     "__version__",
+    "encoder_for",
     "parse_spec",
     "read_batch",
     "resolve_hosts",

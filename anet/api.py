@@ -23,24 +23,24 @@ from typing import TypeVar
 
 from dispatcher.protocol import Exit, Message, Output, Started
 
-from .attemptlog import AttemptLog, AttemptObserver
-from .batch import Job, as_jobs
-from .bootstrap import Payload, payload
-from .connect import Connector, SshOptions
+from .core.batch import Job, as_jobs
+from .core.engine import RunPolicy
+from .core.halt import Halt
+from .core.record import JobResult
+from .deps.manifest import Tree
+from .deps.sync import Progress, Syncer, SyncReport
 from .drive import Drive
-from .engine import RunPolicy
 from .errors import HostError, protocol_error
-from .halt import Halt
-from .hostlife import HostPhase, HostState, host_life, stuck
-from .hosts import HostSpec, parse_spec
-from .journal import Journal
 from .logs import get_logger
-from .manifest import Tree
-from .record import JobResult
+from .remote.bootstrap import Payload, payload
+from .remote.connect import Connector, SshOptions
+from .remote.hostlife import HostPhase, HostState, host_life, stuck
+from .remote.hosts import HostSpec, parse_spec
+from .remote.session import HostSession, SessionConfig
+from .remote.transport import LocalTransport, SshTransport
 from .runs import RunOptions, RunPlan, marked
-from .session import HostSession, SessionConfig
-from .sync import Progress, Syncer, SyncReport
-from .transport import LocalTransport, SshTransport
+from .streams.attemptlog import AttemptLog, AttemptObserver
+from .streams.journal import Journal
 
 __all__ = ["KEEPALIVE", "Cluster", "HostState", "RunOptions", "RunPlan", "RunPolicy"]
 

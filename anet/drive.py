@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from dispatcher.protocol import Message, Output
 
-from .attemptlog import AttemptLog
-from .batch import Job
-from .engine import Actions, Engine, HostStats, RunPolicy
+from .core.batch import Job
+from .core.engine import Actions, Engine, HostStats, RunPolicy
+from .core.record import JobResult
 from .errors import NoHostError
-from .flow import ByteBoundedQueue
-from .journal import Journal, JournalError
 from .logs import get_logger
-from .record import JobResult
+from .streams.attemptlog import AttemptLog
+from .streams.flow import ByteBoundedQueue
+from .streams.journal import Journal, JournalError
 
 log = get_logger()
 

@@ -38,11 +38,11 @@ from dispatcher.procs import (
 from dispatcher.protocol import STDOUT
 
 from .api import Cluster
-from .connect import KEY_ACCEPTED, KEY_KNOWN
 from .errors import protocol_error
-from .hostlife import HostState
-from .hosts import HostSpec
-from .session import HostSession
+from .remote.connect import KEY_ACCEPTED, KEY_KNOWN
+from .remote.hostlife import HostState
+from .remote.hosts import HostSpec
+from .remote.session import HostSession
 
 REPLY_TIMEOUT = 30.0
 """Seconds a ready dispatcher gets to answer a listing or a signal request."""

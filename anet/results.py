@@ -39,9 +39,9 @@ from typing import Any, BinaryIO, Final
 
 import msgpack
 
-from anet import sinks
+from anet.core.record import JobResult
 from anet.errors import ResultFormatError, UsageError
-from anet.record import JobResult
+from anet.streams import sinks
 
 CHUNK: Final = 64 * 1024
 """How much the reader asks its stream for at a time."""

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .batch import Job
-from .halt import Halt, HaltPolicy
-from .journal import IdSet, Journal
-from .keeporder import FileSpill, JournalSpill, KeepOrder, Spill
+from .core.batch import Job
+from .core.halt import Halt, HaltPolicy
+from .core.record import JobResult
 from .logs import get_logger
-from .record import JobResult
+from .streams.journal import IdSet, Journal
+from .streams.keeporder import FileSpill, JournalSpill, KeepOrder, Spill
 
 log = get_logger()
 

@@ -10,8 +10,8 @@ succeeded, 1 if some failed, 2 if the stream is corrupt.
 import sys
 
 import anet.results
+from anet import JobResult
 from anet.errors import ResultFormatError
-from anet.record import JobResult
 
 
 def status(rec: JobResult) -> str:

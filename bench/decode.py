@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from anet.bootstrap import Payload
-from anet.hosts import parse_spec
-from anet.session import HostSession, SessionConfig
-from anet.transport import Channel
+from anet.remote.bootstrap import Payload
+from anet.remote.hosts import parse_spec
+from anet.remote.session import HostSession, SessionConfig
+from anet.remote.transport import Channel
 from dispatcher import protocol
 from dispatcher.protocol import (
     BOOT_FRAMES,

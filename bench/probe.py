@@ -23,9 +23,9 @@ STARTED = time.perf_counter()
 MARK = 10_000
 
 from anet.api import Cluster, RunPolicy  # noqa: E402  (import time counts in `total`)
-from anet.batch import open_batch, read_batch  # noqa: E402
-from anet.cli_common import run_async  # noqa: E402
-from anet.connect import SshOptions  # noqa: E402
+from anet.cli.common import run_async  # noqa: E402
+from anet.core.batch import open_batch, read_batch  # noqa: E402
+from anet.remote.connect import SshOptions  # noqa: E402
 
 
 def _cpu() -> tuple[float, float]:

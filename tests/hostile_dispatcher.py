@@ -10,7 +10,7 @@ Use it through the ``make_hostile`` fixture (tests/conftest.py)::
 
 How it is wired. The hostile host is an ``SshdCluster`` host made with ``shims``: its sessions
 find ``host.shims`` first on their PATH, and :class:`Hostile` puts a ``python3`` there. When
-anet starts its dispatcher (``python3 -c STUB``, see anet/bootstrap.py) the shim runs the
+anet starts its dispatcher (``python3 -c STUB``, see anet/remote/bootstrap.py) the shim runs the
 *test's* interpreter with the same argv (so the process still looks like a dispatcher to
 ``anet find``) and a ``sitecustomize`` that, before the stub runs, turns the process into
 :class:`HostileDispatcher`. Any other ``python3`` on that host (a job's) is the host's own.

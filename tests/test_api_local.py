@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anet
 import anet.drive
-from anet.batch import Job
+from anet.core.batch import Job
 
 
 async def collect(cluster: anet.Cluster, commands) -> list[anet.JobResult]:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anet.backoff import Backoff
+from anet.core.backoff import Backoff
 
 
 class Highest(random.Random):

@@ -1,4 +1,4 @@
-"""anet.batch: job ids as the original ANet numbered them, bytes kept, the file read lazily."""
+"""anet.core.batch: job ids as the original ANet numbered them, bytes kept, the file read lazily."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from anet.batch import Job, as_jobs, open_batch, parse_lines, read_batch
+from anet.core.batch import Job, as_jobs, open_batch, parse_lines, read_batch
 from anet.errors import UsageError
 
 

@@ -37,8 +37,8 @@ import pytest
 from sshd_hosts import SshdCluster, SshdHost, leftover_processes, partition_rules
 
 from anet import results
+from anet.core.record import JobResult
 from anet.errors import ResultFormatError
-from anet.record import JobResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ENV = "ANET_CHAOS_SEED"

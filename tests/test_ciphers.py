@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from anet.connect import Connector, SshOptions
-from anet.hosts import parse_spec
+from anet.remote.connect import Connector, SshOptions
+from anet.remote.hosts import parse_spec
 
 
 def negotiated(config) -> str:

@@ -20,7 +20,7 @@ import pytest
 from sshd_hosts import SshdCluster, leftover_processes
 
 from anet import results
-from anet.record import JobResult
+from anet.core.record import JobResult
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -1,4 +1,4 @@
-"""The example consumers in batch_examples/ read what anet.sinks writes."""
+"""The example consumers in batch_examples/ read what anet.streams.sinks writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from anet.record import JobResult
-from anet.sinks import encoder_for
+from anet.core.record import JobResult
+from anet.streams.sinks import encoder_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "batch_examples"

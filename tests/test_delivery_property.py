@@ -21,12 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anet import results
-from anet.delivery import Delivery
+from anet.core.record import JobResult
 from anet.errors import ResultFormatError
-from anet.journal import Journal, _unlock
-from anet.output import ResultOutput
-from anet.record import JobResult
-from anet.sinks import encoder_for
+from anet.streams.delivery import Delivery
+from anet.streams.journal import Journal, _unlock
+from anet.streams.output import ResultOutput
+from anet.streams.sinks import encoder_for
 
 FP = "p" * 64
 ENCODER = encoder_for("msgpack")

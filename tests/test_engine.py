@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anet.batch import MAX_COMMAND, Job
-from anet.engine import Actions, Engine, HostStats, RunPolicy
+from anet.core.batch import MAX_COMMAND, Job
+from anet.core.engine import Actions, Engine, HostStats, RunPolicy
 from anet.errors import HostError
 from dispatcher.protocol import STDERR, STDOUT, Exit, Kill, Message, Output, Run, Started
 

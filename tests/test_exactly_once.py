@@ -22,8 +22,8 @@ import pytest
 from sshd_hosts import SshdCluster
 
 from anet import results
+from anet.core.record import JobResult
 from anet.errors import ResultFormatError
-from anet.record import JobResult
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -19,8 +19,8 @@ import pytest
 from sshd_hosts import _proc_table
 from test_machines import anet, jsonl
 
-from anet.connect import SshOptions
 from anet.housekeeping import Machines
+from anet.remote.connect import SshOptions
 from dispatcher.forked import Cancel
 from dispatcher.procs import FindProcs
 from dispatcher.protocol import FrameDecoder, encode

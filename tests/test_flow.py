@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from anet.flow import ByteBoundedQueue
+from anet.streams.flow import ByteBoundedQueue
 
 
 def test_put_waits_when_the_bytes_are_used_up_and_resumes_after_get():

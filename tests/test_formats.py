@@ -1,4 +1,4 @@
-"""Output formats: what anet.sinks writes, anet.results reads back, exactly, whatever the bytes."""
+"""Output formats: what anet.streams.sinks writes and anet.results reads, whatever the bytes."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anet import results, sinks
+from anet import results
+from anet.core.record import JobResult
 from anet.errors import ResultFormatError, UsageError
-from anet.record import JobResult
-from anet.sinks import FORMATS, MSGPACK_MAGIC, encoder_for
+from anet.streams import sinks
+from anet.streams.sinks import FORMATS, MSGPACK_MAGIC, encoder_for
 
 
 class ChunkStream:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from anet.core.halt import Halt, HaltPolicy
 from anet.errors import UsageError
-from anet.halt import Halt, HaltPolicy
 
 
 def test_never_and_none_never_halt():

@@ -23,9 +23,9 @@ from test_machines import SLEEPER, Planted
 
 from anet import results
 from anet.api import Cluster
-from anet.connect import SshOptions
-from anet.record import JobResult
-from anet.session import MAX_AUTO_SLOTS
+from anet.core.record import JobResult
+from anet.remote.connect import SshOptions
+from anet.remote.session import MAX_AUTO_SLOTS
 from dispatcher.procs import HostProbe, ProcsFound, Signalled
 from dispatcher.protocol import PROTOCOL_VERSION, Hello, Run
 from dispatcher.syncproto import SyncWant

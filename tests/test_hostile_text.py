@@ -20,16 +20,16 @@ import pytest
 from sshd_hosts import SshdCluster
 
 from anet import logs
-from anet.cli_common import Environment
-from anet.cli_machines import _check_row, _report_down, _table, _write_folded
-from anet.cli_sync import render_table
+from anet.cli.common import Environment
+from anet.cli.machines import _check_row, _report_down, _table, _write_folded
+from anet.cli.sync import render_table
+from anet.core.record import JobResult
 from anet.errors import HostError
 from anet.housekeeping import HostCheck, HostOutput
 from anet.printable import printable
-from anet.progress import ProgressView, Snapshot
-from anet.record import JobResult
-from anet.stats import _why
-from anet.summary import FailedJobs, last_error_line, render_summary
+from anet.views.progress import ProgressView, Snapshot
+from anet.views.stats import _why
+from anet.views.summary import FailedJobs, last_error_line, render_summary
 from dispatcher.protocol import BOOT_MARK
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_tables_and_error_lines_of_the_housekeeping_commands():
 
 
 def test_a_sync_error_from_a_host_is_escaped_in_the_table():
-    from anet.manifest import Tree
+    from anet.deps.manifest import Tree
 
     table = render_table(Tree(b".", [], b"", 0, 0), [HostError("host1", HOSTILE)])
     assert_harmless(table)

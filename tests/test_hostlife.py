@@ -12,10 +12,10 @@ import random
 
 from fakeclock import fake_clock
 
-from anet.backoff import Backoff
+from anet.core.backoff import Backoff
 from anet.errors import HostError
-from anet.hostlife import HostPhase, HostState, host_life, stuck
-from anet.hosts import parse_spec
+from anet.remote.hostlife import HostPhase, HostState, host_life, stuck
+from anet.remote.hosts import parse_spec
 
 
 class Transport:

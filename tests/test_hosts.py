@@ -1,4 +1,4 @@
-"""anet.hosts: GNU parallel sshlogins, hosts files, and which hosts a run uses."""
+"""anet.remote.hosts: GNU parallel sshlogins, hosts files, and which hosts a run uses."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anet import logs
-from anet.cli_common import Environment, HostArgs
+from anet.cli.common import Environment, HostArgs
 from anet.errors import UsageError
-from anet.hosts import LOCAL, LOCAL_LABEL, HostSpec, parse_hosts_text, parse_spec, resolve_hosts
+from anet.remote.hosts import (
+    LOCAL,
+    LOCAL_LABEL,
+    HostSpec,
+    parse_hosts_text,
+    parse_spec,
+    resolve_hosts,
+)
 
 # -- one spec ----------------------------------------------------------------------------------
 
@@ -343,7 +350,7 @@ def test_a_hosts_file_that_is_not_utf8(tmp_path: Path):
 
 
 def test_only_names_that_may_be_another_spec_are_looked_up():
-    from anet.identity import _worth_resolving
+    from anet.remote.identity import _worth_resolving
 
     assert _worth_resolving({"node01", "node02", "node03"}) == []  # a pool costs no lookup
     assert _worth_resolving({"node01", "node02", "10.0.0.1"}) == ["node01", "node02"]

@@ -194,3 +194,38 @@ def test_every_module_is_seen(package: str) -> None:
     """The walk reads the modules the packages really have (a wrong root would find none)."""
     names = module_names(ROOT, PACKAGES)
     assert package in names and len([n for n in names if n.startswith(package + ".")]) >= 5
+
+
+FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    ("dispatcher", ("dispatcher",)),
+    ("leaves", ("anet.errors", "anet.logs", "anet.printable", "anet._version")),
+    ("core", ("anet.core",)),
+    ("remote", ("anet.remote",)),
+    ("deps", ("anet.deps",)),
+    ("streams", ("anet.streams",)),
+    ("top", ("anet.api", "anet.drive", "anet.runs", "anet.housekeeping", "anet.results")),
+    ("views", ("anet.views",)),
+    ("cli", ("anet.cli", "anet.__main__", "anet")),
+]
+"""docs/architecture.md's table, bottom up: a module may import its own floor and those below.
+The package `anet` itself (its `__init__`) re-exports the public API, so it sits on top."""
+
+
+def floor_of(module: str) -> int:
+    best = max(
+        (len(prefix), rank)
+        for rank, (_, prefixes) in enumerate(FLOORS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    )
+    return best[1]
+
+
+def test_floors_import_only_their_own_and_those_below() -> None:
+    upward = [
+        f"{e.source} ({FLOORS[floor_of(e.source)][0]}) imports {e.target}"
+        f" ({FLOORS[floor_of(e.target)][0]}) at {e.where}"
+        for e in edges(ROOT)
+        if floor_of(e.target) > floor_of(e.source)
+    ]
+    assert not upward, "imports up the floors:\n" + "\n".join(upward)

@@ -1,4 +1,4 @@
-"""anet.journal: real SQLite files; what was flushed survives kill -9, resume is safe."""
+"""anet.streams.journal: real SQLite files; what was flushed survives kill -9, resume is safe."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from anet.core.record import JobResult
 from anet.errors import AnetError, UsageError
-from anet.journal import (
+from anet.streams.journal import (
     AttemptRecord,
     IdSet,
     Journal,
@@ -26,8 +27,7 @@ from anet.journal import (
     default_journal_path,
     fingerprint_batch,
 )
-from anet.record import JobResult
-from anet.stats import load
+from anet.views.stats import load
 
 ROOT = Path(__file__).resolve().parent.parent
 FP = "f" * 64
@@ -154,8 +154,8 @@ def test_leaving_the_with_block_on_an_error_still_flushes(tmp_path):
 
 KILLED_WRITER = """
     import sys, time
-    from anet.journal import Journal
-    from anet.record import JobResult
+    from anet.streams.journal import Journal
+    from anet.core.record import JobResult
 
     def result(i):
         return JobResult(i, i % 7 != 0, i % 7 != 0 and 0 or 2, None, "h", 1, 0.1,
@@ -440,8 +440,8 @@ def test_a_location_that_cannot_hold_a_journal_is_one_line(tmp_path):
 FULL_DISK_WRITER = """
     import resource, signal, sys
     from anet.errors import AnetError
-    from anet.journal import Journal
-    from anet.record import JobResult
+    from anet.streams.journal import Journal
+    from anet.core.record import JobResult
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     journal = Journal.open(sys.argv[1], "fp", "batch.txt", resume=False)
@@ -516,10 +516,10 @@ def test_a_journal_written_before_delivery_marks_counts_its_results_as_delivered
 
 
 def test_outputs_past_the_inline_limit_are_kept_whole_in_chunks(tmp_path, monkeypatch):
-    import anet.journal
+    import anet.streams.journal
 
-    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 1000)
-    monkeypatch.setattr(anet.journal, "CHUNK", 300)
+    monkeypatch.setattr(anet.streams.journal, "INLINE_OUTPUT", 1000)
+    monkeypatch.setattr(anet.streams.journal, "CHUNK", 300)
     big = bytes(random.Random(1).randbytes(2500))
     path = tmp_path / "j.sqlite"
     with fresh(path) as journal:
@@ -536,10 +536,10 @@ def test_outputs_past_the_inline_limit_are_kept_whole_in_chunks(tmp_path, monkey
 
 
 def test_a_failure_never_replaces_the_chunks_of_a_success(tmp_path, monkeypatch):
-    import anet.journal
+    import anet.streams.journal
 
-    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 10)
-    monkeypatch.setattr(anet.journal, "CHUNK", 4)
+    monkeypatch.setattr(anet.streams.journal, "INLINE_OUTPUT", 10)
+    monkeypatch.setattr(anet.streams.journal, "CHUNK", 4)
     path = tmp_path / "j.sqlite"
     with fresh(path) as journal:
         journal.record(ok(0, b"the first, kept"))
@@ -577,7 +577,7 @@ def test_a_second_run_of_the_same_journal_is_refused_until_the_first_ends(tmp_pa
 
 HOLDER = """
     import sys, time
-    from anet.journal import Journal
+    from anet.streams.journal import Journal
 
     journal = Journal.open(sys.argv[1], "fp", "batch.txt", resume=False)
     print("open", flush=True)
@@ -609,10 +609,10 @@ def test_status_gives_the_last_stderr_line_of_a_failure_whose_output_was_chunked
     tmp_path, monkeypatch
 ):
     """A chunked row's stderr column is empty: status said "exit 1" instead of the reason."""
-    import anet.journal
+    import anet.streams.journal
 
-    monkeypatch.setattr(anet.journal, "INLINE_OUTPUT", 1000)
-    monkeypatch.setattr(anet.journal, "CHUNK", 300)
+    monkeypatch.setattr(anet.streams.journal, "INLINE_OUTPUT", 1000)
+    monkeypatch.setattr(anet.streams.journal, "CHUNK", 300)
     stderr = b"a" * 580 + b"\ndisk quota exceeded\n"  # chunks end at 300, 600: the line spans two
     path = tmp_path / "j.sqlite"
     with fresh(path) as journal:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from anet.batch import Job
-from anet.journal import Journal
-from anet.keeporder import FileSpill, JournalSpill, KeepOrder
-from anet.record import JobResult
+from anet.core.batch import Job
+from anet.core.record import JobResult
+from anet.streams.journal import Journal
+from anet.streams.keeporder import FileSpill, JournalSpill, KeepOrder
 
 
 def result(job_id: int, size: int = 8) -> JobResult:

@@ -21,7 +21,7 @@ import test_machines
 from sshd_hosts import _proc_table
 from test_machines import SLEEPER, alive, anet, group_members, jsonl
 
-from anet.cli_machines import find_command, killall_command, pattern_args
+from anet.cli.machines import find_command, killall_command, pattern_args
 from dispatcher import procs
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")

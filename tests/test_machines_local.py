@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from anet.bootstrap import payload
-from anet.cli_machines import elapsed_text, fold
+from anet.cli.machines import elapsed_text, fold
 from anet.errors import UsageError
-from anet.hosts import HostSpec, expand_range, resolve_hosts
 from anet.housekeeping import HostOutput, Machines
-from anet.scan import expand_targets
+from anet.remote.bootstrap import payload
+from anet.remote.hosts import HostSpec, expand_range, resolve_hosts
+from anet.remote.scan import expand_targets
 from dispatcher import forked, procs
 from dispatcher.protocol import FrameDecoder, encode
 

@@ -24,8 +24,8 @@ import pytest
 from sshd_hosts import SshdCluster
 
 from anet import results
-from anet.joblog import read_joblog
-from anet.resultsdir import read_result
+from anet.streams.joblog import read_joblog
+from anet.streams.resultsdir import read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -300,7 +300,7 @@ def test_cluster_counts_per_host_and_journals_every_attempt(tmp_path):
     import asyncio
 
     import anet
-    from anet.journal import Journal
+    from anet.streams.journal import Journal
 
     seen = []
 

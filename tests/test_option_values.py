@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from anet.cli import raw_main
-from anet.cli_common import Environment
+from anet.cli.common import Environment
 
 
 def options(tmp_path: Path) -> list[tuple[str, list[str]]]:

@@ -7,10 +7,10 @@ import asyncio
 import io
 
 from anet.api import HostState
-from anet.hosts import parse_spec
-from anet.progress import ProgressView, Rates, Tally, render_text, status_line, take_snapshot
-from anet.record import JobResult
-from anet.summary import FailedJobs, last_error_line, render_summary
+from anet.core.record import JobResult
+from anet.remote.hosts import parse_spec
+from anet.views.progress import ProgressView, Rates, Tally, render_text, status_line, take_snapshot
+from anet.views.summary import FailedJobs, last_error_line, render_summary
 
 # (fake time, host, event): what the master saw, replayed onto the real HostState counters.
 EVENTS = [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from anet import results
-from anet.record import JobResult
+from anet.core.record import JobResult
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""anet.scheduler: who runs what; room per host, lazy pulls, lost hosts give their jobs back."""
+"""anet.core.scheduler: who runs what; room per host, lazy pulls, lost hosts give jobs back."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from anet.batch import Job
-from anet.lookahead import default_lookahead
-from anet.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
-from anet.speculation import Speculation
+from anet.core.batch import Job
+from anet.core.lookahead import default_lookahead
+from anet.core.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
+from anet.core.speculation import Speculation
 
 
 class Source:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fakeclock import fake_clock
 
-from anet.bootstrap import Payload
 from anet.errors import HostError
-from anet.hosts import parse_spec
-from anet.session import HostSession, SessionConfig
-from anet.transport import Channel
+from anet.remote.bootstrap import Payload
+from anet.remote.hosts import parse_spec
+from anet.remote.session import HostSession, SessionConfig
+from anet.remote.transport import Channel
 from dispatcher.connection import NEED_DATA, Connection
 from dispatcher.forked import Cancel
 from dispatcher.procs import FindProcs

@@ -1,4 +1,4 @@
-"""anet.speculation and the scheduler's speculative copies: statistics, straggler rules, caps,
+"""anet.core.speculation and the scheduler's speculative copies: statistics, straggler rules, caps,
 and a simulated cluster on a fake clock comparing the batch's end with and without copies."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from anet.batch import Job
-from anet.errors import UsageError
-from anet.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Verdict
-from anet.speculation import (
+from anet.core.batch import Job
+from anet.core.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Verdict
+from anet.core.speculation import (
     Candidate,
     HostHealth,
     Pausing,
@@ -25,6 +24,7 @@ from anet.speculation import (
     plan_copies,
     start_wait,
 )
+from anet.errors import UsageError
 
 
 def jobs(n: int) -> list[Job]:

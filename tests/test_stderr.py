@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from anet import results
-from anet.diagnostics import UnblockedStderr
-from anet.observe import ObserveArgs, RunObservers
+from anet.views.diagnostics import UnblockedStderr
+from anet.views.observe import ObserveArgs, RunObservers
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -91,7 +91,7 @@ class _NoHosts:
 
 def _status_lines(args: ObserveArgs, tmp_path: Path, monkeypatch) -> str:
     """What the progress view writes on a non-terminal stderr in 0.3 s of a run."""
-    monkeypatch.setattr("anet.progress.STATUS_INTERVAL", 0.02)
+    monkeypatch.setattr("anet.views.progress.STATUS_INTERVAL", 0.02)
     monkeypatch.delenv("ANET_PROGRESS", raising=False)
     batch = tmp_path / "b.txt"
     batch.write_text("true\n")

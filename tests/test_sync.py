@@ -20,11 +20,11 @@ import pytest
 from sshd_hosts import SshdCluster
 
 import anet
-from anet.connect import SshOptions
+from anet.deps.hashcache import open_cache
+from anet.deps.manifest import DepsError, Tree, scan
+from anet.deps.sync import SyncReport
 from anet.errors import HostError
-from anet.hashcache import open_cache
-from anet.manifest import DepsError, Tree, scan
-from anet.sync import SyncReport
+from anet.remote.connect import SshOptions
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from anet.hashcache import HashCache, open_cache
-from anet.manifest import DepsError, Tree, scan
+from anet.deps.hashcache import HashCache, open_cache
+from anet.deps.manifest import DepsError, Tree, scan
 from dispatcher.syncproto import (
     ENTRIES_PER_FRAME,
     FILE,

@@ -1,8 +1,8 @@
-"""anet.tables: the one table renderer and the one size formatter every view uses."""
+"""anet.views.tables: the one table renderer and the one size formatter every view uses."""
 
 from __future__ import annotations
 
-from anet.tables import KIB_LETTERS, align_columns, size_text, table
+from anet.views.tables import KIB_LETTERS, align_columns, size_text, table
 
 
 def test_sizes_in_bytes_and_in_kib_letters():

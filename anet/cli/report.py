@@ -1,0 +1,122 @@
+"""`anet status JOURNAL` and `anet report JOURNAL`: a run's numbers as text, or as an HTML page.
+
+Both read the journal read-only, so they work while the batch still runs (and after).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from ..views.progress import duration, job_time
+from ..views.report import render_report
+from ..views.stats import RunStats, load
+from ..views.tables import table
+from .common import Environment, ExitStatus
+
+
+def status_text(stats: RunStats) -> str:
+    """What `anet status` prints: totals, per host, failed and slowest jobs."""
+    done = stats.succeeded + stats.failed
+    total = "?" if stats.total is None else str(stats.total)
+    rate = f"{done / stats.wall:.1f} jobs/s" if stats.wall else "-"
+    lines = [
+        f"journal: {stats.path}",
+        f"batch: {stats.meta.get('batch_path', '?')}",
+        f"{done}/{total} jobs done, {stats.failed} failed, {stats.attempts} attempts,"
+        f" {duration(stats.wall)} ({rate})",
+    ]
+    header = ["host", "jobs", "failed", "attempts", "jobs/min", "mean", "busy"]
+    rows = [
+        [
+            h.host,
+            str(h.done),
+            str(h.failed),
+            str(h.attempts),
+            f"{60 * h.done / stats.wall:.0f}" if stats.wall else "-",
+            job_time(h.mean),
+            duration(h.busy),
+        ]
+        for h in stats.hosts
+    ]
+    if rows:
+        lines += ["  " + line for line in table(header, rows)]
+    lost = [e for e in stats.events if e[2] in ("lost", "failed")]
+    if lost:
+        lines.append(f"hosts lost or given up: {len(lost)} time(s); see `anet report`")
+    if stats.failed_jobs:
+        lines.append(f"failed jobs ({stats.failed}):")
+        lines += [f"  job {j.id} on {j.host}: {j.why}" for j in stats.failed_jobs]
+    if stats.slowest:
+        slowest = ", ".join(f"{j.id} ({job_time(j.runtime)})" for j in stats.slowest[:5])
+        lines.append(f"slowest jobs: {slowest}")
+    return "".join(line + "\n" for line in lines)
+
+
+JOURNAL = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.command("status")
+@click.argument("journal", type=JOURNAL)
+@click.pass_obj
+def status_command(env: Environment, journal: Path) -> int:
+    """Print how far the run recorded in JOURNAL is; works while it runs.
+
+    \b
+    Example:
+      anet status ~/.local/state/anet/journals/batch.txt-1a2b3c4d.sqlite
+    """
+    env.stdout.write(status_text(load(journal)).encode())
+    env.stdout.flush()
+    return ExitStatus.OK
+
+
+@click.command("report")
+@click.argument("journal", type=JOURNAL)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default="report.html",
+    show_default=True, help="Where to write the page.",
+)  # fmt: skip
+@click.pass_obj
+def report_command(env: Environment, journal: Path, output: Path) -> int:
+    """Write a self-contained HTML page about the run recorded in JOURNAL.
+
+    Throughput per host over time, run time distribution, hosts joining, lost and back,
+    slowest and failed jobs. It needs no network to view.
+    """
+    page = render_report(load(journal))
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    env.stderr.write(f"anet: report written to {output}\n")
+    return ExitStatus.OK
+
+
+@click.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@click.pass_obj
+def completion_command(env: Environment, shell: str) -> int:
+    """Print the shell completion script for SHELL (click's own mechanism).
+
+    \b
+    bash: eval "$(anet completion bash)"     (or: eval "$(_ANET_COMPLETE=bash_source anet)")
+    zsh:  eval "$(anet completion zsh)"
+    """
+    from click.shell_completion import get_completion_class
+
+    # The whole command tree is the root of this command's context: found there, not imported
+    # from anet.cli, which imports this module.
+    tree = click.get_current_context().find_root().command
+    completion = get_completion_class(shell)
+    assert completion is not None  # the Choice above lists only shells click knows
+    script = completion(tree, {}, "anet", "_ANET_COMPLETE").source()
+    env.stdout.write(script.encode())
+    env.stdout.flush()
+    return ExitStatus.OK

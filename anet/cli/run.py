@@ -1,0 +1,260 @@
+"""`anet [run] BATCH`: run a batch on the hosts and stream the results to stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
+from ..core.batch import BatchSource, count_jobs, open_source, read_batch
+from ..core.halt import HaltPolicy
+from ..deps.manifest import start_scan
+from ..errors import UsageError
+from ..logs import get_logger
+from ..remote.hosts import HostSpec
+from ..streams.delivery import Delivery
+from ..streams.journal import (
+    Journal,
+    JournalBusy,
+    JournalError,
+    default_journal_path,
+    fingerprint_batch,
+)
+from ..streams.output import open_output
+from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
+from ..views.observe import ObserveArgs, RunObservers
+from . import common
+from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RunArgs:
+    """What `anet BATCH` was asked to do, parsed from the command line."""
+
+    batch: Path
+    host_args: HostArgs = field(default_factory=HostArgs)
+    format: str | None = None
+    keepalive: float = KEEPALIVE
+    journal: Path | None = None
+    resume: bool = False
+    only_new: bool = False
+    no_journal: bool = False
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    halt: HaltPolicy = field(default_factory=HaltPolicy)
+    observe: ObserveArgs = field(default_factory=ObserveArgs)
+    deps: str | None = None
+
+
+async def program(args: RunArgs, env: Environment) -> int:
+    """Run the batch; the exit status counts failed jobs."""
+    hosts = args.host_args.resolve(env)
+    encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
+    with (
+        open_source(args.batch, env.stdin) as source,
+        _open_journal(args, source, env) as journal,
+        RunObservers(args.observe, env.stderr, source.path, journal) as seen,
+    ):
+        if source.is_stream and args.halt.needs_total:
+            raise UsageError(f"--halt with a percentage needs a batch file, not {source.name}")
+        options = RunOptions(
+            journal,
+            # The user's own --journal is required: no result leaves without it. The default
+            # one only costs a warning when it breaks.
+            journal_required=args.journal is not None,
+            resume=args.resume,
+            only_new=args.only_new,
+            halt=args.halt,
+            batch_size=count_jobs(source.path) if source.path and args.halt.needs_total else None,
+            keep_order=args.observe.keep_order,
+            mark_delivered=False,  # Delivery marks a result once the kernel has its bytes
+            arrived=seen.arrived,
+        )
+        plan = RunPlan(read_batch(source.stream), options)
+        seen.tally.base = len(plan.done)
+        async with Delivery(await open_output(env.stdout), encoder, journal) as out:
+            await _run(args, env, hosts, seen, plan, out)
+    seen.print_summary()
+    if out.failed:
+        log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
+    return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+async def _run(
+    args: RunArgs,
+    env: Environment,
+    hosts: list[HostSpec],
+    seen: RunObservers,
+    plan: RunPlan,
+    out: Delivery,
+) -> None:
+    """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
+    ssh = args.host_args.ssh_options(args.keepalive)
+    # The deps scan runs in a thread while the hosts connect; its error stops the run before
+    # any deps byte is sent (hosts wait for the scan before their sync starts).
+    tree = start_scan(args.deps, env.environ) if args.deps else None
+    cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree)
+    async with cluster, seen.watching(cluster):
+        if tree is not None:
+            await tree  # a DepsError (one line) ends the run before any job starts
+        async for result in cluster.run(plan):
+            await out.emit(result)
+
+
+def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
+    """The output format; --tag is a variant of text, the default on a terminal."""
+    if tag:
+        if name not in (None, "text"):
+            raise UsageError(f"--tag goes with --format text, not {name}")
+        return TAGGED_TEXT
+    return encoder_for(name or ("text" if stdout_isatty else "anet"))
+
+
+@contextlib.contextmanager
+def _open_journal(args: RunArgs, source: BatchSource, env: Environment) -> Iterator[Journal | None]:
+    """The run's journal; without one asked for, an unwritable default only costs a warning.
+
+    A batch read from a stream has no default journal: it cannot be read again, so it could
+    never be resumed (--journal FILE still keeps one, for `anet status` and `anet report`).
+    """
+    if args.resume and (args.no_journal or source.is_stream):
+        why = "drop --no-journal" if args.no_journal else f"{source.name} can only be read once"
+        raise UsageError(f"--resume needs the journal of a batch file: {why}")
+    if args.no_journal or (source.is_stream and args.journal is None):
+        yield None
+        return
+    path = args.journal or default_journal_path(args.batch, env.environ)
+    fingerprint = fingerprint_batch(args.batch) if source.path else f"stream:{uuid.uuid4()}"
+    try:
+        journal = Journal.open(path, fingerprint, args.batch, resume=args.resume)
+    except JournalBusy:
+        raise
+    except JournalError as exc:
+        if args.resume or args.journal:
+            raise
+        log.warning(f"{exc}; running without a journal (no --resume for this run)")
+        yield None
+        return
+    with journal:
+        log.info(f"journal: {journal.path}", journal=str(journal.path))
+        yield journal
+
+
+EPILOG = """\b
+Examples:
+  anet batch_examples/primes.txt > results.bin     # on this machine
+  anet -H hosts.txt batch.txt | ./my_consumer      # on every machine in hosts.txt
+  anet -S alice@node1 -S 8/bob@node2:2222 batch.txt
+  anet -H hosts.txt batch.txt --format text        # readable; the default on a terminal
+  anet -H hosts.txt batch.txt deps/                # jobs run inside a synced copy of deps/
+"""
+
+
+@click.command("run", epilog=EPILOG)
+@click.argument("batch", type=click.Path(path_type=Path))
+@click.argument("deps", required=False, type=click.Path(), metavar="[DEPS]")
+@host_options
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(FORMATS)),
+    help="Output on stdout. Default: anet when piped, text on a terminal.",
+)  # fmt: skip
+@click.option(
+    "--keepalive", type=common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
+    metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
+)  # fmt: skip
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True,
+    help="Run a failed job again up to N times, preferably on another host.",
+)  # fmt: skip
+@click.option(
+    "--timeout", metavar="SECONDS|N%",
+    help="Kill (and retry) a job running longer; N% of the median successful run time.",
+)  # fmt: skip
+@click.option(
+    "--halt", metavar="WHEN,fail=N[%]",
+    help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
+)  # fmt: skip
+@click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
+@click.option(
+    "--resume", is_flag=True,
+    help="Skip the jobs that succeeded in this batch's last run (their results come first).",
+)  # fmt: skip
+@click.option("--only-new", is_flag=True, help="With --resume: do not repeat earlier results.")
+@click.option(
+    "--journal", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="Where results are recorded for --resume. Default: under $XDG_STATE_HOME/anet.",
+)  # fmt: skip
+@click.option("--no-journal", is_flag=True, help="Record nothing; --resume is then impossible.")
+@click.option(
+    "--joblog", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="One line per attempt, GNU parallel's joblog columns (tab-separated).",
+)  # fmt: skip
+@click.option(
+    "--results", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+    help="Also write each job's stdout, stderr and meta.json under DIR/<id>/.",
+)  # fmt: skip
+@click.option(
+    "-k", "--keep-order", is_flag=True,
+    help="Results in job-id order (those waiting for an earlier job wait on disk).",
+)  # fmt: skip
+@click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
+@click.option(
+    "--progress", is_flag=True,
+    help="Status lines every 10 s on stderr even when it is not a terminal (a log file).",
+)  # fmt: skip
+@log_options
+@click.pass_obj
+def run_command(
+    env: Environment,
+    batch: Path,
+    deps: str | None,
+    host_args: HostArgs,
+    fmt: str | None,
+    keepalive: float,
+    retries: int,
+    timeout: str | None,
+    halt: str | None,
+    no_speculate: bool,
+    resume: bool,
+    only_new: bool,
+    journal: Path | None,
+    no_journal: bool,
+    joblog: Path | None,
+    results: Path | None,
+    keep_order: bool,
+    tag: bool,
+    quiet: bool,
+    progress: bool,
+) -> int:
+    """Run each non-empty line of BATCH as a job on every core of the hosts.
+
+    With DEPS (a folder, or a file), every host first gets an identical copy of it, and its
+    jobs run inside that copy: `deps/` syncs the folder's contents, `deps` the folder itself.
+
+    Results stream to stdout as jobs finish; the exit status is the number of failed jobs
+    (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
+    """
+    args = RunArgs(
+        batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
+        RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
+        observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
+        deps=deps,
+    )  # fmt: skip
+    return run_async(program(args, env))
+
+
+def _timeout(text: str | None) -> float | str | None:
+    """Seconds as a number; a percentage stays text for the scheduler to parse and check."""
+    if text is None or text.endswith("%"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--timeout takes seconds or a percentage, not {text!r}") from None

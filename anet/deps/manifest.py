@@ -1,0 +1,128 @@
+"""A local deps folder (or file) as a manifest: what the end machines must hold, and its id.
+
+`scan` follows rsync's rule for the argument: `deps/` (trailing slash) means the folder's
+contents, `deps` the folder itself, a file just that file. Everything that could not be
+reproduced safely on the far side (a symlink leaving the tree, a device file, an unreadable
+file) is refused here, with the offending path, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.syncproto import DIR, FILE, LINK, EntryError, check_manifest, tree_id
+
+from ..errors import UsageError
+from ..logs import get_logger
+from .hashcache import HashCache, default_cache_path, open_cache
+
+log = get_logger()
+
+
+class DepsError(UsageError):
+    """The deps argument cannot be synced as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """A scanned deps tree: `root` is the local folder that entry paths are relative to."""
+
+    root: bytes
+    entries: list[list[Any]]
+    id: bytes
+    size: int
+    files: int
+
+    def local_path(self, index: int) -> bytes:
+        return os.path.join(self.root, self.entries[index][0])
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def scan(argument: str | bytes, cache: HashCache) -> Tree:
+    """Build the manifest of `argument`; DepsError names what is missing or unsafe."""
+    raw = os.fsencode(argument)
+    path = os.path.abspath(raw)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DepsError(f"deps {_show(raw)!r} does not exist") from None
+    except OSError as exc:
+        raise DepsError(f"cannot read deps {_show(raw)!r}: {exc.strerror}") from None
+    entries: list[list[Any]] = []
+    if stat.S_ISREG(st.st_mode):
+        root, name = os.path.split(path)
+        cache.load(path)
+        entries.append(_entry(path, name, st, cache))
+    elif stat.S_ISDIR(st.st_mode):
+        if raw.endswith(b"/"):
+            root, prefix = path, b""
+        else:
+            root, prefix = os.path.split(path)
+            entries.append([prefix, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, b""])
+        cache.load(path)
+        _walk(path, prefix, cache, entries)
+    else:
+        raise DepsError(f"deps {_show(raw)!r} is neither a file nor a folder")
+    entries.sort(key=lambda e: e[0])
+    try:
+        check_manifest(entries)
+    except EntryError as exc:
+        raise DepsError(f"deps {_show(raw)!r}: {exc}") from None
+    files = [e for e in entries if e[1] == FILE]
+    return Tree(root, entries, tree_id(entries), sum(e[3] for e in files), len(files))
+
+
+def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
+    """`scan` with the user's digest cache: a 10,000-file tree is hashed once, not per run."""
+    with open_cache(default_cache_path(environ)) as cache:
+        tree = scan(argument, cache)
+    log.info(
+        f"deps {argument}: {len(tree.entries)} entries, {tree.size} bytes, "
+        f"{cache.hashed} file(s) hashed",
+        tree=tree.id.hex()[:16],
+    )
+    return tree
+
+
+def start_scan(argument: str, environ: Mapping[str, str]) -> asyncio.Future[Tree]:
+    """`scan_deps` in a worker thread: hashing a big tree overlaps the SSH handshakes. Await
+    the future for the tree, or for the DepsError naming what is wrong with it."""
+    return asyncio.get_running_loop().run_in_executor(None, scan_deps, argument, environ)
+
+
+def _walk(folder: bytes, prefix: bytes, cache: HashCache, out: list[list[Any]]) -> None:
+    try:
+        with os.scandir(folder) as listing:
+            children = sorted(listing, key=lambda d: d.name)
+    except OSError as exc:
+        raise DepsError(f"cannot read folder {_show(folder)!r}: {exc.strerror}") from None
+    for child in children:
+        name = os.fsencode(child.name)
+        rel = prefix + b"/" + name if prefix else name
+        st = child.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            out.append([rel, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, b""])
+            _walk(os.fsencode(child.path), rel, cache, out)
+        else:
+            out.append(_entry(os.fsencode(child.path), rel, st, cache))
+
+
+def _entry(full: bytes, rel: bytes, st: os.stat_result, cache: HashCache) -> list[Any]:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return [rel, LINK, 0o777, 0, st.st_mtime_ns, os.readlink(full)]
+    if not stat.S_ISREG(st.st_mode):
+        raise DepsError(f"{_show(full)!r} is a device, socket or pipe: only files can be synced")
+    try:
+        digest = cache.digest(full, st)
+    except OSError as exc:
+        raise DepsError(f"cannot read {_show(full)!r}: {exc.strerror}") from None
+    return [rel, FILE, mode, st.st_size, st.st_mtime_ns, digest]

@@ -1,0 +1,229 @@
+"""Deps sync, the master's side: bring one scanned tree to a host over its session.
+
+The exchange (dispatcher/syncproto.py has it frame by frame) costs one small round trip when
+the host holds the tree already. Otherwise the manifest goes over, the host answers with the
+files it could not take from its earlier trees, and only those travel, in 256 KiB frames
+whose sending waits for the SSH window (`send_drained`): a 200 MB file never sits in memory.
+
+Hosts that share one file system (an NFS home) report the same `fsid`. `Syncer` lets the
+first of them copy and makes the others wait for that copy, then ask again; if the copying
+host fails, the next one takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dispatcher.protocol import OUTPUT_CHUNK, Message
+from dispatcher.syncproto import (
+    ENTRIES_PER_FRAME,
+    FILE,
+    SyncCommit,
+    SyncData,
+    SyncDone,
+    SyncEntries,
+    SyncOffer,
+    SyncState,
+    SyncWant,
+)
+
+from ..errors import AnetError, HostError, protocol_error
+from ..logs import get_logger
+from ..remote.session import HostSession, Request
+from .manifest import Tree
+
+log = get_logger()
+
+REPLY_TIMEOUT = 300.0
+"""Seconds for the host to answer a sync step; building a big tree from earlier ones (local
+copies on the host's disk) is the slowest step, and it sends no frames while it works."""
+DATA_CHUNK = OUTPUT_CHUNK
+MANIFEST_BYTES = 512 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """How one host got its tree, for logs and `anet sync`'s table."""
+
+    host: str
+    path: bytes
+    files_sent: int
+    bytes_sent: int
+    wire_bytes: int
+    reused: int
+    seconds: float
+    waited_for_shared: bool
+
+
+Progress = Callable[[str, int], None]
+"""Called with (host, file bytes just sent): feeds a progress display."""
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _expect(session: HostSession, msg: Message, kind: type[M]) -> M:
+    if isinstance(msg, kind):
+        return msg
+    if isinstance(msg, SyncDone) and msg.error:
+        raise HostError(session.label, f"deps sync failed: {msg.error}", permanent=True)
+    raise protocol_error(
+        session.label, f"deps sync: {type(msg).__name__} instead of {kind.__name__}"
+    )
+
+
+async def offer(session: HostSession, tree: Tree) -> SyncState:
+    """Ask whether the host holds the tree (and which file system it keeps trees on)."""
+    with session.request() as req:
+        session.send(SyncOffer(req.rid, tree.id, len(tree.entries), tree.size))
+        return _expect(session, await req.get(REPLY_TIMEOUT), SyncState)
+
+
+async def transfer(
+    session: HostSession, tree: Tree, progress: Progress | None = None
+) -> tuple[SyncDone, int, int, int]:
+    """Send the manifest and the files the host lacks; (done, files sent, bytes, reused)."""
+    with session.request() as req:
+        entries = tree.entries
+        chunks = list(_manifest_chunks(entries))
+        for number, chunk in enumerate(chunks, 1):
+            last = number == len(chunks)
+            await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
+        want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
+        if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
+            what = f"SyncWant of {len(want.want)} bytes for {len(entries)} entries"
+            raise protocol_error(session.label, what)
+        wanted = [
+            i
+            for i in range(len(entries))
+            if want.want[i >> 3] & (1 << (i & 7)) and entries[i][1] == FILE
+        ]
+        sent = 0
+        for index in wanted:
+            sent += await _send_file(session, req, tree, index, progress)
+            if req.has_reply():
+                break  # an early SyncDone: the host failed (disk full); stop sending
+        if not req.has_reply():
+            session.send(SyncCommit(req.rid))
+        done = _expect(session, await req.get(REPLY_TIMEOUT), SyncDone)
+        if done.error:
+            raise HostError(session.label, f"deps sync failed: {done.error}", permanent=True)
+        return done, len(wanted), sent, want.reused
+
+
+def _manifest_chunks(entries: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """Manifest pieces of at most ENTRIES_PER_FRAME entries and MANIFEST_BYTES (paths can be
+    4 KiB long: counting entries alone could overflow a frame)."""
+    chunk: list[list[Any]] = []
+    size = 0
+    for entry in entries:
+        cost = len(entry[0]) + len(entry[5]) + 48
+        if chunk and (len(chunk) == ENTRIES_PER_FRAME or size + cost > MANIFEST_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    yield chunk  # possibly empty: an empty tree is still a manifest
+
+
+async def _send_file(
+    session: HostSession, req: Request, tree: Tree, index: int, progress: Progress | None
+) -> int:
+    offset = 0
+    with open(tree.local_path(index), "rb") as f:
+        while data := f.read(DATA_CHUNK):
+            await session.send_drained(SyncData(req.rid, index, offset, data))
+            offset += len(data)
+            if progress is not None:
+                progress(session.label, len(data))
+            if req.has_reply():
+                break
+    return offset
+
+
+class Syncer:
+    """One tree to many hosts, copying once per file system."""
+
+    def __init__(self, tree: Tree | Awaitable[Tree], progress: Progress | None = None) -> None:
+        self._tree = tree
+        self._progress = progress
+        self._copies: dict[str, asyncio.Future[None]] = {}
+
+    async def sync(self, session: HostSession) -> SyncReport:
+        """Make the tree ready on the host and the jobs' working directory; HostError if not.
+
+        A sync the host refused or could not finish (disk full, permission denied) raises a
+        permanent HostError: that host gets no jobs. A lost connection is a plain HostError:
+        the host comes back later and the sync starts over from what the host holds.
+        """
+        tree = await self.tree()
+        started, wire_start = time.monotonic(), session.bytes_sent
+        waited = False
+        while True:
+            state = await offer(session, tree)
+            if state.ready:
+                return self._report(session, state.path, 0, 0, 0, started, wire_start, waited)
+            copying = self._copies.get(state.fsid)
+            if copying is not None and not copying.done():
+                waited = True
+                await copying  # bounded by the copying host's own reply timeouts
+                continue
+            copied = self._copies[state.fsid] = asyncio.get_running_loop().create_future()
+            try:
+                done, files, sent, reused = await transfer(session, tree, self._progress)
+            finally:
+                copied.set_result(None)
+            return self._report(
+                session, done.path, files, sent, reused, started, wire_start, waited
+            )
+
+    async def prepare(self, session: HostSession, closing: asyncio.Event) -> SyncReport:
+        """A host's deps before it gets any job (they run inside): `sync`, said in one line.
+
+        If the scan failed (a missing or unsafe deps path), whoever started it reports that in
+        one line and closes the cluster: this host just waits for `closing`, silently.
+        """
+        try:
+            await self.tree()
+        except AnetError:
+            await closing.wait()
+            raise HostError(session.label, "deps could not be scanned", permanent=True) from None
+        report = await self.sync(session)
+        how = (
+            "already there"
+            if not report.files_sent
+            else f"{report.files_sent} files, {report.bytes_sent} bytes sent"
+        )
+        log.info(
+            f"{session.label}: deps ready in {report.seconds:.2f}s ({how})",
+            host=session.label,
+            path=report.path.decode(errors="replace"),
+            reused=report.reused,
+        )
+        return report
+
+    async def tree(self) -> Tree:
+        """The tree, once scanned: the scan may still run (in a thread) while hosts connect."""
+        if not isinstance(self._tree, Tree):
+            self._tree = await self._tree  # a future: every host awaits the same scan
+        return self._tree
+
+    @staticmethod
+    def _report(
+        session: HostSession,
+        path: bytes,
+        files: int,
+        sent: int,
+        reused: int,
+        started: float,
+        wire_start: int,
+        waited: bool,
+    ) -> SyncReport:
+        return SyncReport(
+            session.label, path, files, sent, session.bytes_sent - wire_start, reused,
+            time.monotonic() - started, waited,
+        )  # fmt: skip

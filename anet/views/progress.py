@@ -1,0 +1,402 @@
+"""How far a batch is, live: a progress bar and a per-host table on a terminal, else a status line.
+
+Rendering is pure: `Snapshot` (numbers read from the cluster's counters at one instant) and
+`Rates` (the same numbers remembered over a sliding window) go in, text or a rich renderable
+comes out, so tests drive it with a fake clock and compare the text. `ProgressView` is the thin
+I/O shell: a timer reads the counters every `interval` seconds and redraws. Nothing here runs
+per job: at thousands of jobs per second the cost is one snapshot and one redraw per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .tables import align_columns, names_then_numbers
+
+if TYPE_CHECKING:
+    from ..api import HostState
+
+LIVE_INTERVAL = 0.5
+"""Seconds between redraws of the live view: smooth enough to watch, a few ms of CPU a second."""
+STATUS_INTERVAL = 10.0
+"""Seconds between status lines when stderr is not a terminal and `--progress` asks for them."""
+FRAME_BUDGET = 0.01
+"""Most of one core the live view may spend drawing; a slow terminal gets fewer frames."""
+RATE_WINDOW = 60.0
+"""Seconds of history behind the rates and the ETA: recent enough to follow a change of pace,
+long enough not to jump with every burst."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """The run's totals as the CLI counts them: one increment per final result.
+
+    `total` stays None until the batch has been counted (in a thread, for big batches);
+    `base` counts the results an earlier run left in the journal (--resume).
+    """
+
+    total: int | None = None
+    base: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One host at one instant, as the table shows it."""
+
+    label: str
+    state: str
+    slots: int
+    running: int
+    done: int
+    failures: int
+    spec_won: int
+    spec_lost: int
+    mean_time: float | None
+    heard_ago: float | None  # seconds since the last frame from the host
+    retry_in: float | None = None  # seconds until the next connection try, backing off
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole run at one instant: `elapsed` seconds since it began."""
+
+    elapsed: float
+    total: int | None
+    done: int  # final results, failures included, earlier runs' included
+    failed: int
+    running: int
+    hosts: tuple[HostRow, ...] = ()
+
+    @property
+    def queued(self) -> int | None:
+        """Jobs not finished and not running; None while the batch size is unknown."""
+        return None if self.total is None else max(0, self.total - self.done - self.running)
+
+
+def take_snapshot(
+    tally: Tally, hosts: Mapping[str, HostState], elapsed: float, now: float
+) -> Snapshot:
+    """Read the counters (the tally's and each `HostState`'s) at loop time `now`."""
+    rows = tuple(
+        HostRow(
+            label,
+            h.state,
+            h.slots,
+            h.running,
+            h.done,
+            h.failed_attempts,
+            h.spec_won,
+            h.spec_lost,
+            h.mean_time,
+            None if h.last_heard is None else max(0.0, now - h.last_heard),
+            None if h.retry_at is None or h.state != "backing off" else max(0.0, h.retry_at - now),
+        )
+        for label, h in hosts.items()
+    )
+    running = sum(row.running for row in rows)
+    total = tally.total
+    done = tally.base + tally.done
+    return Snapshot(elapsed, total, done, tally.failed, running, rows)
+
+
+@dataclass(slots=True)
+class Rates:
+    """Jobs per second overall and per host, over the last `window` seconds of snapshots."""
+
+    window: float = RATE_WINDOW
+    _samples: deque[tuple[float, int, dict[str, int]]] = field(default_factory=deque)
+
+    def observe(self, snap: Snapshot) -> None:
+        """Remember the snapshot's counts; forget those older than the window (one kept)."""
+        per_host = {row.label: row.done for row in snap.hosts}
+        self._samples.append((snap.elapsed, snap.done, per_host))
+        while len(self._samples) > 2 and snap.elapsed - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def overall(self) -> float | None:
+        """Jobs per second, None until two samples span some time."""
+        if len(self._samples) < 2:
+            return None
+        (t0, d0, _), (t1, d1, _) = self._samples[0], self._samples[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else None
+
+    def per_minute(self, label: str) -> float | None:
+        """The host's finished jobs per minute."""
+        if len(self._samples) < 2:
+            return None
+        (t0, _, h0), (t1, _, h1) = self._samples[0], self._samples[-1]
+        if t1 <= t0:
+            return None
+        return 60.0 * (h1.get(label, 0) - h0.get(label, 0)) / (t1 - t0)
+
+    def eta(self, snap: Snapshot) -> float | None:
+        """Seconds until every job is done at the current rate; None when unknowable."""
+        rate = self.overall()
+        if snap.total is None or not rate or rate <= 0:
+            return None
+        return max(0, snap.total - snap.done) / rate
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    """`42s`, `3m05s`, `2h07m`: short enough for a table cell."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def job_time(seconds: float | None) -> str:
+    """A job's run time with the precision that matters at its scale."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.1f}s" if seconds < 60 else duration(seconds)
+
+
+def host_state(row: HostRow) -> str:
+    """The state column: `backing off 12s` says when the next try comes."""
+    if row.state == "backing off" and row.retry_in is not None:
+        return f"backing off {duration(row.retry_in)}"
+    return {"failed": "given up", "closed": "closed"}.get(row.state, row.state)
+
+
+def status_line(snap: Snapshot, rates: Rates) -> str:
+    """One line for a log: counts, rate, ETA and how many hosts work."""
+    total = "?" if snap.total is None else str(snap.total)
+    queued = "?" if snap.queued is None else str(snap.queued)
+    rate = rates.overall()
+    ready = sum(row.state == "ready" for row in snap.hosts)
+    return (
+        f"anet: {snap.done}/{total} done, {snap.failed} failed, {snap.running} running,"
+        f" {queued} queued; {'-' if rate is None else f'{rate:.1f}'} jobs/s,"
+        f" ETA {duration(rates.eta(snap))}, elapsed {duration(snap.elapsed)};"
+        f" {ready}/{len(snap.hosts)} hosts ready"
+    )
+
+
+_STATE_STYLES = {"ready": "green", "backing off": "yellow", "given up": "bold red"}
+
+
+def render(
+    snap: Snapshot, rates: Rates, width: int = 100, max_rows: int | None = None
+) -> RenderableType:
+    """The live view: a bar with the counts, then one line per host, at most `max_rows` of them
+    (a terminal shows no more; the hosts not ready come first, so trouble stays in sight).
+
+    Lines are formatted as plain strings and only styled by rich: a rich Table measures every
+    cell on every frame, which costs ~1 ms per host per frame.
+    """
+    total = snap.total
+    bar = ProgressBar(
+        total=float(total or 1), completed=float(snap.done if total else 0),
+        width=max(10, width - 60),
+    )  # fmt: skip
+    rate = rates.overall()
+    head = Text.assemble(
+        (f" {snap.done}/{'?' if total is None else total} ", "bold"),
+        (f"{snap.failed} failed", "red" if snap.failed else ""),
+        f", {snap.running} running, {'?' if snap.queued is None else snap.queued} queued",
+        f"  {'-' if rate is None else f'{rate:.1f}'}/s  ETA {duration(rates.eta(snap))}",
+    )
+    hosts = list(snap.hosts)
+    hidden = 0
+    if max_rows is not None and len(hosts) > max_rows:
+        hosts.sort(key=lambda row: row.state == "ready")  # stable: the given order otherwise
+        hidden, hosts = len(hosts) - max(max_rows - 1, 0), hosts[: max(max_rows - 1, 0)]
+    rows = [_cells(row, rates) for row in hosts]
+    right = names_then_numbers(len(_COLUMNS), names=2)
+    lines, starts = align_columns([name for name, _ in _COLUMNS], rows, right)
+    texts = [Text(lines[0], style="bold")]
+    for line, cells in zip(lines[1:], rows, strict=True):
+        text = Text(line)
+        state = cells[1].split(" ", 2)
+        style = _STATE_STYLES.get(" ".join(state[:2]) if state[0] == "backing" else state[0])
+        if style:
+            text.stylize(style, starts[1], starts[1] + len(cells[1]))
+        texts.append(text)
+    if hidden:
+        texts.append(Text(f"... and {hidden} more hosts, all ready", style="dim"))
+    line = Table.grid(padding=(0, 1))
+    line.add_row(bar, head)
+    return Group(line, *texts)
+
+
+def _cells(row: HostRow, rates: Rates) -> list[str]:
+    per_minute = rates.per_minute(row.label)
+    return [
+        row.label, host_state(row), f"{row.running}/{row.slots}", str(row.done),
+        "-" if per_minute is None else f"{per_minute:.0f}", job_time(row.mean_time),
+        str(row.failures), f"{row.spec_won}/{row.spec_lost}",
+        "-" if row.heard_ago is None else f"{duration(row.heard_ago)} ago",
+    ]  # fmt: skip
+
+
+_COLUMNS = (
+    ("host", "left"), ("state", "left"), ("busy", "right"), ("done", "right"),
+    ("jobs/min", "right"), ("mean", "right"), ("failed", "right"), ("spec won/lost", "right"),
+    ("heard", "right"),
+)  # fmt: skip
+
+
+def render_text(snap: Snapshot, rates: Rates, width: int = 100, max_rows: int | None = None) -> str:
+    """The live view as plain text (what the snapshot tests compare)."""
+    console = Console(width=width, color_system=None, force_terminal=False, record=True,
+                      file=_Null())  # fmt: skip
+    console.print(render(snap, rates, width, max_rows))
+    return console.export_text()
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+# -- the I/O shell ---------------------------------------------------------------------------
+
+
+class _ConsoleStream:
+    """A text stream for the log handler that prints whole lines above the live view."""
+
+    def __init__(self, live: Live) -> None:
+        self._live = live
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _logs_through(stream: _ConsoleStream) -> Iterator[None]:
+    """Send anet's log lines through the live view, so they do not tear its drawing."""
+    handlers = [
+        h for h in logging.getLogger("anet").handlers if isinstance(h, logging.StreamHandler)
+    ]
+    previous = [h.setStream(stream) for h in handlers]  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        for handler, old in zip(handlers, previous, strict=True):
+            if old is not None:
+                handler.setStream(old)
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether a live view may draw on `stream`: a terminal (a test's StringIO or a pipe is not)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ProgressView:
+    """Redraw on a timer from `source()`: a live view on a terminal, else status lines.
+
+    `source(elapsed)` returns the current `Snapshot`; `live` chooses the terminal view. Use as
+    `async with view:`; leaving draws the last frame, so the final counts stay on screen.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        source: Callable[[float], Snapshot],
+        *,
+        live: bool,
+        interval: float | None = None,
+    ) -> None:
+        self._stream = stream
+        self._source = source
+        self._live_mode = live
+        self._interval = interval or (LIVE_INTERVAL if live else STATUS_INTERVAL)
+        self._base_interval = self._interval
+        self.rates = Rates()
+        self._task: asyncio.Task[None] | None = None
+        self._live: Live | None = None
+        self._logs: contextlib.ExitStack | None = None
+        self._start = 0.0
+
+    async def __aenter__(self) -> ProgressView:
+        loop = asyncio.get_running_loop()
+        self._start = loop.time()
+        if self._live_mode:
+            console = Console(file=self._stream, stderr=True)
+            self._live = Live(console=console, auto_refresh=False, redirect_stdout=False,
+                              redirect_stderr=False, transient=False)  # fmt: skip
+            self._live.start()
+            self._logs = contextlib.ExitStack()
+            self._logs.enter_context(_logs_through(_ConsoleStream(self._live)))
+        self._task = loop.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._live is not None:
+            self.refresh()
+            self._live.stop()
+            if self._logs is not None:
+                self._logs.close()
+
+    def snapshot(self) -> Snapshot:
+        """The numbers now (also what the end summary shows)."""
+        return self._source(asyncio.get_running_loop().time() - self._start)
+
+    def refresh(self) -> Snapshot:
+        """Read the counters once and draw them."""
+        snap = self.snapshot()
+        self.rates.observe(snap)
+        if self._live is not None:
+            started = time.process_time()
+            width, height = self._live.console.size
+            view = render(snap, self.rates, width, max_rows=max(height - 3, 3))
+            self._live.update(view, refresh=True)
+            cost = time.process_time() - started
+            # Never more than FRAME_BUDGET of a core on drawing, whatever the terminal's size.
+            self._interval = max(self._base_interval, cost / FRAME_BUDGET)
+        else:
+            self._stream.write(status_line(snap, self.rates) + "\n")
+            self._stream.flush()
+        return snap
+
+    async def _tick(self) -> None:
+        if self._live is None:  # status lines: the first one after an interval, not at once
+            self.rates.observe(self.snapshot())
+        while True:
+            if self._live is not None:
+                self.refresh()
+            await asyncio.sleep(self._interval)
+            if self._live is None:
+                self.refresh()
