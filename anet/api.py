@@ -236,7 +236,9 @@ class Cluster:
         self.hosts[session.label].last_heard = asyncio.get_running_loop().time()
         if not isinstance(msg, _JOB_FRAMES):
             return
-        drive = next((d for d in self._drives if d.engine.owns(msg.aid)), self._drive)
+        drive = self._drive
+        if self._drives:  # an earlier run's killed attempts may still be ending
+            drive = next((d for d in self._drives if d.engine.owns(msg.aid)), drive)
         if drive is None:
             raise protocol_error(session.label, f"{type(msg).__name__} with no run under way")
         await drive.frame(session.label, msg)

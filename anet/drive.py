@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from dispatcher.protocol import Message, Output
+from dispatcher.protocol import Exit, Message, Output
 
 from .core.batch import Job
 from .core.engine import Actions, Engine, HostStats, RunPolicy
@@ -69,6 +69,7 @@ class Drive:
         )
         self._round_due = False
         self._wakeup: asyncio.TimerHandle | None = None
+        self._wake_when: float | None = None
         self._delivering = 0  # final results waiting for room in the queue
         self._done_sent = False
         self._failed = False
@@ -87,9 +88,11 @@ class Drive:
     async def frame(self, label: str, msg: Message) -> None:
         """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame)."""
         self.engine.frame(label, msg, self._loop.time())
-        if not isinstance(msg, Output):
+        if isinstance(msg, Output):
+            return
+        if isinstance(msg, Exit):  # only an Exit brings results and attempt records
             await self._carry_out(self.engine.take())
-            self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
+        self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
 
     async def no_host(self, reason: str) -> None:
         """No host can ever take the work: the run fails with NoHostError."""
@@ -194,12 +197,20 @@ class Drive:
             self._results.put_last(_Done())
 
     def _wake_at(self, when: float | None) -> None:
-        """One timer for the next decision no event will trigger (a timeout, a straggler)."""
+        """One timer for the next decision no event will trigger (a timeout, a straggler);
+        left alone when that time did not change (most rounds), which saves a timer a job."""
+        if when == self._wake_when and (when is None or self._wakeup is not None):
+            return
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
+        self._wake_when = when
         if when is not None:
-            self._wakeup = self._loop.call_at(when, self.round_soon)
+            self._wakeup = self._loop.call_at(when, self._woken)
+
+    def _woken(self) -> None:
+        self._wakeup = self._wake_when = None
+        self.round_soon()
 
     # -- the journal ----------------------------------------------------------------------------
 
