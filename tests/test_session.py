@@ -306,6 +306,13 @@ _START_UP: dict[str, tuple[bytes, int | None, bytes, str, bool]] = {
         "cannot start python3: This account is currently not available.",
         False,
     ),
+    "a connection cut while booting": (
+        b"motd\n",
+        -1,
+        b"",
+        "connection lost during start-up",
+        False,
+    ),
     "a dispatcher that dies at once": (
         BOOT_MARK + BOOT_FRAMES,
         1,

@@ -78,6 +78,7 @@ async def program(args: RunArgs, env: Environment) -> int:
         )
         plan = RunPlan(read_batch(source.stream), options)
         seen.tally.base = len(plan.done)
+        seen.tally.total = options.batch_size  # counted for --halt N%: not counted again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
             await _run(args, env, hosts, seen, plan, out)
     seen.print_summary()

@@ -425,6 +425,10 @@ class HostSession:
                 pass
             await asyncio.sleep(0)  # let the stderr collector take the last lines
         said = self._stderr.last
+        if status is not None and status < 0:  # no exit status came: the channel was cut
+            return HostError(
+                self.label, f"connection lost during start-up{': ' + said if said else ''}"
+            )
         if status == 127:
             reason = f"python3 not found on the host ({said or 'exit 127'})"
             return HostError(self.label, reason, permanent=True)

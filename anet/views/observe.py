@@ -115,7 +115,7 @@ class RunObservers:
         return source
 
     async def _count(self) -> None:
-        if self._batch is None:  # a stream: its jobs are known as they are read
+        if self._batch is None or self.tally.total is not None:  # a stream, or counted already
             return
         with contextlib.suppress(Exception):  # a progress bar without a total is still useful
             self.tally.total = await asyncio.to_thread(count_jobs, self._batch)
