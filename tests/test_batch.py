@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import io
 import itertools
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from original_anet import original_commands
 
-from anet.core.batch import Job, as_jobs, open_batch, parse_lines, read_batch
+from anet.core.batch import Job, as_jobs, count_jobs, open_batch, parse_lines, read_batch
 from anet.errors import UsageError
 
 
@@ -23,26 +21,6 @@ def jobs_of(data: bytes) -> list[tuple[int, bytes]]:
 
 
 # -- numbering ---------------------------------------------------------------------------------
-
-ORIGINAL_READER = """\
-with open(sys.argv[1], "r") as f:
-\tcommands = list(filter(lambda element : element != "", f.read().split("\\n")))
-"""
-"""The original ANet's batch reading, verbatim from its anet.py (main(), Wout12345/anet):
-text mode, so universal newlines (CRLF and a lone CR end a line too), then every piece that
-is not the empty string is a request, its id its index."""
-
-
-def original_commands(data: bytes) -> list[bytes]:
-    """The commands the original ANet would number 0, 1, ... for a batch file holding `data`,
-    as the UTF-8 bytes it would send: its own lines of code run on a real file."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder, "batch_file.txt")
-        path.write_bytes(data)
-        scope: dict[str, Any] = {"sys": SimpleNamespace(argv=["anet.py", str(path)])}
-        exec(ORIGINAL_READER, scope)
-    return [command.encode("utf-8") for command in scope["commands"]]
-
 
 MIXED = (
     b"echo a\n\n  \n\t\r\necho b\r\necho c\rprintf d\r\r\n \r\n\r\n\x0b\n\x0c\n"
@@ -69,6 +47,13 @@ def test_ids_are_the_original_anets_for_a_mixed_batch():
     ]
     assert original_commands(MIXED) == expected  # the rule, read off the original's own code
     assert jobs_of(MIXED) == list(enumerate(expected))
+
+
+def test_count_jobs_counts_as_the_original_numbers(tmp_path: Path):
+    """The progress bar's total, a --halt percentage and `anet status` count with this."""
+    path = tmp_path / "batch.txt"
+    path.write_bytes(MIXED)
+    assert count_jobs(path) == len(original_commands(MIXED)) == 12
 
 
 def test_white_space_only_lines_are_jobs():
