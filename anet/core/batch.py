@@ -39,7 +39,8 @@ line and ended no line at a lone CR)."""
 
 READ_SIZE = 64 * 1024
 """At most this much is read at once: a line is read whole unless it is longer, and a file
-with no LF at all (lone-CR line ends) is still read a piece at a time."""
+with no LF at all (lone-CR line ends) is still read a piece at a time. (From a pipe, a line
+ended by a lone CR therefore starts once an LF, 64 KiB or the end of the input follows.)"""
 
 
 def parse_lines(pieces: Iterable[bytes]) -> Iterator[Job]:
