@@ -117,6 +117,7 @@ class _PipeOutput(ResultOutput):
         self._writer = writer
         self._fd = fd
         self._dropped: int | None = None  # what close() gave up on, once it has
+        self._taken = 0  # what the kernel had taken when last looked at, the pipe still open
 
     def _push(self, data: bytes) -> None:
         if not self._writer.is_closing():
@@ -125,7 +126,11 @@ class _PipeOutput(ResultOutput):
     def _unsent(self) -> int:
         if self._dropped is not None:
             return self._dropped
-        return self._writer.transport.get_write_buffer_size()
+        if self._writer.is_closing():  # the reader left: the transport threw its buffer away,
+            return self._pushed - self._taken  # so only what was taken before counts
+        unsent = self._writer.transport.get_write_buffer_size()
+        self._taken = self._pushed - unsent
+        return unsent
 
     async def write(self, data: bytes, job_id: int | None = None) -> None:
         if self._writer.is_closing():
@@ -142,19 +147,21 @@ class _PipeOutput(ResultOutput):
     async def close(self, timeout: float | None = None) -> None:
         await super().close()
         transport = self._writer.transport
-        if not transport.is_closing():  # closing: the reader left (the original ANet's example
-            # consumer does once it has every id); its transport takes no call but these
+        if transport.is_closing():  # the reader left (the original ANet's example consumer does
+            self._writer.close()  # once it has every id): nothing more can reach it
+        else:
             transport.set_write_buffer_limits(0)  # drain() now returns once all is written
             with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._writer.drain()
-        # What the reader did not take in time is dropped, not left to a transport that might
-        # write it after `delivered` called it undelivered: owed means never written.
-        self._dropped = transport.get_write_buffer_size()
-        if self._dropped and not transport.is_closing():
-            transport.abort()
-        else:
-            self._writer.close()
+            self._unsent()  # the last look while the pipe may still be open
+            # What the reader did not take in time is dropped, not left to a transport that
+            # might write it after `delivered` called it undelivered: owed is never written.
+            self._dropped = self._pushed - self._taken
+            if self._dropped and not transport.is_closing():
+                transport.abort()
+            else:
+                self._writer.close()
         os.set_blocking(self._fd, True)  # the shell may share this pipe after we exit
 
 
