@@ -179,3 +179,21 @@ def test_a_big_cluster_shows_what_fits_with_the_hosts_in_trouble_first():
     assert text[1].split()[:2] == ["host", "state"]
     assert "backing off 10s" in text[2] and "given up" in text[3]
     assert text[-1] == "... and 24 more hosts, all ready"
+
+
+def test_a_narrow_terminal_gets_fewer_columns_never_a_wrapped_line():
+    tally, hosts = fresh()
+    replay(10.0, tally, hosts)
+    rates = Rates(window=60)
+    for now in (0.0, 10.0):
+        rates.observe(take_snapshot(tally, hosts, elapsed=now, now=now))
+    snap = take_snapshot(tally, hosts, elapsed=10.0, now=10.0)
+    headers = {}
+    for width in (80, 60, 40, 30, 20):
+        lines = render_text(snap, rates, width=width).splitlines()
+        assert len(lines) == 5 and all(len(line) <= width for line in lines), (width, lines)
+        headers[width] = lines[1].split("  ")
+        assert [line.split()[0][:2] for line in lines[2:]] == ["no"] * 3  # a row each
+    assert "spec won/lost" not in " ".join(headers[80]) and "jobs/min" in headers[60]
+    assert [h.strip() for h in headers[30] if h] == ["host", "state", "done"]
+    assert lines[2] == "no…  ready"  # 20 columns: the names are cut, marked
