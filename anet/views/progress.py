@@ -62,7 +62,7 @@ class HostRow:
     slots: int
     running: int
     done: int
-    failures: int
+    failed_attempts: int
     spec_won: int
     spec_lost: int
     mean_time: float | None
@@ -286,19 +286,19 @@ def _cells(row: HostRow, rates: Rates) -> list[str]:
     return [
         row.label, host_state(row), f"{row.running}/{row.slots}", str(row.done),
         "-" if per_minute is None else f"{per_minute:.0f}", job_time(row.mean_time),
-        str(row.failures), f"{row.spec_won}/{row.spec_lost}",
+        str(row.failed_attempts), f"{row.spec_won}/{row.spec_lost}",
         "-" if row.heard_ago is None else f"{duration(row.heard_ago)} ago",
     ]  # fmt: skip
 
 
 _COLUMNS = (
-    ("host", "left"), ("state", "left"), ("busy", "right"), ("done", "right"),
-    ("jobs/min", "right"), ("mean", "right"), ("failed", "right"), ("spec won/lost", "right"),
-    ("heard", "right"),
+    ("host", "left"), ("state", "left"), ("running", "right"), ("jobs", "right"),
+    ("jobs/min", "right"), ("mean", "right"), ("failed attempts", "right"),
+    ("spec won/lost", "right"), ("heard", "right"),
 )  # fmt: skip
 _DROPPED_FIRST = (7, 8, 5, 6, 4, 2, 3)
-"""The columns a narrow terminal loses, first to last: spec won/lost, heard, mean, failed,
-jobs/min, busy, done. Host and state always stay."""
+"""The columns a narrow terminal loses, first to last: spec won/lost, heard, mean, failed
+attempts, jobs/min, running, jobs. Host and state always stay."""
 
 
 def render_text(snap: Snapshot, rates: Rates, width: int = 100, max_rows: int | None = None) -> str:
