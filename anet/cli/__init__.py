@@ -89,7 +89,7 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
         return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `anet`: the help, no "anet:" prefix
         env.stderr.write(f"{exc.format_message()}\n")
-        return ExitStatus.USAGE
+        return ExitStatus.ERROR  # 2 would read as "2 jobs failed"
     except click.ClickException as exc:
         env.stderr.write(f"anet: {exc.format_message()}\n")
         return ExitStatus.ERROR
