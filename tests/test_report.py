@@ -75,6 +75,9 @@ def test_report_names_jobs_and_attempts_apart_and_shows_exit_status():
     ]  # fmt: skip
     assert "<td>exit 1</td><td>no space left</td>" in failed
     assert "<td>signal 9</td>" in failed
+    only = stats()
+    only.failed_jobs = [JobLine(2, "node1", 0.5, "exit 1", "exit 1")]  # no stderr to tell why
+    assert "<td>exit 1</td><td></td>" in render_report(only)  # not "exit 1" twice
 
 
 def test_value_ticks_are_round_and_cover_the_top():

@@ -270,11 +270,16 @@ def _jobs_table(jobs: Sequence[JobLine], why: bool) -> str:
     head += "<th>exit status</th><th>why</th>" if why else ""
     rows = "".join(
         f"<tr><td>{j.id}</td><td>{escape(j.host)}</td><td>{job_time(j.runtime)}</td>"
-        + (f"<td>{j.status}</td><td>{escape(j.why)}</td>" if why else "")
+        + (f"<td>{j.status}</td><td>{escape(_beyond(j.why, j.status))}</td>" if why else "")
         + "</tr>"
         for j in jobs
     )
     return f"<table>{head}</tr>{rows}</table>"
+
+
+def _beyond(why: str, status: str) -> str:
+    """Why a job failed, unless that is only its exit status, already in the cell before."""
+    return "" if why == status else why
 
 
 _CSS = """
