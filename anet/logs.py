@@ -21,6 +21,7 @@ from .printable import printable
 _LOGGER = logging.getLogger("anet")
 _style = {"verbose": False, "json": False}
 _json = structlog.processors.JSONRenderer()
+_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
 def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
@@ -44,10 +45,26 @@ def get_logger() -> Any:
         _LOGGER,
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _stamp,
             _render,
         ],
     )
+
+
+def is_json() -> bool:
+    """Whether stderr carries JSON lines only (`--log-json`): then everything anet writes there,
+    not only log lines (a summary, a table, an error at exit), is a JSON object."""
+    return _style["json"]
+
+
+def line(message: str, level: str = "info", **fields: Any) -> str:
+    """A line for stderr that is not a log record but must look like one, whatever the level
+    filter: `anet: message` (escaped: it may hold what a host said), or with `--log-json` a JSON
+    object with a log record's keys (`event`, `level`, `timestamp`) beside `fields`."""
+    if _style["json"]:
+        event = _stamp(None, level, {**fields, "event": message, "level": level})
+        return f"{_json(None, level, event)}\n"
+    return f"anet: {printable(message)}\n"
 
 
 def configure(verbosity: int = 0, json: bool = False, stream: TextIO | None = None) -> None:

@@ -213,7 +213,7 @@ class Connection:
             if end:
                 self._pos = end
                 try:
-                    msg = decode_body(bytes(buf[pos + 4 : end]), self.peer)
+                    msg = decode_body(buf[pos + 4 : end], self.peer)
                     if msg.CODE in _TURNS:
                         self._turn(self.peer, msg, remote=True)
                 except RemoteProtocolError as exc:
@@ -255,7 +255,7 @@ class Connection:
         if not end:
             return None
         self._pos = end
-        msg = decode_body(bytes(buf[pos + 4 : end]), self.peer)
+        msg = decode_body(buf[pos + 4 : end], self.peer)
         self._turn(self.peer, msg, remote=True)
         return msg
 

@@ -104,7 +104,9 @@ EITHER = Role.EITHER
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # `type() is`, not isinstance: msgpack yields exact ints, and this refuses bool (an int
+    # subclass) in one step; every field of every frame is checked, so the step counts
+    return type(value) is int
 
 
 def _is_env(value: Any) -> bool:
@@ -115,13 +117,13 @@ def _is_env(value: Any) -> bool:
 
 _CHECKS: Dict[str, Callable[[Any], bool]] = {
     "int": _is_int,
-    "float": lambda v: isinstance(v, float) or _is_int(v),
-    "str": lambda v: isinstance(v, str),
-    "bytes": lambda v: isinstance(v, bytes),
-    "Optional[int]": lambda v: v is None or _is_int(v),
+    "float": lambda v: type(v) is float or type(v) is int,
+    "str": lambda v: type(v) is str,
+    "bytes": lambda v: type(v) is bytes,
+    "Optional[int]": lambda v: v is None or type(v) is int,
     "Dict[str, str]": _is_env,
-    "bool": lambda v: isinstance(v, bool),
-    "list": lambda v: isinstance(v, list),
+    "bool": lambda v: v is True or v is False,
+    "list": lambda v: type(v) is list,
 }
 """Field checks by annotation text, so the message classes above stay the only definition."""
 
@@ -162,6 +164,8 @@ def _field_check(f: "Field[Any]") -> Callable[[Any], bool]:
     if check is not None:
         return lambda v: typed(v) and check(v)
     top = min(high, sys.float_info.max)  # comparisons refuse NaN; this refuses infinity
+    if typed is _is_int:  # the commonest bounded field (ids, codes, slots): no inner call
+        return lambda v: type(v) is int and low <= v <= top
     if str(f.type).startswith("Optional"):
         return lambda v: v is None or (typed(v) and low <= v <= top)
     return lambda v: typed(v) and low <= v <= top
@@ -368,7 +372,7 @@ def encode(msg: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes, sender: Optional[Role] = None) -> Message:
+def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) -> Message:
     """Turn one frame body into its message, or say exactly why it is not one; a message
     that `sender` (when given) may not send is refused before its fields are looked at."""
     try:
@@ -449,7 +453,7 @@ class FrameDecoder:
             end = frame_end(buf, pos, self._max_frame)
             if not end:
                 break
-            out.append(decode_body(bytes(buf[pos + 4 : end])))
+            out.append(decode_body(buf[pos + 4 : end]))
             pos = end
         if pos:
             del buf[:pos]

@@ -72,6 +72,11 @@ STALE_STAGING = 24 * 3600.0
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 COPY_CHUNK = 1 << 20
+ORIGINAL_LAYOUT = b"dependencies"
+"""The original ANet ran jobs in ~/anet with the deps in ~/anet/dependencies/, so its batches
+say `python3 dependencies/prog.py`; jobs here run inside the tree. A symlink of this name to
+`.` in each tree serves both: `prog.py` and `dependencies/prog.py` are one file. It is not in
+the manifest, so no check or reuse ever looks at it; a deps entry of the same name wins."""
 
 
 def _describe(exc: OSError) -> str:
@@ -132,6 +137,13 @@ def _link(folder: int, name: bytes, st: os.stat_result, target: bytes) -> bool:
         return True
     os.unlink(target)  # the name was swapped since we opened it
     return False
+
+
+def _link_original_layout(tree_dir: bytes) -> None:
+    """`dependencies -> .` in the tree jobs run in (see ORIGINAL_LAYOUT), made at each use so
+    trees built before it existed get it too."""
+    with contextlib.suppress(OSError):  # there already, the user's own, or a tree we cannot
+        os.symlink(b".", os.path.join(tree_dir, ORIGINAL_LAYOUT))  # write: jobs still run
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -287,6 +299,7 @@ class SyncStore:
             os.close(self._lock_fd)
         self._lock_fd = fd
         self.job_cwd = self._tree_dir(tree)
+        _link_original_layout(self.job_cwd)
 
     # -- entries: plan the delta --------------------------------------------------------------
 

@@ -237,6 +237,21 @@ def test_resume_refuses_a_changed_batch(tmp_path):
     assert "\n" not in str(caught.value)
 
 
+def test_resume_refuses_a_journal_whose_ids_were_numbered_by_another_rule(tmp_path):
+    """Before anet numbered jobs as the original ANet did, a white-space-only line was no job
+    and a lone CR ended none: that journal's ids are not this batch's ids."""
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        journal.record(ok(1))
+    with Journal.open(path, FP, "batch.txt", resume=True):
+        pass  # a journal of this anet resumes
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DELETE FROM meta WHERE key = 'job_ids'")
+        db.commit()
+    with pytest.raises(UsageError, match=r"numbered .* run without --resume"):
+        Journal.open(path, FP, "batch.txt", resume=True)
+
+
 def test_resume_without_a_journal_names_the_path(tmp_path):
     path = tmp_path / "nothing" / "j.sqlite"
     with pytest.raises(UsageError, match=f"no journal to resume at {path}"):

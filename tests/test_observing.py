@@ -330,7 +330,7 @@ def test_completion_help_and_one_line_errors(tmp_path):
     words = subprocess.run([sys.executable, "-m", "anet"], capture_output=True, env=env)
     assert b"plain,status" in words.stdout, words
     helped = anet("--help").stdout.decode()
-    assert "anet status JOURNAL" in helped and "anet report JOURNAL" in helped
+    assert "anet status batch.txt" in helped and "anet report batch.txt" in helped
     stranger = tmp_path / "not-a-journal"
     stranger.write_text("hello")
     for argv in (["status", str(stranger)], ["report", str(tmp_path / "missing.sqlite")]):

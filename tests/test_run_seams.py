@@ -48,6 +48,29 @@ def assert_five(done: subprocess.CompletedProcess[bytes]) -> None:
     assert got == [(i, b"line-%d\n" % i) for i in range(5)]
 
 
+# -- a reader that leaves ----------------------------------------------------------------------
+
+
+def test_a_reader_that_leaves_once_it_has_every_result_ends_no_run_in_error(tmp_path):
+    """The original ANet's example consumer stops reading, and exits, once it has every id: the
+    pipe is closed before anet closes its end. Every result was delivered: exit 0, no
+    traceback (it was uvloop's "the handler is closed", from a closed pipe's transport)."""
+    size = sum(8 + len(b"line-%d\n" % i) for i in range(5))  # the five `anet` records
+    batch = tmp_path / "batch.txt"
+    batch.write_bytes(ECHO_FIVE)
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
+    env.pop("ANET_HOSTS", None)
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as into_head, open(write_end, "wb") as out_of_anet:
+        head = subprocess.Popen(["head", "-c", str(size)], stdin=into_head, stdout=subprocess.PIPE)
+        argv = [sys.executable, "-m", "anet", "-q", "--no-journal", str(batch)]
+        run = subprocess.Popen(argv, stdout=out_of_anet, stderr=subprocess.PIPE, env=env)
+    _, err = run.communicate(timeout=60)
+    out, _ = head.communicate(timeout=10)
+    assert len(out) == size
+    assert (run.returncode, err) == (0, b"")
+
+
 # -- a batch from a stream ----------------------------------------------------------------------
 
 
@@ -218,7 +241,7 @@ def test_an_empty_batch_connects_no_host_and_ends_at_once(cluster, tmp_path):
     """It used to connect every host and wait for them: 'did not stop in time; cutting them
     off', 5-9 s."""
     batch = tmp_path / "batch.txt"
-    batch.write_text("\n   \n\n")
+    batch.write_bytes(b"\n\r\n\r\r\n")  # line ends only: no job
     before = logins(cluster)
     done = run_on(cluster, str(batch), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -162,6 +162,53 @@ def test_data_past_a_files_size_or_unasked_fails_the_sync_only(tmp_path):
     assert done.error == ""
 
 
+# -- dependencies/: the original ANet's layout -----------------------------------------------
+
+
+def test_the_tree_is_also_reachable_as_dependencies_from_inside_it(tmp_path):
+    """The original ran jobs beside dependencies/: `python3 dependencies/prog.py` must find
+    the tree's prog.py, and `python3 prog.py` still does."""
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src"))
+    _, done = host.sync(tree)
+    root = Path(os.fsdecode(done.path))
+    assert os.readlink(root / "dependencies") == "."
+    assert (root / "dependencies" / "f3").read_text() == "file 3\n"
+    assert host.offer(tree).ready  # the link is no damage to the tree
+
+
+def test_a_tree_made_without_the_link_gets_it_when_used(tmp_path):
+    """Trees an earlier anet built are used as they are, plus the link."""
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src"))
+    _, done = host.sync(tree)
+    link = Path(os.fsdecode(done.path)) / "dependencies"
+    link.unlink()
+    assert Host(tmp_path / "home").offer(tree).ready
+    assert os.readlink(link) == "."
+
+
+@pytest.mark.parametrize("kind", ["dir", "file", "link"])
+def test_the_users_own_dependencies_entry_is_left_alone(tmp_path, kind):
+    src = make(tmp_path / "src")
+    own = src / "dependencies"
+    if kind == "dir":
+        own.mkdir()
+        (own / "inner").write_text("mine\n")
+    elif kind == "file":
+        own.write_text("mine\n")
+    else:
+        own.symlink_to("f1")
+    host, tree = Host(tmp_path / "home"), scan_dir(src)
+    _, done = host.sync(tree)
+    assert host.offer(tree).ready
+    synced = Path(os.fsdecode(done.path)) / "dependencies"
+    if kind == "dir":
+        assert (synced / "inner").read_text() == "mine\n" and not synced.is_symlink()
+    elif kind == "file":
+        assert synced.read_text() == "mine\n" and not synced.is_symlink()
+    else:
+        assert os.readlink(synced) == "f1"
+
+
 def plant_symlink(folder: Path, elsewhere: Path) -> None:
     """What a job may do in its deps: replace a folder by a symlink to look-alikes (the same
     names, sizes, modes and mtimes, other bytes)."""

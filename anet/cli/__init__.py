@@ -1,47 +1,40 @@
 """`anet`: argv in, exit status out; the work itself is `anet.api`.
 
 `main()` wires the real process environment, `raw_main()` turns every outcome into an exit
-status (a user mistake is one line on stderr, never a traceback). Each subcommand is a thin
-module of its own (`cli_*.py`); `anet BATCH` with no subcommand name means `anet run BATCH`,
-and `anet --find`/`--killall`/`--onall` are spellings of the subcommands of those names.
+status (a user mistake is one line on stderr, never a traceback; with `--log-json`, a JSON
+line). Each subcommand is a thin module of its own (`cli/run.py`...); `anet BATCH` with no
+subcommand name means `anet run BATCH`, `anet --find`/`--killall`/`--onall` are spellings of
+the subcommands of those names, and options may come before the subcommand (`cli/argv.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
+from .. import logs
 from .._version import __version__
-from ..errors import AnetError, Stopped
-from ..printable import printable
+from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
+from .argv import arrange, option_table
 from .common import Environment, ExitStatus
 from .machines import COMMANDS as MACHINE_COMMANDS
 from .report import completion_command, report_command, status_command
 from .run import run_command
 from .sync import sync_command
 
-DEFAULT_COMMAND = "run"
-OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
-"""Options that name a subcommand, as the original ANet and GNU parallel spell them."""
-
 
 class AnetGroup(click.Group):
-    """A group whose default subcommand is `run`: `anet -S h batch.txt` is `anet run -S h ...`."""
+    """A group whose default subcommand is `run` (`anet -S h batch.txt` is `anet run -S h
+    batch.txt`), and whose subcommands take their options before their name too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] in OPTION_COMMANDS:
-            args = [OPTION_COMMANDS[args[0]], *args[1:]]
-        elif args and args[0] not in self.commands and args[0] not in _GROUP_OPTIONS:
-            args = [DEFAULT_COMMAND, *args]
-        return super().parse_args(ctx, args)
-
-
-_GROUP_OPTIONS = ("-h", "--help", "--version")
+        return super().parse_args(ctx, arrange(args, self.commands, option_table(self)).argv)
 
 
 @click.group(
@@ -56,11 +49,12 @@ Examples:
   anet sync -H hosts.txt deps/                    # only the sync (delta, atomic)
   anet --find 'my_sim' -H hosts.txt               # processes matching, on every host
   anet hosts check -H hosts.txt --write-ok ok.txt # which hosts are usable
-  anet status JOURNAL                             # how far a run is, while it runs
-  anet report JOURNAL -o report.html              # throughput, hosts, failures: one page
+  anet status batch.txt                           # how far its run is, while it runs
+  anet report batch.txt -o report.html            # throughput, hosts, failures: one page
   eval "$(anet completion bash)"                  # tab completion (zsh too)
 
-`anet BATCH` means `anet run BATCH`; `anet COMMAND --help` tells more.""",
+`anet BATCH` means `anet run BATCH`; options may come before COMMAND too
+(`anet -H hosts.txt --find x`); `anet COMMAND --help` tells more.""",
 )
 @click.version_option(__version__, prog_name="anet")
 def cli() -> None:
@@ -78,37 +72,53 @@ cli.add_command(sync_command)
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     """Every outcome becomes an exit status; only a bug in anet prints a traceback."""
     env = env or Environment()
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Before parsing: with --log-json, even a usage error is a JSON line.
+    logs.configure(0, "--log-json" in itertools.takewhile(lambda a: a != "--", args), env.stderr)
     try:
-        status: Any = cli.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="anet",
-            standalone_mode=False,
-            obj=env,
-        )
+        status: Any = cli.main(args=args, prog_name="anet", standalone_mode=False, obj=env)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `anet`: the help, no "anet:" prefix
         env.stderr.write(f"{exc.format_message()}\n")
         return ExitStatus.ERROR  # 2 would read as "2 jobs failed"
     except click.ClickException as exc:
-        env.stderr.write(f"anet: {exc.format_message()}\n")
+        _say(env, _click_message(exc) + _shadow_hint(args, exc))
         return ExitStatus.ERROR
     except Stopped as exc:
-        _say(env, f"anet: {exc}")
+        _say(env, str(exc))
         return 128 + exc.signum
     except AnetError as exc:  # may carry what a host said: "no usable host (h1: ...)"
-        env.stderr.write(f"anet: {printable(str(exc))}\n")
+        _say(env, str(exc) + _shadow_hint(args, exc))
         return ExitStatus.ERROR
     except (KeyboardInterrupt, click.Abort):
-        _say(env, "anet: interrupted; running jobs were stopped")
+        _say(env, "interrupted; running jobs were stopped")
         return ExitStatus.INTERRUPTED
     return status if isinstance(status, int) else ExitStatus.OK
 
 
+def _click_message(exc: click.ClickException) -> str:
+    """click's message; an unknown option also names the command that lacks it, since options
+    given before the command's name go to it (`anet -q status J`: status has no -q)."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.NoSuchOption) and ctx is not None and ctx.parent is not None:
+        return f"{ctx.command_path.partition(' ')[2]}: {message}"  # "anet status" -> "status"
+    return message
+
+
+def _shadow_hint(args: list[str], exc: Exception) -> str:
+    """When a command's usage error may mean the user wanted the batch file of its name."""
+    if not isinstance(exc, (click.UsageError, UsageError)):
+        return ""
+    shadowed = arrange(args, cli.commands, option_table(cli)).shadowed
+    return f" (to run the batch file {shadowed}, say `anet run {shadowed}`)" if shadowed else ""
+
+
 def _say(env: Environment, line: str) -> None:
-    """A last line that may have nowhere to go (a hung-up terminal): never a traceback."""
+    """A last line, an error (a hung-up terminal may leave it nowhere to go: never a traceback)."""
     with contextlib.suppress(OSError):
-        env.stderr.write(f"{line}\n")
+        env.stderr.write(logs.line(line, "error"))
         env.stderr.flush()
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .. import logs
 from ..api import KEEPALIVE
 from ..errors import UsageError
 from ..housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
@@ -102,7 +103,8 @@ def _report_down(env: Environment, answers: Sequence[Any]) -> int:
     """One stderr line per host that could not be asked; their number."""
     down = [a for a in answers if a.error is not None]
     for answer in down:
-        env.stderr.write(f"anet: {answer.host}: {printable(answer.error)}\n")
+        host, error = answer.host, answer.error
+        env.stderr.write(logs.line(f"{host}: {error}", "error", host=host, error=error))
     return len(down)
 
 
@@ -216,7 +218,7 @@ def find_command(env: Environment, pattern: str, host_args: HostArgs, fmt: str) 
 
 def _no_match(env: Environment, pattern: str, fmt: str) -> Status:
     if fmt != "jsonl":
-        env.stderr.write(f"anet: no process matches {pattern!r}\n")
+        env.stderr.write(logs.line(f"no process matches {pattern!r}", pattern=pattern))
     return Status.NO_MATCH
 
 
@@ -329,12 +331,10 @@ def _refused(env: Environment, answers: Sequence[HostKills]) -> Status:
     for a in answers:
         if a.lifelines:
             what = ", ".join(sorted({k.process.lifeline for k in a.lifelines}))
-            env.stderr.write(
-                f"anet: {a.host}: {len(a.lifelines)} of {len(a.kills)} matches keep your "
-                f"sessions alive ({what})\n"
-            )
+            said = f"{len(a.lifelines)} of {len(a.kills)} matches keep your sessions alive"
+            env.stderr.write(logs.line(f"{a.host}: {said} ({what})", "warning", host=a.host))
     env.stderr.write(
-        "anet: nothing was killed: narrow the pattern, or add --force to kill these too\n"
+        logs.line("nothing was killed: narrow the pattern, or add --force to kill these too")
     )
     return Status.REFUSED
 
@@ -524,7 +524,7 @@ def scan_command(
     addresses = expand_targets(targets)
     found = run_async(_scan(addresses, ports or (22,), timeout, concurrency))
     if not found:
-        env.stderr.write(f"anet: no SSH server answered at {len(addresses)} address(es)\n")
+        env.stderr.write(logs.line(f"no SSH server answered at {len(addresses)} address(es)"))
         return Status.NO_MATCH
     specs = [parse_spec(f"{user}@{s.spec}" if user else s.spec) for s in found]
     if no_check:

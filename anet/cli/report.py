@@ -1,21 +1,25 @@
 """`anet status JOURNAL` and `anet report JOURNAL`: a run's numbers as text, or as an HTML page.
 
-Both read the journal read-only, so they work while the batch still runs (and after).
+Both read the journal read-only, so they work while the batch still runs (and after). Given a
+batch file instead, they read the journal `anet run BATCH` keeps for it by default.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
+from .. import logs
 from ..errors import UsageError
+from ..streams.journal import default_journal_path
 from ..views.progress import duration, job_time
 from ..views.report import render_report
 from ..views.stats import JobLine, RunStats, load
 from ..views.tables import table
-from .common import Environment, ExitStatus
+from .common import Environment, ExitStatus, log_options
 
 
 def status_text(stats: RunStats) -> str:
@@ -66,37 +70,66 @@ def _ended(job: JobLine) -> str:
 
 
 JOURNAL = click.Path(path_type=Path, dir_okay=False)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+"""The first bytes of every SQLite file: anything else given as a journal is taken for a batch."""
+
+
+def journal_of(path: Path, environ: Mapping[str, str]) -> Path:
+    """`path` if it is a journal, else the default journal of the batch file `path`.
+
+    From the file's first bytes only: a SQLite file that is not anet's is refused by the
+    journal reader, naming it. A missing file is left to the reader too ("no journal at").
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(SQLITE_MAGIC))
+    except OSError:
+        return path
+    if head == SQLITE_MAGIC:
+        return path
+    journal = default_journal_path(path, environ)
+    if not journal.is_file():
+        raise UsageError(
+            f"{path} is not a journal, and no run of it as a batch is recorded (none at {journal})"
+        )
+    return journal
 
 
 @click.command("status")
-@click.argument("journal", type=JOURNAL)
+@click.argument("journal", type=JOURNAL, metavar="JOURNAL|BATCH")
+@log_options
 @click.pass_obj
 def status_command(env: Environment, journal: Path) -> int:
     """Print how far the run recorded in JOURNAL is; works while it runs.
 
+    Given the BATCH file instead, the journal its runs keep by default (`anet run BATCH`).
+
     \b
-    Example:
+    Examples:
+      anet status batch.txt
       anet status ~/.local/state/anet/journals/batch.txt-1a2b3c4d.sqlite
     """
-    env.stdout.write(status_text(load(journal)).encode())
+    env.stdout.write(status_text(load(journal_of(journal, env.environ))).encode())
     env.stdout.flush()
     return ExitStatus.OK
 
 
 @click.command("report")
-@click.argument("journal", type=JOURNAL)
+@click.argument("journal", type=JOURNAL, metavar="JOURNAL|BATCH")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default="report.html",
     show_default=True, help="Where to write the page.",
 )  # fmt: skip
+@log_options
 @click.pass_obj
 def report_command(env: Environment, journal: Path, output: Path) -> int:
-    """Write a self-contained HTML page about the run recorded in JOURNAL.
+    """Write a self-contained HTML page about the run recorded in JOURNAL (or the default
+    journal of the BATCH file, as `anet status` reads it).
 
     Throughput per host over time, run time distribution, hosts joining, lost and back,
     slowest and failed jobs. It needs no network to view.
     """
-    page = render_report(load(journal))
+    page = render_report(load(journal_of(journal, env.environ)))
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(page, encoding="utf-8")
@@ -104,7 +137,7 @@ def report_command(env: Environment, journal: Path, output: Path) -> int:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    env.stderr.write(f"anet: report written to {output}\n")
+    env.stderr.write(logs.line(f"report written to {output}", report=str(output)))
     return ExitStatus.OK
 
 

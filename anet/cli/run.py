@@ -257,6 +257,7 @@ def run_command(
 
     With DEPS (a folder, or a file), every host first gets an identical copy of it, and its
     jobs run inside that copy: `deps/` syncs the folder's contents, `deps` the folder itself.
+    The copy is also `dependencies/` there, as the original ANet's batches expect.
 
     Results stream to stdout as jobs finish; the exit status is the number of failed jobs
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import click
 
+from .. import logs
 from ..api import KEEPALIVE, Cluster
 from ..deps.manifest import Tree, start_scan
 from ..deps.sync import SyncReport
@@ -65,7 +66,7 @@ async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepali
             if shown is not None:
                 shown.cancel()
     meter.clear()
-    env.stderr.write(render_table(tree, outcomes))
+    env.stderr.write((render_records if logs.is_json() else render_table)(tree, outcomes))
     failed = sum(isinstance(o, HostError) for o in outcomes)
     return min(failed, ExitStatus.MAX_FAILED)
 
@@ -78,18 +79,43 @@ def render_table(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
         if isinstance(outcome, HostError):
             rows.append((outcome.host, f"FAILED: {printable(outcome.reason)}", "", "", "", ""))
             continue
-        result = "shared copy" if outcome.waited_for_shared else "ok"
-        if outcome.files_sent == 0 and not outcome.waited_for_shared:
-            result = "up to date" if outcome.reused == 0 else "ok"
         rows.append(
             (
-                outcome.host, result, str(outcome.files_sent), size_text(outcome.bytes_sent),
-                str(outcome.reused), f"{outcome.seconds:.2f}",
+                outcome.host, _result(outcome), str(outcome.files_sent),
+                size_text(outcome.bytes_sent), str(outcome.reused), f"{outcome.seconds:.2f}",
             )
         )  # fmt: skip
     lines, _ = align_columns(header, rows, [False] * len(header))
     deps = f"deps: {len(tree.entries)} entries, {tree.files} files, {size_text(tree.size)}"
     return "".join(f"{line}\n" for line in [deps, *lines])
+
+
+def render_records(tree: Tree, outcomes: list[SyncReport | HostError]) -> str:
+    """The table's contents as JSON lines (--log-json): the deps, then one record per host."""
+    lines = [logs.line("deps", entries=len(tree.entries), files=tree.files, bytes=tree.size)]
+    for outcome in outcomes:
+        if isinstance(outcome, HostError):
+            lines.append(
+                logs.line(
+                    f"{outcome.host}: not synced: {outcome.reason}", "error",
+                    host=outcome.host, result="failed", reason=outcome.reason,
+                )
+            )  # fmt: skip
+            continue
+        lines.append(
+            logs.line(
+                f"{outcome.host}: {_result(outcome)}", host=outcome.host, result=_result(outcome),
+                files_sent=outcome.files_sent, bytes_sent=outcome.bytes_sent,
+                reused=outcome.reused, seconds=round(outcome.seconds, 3),
+            )
+        )  # fmt: skip
+    return "".join(lines)
+
+
+def _result(outcome: SyncReport) -> str:
+    if outcome.waited_for_shared:
+        return "shared copy"
+    return "up to date" if outcome.files_sent == 0 and outcome.reused == 0 else "ok"
 
 
 class _Meter:
@@ -99,7 +125,7 @@ class _Meter:
         self._stream = stream
         self.sent = 0
         self._shown = False
-        self.enabled = is_terminal(stream)
+        self.enabled = is_terminal(stream) and not logs.is_json()
 
     def add(self, _host: str, n: int) -> None:
         self.sent += n

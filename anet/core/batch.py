@@ -1,14 +1,19 @@
 """Read a batch file as the original ANet numbered it: one job per non-empty line.
 
-The file is read as bytes and lazily, line by line: a 1,000,000-line batch costs the memory of
-the jobs in flight, not of the file, and commands keep any non-UTF-8 bytes. A job's id is the
-0-based index of its line among the non-empty lines; a line of only white space counts as empty.
-A trailing CR is dropped, so a batch saved on Windows runs the same.
+The original read its batch in text mode and kept every line that is not the empty string:
+a lone CR, a CRLF and an LF each end a line (Python's universal newlines), and a line of only
+blanks is a job like any other (`sh -c " "` prints nothing and exits 0). So a job is a maximal
+run of bytes holding neither CR nor LF, and its id is its 0-based index among those runs.
+
+The file is read as bytes and lazily, a bounded piece at a time: a 1,000,000-line batch costs
+the memory of the jobs in flight, not of the file (even one whose lines end in CR alone), and
+commands keep any non-UTF-8 bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -27,14 +32,47 @@ class Job:
     command: bytes
 
 
-def parse_lines(lines: Iterable[bytes]) -> Iterator[Job]:
-    """Number the non-empty lines; the pure core of `read_batch`."""
-    next_id = 0
-    for line in lines:
-        command = line.removesuffix(b"\n").removesuffix(b"\r")
-        if command.strip():
-            yield Job(next_id, command)
-            next_id += 1
+NUMBERING = "original-anet"
+"""The rule that gives jobs their ids, as a journal records it: --resume must never match the
+ids of one rule with the jobs of another (anet's first rule made no job of a white-space-only
+line and ended no line at a lone CR)."""
+
+READ_SIZE = 64 * 1024
+"""At most this much is read at once: a line is read whole unless it is longer, and a file
+with no LF at all (lone-CR line ends) is still read a piece at a time. (From a pipe, a line
+ended by a lone CR therefore starts once an LF, 64 KiB or the end of the input follows.)"""
+
+
+def parse_lines(pieces: Iterable[bytes]) -> Iterator[Job]:
+    """Number the non-empty lines of a file given as consecutive pieces of it, cut anywhere;
+    the pure core of `read_batch`."""
+    return map(Job, itertools.count(), _lines(pieces))
+
+
+def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-empty lines; a line cut over several pieces is joined once its end is seen.
+
+    `bytes.splitlines` ends a line exactly where a text-mode read does: at LF, CRLF or a lone
+    CR (never at the other characters `str.splitlines` knows). A CRLF cut between two pieces
+    counts as two line ends with an empty line between them: never a job, so no matter.
+    """
+    unfinished: list[bytes] = []  # the start of a line whose end has not been read yet
+    for piece in pieces:
+        lines = piece.splitlines()
+        ended = piece.endswith((b"\n", b"\r"))
+        if not ended and len(lines) <= 1:  # no line end in this piece at all
+            unfinished.append(piece)
+            continue
+        if unfinished:
+            unfinished.append(lines[0])
+            lines[0] = b"".join(unfinished)
+            unfinished = []
+        if not ended:
+            unfinished.append(lines.pop())
+        yield from filter(None, lines)
+    last = b"".join(unfinished)
+    if last:
+        yield last
 
 
 def open_batch(path: str | os.PathLike[str]) -> BinaryIO:
@@ -84,7 +122,7 @@ def open_source(arg: str | os.PathLike[str], stdin: BinaryIO) -> Iterator[BatchS
 
 def read_batch(stream: BinaryIO) -> Iterator[Job]:
     """Jobs from an open binary stream, read as they are needed."""
-    return parse_lines(iter(stream.readline, b""))
+    return parse_lines(iter(lambda: stream.readline(READ_SIZE), b""))
 
 
 def count_jobs(path: str | os.PathLike[str]) -> int:

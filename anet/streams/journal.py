@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._version import __version__
+from ..core.batch import NUMBERING
 from ..core.record import JobResult
 from ..errors import UsageError
 
@@ -265,6 +266,7 @@ def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) ->
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "anet_version": __version__,
                 "schema_version": str(SCHEMA_VERSION),
+                "job_ids": NUMBERING,
             }
             db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             db.execute("COMMIT")
@@ -290,7 +292,8 @@ class Journal:
     ) -> None:
         self.path = path
         self.meta = meta
-        """What `open` found: fingerprint, batch_path, created, anet_version, schema_version."""
+        """What `open` found: fingerprint, batch_path, created, anet_version, schema_version,
+        job_ids (the numbering rule)."""
         self._db = db
         self._lock = lock
         self._batch_size = batch_size
@@ -337,6 +340,11 @@ class Journal:
             if resume and meta.get("fingerprint") != fingerprint:
                 raise UsageError(
                     f"the batch file changed since the journal {path} was written;"
+                    " run without --resume to start over"
+                )
+            if resume and meta.get("job_ids") != NUMBERING:
+                raise UsageError(
+                    f"the journal {path} numbered the jobs as an older anet did;"
                     " run without --resume to start over"
                 )
             db.execute("PRAGMA journal_mode = WAL")  # kept in the file; set again in case
@@ -552,7 +560,8 @@ class JournalReader:
         self.path = path
         self._db = db
         self.meta: dict[str, str] = dict(db.execute("SELECT key, value FROM meta"))
-        """As `Journal.meta`: fingerprint, batch_path, created, anet_version, schema_version."""
+        """As `Journal.meta`: fingerprint, batch_path, created, anet_version, schema_version,
+        job_ids."""
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         self._has_events = "host_events" in tables
         self._has_chunks = "output_chunks" in tables and "chunked" in {

@@ -142,14 +142,16 @@ class _PipeOutput(ResultOutput):
     async def close(self, timeout: float | None = None) -> None:
         await super().close()
         transport = self._writer.transport
-        transport.set_write_buffer_limits(0)  # drain() now returns only once all is written
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
+        if not transport.is_closing():  # closing: the reader left (the original ANet's example
+            # consumer does once it has every id); its transport takes no call but these
+            transport.set_write_buffer_limits(0)  # drain() now returns once all is written
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._writer.drain()
         # What the reader did not take in time is dropped, not left to a transport that might
         # write it after `delivered` called it undelivered: owed means never written.
         self._dropped = transport.get_write_buffer_size()
-        if self._dropped:
+        if self._dropped and not transport.is_closing():
             transport.abort()
         else:
             self._writer.close()

@@ -25,6 +25,8 @@ import threading
 import time
 from collections import deque
 
+from .. import logs
+
 CAPACITY = 256 << 10
 """Bytes of diagnostics waiting for stderr, at most: minutes of log lines, a few seconds of
 live-view frames. Bounded memory whatever happens to the reader (invariant 4)."""
@@ -127,9 +129,9 @@ class UnblockedStderr(io.TextIOBase):
         if not writes:
             return
         self._dropped = [0, 0]
-        notice = (
-            f"anet: {writes} diagnostic message(s), {size} bytes, dropped here:"
-            " stderr was not being read\n"
+        said = f"{writes} diagnostic message(s), {size} bytes, dropped here"
+        notice = logs.line(
+            f"{said}: stderr was not being read", "warning", dropped=writes, dropped_bytes=size
         ).encode()
         self._queue.append(notice)  # over capacity by one line: bounded all the same
         self._queued += len(notice)

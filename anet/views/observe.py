@@ -15,11 +15,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
+from .. import logs
 from ..core.batch import count_jobs
 from ..core.record import JobResult
 from ..streams.joblog import Joblog
 from ..streams.journal import Journal
 from ..streams.resultsdir import ResultsDir
+from . import jsonlog
 from .progress import ProgressView, Snapshot, Tally, is_terminal, take_snapshot
 from .summary import FailedJobs, render_summary
 
@@ -98,10 +100,15 @@ class RunObservers:
         """The live view on a terminal; status lines elsewhere only with --progress.
 
         A status line every 10 s into a pipe that nobody reads would fill it in about 96
-        minutes; a log file that wants them asks for them.
+        minutes; a log file that wants them asks for them. With --log-json stderr is JSON lines
+        only: no live view, and the status lines are JSON records.
         """
         if self.args.quiet:
             return None
+        if logs.is_json():
+            if not self.args.progress:
+                return None
+            return ProgressView(self._stderr, source, live=False, status=jsonlog.status_line)
         live = is_terminal(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
         if not live and not self.args.progress:
             return None
@@ -134,7 +141,7 @@ class RunObservers:
     # -- the end -----------------------------------------------------------------------------
 
     def print_summary(self) -> None:
-        """On stderr, unless --quiet or the run never started."""
+        """On stderr, unless --quiet or the run never started; a JSON record with --log-json."""
         if self.args.quiet or self.final is None:
             return
         places: list[tuple[str, Path | str]] = []
@@ -144,5 +151,8 @@ class RunObservers:
             places.append(("joblog", self.args.joblog))
         if self.args.results:
             places.append(("results", self.args.results))
-        self._stderr.write(render_summary(self.final, self.failed, places))
+        if logs.is_json():
+            self._stderr.write(jsonlog.summary_line(self.final, self.failed, places))
+        else:
+            self._stderr.write(render_summary(self.final, self.failed, places))
         self._stderr.flush()

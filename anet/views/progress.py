@@ -373,8 +373,10 @@ class ProgressView:
         *,
         live: bool,
         interval: float | None = None,
+        status: Callable[[Snapshot, Rates], str] = status_line,
     ) -> None:
         self._stream = stream
+        self._status = status  # a status line's text (JSON with --log-json: views/jsonlog.py)
         self._source = source
         self._live_mode = live
         self._interval = interval or (LIVE_INTERVAL if live else STATUS_INTERVAL)
@@ -426,7 +428,7 @@ class ProgressView:
             # Never more than FRAME_BUDGET of a core on drawing, whatever the terminal's size.
             self._interval = max(self._base_interval, cost / FRAME_BUDGET)
         else:
-            self._stream.write(status_line(snap, self.rates) + "\n")
+            self._stream.write(self._status(snap, self.rates) + "\n")
             self._stream.flush()
         return snap
 

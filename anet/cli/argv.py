@@ -1,0 +1,117 @@
+"""Where the verb is in `anet`'s words: options may come before it, as GNU parallel's do.
+
+`anet -H hosts.txt --find x`, `anet -q run batch.txt` and `anet -S : --onall 'echo hi'` say
+what `anet find -H hosts.txt x`, `anet run -q batch.txt` and `anet onall -S : 'echo hi'` say.
+`arrange()` finds the verb behind the leading options and moves those options after it, where
+the command's own parser takes them in any order; an option the command does not have is then
+its error ("anet: status: No such option: -q"). To step over an option's value (`-H run` names
+a hosts file, not the `run` command) it must know which options take one: `option_table()`
+reads that from the commands themselves, so a new option needs nothing here.
+
+A word naming a command is that command, except when nothing follows it that the command could
+work on and a file of that name exists: `anet status` alone would only be a usage error, so
+with a batch file `status` here it runs that file. `anet run status` or `anet -- status` always
+run it; `anet status batch.txt` always asks about batch.txt's run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import click
+
+DEFAULT_COMMAND = "run"
+OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
+"""Options that name a command, as the original ANet and GNU parallel spell them."""
+GROUP_OPTIONS = ("-h", "--help", "--version")
+"""The `anet` group's own options: `anet --help` is about anet, not about `run`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arranged:
+    """The words in the order click parses them; `shadowed`: a file named like the command
+    chosen (a batch the user may have meant), for the hint in that command's error."""
+
+    argv: list[str]
+    shadowed: str | None = None
+
+
+def option_table(group: click.Group) -> dict[str, bool]:
+    """Every option name of every command (and subcommand) -> whether it takes a value."""
+    table: dict[str, bool] = {name: False for name in GROUP_OPTIONS}
+    for command in _commands(group):
+        for param in command.params:
+            if isinstance(param, click.Option):
+                for name in (*param.opts, *param.secondary_opts):
+                    table[name] = not (param.is_flag or param.count)
+    return table
+
+
+def _commands(group: click.Group) -> Iterable[click.Command]:
+    for command in group.commands.values():
+        yield command
+        if isinstance(command, click.Group):
+            yield from _commands(command)
+
+
+def arrange(
+    args: Sequence[str],
+    commands: Mapping[str, click.Command],
+    takes_value: Mapping[str, bool],
+    is_file: Callable[[str], bool] = os.path.isfile,
+) -> Arranged:
+    """`args` with the verb first and the options that came before it right after it."""
+    args = list(args)
+    at = _skip_options(args, 0, takes_value)
+    leading = args[:at]
+    if at == len(args):  # options only: anet's own (--help, --version), else `run`'s
+        if all(arg in GROUP_OPTIONS for arg in leading):
+            return Arranged(args)
+        return Arranged([DEFAULT_COMMAND, *args])
+    if "--version" in leading:
+        return Arranged(args)  # the group prints its version, whatever follows
+    word, rest = args[at], args[at + 1 :]
+    verb = OPTION_COMMANDS.get(word) or (word if word in commands else None)
+    if verb is None:  # a batch, or `--` before one
+        return Arranged([DEFAULT_COMMAND, *leading, *args[at:]])
+    shadowed = word if verb == word and is_file(word) else None
+    if shadowed and _needs_argument(commands[verb]) and not _has_positional(rest, takes_value):
+        return Arranged([DEFAULT_COMMAND, *leading, word, *rest])  # `anet status`: the file
+    return Arranged([verb, *leading, *rest], shadowed if verb != DEFAULT_COMMAND else None)
+
+
+def _skip_options(args: Sequence[str], at: int, takes_value: Mapping[str, bool]) -> int:
+    """The index of the first word that is not an option or an option's value."""
+    while at < len(args):
+        arg = args[at]
+        if arg == "--" or arg == "-" or not arg.startswith("-") or arg in OPTION_COMMANDS:
+            return at
+        at += 1 + _values_after(arg, takes_value)
+    return at
+
+
+def _values_after(arg: str, takes_value: Mapping[str, bool]) -> int:
+    """1 when the option's value is the next word, else 0 (`--name=value`, `-j4`, a flag).
+
+    A short cluster (`-qH FILE`) is read as click reads it: flags until one that takes a value,
+    whose value is the rest of the word or else the next word. An unknown option counts as a
+    flag: the command it reaches will name it.
+    """
+    if arg.startswith("--"):
+        return int("=" not in arg and takes_value.get(arg, False))
+    for i, letter in enumerate(arg[1:], start=1):
+        if takes_value.get(f"-{letter}", False):
+            return int(i == len(arg) - 1)
+    return 0
+
+
+def _has_positional(args: Sequence[str], takes_value: Mapping[str, bool]) -> bool:
+    at = _skip_options(args, 0, takes_value)
+    return at < len(args) and (args[at] != "--" or at + 1 < len(args))
+
+
+def _needs_argument(command: click.Command) -> bool:
+    """Whether the command alone is a usage error (`anet status`), unlike `anet hosts`."""
+    return any(isinstance(p, click.Argument) and p.required for p in command.params)
