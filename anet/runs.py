@@ -101,6 +101,11 @@ class RunPlan:
             log.warning(f"halting soon: {self.failed} jobs failed; no new jobs start")
         return halt
 
+    @property
+    def halted(self) -> bool:
+        """Whether --halt stopped the run (now or soon) before the batch was done."""
+        return self._halted is not None
+
     def rest(self) -> Iterator[JobResult]:
         """With keep-order, what still waits once the run ended (or halted), in order."""
         return self._order.rest() if self._order is not None else iter(())

@@ -3,8 +3,9 @@
     anet batch_examples/primes.txt | python3 batch_examples/consumer.py
 
 Any output format is read (auto-detected) with the consumer library, anet.results, which must be
-importable (`pip install -e .` or PYTHONPATH=. from the repository). Exit status: 0 if every job
-succeeded, 1 if some failed, 2 if the stream is corrupt.
+importable (run it with the Python anet is installed in, .venv/bin/python in the README, or with
+PYTHONPATH=. from the repository). Exit status: 0 if every job succeeded, 1 if some failed, 2 if
+the stream is corrupt.
 """
 
 import sys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -82,3 +84,16 @@ def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
         cluster[name].start()
     if left:
         pytest.fail(f"processes left running on the test hosts: {left}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A `browser` test needs Chromium, which costs a contributor some 100 packages: without
+    it the test is skipped, saying why; in CI (CI=true) it is never skipped, it fails."""
+    if item.get_closest_marker("browser") is None:
+        return
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    why = "needs Chromium: scripts/dev-setup --browser installs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why}; CI runs every test", pytrace=False)
+    pytest.skip(why)

@@ -54,6 +54,8 @@ def test_halt_now_stops_the_batch_and_kills_what_runs(tmp_path):
     assert done.returncode == 2
     assert "halting now: 2 jobs failed" in done.stderr
     assert len(done.stdout.splitlines()) == 2  # only the two failures were reported
+    # The last word counts the jobs the halt left undone (it said "2 of 2 jobs failed").
+    assert done.stderr.endswith("anet: 2 jobs failed; halted with 10 of 12 jobs not done\n")
 
 
 def test_halt_soon_lets_running_jobs_finish_but_starts_no_new_one(tmp_path):
@@ -63,3 +65,5 @@ def test_halt_soon_lets_running_jobs_finish_but_starts_no_new_one(tmp_path):
     assert "halting soon" in done.stderr
     finished = len(done.stdout.splitlines())
     assert 1 < finished < 31  # those already handed out ended; the rest never started
+    last = f"anet: 1 job failed; halted with {31 - finished} of 31 jobs not done\n"
+    assert done.stderr.endswith(last), done.stderr

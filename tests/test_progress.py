@@ -75,10 +75,10 @@ def frames(times: list[float]) -> tuple[list[str], list[str]]:
 
 LIVE_AT_10 = """\
                                          4/10 1 failed, 0 running, 6 queued  0.4/s  ETA 15s
-host   state            busy  done  jobs/min  mean  failed  spec won/lost   heard
-node1  ready             0/4     3        18  2.2s       0            1/0  4s ago
-node2  backing off 3s    0/2     1         6  2.5s       1            0/0  1s ago
-node3  backing off 25s   0/0     0         0     -       0            0/0       -
+host   state            running  jobs  jobs/min  mean  failed attempts  spec won/lost   heard
+node1  ready                0/4     3        18  2.2s                0            1/0  4s ago
+node2  backing off 3s       0/2     1         6  2.5s                1            0/0  1s ago
+node3  backing off 25s      0/0     0         0     -                0            0/0       -
 """
 
 
@@ -126,10 +126,10 @@ def test_summary_text():
     text = render_summary(snap, failed, [("journal", "/tmp/j.sqlite")])
     assert text == (
         "anet: 4 jobs done, 1 failed, in 1m00s (0.1 jobs/s)\n"
-        "  host   state            slots  done  jobs/min  mean  failed  spec won/lost\n"
-        "  node1  ready                4     3         3  2.2s       0            1/0\n"
-        "  node2  backing off 3s       2     1         1  2.5s       1            0/0\n"
-        "  node3  backing off 25s      0     0         0     -       0            0/0\n"
+        "  host   state            slots  jobs  jobs/min  mean  failed attempts  spec won/lost\n"
+        "  node1  ready                4     3         3  2.2s                0            1/0\n"
+        "  node2  backing off 3s       2     1         1  2.5s                1            0/0\n"
+        "  node3  backing off 25s      0     0         0     -                0            0/0\n"
         "failed jobs (2):\n"
         "  job 4: no space left\n"
         "  ... and 1 more (anet status JOURNAL lists them all)\n"
@@ -179,3 +179,21 @@ def test_a_big_cluster_shows_what_fits_with_the_hosts_in_trouble_first():
     assert text[1].split()[:2] == ["host", "state"]
     assert "backing off 10s" in text[2] and "given up" in text[3]
     assert text[-1] == "... and 24 more hosts, all ready"
+
+
+def test_a_narrow_terminal_gets_fewer_columns_never_a_wrapped_line():
+    tally, hosts = fresh()
+    replay(10.0, tally, hosts)
+    rates = Rates(window=60)
+    for now in (0.0, 10.0):
+        rates.observe(take_snapshot(tally, hosts, elapsed=now, now=now))
+    snap = take_snapshot(tally, hosts, elapsed=10.0, now=10.0)
+    headers = {}
+    for width in (80, 60, 40, 30, 20):
+        lines = render_text(snap, rates, width=width).splitlines()
+        assert len(lines) == 5 and all(len(line) <= width for line in lines), (width, lines)
+        headers[width] = lines[1].split("  ")
+        assert [line.split()[0][:2] for line in lines[2:]] == ["no"] * 3  # a row each
+    assert "spec won/lost" not in " ".join(headers[80]) and "jobs/min" in headers[60]
+    assert [h.strip() for h in headers[30] if h] == ["host", "state", "jobs"]
+    assert lines[2] == "no…  ready"  # 20 columns: the names are cut, marked

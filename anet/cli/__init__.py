@@ -81,7 +81,7 @@ def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) 
         return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `anet`: the help, no "anet:" prefix
         env.stderr.write(f"{exc.format_message()}\n")
-        return ExitStatus.USAGE
+        return ExitStatus.ERROR  # 2 would read as "2 jobs failed"
     except click.ClickException as exc:
         _say(env, _click_message(exc) + _shadow_hint(args, exc))
         return ExitStatus.ERROR

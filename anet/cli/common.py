@@ -7,12 +7,14 @@ layer over `anet.api`; `anet.cli` assembles them into the one `anet` command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -31,7 +33,6 @@ class ExitStatus(IntEnum):
     """0, or the number of failed jobs up to 101 (GNU parallel's convention), or these."""
 
     OK = 0
-    USAGE = 2
     MAX_FAILED = 101
     INTERRUPTED = 130
     ERROR = 255
@@ -143,6 +144,21 @@ def log_options(command: F) -> F:
         "-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug)."
     )(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def quiet_host_failures() -> Iterator[None]:
+    """For a command that asks each host once and reports every failure in its answer (a
+    table): the cluster's own "; retrying" warnings would repeat them, and untruly, since the
+    command will not try again. Shown with -v."""
+    logger = logging.getLogger("anet")
+    level = logger.level
+    if level in (logging.NOTSET, logging.WARNING):
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)

@@ -8,13 +8,11 @@ The exit status says whether everything asked for was done (see `Status`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import logging
 import re
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from enum import IntEnum
 from pathlib import Path
@@ -31,7 +29,15 @@ from ..remote.hosts import HostSpec, parse_spec
 from ..remote.scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
 from ..views.tables import KIB_LETTERS, align_columns, size_text
 from . import common
-from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .common import (
+    Environment,
+    ExitStatus,
+    HostArgs,
+    host_options,
+    log_options,
+    quiet_host_failures,
+    run_async,
+)
 
 T = TypeVar("T")
 
@@ -64,21 +70,9 @@ def _machines(host_args: HostArgs, env: Environment, timeout: float | None = Non
 async def _ask(machines: Machines, verb: Callable[[Machines], Awaitable[T]]) -> T:
     """Run one verb over the hosts; their failures are in its answer, so the cluster's own
     "retrying" warnings would only repeat them (shown with -v)."""
-    with _quiet_host_failures():
+    with quiet_host_failures():
         async with machines:
             return await verb(machines)
-
-
-@contextlib.contextmanager
-def _quiet_host_failures() -> Iterator[None]:
-    logger = logging.getLogger("anet")
-    level = logger.level
-    if level in (logging.NOTSET, logging.WARNING):
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _write(env: Environment, text: str) -> None:

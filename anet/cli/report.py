@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..streams.journal import default_journal_path
 from ..views.progress import duration, job_time
 from ..views.report import render_report
-from ..views.stats import RunStats, load
+from ..views.stats import JobLine, RunStats, load
 from ..views.tables import table
 from .common import Environment, ExitStatus, log_options
 
@@ -33,13 +33,15 @@ def status_text(stats: RunStats) -> str:
         f"{done}/{total} jobs done, {stats.failed} failed, {stats.attempts} attempts,"
         f" {duration(stats.wall)} ({rate})",
     ]
-    header = ["host", "jobs", "failed", "attempts", "jobs/min", "mean", "busy"]
+    header = ["host", "jobs", "failed jobs", "attempts", "failed attempts", "jobs/min", "mean"]
+    header.append("summed run time")  # of every attempt on every slot: may exceed the wall time
     rows = [
         [
             h.host,
             str(h.done),
             str(h.failed),
             str(h.attempts),
+            str(h.failed_attempts),
             f"{60 * h.done / stats.wall:.0f}" if stats.wall else "-",
             job_time(h.mean),
             duration(h.busy),
@@ -53,11 +55,18 @@ def status_text(stats: RunStats) -> str:
         lines.append(f"hosts lost or given up: {len(lost)} time(s); see `anet report`")
     if stats.failed_jobs:
         lines.append(f"failed jobs ({stats.failed}):")
-        lines += [f"  job {j.id} on {j.host}: {j.why}" for j in stats.failed_jobs]
+        lines += [f"  job {j.id} on {j.host}: {_ended(j)}" for j in stats.failed_jobs]
     if stats.slowest:
         slowest = ", ".join(f"{j.id} ({job_time(j.runtime)})" for j in stats.slowest[:5])
         lines.append(f"slowest jobs: {slowest}")
     return "".join(line + "\n" for line in lines)
+
+
+def _ended(job: JobLine) -> str:
+    """Its exit status, then why, unless why says it already (or it never exited)."""
+    if job.status == "-" or job.status in job.why:
+        return job.why
+    return f"{job.status}: {job.why}"
 
 
 JOURNAL = click.Path(path_type=Path, dir_okay=False)

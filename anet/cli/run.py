@@ -82,9 +82,28 @@ async def program(args: RunArgs, env: Environment) -> int:
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
             await _run(args, env, hosts, seen, plan, out)
     seen.print_summary()
-    if out.failed:
+    if plan.halted:
+        _say_halted(out.failed, seen, source.path)
+    elif out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
     return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+def _say_halted(failed: int, seen: RunObservers, batch: Path | None) -> None:
+    """The last word after --halt: the jobs it left undone, not "2 of 2 jobs failed"."""
+    total = seen.tally.total
+    if total is None and batch is not None:  # the count in the background had not finished
+        with contextlib.suppress(OSError, UsageError):
+            total = count_jobs(batch)
+    failed_jobs = "1 job" if failed == 1 else f"{failed} jobs"
+    if total is None:  # a batch from a stream: what was left of it is unknown
+        log.warning(f"{failed_jobs} failed; halted before the end of the batch", failed=failed)
+        return
+    undone = max(total - seen.tally.base - seen.tally.done, 0)
+    log.warning(
+        f"{failed_jobs} failed; halted with {undone} of {total} jobs not done",
+        failed=failed, undone=undone, total=total,
+    )  # fmt: skip
 
 
 async def _run(

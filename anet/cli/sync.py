@@ -42,7 +42,8 @@ def sync_command(env: Environment, deps: str, host_args: HostArgs, keepalive: fl
     `deps/` syncs the folder's contents, `deps` the folder itself. The exit status is the
     number of hosts that could not be synced.
     """
-    return run_async(sync_program(env, deps, host_args, keepalive))
+    with common.quiet_host_failures():  # the table tells each host's failure
+        return run_async(sync_program(env, deps, host_args, keepalive))
 
 
 async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepalive: float) -> int:

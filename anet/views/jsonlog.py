@@ -60,7 +60,7 @@ def _host(row: HostRow) -> dict[str, Any]:
         "state": row.state,
         "slots": row.slots,
         "done": row.done,
-        "failed_attempts": row.failures,
+        "failed_attempts": row.failed_attempts,
         "mean": None if row.mean_time is None else round(row.mean_time, 6),
         "spec_won": row.spec_won,
         "spec_lost": row.spec_lost,

@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
-from .tables import align_columns, names_then_numbers
+from .tables import fit_columns, names_then_numbers, shorten
 
 if TYPE_CHECKING:
     from ..api import HostState
@@ -64,7 +62,7 @@ class HostRow:
     slots: int
     running: int
     done: int
-    failures: int
+    failed_attempts: int
     spec_won: int
     spec_lost: int
     mean_time: float | None
@@ -207,21 +205,11 @@ def render(
     """The live view: a bar with the counts, then one line per host, at most `max_rows` of them
     (a terminal shows no more; the hosts not ready come first, so trouble stays in sight).
 
-    Lines are formatted as plain strings and only styled by rich: a rich Table measures every
-    cell on every frame, which costs ~1 ms per host per frame.
+    No line is wider than `width`: a line the terminal wraps breaks every row of the table, so
+    a narrow terminal gets fewer columns instead (`fit_columns`). Lines are formatted as plain
+    strings and only styled by rich: a rich Table measures every cell on every frame, which
+    costs ~1 ms per host per frame.
     """
-    total = snap.total
-    bar = ProgressBar(
-        total=float(total or 1), completed=float(snap.done if total else 0),
-        width=max(10, width - 60),
-    )  # fmt: skip
-    rate = rates.overall()
-    head = Text.assemble(
-        (f" {snap.done}/{'?' if total is None else total} ", "bold"),
-        (f"{snap.failed} failed", "red" if snap.failed else ""),
-        f", {snap.running} running, {'?' if snap.queued is None else snap.queued} queued",
-        f"  {'-' if rate is None else f'{rate:.1f}'}/s  ETA {duration(rates.eta(snap))}",
-    )
     hosts = list(snap.hosts)
     hidden = 0
     if max_rows is not None and len(hosts) > max_rows:
@@ -229,20 +217,68 @@ def render(
         hidden, hosts = len(hosts) - max(max_rows - 1, 0), hosts[: max(max_rows - 1, 0)]
     rows = [_cells(row, rates) for row in hosts]
     right = names_then_numbers(len(_COLUMNS), names=2)
-    lines, starts = align_columns([name for name, _ in _COLUMNS], rows, right)
-    texts = [Text(lines[0], style="bold")]
+    header = [name for name, _ in _COLUMNS]
+    lines, starts, _ = fit_columns(header, rows, right, width, _DROPPED_FIRST)
+    texts = [_counts_line(snap, rates, width), _line(lines[0], "bold")]
     for line, cells in zip(lines[1:], rows, strict=True):
-        text = Text(line)
+        text = _line(line)
         state = cells[1].split(" ", 2)
         style = _STATE_STYLES.get(" ".join(state[:2]) if state[0] == "backing" else state[0])
         if style:
             text.stylize(style, starts[1], starts[1] + len(cells[1]))
         texts.append(text)
     if hidden:
-        texts.append(Text(f"... and {hidden} more hosts, all ready", style="dim"))
-    line = Table.grid(padding=(0, 1))
-    line.add_row(bar, head)
-    return Group(line, *texts)
+        texts.append(_line(shorten(f"... and {hidden} more hosts, all ready", width), "dim"))
+    return Group(*texts)
+
+
+def _line(text: str, style: str = "") -> Text:
+    """One line that is never wrapped: it was made to fit."""
+    return Text(text, style=style, no_wrap=True, overflow="crop")
+
+
+def _counts_line(snap: Snapshot, rates: Rates, width: int) -> Text:
+    """The bar, then the counts; on a narrow terminal the counts that matter least go first
+    (queued, rate, running), then the bar."""
+    total = snap.total
+    rate = rates.overall()
+    parts = [
+        (f" {snap.done}/{'?' if total is None else total} ", "bold"),
+        (f"{snap.failed} failed", "red" if snap.failed else ""),
+        (f", {snap.running} running", ""),
+        (f", {'?' if snap.queued is None else snap.queued} queued", ""),
+        (f"  {'-' if rate is None else f'{rate:.1f}'}/s", ""),
+        (f"  ETA {duration(rates.eta(snap))}", ""),
+    ]
+    for dropped in (3, 4, 2):  # queued, rate, running: each can be told from the others
+        if sum(len(text) for text, _ in parts) + 1 + _BAR_MIN <= width:
+            break
+        parts[dropped] = ("", "")
+    counts = Text.assemble(*parts)
+    bar = min(max(_BAR_MIN, width - 60), width - len(counts) - 1)
+    if bar < _BAR_MIN:
+        return _crop(counts, width)
+    done = min(snap.done, total) if total else 0
+    filled = round(bar * done / total) if total else 0
+    finished = bool(total) and done >= total
+    line = Text.assemble(
+        ("━" * filled, "bar.finished" if finished else "bar.complete"),
+        ("━" * (bar - filled), "bar.back"),
+        " ",
+        no_wrap=True,
+        overflow="crop",
+    )
+    return line.append_text(counts)
+
+
+def _crop(text: Text, width: int) -> Text:
+    text.truncate(width, overflow="crop")
+    text.no_wrap, text.overflow = True, "crop"
+    return text
+
+
+_BAR_MIN = 10
+"""The narrowest bar worth drawing; below it the counts stand alone."""
 
 
 def _cells(row: HostRow, rates: Rates) -> list[str]:
@@ -250,16 +286,19 @@ def _cells(row: HostRow, rates: Rates) -> list[str]:
     return [
         row.label, host_state(row), f"{row.running}/{row.slots}", str(row.done),
         "-" if per_minute is None else f"{per_minute:.0f}", job_time(row.mean_time),
-        str(row.failures), f"{row.spec_won}/{row.spec_lost}",
+        str(row.failed_attempts), f"{row.spec_won}/{row.spec_lost}",
         "-" if row.heard_ago is None else f"{duration(row.heard_ago)} ago",
     ]  # fmt: skip
 
 
 _COLUMNS = (
-    ("host", "left"), ("state", "left"), ("busy", "right"), ("done", "right"),
-    ("jobs/min", "right"), ("mean", "right"), ("failed", "right"), ("spec won/lost", "right"),
-    ("heard", "right"),
+    ("host", "left"), ("state", "left"), ("running", "right"), ("jobs", "right"),
+    ("jobs/min", "right"), ("mean", "right"), ("failed attempts", "right"),
+    ("spec won/lost", "right"), ("heard", "right"),
 )  # fmt: skip
+_DROPPED_FIRST = (7, 8, 5, 6, 4, 2, 3)
+"""The columns a narrow terminal loses, first to last: spec won/lost, heard, mean, failed
+attempts, jobs/min, running, jobs. Host and state always stay."""
 
 
 def render_text(snap: Snapshot, rates: Rates, width: int = 100, max_rows: int | None = None) -> str:

@@ -8,6 +8,7 @@ joining, being lost and coming back, and the slowest and failed jobs.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from html import escape
@@ -31,21 +32,73 @@ def _when(unix: float | None) -> str:
     return "-" if unix is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
 
 
-def _tick(seconds: float, span: float) -> str:
-    """A time axis label: tenths of a second on short runs, where whole seconds all read 0s."""
-    return f"{seconds:.1f}s" if span < 10 else duration(seconds)
+def _tick(seconds: float, step: float) -> str:
+    """A time axis label: tenths of a second when the ticks are that close."""
+    return f"{seconds:.1f}s" if step < 1 else duration(seconds)
 
 
-def _axes(x_label: str, y_label: str, y_max: float, x_ticks: Sequence[tuple[float, str]]) -> str:
-    """Frame, y grid with 4 steps up to `y_max`, x ticks at fractions of the width."""
+def _number(value: float) -> str:
+    """A tick value as written: `2`, `0.3`, `1500` (never `0.30000000000000004`)."""
+    return f"{round(value, 9):g}"
+
+
+def _round_step(least: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that is at least `least` (> 0)."""
+    power = 10.0 ** math.floor(math.log10(least))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= least * (1 - 1e-9))
+
+
+def value_ticks(high: float, whole: bool = False, most: int = 5) -> list[float]:
+    """Round ticks from 0 up to the first at or above `high`, at most `most` steps apart: an
+    axis that reads 0, 2, 4, 6, 8, 10, never 2.18, 4.36. `whole`: counts, steps of 1 at least."""
+    if high <= 0:
+        return [0, 1]
+    step = _round_step(high / most)
+    if whole:
+        step = max(step, 1)
+    steps = math.ceil(high / step - 1e-9)
+    return [round(k * step, 9) for k in range(steps + 1)]
+
+
+TIME_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+              10800, 21600, 43200, 86400)  # fmt: skip
+"""Steps a time axis may take: seconds, then whole minutes and hours a clock reads."""
+
+
+def time_ticks(span: float, most: int = 6) -> list[float]:
+    """Round times from 0 to at most `span` seconds, no more than `most` + 1 of them."""
+    fit = (s for s in TIME_STEPS if span / s <= most)
+    step = next(fit, None) or 86400 * _round_step(span / most / 86400)
+    return [round(k * step, 9) for k in range(int(span / step + 1e-9) + 1)]
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Round run times inside [low, high] for a log axis: the powers of ten, or 1, 2 and 5
+    times them when that leaves fewer than 3; empty when no round number falls inside."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for multiples in ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [
+            round(m * 10.0**k, 12)
+            for k in range(first, last + 1)
+            for m in multiples
+            if low <= m * 10.0**k <= high
+        ]
+        if len(ticks) >= 3:
+            return ticks
+    return ticks if len(ticks) >= 2 else []
+
+
+def _axes(x_label: str, y_label: str, y_ticks: Sequence[float],
+          x_ticks: Sequence[tuple[float, str]]) -> str:  # fmt: skip
+    """Frame, a y grid line at each of `y_ticks` (the last is the top of the plot), x tick
+    labels at fractions of the width."""
     parts = []
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
-    for step in range(5):
-        y = HEIGHT - MARGIN - inner_h * step / 4
+    for value in y_ticks:
+        y = HEIGHT - MARGIN - inner_h * value / y_ticks[-1]
         parts.append(
             f'<line x1="{MARGIN}" y1="{y:.1f}" x2="{WIDTH - MARGIN}" y2="{y:.1f}" class="grid"/>'
-            f'<text x="{MARGIN - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{y_max * step / 4:.3g}</text>"
+            f'<text x="{MARGIN - 6}" y="{y + 4:.1f}" text-anchor="end">{_number(value)}</text>'
         )
     for fraction, label in x_ticks:
         x = MARGIN + inner_w * fraction
@@ -61,6 +114,13 @@ def _axes(x_label: str, y_label: str, y_max: float, x_ticks: Sequence[tuple[floa
     return "".join(parts)
 
 
+def _time_axis(span: float) -> list[tuple[float, str]]:
+    """(fraction of the width, label) of the round times along a `span` seconds long axis."""
+    ticks = time_ticks(span)
+    step = ticks[1] if len(ticks) > 1 else 1.0
+    return [(t / span if span else 0.0, _tick(t, step)) for t in ticks]
+
+
 def _svg(body: str, height: int = HEIGHT) -> str:
     return f'<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}">{body}</svg>'
 
@@ -71,10 +131,10 @@ def throughput_svg(stats: RunStats) -> str:
         return "<p>No finished attempt yet.</p>"
     columns = len(next(iter(stats.throughput.values())))
     rates = {h: _smooth([n / stats.bucket for n in s]) for h, s in sorted(stats.throughput.items())}
-    y_max = max(max(s) for s in rates.values()) or 1.0
+    y_ticks = value_ticks(max(max(s) for s in rates.values()))
+    y_max = y_ticks[-1]
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
-    ticks = [(f, _tick(stats.wall * f, stats.wall)) for f in (0, 0.25, 0.5, 0.75, 1)]
-    parts = [_axes("time since the start", "jobs/s", y_max, ticks)]
+    parts = [_axes("time since the start", "jobs/s", y_ticks, _time_axis(stats.wall))]
     for index, (host, series) in enumerate(rates.items()):
         points = " ".join(
             f"{MARGIN + inner_w * i / max(columns - 1, 1):.1f},"
@@ -104,13 +164,11 @@ def histogram_svg(stats: RunStats) -> str:
     """Run times of successful attempts, log-spaced bins."""
     if not stats.histogram:
         return "<p>No successful attempt yet.</p>"
-    y_max = max(n for _, _, n in stats.histogram) or 1
+    y_ticks = value_ticks(max(n for _, _, n in stats.histogram), whole=True)
+    y_max = y_ticks[-1]
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
     bar_w = inner_w / len(stats.histogram)
-    n_bins = len(stats.histogram)
-    ticks = [(i / n_bins, job_time(stats.histogram[i][0])) for i in range(0, n_bins, 6)]
-    ticks.append((1.0, job_time(stats.histogram[-1][1])))
-    parts = [_axes("run time (log scale)", "attempts", y_max, ticks)]
+    parts = [_axes("run time (log scale)", "attempts", y_ticks, _log_axis(stats.histogram))]
     for i, (low, high, count) in enumerate(stats.histogram):
         h = inner_h * count / y_max
         parts.append(
@@ -119,6 +177,15 @@ def histogram_svg(stats: RunStats) -> str:
             f"<title>{job_time(low)} to {job_time(high)}: {count}</title></rect>"
         )
     return _svg("".join(parts))
+
+
+def _log_axis(bins: Sequence[tuple[float, float, int]]) -> list[tuple[float, str]]:
+    """(fraction of the width, label) of round run times on the histogram's log axis; its two
+    ends when no round time falls between them."""
+    low, high = bins[0][0], bins[-1][1]
+    span = math.log10(high) - math.log10(low) or 1.0
+    ticks = log_ticks(low, high) or [low, high]
+    return [((math.log10(t) - math.log10(low)) / span, job_time(t)) for t in ticks]
 
 
 _EVENT_COLORS = {"ready": "#59a14f", "back": "#59a14f", "lost": "#e15759",
@@ -146,7 +213,7 @@ def timeline_svg(stats: RunStats) -> str:
         parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{escape(host)}</text>')
         parts.append(f'<rect x="{left}" y="{y + 4}" width="{inner_w}" height="12" class="idle"/>')
         events = [e for e in stats.events if e[1] == host]
-        ends = [*(e[0] for e in events[1:]), t1]
+        ends = [*(e[0] for e in events[1:]), t1] if events else []  # none: an old journal
         for (when, _, event, _), until in zip(events, ends, strict=True):
             up = event in ("ready", "back")
             parts.append(
@@ -162,10 +229,10 @@ def timeline_svg(stats: RunStats) -> str:
                 f"<title>{note}</title></path>"
             )
     axis_y = height - MARGIN + 20
-    for fraction in (0, 0.25, 0.5, 0.75, 1):
+    for fraction, label in _time_axis(span):
         parts.append(
             f'<text x="{left + inner_w * fraction:.1f}" y="{axis_y}" text-anchor="middle">'
-            f"{_tick(span * fraction, span)}</text>"
+            f"{label}</text>"
         )
     legend = "".join(
         f'<span class="key"><i style="background:{c}"></i>{e}</span>'
@@ -178,28 +245,41 @@ def timeline_svg(stats: RunStats) -> str:
 
 
 def _host_table(hosts: Sequence[HostStats], wall: float) -> str:
-    head = "<tr><th>host</th><th>jobs</th><th>failed</th><th>attempts</th><th>jobs/min</th>"
-    head += "<th>mean run time</th><th>busy</th></tr>"
+    """Jobs (each counted once, where its final result came from) and attempts (every run of a
+    job, retries and speculative copies too) side by side, never both called "failed"."""
+    head = "".join(f"<th>{name}</th>" for name in HOST_COLUMNS)
     rows = "".join(
         f"<tr><td>{escape(h.host)}</td><td>{h.done}</td><td>{h.failed}</td><td>{h.attempts}</td>"
-        f"<td>{60 * h.done / wall if wall else 0:.1f}</td><td>{job_time(h.mean)}</td>"
-        f"<td>{duration(h.busy)}</td></tr>"
+        f"<td>{h.failed_attempts}</td><td>{60 * h.done / wall if wall else 0:.1f}</td>"
+        f"<td>{job_time(h.mean)}</td><td>{duration(h.busy)}</td></tr>"
         for h in hosts
     )
-    return f"<table>{head}{rows}</table>"
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+HOST_COLUMNS = ("host", "jobs", "failed jobs", "attempts", "failed attempts", "jobs/min",
+                "mean run time", "summed run time")  # fmt: skip
+"""The hosts table's columns; "summed run time" adds up the attempts of all its slots, so it
+may well exceed the wall time."""
 
 
 def _jobs_table(jobs: Sequence[JobLine], why: bool) -> str:
     if not jobs:
         return "<p>None.</p>"
-    head = "<tr><th>job</th><th>host</th><th>run time</th>" + ("<th>why</th>" if why else "")
+    head = "<tr><th>job</th><th>host</th><th>run time</th>"
+    head += "<th>exit status</th><th>why</th>" if why else ""
     rows = "".join(
         f"<tr><td>{j.id}</td><td>{escape(j.host)}</td><td>{job_time(j.runtime)}</td>"
-        + (f"<td>{escape(j.why)}</td>" if why else "")
+        + (f"<td>{j.status}</td><td>{escape(_beyond(j.why, j.status))}</td>" if why else "")
         + "</tr>"
         for j in jobs
     )
     return f"<table>{head}</tr>{rows}</table>"
+
+
+def _beyond(why: str, status: str) -> str:
+    """Why a job failed, unless that is only its exit status, already in the cell before."""
+    return "" if why == status else why
 
 
 _CSS = """
@@ -221,7 +301,7 @@ def render_report(stats: RunStats) -> str:
         f"<span><b>{escape(value)}</b>{label}</span>"
         for value, label in [
             (f"{stats.succeeded + stats.failed}/{total}", "jobs done"),
-            (str(stats.failed), "failed"),
+            (str(stats.failed), "failed jobs"),
             (str(stats.attempts), "attempts"),
             (duration(stats.wall), "wall time"),
             (rate, "jobs/s"),

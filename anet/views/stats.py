@@ -49,6 +49,7 @@ class JobLine:
     host: str
     runtime: float
     why: str = ""
+    status: str = "-"  # "exit 1", "signal 9", or "-" when it never exited (lost, not started)
 
 
 @dataclass(slots=True)
@@ -85,7 +86,13 @@ def load(path: str | os.PathLike[str], *, count_batch: bool = True) -> RunStats:
         stats.attempts, stats.start, stats.end = journal.attempt_span()
         stats.hosts = _hosts(journal)
         stats.failed_jobs = [
-            JobLine(f.id, f.host, f.duration, _why(f.error, f.stderr, f.exit_code, f.signal))
+            JobLine(
+                f.id,
+                f.host,
+                f.duration,
+                _why(f.error, f.stderr, f.exit_code, f.signal),
+                exit_status(f.exit_code, f.signal),
+            )
             for f in journal.failures(LISTED)
         ]
         stats.slowest = [JobLine(*row) for row in journal.slowest_successes(LISTED)]
@@ -106,9 +113,14 @@ def _count(batch: str) -> int | None:
 
 def _why(error: str | None, tail: bytes | None, exit_code: int | None, signal: int | None) -> str:
     said = failure_line(error, tail)
-    if said is not None:
-        return said
-    return f"signal {signal}" if signal is not None else f"exit {exit_code}"
+    return said if said is not None else exit_status(exit_code, signal)
+
+
+def exit_status(exit_code: int | None, signal: int | None) -> str:
+    """How a job's last attempt ended: `exit 1`, `signal 9`, or `-` if it never exited."""
+    if signal is not None:
+        return f"signal {signal}"
+    return "-" if exit_code is None else f"exit {exit_code}"
 
 
 def _hosts(journal: JournalReader) -> list[HostStats]:

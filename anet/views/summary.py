@@ -55,7 +55,10 @@ def render_summary(
     lines = [
         f"anet: {snap.done} jobs done, {snap.failed} failed, in {duration(wall)} ({rate})",
     ]
-    header = ["host", "state", "slots", "done", "jobs/min", "mean", "failed", "spec won/lost"]
+    # Per host, jobs (each counted once, where its final result came from) and attempts (its
+    # every try, retries included): a job that failed 3 times is 1 failed job, 3 failed attempts.
+    header = ["host", "state", "slots", "jobs", "jobs/min", "mean", "failed attempts"]
+    header.append("spec won/lost")
     rows = [
         [
             row.label,
@@ -64,7 +67,7 @@ def render_summary(
             str(row.done),
             f"{60 * row.done / wall:.0f}" if wall > 0 else "-",
             job_time(row.mean_time),
-            str(row.failures),
+            str(row.failed_attempts),
             f"{row.spec_won}/{row.spec_lost}",
         ]
         for row in snap.hosts

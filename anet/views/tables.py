@@ -35,6 +35,44 @@ def align_columns(
     return [line(header), *(line(r) for r in rows)], starts
 
 
+def fit_columns(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: Sequence[bool],
+    width: int,
+    dropped_first: Sequence[int],
+) -> tuple[list[str], list[int], list[int]]:
+    """`align_columns` for a screen `width` wide: a line that wraps breaks a table in two, so
+    when it is too wide the columns in `dropped_first` go, in that order, until it fits; then
+    the first column (names) is cut short, marked with an ellipsis; at worst lines are cropped.
+    Returns the lines, each shown column's start, and the indexes of the columns shown."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    kept = list(range(len(header)))
+    for index in dropped_first:
+        if _span(widths, kept) <= width:
+            break
+        kept.remove(index)
+    shown_header = [header[i] for i in kept]
+    shown_rows = [[r[i] for i in kept] for r in rows]
+    excess = _span(widths, kept) - width
+    if excess > 0:
+        limit = max(widths[kept[0]] - excess, 1)
+        for cells in [shown_header, *shown_rows]:
+            cells[0] = shorten(cells[0], limit)
+    lines, starts = align_columns(shown_header, shown_rows, [right[i] for i in kept])
+    return [line[:width] for line in lines], starts, kept
+
+
+def _span(widths: Sequence[int], kept: Sequence[int]) -> int:
+    """The width of a line showing the columns `kept`, two spaces apart."""
+    return sum(widths[i] for i in kept) + 2 * (len(kept) - 1)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def names_then_numbers(columns: int, names: int = 1) -> list[bool]:
     """The `right` of a table whose first `names` columns hold names, the others numbers."""
     return [i >= names for i in range(columns)]
