@@ -146,7 +146,9 @@ def timeline_svg(stats: RunStats) -> str:
         parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{escape(host)}</text>')
         parts.append(f'<rect x="{left}" y="{y + 4}" width="{inner_w}" height="12" class="idle"/>')
         events = [e for e in stats.events if e[1] == host]
-        ends = [*(e[0] for e in events[1:]), t1]
+        # Each event lasts until the next; a host with none (a journal from before host
+        # events were kept) shows the idle bar alone.
+        ends = [*(e[0] for e in events[1:]), t1] if events else []
         for (when, _, event, _), until in zip(events, ends, strict=True):
             up = event in ("ready", "back")
             parts.append(
