@@ -20,6 +20,7 @@ from ..errors import AnetError, Stopped
 from ..printable import printable
 from ..views import diagnostics
 from .common import Environment, ExitStatus
+from .journals import journals_group
 from .machines import COMMANDS as MACHINE_COMMANDS
 from .report import completion_command, report_command, status_command
 from .run import run_command
@@ -58,6 +59,7 @@ Examples:
   anet hosts check -H hosts.txt --write-ok ok.txt # which hosts are usable
   anet status JOURNAL                             # how far a run is, while it runs
   anet report JOURNAL -o report.html              # throughput, hosts, failures: one page
+  anet journals                                   # the journals kept, and how big
   eval "$(anet completion bash)"                  # tab completion (zsh too)
 
 `anet BATCH` means `anet run BATCH`; `anet COMMAND --help` tells more.""",
@@ -68,7 +70,7 @@ def cli() -> None:
 
 
 cli.add_command(run_command)
-for _observing in (status_command, report_command, completion_command):
+for _observing in (status_command, report_command, journals_group, completion_command):
     cli.add_command(_observing)
 for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
     cli.add_command(_command)
