@@ -27,6 +27,7 @@ from anet.streams.journal import (
     default_journal_path,
     fingerprint_batch,
 )
+from anet.views.report import render_report
 from anet.views.stats import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -663,10 +664,11 @@ def test_status_reads_a_journal_whose_path_has_uri_characters(tmp_path):
     assert load(path).succeeded == 1
 
 
-def test_status_reads_an_older_journal_without_changing_it(tmp_path):
+def test_status_and_report_read_an_older_journal_without_changing_it(tmp_path):
     path = tmp_path / "j.sqlite"
     with fresh(path) as journal:
         journal.record(failed(0))
+        journal.record_attempt(AttemptRecord(0, 1, "node1", 1700000000.0, 0.5, 1, None, 0))
         journal.record_host_event(1700000000.0, "node1", "ready", None)
     with closing(sqlite3.connect(path)) as db:  # as schema 1 first had it
         db.executescript(
@@ -676,4 +678,5 @@ def test_status_reads_an_older_journal_without_changing_it(tmp_path):
     before = path.read_bytes()
     seen = load(path)
     assert (seen.failed, seen.events, seen.failed_jobs[0].why) == (1, [], "boom")
+    assert "node1" in render_report(seen)  # a host without host events has its bar
     assert path.read_bytes() == before

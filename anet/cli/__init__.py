@@ -23,6 +23,7 @@ from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
 from .argv import arrange, option_table
 from .common import Environment, ExitStatus
+from .journals import journals_group
 from .machines import COMMANDS as MACHINE_COMMANDS
 from .report import completion_command, report_command, status_command
 from .run import run_command
@@ -51,6 +52,7 @@ Examples:
   anet hosts check -H hosts.txt --write-ok ok.txt # which hosts are usable
   anet status batch.txt                           # how far its run is, while it runs
   anet report batch.txt -o report.html            # throughput, hosts, failures: one page
+  anet journals                                   # the journals kept, and how big
   eval "$(anet completion bash)"                  # tab completion (zsh too)
 
 `anet BATCH` means `anet run BATCH`; options may come before COMMAND too
@@ -62,7 +64,7 @@ def cli() -> None:
 
 
 cli.add_command(run_command)
-for _observing in (status_command, report_command, completion_command):
+for _observing in (status_command, report_command, journals_group, completion_command):
     cli.add_command(_observing)
 for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
     cli.add_command(_command)

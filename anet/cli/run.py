@@ -26,6 +26,7 @@ from ..streams.journal import (
     fingerprint_batch,
 )
 from ..streams.output import open_output
+from ..streams.retention import Policy, after_run
 from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
@@ -56,6 +57,8 @@ async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
+    # Retention applies to the default journals only; a bad setting is said before the run.
+    retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
     with (
         open_source(args.batch, env.stdin) as source,
         _open_journal(args, source, env) as journal,
@@ -82,6 +85,8 @@ async def program(args: RunArgs, env: Environment) -> int:
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
             await _run(args, env, hosts, seen, plan, out)
     seen.print_summary()
+    if retention is not None and journal is not None:
+        after_run(journal.path, retention, seen.tally.total)
     if plan.halted:
         _say_halted(out.failed, seen, source.path)
     elif out.failed:

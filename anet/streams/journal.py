@@ -15,9 +15,11 @@ written since the last commit, never lose one. docs/formats.md says what a consu
 Outputs larger than INLINE_OUTPUT go to `output_chunks` in pieces, since SQLite refuses a value
 over about 1 GB ("string or blob too big"); readers put them back together.
 
-This module alone knows the tables and their columns: `Journal` writes them and reads back what
+This module knows the tables and their columns: `Journal` writes them and reads back what
 a resume needs; `JournalReader` reads them read-only for `anet status` and `anet report`, while a
-run writes or after (anet/stats.py turns its rows into what those show).
+run writes or after (anet/stats.py turns its rows into what those show). The one exception is
+retention.py, which empties the outputs of a finished run (and says so in `meta`, under
+OUTPUTS_DROPPED): the readers of outputs here then refuse with one line, not empty results.
 
 One run at a time per journal: `open` takes an exclusive lock beside the file (flock on
 `<journal>.lock`), so a second run of the same batch gets a clear error, not a shared journal.
@@ -108,6 +110,8 @@ _INSERT_CHUNK = "INSERT INTO output_chunks VALUES (?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS}, chunked FROM results"
 _INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_HOST_EVENT = "INSERT INTO host_events VALUES (?, ?, ?, ?)"
+OUTPUTS_DROPPED = "outputs_dropped"
+"""Meta key, set (to a UTC time) once retention.py dropped the outputs of a finished run."""
 
 
 class JournalError(UsageError):
@@ -206,13 +210,18 @@ def fingerprint_batch(path: str | os.PathLike[str]) -> str:
 def default_journal_path(batch_path: str | os.PathLike[str], environ: Mapping[str, str]) -> Path:
     """`$XDG_STATE_HOME/anet/journals/<name>-<8 hex>.sqlite`: the hash of the absolute batch path
     keeps two `batch.txt` in different directories apart; the name keeps the file recognisable."""
+    absolute = Path(batch_path).resolve()
+    tag = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:8]
+    return journals_dir(environ) / f"{absolute.name}-{tag}.sqlite"
+
+
+def journals_dir(environ: Mapping[str, str]) -> Path:
+    """`$XDG_STATE_HOME/anet/journals`: where the default journals live (and retention looks)."""
     state = environ.get("XDG_STATE_HOME", "")
     if not os.path.isabs(state):  # the XDG spec: a relative value is invalid and ignored
         home = environ.get("HOME") or str(Path.home())
         state = os.path.join(home, ".local", "state")
-    absolute = Path(batch_path).resolve()
-    tag = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:8]
-    return Path(state, "anet", "journals", f"{absolute.name}-{tag}.sqlite")
+    return Path(state, "anet", "journals")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -496,13 +505,25 @@ class Journal:
         """Stored successes in id order, a page at a time, so a resume can re-emit them all
         without holding them all; with `undelivered`, only those that never reached stdout
         (what `--resume --only-new` owes its consumer)."""
+        if not undelivered:  # a finished run owes nothing: those always read as none
+            self._check_outputs()
         which = "ok AND NOT delivered" if undelivered else "ok"
         return self._results_where(f"{which} AND id > ?")
 
     def results_from(self, first: int) -> Iterator[JobResult]:
         """Stored results with id >= `first`, in id order, a page at a time (for --keep-order:
         results waiting for an earlier job are read back from here, not held in memory)."""
+        self._check_outputs()
         return self._results_where("id > ?", first - 1)
+
+    def _check_outputs(self) -> None:
+        """One line, at the call, rather than results whose outputs read as empty."""
+        if OUTPUTS_DROPPED in self.meta:
+            raise JournalError(
+                f"the outputs of journal {self.path} were dropped once its run had finished and"
+                " delivered them all (journal retention); --resume --only-new has nothing to"
+                " write, or run the batch again without --resume"
+            )
 
     def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
         query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
@@ -563,10 +584,9 @@ class JournalReader:
         """As `Journal.meta`: fingerprint, batch_path, created, anet_version, schema_version,
         job_ids."""
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        self._columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
         self._has_events = "host_events" in tables
-        self._has_chunks = "output_chunks" in tables and "chunked" in {
-            row[1] for row in db.execute("PRAGMA table_info(results)")
-        }
+        self._has_chunks = "output_chunks" in tables and "chunked" in self._columns
 
     @classmethod
     @contextmanager
@@ -588,6 +608,15 @@ class JournalReader:
                 yield cls(path, db)
             except sqlite3.DatabaseError as exc:
                 raise JournalError(f"cannot read journal {path}: {_one_line(exc)}") from None
+
+    def owed(self) -> int:
+        """Successes committed but never delivered: what `--resume --only-new` would write (an
+        older journal without delivery marks owes none)."""
+        if "delivered" not in self._columns:
+            return 0
+        return self._db.execute(
+            "SELECT count(*) FROM results WHERE ok AND NOT delivered"
+        ).fetchone()[0]
 
     def batch_unchanged(self) -> str | None:
         """The batch file's path if it is still there with the bytes the journal was made for."""
@@ -696,7 +725,8 @@ def _lock(path: Path) -> int:
 
     A separate file, because a fresh journal is renamed over the old one (a lock on the old
     inode would not keep a second run out), and flock because SQLite's own locks are fcntl
-    locks that come and go with each transaction.
+    locks that come and go with each transaction. Retention removes a journal with its lock
+    file while holding the lock: a lock taken on a file no longer at `lock_path` is taken again.
     """
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -713,9 +743,22 @@ def _lock(path: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
+    if not _still_at(fd, lock_path):  # removed (`anet journals clean`) before our flock
+        os.close(fd)
+        return _lock(path)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one at `path` (not removed or replaced)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _unlock(fd: int | None) -> None:
