@@ -240,17 +240,23 @@ def test_resume_refuses_a_changed_batch(tmp_path):
 
 def test_resume_refuses_a_journal_whose_ids_were_numbered_by_another_rule(tmp_path):
     """Before anet numbered jobs as the original ANet did, a white-space-only line was no job
-    and a lone CR ended none: that journal's ids are not this batch's ids."""
-    path = tmp_path / "j.sqlite"
+    and a lone CR ended none: that journal's ids are not this batch's ids, unless the batch has
+    no such line (then both rules give the same ids, and the journal resumes)."""
+    path, batch = tmp_path / "j.sqlite", tmp_path / "batch.txt"
+    batch.write_bytes(b"echo a\r\n\necho b\n")
     with fresh(path) as journal:
         journal.record(ok(1))
-    with Journal.open(path, FP, "batch.txt", resume=True):
+    with Journal.open(path, FP, batch, resume=True):
         pass  # a journal of this anet resumes
     with closing(sqlite3.connect(path)) as db:
         db.execute("DELETE FROM meta WHERE key = 'job_ids'")
         db.commit()
-    with pytest.raises(UsageError, match=r"numbered .* run without --resume"):
-        Journal.open(path, FP, "batch.txt", resume=True)
+    with Journal.open(path, FP, batch, resume=True):
+        pass  # the older rule numbered this batch alike
+    for differs in (b"echo a\n  \necho b\n", b"echo a\recho b\n", b"\t\r\necho b"):
+        batch.write_bytes(differs)
+        with pytest.raises(UsageError, match=r"numbered .* run without --resume"):
+            Journal.open(path, FP, batch, resume=True)
 
 
 def test_resume_without_a_journal_names_the_path(tmp_path):

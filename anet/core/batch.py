@@ -37,6 +37,21 @@ NUMBERING = "original-anet"
 ids of one rule with the jobs of another (anet's first rule made no job of a white-space-only
 line and ended no line at a lone CR)."""
 
+
+def numbered_alike(path: str | os.PathLike[str]) -> bool:
+    """Whether anet's first rule gave this batch file the ids NUMBERING gives it: it did unless
+    a line holds only blanks or a lone CR ends one. (A journal of that rule resumes then.)"""
+    try:
+        with open(path, "rb") as stream:
+            for line in stream:  # split at LF only, as the first rule did
+                text = line.removesuffix(b"\n").removesuffix(b"\r")
+                if b"\r" in text or (text and not text.strip()):
+                    return False
+    except OSError:  # unreadable now: assume the worst
+        return False
+    return True
+
+
 READ_SIZE = 64 * 1024
 """At most this much is read at once: a line is read whole unless it is longer, and a file
 with no LF at all (lone-CR line ends) is still read a piece at a time. (From a pipe, a line

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._version import __version__
-from ..core.batch import NUMBERING
+from ..core.batch import NUMBERING, numbered_alike
 from ..core.record import JobResult
 from ..errors import UsageError
 
@@ -351,7 +351,7 @@ class Journal:
                     f"the batch file changed since the journal {path} was written;"
                     " run without --resume to start over"
                 )
-            if resume and meta.get("job_ids") != NUMBERING:
+            if resume and meta.get("job_ids") != NUMBERING and not numbered_alike(batch_path):
                 raise UsageError(
                     f"the journal {path} numbered the jobs as an older anet did;"
                     " run without --resume to start over"
