@@ -224,17 +224,23 @@ def test_a_straggler_gets_a_copy_and_the_first_to_end_wins_the_other_is_killed()
 
 
 def test_draining_starts_nothing_more_and_finishes_once_the_running_end():
+    """--halt soon: what runs may finish; what waits in a dispatcher's queue (the look-ahead)
+    is not started there later: it is killed, and its job gets no result."""
     engine, hosts = engine_for(10, speculate=False)
     hosts.ready("h1", 2)
     hosts.start("h1", 0)
+    queued = [r for r in hosts.runs["h1"] if r.job != 0]
     engine.drain()
+    hosts.round()
+    assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in queued)
     hosts.finish("h1", 0)
-    assert not engine.finished  # the look-ahead attempts were sent; their Exit still comes
-    for run in list(hosts.runs["h1"]):
-        hosts.say("h1", Exit(run.aid, None, 15, 0.0, 0.0, 0))  # killed as the cluster leaves
+    assert not engine.finished  # the killed attempts' Exits still come
+    for run in queued:
+        hosts.say("h1", Exit(run.aid, None, 15, 0.0, 0.0, 0))
         hosts.runs["h1"].remove(run)
     assert engine.finished
     assert [r.id for r in hosts.results] == [0]
+    assert hosts.stats["h1"].failed_attempts == 0  # halted, not failed
 
 
 def test_commands_no_host_can_run_fail_on_the_master_and_are_never_sent():

@@ -67,3 +67,13 @@ def test_halt_soon_lets_running_jobs_finish_but_starts_no_new_one(tmp_path):
     assert 1 < finished < 31  # those already handed out ended; the rest never started
     last = f"anet: 1 job failed; halted with {31 - finished} of 31 jobs not done\n"
     assert done.stderr.endswith(last), done.stderr
+
+
+def test_halt_soon_takes_back_what_waits_in_a_dispatchers_queue(tmp_path):
+    """Jobs sent ahead to fill slots as they free up had not started when the halt came: they
+    never start (before, 8 of 10 ran with 4 slots). At most the slots' worth may: the dispatcher
+    fills the failed job's slot before the master's word arrives."""
+    done = _anet(tmp_path, ["exit 1"] + ["sleep 1"] * 11, "-j", "4", "--retries", "0",
+                 "--halt", "soon,fail=1")  # fmt: skip
+    assert done.returncode == 1
+    assert 1 < len(done.stdout.splitlines()) <= 1 + 4, done.stdout

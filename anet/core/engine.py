@@ -183,8 +183,11 @@ class Engine:
         return aid in self._flights
 
     def drain(self) -> None:
-        """Start no more attempts; the run ends once those running have ended (--halt soon)."""
+        """Start no more attempts, and take back those sent but not started (a dispatcher
+        would start them as slots free up); the run ends once those running have ended
+        (--halt soon)."""
         self._draining = True
+        self._scheduler.abort(started_too=False)
 
     def abort(self) -> None:
         """Kill every attempt in flight and start none: the run ends once their Exits (or their

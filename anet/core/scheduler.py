@@ -327,11 +327,14 @@ class Scheduler:
         limit = partial(self._timeout.limit, self.runtimes)
         return speculation.due(self._flights.started(), limit, self.runtimes, now)
 
-    def abort(self) -> None:
+    def abort(self, *, started_too: bool = True) -> None:
         """Stop the run: start nothing more, kill every attempt in flight; their Exits are
-        STALE and their jobs get no result (--halt now)."""
+        STALE and their jobs get no result (--halt now). Without `started_too`, those a host
+        started run on to their end (--halt soon): only those waiting in its queue go."""
         self._backlog.close()
         for run in self._flights.runs.values():
+            if run.started is not None and not started_too:
+                continue
             if run.doom is None:
                 self._kills.append(Kill(run.attempt, KillReason.HALTED))
             self._flights.doom(run, KillReason.HALTED)
