@@ -95,10 +95,11 @@ class RunPlan:
         if halt is None or halt is self._halted or self._halted is Halt.NOW:
             return None
         self._halted = halt
+        failed = "1 job" if self.failed == 1 else f"{self.failed} jobs"
         if halt is Halt.NOW:
-            log.warning(f"halting now: {self.failed} jobs failed; running jobs are killed")
+            log.warning(f"halting now: {failed} failed; running jobs are killed")
         else:
-            log.warning(f"halting soon: {self.failed} jobs failed; no new jobs start")
+            log.warning(f"halting soon: {failed} failed; jobs not started yet never start")
         return halt
 
     @property

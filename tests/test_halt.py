@@ -62,7 +62,7 @@ def test_halt_soon_lets_running_jobs_finish_but_starts_no_new_one(tmp_path):
     done = _anet(tmp_path, ["exit 1"] + ["sleep 0.5"] * 30, "--retries", "0",
                  "--halt", "soon,fail=1")  # fmt: skip
     assert done.returncode == 1
-    assert "halting soon" in done.stderr
+    assert "halting soon: 1 job failed; jobs not started yet never start" in done.stderr
     finished = len(done.stdout.splitlines())
     assert 1 < finished < 31  # those already handed out ended; the rest never started
     last = f"anet: 1 job failed; halted with {31 - finished} of 31 jobs not done\n"
