@@ -38,7 +38,7 @@ from .remote.hostlife import HostPhase, HostState, host_life, stuck
 from .remote.hosts import HostSpec, parse_spec
 from .remote.session import HostSession, SessionConfig
 from .remote.transport import LocalTransport, SshTransport
-from .runs import RunOptions, RunPlan, marked
+from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
 
@@ -241,7 +241,9 @@ class Cluster:
             drive = next((d for d in self._drives if d.engine.owns(msg.aid)), drive)
         if drive is None:
             raise protocol_error(session.label, f"{type(msg).__name__} with no run under way")
-        await drive.frame(session.label, msg)
+        results = drive.frame(session.label, msg)
+        if results:
+            await drive.deliver(results)
         if drive is not self._drive and drive.engine.finished:
             self._drives.remove(drive)
 
@@ -294,24 +296,45 @@ class Cluster:
         else:
             options = options or RunOptions(journal=journal, journal_required=journal_required)
             plan = RunPlan(_as_jobs(commands), options)
+        book = plan.options.journal
+        mark = book is not None and plan.options.mark_delivered
         try:
-            async for result in marked(self._run_plan(plan), plan):
+            async for result in self._run_plan(plan):
                 yield result
+                # the consumer asks for the next: it has this one (unless it marks them itself)
+                if mark and book is not None and not book.broken:
+                    book.mark_delivered(result.id)
         finally:
             plan.close()
 
     async def _run_plan(self, plan: RunPlan) -> AsyncIterator[JobResult]:
+        """The plan's results: the earlier run's, then this run's as jobs end (one generator
+        for all of them: each layer of async generators costs every result a step)."""
         if not plan.options.keep_order:
             for result in plan.earlier():  # the earlier run's results come first
                 yield result
         first = next(plan.jobs, None)
         if first is not None:  # else nothing to run: no host is even connected
-            async for result in self._drive_jobs(plan, itertools.chain((first,), plan.jobs)):
-                yield result
+            drive = await self._start_drive(plan, itertools.chain((first,), plan.jobs))
+            try:
+                async for result in drive.results():
+                    for ready in plan.ordered(result):
+                        yield ready
+                    halt = plan.halt()
+                    if halt is Halt.NOW:
+                        drive.abort()
+                    elif halt is Halt.SOON:
+                        drive.drain()
+            finally:
+                self._attempt_log.journal = None
+                self._drive = None
+                if not drive.engine.finished:  # the consumer stopped early: kill what runs
+                    drive.abort()
+                    self._drives.append(drive)
         for result in plan.rest():  # keep-order: what waited for a job that never ended
             yield result
 
-    async def _drive_jobs(self, plan: RunPlan, jobs: Iterator[Job]) -> AsyncIterator[JobResult]:
+    async def _start_drive(self, plan: RunPlan, jobs: Iterator[Job]) -> Drive:
         assert self._tasks is not None
         options = plan.options
         self.connect()
@@ -332,20 +355,11 @@ class Cluster:
                     drive.host_ready(label, state.slots)
                     self.host_event(label, "ready", str(state.slots))
             await self._check_stuck()
-            async for result in drive.results():
-                for ready in plan.ordered(result):
-                    yield ready
-                halt = plan.halt()
-                if halt is Halt.NOW:
-                    drive.abort()
-                elif halt is Halt.SOON:
-                    drive.drain()
-        finally:
+        except BaseException:
             self._attempt_log.journal = None
             self._drive = None
-            if not drive.engine.finished:  # the consumer stopped early: kill what still runs
-                drive.abort()
-                self._drives.append(drive)
+            raise
+        return drive
 
 
 def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:

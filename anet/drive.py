@@ -38,6 +38,9 @@ class _Done:
     """Marks the end of a run's results."""
 
 
+_NOTHING: list[JobResult] = []  # no results (never appended to)
+
+
 Send = Callable[[str, list[Message]], None]
 
 
@@ -82,17 +85,20 @@ class Drive:
 
     async def host_lost(self, label: str) -> None:
         self.engine.host_lost(label, self._loop.time())
-        await self._carry_out(self.engine.take())
+        await self.deliver(self._carry_out_now(self.engine.take()))
         self.round_soon()
 
-    async def frame(self, label: str, msg: Message) -> None:
-        """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame)."""
+    def frame(self, label: str, msg: Message) -> list[JobResult]:
+        """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame).
+        Returns the final results it brought, for `deliver`. Not a coroutine: three frames a
+        job come this way, and most bring nothing to wait for."""
         self.engine.frame(label, msg, self._loop.time())
-        if isinstance(msg, Output):
-            return
-        if isinstance(msg, Exit):  # only an Exit brings results and attempt records
-            await self._carry_out(self.engine.take())
+        if type(msg) is Output:
+            return _NOTHING
         self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
+        if type(msg) is not Exit:  # only an Exit brings results and attempt records
+            return _NOTHING
+        return self._carry_out_now(self.engine.take())
 
     async def no_host(self, reason: str) -> None:
         """No host can ever take the work: the run fails with NoHostError."""
@@ -153,12 +159,8 @@ class Drive:
             self._tasks.create_task(self._deliver_held(actions.results))
         self._check_done()
 
-    async def _carry_out(self, actions: Actions) -> None:
-        self._carry_out_now(actions)
-        for result in actions.results:
-            await self._deliver(result)
-
-    def _carry_out_now(self, actions: Actions) -> None:
+    def _carry_out_now(self, actions: Actions) -> list[JobResult]:
+        """Send the frames, log the attempts, set the timer; the results are the caller's."""
         for host, frames in actions.frames.items():
             self._send(host, frames)
         for end in actions.attempts:
@@ -166,29 +168,32 @@ class Drive:
                 end.attempt, end.size, end.start, end.runtime, end.code, end.signal
             )
         self._wake_at(actions.wakeup)
+        return actions.results
 
     async def _deliver_held(self, results: list[JobResult]) -> None:
         try:
-            for result in results:
-                await self._deliver(result)
+            await self.deliver(results)
         finally:
             self._delivering -= 1
             self._check_done()
 
-    async def _deliver(self, result: JobResult) -> None:
-        """A job's one final result: journal it, then queue it for the consumer (the journal is
-        committed before the consumer gets it: see `_commit_before_yield`)."""
-        if self._journal is not None:
-            try:
-                self._journal.record(result)
-            except JournalError as exc:
-                self._journal_failed(exc)
-        self._delivering += 1  # the run may not end while a result waits for room
-        try:
-            await self._results.put(result, len(result.stdout) + len(result.stderr))
-        finally:
-            self._delivering -= 1
-        self._check_done()
+    async def deliver(self, results: list[JobResult]) -> None:
+        """Each a job's one final result, in order: journal it, then queue it for the consumer
+        (the journal is committed before the consumer gets it: see `_commit_before_yield`)."""
+        for result in results:
+            if self._journal is not None:
+                try:
+                    self._journal.record(result)
+                except JournalError as exc:
+                    self._journal_failed(exc)
+            size = len(result.stdout) + len(result.stderr)
+            if not self._results.offer(result, size):  # full: wait for the consumer
+                self._delivering += 1  # the run may not end while a result waits for room
+                try:
+                    await self._results.put(result, size)
+                finally:
+                    self._delivering -= 1
+            self._check_done()
 
     def _check_done(self) -> None:
         """End the run once the engine says so and no result is still on its way."""

@@ -16,7 +16,7 @@ options and results into bytes. What a run adds to "run these jobs" lives here:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .core.batch import Job
@@ -66,7 +66,7 @@ class RunPlan:
             self._order = KeepOrder(spill)
             self._order.merge_earlier(self.earlier())
         done = self.done
-        todo = (job for job in jobs if job.id not in done)
+        todo = (job for job in jobs if job.id not in done) if done else iter(jobs)
         self.jobs: Iterator[Job] = self._order.jobs(todo) if self._order is not None else todo
 
     def earlier(self) -> Iterator[JobResult]:
@@ -114,14 +114,3 @@ class RunPlan:
     def close(self) -> None:
         if self._order is not None:
             self._order.close()
-
-
-async def marked(results: AsyncIterator[JobResult], plan: RunPlan) -> AsyncIterator[JobResult]:
-    """Yield `results`, marking each delivered in the journal once the consumer asks for the
-    next (unless the consumer marks them itself)."""
-    journal = plan.options.journal
-    mark = journal is not None and plan.options.mark_delivered
-    async for result in results:
-        yield result
-        if mark and journal is not None and not journal.broken:
-            journal.mark_delivered(result.id)

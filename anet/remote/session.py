@@ -375,7 +375,7 @@ class HostSession:
                 if self._silence is not None:
                     raise HostError(self.label, self._silence)
                 raise await self._died("connection lost")
-            elif (req := self._requests.get(getattr(event, "rid", -1))) is not None:
+            elif self._requests and (req := self._requests.get(getattr(event, "rid", -1))):
                 req.put(event)  # a request's reply goes to its request
             else:
                 await self._on_message(self, event)  # any other frame (Bye too) to the owner

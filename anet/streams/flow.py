@@ -37,6 +37,14 @@ class ByteBoundedQueue(Generic[T]):
             await _wait_in(self._putters)
         self._append(item, size)
 
+    def offer(self, item: T, size: int = 0) -> bool:
+        """`put` without waiting: False (and nothing added) when there is no room, or when
+        others wait to put (they go first)."""
+        if self._putters or not self._has_room(size):
+            return False
+        self._append(item, size)
+        return True
+
     def put_last(self, item: T) -> None:
         """Append a final marker now, whatever the limits: it must never wait behind them."""
         self._append(item, 0)
