@@ -30,7 +30,8 @@ def main() -> int:
             jobs += 1
             failed += not rec.ok
             out_bytes += len(rec.stdout)
-            print(f"job {rec.id} on {rec.host or '?'}: {status(rec)}, {len(rec.stdout)} bytes")
+            where = f" on {rec.host}" if rec.host else ""  # the original format names none
+            print(f"job {rec.id}{where}: {status(rec)}, {len(rec.stdout)} bytes")
     except ResultFormatError as exc:
         print(f"consumer.py: {exc}", file=sys.stderr)
         return 2

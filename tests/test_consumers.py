@@ -87,7 +87,7 @@ PY_SUMMARY = (
     "job 4294967295 on gamma: ok, 78 bytes\n"
     "job 70000 on beta: ok, 21 bytes\n"
     "job 5 on gamma: signal 9, 6 bytes\n"
-    "job 6 on ?: error: no host left, 0 bytes\n"
+    "job 6: error: no host left, 0 bytes\n"
     "7 jobs, 3 failed, 111 bytes of output\n"
 )
 
@@ -103,10 +103,10 @@ def test_python_consumer_reads_the_anet_stream() -> None:
     done = run([sys.executable, str(EXAMPLES / "consumer.py")], stream("anet"))
     assert (done.returncode, done.stderr) == (0, b"")
     assert done.stdout.decode().splitlines() == [
-        "job 1 on ?: ok, 6 bytes",
-        "job 300 on ?: ok, 0 bytes",
-        "job 4294967295 on ?: ok, 78 bytes",
-        "job 70000 on ?: ok, 21 bytes",
+        "job 1: ok, 6 bytes",
+        "job 300: ok, 0 bytes",
+        "job 4294967295: ok, 78 bytes",
+        "job 70000: ok, 21 bytes",
         "4 jobs, 0 failed, 105 bytes of output",
     ]
 
