@@ -50,8 +50,12 @@ def source() -> Path:
 
 
 def helper(name: str) -> list[str]:
-    """argv prefix for one of bench's helper scripts, run by path so it imports `source()`."""
-    return [sys.executable, "-P", str(BENCH / f"{name}.py")]  # -P: bench/ not on sys.path
+    """argv prefix for one of bench's helper scripts, run by path so it imports `source()`:
+    the measured tree's own copy when it has one (it knows that tree's API), else this one."""
+    script = _source / "bench" / f"{name}.py"
+    if not script.is_file():
+        script = BENCH / f"{name}.py"
+    return [sys.executable, "-P", str(script)]  # -P: bench/ not on sys.path
 
 
 def log(message: str) -> None:
