@@ -180,20 +180,20 @@ class Drive:
     async def deliver(self, results: list[JobResult]) -> None:
         """Each a job's one final result, in order: journal it, then queue it for the consumer
         (the journal is committed before the consumer gets it: see `_commit_before_yield`)."""
-        for result in results:
-            if self._journal is not None:
-                try:
-                    self._journal.record(result)
-                except JournalError as exc:
-                    self._journal_failed(exc)
-            size = len(result.stdout) + len(result.stderr)
-            if not self._results.offer(result, size):  # full: wait for the consumer
-                self._delivering += 1  # the run may not end while a result waits for room
-                try:
+        self._delivering += 1  # the run may not end before the last of them is queued
+        try:
+            for result in results:
+                if self._journal is not None:
+                    try:
+                        self._journal.record(result)
+                    except JournalError as exc:
+                        self._journal_failed(exc)
+                size = len(result.stdout) + len(result.stderr)
+                if not self._results.offer(result, size):  # full: wait for the consumer
                     await self._results.put(result, size)
-                finally:
-                    self._delivering -= 1
-            self._check_done()
+        finally:
+            self._delivering -= 1
+        self._check_done()
 
     def _check_done(self) -> None:
         """End the run once the engine says so and no result is still on its way."""
