@@ -20,6 +20,8 @@ from test_cli_ssh import decode, run_anet, write_batch
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
+GUIDE = (Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
+
 
 def without_allocation(**extra: str) -> dict[str, str]:
     """This process's environment with no batch system in it, and `extra` added."""
@@ -76,9 +78,9 @@ def test_slurm_outside_an_allocation_is_one_line(tmp_path: Path):
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 255
-    assert done.stderr.splitlines() == [
-        "anet: -H slurm: not inside a Slurm allocation (SLURM_JOB_NODELIST is not set)"
-    ]
+    line = "anet: -H slurm: not inside a Slurm allocation (SLURM_JOB_NODELIST is not set)"
+    assert done.stderr.splitlines() == [line]
+    assert f"    {line}\n" in GUIDE  # as the guide shows it
 
 
 def test_no_hosts_inside_an_allocation_runs_here_and_says_once(tmp_path: Path):
@@ -88,4 +90,6 @@ def test_no_hosts_inside_an_allocation_runs_here_and_says_once(tmp_path: Path):
     done = subprocess.run(argv, capture_output=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert {r.host for r in decode(done.stdout)} == {"local"}
-    assert done.stderr.decode().count("-H slurm") == 1, done.stderr
+    hints = [line for line in done.stderr.decode().splitlines() if "-H slurm" in line]
+    assert len(hints) == 1, done.stderr
+    assert f"    {hints[0]}\n" in GUIDE  # as the guide shows it

@@ -7,6 +7,7 @@ Pure parsing: no host is contacted. The CLI against real sshd hosts is in test_c
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +259,18 @@ def test_a_child_groups_vars_beat_its_parents(tmp_path: Path):
 def test_a_missing_group_is_one_clear_error(inventory: Path):
     with pytest.raises(UsageError, match=r"has no group 'nope' \(its groups: all, db, "):
         read_source(f"{inventory}:nope", {})
+
+
+def test_the_guides_inventory_and_its_missing_group_error(tmp_path: Path, monkeypatch):
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
+    lines = guide.split("    # inventory.ini\n", 1)[1].splitlines()
+    block = itertools.takewhile(lambda line: not line or line.startswith("    "), lines)
+    monkeypatch.chdir(tmp_path)
+    Path("inventory.ini").write_text("\n".join(line.removeprefix("    ") for line in block))
+    assert read_source("inventory.ini:prod", {})[3] == HostSpec("10.0.0.9", "deploy", 2222, 8)
+    with pytest.raises(UsageError) as caught:
+        read_source("inventory.ini:wbe", {})
+    assert f"    anet: {caught.value}\n" in guide
 
 
 def test_a_group_of_a_plain_hosts_file_is_refused(tmp_path: Path):
