@@ -17,13 +17,16 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..logs import get_logger
 from ..printable import printable
-from . import inventory
 from .allocations import SOURCES, allocation_hint, allocation_hosts
 from .hostlist import expand_range
+
+if TYPE_CHECKING:
+    from .inventory import InventoryHost
 
 log = get_logger()
 
@@ -126,6 +129,8 @@ def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
 
 def read_hosts_file(path: str | os.PathLike[str], group: str | None = None) -> list[HostSpec]:
     """A hosts file, or an Ansible inventory (`inventory.is_inventory`), of which `group`."""
+    from . import inventory  # imported here: only -H pays for building its classes
+
     try:
         text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
@@ -155,12 +160,14 @@ def _file_and_group(source: str) -> tuple[str, str | None]:
     path, sep, group = source.rpartition(":")
     if not sep or not group or os.path.exists(source):
         return source, None
-    if os.path.exists(path) or path.lower().endswith(inventory.SUFFIXES):
+    from .inventory import SUFFIXES
+
+    if os.path.exists(path) or path.lower().endswith(SUFFIXES):
         return path, group
     return source, None
 
 
-def _inventory_spec(host: inventory.InventoryHost) -> HostSpec:
+def _inventory_spec(host: InventoryHost) -> HostSpec:
     """The spec of an inventory's host; its address checked as a -S host would be."""
     if host.local:
         return HostSpec(LOCAL, slots=host.slots)
