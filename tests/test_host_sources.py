@@ -256,6 +256,19 @@ def test_a_child_groups_vars_beat_its_parents(tmp_path: Path):
     assert read_source(str(path), {}) == [HostSpec("h", "leaf", 1)]
 
 
+def test_group_vars_may_have_blanks_around_the_equals_and_quotes(tmp_path: Path):
+    """Ansible reads a `[g:vars]` line as `key = value`, the value maybe quoted."""
+    path = tmp_path / "inv.ini"
+    path.write_text("[g]\nh\n[g:vars]\nansible_user = 'ops'\nansible_port= 2200\n")
+    assert read_source(str(path), {}) == [HostSpec("h", "ops", 2200)]
+
+
+def test_yaml_hosts_of_all_alone_are_ungrouped(tmp_path: Path):
+    path = tmp_path / "inv.yml"
+    path.write_text("all:\n  hosts:\n    lone:\n  children:\n    g:\n      hosts:\n        h:\n")
+    assert read_source(f"{path}:ungrouped", {}) == [HostSpec("lone")]
+
+
 def test_a_missing_group_is_one_clear_error(inventory: Path):
     with pytest.raises(UsageError, match=r"has no group 'nope' \(its groups: all, db, "):
         read_source(f"{inventory}:nope", {})

@@ -118,7 +118,7 @@ def parse_ini(text: str, origin: str) -> Inventory:
         elif kind == "children":
             inventory.group(section).children.append(line.split()[0])
         elif kind == "vars":
-            inventory.group(section).vars.update(_assignments([line], where))
+            inventory.group(section).vars.update([_group_var(line, where)])
         else:
             words = _split(line, where)
             inventory.add_host(section, words[0], _assignments(words[1:], where))
@@ -165,6 +165,16 @@ def _split(line: str, where: str) -> list[str]:
         return shlex.split(line, comments=True)
     except ValueError as exc:
         raise UsageError(f"{where}: {exc}") from None
+
+
+def _group_var(line: str, where: str) -> tuple[str, str]:
+    """A `[g:vars]` line: `key = value`, blanks around `=` allowed, the value maybe quoted."""
+    key, sep, value = (part.strip() for part in line.partition("="))
+    if not sep or not key:
+        raise UsageError(f"{where}: expected key=value, found {line!r}")
+    if value.startswith(("'", '"')):
+        value = " ".join(_split(value, where))
+    return key, value
 
 
 def _assignments(words: Iterable[str], where: str) -> dict[str, str]:
@@ -219,17 +229,20 @@ def select(inventory: Inventory, group: str) -> list[InventoryHost]:
     """The hosts of `group` and its descendants, in the file's order, each with the variables
     that apply to it: `all`'s, then its groups' from the shallowest to the deepest (a child's
     vars beat its parent's), then its own, as Ansible ranks them."""
-    if group != "all" and group not in inventory.groups:
-        names = ", ".join(sorted(set(inventory.groups) | {"all"}))
+    if group not in {*inventory.groups, "all", "ungrouped"}:
+        names = ", ".join(sorted({*inventory.groups, "all", "ungrouped"}))
         raise UsageError(f"{inventory.origin} has no group {group!r} (its groups: {names})")
     members = _members(inventory, group)
     depths = _depths(inventory)
     chosen = []
     for host in inventory.hosts:
-        if group != "all" and host not in members:
+        owners = [name for name, each in inventory.groups.items() if host in each.hosts]
+        if group == "ungrouped":  # Ansible's: the hosts of no group but `all`
+            if not set(owners) <= {"all", "ungrouped"}:
+                continue
+        elif group != "all" and host not in members:
             continue
         variables = dict(inventory.groups.get("all", Group()).vars)
-        owners = [name for name, each in inventory.groups.items() if host in each.hosts]
         ancestors = _ancestors(inventory, owners)
         for name in sorted(ancestors - {"all"}, key=lambda name: (depths.get(name, 1), name)):
             variables.update(inventory.groups[name].vars)
