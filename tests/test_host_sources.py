@@ -6,15 +6,11 @@ Pure parsing: no host is contacted. The CLI against real sshd hosts is in test_c
 
 from __future__ import annotations
 
-import io
 import itertools
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from anet import logs
 from anet.errors import UsageError
 from anet.remote.allocations import pbs_hosts, slurm_hosts
 from anet.remote.hostlist import expand_cpus_per_node, expand_hostlist
@@ -135,33 +131,6 @@ def test_a_file_named_like_a_source_is_read_as_a_file(tmp_path: Path, monkeypatc
     Path("slurm").write_text("filehost\n")
     assert read_source("./slurm", {}) == [HostSpec("filehost")]
     assert read_source(Path("slurm"), {}) == [HostSpec("filehost")]
-
-
-# -- the hint inside an allocation ---------------------------------------------------------------
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure(0, stream=stream)
-    yield stream
-    logs.configure(0)
-    logging.getLogger("anet").handlers[:] = []
-
-
-def test_no_hosts_inside_slurm_runs_here_with_one_hint(log_lines: io.StringIO):
-    hosts = resolve_hosts(environ={"SLURM_JOB_NODELIST": "node[01-04]"})
-    assert hosts == [HostSpec(LOCAL)]
-    assert log_lines.getvalue() == (
-        "anet: inside Slurm allocation node[01-04]: running on this machine only;"
-        " -H slurm uses it\n"
-    )
-
-
-def test_no_hint_when_hosts_are_given_or_outside_an_allocation(log_lines: io.StringIO):
-    resolve_hosts(["h1"], environ={"SLURM_JOB_NODELIST": "node[01-04]"})
-    resolve_hosts(environ={})
-    assert log_lines.getvalue() == ""
 
 
 # -- Ansible inventories -----------------------------------------------------------------------
