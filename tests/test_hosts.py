@@ -367,7 +367,7 @@ def test_aliases_with_different_keys_are_different_ways_in(tmp_path, log_lines):
     assert resolve(config, "good", "wrongkey", "same") == [("good", None), ("wrongkey", None)]
 
 
-# -- inside a batch system's allocation ------------------------------------------------------
+# -- inside a batch system's allocation ------------------------------------------------------------
 
 
 def test_no_hosts_inside_slurm_runs_here_with_one_hint(log_lines: io.StringIO):
