@@ -10,10 +10,12 @@ import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from anet.errors import UsageError
 from anet.remote.allocations import pbs_hosts, slurm_hosts
-from anet.remote.hostlist import expand_cpus_per_node, expand_hostlist
+from anet.remote.hostlist import expand_cpus_per_node, expand_hostlist, fold_hostlist
 from anet.remote.hosts import LOCAL, HostSpec, read_source, resolve_hosts
 from anet.remote.inventory import expand_ansible_range
 
@@ -59,6 +61,28 @@ def test_a_bad_hostlist_is_one_clear_error(nodelist: str, says: str):
         expand_hostlist(nodelist)
     assert repr(nodelist) in str(caught.value) and says in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "folded"),
+    [
+        (["node01", "node02", "node03", "node07", "gpu1", "gpu2"], ["node[01-03,07]", "gpu[1-2]"]),
+        (["host4", "host1", "host2"], ["host[1-2,4]"]),
+        (["n9", "n10", "n11"], ["n[9-11]"]),  # unpadded: any width
+        (["n01", "n10", "n9"], ["n[01,10]", "n9"]),  # 10 fits the width of 01, 9 does not
+        (["rack1-n01", "rack1-n02", "rack2-n01"], ["rack1-n[01-02]", "rack2-n01"]),
+        (["local", "[::1]:22", "a,b", "n1"], ["local", "[::1]:22", "a,b", "n1"]),
+        (["n1", "n1"], ["n1"]),
+    ],
+)
+def test_fold_hostlist(names: list[str], folded: list[str]):
+    assert fold_hostlist(names) == folded
+
+
+@given(st.lists(st.text("ab-.@:0123456789", min_size=1, max_size=6), max_size=30))
+def test_a_folded_list_expands_to_its_names(names: list[str]):
+    expanded = expand_hostlist(", ".join(fold_hostlist(names)))
+    assert sorted(expanded) == sorted(set(names))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ that anet's hosts do not otherwise need; expanding is all anet does with these l
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from ..errors import UsageError
 
@@ -94,3 +95,53 @@ def expand_cpus_per_node(text: str) -> list[int]:
             raise UsageError(f"CPU counts {text!r} name over {MAX_EXPANSION} nodes")
         counts += [int(match[1])] * repeat
     return counts
+
+
+_LAST_NUMBER = re.compile(r"(.*?)([0-9]+)([^0-9]*)")
+_UNFOLDABLE = re.compile(r"[\[\],\s]")
+"""A name with a bracket, comma or blank would read as a list once folded: it stays as is."""
+
+
+def fold_hostlist(names: Iterable[str]) -> list[str]:
+    """Names folded back into ranges on their last number, one item per kind of name, in the
+    order each kind first appears: node01, node02, node03, node07, gpu1 -> `node[01-03,07]`,
+    `gpu1`. `expand_hostlist(", ".join(...))` gives the names back (sorted within a kind, once
+    each). A zero-padded number keeps its width; an unpadded one of that width joins it."""
+    kinds: dict[tuple[str, str, int] | str, set[int]] = {}
+    padded: dict[tuple[str, str], set[int]] = {}  # the widths of padded numbers, by kind
+    parsed = []
+    for name in dict.fromkeys(names):
+        match = None if _UNFOLDABLE.search(name) else _LAST_NUMBER.fullmatch(name)
+        parsed.append((name, match))
+        if match and _is_padded(match[2]):
+            padded.setdefault((match[1], match[3]), set()).add(len(match[2]))
+    for name, match in parsed:
+        if match is None:
+            kinds.setdefault(name, set())
+            continue
+        prefix, digits, suffix = match.groups()
+        fits = _is_padded(digits) or len(digits) in padded.get((prefix, suffix), ())
+        kinds.setdefault((prefix, suffix, len(digits) if fits else 0), set()).add(int(digits))
+    return [
+        key if isinstance(key, str) else _fold_kind(*key, numbers) for key, numbers in kinds.items()
+    ]
+
+
+def _is_padded(digits: str) -> bool:
+    return len(digits) > 1 and digits.startswith("0")
+
+
+def _fold_kind(prefix: str, suffix: str, width: int, numbers: set[int]) -> str:
+    ordered = sorted(numbers)
+    if len(ordered) == 1:
+        return f"{prefix}{str(ordered[0]).zfill(width)}{suffix}"
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    parts = [
+        "-".join(str(n).zfill(width) for n in dict.fromkeys((run[0], run[-1]))) for run in runs
+    ]
+    return f"{prefix}[{','.join(parts)}]{suffix}"
