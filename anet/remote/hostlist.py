@@ -1,11 +1,12 @@
-"""Host ranges and Slurm's hostlist syntax: `node[01-03,07],gpu[1-2]` to host names, and back
-the slots of `SLURM_JOB_CPUS_PER_NODE` (`36(x2),72`).
+"""Host ranges and Slurm's hostlist syntax: `node[01-03,07],gpu[1-2]` to host names and back,
+and the slots of `SLURM_JOB_CPUS_PER_NODE` (`36(x2),72`).
 
 One expander serves `-S node[01-40]`, `hosts scan` and `-H slurm`: a name holds any number of
 bracket groups (`rack[1-2]-node[01-02]`, the first group varying slowest, as Slurm lists them),
 each a comma list of numbers and ranges; a number written with a leading zero keeps its width.
-ClusterShell's NodeSet does the same and folds lists back, but costs an import and a package
-that anet's hosts do not otherwise need; expanding is all anet does with these lists.
+Folding (for `--onall`'s blocks) works on a name's last number only. ClusterShell's NodeSet
+does both, on every dimension, but it is one more package on every master, and this much is
+all anet needs.
 """
 
 from __future__ import annotations
