@@ -365,3 +365,21 @@ def test_aliases_with_different_keys_are_different_ways_in(tmp_path, log_lines):
         "Host same\n  HostName 10.0.0.5\n  IdentityFile ~/.ssh/ok\n",
     )
     assert resolve(config, "good", "wrongkey", "same") == [("good", None), ("wrongkey", None)]
+
+
+# -- inside a batch system's allocation ------------------------------------------------------------
+
+
+def test_no_hosts_inside_slurm_runs_here_with_one_hint(log_lines: io.StringIO):
+    hosts = resolve_hosts(environ={"SLURM_JOB_NODELIST": "node[01-04]"})
+    assert hosts == [HostSpec(LOCAL)]
+    assert log_lines.getvalue() == (
+        "anet: inside Slurm allocation node[01-04]: running on this machine only;"
+        " -H slurm uses it\n"
+    )
+
+
+def test_no_hint_when_hosts_are_given_or_outside_an_allocation(log_lines: io.StringIO):
+    resolve_hosts(["h1"], environ={"SLURM_JOB_NODELIST": "node[01-04]"})
+    resolve_hosts(environ={})
+    assert log_lines.getvalue() == ""

@@ -252,7 +252,7 @@ def test_onall_folds_identical_outputs_and_counts_failed_hosts(cluster):
     done = anet(cluster, "--onall", command, "-S", "host[1-4]", "-S", DOWN)
     assert done.returncode == 2, done.stderr  # host3 and the down host
     assert done.stdout == (
-        "== host1, host2, host4 (3 hosts): exit 0 ==\nsame\n"
+        "== host[1-2,4] (3 hosts): exit 0 ==\nsame\n"
         "== host3: exit 3 ==\nsame\nodd\n"
         f"== {DOWN}: connection refused: is sshd running on that address and port? ==\n"
     )

@@ -57,7 +57,8 @@ class HostArgs:
     """Which machines a command addresses, from -S/-H/-j/--ssh-config."""
 
     hosts: tuple[str, ...] = ()
-    host_files: tuple[Path, ...] = ()
+    host_files: tuple[str, ...] = ()
+    """-H's words as typed: `./slurm` names a file, `slurm` the allocation (`read_source`)."""
     slots: int | None = None
     ssh_config: Path | None = None
     accept_new_hosts: bool = False
@@ -104,9 +105,9 @@ def host_options(command: F) -> F:
             help="[N/][user@]host[:port], ':' = local; node[01-40] ranges too.",
         ),
         click.option(
-            "-H", "--hosts", "host_files", multiple=True, type=click.Path(path_type=Path),
-            metavar="FILE",
-            help="Hosts file: one SPEC a line. Default: $ANET_HOSTS, else this machine.",
+            "-H", "--hosts", "host_files", multiple=True, metavar="FILE",
+            help="Hosts file (one SPEC a line), Ansible inventory[:GROUP], 'slurm' or 'pbs'"
+            " (the allocation). Default: $ANET_HOSTS, else this machine.",
         ),
         click.option("-j", "--slots", type=click.IntRange(min=1), help="Job slots on every host."),
         ssh_config_option,

@@ -25,6 +25,7 @@ from ..api import KEEPALIVE
 from ..errors import UsageError
 from ..housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
 from ..printable import printable
+from ..remote.hostlist import fold_hostlist
 from ..remote.hosts import HostSpec, parse_spec
 from ..remote.scan import SCAN_CONCURRENCY, SCAN_TIMEOUT, expand_targets, scan
 from ..views.tables import KIB_LETTERS, align_columns, size_text
@@ -394,7 +395,7 @@ def _write_folded(env: Environment, answers: Sequence[HostOutput], *, folded: bo
     groups = fold(answers) if folded else [([a.host], a) for a in answers]
     for hosts, a in groups:
         count = f" ({len(hosts)} hosts)" if len(hosts) > 1 else ""
-        _write(env, f"== {', '.join(hosts)}{count}: {printable(a.status)} ==\n")
+        _write(env, f"== {', '.join(fold_hostlist(hosts))}{count}: {printable(a.status)} ==\n")
         for data in (a.stdout, a.stderr):  # raw: what the user asked to see, as ssh shows it
             if data:
                 env.stdout.write(data if data.endswith(b"\n") else data + b"\n")

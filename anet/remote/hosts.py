@@ -3,7 +3,9 @@
 A spec is GNU parallel's sshlogin form `[N/][user@]host[:port]`, so a `--sshloginfile` carries
 over unchanged: `N/` sets the job slots (default: the cores the dispatcher reports), `:` alone is
 the local machine. `node[01-40]` (and `rack[1-2]-n[1,3,5-7]`) names many hosts at once, as
-clush and pdsh spell it; zero padding is kept. Everything an ssh client would read from
+clush and pdsh spell it; zero padding is kept. Besides hosts files, `-H` reads the hosts
+where they already live: a Slurm or PBS allocation (`-H slurm`, `-H pbs`) or an Ansible
+inventory (`-H inventory.yml[:GROUP]`). Everything an ssh client would read from
 `~/.ssh/config` (HostName, User, Port, IdentityFile, ProxyJump, ...) is resolved later, at
 connect time.
 """
@@ -15,10 +17,16 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..logs import get_logger
 from ..printable import printable
+from .allocations import SOURCES, allocation_hint, allocation_hosts
+from .hostlist import expand_range
+
+if TYPE_CHECKING:
+    from .inventory import InventoryHost
 
 log = get_logger()
 
@@ -26,10 +34,6 @@ LOCAL = ":"
 LOCAL_LABEL = "local"
 
 _DIGITS = re.compile(r"[0-9]+")
-_RANGE = re.compile(r"\[([0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*)\]")
-"""A bracketed list of numbers and ranges; an IPv6 address in brackets never matches (no '-'
-or ',' alone would make `[1]`, which is no address either)."""
-MAX_EXPANSION = 65536
 _UNDECODED = re.compile("[\udc80-\udcff]")
 """Bytes that were not UTF-8, as `surrogateescape` keeps them."""
 _SPEC = re.compile(
@@ -94,27 +98,6 @@ def parse_spec(text: str) -> HostSpec:
     return HostSpec(host, match["user"], port, _check_slots(slots, text))
 
 
-def expand_range(text: str) -> list[str]:
-    """`node[01-03]` -> node01, node02, node03; several brackets multiply; no bracket: [text]."""
-    match = _RANGE.search(text)
-    if match is None:
-        return [text]
-    numbers: list[str] = []
-    for part in match[1].split(","):
-        first, _, last = part.partition("-")
-        last = last or first
-        width = len(first) if first.startswith("0") else 0
-        if int(last) < int(first):
-            raise UsageError(f"bad host range {text!r}: {part} counts backwards")
-        if len(numbers) + int(last) - int(first) >= MAX_EXPANSION:
-            raise UsageError(f"host range {text!r} names over {MAX_EXPANSION} hosts")
-        numbers += [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
-    head, tail = text[: match.start()], expand_range(text[match.end() :])
-    if len(numbers) * len(tail) > MAX_EXPANSION:
-        raise UsageError(f"host range {text!r} names over {MAX_EXPANSION} hosts")
-    return [f"{head}{number}{rest}" for number in numbers for rest in tail]
-
-
 def parse_specs(text: str) -> list[HostSpec]:
     """One spec, or as many as its host range names."""
     return [parse_spec(each) for each in expand_range(text.strip())]
@@ -144,12 +127,52 @@ def parse_hosts_text(text: str, origin: str) -> list[HostSpec]:
     return specs
 
 
-def read_hosts_file(path: str | os.PathLike[str]) -> list[HostSpec]:
+def read_hosts_file(path: str | os.PathLike[str], group: str | None = None) -> list[HostSpec]:
+    """A hosts file, or an Ansible inventory (`inventory.is_inventory`), of which `group`."""
+    from . import inventory  # imported here: only -H pays for building its classes
+
     try:
         text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
         raise UsageError(f"cannot read hosts file {os.fspath(path)!r}: {exc.strerror}") from None
-    return parse_hosts_text(text, os.fspath(path))
+    name = os.fspath(path)
+    if inventory.is_inventory(name, text):
+        return [_inventory_spec(host) for host in inventory.read_inventory(name, text, group)]
+    if group is not None:
+        raise UsageError(f"{name} is a hosts file, not an Ansible inventory: no group {group!r}")
+    return parse_hosts_text(text, name)
+
+
+def read_source(source: str | os.PathLike[str], environ: Mapping[str, str]) -> list[HostSpec]:
+    """What one -H names: `slurm` or `pbs` (the allocation anet runs in), `FILE:GROUP` (a
+    group of an Ansible inventory), or a file. Only the bare words are sources: `./slurm`, or a
+    path object, is the file; a `FILE:GROUP` that exists as a file is that file."""
+    if isinstance(source, str) and source in SOURCES:
+        found = allocation_hosts(source, environ)
+        return [parse_spec(host).with_slots(slots) for host, slots in found]
+    if isinstance(source, str):
+        return read_hosts_file(*_file_and_group(source))
+    return read_hosts_file(source)
+
+
+def _file_and_group(source: str) -> tuple[str, str | None]:
+    """`FILE:GROUP` when FILE exists (or is named as an inventory) and the whole does not."""
+    path, sep, group = source.rpartition(":")
+    if not sep or not group or os.path.exists(source):
+        return source, None
+    from .inventory import SUFFIXES
+
+    if os.path.exists(path) or path.lower().endswith(SUFFIXES):
+        return path, group
+    return source, None
+
+
+def _inventory_spec(host: InventoryHost) -> HostSpec:
+    """The spec of an inventory's host; its address checked as a -S host would be."""
+    if host.local:
+        return HostSpec(LOCAL, slots=host.slots)
+    name = parse_spec(f"[{host.address}]" if ":" in host.address else host.address).host
+    return HostSpec(name, host.user, host.port, host.slots)
 
 
 def resolve_hosts(
@@ -160,7 +183,8 @@ def resolve_hosts(
     environ: Mapping[str, str] | None = None,
     ssh_config: Sequence[str] | None = None,
 ) -> list[HostSpec]:
-    """-S specs and -H files, else $ANET_HOSTS (a hosts file), else the local machine.
+    """-S specs and -H sources (`read_source`), else $ANET_HOSTS (a hosts file), else the local
+    machine (with a hint when that is inside a batch system's allocation).
 
     `slots` (the CLI's -j) overrides every host's own N/. Specs that name one end machine are
     merged (`merge_specs`): one connection per end machine, whatever the user listed. Without
@@ -173,10 +197,12 @@ def resolve_hosts(
     if not files and not hosts and environ.get("ANET_HOSTS"):
         files = [environ["ANET_HOSTS"]]
     for path in files:
-        hosts += read_hosts_file(path)
+        hosts += read_source(path, environ)
     if files and not hosts:
         raise UsageError(f"no hosts listed in {', '.join(map(os.fspath, files))}")
     if not hosts:
+        if hint := allocation_hint(environ):
+            log.warning(hint)
         hosts = [HostSpec(LOCAL)]
     if slots is not None:
         _check_slots(slots, f"-j {slots}")

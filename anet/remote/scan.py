@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .hosts import MAX_EXPANSION, expand_range
+from .hostlist import MAX_EXPANSION, expand_range
 
 SCAN_TIMEOUT = 1.0
 SCAN_CONCURRENCY = 256
