@@ -143,7 +143,9 @@ def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
     own = make_cluster(2)
     flaky = own["host2"]
     batch = tmp_path / "batch.txt"
-    batch.write_text("".join(f"sleep 0.4; echo job-{i}; date +%s.%N >&2\n" for i in range(N_JOBS)))
+    gate = tmp_path / "gate"  # jobs wait at it: work is left for host2 however slow its return
+    wait = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    batch.write_text("".join(f"{wait}; echo job-{i}; date +%s.%N >&2\n" for i in range(N_JOBS)))
     proc = start_anet(own, batch, "-j", "2")
     watcher = StderrWatcher(proc)
     wait_for_jobs(flaky, 1)
@@ -151,6 +153,8 @@ def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
     time.sleep(1.0)
     flaky.start()
     back_at = time.time()
+    watcher.wait_for("host2: back", timeout=60)
+    gate.touch()
     out = watcher.finish(proc)
     assert proc.returncode == 0, watcher.text()
     records = assert_complete(out)
