@@ -76,6 +76,9 @@ STALE_STAGING = 24 * 3600.0
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 COPY_CHUNK = 1 << 20
+IN_PLACE_LOST = 64
+"""The base tree is updated in place only if it loses at most this many files (or 1%): an
+edit, not a switch to other deps; switching back to a tree kept whole costs nothing."""
 TICK_EVERY = 512
 """Entries handled between two looks at the clock (for keepalives): a clock read per entry
 cost a sixth of a no-op check."""
@@ -174,6 +177,8 @@ class Incoming:
         """Where new files gather while the base tree is updated (see _plan_overlay)."""
         self.kept: Set[bytes] = set()
         """Files of the base tree that the new tree keeps in place."""
+        self.lost = 0
+        """Files of the base tree that the new tree does not keep."""
         self.staging = b""
         self.wanted: List[int] = []
         self.next_want = 0
@@ -486,6 +491,7 @@ class SyncStore:
                     inc.wanted.append(index)
         finally:
             old.close()
+        inc.lost = len(old.old) - len(inc.kept)
         return reused
 
     def _assemble(self, inc: Incoming) -> None:
@@ -498,7 +504,7 @@ class SyncStore:
         if base is None:
             raise SyncFailed("the base tree went away during the sync")
         fresh = None
-        if self._take(base, inc.staging):
+        if inc.lost <= max(IN_PLACE_LOST, len(inc.kept) // 100) and self._take(base, inc.staging):
             kept = clear_changes(inc.staging, base[1], inc.entries, self._tick)
         else:
             os.mkdir(inc.staging, 0o700)
