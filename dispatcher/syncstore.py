@@ -44,6 +44,8 @@ import stat
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+import msgpack
+
 from .protocol import Message
 from .syncproto import (
     DIR,
@@ -61,6 +63,7 @@ from .syncproto import (
     apply_delta,
     check_delta,
     check_entry,
+    check_manifest,
     decode_manifest,
     encode_manifest,
     show_path,
@@ -147,6 +150,20 @@ def _link(folder: int, name: bytes, st: os.stat_result, target: bytes) -> bool:
         return True
     os.unlink(target)  # the name was swapped since we opened it
     return False
+
+
+def _legacy_manifest(data: bytes) -> Optional[List[List[Any]]]:
+    """A manifest stored by an anet before the canonical form (msgpack; the tree id was its
+    SHA-256 too): read as a base after an upgrade, so the first re-sync builds on the trees
+    the host holds instead of sending every file again. The master never offers such an id."""
+    try:
+        entries = msgpack.unpackb(data, raw=False)
+        if not isinstance(entries, list):
+            return None
+        check_manifest(entries)
+    except (ValueError, TypeError, EntryError, msgpack.UnpackException):
+        return None
+    return entries
 
 
 def _link_original_layout(tree_dir: bytes) -> None:
@@ -332,6 +349,8 @@ class SyncStore:
             return None
         if hashlib.sha256(data).digest() != tree:
             return None
+        if data[:1] >= b"\x90":  # a msgpack array: canonical entries start with a length < 4096
+            return _legacy_manifest(data)
         try:
             return decode_manifest(data)
         except EntryError:

@@ -8,11 +8,13 @@ exactly the new manifest's, whatever changed, and that a tree another run uses i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
 
+import msgpack
 import pytest
 from test_sync import remote_tree, snapshot, sync, synced
 from test_syncstore import Host, scan_dir, wanted
@@ -284,3 +286,22 @@ def test_over_ssh_a_one_file_change_sends_one_entry_and_one_file(cluster, tmp_pa
     assert report.wire_bytes < 8 << 10, report  # offer, one-entry delta, want bitmap, 8 bytes
     assert synced(remote_tree(cluster, "host4", new)) == snapshot(src)
     assert not remote_tree(cluster, "host4", old).exists()  # updated in place
+
+
+def test_trees_stored_before_the_canonical_manifest_still_serve_as_the_base(tmp_path):
+    """After an upgrade, the first re-sync builds on the host's trees (their manifests in the
+    earlier msgpack form) instead of sending every file again."""
+    src, home = make_src(tmp_path / "src"), tmp_path / "home"
+    old = scan_dir(src)
+    first = Host(home)
+    _, done = first.sync(old)
+    legacy = msgpack.packb(old.entries, use_bin_type=True)  # as the earlier anet stored it
+    legacy_id = hashlib.sha256(legacy).hexdigest()
+    trees = home / "deps" / "trees"
+    os.rename(os.fsdecode(done.path), trees / legacy_id)
+    (trees / f"{old.id.hex()}.manifest").unlink()
+    (trees / f"{legacy_id}.manifest").write_bytes(legacy)
+    (src / "new.txt").write_text("new\n")
+    _, want, again = resync(fresh(home, first), scan_dir(src), tmp_path / "known")
+    assert again.error == "" and wanted(want) == 1  # new.txt only
+    assert synced(Path(os.fsdecode(again.path))) == snapshot(src)
