@@ -523,7 +523,8 @@ class SyncStore:
         if base is None:
             raise SyncFailed("the base tree went away during the sync")
         fresh = None
-        if inc.lost <= max(IN_PLACE_LOST, len(inc.kept) // 100) and self._take(base, inc.staging):
+        small = inc.lost <= max(IN_PLACE_LOST, (len(inc.kept) + inc.lost) // 100)
+        if small and self._take(base, inc.staging):
             kept = clear_changes(inc.staging, base[1], inc.entries, self._tick)
         else:
             os.mkdir(inc.staging, 0o700)

@@ -76,6 +76,18 @@ def make_src(root: Path) -> Path:
     return root
 
 
+def synced_once(tmp_path: Path) -> tuple[Path, Path, Path, Host, Path]:
+    """`make_src` synced once to a new store: (source, home, the master's remembered
+    manifests, the host that synced it, the tree on the host)."""
+    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
+    old = scan_dir(src)
+    remember(known, old.id, old.entries)
+    first = Host(home)
+    _, done = first.sync(old)
+    assert done.error == ""
+    return src, home, known, first, Path(os.fsdecode(done.path))
+
+
 def change_everything(src: Path) -> None:
     """A file added, removed, rewritten and re-moded; symlinks retargeted, added, removed;
     empty folders removed and added; a folder turned into a file and a file into a folder."""
@@ -97,12 +109,7 @@ def change_everything(src: Path) -> None:
 
 
 def test_a_resync_updates_the_previous_tree_in_place_to_exactly_the_new_one(tmp_path):
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
-    old = scan_dir(src)
-    remember(known, old.id, old.entries)
-    first = Host(home)
-    _, done = first.sync(old)
-    old_dir = Path(os.fsdecode(done.path))
+    src, home, known, first, old_dir = synced_once(tmp_path)
     kept_inode = (old_dir / "a" / "x0").stat().st_ino
     (old_dir / "junk.txt").write_text("a job wrote this\n")  # not in any manifest
     change_everything(src)
@@ -133,19 +140,15 @@ def test_a_full_manifest_also_updates_in_place(tmp_path):
 
 
 def test_a_tree_in_use_by_another_run_is_not_changed(tmp_path):
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
-    old = scan_dir(src)
-    remember(known, old.id, old.entries)
-    first = Host(home)
-    _, done = first.sync(old)
-    before = snapshot(Path(os.fsdecode(done.path)))
+    src, home, known, first, old_dir = synced_once(tmp_path)
+    before = snapshot(old_dir)
     running = fresh(home, first)
-    assert running.offer(old).ready  # another run's jobs work in the old tree now
+    assert running.offer(scan_dir(src)).ready  # another run's jobs work in the old tree now
     change_everything(src)
     new = scan_dir(src)
     _, _, again = resync(Host(home), new, known)
     assert again.error == ""
-    assert snapshot(Path(os.fsdecode(done.path))) == before  # untouched
+    assert snapshot(old_dir) == before  # untouched
     assert synced(Path(os.fsdecode(again.path))) == snapshot(src)
 
 
@@ -166,12 +169,8 @@ def test_switching_to_other_deps_keeps_the_previous_tree_whole(tmp_path):
 
 
 def test_a_file_a_job_changed_in_the_base_is_sent_again(tmp_path):
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
-    old = scan_dir(src)
-    remember(known, old.id, old.entries)
-    first = Host(home)
-    _, done = first.sync(old)
-    (Path(os.fsdecode(done.path)) / "a" / "x5").write_text("a job wrote here\n")
+    src, home, known, first, old_dir = synced_once(tmp_path)
+    (old_dir / "a" / "x5").write_text("a job wrote here\n")
     (src / "new.txt").write_text("new\n")
     _, want, again = resync(fresh(home, first), scan_dir(src), known)
     assert again.error == "" and wanted(want) == 2  # new.txt and the damaged a/x5
@@ -179,12 +178,7 @@ def test_a_file_a_job_changed_in_the_base_is_sent_again(tmp_path):
 
 
 def test_a_folder_a_job_swapped_for_a_symlink_is_not_followed(tmp_path):
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
-    old = scan_dir(src)
-    remember(known, old.id, old.entries)
-    first = Host(home)
-    _, done = first.sync(old)
-    tree_dir = Path(os.fsdecode(done.path))
+    src, home, known, first, tree_dir = synced_once(tmp_path)
     outside = tmp_path / "outside"
     shutil.copytree(tree_dir / "a", outside, copy_function=shutil.copy2)
     shutil.rmtree(tree_dir / "a")
