@@ -10,6 +10,7 @@ damaged or foreign file is noticed and ignored. Losing them only costs a full ma
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -50,6 +51,12 @@ def recall(folder: Path | None, tree_id: bytes) -> list[list[Any]] | None:
     """The manifest of `tree_id` if this machine scanned it before and the file is sound."""
     if folder is None or len(tree_id) != 32:
         return None
+    return _recall(folder, tree_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _recall(folder: Path, tree_id: bytes) -> list[list[Any]] | None:
+    """Read once per run, whatever the number of hosts that name this base (read-only)."""
     try:
         data = (folder / tree_id.hex()).read_bytes()
     except OSError:
