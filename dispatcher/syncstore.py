@@ -557,7 +557,8 @@ class SyncStore:
             return False
         try:
             fcntl.flock(base[2], fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError:  # flock(2): a failed conversion may have dropped our shared lock
+            fcntl.flock(base[2], fcntl.LOCK_SH)
             return False
         try:
             os.rename(self._tree_dir(base[0]), staging)

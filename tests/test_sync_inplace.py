@@ -8,6 +8,7 @@ exactly the new manifest's, whatever changed, and that a tree another run uses i
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import shutil
@@ -299,3 +300,24 @@ def test_trees_stored_before_the_canonical_manifest_still_serve_as_the_base(tmp_
     _, want, again = resync(fresh(home, first), scan_dir(src), tmp_path / "known")
     assert again.error == "" and wanted(want) == 1  # new.txt only
     assert synced(Path(os.fsdecode(again.path))) == snapshot(src)
+
+
+def test_a_base_it_could_not_take_stays_locked_for_this_sync(tmp_path):
+    """flock(2): a failed shared-to-exclusive conversion may drop the shared lock; the sync
+    still builds from the base (linking its files), so the lock must be held again."""
+    src, home, _, first, old_dir = synced_once(tmp_path)
+    host = fresh(home, first)
+    (src / "new.txt").write_text("new\n")
+    assert not host.offer(scan_dir(src)).ready
+    manifest = f"{old_dir}.manifest"
+    other = os.open(manifest, os.O_RDONLY)
+    fcntl.flock(other, fcntl.LOCK_SH)  # another run's jobs work in the base
+    assert host.store._base is not None
+    assert not host.store._take(host.store._base, os.fsencode(tmp_path / "taken"))
+    os.close(other)  # that run ends
+    probe = os.open(manifest, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # our shared lock still keeps a GC out
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
