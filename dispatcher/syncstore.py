@@ -318,11 +318,9 @@ class SyncStore:
         for old in self._trees_newest_first()[:BASE_TREES]:
             if old == tree:
                 continue  # the offered tree itself, damaged: its files are still candidates
-            try:
-                fd = os.open(self._manifest(old), os.O_RDONLY)
-            except OSError:
+            fd = self._lock_shared(old)
+            if fd is None:
                 continue
-            fcntl.flock(fd, fcntl.LOCK_SH)
             entries = self._load_manifest(old, fd)
             if entries is None:
                 os.close(fd)
@@ -330,6 +328,24 @@ class SyncStore:
             self._base = (old, entries, fd)
             return old
         return b""
+
+    def _lock_shared(self, tree: bytes) -> Optional[int]:
+        """An fd holding a shared lock on the tree's manifest, or None if the tree is gone
+        (the lock may have waited for a run that held it exclusively to take it away)."""
+        try:
+            fd = os.open(self._manifest(tree), os.O_RDONLY)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            there = os.path.samestat(os.fstat(fd), os.stat(self._manifest(tree)))
+            there = there and os.path.isdir(self._tree_dir(tree))
+        except OSError:
+            there = False
+        if not there:
+            os.close(fd)
+            return None
+        return fd
 
     def _drop_base(self) -> None:
         if self._base is not None:
@@ -386,15 +402,8 @@ class SyncStore:
     def _use(self, tree: bytes) -> bool:
         """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
         in-place updates) off it. False if it went away before the lock was ours."""
-        fd = os.open(self._manifest(tree), os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:  # the lock waited for whoever held it exclusively: is the tree still there?
-            gone = not os.path.samestat(os.fstat(fd), os.stat(self._manifest(tree)))
-            gone = gone or not os.path.isdir(self._tree_dir(tree))
-        except OSError:
-            gone = True
-        if gone:
-            os.close(fd)
+        fd = self._lock_shared(tree)
+        if fd is None:
             return False
         os.utime(fd)  # recency, for the GC's "newest trees" order
         if self._lock_fd is not None:

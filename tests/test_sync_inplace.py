@@ -321,3 +321,12 @@ def test_a_base_it_could_not_take_stays_locked_for_this_sync(tmp_path):
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(probe)
+
+
+def test_a_tree_whose_folder_is_gone_is_not_named_as_the_base(tmp_path):
+    """A sync killed between taking the base away and removing its manifest leaves the
+    manifest alone: a base without its folder would make every file travel again."""
+    src, home, _, first, old_dir = synced_once(tmp_path)
+    os.rename(old_dir, tmp_path / "taken")
+    (src / "new.txt").write_text("new\n")
+    assert fresh(home, first).offer(scan_dir(src)).base == b""
