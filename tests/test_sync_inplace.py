@@ -20,8 +20,8 @@ import pytest
 from test_sync import remote_tree, snapshot, sync, synced
 from test_syncstore import Host, scan_dir, wanted
 
-from anet.deps.known import remember
-from anet.deps.manifest import Tree
+from anet.deps.known import KEEP, recall, remember
+from anet.deps.manifest import Tree, scan_deps
 from anet.deps.sync import SyncReport, _manifest_frames
 from dispatcher.syncproto import (
     FILE,
@@ -330,3 +330,19 @@ def test_a_tree_whose_folder_is_gone_is_not_named_as_the_base(tmp_path):
     os.rename(old_dir, tmp_path / "taken")
     (src / "new.txt").write_text("new\n")
     assert fresh(home, first).offer(scan_dir(src)).base == b""
+
+
+def test_the_master_remembers_its_last_scans_for_the_next_delta(tmp_path):
+    src = make_src(tmp_path / "src")
+    environ = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    ids = []
+    for i in range(KEEP + 2):
+        (src / "f1").write_text(f"version {i}\n")
+        tree = scan_deps(f"{src}/", environ)
+        assert tree.known is not None and recall(tree.known, tree.id) == tree.entries
+        ids.append(tree.id)
+    assert tree.known is not None
+    assert sorted(p.name for p in tree.known.iterdir()) == sorted(i.hex() for i in ids[-KEEP:])
+    forged = b"\7" * 32  # a file under an id its bytes do not hash to: not believed
+    (tree.known / forged.hex()).write_bytes(encode_manifest(tree.entries))
+    assert recall(tree.known, forged) is None
