@@ -82,6 +82,9 @@ COPY_CHUNK = 1 << 20
 IN_PLACE_LOST = 64
 """The base tree is updated in place only if it loses at most this many files (or 1%): an
 edit, not a switch to other deps; switching back to a tree kept whole costs nothing."""
+SEARCH_BYTES = 1 << 20
+"""Earlier trees are searched for the content of files still missing only when these add up
+to more than this: reading their manifests costs more than sending a few small files."""
 TICK_EVERY = 512
 """Entries handled between two looks at the clock (for keepalives): a clock read per entry
 cost a sixth of a no-op check."""
@@ -494,13 +497,13 @@ class SyncStore:
         the master. The base is not touched until the commit (`_assemble`), so a sync cut
         off during the transfer leaves it as it was."""
         old = BaseTree(self._tree_dir(base[0]), base[1])
-        bases: Optional[Dict[bytes, List[Tuple[bytes, List[Any]]]]] = None
+        missing: List[int] = []
         reused = 0
         try:
             for index, entry in enumerate(inc.entries):
                 if not index % TICK_EVERY:
                     self._tick()
-                path, kind, _, size, _, digest = entry
+                path, kind, _, size = entry[:4]
                 if kind != FILE:
                     continue
                 if old.holds(entry):
@@ -510,16 +513,41 @@ class SyncStore:
                 target = inc.target(index)
                 if size == 0:
                     self._finish_file(os.open(target, _CREATE, 0o600), target, entry)
-                    continue
-                if bases is None:
-                    bases = self._bases()
-                if self._reuse(bases.get(digest, ()), target, entry):
-                    reused += 1
                 else:
-                    inc.wanted.append(index)
+                    missing.append(index)
         finally:
             old.close()
         inc.lost = len(old.old) - len(inc.kept)
+        return reused + self._fill(inc, base, missing)
+
+    def _fill(
+        self, inc: Incoming, base: Tuple[bytes, List[List[Any]], int], missing: List[int]
+    ) -> int:
+        """Take the `missing` files from the base by content (a renamed file, a new mode),
+        then from the earlier trees if what would travel is worth reading their manifests;
+        the rest are wanted from the master. The number of files found."""
+        if not missing:
+            return 0
+        found: Dict[bytes, List[Tuple[bytes, List[Any]]]] = {}
+        digests = {inc.entries[i][5] for i in missing}
+        where = self._tree_dir(base[0]) + b"/"
+        for entry in base[1]:
+            if entry[1] == FILE and entry[5] in digests:
+                found.setdefault(entry[5], []).append((where, entry))
+        earlier: Optional[Dict[bytes, List[Tuple[bytes, List[Any]]]]] = None
+        if sum(inc.entries[i][3] for i in missing) > SEARCH_BYTES:
+            earlier = self._bases()
+        reused = 0
+        for number, index in enumerate(missing):
+            if not number % TICK_EVERY:
+                self._tick()
+            entry, target = inc.entries[index], inc.target(index)
+            if self._reuse(found.get(entry[5], ()), target, entry) or (
+                earlier is not None and self._reuse(earlier.get(entry[5], ()), target, entry)
+            ):
+                reused += 1
+            else:
+                inc.wanted.append(index)
         return reused
 
     def _assemble(self, inc: Incoming) -> None:

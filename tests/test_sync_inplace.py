@@ -346,3 +346,20 @@ def test_the_master_remembers_its_last_scans_for_the_next_delta(tmp_path):
     forged = b"\7" * 32  # a file under an id its bytes do not hash to: not believed
     (tree.known / forged.hex()).write_bytes(encode_manifest(tree.entries))
     assert recall(tree.known, forged) is None
+
+
+@pytest.mark.parametrize("size, sent", [(2 << 20, 0), (100 << 10, 1)])
+def test_earlier_trees_are_searched_only_for_more_than_a_mebibyte(tmp_path, size, sent):
+    """A missing file's content is looked for in the base, then in earlier trees when what
+    would travel exceeds SEARCH_BYTES (reading their manifests costs more than a small send)."""
+    home, data = tmp_path / "home", os.urandom(size)
+    one, two = tmp_path / "one", make_src(tmp_path / "two")
+    one.mkdir()
+    (one / "big.bin").write_bytes(data)
+    first = Host(home)
+    first.sync(scan_dir(one))
+    second = fresh(home, first)
+    second.sync(scan_dir(two))  # now the base; `one` stays whole, an earlier tree
+    (two / "copy.bin").write_bytes(data)
+    _, want, done = resync(fresh(home, second), scan_dir(two), tmp_path / "known")
+    assert done.error == "" and wanted(want) == sent
