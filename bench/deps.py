@@ -46,8 +46,11 @@ def run(bed: Bed) -> list[Table]:
     ssh = f"ssh -F {cluster.ssh_config}"
 
     def rsync() -> Sample:
+        # Each host's own folder: a relative path would be the login user's home, one
+        # folder that the 4 rsyncs would share (and race in) on these loopback hosts.
         argv = ["sh", "-c", " & ".join(
-            f"rsync -a --delete -e '{ssh}' {tree}/ {name}:rsync-deps/" for name in cluster.names
+            f"rsync -a --delete -e '{ssh}' {tree}/ {name}:{cluster[name].home}/rsync-deps/"
+            for name in cluster.names
         ) + " & wait"]  # fmt: skip
         return timed(argv)
 

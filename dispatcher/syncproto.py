@@ -9,9 +9,9 @@ A sync on the wire (every frame carries the request's `rid`):
 
     master                              dispatcher
     SyncOffer(tree id)          ->
-                                <-      SyncState(ready, path, fsid)   ready: done
-    SyncEntries(chunk) ...      ->
-    SyncEntries(chunk, last)    ->
+                                <-      SyncState(ready, path, fsid, base)   ready: done
+    SyncEntries(chunk) ...      ->      the manifest, or if the master remembers `base`:
+    SyncEntries(chunk, last)    ->      SyncDelta(base, removed, changed) ..., last
                                 <-      SyncWant(bitmap of files to send, files reused)
     SyncData(file, offset) ...  ->      (only the wanted files, in 256 KiB chunks)
     SyncCommit                  ->
@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import struct
 from dataclasses import dataclass
 from typing import Any, List, Optional, Set
-
-import msgpack
 
 from .protocol import (
     DISPATCHER,
@@ -83,6 +82,9 @@ class SyncState(Message):
     ready: bool
     path: bytes = bounded(length=MAX_PATH)
     fsid: str = bounded(length=MAX_NAME)
+    base: bytes = bounded(length=32)
+    """When not ready: the id of the tree the host would build from (its newest), b"" if it
+    holds none. A master that remembers that manifest sends only the difference."""
 
 
 @message
@@ -94,6 +96,24 @@ class SyncEntries(Message):
     SENDER = MASTER
     rid: int
     tree: bytes
+    entries: list
+    last: bool
+
+
+@message
+@dataclass(frozen=True)
+class SyncDelta(Message):
+    """Master -> dispatcher: the manifest as its difference from tree `base` (the one the
+    host named in SyncState): `removed` paths of `base` and the `entries` that are new or
+    changed, in chunks; `last` ends it, and the merged manifest's digest must equal `tree`.
+    A one-file change then costs one entry on the wire, not 10,000."""
+
+    CODE = 30
+    SENDER = MASTER
+    rid: int
+    tree: bytes
+    base: bytes
+    removed: list
     entries: list
     last: bool
 
@@ -159,8 +179,8 @@ def show_path(path: Any) -> str:
 
 def check_path(path: Any) -> None:
     """A relative path whose every component is a real name: no '', '.', '..', NUL, or '/'."""
-    if not isinstance(path, bytes) or not path:
-        raise EntryError("empty or non-bytes path")
+    if not isinstance(path, bytes) or not path or len(path) > MAX_PATH:
+        raise EntryError("empty, non-bytes or over-long path")
     if path.startswith(b"/") or b"\0" in path:
         raise EntryError("absolute path or NUL byte: %s" % show_path(path))
     for part in path.split(b"/"):
@@ -197,9 +217,11 @@ def check_entry(entry: Any, dirs: Set[bytes], previous: Optional[bytes]) -> List
         raise EntryError("manifest not sorted at %s" % show_path(path))
     if kind not in KINDS or not isinstance(mode, int) or not 0 <= mode <= MODE_BITS:
         raise EntryError("bad kind or mode for %s" % show_path(path))
-    if not isinstance(size, int) or size < 0 or not isinstance(mtime_ns, int):
-        raise EntryError("bad size or mtime for %s" % show_path(path))
-    if not isinstance(digest, bytes):
+    if not isinstance(size, int) or not 0 <= size < 1 << 63:
+        raise EntryError("bad size for %s" % show_path(path))
+    if not isinstance(mtime_ns, int) or not -(1 << 63) <= mtime_ns < 1 << 63:
+        raise EntryError("bad mtime for %s" % show_path(path))
+    if not isinstance(digest, bytes) or len(digest) > MAX_PATH:
         raise EntryError("bad digest for %s" % show_path(path))
     parent = posixpath.dirname(path)
     if parent and parent not in dirs:
@@ -213,6 +235,43 @@ def check_entry(entry: Any, dirs: Set[bytes], previous: Optional[bytes]) -> List
     return entry
 
 
+def apply_delta(base: List[Any], removed: List[Any], changed: List[Any]) -> List[List[Any]]:
+    """The manifest `base` becomes once `removed` paths are gone and `changed` entries are in,
+    sorted. Only the shape is judged here: the caller checks the result (`check_manifest`)
+    and its digest against the tree id."""
+    by_path = {entry[0]: entry for entry in base}
+    for path in removed:
+        if not isinstance(path, bytes) or by_path.pop(path, None) is None:
+            raise EntryError("the delta removes %s, which its base does not hold" % show_path(path))
+    for entry in changed:
+        if not isinstance(entry, list) or len(entry) != 6 or not isinstance(entry[0], bytes):
+            raise EntryError("malformed manifest entry")
+        by_path[entry[0]] = entry
+    return [by_path[path] for path in sorted(by_path)]
+
+
+def check_delta(merged: List[Any], changed: List[Any]) -> None:
+    """`check_manifest` for a manifest merged from a sound base (`apply_delta`): the base's
+    entries were checked when their tree was built, so only the `changed` ones are judged
+    in full; every entry must still sit in a folder of the merged manifest."""
+    dirs = {entry[0] for entry in merged if entry[1] == DIR}
+    for entry in changed:
+        check_entry(entry, dirs, None)
+    for entry in merged:
+        parent = entry[0].rpartition(b"/")[0]
+        if parent and parent not in dirs:
+            raise EntryError("%s is not inside a directory of the tree" % show_path(entry[0]))
+
+
+def manifest_delta(base: List[Any], new: List[Any]) -> "tuple[List[bytes], List[Any]]":
+    """(paths of `base` not in `new`, entries of `new` not identical in `base`): what
+    `apply_delta` needs to turn `base` into `new`."""
+    old = {entry[0]: entry for entry in base}
+    changed = [entry for entry in new if old.get(entry[0]) != entry]
+    kept = {entry[0] for entry in new}
+    return [path for path in old if path not in kept], changed
+
+
 def check_manifest(entries: List[Any]) -> None:
     """Validate a whole manifest; raises EntryError naming the first bad entry."""
     dirs: Set[bytes] = set()
@@ -222,6 +281,41 @@ def check_manifest(entries: List[Any]) -> None:
         previous = entry[0]
 
 
+_HEAD = struct.Struct(">HBHQqH")
+"""One manifest entry's fixed part in the canonical encoding: path length, kind, mode, size,
+mtime_ns, digest length; the path and the digest follow."""
+
+
+def encode_manifest(entries: List[Any]) -> bytes:
+    """The canonical bytes of a (checked) manifest: the tree id is their SHA-256, and the host
+    stores them as they are. A plain struct layout rather than msgpack, because the host runs
+    msgpack's pure-Python fallback, 10x slower on a 10,000-entry manifest than this."""
+    pack = _HEAD.pack
+    return b"".join(
+        pack(len(path), kind, mode, size, mtime, len(digest)) + path + digest
+        for path, kind, mode, size, mtime, digest in entries
+    )
+
+
+def decode_manifest(data: bytes) -> List[List[Any]]:
+    """`encode_manifest` undone; EntryError if the bytes do not parse. The caller checks them
+    against the tree id first, so this only guards against a truncated or foreign file."""
+    entries: List[List[Any]] = []
+    unpack, fixed, at, end = _HEAD.unpack_from, _HEAD.size, 0, len(data)
+    try:
+        while at < end:
+            n, kind, mode, size, mtime, d = unpack(data, at)
+            at += fixed
+            path, at = data[at : at + n], at + n
+            digest, at = data[at : at + d], at + d
+            entries.append([path, kind, mode, size, mtime, digest])
+    except struct.error:
+        raise EntryError("truncated manifest") from None
+    if at != end:
+        raise EntryError("truncated manifest")
+    return entries
+
+
 def tree_id(entries: List[Any]) -> bytes:
     """The tree's identity: SHA-256 of its canonical manifest (both sides compute it alike)."""
-    return hashlib.sha256(msgpack.packb(entries, use_bin_type=True)).digest()
+    return hashlib.sha256(encode_manifest(entries)).digest()

@@ -4,7 +4,8 @@ Layout, under `$ANET_HOME/deps/` (0700):
 
     fsid                 random id of this file system, made once by whichever host comes first
     trees/<id>/          a complete tree, named by its manifest digest; never modified here
-    trees/<id>.manifest  its manifest (msgpack), present before the tree dir is renamed in
+    trees/<id>.manifest  its manifest (encode_manifest: the id is its SHA-256), present before
+                         the tree dir is renamed in
     staging/<id>.<host>.<pid>.<rand>/   a tree being built
     trash/               trees being deleted
 
@@ -53,15 +54,21 @@ from .syncproto import (
     EntryError,
     SyncCommit,
     SyncData,
+    SyncDelta,
     SyncDone,
     SyncEntries,
     SyncOffer,
     SyncState,
     SyncWant,
+    apply_delta,
+    check_delta,
     check_entry,
+    check_manifest,
+    decode_manifest,
+    encode_manifest,
     show_path,
-    tree_id,
 )
+from .treeupdate import BaseTree, clear_changes
 
 KEEP_TREES = 3
 """Complete trees kept besides those in use: the bases of the next delta."""
@@ -72,6 +79,15 @@ STALE_STAGING = 24 * 3600.0
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 COPY_CHUNK = 1 << 20
+IN_PLACE_LOST = 64
+"""The base tree is updated in place only if it loses at most this many files (or 1%): an
+edit, not a switch to other deps; switching back to a tree kept whole costs nothing."""
+SEARCH_BYTES = 1 << 20
+"""Earlier trees are searched for the content of files still missing only when these add up
+to more than this: reading their manifests costs more than sending a few small files."""
+TICK_EVERY = 512
+"""Entries handled between two looks at the clock (for keepalives): a clock read per entry
+cost a sixth of a no-op check."""
 ORIGINAL_LAYOUT = b"dependencies"
 """The original ANet ran jobs in ~/anet with the deps in ~/anet/dependencies/, so its batches
 say `python3 dependencies/prog.py`; jobs here run inside the tree. A symlink of this name to
@@ -139,6 +155,20 @@ def _link(folder: int, name: bytes, st: os.stat_result, target: bytes) -> bool:
     return False
 
 
+def _legacy_manifest(data: bytes) -> Optional[List[List[Any]]]:
+    """A manifest stored by an anet before the canonical form (msgpack; the tree id was its
+    SHA-256 too): read as a base after an upgrade, so the first re-sync builds on the trees
+    the host holds instead of sending every file again. The master never offers such an id."""
+    try:
+        entries = msgpack.unpackb(data, raw=False)
+        if not isinstance(entries, list):
+            return None
+        check_manifest(entries)
+    except (ValueError, TypeError, EntryError, msgpack.UnpackException):
+        return None
+    return entries
+
+
 def _link_original_layout(tree_dir: bytes) -> None:
     """`dependencies -> .` in the tree jobs run in (see ORIGINAL_LAYOUT), made at each use so
     trees built before it existed get it too."""
@@ -160,6 +190,15 @@ class Incoming:
         self.tree = tree
         self.entries: List[List[Any]] = []
         self.dirs: Set[bytes] = set()
+        self.removed: List[Any] = []
+        self.changed: List[Any] = []
+        self.encoded = b""
+        self.overlay = b""
+        """Where new files gather while the base tree is updated (see _plan_overlay)."""
+        self.kept: Set[bytes] = set()
+        """Files of the base tree that the new tree keeps in place."""
+        self.lost = 0
+        """Files of the base tree that the new tree does not keep."""
         self.staging = b""
         self.wanted: List[int] = []
         self.next_want = 0
@@ -167,6 +206,12 @@ class Incoming:
         self.index = -1
         self.written = 0
         self.hasher: Any = None
+
+    def target(self, index: int) -> bytes:
+        """Where file entry `index` is written: its place in the tree, or in the overlay."""
+        if self.overlay:
+            return b"%s/%d" % (self.overlay, index)
+        return os.path.join(self.staging, self.entries[index][0])
 
 
 class SyncStore:
@@ -178,6 +223,9 @@ class SyncStore:
         self.job_cwd: Optional[bytes] = None
         self._lock_fd: Optional[int] = None
         self._incoming: Dict[int, Incoming] = {}
+        self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
+        """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
+        lock, which keeps other runs' GC off it until this sync ends)."""
         self._failed: Set[int] = set()
         self._cleaned = False
         self.keepalive: Callable[[], None] = lambda: None
@@ -194,6 +242,7 @@ class SyncStore:
     def register(self, handlers: Dict[type, Callable[[Any], None]]) -> None:
         handlers[SyncOffer] = self._guarded(self.on_offer)
         handlers[SyncEntries] = self._guarded(self.on_entries)
+        handlers[SyncDelta] = self._guarded(self.on_delta)
         handlers[SyncData] = self._guarded(self.on_data)
         handlers[SyncCommit] = self._guarded(self.on_commit)
 
@@ -259,47 +308,113 @@ class SyncStore:
     def on_offer(self, msg: SyncOffer) -> None:
         self._clean_once()
         fsid = self.fsid()
-        ready = self._intact(msg.tree)
-        if ready:
-            self._use(msg.tree)
+        ready = self._intact(msg.tree) and self._use(msg.tree)
         path = self._tree_dir(msg.tree) if ready else b""
-        self.send(SyncState(msg.rid, ready, path, fsid))
+        base = b"" if ready else self._pick_base(msg.tree)
+        self.send(SyncState(msg.rid, ready, path, fsid, base))
 
-    def _load_manifest(self, tree: bytes) -> Optional[List[List[Any]]]:
+    def _pick_base(self, tree: bytes) -> bytes:
+        """The newest tree whose manifest is sound, locked until this sync ends: the master
+        may send the new manifest as its difference from this one, and the new tree takes
+        its unchanged files from it."""
+        self._drop_base()
+        for old in self._trees_newest_first()[:BASE_TREES]:
+            if old == tree:
+                continue  # the offered tree itself, damaged: its files are still candidates
+            fd = self._lock_shared(old)
+            if fd is None:
+                continue
+            entries = self._load_manifest(old, fd)
+            if entries is None:
+                os.close(fd)
+                continue
+            self._base = (old, entries, fd)
+            return old
+        return b""
+
+    def _lock_shared(self, tree: bytes) -> Optional[int]:
+        """An fd holding a shared lock on the tree's manifest, or None if the tree is gone
+        (the lock may have waited for a run that held it exclusively to take it away)."""
         try:
-            with open(self._manifest(tree), "rb") as f:
-                entries = msgpack.unpackb(f.read(), raw=False)
-        except (OSError, ValueError, msgpack.UnpackException):
+            fd = os.open(self._manifest(tree), os.O_RDONLY)
+        except OSError:
             return None
-        return entries if isinstance(entries, list) else None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            there = os.path.samestat(os.fstat(fd), os.stat(self._manifest(tree)))
+            there = there and os.path.isdir(self._tree_dir(tree))
+        except OSError:
+            there = False
+        if not there:
+            os.close(fd)
+            return None
+        return fd
+
+    def _drop_base(self) -> None:
+        if self._base is not None:
+            os.close(self._base[2])
+            self._base = None
+
+    def _load_manifest(self, tree: bytes, fd: Optional[int] = None) -> Optional[List[List[Any]]]:
+        """A stored manifest, if its bytes still hash to its tree id (a job may write
+        anywhere in the store); None when missing or damaged."""
+        try:
+            if fd is None:
+                with open(self._manifest(tree), "rb") as f:
+                    data = f.read()
+            else:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+        except OSError:
+            return None
+        if hashlib.sha256(data).digest() != tree:
+            return None
+        if data[:1] >= b"\x90":  # a msgpack array: canonical entries start with a length < 4096
+            return _legacy_manifest(data)
+        try:
+            return decode_manifest(data)
+        except EntryError:
+            return None
 
     def _intact(self, tree: bytes) -> bool:
         """Complete (manifest and dir both in place) and unmodified, judged by lstat alone."""
         entries = self._load_manifest(tree)
-        if entries is None or tree_id(entries) != tree:
+        if entries is None:
             return False
         base = self._tree_dir(tree) + b"/"  # entry paths are checked relative paths: plain
+        lstat, fmt, isdir = os.lstat, stat.S_IFMT, stat.S_IFDIR
         try:  # concatenation, 10,000 times cheaper than os.path.join calls add up
-            if not stat.S_ISDIR(os.lstat(base[:-1]).st_mode):
+            if not stat.S_ISDIR(lstat(base[:-1]).st_mode):
                 return False  # a symlink in place of the tree: every lstat below would follow it
-            for entry in entries:
-                self._tick()
-                if not _stat_matches(os.lstat(base + entry[0]), entry):
+            for number, (path, kind, mode, size, mtime_ns, _) in enumerate(entries):
+                if not number % TICK_EVERY:
+                    self._tick()
+                st = lstat(base + path)
+                if kind == FILE:  # _stat_matches, inlined: this loop is the no-op re-sync
+                    if (st.st_mode, st.st_size, st.st_mtime_ns) != (
+                        stat.S_IFREG | mode,
+                        size,
+                        mtime_ns,
+                    ):
+                        return False
+                elif fmt(st.st_mode) != (isdir if kind == DIR else stat.S_IFLNK):
                     return False
         except OSError:
             return False
         return True
 
-    def _use(self, tree: bytes) -> None:
-        """Jobs run in this tree from now on; a shared lock keeps other runs' GC off it."""
-        fd = os.open(self._manifest(tree), os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+    def _use(self, tree: bytes) -> bool:
+        """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
+        in-place updates) off it. False if it went away before the lock was ours."""
+        fd = self._lock_shared(tree)
+        if fd is None:
+            return False
         os.utime(fd)  # recency, for the GC's "newest trees" order
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         self._lock_fd = fd
         self.job_cwd = self._tree_dir(tree)
         _link_original_layout(self.job_cwd)
+        return True
 
     # -- entries: plan the delta --------------------------------------------------------------
 
@@ -311,31 +426,57 @@ class SyncStore:
         for entry in msg.entries:
             inc.entries.append(check_entry(entry, inc.dirs, previous))
             previous = entry[0]
+        if msg.last:
+            self._plan(inc)
+
+    def on_delta(self, msg: SyncDelta) -> None:
+        """The manifest as changes to the base this host named: merged here, then judged
+        whole (every entry checked, the digest matched) exactly like a full manifest."""
+        inc = self._incoming.get(msg.rid)
+        if inc is None:
+            inc = self._incoming[msg.rid] = Incoming(msg.rid, msg.tree)
+        if self._base is None or msg.base != self._base[0]:
+            raise SyncFailed("a delta against a tree this host did not offer")
+        inc.removed.extend(msg.removed)
+        inc.changed.extend(msg.entries)
         if not msg.last:
             return
-        if tree_id(inc.entries) != inc.tree:
+        inc.entries = apply_delta(self._base[1], inc.removed, inc.changed)
+        check_delta(inc.entries, inc.changed)
+        inc.removed, inc.changed = [], []
+        self._plan(inc)
+
+    def _plan(self, inc: Incoming) -> None:
+        """The whole manifest is here: make the staging tree, say which files must travel."""
+        inc.encoded = encode_manifest(inc.entries)
+        if hashlib.sha256(inc.encoded).digest() != inc.tree:
             raise SyncFailed("manifest does not match its tree id")
-        name = b"%s.%d.%s.%s" % (  # the host name last: it may hold dots
-            inc.tree.hex().encode(),
-            os.getpid(),
-            os.urandom(4).hex().encode(),
-            socket.gethostname().encode("ascii", "replace"),
-        )
-        inc.staging = os.path.join(self._dir(b"staging"), name)
-        os.mkdir(inc.staging, 0o700)
-        reused = self._build(inc)
+        folder = self._dir(b"staging") + b"/"
+        head = b"%s.%d." % (inc.tree.hex().encode(), os.getpid())
+        host = b"." + socket.gethostname().encode("ascii", "replace")  # last: it may hold dots
+        rand = os.urandom(4).hex().encode()
+        inc.staging = folder + head + rand + host
+        if self._base is not None:
+            inc.overlay = folder + head + rand + b"o" + host  # _stale reads its pid alike
+            os.mkdir(inc.overlay, 0o700)
+            reused = self._plan_overlay(inc, self._base)
+        else:
+            os.mkdir(inc.staging, 0o700)
+            reused = self._build(inc)
         want = bytearray((len(inc.entries) + 7) // 8)
         for index in inc.wanted:
             want[index >> 3] |= 1 << (index & 7)
-        self.send(SyncWant(msg.rid, bytes(want), reused))
+        self.send(SyncWant(inc.rid, bytes(want), reused))
 
     def _build(self, inc: Incoming) -> int:
-        """Make the directories, take what earlier trees hold; list the files still wanted."""
+        """A tree from nothing: make the directories, take what earlier trees hold by
+        content; list the files still wanted."""
         bases = self._bases()
         reused = 0
         staging = inc.staging + b"/"
         for index, entry in enumerate(inc.entries):
-            self._tick()
+            if not index % TICK_EVERY:
+                self._tick()
             path, kind, _, size, _, digest = entry
             target = staging + path
             if kind == DIR:
@@ -348,6 +489,122 @@ class SyncStore:
                 else:
                     inc.wanted.append(index)
         return reused
+
+    def _plan_overlay(self, inc: Incoming, base: Tuple[bytes, List[List[Any]], int]) -> int:
+        """A tree from the base tree: the files it holds unchanged at the same path (checked
+        now, by lstat through folders opened without following symlinks) stay where they
+        are; every other file is gathered in the overlay folder, from earlier trees or from
+        the master. The base is not touched until the commit (`_assemble`), so a sync cut
+        off during the transfer leaves it as it was."""
+        old = BaseTree(self._tree_dir(base[0]), base[1])
+        missing: List[int] = []
+        reused = 0
+        try:
+            for index, entry in enumerate(inc.entries):
+                if not index % TICK_EVERY:
+                    self._tick()
+                path, kind, _, size = entry[:4]
+                if kind != FILE:
+                    continue
+                if old.holds(entry):
+                    inc.kept.add(path)
+                    reused += size > 0  # as counted when built afresh
+                    continue
+                target = inc.target(index)
+                if size == 0:
+                    self._finish_file(os.open(target, _CREATE, 0o600), target, entry)
+                else:
+                    missing.append(index)
+        finally:
+            old.close()
+        inc.lost = len(old.old) - len(inc.kept)
+        return reused + self._fill(inc, base, missing)
+
+    def _fill(
+        self, inc: Incoming, base: Tuple[bytes, List[List[Any]], int], missing: List[int]
+    ) -> int:
+        """Take the `missing` files from the base by content (a renamed file, a new mode),
+        then from the earlier trees if what would travel is worth reading their manifests;
+        the rest are wanted from the master. The number of files found."""
+        if not missing:
+            return 0
+        found: Dict[bytes, List[Tuple[bytes, List[Any]]]] = {}
+        digests = {inc.entries[i][5] for i in missing}
+        where = self._tree_dir(base[0]) + b"/"
+        for entry in base[1]:
+            if entry[1] == FILE and entry[5] in digests:
+                found.setdefault(entry[5], []).append((where, entry))
+        earlier: Optional[Dict[bytes, List[Tuple[bytes, List[Any]]]]] = None
+        if sum(inc.entries[i][3] for i in missing) > SEARCH_BYTES:
+            earlier = self._bases()
+        reused = 0
+        for number, index in enumerate(missing):
+            if not number % TICK_EVERY:
+                self._tick()
+            entry, target = inc.entries[index], inc.target(index)
+            if self._reuse(found.get(entry[5], ()), target, entry) or (
+                earlier is not None and self._reuse(earlier.get(entry[5], ()), target, entry)
+            ):
+                reused += 1
+            else:
+                inc.wanted.append(index)
+        return reused
+
+    def _assemble(self, inc: Incoming) -> None:
+        """At commit: the base tree becomes the new one in place when no other run uses it
+        (its exclusive lock is free), else a fresh tree links the kept files from it; either
+        way the overlay's files then move to their paths. In place, the base leaves
+        `trees/` by a rename first, so no run can start using it meanwhile; only a sync cut
+        off inside this step (milliseconds: renames and unlinks) loses it."""
+        base = self._base
+        if base is None:
+            raise SyncFailed("the base tree went away during the sync")
+        fresh = None
+        small = inc.lost <= max(IN_PLACE_LOST, (len(inc.kept) + inc.lost) // 100)
+        if small and self._take(base, inc.staging):
+            kept = clear_changes(inc.staging, base[1], inc.entries, self._tick)
+        else:
+            os.mkdir(inc.staging, 0o700)
+            fresh, kept = BaseTree(self._tree_dir(base[0]), base[1]), set()
+        try:
+            staging = inc.staging + b"/"
+            for index, entry in enumerate(inc.entries):
+                if not index % TICK_EVERY:
+                    self._tick()
+                path, kind = entry[0], entry[1]
+                target = staging + path
+                if kind == DIR and path not in kept:
+                    os.mkdir(target, 0o700)
+                elif kind != FILE:
+                    continue
+                elif path not in inc.kept:
+                    os.rename(inc.target(index), target)
+                elif path not in kept and not (fresh is not None and fresh.link(entry, target)):
+                    raise SyncFailed("deps on the host changed during the sync; run it again")
+        finally:
+            if fresh is not None:
+                fresh.close()
+        os.rmdir(inc.overlay)
+        inc.overlay = b""
+
+    def _take(self, base: Tuple[bytes, List[List[Any]], int], staging: bytes) -> bool:
+        """Move the base tree to `staging` if no other run holds its lock (jobs of another
+        run work in it, or it is another sync's base) and this one's jobs do not use it."""
+        if self._tree_dir(base[0]) == self.job_cwd:
+            return False
+        try:
+            fcntl.flock(base[2], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # flock(2): a failed conversion may have dropped our shared lock
+            fcntl.flock(base[2], fcntl.LOCK_SH)
+            return False
+        try:
+            os.rename(self._tree_dir(base[0]), staging)
+        except OSError:
+            fcntl.flock(base[2], fcntl.LOCK_SH)
+            return False
+        with contextlib.suppress(OSError):
+            os.unlink(self._manifest(base[0]))
+        return True
 
     def _bases(self) -> Dict[bytes, List[Tuple[bytes, List[Any]]]]:
         """Content digest -> (tree dir + "/", entry) of files in the newest complete trees."""
@@ -426,7 +683,7 @@ class SyncStore:
             inc.next_want += 1
             inc.index, inc.written = msg.index, 0
             inc.hasher = hashlib.sha256()
-            target = os.path.join(inc.staging, inc.entries[msg.index][0])
+            target = inc.target(msg.index)
             inc.fd = os.open(target, _CREATE, 0o600)
         size = inc.entries[inc.index][3]
         if msg.offset != inc.written or inc.written + len(msg.data) > size:
@@ -444,7 +701,7 @@ class SyncStore:
         if inc.written != entry[3] or inc.hasher.digest() != entry[5]:
             os.close(fd)
             raise SyncFailed("file %s arrived incomplete or corrupt" % show_path(entry[0]))
-        self._finish_file(fd, os.path.join(inc.staging, entry[0]), entry)
+        self._finish_file(fd, inc.target(inc.index), entry)
 
     # -- commit -------------------------------------------------------------------------------
 
@@ -455,8 +712,11 @@ class SyncStore:
         self._close_current(inc)
         if inc.next_want != len(inc.wanted):
             raise SyncFailed("%d file(s) never arrived" % (len(inc.wanted) - inc.next_want))
-        for path, kind, _, _, _, target in inc.entries:
-            self._tick()
+        if inc.overlay:
+            self._assemble(inc)
+        for number, (path, kind, _, _, _, target) in enumerate(inc.entries):
+            if not number % TICK_EVERY:
+                self._tick()
             if kind == LINK:
                 os.symlink(target, os.path.join(inc.staging, path))
         for path, kind, mode, _, mtime_ns, _ in reversed(inc.entries):  # deepest first
@@ -466,7 +726,9 @@ class SyncStore:
                 os.utime(full, ns=(mtime_ns, mtime_ns))
         self._switch_in(inc)
         del self._incoming[msg.rid]
-        self._use(inc.tree)
+        self._drop_base()
+        if not self._use(inc.tree):  # another sync took it in place before our lock: rare
+            raise SyncFailed("the new tree was replaced by a concurrent sync; run again")
         self.send(SyncDone(msg.rid, self._tree_dir(inc.tree), ""))
         self.keepalive()  # also flushes: the master need not wait for the GC below
         self._collect_garbage()
@@ -476,7 +738,7 @@ class SyncStore:
         self._dir(b"trees")
         manifest = inc.staging + b".manifest"
         with open(manifest, "wb") as f:
-            f.write(msgpack.packb(inc.entries, use_bin_type=True))
+            f.write(inc.encoded)
         os.replace(manifest, self._manifest(inc.tree))
         final = self._tree_dir(inc.tree)
         for _ in range(2):
@@ -540,13 +802,15 @@ class SyncStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def _abandon(self, rid: int) -> None:
+        self._drop_base()
         inc = self._incoming.pop(rid, None)
         if inc is None:
             return
         if inc.fd is not None:
             os.close(inc.fd)
-        if inc.staging:
-            shutil.rmtree(inc.staging, ignore_errors=True)
+        for folder in (inc.staging, inc.overlay):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def abandon_all(self) -> None:
         """At exit: unfinished trees are useless; remove them now rather than at the next GC."""

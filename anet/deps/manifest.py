@@ -9,10 +9,12 @@ file) is refused here, with the offending path, before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dispatcher.syncproto import DIR, FILE, LINK, EntryError, check_manifest, tree_id
@@ -20,6 +22,7 @@ from dispatcher.syncproto import DIR, FILE, LINK, EntryError, check_manifest, tr
 from ..errors import UsageError
 from ..logs import get_logger
 from .hashcache import HashCache, default_cache_path, open_cache
+from .known import known_folder, remember
 
 log = get_logger()
 
@@ -37,6 +40,8 @@ class Tree:
     id: bytes
     size: int
     files: int
+    known: Path | None = None
+    """Where manifests of earlier scans are kept (known.py), if anywhere."""
 
     def local_path(self, index: int) -> bytes:
         return os.path.join(self.root, self.entries[index][0])
@@ -82,8 +87,12 @@ def scan(argument: str | bytes, cache: HashCache) -> Tree:
 
 def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
     """`scan` with the user's digest cache: a 10,000-file tree is hashed once, not per run."""
-    with open_cache(default_cache_path(environ)) as cache:
+    hash_cache = default_cache_path(environ)
+    with open_cache(hash_cache) as cache:
         tree = scan(argument, cache)
+    folder = known_folder(hash_cache)
+    remember(folder, tree.id, tree.entries)
+    tree = dataclasses.replace(tree, known=folder)
     log.info(
         f"deps {argument}: {len(tree.entries)} entries, {tree.size} bytes, "
         f"{cache.hashed} file(s) hashed",

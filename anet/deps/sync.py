@@ -24,16 +24,19 @@ from dispatcher.syncproto import (
     FILE,
     SyncCommit,
     SyncData,
+    SyncDelta,
     SyncDone,
     SyncEntries,
     SyncOffer,
     SyncState,
     SyncWant,
+    manifest_delta,
 )
 
 from ..errors import AnetError, HostError, protocol_error
 from ..logs import get_logger
 from ..remote.session import HostSession, Request
+from .known import recall
 from .manifest import Tree
 
 log = get_logger()
@@ -84,15 +87,15 @@ async def offer(session: HostSession, tree: Tree) -> SyncState:
 
 
 async def transfer(
-    session: HostSession, tree: Tree, progress: Progress | None = None
+    session: HostSession, tree: Tree, progress: Progress | None = None, base: bytes = b""
 ) -> tuple[SyncDone, int, int, int]:
-    """Send the manifest and the files the host lacks; (done, files sent, bytes, reused)."""
+    """Send the manifest (only its difference from tree `base`, when the host offered one
+    and this machine scanned it before) and the files the host lacks; (done, files sent,
+    bytes, reused)."""
     with session.request() as req:
         entries = tree.entries
-        chunks = list(_manifest_chunks(entries))
-        for number, chunk in enumerate(chunks, 1):
-            last = number == len(chunks)
-            await session.send_drained(SyncEntries(req.rid, tree.id, chunk, last))
+        for frame in _manifest_frames(req.rid, tree, base):
+            await session.send_drained(frame)
         want = _expect(session, await req.get(REPLY_TIMEOUT), SyncWant)
         if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
             what = f"SyncWant of {len(want.want)} bytes for {len(entries)} entries"
@@ -113,6 +116,23 @@ async def transfer(
         if done.error:
             raise HostError(session.label, f"deps sync failed: {done.error}", permanent=True)
         return done, len(wanted), sent, want.reused
+
+
+def _manifest_frames(rid: int, tree: Tree, base: bytes) -> Iterator[SyncEntries | SyncDelta]:
+    """The manifest whole, or as its difference from `base` when that is smaller."""
+    old = recall(tree.known, base) if base else None
+    if old is not None:
+        removed, changed = manifest_delta(old, tree.entries)
+        if len(removed) + len(changed) < len(tree.entries):
+            gone = _manifest_chunks([[path, 0, 0, 0, 0, b""] for path in removed])
+            pieces = [([e[0] for e in chunk], []) for chunk in gone if chunk]
+            pieces += [([], chunk) for chunk in _manifest_chunks(changed)]  # at least one
+            for number, (paths, chunk) in enumerate(pieces, 1):
+                yield SyncDelta(rid, tree.id, base, paths, chunk, number == len(pieces))
+            return
+    chunks = list(_manifest_chunks(tree.entries))
+    for number, chunk in enumerate(chunks, 1):
+        yield SyncEntries(rid, tree.id, chunk, number == len(chunks))
 
 
 def _manifest_chunks(entries: list[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -174,7 +194,9 @@ class Syncer:
                 continue
             copied = self._copies[state.fsid] = asyncio.get_running_loop().create_future()
             try:
-                done, files, sent, reused = await transfer(session, tree, self._progress)
+                done, files, sent, reused = await transfer(
+                    session, tree, self._progress, state.base
+                )
             finally:
                 copied.set_result(None)
             return self._report(
