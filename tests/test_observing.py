@@ -23,20 +23,25 @@ from pathlib import Path
 
 import pytest
 from sshd_hosts import SshdCluster
+from waiting import journal_rows, wait_until
 
 from anet import results
 from anet.streams.joblog import read_joblog
 from anet.streams.resultsdir import read_result
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = os.environ | {"PYTHONPATH": str(ROOT)}
+
+
+def anet_env() -> dict[str, str]:
+    """The test's environment (its own home: tests/conftest.py), with this worktree's anet."""
+    return os.environ | {"PYTHONPATH": str(ROOT)}
 
 
 def anet(*args: str, cluster: SshdCluster | None = None, timeout: float = 120):
     config = ["--ssh-config", str(cluster.ssh_config)] if cluster else []
     return subprocess.run(
         [sys.executable, "-m", "anet", *args[:1], *config, *args[1:]],
-        capture_output=True, timeout=timeout, env=ENV, stdin=subprocess.DEVNULL,
+        capture_output=True, timeout=timeout, env=anet_env(), stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -137,7 +142,9 @@ def run_on_pty(argv: list[str], stdout: Path, cols: int = 110, rows: int = 30) -
 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     with open(stdout, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=slave, env=ENV)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=slave, env=anet_env()
+        )
     os.close(slave)
     drawn = bytearray()
     try:
@@ -260,14 +267,15 @@ def test_report_and_status_from_a_real_journal_with_a_host_lost_and_back(make_cl
     argv = [sys.executable, "-m", "anet", "run", "--ssh-config", str(own.ssh_config),
             *hosts(own), "--journal", str(journal), "--retries", "0", "--keepalive", "5",
             str(batch)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=anet_env())
     try:
         deadline = time.monotonic() + 30
         while not any("sleep" in cmd for _, cmd in own["host2"].processes()):
             assert time.monotonic() < deadline, "host2 never got work"
             time.sleep(0.05)
         own["host2"].stop()
-        time.sleep(1.0)
+        lost = "SELECT 1 FROM host_events WHERE host = 'host2' AND event = 'lost'"
+        wait_until(lambda: journal_rows(journal, lost), 30, "host2's loss in the journal")
         live = anet("status", str(journal))  # while the batch runs
         assert live.returncode == 0, live.stderr
         assert b"jobs done" in live.stdout
@@ -326,7 +334,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_completion_help_and_one_line_errors(tmp_path):
     script = anet("completion", "bash")
     assert script.returncode == 0 and b"_ANET_COMPLETE=bash_complete" in script.stdout
-    env = ENV | {"_ANET_COMPLETE": "bash_complete", "COMP_WORDS": "anet sta", "COMP_CWORD": "1"}
+    env = anet_env() | {
+        "_ANET_COMPLETE": "bash_complete",
+        "COMP_WORDS": "anet sta",
+        "COMP_CWORD": "1",
+    }
     words = subprocess.run([sys.executable, "-m", "anet"], capture_output=True, env=env)
     assert b"plain,status" in words.stdout, words
     helped = anet("--help").stdout.decode()

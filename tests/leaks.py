@@ -1,0 +1,177 @@
+"""What a test leaves behind: processes, threads and open file descriptors.
+
+The conftest takes a :class:`Snapshot` before each test and asks :func:`leftovers` after it.
+Anything new that is still there after a short grace is a leak: a job or dispatcher that
+outlives its run, a reader thread never joined, a socket, pipe or event loop never closed.
+Each of them holds resources for the rest of the session and, worse, can act on a later test
+(a stray job writing into a reused directory, a thread reading someone else's pipe).
+
+Processes are found two ways, so a daemonised one does not slip out: the descendants of the
+test process, and every process whose environment carries the test's own marker (the conftest
+puts ``MARK_ENV`` into ``os.environ``, so every process the test starts inherits it, however it
+detaches).  Processes on the sshd hosts are not ours to judge here: sshd gives its sessions a
+fresh environment, and the ``no_leftover_processes`` fixture checks them by their ANET_HOME.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MARK_ENV = "ANET_TEST_MARK"
+"""The variable whose value names one test; it is removed again once the test is over."""
+
+GRACE = 5.0
+"""How long a process, thread or fd that is already on its way out may take to go: sshd
+sessions end a moment after their client hung up, an exiting job after its kill."""
+
+Proc = tuple[int, int]
+"""(pid, start time in clock ticks): a recycled pid is another process."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the test process had open and running before a test."""
+
+    procs: frozenset[Proc]
+    threads: frozenset[threading.Thread]
+    fds: dict[int, str] = field(hash=False)
+
+
+@dataclass
+class Leftovers:
+    """What a test left behind; true if anything."""
+
+    procs: dict[Proc, str]
+    threads: list[threading.Thread]
+    fds: dict[int, str]
+
+    def __bool__(self) -> bool:
+        return bool(self.procs or self.threads or self.fds)
+
+    def describe(self) -> str:
+        parts = []
+        if self.procs:
+            listed = ", ".join(f"{pid} {cmd!r}" for (pid, _), cmd in sorted(self.procs.items()))
+            parts.append(f"processes: {listed}")
+        if self.threads:
+            parts.append(f"threads: {', '.join(t.name for t in self.threads)}")
+        if self.fds:
+            parts.append(f"fds: {', '.join(f'{fd} -> {t}' for fd, t in sorted(self.fds.items()))}")
+        return "; ".join(parts)
+
+
+def snapshot() -> Snapshot:
+    return Snapshot(
+        procs=frozenset(_our_processes(mark=None)),
+        threads=frozenset(threading.enumerate()),
+        fds=_open_fds(),
+    )
+
+
+def leftovers(
+    before: Snapshot, mark: str, spared: frozenset[int] = frozenset(), grace: float = GRACE
+) -> Leftovers:
+    """What is new since ``before`` and still there after up to ``grace`` seconds; the pids in
+    ``spared`` are processes the session owns (a shared sshd host restarted during the test).
+
+    The common case, nothing left, costs one look; the garbage collector runs once before
+    anything counts as leaked, since a file object only unreachable is not a leak."""
+    deadline = time.monotonic() + grace
+    collected = False
+    while True:
+        left = _new_since(before, mark, spared)
+        if not left or time.monotonic() >= deadline:
+            return left
+        if not collected:
+            gc.collect()
+            collected = True
+            continue
+        for thread in left.threads:
+            thread.join(timeout=0.05)
+        time.sleep(0.05)
+
+
+def kill(procs: dict[Proc, str]) -> None:
+    """SIGKILL the leaked processes, so one leak fails one test, not every later one."""
+    for pid, start in procs:
+        stat = _stat(pid)
+        if stat is not None and stat[2] == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _new_since(before: Snapshot, mark: str, spared: frozenset[int]) -> Leftovers:
+    procs = {
+        p: cmd
+        for p, cmd in _our_processes(mark).items()
+        if p not in before.procs and p[0] not in spared
+    }
+    threads = [t for t in threading.enumerate() if t not in before.threads and t.is_alive()]
+    fds = {fd: what for fd, what in _open_fds().items() if before.fds.get(fd) != what}
+    return Leftovers(procs, threads, fds)
+
+
+def _our_processes(mark: str | None) -> dict[Proc, str]:
+    """Running (not zombie) descendants of this process, and with ``mark`` every process whose
+    environment holds it: (pid, start) -> command line."""
+    table: dict[int, tuple[int, str, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = stat
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.add(child)
+            todo.append(child)
+    if mark is not None:
+        entry = f"{MARK_ENV}={mark}".encode()
+        found.update(pid for pid in table if pid != os.getpid() and _has_env(pid, entry))
+    return {
+        (pid, table[pid][2]): _cmdline(pid)
+        for pid in found
+        if pid in table and table[pid][1] not in "ZX"
+    }
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) of ``pid``, None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()  # the command name may hold ") "
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def _has_env(pid: int, entry: bytes) -> bool:
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _open_fds() -> dict[int, str]:
+    """fd -> what it points at (``pipe:[1234]``, a path): a closed and reopened fd differs."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
