@@ -39,7 +39,8 @@ Proc = tuple[int, int]
 class Snapshot:
     """What the test process had open and running before a test."""
 
-    procs: frozenset[Proc]
+    last_pid: int
+    """The newest pid on the machine then: only a process with a pid made since can be new."""
     threads: frozenset[threading.Thread]
     fds: dict[int, str] = field(hash=False)
 
@@ -68,11 +69,7 @@ class Leftovers:
 
 
 def snapshot() -> Snapshot:
-    return Snapshot(
-        procs=frozenset(_our_processes(mark=None)),
-        threads=frozenset(threading.enumerate()),
-        fds=_open_fds(),
-    )
+    return Snapshot(_last_pid(), frozenset(threading.enumerate()), _open_fds())
 
 
 def leftovers(
@@ -108,39 +105,57 @@ def kill(procs: dict[Proc, str]) -> None:
 
 
 def _new_since(before: Snapshot, mark: str, spared: frozenset[int]) -> Leftovers:
-    procs = {
-        p: cmd
-        for p, cmd in _our_processes(mark).items()
-        if p not in before.procs and p[0] not in spared
-    }
+    procs = _new_processes(before.last_pid, mark)
+    procs = {proc: cmd for proc, cmd in procs.items() if proc[0] not in spared}
     threads = [t for t in threading.enumerate() if t not in before.threads and t.is_alive()]
     fds = {fd: what for fd, what in _open_fds().items() if before.fds.get(fd) != what}
     return Leftovers(procs, threads, fds)
 
 
-def _our_processes(mark: str | None) -> dict[Proc, str]:
-    """Running (not zombie) descendants of this process, and with ``mark`` every process whose
-    environment holds it: (pid, start) -> command line."""
-    table: dict[int, tuple[int, str, int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            table[int(entry.name)] = stat
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [os.getpid()]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.add(child)
-            todo.append(child)
-    if mark is not None:
-        entry = f"{MARK_ENV}={mark}".encode()
-        found.update(pid for pid in table if pid != os.getpid() and _has_env(pid, entry))
-    return {
-        (pid, table[pid][2]): _cmdline(pid)
-        for pid in found
-        if pid in table and table[pid][1] not in "ZX"
-    }
+def _new_processes(last_pid: int, mark: str) -> dict[Proc, str]:
+    """Running (not zombie) processes made since ``last_pid`` that descend from this process
+    or carry ``mark`` in their environment: (pid, start) -> command line.
+
+    Reading every process's stat and environment after each test costs a quarter of a second
+    on a busy machine; the pids handed out since the test began are few, and a process older
+    than the test cannot be its leak."""
+    newest = _last_pid()
+    entry = f"{MARK_ENV}={mark}".encode()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or not _made_between(int(name), last_pid, newest):
+            continue
+        pid = int(name)
+        stat = _stat(pid)
+        if stat is None or stat[1] in "ZX":
+            continue
+        if _descends_from_us(pid) or _has_env(pid, entry):
+            found[(pid, stat[2])] = _cmdline(pid)
+    return found
+
+
+def _last_pid() -> int:
+    """The pid the kernel handed out last (the last field of /proc/loadavg)."""
+    return int(Path("/proc/loadavg").read_text().split()[-1])
+
+
+def _made_between(pid: int, last_pid: int, newest: int) -> bool:
+    """Whether ``pid`` was handed out after ``last_pid``, up to ``newest``; pids wrap around."""
+    if last_pid <= newest:
+        return last_pid < pid <= newest
+    return pid > last_pid or pid <= newest
+
+
+def _descends_from_us(pid: int) -> bool:
+    us = os.getpid()
+    while pid > 1:
+        stat = _stat(pid)
+        if stat is None:
+            return False
+        pid = stat[0]
+        if pid == us:
+            return True
+    return False
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
