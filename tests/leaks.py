@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sshd_hosts import _cmdline, _read_stat
+
 MARK_ENV = "ANET_TEST_MARK"
 """The variable whose value names one test; it is removed again once the test is over."""
 
@@ -98,7 +100,7 @@ def leftovers(
 def kill(procs: dict[Proc, str]) -> None:
     """SIGKILL the leaked processes, so one leak fails one test, not every later one."""
     for pid, start in procs:
-        stat = _stat(pid)
+        stat = _read_stat(pid)
         if stat is not None and stat[2] == start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -126,7 +128,7 @@ def _new_processes(last_pid: int, mark: str) -> dict[Proc, str]:
         if not name.isdigit() or not _made_between(int(name), last_pid, newest):
             continue
         pid = int(name)
-        stat = _stat(pid)
+        stat = _read_stat(pid)
         if stat is None or stat[1] in "ZX":
             continue
         if _descends_from_us(pid) or _has_env(pid, entry):
@@ -149,7 +151,7 @@ def _made_between(pid: int, last_pid: int, newest: int) -> bool:
 def _descends_from_us(pid: int) -> bool:
     us = os.getpid()
     while pid > 1:
-        stat = _stat(pid)
+        stat = _read_stat(pid)
         if stat is None:
             return False
         pid = stat[0]
@@ -158,29 +160,11 @@ def _descends_from_us(pid: int) -> bool:
     return False
 
 
-def _stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, state, start time) of ``pid``, None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rpartition(")")[2].split()  # the command name may hold ") "
-    return int(fields[1]), fields[0], int(fields[19])
-
-
 def _has_env(pid: int, entry: bytes) -> bool:
     try:
         return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:  # gone, or not ours to read
         return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def _open_fds() -> dict[int, str]:

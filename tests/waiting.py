@@ -25,25 +25,24 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
     """``condition()``'s first true value, asked every INTERVAL; AssertionError naming ``what``
     if it is still false after ``timeout`` seconds (it is asked once more at the deadline)."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
+    while not (value := condition()):
+        _give_up_after(deadline, timeout, what)
         time.sleep(INTERVAL)
+    return value
 
 
 async def until(condition: Callable[[], T], timeout: float, what: str) -> T:
     """:func:`wait_until` for a coroutine: the loop keeps running while it waits."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
+    while not (value := condition()):
+        _give_up_after(deadline, timeout, what)
         await asyncio.sleep(INTERVAL)
+    return value
+
+
+def _give_up_after(deadline: float, timeout: float, what: str) -> None:
+    if time.monotonic() >= deadline:
+        raise AssertionError(f"not within {timeout:g}s: {what}")
 
 
 def journal_rows(journal: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
