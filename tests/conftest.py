@@ -3,6 +3,7 @@ OpenSSH sshd hosts on loopback (see sshd_hosts.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -16,6 +17,15 @@ from sshd_hosts import SshdCluster, leftover_processes
 
 ClusterFactory = Callable[..., SshdCluster]
 HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """uvloop (libuv) opens a pipe pair on the first loop of a process and keeps it for good:
+    open it before any test runs, or the first test to use uvloop would be blamed for it."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.new_event_loop().close()
 
 
 _SHARED: list[SshdCluster] = []
