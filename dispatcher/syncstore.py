@@ -402,6 +402,13 @@ class SyncStore:
             return False
         return True
 
+    def close(self) -> None:
+        """Let go of the tree in use (its shared lock) before the process ends, as a test does
+        with each store it made; the dispatcher's own store lives as long as the process."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _use(self, tree: bytes) -> bool:
         """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
         in-place updates) off it. False if it went away before the lock was ours."""

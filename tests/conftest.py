@@ -1,12 +1,16 @@
-"""Shared fixtures: real OpenSSH sshd hosts on loopback (see sshd_hosts.py)."""
+"""Shared fixtures: every test in a home of its own, checked for leaks (see leaks.py), and real
+OpenSSH sshd hosts on loopback (see sshd_hosts.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
+import leaks
 import pytest
 from hostile_dispatcher import Hostile
 from sshd_hosts import SshdCluster, leftover_processes
@@ -15,12 +19,60 @@ ClusterFactory = Callable[..., SshdCluster]
 HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """uvloop (libuv) opens a pipe pair on the first loop of a process and keeps it for good:
+    open it before any test runs, or the first test to use uvloop would be blamed for it."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.new_event_loop().close()
+
+
+_SHARED: list[SshdCluster] = []
+"""The session's shared clusters: their sshd listeners are the session's, not a test's leak."""
+_TESTS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test, and every process it starts, gets a home of its own: anet's journals
+    ($XDG_STATE_HOME/anet), hash cache ($XDG_CACHE_HOME/anet) and local dispatcher home
+    ($ANET_HOME, else ~/.cache/anet) land there, never in the developer's real ones, and no
+    ANET_* setting of the developer's (ANET_HOSTS, ANET_PROGRESS...) changes what a test sees.
+
+    The sshd hosts need nothing of $HOME: their keys, known_hosts and ssh_config are files of
+    their own, and OpenSSH takes ~ from the password database anyway.
+
+    After the test, anything it left running or open (processes, threads, fds) fails it."""
+    home = tmp_path_factory.mktemp("home")
+    mark = f"{os.getpid()}-{next(_TESTS)}"
+    with pytest.MonkeyPatch.context() as env:
+        for name in [name for name in os.environ if name.startswith("ANET_")]:
+            env.delenv(name)
+        env.setenv("HOME", str(home))
+        env.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+        env.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        env.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+        env.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+        env.setenv("ANET_HOME", str(home / ".cache" / "anet"))
+        before = leaks.snapshot()
+        env.setenv(leaks.MARK_ENV, mark)
+        yield home
+    spared = frozenset(host.pid for shared in _SHARED for host in shared.hosts if host.pid)
+    left = leaks.leftovers(before, mark, spared)
+    if left:
+        leaks.kill(left.procs)
+        pytest.fail(f"the test left behind {left.describe()}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdCluster]:
     """Four ordinary hosts shared by the whole session; never stop or freeze them in a test
     (use ``make_cluster``), or every later test would see a broken host."""
     with SshdCluster(tmp_path_factory.mktemp("cluster"), 4) as shared:
+        _SHARED.append(shared)
         yield shared
+        _SHARED.remove(shared)
 
 
 @pytest.fixture
@@ -87,13 +139,29 @@ def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A `browser` test needs Chromium, which costs a contributor some 100 packages: without
-    it the test is skipped, saying why; in CI (CI=true) it is never skipped, it fails."""
-    if item.get_closest_marker("browser") is None:
+    """A test that needs what a contributor may lack is skipped without it, saying why:
+    Chromium (`browser`, some 100 packages) or root (`root`: mounts, iptables, another user's
+    process). In CI (CI=true) it is never skipped but fails: CI has all of them."""
+    why = _missing(item)
+    if why is None:
         return
-    if shutil.which("chromium") or shutil.which("chromium-browser"):
-        return
-    why = "needs Chromium: scripts/dev-setup --browser installs it"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why}; CI runs every test", pytrace=False)
     pytest.skip(why)
+
+
+def _missing(item: pytest.Item) -> str | None:
+    """What the test needs and this machine lacks, said as the skip reason (None: nothing)."""
+    browser = item.get_closest_marker("browser") is not None
+    if browser and not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        return "needs Chromium: scripts/dev-setup --browser installs it"
+    root = item.get_closest_marker("root")
+    if root is None:
+        return None
+    why = root.args[0]
+    if os.geteuid() != 0:
+        return f"needs root: {why} (CI runs as root)"
+    for tool in root.kwargs.get("tools", ()):
+        if shutil.which(tool) is None:
+            return f"needs {tool}: {why} (scripts/dev-setup installs it)"
+    return None

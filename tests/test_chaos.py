@@ -20,7 +20,6 @@ import contextlib
 import os
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -448,17 +447,11 @@ def seed() -> int:
     return chosen
 
 
-def root_with_iptables() -> None:
-    """A partition needs both; CI runs as root, so their absence fails the test (no skip)."""
-    assert os.geteuid() == 0, "the chaos test partitions hosts with iptables: run it as root"
-    assert shutil.which("iptables"), "iptables is missing (scripts/dev-setup installs it)"
-
-
+@pytest.mark.root("the chaos test partitions hosts with iptables", tools=("iptables",))
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_chaos_then_resume_gives_every_result_once_and_exact(
     make_cluster, tmp_path, seed, scenario
 ):
-    root_with_iptables()
     sig, resume = SCENARIOS[scenario]
     rng = random.Random(f"{seed}/{scenario}")
     own = make_cluster(HOSTS)

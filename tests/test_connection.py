@@ -8,17 +8,15 @@ tried with what may not come in it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
-import pkgutil
 import struct
 from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from wire_messages import every_message
 
-import dispatcher
 from dispatcher.connection import (
     MAX_LINE,
     MAX_NOISE,
@@ -62,11 +60,7 @@ from dispatcher.protocol import (
     message,
 )
 
-# Every module of the dispatcher package, so that the registry holds every message class
-# whatever test ran first (a module registers its messages when it is imported).
-for _module in pkgutil.iter_modules(dispatcher.__path__):
-    importlib.import_module(f"dispatcher.{_module.name}")
-MESSAGES = sorted(_CLASSES, key=lambda cls: cls.CODE)
+MESSAGES = every_message()
 
 HELLO = Hello(PROTOCOL_VERSION, "node1", 4, "3.11.7", 0.5, 4242, "/w")
 SETUP = Setup(4, "node1", "", 3.0, 15.0)

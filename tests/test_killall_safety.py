@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -20,6 +19,7 @@ import pytest
 import test_machines
 from sshd_hosts import _proc_table
 from test_machines import SLEEPER, alive, anet, group_members, jsonl
+from waiting import wait_until
 
 from anet.cli.machines import find_command, killall_command, pattern_args
 from dispatcher import procs
@@ -120,13 +120,20 @@ def test_killall_lists_and_spares_session_keepers_without_force(cluster, planted
 
 def _wait_for_session_leader(parent: int) -> int:
     """The pid of the shell pty.spawn started under `parent`: a session leader on a terminal."""
-    for _ in range(500):
+
+    def leader() -> int | None:
         for pid, (ppid, _, _) in _proc_table().items():
-            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            if ppid == parent and int(stat[3]) == pid and int(stat[4]) != 0:
+            if ppid != parent:
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except FileNotFoundError:  # ended since the table was read (a forked helper)
+                continue
+            if int(stat[3]) == pid and int(stat[4]) != 0:
                 return pid
-        time.sleep(0.02)
-    raise AssertionError("pty.spawn started no terminal session")
+        return None
+
+    return wait_until(leader, 10, "pty.spawn started a terminal session")
 
 
 def test_session_keepers_are_classified_from_proc():

@@ -9,11 +9,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from anet.cli.machines import elapsed_text, fold
 from anet.errors import UsageError
@@ -145,21 +145,22 @@ def test_a_recycled_pid_is_never_signalled():
         sleeper.wait()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start another user's process")
+@pytest.mark.root("the test starts a process of another user")
 def test_other_users_processes_are_never_matched():
     marker = f"anet-nobody-{uuid.uuid4().hex[:8]}"
     other = subprocess.Popen(
         ["sh", "-c", "sleep 60; true", marker], user="nobody", start_new_session=True
     )
     try:
-        time.sleep(0.1)
+        cmdline = Path(f"/proc/{other.pid}/cmdline")
+        wait_until(lambda: marker.encode() in cmdline.read_bytes(), 10, "the shell to start")
         assert procs.find(marker, "", 0) == []
         assert procs.signal_targets([[other.pid, 0, True]], signal.SIGKILL, "", 0) == [
             [other.pid, procs.PROTECTED]
         ]
         assert other.poll() is None
     finally:
-        other.kill()
+        os.killpg(other.pid, signal.SIGKILL)  # its sleep too, not the shell alone
         other.wait()
 
 

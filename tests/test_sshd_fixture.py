@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -213,11 +212,11 @@ def test_missing_sshd_is_an_error_not_a_skip(
         sshd_hosts.find_sshd()
 
 
+@pytest.mark.root("a partition cuts the host off with iptables", tools=("iptables",))
 def test_a_partition_cuts_off_that_host_only(make_cluster) -> None:
     """Every cluster on this machine uses the same 127.0.0.x addresses (other ports): cutting
     one host off must leave another cluster's host on the same address alone, or two test runs
     sharing a machine break each other's hosts."""
-    assert os.geteuid() == 0, "a partition needs root (and iptables): CI runs as root"
     mine, neighbours = make_cluster(1), make_cluster(1)
     cut, neighbour = mine["host1"], neighbours["host1"]
     assert cut.address == neighbour.address and cut.port != neighbour.port

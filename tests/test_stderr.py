@@ -23,7 +23,11 @@ from anet.views.diagnostics import UnblockedStderr
 from anet.views.observe import ObserveArgs, RunObservers
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = os.environ | {"PYTHONPATH": str(ROOT)}
+
+
+def anet_env() -> dict[str, str]:
+    """The test's environment (its own home: tests/conftest.py), with this worktree's anet."""
+    return os.environ | {"PYTHONPATH": str(ROOT)}
 
 
 def read_results_in_thread(stream) -> tuple[list[int], threading.Thread]:
@@ -65,7 +69,7 @@ def test_a_stderr_nobody_reads_does_not_stop_the_results(tmp_path, make_stderr):
     argv = [sys.executable, "-m", "anet", "run", "-v", "--format", "msgpack", "--no-journal",
             "--retries", "2", "-j", "4", str(batch)]  # fmt: skip
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=ENV
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=anet_env()
     )
     os.close(stderr)
     try:

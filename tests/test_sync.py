@@ -308,9 +308,8 @@ def test_anet_sync_command_reports_each_host(cluster, tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.root("the test mounts a small tmpfs")
 def test_a_full_disk_fails_that_host_only_and_the_batch_runs_elsewhere(make_cluster, tmp_path):
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a small tmpfs: run it as root (CI does)")
     hosts = make_cluster(2)
     small = tmp_path / "small"
     small.mkdir()

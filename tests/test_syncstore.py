@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -29,12 +31,25 @@ from dispatcher.syncproto import (
 from dispatcher.syncstore import KEEP_TREES, SyncStore
 
 
+@pytest.fixture(autouse=True)
+def close_the_hosts() -> Iterator[None]:
+    """A store holds a lock on the tree in use, an open fd, until its process ends; a test's
+    stores end with the test."""
+    yield
+    while Host.made:
+        Host.made.pop().store.close()
+
+
 class Host:
     """A SyncStore with an outbox, as one dispatcher would hold it."""
+
+    made: ClassVar[list[Host]] = []
+    """Every host of the test, closed after it (see close_the_hosts)."""
 
     def __init__(self, home: Path) -> None:
         self.sent: list[object] = []
         self.store = SyncStore(str(home), self.sent.append)
+        Host.made.append(self)
         self.handlers: dict[type, object] = {}
         self.store.register(self.handlers)  # type: ignore[arg-type]
         self.rid = 0
