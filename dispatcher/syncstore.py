@@ -403,8 +403,10 @@ class SyncStore:
         return True
 
     def close(self) -> None:
-        """Let go of the tree in use (its shared lock) before the process ends, as a test does
-        with each store it made; the dispatcher's own store lives as long as the process."""
+        """Let go of the tree in use and of a sync's base (their shared locks) before the
+        process ends, as a test does with each store it made; the dispatcher's own store
+        lives as long as the process."""
+        self._drop_base()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from test_sync import remote_tree, snapshot, sync, synced
-from test_syncstore import Host, scan_dir, wanted
+from test_syncstore import Host, close_the_hosts, scan_dir, wanted  # noqa: F401 (the fixture)
 
 from anet.deps.known import KEEP, recall, remember
 from anet.deps.manifest import Tree, scan_deps
