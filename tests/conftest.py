@@ -49,6 +49,8 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as env:
         for name in [name for name in os.environ if name.startswith("ANET_")]:
             env.delenv(name)
+        for name in ("COLUMNS", "LINES"):  # pytest-xdist's workers export 80x24, which rich
+            env.delenv(name, raising=False)  # (the live view) believes over a test's pty size
         env.setenv("HOME", str(home))
         env.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
         env.setenv("XDG_CACHE_HOME", str(home / ".cache"))
