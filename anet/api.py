@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
+from dispatcher.polite import Polite
 from dispatcher.protocol import Exit, Message, Output, Started
 
 from .core.batch import Job, as_jobs
@@ -67,6 +68,7 @@ class Cluster:
         policy: RunPolicy | None = None,
         deps: Tree | Awaitable[Tree] | None = None,
         sync_progress: Progress | None = None,
+        polite: Polite | None = None,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
         self.hosts: dict[str, HostState] = {}
@@ -77,6 +79,7 @@ class Cluster:
         self._keepalive = keepalive
         self._payload: Payload = payload()
         self._policy = policy or RunPolicy()
+        self._polite = polite or Polite()
         self._syncer = Syncer(deps, sync_progress) if deps is not None else None
         self.sync_reports: dict[str, SyncReport] = {}
         """How each host got the deps tree (its latest sync), for `anet sync` and summaries."""
@@ -155,9 +158,7 @@ class Cluster:
 
     def _new_session(self, spec: HostSpec) -> HostSession:
         cwd = self._local_cwd if spec.local else ""
-        config = SessionConfig(
-            spec.slots, cwd, heartbeat=self._keepalive / 5, dead_after=self._keepalive
-        )
+        config = SessionConfig(spec.slots, cwd, self._keepalive / 5, self._keepalive, self._polite)
         return HostSession(spec, self._payload, self._on_message, config)
 
     # -- what the hosts' lives report (hostlife.HostEvents) ---------------------------------------

@@ -260,7 +260,7 @@ class Dispatcher:
             run = self.queue.popleft()
             slot = heapq.heappop(self.free_slots)
             try:
-                job = spawn(run, slot, cwd, self.env)
+                job = spawn(run, slot, cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
                 heapq.heappush(self.free_slots, slot)
                 message = "anet: cannot start job %d: %s\n" % (run.job, exc)
@@ -279,7 +279,8 @@ class Dispatcher:
         run = Run(-msg.rid, 0, msg.command)
         cwd = self.deps.job_cwd or (self.setup.cwd if self.setup else "") or self.workdir
         try:
-            job = spawn(run, 0, cwd, self.env, rid=msg.rid)
+            nice = self.setup.nice if self.setup else 0
+            job = spawn(run, 0, cwd, self.env, rid=msg.rid, nice=nice)
         except (OSError, ValueError) as exc:
             self.send(OnceOutput(msg.rid, STDERR, ("anet: cannot start: %s\n" % exc).encode()))
             self.send(OnceExit(msg.rid, 127, None))

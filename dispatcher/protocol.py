@@ -240,6 +240,8 @@ class Setup(Message):
 
     `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
     the master for that many seconds (a frozen master or a silent network partition).
+    The fields after it are polite mode's (dispatcher/polite.py): `nice` > 0 runs the jobs at
+    that niceness at least.
     """
 
     CODE = 2
@@ -249,6 +251,7 @@ class Setup(Message):
     cwd: str
     heartbeat: float
     dead_after: float
+    nice: int = 0
 
 
 @message

@@ -21,6 +21,7 @@ import time
 from typing import IO, Dict, Iterator, Optional, Union
 
 from .once import OnceExit, OnceOutput
+from .polite import niceness_setter
 from .protocol import OUTPUT_CHUNK, STDERR, STDOUT, Exit, Message, Output, Run
 
 
@@ -127,9 +128,16 @@ class JobProcess:
 
 
 def spawn(
-    run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str], rid: Optional[int] = None
+    run: Run,
+    slot: int,
+    cwd: Union[str, bytes],
+    env: Dict[str, str],
+    rid: Optional[int] = None,
+    nice: int = 0,
 ) -> JobProcess:
-    """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report."""
+    """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report.
+
+    `nice` > 0: the job runs at that niceness at least (polite mode)."""
     job_env = dict(env)
     job_env.update(run.env)
     job_env["ANET_JOB_ID"] = str(run.job)
@@ -143,6 +151,7 @@ def spawn(
         env=job_env,
         start_new_session=True,
         close_fds=True,
+        preexec_fn=niceness_setter(nice),  # None (the fast spawn path) unless asked
     )
     return JobProcess(run, slot, proc, rid)
 
