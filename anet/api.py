@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
-from dispatcher.polite import Polite
+from dispatcher.polite import Held, Polite
 from dispatcher.protocol import Exit, Message, Output, Started
 
 from .core.batch import Job, as_jobs
@@ -164,6 +164,7 @@ class Cluster:
     # -- what the hosts' lives report (hostlife.HostEvents) ---------------------------------------
 
     def host_ready(self, session: HostSession) -> None:
+        self.hosts[session.label].held = ""  # a new dispatcher holds nothing yet
         self._settled(session.label)
         if self._drive is not None:
             self._drive.host_ready(session.label, session.slots)
@@ -236,6 +237,8 @@ class Cluster:
         still ending); one about an attempt no run sent that host is its protocol error."""
         self.hosts[session.label].last_heard = asyncio.get_running_loop().time()
         if not isinstance(msg, _JOB_FRAMES):
+            if isinstance(msg, Held):
+                self._held(session.label, msg.reason)
             return
         drive = self._drive
         if self._drives:  # an earlier run's killed attempts may still be ending
@@ -247,6 +250,15 @@ class Cluster:
             await drive.deliver(results)
         if drive is not self._drive and drive.engine.finished:
             self._drives.remove(drive)
+
+    def _held(self, label: str, reason: str) -> None:
+        """Polite mode holds the host's queued jobs (a loaded host), or no longer does: shown
+        in the live view and said once per change, so a run that waits says why."""
+        self.hosts[label].held = reason
+        if reason:
+            log.warning(f"{label}: {reason}: its jobs wait", host=label)
+        else:
+            log.info(f"{label}: jobs start again", host=label)
 
     def host_key(self, label: str) -> str | None:
         """What became of the host's SSH host key (known, accepted, unknown, changed), or None

@@ -34,6 +34,7 @@ from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .once import OnceExit, OnceOutput, RunOnce
 from .pidfiles import PidFiles
+from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
     OUTPUT_CHUNK,
@@ -105,6 +106,10 @@ class Dispatcher:
         self.jobs: Dict[int, JobProcess] = {}
         self.free_slots: List[int] = []
         self.setup: Optional[Setup] = None
+        self.gate = Gate(Polite())
+        """Polite mode's say on starting a job (Setup's polite fields replace it)."""
+        self.held_checked: Optional[float] = None
+        """While polite mode holds the queued jobs: when the gate last said so."""
         self.env = dict(os.environ)
         self.paused = False
         self.writing = False
@@ -167,6 +172,8 @@ class Dispatcher:
 
     def timeout(self) -> float:
         deadlines = [self.next_heartbeat, self.forks.next_deadline()]
+        if self.held_checked is not None:
+            deadlines.append(self.held_checked + RECHECK)
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -180,6 +187,12 @@ class Dispatcher:
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
+        if self.held_checked is not None and now >= self.held_checked + RECHECK:
+            if self.queue:
+                self.start_queued()
+            else:  # the held jobs were killed: nothing waits any more
+                self.send(Held(""))
+                self.held_checked = None
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -220,6 +233,7 @@ class Dispatcher:
             self.setup = msg
             self.free_slots = list(range(1, msg.slots + 1))
             self.env["ANET_HOST"] = msg.host_label
+            self.gate = Gate(Polite(msg.nice, msg.max_load))
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False
@@ -256,7 +270,7 @@ class Dispatcher:
         if self.setup is None:
             return
         cwd = self.deps.job_cwd or self.setup.cwd or self.workdir  # synced deps come first
-        while self.queue and self.free_slots:
+        while self.queue and self.free_slots and not self.held():
             run = self.queue.popleft()
             slot = heapq.heappop(self.free_slots)
             try:
@@ -272,6 +286,16 @@ class Dispatcher:
             if not self.paused:
                 self.watch_job(job)
             self.send(Started(run.aid, job.pid, slot))
+
+    def held(self) -> bool:
+        """Polite mode holds the queued jobs now (a loaded host); the master hears of each
+        change, and the gate is looked at again RECHECK seconds later (a timer)."""
+        now = time.monotonic()
+        reason = self.gate.holds(now, (job.pid for job in self.jobs.values()))
+        if bool(reason) != (self.held_checked is not None):
+            self.send(Held(reason))
+        self.held_checked = now if reason else None
+        return bool(reason)
 
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's

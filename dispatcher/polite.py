@@ -5,6 +5,15 @@ from its CPU niceness when it has asked for none (best-effort class, level (nice
 the CFQ and BFQ schedulers), so a niced job is also a low best-effort I/O user, without an
 `ioprio_set` call that Python has no wrapper for.
 
+`--max-load L` starts no job while more than L threads of *other* processes are runnable. The
+count is the kernel's own instantaneous one (the `R/T` field of /proc/loadavg: every runnable
+thread of the whole machine, even from inside a container), minus the runnable threads of this
+dispatcher's job groups and the dispatcher itself, which is running while it reads. Not the
+1-minute load average: it trails by a minute, so subtracting the jobs running now from it is
+wrong both ways (jobs just started are not in it yet, jobs just ended still are), and a held
+host would wait a minute to see the load gone. A held job is only not started yet: it stays
+queued, and the check is made again every `RECHECK` seconds; a running job is never touched.
+
 Runs on the end machines: Python 3.8+, stdlib only.
 """
 
@@ -12,20 +21,39 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional, Set
+
+from .protocol import DISPATCHER, MAX_TEXT, Message, bounded, message
 
 MAX_NICE = 19
 """The highest (kindest) niceness Linux and the BSDs have."""
+RECHECK = 1.0
+"""Seconds between two looks at the load while jobs are held, and how long a look that let
+jobs start holds good (a look costs a pass over /proc: not one per job started)."""
+NO_LIMIT = -1.0
+"""`max_load` when there is none."""
 
 
 @dataclass(frozen=True)
 class Polite:
     """How politely a host's jobs run; the defaults change nothing.
 
-    `nice`: the jobs' niceness, at least (0: as the dispatcher's own).
+    `nice`: the jobs' niceness, at least (0: as the dispatcher's own). `max_load`: the most
+    runnable threads of other processes under which a job still starts (NO_LIMIT: any).
     """
 
     nice: int = 0
+    max_load: float = NO_LIMIT
+
+
+@message
+@dataclass(frozen=True)
+class Held(Message):
+    """Dispatcher -> master, when it changes: why no job may start here now ("": they may)."""
+
+    CODE = 40
+    SENDER = DISPATCHER
+    reason: str = bounded(length=MAX_TEXT)
 
 
 def niceness_setter(nice: int) -> Optional[Callable[[], None]]:
@@ -49,3 +77,101 @@ def niceness_setter(nice: int) -> Optional[Callable[[], None]]:
             pass  # niceness is a courtesy: a job that cannot take it still runs
 
     return set_niceness
+
+
+# -- the load of other processes ---------------------------------------------------------------
+
+
+def runnable_threads(loadavg: str = "/proc/loadavg") -> int:
+    """Runnable threads of the whole machine now, the reader included; -1 where unknown."""
+    try:
+        with open(loadavg) as f:
+            return int(f.read().split()[3].partition("/")[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def own_runnable(groups: Set[int], proc: str = "/proc") -> int:
+    """Runnable threads of the processes in the process groups `groups` (the jobs')."""
+    if not groups:
+        return 0
+    count = 0
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields("%s/%s/stat" % (proc, name))
+        if len(fields) < 18 or int(fields[2]) not in groups:
+            continue
+        if fields[17] == b"1":  # one thread: the process's state is the thread's
+            count += fields[0] == b"R"
+        else:
+            count += _runnable_tasks("%s/%s/task" % (proc, name))
+    return count
+
+
+def _runnable_tasks(task_dir: str) -> int:
+    try:
+        tasks = os.listdir(task_dir)
+    except OSError:
+        return 0
+    states = (_stat_fields("%s/%s/stat" % (task_dir, tid))[:1] for tid in tasks)
+    return sum(state == [b"R"] for state in states)
+
+
+def _stat_fields(path: str) -> list:
+    """The fields of a /proc stat file after the name (state, ppid, pgrp, ...); [] if gone."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().rpartition(b")")[2].split()
+    except OSError:
+        return []
+
+
+def other_load(groups: Set[int]) -> int:
+    """Runnable threads of processes other than this dispatcher and its jobs; 0 unknown."""
+    total = runnable_threads()
+    if total < 0:
+        return 0  # no /proc/loadavg (not Linux): nothing is held, rather than everything
+    try:
+        ours = own_runnable(groups)
+    except OSError:
+        ours = 0
+    return max(0, total - ours - 1)
+
+
+# -- the decision ----------------------------------------------------------------------------
+
+
+class Gate:
+    """Whether a job may start on this host now, from sources the tests may replace."""
+
+    def __init__(self, polite: Polite, load: Callable[[Set[int]], int] = other_load) -> None:
+        self.polite = polite
+        self._load = load
+        self._open_until = float("-inf")
+        self.reason = ""
+        """Why jobs are held now ("": they are not); the dispatcher tells the master on change."""
+
+    @property
+    def active(self) -> bool:
+        return self.polite.max_load >= 0
+
+    def holds(self, now: float, groups: Iterable[int]) -> str:
+        """Why no job may start now, or "" when one may; a "may" holds good for RECHECK s."""
+        if not self.active or now < self._open_until:
+            return ""
+        self.reason = self._why(set(groups))
+        if not self.reason:
+            self._open_until = now + RECHECK
+        return self.reason
+
+    def _why(self, groups: Set[int]) -> str:
+        limit = self.polite.max_load
+        if limit >= 0:
+            load = self._load(groups)
+            if load > limit:
+                return "loaded: %d runnable threads of other processes > --max-load %g" % (
+                    load,
+                    limit,
+                )
+        return ""

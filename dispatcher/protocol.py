@@ -241,7 +241,8 @@ class Setup(Message):
     `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
     the master for that many seconds (a frozen master or a silent network partition).
     The fields after it are polite mode's (dispatcher/polite.py): `nice` > 0 runs the jobs at
-    that niceness at least.
+    that niceness at least; `max_load` >= 0 starts no job while more threads of other
+    processes are runnable.
     """
 
     CODE = 2
@@ -252,6 +253,7 @@ class Setup(Message):
     heartbeat: float
     dead_after: float
     nice: int = 0
+    max_load: float = -1.0
 
 
 @message

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import io
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sshd_hosts import SshdCluster
 
 from anet import results
+from anet.api import HostState
 from anet.core.record import JobResult
+from anet.remote.hostlife import HostPhase
+from anet.remote.hosts import parse_spec
+from anet.views.progress import Tally, take_snapshot
+from dispatcher.polite import NO_LIMIT, RECHECK, Gate, Polite, own_runnable, runnable_threads
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -30,7 +40,7 @@ def run_anet(
 ) -> subprocess.CompletedProcess[bytes]:
     ssh = ("--ssh-config", str(cluster.ssh_config)) if cluster else ()
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "anet", *ssh, "--format", "msgpack", *args],
+        [*prefix, sys.executable, "-m", "anet", *ssh, "--format", "msgpack", "--no-journal", *args],
         capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -83,3 +93,115 @@ def test_nice_out_of_range_is_one_line(tmp_path):
     assert done.returncode != 0
     assert b"Traceback" not in done.stderr
     assert b"--nice" in done.stderr and b"20" in done.stderr
+
+
+# -- --max-load ---------------------------------------------------------------------------------
+
+
+def test_the_gate_holds_while_others_load_passes_the_limit():
+    load = [5]
+    seen: list[set[int]] = []
+
+    def fake(groups: set[int]) -> int:
+        seen.append(groups)
+        return load[0]
+
+    gate = Gate(Polite(max_load=4), load=fake)
+    assert gate.holds(0.0, [11, 12]).startswith("loaded: 5 runnable threads")
+    assert seen == [{11, 12}]  # the jobs' groups are what the count leaves out
+    load[0] = 4  # at the limit: not above it
+    assert gate.holds(0.5, []) == ""
+    load[0] = 9
+    assert gate.holds(0.5 + RECHECK / 2, []) == ""  # a "may start" holds good a while...
+    assert gate.holds(0.5 + RECHECK, []).startswith("loaded: 9")  # ...then is looked at again
+    assert len(seen) == 3
+
+
+def test_without_a_limit_the_gate_never_looks():
+    def never(groups: set[int]) -> int:
+        raise AssertionError("looked at the load")
+
+    assert Gate(Polite(max_load=NO_LIMIT), load=never).holds(0.0, [1]) == ""
+
+
+def test_the_live_view_shows_a_held_host_as_loaded():
+    held, free = HostState(parse_spec("node1")), HostState(parse_spec("node2"))
+    for host in (held, free):
+        host.state = HostPhase.READY
+    held.held = "loaded: 5 runnable threads of other processes > --max-load 4"
+    snap = take_snapshot(Tally(), {"node1": held, "node2": free}, 1.0, 1.0)
+    assert [row.state for row in snap.hosts] == ["loaded", "ready"]
+
+
+@contextmanager
+def busy_loops(n: int, own_group: bool = False) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`n` processes spinning on a CPU, outside anet; killed (by pid) when the block ends."""
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while 1: pass"], start_new_session=own_group)
+        for _ in range(n)
+    ]
+    try:
+        yield loops
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def test_own_runnable_counts_the_threads_of_the_given_groups_only():
+    with busy_loops(2, own_group=True) as loops:
+        groups = {loops[0].pid}
+        deadline = time.monotonic() + 10
+        while own_runnable(groups) != 1:  # a spinning loop is on the run queue: R
+            assert time.monotonic() < deadline, "the busy loop never counted as runnable"
+        assert own_runnable({1 << 30}) == 0  # no such group
+    assert runnable_threads() >= 1  # the reader itself runs
+
+
+def noise(samples: int = 10) -> int:
+    """The most threads of other processes seen runnable here in a second (other tests)."""
+    most = 0
+    for _ in range(samples):
+        most = max(most, runnable_threads() - 1)
+        time.sleep(0.1)
+    return most
+
+
+def read_stderr_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
+    """What the process wrote on stderr, up to a line holding `needle`."""
+    assert proc.stderr is not None
+    got, deadline = b"", time.monotonic() + timeout
+    while needle not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never said {needle!r}; stderr: {got!r}"
+        if select.select([proc.stderr], [], [], left)[0]:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"anet ended without saying {needle!r}; stderr: {got!r}"
+            got += chunk
+    return got
+
+
+def test_max_load_holds_jobs_while_other_processes_load_an_sshd_host(cluster, tmp_path):
+    limit = noise() + 4
+    batch = write_batch(tmp_path, [f"echo job-{i}" for i in range(6)])
+    ssh = ("--ssh-config", str(cluster.ssh_config))
+    argv = [sys.executable, "-m", "anet", *ssh, "--format", "msgpack", "--no-journal"]
+    with busy_loops(limit + 2):  # more than the limit, whatever else runs
+        anet = subprocess.Popen(
+            [*argv, "-S", "2/host1", "--max-load", str(limit), str(batch)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            said = read_stderr_until(anet, b"its jobs wait", timeout=60)
+            assert b"host1: loaded: " in said and f"> --max-load {limit}".encode() in said
+            time.sleep(2 * RECHECK)  # held over several looks: still nothing ran
+            assert anet.poll() is None
+        except BaseException:
+            anet.send_signal(signal.SIGINT)
+            anet.communicate(timeout=30)
+            raise
+    out, err = anet.communicate(timeout=90)  # the loops are gone: the jobs start
+    assert anet.returncode == 0, err
+    records = decode(out)
+    assert sorted(r.id for r in records) == list(range(6))
+    assert all(r.stdout == f"job-{r.id}\n".encode() for r in records)

@@ -1,4 +1,5 @@
-"""Polite mode's options for `anet run`: --nice (more to come), as one `polite: Polite`."""
+"""Polite mode's options for `anet run`, as one `polite: Polite`: dispatcher/polite.py does the
+work on the end machines."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any, TypeVar
 
 import click
 
-from dispatcher.polite import MAX_NICE, Polite
+from dispatcher.polite import MAX_NICE, NO_LIMIT, Polite
+
+from .common import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,11 +23,16 @@ def polite_options(command: F) -> F:
             "--nice", type=click.IntRange(0, MAX_NICE), default=0, metavar="N",
             help="Run jobs at niceness N (0-19; I/O priority follows it).",
         ),
+        click.option(
+            "--max-load", type=FiniteFloat(min=0.0), metavar="L",
+            help="Start no job on a host while more than L threads of other processes run there.",
+        ),
     ]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["polite"] = Polite(kwargs.pop("nice"))
+        max_load = kwargs.pop("max_load")
+        kwargs["polite"] = Polite(kwargs.pop("nice"), NO_LIMIT if max_load is None else max_load)
         return command(*args, **kwargs)
 
     for option in reversed(options):

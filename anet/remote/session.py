@@ -358,7 +358,7 @@ class HostSession:
         config = self._config
         setup = Setup(
             self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
-            config.polite.nice,
+            config.polite.nice, config.polite.max_load,
         )  # fmt: skip
         self._write(self._conn.send(setup))
 
