@@ -233,7 +233,7 @@ class Dispatcher:
             self.setup = msg
             self.free_slots = list(range(1, msg.slots + 1))
             self.env["ANET_HOST"] = msg.host_label
-            self.gate = Gate(Polite(msg.nice, msg.max_load))
+            self.gate = Gate(Polite(msg.nice, msg.max_load, msg.memfree_kb))
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False

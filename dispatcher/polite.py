@@ -14,6 +14,9 @@ wrong both ways (jobs just started are not in it yet, jobs just ended still are)
 host would wait a minute to see the load gone. A held job is only not started yet: it stays
 queued, and the check is made again every `RECHECK` seconds; a running job is never touched.
 
+`--memfree SIZE` starts no job while MemAvailable (/proc/meminfo: what the kernel can hand out
+without swapping) is below SIZE, GNU parallel's meaning; held jobs wait as for the load.
+
 Runs on the end machines: Python 3.8+, stdlib only.
 """
 
@@ -40,10 +43,12 @@ class Polite:
 
     `nice`: the jobs' niceness, at least (0: as the dispatcher's own). `max_load`: the most
     runnable threads of other processes under which a job still starts (NO_LIMIT: any).
+    `memfree_kb`: the least MemAvailable, in KiB, with which a job still starts (0: any).
     """
 
     nice: int = 0
     max_load: float = NO_LIMIT
+    memfree_kb: int = 0
 
 
 @message
@@ -139,22 +144,44 @@ def other_load(groups: Set[int]) -> int:
     return max(0, total - ours - 1)
 
 
+def mem_available_kb(meminfo: str = "/proc/meminfo") -> int:
+    """MemAvailable in KiB; -1 where unknown (not Linux, or a kernel older than 3.14)."""
+    try:
+        with open(meminfo, "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def _size(kb: int) -> str:
+    return "%d MiB" % (kb // 1024) if kb < 1 << 20 else "%.1f GiB" % (kb / (1 << 20))
+
+
 # -- the decision ----------------------------------------------------------------------------
 
 
 class Gate:
     """Whether a job may start on this host now, from sources the tests may replace."""
 
-    def __init__(self, polite: Polite, load: Callable[[Set[int]], int] = other_load) -> None:
+    def __init__(
+        self,
+        polite: Polite,
+        load: Callable[[Set[int]], int] = other_load,
+        memory: Callable[[], int] = mem_available_kb,
+    ) -> None:
         self.polite = polite
         self._load = load
+        self._memory = memory
         self._open_until = float("-inf")
         self.reason = ""
         """Why jobs are held now ("": they are not); the dispatcher tells the master on change."""
 
     @property
     def active(self) -> bool:
-        return self.polite.max_load >= 0
+        return self.polite.max_load >= 0 or self.polite.memfree_kb > 0
 
     def holds(self, now: float, groups: Iterable[int]) -> str:
         """Why no job may start now, or "" when one may; a "may" holds good for RECHECK s."""
@@ -166,6 +193,11 @@ class Gate:
         return self.reason
 
     def _why(self, groups: Set[int]) -> str:
+        want = self.polite.memfree_kb
+        if want > 0:
+            free = self._memory()
+            if 0 <= free < want:  # unknown (-1): nothing is held, rather than everything
+                return "low memory: %s available < --memfree %s" % (_size(free), _size(want))
         limit = self.polite.max_load
         if limit >= 0:
             load = self._load(groups)

@@ -242,7 +242,7 @@ class Setup(Message):
     the master for that many seconds (a frozen master or a silent network partition).
     The fields after it are polite mode's (dispatcher/polite.py): `nice` > 0 runs the jobs at
     that niceness at least; `max_load` >= 0 starts no job while more threads of other
-    processes are runnable.
+    processes are runnable; `memfree_kb` > 0 none while less memory is available.
     """
 
     CODE = 2
@@ -254,6 +254,7 @@ class Setup(Message):
     dead_after: float
     nice: int = 0
     max_load: float = -1.0
+    memfree_kb: int = 0
 
 
 @message

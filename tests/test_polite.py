@@ -27,7 +27,15 @@ from anet.core.record import JobResult
 from anet.remote.hostlife import HostPhase
 from anet.remote.hosts import parse_spec
 from anet.views.progress import Tally, take_snapshot
-from dispatcher.polite import NO_LIMIT, RECHECK, Gate, Polite, own_runnable, runnable_threads
+from dispatcher.polite import (
+    NO_LIMIT,
+    RECHECK,
+    Gate,
+    Polite,
+    mem_available_kb,
+    own_runnable,
+    runnable_threads,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -205,3 +213,57 @@ def test_max_load_holds_jobs_while_other_processes_load_an_sshd_host(cluster, tm
     records = decode(out)
     assert sorted(r.id for r in records) == list(range(6))
     assert all(r.stdout == f"job-{r.id}\n".encode() for r in records)
+
+
+# -- --memfree --------------------------------------------------------------------------------
+
+
+def test_the_gate_holds_while_memory_is_short_and_says_so_first():
+    free = [512 * 1024]
+    gate = Gate(Polite(max_load=0, memfree_kb=1 << 20), load=lambda _: 7, memory=lambda: free[0])
+    assert gate.holds(0.0, []) == "low memory: 512 MiB available < --memfree 1.0 GiB"
+    free[0] = 1 << 20
+    assert gate.holds(1.0, []).startswith("loaded: 7")  # enough memory: the load is next
+    free[0] = -1  # unknown (no MemAvailable): memory holds nothing
+    assert not Gate(Polite(memfree_kb=1 << 20), memory=lambda: free[0]).holds(0.0, [])
+
+
+def test_mem_available_is_read_from_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    1234567 kB\n")
+    assert mem_available_kb(str(meminfo)) == 1234567
+    meminfo.write_text("MemTotal:       24000000 kB\n")  # a kernel older than 3.14
+    assert mem_available_kb(str(meminfo)) == -1
+    assert mem_available_kb() > 0
+
+
+def test_memfree_above_the_hosts_memory_waits_and_says_so_once(cluster, tmp_path):
+    batch = write_batch(tmp_path, ["echo never"] * 3)
+    ssh = ("--ssh-config", str(cluster.ssh_config))
+    anet = subprocess.Popen(
+        [sys.executable, "-m", "anet", *ssh, "--format", "msgpack", "--no-journal",
+         "-S", "host1", "--memfree", "100T", str(batch)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        said = read_stderr_until(anet, b"its jobs wait", timeout=60)
+        time.sleep(2 * RECHECK)  # looked at again, still short: nothing ran, nothing more said
+        assert anet.poll() is None
+    finally:
+        anet.send_signal(signal.SIGINT)
+        out, err = anet.communicate(timeout=30)
+    assert b"host1: low memory: " in said and b"< --memfree 102400.0 GiB" in said
+    assert (said + err).count(b"low memory") == 1
+    assert anet.returncode == 130
+    assert decode(out) == []
+
+
+def test_memfree_takes_sizes_and_refuses_other_words_in_one_line(tmp_path):
+    batch = write_batch(tmp_path, ["echo ran"])
+    done = run_anet("-S", ":", "--memfree", "1K", str(batch))
+    assert [r.stdout for r in decode(done.stdout)] == [b"ran\n"]
+    done = run_anet("-S", ":", "--memfree", "lots", str(batch))
+    assert done.returncode == 255
+    assert done.stderr.strip().splitlines() == [
+        b"anet: --memfree takes a size such as 512M or 2G, not 'lots'"
+    ]

@@ -11,6 +11,8 @@ import click
 
 from dispatcher.polite import MAX_NICE, NO_LIMIT, Polite
 
+from ..errors import UsageError
+from ..streams.retention import parse_size
 from .common import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,14 +29,33 @@ def polite_options(command: F) -> F:
             "--max-load", type=FiniteFloat(min=0.0), metavar="L",
             help="Start no job on a host while more than L threads of other processes run there.",
         ),
+        click.option(
+            "--memfree", metavar="SIZE",
+            help="Start no job on a host with less memory available (512M, 2G: powers of 1024).",
+        ),
     ]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         max_load = kwargs.pop("max_load")
-        kwargs["polite"] = Polite(kwargs.pop("nice"), NO_LIMIT if max_load is None else max_load)
+        kwargs["polite"] = Polite(
+            kwargs.pop("nice"),
+            NO_LIMIT if max_load is None else max_load,
+            _kib(kwargs.pop("memfree")),
+        )
         return command(*args, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def _kib(size: str | None) -> int:
+    """--memfree's SIZE in KiB (0: none), as GNU parallel reads it: a bare number is bytes."""
+    if size is None:
+        return 0
+    try:
+        kib = -(-parse_size(size) // 1024)  # rounded up: 1000 bytes still asks for something
+    except ValueError:
+        raise UsageError(f"--memfree takes a size such as 512M or 2G, not {size!r}") from None
+    return kib

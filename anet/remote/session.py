@@ -358,7 +358,7 @@ class HostSession:
         config = self._config
         setup = Setup(
             self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
-            config.polite.nice, config.polite.max_load,
+            config.polite.nice, config.polite.max_load, config.polite.memfree_kb,
         )  # fmt: skip
         self._write(self._conn.send(setup))
 
