@@ -67,6 +67,8 @@ CUT_NOTE = (
     b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
 )
 SHUTDOWN_GRACE = 1.0
+MEMORY_KILL_GRACE = 2.0
+"""Seconds between TERM and KILL for a job killed by --memfree-kill (the master's own grace)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
@@ -174,6 +176,8 @@ class Dispatcher:
         deadlines = [self.next_heartbeat, self.forks.next_deadline()]
         if self.held_checked is not None:
             deadlines.append(self.held_checked + RECHECK)
+        if self.gate.polite.memfree_kill and self.jobs:
+            deadlines.append(self.gate.next_starved_check)
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -193,6 +197,8 @@ class Dispatcher:
             else:  # the held jobs were killed: nothing waits any more
                 self.send(Held(""))
                 self.held_checked = None
+        if self.jobs:
+            self.kill_youngest_if_starved(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -233,7 +239,7 @@ class Dispatcher:
             self.setup = msg
             self.free_slots = list(range(1, msg.slots + 1))
             self.env["ANET_HOST"] = msg.host_label
-            self.gate = Gate(Polite(msg.nice, msg.max_load, msg.memfree_kb))
+            self.gate = Gate(Polite(msg.nice, msg.max_load, msg.memfree_kb, msg.memfree_kill))
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False
@@ -296,6 +302,22 @@ class Dispatcher:
             self.send(Held(reason))
         self.held_checked = now if reason else None
         return bool(reason)
+
+    def kill_youngest_if_starved(self, now: float) -> None:
+        """--memfree-kill: memory is under half of --memfree, so the youngest job goes (it
+        lost the least work), saying why on its stderr; the master runs it again."""
+        reason = self.gate.starved(now)
+        candidates = [
+            job for job in self.jobs.values()
+            if job.slot and not job.exited and job.kill_at is None and not job.memory_killed
+        ]  # fmt: skip
+        if not reason or not candidates:
+            return
+        job = max(candidates, key=lambda j: j.started)
+        job.memory_killed = True
+        self.send(job.output_message(STDERR, ("anet: killed: %s\n" % reason).encode()))
+        kill_group(job.pid, signal.SIGTERM)
+        job.kill_at = now + MEMORY_KILL_GRACE
 
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's

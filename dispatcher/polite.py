@@ -15,7 +15,12 @@ host would wait a minute to see the load gone. A held job is only not started ye
 queued, and the check is made again every `RECHECK` seconds; a running job is never touched.
 
 `--memfree SIZE` starts no job while MemAvailable (/proc/meminfo: what the kernel can hand out
-without swapping) is below SIZE, GNU parallel's meaning; held jobs wait as for the load.
+without swapping) is below SIZE, GNU parallel's meaning; held jobs wait as for the load. With
+`--memfree-kill`, when MemAvailable falls below half of SIZE, the youngest running job is killed
+(one per RECHECK seconds, so each kill's effect is seen before the next) and the master runs it
+again, as any failed attempt, before the machine starts to swap or its OOM killer picks a
+victim that may be someone else's. `ANET_MEMINFO` in the dispatcher's environment names
+another file to read MemAvailable from: for tests, which cannot make a machine short of memory.
 
 Runs on the end machines: Python 3.8+, stdlib only.
 """
@@ -44,11 +49,13 @@ class Polite:
     `nice`: the jobs' niceness, at least (0: as the dispatcher's own). `max_load`: the most
     runnable threads of other processes under which a job still starts (NO_LIMIT: any).
     `memfree_kb`: the least MemAvailable, in KiB, with which a job still starts (0: any).
+    `memfree_kill`: below half of it, kill the youngest job.
     """
 
     nice: int = 0
     max_load: float = NO_LIMIT
     memfree_kb: int = 0
+    memfree_kill: bool = False
 
 
 @message
@@ -144,8 +151,9 @@ def other_load(groups: Set[int]) -> int:
     return max(0, total - ours - 1)
 
 
-def mem_available_kb(meminfo: str = "/proc/meminfo") -> int:
+def mem_available_kb(meminfo: str = "") -> int:
     """MemAvailable in KiB; -1 where unknown (not Linux, or a kernel older than 3.14)."""
+    meminfo = meminfo or os.environ.get("ANET_MEMINFO") or "/proc/meminfo"
     try:
         with open(meminfo, "rb") as f:
             for line in f:
@@ -176,6 +184,7 @@ class Gate:
         self._load = load
         self._memory = memory
         self._open_until = float("-inf")
+        self._starved_checked = float("-inf")
         self.reason = ""
         """Why jobs are held now ("": they are not); the dispatcher tells the master on change."""
 
@@ -191,6 +200,21 @@ class Gate:
         if not self.reason:
             self._open_until = now + RECHECK
         return self.reason
+
+    @property
+    def next_starved_check(self) -> float:
+        return self._starved_checked + RECHECK
+
+    def starved(self, now: float) -> str:
+        """Why the youngest job must go now (--memfree-kill), or "": at most once per RECHECK
+        seconds, so that a kill's effect is seen before the next."""
+        if not self.polite.memfree_kill or now < self.next_starved_check:
+            return ""
+        self._starved_checked = now
+        want, free = self.polite.memfree_kb, self._memory()
+        if 0 <= free < want // 2:
+            return "only %s available, under half of --memfree %s" % (_size(free), _size(want))
+        return ""
 
     def _why(self, groups: Set[int]) -> str:
         want = self.polite.memfree_kb

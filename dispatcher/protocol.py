@@ -242,7 +242,8 @@ class Setup(Message):
     the master for that many seconds (a frozen master or a silent network partition).
     The fields after it are polite mode's (dispatcher/polite.py): `nice` > 0 runs the jobs at
     that niceness at least; `max_load` >= 0 starts no job while more threads of other
-    processes are runnable; `memfree_kb` > 0 none while less memory is available.
+    processes are runnable; `memfree_kb` > 0 none while less memory is available, and with
+    `memfree_kill` the youngest job is killed under half of it.
     """
 
     CODE = 2
@@ -255,6 +256,7 @@ class Setup(Message):
     nice: int = 0
     max_load: float = -1.0
     memfree_kb: int = 0
+    memfree_kill: bool = False
 
 
 @message

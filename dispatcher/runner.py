@@ -58,6 +58,7 @@ class JobProcess:
         self.cpu = 0.0
         self.maxrss_kb = 0
         self.kill_at: Optional[float] = None  # when a TERM escalates to KILL
+        self.memory_killed = False  # --memfree-kill chose it: never twice
         self.drain_left: Optional[float] = None
         """Seconds of reading still granted to pipes an escapee may hold open; None until the
         shell is reaped with a pipe still open."""

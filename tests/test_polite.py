@@ -267,3 +267,58 @@ def test_memfree_takes_sizes_and_refuses_other_words_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         b"anet: --memfree takes a size such as 512M or 2G, not 'lots'"
     ]
+
+
+# -- --memfree-kill ---------------------------------------------------------------------------
+
+WAIT_FOR_GO = (
+    "touch started-$ANET_JOB_ID; while [ ! -e go ]; do sleep 0.05; done; echo job-$ANET_JOB_ID"
+)
+
+
+def test_memfree_kill_kills_the_youngest_job_which_then_runs_again(tmp_path):
+    """MemAvailable comes from a file the test writes (ANET_MEMINFO): plenty, then under half
+    of --memfree (the youngest job is killed, its retry held), then plenty again."""
+    meminfo = tmp_path / "meminfo"
+
+    def available(gib: int) -> None:
+        meminfo.write_text(f"MemAvailable: {gib << 20} kB\n")
+
+    available(10)
+    batch = write_batch(tmp_path, [WAIT_FOR_GO] * 2)
+    anet = subprocess.Popen(
+        [sys.executable, "-m", "anet", "--format", "msgpack", "--no-journal", "-S", "2/:",
+         "--memfree", "4G", "--memfree-kill", str(batch)],
+        cwd=tmp_path, env={**os.environ, "ANET_MEMINFO": str(meminfo)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"started-{i}").exists() for i in range(2)):
+            assert time.monotonic() < deadline and anet.poll() is None, "the jobs never started"
+            time.sleep(0.05)
+        (tmp_path / "started-1").unlink()
+        available(1)  # under half of 4G: job 1, the younger, goes; its retry waits
+        said = read_stderr_until(anet, b"its jobs wait", timeout=60)
+        assert not (tmp_path / "started-1").exists()  # held: not started again
+        (tmp_path / "go").touch()
+        available(10)
+        out, err = anet.communicate(timeout=60)
+    finally:
+        if anet.poll() is None:
+            anet.kill()
+            anet.communicate()
+    assert b"local: low memory: 1.0 GiB available < --memfree 4.0 GiB" in said
+    assert anet.returncode == 0, said + err
+    records = {r.id: r for r in decode(out)}
+    assert sorted(records) == [0, 1]
+    assert (records[0].attempts, records[1].attempts) == (1, 2)
+    assert [records[i].stdout for i in (0, 1)] == [b"job-0\n", b"job-1\n"]
+
+
+def test_memfree_kill_without_memfree_is_one_line(tmp_path):
+    done = run_anet("-S", ":", "--memfree-kill", str(write_batch(tmp_path, ["true"])))
+    assert done.returncode == 255
+    assert done.stderr.strip().splitlines() == [
+        b"anet: --memfree-kill needs --memfree SIZE: it kills under half of SIZE"
+    ]

@@ -33,15 +33,22 @@ def polite_options(command: F) -> F:
             "--memfree", metavar="SIZE",
             help="Start no job on a host with less memory available (512M, 2G: powers of 1024).",
         ),
+        click.option(
+            "--memfree-kill", is_flag=True,
+            help="With --memfree: under half of SIZE, kill the youngest job (it runs again).",
+        ),
     ]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        max_load = kwargs.pop("max_load")
+        max_load, kill = kwargs.pop("max_load"), kwargs.pop("memfree_kill")
+        if kill and kwargs["memfree"] is None:
+            raise UsageError("--memfree-kill needs --memfree SIZE: it kills under half of SIZE")
         kwargs["polite"] = Polite(
             kwargs.pop("nice"),
             NO_LIMIT if max_load is None else max_load,
             _kib(kwargs.pop("memfree")),
+            kill,
         )
         return command(*args, **kwargs)
 

@@ -22,7 +22,7 @@ import contextlib
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import TypeVar
 
 import asyncssh
@@ -358,7 +358,7 @@ class HostSession:
         config = self._config
         setup = Setup(
             self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
-            config.polite.nice, config.polite.max_load, config.polite.memfree_kb,
+            *astuple(config.polite),  # Setup's last fields are Polite's, in its order
         )  # fmt: skip
         self._write(self._conn.send(setup))
 
