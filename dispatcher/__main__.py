@@ -112,6 +112,7 @@ class Dispatcher:
         """Polite mode's say on starting a job (Setup's polite fields replace it)."""
         self.held_checked: Optional[float] = None
         """While polite mode holds the queued jobs: when the gate last said so."""
+        self.next_yield_check = 0.0  # --yield: when the running jobs' fate is looked at again
         self.env = dict(os.environ)
         self.paused = False
         self.writing = False
@@ -178,6 +179,8 @@ class Dispatcher:
             deadlines.append(self.held_checked + RECHECK)
         if self.gate.polite.memfree_kill and self.jobs:
             deadlines.append(self.gate.next_starved_check)
+        if self.gate.polite.yield_idle > 0 and self.jobs:
+            deadlines.append(self.next_yield_check)
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -192,13 +195,14 @@ class Dispatcher:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
         if self.held_checked is not None and now >= self.held_checked + RECHECK:
-            if self.queue:
-                self.start_queued()
-            else:  # the held jobs were killed: nothing waits any more
+            if not self.queue:  # the held jobs were killed: nothing waits any more
                 self.send(Held(""))
                 self.held_checked = None
+            elif not self.held():  # looked at again: sends Held("") when they may start
+                self.start_queued()
         if self.jobs:
             self.kill_youngest_if_starved(now)
+            self.yield_to_person(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -239,7 +243,12 @@ class Dispatcher:
             self.setup = msg
             self.free_slots = list(range(1, msg.slots + 1))
             self.env["ANET_HOST"] = msg.host_label
-            self.gate = Gate(Polite(msg.nice, msg.max_load, msg.memfree_kb, msg.memfree_kill))
+            self.gate = Gate(
+                Polite(
+                    msg.nice, msg.max_load, msg.memfree_kb, msg.memfree_kill,
+                    msg.yield_idle, msg.yield_move,
+                )
+            )  # fmt: skip
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False
@@ -268,6 +277,8 @@ class Dispatcher:
         job = self.jobs.get(msg.aid)
         if job is not None and not job.exited:
             kill_group(job.pid, signal.SIGTERM)
+            if job.suspended_at is not None:  # a stopped group gets its TERM once continued
+                kill_group(job.pid, signal.SIGCONT)
             job.kill_at = time.monotonic() + msg.grace
 
     # -- jobs -------------------------------------------------------------------------------
@@ -309,15 +320,45 @@ class Dispatcher:
         reason = self.gate.starved(now)
         candidates = [
             job for job in self.jobs.values()
-            if job.slot and not job.exited and job.kill_at is None and not job.memory_killed
+            if job.slot and not job.exited and job.kill_at is None and not job.doomed
         ]  # fmt: skip
         if not reason or not candidates:
             return
         job = max(candidates, key=lambda j: j.started)
-        job.memory_killed = True
+        job.doomed = True
         self.send(job.output_message(STDERR, ("anet: killed: %s\n" % reason).encode()))
         kill_group(job.pid, signal.SIGTERM)
         job.kill_at = now + MEMORY_KILL_GRACE
+
+    def yield_to_person(self, now: float) -> None:
+        """--yield: stop the running jobs while a person works here, continue them once the
+        person is away; one stopped longer than `yield_move` is killed, to run elsewhere."""
+        if self.gate.polite.yield_idle <= 0 or now < self.next_yield_check:
+            return
+        self.next_yield_check = now + RECHECK  # its own clock: the start gate looks as well
+        who, polite = self.gate.person_at(now), self.gate.polite
+        for job in self.jobs.values():
+            if not job.slot or job.exited or job.doomed:
+                continue
+            if who and job.suspended_at is None:
+                kill_group(job.pid, signal.SIGSTOP)
+                job.suspended_at = now
+            elif not who and job.suspended_at is not None:
+                kill_group(job.pid, signal.SIGCONT)
+                job.suspended_at = None
+            elif job.suspended_at is not None and now - job.suspended_at > polite.yield_move:
+                self.move_suspended(job, now, who)
+        if who and self.queue and self.held_checked is None:
+            self.held()  # says Held("yielding: ...") now, not when a slot frees
+
+    def move_suspended(self, job: JobProcess, now: float, who: str) -> None:
+        """Kill a job suspended too long, saying why on its stderr: the master runs it again,
+        on another host if one is up."""
+        note = "anet: killed: suspended %ds for a person at the machine (%s)\n"
+        self.send(job.output_message(STDERR, (note % (now - job.suspended_at, who)).encode()))
+        kill_group(job.pid, signal.SIGKILL)  # KILL reaches a stopped group; TERM would wait
+        job.suspended_at = None
+        job.doomed = True
 
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's
@@ -399,6 +440,7 @@ class Dispatcher:
         self.queue.clear()
         for job in self.jobs.values():
             kill_group(job.pid, signal.SIGTERM)
+            kill_group(job.pid, signal.SIGCONT)  # a job stopped by --yield, or by anyone
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while time.monotonic() < deadline and not all(j.try_reap() for j in self.jobs.values()):
             time.sleep(0.01)

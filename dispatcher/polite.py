@@ -22,15 +22,22 @@ again, as any failed attempt, before the machine starts to swap or its OOM kille
 victim that may be someone else's. `ANET_MEMINFO` in the dispatcher's environment names
 another file to read MemAvailable from: for tests, which cannot make a machine short of memory.
 
+`--yield` suspends the running jobs (SIGSTOP of their groups) and starts none while a person
+works at the machine (presence.py says when), and resumes them (SIGCONT) once the person has
+been idle for `yield_idle` seconds. A job suspended longer than `yield_move` seconds is killed,
+saying why on its stderr: the master then runs it again, preferably on another host.
+
 Runs on the end machines: Python 3.8+, stdlib only.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Set
 
+from .presence import person_at
 from .protocol import DISPATCHER, MAX_TEXT, Message, bounded, message
 
 MAX_NICE = 19
@@ -49,13 +56,17 @@ class Polite:
     `nice`: the jobs' niceness, at least (0: as the dispatcher's own). `max_load`: the most
     runnable threads of other processes under which a job still starts (NO_LIMIT: any).
     `memfree_kb`: the least MemAvailable, in KiB, with which a job still starts (0: any).
-    `memfree_kill`: below half of it, kill the youngest job.
+    `memfree_kill`: below half of it, kill the youngest job. `yield_idle` > 0: yield to a
+    person active at the machine within that many seconds; `yield_move`: after that long
+    suspended, a job is killed, to run elsewhere.
     """
 
     nice: int = 0
     max_load: float = NO_LIMIT
     memfree_kb: int = 0
     memfree_kill: bool = False
+    yield_idle: float = 0.0
+    yield_move: float = 0.0
 
 
 @message
@@ -179,10 +190,15 @@ class Gate:
         polite: Polite,
         load: Callable[[Set[int]], int] = other_load,
         memory: Callable[[], int] = mem_available_kb,
+        person: Callable[[float, float], str] = person_at,
     ) -> None:
         self.polite = polite
         self._load = load
         self._memory = memory
+        self._person = person
+        self._person_checked = float("-inf")
+        self.person = ""
+        """Who works at the machine now, as last seen (--yield); "" when nobody does."""
         self._open_until = float("-inf")
         self._starved_checked = float("-inf")
         self.reason = ""
@@ -190,13 +206,14 @@ class Gate:
 
     @property
     def active(self) -> bool:
-        return self.polite.max_load >= 0 or self.polite.memfree_kb > 0
+        polite = self.polite
+        return polite.max_load >= 0 or polite.memfree_kb > 0 or polite.yield_idle > 0
 
     def holds(self, now: float, groups: Iterable[int]) -> str:
         """Why no job may start now, or "" when one may; a "may" holds good for RECHECK s."""
         if not self.active or now < self._open_until:
             return ""
-        self.reason = self._why(set(groups))
+        self.reason = self._why(set(groups), now)
         if not self.reason:
             self._open_until = now + RECHECK
         return self.reason
@@ -216,7 +233,19 @@ class Gate:
             return "only %s available, under half of --memfree %s" % (_size(free), _size(want))
         return ""
 
-    def _why(self, groups: Set[int]) -> str:
+    def person_at(self, now: float, fresh: bool = False) -> str:
+        """Who works at the machine (--yield), looked at once per RECHECK seconds at most
+        (`fresh`: now, whenever it was last)."""
+        if self.polite.yield_idle > 0 and (fresh or now >= self._person_checked + RECHECK):
+            self._person_checked = now
+            self.person = self._person(self.polite.yield_idle, time.time())
+        return self.person
+
+    def _why(self, groups: Set[int], now: float) -> str:
+        if self.polite.yield_idle > 0:
+            who = self.person_at(now, fresh=True)
+            if who:
+                return "yielding: %s" % who
         want = self.polite.memfree_kb
         if want > 0:
             free = self._memory()

@@ -58,7 +58,8 @@ class JobProcess:
         self.cpu = 0.0
         self.maxrss_kb = 0
         self.kill_at: Optional[float] = None  # when a TERM escalates to KILL
-        self.memory_killed = False  # --memfree-kill chose it: never twice
+        self.doomed = False  # polite mode killed it (--memfree-kill, --yield): never twice
+        self.suspended_at: Optional[float] = None  # --yield stopped its group then
         self.drain_left: Optional[float] = None
         """Seconds of reading still granted to pipes an escapee may hold open; None until the
         shell is reaped with a pipe still open."""

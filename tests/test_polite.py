@@ -36,6 +36,7 @@ from dispatcher.polite import (
     own_runnable,
     runnable_threads,
 )
+from dispatcher.presence import RECORD, USER_PROCESS, person_at
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -322,3 +323,128 @@ def test_memfree_kill_without_memfree_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         b"anet: --memfree-kill needs --memfree SIZE: it kills under half of SIZE"
     ]
+
+
+# -- --yield ----------------------------------------------------------------------------------
+
+
+class FakeSeat:
+    """A person's local session in a utmp file of the test's own (ANET_UTMP), whose terminal
+    is a file beside it: touching it is the person typing."""
+
+    def __init__(self, folder: Path) -> None:
+        self.utmp = folder / "utmp"
+        self.tty = folder / "tty9"
+        self.tty.touch()
+        self.away()
+        record = RECORD.pack(
+            USER_PROCESS, os.getpid(), b"tty9", b"9", b"alice", b"", 0, 0, 0, 0, 0, 0, 0, 0, 0, b""
+        )
+        self.utmp.write_bytes(record)
+
+    def types(self) -> None:
+        os.utime(self.tty, (time.time(), time.time()))
+
+    def away(self) -> None:
+        os.utime(self.tty, (time.time() - 3600, time.time() - 3600))
+
+
+def test_a_person_at_the_machine_is_found_in_utmp(tmp_path, monkeypatch):
+    seat = FakeSeat(tmp_path)
+    monkeypatch.setenv("ANET_UTMP", str(seat.utmp))
+    assert person_at(300, time.time()) == ""
+    seat.types()
+    assert person_at(300, time.time()) == "alice on tty9, idle 0s"
+
+
+def ticks(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened in {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def start_anet(tmp_path: Path, seat: FakeSeat, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "anet", "--format", "msgpack", "--no-journal", "--yield", *args],
+        cwd=tmp_path, env={**os.environ, "ANET_UTMP": str(seat.utmp)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+COUNTER = (
+    "i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo $i >> ticks; sleep 0.05; done; echo counted"
+)
+
+
+def test_yield_suspends_the_jobs_while_a_person_types_and_resumes_them(tmp_path):
+    seat = FakeSeat(tmp_path)
+    batch = write_batch(tmp_path, [COUNTER, "echo second"])
+    anet = start_anet(tmp_path, seat, "-S", "1/:", str(batch))
+    try:
+        wait_until(lambda: ticks(tmp_path / "ticks") > 0, 60, "the job counts")
+        seat.types()
+        said = read_stderr_until(anet, b"its jobs wait", timeout=30)  # job 2 is held
+        stopped = ticks(tmp_path / "ticks")
+        time.sleep(4 * 0.05 + RECHECK)  # a running counter would tick 4 times and more
+        assert ticks(tmp_path / "ticks") == stopped < 100
+        seat.away()
+        out, err = anet.communicate(timeout=60)
+    finally:
+        if anet.poll() is None:
+            anet.kill()
+            anet.communicate()
+    assert b"local: yielding: alice on tty9, idle " in said and said.endswith(b"s: its jobs wait\n")
+    assert anet.returncode == 0, said + err
+    records = decode(out)
+    assert [(r.id, r.attempts, r.stdout) for r in sorted(records, key=lambda r: r.id)] == [
+        (0, 1, b"counted\n"), (1, 1, b"second\n"),
+    ]  # fmt: skip
+    assert ticks(tmp_path / "ticks") == 100  # resumed where it stopped: nothing counted twice
+
+
+def test_yield_moves_a_job_suspended_too_long_to_another_host(cluster, tmp_path):
+    """The local host has a person (ANET_UTMP reaches only its dispatcher); host1 is a real
+    sshd host with nobody at it, where the job killed after --yield-move runs again."""
+    seat = FakeSeat(tmp_path)
+    mark = tmp_path / "started"
+    job = (
+        "[ $ANET_HOST = host1 ] && sleep 1;"  # slow there: the local host surely gets a job
+        f" [ $ANET_HOST = local ] && [ ! -e {mark} ] && touch {mark} && sleep 60;"
+        " echo on $ANET_HOST"
+    )
+    batch = write_batch(tmp_path, [job] * 6)
+    ssh = ("--ssh-config", str(cluster.ssh_config))
+    anet = start_anet(
+        tmp_path,
+        seat,
+        *ssh,
+        "-S",
+        "1/:",
+        "-S",
+        "1/host1",
+        "--no-speculate",
+        "--yield-move",
+        "1",
+        str(batch),
+    )
+    try:
+        wait_until(mark.exists, 60, "a job started on the local host")
+        seat.types()
+        said = read_stderr_until(anet, b"its jobs wait", timeout=30)
+        time.sleep(1 + 3 * RECHECK)  # suspended past --yield-move: killed, rerun on host1
+        seat.away()  # the jobs queued on the local host may start there now
+        out, err = anet.communicate(timeout=120)
+    finally:
+        if anet.poll() is None:
+            anet.kill()
+            anet.communicate()
+    assert anet.returncode == 0, said + err
+    records = decode(out)
+    assert sorted(r.id for r in records) == list(range(6))
+    moved = [r for r in records if r.attempts == 2]  # the one that slept: killed, then rerun
+    assert len(moved) == 1 and (moved[0].host, moved[0].stdout) == ("host1", b"on host1\n")

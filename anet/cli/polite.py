@@ -17,6 +17,11 @@ from .common import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+YIELD_IDLE = 300.0
+"""Seconds without input after which a person at a machine counts as away (--yield)."""
+YIELD_MOVE = 900.0
+"""Seconds a job may stay suspended for a person before it is killed, to run elsewhere."""
+
 
 def polite_options(command: F) -> F:
     """The polite-mode options, handed to the command as one `polite: Polite` parameter."""
@@ -37,6 +42,18 @@ def polite_options(command: F) -> F:
             "--memfree-kill", is_flag=True,
             help="With --memfree: under half of SIZE, kill the youngest job (it runs again).",
         ),
+        click.option(
+            "--yield", "yield_to_people", is_flag=True,
+            help="Suspend a host's jobs while a person works at it (a local session's input).",
+        ),
+        click.option(
+            "--yield-idle", type=FiniteFloat(min=1.0), default=YIELD_IDLE, show_default=True,
+            metavar="SECONDS", help="With --yield: a person is away after this long without input.",
+        ),
+        click.option(
+            "--yield-move", type=FiniteFloat(min=0.0), default=YIELD_MOVE, show_default=True,
+            metavar="SECONDS", help="With --yield: kill a job suspended this long, to rerun it.",
+        ),
     ]  # fmt: skip
 
     @functools.wraps(command)
@@ -49,6 +66,7 @@ def polite_options(command: F) -> F:
             NO_LIMIT if max_load is None else max_load,
             _kib(kwargs.pop("memfree")),
             kill,
+            *_yielding(kwargs),
         )
         return command(*args, **kwargs)
 
@@ -66,3 +84,11 @@ def _kib(size: str | None) -> int:
     except ValueError:
         raise UsageError(f"--memfree takes a size such as 512M or 2G, not {size!r}") from None
     return kib
+
+
+def _yielding(kwargs: dict[str, Any]) -> tuple[float, float]:
+    """--yield's (idle, move) for Polite: (0, 0) without it."""
+    idle, move = kwargs.pop("yield_idle"), kwargs.pop("yield_move")
+    if not kwargs.pop("yield_to_people"):
+        return 0.0, 0.0
+    return idle, move

@@ -205,6 +205,7 @@ def status_line(snap: Snapshot, rates: Rates) -> str:
 
 _STATE_STYLES = {
     "ready": "green", "backing off": "yellow", "given up": "bold red", "loaded": "yellow",
+    "low memory": "yellow", "yielding": "yellow",
 }  # fmt: skip
 
 
