@@ -7,7 +7,6 @@ results.
 
 from __future__ import annotations
 
-import io
 import os
 import select
 import signal
@@ -20,10 +19,9 @@ from pathlib import Path
 
 import pytest
 from sshd_hosts import SshdCluster
+from test_cli_ssh import decode, write_batch
 
-from anet import results
 from anet.api import HostState
-from anet.core.record import JobResult
 from anet.remote.hostlife import HostPhase
 from anet.remote.hosts import parse_spec
 from anet.views.progress import Tally, take_snapshot
@@ -52,16 +50,6 @@ def run_anet(
         [*prefix, sys.executable, "-m", "anet", *ssh, "--format", "msgpack", "--no-journal", *args],
         capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def write_batch(tmp_path: Path, lines: list[str]) -> Path:
-    path = tmp_path / "batch.txt"
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def decode(stdout: bytes) -> list[JobResult]:
-    return list(results.read(io.BytesIO(stdout)))
 
 
 def niceness(stat_lines: bytes) -> list[int]:
