@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import procs
+from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .once import OnceExit, OnceOutput, RunOnce
@@ -67,8 +67,6 @@ CUT_NOTE = (
     b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
 )
 SHUTDOWN_GRACE = 1.0
-MEMORY_KILL_GRACE = 2.0
-"""Seconds between TERM and KILL for a job killed by --memfree-kill (the master's own grace)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
@@ -201,8 +199,7 @@ class Dispatcher:
             elif not self.held():  # looked at again: sends Held("") when they may start
                 self.start_queued()
         if self.jobs:
-            self.kill_youngest_if_starved(now)
-            self.yield_to_person(now)
+            self.be_polite(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -314,51 +311,15 @@ class Dispatcher:
         self.held_checked = now if reason else None
         return bool(reason)
 
-    def kill_youngest_if_starved(self, now: float) -> None:
-        """--memfree-kill: memory is under half of --memfree, so the youngest job goes (it
-        lost the least work), saying why on its stderr; the master runs it again."""
-        reason = self.gate.starved(now)
-        candidates = [
-            job for job in self.jobs.values()
-            if job.slot and not job.exited and job.kill_at is None and not job.doomed
-        ]  # fmt: skip
-        if not reason or not candidates:
-            return
-        job = max(candidates, key=lambda j: j.started)
-        job.doomed = True
-        self.send(job.output_message(STDERR, ("anet: killed: %s\n" % reason).encode()))
-        kill_group(job.pid, signal.SIGTERM)
-        job.kill_at = now + MEMORY_KILL_GRACE
-
-    def yield_to_person(self, now: float) -> None:
-        """--yield: stop the running jobs while a person works here, continue them once the
-        person is away; one stopped longer than `yield_move` is killed, to run elsewhere."""
+    def be_polite(self, now: float) -> None:
+        """What polite mode does to running jobs (dispatcher/courtesy.py), on its timers."""
+        courtesy.kill_youngest_if_starved(self.gate, self.jobs.values(), self.send, now)
         if self.gate.polite.yield_idle <= 0 or now < self.next_yield_check:
             return
         self.next_yield_check = now + RECHECK  # its own clock: the start gate looks as well
-        who, polite = self.gate.person_at(now), self.gate.polite
-        for job in self.jobs.values():
-            if not job.slot or job.exited or job.doomed:
-                continue
-            if who and job.suspended_at is None:
-                kill_group(job.pid, signal.SIGSTOP)
-                job.suspended_at = now
-            elif not who and job.suspended_at is not None:
-                kill_group(job.pid, signal.SIGCONT)
-                job.suspended_at = None
-            elif job.suspended_at is not None and now - job.suspended_at > polite.yield_move:
-                self.move_suspended(job, now, who)
+        who = courtesy.yield_to_person(self.gate, self.jobs.values(), self.send, now)
         if who and self.queue and self.held_checked is None:
             self.held()  # says Held("yielding: ...") now, not when a slot frees
-
-    def move_suspended(self, job: JobProcess, now: float, who: str) -> None:
-        """Kill a job suspended too long, saying why on its stderr: the master runs it again,
-        on another host if one is up."""
-        note = "anet: killed: suspended %ds for a person at the machine (%s)\n"
-        self.send(job.output_message(STDERR, (note % (now - job.suspended_at, who)).encode()))
-        kill_group(job.pid, signal.SIGKILL)  # KILL reaches a stopped group; TERM would wait
-        job.suspended_at = None
-        job.doomed = True
 
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's
