@@ -43,7 +43,7 @@ from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
 
-__all__ = ["KEEPALIVE", "Cluster", "HostState", "RunOptions", "RunPlan", "RunPolicy"]
+__all__ = ["KEEPALIVE", "Cluster", "HostState", "Polite", "RunOptions", "RunPlan", "RunPolicy"]
 
 log = get_logger()
 
