@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from . import results
 from ._version import __version__
-from .api import Cluster, HostState, RunOptions, RunPlan, RunPolicy
+from .api import Cluster, HostState, Polite, RunOptions, RunPlan, RunPolicy
 from .core.batch import Job, read_batch
 from .core.halt import HaltPolicy
 from .core.record import JobResult
@@ -43,6 +43,7 @@ __all__ = [
     "Journal",
     "Machines",
     "NoHostError",
+    "Polite",
     "ResultFormatError",
     "RunOptions",
     "RunPlan",

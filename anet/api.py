@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
+from dispatcher.polite import Held, Polite
 from dispatcher.protocol import Exit, Message, Output, Started
 
 from .core.batch import Job, as_jobs
@@ -42,7 +43,7 @@ from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
 
-__all__ = ["KEEPALIVE", "Cluster", "HostState", "RunOptions", "RunPlan", "RunPolicy"]
+__all__ = ["KEEPALIVE", "Cluster", "HostState", "Polite", "RunOptions", "RunPlan", "RunPolicy"]
 
 log = get_logger()
 
@@ -67,6 +68,7 @@ class Cluster:
         policy: RunPolicy | None = None,
         deps: Tree | Awaitable[Tree] | None = None,
         sync_progress: Progress | None = None,
+        polite: Polite | None = None,
     ) -> None:
         specs = [parse_spec(h) if isinstance(h, str) else h for h in (hosts or [":"])]
         self.hosts: dict[str, HostState] = {}
@@ -77,6 +79,7 @@ class Cluster:
         self._keepalive = keepalive
         self._payload: Payload = payload()
         self._policy = policy or RunPolicy()
+        self._polite = polite or Polite()
         self._syncer = Syncer(deps, sync_progress) if deps is not None else None
         self.sync_reports: dict[str, SyncReport] = {}
         """How each host got the deps tree (its latest sync), for `anet sync` and summaries."""
@@ -155,14 +158,13 @@ class Cluster:
 
     def _new_session(self, spec: HostSpec) -> HostSession:
         cwd = self._local_cwd if spec.local else ""
-        config = SessionConfig(
-            spec.slots, cwd, heartbeat=self._keepalive / 5, dead_after=self._keepalive
-        )
+        config = SessionConfig(spec.slots, cwd, self._keepalive / 5, self._keepalive, self._polite)
         return HostSession(spec, self._payload, self._on_message, config)
 
     # -- what the hosts' lives report (hostlife.HostEvents) ---------------------------------------
 
     def host_ready(self, session: HostSession) -> None:
+        self.hosts[session.label].held = ""  # a new dispatcher holds nothing yet
         self._settled(session.label)
         if self._drive is not None:
             self._drive.host_ready(session.label, session.slots)
@@ -235,6 +237,8 @@ class Cluster:
         still ending); one about an attempt no run sent that host is its protocol error."""
         self.hosts[session.label].last_heard = asyncio.get_running_loop().time()
         if not isinstance(msg, _JOB_FRAMES):
+            if isinstance(msg, Held):
+                self._held(session.label, msg.reason)
             return
         drive = self._drive
         if self._drives:  # an earlier run's killed attempts may still be ending
@@ -246,6 +250,15 @@ class Cluster:
             await drive.deliver(results)
         if drive is not self._drive and drive.engine.finished:
             self._drives.remove(drive)
+
+    def _held(self, label: str, reason: str) -> None:
+        """Polite mode holds the host's queued jobs (a loaded host), or no longer does: shown
+        in the live view and said once per change, so a run that waits says why."""
+        self.hosts[label].held = reason
+        if reason:
+            log.warning(f"{label}: {reason}: its jobs wait", host=label)
+        else:
+            log.info(f"{label}: jobs start again", host=label)
 
     def host_key(self, label: str) -> str | None:
         """What became of the host's SSH host key (known, accepted, unknown, changed), or None

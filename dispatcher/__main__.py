@@ -29,11 +29,12 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import procs
+from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .once import OnceExit, OnceOutput, RunOnce
 from .pidfiles import PidFiles
+from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
     OUTPUT_CHUNK,
@@ -105,6 +106,11 @@ class Dispatcher:
         self.jobs: Dict[int, JobProcess] = {}
         self.free_slots: List[int] = []
         self.setup: Optional[Setup] = None
+        self.gate = Gate(Polite())
+        """Polite mode's say on starting a job (Setup's polite fields replace it)."""
+        self.held_checked: Optional[float] = None
+        """While polite mode holds the queued jobs: when the gate last said so."""
+        self.next_yield_check = 0.0  # --yield: when the running jobs' fate is looked at again
         self.env = dict(os.environ)
         self.paused = False
         self.writing = False
@@ -167,6 +173,12 @@ class Dispatcher:
 
     def timeout(self) -> float:
         deadlines = [self.next_heartbeat, self.forks.next_deadline()]
+        if self.held_checked is not None:
+            deadlines.append(self.held_checked + RECHECK)
+        if self.gate.polite.memfree_kill and self.jobs:
+            deadlines.append(self.gate.next_starved_check)
+        if self.gate.polite.yield_idle > 0 and self.jobs:
+            deadlines.append(self.next_yield_check)
         if self.setup is not None and self.setup.dead_after > 0:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
@@ -180,6 +192,14 @@ class Dispatcher:
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
+        if self.held_checked is not None and now >= self.held_checked + RECHECK:
+            if not self.queue:  # the held jobs were killed: nothing waits any more
+                self.send(Held(""))
+                self.held_checked = None
+            elif not self.held():  # looked at again: sends Held("") when they may start
+                self.start_queued()
+        if self.jobs:
+            self.be_polite(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -220,6 +240,12 @@ class Dispatcher:
             self.setup = msg
             self.free_slots = list(range(1, msg.slots + 1))
             self.env["ANET_HOST"] = msg.host_label
+            self.gate = Gate(
+                Polite(
+                    msg.nice, msg.max_load, msg.memfree_kb, msg.memfree_kill,
+                    msg.yield_idle, msg.yield_move,
+                )
+            )  # fmt: skip
             self.next_heartbeat = time.monotonic() + msg.heartbeat
         elif isinstance(msg, Shutdown):
             self.running = False
@@ -248,6 +274,8 @@ class Dispatcher:
         job = self.jobs.get(msg.aid)
         if job is not None and not job.exited:
             kill_group(job.pid, signal.SIGTERM)
+            if job.suspended_at is not None:  # a stopped group gets its TERM once continued
+                kill_group(job.pid, signal.SIGCONT)
             job.kill_at = time.monotonic() + msg.grace
 
     # -- jobs -------------------------------------------------------------------------------
@@ -256,11 +284,11 @@ class Dispatcher:
         if self.setup is None:
             return
         cwd = self.deps.job_cwd or self.setup.cwd or self.workdir  # synced deps come first
-        while self.queue and self.free_slots:
+        while self.queue and self.free_slots and not self.held():
             run = self.queue.popleft()
             slot = heapq.heappop(self.free_slots)
             try:
-                job = spawn(run, slot, cwd, self.env)
+                job = spawn(run, slot, cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
                 heapq.heappush(self.free_slots, slot)
                 message = "anet: cannot start job %d: %s\n" % (run.job, exc)
@@ -273,13 +301,34 @@ class Dispatcher:
                 self.watch_job(job)
             self.send(Started(run.aid, job.pid, slot))
 
+    def held(self) -> bool:
+        """Polite mode holds the queued jobs now (a loaded host); the master hears of each
+        change, and the gate is looked at again RECHECK seconds later (a timer)."""
+        now = time.monotonic()
+        reason = self.gate.holds(now, (job.pid for job in self.jobs.values()))
+        if bool(reason) != (self.held_checked is not None):
+            self.send(Held(reason))
+        self.held_checked = now if reason else None
+        return bool(reason)
+
+    def be_polite(self, now: float) -> None:
+        """What polite mode does to running jobs (dispatcher/courtesy.py), on its timers."""
+        courtesy.kill_youngest_if_starved(self.gate, self.jobs.values(), self.send, now)
+        if self.gate.polite.yield_idle <= 0 or now < self.next_yield_check:
+            return
+        self.next_yield_check = now + RECHECK  # its own clock: the start gate looks as well
+        who = courtesy.yield_to_person(self.gate, self.jobs.values(), self.send, now)
+        if who and self.queue and self.held_checked is None:
+            self.held()  # says Held("yielding: ...") now, not when a slot frees
+
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's
         attempt ids are >= 0); its frames are the request's replies."""
         run = Run(-msg.rid, 0, msg.command)
         cwd = self.deps.job_cwd or (self.setup.cwd if self.setup else "") or self.workdir
         try:
-            job = spawn(run, 0, cwd, self.env, rid=msg.rid)
+            nice = self.setup.nice if self.setup else 0
+            job = spawn(run, 0, cwd, self.env, rid=msg.rid, nice=nice)
         except (OSError, ValueError) as exc:
             self.send(OnceOutput(msg.rid, STDERR, ("anet: cannot start: %s\n" % exc).encode()))
             self.send(OnceExit(msg.rid, 127, None))
@@ -352,6 +401,7 @@ class Dispatcher:
         self.queue.clear()
         for job in self.jobs.values():
             kill_group(job.pid, signal.SIGTERM)
+            kill_group(job.pid, signal.SIGCONT)  # a job stopped by --yield, or by anyone
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while time.monotonic() < deadline and not all(j.try_reap() for j in self.jobs.values()):
             time.sleep(0.01)

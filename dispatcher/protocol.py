@@ -240,6 +240,11 @@ class Setup(Message):
 
     `dead_after` > 0 makes the dispatcher kill its jobs and exit when it has heard nothing from
     the master for that many seconds (a frozen master or a silent network partition).
+    The fields after it are polite mode's (dispatcher/polite.py): `nice` > 0 runs the jobs at
+    that niceness at least; `max_load` >= 0 starts no job while more threads of other
+    processes are runnable; `memfree_kb` > 0 none while less memory is available, and with
+    `memfree_kill` the youngest job is killed under half of it; `yield_idle` > 0 suspends the
+    jobs while a person works at the machine, and kills those suspended over `yield_move` s.
     """
 
     CODE = 2
@@ -249,6 +254,12 @@ class Setup(Message):
     cwd: str
     heartbeat: float
     dead_after: float
+    nice: int = 0
+    max_load: float = -1.0
+    memfree_kb: int = 0
+    memfree_kill: bool = False
+    yield_idle: float = 0.0
+    yield_move: float = 0.0
 
 
 @message

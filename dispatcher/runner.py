@@ -21,6 +21,7 @@ import time
 from typing import IO, Dict, Iterator, Optional, Union
 
 from .once import OnceExit, OnceOutput
+from .polite import niceness_setter
 from .protocol import OUTPUT_CHUNK, STDERR, STDOUT, Exit, Message, Output, Run
 
 
@@ -57,6 +58,8 @@ class JobProcess:
         self.cpu = 0.0
         self.maxrss_kb = 0
         self.kill_at: Optional[float] = None  # when a TERM escalates to KILL
+        self.doomed = False  # polite mode killed it (--memfree-kill, --yield): never twice
+        self.suspended_at: Optional[float] = None  # --yield stopped its group then
         self.drain_left: Optional[float] = None
         """Seconds of reading still granted to pipes an escapee may hold open; None until the
         shell is reaped with a pipe still open."""
@@ -127,9 +130,16 @@ class JobProcess:
 
 
 def spawn(
-    run: Run, slot: int, cwd: Union[str, bytes], env: Dict[str, str], rid: Optional[int] = None
+    run: Run,
+    slot: int,
+    cwd: Union[str, bytes],
+    env: Dict[str, str],
+    rid: Optional[int] = None,
+    nice: int = 0,
 ) -> JobProcess:
-    """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report."""
+    """Start the attempt; OSError (bad cwd, no /bin/sh, fork failure) is the caller's to report.
+
+    `nice` > 0: the job runs at that niceness at least (polite mode)."""
     job_env = dict(env)
     job_env.update(run.env)
     job_env["ANET_JOB_ID"] = str(run.job)
@@ -143,6 +153,7 @@ def spawn(
         env=job_env,
         start_new_session=True,
         close_fds=True,
+        preexec_fn=niceness_setter(nice),  # None (the fast spawn path) unless asked
     )
     return JobProcess(run, slot, proc, rid)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from dispatcher.polite import Polite
+
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from ..core.batch import BatchSource, count_jobs, open_source, read_batch
 from ..core.halt import HaltPolicy
@@ -31,6 +33,7 @@ from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .polite import polite_options
 
 log = get_logger()
 
@@ -51,6 +54,7 @@ class RunArgs:
     halt: HaltPolicy = field(default_factory=HaltPolicy)
     observe: ObserveArgs = field(default_factory=ObserveArgs)
     deps: str | None = None
+    polite: Polite = field(default_factory=Polite)
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -124,7 +128,9 @@ async def _run(
     # The deps scan runs in a thread while the hosts connect; its error stops the run before
     # any deps byte is sent (hosts wait for the scan before their sync starts).
     tree = start_scan(args.deps, env.environ) if args.deps else None
-    cluster = Cluster(hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree)
+    cluster = Cluster(
+        hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree, polite=args.polite
+    )
     async with cluster, seen.watching(cluster):
         if tree is not None:
             await tree  # a DepsError (one line) ends the run before any job starts
@@ -205,6 +211,7 @@ Examples:
     "--halt", metavar="WHEN,fail=N[%]",
     help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
 )  # fmt: skip
+@polite_options
 @click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
 @click.option(
     "--resume", is_flag=True,
@@ -246,6 +253,7 @@ def run_command(
     retries: int,
     timeout: str | None,
     halt: str | None,
+    polite: Polite,
     no_speculate: bool,
     resume: bool,
     only_new: bool,
@@ -271,7 +279,7 @@ def run_command(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
-        deps=deps,
+        deps=deps, polite=polite,
     )  # fmt: skip
     return run_async(program(args, env))
 

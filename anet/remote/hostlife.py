@@ -52,6 +52,7 @@ class HostState(HostStats):
     backoff: Backoff = field(default_factory=Backoff)
     last_heard: float | None = None  # event-loop clock of the last frame from the host
     retry_at: float | None = None  # event-loop clock of the next connection try, backing off
+    held: str = ""  # why polite mode holds its queued jobs now (a loaded host), "" when not
 
 
 class HostEvents(Protocol):

@@ -22,7 +22,7 @@ import contextlib
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from typing import TypeVar
 
 import asyncssh
@@ -37,6 +37,7 @@ from dispatcher.connection import (
     State,
     clip_line,
 )
+from dispatcher.polite import Polite
 from dispatcher.protocol import (
     MASTER,
     Heartbeat,
@@ -74,6 +75,7 @@ class SessionConfig:
     cwd: str
     heartbeat: float = 2.0
     dead_after: float = 15.0
+    polite: Polite = field(default_factory=Polite)
 
 
 class Request:
@@ -354,7 +356,10 @@ class HostSession:
                 host=self.label,
             )
         config = self._config
-        setup = Setup(self.slots, self.label, config.cwd, config.heartbeat, config.dead_after)
+        setup = Setup(
+            self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
+            *astuple(config.polite),  # Setup's last fields are Polite's, in its order
+        )  # fmt: skip
         self._write(self._conn.send(setup))
 
     async def _pump(self, channel: Channel) -> None:

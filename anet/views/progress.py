@@ -94,7 +94,7 @@ def take_snapshot(
     rows = tuple(
         HostRow(
             label,
-            h.state,
+            _state(h),
             h.slots,
             h.running,
             h.done,
@@ -175,6 +175,13 @@ def job_time(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else duration(seconds)
 
 
+def _state(host: HostState) -> str:
+    """A ready host whose jobs polite mode holds shows why in a word: "loaded", "low memory"."""
+    if host.state == "ready" and host.held:
+        return host.held.partition(":")[0]
+    return str(host.state)
+
+
 def host_state(row: HostRow) -> str:
     """The state column: `backing off 12s` says when the next try comes."""
     if row.state == "backing off" and row.retry_in is not None:
@@ -196,7 +203,10 @@ def status_line(snap: Snapshot, rates: Rates) -> str:
     )
 
 
-_STATE_STYLES = {"ready": "green", "backing off": "yellow", "given up": "bold red"}
+_STATE_STYLES = {
+    "ready": "green", "backing off": "yellow", "given up": "bold red", "loaded": "yellow",
+    "low memory": "yellow", "yielding": "yellow",
+}  # fmt: skip
 
 
 def render(
