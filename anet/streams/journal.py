@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 from .._version import __version__
 from ..core.batch import NUMBERING, numbered_alike
 from ..core.record import JobResult
+from ..core.spool import Output, chunks
 from ..errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -374,8 +375,8 @@ class Journal:
 
     def record(self, result: JobResult) -> None:
         """Buffer a final result; it is durable after the next commit (see `flush`)."""
-        size = len(result.stdout) + len(result.stderr)
-        if size > INLINE_OUTPUT:
+        size = result.output_size
+        if size > INLINE_OUTPUT or result.spooled:  # a spool is copied in chunks, never read whole
             self._chunked.append(result)
         else:
             self._results.append((*_AS_ROW(result), 0))
@@ -454,14 +455,10 @@ class Journal:
         if self._db.execute(_UPSERT_RESULT, row).rowcount == 0:
             return  # a success already stands for this id
         self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
-        for stream, data in ((1, result.stdout), (2, result.stderr)):
-            view = memoryview(data)
+        for stream, output in ((1, result.out), (2, result.err)):
             self._db.executemany(
                 _INSERT_CHUNK,
-                (
-                    (result.id, stream, seq, view[at : at + CHUNK])
-                    for seq, at in enumerate(range(0, len(view), CHUNK))
-                ),
+                ((result.id, stream, seq, piece) for seq, piece in enumerate(_pieces(output))),
             )
 
     def close(self) -> None:
@@ -791,3 +788,11 @@ def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
             f" {SCHEMA_VERSION}; run without --resume to start over"
         )
     return meta
+
+
+def _pieces(output: Output) -> Iterator[bytes | memoryview]:
+    """An output in CHUNK pieces: slices of bytes (no copy), or reads of a spool."""
+    if isinstance(output, bytes):
+        view = memoryview(output)
+        return (view[at : at + CHUNK] for at in range(0, len(view), CHUNK))
+    return chunks(output, CHUNK)
