@@ -23,7 +23,7 @@ from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Starte
 from ..errors import protocol_error
 from ..logs import get_logger
 from .batch import Job, unrunnable
-from .record import JobResult
+from .record import JobResult, SpooledResult
 from .scheduler import Attempt, Ended, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
 from .spool import Output as Held
@@ -359,7 +359,9 @@ class Engine:
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
-        result = JobResult(
+        out, err = flight.output(0), flight.output(1)
+        kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
+        result = kind(
             id=attempt.job.id,
             ok=ended.ok,
             exit_code=msg.code,
@@ -367,8 +369,8 @@ class Engine:
             host=host,
             attempts=attempt.number,
             duration=msg.duration,
-            stdout=flight.output(0),  # type: ignore[arg-type]  # bytes, or a Spool
-            stderr=flight.output(1),  # type: ignore[arg-type]
+            stdout=out,  # type: ignore[arg-type]  # bytes, or a Spool
+            stderr=err,  # type: ignore[arg-type]
             error=flight.cut or ended.error,
         )
         if not ended.final:

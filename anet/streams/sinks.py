@@ -135,7 +135,15 @@ ANET_MAX_STDOUT = _UINT32_MAX
 
 def encode_anet(result: JobResult) -> bytes:
     """The original ANet record for a successful job; b"" for a failed one."""
-    return b"".join(anet_parts(result))
+    if not result.ok:
+        return b""
+    if result.spooled:
+        return b"".join(anet_parts(result))
+    out = result.stdout
+    if not 0 <= result.id <= _UINT32_MAX:
+        raise ValueError(f"job id {result.id} does not fit the anet format's uint32")
+    _check_size(len(out), "stdout", ANET_MAX_STDOUT)
+    return _ANET_HEAD.pack(result.id, len(out)) + out
 
 
 def anet_parts(result: JobResult) -> Iterator[bytes]:
@@ -266,7 +274,22 @@ def _text_body(data: bytes) -> list[bytes]:
 
 def encode_text(result: JobResult) -> bytes:
     """A header line carrying the byte count, stdout, and stderr under its own header."""
-    return b"".join(text_parts(result))
+    if result.spooled:
+        return b"".join(text_parts(result))
+    if any(char.isspace() for char in result.host):
+        raise ValueError(f"host name {result.host!r} contains whitespace")
+    out, err = result.stdout, result.stderr
+    _check_size(len(out), "stdout")
+    _check_size(len(err), "stderr")
+    head = (
+        f"--- job {result.id} on {result.host}: {_text_status(result)} in {result.duration:.3f}s"
+        f" (attempt {result.attempts}), {len(out)} bytes ---\n"
+    )
+    parts = [head.encode(), *_text_body(out)]
+    if err:
+        parts.append(f"--- job {result.id} stderr, {len(err)} bytes ---\n".encode())
+        parts.extend(_text_body(err))
+    return b"".join(parts)
 
 
 def text_parts(result: JobResult) -> Iterator[bytes]:
