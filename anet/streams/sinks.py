@@ -184,6 +184,15 @@ def encode_msgpack(result: JobResult) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+def _bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for `size` bytes, as packb writes it before the bytes."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
 def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     """The same bytes as `encode_msgpack`, the outputs copied in chunks: the map is packed
     field by field, each output as a bin header then its bytes, so the length comes first."""
@@ -195,8 +204,8 @@ def msgpack_parts(result: JobResult) -> Iterator[bytes]:
         packer.pack(key) + packer.pack(value) for key, value in head_fields(result).items()
     )
     out, err = result.out, result.err
-    out_head = packer.pack("stdout") + packer.pack_bin_header(len(out))
-    err_head = packer.pack("stderr") + packer.pack_bin_header(len(err))
+    out_head = packer.pack("stdout") + _bin_header(len(out))
+    err_head = packer.pack("stderr") + _bin_header(len(err))
     tail = packer.pack("error") + packer.pack(result.error)
     size = len(head) + len(out_head) + len(out) + len(err_head) + len(err) + len(tail)
     _check_size(size, "msgpack record", MAX_RECORD)
