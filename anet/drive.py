@@ -185,7 +185,10 @@ class Drive:
             for result in results:
                 if self._journal is not None:
                     try:
-                        self._journal.record(result)
+                        if result.spooled:  # copied from its spool a chunk per loop turn
+                            await self._journal.record_spooled(result)
+                        else:
+                            self._journal.record(result)
                     except JournalError as exc:
                         self._journal_failed(exc)
                 size = (

@@ -94,6 +94,7 @@ class Delivery:
         await self._output.write(first)
         for piece in parts:
             await self._output.write(piece)
+            await asyncio.sleep(0)  # a file or a terminal never makes it wait: let others run
         await self._output.write(b"", result.id)  # the record's end: delivered once taken
         self._mark()
 

@@ -33,6 +33,7 @@ pages); only a power cut can take the last commits, as it would any unsynced fil
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
@@ -381,6 +382,32 @@ class Journal:
         else:
             self._results.append((*_AS_ROW(result), 0))
         self._pending_bytes += size
+        self._flush_if_full()
+
+    async def record_spooled(self, result: JobResult) -> None:
+        """`record` for a result with a spooled output: its outputs go into output_chunks a
+        CHUNK at a time, the event loop running between two (a gigabyte written in one go
+        stalls it for seconds: hosts' heartbeats, other results, the reader all wait), then
+        its row is buffered like any result's, committed by the next flush.
+
+        Each chunk commits on its own: a kill midway leaves chunks no row points at, which the
+        job's next result (a --resume runs it again) replaces. A success already recorded for
+        the id is never touched (as `_UPSERT_RESULT` keeps it)."""
+        if self._broken is not None:
+            raise self._broken
+        query = "SELECT 1 FROM results WHERE id = ? AND ok"
+        try:
+            if self._db.execute(query, (result.id,)).fetchone():
+                return
+            self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
+            for stream, output in ((1, result.out), (2, result.err)):
+                for seq, piece in enumerate(_pieces(output)):
+                    self._db.execute(_INSERT_CHUNK, (result.id, stream, seq, piece))
+                    await asyncio.sleep(0)
+        except sqlite3.Error as exc:
+            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            raise self._broken from None
+        self._results.append((*_AS_ROW(replace(result, stdout=b"", stderr=b"")), 1))
         self._flush_if_full()
 
     def mark_delivered(self, job_id: int) -> None:
