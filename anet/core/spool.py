@@ -101,9 +101,10 @@ class Spool:
 
     def close(self) -> None:
         """Give the disk space back now (else it goes with the last reference)."""
-        if self._fd >= 0:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", -1)  # unset if mkstemp failed in __init__
+        if fd >= 0:
             self._fd = -1
+            os.close(fd)
 
     def __len__(self) -> int:
         return self.size

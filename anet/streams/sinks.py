@@ -1,7 +1,10 @@
-"""The result streams anet writes on stdout: one pure encoder per format, no I/O.
+"""The result streams anet writes on stdout: one encoder per format.
 
 A stream is an encoder's `header`, written once before the first record (even when no record
-follows), then `encode(result)` for each final result, in the order the results become final.
+follows), then `encode(result)` for each final result, in the order the results become final;
+or `parts(result)`, the same bytes in pieces, for a result whose output was spooled (the only
+I/O here: reading its spool a chunk at a time, lengths first). A format's limit is checked
+before the first piece, so a record is never begun that cannot be finished.
 The CLI does the writing; `anet.results.read` reads every format back. These layouts are a
 public contract: change them only by adding a new format (or a new msgpack header version).
 
@@ -22,7 +25,9 @@ msgpack -- header b"ANETMP01", then per job, failures included:
 
 jsonl -- no header; one compact JSON object per line, UTF-8 (not ASCII-escaped), same keys in
     the same order. stdout is `"stdout": "<text>"` when its bytes are valid UTF-8, else
-    `"stdout_base64": "<base64>"`: the key name is the marker. Likewise stderr.
+    `"stdout_base64": "<base64>"`: the key name is the marker. Likewise stderr. An output that
+    was spooled (past spool.SPOOL_AT) is always base64: encoded a piece at a time, its length
+    known in advance.
 
 text -- no header; for humans, yet exactly parseable. Per job:
 
