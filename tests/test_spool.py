@@ -77,16 +77,30 @@ def test_a_small_output_stays_in_memory_and_a_big_one_goes_to_a_private_unlinked
     assert spool_fds(tmp_path) == 0  # the files go with the result
 
 
-def test_a_killed_copy_gives_its_spool_back_at_once(tmp_path):
+def test_a_timed_out_attempt_keeps_its_spooled_output_for_its_failure(tmp_path):
     hosts = engine_in(tmp_path, 1, retries=0, timeout=5.0)
     run = hosts.start("h1", 0)
     hosts.say("h1", Output(run.aid, STDOUT, bytes(SPOOL_AT + 1)))
     assert spool_fds(tmp_path) == 1
-    hosts.advance(5.0)  # a timeout: killed, its output still counts (it is the failure's)
+    hosts.advance(5.0)  # killed, but its output is the failure's: kept
     assert hosts.kills == [("h1", run.aid)]
     hosts.say("h1", Exit(run.aid, None, 15, 5.0, 0.0, 0))
     (result,) = hosts.results
     assert not result.ok and len(result.out) == SPOOL_AT + 1
+
+
+def test_an_attempt_whose_output_is_moot_gives_its_spool_back_at_its_kill(tmp_path):
+    hosts = engine_in(tmp_path, 2)
+    runs = [hosts.start("h1", 0), hosts.start("h1", 1, slot=2)]
+    for run in runs:
+        hosts.say("h1", Output(run.aid, STDOUT, bytes(SPOOL_AT + 1)))
+    assert spool_fds(tmp_path) == 2
+    hosts.engine.abort()  # as --halt now; a copy that lost the race is killed the same way
+    hosts.round()
+    assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in runs)
+    assert spool_fds(tmp_path) == 0  # before their Exits come
+    hosts.say("h1", Output(runs[0].aid, STDOUT, bytes(SPOOL_AT + 1)))  # late output: ignored
+    assert spool_fds(tmp_path) == 0
 
 
 def test_output_past_a_cap_kills_the_attempt_and_fails_the_job_with_no_retry(tmp_path):

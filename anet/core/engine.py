@@ -229,8 +229,9 @@ class Engine:
         if isinstance(msg, Output):
             if flight.dropped:
                 return False
-            if flight.spools is None and flight.size + len(msg.data) <= self._quick:
-                (flight.stdout if msg.stream == STDOUT else flight.stderr).extend(msg.data)
+            out, err = flight.stdout, flight.stderr
+            if flight.spools is None and len(out) + len(err) + len(msg.data) <= self._quick:
+                (out if msg.stream == STDOUT else err).extend(msg.data)
                 return False
             return self._big_output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
         if isinstance(msg, Started):
@@ -359,8 +360,11 @@ class Engine:
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
-        out, err = flight.output(0), flight.output(1)
-        kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
+        if flight.spools is None:  # the common case: all in memory
+            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), JobResult
+        else:
+            out, err = flight.output(0), flight.output(1)
+            kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
         result = kind(
             id=attempt.job.id,
             ok=ended.ok,
