@@ -240,3 +240,16 @@ def test_the_journal_copies_a_spooled_output_a_chunk_per_loop_iteration(tmp_path
         journal.flush()
         (back,) = journal.succeeded_results()
         assert back.stdout == data
+
+
+def test_a_chunked_result_comes_back_from_the_journal_spooled(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "CHUNK", 1000)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("x\n")
+    data = pattern(5500)
+    with Journal.open(tmp_path / "j.sqlite", "fp", batch, resume=False) as journal:
+        asyncio.run(journal.record_spooled(spooled_result(tmp_path, data, b"", id=0)))
+        journal.flush()
+        (back,) = journal.succeeded_results()
+    assert type(back) is SpooledResult and isinstance(back.out, Spool)  # for --resume, -k
+    assert back.out.size == len(data) and back.stdout == data and back.err == b""

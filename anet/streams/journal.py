@@ -48,8 +48,8 @@ from typing import Any, NamedTuple
 
 from .._version import __version__
 from ..core.batch import NUMBERING, numbered_alike
-from ..core.record import JobResult
-from ..core.spool import Output, chunks
+from ..core.record import JobResult, SpooledResult
+from ..core.spool import Output, Spool, chunks
 from ..errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -552,17 +552,25 @@ class Journal:
     def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
         query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
         for row in self._paged(query, after):
-            stdout, stderr = self._chunks(row[0]) if row[-1] else (row[7], row[8])
-            yield JobResult(row[0], bool(row[1]), *row[2:7], stdout, stderr, row[9])
+            if row[-1]:
+                out, err = self._chunks(row[0])
+                yield SpooledResult(row[0], bool(row[1]), *row[2:7], out, err, row[9])  # type: ignore[arg-type]
+            else:
+                yield JobResult(row[0], bool(row[1]), *row[2:7], row[7], row[8], row[9])
 
-    def _chunks(self, job_id: int) -> tuple[bytes, bytes]:
-        """A chunked result's stdout and stderr, put back together."""
-        parts: tuple[list[bytes], list[bytes]] = ([], [])
+    def _chunks(self, job_id: int) -> tuple[Output, Output]:
+        """A chunked result's stdout and stderr, copied into spools a chunk at a time: a
+        resumed or reordered result of gigabytes never sits whole in memory either."""
+        spools: list[Spool | None] = [None, None]
         with self._reading() as db:
             query = "SELECT stream, data FROM output_chunks WHERE id = ? ORDER BY stream, seq"
             for stream, data in db.execute(query, (job_id,)):
-                parts[stream - 1].append(data)
-        return b"".join(parts[0]), b"".join(parts[1])
+                spool = spools[stream - 1]
+                if spool is None:
+                    spool = spools[stream - 1] = Spool()
+                spool.write(data)
+        out, err = spools
+        return out if out is not None else b"", err if err is not None else b""
 
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
