@@ -1,12 +1,13 @@
 """`python rss_master.py RSS_FILE ARGS...` runs `anet ARGS...` as `python -m anet` does, then
-writes the master's peak RSS (KiB, getrusage) to RSS_FILE, however it ends. With
+writes the master's peak RSS (KiB: VmHWM of /proc/self/status) to RSS_FILE, however it ends.
+Not getrusage: its ru_maxrss survives execve, so a child of a big pytest process would report
+the parent's size at the fork. With
 $ANET_TEST_ANET_MAX set, the anet format's stdout limit is that many bytes (a >4 GiB output
 costs minutes; the rule does not depend on the number)."""
 
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 from anet.cli import main
@@ -19,6 +20,7 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with open("/proc/self/status") as status:
+            (peak,) = (line.split()[1] for line in status if line.startswith("VmHWM:"))
         with open(rss_file, "w") as out:
             out.write(f"{peak}\n")
