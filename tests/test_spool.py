@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,48 +209,50 @@ def test_an_output_the_anet_format_cannot_carry_is_refused_before_its_first_byte
     assert b"".join(FORMATS["msgpack"].parts(result))  # the others carry it
 
 
-def test_the_journal_copies_a_spooled_output_a_chunk_per_loop_iteration(tmp_path, monkeypatch):
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
+    """A journal whose output chunks are 1000 bytes, over a batch of two jobs."""
     monkeypatch.setattr(journal_module, "CHUNK", 1000)
     batch = tmp_path / "batch.txt"
     batch.write_text("x\ny\n")
+    with Journal.open(tmp_path / "j.sqlite", "fp", batch, resume=False) as opened:
+        yield opened
+
+
+def test_the_journal_copies_a_spooled_output_a_chunk_per_loop_iteration(tmp_path, journal):
     data = pattern(5500)
-    with Journal.open(tmp_path / "j.sqlite", "fp", batch, resume=False) as journal:
 
-        async def record_while_counting() -> int:
-            ticks = 0
+    async def record_while_counting() -> int:
+        ticks = 0
 
-            async def tick() -> None:
-                nonlocal ticks
-                while True:
-                    ticks += 1
-                    await asyncio.sleep(0)
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
 
-            ticker = asyncio.create_task(tick())
-            await asyncio.sleep(0)
-            await journal.record_spooled(spooled_result(tmp_path, data, pattern(2000, 3)))
-            ticker.cancel()
-            return ticks
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        await journal.record_spooled(spooled_result(tmp_path, data, pattern(2000, 3)))
+        ticker.cancel()
+        return ticks
 
-        assert asyncio.run(record_while_counting()) >= 8  # 6 + 2 chunks: the loop ran between
-        assert journal.unflushed  # the row waits for the commit before the result leaves
-        journal.flush()
-        (back,) = journal.succeeded_results()
-        assert (back.stdout, back.stderr) == (data, pattern(2000, 3))
-        again = spooled_result(tmp_path, pattern(3000, 9), b"", ok=False, exit_code=1)
-        asyncio.run(journal.record_spooled(again))  # a success stands: never replaced
-        journal.flush()
-        (back,) = journal.succeeded_results()
-        assert back.stdout == data
+    assert asyncio.run(record_while_counting()) >= 8  # 6 + 2 chunks: the loop ran between
+    assert journal.unflushed  # the row waits for the commit before the result leaves
+    journal.flush()
+    (back,) = journal.succeeded_results()
+    assert (back.stdout, back.stderr) == (data, pattern(2000, 3))
+    again = spooled_result(tmp_path, pattern(3000, 9), b"", ok=False, exit_code=1)
+    asyncio.run(journal.record_spooled(again))  # a success stands: never replaced
+    journal.flush()
+    (back,) = journal.succeeded_results()
+    assert back.stdout == data
 
 
-def test_a_chunked_result_comes_back_from_the_journal_spooled(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "CHUNK", 1000)
-    batch = tmp_path / "batch.txt"
-    batch.write_text("x\n")
+def test_a_chunked_result_comes_back_from_the_journal_spooled(tmp_path, journal):
     data = pattern(5500)
-    with Journal.open(tmp_path / "j.sqlite", "fp", batch, resume=False) as journal:
-        asyncio.run(journal.record_spooled(spooled_result(tmp_path, data, b"", id=0)))
-        journal.flush()
-        (back,) = journal.succeeded_results()
+    asyncio.run(journal.record_spooled(spooled_result(tmp_path, data, b"", id=0)))
+    journal.flush()
+    (back,) = journal.succeeded_results()
     assert type(back) is SpooledResult and isinstance(back.out, Spool)  # for --resume, -k
     assert back.out.size == len(data) and back.stdout == data and back.err == b""
