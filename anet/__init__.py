@@ -19,7 +19,8 @@ from ._version import __version__
 from .api import Cluster, HostState, Polite, RunOptions, RunPlan, RunPolicy
 from .core.batch import Job, read_batch
 from .core.halt import HaltPolicy
-from .core.record import JobResult
+from .core.record import JobResult, SpooledResult
+from .core.spool import OutputCap, Spool
 from .errors import AnetError, HostError, NoHostError, ResultFormatError, UsageError
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
 from .remote.connect import SshOptions
@@ -43,11 +44,14 @@ __all__ = [
     "Journal",
     "Machines",
     "NoHostError",
+    "OutputCap",
     "Polite",
     "ResultFormatError",
     "RunOptions",
     "RunPlan",
     "RunPolicy",
+    "Spool",
+    "SpooledResult",
     "SshOptions",
     "UsageError",
     "__version__",

@@ -92,8 +92,8 @@ class Drive:
         """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame).
         Returns the final results it brought, for `deliver`. Not a coroutine: three frames a
         job come this way, and most bring nothing to wait for."""
-        self.engine.frame(label, msg, self._loop.time())
-        if type(msg) is Output:
+        cut = self.engine.frame(label, msg, self._loop.time())
+        if type(msg) is Output and not cut:  # a cut (output over a cap) sends a Kill
             return _NOTHING
         self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
         if type(msg) is not Exit:  # only an Exit brings results and attempt records
@@ -185,10 +185,17 @@ class Drive:
             for result in results:
                 if self._journal is not None:
                     try:
-                        self._journal.record(result)
+                        if result.spooled:  # copied from its spool a chunk per loop turn
+                            await self._journal.record_spooled(result)
+                        else:
+                            self._journal.record(result)
                     except JournalError as exc:
                         self._journal_failed(exc)
-                size = len(result.stdout) + len(result.stderr)
+                size = (
+                    result.output_size
+                    if result.spooled
+                    else len(result.stdout) + len(result.stderr)
+                )
                 if not self._results.offer(result, size):  # full: wait for the consumer
                     await self._results.put(result, size)
         finally:

@@ -23,8 +23,10 @@ come back as JobResult(id, ok=True, exit_code=0, signal=None, host="", attempts=
 duration=0.0, stdout=..., stderr=b"").
 
 A clean end of stream at a record boundary ends the iteration; a truncated or corrupt stream
-raises ResultFormatError with a one-line message naming the byte offset. A record over
-`anet.sinks.MAX_RECORD` bytes counts as corrupt. Unknown msgpack/JSON keys are ignored.
+raises ResultFormatError with a one-line message naming the byte offset. A msgpack record over
+`anet.sinks.MAX_RECORD` bytes (1 GiB), any other over `MAX_BIG_RECORD` (4 GiB - 1) counts as
+corrupt. Unknown msgpack/JSON keys are ignored. A record is held whole in memory: a consumer of
+outputs of gigabytes parses the stream itself or reads `--results DIR`.
 """
 
 from __future__ import annotations
@@ -133,18 +135,19 @@ class _Source:
         start, scanned = self.offset, 0
         while (end := self._buf.find(b"\n", self._pos + scanned)) < 0:
             scanned = len(self._buf) - self._pos
-            if scanned >= sinks.MAX_RECORD:
+            if scanned >= sinks.MAX_BIG_RECORD:
                 break
             if not self._fill(scanned + 1):
                 raise _Corrupt(f"truncated {what} (no line end)", start)
-        if end < 0 or end - self._pos >= sinks.MAX_RECORD:
-            raise _Corrupt(f"{what} longer than {sinks.MAX_RECORD} bytes", start)
+        if end < 0 or end - self._pos >= sinks.MAX_BIG_RECORD:
+            raise _Corrupt(f"{what} longer than {sinks.MAX_BIG_RECORD} bytes", start)
         return self.take(end + 1 - self._pos, what)
 
-    def take_record(self, size: int, what: str) -> bytes:
-        """take() for a size read from the stream: over MAX_RECORD means corrupt."""
-        if size > sinks.MAX_RECORD:
-            raise _Corrupt(f"record of {size} bytes, over MAX_RECORD")
+    def take_record(self, size: int, what: str, limit: int | None = None) -> bytes:
+        """take() for a size read from the stream: over `limit` (MAX_BIG_RECORD) is corrupt."""
+        limit = sinks.MAX_BIG_RECORD if limit is None else limit
+        if size > limit:
+            raise _Corrupt(f"record of {size} bytes, over the {limit}-byte limit")
         return self.take(size, what)
 
 
@@ -187,7 +190,8 @@ def _read_msgpack(src: _Source) -> Iterator[JobResult]:
             if (version := src.take(4, "stream header")) != sinks.MSGPACK_MAGIC[4:]:
                 raise _Corrupt(f"unknown stream header {prefix + version!r}")
             continue
-        yield _msgpack_record(src.take_record(int.from_bytes(prefix, "big"), "record"))
+        size = int.from_bytes(prefix, "big")
+        yield _msgpack_record(src.take_record(size, "record", sinks.MAX_RECORD))
 
 
 def _msgpack_record(body: bytes) -> JobResult:

@@ -271,7 +271,7 @@ ONE = {"anet": b"\x05\x00\x00\x00\x01\x00\x00\x00x", "msgpack": M + mp(), "jsonl
 ONE["text"] = HEAD + b"abc\n"
 AFTER_MP, AFTER_JL = len(ONE["msgpack"]), len(ONE["jsonl"])
 CORRUPT = [
-    ("anet", ONE["anet"] + b"\x01\x00\x00\x00\xff\xff\xff\xff", "record of 4294967295 bytes, over"),
+    ("anet", ONE["anet"] + b"\x01\x00\x00\x00\xff\xff\xff\xff", "(0 of 4294967295 bytes) at byte"),
     ("anet", ONE["anet"] + b"\x01\x00", "truncated record header (2 of 8 bytes) at byte 9"),
     ("anet", ONE["anet"] + b"\x01\x00\x00\x00\x05\x00\x00\x00abc", "(3 of 5 bytes) at byte 17"),
     ("msgpack", mp(), "no b'ANETMP01' header at byte 0"),
@@ -285,7 +285,7 @@ CORRUPT = [
     ("msgpack", M + mp(stdout="x"), "stdout/stderr missing or not bin at byte 8"),
     ("msgpack", M + mp(b"\xc1"), "corrupt msgpack record"),
     ("msgpack", M + mp(msgpack.packb(GOOD) + b"\x0a"), "received extra data.) at byte 8"),
-    ("msgpack", M + b"\x40\x00\x00\x01", "record of 1073741825 bytes, over MAX_RECORD at byte 8"),
+    ("msgpack", M + b"\x40\x00\x00\x01", "1073741825 bytes, over the 1073741824-byte limit at"),
     ("jsonl", b"not json\n", "corrupt JSON line (Expecting value: line 1 column 1 (char 0)) at"),
     ("jsonl", ONE["jsonl"] + b'{"id":"\xff"}\n', "corrupt JSON line ('utf-8' codec"),
     ("jsonl", ONE["jsonl"] + b"[1]\n", f"JSON line is not an object at byte {AFTER_JL}"),
@@ -302,7 +302,7 @@ CORRUPT = [
     ("text", ONE["text"] + b"--- job 2 stderr, 1 bytes ---\n", "not a job header line at byte 58"),
     ("text", ONE["text"] + b"--- job 1 stderr, x bytes ---\n", "bad stderr header line at byte 58"),
     ("text", ONE["text"] + b"--- job \xff\n", "job header is not UTF-8 at byte 58"),
-    ("text", HEAD.replace(b" 3 bytes", b" 1073741825 bytes"), "record of 1073741825 bytes, over"),
+    ("text", HEAD.replace(b" 3 bytes", b" 4294967296 bytes"), "record of 4294967296 bytes, over"),
 ]
 
 
@@ -328,10 +328,12 @@ def test_writers_refuse_what_readers_would_reject(monkeypatch: pytest.MonkeyPatc
         sinks.encode_text(dataclasses.replace(big, host="a b"))
     streams = {name: stream_of(name, [big]) for name in FORMATS}
     monkeypatch.setattr(sinks, "MAX_RECORD", 100)
+    monkeypatch.setattr(sinks, "MAX_BIG_RECORD", 100)
+    monkeypatch.setattr(sinks, "ANET_MAX_STDOUT", 100)
     for name, encoder in FORMATS.items():
         with pytest.raises(ValueError, match="record limit"):
             encoder.encode(big)
-        with pytest.raises(ResultFormatError, match=r"over MAX_RECORD|longer than 100 bytes"):
+        with pytest.raises(ResultFormatError, match=r"over the 100-byte limit|longer than 100 b"):
             read_all(streams[name], name)
 
 

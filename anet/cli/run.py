@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +16,9 @@ from dispatcher.polite import Polite
 
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from ..core.batch import BatchSource, count_jobs, open_source, read_batch
+from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
+from ..core.spool import spool_dir
 from ..deps.manifest import start_scan
 from ..errors import UsageError
 from ..logs import get_logger
@@ -28,8 +32,8 @@ from ..streams.journal import (
     fingerprint_batch,
 )
 from ..streams.output import open_output
-from ..streams.retention import Policy, after_run
-from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for
+from ..streams.retention import Policy, after_run, parse_size
+from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for, output_cap
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
@@ -55,12 +59,16 @@ class RunArgs:
     observe: ObserveArgs = field(default_factory=ObserveArgs)
     deps: str | None = None
     polite: Polite = field(default_factory=Polite)
+    max_output: str | None = None
 
 
 async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
+    caps = (_max_output(args.max_output, env), output_cap(encoder))
+    policy = dataclasses.replace(args.policy, caps=tuple(cap for cap in caps if cap))
+    args = dataclasses.replace(args, policy=policy)
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
     with (
@@ -136,6 +144,32 @@ async def _run(
             await tree  # a DepsError (one line) ends the run before any job starts
         async for result in cluster.run(plan):
             await out.emit(result)
+
+
+MIN_MAX_OUTPUT = 1 << 30
+"""The default --max-output is a quarter of the spool directory's free space, at least this."""
+
+
+def _max_output(text: str | None, env: Environment) -> OutputCap | None:
+    """--max-output: the most one job may print (stdout and stderr) before it is killed and
+    failed; its output is spooled to disk past spool.SPOOL_AT, so this bounds the disk a job
+    takes (the master's memory is bounded anyway). `off`: no limit."""
+    if text is not None and text.strip().lower() in ("off", "none"):
+        return None
+    if text is not None:
+        try:
+            size = parse_size(text)
+        except ValueError:
+            raise UsageError(f"--max-output takes a size (e.g. 4G), not {text!r}") from None
+        return OutputCap(size, f"--max-output {text}")
+    where = spool_dir(env.environ)
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stat = os.statvfs(where)
+        size = max(stat.f_bavail * stat.f_frsize // 4, MIN_MAX_OUTPUT)
+    except OSError:
+        size = MIN_MAX_OUTPUT
+    return OutputCap(size, f"{size >> 20} MiB (--max-output: a quarter of the free disk)")
 
 
 def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
@@ -236,6 +270,10 @@ Examples:
     help="Results in job-id order (those waiting for an earlier job wait on disk).",
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
+@click.option(
+    "--max-output", metavar="SIZE|off",
+    help="Kill and fail a job printing more (e.g. 4G). Default: a quarter of the free disk.",
+)  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress view, no end summary.")
 @click.option(
     "--progress", is_flag=True,
@@ -263,6 +301,7 @@ def run_command(
     results: Path | None,
     keep_order: bool,
     tag: bool,
+    max_output: str | None,
     quiet: bool,
     progress: bool,
 ) -> int:
@@ -279,7 +318,7 @@ def run_command(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
-        deps=deps, polite=polite,
+        deps=deps, polite=polite, max_output=max_output,
     )  # fmt: skip
     return run_async(program(args, env))
 

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
 from ..errors import protocol_error
 from ..logs import get_logger
 from .batch import Job, unrunnable
-from .record import JobResult
+from .record import JobResult, SpooledResult
 from .scheduler import Attempt, Ended, Scheduler, Verdict
+from .spool import SPOOL_AT, OutputCap, Spool
+from .spool import Output as Held
 
 log = get_logger()
 
 KILL_GRACE = 2.0
 """Seconds between TERM and KILL for a timed-out or superseded attempt's process group."""
+KEEP_SMALL = 64 << 10
+"""A spooled stream this small at the end (stderr beside a huge stdout) is read back into
+memory: its result then holds bytes, one file fewer kept open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class RunPolicy:
     retries: int = 2
     timeout: float | str | None = None
     speculate: bool = True
+    caps: tuple[OutputCap, ...] = ()  # --max-output, and what the output format can carry
 
 
 @dataclass(slots=True, kw_only=True)
@@ -91,7 +98,8 @@ class Actions:
 
 @dataclass(slots=True)
 class _Flight:
-    """An attempt sent to a host and not ended: where it went and what it said so far."""
+    """An attempt sent to a host and not ended: where it went and what it said so far (in
+    memory, then, past SPOOL_AT, in spool files: `spools` by stream, made as needed)."""
 
     attempt: Attempt
     stdout: bytearray = field(default_factory=bytearray)
@@ -99,10 +107,52 @@ class _Flight:
     start: float = 0.0  # Unix time: sent, then started
     started: bool = False
     dropped: bool = False  # a superseded copy: its output is moot, its Exit still gets logged
+    spools: list[Spool | None] | None = None
+    cut: str | None = None  # why its output was cut and it was killed: its job's failure
+    spooled: int = 0  # bytes in its spools
 
     @property
     def size(self) -> int:
-        return len(self.stdout) + len(self.stderr)
+        return len(self.stdout) + len(self.stderr) + self.spooled
+
+    def stream_size(self, index: int) -> int:
+        spool = self.spools[index] if self.spools is not None else None
+        return len((self.stdout, self.stderr)[index]) + (spool.size if spool else 0)
+
+    def spool(self, index: int, data: bytes, directory: Path | None) -> None:
+        """Append to the stream's spool file, made (with what memory held) when first needed."""
+        spools = self.spools if self.spools is not None else [None, None]
+        self.spools = spools
+        spool = spools[index]
+        if spool is None:
+            spool = spools[index] = Spool(directory)
+            held = (self.stdout, self.stderr)[index]
+            spool.write(held)
+            self.spooled += len(held)
+            held.clear()
+        spool.write(data)
+        self.spooled += len(data)
+
+    def output(self, index: int) -> Held:
+        """The stream as its result holds it: bytes, or its spool when it is big."""
+        spool = self.spools[index] if self.spools is not None else None
+        if spool is None:
+            return bytes((self.stdout, self.stderr)[index])
+        if spool.size > KEEP_SMALL:
+            return spool
+        data = spool.read()
+        spool.close()
+        return data
+
+    def drop(self) -> None:
+        """Its output is moot: forget it, spool files included."""
+        self.dropped = True
+        self.stdout.clear()
+        self.stderr.clear()
+        for spool in self.spools or ():
+            if spool is not None:
+                spool.close()
+        self.spools, self.spooled = None, 0
 
 
 class Engine:
@@ -116,6 +166,7 @@ class Engine:
         stats: dict[str, HostStats],
         *,
         wall_offset: float = 0.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self._failed_early: list[JobResult] = []
         self._scheduler = Scheduler(
@@ -130,6 +181,10 @@ class Engine:
         self._flights: dict[int, _Flight] = {}
         self._draining = False
         self._actions = Actions()
+        self._caps = policy.caps
+        self._spool_dir = spool_dir
+        # Output up to this many bytes an attempt keeps in memory with no further look
+        self._quick = min([SPOOL_AT, *(cap.size for cap in policy.caps)])
 
     # -- what comes in ------------------------------------------------------------------------
 
@@ -159,9 +214,10 @@ class Engine:
             )  # fmt: skip
             self._actions.results.append(result)
 
-    def frame(self, host: str, msg: Message, now: float) -> None:
+    def frame(self, host: str, msg: Message, now: float) -> bool:
         """A Started, Output or Exit frame from `host`. HostError (permanent) when the host
-        speaks of an attempt that is not its own: it breaks the protocol, and is given up."""
+        speaks of an attempt that is not its own: it breaks the protocol, and is given up.
+        True when an Output brought a decision to carry out (a kill: output over a cap)."""
         aid = getattr(msg, "aid", -1)
         flight = self._flights.get(aid)
         if flight is None or flight.attempt.host != host:
@@ -171,12 +227,18 @@ class Engine:
                 " or had already ended there",
             )
         if isinstance(msg, Output):
-            if not flight.dropped:
-                (flight.stdout if msg.stream == STDOUT else flight.stderr).extend(msg.data)
-        elif isinstance(msg, Started):
+            if flight.dropped:
+                return False
+            out, err = flight.stdout, flight.stderr
+            if flight.spools is None and len(out) + len(err) + len(msg.data) <= self._quick:
+                (out if msg.stream == STDOUT else err).extend(msg.data)
+                return False
+            return self._big_output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
+        if isinstance(msg, Started):
             self._started(host, flight, msg, now)
         elif isinstance(msg, Exit):
             self._exit(host, flight, msg, now)
+        return False
 
     def owns(self, aid: int) -> bool:
         """The attempt was sent by this run and has not ended: its frames are this run's."""
@@ -206,9 +268,7 @@ class Engine:
             flight = self._flights.get(kill.attempt.aid)
             if kill.reason.moot:
                 if flight is not None:  # lost the race, or the run stops: its output is moot
-                    flight.dropped = True
-                    flight.stdout.clear()
-                    flight.stderr.clear()
+                    flight.drop()
             else:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE))
@@ -258,10 +318,41 @@ class Engine:
         self._stats[host].running += 1
         self._scheduler.attempt_started(msg.aid, now)
 
+    def _big_output(self, flight: _Flight, index: int, data: bytes) -> bool:
+        """Output past the quick bound: checked against the caps, then kept in memory up to
+        SPOOL_AT, spooled beyond. True when it cut the attempt (a Kill to send)."""
+        for cap in self._caps:
+            size = flight.stream_size(0) if cap.stdout_only else flight.size
+            if size + (len(data) if index == 0 or not cap.stdout_only else 0) > cap.size:
+                return self._cut(flight, f"its output passed {cap.why}")
+        if flight.spools is None and flight.size + len(data) <= SPOOL_AT:
+            (flight.stdout, flight.stderr)[index].extend(data)
+            return False
+        try:
+            flight.spool(index, data, self._spool_dir)
+        except OSError as exc:  # a full disk: this job fails, the run goes on
+            why = exc.strerror or str(exc)
+            return self._cut(flight, f"its output could not be spooled to disk ({why})")
+        return False
+
+    def _cut(self, flight: _Flight, why: str) -> bool:
+        """Kill the attempt for its output; its Exit makes its job fail with `why`."""
+        attempt = flight.attempt
+        log.warning(f"job {attempt.job.id}: {why}; killing it", host=attempt.host)
+        size = flight.size
+        flight.drop()
+        flight.spooled, flight.cut = size, why  # its size stays for the attempt log
+        self._actions.send(attempt.host, Kill(attempt.aid, KILL_GRACE))
+        return True
+
     def _exit(self, host: str, flight: _Flight, msg: Exit, now: float) -> None:
         del self._flights[msg.aid]
         ended = self._scheduler.attempt_ended(
-            msg.aid, ok=msg.code == 0, now=now, duration=msg.duration
+            msg.aid,
+            ok=msg.code == 0 and flight.cut is None,
+            now=now,
+            duration=msg.duration,
+            retry=flight.cut is None,
         )
         self._count(host, flight, ended, msg)
         if ended.paused is not None:
@@ -269,7 +360,12 @@ class Engine:
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
-        result = JobResult(
+        if flight.spools is None:  # the common case: all in memory
+            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), JobResult
+        else:
+            out, err = flight.output(0), flight.output(1)
+            kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
+        result = kind(
             id=attempt.job.id,
             ok=ended.ok,
             exit_code=msg.code,
@@ -277,9 +373,9 @@ class Engine:
             host=host,
             attempts=attempt.number,
             duration=msg.duration,
-            stdout=bytes(flight.stdout),
-            stderr=bytes(flight.stderr),
-            error=ended.error,
+            stdout=out,  # type: ignore[arg-type]  # bytes, or a Spool
+            stderr=err,  # type: ignore[arg-type]
+            error=flight.cut or ended.error,
         )
         if not ended.final:
             why = ended.error or _status(result)

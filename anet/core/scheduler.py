@@ -214,13 +214,20 @@ class Scheduler:
             self._table.retune(host, self.runtimes)
 
     def attempt_ended(
-        self, aid: int, *, ok: bool = True, now: float | None = None, duration: float | None = None
+        self,
+        aid: int,
+        *,
+        ok: bool = True,
+        now: float | None = None,
+        duration: float | None = None,
+        retry: bool = True,
     ) -> Ended:
         """The attempt is over; the verdict says whether its result is the job's final one.
 
         `ok`: it exited with status 0. `duration`: its run time as measured on the host (better
         than the master's clock, which adds network delay); else `now` - start is used. The
-        default `ok=True` keeps callers that predate retries emitting every result.
+        default `ok=True` keeps callers that predate retries emitting every result. A failure
+        with `retry=False` uses up the job's retries (its output passed a cap: it would again).
         """
         now = self._tick(now)
         run = self._flights.end(aid)
@@ -234,6 +241,8 @@ class Scheduler:
         if state is None or (run.doom is not None and run.doom.moot):
             return Ended(Verdict.STALE, run.attempt)
         state.aids.discard(aid)
+        if not ok and not retry:
+            state.failures = max(state.failures, self._retries)
         if not ok:  # a timed-out attempt that still exited 0 ended just before its kill: a success
             error = f"timed out after {run.limit:.3g} s" if run.doom else None
             return self._failed(state, run, error, now)

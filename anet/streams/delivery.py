@@ -66,6 +66,9 @@ class Delivery:
 
     async def emit(self, result: JobResult) -> None:
         self.total += 1
+        if result.spooled:
+            await self._emit_parts(result)
+            return
         try:
             data = self._encoder.encode(result)
         except ValueError as exc:  # e.g. over the format's record size limit
@@ -74,6 +77,25 @@ class Delivery:
             return
         self.failed += not result.ok
         await self._output.write(data, result.id)
+        self._mark()
+
+    async def _emit_parts(self, result: JobResult) -> None:
+        """A result with a spooled output, written a chunk at a time: each write waits while
+        the reader lags, so the record never sits whole in memory. Its size is checked before
+        its first byte: a record the format cannot carry is never begun."""
+        parts = self._encoder.parts(result)
+        try:
+            first = next(parts, b"")
+        except ValueError as exc:
+            log.error(f"job {result.id}: cannot write its result as {self._encoder.name}: {exc}")
+            self.failed += 1
+            return
+        self.failed += not result.ok
+        await self._output.write(first)
+        for piece in parts:
+            await self._output.write(piece)
+            await asyncio.sleep(0)  # a file or a terminal never makes it wait: let others run
+        await self._output.write(b"", result.id)  # the record's end: delivered once taken
         self._mark()
 
     async def _mark_often(self) -> None:

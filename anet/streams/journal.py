@@ -33,6 +33,7 @@ pages); only a power cut can take the last commits, as it would any unsynced fil
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import os
@@ -47,7 +48,8 @@ from typing import Any, NamedTuple
 
 from .._version import __version__
 from ..core.batch import NUMBERING, numbered_alike
-from ..core.record import JobResult
+from ..core.record import JobResult, SpooledResult
+from ..core.spool import Output, Spool, chunks
 from ..errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -374,12 +376,38 @@ class Journal:
 
     def record(self, result: JobResult) -> None:
         """Buffer a final result; it is durable after the next commit (see `flush`)."""
-        size = len(result.stdout) + len(result.stderr)
-        if size > INLINE_OUTPUT:
+        size = result.output_size
+        if size > INLINE_OUTPUT or result.spooled:  # a spool is copied in chunks, never read whole
             self._chunked.append(result)
         else:
             self._results.append((*_AS_ROW(result), 0))
         self._pending_bytes += size
+        self._flush_if_full()
+
+    async def record_spooled(self, result: JobResult) -> None:
+        """`record` for a result with a spooled output: its outputs go into output_chunks a
+        CHUNK at a time, the event loop running between two (a gigabyte written in one go
+        stalls it for seconds: hosts' heartbeats, other results, the reader all wait), then
+        its row is buffered like any result's, committed by the next flush.
+
+        Each chunk commits on its own: a kill midway leaves chunks no row points at, which the
+        job's next result (a --resume runs it again) replaces. A success already recorded for
+        the id is never touched (as `_UPSERT_RESULT` keeps it)."""
+        if self._broken is not None:
+            raise self._broken
+        query = "SELECT 1 FROM results WHERE id = ? AND ok"
+        try:
+            if self._db.execute(query, (result.id,)).fetchone():
+                return
+            self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
+            for stream, output in ((1, result.out), (2, result.err)):
+                for seq, piece in enumerate(_pieces(output)):
+                    self._db.execute(_INSERT_CHUNK, (result.id, stream, seq, piece))
+                    await asyncio.sleep(0)
+        except sqlite3.Error as exc:
+            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            raise self._broken from None
+        self._results.append((*_AS_ROW(replace(result, stdout=b"", stderr=b"")), 1))
         self._flush_if_full()
 
     def mark_delivered(self, job_id: int) -> None:
@@ -454,14 +482,10 @@ class Journal:
         if self._db.execute(_UPSERT_RESULT, row).rowcount == 0:
             return  # a success already stands for this id
         self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
-        for stream, data in ((1, result.stdout), (2, result.stderr)):
-            view = memoryview(data)
+        for stream, output in ((1, result.out), (2, result.err)):
             self._db.executemany(
                 _INSERT_CHUNK,
-                (
-                    (result.id, stream, seq, view[at : at + CHUNK])
-                    for seq, at in enumerate(range(0, len(view), CHUNK))
-                ),
+                ((result.id, stream, seq, piece) for seq, piece in enumerate(_pieces(output))),
             )
 
     def close(self) -> None:
@@ -528,17 +552,25 @@ class Journal:
     def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
         query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
         for row in self._paged(query, after):
-            stdout, stderr = self._chunks(row[0]) if row[-1] else (row[7], row[8])
-            yield JobResult(row[0], bool(row[1]), *row[2:7], stdout, stderr, row[9])
+            if row[-1]:
+                out, err = self._chunks(row[0])
+                yield SpooledResult(row[0], bool(row[1]), *row[2:7], out, err, row[9])  # type: ignore[arg-type]
+            else:
+                yield JobResult(row[0], bool(row[1]), *row[2:7], row[7], row[8], row[9])
 
-    def _chunks(self, job_id: int) -> tuple[bytes, bytes]:
-        """A chunked result's stdout and stderr, put back together."""
-        parts: tuple[list[bytes], list[bytes]] = ([], [])
+    def _chunks(self, job_id: int) -> tuple[Output, Output]:
+        """A chunked result's stdout and stderr, copied into spools a chunk at a time: a
+        resumed or reordered result of gigabytes never sits whole in memory either."""
+        spools: list[Spool | None] = [None, None]
         with self._reading() as db:
             query = "SELECT stream, data FROM output_chunks WHERE id = ? ORDER BY stream, seq"
             for stream, data in db.execute(query, (job_id,)):
-                parts[stream - 1].append(data)
-        return b"".join(parts[0]), b"".join(parts[1])
+                spool = spools[stream - 1]
+                if spool is None:
+                    spool = spools[stream - 1] = Spool()
+                spool.write(data)
+        out, err = spools
+        return out if out is not None else b"", err if err is not None else b""
 
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
@@ -791,3 +823,11 @@ def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
             f" {SCHEMA_VERSION}; run without --resume to start over"
         )
     return meta
+
+
+def _pieces(output: Output) -> Iterator[bytes | memoryview]:
+    """An output in CHUNK pieces: slices of bytes (no copy), or reads of a spool."""
+    if isinstance(output, bytes):
+        view = memoryview(output)
+        return (view[at : at + CHUNK] for at in range(0, len(view), CHUNK))
+    return chunks(output, CHUNK)

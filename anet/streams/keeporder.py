@@ -143,14 +143,16 @@ class KeepOrder:
         return len(self._held) + len(self._spilled)
 
     def add(self, result: JobResult) -> Iterator[JobResult]:
-        size = len(result.stdout) + len(result.stderr)
+        size = _held_size(result)
         if self._expected and self._expected[0] == result.id:
             self._expected.popleft()
             yield from self._earlier_before(result.id)
             yield result
             yield from self._release()
             return
-        if len(self._held) < self._max_held and self._held_bytes + size <= self._max_bytes:
+        if result.spooled or (
+            len(self._held) < self._max_held and self._held_bytes + size <= self._max_bytes
+        ):  # a spooled result waits in its spool files: never copied into a spill
             self._held[result.id] = result
             self._held_bytes += size
         else:
@@ -164,7 +166,7 @@ class KeepOrder:
             head = expected[0]
             if head in self._held:
                 result = self._held.pop(head)
-                self._held_bytes -= len(result.stdout) + len(result.stderr)
+                self._held_bytes -= _held_size(result)
                 expected.popleft()
                 yield from self._earlier_before(head)
                 yield result
@@ -199,3 +201,8 @@ class KeepOrder:
 
     def close(self) -> None:
         self._spill.close()
+
+
+def _held_size(result: JobResult) -> int:
+    """Output bytes the result holds in memory (none for a spooled one)."""
+    return 0 if result.spooled else result.output_size

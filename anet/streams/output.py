@@ -28,6 +28,9 @@ from typing import BinaryIO
 
 from ..errors import AnetError
 
+FLUSH_AT = 1 << 20
+"""Bytes queued in one loop iteration beyond which they are written at once."""
+
 
 class OutputClosed(AnetError):
     """The program reading anet's output went away (broken pipe)."""
@@ -46,10 +49,14 @@ class ResultOutput:
         self._ends: deque[tuple[int, int]] = deque()  # (byte offset after a job's bytes, id)
 
     async def write(self, data: bytes, job_id: int | None = None) -> None:
-        """Queue `data` (all of `job_id`'s result, when given) for this iteration's write."""
+        """Queue `data` (the end of `job_id`'s result, when given) for this iteration's write;
+        past FLUSH_AT queued, written at once (a big result comes in many pieces, all within
+        one iteration when nothing makes its writer wait)."""
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush_pending)
         self._enqueue(data, job_id)
+        if self._queued - self._pushed >= FLUSH_AT:
+            self._flush_pending()
 
     def _enqueue(self, data: bytes, job_id: int | None) -> None:
         self._pending.append(data)

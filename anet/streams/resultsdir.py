@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..core.record import JobResult
+from ..core.spool import Output, chunks
 from ..errors import UsageError
 from .sinks import head_fields
 
@@ -25,8 +26,8 @@ def meta(result: JobResult) -> dict[str, object]:
     return {
         **head_fields(result),
         "error": result.error,
-        "stdout_bytes": len(result.stdout),
-        "stderr_bytes": len(result.stderr),
+        "stdout_bytes": len(result.out),
+        "stderr_bytes": len(result.err),
     }
 
 
@@ -49,8 +50,8 @@ class ResultsDir:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            (tmp / "stdout").write_bytes(result.stdout)
-            (tmp / "stderr").write_bytes(result.stderr)
+            _write(tmp / "stdout", result.out)
+            _write(tmp / "stderr", result.err)
             (tmp / META).write_text(json.dumps(meta(result), indent=1) + "\n", encoding="utf-8")
             if final.exists():  # rename(2) will not replace a non-empty directory
                 old = self.root / f".{result.id}.{os.getpid()}.old"
@@ -64,6 +65,13 @@ class ResultsDir:
             raise UsageError(
                 f"cannot write results of job {result.id} in {self.root}: {exc}"
             ) from None
+
+
+def _write(path: Path, output: Output) -> None:
+    """An output to its file, a spool a chunk at a time."""
+    with path.open("wb") as file:
+        for piece in chunks(output):
+            file.write(piece)
 
 
 def read_result(folder: str | os.PathLike[str]) -> JobResult:

@@ -1,7 +1,10 @@
-"""The result streams anet writes on stdout: one pure encoder per format, no I/O.
+"""The result streams anet writes on stdout: one encoder per format.
 
 A stream is an encoder's `header`, written once before the first record (even when no record
-follows), then `encode(result)` for each final result, in the order the results become final.
+follows), then `encode(result)` for each final result, in the order the results become final;
+or `parts(result)`, the same bytes in pieces, for a result whose output was spooled (the only
+I/O here: reading its spool a chunk at a time, lengths first). A format's limit is checked
+before the first piece, so a record is never begun that cannot be finished.
 The CLI does the writing; `anet.results.read` reads every format back. These layouts are a
 public contract: change them only by adding a new format (or a new msgpack header version).
 
@@ -22,7 +25,9 @@ msgpack -- header b"ANETMP01", then per job, failures included:
 
 jsonl -- no header; one compact JSON object per line, UTF-8 (not ASCII-escaped), same keys in
     the same order. stdout is `"stdout": "<text>"` when its bytes are valid UTF-8, else
-    `"stdout_base64": "<base64>"`: the key name is the marker. Likewise stderr.
+    `"stdout_base64": "<base64>"`: the key name is the marker. Likewise stderr. An output that
+    was spooled (past spool.SPOOL_AT) is always base64: encoded a piece at a time, its length
+    known in advance.
 
 text -- no header; for humans, yet exactly parseable. Per job:
 
@@ -54,7 +59,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -62,10 +67,14 @@ from typing import Final
 import msgpack
 
 from anet.core.record import JobResult
+from anet.core.spool import CHUNK, Output, OutputCap, Spool, chunks
 from anet.errors import UsageError
 
 MAX_RECORD: Final = 1 << 30
-"""Largest record (msgpack map, JSON line, one output) a writer emits and a reader accepts."""
+"""Largest msgpack record a writer emits and a reader accepts (the header rule below)."""
+MAX_BIG_RECORD: Final = 0xFFFFFFFF
+"""Largest record of the other formats: an anet stdout (its uint32 length), a JSON line, a
+text output. A reader holds one record in memory; `--results DIR` has no limit."""
 
 MSGPACK_MAGIC: Final = b"ANETMP01"
 TEXT_MAGIC: Final = b"--- job "
@@ -78,27 +87,80 @@ _UINT32_MAX = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class Encoder:
-    """One output format: `header` once at the start of the stream, then `encode` per result."""
+    """One output format: `header` once at the start of the stream, then `encode` per result
+    (bytes), or `parts` (the same bytes in pieces: for a result with a spooled output)."""
 
     name: str
     header: bytes
     encode: Callable[[JobResult], bytes]
+    parts: Callable[[JobResult], Iterator[bytes]]
 
 
-def _check_size(size: int, what: str) -> None:
-    """Refuse to write what no reader would accept (ValueError: the caller's mistake)."""
-    if size > MAX_RECORD:
-        raise ValueError(f"{what} is {size} bytes, over the {MAX_RECORD}-byte record limit")
+def _check_size(size: int, what: str, limit: int | None = None) -> None:
+    """Refuse to write what no reader would accept (ValueError: the caller's mistake); the
+    limit is MAX_BIG_RECORD unless given."""
+    limit = MAX_BIG_RECORD if limit is None else limit
+    if size > limit:
+        raise ValueError(f"{what} is {size} bytes, over the {limit}-byte record limit")
+
+
+_HEAD_ROOM = 64 << 10
+"""Bytes a record's other fields may take beside its outputs, for the caps below."""
+
+
+def output_cap(encoder: Encoder) -> OutputCap | None:
+    """The most output a job may print for its record to fit `encoder`'s format: past it the
+    job is killed and failed (engine.OutputCap), never written as a corrupt or cut record."""
+    if encoder.name == "anet":
+        return OutputCap(
+            ANET_MAX_STDOUT,
+            f"{_size(ANET_MAX_STDOUT)} on stdout, the most the anet format carries",
+            stdout_only=True,
+        )
+    if encoder.name == "msgpack":
+        return OutputCap(
+            MAX_RECORD - _HEAD_ROOM,
+            f"{_size(MAX_RECORD - _HEAD_ROOM)}, the most a msgpack record carries",
+        )
+    if encoder is TAGGED_TEXT:
+        return None
+    if encoder.name == "jsonl":  # a big output goes as base64: 4 bytes per 3
+        size = (MAX_BIG_RECORD - _HEAD_ROOM) // 4 * 3
+        return OutputCap(size, f"{_size(size)}, the most a JSON line carries")
+    return OutputCap(MAX_BIG_RECORD, f"{_size(MAX_BIG_RECORD)}, the most the text format carries")
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes" if size < 1 << 20 else f"{size / (1 << 20):.0f} MiB ({size} bytes)"
+
+
+ANET_MAX_STDOUT = _UINT32_MAX
+"""The most stdout an anet record carries (its uint32 length); a module constant for tests."""
 
 
 def encode_anet(result: JobResult) -> bytes:
     """The original ANet record for a successful job; b"" for a failed one."""
     if not result.ok:
         return b""
+    if result.spooled:
+        return b"".join(anet_parts(result))
+    out = result.stdout
     if not 0 <= result.id <= _UINT32_MAX:
         raise ValueError(f"job id {result.id} does not fit the anet format's uint32")
-    _check_size(len(result.stdout), "stdout")
-    return _ANET_HEAD.pack(result.id, len(result.stdout)) + result.stdout
+    _check_size(len(out), "stdout", ANET_MAX_STDOUT)
+    return _ANET_HEAD.pack(result.id, len(out)) + out
+
+
+def anet_parts(result: JobResult) -> Iterator[bytes]:
+    """The anet record in pieces: the head (its length first), then stdout as held."""
+    if not result.ok:
+        return
+    if not 0 <= result.id <= _UINT32_MAX:
+        raise ValueError(f"job id {result.id} does not fit the anet format's uint32")
+    out = result.out
+    _check_size(len(out), "stdout", ANET_MAX_STDOUT)
+    yield _ANET_HEAD.pack(result.id, len(out))
+    yield from chunks(out)
 
 
 def head_fields(result: JobResult) -> dict[str, object]:
@@ -123,8 +185,40 @@ def encode_msgpack(result: JobResult) -> bytes:
         "error": result.error,
     }
     body = msgpack.packb(fields, use_bin_type=True)
-    _check_size(len(body), "msgpack record")
+    _check_size(len(body), "msgpack record", MAX_RECORD)
     return len(body).to_bytes(4, "big") + body
+
+
+def _bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for `size` bytes, as packb writes it before the bytes."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def msgpack_parts(result: JobResult) -> Iterator[bytes]:
+    """The same bytes as `encode_msgpack`, the outputs copied in chunks: the map is packed
+    field by field, each output as a bin header then its bytes, so the length comes first."""
+    if not result.spooled:
+        yield encode_msgpack(result)
+        return
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(10) + b"".join(
+        packer.pack(key) + packer.pack(value) for key, value in head_fields(result).items()
+    )
+    out, err = result.out, result.err
+    out_head = packer.pack("stdout") + _bin_header(len(out))
+    err_head = packer.pack("stderr") + _bin_header(len(err))
+    tail = packer.pack("error") + packer.pack(result.error)
+    size = len(head) + len(out_head) + len(out) + len(err_head) + len(err) + len(tail)
+    _check_size(size, "msgpack record", MAX_RECORD)
+    yield size.to_bytes(4, "big") + head + out_head
+    yield from chunks(out)
+    yield err_head
+    yield from chunks(err)
+    yield tail
 
 
 def _json_output(key: str, data: bytes) -> dict[str, str]:
@@ -149,6 +243,32 @@ def encode_jsonl(result: JobResult) -> bytes:
     return data
 
 
+_B64_CHUNK = 3 << 18
+"""Spool bytes per base64 piece: a multiple of 3, so the pieces' base64 join up exactly."""
+
+
+def jsonl_parts(result: JobResult) -> Iterator[bytes]:
+    """The JSON line in pieces; a spooled output goes as `..._base64` (valid UTF-8 or not:
+    readers accept either key for any bytes), encoded a chunk at a time."""
+    if not result.spooled:
+        yield encode_jsonl(result)
+        return
+    out, err = result.out, result.err
+    size = sum(4 * -(-len(o) // 3) for o in (out, err) if isinstance(o, Spool))
+    _check_size(size, "JSON line")
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    yield dumps(head_fields(result)).encode("utf-8")[:-1]
+    for key, output in (("stdout", out), ("stderr", err)):
+        if isinstance(output, Spool):
+            yield f',"{key}_base64":"'.encode()
+            for piece in output.chunks(_B64_CHUNK):
+                yield base64.b64encode(piece)
+            yield b'"'
+        else:
+            yield b"," + dumps(_json_output(key, output)).encode("utf-8")[1:-1]
+    yield b',"error":' + dumps(result.error).encode("utf-8") + b"}\n"
+
+
 def _text_status(result: JobResult) -> str:
     if result.ok:
         return "ok"
@@ -168,42 +288,88 @@ def _text_body(data: bytes) -> list[bytes]:
 
 def encode_text(result: JobResult) -> bytes:
     """A header line carrying the byte count, stdout, and stderr under its own header."""
+    if result.spooled:
+        return b"".join(text_parts(result))
     if any(char.isspace() for char in result.host):
         raise ValueError(f"host name {result.host!r} contains whitespace")
-    _check_size(len(result.stdout), "stdout")
-    _check_size(len(result.stderr), "stderr")
+    out, err = result.stdout, result.stderr
+    _check_size(len(out), "stdout")
+    _check_size(len(err), "stderr")
     head = (
         f"--- job {result.id} on {result.host}: {_text_status(result)} in {result.duration:.3f}s"
-        f" (attempt {result.attempts}), {len(result.stdout)} bytes ---\n"
+        f" (attempt {result.attempts}), {len(out)} bytes ---\n"
     )
-    parts = [head.encode("utf-8"), *_text_body(result.stdout)]
-    if result.stderr:
-        parts.append(f"--- job {result.id} stderr, {len(result.stderr)} bytes ---\n".encode())
-        parts.extend(_text_body(result.stderr))
+    parts = [head.encode(), *_text_body(out)]
+    if err:
+        parts.append(f"--- job {result.id} stderr, {len(err)} bytes ---\n".encode())
+        parts.extend(_text_body(err))
     return b"".join(parts)
+
+
+def text_parts(result: JobResult) -> Iterator[bytes]:
+    """The text record in pieces, outputs as held (in chunks when spooled)."""
+    if any(char.isspace() for char in result.host):
+        raise ValueError(f"host name {result.host!r} contains whitespace")
+    out, err = result.out, result.err
+    _check_size(len(out), "stdout")
+    _check_size(len(err), "stderr")
+    yield (
+        f"--- job {result.id} on {result.host}: {_text_status(result)} in {result.duration:.3f}s"
+        f" (attempt {result.attempts}), {len(out)} bytes ---\n"
+    ).encode()
+    yield from _text_output(out)
+    if len(err):
+        yield f"--- job {result.id} stderr, {len(err)} bytes ---\n".encode()
+        yield from _text_output(err)
+
+
+def _text_output(output: Output) -> Iterator[bytes]:
+    """The output, and a line end when it lacks one, so the next header starts a line."""
+    if isinstance(output, bytes):
+        yield from _text_body(output)
+        return
+    last = b""
+    for last in chunks(output):
+        yield last
+    if last and not last.endswith(b"\n"):
+        yield b"\n"
 
 
 def encode_text_tagged(result: JobResult) -> bytes:
     """Each output line prefixed with the job id and host (GNU parallel's --tag)."""
+    return b"".join(tagged_parts(result))
+
+
+def tagged_parts(result: JobResult) -> Iterator[bytes]:
+    """The tagged lines, a chunk of output at a time (a line cut by a chunk's end is held
+    until its end arrives, up to a chunk: a longer line is cut into tagged lines)."""
     if any(char.isspace() for char in result.host):
         raise ValueError(f"host name {result.host!r} contains whitespace")
     tag = f"{result.id} {result.host}".encode()
-    parts = [tag + b"\t" + line for line in result.stdout.splitlines(keepends=True)]
-    parts += [tag + b" stderr\t" + line for line in result.stderr.splitlines(keepends=True)]
+    for prefix, output in ((tag + b"\t", result.out), (tag + b" stderr\t", result.err)):
+        rest = b""
+        for piece in chunks(output):
+            lines = (rest + piece).splitlines(keepends=True)
+            rest = lines.pop() if not lines[-1].endswith(b"\n") else b""
+            if len(rest) > CHUNK:  # a line that long goes out as lines of a chunk each
+                lines.append(rest + b"\n")
+                rest = b""
+            yield b"".join(prefix + line for line in lines)
+        if rest:
+            yield prefix + rest + b"\n"
     if not result.ok:
-        parts.append(tag + b" status\t" + _text_status(result).encode("utf-8"))
-    return b"".join(part if part.endswith(b"\n") else part + b"\n" for part in parts)
+        yield tag + b" status\t" + _text_status(result).encode("utf-8") + b"\n"
 
 
-TAGGED_TEXT: Final = Encoder("text", b"", encode_text_tagged)
+TAGGED_TEXT: Final = Encoder("text", b"", encode_text_tagged, tagged_parts)
 """The text format with --tag."""
 
 FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
     {
-        "anet": Encoder("anet", b"", encode_anet),
-        "msgpack": Encoder("msgpack", MSGPACK_MAGIC, encode_msgpack),
-        "jsonl": Encoder("jsonl", b"", encode_jsonl),
-        "text": Encoder("text", b"", encode_text),
+        "anet": Encoder("anet", b"", encode_anet, anet_parts),
+        "msgpack": Encoder("msgpack", MSGPACK_MAGIC, encode_msgpack, msgpack_parts),
+        "jsonl": Encoder("jsonl", b"", encode_jsonl, jsonl_parts),
+        "text": Encoder("text", b"", encode_text, text_parts),
     }
 )
 """Every output format by the name the CLI knows it by."""

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.record import JobResult
+from ..core.spool import tail
 from ..printable import failure_line
 from .progress import Snapshot, duration, host_state, job_time
 from .tables import table
 
+STDERR_TAIL = 64 << 10
+"""Bytes of a failed job's stderr searched for its last line (never a whole spooled one)."""
 FAILED_SHOWN = 20
 """Failed jobs listed by id in the summary; the journal (`anet status`) has them all."""
 
@@ -23,7 +26,7 @@ FAILED_SHOWN = 20
 def last_error_line(result: JobResult) -> str:
     """Why a job failed, in one line: anet's own explanation, else its last stderr line (both
     may hold what a host said: escaped)."""
-    said = failure_line(result.error, result.stderr)
+    said = failure_line(result.error, tail(result.err, STDERR_TAIL))
     if said is not None:
         return said
     if result.signal is not None:

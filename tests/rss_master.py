@@ -1,0 +1,26 @@
+"""`python rss_master.py RSS_FILE ARGS...` runs `anet ARGS...` as `python -m anet` does, then
+writes the master's peak RSS (KiB: VmHWM of /proc/self/status) to RSS_FILE, however it ends.
+Not getrusage: its ru_maxrss survives execve, so a child of a big pytest process would report
+the parent's size at the fork. With
+$ANET_TEST_ANET_MAX set, the anet format's stdout limit is that many bytes (a >4 GiB output
+costs minutes; the rule does not depend on the number)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from anet.cli import main
+from anet.streams import sinks
+
+if __name__ == "__main__":
+    rss_file = sys.argv.pop(1)
+    if "ANET_TEST_ANET_MAX" in os.environ:
+        sinks.ANET_MAX_STDOUT = int(os.environ["ANET_TEST_ANET_MAX"])
+    try:
+        main()
+    finally:
+        with open("/proc/self/status") as status:
+            (peak,) = (line.split()[1] for line in status if line.startswith("VmHWM:"))
+        with open(rss_file, "w") as out:
+            out.write(f"{peak}\n")

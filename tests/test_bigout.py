@@ -1,0 +1,180 @@
+"""Big outputs through the real `anet` command (real sshd hosts, and the local transport): the
+master's peak RSS stays under 150 MB whatever a job prints (its output is spooled to disk and
+copied out in chunks), and every byte arrives. The test itself never holds a big output either:
+stream_digest.py hashes the stream as it comes; rss_master.py reports the master's peak RSS.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sshd_hosts import SshdCluster
+from stream_digest import DIGESTERS, Digest, zeros_sha
+
+pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+
+RSS_MASTER = Path(__file__).with_name("rss_master.py")
+GB = 1_000_000_000
+MAX_RSS_KIB = 150_000  # 150 MB
+Digests = dict[int, Digest]
+
+
+@functools.cache
+def zeros(size: int) -> str:
+    return zeros_sha(size)
+
+
+class Run:
+    """One `anet` run whose stdout a thread digests as it arrives (or, with `read_late`, not
+    before the master has exited: a consumer that does not read)."""
+
+    def __init__(self, tmp_path: Path, cluster: SshdCluster, fmt: str, batch: list[str],
+                 *args: str, env: dict[str, str] | None = None, read_late: bool = False,
+                 timeout: float = 300) -> None:  # fmt: skip
+        tmp_path.mkdir(exist_ok=True)
+        path = tmp_path / "batch.txt"
+        path.write_text("".join(line + "\n" for line in batch))
+        self.state = tmp_path / "state"
+        rss = tmp_path / "rss"
+        argv = [sys.executable, str(RSS_MASTER), str(rss), "--ssh-config", str(cluster.ssh_config)]
+        environ = {**os.environ, "XDG_STATE_HOME": str(self.state), **(env or {})}
+        with (tmp_path / "stderr").open("wb") as errors:
+            proc = subprocess.Popen(
+                [*argv, "-q", "--format", fmt, *args, str(path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, env=environ,
+            )  # fmt: skip
+        self.digests: Digests = {}
+        try:
+            if read_late:
+                proc.wait(timeout)
+            reader = threading.Thread(target=self._digest, args=(DIGESTERS[fmt], proc.stdout))
+            reader.start()
+            reader.join(timeout)
+            self.returncode = proc.wait(5 if reader.is_alive() else timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # our own child, by its pid
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+        self.stderr = (tmp_path / "stderr").read_text(errors="replace")
+        self.rss_kib = int(rss.read_text())
+
+    def _digest(self, digester, stream) -> None:
+        self.digests.update(digester(stream))
+
+    def spools_left(self) -> list[str]:
+        folder = self.state / "anet" / "spool"
+        return os.listdir(folder) if folder.exists() else []
+
+
+def host(cluster: SshdCluster, where: str) -> list[str]:
+    return ["-S", "1/" + (cluster.names[0] if where == "ssh" else ":")]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "journal", "where"),
+    [
+        ("anet", True, "ssh"),
+        ("anet", False, "local"),
+        ("msgpack", True, "local"),
+        ("msgpack", False, "ssh"),
+        ("jsonl", True, "ssh"),
+        ("jsonl", False, "local"),
+    ],
+)
+def test_a_job_printing_1_gb_goes_through_a_master_of_at_most_150_mb(
+    cluster, tmp_path, fmt, journal, where
+):
+    journal_file = tmp_path / "journal.sqlite"  # (retention would drop a default one's results)
+    keep = ("--journal", str(journal_file)) if journal else ("--no-journal",)
+    run = Run(tmp_path, cluster, fmt, [f"head -c {GB} /dev/zero"], *host(cluster, where), *keep)
+    assert run.returncode == 0, run.stderr
+    (record,) = run.digests.values()
+    assert record.sizes == {"stdout": GB, "stderr": 0}
+    assert record.sha("stdout") == zeros(GB)
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
+    assert run.spools_left() == []  # unlinked as made: nothing to clean up, ever
+    if journal:
+        assert journal_file.stat().st_size > GB  # the journal has it too, copied in chunks
+
+
+def test_300_mb_beside_500_small_jobs_in_order_and_in_a_results_folder(cluster, tmp_path):
+    big = 300_000_000
+    batch = [f"echo job-{i}; echo err-{i} >&2" for i in range(500)]
+    batch[137] = f"head -c {big} /dev/zero; echo done >&2"
+    results = tmp_path / "results"
+    hosts = [arg for name in cluster.names for arg in ("-S", f"3/{name}")]
+    run = Run(tmp_path, cluster, "msgpack", batch, *hosts, "-k", "--results", str(results))
+    assert run.returncode == 0, run.stderr
+    assert list(run.digests) == list(range(500))  # -k: in job order, the big one in its place
+    for job_id, record in run.digests.items():
+        if job_id == 137:
+            assert record.sizes == {"stdout": big, "stderr": 5}
+            assert record.sha("stdout") == zeros(big)
+            continue
+        assert record.fields["ok"] is True
+        assert record.sha("stdout") == hashlib.sha256(b"job-%d\n" % job_id).hexdigest()
+        assert record.sha("stderr") == hashlib.sha256(b"err-%d\n" % job_id).hexdigest()
+    stdout = results / "137" / "stdout"
+    assert stdout.stat().st_size == big and _file_sha(stdout) == zeros(big)
+    assert (results / "137" / "stderr").read_bytes() == b"done\n"
+    assert (results / "499" / "stdout").read_bytes() == b"job-499\n"
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
+
+
+def test_100_mb_on_stderr(cluster, tmp_path):
+    size = 100_000_000
+    run = Run(tmp_path, cluster, "jsonl", [f"echo out; head -c {size} /dev/zero >&2"],
+              *host(cluster, "ssh"))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (record,) = run.digests.values()
+    assert record.sizes == {"stdout": 4, "stderr": size}
+    assert record.sha("stderr") == zeros(size)
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
+
+
+def test_an_endless_job_and_a_consumer_that_does_not_read_stop_at_max_output(cluster, tmp_path):
+    joblog = tmp_path / "joblog"
+    run = Run(tmp_path, cluster, "msgpack", ["yes", "echo small"], *host(cluster, "ssh"),
+              "--max-output", "100M", "--joblog", str(joblog), read_late=True)  # fmt: skip
+    assert run.returncode == 1
+    assert "job 0: its output passed --max-output 100M; killing it" in run.stderr
+    assert run.digests[0].fields["ok"] is False
+    assert run.digests[0].fields["error"] == "its output passed --max-output 100M"
+    assert run.digests[0].sizes == {"stdout": 0, "stderr": 0}
+    assert run.digests[1].sizes["stdout"] == 6
+    (line,) = [x for x in joblog.read_text().splitlines() if x.endswith("\tyes")]
+    assert line.split("\t")[6:8] != ["0", "0"]  # killed: not a clean exit
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
+
+
+def test_an_output_the_anet_format_cannot_carry_fails_its_job_and_others_carry_it(
+    cluster, tmp_path
+):
+    limit = {"ANET_TEST_ANET_MAX": str(20_000_000)}  # as if 4 GiB were 20 MB
+    batch = ["head -c 30000000 /dev/zero", "echo small"]
+    run = Run(tmp_path / "a", cluster, "anet", batch, *host(cluster, "ssh"), env=limit)
+    assert run.returncode == 1
+    assert set(run.digests) == {1}  # no record at all for job 0, never a cut one
+    assert "job 0: its output passed 19 MiB (20000000 bytes) on stdout, the most the anet format" \
+        " carries; killing it" in run.stderr  # fmt: skip
+    assert "1 of 2 jobs failed" in run.stderr
+    run = Run(tmp_path / "m", cluster, "msgpack", batch, *host(cluster, "local"), env=limit)
+    assert run.returncode == 0, run.stderr
+    assert run.digests[0].sha("stdout") == zeros(30_000_000)
+
+
+def _file_sha(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as file:
+        while piece := file.read(1 << 20):
+            sha.update(piece)
+    return sha.hexdigest()
