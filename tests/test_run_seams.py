@@ -123,9 +123,14 @@ def test_a_stream_batch_keeps_a_journal_only_when_asked(tmp_path):
 # -- a journal that cannot be written -------------------------------------------------------------
 
 
-def small_files(limit: int = 200_000):
+def small_files(tmp_path: Path, limit: int = 200_000):
     """Files of the anet process (its journal) stop growing at `limit` bytes: a full disk for it
-    alone. Pipes are not files, so its stdout is not limited."""
+    alone. Pipes are not files, so its stdout is not limited. The local host's dispatcher is
+    put in this test's home first (its payload is bigger than the limit): the disk fills for
+    the journal, not before the host can start."""
+    warm = tmp_path / "warm.txt"
+    warm.write_text("true\n")
+    assert anet("--no-journal", str(warm), tmp_path=tmp_path).returncode == 0
 
     def limit_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
@@ -149,7 +154,7 @@ def expected(i: int) -> bytes:
 def test_a_full_disk_under_the_default_journal_costs_one_warning_not_results(tmp_path):
     """It used to abort with 255 after some 40 results."""
     batch = chatty_batch(tmp_path)
-    done = anet(str(batch), tmp_path=tmp_path, preexec_fn=small_files())
+    done = anet(str(batch), tmp_path=tmp_path, preexec_fn=small_files(tmp_path))
     assert done.returncode == 0, done.stderr
     records = decode(done.stdout)
     assert sorted(r.id for r in records) == list(range(120))
@@ -165,7 +170,9 @@ def test_a_full_disk_under_a_journal_asked_for_stops_cleanly_and_resumes(tmp_pat
     delivery marks the failed commit held cannot be kept: those few results come again)."""
     batch = chatty_batch(tmp_path)
     journal = tmp_path / "mine.sqlite"
-    first = anet("--journal", str(journal), str(batch), tmp_path=tmp_path, preexec_fn=small_files())
+    first = anet(
+        "--journal", str(journal), str(batch), tmp_path=tmp_path, preexec_fn=small_files(tmp_path)
+    )
     assert first.returncode == 255
     said = first.stderr.decode().splitlines()
     assert said[-1].startswith(f"anet: cannot write journal {journal}: "), said
