@@ -119,7 +119,10 @@ def test_find_skips_this_process_and_its_ancestors_but_sees_a_sleeper():
     sleeper = subprocess.Popen(["sh", "-c", "sleep 60; true", marker], start_new_session=True)
     try:
         mine = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        rows = procs.find(f"{marker}|^{re.escape(mine)}$", procs.machine_id(), os.getpid())
+        pattern = f"{marker}|^{re.escape(mine)}$"
+        rows = wait_until(  # the sleeper's sh may not have exec'd yet on a busy box
+            lambda: procs.find(pattern, procs.machine_id(), os.getpid()), 10, "the sleeper found"
+        )
         pids = [row[0] for row in rows]
         assert pids == [sleeper.pid]  # this process matches too, but it is never listed
         row = dict(zip(procs.ROW_FIELDS, rows[0], strict=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sshd_hosts
 from sshd_hosts import SshdCluster, SshdError, SshdHost, leftover_processes
+from waiting import wait_until
 
 
 def ssh(
@@ -173,7 +174,12 @@ def test_close_leaves_nothing_running(tmp_path: Path) -> None:
         listeners = [host.pid for host in hosts.hosts]
         for host in hosts.names:
             ok(hosts, host, "setsid sleep 302 </dev/null >/dev/null 2>&1 &")
-        stray = [pid for host in hosts.hosts for pid, _ in host.processes()]
+
+        def strays() -> list[int] | None:  # a backgrounded sleep may not be seen at once
+            pids = [pid for host in hosts.hosts for pid, _ in host.processes()]
+            return pids if len(pids) >= 2 else None
+
+        stray = wait_until(strays, 10, "both strays running")
         assert len(stray) == 2
     for pid in [*listeners, *stray]:
         assert not Path(f"/proc/{pid}").exists() or state(pid) == "Z", pid
