@@ -376,3 +376,69 @@ def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
     assert engine.finished and [r.id for r in hosts.results] == [0]
     hosts.advance(60.0)  # nothing more is ever sent
     assert all(r.aid in {run.aid for run in sent} for r in hosts.runs["h1"])
+
+
+# -- exactly once under speculation: every order of the two attempts' ends -------------------------
+
+
+def _a_straggler_and_its_copy(n: int = 12) -> tuple[Engine, Hosts, Run, Run]:
+    """A run where one job runs on host b long past the typical 0.5 s, every other job has
+    ended, and a copy of it was sent to host a; both are started. Fails unless speculation
+    happened: nothing here depends on chance. (On the way, an idle slot copies a job still
+    queued on the other host, and that copy is killed: `hosts.kills` is cleared after.)"""
+    engine, hosts = engine_for(n, retries=0)
+    hosts.ready("a", 2)
+    hosts.ready("b", 2)
+    stuck = hosts.runs["b"][0]
+    hosts.start("b", stuck.job)
+    while others := [(h, r) for h, runs in hosts.runs.items() for r in runs if r is not stuck]:
+        for host, run in others:  # each in 0.5 s, in the slot the straggler leaves free
+            hosts.start(host, run.job, slot=2)
+            hosts.finish(host, run.job)
+    assert len(hosts.results) == n - 1
+    for _ in range(60):  # time passes; the straggler does not end
+        if hosts.runs.get("a"):
+            break
+        hosts.advance(1.0)
+    (copy,) = hosts.runs["a"]
+    assert copy.job == stuck.job and copy.aid != stuck.aid
+    hosts.start("a", copy.job)
+    hosts.kills.clear()
+    return engine, hosts, stuck, copy
+
+
+def _end(hosts: Hosts, host: str, run: Run, code: int, out: bytes) -> None:
+    """The attempt prints `out` and exits with `code`, with no scheduling round in between."""
+    hosts.runs[host].remove(run)
+    hosts.engine.frame(host, Output(run.aid, STDOUT, out), hosts.now)
+    hosts.engine.frame(host, Exit(run.aid, code, None, 9.0, 0.1, 1000), hosts.now)
+
+
+@pytest.mark.parametrize("loser_code", [0, 1, None], ids=["loser-ok", "loser-fails", "loser-lost"])
+@pytest.mark.parametrize("copy_wins", [True, False], ids=["copy-wins", "original-wins"])
+@pytest.mark.parametrize("same_burst", [False, True], ids=["after-the-kill", "same-burst"])
+def test_of_a_job_and_its_copy_only_the_first_to_end_well_is_delivered(
+    copy_wins, loser_code, same_burst
+):
+    """Whichever attempt ends well first gives the job's one result; the other is killed, and
+    what it says later (its output, its Exit, ok or failed, or its host's loss) is dropped,
+    even when its Exit came in the same burst as the winner's, before the kill went out."""
+    engine, hosts, stuck, copy = _a_straggler_and_its_copy()
+    (winner, w_host), (loser, l_host) = [(copy, "a"), (stuck, "b")][:: 1 if copy_wins else -1]
+    _end(hosts, w_host, winner, 0, b"winner\n")
+    if loser_code is not None and same_burst:
+        _end(hosts, l_host, loser, loser_code, b"loser\n")
+    hosts.round()
+    if loser_code is None:
+        hosts.lose(l_host)
+    elif not same_burst:
+        assert hosts.kills == [(l_host, loser.aid)]
+        _end(hosts, l_host, loser, loser_code, b"loser\n")
+        hosts.round()
+    hosts.advance(60.0)  # nothing is owed: no attempt of the job starts again
+    mine = [r for r in hosts.results if r.id == stuck.job]
+    assert [(r.ok, r.stdout, r.host) for r in mine] == [(True, b"winner\n", w_host)]
+    assert sorted(r.id for r in hosts.results) == list(range(12))
+    assert not any(r.job == stuck.job for runs in hosts.runs.values() for r in runs)
+    assert engine.finished
+    assert hosts.stats[l_host].failed_attempts == 0  # a loser is not a failure of its host
