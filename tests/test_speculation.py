@@ -498,3 +498,26 @@ def test_heavy_tailed_jobs_gain_from_copies_with_a_slow_host_and_lose_nothing_wi
         assert on.copies <= 0.15 * len(sizes)
     assert sum(ratios) / len(ratios) <= mean_ratio
     assert max(ratios) <= 1.15
+
+
+# -- found by the mutation check (scripts/mutation) --------------------------------------------
+
+
+def test_a_failed_copy_while_the_original_runs_is_a_retry_that_waits_for_the_original():
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    ended = scheduler.attempt_ended(copy.aid, ok=False, now=2.5)
+    assert ended == Ended(Verdict.RETRY, copy, ok=False, error=None, paused=None)
+    assert scheduler.attempt_ended(running["slow"].aid, ok=True, now=3.0).final
+
+
+def test_a_percentage_timeout_scales_with_the_median_and_the_hosts_slowness():
+    runtimes = Runtimes()
+    for host, seconds in [("a", 1.0), ("b", 2.0), ("c", 10.0)]:
+        runtimes.observe(host, seconds)
+    median = runtimes.median()
+    assert median == runtimes.quantile(0.5) < runtimes.quantile(1.0)  # not the longest job
+    timeout = Timeout(percent=300.0, floor=0.0)
+    assert timeout.limit(runtimes, 1.0) == pytest.approx(3 * median)
+    assert timeout.limit(runtimes, 2.5) == pytest.approx(7.5 * median)  # slow is not hung
