@@ -521,3 +521,20 @@ def test_a_percentage_timeout_scales_with_the_median_and_the_hosts_slowness():
     timeout = Timeout(percent=300.0, floor=0.0)
     assert timeout.limit(runtimes, 1.0) == pytest.approx(3 * median)
     assert timeout.limit(runtimes, 2.5) == pytest.approx(7.5 * median)  # slow is not hung
+
+
+def test_a_timeout_then_a_lost_host_burns_a_retry_and_the_job_avoids_that_host():
+    scheduler = cluster(1, ["a"], timeout=5, retries=1, speculate=False)
+    (first,) = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert len(scheduler.due_kills(5.0)) == 1
+    assert scheduler.host_lost("a", now=5.0) == [first]
+    assert scheduler.take_abandoned() == []  # one failure, one retry left: it runs again
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    (second,) = started(scheduler, scheduler.next_runs(6.0), 6.0)
+    assert (second.host, second.number) == ("b", 2)  # not where it failed
+    assert len(scheduler.due_kills(11.0)) == 1
+    scheduler.host_lost("b", now=11.0)
+    (abandoned,) = scheduler.take_abandoned()
+    assert (abandoned.attempts, abandoned.host) == (2, "b")
+    assert abandoned.error == "timed out after 5 s, then its host was lost"
