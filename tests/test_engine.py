@@ -284,18 +284,27 @@ def test_a_host_speaks_only_of_its_own_attempts(forge):
     hosts.ready("honest", 1)
     hosts.ready("liar", 1)
     run, other = hosts.runs["liar"][0], hosts.runs["honest"][0]
+    forged = forge(run, other)
     with pytest.raises(HostError, match="protocol error") as caught:
-        engine.frame("liar", forge(run, other), hosts.now)
+        engine.frame("liar", forged, hosts.now)
     assert caught.value.permanent and caught.value.host == "liar"
     assert hosts.results == []
+    if forged.aid != run.aid:
+        said = (
+            f"{type(forged).__name__} about attempt {forged.aid}, which was not sent to this host"
+        )
+        assert f"{said} or had already ended there" in str(caught.value)
+    else:
+        assert "Started in slot 9 of 1" in str(caught.value)
 
 
 def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
     engine, hosts = engine_for(2, speculate=False)
     hosts.ready("h1", 1)
     run = hosts.start("h1", 0)
-    with pytest.raises(HostError, match="second Started"):
+    with pytest.raises(HostError, match=f"a second Started for attempt {run.aid}") as caught:
         engine.frame("h1", Started(run.aid, 1, 1), 0.0)
+    assert caught.value.host == "h1"
     hosts.finish("h1", 0)
     with pytest.raises(HostError, match="already ended"):
         engine.frame("h1", Exit(run.aid, 0, None, 0.1, 0.0, 0), 0.0)
@@ -490,10 +499,26 @@ def test_attempts_are_recorded_and_counted_on_their_host():
     hosts.say("h1", Output(queued.aid, STDOUT, b"xyz"))
     hosts.now = 14.0
     hosts.lose("h1")
-    lost = hosts.attempts[-1]
-    assert (lost.attempt.aid, lost.size, lost.start, lost.runtime) == (queued.aid, 3, 1e9 + 11, 3.0)
-    assert (lost.code, lost.signal) == (None, None)
+    lost = {a.attempt.aid: a for a in hosts.attempts[2:]}
+    assert (lost[queued.aid].size, lost[queued.aid].start, lost[queued.aid].runtime) == (
+        3,
+        1e9 + 11,
+        3.0,
+    )
+    assert all((a.code, a.signal) == (None, None) for a in lost.values())
+    (retry,) = [a for a in lost.values() if a.attempt.job.id == 1]  # sent at 11, never started
+    assert (retry.size, retry.start, retry.runtime) == (0, 1e9 + 11, 3.0)
     assert hosts.stats["h1"].running == 0
+
+
+def test_a_hosts_counters_add_up_over_its_attempts():
+    _, hosts = engine_for(2, speculate=False, retries=1)
+    hosts.ready("h1", 1)
+    for _ in range(2):  # job 0 fails twice on the only host
+        hosts.start("h1", 0)
+        hosts.finish("h1", 0, code=1)
+    stats = hosts.stats["h1"]
+    assert (stats.failed_attempts, stats.ended, stats.busy_time, stats.done) == (2, 2, 1.0, 1)
 
 
 def test_without_speculation_a_straggler_gets_no_copy():

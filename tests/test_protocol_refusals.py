@@ -52,6 +52,7 @@ def pack(*items) -> bytes:
         (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
         (pack(Run.CODE, 1, 2, b"true", {1: "x"}), "Run.env has a bad value: {1: 'x'}"),
     ],
+    ids=["a map", "empty", "a str code", "unknown", "arity", "a str", "a bool", "both", "env"],
 )
 def test_each_refusal_names_what_is_wrong(body: bytes, said: str):
     assert refusal(body) == said
@@ -71,6 +72,7 @@ def test_an_undecodable_body_says_what_msgpack_said():
         ("y" * 59, repr("y" * 59)[:50] + "... (61 characters)"),
         ("y" * 1000, repr("y" * 1000)[:50] + "... (1002 characters)"),
     ],
+    ids=["60", "61", "1002"],
 )
 def test_a_long_bad_value_is_cut_to_a_readable_line(value: str, shown: str):
     assert refusal(pack(Kill.CODE, value, 1.0)) == f"Kill.aid has a bad value: {shown}"
