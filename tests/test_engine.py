@@ -533,3 +533,26 @@ def test_without_speculation_a_straggler_gets_no_copy():
             hosts.finish(host, run.job)
     hosts.advance(600.0)  # with speculation, a copy went out after a few seconds
     assert hosts.runs.get("a") == [] and hosts.runs["b"] == [stuck] and not engine.finished
+
+
+def test_the_engine_owns_an_attempt_from_its_run_frame_to_its_exit():
+    engine, hosts = engine_for(1, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    assert engine.owns(run.aid) and not engine.owns(run.aid + 1000)
+    hosts.finish("h1", 0)
+    assert not engine.owns(run.aid)
+
+
+def test_a_percentage_timeout_is_of_the_durations_hosts_measured_not_the_masters_clock():
+    """The master sees each job end 10 s after it started (a slow network); the hosts measured
+    0.5 s. "300%" is then 1.5 s: a job running 2 s is killed."""
+    _, hosts = engine_for(5, speculate=False, retries=0, timeout="300%")
+    hosts.ready("h1", 1)
+    for job in range(3):
+        hosts.start("h1", job)
+        hosts.now += 10.0
+        hosts.finish("h1", job)  # Exit says duration 0.5
+    run = hosts.start("h1", 3)
+    hosts.advance(2.0)
+    assert hosts.kills == [("h1", run.aid)]
