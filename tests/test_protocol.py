@@ -315,11 +315,7 @@ class _NotAMessage:
 @pytest.mark.parametrize(
     "thing",
     [None, 8, "Heartbeat", b"\x08", [8, 0.5], {"CODE": 8}, _NotAMessage(), Heartbeat, object()],
-    # Not repr: an object's repr holds its address, so the id would differ from run to run
-    # (and a run by test ids, as scripts/mutation's, would not find it).
-    ids=lambda thing: (
-        type(thing).__name__ if type(thing).__repr__ is object.__repr__ else repr(thing)
-    ),
+    ids=repr,
 )
 def test_encoding_a_non_message_raises_local_protocol_error(thing: Any):
     with pytest.raises(LocalProtocolError):
