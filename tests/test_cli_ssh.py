@@ -105,7 +105,9 @@ def test_binary_and_100_megabyte_outputs_arrive_intact(cluster, tmp_path):
     )
     done = run_anet(cluster, batch, *hosts_args(cluster), "--format", "msgpack", timeout=300)
     assert done.returncode == 0, done.stderr
-    for r in decode(done.stdout):
+    records = list(decode(done.stdout))
+    assert sorted(r.id for r in records) == sorted(sizes)  # every job, once
+    for r in records:
         assert r.stdout == random.Random(r.id).randbytes(sizes[r.id]), f"job {r.id} corrupted"
 
 

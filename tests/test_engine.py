@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anet.core.batch import MAX_COMMAND, Job
-from anet.core.engine import Actions, Engine, HostStats, RunPolicy
+from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
+from anet.core.record import JobResult
 from anet.errors import HostError
 from dispatcher.protocol import STDERR, STDOUT, Exit, Kill, Message, Output, Run, Started
 
@@ -59,6 +60,7 @@ class Hosts:
                     self.runs.setdefault(host, []).append(msg)
                 elif isinstance(msg, Kill):
                     assert msg.aid in {r.aid for r in self.runs.get(host, [])}, msg
+                    assert msg.grace == KILL_GRACE, msg
                     self.kills.append((host, msg.aid))
                 else:
                     raise AssertionError(f"unexpected frame to {host}: {msg}")
@@ -102,6 +104,7 @@ def test_jobs_go_out_in_one_round_per_host_and_results_come_back_once():
     engine, hosts = engine_for(3, speculate=False)
     hosts.ready("h1", 2)
     assert sorted(r.job for r in hosts.runs["h1"]) == [0, 1, 2]  # 2 slots + a look-ahead
+    assert all(r.command == b"echo %d" % r.job for r in hosts.runs["h1"])
     for i in range(3):
         hosts.start("h1", i, slot=1 + i % 2)
         hosts.finish("h1", i, b"out %d\n" % i)
@@ -163,7 +166,8 @@ def test_a_job_lost_with_five_hosts_is_given_up_with_a_reason():
             hosts.start(f"h{n}", 0)
         hosts.lose(f"h{n}")
     (result,) = hosts.results
-    assert not result.ok and "5 hosts were lost" in (result.error or "")
+    error = "5 hosts were lost while running it (last: h4)"
+    assert result == JobResult(0, False, None, None, "h4", 5, 0.0, b"", b"", error=error)
     assert engine.finished
 
 
@@ -183,10 +187,11 @@ def test_a_failed_attempt_is_retried_on_another_host_then_final():
 
 
 def test_a_job_past_its_timeout_is_killed_and_its_exit_counts_as_a_failure():
-    _, hosts = engine_for(1, speculate=False, retries=0, timeout=10.0)
+    engine, hosts = engine_for(1, speculate=False, retries=0, timeout=10.0)
     hosts.ready("h1", 1)
     run = hosts.start("h1", 0)
     assert hosts.wakeup == pytest.approx(10.0)
+    assert engine.take().wakeup == pytest.approx(10.0)  # still due, though nothing new came
     hosts.advance(10.0)
     assert hosts.kills == [("h1", run.aid)]
     hosts.say("h1", Exit(run.aid, None, 15, 10.0, 0.0, 0))
@@ -253,10 +258,15 @@ def test_commands_no_host_can_run_fail_on_the_master_and_are_never_sent():
     failed = {r.id: r for r in hosts.results}
     assert sorted(failed) == [1, 2]
     assert "longer than" in failed[1].error and b"NUL byte" in failed[2].stderr
+    for i, why in [(1, failed[1].error), (2, failed[2].error)]:
+        said = f"anet: job {i}: {why}\n".encode()
+        assert failed[i] == JobResult(i, False, None, None, "", 0, 0.0, b"", said, error=why)
     assert not engine.finished
+    hosts.now = 7.0
     hosts.start("h1", 0)
     hosts.finish("h1", 0)
     assert engine.finished
+    assert [a.start for a in hosts.attempts] == [7.0]  # no wall offset given: loop time
 
 
 @pytest.mark.parametrize(
@@ -274,18 +284,27 @@ def test_a_host_speaks_only_of_its_own_attempts(forge):
     hosts.ready("honest", 1)
     hosts.ready("liar", 1)
     run, other = hosts.runs["liar"][0], hosts.runs["honest"][0]
+    forged = forge(run, other)
     with pytest.raises(HostError, match="protocol error") as caught:
-        engine.frame("liar", forge(run, other), hosts.now)
+        engine.frame("liar", forged, hosts.now)
     assert caught.value.permanent and caught.value.host == "liar"
     assert hosts.results == []
+    if forged.aid != run.aid:
+        said = (
+            f"{type(forged).__name__} about attempt {forged.aid}, which was not sent to this host"
+        )
+        assert f"{said} or had already ended there" in str(caught.value)
+    else:
+        assert "Started in slot 9 of 1" in str(caught.value)
 
 
 def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
     engine, hosts = engine_for(2, speculate=False)
     hosts.ready("h1", 1)
     run = hosts.start("h1", 0)
-    with pytest.raises(HostError, match="second Started"):
+    with pytest.raises(HostError, match=f"a second Started for attempt {run.aid}") as caught:
         engine.frame("h1", Started(run.aid, 1, 1), 0.0)
+    assert caught.value.host == "h1"
     hosts.finish("h1", 0)
     with pytest.raises(HostError, match="already ended"):
         engine.frame("h1", Exit(run.aid, 0, None, 0.1, 0.0, 0), 0.0)
@@ -376,3 +395,164 @@ def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
     assert engine.finished and [r.id for r in hosts.results] == [0]
     hosts.advance(60.0)  # nothing more is ever sent
     assert all(r.aid in {run.aid for run in sent} for r in hosts.runs["h1"])
+
+
+# -- exactly once under speculation: every order of the two attempts' ends -------------------------
+
+
+def _a_straggler_and_its_copy(n: int = 12) -> tuple[Engine, Hosts, Run, Run]:
+    """A run where one job runs on host b long past the typical 0.5 s, every other job has
+    ended, and a copy of it was sent to host a; both are started. Fails unless speculation
+    happened: nothing here depends on chance. (On the way, an idle slot copies a job still
+    queued on the other host, and that copy is killed: `hosts.kills` is cleared after.)"""
+    engine, hosts = engine_for(n, retries=0)
+    hosts.ready("a", 2)
+    hosts.ready("b", 2)
+    stuck = hosts.runs["b"][0]
+    hosts.start("b", stuck.job)
+    while others := [(h, r) for h, runs in hosts.runs.items() for r in runs if r is not stuck]:
+        for host, run in others:  # each in 0.5 s, in the slot the straggler leaves free
+            hosts.start(host, run.job, slot=2)
+            hosts.finish(host, run.job)
+    assert len(hosts.results) == n - 1
+    for _ in range(60):  # time passes; the straggler does not end
+        if hosts.runs.get("a"):
+            break
+        hosts.advance(1.0)
+    (copy,) = hosts.runs["a"]
+    assert copy.job == stuck.job and copy.aid != stuck.aid
+    hosts.start("a", copy.job)
+    hosts.kills.clear()
+    return engine, hosts, stuck, copy
+
+
+def _end(hosts: Hosts, host: str, run: Run, code: int, out: bytes) -> None:
+    """The attempt prints `out` and exits with `code`, with no scheduling round in between."""
+    hosts.runs[host].remove(run)
+    hosts.engine.frame(host, Output(run.aid, STDOUT, out), hosts.now)
+    hosts.engine.frame(host, Exit(run.aid, code, None, 9.0, 0.1, 1000), hosts.now)
+
+
+@pytest.mark.parametrize("loser_code", [0, 1, None], ids=["loser-ok", "loser-fails", "loser-lost"])
+@pytest.mark.parametrize("copy_wins", [True, False], ids=["copy-wins", "original-wins"])
+@pytest.mark.parametrize("same_burst", [False, True], ids=["after-the-kill", "same-burst"])
+def test_of_a_job_and_its_copy_only_the_first_to_end_well_is_delivered(
+    copy_wins, loser_code, same_burst
+):
+    """Whichever attempt ends well first gives the job's one result; the other is killed, and
+    what it says later (its output, its Exit, ok or failed, or its host's loss) is dropped,
+    even when its Exit came in the same burst as the winner's, before the kill went out."""
+    engine, hosts, stuck, copy = _a_straggler_and_its_copy()
+    (winner, w_host), (loser, l_host) = [(copy, "a"), (stuck, "b")][:: 1 if copy_wins else -1]
+    _end(hosts, w_host, winner, 0, b"winner\n")
+    if loser_code is not None and same_burst:
+        _end(hosts, l_host, loser, loser_code, b"loser\n")
+    hosts.round()
+    if loser_code is None:
+        hosts.lose(l_host)
+    elif not same_burst:
+        assert hosts.kills == [(l_host, loser.aid)]
+        _end(hosts, l_host, loser, loser_code, b"loser\n")
+        hosts.round()
+    hosts.advance(60.0)  # nothing is owed: no attempt of the job starts again
+    mine = [r for r in hosts.results if r.id == stuck.job]
+    assert [(r.ok, r.stdout, r.host) for r in mine] == [(True, b"winner\n", w_host)]
+    assert sorted(r.id for r in hosts.results) == list(range(12))
+    assert not any(r.job == stuck.job for runs in hosts.runs.values() for r in runs)
+    assert engine.finished
+    assert hosts.stats[l_host].failed_attempts == 0  # a loser is not a failure of its host
+    assert (hosts.stats["a"].spec_won, hosts.stats["a"].spec_lost) == (
+        (1, 0) if copy_wins else (0, 0 if loser_code is None else 1)
+    )
+    (lost,) = [a for a in hosts.attempts if a.attempt.aid == loser.aid]
+    if loser_code is not None and not same_burst:  # said after its kill: not even kept
+        assert (lost.size, lost.code) == (0, loser_code)
+
+
+def test_attempts_are_recorded_and_counted_on_their_host():
+    """Each ended attempt becomes an AttemptEnd (the journal's attempts table, --joblog) and
+    moves its host's counters; a lost one is recorded with no code and no signal."""
+    _, hosts = engine_for(3, speculate=False, retries=1)
+    hosts.ready("h1", 2)
+    hosts.now = 10.0
+    ok, killed = hosts.start("h1", 0), hosts.start("h1", 1, slot=2)
+    assert hosts.stats["h1"].running == 2
+    hosts.now = 11.0
+    hosts.say("h1", Output(ok.aid, STDOUT, b"ab"), Output(ok.aid, STDERR, b"c"))
+    hosts.say("h1", Exit(ok.aid, 0, None, 0.5, 0.1, 1000))
+    hosts.say("h1", Exit(killed.aid, None, 9, 1.5, 0.1, 1000))
+    hosts.runs["h1"] = [r for r in hosts.runs["h1"] if r.aid not in (ok.aid, killed.aid)]
+    (result,) = hosts.results
+    assert result == JobResult(0, True, 0, None, "h1", 1, 0.5, b"ab", b"c")
+    start = 1e9 + 10.0
+    assert [
+        (a.attempt.aid, a.size, a.start, a.runtime, a.code, a.signal) for a in hosts.attempts
+    ] == [
+        (ok.aid, 3, start, 0.5, 0, None),
+        (killed.aid, 0, start, 1.5, None, 9),
+    ]
+    stats = hosts.stats["h1"]
+    assert (stats.running, stats.ended, stats.done, stats.failed_attempts) == (0, 2, 1, 1)
+    assert stats.busy_time == 2.0 and stats.mean_time == 1.0
+    # The host is lost while job 2 runs there, 3 s after it started: recorded as lost.
+    queued = hosts.start("h1", 2)
+    hosts.say("h1", Output(queued.aid, STDOUT, b"xyz"))
+    hosts.now = 14.0
+    hosts.lose("h1")
+    lost = {a.attempt.aid: a for a in hosts.attempts[2:]}
+    assert (lost[queued.aid].size, lost[queued.aid].start, lost[queued.aid].runtime) == (
+        3,
+        1e9 + 11,
+        3.0,
+    )
+    assert all((a.code, a.signal) == (None, None) for a in lost.values())
+    (retry,) = [a for a in lost.values() if a.attempt.job.id == 1]  # sent at 11, never started
+    assert (retry.size, retry.start, retry.runtime) == (0, 1e9 + 11, 3.0)
+    assert hosts.stats["h1"].running == 0
+
+
+def test_a_hosts_counters_add_up_over_its_attempts():
+    _, hosts = engine_for(2, speculate=False, retries=1)
+    hosts.ready("h1", 1)
+    for _ in range(2):  # job 0 fails twice on the only host
+        hosts.start("h1", 0)
+        hosts.finish("h1", 0, code=1)
+    stats = hosts.stats["h1"]
+    assert (stats.failed_attempts, stats.ended, stats.busy_time, stats.done) == (2, 2, 1.0, 1)
+
+
+def test_without_speculation_a_straggler_gets_no_copy():
+    engine, hosts = engine_for(12, speculate=False)
+    hosts.ready("a", 2)
+    hosts.ready("b", 2)
+    stuck = hosts.runs["b"][0]
+    hosts.start("b", stuck.job)
+    while others := [(h, r) for h, runs in hosts.runs.items() for r in runs if r is not stuck]:
+        for host, run in others:
+            hosts.start(host, run.job, slot=2)
+            hosts.finish(host, run.job)
+    hosts.advance(600.0)  # with speculation, a copy went out after a few seconds
+    assert hosts.runs.get("a") == [] and hosts.runs["b"] == [stuck] and not engine.finished
+
+
+def test_the_engine_owns_an_attempt_from_its_run_frame_to_its_exit():
+    engine, hosts = engine_for(1, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    assert engine.owns(run.aid) and not engine.owns(run.aid + 1000)
+    hosts.finish("h1", 0)
+    assert not engine.owns(run.aid)
+
+
+def test_a_percentage_timeout_is_of_the_durations_hosts_measured_not_the_masters_clock():
+    """The master sees each job end 10 s after it started (a slow network); the hosts measured
+    0.5 s. "300%" is then 1.5 s: a job running 2 s is killed."""
+    _, hosts = engine_for(5, speculate=False, retries=0, timeout="300%")
+    hosts.ready("h1", 1)
+    for job in range(3):
+        hosts.start("h1", job)
+        hosts.now += 10.0
+        hosts.finish("h1", job)  # Exit says duration 0.5
+    run = hosts.start("h1", 3)
+    hosts.advance(2.0)
+    assert hosts.kills == [("h1", run.aid)]

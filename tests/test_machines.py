@@ -212,33 +212,42 @@ def test_killall_never_kills_the_master_whose_command_line_matches(cluster, plan
     assert {row[-1] for row in rows} <= {"killed", "gone"}  # "already gone" for the slower
 
 
-def test_killall_with_a_pattern_matching_anet_and_ssh_would_kill_nothing_of_them(cluster):
+def test_killall_with_a_pattern_matching_anet_and_ssh_would_kill_nothing_of_them(cluster, planted):
+    sleeper = planted.start(SLEEPER, "sleeper")  # its name holds "anet": one sure match
     argv = [sys.executable, "-m", "anet", "--killall", "zlib|sshd|anet", "--dry-run"]
     argv += ["--ssh-config", str(cluster.ssh_config), "-S", "host1", "--format", "jsonl"]
     master = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = master.communicate(timeout=90)
-    assert master.returncode in (0, 1), err  # other processes of this user may match
-    for row in jsonl(out):
+    assert master.returncode == 0, err
+    rows = jsonl(out)
+    assert sleeper.pid in {row["pid"] for row in rows}  # the rows below are a real listing
+    for row in rows:
         assert "base64,zlib;exec" not in row["command"]
         assert not row["command"].startswith("sshd")
         assert row["pid"] not in (master.pid, os.getpid())
 
 
 def test_killall_reports_a_down_host(cluster, planted):
-    planted.start(SLEEPER, "sleeper")
+    sleeper = planted.start(SLEEPER, "sleeper")
     done = anet(cluster, "--killall", planted.marker, "-S", "host1", "-S", DOWN)
     assert done.returncode == 3
     assert "killed" in done.stdout
+    assert not alive(sleeper.pid)  # the live host's part was done, not only said
     assert f"anet: {DOWN}: connection refused" in done.stderr
 
 
-def test_killall_with_another_signal_only_sends_it(cluster, planted):
-    proc = planted.start("trap 'echo got-usr1' USR1; while :; do sleep 0.05; done", "usr1")
+def test_killall_with_another_signal_only_sends_it(cluster, planted, tmp_path):
+    got = tmp_path / "got"  # the shell's trap records each USR1 it receives
+    proc = planted.start(f"trap 'echo USR1 >> {got}' USR1; while :; do sleep 0.05; done", "usr1")
     planted.wait_started(1)
     done = anet(cluster, "--killall", planted.marker, "-S", "host1", "--signal", "USR1")
     assert done.returncode == 0, done.stderr
     assert "sent USR1" in done.stdout
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10  # the trap runs once the loop's current sleep ends
+    while not got.exists():
+        assert time.monotonic() < deadline, "killall said it sent USR1; the process never got it"
+        time.sleep(0.02)
+    assert got.read_text() == "USR1\n"  # received once, and it did not end the process
     assert alive(proc.pid)
     bad = anet(cluster, "--killall", planted.marker, "-S", "host1", "--signal", "NOPE")
     assert bad.returncode == 255 and bad.stderr == "anet: unknown signal 'NOPE'\n"

@@ -528,3 +528,17 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60)
 test_any_interleaving_completes_every_job_exactly_once = SchedulerMachine.TestCase
+
+
+def test_after_abort_idle_hosts_start_nothing_though_jobs_are_left():
+    source = Source(10)
+    scheduler = Scheduler(source, speculate=False)
+    scheduler.host_ready("h", 1, 0)
+    (run,) = scheduler.next_runs(0.0)
+    scheduler.attempt_started(run.aid, 0.0)
+    scheduler.abort()
+    assert [(k.attempt, k.reason) for k in scheduler.due_kills(1.0)] == [(run, KillReason.HALTED)]
+    assert scheduler.attempt_ended(run.aid, ok=False, now=1.0).verdict is Verdict.STALE
+    scheduler.host_ready("other", 4, 0)
+    assert scheduler.next_runs(2.0) == [] and scheduler.in_flight == 0
+    assert not scheduler.has_pending and source.pulled == 1  # the batch is closed, not read

@@ -46,7 +46,9 @@ def started(scheduler: Scheduler, runs: list[Attempt], now: float) -> list[Attem
 
 
 def live(scheduler: Scheduler) -> list[Attempt]:
-    return [a for a in map(scheduler.attempt, range(10_000)) if a is not None]
+    """Its attempts in flight. (Not by probing aids 0..N: aids count up across the whole
+    process, so after enough other tests, probing a fixed range finds none of them.)"""
+    return [a for a in map(scheduler.attempt, list(scheduler._flights.runs)) if a is not None]
 
 
 def learn(scheduler: Scheduler, **durations: float) -> None:
@@ -496,3 +498,43 @@ def test_heavy_tailed_jobs_gain_from_copies_with_a_slow_host_and_lose_nothing_wi
         assert on.copies <= 0.15 * len(sizes)
     assert sum(ratios) / len(ratios) <= mean_ratio
     assert max(ratios) <= 1.15
+
+
+# -- found by the mutation check (scripts/mutation) --------------------------------------------
+
+
+def test_a_failed_copy_while_the_original_runs_is_a_retry_that_waits_for_the_original():
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    ended = scheduler.attempt_ended(copy.aid, ok=False, now=2.5)
+    assert ended == Ended(Verdict.RETRY, copy, ok=False, error=None, paused=None)
+    assert scheduler.attempt_ended(running["slow"].aid, ok=True, now=3.0).final
+
+
+def test_a_percentage_timeout_scales_with_the_median_and_the_hosts_slowness():
+    runtimes = Runtimes()
+    for host, seconds in [("a", 1.0), ("b", 2.0), ("c", 10.0)]:
+        runtimes.observe(host, seconds)
+    median = runtimes.median()
+    assert median == runtimes.quantile(0.5) < runtimes.quantile(1.0)  # not the longest job
+    timeout = Timeout(percent=300.0, floor=0.0)
+    assert timeout.limit(runtimes, 1.0) == pytest.approx(3 * median)
+    assert timeout.limit(runtimes, 2.5) == pytest.approx(7.5 * median)  # slow is not hung
+
+
+def test_a_timeout_then_a_lost_host_burns_a_retry_and_the_job_avoids_that_host():
+    scheduler = cluster(1, ["a"], timeout=5, retries=1, speculate=False)
+    (first,) = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert len(scheduler.due_kills(5.0)) == 1
+    assert scheduler.host_lost("a", now=5.0) == [first]
+    assert scheduler.take_abandoned() == []  # one failure, one retry left: it runs again
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    (second,) = started(scheduler, scheduler.next_runs(6.0), 6.0)
+    assert (second.host, second.number) == ("b", 2)  # not where it failed
+    assert len(scheduler.due_kills(11.0)) == 1
+    scheduler.host_lost("b", now=11.0)
+    (abandoned,) = scheduler.take_abandoned()
+    assert (abandoned.attempts, abandoned.host) == (2, "b")
+    assert abandoned.error == "timed out after 5 s, then its host was lost"

@@ -110,9 +110,13 @@ class KeepOrder:
         self,
         spill: Spill,
         *,
-        max_held: int = MAX_HELD,
-        max_bytes: int = MAX_HELD_BYTES,
+        max_held: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
+        # The module's bounds as they are now, not when this was defined: a test sets a small
+        # MAX_HELD to drive a whole run through the spill.
+        max_held = MAX_HELD if max_held is None else max_held
+        max_bytes = MAX_HELD_BYTES if max_bytes is None else max_bytes
         self._spill = spill
         self._expected: deque[int] = deque()
         self._held: dict[int, JobResult] = {}

@@ -1,0 +1,106 @@
+"""What the decoder says when it refuses a frame, word for word.
+
+A refused frame ends the session with this text as its one line on stderr (the dispatcher's,
+or the master's "protocol error" of that host), so the text is part of the behaviour: it must
+name the message, the field and the value (cut to a readable length), and never be blank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+
+from dispatcher.protocol import (
+    BOOT_MARK,
+    MASTER,
+    Exit,
+    Kill,
+    RemoteProtocolError,
+    Run,
+    Started,
+    decode_body,
+    encode,
+    find_boot_mark,
+    frame_end,
+    integer,
+    number,
+)
+
+
+def refusal(body: bytes, sender=None) -> str:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_body(body, sender)
+    return str(caught.value)
+
+
+def pack(*items) -> bytes:
+    return msgpack.packb(list(items), use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (msgpack.packb({"a": 1}), "frame body is not [code, ...]"),
+        (pack(), "frame body is not [code, ...]"),
+        (pack("7", 1, 2.0), "frame body is not [code, ...]"),
+        (pack(99), "unknown message code 99"),
+        (pack(Kill.CODE, 1), "Kill takes 2 fields, got 1"),
+        (pack(Kill.CODE, "x", 1.0), "Kill.aid has a bad value: 'x'"),
+        (pack(Kill.CODE, True, 1.0), "Kill.aid has a bad value: True"),
+        (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
+        (pack(Run.CODE, 1, 2, b"true", {1: "x"}), "Run.env has a bad value: {1: 'x'}"),
+    ],
+    ids=["a map", "empty", "a str code", "unknown", "arity", "a str", "a bool", "both", "env"],
+)
+def test_each_refusal_names_what_is_wrong(body: bytes, said: str):
+    assert refusal(body) == said
+
+
+def test_an_undecodable_body_says_what_msgpack_said():
+    body = b"\xc1"  # a byte msgpack never uses
+    with pytest.raises(Exception) as raw:
+        msgpack.unpackb(body, raw=False)
+    assert refusal(body) == f"undecodable frame body ({raw.value})"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("y" * 58, repr("y" * 58)),  # a repr of 60 characters is shown whole
+        ("y" * 59, repr("y" * 59)[:50] + "... (61 characters)"),
+        ("y" * 1000, repr("y" * 1000)[:50] + "... (1002 characters)"),
+    ],
+    ids=["60", "61", "1002"],
+)
+def test_a_long_bad_value_is_cut_to_a_readable_line(value: str, shown: str):
+    assert refusal(pack(Kill.CODE, value, 1.0)) == f"Kill.aid has a bad value: {shown}"
+
+
+def test_a_message_of_the_other_end_is_refused_by_name():
+    said = refusal(encode(Started(1, 100, 1))[4:], MASTER)
+    assert said == "the master sent Started, which only the dispatcher sends"
+
+
+def test_a_frame_longer_than_the_maximum_is_a_corrupt_stream():
+    buf = bytearray(b"\x00\x00\x01\x01" + b"x" * 257)
+    assert frame_end(buf, 0, 257) == 4 + 257
+    with pytest.raises(RemoteProtocolError) as caught:
+        frame_end(buf, 0, 256)
+    assert str(caught.value) == "frame length 257 exceeds the maximum 256: corrupt stream"
+
+
+def test_number_and_integer_bounds_are_inclusive_and_refuse_what_is_not_a_number():
+    assert number(5.0, 0, 5) and number(5, 0, 5) and number(0, 0)
+    assert not number(6, 0, 5) and not number(5.5, 0, 5) and not number(-1, 0)
+    assert not number(math.nan, 0) and not number(math.inf, 0)
+    assert integer(5, 0, 5) and integer(0, 0)
+    assert not integer(6, 0, 5) and not integer(True, 0, 5) and not integer(5.0, 0, 5)
+
+
+def test_the_first_boot_mark_counts_not_a_later_one():
+    data = b"motd\n" + BOOT_MARK + b"F" + b"more" + BOOT_MARK + b"E"
+    first = len(b"motd\n" + BOOT_MARK)
+    assert find_boot_mark(data) == (b"F", first + 1)
+    assert find_boot_mark(b"motd\n" + BOOT_MARK) is None  # its kind byte has not come yet
