@@ -189,7 +189,9 @@ def test_a_stop_with_a_reader_that_never_reads_again_leaves_the_rest_owed(cluste
         capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    records = decode(head + rest) + decode(resumed.stdout)
+    # The pipe may hold the start of a record when the reader's 5 s ran out: a torn tail,
+    # whose record is owed (seen once in a CI run); the resume writes it whole.
+    records = decode_torn(head + rest) + decode(resumed.stdout)
     assert sorted(r.id for r in records) == list(range(400))
     assert all(r.stdout == expected_stdout(r.id) for r in records)
 
