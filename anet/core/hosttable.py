@@ -24,6 +24,8 @@ class HostTable:
         """The host can take `slots` running attempts plus `lookahead` queued ones; without a
         `lookahead`, the queue grows to hide the host's measured round trip."""
         extra = default_lookahead(slots) if lookahead is None else lookahead
+        if not slots:  # a run's share of none of its slots: it takes nothing here, queued or not
+            extra = 0
         if lookahead is None:
             self._adaptive.add(name)
         else:
@@ -80,6 +82,8 @@ class HostTable:
         """Size the host's queue to its round trip and its typical job (Little's law)."""
         host, trip = self.slots.get(name), self._trips.estimate(name)
         if host is None or trip is None or name not in self._adaptive or not runtimes.count:
+            return
+        if not host.slots:  # a share of none: its queue stays empty
             return
         duration = runtimes.expected(name)
         host.capacity = host.slots + lookahead_for(host.slots, trip, duration)
