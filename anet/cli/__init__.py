@@ -25,6 +25,7 @@ from .argv import arrange, option_table
 from .common import Environment, ExitStatus
 from .journals import journals_group
 from .machines import COMMANDS as MACHINE_COMMANDS
+from .pool import COMMANDS as POOL_COMMANDS
 from .report import completion_command, report_command, status_command
 from .run import run_command
 from .sync import sync_command
@@ -69,6 +70,8 @@ for _observing in (status_command, report_command, journals_group, completion_co
 for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
     cli.add_command(_command)
 cli.add_command(sync_command)
+for _command in POOL_COMMANDS:  # up, down, submit, ls, attach, wait, cancel
+    cli.add_command(_command)
 
 
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -1,0 +1,184 @@
+"""`anet up`, `down`, `submit`, `ls`, `attach`, `wait`, `cancel`: the resident master.
+
+`up` starts a pool (anet/pool/): a daemon holding the connections and dispatchers, taking
+batches from its owner's commands. Each of the others is one request to it over its socket.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import logs
+from ..api import KEEPALIVE
+from ..errors import UsageError
+from ..pool import daemon
+from ..pool.client import attach, request
+from ..pool.place import DEFAULT_NAME, Place, place
+from ..printable import printable
+from ..streams.sinks import FORMATS, encoder_for
+from .common import Environment, ExitStatus, FiniteFloat, HostArgs, host_options, run_async
+
+pool_option = click.option(
+    "--pool", "pool_name", default=DEFAULT_NAME, show_default=True, metavar="NAME",
+    help="Which pool (several may be up, by name).",
+)  # fmt: skip
+
+
+def _place(env: Environment, name: str) -> Place:
+    return place(name, env.environ)
+
+
+@click.command("up")
+@host_options
+@pool_option
+@click.option(
+    "--foreground", is_flag=True, help="Stay in the foreground (for systemd and the like)."
+)
+@click.option("--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
+              help="Seconds of silence after which a host is lost.")  # fmt: skip
+@click.option("-v", "--verbose", count=True, help="More lines in the pool's log.")
+@click.pass_obj
+def up_command(
+    env: Environment, host_args: HostArgs, pool_name: str, foreground: bool, keepalive: float,
+    verbose: int,
+) -> int:  # fmt: skip
+    """Start a resident master: connect the hosts, keep them warm, take batches."""
+    where = _place(env, pool_name)
+    config = daemon.PoolConfig(host_args.resolve(env), host_args.ssh_options(keepalive), keepalive)
+
+    def start(ready: Any) -> int:
+        logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log
+        return run_async(_serve(where, config, ready))
+
+    if foreground:
+        return start(lambda line: env.stderr.write(line + "\n"))
+    line = daemon.detach(where, start)
+    env.stderr.write(f"{line}; its log: {printable(str(where.log))}\n")
+    return ExitStatus.OK
+
+
+async def _serve(where: Place, config: daemon.PoolConfig, ready: Any) -> int:
+    await daemon.serve(where, config, ready)
+    return ExitStatus.OK
+
+
+@click.command("down")
+@pool_option
+@click.pass_obj
+def down_command(env: Environment, pool_name: str) -> int:
+    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go."""
+    where = _place(env, pool_name)
+    run_async(_ask(where, {"op": "down"}))
+    deadline = time.monotonic() + 30
+    while where.socket.exists() and time.monotonic() < deadline:  # gone once it has stopped
+        time.sleep(0.05)
+    env.stderr.write(f"pool {where.name!r} is down\n")
+    return ExitStatus.OK
+
+
+async def _ask(where: Place, message: dict[str, Any]) -> dict[str, Any]:
+    return await request(where, message)
+
+
+@click.command("submit")
+@pool_option
+@click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
+@click.pass_obj
+def submit_command(env: Environment, pool_name: str, batch: Path) -> int:
+    """Give the pool a batch; print its run id and return at once."""
+    try:
+        data = batch.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
+    row = run_async(
+        _ask(_place(env, pool_name), {"op": "submit", "batch": data, "name": str(batch)})
+    )
+    env.stdout.write(f"{row['id']}\n".encode())
+    env.stdout.flush()
+    return ExitStatus.OK
+
+
+@click.command("ls")
+@pool_option
+@click.pass_obj
+def ls_command(env: Environment, pool_name: str) -> int:
+    """The pool's runs: id, state, done/failed/total, started, batch."""
+    reply = run_async(_ask(_place(env, pool_name), {"op": "ls"}))
+    lines = ["run  state      done  failed  total  started   batch"]
+    for row in reply["runs"]:
+        started = time.strftime("%H:%M:%S", time.localtime(row["started"]))
+        lines.append(
+            f"{row['id']:>3}  {printable(row['state']):<9} {row['done']:>5} {row['failed']:>7}"
+            f" {row['total']:>6}  {started}  {printable(row['name'])}"
+        )
+    env.stdout.write(("\n".join(lines) + "\n").encode())
+    return ExitStatus.OK
+
+
+@click.command("attach")
+@pool_option
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default=None,
+              help="Output format (default: anet, or text on a terminal).")  # fmt: skip
+@click.argument("run_id", type=int)
+@click.pass_obj
+def attach_command(env: Environment, pool_name: str, fmt: str | None, run_id: int) -> int:
+    """The run's results from its start, each once, then live until it ends."""
+    encoder = encoder_for(fmt or ("text" if env.stdout_isatty else "anet"))
+    return run_async(_attach(env, _place(env, pool_name), run_id, encoder))
+
+
+async def _attach(env: Environment, where: Place, run_id: int, encoder: Any) -> int:
+    env.stdout.write(encoder.header)
+    row: dict[str, Any] = {}
+    async for item in attach(where, run_id):
+        if isinstance(item, dict):
+            row = item
+        else:
+            env.stdout.write(encoder.encode(item))
+    env.stdout.flush()
+    return _status(env, row)
+
+
+def _status(env: Environment, row: dict[str, Any]) -> int:
+    """As `anet run` exits: the failed jobs' count up to 101; 130 for a cancelled run."""
+    state = str(row.get("state", ""))
+    if state != "done":
+        env.stderr.write(f"run {row.get('id')}: {printable(state)}\n")
+        return ExitStatus.INTERRUPTED if state == "cancelled" else ExitStatus.ERROR
+    return min(int(row["failed"]), ExitStatus.MAX_FAILED)
+
+
+@click.command("wait")
+@pool_option
+@click.argument("run_id", type=int)
+@click.pass_obj
+def wait_command(env: Environment, pool_name: str, run_id: int) -> int:
+    """Wait for the run to end; exit as `anet run` would have."""
+    row = run_async(_ask(_place(env, pool_name), {"op": "wait", "run": run_id}))
+    return _status(env, row)
+
+
+@click.command("cancel")
+@pool_option
+@click.argument("run_id", type=int)
+@click.pass_obj
+def cancel_command(env: Environment, pool_name: str, run_id: int) -> int:
+    """Cancel the run: its running jobs are killed; what finished stays in its journal."""
+    row = run_async(_ask(_place(env, pool_name), {"op": "cancel", "run": run_id}))
+    env.stderr.write(f"run {row['id']}: {printable(row['state'])}\n")
+    return ExitStatus.OK
+
+
+COMMANDS = (
+    up_command,
+    down_command,
+    submit_command,
+    ls_command,
+    attach_command,
+    wait_command,
+    cancel_command,
+)

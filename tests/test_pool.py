@@ -1,0 +1,236 @@
+"""The resident master (`anet up`): a real daemon process, its socket, its clients.
+
+Every pool here is the test's own (the `isolated` fixture gives each test its own
+$XDG_RUNTIME_DIR and state), runs its jobs on the local machine, and is stopped by the test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from waiting import wait_until
+
+import anet
+import anet.results
+from anet.pool.place import make_private, place
+from anet.pool.wire import pack
+
+ANET = [sys.executable, "-m", "anet"]
+
+
+def cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*ANET, *args], capture_output=True, timeout=timeout, **kwargs)
+
+
+def pool_pid() -> int:
+    return int(place("default", os.environ).pid_file.read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (a daemon's dispatcher and jobs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture
+def pool() -> Iterator[int]:
+    """A pool up on the local machine (2 slots); its pid. Down at the end, whatever happened."""
+    up = cli("up", "-S", "2/:")
+    assert up.returncode == 0, up.stderr
+    assert b"pool 'default' is up: 1 of 1 hosts ready" in up.stderr
+    pid = pool_pid()
+    yield pid
+    if alive(pid):
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def batch(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "batch.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def records(stream: bytes, fmt: str = "msgpack") -> dict[int, anet.JobResult]:
+    found: dict[int, anet.JobResult] = {}
+    for result in anet.results.read(io.BytesIO(stream), format=fmt):
+        assert result.id not in found, f"job {result.id} came twice"
+        found[result.id] = result
+    return found
+
+
+def test_a_submitted_batch_gives_the_same_results_as_a_standalone_run(pool, tmp_path):
+    lines = [f"echo job {i}; exit $(({i} % 4 == 3))" for i in range(30)]
+    path = batch(tmp_path, lines)
+    alone = cli("run", "-S", "2/:", "--retries", "0", "--format", "msgpack", str(path))
+    submitted = cli("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.decode().strip()
+    attached = cli("attach", "--format", "msgpack", run_id)
+    assert attached.returncode == alone.returncode
+    ours, theirs = records(attached.stdout), records(alone.stdout)
+    assert sorted(ours) == list(range(30))
+    for job, result in ours.items():
+        assert (result.ok, result.exit_code, result.stdout) == (
+            theirs[job].ok, theirs[job].exit_code, theirs[job].stdout,
+        ), job  # fmt: skip
+    assert cli("wait", run_id).returncode == alone.returncode
+    listing = cli("ls").stdout.decode()
+    assert f"{run_id}  done" in listing and str(path) in listing
+
+
+def test_an_attach_killed_midway_then_again_gets_every_result_once(pool, tmp_path):
+    """The client dies while results stream; the run does not notice, and a second attach gets
+    the journal's results then the live ones: every id once, none missing."""
+    path = batch(tmp_path, [f"sleep 0.0{i % 5}; echo {i}" for i in range(200)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    first = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert first.stdout is not None
+    first.stdout.read(200)  # some results came
+    first.kill()
+    first.wait()
+    first.stdout.close()
+    again = cli("attach", "--format", "msgpack", run_id)
+    assert again.returncode == 0, again.stderr
+    got = records(again.stdout)
+    assert sorted(got) == list(range(200))
+    assert all(got[i].stdout == b"%d\n" % i for i in got)
+
+
+def test_two_runs_at_once_in_one_pool_each_get_their_own_results(pool, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = batch(tmp_path / "a", [f"sleep 0.05; echo a{i}" for i in range(20)])
+    b = batch(tmp_path / "b", [f"sleep 0.05; echo b{i}" for i in range(20)])
+    ids = [cli("submit", str(p)).stdout.decode().strip() for p in (a, b)]
+    assert ids == ["1", "2"]
+    for name, run_id in zip("ab", ids, strict=True):
+        got = records(cli("attach", "--format", "msgpack", run_id).stdout)
+        assert {i: r.stdout for i, r in got.items()} == {
+            i: f"{name}{i}\n".encode() for i in range(20)
+        }
+
+
+def test_cancel_kills_the_runs_jobs_and_down_leaves_no_process(pool, tmp_path):
+    marker = tmp_path / "started"
+    path = batch(tmp_path, [f"touch {marker}; sleep 300"] * 4)
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    wait_until(marker.exists, timeout=30, what="a job to start")
+    below = descendants(pool)
+    assert below  # the dispatcher and its jobs
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0 and b"cancelled" in cancelled.stderr
+    assert cli("wait", run_id).returncode == 130
+    down = cli("down")
+    assert down.returncode == 0, down.stderr
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to exit")
+    wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its processes to end")
+    assert not place("default", os.environ).socket.exists()
+
+
+def test_up_twice_says_it_is_up_and_a_pool_killed_with_9_is_replaced(pool, tmp_path):
+    second = cli("up", "-S", "2/:")
+    assert second.returncode == 255
+    assert second.stderr.decode().strip() == f"anet: the pool is already up (pid {pool})"
+    os.kill(pool, signal.SIGKILL)
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to die")
+    assert place("default", os.environ).socket.exists()  # stale: nobody answers it
+    assert cli("ls").returncode == 255
+    again = cli("up", "-S", "2/:")
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    assert new != pool
+    path = batch(tmp_path, ["echo fine"])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    assert cli("wait", run_id).returncode == 0
+    cli("down")
+    wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_commands_without_a_pool_say_so_in_one_line():
+    for args in (["ls"], ["attach", "1"], ["down"], ["submit", "/nonexistent"]):
+        done = cli(*args)
+        assert done.returncode == 255, args
+        lines = done.stderr.decode().splitlines()
+        assert len(lines) == 1 and "Traceback" not in lines[0], (args, lines)
+    assert "no pool 'default' is up" in cli("ls").stderr.decode()
+
+
+def test_a_private_directory_that_is_not_private_is_refused(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    with pytest.raises(anet.AnetError, match="open to other users"):
+        make_private(open_dir)
+
+
+def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, tmp_path):
+    """The directory's 0700 keeps others out; were it opened by mistake, the peer check is
+    the second guard: a connection from another uid gets no answer."""
+    name = "anetpooltest"
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", name], check=True)
+    user = pwd.getpwnam(name)
+    where = place("default", os.environ)
+    for directory in [where.run_dir, *where.run_dir.parents]:
+        directory.chmod(directory.stat().st_mode | 0o011)  # others may pass through
+    where.socket.chmod(0o666)
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({str(where.socket)!r})\n"
+        "try:\n"
+        f"    s.sendall({pack({'op': 'ls'})!r})\n"
+        "    s.settimeout(20)\n"
+        "    got = s.recv(100)\n"
+        "except OSError:\n"  # closed before the request even went out
+        "    got = b''\n"
+        "sys.stdout.write(repr(got))\n"
+    )
+    stranger = subprocess.run(  # the system's python3: the test's may live in root's home
+        ["/usr/bin/python3", "-c", probe], capture_output=True, timeout=60,
+        user=user.pw_uid, group=user.pw_gid, cwd="/",
+    )  # fmt: skip
+    assert stranger.returncode == 0, stranger.stderr
+    assert stranger.stdout == b"b''"  # connected, then closed with no answer
+    ours = socket.socket(socket.AF_UNIX)
+    ours.connect(str(where.socket))
+    ours.sendall(pack({"op": "ls"}))
+    ours.settimeout(20)
+    assert ours.recv(100)  # the owner is answered
+    ours.close()
+    wait_until(
+        lambda: b"another user was refused" in where.log.read_bytes(), timeout=10,
+        what="the refusal in the pool's log",
+    )  # fmt: skip
