@@ -234,3 +234,57 @@ def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, t
         lambda: b"another user was refused" in where.log.read_bytes(), timeout=10,
         what="the refusal in the pool's log",
     )  # fmt: skip
+
+
+def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
+    pool, tmp_path
+):
+    ran = tmp_path / "ran"  # each job appends its id when it has done its work
+    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert watcher.stdout is not None
+    before: list[int] = []
+    for result in anet.results.read(watcher.stdout, format="msgpack"):
+        before.append(result.id)
+        if len(before) == 10:
+            break
+    below = descendants(pool)
+    os.kill(pool, signal.SIGKILL)
+    watcher.wait(timeout=30)
+    watcher.stdout.close()
+    wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its jobs to end")
+    again = cli("up", "-S", "2/:")
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    try:
+        listing = cli("ls").stdout.decode()
+        assert f"{run_id}  running" in listing or f"{run_id}  done" in listing, listing
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"out%d\n" % i for i in range(60)}
+        runs = ran.read_text().split()
+        assert all(runs.count(str(i)) == 1 for i in before), "a success of the dead pool ran again"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_down_cancels_for_good_and_a_stop_by_signal_resumes_with_the_next_pool(pool, tmp_path):
+    slow = batch(tmp_path, ["sleep 300"])
+    first = cli("submit", str(slow)).stdout.decode().strip()
+    os.kill(pool, signal.SIGTERM)  # a supervisor's stop: the run is resumed by the next pool
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    listing = cli("ls").stdout.decode()
+    assert f"{first}  running" in listing, listing
+    assert cli("down").returncode == 0  # `down`: cancelled for good
+    wait_until(lambda: not place("default", os.environ).socket.exists(), 30, "the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    try:
+        listing = cli("ls").stdout.decode()
+        assert f"{first}  cancelled" in listing, listing
+    finally:
+        cli("down")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import signal
 import sys
@@ -86,8 +87,8 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             await _settle(cluster)
             pool = Pool(place, cluster)
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, pool.stop)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # resumed later
+                loop.add_signal_handler(signum, functools.partial(pool.stop, resume_later=True))
             hosts = cluster.hosts.values()
             up = sum(state.state == HostPhase.READY for state in hosts)
             line = f"pool {place.name!r} is up: {up} of {len(hosts)} hosts ready"

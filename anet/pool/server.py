@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
 import os
 import socket
 import struct
@@ -24,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..api import Cluster
@@ -65,12 +67,17 @@ class Listener:
 
 @dataclass
 class PoolRun:
-    """One submitted batch: its counts, its journal, who is listening."""
+    """One submitted batch: its counts, its journal, who is listening.
+
+    On disk, beside its journal (place.py): `ID.batch`, the batch as submitted, and, once the
+    run has ended, `ID.end`, its last row. A run with a batch and no end was under way when its
+    pool died: the next pool of that name resumes it from its journal."""
 
     id: int
     name: str
     total: int
     journal: Journal
+    resumed: bool = False
     started: float = field(default_factory=time.time)
     state: str = "running"
     done: int = 0
@@ -91,8 +98,10 @@ class PoolRun:
         for listener in self.listeners:
             listener.put(result)
 
-    def end(self, state: str) -> None:
+    def end(self, state: str, end_file: Path) -> None:
         self.state = state
+        with contextlib.suppress(OSError):  # unwritten, the next pool resumes the run: no loss
+            _write_atomically(end_file, json.dumps(self.row()).encode())
         self.ended.set()
         for listener in self.listeners:
             listener.put(None)
@@ -112,15 +121,18 @@ class Pool:
         self.runs: dict[int, PoolRun] = {}
         self._next_id = 1
         self._stop = asyncio.Event()
+        self._resume_later = False
         self._tasks: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
-        """Listen on the socket until told to stop; the runs under way are cancelled then
-        (their remote jobs killed), their journals closed."""
+        """Resume the runs an earlier pool of this name left under way, then listen on the
+        socket until told to stop; the runs under way are cancelled then (their remote jobs
+        killed), their journals closed."""
         path = self.place.socket
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
+            self._restore()
             server = await asyncio.start_unix_server(self._accept, path=os.fspath(path))
             try:
                 os.chmod(path, 0o600)
@@ -136,8 +148,37 @@ class Pool:
                         run.task.cancel()
                 for client in self._clients:
                     client.cancel()
+        for run in self.runs.values():
+            run.journal.close()
 
-    def stop(self) -> None:
+    def _restore(self) -> None:
+        """The runs of an earlier pool of this name: those that ended are listed (and can be
+        attached), those left under way resume from their journals, their successes kept."""
+        runs_dir = self.place.journal(0).parent
+        found = sorted(int(f.stem) for f in runs_dir.glob("*.batch") if f.stem.isdigit())
+        for run_id in found:
+            self._next_id = max(self._next_id, run_id + 1)
+            try:
+                data = self._file(run_id, "batch").read_bytes()
+                end = self._file(run_id, "end")
+                row = json.loads(end.read_bytes()) if end.exists() else None
+                self._start(run_id, data, self._name_of(run_id), row)
+            except (OSError, ValueError, AnetError, JournalError) as exc:
+                log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
+
+    def _file(self, run_id: int, kind: str) -> Path:
+        return self.place.journal(run_id).with_suffix(f".{kind}")
+
+    def _name_of(self, run_id: int) -> str:
+        try:
+            return self._file(run_id, "name").read_text()
+        except OSError:
+            return "?"
+
+    def stop(self, *, resume_later: bool = False) -> None:
+        """Stop serving; the runs under way are cancelled: for good (`anet down`), or, with
+        `resume_later` (SIGTERM: a supervisor or a shutdown), to be resumed by the next pool."""
+        self._resume_later = resume_later
         self._stop.set()
 
     # -- a client -------------------------------------------------------------------------------
@@ -211,24 +252,41 @@ class Pool:
             return {"error": "a submit needs the batch's bytes and a name"}
         run_id = self._next_id
         self._next_id += 1
-        jobs = list(read_batch(io.BytesIO(batch)))
         try:
-            journal = Journal.open(
-                self.place.journal(run_id), hashlib.sha256(batch).hexdigest(), name, resume=False
-            )
+            self.place.journal(run_id).parent.mkdir(mode=0o700, exist_ok=True)
+            _write_atomically(self._file(run_id, "name"), name.encode())
+            _write_atomically(self._file(run_id, "batch"), batch)  # last: the run exists now
+            run = self._start(run_id, batch, name, None)
+        except OSError as exc:
+            return {"error": f"cannot keep the batch: {exc.strerror}"}
         except (AnetError, JournalError) as exc:
             return {"error": str(exc)}
-        run = PoolRun(run_id, name, len(jobs), journal)
+        log.info(f"run {run_id} ({name}): {run.total} jobs")
+        return run.row()
+
+    def _start(self, run_id: int, batch: bytes, name: str, ended: dict[str, Any] | None) -> PoolRun:
+        """The run, with its journal open; under way unless `ended` (its last row) says not.
+        A journal found on disk is resumed: its successes are not run again."""
+        path = self.place.journal(run_id)
+        resume = path.exists()
+        journal = Journal.open(path, hashlib.sha256(batch).hexdigest(), name, resume=resume)
+        jobs = list(read_batch(io.BytesIO(batch)))
+        run = PoolRun(run_id, name, len(jobs), journal, resumed=resume)
         self.runs[run_id] = run
+        if ended is not None:
+            run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
+            run.state = str(ended["state"])
+            run.ended.set()
+            return run
         assert self._tasks is not None
         run.task = self._tasks.create_task(self._drive(run, jobs))
-        log.info(f"run {run_id} ({name}): {len(jobs)} jobs")
-        return run.row()
+        return run
 
     async def _drive(self, run: PoolRun, jobs: list[Any]) -> None:
         state = "done"
+        options = RunOptions(journal=run.journal, resume=run.resumed)
         try:
-            async for result in self.cluster.run(jobs, RunOptions(journal=run.journal)):
+            async for result in self.cluster.run(jobs, options):
                 run.arrived(result)
         except asyncio.CancelledError:
             state = "cancelled"
@@ -237,7 +295,10 @@ class Pool:
         finally:
             with contextlib.suppress(JournalError):
                 run.journal.flush()
-            run.end(state)
+            if state == "cancelled" and self._resume_later:  # no end on disk: resumed later
+                run.ended.set()
+            else:
+                run.end(state, self._file(run.id, "end"))
             log.info(f"run {run.id}: {state}")
 
     async def _attach(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
@@ -280,6 +341,18 @@ class Pool:
 class _NoSuchRun(AnetError):
     def __init__(self, run_id: object) -> None:
         super().__init__(f"no run {run_id!r} in this pool")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Whole or not at all, 0600: a pool killed mid-write leaves the old file or none."""
+    part = path.with_name(path.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
