@@ -288,3 +288,62 @@ def test_down_cancels_for_good_and_a_stop_by_signal_resumes_with_the_next_pool(p
         assert f"{first}  cancelled" in listing, listing
     finally:
         cli("down")
+
+
+def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catches_up(
+    monkeypatch, tmp_path
+):
+    """In process: a pool on the local machine, an attached client that reads one result,
+    stops until the run has ended, then reads on. Its queue is dropped at the limit (the pool's
+    memory does not follow the run) and it catches up from the journal: every id once."""
+    import asyncio
+
+    from anet.api import Cluster
+    from anet.pool import server, wire
+    from anet.pool.place import make_private
+
+    monkeypatch.setattr(server, "LISTENER_LIMIT", 4)
+    longest: list[int] = [0]
+    put = server.Listener.put
+
+    def counting_put(self: server.Listener, result: object) -> None:
+        put(self, result)  # type: ignore[arg-type]
+        longest[0] = max(longest[0], len(self.queue))
+
+    monkeypatch.setattr(server.Listener, "put", counting_put)
+    where = place("default", os.environ)
+    make_private(where.run_dir)
+    make_private(where.state_dir)
+    data = "".join(f"head -c 8000 /dev/zero; echo {i}\n" for i in range(300)).encode()
+
+    async def main() -> dict[int, bytes]:
+        async with Cluster(["2/:"], cwd=str(tmp_path)) as cluster:
+            pool = server.Pool(where, cluster)
+            serving = asyncio.create_task(pool.serve())
+            await wait_for_socket(where)
+            run = pool._submit({"batch": data, "name": "big"})
+            reader, writer = await asyncio.open_unix_connection(str(where.socket))
+            writer.write(wire.pack({"op": "attach", "run": run["id"]}))
+            got: dict[int, bytes] = {}
+            first = wire.result_from(await wire.read(reader))
+            got[first.id] = first.stdout
+            await asyncio.wait_for(pool.runs[run["id"]].ended.wait(), 60)  # not reading
+            while isinstance(item := await wire.read(reader), list):
+                result = wire.result_from(item)
+                assert result.id not in got, f"job {result.id} came twice"
+                got[result.id] = result.stdout
+            assert item["state"] == "done"
+            writer.close()
+            pool.stop()
+            await serving
+            return got
+
+    async def wait_for_socket(where) -> None:
+        async with asyncio.timeout(30):
+            while not where.socket.exists():
+                await asyncio.sleep(0.01)
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(300))
+    assert all(out == bytes(8000) + b"%d\n" % i for i, out in got.items())
+    assert longest[0] == 4  # reached the limit, and never held more
