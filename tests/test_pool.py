@@ -347,3 +347,30 @@ def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catch
     assert sorted(got) == list(range(300))
     assert all(out == bytes(8000) + b"%d\n" % i for i, out in got.items())
     assert longest[0] == 4  # reached the limit, and never held more
+
+
+def test_a_pool_on_another_machine_is_reached_over_ssh_with_via(cluster, tmp_path):
+    """The pool runs where sshd's sessions find it ($XDG_RUNTIME_DIR unset there: /tmp/anet-UID);
+    the client reaches its socket through a real sshd, as a user on a laptop would."""
+    name = f"via{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    up = cli("up", "--pool", name, "-S", "2/:", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        via = ["--via", cluster.names[0], "--ssh-config", str(cluster.ssh_config), "--pool", name]
+        path = batch(tmp_path, [f"echo far {i}" for i in range(10)])
+        submitted = cli("submit", *via, str(path))
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = submitted.stdout.decode().strip()
+        attached = cli("attach", *via, "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"far %d\n" % i for i in range(10)}
+        assert f"{run_id}  done" in cli("ls", *via).stdout.decode()
+        other = cli("ls", *via[:-1], "nosuchpool")
+        assert other.returncode == 255
+        assert other.stderr.decode().strip() == (
+            f"anet: no pool 'nosuchpool' is up on {cluster.names[0]}"
+        )
+    finally:
+        cli("down", "--pool", name, env=env)

@@ -6,6 +6,7 @@ batches from its owner's commands. Each of the others is one request to it over 
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,21 @@ from .. import logs
 from ..api import KEEPALIVE
 from ..errors import UsageError
 from ..pool import daemon
-from ..pool.client import attach, request
+from ..pool.client import Target, Via, attach, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
+from ..remote.connect import SshOptions
 from ..streams.sinks import FORMATS, encoder_for
-from .common import Environment, ExitStatus, FiniteFloat, HostArgs, host_options, run_async
+from .common import (
+    Environment,
+    ExitStatus,
+    F,
+    FiniteFloat,
+    HostArgs,
+    host_options,
+    run_async,
+    ssh_config_option,
+)
 
 pool_option = click.option(
     "--pool", "pool_name", default=DEFAULT_NAME, show_default=True, metavar="NAME",
@@ -28,8 +39,23 @@ pool_option = click.option(
 )  # fmt: skip
 
 
-def _place(env: Environment, name: str) -> Place:
-    return place(name, env.environ)
+def target_options(command: F) -> F:
+    """--pool, --via, --ssh-config: one `target: Target` parameter (which pool, and where)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        env = click.get_current_context().find_object(Environment) or Environment()
+        name, via, config = kwargs.pop("pool_name"), kwargs.pop("via"), kwargs.pop("ssh_config")
+        # With --via, the socket's directory is the other machine's, asked there (client.py)
+        remote = Via(via, SshOptions(config=config)) if via is not None else None
+        kwargs["target"] = (place(name, env.environ), remote)
+        return command(*args, **kwargs)
+
+    wrapper = ssh_config_option(wrapper)
+    wrapper = click.option(
+        "--via", metavar="[USER@]HOST", help="The pool runs on that machine: reach it over SSH."
+    )(wrapper)
+    return pool_option(wrapper)  # type: ignore[return-value]
 
 
 @click.command("up")
@@ -47,7 +73,7 @@ def up_command(
     verbose: int,
 ) -> int:  # fmt: skip
     """Start a resident master: connect the hosts, keep them warm, take batches."""
-    where = _place(env, pool_name)
+    where = place(pool_name, env.environ)
     config = daemon.PoolConfig(host_args.resolve(env), host_args.ssh_options(keepalive), keepalive)
 
     def start(ready: Any) -> int:
@@ -67,47 +93,41 @@ async def _serve(where: Place, config: daemon.PoolConfig, ready: Any) -> int:
 
 
 @click.command("down")
-@pool_option
+@target_options
 @click.pass_obj
-def down_command(env: Environment, pool_name: str) -> int:
+def down_command(env: Environment, target: Target) -> int:
     """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go."""
-    where = _place(env, pool_name)
-    run_async(_ask(where, {"op": "down"}))
+    run_async(request(target, {"op": "down"}))
+    where, via = target
     deadline = time.monotonic() + 30
-    while where.socket.exists() and time.monotonic() < deadline:  # gone once it has stopped
-        time.sleep(0.05)
+    while via is None and where.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the socket is gone once the pool has stopped
     env.stderr.write(f"pool {where.name!r} is down\n")
     return ExitStatus.OK
 
 
-async def _ask(where: Place, message: dict[str, Any]) -> dict[str, Any]:
-    return await request(where, message)
-
-
 @click.command("submit")
-@pool_option
+@target_options
 @click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
 @click.pass_obj
-def submit_command(env: Environment, pool_name: str, batch: Path) -> int:
+def submit_command(env: Environment, target: Target, batch: Path) -> int:
     """Give the pool a batch; print its run id and return at once."""
     try:
         data = batch.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
-    row = run_async(
-        _ask(_place(env, pool_name), {"op": "submit", "batch": data, "name": str(batch)})
-    )
+    row = run_async(request(target, {"op": "submit", "batch": data, "name": str(batch)}))
     env.stdout.write(f"{row['id']}\n".encode())
     env.stdout.flush()
     return ExitStatus.OK
 
 
 @click.command("ls")
-@pool_option
+@target_options
 @click.pass_obj
-def ls_command(env: Environment, pool_name: str) -> int:
+def ls_command(env: Environment, target: Target) -> int:
     """The pool's runs: id, state, done/failed/total, started, batch."""
-    reply = run_async(_ask(_place(env, pool_name), {"op": "ls"}))
+    reply = run_async(request(target, {"op": "ls"}))
     lines = ["run  state      done  failed  total  started   batch"]
     for row in reply["runs"]:
         started = time.strftime("%H:%M:%S", time.localtime(row["started"]))
@@ -120,21 +140,21 @@ def ls_command(env: Environment, pool_name: str) -> int:
 
 
 @click.command("attach")
-@pool_option
+@target_options
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default=None,
               help="Output format (default: anet, or text on a terminal).")  # fmt: skip
 @click.argument("run_id", type=int)
 @click.pass_obj
-def attach_command(env: Environment, pool_name: str, fmt: str | None, run_id: int) -> int:
+def attach_command(env: Environment, target: Target, fmt: str | None, run_id: int) -> int:
     """The run's results from its start, each once, then live until it ends."""
     encoder = encoder_for(fmt or ("text" if env.stdout_isatty else "anet"))
-    return run_async(_attach(env, _place(env, pool_name), run_id, encoder))
+    return run_async(_attach(env, target, run_id, encoder))
 
 
-async def _attach(env: Environment, where: Place, run_id: int, encoder: Any) -> int:
+async def _attach(env: Environment, target: Target, run_id: int, encoder: Any) -> int:
     env.stdout.write(encoder.header)
     row: dict[str, Any] = {}
-    async for item in attach(where, run_id):
+    async for item in attach(target, run_id):
         if isinstance(item, dict):
             row = item
         else:
@@ -153,22 +173,22 @@ def _status(env: Environment, row: dict[str, Any]) -> int:
 
 
 @click.command("wait")
-@pool_option
+@target_options
 @click.argument("run_id", type=int)
 @click.pass_obj
-def wait_command(env: Environment, pool_name: str, run_id: int) -> int:
+def wait_command(env: Environment, target: Target, run_id: int) -> int:
     """Wait for the run to end; exit as `anet run` would have."""
-    row = run_async(_ask(_place(env, pool_name), {"op": "wait", "run": run_id}))
+    row = run_async(request(target, {"op": "wait", "run": run_id}))
     return _status(env, row)
 
 
 @click.command("cancel")
-@pool_option
+@target_options
 @click.argument("run_id", type=int)
 @click.pass_obj
-def cancel_command(env: Environment, pool_name: str, run_id: int) -> int:
+def cancel_command(env: Environment, target: Target, run_id: int) -> int:
     """Cancel the run: its running jobs are killed; what finished stays in its journal."""
-    row = run_async(_ask(_place(env, pool_name), {"op": "cancel", "run": run_id}))
+    row = run_async(request(target, {"op": "cancel", "run": run_id}))
     env.stderr.write(f"run {row['id']}: {printable(row['state'])}\n")
     return ExitStatus.OK
 

@@ -1,16 +1,27 @@
-"""The commands' side of a pool: one request per connection (server.py says which)."""
+"""The commands' side of a pool: one request per connection (server.py says which).
+
+The pool may be on another machine (`--via user@gateway`): the connection is then an SSH
+channel to its socket there (a forwarded unix socket, as `ssh -L` makes one), so the client is
+authenticated as any SSH user is, and the pool sees its own uid as the peer (sshd connects as
+the user who logged in).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import asyncssh
+
 from ..core.record import JobResult
-from ..errors import AnetError
+from ..errors import AnetError, HostError
+from ..remote.connect import Connector, SshOptions
+from ..remote.hosts import parse_spec
 from . import wire
-from .place import Place
+from .place import Place, run_dir_for
 
 
 class PoolDown(AnetError):
@@ -21,24 +32,66 @@ class PoolError(AnetError):
     """The pool answered with an error: the user's mistake (no such run, a bad batch)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Via:
+    """A pool on another machine, reached over SSH as a host is (`ssh` options, known_hosts)."""
+
+    destination: str
+    ssh: SshOptions
+
+
+Target = tuple[Place, "Via | None"]
+"""Which pool: its place (by name) here, or the pool of that name on `Via`'s machine."""
+
+_WHERE = 'printf "%s\\n%s\\n" "${XDG_RUNTIME_DIR-}" "$(id -u)"'
+"""Asked of the pool's machine: where its user's pool sockets are (place.run_dir_for)."""
+
+
 @contextlib.asynccontextmanager
-async def _connection(
-    place: Place,
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+async def _connection(target: Target) -> AsyncIterator[tuple[Any, Any]]:
+    place, via = target
+    if via is not None:
+        async with _remote(place.name, via) as streams:
+            yield streams
+        return
     try:
         reader, writer = await asyncio.open_unix_connection(str(place.socket))
     except (FileNotFoundError, ConnectionRefusedError):
         raise PoolDown(f"no pool {place.name!r} is up (`anet up` starts one)") from None
     except OSError as exc:
-        raise PoolDown(
-            f"cannot reach pool {place.name!r} at {place.socket}: {exc.strerror}"
-        ) from None
+        raise PoolDown(f"cannot reach pool {place.name!r}: {exc.strerror}") from None
     try:
         yield reader, writer
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _remote(name: str, via: Via) -> AsyncIterator[tuple[Any, Any]]:
+    """A channel to the pool's socket on `via`'s machine, where place.py's rule puts it for
+    the user logged in there (their $XDG_RUNTIME_DIR and uid, asked first)."""
+    connector = Connector(via.ssh)
+    try:
+        try:
+            conn = await connector.connect(parse_spec(via.destination))
+            asked = await conn.run(_WHERE, check=True, encoding="utf-8", errors="replace")
+            runtime, uid = [*str(asked.stdout).splitlines(), "", ""][:2]
+            path = run_dir_for(runtime, int(uid)) / f"{name}.sock"
+        except (HostError, asyncssh.Error, OSError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, HostError) else str(exc) or type(exc).__name__
+            raise PoolDown(f"cannot reach {via.destination}: {reason}") from None
+        try:
+            reader, writer = await conn.open_unix_connection(str(path))
+        except (asyncssh.Error, OSError):
+            raise PoolDown(f"no pool {name!r} is up on {via.destination}") from None
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+    finally:
+        await connector.close()
 
 
 def _checked(reply: Any, place: Place) -> dict[str, Any]:
@@ -51,17 +104,17 @@ def _checked(reply: Any, place: Place) -> dict[str, Any]:
     return reply
 
 
-async def request(place: Place, message: dict[str, Any]) -> dict[str, Any]:
+async def request(target: Target, message: dict[str, Any]) -> dict[str, Any]:
     """One request, its one reply (a `wait` may take as long as its run)."""
-    async with _connection(place) as (reader, writer):
+    async with _connection(target) as (reader, writer):
         writer.write(wire.pack(message))
         await writer.drain()
-        return _checked(await wire.read(reader), place)
+        return _checked(await wire.read(reader), target[0])
 
 
-async def attach(place: Place, run_id: int) -> AsyncIterator[JobResult | dict[str, Any]]:
+async def attach(target: Target, run_id: int) -> AsyncIterator[JobResult | dict[str, Any]]:
     """The run's results from its start, each once, then its row (a dict) when it has ended."""
-    async with _connection(place) as (reader, writer):
+    async with _connection(target) as (reader, writer):
         writer.write(wire.pack({"op": "attach", "run": run_id}))
         await writer.drain()
         while True:
@@ -69,7 +122,7 @@ async def attach(place: Place, run_id: int) -> AsyncIterator[JobResult | dict[st
             if isinstance(item, list):
                 yield wire.result_from(item)
             else:
-                yield _checked(item, place)
+                yield _checked(item, target[0])
                 return
 
 
@@ -78,7 +131,7 @@ async def is_up(place: Place) -> int | None:
     pool that died answers nothing: it is stale)."""
     try:
         async with asyncio.timeout(5):
-            reply = await request(place, {"op": "ping"})
+            reply = await request((place, None), {"op": "ping"})
     except (PoolDown, TimeoutError, wire.WireError):
         return None
     return int(reply["pid"])

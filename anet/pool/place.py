@@ -47,14 +47,25 @@ class Place:
         return self.state_dir / "runs" / f"{run_id}.sqlite"
 
 
-def place(name: str, environ: Mapping[str, str]) -> Place:
-    """The pool called `name`; UsageError for a name that is not a plain word."""
+def check_name(name: str) -> str:
+    """UsageError for a pool name that is not a plain word (it names files)."""
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise UsageError(f"bad pool name {name!r}: letters, digits, '_', '.' and '-' only")
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    run_dir = Path(runtime, "anet") if os.path.isabs(runtime) else Path(f"/tmp/anet-{os.getuid()}")
+    return name
+
+
+def place(name: str, environ: Mapping[str, str]) -> Place:
+    """The pool called `name` on this machine."""
+    check_name(name)
+    run_dir = run_dir_for(environ.get("XDG_RUNTIME_DIR", ""), os.getuid())
     state_dir = journals_dir(environ).parent / "pools" / name
     return Place(name, run_dir, state_dir)
+
+
+def run_dir_for(runtime: str, uid: int) -> Path:
+    """Where a user's pool sockets are, from their $XDG_RUNTIME_DIR (maybe unset) and uid: the
+    one rule for this machine and, through `--via`, another one."""
+    return Path(runtime, "anet") if os.path.isabs(runtime) else Path(f"/tmp/anet-{uid}")
 
 
 def make_private(directory: Path) -> None:
