@@ -95,3 +95,41 @@ def test_runs_on_one_host_split_its_slots_and_neither_waits_for_the_other_to_end
         running += step
         peak = max(peak, running)
     assert peak <= 4
+
+
+def _stamped(marks: Path, name: str) -> str:
+    return f"s=$(date +%s.%N); sleep 0.25; echo $s $(date +%s.%N) > {marks}/{name}"
+
+
+def _busy(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Job-seconds of `spans` inside [start, end]."""
+    return sum(max(0.0, min(e, end) - max(s, start)) for s, e in spans)
+
+
+def test_two_runs_on_four_sshd_hosts_share_the_slots_evenly(cluster, tmp_path):
+    """Four real hosts of two slots, two runs of many jobs: while both run, each holds half
+    the slots, give or take a job (measured as the job-seconds each got in that window)."""
+    from anet.remote.connect import SshOptions
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hosts = [f"2/{name}" for name in cluster.names]
+
+    async def main():
+        ssh = SshOptions(config=cluster.ssh_config)
+        async with anet.Cluster(hosts, ssh=ssh) as pool:
+            return await asyncio.gather(
+                collect(pool, [_stamped(marks, f"a.{i:03}") for i in range(48)]),
+                collect(pool, [_stamped(marks, f"b.{i:03}") for i in range(48)]),
+            )
+
+    a, b = asyncio.run(main())
+    assert sorted(r.id for r in a) == sorted(r.id for r in b) == list(range(48))
+    assert all(r.ok for r in a + b)
+    a_spans, b_spans = _spans(marks, "a"), _spans(marks, "b")
+    start = max(min(s for s, _ in a_spans), min(s for s, _ in b_spans))
+    end = min(max(e for _, e in a_spans), max(e for _, e in b_spans))
+    assert end - start > 1.0, "the runs hardly overlapped"
+    share_a, share_b = _busy(a_spans, start, end), _busy(b_spans, start, end)
+    slots = 8 * (end - start)
+    assert abs(share_a - share_b) <= 0.25 * slots, (share_a, share_b, slots)  # 1 job in 4 slots
