@@ -374,3 +374,50 @@ def test_a_pool_on_another_machine_is_reached_over_ssh_with_via(cluster, tmp_pat
         )
     finally:
         cli("down", "--pool", name, env=env)
+
+
+def test_the_library_runs_on_a_pool_as_on_a_cluster_and_leaving_early_cancels(pool, tmp_path):
+    import asyncio
+
+    marker = tmp_path / "started"
+
+    async def main():
+        async with anet.Pool() as running:
+            assert running.pid == pool
+            whole = [r async for r in running.run(["echo a", "", "exit 4", b"printf '\\377'"])]
+            assert running.last_row["state"] == "done"
+            async for _ in running.run([f"touch {marker}; sleep 300", "true"]):
+                break  # leaves with the sleeper still running
+            return whole, await running.runs()
+
+    whole, runs = asyncio.run(main())
+    assert sorted((r.id, r.ok, r.exit_code, r.stdout) for r in whole) == [
+        (0, True, 0, b"a\n"), (1, True, 0, b""), (2, False, 4, b""), (3, True, 0, b"\xff"),
+    ]  # fmt: skip
+    assert [(row["id"], row["name"]) for row in runs] == [(1, "python"), (2, "python")]
+    wait_until(lambda: "2  cancelled" in cli("ls").stdout.decode(), 30, "the run cancelled")
+    wait_until(lambda: not descendants(pool) - set(_dispatchers(pool)), 30, "the sleeper killed")
+
+
+def _dispatchers(pid: int) -> list[int]:
+    """The pool's dispatcher processes (its children): they stay, the jobs under them go."""
+    return [p for p in descendants(pid) if _ppid(p) == pid]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return -1
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def test_the_library_says_in_one_line_that_no_pool_is_up():
+    import asyncio
+
+    async def main():
+        async with anet.Pool("nothere"):
+            pass
+
+    with pytest.raises(anet.PoolDown, match="no pool 'nothere' is up"):
+        asyncio.run(main())

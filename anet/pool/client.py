@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..errors import AnetError, HostError
 from ..remote.connect import Connector, SshOptions
 from ..remote.hosts import parse_spec
 from . import wire
-from .place import Place, run_dir_for
+from .place import DEFAULT_NAME, Place, place, run_dir_for
 
 
 class PoolDown(AnetError):
@@ -135,3 +136,61 @@ async def is_up(place: Place) -> int | None:
     except (PoolDown, TimeoutError, wire.WireError):
         return None
     return int(reply["pid"])
+
+
+class Pool:
+    """A running pool from Python, with a `Cluster`'s `run`:
+
+        async with anet.Pool() as pool:                    # the pool `anet up` started
+            async for result in pool.run(["echo 1", "echo 2"]):
+                print(result.id, result.stdout)
+
+    Each `run` is a run of the pool's (`anet ls` lists it): its results come from the start,
+    each job once; leaving the loop early cancels it (its running jobs are killed), as
+    leaving a `Cluster.run` does. `via` reaches a pool on another machine over SSH.
+    """
+
+    def __init__(
+        self,
+        name: str = DEFAULT_NAME,
+        *,
+        via: str | None = None,
+        ssh: SshOptions | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        remote = Via(via, ssh or SshOptions()) if via is not None else None
+        self._target: Target = (place(name, os.environ if environ is None else environ), remote)
+        self.pid: int | None = None
+        self.last_row: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Pool:
+        """PoolDown (one line) when no pool answers."""
+        self.pid = int((await request(self._target, {"op": "ping"}))["pid"])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass  # nothing is held open between requests
+
+    async def run(
+        self, commands: Iterable[str | bytes], *, name: str = "python"
+    ) -> AsyncIterator[JobResult]:
+        """Run every command once (job id = position); yield each final result as it ends.
+        The run's end state is in `last_row` afterwards (`done`, `cancelled`, `failed: ...`)."""
+        encoded = [c.encode() if isinstance(c, str) else bytes(c) for c in commands]
+        row = await request(self._target, {"op": "submit", "commands": encoded, "name": name})
+        finished = False
+        try:
+            async for item in attach(self._target, row["id"]):
+                if isinstance(item, dict):
+                    self.last_row = item
+                    finished = True
+                else:
+                    yield item
+        finally:
+            if not finished:  # left early: the run's jobs must not outlive the loop
+                with contextlib.suppress(AnetError, OSError):
+                    await asyncio.shield(request(self._target, {"op": "cancel", "run": row["id"]}))
+
+    async def runs(self) -> list[dict[str, Any]]:
+        """The pool's runs, as `anet ls` shows them."""
+        return list((await request(self._target, {"op": "ls"}))["runs"])

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from ..api import Cluster
-from ..core.batch import read_batch
+from ..core.batch import as_jobs, read_batch
 from ..core.record import JobResult
 from ..errors import AnetError
 from ..logs import get_logger
@@ -40,6 +42,8 @@ from .place import Place
 
 log = get_logger()
 
+KINDS = ("batch", "commands")
+"""What a submit carries, and the suffix its run's file has on disk."""
 LISTENER_LIMIT = 1024
 """Results waiting for one attached client before it is switched to catching up from the journal."""
 REQUEST_TIMEOUT = 10.0
@@ -69,9 +73,10 @@ class Listener:
 class PoolRun:
     """One submitted batch: its counts, its journal, who is listening.
 
-    On disk, beside its journal (place.py): `ID.batch`, the batch as submitted, and, once the
-    run has ended, `ID.end`, its last row. A run with a batch and no end was under way when its
-    pool died: the next pool of that name resumes it from its journal."""
+    On disk, beside its journal (place.py): `ID.batch`, the batch file as submitted (or
+    `ID.commands`, the library's list of commands, in msgpack), and, once the run has ended,
+    `ID.end`, its last row. A run with a batch and no end was under way when its pool died: the
+    next pool of that name resumes it from its journal."""
 
     id: int
     name: str
@@ -155,14 +160,19 @@ class Pool:
         """The runs of an earlier pool of this name: those that ended are listed (and can be
         attached), those left under way resume from their journals, their successes kept."""
         runs_dir = self.place.journal(0).parent
-        found = sorted(int(f.stem) for f in runs_dir.glob("*.batch") if f.stem.isdigit())
-        for run_id in found:
+        found = sorted(
+            (int(f.stem), f.suffix[1:])
+            for kind in KINDS
+            for f in runs_dir.glob(f"*.{kind}")
+            if f.stem.isdigit()
+        )
+        for run_id, kind in found:
             self._next_id = max(self._next_id, run_id + 1)
             try:
-                data = self._file(run_id, "batch").read_bytes()
+                data = self._file(run_id, kind).read_bytes()
                 end = self._file(run_id, "end")
                 row = json.loads(end.read_bytes()) if end.exists() else None
-                self._start(run_id, data, self._name_of(run_id), row)
+                self._start(run_id, kind, data, self._name_of(run_id), row)
             except (OSError, ValueError, AnetError, JournalError) as exc:
                 log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
 
@@ -247,16 +257,20 @@ class Pool:
         return run
 
     def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
-        batch, name = request.get("batch"), request.get("name")
-        if not isinstance(batch, bytes) or not isinstance(name, str):
-            return {"error": "a submit needs the batch's bytes and a name"}
+        """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
+        library's `commands` (every one a job, numbered by position), and a `name`."""
+        name = request.get("name")
+        kind = next((k for k in KINDS if k in request), None)
+        data = request.get(kind) if kind == "batch" else _packed_commands(request.get("commands"))
+        if kind is None or not isinstance(data, bytes) or not isinstance(name, str):
+            return {"error": "a submit needs a batch's bytes or a list of commands, and a name"}
         run_id = self._next_id
         self._next_id += 1
         try:
             self.place.journal(run_id).parent.mkdir(mode=0o700, exist_ok=True)
             _write_atomically(self._file(run_id, "name"), name.encode())
-            _write_atomically(self._file(run_id, "batch"), batch)  # last: the run exists now
-            run = self._start(run_id, batch, name, None)
+            _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
+            run = self._start(run_id, kind, data, name, None)
         except OSError as exc:
             return {"error": f"cannot keep the batch: {exc.strerror}"}
         except (AnetError, JournalError) as exc:
@@ -264,13 +278,18 @@ class Pool:
         log.info(f"run {run_id} ({name}): {run.total} jobs")
         return run.row()
 
-    def _start(self, run_id: int, batch: bytes, name: str, ended: dict[str, Any] | None) -> PoolRun:
+    def _start(
+        self, run_id: int, kind: str, data: bytes, name: str, ended: dict[str, Any] | None
+    ) -> PoolRun:
         """The run, with its journal open; under way unless `ended` (its last row) says not.
         A journal found on disk is resumed: its successes are not run again."""
         path = self.place.journal(run_id)
         resume = path.exists()
-        journal = Journal.open(path, hashlib.sha256(batch).hexdigest(), name, resume=resume)
-        jobs = list(read_batch(io.BytesIO(batch)))
+        journal = Journal.open(path, hashlib.sha256(data).hexdigest(), name, resume=resume)
+        if kind == "batch":
+            jobs = list(read_batch(io.BytesIO(data)))
+        else:
+            jobs = list(as_jobs(msgpack.unpackb(data)))
         run = PoolRun(run_id, name, len(jobs), journal, resumed=resume)
         self.runs[run_id] = run
         if ended is not None:
@@ -341,6 +360,13 @@ class Pool:
 class _NoSuchRun(AnetError):
     def __init__(self, run_id: object) -> None:
         super().__init__(f"no run {run_id!r} in this pool")
+
+
+def _packed_commands(commands: object) -> bytes | None:
+    """The library's commands as kept on disk, or None when they are not a list of bytes."""
+    if not isinstance(commands, list) or not all(isinstance(c, bytes) for c in commands):
+        return None
+    return msgpack.packb(commands, use_bin_type=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
