@@ -54,6 +54,7 @@ Examples:
   anet status batch.txt                           # how far its run is, while it runs
   anet report batch.txt -o report.html            # throughput, hosts, failures: one page
   anet journals                                   # the journals kept, and how big
+  anet up -H hosts.txt; anet submit batch.txt     # a resident master: runs outlive the terminal
   eval "$(anet completion bash)"                  # tab completion (zsh too)
 
 `anet BATCH` means `anet run BATCH`; options may come before COMMAND too
