@@ -107,6 +107,9 @@ def test_a_submitted_batch_gives_the_same_results_as_a_standalone_run(pool, tmp_
     assert cli("wait", run_id).returncode == alone.returncode
     listing = cli("ls").stdout.decode()
     assert f"{run_id}  done" in listing and str(path) in listing
+    hosts = cli("pool").stdout.decode().splitlines()
+    assert hosts[0].split() == ["host", "state", "slots", "running", "done", "note"]
+    assert hosts[1].split() == ["local", "ready", "2", "0", "30"]
 
 
 def test_an_attach_killed_midway_then_again_gets_every_result_once(pool, tmp_path):

@@ -22,6 +22,7 @@ from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
 from ..streams.sinks import FORMATS, encoder_for
+from ..views.tables import align_columns
 from .common import (
     Environment,
     ExitStatus,
@@ -128,14 +129,36 @@ def submit_command(env: Environment, target: Target, batch: Path) -> int:
 def ls_command(env: Environment, target: Target) -> int:
     """The pool's runs: id, state, done/failed/total, started, batch."""
     reply = run_async(request(target, {"op": "ls"}))
-    lines = ["run  state      done  failed  total  started   batch"]
-    for row in reply["runs"]:
-        started = time.strftime("%H:%M:%S", time.localtime(row["started"]))
-        lines.append(
-            f"{row['id']:>3}  {printable(row['state']):<9} {row['done']:>5} {row['failed']:>7}"
-            f" {row['total']:>6}  {started}  {printable(row['name'])}"
-        )
+    columns = ("run", "state", "done", "failed", "total", "started", "batch")
+    rows = [
+        [
+            str(row["id"]),
+            printable(row["state"]),
+            str(row["done"]),
+            str(row["failed"]),
+            str(row["total"]),
+            time.strftime("%H:%M:%S", time.localtime(row["started"])),
+            printable(row["name"]),
+        ]
+        for row in reply["runs"]
+    ]
+    aligned, _ = align_columns(columns, rows, [True, False, True, True, True, False, False])
+    lines = [line.rstrip() for line in aligned]
     env.stdout.write(("\n".join(lines) + "\n").encode())
+    return ExitStatus.OK
+
+
+@click.command("pool")
+@target_options
+@click.pass_obj
+def pool_command(env: Environment, target: Target) -> int:
+    """The pool's hosts: state, slots, jobs running and done, why one is held or failing."""
+    reply = run_async(request(target, {"op": "ping"}))
+    columns = ("host", "state", "slots", "running", "done", "note")
+    rows = [[printable(str(host[c])) for c in columns] for host in reply["hosts"]]
+    lines, _ = align_columns(columns, rows, [False, False, True, True, True, False])
+    env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
+    env.stdout.write(f"pid {reply['pid']}\n".encode())
     return ExitStatus.OK
 
 
@@ -195,6 +218,7 @@ def cancel_command(env: Environment, target: Target, run_id: int) -> int:
 
 COMMANDS = (
     up_command,
+    pool_command,
     down_command,
     submit_command,
     ls_command,

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from ..api import Cluster
+from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
 from ..core.record import JobResult
 from ..errors import AnetError
@@ -223,7 +223,7 @@ class Pool:
     async def handle(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         op = request.get("op")
         if op == "ping":
-            hosts = {label: state.state for label, state in self.cluster.hosts.items()}
+            hosts = [_host_row(label, state) for label, state in self.cluster.hosts.items()]
             reply: dict[str, Any] = {"pid": os.getpid(), "hosts": hosts}
         elif op == "submit":
             reply = self._submit(request)
@@ -360,6 +360,14 @@ class Pool:
 class _NoSuchRun(AnetError):
     def __init__(self, run_id: object) -> None:
         super().__init__(f"no run {run_id!r} in this pool")
+
+
+def _host_row(label: str, state: HostState) -> dict[str, Any]:
+    """One host as `anet pool` shows it."""
+    return {
+        "host": label, "state": str(state.state), "slots": state.slots, "running": state.running,
+        "done": state.done, "note": state.held or state.error or "",
+    }  # fmt: skip
 
 
 def _packed_commands(commands: object) -> bytes | None:
