@@ -129,23 +129,27 @@ def submit_command(env: Environment, target: Target, batch: Path) -> int:
 def ls_command(env: Environment, target: Target) -> int:
     """The pool's runs: id, state, done/failed/total, started, batch."""
     reply = run_async(request(target, {"op": "ls"}))
-    columns = ("run", "state", "done", "failed", "total", "started", "batch")
-    rows = [
-        [
-            str(row["id"]),
-            printable(row["state"]),
-            str(row["done"]),
-            str(row["failed"]),
-            str(row["total"]),
-            time.strftime("%H:%M:%S", time.localtime(row["started"])),
-            printable(row["name"]),
-        ]
+    runs = [
+        {**row, "run": row["id"], "batch": row["name"], "started": _clock(row["started"])}
         for row in reply["runs"]
     ]
-    aligned, _ = align_columns(columns, rows, [True, False, True, True, True, False, False])
-    lines = [line.rstrip() for line in aligned]
-    env.stdout.write(("\n".join(lines) + "\n").encode())
+    _print_table(env, ("run", "state", "done", "failed", "total", "started", "batch"), runs)
     return ExitStatus.OK
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+_NUMBERS = frozenset({"run", "done", "failed", "total", "slots", "running"})
+
+
+def _print_table(env: Environment, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Rows the pool sent, as a plain table on stdout: numbers right, the rest left, every
+    cell made printable (a host's error or a batch name may hold anything)."""
+    cells = [[printable(str(row[c])) for c in columns] for row in rows]
+    lines, _ = align_columns(columns, cells, [c in _NUMBERS for c in columns])
+    env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
 
 
 @click.command("pool")
@@ -154,10 +158,7 @@ def ls_command(env: Environment, target: Target) -> int:
 def pool_command(env: Environment, target: Target) -> int:
     """The pool's hosts: state, slots, jobs running and done, why one is held or failing."""
     reply = run_async(request(target, {"op": "ping"}))
-    columns = ("host", "state", "slots", "running", "done", "note")
-    rows = [[printable(str(host[c])) for c in columns] for host in reply["hosts"]]
-    lines, _ = align_columns(columns, rows, [False, False, True, True, True, False])
-    env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
+    _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
     env.stdout.write(f"pid {reply['pid']}\n".encode())
     return ExitStatus.OK
 
