@@ -242,6 +242,7 @@ class Gate:
         self._starved_checked = now
         want, free = self.polite.memfree_kb, self._memory()
         if 0 <= free < want // 2:
+            self._open_until = float("-inf")  # a look that let jobs start holds no more
             return "only %s available, under half of --memfree %s" % (_size(free), _size(want))
         return ""
 

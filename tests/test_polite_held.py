@@ -9,7 +9,6 @@ ANET_UTMP) and a real OpenSSH sshd host, by exactly-once results.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_ssh import decode, write_batch
-from test_polite import WAIT_FOR_GO, FakeSeat, read_stderr_until, wait_until
+from test_polite import FakeSeat, read_stderr_until, wait_until
 
 from anet.api import HostState
 from anet.core.batch import Job
@@ -28,6 +27,7 @@ from anet.remote.hosts import parse_spec
 from anet.views.progress import HostRow, Snapshot, Tally, host_state, take_snapshot
 from anet.views.stats import held_times
 from anet.views.summary import FailedJobs, render_summary
+from dispatcher.polite import Gate, Polite
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -192,44 +192,6 @@ def test_a_yielding_host_gives_its_queue_back_and_its_suspended_job_moves(cluste
     assert "(yielding)</td>" in html
 
 
-def test_memfree_kill_spends_no_retry(tmp_path):
-    """As test_polite's --memfree-kill test, with --retries 0: the killed job still ends well;
-    the JSON summary has the time the host was held."""
-    meminfo = tmp_path / "meminfo"
-
-    def available(gib: int) -> None:
-        meminfo.write_text(f"MemAvailable: {gib << 20} kB\n")
-
-    available(10)
-    batch = write_batch(tmp_path, [WAIT_FOR_GO] * 2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "anet", "--format", "msgpack", "--no-journal", "-S", "2/:",
-         "--log-json", "--retries", "0", "--memfree", "4G", "--memfree-kill", str(batch)],
-        cwd=tmp_path, env={**os.environ, "ANET_MEMINFO": str(meminfo)},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_until(
-            lambda: all((tmp_path / f"started-{i}").exists() for i in range(2)), 60, "both start"
-        )
-        (tmp_path / "started-1").unlink()
-        available(1)  # under half of 4G: job 1, the younger, is killed
-        said = read_stderr_until(proc, b"its jobs wait", timeout=60)
-        (tmp_path / "go").touch()
-        available(10)
-    except BaseException:
-        finish(proc, 0.1)
-        raise
-    out, err = finish(proc, 60)
-    assert proc.returncode == 0, said + err
-    records = {r.id: r for r in decode(out)}
-    assert sorted(records) == [0, 1] and len(decode(out)) == 2
-    assert [(records[i].ok, records[i].attempts) for i in (0, 1)] == [(True, 1), (True, 2)]
-    assert [records[i].stdout for i in (0, 1)] == [b"job-0\n", b"job-1\n"]
-    (summary,) = [json.loads(line) for line in err.splitlines() if b'"summary"' in line]
-    assert [host["held"] > 0 for host in summary["hosts"]] == [True]  # its time lost
-
-
 def test_the_held_time_shows_in_the_live_views_state():
     host = HostState(parse_spec("node1"))
     host.state = HostPhase.READY
@@ -259,3 +221,14 @@ def test_the_summary_says_the_time_lost_to_polite_mode_only_when_there_was_some(
     quiet = render_summary(held_snapshot(0.0), FailedJobs()).splitlines()
     assert quiet[0] == "anet: 8 jobs done, 0 failed, in 10s (0.8 jobs/s)"
     assert "held" not in quiet[1]
+
+
+def test_a_memory_kill_makes_the_gate_look_again_before_the_next_start():
+    """A look that let jobs start holds good for RECHECK seconds, but a --memfree-kill within
+    them proves memory short: the killed job's rerun must not start on the old look."""
+    free = [10 << 20]
+    gate = Gate(Polite(memfree_kb=4 << 20, memfree_kill=True), memory=lambda: free[0])
+    assert gate.holds(0.0, []) == ""
+    free[0] = 1 << 20
+    assert gate.starved(0.5).startswith("only 1.0 GiB available")
+    assert gate.holds(0.6, []).startswith("low memory: 1.0 GiB available")
