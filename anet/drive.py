@@ -64,7 +64,7 @@ class Drive:
         self.engine = Engine(jobs, policy, stats, wall_offset=_wall_offset(loop))
         self._send = send
         self._tasks = tasks
-        self._attempt_log = attempt_log
+        self.attempt_log = attempt_log
         self._journal = journal
         self._journal_required = journal_required
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
@@ -79,8 +79,9 @@ class Drive:
 
     # -- events from the hosts ------------------------------------------------------------------
 
-    def host_ready(self, label: str, slots: int) -> None:
-        self.engine.host_ready(label, slots)
+    def host_ready(self, label: str, slots: int, share: int | None = None) -> None:
+        """The host is ready with `slots`, `share` of them this run's (engine.host_ready)."""
+        self.engine.host_ready(label, slots, share)
         self.round_soon()
 
     def host_held(self, label: str, held: bool) -> None:
@@ -169,7 +170,7 @@ class Drive:
         for host, frames in actions.frames.items():
             self._send(host, frames)
         for end in actions.attempts:
-            self._attempt_log.attempt(
+            self.attempt_log.attempt(
                 end.attempt, end.size, end.start, end.runtime, end.code, end.signal
             )
         self._wake_at(actions.wakeup)
@@ -251,7 +252,7 @@ class Drive:
         if self._journal is None or self._journal_required:
             return
         log.warning(f"{exc}; running on without it (a --resume would run the later jobs again)")
-        self._journal = self._attempt_log.journal = None
+        self._journal = self.attempt_log.journal = None
 
     async def _flush_journal(self) -> None:
         """Commit on a timer, so an idle spell never leaves attempts or delivery marks unwritten."""

@@ -189,10 +189,12 @@ class Engine:
 
     # -- what comes in ------------------------------------------------------------------------
 
-    def host_ready(self, host: str, slots: int) -> None:
-        """The host's dispatcher is ready for `slots` attempts at once (again, after a loss)."""
+    def host_ready(self, host: str, slots: int, share: int | None = None) -> None:
+        """The host's dispatcher is ready for `slots` attempts at once (again, after a loss), of
+        which this run may use `share` (all by default; runs sharing a cluster split them, and
+        a new split comes this way: the attempts in flight carry on)."""
         self._slots[host] = slots
-        self._scheduler.host_ready(host, slots)
+        self._scheduler.host_ready(host, slots if share is None else share)
 
     def host_lost(self, host: str, now: float) -> None:
         """The host's dispatcher is gone: its attempts go back to the queue (or are given up)."""

@@ -25,7 +25,8 @@ class HostTable:
         """The host can take `slots` running attempts plus `lookahead` queued ones; without a
         `lookahead`, the queue grows to hide the host's measured round trip."""
         extra = default_lookahead(slots) if lookahead is None else lookahead
-        self._held.discard(name)  # a new dispatcher holds nothing yet
+        if not slots:  # a run's share of none of its slots: it takes nothing here, queued or not
+            extra = 0
         if lookahead is None:
             self._adaptive.add(name)
         else:
@@ -38,7 +39,9 @@ class HostTable:
             self.health.setdefault(name, HostHealth())
 
     def lost(self, name: str) -> Slots | None:
-        """Forget a ready host (its health stays); its record, to requeue its attempts."""
+        """Forget a ready host (its health stays); its record, to requeue its attempts. Its hold
+        goes too: a new dispatcher holds nothing (announced again while ready, a host that
+        is held stays held: its share of the slots changed, not its state)."""
         host = self.slots.pop(name, None)
         self._held.discard(name)
         if host is not None:
@@ -95,6 +98,8 @@ class HostTable:
         """Size the host's queue to its round trip and its typical job (Little's law)."""
         host, trip = self.slots.get(name), self._trips.estimate(name)
         if host is None or trip is None or name not in self._adaptive or not runtimes.count:
+            return
+        if not host.slots:  # a share of none: its queue stays empty
             return
         duration = runtimes.expected(name)
         host.capacity = host.slots + lookahead_for(host.slots, trip, duration)
