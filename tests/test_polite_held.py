@@ -65,6 +65,19 @@ def test_a_held_hosts_queued_attempts_are_taken_back_and_run_elsewhere_with_no_r
     assert sched.finished
 
 
+def test_a_held_host_announced_again_stays_held_and_a_new_dispatcher_holds_nothing():
+    """Runs sharing a cluster announce a host again whenever the split of its slots changes:
+    that changes its share, not its hold. Its loss ends the hold (a new dispatcher's own)."""
+    sched = Scheduler(iter(jobs(4)), speculate=False)
+    sched.host_ready("a", 2, lookahead=0)
+    sched.host_held("a", True)
+    sched.host_ready("a", 1, lookahead=0)
+    assert sched.next_runs(0.0) == []
+    sched.host_lost("a", now=1.0)
+    sched.host_ready("a", 1, lookahead=0)
+    assert [r.job.id for r in sched.next_runs(2.0)] == [0]
+
+
 def test_a_taken_back_attempt_that_started_meanwhile_ends_once():
     """The race: the dispatcher started it before the Kill came. A success stands, once; a
     kill puts the job back in line, no retry spent (retries=0)."""

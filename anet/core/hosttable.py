@@ -51,8 +51,9 @@ class HostTable:
         return host
 
     def hold(self, name: str, held: bool) -> None:
-        """Polite mode holds the host (it starts no job now), or no longer does."""
-        if held:
+        """Polite mode holds the ready host (it starts no job now), or no longer does; a host
+        that is not ready has no dispatcher to hold it."""
+        if held and name in self.slots:
             self._held.add(name)
         else:
             self._held.discard(name)
