@@ -17,17 +17,20 @@ from pathlib import Path
 
 import pytest
 from test_cli_ssh import decode, write_batch
+from test_engine import engine_for
 from test_polite import FakeSeat, read_stderr_until, wait_until
 
 from anet.api import HostState
 from anet.core.batch import Job
 from anet.core.scheduler import KillReason, Scheduler, Verdict
+from anet.errors import HostError
 from anet.remote.hostlife import HostPhase
 from anet.remote.hosts import parse_spec
 from anet.views.progress import HostRow, Snapshot, Tally, host_state, take_snapshot
 from anet.views.stats import held_times
 from anet.views.summary import FailedJobs, render_summary
-from dispatcher.polite import Gate, Polite
+from dispatcher.polite import Evicted, Gate, Polite
+from dispatcher.protocol import Exit
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -116,6 +119,59 @@ def test_an_evicted_attempt_spends_no_retry_but_a_job_evicted_too_often_fails():
         "killed 3 times by polite mode (last: suspended 900s for a person at the machine)"
     )
     assert sched.next_runs(4.0) == [] and sched.finished
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+def test_the_engine_takes_a_held_hosts_queue_back_leaving_no_trace_of_it():
+    _, hosts = engine_for(3, retries=0, speculate=False)
+    hosts.ready("h1", 1)  # its slot and 2 queued
+    hosts.start("h1", 0)
+    hosts.engine.host_held("h1", True)
+    hosts.round()
+    taken = [
+        (host, run.job) for host, aid in hosts.kills for run in hosts.runs[host] if run.aid == aid
+    ]
+    assert taken == [("h1", 1), ("h1", 2)]
+    for job_id in (1, 2):  # the dispatcher's answer to a Kill of a queued attempt: no Started
+        run = hosts.on("h1", job_id)
+        hosts.runs["h1"].remove(run)
+        hosts.say("h1", Exit(run.aid, None, 15, 0.0, 0.0, 0))
+    hosts.ready("h2", 1)
+    for job_id in (1, 2):
+        hosts.start("h2", job_id)
+        hosts.finish("h2", job_id, b"%d\n" % job_id)
+    hosts.finish("h1", 0, b"0\n")
+    assert sorted((r.id, r.host, r.attempts, r.stdout) for r in hosts.results) == [
+        (0, "h1", 1, b"0\n"), (1, "h2", 1, b"1\n"), (2, "h2", 1, b"2\n"),
+    ]  # fmt: skip
+    assert sorted((a.attempt.job.id, a.attempt.host) for a in hosts.attempts) == [
+        (0, "h1"), (1, "h2"), (2, "h2"),
+    ]  # fmt: skip  # the taken-back attempts never ran: no record of them
+    assert hosts.stats["h1"].failed_attempts == 0 and hosts.engine.finished
+
+
+def test_the_engine_runs_an_evicted_job_again_without_a_retry_and_counts_no_failure():
+    _, hosts = engine_for(1, retries=0, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    hosts.runs["h1"].remove(run)
+    why = "suspended 901s for a person at the machine (alice on tty2, idle 3s)"
+    hosts.say("h1", Evicted(run.aid, why), Exit(run.aid, None, 9, 901.0, 0.1, 0))
+    assert hosts.results == [] and hosts.stats["h1"].failed_attempts == 0
+    hosts.start("h1", 0)
+    hosts.finish("h1", 0, b"done\n")
+    assert [(r.id, r.ok, r.attempts, r.stdout) for r in hosts.results] == [(0, True, 2, b"done\n")]
+
+
+def test_an_evicted_frame_about_another_hosts_attempt_is_a_protocol_error():
+    _, hosts = engine_for(2, speculate=False)
+    hosts.ready("honest", 1)
+    hosts.ready("liar", 1)
+    other = hosts.runs["honest"][0]
+    with pytest.raises(HostError, match="protocol error"):
+        hosts.engine.frame("liar", Evicted(other.aid, "forged"), hosts.now)
 
 
 def test_held_times_are_read_from_the_host_events():

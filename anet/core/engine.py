@@ -408,8 +408,8 @@ class Engine:
         stats.busy_time += msg.duration
         if ended.verdict is Verdict.STALE:
             stats.spec_lost += attempt.speculative
-        elif msg.code != 0 and not ended.excused:
-            stats.failed_attempts += 1
+        elif msg.code != 0:
+            stats.failed_attempts += not ended.excused  # polite mode's kill is no failure
         elif ended.final:
             stats.spec_won += attempt.speculative
         self._actions.attempts.append(
