@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
-from dispatcher.polite import Held, Polite
+from dispatcher.polite import Evicted, Held, Polite
 from dispatcher.protocol import Exit, Message, Output, Started
 
 from .core.batch import Job, as_jobs
@@ -53,7 +53,7 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit)
+_JOB_FRAMES = (Started, Output, Exit, Evicted)
 
 
 class Cluster:
@@ -165,11 +165,13 @@ class Cluster:
     # -- what the hosts' lives report (hostlife.HostEvents) ---------------------------------------
 
     def host_ready(self, session: HostSession) -> None:
-        self.hosts[session.label].held = ""  # a new dispatcher holds nothing yet
+        loop_time = asyncio.get_running_loop().time()
+        self.hosts[session.label].hold("", loop_time)  # a new dispatcher holds nothing yet
         self._settled(session.label)
         self._deal([session.label])
 
     async def host_gone(self, label: str) -> None:
+        self.hosts[label].hold("", asyncio.get_running_loop().time())  # ends with its dispatcher
         for drive in [*self._drives, *self._runs]:
             await drive.host_lost(label)
         self._drives = [d for d in self._drives if not d.engine.finished]
@@ -272,13 +274,21 @@ class Cluster:
             self._drives.remove(drive)
 
     def _held(self, label: str, reason: str) -> None:
-        """Polite mode holds the host's queued jobs (a loaded host), or no longer does: shown
-        in the live view and said once per change, so a run that waits says why."""
-        self.hosts[label].held = reason
+        """Polite mode holds the host (a loaded host), or no longer does: the runs send it
+        nothing and take its queue back; shown in the live view with the time it cost, said
+        once per change (a run that waits says why), and in the journal for `anet report`."""
+        state = self.hosts[label]
+        if bool(reason) == bool(state.held):
+            return
+        state.hold(reason, asyncio.get_running_loop().time())
+        for drive in self._runs:
+            drive.host_held(label, bool(reason))
         if reason:
             log.warning(f"{label}: {reason}: its jobs wait", host=label)
+            self.host_event(label, "held", reason)
         else:
             log.info(f"{label}: jobs start again", host=label)
+            self.host_event(label, "free", None)
 
     def host_key(self, label: str) -> str | None:
         """What became of the host's SSH host key (known, accepted, unknown, changed), or None
@@ -385,6 +395,9 @@ class Cluster:
             for label, state in self.hosts.items():
                 if state.state == HostPhase.READY:  # the timeline of this run's journal
                     drive.attempt_log.host_event(label, "ready", str(state.slots))
+                    if state.held:  # polite mode holds it now: this run sends it nothing
+                        drive.host_held(label, True)
+                        drive.attempt_log.host_event(label, "held", state.held)
             await self._check_stuck()
         except BaseException:
             self._runs.remove(drive)

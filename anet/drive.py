@@ -84,6 +84,11 @@ class Drive:
         self.engine.host_ready(label, slots, share)
         self.round_soon()
 
+    def host_held(self, label: str, held: bool) -> None:
+        """Polite mode holds the host, or no longer does (engine.host_held)."""
+        self.engine.host_held(label, held)
+        self.round_soon()
+
     async def host_lost(self, label: str) -> None:
         self.engine.host_lost(label, self._loop.time())
         await self.deliver(self._carry_out_now(self.engine.take()))

@@ -145,8 +145,9 @@ def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test that needs what a contributor may lack is skipped without it, saying why:
-    Chromium (`browser`, some 100 packages) or root (`root`: mounts, iptables, another user's
-    process). In CI (CI=true) it is never skipped but fails: CI has all of them."""
+    Chromium (`browser`, some 100 packages), Slurm's scontrol (`slurm`) or root (`root`:
+    mounts, iptables, another user's process). In CI (CI=true) it is never skipped but fails:
+    CI has all of them."""
     why = _missing(item)
     if why is None:
         return
@@ -160,6 +161,8 @@ def _missing(item: pytest.Item) -> str | None:
     browser = item.get_closest_marker("browser") is not None
     if browser and not (shutil.which("chromium") or shutil.which("chromium-browser")):
         return "needs Chromium: scripts/dev-setup --browser installs it"
+    if item.get_closest_marker("slurm") is not None and shutil.which("scontrol") is None:
+        return "needs Slurm's scontrol (slurm-client): scripts/dev-setup installs it"
     root = item.get_closest_marker("root")
     if root is None:
         return None
