@@ -41,7 +41,8 @@ from typing import Any, BinaryIO, Final
 
 import msgpack
 
-from anet.core.record import JobResult
+from anet.core.record import JobResult, SpooledResult
+from anet.core.spool import SPOOL_AT, Output, Spool
 from anet.errors import ResultFormatError, UsageError
 from anet.streams import sinks
 
@@ -151,16 +152,12 @@ class _Source:
         return self.take(size, what)
 
 
-def _result(fields: Any, stdout: bytes, stderr: bytes) -> JobResult:
-    """A JobResult from a decoded msgpack/JSON map, its fields type-checked."""
-    if not isinstance(fields, dict):
-        raise _Corrupt(f"record is a {type(fields).__name__}, not a map")
-    for key, types in _FIELD_TYPES.items():
-        if key not in fields:
-            raise _Corrupt(f"record has no {key!r}")
-        if type(fields[key]) not in types:
-            raise _Corrupt(f"record {key!r} is a {type(fields[key]).__name__}")
-    return JobResult(
+def _result(fields: Any, stdout: Output, stderr: Output) -> JobResult:
+    """A JobResult from a decoded msgpack/JSON map, its fields type-checked; a SpooledResult
+    when an output came into a spool."""
+    _check_fields(fields, _FIELD_TYPES)
+    spooled = isinstance(stdout, Spool) or isinstance(stderr, Spool)
+    return (SpooledResult if spooled else JobResult)(
         id=fields["id"],
         ok=fields["ok"],
         exit_code=fields["exit"],
@@ -168,37 +165,125 @@ def _result(fields: Any, stdout: bytes, stderr: bytes) -> JobResult:
         host=fields["host"],
         attempts=fields["attempts"],
         duration=float(fields["duration"]),
-        stdout=stdout,
-        stderr=stderr,
+        stdout=stdout,  # type: ignore[arg-type]
+        stderr=stderr,  # type: ignore[arg-type]
         error=fields["error"],
     )
 
 
-def _read_anet(src: _Source) -> Iterator[JobResult]:
+def _check_fields(fields: Any, types: Mapping[str, frozenset[type]]) -> None:
+    if not isinstance(fields, dict):
+        raise _Corrupt(f"record is a {type(fields).__name__}, not a map")
+    for key, allowed in types.items():
+        if key not in fields:
+            raise _Corrupt(f"record has no {key!r}")
+        if type(fields[key]) not in allowed:
+            raise _Corrupt(f"record {key!r} is a {type(fields[key]).__name__}")
+
+
+_SIZES: Final = {"stdout_bytes": frozenset({int}), "stderr_bytes": frozenset({int})}
+
+
+def _is_chunked_head(fields: Any) -> bool:
+    """A chunked result's head: sizes in place of the outputs (sinks.chunked_head)."""
+    return isinstance(fields, dict) and "stdout_bytes" in fields and "stdout" not in fields
+
+
+Part = tuple[int, str, int, bytes]
+"""One part of a chunked result: job id, "stdout" or "stderr", offset, the bytes."""
+
+
+def _chunked(fields: dict[str, Any], parts: Callable[[], Part], spool: bool) -> JobResult:
+    """A chunked result from its head and its parts (`parts()` gives the next one): each
+    output whole in memory, or with `spool`, one past SPOOL_AT written into a Spool as its
+    parts come, so no more than a part is held."""
+    _check_fields(fields, _SIZES)
+    outputs: list[Output] = []
+    for key in ("stdout", "stderr"):
+        size = fields[key + "_bytes"]
+        if size < 0:
+            raise _Corrupt(f"record {key}_bytes is negative")
+        sink: Spool | list[bytes] = Spool() if spool and size > SPOOL_AT else []
+        got = 0
+        while got < size:
+            job_id, part_key, offset, data = parts()
+            if (job_id, part_key, offset) != (fields["id"], key, got) or not data or (
+                got + len(data) > size
+            ):
+                raise _Corrupt(
+                    f"part ({job_id}, {part_key!r}, {offset}, {len(data)} bytes) is not the"
+                    f" next of job {fields['id']}'s {key} ({got} of {size} bytes)"
+                )
+            if isinstance(sink, Spool):
+                sink.write(data)
+            else:
+                sink.append(data)
+            got += len(data)
+        outputs.append(sink if isinstance(sink, Spool) else b"".join(sink))
+    return _result(fields, outputs[0], outputs[1])
+
+
+def _part(value: Any) -> Part:
+    """A decoded part record: [id, "stdout"|"stderr", offset, data]."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or type(value[0]) is not int
+        or value[1] not in ("stdout", "stderr")
+        or type(value[2]) is not int
+        or not isinstance(value[3], bytes)
+    ):
+        raise _Corrupt("not a part of a chunked result")
+    return value[0], value[1], value[2], value[3]
+
+
+def _read_anet(src: _Source, spool: bool) -> Iterator[JobResult]:
     while src.next_record():
         job_id, size = _ANET_HEAD.unpack(src.take(_ANET_HEAD.size, "record header"))
         stdout = src.take_record(size, "stdout")
         yield JobResult(job_id, True, 0, None, "", 1, 0.0, stdout, b"")
 
 
-def _read_msgpack(src: _Source) -> Iterator[JobResult]:
-    if src.next_record() and src.peek(len(sinks.MSGPACK_MAGIC)) != sinks.MSGPACK_MAGIC:
+_MSGPACK_VERSIONS: Final = (sinks.MSGPACK_MAGIC[4:], sinks.MSGPACK_CHUNKED[4:])
+
+
+def _read_msgpack(src: _Source, spool: bool) -> Iterator[JobResult]:
+    if src.next_record() and src.peek(4) != sinks.MSGPACK_MAGIC[:4]:
         raise _Corrupt(f"no {sinks.MSGPACK_MAGIC!r} header")
     while src.next_record():
-        prefix = src.take(4, "record length")
-        if prefix == sinks.MSGPACK_MAGIC[:4]:
-            if (version := src.take(4, "stream header")) != sinks.MSGPACK_MAGIC[4:]:
-                raise _Corrupt(f"unknown stream header {prefix + version!r}")
+        value = _msgpack_value(src)
+        if value is None:  # a header
             continue
-        size = int.from_bytes(prefix, "big")
-        yield _msgpack_record(src.take_record(size, "record", sinks.MAX_RECORD))
+        if _is_chunked_head(value):
+            yield _chunked(value, lambda: _part(_msgpack_part(src)), spool)
+        else:
+            yield _msgpack_record(value)
 
 
-def _msgpack_record(body: bytes) -> JobResult:
+def _msgpack_value(src: _Source) -> Any:
+    """The next record, decoded; None for a stream header (version 1 or 2)."""
+    prefix = src.take(4, "record length")
+    if prefix == sinks.MSGPACK_MAGIC[:4]:
+        if (version := src.take(4, "stream header")) not in _MSGPACK_VERSIONS:
+            raise _Corrupt(f"unknown stream header {prefix + version!r}")
+        return None
+    body = src.take_record(int.from_bytes(prefix, "big"), "record", sinks.MAX_RECORD)
     try:
-        fields = msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise _Corrupt(f"corrupt msgpack record ({exc})") from None
+
+
+def _msgpack_part(src: _Source) -> Any:
+    """The next part of a chunked result, decoded."""
+    src.record_start = src.offset
+    value = _msgpack_value(src)
+    if value is None:
+        raise _Corrupt("stream header inside a chunked result")
+    return value
+
+
+def _msgpack_record(fields: Any) -> JobResult:
     stdout = fields.get("stdout") if isinstance(fields, dict) else b""
     stderr = fields.get("stderr") if isinstance(fields, dict) else b""
     if not isinstance(stdout, bytes) or not isinstance(stderr, bytes):
@@ -206,16 +291,36 @@ def _msgpack_record(body: bytes) -> JobResult:
     return _result(fields, stdout, stderr)
 
 
-def _read_jsonl(src: _Source) -> Iterator[JobResult]:
+def _read_jsonl(src: _Source, spool: bool) -> Iterator[JobResult]:
     while src.next_record():
-        yield _json_record(src.line("JSON line"))
+        fields = _json_line(src)
+        if _is_chunked_head(fields):
+            yield _chunked(fields, lambda: _json_part(src), spool)
+        else:
+            yield _json_record(fields)
 
 
-def _json_record(line: bytes) -> JobResult:
+def _json_line(src: _Source) -> Any:
+    line = src.line("JSON line")
     try:
-        fields = json.loads(line.decode("utf-8"))
+        return json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise _Corrupt(f"corrupt JSON line ({exc})") from None
+
+
+def _json_part(src: _Source) -> Part:
+    """The next part line of a chunked result: [id, key, offset, "<base64>"]."""
+    src.record_start = src.offset
+    value = _json_line(src)
+    if isinstance(value, list) and len(value) == 4 and isinstance(value[3], str):
+        try:
+            value[3] = base64.b64decode(value[3], validate=True)
+        except binascii.Error:
+            raise _Corrupt("bad base64 in a part") from None
+    return _part(value)
+
+
+def _json_record(fields: Any) -> JobResult:
     if not isinstance(fields, dict):
         raise _Corrupt("JSON line is not an object")
     return _result(fields, _json_output(fields, "stdout"), _json_output(fields, "stderr"))
@@ -237,20 +342,20 @@ def _json_output(fields: dict[str, Any], key: str) -> bytes:
     raise _Corrupt(f"record needs exactly one of {key!r}, {key + '_base64'!r} as a string")
 
 
-def _read_text(src: _Source) -> Iterator[JobResult]:
+def _read_text(src: _Source, spool: bool) -> Iterator[JobResult]:
     while src.next_record():
         head = _TEXT_HEAD.fullmatch(_text_line(src, "job header"))
         if head is None:
             raise _Corrupt("not a job header line")
-        stdout = _text_body(src, int(head[6]))
-        stderr = b""
+        stdout = _text_body(src, int(head[6]), spool)
+        stderr: Output = b""
         marker = f"--- job {head[1]} stderr, ".encode()
         if src.peek(len(marker)) == marker:
             stderr_start = src.offset
             match = _TEXT_STDERR.fullmatch(_text_line(src, "stderr header"))
             if match is None or match[1] != head[1]:
                 raise _Corrupt("bad stderr header line", stderr_start)
-            stderr = _text_body(src, int(match[2]))
+            stderr = _text_body(src, int(match[2]), spool)
         yield _text_result(head, stdout, stderr)
 
 
@@ -262,10 +367,18 @@ def _text_line(src: _Source, what: str) -> str:
         raise _Corrupt(f"{what} is not UTF-8", start) from None
 
 
-def _text_body(src: _Source, size: int) -> bytes:
-    """The output whose size a header gave, then the line end added when it lacks one."""
-    data = src.take_record(size, "output")
-    if data and not data.endswith(b"\n"):
+def _text_body(src: _Source, size: int, spool: bool) -> Output:
+    """The output whose size a header gave, then the line end added when it lacks one; with
+    `spool`, one past SPOOL_AT goes into a Spool a piece at a time."""
+    if spool and size > SPOOL_AT:
+        data: Output = Spool()
+        last = b""
+        while len(data) < size:
+            last = src.take(min(sinks.PART, size - len(data)), "output")
+            data.write(last)
+    else:
+        data = last = src.take(size, "output")
+    if last and not last.endswith(b"\n"):
         end = src.offset
         if src.take(1, "line end after output") != b"\n":
             raise _Corrupt("no line end after output", end)
@@ -284,13 +397,14 @@ def _text_cause(status: str) -> tuple[int | None, int | None, str | None]:
     raise _Corrupt(f"unknown status {status!r}")
 
 
-def _text_result(head: re.Match[str], stdout: bytes, stderr: bytes) -> JobResult:
+def _text_result(head: re.Match[str], stdout: Output, stderr: Output) -> JobResult:
     exit_code, signal, error = _text_cause(head[3])
     try:
         duration = float(head[4])
     except ValueError:
         raise _Corrupt(f"bad duration {head[4]!r}") from None
-    return JobResult(
+    spooled = isinstance(stdout, Spool) or isinstance(stderr, Spool)
+    return (SpooledResult if spooled else JobResult)(
         id=int(head[1]),
         ok=head[3] == "ok",
         exit_code=exit_code,
@@ -298,13 +412,13 @@ def _text_result(head: re.Match[str], stdout: bytes, stderr: bytes) -> JobResult
         host=head[2],
         attempts=int(head[5]),
         duration=duration,
-        stdout=stdout,
-        stderr=stderr,
+        stdout=stdout,  # type: ignore[arg-type]
+        stderr=stderr,  # type: ignore[arg-type]
         error=error,
     )
 
 
-_READERS: Final[Mapping[str, Callable[[_Source], Iterator[JobResult]]]] = {
+_READERS: Final[Mapping[str, Callable[[_Source, bool], Iterator[JobResult]]]] = {
     "anet": _read_anet,
     "msgpack": _read_msgpack,
     "jsonl": _read_jsonl,
@@ -324,18 +438,25 @@ def _detect(src: _Source) -> str:
     return "jsonl" if maybe_json and _JSON_START.match(src.peek(64)) else "anet"
 
 
-def read(stream: BinaryIO, format: str | None = None) -> Iterator[JobResult]:
-    """Iterate over the results in `stream`, in `format` or the one its first bytes announce."""
+def read(
+    stream: BinaryIO, format: str | None = None, *, spool: bool = False
+) -> Iterator[JobResult]:
+    """Iterate over the results in `stream`, in `format` or the one its first bytes announce.
+
+    With `spool`, an output that comes in pieces (a chunked msgpack or jsonl result, a text
+    output) and passes 1 MiB is written into a `Spool` as it arrives, and its result is a
+    `SpooledResult`: `rec.out.chunks()` streams it, memory holds one piece (see the module doc).
+    """
     if format is not None and format not in _READERS:
         choices = ", ".join(_READERS)
         raise UsageError(f"unknown result format {format!r} (choose from {choices})")
-    return _records(_Source(stream), format)
+    return _records(_Source(stream), format, spool)
 
 
-def _records(src: _Source, format: str | None) -> Iterator[JobResult]:
+def _records(src: _Source, format: str | None, spool: bool) -> Iterator[JobResult]:
     format = format or _detect(src)
     try:
-        yield from _READERS[format](src)
+        yield from _READERS[format](src, spool)
     except _Corrupt as exc:
         offset = src.record_start if exc.offset is None else exc.offset
         problem = " ".join(str(exc).splitlines())

@@ -80,11 +80,11 @@ class Spool:
             self.size += written
             view = view[written:]
 
-    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The contents in pieces of at most `size` bytes."""
-        offset = 0
-        while offset < self.size:
-            piece = os.pread(self._fd, min(size, self.size - offset), offset)
+    def chunks(self, size: int = CHUNK, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The contents (from `start` up to `stop`) in pieces of at most `size` bytes."""
+        offset, end = start, self.size if stop is None else min(stop, self.size)
+        while offset < end:
+            piece = os.pread(self._fd, min(size, end - offset), offset)
             if not piece:
                 raise OSError(f"spool file shorter than its {self.size} bytes")
             offset += len(piece)
@@ -120,10 +120,16 @@ Output = bytes | Spool
 """A stream of a result as the master holds it: bytes when small, else spooled."""
 
 
-def chunks(output: Output, size: int = CHUNK) -> Iterator[bytes]:
-    """`output` in pieces: the bytes themselves (no copy), or a spool read in `size` pieces."""
+def chunks(
+    output: Output, size: int = CHUNK, start: int = 0, stop: int | None = None
+) -> Iterator[bytes]:
+    """`output` (from `start` up to `stop`) in pieces: the bytes themselves (no copy when
+    whole), or a spool read in `size` pieces."""
     if isinstance(output, Spool):
-        yield from output.chunks(size)
+        yield from output.chunks(size, start, stop)
+    elif start or (stop is not None and stop < len(output)):
+        if piece := output[start:stop]:
+            yield piece
     elif output:
         yield output
 
