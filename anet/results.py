@@ -207,8 +207,10 @@ def _chunked(fields: dict[str, Any], parts: Callable[[], Part], spool: bool) -> 
         got = 0
         while got < size:
             job_id, part_key, offset, data = parts()
-            if (job_id, part_key, offset) != (fields["id"], key, got) or not data or (
-                got + len(data) > size
+            if (
+                (job_id, part_key, offset) != (fields["id"], key, got)
+                or not data
+                or (got + len(data) > size)
             ):
                 raise _Corrupt(
                     f"part ({job_id}, {part_key!r}, {offset}, {len(data)} bytes) is not the"

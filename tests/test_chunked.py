@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -147,7 +148,7 @@ BAD = [
     (lambda lines: [lines[0], lines[1][:-4] + b'!"]\n', *lines[2:]], "bad base64 in a part"),
     (lambda lines: [lines[0], b'["x"]\n', *lines[2:]], "not a part of a chunked result"),
     (lambda lines: [lines[0], *lines[11:]], "is not the next of job 3's stdout (0 of 9000"),
-    (lambda lines: lines[:-1] + [lines[1]], "is not the next of job 3's stderr (3996 of 4000"),
+    (lambda lines: [*lines[:-1], lines[1]], "is not the next of job 3's stderr (3996 of 4000"),
 ]
 
 
@@ -181,3 +182,28 @@ def test_spooled_reading_holds_a_part_not_the_output(monkeypatch, tmp_path):
     text = FORMATS["text"].encode(big)
     (back,) = results.read(io.BytesIO(text), "text", spool=True)
     assert isinstance(back.out, Spool) and back == big
+
+
+def sparse_spool(size: int, tmp_path: Path) -> Spool:
+    """A spool of `size` bytes that takes no disk: a hole, then one byte."""
+    spool = Spool(tmp_path)
+    spool.write(b"")
+    os.pwrite(spool._fd, b"!", size - 1)
+    spool.size = size
+    return spool
+
+
+@pytest.mark.parametrize("name", ["msgpack", "jsonl", "text"])
+def test_an_output_past_4_gib_starts_a_record_it_can_finish(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "MAX_RECORD", 1 << 30)  # the real limits
+    monkeypatch.setattr(sinks, "MAX_BIG_RECORD", 0xFFFFFFFF)
+    size = 5 << 30
+    held = SpooledResult(3, True, 0, None, "h1", 1, 0.5, sparse_spool(size, tmp_path), b"")  # type: ignore[arg-type]
+    first = next(FORMATS[name].parts(held))
+    expected = {
+        "msgpack": MSGPACK_CHUNKED,
+        "jsonl": b'{"id":3,"ok":true,"exit":0,"signal":null,"host":"h1","attempts":1,"duration"'
+        b':0.5,"stdout_bytes":5368709120,"stderr_bytes":0,"error":null}\n',
+        "text": b"--- job 3 on h1: ok in 0.500s (attempt 1), 5368709120 bytes ---\n",
+    }[name]
+    assert first.startswith(expected)

@@ -28,8 +28,8 @@ msgpack -- header b"ANETMP01", then per job, failures included:
     a reader of version 1 stops there with "unknown stream header", never misreads), then a
     head record, the map above with `stdout_bytes` and `stderr_bytes` (int) in place of stdout
     and stderr, then parts: records holding an array [id, "stdout" | "stderr", offset, bin],
-    stdout's parts first, in order, at most PART bytes each, until the sizes are reached. Only those results;
-    any other record is the same bytes as in version 1.
+    stdout's parts first, in order, at most PART bytes each, until the sizes are reached.
+    Only those results: any other record is the same bytes as in version 1.
 
 jsonl -- no header; one compact JSON object per line, UTF-8 (not ASCII-escaped), same keys in
     the same order. stdout is `"stdout": "<text>"` when its bytes are valid UTF-8, else
@@ -40,8 +40,8 @@ jsonl -- no header; one compact JSON object per line, UTF-8 (not ASCII-escaped),
     A result whose line would pass MAX_BIG_RECORD is chunked: a head line, the object above
     with `stdout_bytes` and `stderr_bytes` (int) in place of the outputs, then part lines, each
     a JSON array [id, "stdout" | "stderr", offset, "<base64>"] of at most PART bytes,
-    stdout's first, in order, until the sizes are reached. An older reader fails on the head (it has neither stdout nor
-    stdout_base64), jq on the parts (an array has no keys).
+    stdout's first, in order, until the sizes are reached. An older reader fails on the head
+    (it has neither stdout nor stdout_base64), jq on the parts (an array has no keys).
 
 text -- no header; for humans, yet exactly parseable. Per job:
 
@@ -210,6 +210,9 @@ def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     field by field, each output as a bin header then its bytes, so the length comes first."""
     if not result.spooled:
         yield encode_msgpack(result)
+        return
+    if result.output_size > MAX_RECORD:  # (and a bin header cannot say 4 GiB or more)
+        yield from _msgpack_chunked(result)
         return
     packer = msgpack.Packer(use_bin_type=True)
     head = packer.pack_map_header(10) + b"".join(
