@@ -24,9 +24,16 @@ duration=0.0, stdout=..., stderr=b"").
 
 A clean end of stream at a record boundary ends the iteration; a truncated or corrupt stream
 raises ResultFormatError with a one-line message naming the byte offset. A msgpack record over
-`anet.sinks.MAX_RECORD` bytes (1 GiB), any other over `MAX_BIG_RECORD` (4 GiB - 1) counts as
-corrupt. Unknown msgpack/JSON keys are ignored. A record is held whole in memory: a consumer of
-outputs of gigabytes parses the stream itself or reads `--results DIR`.
+`anet.sinks.MAX_RECORD` bytes (1 GiB), a JSON line over `MAX_BIG_RECORD` (4 GiB - 1), an anet
+stdout over 4 GiB - 1 counts as corrupt (text gives sizes in decimal: no limit). Unknown
+msgpack/JSON keys are ignored.
+
+A result too big for one msgpack record or JSON line comes in parts (a head with the outputs'
+sizes, then [id, stream, offset, data] parts: see anet.sinks); `read` puts them together.
+A record is held whole in memory, and so is a result in parts once put together; with
+`spool=True`, an output that comes in pieces (a result in parts, a text output) and passes
+1 MiB is written into a `Spool` as it arrives, and its record is a `SpooledResult`: memory
+holds one part (12 MiB at most) however big the output.
 """
 
 from __future__ import annotations
