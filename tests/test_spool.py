@@ -269,6 +269,8 @@ def test_parked_spools_share_one_file_and_it_goes_with_the_last_of_them(tmp_path
         spools.append(spool)
     assert spool_fds(tmp_path) == 10
     parked = [parking.park(spool) for spool in spools]
+    for spool in spools:
+        spool.close()
     assert spool_fds(tmp_path) == 3  # 10 outputs of 5 KB in files of 25 KB at most
     assert all(p.parked for p in parked) and not any(s.parked for s in spools)
     for i, spool in enumerate(parked):

@@ -160,7 +160,8 @@ class Parking:
     """Where spools wait without holding a descriptor each (keep-order holds thousands).
 
     `park(spool)` copies the spool to the end of a shared unlinked file (in the kernel, with
-    copy_file_range where it can), closes it, and gives back a `Spool` reading that slice.
+    copy_file_range where it can) and gives back a `Spool` reading that slice; the caller then
+    closes the original (OSError, e.g. a full disk: the original is left as it was).
     The descriptors are then one per PARK_FILE bytes of parked output, not one per output.
     """
 
@@ -175,11 +176,9 @@ class Parking:
         if shared is None or shared.size + spool.size > PARK_FILE:
             shared = self._file = _SharedFile(self._directory)
         base = shared.size
+        shared.size += spool.size  # taken even if the copy fails: never reused by a slice
         _copy(spool, shared.fd, base)
-        shared.size += spool.size
-        parked = Spool._slice(shared, base, spool.size)
-        spool.close()
-        return parked
+        return Spool._slice(shared, base, spool.size)
 
 
 def _copy(spool: Spool, fd: int, offset: int) -> None:

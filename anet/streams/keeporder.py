@@ -205,13 +205,22 @@ class KeepOrder:
         if len(self._open) < MAX_OPEN_SPOOLED or result.output_size > PARK_MAX:
             self._open.add(result.id)
             return result
-        if self._parking is None:
-            self._parking = Parking()
-        return _with_outputs(result, self._park(result.out), self._park(result.err))
+        try:
+            out, err = self._park(result.out), self._park(result.err)
+        except OSError:  # e.g. a full disk: it waits as it came, holding its files
+            self._open.add(result.id)
+            return result
+        for output in (result.out, result.err):
+            if isinstance(output, Spool):
+                output.close()  # its copy is parked: the descriptor goes now
+        return _with_outputs(result, out, err)
 
     def _park(self, output: Output) -> Output:
-        assert self._parking is not None
-        return self._parking.park(output) if isinstance(output, Spool) else output
+        if not isinstance(output, Spool):
+            return output
+        if self._parking is None:
+            self._parking = Parking()
+        return self._parking.park(output)
 
     def _earlier_before(self, job_id: int) -> Iterator[JobResult]:
         while self._next_earlier is not None and self._next_earlier.id < job_id:
