@@ -242,6 +242,7 @@ class KeepOrder:
 
     def close(self) -> None:
         self._spill.close()
+        self._parking = None  # its shared file goes with the last result read from it
 
 
 def _with_outputs(result: JobResult, out: Output, err: Output) -> SpooledResult:
