@@ -31,9 +31,10 @@ msgpack/JSON keys are ignored.
 A result too big for one msgpack record or JSON line comes in parts (a head with the outputs'
 sizes, then [id, stream, offset, data] parts: see anet.sinks); `read` puts them together.
 A record is held whole in memory, and so is a result in parts once put together; with
-`spool=True`, an output that comes in pieces (a result in parts, a text output) and passes
-1 MiB is written into a `Spool` as it arrives, and its record is a `SpooledResult`: memory
-holds one part (12 MiB at most) however big the output.
+`spool=True`, an output past 1 MiB of a result in parts, a msgpack record (read a value at
+a time) or a text record is written into a `Spool` as it arrives, and its record is a
+`SpooledResult`: memory holds one part (12 MiB at most) however big the output; a JSON line
+is still read whole (up to 4 GiB).
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def _read_msgpack(src: _Source, spool: bool) -> Iterator[JobResult]:
     if src.next_record() and src.peek(4) != sinks.MSGPACK_MAGIC[:4]:
         raise _Corrupt(f"no {sinks.MSGPACK_MAGIC!r} header")
     while src.next_record():
-        value = _msgpack_value(src)
+        value = _msgpack_value(src, spool)
         if value is None:  # a header
             continue
         if _is_chunked_head(value):
@@ -269,18 +270,129 @@ def _read_msgpack(src: _Source, spool: bool) -> Iterator[JobResult]:
             yield _msgpack_record(value)
 
 
-def _msgpack_value(src: _Source) -> Any:
-    """The next record, decoded; None for a stream header (version 1 or 2)."""
+def _msgpack_value(src: _Source, spool: bool = False) -> Any:
+    """The next record, decoded; None for a stream header (version 1 or 2). With `spool`, a
+    map past SPOOL_AT is read a value at a time, its big outputs into spools."""
     prefix = src.take(4, "record length")
     if prefix == sinks.MSGPACK_MAGIC[:4]:
         if (version := src.take(4, "stream header")) not in _MSGPACK_VERSIONS:
             raise _Corrupt(f"unknown stream header {prefix + version!r}")
         return None
-    body = src.take_record(int.from_bytes(prefix, "big"), "record", sinks.MAX_RECORD)
+    size = int.from_bytes(prefix, "big")
+    if spool and SPOOL_AT < size <= sinks.MAX_RECORD and src.peek(1)[:1] in _MAP_TAGS:
+        return _streamed_map(src, src.offset + size)
+    return _unpack(src.take_record(size, "record", sinks.MAX_RECORD))
+
+
+def _unpack(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise _Corrupt(f"corrupt msgpack record ({exc})") from None
+
+
+_MAP_TAGS: Final = {bytes([tag]) for tag in (*range(0x80, 0x90), 0xDE, 0xDF)}
+_BIN_WIDTHS: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_FIXED: Final = {
+    0xC0: 0,
+    0xC2: 0,
+    0xC3: 0,
+    0xCA: 4,
+    0xCB: 8,
+    0xCC: 1,
+    0xCD: 2,
+    0xCE: 4,
+    0xCF: 8,
+    0xD0: 1,
+    0xD1: 2,
+    0xD2: 4,
+    0xD3: 8,
+    0xD4: 2,
+    0xD5: 3,
+    0xD6: 5,
+    0xD7: 9,
+    0xD8: 17,
+}
+"""msgpack tags followed by a fixed number of bytes."""
+_SIZED: Final = {
+    0xC4: (1, 0),
+    0xC5: (2, 0),
+    0xC6: (4, 0),
+    0xD9: (1, 0),
+    0xDA: (2, 0),
+    0xDB: (4, 0),
+    0xC7: (1, 1),
+    0xC8: (2, 1),
+    0xC9: (4, 1),
+}
+"""Tags followed by a length of (width) bytes, then (extra) bytes and that many: bin, str, ext."""
+_CONTAINERS: Final = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+"""Tags followed by a count of (width) bytes, then (per) values per count: array, map."""
+
+
+def _streamed_map(src: _Source, end: int) -> dict[Any, Any]:
+    """A record's map read a value at a time up to `end`: stdout and stderr past SPOOL_AT
+    go into spools a part at a time, every other value is decoded as msgpack would."""
+    tag = src.take(1, "record")[0]
+    width = 0 if tag < 0x90 else 2 if tag == 0xDE else 4
+    count = tag & 0x0F if tag < 0x90 else int.from_bytes(src.take(width, "record"), "big")
+    fields: dict[Any, Any] = {}
+    for _ in range(count):
+        key = _unpack(_value_bytes(src, end))
+        if key in ("stdout", "stderr") and (width := _BIN_WIDTHS.get(src.peek(1)[0])):
+            src.take(1, "record")
+            fields[key] = _bin_value(src, int.from_bytes(src.take(width, "record"), "big"), end)
+        else:
+            fields[key] = _unpack(_value_bytes(src, end))
+    if src.offset != end:
+        raise _Corrupt(f"record map ends {end - src.offset} bytes before its length says")
+    return fields
+
+
+def _bin_value(src: _Source, size: int, end: int) -> Output:
+    """A bin value's `size` bytes: in a spool, a part at a time, when past SPOOL_AT."""
+    if src.offset + size > end:
+        raise _Corrupt("record value runs past its length")
+    if size <= SPOOL_AT:
+        return src.take(size, "record")
+    spool = Spool()
+    while spool.size < size:
+        spool.write(src.take(min(sinks.PART, size - spool.size), "record"))
+    return spool
+
+
+def _value_bytes(src: _Source, end: int) -> bytes:
+    """The bytes of the next msgpack value, nested ones included (counted, not recursed)."""
+    pieces, pending = [], 1
+    while pending:
+        pending -= 1
+        tag = src.take(1, "record")[0]
+        pieces.append(bytes([tag]))
+        if tag <= 0x7F or tag >= 0xE0:  # fixints
+            continue
+        if tag <= 0x9F:  # fixmap, fixarray
+            pending += (tag & 0x0F) * (2 if tag < 0x90 else 1)
+        elif tag <= 0xBF:  # fixstr
+            pieces.append(src.take(tag & 0x1F, "record"))
+        elif tag in _FIXED:
+            pieces.append(src.take(_FIXED[tag], "record"))
+        elif tag in _SIZED:
+            width, extra = _SIZED[tag]
+            head = src.take(width, "record")
+            size = int.from_bytes(head, "big") + extra
+            if src.offset + size > end:
+                raise _Corrupt("record value runs past its length")
+            pieces += [head, src.take(size, "record")]
+        elif tag in _CONTAINERS:
+            width, per = _CONTAINERS[tag]
+            head = src.take(width, "record")
+            pieces.append(head)
+            pending += per * int.from_bytes(head, "big")
+        else:
+            raise _Corrupt(f"corrupt msgpack record (tag {tag:#x})")
+        if src.offset > end:
+            raise _Corrupt("record value runs past its length")
+    return b"".join(pieces)
 
 
 def _msgpack_part(src: _Source) -> Any:
@@ -295,7 +407,7 @@ def _msgpack_part(src: _Source) -> Any:
 def _msgpack_record(fields: Any) -> JobResult:
     stdout = fields.get("stdout") if isinstance(fields, dict) else b""
     stderr = fields.get("stderr") if isinstance(fields, dict) else b""
-    if not isinstance(stdout, bytes) or not isinstance(stderr, bytes):
+    if not isinstance(stdout, bytes | Spool) or not isinstance(stderr, bytes | Spool):
         raise _Corrupt("record stdout/stderr missing or not bin")
     return _result(fields, stdout, stderr)
 
@@ -452,9 +564,9 @@ def read(
 ) -> Iterator[JobResult]:
     """Iterate over the results in `stream`, in `format` or the one its first bytes announce.
 
-    With `spool`, an output that comes in pieces (a chunked msgpack or jsonl result, a text
-    output) and passes 1 MiB is written into a `Spool` as it arrives, and its result is a
-    `SpooledResult`: `rec.out.chunks()` streams it, memory holds one piece (see the module doc).
+    With `spool`, an output past 1 MiB (but in an ordinary JSON line) is written into a `Spool`
+    as it arrives, and its result is a `SpooledResult`: `rec.out.chunks()` streams it, memory
+    holds one piece (see the module doc).
     """
     if format is not None and format not in _READERS:
         choices = ", ".join(_READERS)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import msgpack
@@ -207,3 +208,41 @@ def test_an_output_past_4_gib_starts_a_record_it_can_finish(name, tmp_path, monk
         "text": b"--- job 3 on h1: ok in 0.500s (attempt 1), 5368709120 bytes ---\n",
     }[name]
     assert first.startswith(expected)
+
+
+def test_spooled_reading_streams_an_ordinary_msgpack_record_too(monkeypatch):
+    monkeypatch.setattr(sinks, "MAX_RECORD", 1 << 30)  # the real limit: one record
+    big = result(pattern(3 << 20), pattern(1_200_000, 9), ok=False, exit_code=1, error="e")
+    data = written("msgpack", SMALL, big)
+    assert MSGPACK_CHUNKED not in data
+    back = list(results.read(io.BytesIO(data), "msgpack", spool=True))
+    assert back == [SMALL, big]
+    assert isinstance(back[1].out, Spool) and isinstance(back[1].err, Spool)
+    # another writer's record: keys in any order, values of every kind, the outputs among them
+    fields = {"x": [1, {"y": -3}, 2.5, None, b"\x00" * 70000, "é" * 40000], "id": 3, "ok": False,
+              "exit": 1, "stdout": big.stdout, "signal": None, "host": "h1", "attempts": 1,
+              "z": msgpack.ExtType(5, b"e" * 300), "duration": 0.5, "stderr": b"", "error": "e",
+              "w": {str(i): i * 1_000_000 for i in range(20)}}  # fmt: skip
+    body = msgpack.packb(fields, use_bin_type=True)
+    stream = MSGPACK_MAGIC + len(body).to_bytes(4, "big") + body
+    (other,) = results.read(io.BytesIO(stream), "msgpack", spool=True)
+    assert other == dataclasses.replace(big, stderr=b"") and isinstance(other.out, Spool)
+    for cut, message in ((len(stream) - 1, "truncated record"), (12 + 2_000_000, "truncated")):
+        with pytest.raises(ResultFormatError, match=message):
+            list(results.read(io.BytesIO(stream[:cut]), "msgpack", spool=True))
+    longer = MSGPACK_MAGIC + (len(body) + 1).to_bytes(4, "big") + body + b"\xc0"
+    with pytest.raises(ResultFormatError, match="record map ends 1 bytes before its length says"):
+        list(results.read(io.BytesIO(longer), "msgpack", spool=True))
+
+
+def test_spooled_reading_of_a_64_mib_record_holds_far_less(monkeypatch):
+    monkeypatch.setattr(sinks, "MAX_RECORD", 1 << 30)
+    monkeypatch.setattr(sinks, "PART", 3 << 20)
+    data = written("msgpack", result(bytes(64 << 20)))
+    tracemalloc.start()
+    try:
+        (back,) = results.read(io.BytesIO(data), "msgpack", spool=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert back.out.size == 64 << 20 and peak < 16 << 20, peak
