@@ -104,7 +104,9 @@ class _Source:
     def _fill(self, want: int) -> bool:
         """Buffer at least `want` unread bytes; False if the stream ends first."""
         while (have := len(self._buf) - self._pos) < want:
-            chunk = self._read(max(CHUNK, want - have))
+            # at most 16 MiB a call: a buffered reader's read1(n) allocates n bytes first, and
+            # a size read from a corrupt text header has no limit
+            chunk = self._read(min(max(CHUNK, want - have), 16 << 20))
             if not chunk:
                 return False
             if self._pos:

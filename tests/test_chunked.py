@@ -246,3 +246,13 @@ def test_spooled_reading_of_a_64_mib_record_holds_far_less(monkeypatch):
     finally:
         tracemalloc.stop()
     assert back.out.size == 64 << 20 and peak < 16 << 20, peak
+
+
+def test_a_huge_text_size_from_a_pipe_is_a_truncated_stream_not_a_memory_error():
+    """text has no limit, so a corrupt size is believed until the stream ends; a buffered
+    pipe's read1(n) allocates n bytes first: the reader asks for 16 MiB at most."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"--- job 1 on h: ok in 1.000s (attempt 1), 99999999999999 bytes ---\nab")
+    os.close(write_fd)
+    with open(read_fd, "rb") as pipe, pytest.raises(ResultFormatError, match="2 of 99999999999999"):
+        list(results.read(pipe, "text"))
