@@ -359,7 +359,7 @@ class Cluster:
             drive = await self._start_drive(plan, itertools.chain((first,), plan.jobs))
             try:
                 async for result in drive.results():
-                    for ready in plan.ordered(result):
+                    for ready in await plan.arrive(result):
                         yield ready
                     halt = plan.halt()
                     if halt is Halt.NOW:
