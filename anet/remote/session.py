@@ -169,6 +169,7 @@ class HostSession:
         self._waiting_since: float | None = None
         self._silence: str | None = None
         self._stopping = False
+        self._stop_asked = False  # by shutdown(), for good: no dispatcher may start after it
         self.hello: Hello | None = None
         self.slots = 0
         self.bytes_sent = 0
@@ -241,6 +242,8 @@ class HostSession:
         `prepare` (a deps sync) runs once the dispatcher said Hello, with frames already
         flowing; `ready` is called only after it succeeded, so no job meets a half-made host.
         """
+        if self._stop_asked:  # a cut-off whose cancel was lost: see shutdown()
+            raise HostError(self.label, "stopped before its dispatcher started")
         self.hello, self._stopping, self._silence = None, False, None
         self._conn, self._stderr = Connection(MASTER), StderrTail()
         try:
@@ -249,6 +252,8 @@ class HostSession:
             raise
         except OSError as exc:
             raise HostError(self.label, f"cannot start the dispatcher: {exc}") from exc
+        if self._stop_asked:  # asked while the process was starting: it is stopped at once
+            await self.shutdown()
         error: HostError | None = None
         async with asyncio.TaskGroup() as tasks:
             helpers = [
@@ -386,7 +391,13 @@ class HostSession:
                 await self._on_message(self, event)  # any other frame (Bye too) to the owner
 
     async def shutdown(self) -> None:
-        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
+        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF.
+
+        For good: a dispatcher that starts later (its host was connecting, and the cancel that
+        should have cut it off was lost, as Python 3.11's wait_for can lose one) is stopped
+        as soon as it exists, and none is started after that.
+        """
+        self._stop_asked = True
         if self._channel is not None and not self.closing:
             self.send(Shutdown())  # only to a serving dispatcher: a booting one gets the EOF
             self._stopping = True
