@@ -25,8 +25,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass, field
 from typing import TypeVar
 
-import asyncssh
-
 from dispatcher.connection import (
     MAX_LINE,
     NEED_DATA,
@@ -53,6 +51,7 @@ from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .bootstrap import Payload
 from .hosts import HostSpec
+from .sshlib import channel_errors
 from .transport import Channel, Reader, Transport
 
 log = get_logger()
@@ -133,7 +132,7 @@ class StderrTail:
         while True:
             try:
                 data = await stderr.read(65536)
-            except (OSError, asyncssh.Error):
+            except channel_errors():
                 data = b""  # the connection died: the pump reports that
             if not data:
                 break
@@ -202,8 +201,10 @@ class HostSession:
         self.bytes_sent += len(data)
         # A dead channel is the pump's to report (it sees the EOF); here it only loses frames
         # that the requeue of this host's attempts makes up for.
-        with contextlib.suppress(OSError, asyncssh.Error):
+        try:
             self._channel.stdin.write(data)
+        except channel_errors():  # evaluated only when one was raised: the hot path is free
+            pass
 
     async def send_drained(self, *messages: Message) -> None:
         """Send, then wait for the transport's buffer to drain: flow control for bulk data."""
@@ -216,7 +217,7 @@ class HostSession:
                 await channel.stdin.drain()
         except TimeoutError:
             raise HostError(self.label, "the host stopped reading") from None
-        except (OSError, asyncssh.Error) as exc:
+        except channel_errors() as exc:
             raise HostError(self.label, f"connection lost: {exc}") from None
 
     @contextlib.contextmanager
@@ -347,7 +348,7 @@ class HostSession:
         try:
             channel.stdin.write(self._conn.send_payload(self._payload.data))
             await channel.stdin.drain()
-        except (OSError, asyncssh.Error):
+        except channel_errors():
             raise await self._died("the stub stopped reading its payload") from None
 
     def _greet(self, hello: Hello) -> None:
@@ -401,7 +402,7 @@ class HostSession:
         if self._channel is not None and not self.closing:
             self.send(Shutdown())  # only to a serving dispatcher: a booting one gets the EOF
             self._stopping = True
-            with contextlib.suppress(OSError, RuntimeError, AttributeError, asyncssh.Error):
+            with contextlib.suppress(RuntimeError, AttributeError, *channel_errors()):
                 self._channel.stdin.write_eof()
 
     async def _heartbeat(self) -> None:
@@ -454,7 +455,7 @@ class HostSession:
 
 async def _reap(channel: Channel) -> None:
     """Wait (briefly) for the dispatcher process to end, so no transport outlives the loop."""
-    with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+    with contextlib.suppress(TimeoutError, *channel_errors()):
         async with asyncio.timeout(EXIT_WAIT):
             await channel.wait()
     channel.kill()
@@ -464,5 +465,5 @@ async def _read(channel: Channel) -> bytes:
     """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
     try:
         return await channel.stdout.read(READ_SIZE)
-    except (OSError, asyncssh.Error):
+    except channel_errors():
         return b""
