@@ -6,7 +6,8 @@
   floor for a command that reaches a host);
 - 32 hosts x 1 slot, 32 one-line jobs, beside 32 plain `ssh host true` in parallel;
 - 64 hosts x 1 slot: from process start until every host is ready for its first job (the
-  probe's `connect`: every dispatcher said Hello; the first Run goes out in the same loop turn).
+  probe's `connect`: every dispatcher said Hello; the first Run goes out in the same loop turn),
+  beside 64 plain `ssh host true` in parallel.
 
 Every anet command runs as a user runs it: journal on (under the bench's temp dir), output to
 /dev/null. `python3 -m bench.versus BASE --startup` runs the same contenders in
@@ -78,12 +79,20 @@ def contenders(bed: Bed, trees: dict[str, Path] | None = None) -> dict[str, Call
             found[f"{name}{suffix}"] = lambda argv=argv, cli=cli: cli(argv)
         found[f"{ALL} hosts x 1: every host ready{suffix}"] = ready
     ssh = ["ssh", "-F", str(four.ssh_config), "-o", "BatchMode=yes"]
-    config = shlex.quote(str(many.ssh_config))
-    fan_out = " & ".join(f"ssh -F {config} -o BatchMode=yes {n} true" for n in many.names)
     found["python3 -c pass"] = lambda: timed([*python, "-c", "pass"])
     found["plain ssh host1 true"] = lambda: timed([*ssh, four.names[0], "true"])
-    found[f"{MANY} x plain ssh true, parallel"] = lambda: timed(["sh", "-c", f"{fan_out}; wait"])
+    for cluster in (many, every):
+        found[f"{len(cluster.names)} x plain ssh true, parallel"] = _fan_out(cluster)
     return found
+
+
+def _fan_out(cluster: object) -> Callable[[], Sample]:
+    """`ssh host true` to every host at once: the floor for reaching them all (OpenSSH's
+    handshakes and logins, the box starting that many sshd sessions)."""
+    config = shlex.quote(str(cluster.ssh_config))  # type: ignore[attr-defined]
+    names = cluster.names  # type: ignore[attr-defined]
+    line = " & ".join(f"ssh -F {config} -o BatchMode=yes {n} true" for n in names) + "; wait"
+    return lambda: timed(["sh", "-c", line])
 
 
 def run(bed: Bed) -> list[Table]:
@@ -122,7 +131,11 @@ def table(samples: dict[str, list[Sample]], runs: int, side: str = "") -> Table:
         )  # fmt: skip
     every = f"{ALL} hosts x 1: every host ready{suffix}"
     ready = median(samples[every], lambda s: s.extra["connect"])
-    out.rows.append([every.removesuffix(suffix), f"{ready:.2f}", "-", "-", "-", "-"])
+    fan_all = wall(f"{ALL} x plain ssh true, parallel")
+    out.rows.append(
+        [every.removesuffix(suffix), f"{ready:.2f}", "-", f"{ALL} x plain ssh true, parallel",
+         f"{fan_all:.2f}", f"{ready / fan_all:.2f}x"]
+    )  # fmt: skip
     version, local = wall(f"anet --version{suffix}"), wall(f"1 x true, local{suffix}")
     four, ssh = wall(f"1 x true, 4 hosts{suffix}"), wall("plain ssh host1 true")
     many = wall(f"{MANY} lines, {MANY} hosts x 1{suffix}")
