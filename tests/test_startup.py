@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 import anet
+from anet.remote import sshlib
 from anet.remote.connect import Connector, SshOptions
 from anet.remote.hosts import parse_spec
 from anet.remote.identity import end_machine
@@ -103,26 +104,75 @@ def test_an_unknown_name_is_an_attribute_error():
 
 # -- the ssh config, tokenised once per run ---------------------------------------------------
 
+CONFIG = """\
+# a comment, then a blank line
 
-def test_a_config_resolves_the_same_when_its_lines_are_remembered(tmp_path):
-    """Lines are split once and remembered: a second host, and the same host again, still
-    get what the config says for them (quoting, `=`, patterns, later blocks)."""
-    config = tmp_path / "config"
-    config.write_text(
-        'Host "node1" alias\n    HostName 10.0.0.1\n    Port=2201\n'
-        "Host node*\n    User bob\n    Port 2299\n"
-        "Host *\n    User=alice\n"
-    )
-    paths = [str(config)]
+Host "node1" alias
+    HostName 10.0.0.1
+    Port=2201
+    IdentityFile ~/.ssh/id_%h_%r
+Host node*
+    User bob
+    Port 2299
+    ProxyCommand ssh -W %h:%p "gate way"
+Match host node7
+    Compression yes
+Include {include}
+Host *
+    User = alice
+    ServerAliveInterval 7
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    included = tmp_path / "included"
+    included.write_text("Host alias\n    Port 2244\n    ForwardAgent yes\n")
+    path = tmp_path / "config"
+    path.write_text(CONFIG.format(include=included))
+    return path
+
+
+def _options(config_class, paths, host):
+    loaded = config_class.load(None, paths, False, False, False, "me", (), host, ())
+    return dict(loaded._options)
+
+
+@pytest.mark.parametrize("host", ["node1", "node7", "alias", "other", "NODE1"])
+def test_a_config_parses_as_asyncssh_parses_it(config, host):
+    """The parse that tokenises each file once gives asyncssh's own options, host by host
+    (Host and Match blocks, `=` forms, quoting, ProxyCommand kept whole, Include, %-tokens),
+    the first time and from its remembered lines."""
+    asyncssh = sshlib.asyncssh()
+    config_class = asyncssh.config.SSHClientConfig
+    assert config_class.parse is sshlib._parse  # installed
     for _ in range(2):
-        first, other = (
-            end_machine(parse_spec("node1"), paths),
-            end_machine(parse_spec("node7"), paths),
-        )
-        assert (first.host, first.port, first.user) == ("10.0.0.1", 2201, "bob")
-        assert (other.host, other.port, other.user) == ("node7", 2299, "bob")
-        alias = end_machine(parse_spec("alias"), paths)
-        assert (alias.host, alias.port, alias.user) == ("10.0.0.1", 2201, "alice")
+        ours = _options(config_class, [str(config)], host)
+        config_class.parse = sshlib.stock_parse
+        try:
+            theirs = _options(config_class, [str(config)], host)
+        finally:
+            config_class.parse = sshlib._parse
+        assert ours == theirs
+
+
+def test_a_changed_config_is_read_again_and_a_bad_line_named(config):
+    asyncssh = sshlib.asyncssh()
+    config_class = asyncssh.config.SSHClientConfig
+    assert _options(config_class, [str(config)], "node1")["Port"] == 2201
+    config.write_text(CONFIG.replace("Port=2201", "Port=2202").format(include="/nonexistent"))
+    assert _options(config_class, [str(config)], "node1")["Port"] == 2202
+    config.write_text('Host node1\n    User "unclosed\n')
+    with pytest.raises(asyncssh.config.ConfigParseError, match="line 2: No closing quotation"):
+        _options(config_class, [str(config)], "node1")
+
+
+def test_the_identity_of_hosts_comes_from_the_same_config(config):
+    paths = [str(config)]
+    first, other = (end_machine(parse_spec(name), paths) for name in ("node1", "node7"))
+    assert (first.host, first.port, first.user) == ("10.0.0.1", 2201, "bob")
+    assert (other.host, other.port, other.user) == ("node7", 2299, "bob")
+    assert "gate way" in other.via  # ProxyCommand: reached, and named, from there
 
 
 # -- handshakes limited per sshd, not in all ---------------------------------------------------

@@ -1,55 +1,50 @@
-"""asyncssh, loaded when the first SSH host needs it, and its ssh config parser made cheap.
+"""asyncssh, loaded when the first SSH host needs it, and its ssh config read once per run.
 
 Importing asyncssh costs about 0.1 s (its crypto and OpenSSL bindings): a run on this machine
 alone, `anet --version` and the report never need it, so nothing imports it at module level;
 `asyncssh()` is the one door. Its exception classes are needed where a channel may fail:
 `channel_errors()` names them only once asyncssh is loaded (until then none can be raised).
 
-asyncssh parses the whole ssh config again for every host it resolves (the `Host` blocks are
-matched while parsing), and that parse is mostly `shlex.split` of every line: with one block
-per host, 64 hosts cost 64 x 64 blocks, 2.2 s of the master's CPU in a 32-host start (cProfile).
-The lines are the same each time, so the split is remembered per line: the files are read per
-host still (cheap), tokenised once per run.
+asyncssh parses the whole ssh config again for every host it resolves, twice per host here
+(which machine it is, then its connection options), since `Host` blocks are matched while
+parsing. With one block per host that is O(hosts x config lines): at 64 hosts, 2.0 of the
+master's 4.7 CPU s of start-up (cProfile), the greater part in tokenising lines (`shlex`)
+that are the same every time. `_parse` is asyncssh's `SSHConfig.parse` with the tokenising
+done once per file (per file version: its path, size and mtime); matching and the options
+themselves stay asyncssh's own, host by host. Installed only when asyncssh's config class has
+the parts it relies on; otherwise asyncssh's own parse runs, slower but the same.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-SPLIT_CACHE = 1 << 14
-"""Distinct config lines remembered: a config of 16,384 different lines still parses right,
-only the lines beyond that are split again."""
+Line = tuple[int, str, tuple[str, ...] | str]
+"""(line number, option in lower case, its arguments; or the tokenising error's text)."""
 
+_NEEDS = ("_handlers", "_conditionals", "_no_split", "_percent_expand", "_set_tokens",
+          "_expand_val", "_error")  # fmt: skip
 
-class _RememberingShlex:
-    """What asyncssh.config uses of `shlex` (`split`), with each line's split remembered;
-    a copy of the list is returned, since the parser is free to change it."""
-
-    def __init__(self) -> None:
-        self._split = functools.lru_cache(maxsize=SPLIT_CACHE)(_split_tuple)
-
-    def split(self, line: str) -> list[str]:
-        return list(self._split(line))
-
-    def __getattr__(self, name: str) -> Any:  # anything else of shlex, unchanged
-        return getattr(shlex, name)
-
-
-def _split_tuple(line: str) -> tuple[str, ...]:
-    return tuple(shlex.split(line))
+stock_parse: Any = None
+"""asyncssh's own `SSHConfig.parse`, kept (tests compare the two)."""
 
 
 @functools.cache
 def asyncssh() -> ModuleType:
-    """The asyncssh package, imported on first use, its config parser tokenising once."""
+    """The asyncssh package, imported on first use, its config files tokenised once."""
     import asyncssh as module
     import asyncssh.config
 
-    asyncssh.config.shlex = _RememberingShlex()  # type: ignore[assignment]
+    global stock_parse
+    config_class: Any = asyncssh.config.SSHConfig
+    if stock_parse is None and all(hasattr(config_class, name) for name in _NEEDS):
+        stock_parse, config_class.parse = config_class.parse, _parse
     return module
 
 
@@ -57,3 +52,84 @@ def channel_errors() -> tuple[type[BaseException], ...]:
     """What a failing SSH or pipe channel raises: OSError, and asyncssh.Error once loaded."""
     loaded = sys.modules.get("asyncssh")
     return (OSError,) if loaded is None else (OSError, loaded.Error)
+
+
+def _parse(self: Any, path: Path) -> None:
+    """asyncssh's SSHConfig.parse (2.14 to 2.24), reading tokenised lines from `_lines`."""
+    self._path = path
+    self._line_no = 0
+    self._matching = True
+    self._tokens = {"%": "%"}
+    stat = os.stat(path)
+    kinds = frozenset(self._no_split), frozenset(self._conditionals)
+    for number, loption, args in _lines(str(path), stat.st_mtime_ns, stat.st_size, *kinds):
+        self._line_no = number
+        if isinstance(args, str):
+            self._error(args)
+        if not self._matching and loption not in self._conditionals:
+            continue
+        try:
+            option, handler = self._handlers[loption]
+        except KeyError:
+            continue
+        left = list(args)
+        if not left:
+            self._error(f"Missing {option} value")
+        handler(self, option, left)
+        if left:
+            self._error(f"Extra data at end: {' '.join(left)}")
+    self._set_tokens()
+    for option in self._percent_expand:
+        value = self._options.get(option)
+        if isinstance(value, list):
+            self._options[option] = [self._expand_val(item) for item in value]
+        elif isinstance(value, str):
+            self._options[option] = self._expand_val(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _lines(
+    path: str, mtime_ns: int, size: int, no_split: frozenset[str], conditionals: frozenset[str]
+) -> tuple[Line, ...]:
+    """A config file's lines as asyncssh tokenises them, once per version of the file."""
+    del mtime_ns, size  # the cache key: a changed file is read again
+    found: list[Line] = []
+    with open(path) as file:
+        for number, raw in enumerate(file, 1):
+            line = raw.strip()
+            if line and line[0] != "#":
+                found.append(_tokenise(number, line, no_split, conditionals))
+    return tuple(found)
+
+
+def _tokenise(
+    number: int, line: str, no_split: frozenset[str], conditionals: frozenset[str]
+) -> Line:
+    """One line: `Option value`, `Option=value` and `Option = value` alike (asyncssh's rules)."""
+    try:
+        split = shlex.split(line)
+    except ValueError as exc:
+        return number, "", str(exc)
+    args: list[str] = []
+    loption = ""
+    allow_equal = True
+    for i, arg in enumerate(split, 1):
+        if arg.startswith("="):
+            if len(arg) > 1:
+                args.append(arg[1:])
+        elif not allow_equal:
+            args.extend(split[i - 1 :])
+            break
+        elif arg.endswith("="):
+            args.append(arg[:-1])
+        elif "=" in arg:
+            arg, val = arg.split("=", 1)
+            args += [arg, val]
+        else:
+            args.append(arg)
+        if i == 1:
+            loption = args.pop(0).lower()
+            allow_equal = loption in conditionals
+    if loption in no_split:
+        args = [line.lstrip()[len(loption) :].strip()]
+    return number, loption, tuple(args)
