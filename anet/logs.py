@@ -10,25 +10,43 @@ line on its stdout. The CLI calls `configure()` to choose the level and the rend
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any, TextIO
-
-import structlog
 
 from .printable import printable
 
 _LOGGER = logging.getLogger("anet")
 _style = {"verbose": False, "json": False}
-_json = structlog.processors.JSONRenderer()
-_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+@functools.cache
+def _structlog() -> Any:
+    """structlog, imported when the first line is rendered: its import costs more than the
+    rest of `anet --version` (it loads rich for its tracebacks), and most runs log nothing."""
+    import structlog
+
+    return structlog
+
+
+@functools.cache
+def _json() -> Any:
+    return _structlog().processors.JSONRenderer()
+
+
+@functools.cache
+def _stamp() -> Any:
+    return _structlog().processors.TimeStamper(fmt="iso", utc=True)
 
 
 def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
     """One line; what a host said in it (a reason, a hostname) has its control codes escaped.
     JSON needs no more: the renderer escapes every control and non-ASCII character."""
     if _style["json"]:
-        return str(_json(logger, name, event))
+        return str(_json()(logger, name, event))
     message = printable(str(event.pop("event")))
     if not _style["verbose"]:
         return f"anet: {message}"
@@ -39,16 +57,37 @@ def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
     return f"anet: {level}: {message}" + (f"  [{extra}]" if extra else "")
 
 
-def get_logger() -> Any:
+def get_logger() -> Logger:
     """The logger every anet module writes to."""
-    return structlog.wrap_logger(
-        _LOGGER,
-        processors=[
-            structlog.processors.add_log_level,
-            _stamp,
-            _render,
-        ],
-    )
+    return Logger()
+
+
+class Logger:
+    """structlog's logger over the stdlib one named "anet", built on the first line that the
+    level lets through: a line below the level costs one `isEnabledFor` and imports nothing."""
+
+    _real: Any = None
+
+    def _log(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if not _LOGGER.isEnabledFor(_LEVELS[level]):
+            return
+        if Logger._real is None:
+            structlog = _structlog()
+            processors = [structlog.processors.add_log_level, _stamp(), _render]
+            Logger._real = structlog.wrap_logger(_LOGGER, processors=processors)
+        getattr(Logger._real, level)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, fields)
 
 
 def is_json() -> bool:
@@ -62,8 +101,8 @@ def line(message: str, level: str = "info", **fields: Any) -> str:
     filter: `anet: message` (escaped: it may hold what a host said), or with `--log-json` a JSON
     object with a log record's keys (`event`, `level`, `timestamp`) beside `fields`."""
     if _style["json"]:
-        event = _stamp(None, level, {**fields, "event": message, "level": level})
-        return f"{_json(None, level, event)}\n"
+        event = _stamp()(None, level, {**fields, "event": message, "level": level})
+        return f"{_json()(None, level, event)}\n"
     return f"anet: {printable(message)}\n"
 
 

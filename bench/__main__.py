@@ -30,11 +30,12 @@ from . import (
     scale,
     size,
     sleep,
+    startup,
     throughput,
 )
 from .harness import Bed, Table, Target, header, log, use_source
 
-ORDER = (throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, deps, pool)
+ORDER = (startup, throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, deps, pool)
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (*ORDER, master_profile)}
 DEFAULT = [name for name in SCENARIOS if name != "profile"]
 """The profile is a tool, not a comparison: it runs only when asked for with --only."""

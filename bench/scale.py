@@ -1,7 +1,7 @@
 """Scenario 6: 64 sshd hosts: time until every one is ready, and throughput 64 vs 4 hosts.
 
 Both runs have 64 slots (64 x 1 and 4 x 16), so the difference is the cost of hosts, not of
-slots. Target: all 64 ready within 5 s of starting the master.
+slots. Target: all 64 ready within 3 s of starting the master (issue 15; it was 5 s).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def run(bed: Bed) -> list[Table]:
             [name, f"{ready:.2f}", f"{run_s:.2f}", f"{rates[name]:,.0f}", f"{cpu:.0f}"]
         )
     ready = median(samples[f"{BIG} hosts x {SLOTS // BIG}"], lambda s: s.extra["connect"])
-    table.targets.append(Target(f"{BIG} hosts ready <= 5 s", f"{ready:.2f} s", ready <= 5.0))
+    table.targets.append(Target(f"{BIG} hosts ready <= 3 s", f"{ready:.2f} s", ready <= 3.0))
     big_rate, small_rate = (
         rates[f"{BIG} hosts x {SLOTS // BIG}"],
         rates[f"{SMALL} hosts x {SLOTS // SMALL}"],

@@ -4,12 +4,15 @@ compiling (Python caches no bytecode for a zip), and any other Python still runs
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
-from anet.remote.bootstrap import build_zip, payload
+from anet.remote import bootstrap
+from anet.remote.bootstrap import build_payload, build_zip, payload
 
 
 def imported_from(zip_path: Path, module: str) -> str:
@@ -37,3 +40,47 @@ def test_bytecode_of_another_python_is_skipped_for_the_source(tmp_path):
         other.writestr("probe.py", built.read("probe.py"))
         other.writestr("probe.pyc", b"\x00\x00\r\n" + pyc[4:])
     assert imported_from(zip_path, "probe").endswith("probe.py")
+
+
+# -- the payload, built once and then read from the master's cache ---------------------------
+
+
+def test_the_payload_is_read_from_the_cache_once_built(tmp_path, monkeypatch):
+    first = build_payload(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"payload-{_key()}-{first.sha256}.zip"]
+
+    def no_build(files):
+        raise AssertionError("built again: the cache was not used")
+
+    monkeypatch.setattr(bootstrap, "build_zip", no_build)
+    again = build_payload(tmp_path)
+    assert again == first
+
+
+def test_a_damaged_cached_payload_is_built_again_never_shipped(tmp_path):
+    first = build_payload(tmp_path)
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(first.data[:-10] + b"x" * 10)  # a torn or damaged file
+    again = build_payload(tmp_path)
+    assert again == first
+    assert cached.read_bytes() == first.data
+
+
+def test_a_cache_that_cannot_be_written_only_costs_the_build(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    assert build_payload(blocked / "anet") == build_payload(None)
+
+
+def test_payloads_of_other_sources_go_once_a_day_old(tmp_path):
+    old, recent = tmp_path / "payload-old-1.zip", tmp_path / "payload-recent-2.zip"
+    old.write_bytes(b"old")
+    recent.write_bytes(b"recent")
+    os.utime(old, (time.time() - bootstrap.PAYLOAD_KEEP - 60,) * 2)
+    kept = build_payload(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([recent.name, f"payload-{_key()}-{kept.sha256}.zip"])
+
+
+def _key() -> str:
+    return bootstrap._sources_key(bootstrap._package_files())

@@ -7,6 +7,7 @@ whenever every task waits (tests/fakeclock.py), so the times asserted are exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 
@@ -166,3 +167,39 @@ def test_stuck_only_when_no_host_can_ever_take_the_work():
     assert stuck([a, b]) is not None
     b.state = HostPhase.READY
     assert stuck([a, b]) is None
+
+
+class SwallowingTransport(Transport):
+    """A handshake that completes although its task was cancelled, as Python 3.11's
+    `asyncio.wait_for` (which asyncssh.connect uses) returns a result that arrived in the same
+    loop iteration as the cancel, and drops the cancel."""
+
+    async def connect(self) -> None:
+        self.tries.append(asyncio.get_running_loop().time())
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(self.handshake)
+        self.connected = True
+
+
+def test_a_host_cancelled_while_connecting_starts_no_dispatcher_even_if_the_cancel_is_lost():
+    """The 32-host run: hosts still connecting when the last job ended were cancelled, but on
+    3.11 a cancel can be lost in the handshake's wait_for; the host then booted a dispatcher
+    that nobody told to stop, and the run waited out the 5 s shutdown bound for it."""
+    transport = SwallowingTransport(handshake=1.0)
+    host = state()
+    session = Session(transport, [])
+
+    async def main() -> float:
+        closing = session.closing
+        life = asyncio.ensure_future(host_life(host, session, transport, Events(), closing))
+        await asyncio.sleep(0.5)  # mid-handshake: the cluster closes and cuts the host off
+        closing.set()
+        life.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await life
+        return asyncio.get_running_loop().time()
+
+    with fake_clock() as run:
+        ended = run(main())
+    assert session.runs == [], "a dispatcher was started after the cluster closed"
+    assert ended == 0.5 and host.state == HostPhase.CLOSED

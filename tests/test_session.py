@@ -376,3 +376,63 @@ def test_a_dispatcher_still_booting_gets_no_frame_only_the_end_of_its_input():
 
     error, _, _, _ = serve(booting)
     assert error is not None and error.reason.startswith("cannot start python3")
+
+
+class SlowStartHost(FakeHost):
+    """A host whose dispatcher process takes `delay` seconds to start (an SSH session being
+    opened); `starts` counts the processes asked for."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay, self.starts = delay, 0
+
+    async def start(self, payload: Payload) -> Channel:
+        self.starts += 1
+        await asyncio.sleep(self.delay)
+        return await super().start(payload)
+
+
+def _session(owner: Owner) -> HostSession:
+    config = SessionConfig(None, "", heartbeat=3.0, dead_after=DEAD_AFTER)
+    return HostSession(parse_spec("node1"), PAYLOAD, owner.on_message, config)
+
+
+def test_a_session_told_to_stop_before_it_started_starts_no_dispatcher():
+    """The cluster stops every session, then cuts off those with no dispatcher yet; a cut-off
+    that is lost (a cancel dropped by Python 3.11's wait_for) must not start one nobody stops."""
+    owner, host = Owner(), SlowStartHost()
+
+    async def main() -> HostError:
+        session = _session(owner)
+        await session.shutdown()
+        with pytest.raises(HostError) as caught:
+            await session.run(host, owner.ready)  # type: ignore[arg-type]
+        return caught.value
+
+    with fake_clock() as run:
+        error = run(main())
+    assert host.starts == 0 and owner.ready_at is None
+    assert error.reason == "stopped before its dispatcher started"
+
+
+def test_a_dispatcher_started_while_the_session_was_told_to_stop_gets_its_end_of_input():
+    owner, host = Owner(), SlowStartHost(delay=1.0)
+
+    async def main() -> HostError | None:
+        session = _session(owner)
+        running = asyncio.ensure_future(session.run(host, owner.ready))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)  # the SSH session is being opened
+        await session.shutdown()
+        await asyncio.sleep(1.0)
+        assert host.eof_written and host.written == b"", "the new dispatcher was not stopped"
+        host.end(0)
+        try:
+            await running
+        except HostError as exc:
+            return exc
+        return None
+
+    with fake_clock() as run:
+        error = run(main())
+    assert host.starts == 1 and owner.ready_at is None
+    assert error is not None  # its end during start-up; host_life drops it, the cluster closing

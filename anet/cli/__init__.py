@@ -10,9 +10,10 @@ the subcommands of those names, and options may come before the subcommand (`cli
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -21,14 +22,46 @@ from .. import logs
 from .._version import __version__
 from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
-from .argv import arrange, option_table
+from .argv import VALUE_OPTIONS, arrange
 from .common import Environment, ExitStatus
-from .journals import journals_group
-from .machines import COMMANDS as MACHINE_COMMANDS
-from .pool import COMMANDS as POOL_COMMANDS
-from .report import completion_command, report_command, status_command
-from .run import run_command
-from .sync import sync_command
+
+COMMANDS = {
+    "run": ("run", "run_command"),
+    "status": ("report", "status_command"),
+    "report": ("report", "report_command"),
+    "completion": ("report", "completion_command"),
+    "journals": ("journals", "journals_group"),
+    "find": ("machines", "find_command"),
+    "killall": ("machines", "killall_command"),
+    "onall": ("machines", "onall_command"),
+    "hosts": ("machines", "hosts_group"),
+    "sync": ("sync", "sync_command"),
+    "up": ("pool", "up_command"),
+    "pool": ("pool", "pool_command"),
+    "down": ("pool", "down_command"),
+    "submit": ("pool", "submit_command"),
+    "ls": ("pool", "ls_command"),
+    "attach": ("pool", "attach_command"),
+    "wait": ("pool", "wait_command"),
+    "cancel": ("pool", "cancel_command"),
+}
+"""Each subcommand's module and name. A module is imported when its command is used (or for
+`--help`): `anet run` never loads the report's, `anet --version` none."""
+
+
+class LazyCommands(Mapping[str, click.Command]):
+    """The group's commands by name, each imported from its module on first use."""
+
+    def __getitem__(self, name: str) -> click.Command:
+        module, attribute = COMMANDS[name]
+        command: click.Command = getattr(importlib.import_module(f".{module}", __name__), attribute)
+        return command
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
 
 
 class AnetGroup(click.Group):
@@ -36,7 +69,7 @@ class AnetGroup(click.Group):
     batch.txt`), and whose subcommands take their options before their name too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, arrange(args, self.commands, option_table(self)).argv)
+        return super().parse_args(ctx, arrange(args, self.commands, VALUE_OPTIONS).argv)
 
 
 @click.group(
@@ -65,14 +98,7 @@ def cli() -> None:
     """Run batches of shell commands on every core of the machines you can reach over SSH."""
 
 
-cli.add_command(run_command)
-for _observing in (status_command, report_command, journals_group, completion_command):
-    cli.add_command(_observing)
-for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
-    cli.add_command(_command)
-cli.add_command(sync_command)
-for _command in POOL_COMMANDS:  # up, down, submit, ls, attach, wait, cancel
-    cli.add_command(_command)
+cli.commands = LazyCommands()  # type: ignore[assignment]  (read only: nothing adds to it)
 
 
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
@@ -117,7 +143,7 @@ def _shadow_hint(args: list[str], exc: Exception) -> str:
     """When a command's usage error may mean the user wanted the batch file of its name."""
     if not isinstance(exc, (click.UsageError, UsageError)):
         return ""
-    shadowed = arrange(args, cli.commands, option_table(cli)).shadowed
+    shadowed = arrange(args, cli.commands, VALUE_OPTIONS).shadowed
     return f" (to run the batch file {shadowed}, say `anet run {shadowed}`)" if shadowed else ""
 
 

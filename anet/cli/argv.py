@@ -5,8 +5,9 @@ what `anet find -H hosts.txt x`, `anet run -q batch.txt` and `anet onall -S : 'e
 `arrange()` finds the verb behind the leading options and moves those options after it, where
 the command's own parser takes them in any order; an option the command does not have is then
 its error ("anet: status: No such option: -q"). To step over an option's value (`-H run` names
-a hosts file, not the `run` command) it must know which options take one: `option_table()`
-reads that from the commands themselves, so a new option needs nothing here.
+a hosts file, not the `run` command) it must know which options take one: `VALUE_OPTIONS`,
+written out so that no subcommand's module has to be imported to parse the words (a test
+checks it against `option_table()`, which reads the commands themselves).
 
 A word naming a command is that command, except when nothing follows it that the command could
 work on and a file of that name exists: `anet status` alone would only be a usage error, so
@@ -27,6 +28,18 @@ OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
 """Options that name a command, as the original ANet and GNU parallel spell them."""
 GROUP_OPTIONS = ("-h", "--help", "--version")
 """The `anet` group's own options: `anet --help` is about anet, not about `run`."""
+VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
+    [
+        "-S", "--host", "-H", "--hosts", "-j", "--slots", "--ssh-config", "--format",
+        "--keepalive", "--retries", "--timeout", "--halt", "--nice", "--max-load", "--memfree",
+        "--yield-idle", "--yield-move", "--journal", "--joblog", "--results", "--max-output", "-o",
+        "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
+        "--user", "-l", "--concurrency", "--pool", "--via",
+    ],
+    True,
+)  # fmt: skip
+"""The options of every command that take a value (any other option is a flag): what
+`option_table()` finds in the commands, kept here (tests/test_cli_order.py checks it)."""
 
 
 @dataclass(frozen=True, slots=True)

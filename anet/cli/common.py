@@ -6,7 +6,6 @@ layer over `anet.api`; `anet.cli` assembles them into the one `anet` command.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -18,13 +17,17 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import click
 
 from ..errors import Stopped
-from ..remote.connect import SshOptions
-from ..remote.hosts import HostSpec, resolve_hosts
+
+if TYPE_CHECKING:  # imported where used: `anet --version` needs neither, nor asyncio
+    import asyncio
+
+    from ..remote.connect import SshOptions
+    from ..remote.hosts import HostSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,12 +68,17 @@ class HostArgs:
 
     def resolve(self, env: Environment) -> list[HostSpec]:
         """The hosts, one spec per end machine as the ssh config and name resolution say."""
+        from ..remote.connect import SshOptions
+        from ..remote.hosts import resolve_hosts
+
         config = SshOptions(config=self.ssh_config).config_paths()
         return resolve_hosts(
             self.hosts, self.host_files, slots=self.slots, environ=env.environ, ssh_config=config
         )
 
     def ssh_options(self, keepalive: float) -> SshOptions:
+        from ..remote.connect import SshOptions
+
         return SshOptions(
             config=self.ssh_config, keepalive=keepalive / 3, accept_new_hosts=self.accept_new_hosts
         )
@@ -171,6 +179,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 
     ANET_NO_UVLOOP=1 forces the stock loop, for benchmarks and for ruling uvloop out of a bug.
     """
+    import asyncio
+
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if os.environ.get("ANET_NO_UVLOOP", "") in ("", "0"):
         try:
@@ -187,6 +197,8 @@ async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:
     """Run `coro`; TERM or HUP cancels it, as asyncio.Runner does on Ctrl-C, so the same
     cleanup runs (remote jobs killed, results written or left owed, journal committed), and
     then raises Stopped. A second such signal ends anet at once, the way the signal would."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None

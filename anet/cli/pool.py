@@ -215,15 +215,3 @@ def cancel_command(env: Environment, target: Target, run_id: int) -> int:
     row = run_async(request(target, {"op": "cancel", "run": run_id}))
     env.stderr.write(f"run {row['id']}: {printable(row['state'])}\n")
     return ExitStatus.OK
-
-
-COMMANDS = (
-    up_command,
-    pool_command,
-    down_command,
-    submit_command,
-    ls_command,
-    attach_command,
-    wait_command,
-    cancel_command,
-)

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import asyncssh
-
 from ..core.record import JobResult
 from ..errors import AnetError, HostError
 from ..remote.connect import Connector, SshOptions
 from ..remote.hosts import parse_spec
+from ..remote.sshlib import channel_errors
 from . import wire
 from .place import DEFAULT_NAME, Place, place, run_dir_for
 
@@ -80,12 +79,12 @@ async def _remote(name: str, via: Via) -> AsyncIterator[tuple[Any, Any]]:
             asked = await conn.run(_WHERE, check=True, encoding="utf-8", errors="replace")
             runtime, uid = [*str(asked.stdout).splitlines(), "", ""][:2]
             path = run_dir_for(runtime, int(uid)) / f"{name}.sock"
-        except (HostError, asyncssh.Error, OSError, ValueError) as exc:
+        except (HostError, ValueError, *channel_errors()) as exc:
             reason = exc.reason if isinstance(exc, HostError) else str(exc) or type(exc).__name__
             raise PoolDown(f"cannot reach {via.destination}: {reason}") from None
         try:
             reader, writer = await conn.open_unix_connection(str(path))
-        except (asyncssh.Error, OSError):
+        except channel_errors():
             raise PoolDown(f"no pool {name!r} is up on {via.destination}") from None
         try:
             yield reader, writer

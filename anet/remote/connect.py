@@ -3,8 +3,8 @@
 `~/.ssh/config` (or `--ssh-config`) is resolved per host with asyncssh's own parser, so aliases,
 User, Port, IdentityFile and known_hosts files behave as with `ssh`. A ProxyJump host is
 connected once and shared by every end connection behind it (asyncssh would open one per end
-connection if handed the string). Handshakes are capped: sshd's MaxStartups drops connections
-beyond 10 unauthenticated ones by default.
+connection if handed the string). Handshakes are capped per sshd: its MaxStartups drops
+connections beyond 10 unauthenticated ones by default.
 
 Host keys are always verified against known_hosts; there is no password or passphrase prompt.
 With `accept_new_hosts` (OpenSSH's StrictHostKeyChecking=accept-new) the key of a host that
@@ -15,18 +15,26 @@ known_hosts has never heard of is recorded there, but a *changed* key is still r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from ..errors import HostError
 from .hosts import HostSpec, parse_spec
+from .sshlib import asyncssh, channel_errors
+
+if TYPE_CHECKING:
+    import asyncssh as ssh
 
 MAX_HANDSHAKES = 8
+"""Concurrent handshakes with one sshd: below its MaxStartups (10 unauthenticated by default)."""
+MAX_CONNECTING = 128
+"""Concurrent handshakes in all: enough that 64 hosts connect in one round."""
 CONNECT_TIMEOUT = 20.0
 
 FAST_CIPHERS_FIRST = [
@@ -40,7 +48,8 @@ loopback sshd, 1.3 s vs 3.0 s). Used unless the ssh config names `Ciphers` anywh
 
 @dataclass(frozen=True, slots=True)
 class SshOptions:
-    """How to reach the hosts: an ssh config replacing ~/.ssh/config, and handshake limits."""
+    """How to reach the hosts: an ssh config replacing ~/.ssh/config, and the handshake limit
+    per sshd."""
 
     config: Path | None = None
     connect_timeout: float = CONNECT_TIMEOUT
@@ -73,13 +82,13 @@ def _names_ciphers(paths: Sequence[str]) -> bool:
 
 def describe_error(exc: BaseException, spec: HostSpec) -> str:
     """One line a user can act on, for anything that can go wrong while connecting."""
-    target = spec.host
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+    target, asyncssh_ = spec.host, asyncssh()
+    if isinstance(exc, asyncssh_.HostKeyNotVerifiable):
         return (
             f"host key of {target} is unknown or has changed (not in known_hosts); check it and "
             f"accept it with `ssh {target}` once, or use --accept-new-hosts"
         )
-    if isinstance(exc, asyncssh.PermissionDenied):
+    if isinstance(exc, asyncssh_.PermissionDenied):
         return (
             "authentication failed: no key was accepted (agent or IdentityFile); "
             "anet never asks for a password"
@@ -90,7 +99,7 @@ def describe_error(exc: BaseException, spec: HostSpec) -> str:
         return f"cannot resolve host name {target!r}"
     if isinstance(exc, TimeoutError):
         return "connection timed out"
-    if isinstance(exc, asyncssh.DisconnectError):
+    if isinstance(exc, asyncssh_.DisconnectError):
         return f"disconnected: {exc.reason}"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
@@ -99,7 +108,8 @@ def describe_error(exc: BaseException, spec: HostSpec) -> str:
 
 def _needs_user(exc: BaseException) -> bool:
     """Errors that no retry can fix: the user must fix keys, known_hosts or the config."""
-    return isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.PermissionDenied | ValueError)
+    asyncssh_ = asyncssh()
+    return isinstance(exc, asyncssh_.HostKeyNotVerifiable | asyncssh_.PermissionDenied | ValueError)
 
 
 KEY_KNOWN, KEY_UNKNOWN, KEY_CHANGED, KEY_ACCEPTED = "known", "unknown", "CHANGED", "accepted"
@@ -123,9 +133,10 @@ def _key_reason(status: str, spec: HostSpec, name: str) -> str | None:
     return None
 
 
-class _KeyCheckingClient(asyncssh.SSHClient):
+class _KeyChecking:
     """Called by asyncssh only for a key that known_hosts does not trust: tell unknown from
-    changed, and record an unknown one when the user asked to accept new hosts."""
+    changed, and record an unknown one when the user asked to accept new hosts. Mixed into
+    asyncssh's SSHClient by `_client_class()`, once asyncssh is loaded."""
 
     def __init__(
         self, paths: list[str], accept_new: bool, status: dict[str, tuple[str, str]], label: str
@@ -135,13 +146,11 @@ class _KeyCheckingClient(asyncssh.SSHClient):
         self._status = status
         self._label = label
 
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: ssh.SSHKey) -> bool:
         readable = [p for p in self._paths if os.path.isfile(p)]
         trusted: tuple[object, ...] = ()
         if readable:
-            found = asyncssh.match_known_hosts(readable, host, addr, port if port != 22 else None)
+            found = asyncssh().match_known_hosts(readable, host, addr, port if port != 22 else None)
             trusted = (*found[0], *found[1])  # host keys and CA keys for this host
         name = host if port == 22 else f"[{host}]:{port}"
         if trusted:
@@ -162,18 +171,31 @@ class _KeyCheckingClient(asyncssh.SSHClient):
         return True
 
 
+@functools.cache
+def _client_class() -> type[ssh.SSHClient]:
+    return type("_KeyCheckingClient", (_KeyChecking, asyncssh().SSHClient), {})
+
+
 class Connector:
-    """Opens end connections, sharing jump hosts and limiting concurrent handshakes."""
+    """Opens end connections, sharing jump hosts and limiting concurrent handshakes per sshd.
+
+    sshd's MaxStartups (10 by default) counts the unauthenticated connections of one sshd, so
+    the limit is per sshd: the address and port the config resolves to, behind the same jump
+    hosts. Distinct machines do not wait for each other (a global cap of 8 made 64 hosts take
+    eight rounds of handshakes); `MAX_CONNECTING` only bounds the whole, so that a thousand
+    hosts do not all time out together on a busy master.
+    """
 
     def __init__(self, options: SshOptions) -> None:
         self.options = options
-        self._handshakes = asyncio.Semaphore(options.max_handshakes)
-        self._jumps: dict[str, asyncio.Future[asyncssh.SSHClientConnection]] = {}
-        self._opened: list[asyncssh.SSHClientConnection] = []
+        self._connecting = asyncio.Semaphore(MAX_CONNECTING)
+        self._per_sshd: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        self._jumps: dict[str, asyncio.Future[ssh.SSHClientConnection]] = {}
+        self._opened: list[ssh.SSHClientConnection] = []
         self._keys: dict[str, tuple[str, str]] = {}  # label -> (KEY_*, known_hosts name)
         self._config_names_ciphers = _names_ciphers(options.config_paths())
 
-    def _resolve(self, spec: HostSpec) -> asyncssh.SSHClientConnectionOptions:
+    def _resolve(self, spec: HostSpec) -> ssh.SSHClientConnectionOptions:
         kwargs: dict[str, object] = {}
         if spec.port is not None:
             kwargs["port"] = spec.port
@@ -181,7 +203,7 @@ class Connector:
             kwargs["username"] = spec.user
         if not self._config_names_ciphers:
             kwargs["encryption_algs"] = FAST_CIPHERS_FIRST
-        return asyncssh.SSHClientConnectionOptions(
+        return asyncssh().SSHClientConnectionOptions(
             host=spec.host,
             config=self.options.config_paths(),
             connect_timeout=self.options.connect_timeout,
@@ -192,33 +214,45 @@ class Connector:
             **kwargs,
         )
 
+    @contextlib.asynccontextmanager
+    async def _handshake(
+        self, via: str, options: ssh.SSHClientConnectionOptions
+    ) -> AsyncIterator[None]:
+        """A place among the handshakes to this sshd (`via`: the jump hosts in front of it)."""
+        key = (via, str(options.host).lower(), int(options.port))
+        gate = self._per_sshd.setdefault(key, asyncio.Semaphore(self.options.max_handshakes))
+        async with gate, self._connecting:
+            yield
+
     def _client_factory(
-        self, spec: HostSpec, options: asyncssh.SSHClientConnectionOptions
-    ) -> Callable[[], asyncssh.SSHClient]:
+        self, spec: HostSpec, options: ssh.SSHClientConnectionOptions
+    ) -> Callable[[], ssh.SSHClient]:
         """Clients that classify (and, asked to, record) keys known_hosts does not trust."""
         paths = [os.path.expanduser(p) for p in options.known_hosts or ()]
         paths = paths or [os.path.expanduser("~/.ssh/known_hosts")]
         status, label, accept = self._keys, spec.label, self.options.accept_new_hosts
-        return lambda: _KeyCheckingClient(paths, accept, status, label)
+        client = _client_class()
+        return lambda: client(paths, accept, status, label)  # type: ignore[call-arg]
 
-    async def connect(self, spec: HostSpec) -> asyncssh.SSHClientConnection:
+    async def connect(self, spec: HostSpec) -> ssh.SSHClientConnection:
         """The end connection for `spec`; HostError with a one-line reason when it fails."""
+        asyncssh_ = asyncssh()
         try:
             options = self._resolve(spec)
-            tunnel = await self._jump(options.tunnel) if isinstance(options.tunnel, str) else ()
-            async with self._handshakes:
+            via = options.tunnel if isinstance(options.tunnel, str) else ""
+            tunnel = await self._jump(via) if via else ()
+            async with self._handshake(via, options):
                 factory = self._client_factory(spec, options)
-                conn = await asyncio.wait_for(
-                    asyncssh.connect(
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel
+                async with asyncio.timeout(self.options.connect_timeout + 5):
+                    conn = await asyncssh_.connect(
                         spec.host, options=options, tunnel=tunnel, client_factory=factory
-                    ),
-                    self.options.connect_timeout + 5,
-                )
+                    )
         except HostError:
             raise
-        except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
+        except (OSError, asyncssh_.Error, ValueError, TimeoutError) as exc:
             reason = describe_error(exc, spec)
-            if isinstance(exc, asyncssh.HostKeyNotVerifiable) and spec.label in self._keys:
+            if isinstance(exc, asyncssh_.HostKeyNotVerifiable) and spec.label in self._keys:
                 status, name = self._keys[spec.label]
                 reason = _key_reason(status, spec, name) or reason
             raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
@@ -231,7 +265,7 @@ class Connector:
         found = self._keys.get(label)
         return found[0] if found else None
 
-    async def _jump(self, tunnel: str) -> asyncssh.SSHClientConnection:
+    async def _jump(self, tunnel: str) -> ssh.SSHClientConnection:
         """One connection per jump host chain, shared by every host behind it."""
         future = self._jumps.get(tunnel)
         if future is None:
@@ -246,15 +280,16 @@ class Connector:
             future.set_result(conn)
         return await asyncio.shield(future)
 
-    async def _connect_chain(self, hops: Sequence[str]) -> asyncssh.SSHClientConnection:
-        conn: asyncssh.SSHClientConnection | None = None
-        for hop in hops:
+    async def _connect_chain(self, hops: Sequence[str]) -> ssh.SSHClientConnection:
+        asyncssh_ = asyncssh()
+        conn: ssh.SSHClientConnection | None = None
+        for at, hop in enumerate(hops):
             spec = parse_spec(hop)
             try:
                 options = self._resolve(spec)
-                async with self._handshakes:
-                    conn = await asyncssh.connect(spec.host, options=options, tunnel=conn or ())
-            except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
+                async with self._handshake(",".join(hops[:at]), options):
+                    conn = await asyncssh_.connect(spec.host, options=options, tunnel=conn or ())
+            except (OSError, asyncssh_.Error, ValueError, TimeoutError) as exc:
                 reason = f"jump host: {describe_error(exc, spec)}"
                 raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
             self._opened.append(conn)
@@ -269,7 +304,7 @@ class Connector:
             try:
                 async with asyncio.timeout(2):
                     await conn.wait_closed()
-            except (TimeoutError, OSError, asyncssh.Error):
+            except (TimeoutError, *channel_errors()):
                 pass
         self._opened.clear()
         self._jumps.clear()

@@ -107,6 +107,11 @@ async def host_life(
                 if not transport.connected:
                     state.state = HostPhase.CONNECTING
                     await transport.connect()
+                if closing.is_set():
+                    # Cut off while connecting, but the cancel can be lost: on Python 3.11
+                    # asyncio.wait_for (asyncssh.connect's) drops a cancel that arrives as the
+                    # handshake completes. A dispatcher started now would never be told to stop.
+                    return
                 await session.run(transport, _ready(state, events), _syncing(state, prepare))
                 error = HostError(state.spec.label, "the dispatcher exited")
             except HostError as exc:

@@ -33,7 +33,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from asyncssh.config import SSHClientConfig
+from .sshlib import asyncssh
 
 if TYPE_CHECKING:  # anet.hosts imports this module
     from .hosts import HostSpec
@@ -91,7 +91,7 @@ def end_machine(spec: HostSpec, config_paths: Sequence[str]) -> EndMachine:
     local = _local_user()
     user, host, port = spec.user or local, spec.host, spec.port or DEFAULT_PORT
     try:
-        config = SSHClientConfig.load(
+        config = asyncssh().config.SSHClientConfig.load(
             None, list(config_paths), False, False, False,
             local, spec.user or (), spec.host, spec.port or (),
         )  # fmt: skip

@@ -25,8 +25,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass, field
 from typing import TypeVar
 
-import asyncssh
-
 from dispatcher.connection import (
     MAX_LINE,
     NEED_DATA,
@@ -53,6 +51,7 @@ from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .bootstrap import Payload
 from .hosts import HostSpec
+from .sshlib import channel_errors
 from .transport import Channel, Reader, Transport
 
 log = get_logger()
@@ -133,7 +132,7 @@ class StderrTail:
         while True:
             try:
                 data = await stderr.read(65536)
-            except (OSError, asyncssh.Error):
+            except channel_errors():
                 data = b""  # the connection died: the pump reports that
             if not data:
                 break
@@ -169,6 +168,7 @@ class HostSession:
         self._waiting_since: float | None = None
         self._silence: str | None = None
         self._stopping = False
+        self._stop_asked = False  # by shutdown(), for good: no dispatcher may start after it
         self.hello: Hello | None = None
         self.slots = 0
         self.bytes_sent = 0
@@ -202,7 +202,7 @@ class HostSession:
         self.bytes_sent += len(data)
         try:
             channel.stdin.write(data)
-        except (OSError, RuntimeError, asyncssh.Error):
+        except (RuntimeError, *channel_errors()):  # evaluated only when one was raised
             # RuntimeError: uvloop's word for a pipe it closed when the dispatcher died, which
             # the pump hears of some loop turns later. A dispatcher that cannot hear this side
             # cannot be steered: end it, so the pump sees its stream end and the host is lost;
@@ -220,7 +220,7 @@ class HostSession:
                 await channel.stdin.drain()
         except TimeoutError:
             raise HostError(self.label, "the host stopped reading") from None
-        except (OSError, asyncssh.Error) as exc:
+        except channel_errors() as exc:
             raise HostError(self.label, f"connection lost: {exc}") from None
 
     @contextlib.contextmanager
@@ -246,6 +246,8 @@ class HostSession:
         `prepare` (a deps sync) runs once the dispatcher said Hello, with frames already
         flowing; `ready` is called only after it succeeded, so no job meets a half-made host.
         """
+        if self._stop_asked:  # a cut-off whose cancel was lost: see shutdown()
+            raise HostError(self.label, "stopped before its dispatcher started")
         self.hello, self._stopping, self._silence = None, False, None
         self._conn, self._stderr = Connection(MASTER), StderrTail()
         try:
@@ -254,6 +256,8 @@ class HostSession:
             raise
         except OSError as exc:
             raise HostError(self.label, f"cannot start the dispatcher: {exc}") from exc
+        if self._stop_asked:  # asked while the process was starting: it is stopped at once
+            await self.shutdown()
         error: HostError | None = None
         async with asyncio.TaskGroup() as tasks:
             helpers = [
@@ -347,7 +351,7 @@ class HostSession:
         try:
             channel.stdin.write(self._conn.send_payload(self._payload.data))
             await channel.stdin.drain()
-        except (OSError, asyncssh.Error):
+        except channel_errors():
             raise await self._died("the stub stopped reading its payload") from None
 
     def _greet(self, hello: Hello) -> None:
@@ -391,11 +395,17 @@ class HostSession:
                 await self._on_message(self, event)  # any other frame (Bye too) to the owner
 
     async def shutdown(self) -> None:
-        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF."""
+        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF.
+
+        For good: a dispatcher that starts later (its host was connecting, and the cancel that
+        should have cut it off was lost, as Python 3.11's wait_for can lose one) is stopped
+        as soon as it exists, and none is started after that.
+        """
+        self._stop_asked = True
         if self._channel is not None and not self.closing:
             self.send(Shutdown())  # only to a serving dispatcher: a booting one gets the EOF
             self._stopping = True
-            with contextlib.suppress(OSError, RuntimeError, AttributeError, asyncssh.Error):
+            with contextlib.suppress(RuntimeError, AttributeError, *channel_errors()):
                 self._channel.stdin.write_eof()
 
     async def _heartbeat(self) -> None:
@@ -448,7 +458,7 @@ class HostSession:
 
 async def _reap(channel: Channel) -> None:
     """Wait (briefly) for the dispatcher process to end, so no transport outlives the loop."""
-    with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+    with contextlib.suppress(TimeoutError, *channel_errors()):
         async with asyncio.timeout(EXIT_WAIT):
             await channel.wait()
     channel.kill()
@@ -458,5 +468,5 @@ async def _read(channel: Channel) -> bytes:
     """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
     try:
         return await channel.stdout.read(READ_SIZE)
-    except (OSError, asyncssh.Error):
+    except channel_errors():
         return b""

@@ -11,14 +11,16 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import asyncssh
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import HostError
 from .bootstrap import Payload
 from .connect import Connector
 from .hosts import HostSpec
+from .sshlib import channel_errors
+
+if TYPE_CHECKING:
+    import asyncssh
 
 WRITE_HIGH_WATER = 4 << 20
 """Bytes the master may buffer towards a dispatcher before `drain()` waits. The transports'
@@ -120,7 +122,7 @@ class SshTransport:
             raise HostError(self._spec.label, "not connected")
         try:
             process = await self._conn.create_process(payload.shell_command(), encoding=None)
-        except (asyncssh.Error, OSError) as exc:
+        except channel_errors() as exc:
             self.close()
             raise HostError(self._spec.label, f"cannot start a session: {exc}") from exc
         process.stdin.channel.set_write_buffer_limits(high=WRITE_HIGH_WATER)

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.text import Text
-
 from .tables import fit_columns, names_then_numbers, shorten
 
+# rich is imported where a view is drawn, not here: a run whose stderr is no terminal (and
+# `anet status`, the report) never draws one, and rich is a fifth of anet's start-up.
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.live import Live
+    from rich.text import Text
+
     from ..api import HostState
 
 LIVE_INTERVAL = 0.5
@@ -230,6 +232,8 @@ def render(
     strings and only styled by rich: a rich Table measures every cell on every frame, which
     costs ~1 ms per host per frame.
     """
+    from rich.console import Group
+
     hosts = list(snap.hosts)
     hidden = 0
     if max_rows is not None and len(hosts) > max_rows:
@@ -253,12 +257,16 @@ def render(
 
 def _line(text: str, style: str = "") -> Text:
     """One line that is never wrapped: it was made to fit."""
+    from rich.text import Text
+
     return Text(text, style=style, no_wrap=True, overflow="crop")
 
 
 def _counts_line(snap: Snapshot, rates: Rates, width: int) -> Text:
     """The bar, then the counts; on a narrow terminal the counts that matter least go first
     (queued, rate, running), then the bar."""
+    from rich.text import Text
+
     total = snap.total
     rate = rates.overall()
     parts = [
@@ -322,6 +330,8 @@ attempts, jobs/min, running, jobs. Host and state always stay."""
 
 def render_text(snap: Snapshot, rates: Rates, width: int = 100, max_rows: int | None = None) -> str:
     """The live view as plain text (what the snapshot tests compare)."""
+    from rich.console import Console
+
     console = Console(width=width, color_system=None, force_terminal=False, record=True,
                       file=_Null())  # fmt: skip
     console.print(render(snap, rates, width, max_rows))
@@ -410,6 +420,9 @@ class ProgressView:
         loop = asyncio.get_running_loop()
         self._start = loop.time()
         if self._live_mode:
+            from rich.console import Console
+            from rich.live import Live
+
             console = Console(file=self._stream, stderr=True)
             self._live = Live(console=console, auto_refresh=False, redirect_stdout=False,
                               redirect_stderr=False, transient=False)  # fmt: skip

@@ -1,0 +1,135 @@
+"""asyncssh, loaded when the first SSH host needs it, and its ssh config read once per run.
+
+Importing asyncssh costs about 0.1 s (its crypto and OpenSSL bindings): a run on this machine
+alone, `anet --version` and the report never need it, so nothing imports it at module level;
+`asyncssh()` is the one door. Its exception classes are needed where a channel may fail:
+`channel_errors()` names them only once asyncssh is loaded (until then none can be raised).
+
+asyncssh parses the whole ssh config again for every host it resolves, twice per host here
+(which machine it is, then its connection options), since `Host` blocks are matched while
+parsing. With one block per host that is O(hosts x config lines): at 64 hosts, 2.0 of the
+master's 4.7 CPU s of start-up (cProfile), the greater part in tokenising lines (`shlex`)
+that are the same every time. `_parse` is asyncssh's `SSHConfig.parse` with the tokenising
+done once per file (per file version: its path, size and mtime); matching and the options
+themselves stay asyncssh's own, host by host. Installed only when asyncssh's config class has
+the parts it relies on; otherwise asyncssh's own parse runs, slower but the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+Line = tuple[int, str, tuple[str, ...] | str]
+"""(line number, option in lower case, its arguments; or the tokenising error's text)."""
+
+_NEEDS = ("_handlers", "_conditionals", "_no_split", "_percent_expand", "_set_tokens",
+          "_expand_val", "_error")  # fmt: skip
+
+stock_parse: Any = None
+"""asyncssh's own `SSHConfig.parse`, kept (tests compare the two)."""
+
+
+@functools.cache
+def asyncssh() -> ModuleType:
+    """The asyncssh package, imported on first use, its config files tokenised once."""
+    import asyncssh as module
+    import asyncssh.config
+
+    global stock_parse
+    config_class: Any = asyncssh.config.SSHConfig
+    if stock_parse is None and all(hasattr(config_class, name) for name in _NEEDS):
+        stock_parse, config_class.parse = config_class.parse, _parse
+    return module
+
+
+def channel_errors() -> tuple[type[BaseException], ...]:
+    """What a failing SSH or pipe channel raises: OSError, and asyncssh.Error once loaded."""
+    loaded = sys.modules.get("asyncssh")
+    return (OSError,) if loaded is None else (OSError, loaded.Error)
+
+
+def _parse(self: Any, path: Path) -> None:
+    """asyncssh's SSHConfig.parse (2.14 to 2.24), reading tokenised lines from `_lines`."""
+    self._path = path
+    self._line_no = 0
+    self._matching = True
+    self._tokens = {"%": "%"}
+    stat = os.stat(path)
+    kinds = frozenset(self._no_split), frozenset(self._conditionals)
+    for number, loption, args in _lines(str(path), stat.st_mtime_ns, stat.st_size, *kinds):
+        self._line_no = number
+        if isinstance(args, str):
+            self._error(args)
+        if not self._matching and loption not in self._conditionals:
+            continue
+        try:
+            option, handler = self._handlers[loption]
+        except KeyError:
+            continue
+        left = list(args)
+        if not left:
+            self._error(f"Missing {option} value")
+        handler(self, option, left)
+        if left:
+            self._error(f"Extra data at end: {' '.join(left)}")
+    self._set_tokens()
+    for option in self._percent_expand:
+        value = self._options.get(option)
+        if isinstance(value, list):
+            self._options[option] = [self._expand_val(item) for item in value]
+        elif isinstance(value, str):
+            self._options[option] = self._expand_val(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _lines(
+    path: str, mtime_ns: int, size: int, no_split: frozenset[str], conditionals: frozenset[str]
+) -> tuple[Line, ...]:
+    """A config file's lines as asyncssh tokenises them, once per version of the file."""
+    del mtime_ns, size  # the cache key: a changed file is read again
+    found: list[Line] = []
+    with open(path) as file:
+        for number, raw in enumerate(file, 1):
+            line = raw.strip()
+            if line and line[0] != "#":
+                found.append(_tokenise(number, line, no_split, conditionals))
+    return tuple(found)
+
+
+def _tokenise(
+    number: int, line: str, no_split: frozenset[str], conditionals: frozenset[str]
+) -> Line:
+    """One line: `Option value`, `Option=value` and `Option = value` alike (asyncssh's rules)."""
+    try:
+        split = shlex.split(line)
+    except ValueError as exc:
+        return number, "", str(exc)
+    args: list[str] = []
+    loption = ""
+    allow_equal = True
+    for i, arg in enumerate(split, 1):
+        if arg.startswith("="):
+            if len(arg) > 1:
+                args.append(arg[1:])
+        elif not allow_equal:
+            args.extend(split[i - 1 :])
+            break
+        elif arg.endswith("="):
+            args.append(arg[:-1])
+        elif "=" in arg:
+            arg, val = arg.split("=", 1)
+            args += [arg, val]
+        else:
+            args.append(arg)
+        if i == 1:
+            loption = args.pop(0).lower()
+            allow_equal = loption in conditionals
+    if loption in no_split:
+        args = [line.lstrip()[len(loption) :].strip()]
+    return number, loption, tuple(args)
