@@ -21,12 +21,12 @@ from .. import logs
 from .._version import __version__
 from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
-from .argv import arrange, option_table
+from .argv import arrange, option_table, split_command
 from .common import Environment, ExitStatus
 from .journals import journals_group
 from .machines import COMMANDS as MACHINE_COMMANDS
 from .report import completion_command, report_command, status_command
-from .run import run_command
+from .run import COMMAND_LINE, run_command
 from .sync import sync_command
 
 
@@ -35,7 +35,9 @@ class AnetGroup(click.Group):
     batch.txt`), and whose subcommands take their options before their name too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, arrange(args, self.commands, option_table(self)).argv)
+        table = option_table(self)
+        args, ctx.meta[COMMAND_LINE] = split_command(args, table)  # GNU parallel's `:::`
+        return super().parse_args(ctx, arrange(args, self.commands, table).argv)
 
 
 @click.group(
