@@ -151,4 +151,5 @@ def _has_positional(args: Sequence[str], takes_value: Mapping[str, bool]) -> boo
 def _needs_argument(command: click.Command) -> bool:
     """Whether the command alone is a usage error (`anet status`), unlike `anet hosts`. `run`'s
     BATCH is optional only for command mode, which `split_command` has taken out before."""
-    return command.name == DEFAULT_COMMAND or any(isinstance(p, click.Argument) and p.required for p in command.params)
+    required = any(isinstance(p, click.Argument) and p.required for p in command.params)
+    return required or command.name == DEFAULT_COMMAND

@@ -101,8 +101,9 @@ class Inputs:
         groups = _groups(self.sources)
         first = self._group(groups[0], stdin)
         rest = [list(self._group(group, stdin)) for group in groups[1:]]
-        for combination in itertools.product(first, *rest):
-            yield self._columns(tuple(itertools.chain.from_iterable(combination)))
+        for head in first:  # not in product(): it would read the whole first group at once
+            for tail in itertools.product(*rest):
+                yield self._columns(head + tuple(itertools.chain.from_iterable(tail)))
 
     def _group(self, group: list[Source], stdin: BinaryIO) -> Iterator[tuple[bytes, ...]]:
         # linked sources last as long as the shortest, as GNU parallel's :::+ do
