@@ -152,6 +152,7 @@ def test_a_quoted_value_reaches_the_shell_intact(value):
         ("-a f.txt sim --seed {}", (["run", "-a", "f.txt"], ["sim", "--seed", "{}"], [])),
         ("-H run -- find {} ::: x", (["run", "-H", "run"], ["find", "{}"], [":::", "x"])),
         ("find {} ::: x", (["run"], ["find", "{}"], [":::", "x"])),
+        ("-- -x {} ::: y", (["run"], ["-x", "{}"], [":::", "y"])),
     ],
 )
 def test_command_mode_is_split_before_click(words, expected):
@@ -162,7 +163,9 @@ def test_command_mode_is_split_before_click(words, expected):
     )
 
 
-@pytest.mark.parametrize("words", ["batch.txt", "-q batch.txt deps/", "status b", "run b.txt"])
+@pytest.mark.parametrize(
+    "words", ["batch.txt", "-q batch.txt deps/", "status b", "run b.txt", "--onall echo{} ::: a"]
+)
 def test_batch_mode_is_left_alone(words):
     assert split_command(words.split(), option_table(cli)) == (words.split(), None)
 
@@ -196,7 +199,8 @@ def test_the_first_group_of_sources_is_read_lazily(tmp_path: Path):
         (["--colsep", "(", "echo", ":::", "a"], "anet: --colsep '(' is not a regular expression"),
         ([":::", "a"], "anet: the command to run is empty"),
         (["echo", ":::+", "a"], "anet: :::+ links to a source before it, and there is none\n"),
-        (["--colsep", ",", "batch.txt"], "anet: --colsep and --null go with ::: ARGS"),
+        (["--colsep", ",", "batch.txt"], "anet: -a, --colsep and --null go before a command"),
+        (["echo {}", "-a", "args.txt"], "anet: -a, --colsep and --null go before a command"),
         (["echo", "::::", "-", "::::", "-"], "anet: standard input (-) can be only one input"),
     ],
 )

@@ -109,6 +109,8 @@ def split_command(
         end = _skip_options(args, at + 1, takes_value)
         options, at = options + args[at + 1 : end], end
     rest = args[at:]
+    if rest[:1] and rest[0] in OPTION_COMMANDS:  # `anet --onall 'echo {}' ::: a`: onall's error
+        return args, None
     arg_file = any(a in ARG_FILE or a.startswith(("--arg-file=", "-a")) for a in options)
     marker = next((i for i, word in enumerate(rest) if word in MARKERS), None)
     if marker is None and not arg_file:

@@ -422,8 +422,11 @@ def _command_mode(
     if line is None:
         if batch is None:
             raise click.UsageError("Missing argument 'BATCH'.")
-        if colsep is not None or null:
-            raise UsageError("--colsep and --null go with ::: ARGS, :::: FILE or -a FILE")
+        if colsep is not None or null or arg_file:
+            raise UsageError(
+                "-a, --colsep and --null go before a command and its sources:"
+                " anet [OPTIONS] COMMAND ::: ARGS (or :::: FILE, or -a FILE among the OPTIONS)"
+            )
         return None
     assert batch is None and deps is None  # split_command left no word for them
     return generate(line.command, line.sources, arg_file, colsep, null)
