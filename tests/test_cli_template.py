@@ -98,3 +98,10 @@ def test_a_batch_file_runs_as_before_and_dry_runs(tmp_path: Path):
     done = anet("-q", "-k", "--format", "msgpack", batch)
     assert [(r.id, r.stdout) for r in decode(done.stdout)] == [(0, b"{}\n"), (1, b":::")]
     assert anet("--dry-run", batch).stdout == b"echo {}\nprintf '%s' ':::'\n"
+
+
+def test_the_plain_format_is_the_jobs_own_output_grouped_per_job():
+    template = "printf 'start %s\\n' {}; sleep 0.{#}; printf 'end %s\\n' {}; test {} != b"
+    done = anet("-q", "-k", "--retries", "0", "--format", "plain", template, ":::", "a", "b", "c")
+    assert done.returncode == 1, done.stderr  # b failed: its output is there all the same
+    assert done.stdout == b"".join(b"start %s\nend %s\n" % (x, x) for x in (b"a", b"b", b"c"))

@@ -36,7 +36,7 @@ from ..streams.journal import (
 )
 from ..streams.output import open_output
 from ..streams.retention import Policy, after_run, parse_size
-from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for, output_cap
+from ..streams.sinks import TAGGED_TEXT, WRITTEN, Encoder, encoder_for, output_cap
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
@@ -305,8 +305,9 @@ Examples:
     help="The deps folder (or file), as the DEPS argument gives it in batch mode.",
 )  # fmt: skip
 @click.option(
-    "--format", "fmt", type=click.Choice(sorted(FORMATS)),
-    help="Output on stdout. Default: anet when piped, text on a terminal.",
+    "--format", "fmt", type=click.Choice(sorted(WRITTEN)),
+    help="Output on stdout. Default: anet when piped, text on a terminal. plain: only the"
+    " jobs' stdout, per job (GNU parallel's).",
 )  # fmt: skip
 @click.option(
     "--keepalive", type=common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,

@@ -52,6 +52,10 @@ text with --tag -- for grep and humans, not for reading back: every line of outp
         {id} {host} status\t<status>   only for a failed job, after its output
 
     (a last line without a line break gets one). `cut -f2-` strips the tags.
+
+plain -- GNU parallel's default output, for piping into other tools, not for reading back: each
+    job's stdout, whole and as it is, one job after another as they finish (in job order with
+    -k), failed jobs' too. Nothing else: no id, no stderr, no status.
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ def output_cap(encoder: Encoder) -> OutputCap | None:
             MAX_RECORD - _HEAD_ROOM,
             f"{_size(MAX_RECORD - _HEAD_ROOM)}, the most a msgpack record carries",
         )
-    if encoder is TAGGED_TEXT:
+    if encoder in (TAGGED_TEXT, PLAIN):
         return None
     if encoder.name == "jsonl":  # a big output goes as base64: 4 bytes per 3
         size = (MAX_BIG_RECORD - _HEAD_ROOM) // 4 * 3
@@ -364,6 +368,15 @@ def tagged_parts(result: JobResult) -> Iterator[bytes]:
 TAGGED_TEXT: Final = Encoder("text", b"", encode_text_tagged, tagged_parts)
 """The text format with --tag."""
 
+
+def plain_parts(result: JobResult) -> Iterator[bytes]:
+    """The job's stdout as it is, a chunk at a time."""
+    return chunks(result.out)
+
+
+PLAIN: Final = Encoder("plain", b"", lambda result: b"".join(plain_parts(result)), plain_parts)
+"""Only the jobs' own stdout, grouped per job; no reader reads it back, so not in FORMATS."""
+
 FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
     {
         "anet": Encoder("anet", b"", encode_anet, anet_parts),
@@ -375,10 +388,14 @@ FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
 """Every output format by the name the CLI knows it by."""
 
 
+WRITTEN: Final[Mapping[str, Encoder]] = MappingProxyType({**FORMATS, "plain": PLAIN})
+"""Every format `anet run --format` writes: those `anet.results` reads back, and plain."""
+
+
 def encoder_for(name: str) -> Encoder:
     """The encoder named `name`; UsageError naming the choices when there is none."""
     try:
-        return FORMATS[name]
+        return WRITTEN[name]
     except KeyError:
-        choices = ", ".join(FORMATS)
+        choices = ", ".join(WRITTEN)
         raise UsageError(f"unknown output format {name!r} (choose from {choices})") from None
