@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sshd_hosts import SshdCluster
 from test_cli_ssh import decode
+from test_template import gnu_parallel
 
 from anet.core.template import dirname
 
@@ -105,3 +106,42 @@ def test_the_plain_format_is_the_jobs_own_output_grouped_per_job():
     done = anet("-q", "-k", "--retries", "0", "--format", "plain", template, ":::", "a", "b", "c")
     assert done.returncode == 1, done.stderr  # b failed: its output is there all the same
     assert done.stdout == b"".join(b"start %s\nend %s\n" % (x, x) for x in (b"a", b"b", b"c"))
+
+
+def test_plain_with_tag_prints_what_gnu_parallel_prints():
+    args = ["-k", "--tag", "printf '%s-\\n' {2} {1}; echo", ":::", "a", "b c", ":::", "1", "é"]
+    theirs = subprocess.run(
+        [gnu_parallel(), "--will-cite", *args], capture_output=True, timeout=60, check=True
+    ).stdout
+    mine = anet("-q", "--format", "plain", *args)
+    assert mine.returncode == 0, mine.stderr
+    assert mine.stdout == theirs
+    assert theirs.startswith(b"a 1\t1-\na 1\ta-\na 1\t\n")
+
+
+def test_plain_tags_of_a_resumed_run_and_of_a_batch_file(tmp_path: Path):
+    (tmp_path / "ok-a").touch()
+    template = "echo {}; test -e ok-{}"
+    first = anet(
+        "-q", "--retries", "0", "--format", "plain", template, ":::", "a", "b", cwd=tmp_path
+    )
+    assert first.returncode == 1 and sorted(first.stdout.splitlines()) == [b"a", b"b"]
+    (tmp_path / "ok-b").touch()
+    resumed = anet(
+        "-q",
+        "-k",
+        "--resume",
+        "--format",
+        "plain",
+        "--tag",
+        template,
+        ":::",
+        "a",
+        "b",
+        cwd=tmp_path,
+    )  # a's result is written again (its tag made again from the inputs), b runs
+    assert (resumed.returncode, resumed.stdout) == (0, b"a\ta\nb\tb\n"), resumed.stderr
+    batch = tmp_path / "batch.txt"
+    batch.write_bytes(b"echo one\nprintf 'x\\ny'\n")
+    done = anet("-q", "-k", "--format", "plain", "--tag", batch)
+    assert done.stdout == b"echo one\tone\nprintf 'x\\ny'\tx\nprintf 'x\\ny'\ty\n"

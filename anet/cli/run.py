@@ -20,7 +20,7 @@ from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from ..core.batch import Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
-from ..core.inputs import Generated, generate
+from ..core.inputs import Generated, Tags, generate
 from ..core.spool import spool_dir
 from ..deps.manifest import start_scan
 from ..errors import UsageError
@@ -36,7 +36,15 @@ from ..streams.journal import (
 )
 from ..streams.output import open_output
 from ..streams.retention import Policy, after_run, parse_size
-from ..streams.sinks import TAGGED_TEXT, WRITTEN, Encoder, encoder_for, output_cap
+from ..streams.sinks import (
+    PLAIN,
+    TAGGED_TEXT,
+    WRITTEN,
+    Encoder,
+    encoder_for,
+    output_cap,
+    plain_tagged,
+)
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
@@ -100,6 +108,9 @@ async def program(args: RunArgs, env: Environment) -> int:
             arrived=seen.arrived,
         )
         plan = RunPlan(source.jobs, options)
+        if source.tags is not None:  # plain --tag: the tags of the jobs made, and made again
+            source.tags.done = plan.done
+            encoder = plain_tagged(source.tags.pop)
         seen.tally.base = len(plan.done)
         seen.tally.total = source.total  # counted for --halt N% or the journal: not again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
@@ -183,9 +194,9 @@ def _max_output(text: str | None, env: Environment) -> OutputCap | None:
 def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
     """The output format; --tag is a variant of text, the default on a terminal."""
     if tag:
-        if name not in (None, "text"):
-            raise UsageError(f"--tag goes with --format text, not {name}")
-        return TAGGED_TEXT
+        if name not in (None, "text", "plain"):
+            raise UsageError(f"--tag goes with --format text or plain, not {name}")
+        return PLAIN if name == "plain" else TAGGED_TEXT  # plain's tags come with the jobs
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
 
 
@@ -202,6 +213,7 @@ class _Batch:
     is_stream: bool
     _identity: Callable[[], tuple[str, int | None]]
     total: int | None = None
+    tags: Tags | None = None
 
     def identity(self) -> str:
         fingerprint, total = self._identity()
@@ -220,19 +232,36 @@ class _Batch:
 def _open_batch(args: RunArgs, env: Environment) -> Iterator[_Batch]:
     """The batch file (or `-`), or in command mode the batch the template makes."""
     generated = args.generated
+    plain_tag = args.observe.tag and args.format == "plain"
+    tags = Tags(lambda: _tagged_again(args, env)) if plain_tag else None
     if generated is not None:
         stream = generated.inputs.is_stream
+        pairs = generated.tagged(env.stdin)
         yield _Batch(
-            generated.jobs(env.stdin), "standard input" if stream else repr(generated.text),
+            tags.jobs(pairs) if tags else (job for job, _ in pairs),
+            "standard input" if stream else repr(generated.text),
             None, journal_key(generated.text), "inputs", stream,
-            lambda: _stream_identity() if stream else generated.identity(env.stdin),
+            lambda: _stream_identity() if stream else generated.identity(env.stdin), tags=tags,
         )  # fmt: skip
         return
     with open_source(args.batch, env.stdin) as source:
         path = source.path
         identity = (lambda: (fingerprint_batch(path), None)) if path else _stream_identity
         jobs = read_batch(source.stream)
-        yield _Batch(jobs, source.name, path, args.batch, "batch file", source.is_stream, identity)
+        jobs = tags.jobs((job, job.command) for job in jobs) if tags else jobs
+        yield _Batch(
+            jobs, source.name, path, args.batch, "batch file", source.is_stream, identity, tags=tags
+        )
+
+
+def _tagged_again(args: RunArgs, env: Environment) -> Iterator[tuple[Job, bytes]]:
+    """The jobs and tags of a resumed batch once more, for the results it writes again (only a
+    batch that can be read again is resumed)."""
+    if args.generated is not None:
+        yield from args.generated.tagged(env.stdin)
+        return
+    with open_source(args.batch, env.stdin) as source:
+        yield from ((job, job.command) for job in read_batch(source.stream))
 
 
 def _stream_identity() -> tuple[str, None]:

@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -169,13 +169,17 @@ class Generated:
     text: str
     """The command as typed, for names and messages."""
 
-    def commands(self, stdin: BinaryIO) -> Iterator[bytes]:
-        for number, args in enumerate(self.inputs.records(stdin), start=1):
-            yield self.template.expand(args, number)
+    def tagged(self, stdin: BinaryIO) -> Iterator[tuple[Job, bytes]]:
+        """The jobs, generated as they are needed (a command with a newline is still one job),
+        each with its tag: its arguments joined by spaces, as GNU parallel's --tag shows them."""
+        for index, args in enumerate(self.inputs.records(stdin)):
+            yield Job(index, self.template.expand(args, index + 1)), b" ".join(args)
 
     def jobs(self, stdin: BinaryIO) -> Iterator[Job]:
-        """The jobs, generated as they are needed; a command with a newline is still one job."""
-        return map(Job, itertools.count(), self.commands(stdin))
+        return (job for job, _ in self.tagged(stdin))
+
+    def commands(self, stdin: BinaryIO) -> Iterator[bytes]:
+        return (job.command for job in self.jobs(stdin))
 
     def identity(self, stdin: BinaryIO) -> tuple[str, int]:
         """(sha256 of every command, how many): a journal belongs to exactly these commands, so
@@ -202,3 +206,31 @@ def generate(
     if not found:
         raise TemplateError("no input source: give ::: ARGS, :::: FILE or -a FILE")
     return Generated(template, Inputs.make(found, colsep, null), " ".join(command))
+
+
+class Tags:
+    """Each job's tag (GNU parallel's --tag: its arguments) from when the job is made until its
+    result is written: the jobs in flight, never the whole batch. The results a resumed run
+    writes again (ids in `done`, in id order) get theirs from a second pass, `again()`."""
+
+    def __init__(self, again: Callable[[], Iterator[tuple[Job, bytes]]]) -> None:
+        self.done: Container[int] = ()
+        """The ids the run skips (set once the plan knows them, before the first job)."""
+        self._again = again
+        self._cursor: Iterator[tuple[Job, bytes]] | None = None
+        self._pending: dict[int, bytes] = {}
+
+    def jobs(self, tagged: Iterable[tuple[Job, bytes]]) -> Iterator[Job]:
+        for job, tag in tagged:
+            if job.id not in self.done:  # the plan drops it: its earlier result comes again()
+                self._pending[job.id] = tag
+            yield job
+
+    def pop(self, job_id: int) -> bytes:
+        """The tag of the job whose result is being written (once per result)."""
+        tag = self._pending.pop(job_id, None)
+        if tag is not None:
+            return tag
+        if self._cursor is None:
+            self._cursor = self._again()
+        return next((tag for job, tag in self._cursor if job.id == job_id), b"")
