@@ -145,3 +145,16 @@ def test_plain_tags_of_a_resumed_run_and_of_a_batch_file(tmp_path: Path):
     batch.write_bytes(b"echo one\nprintf 'x\\ny'\n")
     done = anet("-q", "-k", "--format", "plain", "--tag", batch)
     assert done.stdout == b"echo one\tone\nprintf 'x\\ny'\tx\nprintf 'x\\ny'\ty\n"
+
+
+def test_deps_come_with_an_option_in_command_mode(tmp_path: Path):
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    (deps / "greet.sh").write_text('printf "hi %s" "$1"\n')
+    done = anet(
+        "-q", "-k", "--format", "plain", "--deps", f"{deps}/", "sh greet.sh {}", ":::", "a b"
+    )
+    assert (done.returncode, done.stdout) == (0, b"hi a b"), done.stderr
+    twice = anet("--deps", deps, tmp_path / "batch.txt", deps)
+    assert twice.returncode == 255
+    assert twice.stderr == b"anet: give the deps folder once: as DEPS or as --deps\n"

@@ -20,7 +20,7 @@ import pytest
 from anet.cli import cli, raw_main
 from anet.cli.argv import CommandLine, option_table, split_command
 from anet.cli.common import Environment
-from anet.core.inputs import generate
+from anet.core.inputs import Tags, generate
 from anet.core.template import quote
 
 AWKWARD = [
@@ -208,3 +208,16 @@ def test_a_mistake_is_one_line(args, says):
     status, out, err = anet_dry_run(args)
     assert (status, out) == (255, b"")
     assert err.startswith(says) and err.count("\n") == 1, err
+
+
+def test_tags_are_kept_only_for_the_jobs_made_and_not_yet_written():
+    batch = generate(["echo"], [":::", "a", "b", "c"])
+    tags = Tags(lambda: batch.tagged(io.BytesIO()))
+    tags.done = {1}  # a resumed run: job 1's earlier result is written again
+    jobs = tags.jobs(batch.tagged(io.BytesIO()))
+    assert next(jobs).id == 0
+    assert tags.pop(0) == b"a"
+    assert [job.id for job in jobs] == [1, 2]  # the plan would drop 1
+    assert tags.pop(1) == b"b"  # from a second pass
+    assert tags.pop(2) == b"c"
+    assert tags._pending == {}
