@@ -76,17 +76,20 @@ def _strip_trailing_slashes(path: bytes) -> bytes:
     return re.sub(rb"(.)/*\Z", rb"\1", path, count=1, flags=re.S)
 
 
+_EXTENSION = re.compile(rb"\.[^/.]*$")
+_DIRECTORY = re.compile(rb".*/")
+
+
 def _operate(operation: bytes, value: bytes) -> bytes:
     """One argument under `.`, `/`, `//` or `/.` (GNU parallel's regular expressions)."""
+    if not operation:
+        return value
     if operation == b".":
-        return re.sub(rb"\.[^/.]*$", b"", value, count=1)
-    if operation == b"/":
-        return re.sub(rb".*/", b"", value, count=1)
+        return _EXTENSION.sub(b"", value, count=1)
     if operation == b"//":
         return dirname(value)
-    if operation == b"/.":
-        return re.sub(rb"\.[^/.]*$", b"", re.sub(rb".*/", b"", value, count=1), count=1)
-    return value
+    base = _DIRECTORY.sub(b"", value, count=1)
+    return base if operation == b"/" else _EXTENSION.sub(b"", base, count=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,8 @@ class Template:
                 out.append(str(number).encode())
             elif form == b"%":
                 out.append(SLOT_VARIABLE)
+            elif position is None and len(args) == 1:  # the common case, without a join
+                out.append(quote(_operate(operation, args[0])))
             elif position is None:
                 out.append(b" ".join(quote(_operate(operation, arg)) for arg in args))
             elif -len(args) <= position < len(args):
