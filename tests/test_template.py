@@ -151,23 +151,32 @@ def test_a_quoted_value_reaches_the_shell_intact(value):
         ("-q run -k echo :::: f", (["run", "-q", "-k"], ["echo"], ["::::", "f"])),
         ("-a f.txt sim --seed {}", (["run", "-a", "f.txt"], ["sim", "--seed", "{}"], [])),
         ("-H run -- find {} ::: x", (["run", "-H", "run"], ["find", "{}"], [":::", "x"])),
-        ("find {} ::: x", (["run"], ["find", "{}"], [":::", "x"])),
+        ("-- find {} ::: x", (["run"], ["find", "{}"], [":::", "x"])),
+        ("run find {} ::: x", (["run"], ["find", "{}"], [":::", "x"])),
         ("-- -x {} ::: y", (["run"], ["-x", "{}"], [":::", "y"])),
     ],
 )
 def test_command_mode_is_split_before_click(words, expected):
     options, command, sources = expected
-    assert split_command(words.split(), option_table(cli)) == (
+    assert split_command(words.split(), cli.commands, option_table(cli)) == (
         options,
         CommandLine(command, sources),
     )
 
 
 @pytest.mark.parametrize(
-    "words", ["batch.txt", "-q batch.txt deps/", "status b", "run b.txt", "--onall echo{} ::: a"]
+    "words",
+    [
+        "batch.txt",
+        "-q batch.txt deps/",
+        "status b",
+        "run b.txt",
+        "--onall echo{} ::: a",
+        "find {} ::: x",
+    ],
 )
 def test_batch_mode_is_left_alone(words):
-    assert split_command(words.split(), option_table(cli)) == (words.split(), None)
+    assert split_command(words.split(), cli.commands, option_table(cli)) == (words.split(), None)
 
 
 def test_the_first_group_of_sources_is_read_lazily(tmp_path: Path):

@@ -36,7 +36,7 @@ class AnetGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         table = option_table(self)
-        args, ctx.meta[COMMAND_LINE] = split_command(args, table)  # GNU parallel's `:::`
+        args, ctx.meta[COMMAND_LINE] = split_command(args, self.commands, table)  # `:::`
         return super().parse_args(ctx, arrange(args, self.commands, table).argv)
 
 

@@ -96,21 +96,24 @@ ARG_FILE = ("-a", "--arg-file")
 
 
 def split_command(
-    args: Sequence[str], takes_value: Mapping[str, bool]
+    args: Sequence[str], commands: Mapping[str, click.Command], takes_value: Mapping[str, bool]
 ) -> tuple[list[str], CommandLine | None]:
     """(`run` and its options, the command line) in command mode, else (`args`, None).
 
-    Command mode is a marker word after the options, or `-a`/`--arg-file` among them.
+    Command mode is a marker word after the options, or `-a`/`--arg-file` among them. A first
+    word naming one of anet's commands is that command (`anet find`): `anet run find {} ::: d`
+    or `anet -- find {} ::: d` runs find(1).
     """
     args = list(args)
     at = _skip_options(args, 0, takes_value)
     options = args[:at]
-    if args[at : at + 1] == [DEFAULT_COMMAND]:  # `anet run -a f cmd`, `anet -j2 run cmd ::: a`
+    run = args[at : at + 1] == [DEFAULT_COMMAND]
+    if run:  # `anet run -a f cmd`, `anet -j2 run find {} ::: a`
         end = _skip_options(args, at + 1, takes_value)
         options, at = options + args[at + 1 : end], end
     rest = args[at:]
-    if rest[:1] and rest[0] in OPTION_COMMANDS:  # `anet --onall 'echo {}' ::: a`: onall's error
-        return args, None
+    if rest[:1] and (rest[0] in OPTION_COMMANDS or (rest[0] in commands and not run)):
+        return args, None  # `anet --onall 'echo {}' ::: a`, `anet sync ...`: those commands
     arg_file = any(a in ARG_FILE or a.startswith(("--arg-file=", "-a")) for a in options)
     marker = next((i for i, word in enumerate(rest) if word in MARKERS), None)
     if marker is None and not arg_file:
