@@ -158,3 +158,13 @@ def test_deps_come_with_an_option_in_command_mode(tmp_path: Path):
     twice = anet("--deps", deps, tmp_path / "batch.txt", deps)
     assert twice.returncode == 255
     assert twice.stderr == b"anet: give the deps folder once: as DEPS or as --deps\n"
+
+
+def test_a_dry_run_into_a_pipe_closed_early_ends_quietly():
+    argv = [sys.executable, "-m", "anet", "--dry-run", "echo", ":::", *map(str, range(100_000))]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"echo 0\n"
+        proc.stdout.close()  # `| head -1`
+        assert proc.stderr.read() == b""
+        assert proc.wait(timeout=60) == 0

@@ -465,16 +465,17 @@ def _command_mode(
 def _dry_run(batch: Path | None, generated: Generated | None, env: Environment) -> int:
     """--dry-run: every job's command and a newline, as `parallel --dry-run` prints them."""
     out = env.stdout
-    if generated is not None:
-        commands: Iterator[bytes] = generated.commands(env.stdin)
-        for command in commands:
-            out.write(command + b"\n")
-    else:
-        assert batch is not None
-        with open_source(batch, env.stdin) as source:
-            for job in read_batch(source.stream):
-                out.write(job.command + b"\n")
-    out.flush()
+    try:
+        if generated is not None:
+            out.writelines(command + b"\n" for command in generated.commands(env.stdin))
+        else:
+            assert batch is not None
+            with open_source(batch, env.stdin) as source:
+                out.writelines(job.command + b"\n" for job in read_batch(source.stream))
+        out.flush()
+    except BrokenPipeError:  # `anet --dry-run ... | head`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):  # and no flush at exit may fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     return ExitStatus.OK
 
 
