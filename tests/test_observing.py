@@ -131,7 +131,7 @@ def test_tag_prefixes_every_line_with_id_and_host(tmp_path):
     )
     wrong = anet("run", "--tag", "--format", "jsonl", "--no-journal", str(batch))
     assert wrong.returncode == 255
-    assert wrong.stderr.decode() == "anet: --tag goes with --format text, not jsonl\n"
+    assert wrong.stderr.decode() == "anet: --tag goes with --format text or plain, not jsonl\n"
 
 
 def run_on_pty(argv: list[str], stdout: Path, cols: int = 110, rows: int = 30) -> bytes:

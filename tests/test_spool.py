@@ -23,7 +23,7 @@ from anet.core.spool import SPOOL_AT, OutputCap, Parking, Spool
 from anet.streams import journal as journal_module
 from anet.streams import sinks
 from anet.streams.journal import Journal
-from anet.streams.sinks import FORMATS, TAGGED_TEXT
+from anet.streams.sinks import FORMATS, PLAIN, TAGGED_TEXT
 from dispatcher.protocol import STDERR, STDOUT, Exit, Output
 
 PIECE = 256 << 10
@@ -185,7 +185,7 @@ def test_every_format_writes_a_spooled_result_as_it_writes_it_from_memory(tmp_pa
             **{f.name: getattr(spooled, f.name) for f in dataclasses.fields(spooled)}
         )
         assert spooled == in_memory
-        for encoder in (*FORMATS.values(), TAGGED_TEXT):
+        for encoder in (*FORMATS.values(), TAGGED_TEXT, PLAIN):
             pieces = list(encoder.parts(spooled))
             assert max(map(len, pieces), default=0) <= 2 << 20  # never the whole output
             written = b"".join(pieces)

@@ -22,7 +22,7 @@ from .. import logs
 from .._version import __version__
 from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
-from .argv import VALUE_OPTIONS, arrange
+from .argv import COMMAND_LINE, VALUE_OPTIONS, arrange, split_command
 from .common import Environment, ExitStatus
 
 COMMANDS = {
@@ -69,6 +69,7 @@ class AnetGroup(click.Group):
     batch.txt`), and whose subcommands take their options before their name too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args, ctx.meta[COMMAND_LINE] = split_command(args, self.commands, VALUE_OPTIONS)  # `:::`
         return super().parse_args(ctx, arrange(args, self.commands, VALUE_OPTIONS).argv)
 
 

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 
 import click
 
+from ..core.inputs import MARKERS
+
 DEFAULT_COMMAND = "run"
+COMMAND_LINE = "anet.command_line"
+"""Where the group keeps command mode's split line for `run` (click's context meta)."""
 OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
 """Options that name a command, as the original ANet and GNU parallel spell them."""
 GROUP_OPTIONS = ("-h", "--help", "--version")
@@ -34,7 +38,8 @@ VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
         "--keepalive", "--retries", "--timeout", "--halt", "--nice", "--max-load", "--memfree",
         "--yield-idle", "--yield-move", "--journal", "--joblog", "--results", "--max-output", "-o",
         "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
-        "--user", "-l", "--concurrency", "--pool", "--via",
+        "--user", "-l", "--concurrency", "--pool", "--via", "-a", "--arg-file", "--colsep",
+        "--deps",
     ],
     True,
 )  # fmt: skip
@@ -95,6 +100,45 @@ def arrange(
     return Arranged([verb, *leading, *rest], shadowed if verb != DEFAULT_COMMAND else None)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandLine:
+    """GNU parallel's command line: the command's words, then the sources' (from a marker)."""
+
+    command: list[str]
+    sources: list[str]
+
+
+ARG_FILE = ("-a", "--arg-file")
+
+
+def split_command(
+    args: Sequence[str], commands: Mapping[str, click.Command], takes_value: Mapping[str, bool]
+) -> tuple[list[str], CommandLine | None]:
+    """(`run` and its options, the command line) in command mode, else (`args`, None).
+
+    Command mode is a marker word after the options, or `-a`/`--arg-file` among them. A first
+    word naming one of anet's commands is that command (`anet find`): `anet run find {} ::: d`
+    or `anet -- find {} ::: d` runs find(1).
+    """
+    args = list(args)
+    at = _skip_options(args, 0, takes_value)
+    options = args[:at]
+    run = args[at : at + 1] == [DEFAULT_COMMAND]
+    if run:  # `anet run -a f cmd`, `anet -j2 run find {} ::: a`
+        end = _skip_options(args, at + 1, takes_value)
+        options, at = options + args[at + 1 : end], end
+    rest = args[at:]
+    if rest[:1] and (rest[0] in OPTION_COMMANDS or (rest[0] in commands and not run)):
+        return args, None  # `anet --onall 'echo {}' ::: a`, `anet sync ...`: those commands
+    arg_file = any(a in ARG_FILE or a.startswith(("--arg-file=", "-a")) for a in options)
+    marker = next((i for i, word in enumerate(rest) if word in MARKERS), None)
+    if marker is None and not arg_file:
+        return args, None
+    marker = len(rest) if marker is None else marker
+    command = rest[1:marker] if rest[:1] == ["--"] else rest[:marker]
+    return [DEFAULT_COMMAND, *options], CommandLine(command, rest[marker:])
+
+
 def _skip_options(args: Sequence[str], at: int, takes_value: Mapping[str, bool]) -> int:
     """The index of the first word that is not an option or an option's value."""
     while at < len(args):
@@ -126,5 +170,7 @@ def _has_positional(args: Sequence[str], takes_value: Mapping[str, bool]) -> boo
 
 
 def _needs_argument(command: click.Command) -> bool:
-    """Whether the command alone is a usage error (`anet status`), unlike `anet hosts`."""
-    return any(isinstance(p, click.Argument) and p.required for p in command.params)
+    """Whether the command alone is a usage error (`anet status`), unlike `anet hosts`. `run`'s
+    BATCH is optional only for command mode, which `split_command` has taken out before."""
+    required = any(isinstance(p, click.Argument) and p.required for p in command.params)
+    return required or command.name == DEFAULT_COMMAND

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import click
 from dispatcher.polite import Polite
 
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
-from ..core.batch import BatchSource, count_jobs, open_source, read_batch
+from ..core.batch import Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
+from ..core.inputs import Generated, Tags, generate
 from ..core.spool import spool_dir
 from ..deps.manifest import start_scan
 from ..errors import UsageError
@@ -33,13 +36,24 @@ from ..streams.journal import (
 )
 from ..streams.output import open_output
 from ..streams.retention import Policy, after_run, parse_size
-from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for, output_cap
+from ..streams.sinks import (
+    PLAIN,
+    TAGGED_TEXT,
+    WRITTEN,
+    Encoder,
+    encoder_for,
+    output_cap,
+    plain_tagged,
+)
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
+from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .polite import polite_options
 
 log = get_logger()
+
+"""Where `anet`'s group leaves GNU parallel's command line (`argv.CommandLine`) for `run`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,8 @@ class RunArgs:
     deps: str | None = None
     polite: Polite = field(default_factory=Polite)
     max_output: str | None = None
+    generated: Generated | None = None
+    """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -72,7 +88,7 @@ async def program(args: RunArgs, env: Environment) -> int:
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
     with (
-        open_source(args.batch, env.stdin) as source,
+        _open_batch(args, env) as source,
         _open_journal(args, source, env) as journal,
         RunObservers(args.observe, env.stderr, source.path, journal) as seen,
     ):
@@ -86,14 +102,17 @@ async def program(args: RunArgs, env: Environment) -> int:
             resume=args.resume,
             only_new=args.only_new,
             halt=args.halt,
-            batch_size=count_jobs(source.path) if source.path and args.halt.needs_total else None,
+            batch_size=source.count() if args.halt.needs_total else None,
             keep_order=args.observe.keep_order,
             mark_delivered=False,  # Delivery marks a result once the kernel has its bytes
             arrived=seen.arrived,
         )
-        plan = RunPlan(read_batch(source.stream), options)
+        plan = RunPlan(source.jobs, options)
+        if source.tags is not None:  # plain --tag: the tags of the jobs made, and made again
+            source.tags.done = plan.done
+            encoder = plain_tagged(source.tags.pop)
         seen.tally.base = len(plan.done)
-        seen.tally.total = options.batch_size  # counted for --halt N%: not counted again
+        seen.tally.total = source.total  # counted for --halt N% or the journal: not again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
             await _run(args, env, hosts, seen, plan, out)
     seen.print_summary()
@@ -175,14 +194,89 @@ def _max_output(text: str | None, env: Environment) -> OutputCap | None:
 def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
     """The output format; --tag is a variant of text, the default on a terminal."""
     if tag:
-        if name not in (None, "text"):
-            raise UsageError(f"--tag goes with --format text, not {name}")
-        return TAGGED_TEXT
+        if name not in (None, "text", "plain"):
+            raise UsageError(f"--tag goes with --format text or plain, not {name}")
+        return PLAIN if name == "plain" else TAGGED_TEXT  # plain's tags come with the jobs
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The jobs of a batch file, a stream or a generated batch, and what a journal knows it by:
+    `key`, from which its default path derives, and `identity()`, its fingerprint."""
+
+    jobs: Iterator[Job]
+    name: str
+    path: Path | None  # a batch file, which can be read again (to count it)
+    key: Path
+    what: str  # what --resume finds changed: "batch file", "inputs"
+    is_stream: bool
+    _identity: Callable[[], tuple[str, int | None]]
+    total: int | None = None
+    tags: Tags | None = None
+
+    def identity(self) -> str:
+        fingerprint, total = self._identity()
+        self.total = self.total if total is None else total
+        return fingerprint
+
+    def count(self) -> int | None:
+        if self.total is None and self.path is not None:
+            self.total = count_jobs(self.path)
+        elif self.total is None and not self.is_stream:
+            self.identity()
+        return self.total
+
+
 @contextlib.contextmanager
-def _open_journal(args: RunArgs, source: BatchSource, env: Environment) -> Iterator[Journal | None]:
+def _open_batch(args: RunArgs, env: Environment) -> Iterator[_Batch]:
+    """The batch file (or `-`), or in command mode the batch the template makes."""
+    generated = args.generated
+    plain_tag = args.observe.tag and args.format == "plain"
+    tags = Tags(lambda: _tagged_again(args, env)) if plain_tag else None
+    if generated is not None:
+        stream = generated.inputs.is_stream
+        pairs = generated.tagged(env.stdin)
+        yield _Batch(
+            tags.jobs(pairs) if tags else (job for job, _ in pairs),
+            "standard input" if stream else repr(generated.text),
+            None, journal_key(generated.text), "inputs", stream,
+            lambda: _stream_identity() if stream else generated.identity(env.stdin), tags=tags,
+        )  # fmt: skip
+        return
+    with open_source(args.batch, env.stdin) as source:
+        path = source.path
+        identity = (lambda: (fingerprint_batch(path), None)) if path else _stream_identity
+        jobs = read_batch(source.stream)
+        jobs = tags.jobs((job, job.command) for job in jobs) if tags else jobs
+        yield _Batch(
+            jobs, source.name, path, args.batch, "batch file", source.is_stream, identity, tags=tags
+        )
+
+
+def _tagged_again(args: RunArgs, env: Environment) -> Iterator[tuple[Job, bytes]]:
+    """The jobs and tags of a resumed batch once more, for the results it writes again (only a
+    batch that can be read again is resumed)."""
+    if args.generated is not None:
+        yield from args.generated.tagged(env.stdin)
+        return
+    with open_source(args.batch, env.stdin) as source:
+        yield from ((job, job.command) for job in read_batch(source.stream))
+
+
+def _stream_identity() -> tuple[str, None]:
+    return f"stream:{uuid.uuid4()}", None
+
+
+def journal_key(text: str) -> Path:
+    """What a generated batch's default journal is named after: the directory and the
+    command's text (its inputs are its fingerprint: changed ones are refused, not new)."""
+    first = re.sub(r"[^A-Za-z0-9._-]+", "_", text.split()[0] if text.split() else "")[:40]
+    return Path.cwd() / f"{first or 'command'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def _open_journal(args: RunArgs, source: _Batch, env: Environment) -> Iterator[Journal | None]:
     """The run's journal; without one asked for, an unwritable default only costs a warning.
 
     A batch read from a stream has no default journal: it cannot be read again, so it could
@@ -194,10 +288,11 @@ def _open_journal(args: RunArgs, source: BatchSource, env: Environment) -> Itera
     if args.no_journal or (source.is_stream and args.journal is None):
         yield None
         return
-    path = args.journal or default_journal_path(args.batch, env.environ)
-    fingerprint = fingerprint_batch(args.batch) if source.path else f"stream:{uuid.uuid4()}"
+    path = args.journal or default_journal_path(source.key, env.environ)
     try:
-        journal = Journal.open(path, fingerprint, args.batch, resume=args.resume)
+        journal = Journal.open(
+            path, source.identity(), source.key, resume=args.resume, what=source.what
+        )
     except JournalBusy:
         raise
     except JournalError as exc:
@@ -218,16 +313,30 @@ Examples:
   anet -S alice@node1 -S 8/bob@node2:2222 batch.txt
   anet -H hosts.txt batch.txt --format text        # readable; the default on a terminal
   anet -H hosts.txt batch.txt deps/                # jobs run inside a synced copy of deps/
+  anet -H hosts.txt 'gzip -9 {}' ::: *.log         # GNU parallel's way (docs/parallel.md)
+  anet --dry-run 'sim --seed {1} --size {2}' ::: 1 2 ::: 10 100   # the commands, not run
 """
 
 
 @click.command("run", epilog=EPILOG)
-@click.argument("batch", type=click.Path(path_type=Path))
+@click.argument("batch", required=False, type=click.Path(path_type=Path))
 @click.argument("deps", required=False, type=click.Path(), metavar="[DEPS]")
 @host_options
 @click.option(
-    "--format", "fmt", type=click.Choice(sorted(FORMATS)),
-    help="Output on stdout. Default: anet when piped, text on a terminal.",
+    "-a", "--arg-file", multiple=True, metavar="FILE",
+    help="Command mode: FILE's lines are an input source, as after `::::`.",
+)  # fmt: skip
+@click.option("--colsep", metavar="REGEX", help="Command mode: split arguments into {1} {2}...")
+@click.option("-0", "--null", is_flag=True, help="Command mode: input files' items end at NUL.")
+@click.option("--dry-run", is_flag=True, help="Print the jobs' commands, one a line; run none.")
+@click.option(
+    "--deps", "deps_option", type=click.Path(), metavar="DEPS",
+    help="The deps folder (or file), as the DEPS argument gives it in batch mode.",
+)  # fmt: skip
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(WRITTEN)),
+    help="Output on stdout. Default: anet when piped, text on a terminal. plain: only the"
+    " jobs' stdout, per job (GNU parallel's).",
 )  # fmt: skip
 @click.option(
     "--keepalive", type=common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
@@ -283,9 +392,14 @@ Examples:
 @click.pass_obj
 def run_command(
     env: Environment,
-    batch: Path,
+    batch: Path | None,
     deps: str | None,
     host_args: HostArgs,
+    arg_file: tuple[str, ...],
+    colsep: str | None,
+    null: bool,
+    dry_run: bool,
+    deps_option: str | None,
     fmt: str | None,
     keepalive: float,
     retries: int,
@@ -305,7 +419,9 @@ def run_command(
     quiet: bool,
     progress: bool,
 ) -> int:
-    """Run each non-empty line of BATCH as a job on every core of the hosts.
+    """Run each non-empty line of BATCH as a job on every core of the hosts; or, as GNU
+    parallel does, `anet [OPTIONS] COMMAND ::: ARGS` (`::::`, `-a FILE`): COMMAND once per
+    argument, `{}` in it replaced (docs/parallel.md).
 
     With DEPS (a folder, or a file), every host first gets an identical copy of it, and its
     jobs run inside that copy: `deps/` syncs the folder's contents, `deps` the folder itself.
@@ -314,13 +430,53 @@ def run_command(
     Results stream to stdout as jobs finish; the exit status is the number of failed jobs
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
     """
+    generated = _command_mode(batch, deps, arg_file, colsep, null)
+    if deps_option is not None and deps is not None:
+        raise UsageError("give the deps folder once: as DEPS or as --deps")
+    if dry_run:
+        return _dry_run(batch, generated, env)
     args = RunArgs(
-        batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
+        batch or Path(), host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
-        deps=deps, polite=polite, max_output=max_output,
+        deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
     )  # fmt: skip
     return run_async(program(args, env))
+
+
+def _command_mode(
+    batch: Path | None, deps: str | None, arg_file: tuple[str, ...], colsep: str | None, null: bool
+) -> Generated | None:
+    """GNU parallel's command line, if it is one (`argv.split_command` found it), as a batch."""
+    line = click.get_current_context().meta.get(COMMAND_LINE)
+    if line is None:
+        if batch is None:
+            raise click.UsageError("Missing argument 'BATCH'.")
+        if colsep is not None or null or arg_file:
+            raise UsageError(
+                "-a, --colsep and --null go before a command and its sources:"
+                " anet [OPTIONS] COMMAND ::: ARGS (or :::: FILE, or -a FILE among the OPTIONS)"
+            )
+        return None
+    assert batch is None and deps is None  # split_command left no word for them
+    return generate(line.command, line.sources, arg_file, colsep, null)
+
+
+def _dry_run(batch: Path | None, generated: Generated | None, env: Environment) -> int:
+    """--dry-run: every job's command and a newline, as `parallel --dry-run` prints them."""
+    out = env.stdout
+    try:
+        if generated is not None:
+            out.writelines(command + b"\n" for command in generated.commands(env.stdin))
+        else:
+            assert batch is not None
+            with open_source(batch, env.stdin) as source:
+                out.writelines(job.command + b"\n" for job in read_batch(source.stream))
+        out.flush()
+    except BrokenPipeError:  # `anet --dry-run ... | head`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):  # and no flush at exit may fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    return ExitStatus.OK
 
 
 def _timeout(text: str | None) -> float | str | None:

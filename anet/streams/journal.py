@@ -333,9 +333,11 @@ class Journal:
         *,
         resume: bool,
         batch_size: int = BATCH_SIZE,
+        what: str = "batch file",
     ) -> Journal:
         """Start a fresh journal (replacing an old one), or with `resume` reopen the existing one,
-        which must belong to the same batch file contents. JournalBusy while another run has it."""
+        which must belong to the same batch file contents (`what` names them in the refusal).
+        JournalBusy while another run has it."""
         path = Path(path)
         if resume and not os.path.lexists(path):
             raise UsageError(f"no journal to resume at {path}; run without --resume")
@@ -357,7 +359,7 @@ class Journal:
             meta = _check(db, path)
             if resume and meta.get("fingerprint") != fingerprint:
                 raise UsageError(
-                    f"the batch file changed since the journal {path} was written;"
+                    f"the {what} changed since the journal {path} was written;"
                     " run without --resume to start over"
                 )
             if resume and meta.get("job_ids") != NUMBERING and not numbered_alike(batch_path):

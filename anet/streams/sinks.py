@@ -67,6 +67,12 @@ text with --tag -- for grep and humans, not for reading back: every line of outp
         {id} {host} status\t<status>   only for a failed job, after its output
 
     (a last line without a line break gets one). `cut -f2-` strips the tags.
+
+plain -- GNU parallel's default output, for piping into other tools, not for reading back: each
+    job's stdout, whole and as it is, one job after another as they finish (in job order with
+    -k), failed jobs' too. Nothing else: no id, no stderr, no status. With --tag, as GNU
+    parallel's: every line of stdout after the job's arguments (space-separated, as given)
+    and a tab; in batch mode, after the job's command (a last line gets a line break).
 """
 
 from __future__ import annotations
@@ -416,22 +422,48 @@ def tagged_parts(result: JobResult) -> Iterator[bytes]:
         raise ValueError(f"host name {result.host!r} contains whitespace")
     tag = f"{result.id} {result.host}".encode()
     for prefix, output in ((tag + b"\t", result.out), (tag + b" stderr\t", result.err)):
-        rest = b""
-        for piece in chunks(output):
-            lines = (rest + piece).splitlines(keepends=True)
-            rest = lines.pop() if not lines[-1].endswith(b"\n") else b""
-            if len(rest) > CHUNK:  # a line that long goes out as lines of a chunk each
-                lines.append(rest + b"\n")
-                rest = b""
-            yield b"".join(prefix + line for line in lines)
-        if rest:
-            yield prefix + rest + b"\n"
+        yield from _prefixed(prefix, output)
     if not result.ok:
         yield tag + b" status\t" + _text_status(result).encode("utf-8") + b"\n"
 
 
+def _prefixed(prefix: bytes, output: Output) -> Iterator[bytes]:
+    """Every line of `output` after `prefix`, a chunk at a time (a line cut by a chunk's end is
+    held until its end arrives, up to a chunk: a longer line is cut into prefixed lines); a
+    last line without a line break gets one."""
+    rest = b""
+    for piece in chunks(output):
+        lines = (rest + piece).splitlines(keepends=True)
+        rest = lines.pop() if not lines[-1].endswith(b"\n") else b""
+        if len(rest) > CHUNK:  # a line that long goes out as lines of a chunk each
+            lines.append(rest + b"\n")
+            rest = b""
+        yield b"".join(prefix + line for line in lines)
+    if rest:
+        yield prefix + rest + b"\n"
+
+
+def plain_tagged(tag_of: Callable[[int], bytes]) -> Encoder:
+    """plain with GNU parallel's --tag: each line of stdout after the job's tag (its arguments,
+    from `tag_of(id)`, called once per result) and a tab."""
+
+    def parts(result: JobResult) -> Iterator[bytes]:
+        return _prefixed(tag_of(result.id) + b"\t", result.out)
+
+    return Encoder("plain", b"", lambda result: b"".join(parts(result)), parts)
+
+
 TAGGED_TEXT: Final = Encoder("text", b"", encode_text_tagged, tagged_parts)
 """The text format with --tag."""
+
+
+def plain_parts(result: JobResult) -> Iterator[bytes]:
+    """The job's stdout as it is, a chunk at a time."""
+    return chunks(result.out)
+
+
+PLAIN: Final = Encoder("plain", b"", lambda result: b"".join(plain_parts(result)), plain_parts)
+"""Only the jobs' own stdout, grouped per job; no reader reads it back, so not in FORMATS."""
 
 FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
     {
@@ -444,10 +476,14 @@ FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
 """Every output format by the name the CLI knows it by."""
 
 
+WRITTEN: Final[Mapping[str, Encoder]] = MappingProxyType({**FORMATS, "plain": PLAIN})
+"""Every format `anet run --format` writes: those `anet.results` reads back, and plain."""
+
+
 def encoder_for(name: str) -> Encoder:
     """The encoder named `name`; UsageError naming the choices when there is none."""
     try:
-        return FORMATS[name]
+        return WRITTEN[name]
     except KeyError:
-        choices = ", ".join(FORMATS)
+        choices = ", ".join(WRITTEN)
         raise UsageError(f"unknown output format {name!r} (choose from {choices})") from None
