@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
@@ -108,7 +108,6 @@ class Dispatcher:
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
         self.inputs: Dict[int, JobInput] = {}
-        self.input_fds: Set[int] = set()  # stdin pipes waiting for room, in the selector
         """The stdin of each attempt run with one, queued or running, by aid."""
         self.free_slots: List[int] = []
         self.setup: Optional[Setup] = None
@@ -453,24 +452,27 @@ class Dispatcher:
         gone, broken = stdin.write()
         if gone or broken:
             self.send(InputAck(aid, gone, broken))
-        registered = stdin.fd in self.input_fds
-        if stdin.waiting and not registered:
-            self.sel.register(stdin.fd, selectors.EVENT_WRITE, lambda _fd: self.feed_job(aid))
-            self.input_fds.add(stdin.fd)
-        elif registered and not stdin.waiting:
-            self.sel.unregister(stdin.fd)
-            self.input_fds.discard(stdin.fd)
+        self.watch_input(stdin, aid)
         if stdin.done and stdin.pipe is not None:
             stdin.close()
+
+    def watch_input(self, stdin: JobInput, aid: int) -> None:
+        """Be told when the pipe has room while bytes wait for it, and only then. The flag is
+        the JobInput's own: its fd number may be another job's once its pipe is closed."""
+        if stdin.waiting and not stdin.watched:
+            self.sel.register(stdin.fd, selectors.EVENT_WRITE, lambda _fd: self.feed_job(aid))
+            stdin.watched = True
+        elif stdin.watched and not stdin.waiting:
+            self.sel.unregister(stdin.fd)
+            stdin.watched = False
 
     def drop_input(self, aid: int) -> None:
         """The attempt ended or never starts: close its stdin, forget its input."""
         stdin = self.inputs.pop(aid, None)
         if stdin is None:
             return
-        if stdin.fd in self.input_fds:
-            self.sel.unregister(stdin.fd)
-            self.input_fds.discard(stdin.fd)
+        stdin.chunks.clear()
+        self.watch_input(stdin, aid)
         stdin.close()
 
     # -- frames to the master ---------------------------------------------------------------

@@ -28,6 +28,7 @@ class JobInput:
         """The job closed its stdin (or exited): input is thrown away from then on."""
         self.pipe: Optional[IO[bytes]] = None
         self.fd = -1
+        self.watched = False  # the dispatcher's selector waits for room in the pipe
 
     def add(self, data: bytes, eof: bool) -> int:
         """Hold `data` for the pipe; returns the bytes thrown away at once (stdin closed)."""

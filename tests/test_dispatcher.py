@@ -83,10 +83,10 @@ class DispatcherProcess:
         deadline = time.monotonic() + timeout
         got: list[Message] = []
         while True:
-            for msg in self.received:
+            for index, msg in enumerate(self.received):
                 got.append(msg)
-                if done(msg):
-                    self.received = self.received[len(got) :]
+                if done(msg):  # what came after it is the next call's
+                    self.received = self.received[index + 1 :]
                     return got
             self.received = []
             left = deadline - time.monotonic()
@@ -351,3 +351,19 @@ def test_a_job_that_exits_without_reading_ends_with_its_input_thrown_away(dispat
     got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 3)
     assert outputs(got, 3) == b"still here\n"
     assert not [m for m in got if isinstance(m, InputAck)]
+
+
+def test_a_pipe_closed_early_never_silences_the_pipe_that_reuses_its_fd(dispatcher_process):
+    """A job whose input is all in (its pipe closed) runs on; a later job's stdin pipe may take
+    its fd number. When the first job ended, the dispatcher once stopped watching that number:
+    the later job, its pipe full, waited for room it was never told of."""
+    d = dispatcher_process(4)
+    big = b"b" * 250_000  # more than a pipe holds: the rest waits for room
+    for k in range(12):
+        a, b = 2 * k + 1, 2 * k + 2
+        d.send(Run(a, a, b"cat > /dev/null; sleep 0.1", stdin=True), Input(a, b"a", True))
+        d.send(Run(b, b, b"sleep 0.2; wc -c", stdin=True), Input(b, big), Input(b, b"", True))
+    got: list[Message] = []
+    while len({m.aid for m in got if isinstance(m, Exit)}) < 24:
+        got += d.read_until(lambda m: isinstance(m, Exit), timeout=10)
+    assert [outputs(got, 2 * k + 2) for k in range(12)] == [b"250000\n"] * 12
