@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import click
 from dispatcher.polite import Polite
 
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
-from ..core.batch import BatchSource, count_jobs, open_source, read_batch
+from ..core.batch import STDIN, BatchSource, Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
 from ..core.spool import spool_dir
@@ -37,6 +37,7 @@ from ..streams.sinks import FORMATS, TAGGED_TEXT, Encoder, encoder_for, output_c
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
 
 log = get_logger()
@@ -60,6 +61,7 @@ class RunArgs:
     deps: str | None = None
     polite: Polite = field(default_factory=Polite)
     max_output: str | None = None
+    pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -71,8 +73,11 @@ async def program(args: RunArgs, env: Environment) -> int:
     args = dataclasses.replace(args, policy=policy)
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
+    if args.pipe is not None and args.resume:
+        raise UsageError("--resume cannot take up a --pipe run: its input was read only once")
     with (
-        open_source(args.batch, env.stdin) as source,
+        open_source(STDIN if args.pipe else args.batch, env.stdin) as source,
+        _jobs(args, source, env) as (jobs, job_done),
         _open_journal(args, source, env) as journal,
         RunObservers(args.observe, env.stderr, source.path, journal) as seen,
     ):
@@ -91,11 +96,11 @@ async def program(args: RunArgs, env: Environment) -> int:
             mark_delivered=False,  # Delivery marks a result once the kernel has its bytes
             arrived=seen.arrived,
         )
-        plan = RunPlan(read_batch(source.stream), options)
+        plan = RunPlan(jobs, options)
         seen.tally.base = len(plan.done)
         seen.tally.total = options.batch_size  # counted for --halt N%: not counted again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
-            await _run(args, env, hosts, seen, plan, out)
+            await _run(args, env, hosts, seen, plan, out, job_done)
     seen.print_summary()
     if retention is not None and journal is not None:
         after_run(journal.path, retention, seen.tally.total)
@@ -130,6 +135,7 @@ async def _run(
     seen: RunObservers,
     plan: RunPlan,
     out: Delivery,
+    job_done: Callable[[int], None],
 ) -> None:
     """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
     ssh = args.host_args.ssh_options(args.keepalive)
@@ -144,6 +150,7 @@ async def _run(
             await tree  # a DepsError (one line) ends the run before any job starts
         async for result in cluster.run(plan):
             await out.emit(result)
+            job_done(result.id)
 
 
 MIN_MAX_OUTPUT = 1 << 30
@@ -179,6 +186,23 @@ def _encoder(name: str | None, tag: bool, stdout_isatty: bool) -> Encoder:
             raise UsageError(f"--tag goes with --format text, not {name}")
         return TAGGED_TEXT
     return encoder_for(name or ("text" if stdout_isatty else "anet"))
+
+
+@contextlib.contextmanager
+def _jobs(
+    args: RunArgs, source: BatchSource, env: Environment
+) -> Iterator[tuple[Iterator[Job], Callable[[int], None]]]:
+    """The batch's jobs, or --pipe's (a job per block); and what to call with the id of a job
+    that has its final result (a --pipe block is then removed)."""
+    if args.pipe is None:
+        yield read_batch(source.stream), lambda _id: None
+        return
+    if args.batch.is_file() and not os.access(args.batch, os.X_OK):
+        raise UsageError(
+            f"--pipe runs COMMAND on every block: {str(args.batch)!r} is a file, not a command"
+        )
+    with pipe_jobs(args.pipe, os.fsencode(args.batch), source.stream, env.environ) as made:
+        yield made
 
 
 @contextlib.contextmanager
@@ -246,6 +270,7 @@ Examples:
     help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
 )  # fmt: skip
 @polite_options
+@pipe_options
 @click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
 @click.option(
     "--resume", is_flag=True,
@@ -292,6 +317,7 @@ def run_command(
     timeout: str | None,
     halt: str | None,
     polite: Polite,
+    pipe: PipeArgs | None,
     no_speculate: bool,
     resume: bool,
     only_new: bool,
@@ -318,7 +344,7 @@ def run_command(
         batch, host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
-        deps=deps, polite=polite, max_output=max_output,
+        deps=deps, polite=polite, max_output=max_output, pipe=pipe,
     )  # fmt: skip
     return run_async(program(args, env))
 
