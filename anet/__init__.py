@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import results
 from ._version import __version__
 from .api import Cluster, HostState, Polite, RunOptions, RunPlan, RunPolicy
-from .core.batch import Job, read_batch
+from .core.batch import FilePart, Job, read_batch
 from .core.halt import HaltPolicy
 from .core.record import JobResult, SpooledResult
 from .core.spool import OutputCap, Spool
@@ -31,6 +31,7 @@ from .streams.sinks import encoder_for
 __all__ = [
     "AnetError",
     "Cluster",
+    "FilePart",
     "HaltPolicy",
     "HostCheck",
     "HostError",
