@@ -26,6 +26,7 @@ from . import (
     heterogeneous,
     latency,
     master_profile,
+    pipe,
     scale,
     size,
     sleep,
@@ -33,7 +34,7 @@ from . import (
 )
 from .harness import Bed, Table, Target, header, log, use_source
 
-ORDER = (throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, deps)
+ORDER = (throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, pipe, deps)
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (*ORDER, master_profile)}
 DEFAULT = [name for name in SCENARIOS if name != "profile"]
 """The profile is a tool, not a comparison: it runs only when asked for with --only."""
