@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from dispatcher.protocol import Exit, InputAck, Kill, Message, Output, Run
+from dispatcher.protocol import Exit, InputAck, Kill, Message, Output, Run, Started
 
 from .core.batch import Job
 from .core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
@@ -107,6 +107,8 @@ class Drive:
         if type(msg) is Output and not cut:  # a cut (output over a cap) sends a Kill
             return _NOTHING
         self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
+        if type(msg) is Started and self._feeds is not None:
+            self._feeds.started(msg.aid)
         if type(msg) is not Exit:  # only an Exit brings results and attempt records
             return _NOTHING
         if self._feeds is not None:

@@ -21,7 +21,7 @@ from anet.core.batch import FilePart, Job
 from anet.errors import HostError
 from anet.remote.connect import SshOptions
 from anet.remote.feed import Feeds
-from dispatcher.protocol import INPUT_WINDOW, Input, InputAck, Message
+from dispatcher.protocol import INPUT_CHUNK, INPUT_WINDOW, Input, InputAck, Message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,5 +190,29 @@ def test_an_input_ack_is_believed_only_from_the_host_fed_and_for_no_more_than_wa
             feeds.ended(5)
             with pytest.raises(HostError, match="InputAck about attempt 5"):
                 feeds.ack("host1", InputAck(5, 0, False))
+
+    asyncio.run(main())
+
+
+def test_a_queued_attempt_gets_one_chunk_and_a_started_one_a_window():
+    """A dispatcher queues up to 8 attempts a slot: each holds one chunk of input until it
+    starts, then its feed runs a window ahead of the acknowledgements."""
+
+    async def main():
+        sent: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def send_drained(host: str, msg: Message) -> None:
+            await sent.put(msg)
+
+        async with asyncio.TaskGroup() as tasks:
+            feeds = Feeds(send_drained, tasks, lambda *why: None)
+            feeds.start("host1", 1, bytes(4 * INPUT_CHUNK))
+            assert len((await sent.get()).data) == INPUT_CHUNK
+            for _ in range(20):  # the feed's task gets every chance to send more
+                await asyncio.sleep(0)
+            assert sent.empty()
+            feeds.started(1)
+            got = [await sent.get() for _ in range(4)]
+            assert [len(m.data) for m in got] == [INPUT_CHUNK] * 3 + [0] and got[-1].eof
 
     asyncio.run(main())

@@ -3,7 +3,8 @@
 An attempt whose job has a stdin (core/batch.py: bytes, a file, a part of one) gets a feed
 once its Run is sent: a task that reads the input a chunk at a time and sends it in Input
 frames, each after the host's channel drained (the SSH window, or the local pipe), and never
-more than INPUT_WINDOW bytes ahead of the dispatcher's InputAcks (docs/protocol.md, 5.6). So
+more than INPUT_WINDOW bytes ahead of the dispatcher's InputAcks (docs/protocol.md, 5.6), one
+chunk only while the attempt waits in the dispatcher's queue. So
 the master holds a chunk per feed whatever the input's size, and a job that does not read its
 stdin holds back its own feed only. A retry or a speculative copy is a new attempt, with a
 feed of its own that reads the input again from its start.
@@ -39,6 +40,7 @@ class _Feed:
         self.sent = 0
         self.acked = 0
         self.stopped = False  # the job closed its stdin, the attempt ended, the run stopped
+        self.window = INPUT_CHUNK  # until the attempt started: see Feeds.started
         self.credit = asyncio.Event()
 
     def stop(self) -> None:
@@ -64,6 +66,15 @@ class Feeds:
         """The attempt's Run was just sent: stream its input after it."""
         feed = self._feeds[aid] = _Feed(host, aid)
         self._tasks.create_task(self._feed(feed, source))
+
+    def started(self, aid: int) -> None:
+        """The attempt has a process: its feed may run a whole window ahead. Before, a chunk
+        only: a dispatcher holds up to 8 queued attempts a slot (the look-ahead), and a window
+        for each of them would be a lot of memory for input no job reads yet."""
+        feed = self._feeds.get(aid)
+        if feed is not None:
+            feed.window = INPUT_WINDOW
+            feed.credit.set()
 
     def ack(self, host: str, msg: InputAck) -> None:
         """Credit from the dispatcher; HostError (permanent) when it is not the host's to give."""
@@ -100,7 +111,7 @@ class Feeds:
             with _open(source) as read:
                 while not feed.stopped:
                     data = read()
-                    while not feed.stopped and feed.sent - feed.acked + len(data) > INPUT_WINDOW:
+                    while not feed.stopped and feed.sent - feed.acked + len(data) > feed.window:
                         feed.credit.clear()
                         await feed.credit.wait()
                     if feed.stopped:
