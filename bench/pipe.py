@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from .harness import Bed, Sample, Table, anet_argv, anet_env, have, interleave, median, timed
+from .harness import Bed, Sample, Table, anet_argv, anet_env, have, interleave, rate_table, timed
 
 NAME = "pipe"
 HOSTS, SLOTS = 2, 2
@@ -50,16 +50,11 @@ def run(bed: Bed) -> list[Table]:
                 stdin=data, stdout=subprocess.DEVNULL,
             )  # fmt: skip
         samples = interleave(contenders, bed.runs, what="pipe")
-    base = size / median(samples["ssh host wc -l < FILE"]) / 1e6
-    table = Table(
+    table = rate_table(
         f"9. --pipe: {size / 1e6:,.0f} MB in {BLOCK} blocks, `wc -l` on {HOSTS} hosts x {SLOTS}"
         " slots",
         "Wall time from process start to exit; MB = 10^6 bytes; peak RSS of the process tree"
         " that wait4 reports (the master, for anet).",
-        ["path", "median wall s", "MB/s", "vs ssh", "peak RSS MB"],
-    )
-    for name, runs in samples.items():
-        rate = size / median(runs) / 1e6
-        table.rows.append([name, f"{median(runs):.2f}", f"{rate:,.0f}", f"{rate / base:.2f}x",
-                           f"{median(runs, lambda s: s.maxrss_mb):,.0f}"])  # fmt: skip
+        samples, size, "ssh host wc -l < FILE",
+    )  # fmt: skip
     return [table]
