@@ -8,7 +8,8 @@ The library comes first and the `anet` command is a thin layer over it:
         async for result in cluster.run(["echo 1", "echo 2"]):
             ...
 
-`anet.Machines` does the housekeeping of a pool (find, killall, check, onall);
+`anet.Pool()` runs the same way on a resident master (`anet up`); `anet.Machines` does the
+housekeeping of a pool (find, killall, check, onall);
 `anet.results.read(stream)` reads anet's output streams back into `JobResult` records.
 """
 
@@ -23,6 +24,7 @@ from .core.record import JobResult, SpooledResult
 from .core.spool import OutputCap, Spool
 from .errors import AnetError, HostError, NoHostError, ResultFormatError, UsageError
 from .housekeeping import HostCheck, HostKills, HostOutput, HostProcesses, Machines
+from .pool.client import Pool, PoolDown
 from .remote.connect import SshOptions
 from .remote.hosts import HostSpec, parse_spec, resolve_hosts
 from .streams.journal import Journal
@@ -47,6 +49,8 @@ __all__ = [
     "NoHostError",
     "OutputCap",
     "Polite",
+    "Pool",
+    "PoolDown",
     "ResultFormatError",
     "RunOptions",
     "RunPlan",

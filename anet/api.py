@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
-from dispatcher.polite import Held, Polite
+from dispatcher.polite import Evicted, Held, Polite
 from dispatcher.protocol import Exit, InputAck, Message, Output, Started
 
 from .core.batch import Job, as_jobs
 from .core.engine import RunPolicy
 from .core.halt import Halt
 from .core.record import JobResult
+from .core.shares import deal
 from .deps.manifest import Tree
 from .deps.sync import Progress, Syncer, SyncReport
 from .drive import Drive
@@ -52,7 +53,7 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit, InputAck)
+_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck)
 
 
 class Cluster:
@@ -88,10 +89,10 @@ class Cluster:
         self._tasks: asyncio.TaskGroup | None = None
         self._host_tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = asyncio.Event()
-        self._drive: Drive | None = None  # the run under way
+        self._runs: list[Drive] = []  # the runs under way, oldest first; they share the slots
         self._drives: list[Drive] = []  # runs that ended early, their killed attempts ending
         self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._attempt_log = AttemptLog()  # the journal's attempts and host events, --joblog
+        self._observers: list[AttemptObserver] = []  # every run's attempts (e.g. --joblog)
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -164,15 +165,30 @@ class Cluster:
     # -- what the hosts' lives report (hostlife.HostEvents) ---------------------------------------
 
     def host_ready(self, session: HostSession) -> None:
-        self.hosts[session.label].held = ""  # a new dispatcher holds nothing yet
+        loop_time = asyncio.get_running_loop().time()
+        self.hosts[session.label].hold("", loop_time)  # a new dispatcher holds nothing yet
         self._settled(session.label)
-        if self._drive is not None:
-            self._drive.host_ready(session.label, session.slots)
+        self._deal([session.label])
 
     async def host_gone(self, label: str) -> None:
-        for drive in [*self._drives, *([self._drive] if self._drive else [])]:
+        self.hosts[label].hold("", asyncio.get_running_loop().time())  # ends with its dispatcher
+        for drive in [*self._drives, *self._runs]:
             await drive.host_lost(label)
         self._drives = [d for d in self._drives if not d.engine.finished]
+
+    def _deal(self, labels: Iterable[str] | None = None) -> None:
+        """Give every run under way its share of the ready hosts' slots (shares.py): of the
+        hosts in `labels`, or of all of them when a run came or went and the split changed."""
+        ready = {
+            label: self._sessions[label].slots
+            for label, state in self.hosts.items()
+            if state.state == HostPhase.READY
+        }
+        shares = deal(ready, self._runs)
+        for label in ready if labels is None else labels:
+            if label in ready:
+                for drive in self._runs:
+                    drive.host_ready(label, ready[label], shares[drive][label])
 
     async def host_failed(self, label: str) -> None:
         self._settled(label)
@@ -180,11 +196,13 @@ class Cluster:
 
     def host_event(self, label: str, event: str, detail: str | None) -> None:
         """A host joined, was lost, came back or was given up: for `anet report`'s timeline."""
-        self._attempt_log.host_event(label, event, detail)
+        for drive in self._runs:
+            drive.attempt_log.host_event(label, event, detail)
 
     async def _check_stuck(self) -> None:
-        if self._drive is not None and (reason := stuck(self.hosts.values())) is not None:
-            await self._drive.no_host(reason)
+        if self._runs and (reason := stuck(self.hosts.values())) is not None:
+            for drive in self._runs:
+                await drive.no_host(reason)
 
     async def _sync_deps(self, session: HostSession) -> None:
         assert self._syncer is not None
@@ -240,25 +258,37 @@ class Cluster:
             if isinstance(msg, Held):
                 self._held(session.label, msg.reason)
             return
-        drive = self._drive
-        if self._drives:  # an earlier run's killed attempts may still be ending
-            drive = next((d for d in self._drives if d.engine.owns(msg.aid)), drive)
+        runs = self._runs
+        if len(runs) == 1 and not self._drives:  # the common case, one lookup the less
+            drive = runs[0]
+        else:  # the run that sent the attempt: one under way, or an earlier one's killed copy
+            drive = next((d for d in (*runs, *self._drives) if d.engine.owns(msg.aid)), None)
+            if drive is None and runs:
+                drive = runs[0]  # whose engine says what is wrong with the frame
         if drive is None:
             raise protocol_error(session.label, f"{type(msg).__name__} with no run under way")
         results = drive.frame(session.label, msg)
         if results:
             await drive.deliver(results)
-        if drive is not self._drive and drive.engine.finished:
+        if drive in self._drives and drive.engine.finished:
             self._drives.remove(drive)
 
     def _held(self, label: str, reason: str) -> None:
-        """Polite mode holds the host's queued jobs (a loaded host), or no longer does: shown
-        in the live view and said once per change, so a run that waits says why."""
-        self.hosts[label].held = reason
+        """Polite mode holds the host (a loaded host), or no longer does: the runs send it
+        nothing and take its queue back; shown in the live view with the time it cost, said
+        once per change (a run that waits says why), and in the journal for `anet report`."""
+        state = self.hosts[label]
+        if bool(reason) == bool(state.held):
+            return
+        state.hold(reason, asyncio.get_running_loop().time())
+        for drive in self._runs:
+            drive.host_held(label, bool(reason))
         if reason:
             log.warning(f"{label}: {reason}: its jobs wait", host=label)
+            self.host_event(label, "held", reason)
         else:
             log.info(f"{label}: jobs start again", host=label)
+            self.host_event(label, "free", None)
 
     def host_key(self, label: str) -> str | None:
         """What became of the host's SSH host key (known, accepted, unknown, changed), or None
@@ -273,13 +303,13 @@ class Cluster:
 
     def observe_attempts(self, observer: AttemptObserver) -> None:
         """Call `observer` with each attempt as it ends or is lost (e.g. to write a joblog)."""
-        self._attempt_log.observers.append(observer)
+        self._observers.append(observer)
 
     def drain(self) -> None:
-        """Start no more attempts; the run ends once those running have ended (like a
-        `HaltPolicy` of `soon`, at the caller's word)."""
-        if self._drive is not None:
-            self._drive.drain()
+        """Start no more attempts; the runs under way end once those running have ended (like
+        a `HaltPolicy` of `soon`, at the caller's word)."""
+        for drive in self._runs:
+            drive.drain()
 
     # -- the public verb ------------------------------------------------------------------------
 
@@ -305,8 +335,6 @@ class Cluster:
         """
         if self._tasks is None:
             raise RuntimeError("use `async with Cluster(...) as cluster` before run()")
-        if self._drive is not None:
-            raise RuntimeError("one run at a time per cluster")
         if isinstance(commands, RunPlan):
             plan = commands
         else:
@@ -352,7 +380,7 @@ class Cluster:
             drive = await self._start_drive(plan, itertools.chain((first,), plan.jobs))
             try:
                 async for result in drive.results():
-                    for ready in plan.ordered(result):
+                    for ready in await plan.arrive(result):
                         yield ready
                     halt = plan.halt()
                     if halt is Halt.NOW:
@@ -360,11 +388,11 @@ class Cluster:
                     elif halt is Halt.SOON:
                         drive.drain()
             finally:
-                self._attempt_log.journal = None
-                self._drive = None
+                self._runs.remove(drive)
                 if not drive.engine.finished:  # the consumer stopped early: kill what runs
                     drive.abort()
                     self._drives.append(drive)
+                self._deal()  # its slots go to the runs still under way
         for result in plan.rest():  # keep-order: what waited for a job that never ended
             yield result
 
@@ -372,27 +400,30 @@ class Cluster:
         assert self._tasks is not None
         options = plan.options
         self.connect()
-        self._attempt_log.journal = options.journal
-        drive = self._drive = Drive(
+        drive = Drive(
             jobs,
             self._policy,
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
             self._send,
             self._tasks,
-            self._attempt_log,
+            AttemptLog(options.journal, self._observers),
             options.journal,
             journal_required=options.journal_required,
             send_drained=self._send_drained,
         )
+        self._runs.append(drive)
         try:
+            self._deal()  # the new run's share, and the smaller shares of those under way
             for label, state in self.hosts.items():
-                if state.state == HostPhase.READY:
-                    drive.host_ready(label, state.slots)
-                    self.host_event(label, "ready", str(state.slots))
+                if state.state == HostPhase.READY:  # the timeline of this run's journal
+                    drive.attempt_log.host_event(label, "ready", str(state.slots))
+                    if state.held:  # polite mode holds it now: this run sends it nothing
+                        drive.host_held(label, True)
+                        drive.attempt_log.host_event(label, "held", state.held)
             await self._check_stuck()
         except BaseException:
-            self._attempt_log.journal = None
-            self._drive = None
+            self._runs.remove(drive)
+            self._deal()
             raise
         return drive
 

@@ -66,7 +66,7 @@ class Drive:
         self.engine = Engine(jobs, policy, stats, wall_offset=_wall_offset(loop))
         self._send = send
         self._tasks = tasks
-        self._attempt_log = attempt_log
+        self.attempt_log = attempt_log
         self._journal = journal
         self._journal_required = journal_required
         self._results: ByteBoundedQueue[JobResult | _Done | BaseException] = ByteBoundedQueue(
@@ -83,8 +83,14 @@ class Drive:
 
     # -- events from the hosts ------------------------------------------------------------------
 
-    def host_ready(self, label: str, slots: int) -> None:
-        self.engine.host_ready(label, slots)
+    def host_ready(self, label: str, slots: int, share: int | None = None) -> None:
+        """The host is ready with `slots`, `share` of them this run's (engine.host_ready)."""
+        self.engine.host_ready(label, slots, share)
+        self.round_soon()
+
+    def host_held(self, label: str, held: bool) -> None:
+        """Polite mode holds the host, or no longer does (engine.host_held)."""
+        self.engine.host_held(label, held)
         self.round_soon()
 
     async def host_lost(self, label: str) -> None:
@@ -185,7 +191,7 @@ class Drive:
                     if type(msg) is Run and msg.stdin:
                         self._feeds.start(host, msg.aid, self.engine.stdin(msg.aid))  # type: ignore[arg-type]
         for end in actions.attempts:
-            self._attempt_log.attempt(
+            self.attempt_log.attempt(
                 end.attempt, end.size, end.start, end.runtime, end.code, end.signal
             )
         self._wake_at(actions.wakeup)
@@ -273,7 +279,7 @@ class Drive:
         if self._journal is None or self._journal_required:
             return
         log.warning(f"{exc}; running on without it (a --resume would run the later jobs again)")
-        self._journal = self._attempt_log.journal = None
+        self._journal = self.attempt_log.journal = None
 
     async def _flush_journal(self) -> None:
         """Commit on a timer, so an idle spell never leaves attempts or delivery marks unwritten."""

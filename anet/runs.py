@@ -16,7 +16,7 @@ options and results into bytes. What a run adds to "run these jobs" lives here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .core.batch import Job
@@ -35,7 +35,8 @@ class RunOptions:
 
     `batch_size` is the number of jobs, for a halt percentage (None: not known, e.g. a stream).
     `arrived` is called with each result of this run as it arrives, before any reordering (for
-    progress counts and a results folder).
+    progress counts and a results folder); when it returns an awaitable (a copy made in a
+    thread), the result goes on once that is done, and the loop runs meanwhile.
     """
 
     journal: Journal | None = None
@@ -46,7 +47,7 @@ class RunOptions:
     batch_size: int | None = None
     keep_order: bool = False
     mark_delivered: bool = True
-    arrived: Callable[[JobResult], None] | None = None
+    arrived: Callable[[JobResult], Awaitable[None] | None] | None = None
 
 
 class RunPlan:
@@ -78,12 +79,19 @@ class RunPlan:
         owed = journal.succeeded_results(undelivered=options.only_new)
         return (r for r in owed if r.id in self.done)
 
+    async def arrive(self, result: JobResult) -> Iterator[JobResult]:
+        """`ordered`, once `arrived` has seen the result (and, when it returned an awaitable,
+        once that is done: a results folder is whole before its result leaves)."""
+        if self.options.arrived is not None:
+            pending = self.options.arrived(result)
+            if pending is not None:
+                await pending
+        return self.ordered(result)
+
     def ordered(self, result: JobResult) -> Iterator[JobResult]:
         """What may leave now that `result` arrived: itself, or with keep-order maybe none, or
-        several. Counts the failure, and calls `arrived`."""
+        several. Counts the failure (`arrive` calls `arrived` first)."""
         self.failed += not result.ok
-        if self.options.arrived is not None:
-            self.options.arrived(result)
         if self._order is None:
             return iter((result,))
         return self._order.add(result)

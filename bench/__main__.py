@@ -27,6 +27,7 @@ from . import (
     latency,
     master_profile,
     pipe,
+    pool,
     scale,
     size,
     sleep,
@@ -34,7 +35,7 @@ from . import (
 )
 from .harness import Bed, Table, Target, header, log, use_source
 
-ORDER = (throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, pipe, deps)
+ORDER = (throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, pipe, deps, pool)
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (*ORDER, master_profile)}
 DEFAULT = [name for name in SCENARIOS if name != "profile"]
 """The profile is a tool, not a comparison: it runs only when asked for with --only."""

@@ -197,12 +197,11 @@ class Dispatcher:
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
-        if self.held_checked is not None and now >= self.held_checked + RECHECK:
-            if not self.queue:  # the held jobs were killed: nothing waits any more
-                self.send(Held(""))
-                self.held_checked = None
-            elif not self.held():  # looked at again: sends Held("") when they may start
-                self.start_queued()
+        # While held, looked at again, queued jobs or none (the master takes a held host's
+        # queue back and sends nothing while it is held): Held("") says when jobs may start.
+        held_then = self.held_checked
+        if held_then is not None and now >= held_then + RECHECK and not self.held():
+            self.start_queued()
         if self.jobs:
             self.be_polite(now)
         for job in list(self.jobs.values()):
@@ -333,8 +332,8 @@ class Dispatcher:
             return
         self.next_yield_check = now + RECHECK  # its own clock: the start gate looks as well
         who = courtesy.yield_to_person(self.gate, self.jobs.values(), self.send, now)
-        if who and self.queue and self.held_checked is None:
-            self.held()  # says Held("yielding: ...") now, not when a slot frees
+        if who and self.held_checked is None:
+            self.held()  # says Held("yielding: ...") now: the master sends nothing more
 
     def run_once(self, msg: RunOnce) -> None:
         """An onall command: started at once, in no slot, under a negative id (the master's

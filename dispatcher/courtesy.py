@@ -3,7 +3,8 @@
 `--memfree-kill` kills the youngest job while memory is short; `--yield` stops every job while
 a person works at the machine, continues them once the person is away, and kills one stopped
 too long, so that the master runs it again elsewhere. Each kill says why on the job's stderr,
-before its Exit: the user sees why an attempt failed.
+before its Exit (the user sees why an attempt failed), and in an Evicted frame before that: the
+master then spends none of the job's retries on it.
 
 Runs on the end machines: Python 3.8+, stdlib only.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import signal
 from typing import Callable, Iterable, List
 
-from .polite import Gate
+from .polite import Evicted, Gate
 from .protocol import STDERR, Message
 from .runner import JobProcess, kill_group
 
@@ -39,6 +40,7 @@ def kill_youngest_if_starved(
         return
     job = max(candidates, key=lambda j: j.started)
     job.doomed = True
+    send(Evicted(job.aid, reason))
     send(job.output_message(STDERR, ("anet: killed: %s\n" % reason).encode()))
     kill_group(job.pid, signal.SIGTERM)
     job.kill_at = now + MEMORY_KILL_GRACE
@@ -56,8 +58,9 @@ def yield_to_person(gate: Gate, jobs: Iterable[JobProcess], send: Send, now: flo
             kill_group(job.pid, signal.SIGCONT)
             job.suspended_at = None
         elif job.suspended_at is not None and now - job.suspended_at > move_after:
-            note = "anet: killed: suspended %ds for a person at the machine (%s)\n"
-            send(job.output_message(STDERR, (note % (now - job.suspended_at, who)).encode()))
+            why = "suspended %ds for a person at the machine (%s)" % (now - job.suspended_at, who)
+            send(Evicted(job.aid, why))
+            send(job.output_message(STDERR, ("anet: killed: %s\n" % why).encode()))
             kill_group(job.pid, signal.SIGKILL)  # KILL reaches a stopped group; TERM would wait
             job.suspended_at = None
             job.doomed = True

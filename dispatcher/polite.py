@@ -79,6 +79,18 @@ class Held(Message):
     reason: str = bounded(length=MAX_TEXT)
 
 
+@message
+@dataclass(frozen=True)
+class Evicted(Message):
+    """Dispatcher -> master, before the Exit of an attempt polite mode kills (--yield moves
+    it, --memfree-kill): `reason` says why; the failure is not the job's, no retry is spent."""
+
+    CODE = 41
+    SENDER = DISPATCHER
+    aid: int
+    reason: str = bounded(length=MAX_TEXT)
+
+
 def niceness_setter(nice: int) -> Optional[Callable[[], None]]:
     """What a job's child runs before `exec` to take niceness `nice`; None when nothing to do.
 
@@ -230,6 +242,7 @@ class Gate:
         self._starved_checked = now
         want, free = self.polite.memfree_kb, self._memory()
         if 0 <= free < want // 2:
+            self._open_until = float("-inf")  # a look that let jobs start holds no more
             return "only %s available, under half of --memfree %s" % (_size(free), _size(want))
         return ""
 

@@ -36,8 +36,9 @@ _TESTS = itertools.count()
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test, and every process it starts, gets a home of its own: anet's journals
-    ($XDG_STATE_HOME/anet), hash cache ($XDG_CACHE_HOME/anet) and local dispatcher home
-    ($ANET_HOME, else ~/.cache/anet) land there, never in the developer's real ones, and no
+    ($XDG_STATE_HOME/anet), hash cache ($XDG_CACHE_HOME/anet), local dispatcher home
+    ($ANET_HOME, else ~/.cache/anet) and pool sockets ($XDG_RUNTIME_DIR/anet) land there,
+    never in the developer's real ones, and no
     ANET_* setting of the developer's (ANET_HOSTS, ANET_PROGRESS...) changes what a test sees.
 
     The sshd hosts need nothing of $HOME: their keys, known_hosts and ssh_config are files of
@@ -57,6 +58,8 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         env.setenv("XDG_CONFIG_HOME", str(home / ".config"))
         env.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
         env.setenv("ANET_HOME", str(home / ".cache" / "anet"))
+        (home / "run").mkdir(mode=0o700)  # a pool's socket (anet up), as a login session's
+        env.setenv("XDG_RUNTIME_DIR", str(home / "run"))
         before = leaks.snapshot()
         env.setenv(leaks.MARK_ENV, mark)
         yield home
@@ -142,8 +145,9 @@ def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test that needs what a contributor may lack is skipped without it, saying why:
-    Chromium (`browser`, some 100 packages) or root (`root`: mounts, iptables, another user's
-    process). In CI (CI=true) it is never skipped but fails: CI has all of them."""
+    Chromium (`browser`, some 100 packages), Slurm's scontrol (`slurm`) or root (`root`:
+    mounts, iptables, another user's process). In CI (CI=true) it is never skipped but fails:
+    CI has all of them."""
     why = _missing(item)
     if why is None:
         return
@@ -157,6 +161,8 @@ def _missing(item: pytest.Item) -> str | None:
     browser = item.get_closest_marker("browser") is not None
     if browser and not (shutil.which("chromium") or shutil.which("chromium-browser")):
         return "needs Chromium: scripts/dev-setup --browser installs it"
+    if item.get_closest_marker("slurm") is not None and shutil.which("scontrol") is None:
+        return "needs Slurm's scontrol (slurm-client): scripts/dev-setup installs it"
     root = item.get_closest_marker("root")
     if root is None:
         return None

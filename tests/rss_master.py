@@ -3,7 +3,8 @@ writes the master's peak RSS (KiB: VmHWM of /proc/self/status) to RSS_FILE, howe
 Not getrusage: its ru_maxrss survives execve, so a child of a big pytest process would report
 the parent's size at the fork. With
 $ANET_TEST_ANET_MAX set, the anet format's stdout limit is that many bytes (a >4 GiB output
-costs minutes; the rule does not depend on the number)."""
+costs minutes; the rule does not depend on the number); with $ANET_TEST_RECORD_MAX set, the
+msgpack record and JSON line limits are (so a result past them is written in parts)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ if __name__ == "__main__":
     rss_file = sys.argv.pop(1)
     if "ANET_TEST_ANET_MAX" in os.environ:
         sinks.ANET_MAX_STDOUT = int(os.environ["ANET_TEST_ANET_MAX"])
+    if "ANET_TEST_RECORD_MAX" in os.environ:
+        sinks.MAX_RECORD = sinks.MAX_BIG_RECORD = int(os.environ["ANET_TEST_RECORD_MAX"])
     try:
         main()
     finally:

@@ -3,7 +3,9 @@ job, the sizes and sha256 of its stdout and stderr, never a whole output (anet.r
 one record whole: a 1 GB output would put 1 GB in the test itself).
 
 Only what anet writes is understood: the anet format, msgpack records of the map anet packs,
-and JSON lines whose outputs are base64 (a spooled output) or short text.
+and JSON lines whose outputs are base64 (a spooled output) or short text; and a result too big
+for one record, in parts (its Digest has fields["chunked"]). Written from docs/formats.md, not
+from anet.results: a second reader of the layouts.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class _Reader:
                 assert not pending, "base64 of a length not a multiple of 4"
                 return
 
+    def peek(self, size: int) -> bytes:
+        while len(self._buf) < size and (more := self._stream.read(PIECE)):
+            self._buf += more
+        return self._buf[:size]
+
     def at_end(self) -> bool:
         if self._buf:
             return False
@@ -139,8 +146,17 @@ def digest_msgpack(stream: BinaryIO) -> dict[int, Digest]:
     src, found = _Reader(stream), {}
     assert src.take(8) == b"ANETMP01"
     while not src.at_end():
-        src.take(4)  # the record's length
+        if src.take(4) == b"ANET":  # a header again: ANETMP02 before a chunked result
+            assert src.take(4) in (b"MP01", b"MP02")
+            continue
         tag = src.take(1)[0]
+        if tag == 0x94:  # [id, stream, offset, bin]: a part of a chunked result
+            record = found[_small(src)]
+            key, offset = _small(src), _small(src)
+            assert offset == record.sizes[key], f"part at {offset}, not {record.sizes[key]}"
+            for piece in src.pieces(_bin_size(src)):
+                record.add(key, piece)
+            continue
         assert tag & 0xF0 == 0x80, f"not a fixmap: {tag:#x}"
         record = Digest()
         for _ in range(tag & 0x0F):
@@ -150,6 +166,7 @@ def digest_msgpack(stream: BinaryIO) -> dict[int, Digest]:
                     record.add(key, piece)
             else:
                 record.fields[key] = _small(src)
+        record.fields["chunked"] = "stdout_bytes" in record.fields
         found[record.fields["id"]] = record
     return found
 
@@ -157,7 +174,21 @@ def digest_msgpack(stream: BinaryIO) -> dict[int, Digest]:
 def digest_jsonl(stream: BinaryIO) -> dict[int, Digest]:
     src, found = _Reader(stream), {}
     while not src.at_end():
-        record = Digest(json.loads(src.until(b',"stdout') + b"}"))
+        if src.peek(1) == b"[":  # [id,"stdout",offset,"<base64>"]: a part
+            record = found[int(src.until(b',"')[1:])]
+            key, offset = src.until(b'",').decode(), int(src.until(b',"'))
+            assert offset == record.sizes[key], f"part at {offset}, not {record.sizes[key]}"
+            for piece in src.base64_string():
+                record.add(key, piece)
+            assert src.take(2) == b"]\n"
+            continue
+        head = src.until(b',"stdout')
+        if src.peek(7) == b'_bytes"':  # the head of a chunked result
+            record = Digest(json.loads(head + b',"stdout' + src.until(b"}\n") + b"}"))
+            record.fields["chunked"] = True
+            found[record.fields["id"]] = record
+            continue
+        record = Digest(json.loads(head + b"}"))
         for key in ("stdout", "stderr"):
             name = src.until(b'":"')
             if name.endswith(b"_base64"):
@@ -168,6 +199,7 @@ def digest_jsonl(stream: BinaryIO) -> dict[int, Digest]:
             if key == "stdout":
                 src.until(b',"stderr')
         record.fields["error"] = json.loads(src.until(b"}\n").split(b":", 1)[1])
+        record.fields["chunked"] = False
         found[record.fields["id"]] = record
     return found
 

@@ -18,6 +18,9 @@ import pytest
 from sshd_hosts import SshdCluster
 from stream_digest import DIGESTERS, Digest, zeros_sha
 
+import anet.results
+from anet.core.spool import Spool
+
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
 RSS_MASTER = Path(__file__).with_name("rss_master.py")
@@ -37,7 +40,7 @@ class Run:
 
     def __init__(self, tmp_path: Path, cluster: SshdCluster, fmt: str, batch: list[str],
                  *args: str, env: dict[str, str] | None = None, read_late: bool = False,
-                 timeout: float = 300) -> None:  # fmt: skip
+                 timeout: float = 300, digester=None) -> None:  # fmt: skip
         tmp_path.mkdir(exist_ok=True)
         path = tmp_path / "batch.txt"
         path.write_text("".join(line + "\n" for line in batch))
@@ -54,7 +57,8 @@ class Run:
         try:
             if read_late:
                 proc.wait(timeout)
-            reader = threading.Thread(target=self._digest, args=(DIGESTERS[fmt], proc.stdout))
+            digester = digester or DIGESTERS[fmt]
+            reader = threading.Thread(target=self._digest, args=(digester, proc.stdout))
             reader.start()
             reader.join(timeout)
             self.returncode = proc.wait(5 if reader.is_alive() else timeout)
@@ -170,6 +174,59 @@ def test_an_output_the_anet_format_cannot_carry_fails_its_job_and_others_carry_i
     run = Run(tmp_path / "m", cluster, "msgpack", batch, *host(cluster, "local"), env=limit)
     assert run.returncode == 0, run.stderr
     assert run.digests[0].sha("stdout") == zeros(30_000_000)
+
+
+LOWERED = {"ANET_TEST_RECORD_MAX": str(5_000_000)}  # as if 1 GiB (msgpack), 4 GiB (jsonl) were 5 MB
+
+
+@pytest.mark.parametrize(
+    ("fmt", "where"),
+    [("msgpack", "ssh"), ("msgpack", "local"), ("jsonl", "ssh"), ("jsonl", "local")],
+)
+def test_a_result_past_the_format_limit_arrives_whole_in_parts(cluster, tmp_path, fmt, where):
+    out, err = "seq 1 1500000", "seq 7 700000"  # 10.9 MB and 4.9 MB: bytes in their places
+    batch = ["echo before", f"{out}; {err} >&2", "echo after"]
+    run = Run(tmp_path, cluster, fmt, batch, *host(cluster, where), "--no-journal", env=LOWERED)
+    assert run.returncode == 0, run.stderr
+    expected = {key: subprocess.run(cmd, shell=True, capture_output=True, check=True).stdout
+                for key, cmd in (("stdout", out), ("stderr", err))}  # fmt: skip
+    big = run.digests[1]
+    assert big.fields["chunked"] is True and big.fields["ok"] is True
+    assert big.sizes == {key: len(data) for key, data in expected.items()}
+    for key, data in expected.items():
+        assert big.sha(key) == hashlib.sha256(data).hexdigest()
+    assert [run.digests[i].fields["chunked"] for i in (0, 2)] == [False, False]
+    assert run.digests[2].sha("stdout") == hashlib.sha256(b"after\n").hexdigest()
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
+
+
+def spooled_reader(fmt: str):
+    """A digester that is anet.results.read(spool=True): each output comes into a spool a part
+    at a time and is hashed from there, so neither this test nor the reader holds it whole."""
+
+    def digest(stream) -> Digests:
+        found: Digests = {}
+        for record in anet.results.read(stream, fmt, spool=True):
+            found[record.id] = digest = Digest({"id": record.id, "ok": record.ok})
+            for key, output in (("stdout", record.out), ("stderr", record.err)):
+                for piece in output.chunks() if isinstance(output, Spool) else [output]:
+                    digest.add(key, piece)
+            digest.fields["spooled"] = isinstance(record.out, Spool)
+        return found
+
+    return digest
+
+
+def test_an_output_past_the_real_1_gib_msgpack_limit_arrives_whole(cluster, tmp_path):
+    size = (1 << 30) + 50_000_000
+    run = Run(tmp_path, cluster, "msgpack", [f"head -c {size} /dev/zero"], *host(cluster, "ssh"),
+              "--no-journal", digester=spooled_reader("msgpack"))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (record,) = run.digests.values()
+    assert record.fields == {"id": 0, "ok": True, "spooled": True}
+    assert record.sizes == {"stdout": size, "stderr": 0}
+    assert record.sha("stdout") == zeros(size)
+    assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
 
 
 def _file_sha(path: Path) -> str:

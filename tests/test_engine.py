@@ -556,3 +556,39 @@ def test_a_percentage_timeout_is_of_the_durations_hosts_measured_not_the_masters
     run = hosts.start("h1", 3)
     hosts.advance(2.0)
     assert hosts.kills == [("h1", run.aid)]
+
+
+# -- a share of the host's slots (runs sharing a cluster) --------------------------------------
+
+
+def test_a_share_of_none_sends_nothing_and_a_share_bounds_what_is_sent():
+    engine, hosts = engine_for(20, speculate=False)
+    hosts.stats["h1"] = HostStats()
+    engine.host_ready("h1", 4, share=0)
+    hosts.round()
+    assert "h1" not in hosts.runs  # not even a queued one: another run holds every slot
+    engine.host_ready("h1", 4, share=2)
+    hosts.round()
+    assert len(hosts.runs["h1"]) == 4  # its 2 slots, plus a look-ahead of 2
+
+
+def test_a_job_started_in_any_of_the_hosts_slots_is_this_runs_whatever_its_share():
+    engine, hosts = engine_for(2, speculate=False)
+    hosts.stats["h1"] = HostStats()
+    engine.host_ready("h1", 4, share=1)
+    hosts.round()
+    hosts.start("h1", 0, slot=4)  # the dispatcher's slot 4: the other runs' jobs hold 1 to 3
+    hosts.finish("h1", 0, b"x")
+    assert [(r.id, r.stdout) for r in hosts.results] == [(0, b"x")]
+
+
+def test_a_smaller_share_lets_the_attempts_in_flight_finish_and_sends_no_more_until_room():
+    engine, hosts = engine_for(20, speculate=False)
+    hosts.ready("h1", 4)
+    assert len(hosts.runs["h1"]) == 8
+    engine.host_ready("h1", 4, share=1)  # a second run came: 1 slot + 2 queued are this one's
+    for job in range(8):
+        hosts.start("h1", job, slot=1 + job % 4)
+        hosts.finish("h1", job)
+        assert len(hosts.runs["h1"]) == max(7 - job, 3), job  # refilled to 3 only
+    assert hosts.kills == []  # nothing in flight was stopped for the new split

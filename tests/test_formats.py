@@ -275,7 +275,7 @@ CORRUPT = [
     ("anet", ONE["anet"] + b"\x01\x00", "truncated record header (2 of 8 bytes) at byte 9"),
     ("anet", ONE["anet"] + b"\x01\x00\x00\x00\x05\x00\x00\x00abc", "(3 of 5 bytes) at byte 17"),
     ("msgpack", mp(), "no b'ANETMP01' header at byte 0"),
-    ("msgpack", ONE["msgpack"] + b"ANETMP02", f"header b'ANETMP02' at byte {AFTER_MP}"),
+    ("msgpack", ONE["msgpack"] + b"ANETMP03", f"header b'ANETMP03' at byte {AFTER_MP}"),
     ("msgpack", ONE["msgpack"] + b"ANETMP", f"stream header (2 of 4 bytes) at byte {AFTER_MP + 4}"),
     ("msgpack", M + mp(msgpack.packb([1, 2])), "record is a list, not a map at byte 8"),
     ("msgpack", M + mp(host=DROP), "record has no 'host' at byte 8"),
@@ -302,7 +302,7 @@ CORRUPT = [
     ("text", ONE["text"] + b"--- job 2 stderr, 1 bytes ---\n", "not a job header line at byte 58"),
     ("text", ONE["text"] + b"--- job 1 stderr, x bytes ---\n", "bad stderr header line at byte 58"),
     ("text", ONE["text"] + b"--- job \xff\n", "job header is not UTF-8 at byte 58"),
-    ("text", HEAD.replace(b" 3 bytes", b" 4294967296 bytes"), "record of 4294967296 bytes, over"),
+    ("text", HEAD.replace(b" 3 bytes", b" 4294967296 bytes"), "of 4294967296 bytes) at byte"),
 ]
 
 
@@ -326,15 +326,17 @@ def test_writers_refuse_what_readers_would_reject(monkeypatch: pytest.MonkeyPatc
         sinks.encode_anet(dataclasses.replace(big, id=2**32))
     with pytest.raises(ValueError, match="whitespace"):
         sinks.encode_text(dataclasses.replace(big, host="a b"))
-    streams = {name: stream_of(name, [big]) for name in FORMATS}
+    streams = {name: stream_of(name, [big]) for name in ("msgpack", "jsonl")}
     monkeypatch.setattr(sinks, "MAX_RECORD", 100)
-    monkeypatch.setattr(sinks, "MAX_BIG_RECORD", 100)
+    monkeypatch.setattr(sinks, "MAX_BIG_RECORD", 200)  # a chunked result's head line fits
     monkeypatch.setattr(sinks, "ANET_MAX_STDOUT", 100)
-    for name, encoder in FORMATS.items():
-        with pytest.raises(ValueError, match="record limit"):
-            encoder.encode(big)
-        with pytest.raises(ResultFormatError, match=r"over the 100-byte limit|longer than 100 b"):
+    with pytest.raises(ValueError, match="record limit"):
+        FORMATS["anet"].encode(big)
+    for name in ("msgpack", "jsonl"):  # one record over the limit: refused; chunked: fine
+        with pytest.raises(ResultFormatError, match=r"over the 100-byte limit|longer than 200 b"):
             read_all(streams[name], name)
+        assert read_all(stream_of(name, [big]), name) == [big]
+    assert read_all(stream_of("text", [big]), "text") == [big]  # text has no limit
 
 
 def test_unknown_format_names_are_usage_errors() -> None:

@@ -205,6 +205,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("streams", ("anet.streams",)),
     ("top", ("anet.api", "anet.drive", "anet.runs", "anet.housekeeping", "anet.results")),
     ("views", ("anet.views",)),
+    ("pool", ("anet.pool",)),
     ("cli", ("anet.cli", "anet.__main__", "anet")),
 ]
 """docs/architecture.md's table, bottom up: a module may import its own floor and those below.

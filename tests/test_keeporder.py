@@ -99,3 +99,35 @@ def test_journal_spill_reads_back_what_the_journal_holds(tmp_path: Path):
         assert [r.id for r in JournalSpill(journal).take([5, 6, 8])] == [5, 6, 8]
         with pytest.raises(RuntimeError, match="missing"):
             list(JournalSpill(journal).take([7]))
+
+
+def test_waiting_spooled_results_past_a_few_are_parked_in_one_file(tmp_path, monkeypatch):
+    from test_spool import spool_fds
+
+    from anet.core import spool as spool_module
+    from anet.core.record import SpooledResult
+    from anet.core.spool import Spool
+    from anet.streams import keeporder
+
+    monkeypatch.setattr(spool_module, "spool_dir", lambda environ=None: tmp_path)
+    monkeypatch.setattr(keeporder, "PARK_MAX", 6000)
+    order = KeepOrder(FileSpill(str(tmp_path)))
+    list(order.jobs(Job(i, b"true") for i in range(101)))
+    expected = {}
+    for job_id in range(1, 101):
+        spool = Spool()
+        spool.write(b"%d:" % job_id + bytes(5000 if job_id != 50 else 7000))
+        expected[job_id] = spool.read()
+        held = SpooledResult(job_id, True, 0, None, "h", 1, 0.1, spool, b"")  # type: ignore[arg-type]
+        del spool
+        assert list(order.add(held)) == []
+        del held
+    # 32 keep their files, one too big to park keeps its own, 67 share one; the FileSpill's
+    assert spool_fds(tmp_path) == keeporder.MAX_OPEN_SPOOLED + 1 + 1 + 1
+    out = [*order.add(result(0)), *order.rest()]
+    assert [r.id for r in out] == list(range(101))
+    assert [r.out.parked for r in out[1:]] == [i > 32 and i != 50 for i in range(1, 101)]
+    assert all(r.stdout == expected[r.id] for r in out[1:])
+    del out
+    order.close()
+    assert spool_fds(tmp_path) == 0  # the shared file went with its last slice

@@ -7,6 +7,7 @@ results.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -267,7 +268,9 @@ WAIT_FOR_GO = (
 
 def test_memfree_kill_kills_the_youngest_job_which_then_runs_again(tmp_path):
     """MemAvailable comes from a file the test writes (ANET_MEMINFO): plenty, then under half
-    of --memfree (the youngest job is killed, its retry held), then plenty again."""
+    of --memfree (the youngest job is killed, its retry held), then plenty again. The kill is
+    no fault of the job's: with --retries 0 it still runs again; the JSON summary has the
+    time the host was held."""
     meminfo = tmp_path / "meminfo"
 
     def available(gib: int) -> None:
@@ -277,7 +280,7 @@ def test_memfree_kill_kills_the_youngest_job_which_then_runs_again(tmp_path):
     batch = write_batch(tmp_path, [WAIT_FOR_GO] * 2)
     anet = subprocess.Popen(
         [sys.executable, "-m", "anet", "--format", "msgpack", "--no-journal", "-S", "2/:",
-         "--memfree", "4G", "--memfree-kill", str(batch)],
+         "--retries", "0", "--log-json", "--memfree", "4G", "--memfree-kill", str(batch)],
         cwd=tmp_path, env={**os.environ, "ANET_MEMINFO": str(meminfo)},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -303,6 +306,8 @@ def test_memfree_kill_kills_the_youngest_job_which_then_runs_again(tmp_path):
     assert sorted(records) == [0, 1]
     assert (records[0].attempts, records[1].attempts) == (1, 2)
     assert [records[i].stdout for i in (0, 1)] == [b"job-0\n", b"job-1\n"]
+    (summary,) = [json.loads(line) for line in err.splitlines() if b'"summary"' in line]
+    assert [host["held"] > 0 for host in summary["hosts"]] == [True]  # its time lost
 
 
 def test_memfree_kill_without_memfree_is_one_line(tmp_path):

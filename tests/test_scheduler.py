@@ -361,8 +361,10 @@ HOSTS = ("h0", "h1", "h2")
 
 class SchedulerMachine(RuleBasedStateMachine):
     """The model plays the I/O layer while hosts come and go, attempts start, succeed, fail, time
-    out and get copies, and the clock jumps, in any order. After a loss no Exit of that host
-    counts; a killed attempt's Exit reports a signal; a paused host must get no new attempt."""
+    out and get copies, polite mode holds hosts (their queues are taken back) and kills attempts
+    (evicted), and the clock jumps, in any order. After a loss no Exit of that host counts; a
+    killed attempt's Exit reports a signal (one killed while queued never started); a paused or
+    held host must get no new attempt."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -371,6 +373,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.capacity: dict[str, int] = {}  # ready hosts
         self.paused: dict[str, float] = {}  # host -> until
+        self.held: set[str] = set()  # hosts polite mode holds
+        self.evicted: set[int] = set()  # aids polite mode kills
+        self.taken_back: set[int] = set()  # aids taken back from a held host's queue
         self.running: dict[int, Attempt] = {}  # aid -> attempt, as the I/O layer knows it
         self.started: dict[int, float] = {}  # aid -> when
         self.killed: dict[int, KillReason] = {}
@@ -405,9 +410,36 @@ class SchedulerMachine(RuleBasedStateMachine):
         for attempt in lost:
             del self.running[attempt.aid]
             self.killed.pop(attempt.aid, None)
+            self.taken_back.discard(attempt.aid)
             self.stale.append(attempt.aid)
         self.capacity.pop(name, None)
+        self.held.discard(name)
         self.take_abandoned()
+
+    @rule(name=st.sampled_from(HOSTS), held=st.booleans())
+    def host_held(self, name: str, held: bool) -> None:
+        """Polite mode holds the host, or no longer does: its queued attempts are taken back."""
+        taken = self.scheduler.host_held(name, held)
+        queued = {
+            aid
+            for aid, a in self.running.items()
+            if a.host == name and aid not in self.started and aid not in self.killed
+        }
+        queued -= self.taken_back  # already, their kill not handed out yet
+        assert {a.aid for a in taken} == (queued if held and name in self.capacity else set())
+        self.taken_back |= queued if held else set()
+        if held and name in self.capacity:
+            self.held.add(name)
+        else:
+            self.held.discard(name)
+
+    @precondition(lambda self: set(self.started) - self.evicted)
+    @rule(data=st.data())
+    def attempt_evicted(self, data: st.DataObject) -> None:
+        """Polite mode kills a running attempt (--yield moves it, --memfree-kill)."""
+        aid = data.draw(st.sampled_from(sorted(set(self.started) - self.evicted)), label="aid")
+        self.scheduler.attempt_evicted(aid, "evicted")
+        self.evicted.add(aid)
 
     @rule(dt=st.sampled_from([0.1, 0.6, 1.0, 2.5, 6.0]), decide=st.booleans())
     def tick(self, dt: float, decide: bool) -> None:
@@ -455,6 +487,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for attempt in runs:
             assert attempt.host in self.capacity, "attempt given to a host that is not ready"
             assert self.paused.get(attempt.host, -1.0) <= self.now, "attempt on a paused host"
+            assert attempt.host not in self.held, "attempt on a held host"
             assert attempt.aid not in self.aids, "aid reused"
             assert self.completed[attempt.job.id] == 0, "a finished job was handed out again"
             self.numbers[attempt.job.id] += 1
@@ -470,10 +503,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         reason = self.killed.pop(aid, None)
         if aid not in self.started and reason is None:
             self.scheduler.attempt_started(aid, self.now)
-        self.started.pop(aid, None)
+        ran = self.started.pop(aid, None) is not None or reason is None
+        if not ran:  # killed in its host's queue: the dispatcher answers with no Started
+            ok = False
+        self.evicted.discard(aid)
+        self.taken_back.discard(aid)
         # `ok` may hold even for a killed attempt: it exited 0 just before the kill
         ended = self.scheduler.attempt_ended(aid, ok=ok, now=self.now)  # duration: now - start
         assert ended.attempt == attempt
+        if ended.excused and not ran and attempt.number == self.numbers[attempt.job.id]:
+            self.numbers[attempt.job.id] -= 1  # taken back unstarted: its number is given again
         if ended.verdict is Verdict.STALE:  # a loser, killed or ending before its kill
             assert self.completed[attempt.job.id] == 1
         else:
@@ -509,6 +548,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for name in set(HOSTS) - set(self.capacity):  # all hosts back; h2's jobs take 3 s
             self.host_ready(name, 1, 1)
+        for name in sorted(self.held):
+            self.host_held(name, False)
         for _ in range(1000):
             self.take_abandoned()
             self.due_kills()

@@ -16,9 +16,10 @@ import pytest
 from test_engine import Hosts, jobs
 
 from anet import results
+from anet.core import spool as spool_module
 from anet.core.engine import Engine, HostStats, RunPolicy
 from anet.core.record import JobResult, SpooledResult
-from anet.core.spool import SPOOL_AT, OutputCap, Spool
+from anet.core.spool import SPOOL_AT, OutputCap, Parking, Spool
 from anet.streams import journal as journal_module
 from anet.streams import sinks
 from anet.streams.journal import Journal
@@ -256,3 +257,31 @@ def test_a_chunked_result_comes_back_from_the_journal_spooled(tmp_path, journal)
     (back,) = journal.succeeded_results()
     assert type(back) is SpooledResult and isinstance(back.out, Spool)  # for --resume, -k
     assert back.out.size == len(data) and back.stdout == data and back.err == b""
+
+
+def test_parked_spools_share_one_file_and_it_goes_with_the_last_of_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_module, "PARK_FILE", 25_000)
+    parking = Parking(tmp_path)
+    spools = []
+    for i in range(10):
+        spool = Spool(tmp_path)
+        spool.write(pattern(5000 + i, i))
+        spools.append(spool)
+    assert spool_fds(tmp_path) == 10
+    parked = [parking.park(spool) for spool in spools]
+    for spool in spools:
+        spool.close()
+    assert spool_fds(tmp_path) == 3  # 10 outputs of 5 KB in files of 25 KB at most
+    assert all(p.parked for p in parked) and not any(s.parked for s in spools)
+    for i, spool in enumerate(parked):
+        assert spool.read() == pattern(5000 + i, i) and spool.tail(7) == pattern(5000 + i, i)[-7:]
+        assert b"".join(spool.chunks(999, 10, 4000)) == pattern(5000 + i, i)[10:4000]
+    assert parking.park(parked[0]) is parked[0]
+    del spools
+    for spool in parked[:3]:
+        spool.close()
+    assert spool_fds(tmp_path) == 3  # the first file still has a slice alive
+    del parked[:5], parking
+    assert spool_fds(tmp_path) == 2
+    parked.clear()
+    assert spool_fds(tmp_path) == 0

@@ -25,6 +25,7 @@ from .argv import arrange, option_table
 from .common import Environment, ExitStatus
 from .journals import journals_group
 from .machines import COMMANDS as MACHINE_COMMANDS
+from .pool import COMMANDS as POOL_COMMANDS
 from .report import completion_command, report_command, status_command
 from .run import run_command
 from .sync import sync_command
@@ -53,6 +54,7 @@ Examples:
   anet status batch.txt                           # how far its run is, while it runs
   anet report batch.txt -o report.html            # throughput, hosts, failures: one page
   anet journals                                   # the journals kept, and how big
+  anet up -H hosts.txt; anet submit batch.txt     # a resident master: runs outlive the terminal
   eval "$(anet completion bash)"                  # tab completion (zsh too)
 
 `anet BATCH` means `anet run BATCH`; options may come before COMMAND too
@@ -69,6 +71,8 @@ for _observing in (status_command, report_command, journals_group, completion_co
 for _command in MACHINE_COMMANDS:  # find, killall, onall, hosts
     cli.add_command(_command)
 cli.add_command(sync_command)
+for _command in POOL_COMMANDS:  # up, down, submit, ls, attach, wait, cancel
+    cli.add_command(_command)
 
 
 def raw_main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

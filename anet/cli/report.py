@@ -16,7 +16,7 @@ from .. import logs
 from ..errors import UsageError
 from ..streams.journal import default_journal_path
 from ..views.progress import duration, job_time
-from ..views.report import render_report
+from ..views.report import render_report, time_held
 from ..views.stats import JobLine, RunStats, load
 from ..views.tables import table
 from .common import Environment, ExitStatus, log_options
@@ -53,6 +53,9 @@ def status_text(stats: RunStats) -> str:
     lost = [e for e in stats.events if e[2] in ("lost", "failed")]
     if lost:
         lines.append(f"hosts lost or given up: {len(lost)} time(s); see `anet report`")
+    if stats.held:  # polite mode held hosts: the time their slots were lost to the run
+        lines.append(f"hosts held by polite mode: {duration(stats.time_held)}")
+        lines += [f"  {host}: {time_held(kinds)}" for host, kinds in sorted(stats.held.items())]
     if stats.failed_jobs:
         lines.append(f"failed jobs ({stats.failed}):")
         lines += [f"  job {j.id} on {j.host}: {_ended(j)}" for j in stats.failed_jobs]

@@ -18,13 +18,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatcher.polite import Evicted
 from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
 
 from ..errors import protocol_error
 from ..logs import get_logger
 from .batch import Job, JobInput, unrunnable
 from .record import JobResult, SpooledResult
-from .scheduler import Attempt, Ended, Scheduler, Verdict
+from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
 from .spool import Output as Held
 
@@ -188,10 +189,12 @@ class Engine:
 
     # -- what comes in ------------------------------------------------------------------------
 
-    def host_ready(self, host: str, slots: int) -> None:
-        """The host's dispatcher is ready for `slots` attempts at once (again, after a loss)."""
+    def host_ready(self, host: str, slots: int, share: int | None = None) -> None:
+        """The host's dispatcher is ready for `slots` attempts at once (again, after a loss), of
+        which this run may use `share` (all by default; runs sharing a cluster split them, and
+        a new split comes this way: the attempts in flight carry on)."""
         self._slots[host] = slots
-        self._scheduler.host_ready(host, slots)
+        self._scheduler.host_ready(host, slots if share is None else share)
 
     def host_lost(self, host: str, now: float) -> None:
         """The host's dispatcher is gone: its attempts go back to the queue (or are given up)."""
@@ -238,6 +241,8 @@ class Engine:
             self._started(host, flight, msg, now)
         elif isinstance(msg, Exit):
             self._exit(host, flight, msg, now)
+        elif isinstance(msg, Evicted):  # polite mode kills it there: not the job's fault
+            self._scheduler.attempt_evicted(aid, msg.reason)
         return False
 
     def stdin(self, aid: int) -> JobInput | None:
@@ -248,6 +253,12 @@ class Engine:
     def owns(self, aid: int) -> bool:
         """The attempt was sent by this run and has not ended: its frames are this run's."""
         return aid in self._flights
+
+    def host_held(self, host: str, held: bool) -> None:
+        """Polite mode holds the host's jobs (`held`), or no longer does: a held host gets no
+        attempt, and those waiting in its queue are taken back, to run elsewhere."""
+        for attempt in self._scheduler.host_held(host, held):
+            log.info(f"job {attempt.job.id}: taken back from {host}, held", host=host)
 
     def drain(self) -> None:
         """Start no more attempts, and take back those sent but not started (a dispatcher
@@ -274,7 +285,7 @@ class Engine:
             if kill.reason.moot:
                 if flight is not None:  # lost the race, or the run stops: its output is moot
                     flight.drop()
-            else:
+            elif kill.reason is KillReason.TIMEOUT:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE))
         for attempt in () if self._draining else self._scheduler.next_runs(now):
@@ -362,7 +373,8 @@ class Engine:
             duration=msg.duration,
             retry=flight.cut is None,
         )
-        self._count(host, flight, ended, msg)
+        if not (ended.excused and not flight.started):  # one taken back unstarted never ran
+            self._count(host, flight, ended, msg)
         if ended.paused is not None:
             log.warning(str(ended.paused), host=host)
         attempt = ended.attempt
@@ -387,7 +399,10 @@ class Engine:
         )
         if not ended.final:
             why = ended.error or _status(result)
-            log.info(f"job {result.id} failed on {host} ({why}); it will run again")
+            if not ended.excused:
+                log.info(f"job {result.id} failed on {host} ({why}); it will run again")
+            elif flight.started:
+                log.info(f"job {result.id}: {why}; it runs again, no retry spent", host=host)
             return
         self._stats[host].done += 1
         self._actions.results.append(result)
@@ -402,7 +417,7 @@ class Engine:
         if ended.verdict is Verdict.STALE:
             stats.spec_lost += attempt.speculative
         elif msg.code != 0:
-            stats.failed_attempts += 1
+            stats.failed_attempts += not ended.excused  # polite mode's kill is no failure
         elif ended.final:
             stats.spec_won += attempt.speculative
         self._actions.attempts.append(

@@ -19,11 +19,14 @@ class HostTable:
         self.health: dict[str, HostHealth] = {}
         self._trips = RoundTrips()
         self._adaptive: set[str] = set()  # hosts whose lookahead follows their round trip
+        self._held: set[str] = set()  # hosts polite mode holds: they start nothing now
 
     def ready(self, name: str, slots: int, lookahead: int | None) -> None:
         """The host can take `slots` running attempts plus `lookahead` queued ones; without a
         `lookahead`, the queue grows to hide the host's measured round trip."""
         extra = default_lookahead(slots) if lookahead is None else lookahead
+        if not slots:  # a run's share of none of its slots: it takes nothing here, queued or not
+            extra = 0
         if lookahead is None:
             self._adaptive.add(name)
         else:
@@ -36,17 +39,33 @@ class HostTable:
             self.health.setdefault(name, HostHealth())
 
     def lost(self, name: str) -> Slots | None:
-        """Forget a ready host (its health stays); its record, to requeue its attempts."""
+        """Forget a ready host (its health stays); its record, to requeue its attempts. Its hold
+        goes too: a new dispatcher holds nothing (announced again while ready, a host that
+        is held stays held: its share of the slots changed, not its state)."""
         host = self.slots.pop(name, None)
+        self._held.discard(name)
         if host is not None:
             self._trips.forget_host(name)
             for aid in host.attempts:
                 self._trips.forget(aid)
         return host
 
+    def hold(self, name: str, held: bool) -> None:
+        """Polite mode holds the ready host (it starts no job now), or no longer does; a host
+        that is not ready has no dispatcher to hold it."""
+        if held and name in self.slots:
+            self._held.add(name)
+        else:
+            self._held.discard(name)
+
     def usable(self, now: float) -> list[Slots]:
-        """The ready hosts that are not paused."""
-        return [h for h in self.slots.values() if now >= self.health[h.name].paused_until]
+        """The ready hosts that are neither paused nor held."""
+        held = self._held
+        return [
+            h
+            for h in self.slots.values()
+            if now >= self.health[h.name].paused_until and h.name not in held
+        ]
 
     def sent(self, aid: int, host: Slots, now: float) -> None:
         """An attempt went to `host`; if it starts on arrival, its start times the round trip."""
@@ -80,6 +99,8 @@ class HostTable:
         """Size the host's queue to its round trip and its typical job (Little's law)."""
         host, trip = self.slots.get(name), self._trips.estimate(name)
         if host is None or trip is None or name not in self._adaptive or not runtimes.count:
+            return
+        if not host.slots:  # a share of none: its queue stays empty
             return
         duration = runtimes.expected(name)
         host.capacity = host.slots + lookahead_for(host.slots, trip, duration)

@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Flight:
-    """One attempt in flight: when it started (the scheduler's clock), and whether a kill was
-    decided for it (`doom`), with the timeout that did (`limit`)."""
+    """One attempt in flight: when it started (the scheduler's clock), whether a kill was
+    decided for it (`doom`), with the timeout that did (`limit`), and whether its host said it
+    kills it for polite mode (`excuse`)."""
 
     attempt: Attempt
     started: float | None = None
     doom: KillReason | None = None
     limit: float = 0.0
+    excuse: str | None = None  # why its host kills it for polite mode: no fault of its own
 
     @property
     def job_id(self) -> int:

@@ -54,16 +54,19 @@ class Verdict(Enum):
 class KillReason(Enum):
     """TIMEOUT: its Exit counts as a failure (RETRY, or FINAL with `error`). SUPERSEDED: another
     attempt of its job ended first; its Exit is STALE. HALTED: the run stops (`abort`); its Exit
-    is STALE too, the job gets no result."""
+    is STALE too, the job gets no result. TAKEN_BACK: it waited in the queue of a host polite
+    mode holds (`host_held`); its Exit, with no Started (it never ran), puts the job back in
+    line without spending a retry; had it started meanwhile, a success stands."""
 
     TIMEOUT = "timeout"
     SUPERSEDED = "superseded"
     HALTED = "halted"
+    TAKEN_BACK = "taken back"
 
     @property
     def moot(self) -> bool:
         """The attempt's outcome no longer matters: its Exit (or loss) is STALE."""
-        return self is not KillReason.TIMEOUT
+        return self is KillReason.SUPERSEDED or self is KillReason.HALTED
 
 
 _AIDS = count()
@@ -93,6 +96,7 @@ class Ended:
     ok: bool = False
     error: str | None = None
     paused: HostPause | None = None
+    excused: bool = False  # it failed through no fault of its own (polite mode): no retry spent
 
     @property
     def final(self) -> bool:
@@ -188,7 +192,9 @@ class Scheduler:
             if state is None or (run.doom is not None and run.doom.moot):
                 continue
             state.aids.discard(run.attempt.aid)
-            if run.doom is KillReason.TIMEOUT:
+            if run.doom is KillReason.TAKEN_BACK:
+                give_up = False  # it sat in a held host's queue: nothing to blame it for
+            elif run.doom is KillReason.TIMEOUT:
                 state.failures += 1
                 state.failed_on.add(name)
                 error = f"timed out after {run.limit:.3g} s, then its host was lost"
@@ -241,6 +247,8 @@ class Scheduler:
         if state is None or (run.doom is not None and run.doom.moot):
             return Ended(Verdict.STALE, run.attempt)
         state.aids.discard(aid)
+        if not ok and (run.doom is KillReason.TAKEN_BACK or run.excuse is not None):
+            return self._excused(state, run, now)
         if not ok and not retry:
             state.failures = max(state.failures, self._retries)
         if not ok:  # a timed-out attempt that still exited 0 ended just before its kill: a success
@@ -275,6 +283,25 @@ class Scheduler:
             return Ended(Verdict.FINAL, run.attempt, ok=False, error=error, paused=paused)
         self._backlog.again([run.job_id])
         return Ended(Verdict.RETRY, run.attempt, error=error, paused=paused)
+
+    def _excused(self, state: PendingJob, run: Flight, now: float) -> Ended:
+        """An attempt polite mode ended (taken back from a held host's queue, or killed there
+        by --yield or --memfree-kill): the job runs again without spending a retry. One that
+        never started leaves no trace (its number is given again); one killed while running
+        counts as a loss, so that a job that is itself the trouble (it eats the memory) still
+        ends, after `max_losses` of them."""
+        error = run.excuse or f"taken back from {run.attempt.host}, held by polite mode"
+        if run.excuse is not None:
+            state.losses += 1
+            if state.losses >= self._max_losses and not state.aids:
+                error = f"killed {state.losses} times by polite mode (last: {run.excuse})"
+                self._final(state, run, now, None)
+                return Ended(Verdict.FINAL, run.attempt, ok=False, error=error, excused=True)
+        elif run.started is None and state.tries == run.attempt.number:
+            state.tries -= 1  # it never ran: its number goes to the next attempt
+        if not state.aids:  # else another attempt of the job runs: its ending decides
+            self._backlog.again([run.job_id])
+        return Ended(Verdict.RETRY, run.attempt, error=error, excused=True)
 
     def _final(self, state: PendingJob, run: Flight, now: float, size: float | None) -> None:
         """The job is done: kill its other attempts, whose late output is then STALE."""
@@ -335,6 +362,34 @@ class Scheduler:
             return [], None
         limit = partial(self._timeout.limit, self.runtimes)
         return speculation.due(self._flights.started(), limit, self.runtimes, now)
+
+    def host_held(self, name: str, held: bool) -> list[Attempt]:
+        """Polite mode holds the host (loaded, short of memory, a person at it), or no longer
+        does. A held host gets no attempt, and those waiting in its queue are taken back (the
+        attempts returned): each gets a Kill, which the dispatcher answers with an Exit and no
+        Started when it had not started it, so that it never runs twice; the job then runs
+        elsewhere (`attempt_ended`). One that started meanwhile is killed as well: its Exit
+        decides, a success standing as any other."""
+        self._table.hold(name, held)
+        host = self._hosts.get(name)
+        if not held or host is None:
+            return []
+        taken = []
+        for aid in sorted(host.attempts):
+            run = self._flights.runs.get(aid)
+            if run is None or run.started is not None or run.doom is not None:
+                continue
+            self._flights.doom(run, KillReason.TAKEN_BACK)
+            self._kills.append(Kill(run.attempt, KillReason.TAKEN_BACK))
+            taken.append(run.attempt)
+        return taken
+
+    def attempt_evicted(self, aid: int, why: str) -> None:
+        """The host kills the attempt for polite mode's sake (`why`: --yield moves it, or
+        --memfree-kill): if it fails now, that is not its fault (see `_excused`)."""
+        run = self._flights.runs.get(aid)
+        if run is not None:
+            run.excuse = why
 
     def abort(self, *, started_too: bool = True) -> None:
         """Stop the run: start nothing more, kill every attempt in flight; their Exits are

@@ -17,6 +17,7 @@ speculative copy that lost, a killed one).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -62,29 +63,40 @@ def _private_dir(directory: Path) -> str:
 
 class Spool:
     """One output stream in an unlinked 0600 file: `write` as it arrives, then `size`,
-    `chunks()`, `read()` (whole: for callers that asked for bytes), `tail(n)`."""
+    `chunks()`, `read()` (whole: for callers that asked for bytes), `tail(n)`. A parked spool
+    (`Parking.park`) reads a slice of a file it shares with others, and is not written to."""
 
-    __slots__ = ("_fd", "size")
+    __slots__ = ("_base", "_fd", "_shared", "size")
 
     def __init__(self, directory: Path | None = None) -> None:
-        where = _private_dir(directory if directory is not None else spool_dir())
-        self._fd, name = tempfile.mkstemp(prefix="out-", dir=where)  # 0600
-        os.unlink(name)  # open but nameless: gone with the last fd, even after a kill -9
+        self._fd, self._base, self._shared = _unlinked_file(directory), 0, None
         self.size = 0
+
+    @classmethod
+    def _slice(cls, shared: _SharedFile, base: int, size: int) -> Spool:
+        spool = cls.__new__(cls)
+        spool._fd, spool._base, spool._shared, spool.size = shared.fd, base, shared, size
+        return spool
+
+    @property
+    def parked(self) -> bool:
+        """Whether it reads a slice of a shared file (holding no descriptor of its own)."""
+        return self._shared is not None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data`; OSError (ENOSPC...) is the caller's to turn into a failed job."""
+        assert self._shared is None, "a parked spool is read only"
         view = memoryview(data)
         while view:  # at an explicit offset: readers pread, no file position is shared
             written = os.pwrite(self._fd, view, self.size)
             self.size += written
             view = view[written:]
 
-    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The contents in pieces of at most `size` bytes."""
-        offset = 0
-        while offset < self.size:
-            piece = os.pread(self._fd, min(size, self.size - offset), offset)
+    def chunks(self, size: int = CHUNK, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The contents (from `start` up to `stop`) in pieces of at most `size` bytes."""
+        offset, end = start, self.size if stop is None else min(stop, self.size)
+        while offset < end:
+            piece = os.pread(self._fd, min(size, end - offset), self._base + offset)
             if not piece:
                 raise OSError(f"spool file shorter than its {self.size} bytes")
             offset += len(piece)
@@ -97,14 +109,17 @@ class Spool:
     def tail(self, size: int) -> bytes:
         """The last `size` bytes at most."""
         start = max(self.size - size, 0)
-        return os.pread(self._fd, self.size - start, start)
+        return os.pread(self._fd, self.size - start, self._base + start)
 
     def close(self) -> None:
-        """Give the disk space back now (else it goes with the last reference)."""
+        """Give the disk space back now (else it goes with the last reference); a parked
+        spool lets go of its shared file, which goes with the last of its slices."""
         fd = getattr(self, "_fd", -1)  # unset if mkstemp failed in __init__
         if fd >= 0:
             self._fd = -1
-            os.close(fd)
+            if getattr(self, "_shared", None) is None:
+                os.close(fd)
+            self._shared = None
 
     def __len__(self) -> int:
         return self.size
@@ -113,17 +128,93 @@ class Spool:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Spool {self.size} bytes>"
+        return f"<Spool {self.size} bytes{', parked' if self.parked else ''}>"
+
+
+def _unlinked_file(directory: Path | None) -> int:
+    """A new 0600 file in the spool directory, unlinked at once: gone with its last fd."""
+    where = _private_dir(directory if directory is not None else spool_dir())
+    fd, name = tempfile.mkstemp(prefix="out-", dir=where)  # 0600
+    os.unlink(name)  # open but nameless: gone with the last fd, even after a kill -9
+    return fd
+
+
+class _SharedFile:
+    """One unlinked file that parked spools read slices of; closed with the last of them."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, directory: Path | None) -> None:
+        self.fd, self.size = _unlinked_file(directory), 0
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+PARK_FILE: Final = 1 << 30
+"""Bytes parked in one shared file before the next one starts: a shared file's space comes
+back only when every slice of it is gone."""
+
+
+class Parking:
+    """Where spools wait without holding a descriptor each (keep-order holds thousands).
+
+    `park(spool)` copies the spool to the end of a shared unlinked file (in the kernel, with
+    copy_file_range where it can) and gives back a `Spool` reading that slice; the caller then
+    closes the original (OSError, e.g. a full disk: the original is left as it was).
+    The descriptors are then one per PARK_FILE bytes of parked output, not one per output.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
+        self._file: _SharedFile | None = None
+
+    def park(self, spool: Spool) -> Spool:
+        if spool.parked:
+            return spool
+        shared = self._file
+        if shared is None or shared.size + spool.size > PARK_FILE:
+            shared = self._file = _SharedFile(self._directory)
+        base = shared.size
+        shared.size += spool.size  # taken even if the copy fails: never reused by a slice
+        _copy(spool, shared.fd, base)
+        return Spool._slice(shared, base, spool.size)
+
+
+def _copy(spool: Spool, fd: int, offset: int) -> None:
+    """The spool's bytes into `fd` at `offset`: copy_file_range, else a chunk at a time."""
+    done = 0
+    try:
+        while done < spool.size:
+            copied = os.copy_file_range(spool._fd, fd, spool.size - done, done, offset + done)
+            if not copied:
+                raise OSError(f"spool file shorter than its {spool.size} bytes")
+            done += copied
+    except (AttributeError, OSError) as exc:  # not Linux, or a file system that cannot
+        if isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE:
+            raise
+        for piece in spool.chunks(start=done):
+            os.pwrite(fd, piece, offset + done)
+            done += len(piece)
+
+
+_NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
 
 Output = bytes | Spool
 """A stream of a result as the master holds it: bytes when small, else spooled."""
 
 
-def chunks(output: Output, size: int = CHUNK) -> Iterator[bytes]:
-    """`output` in pieces: the bytes themselves (no copy), or a spool read in `size` pieces."""
+def chunks(
+    output: Output, size: int = CHUNK, start: int = 0, stop: int | None = None
+) -> Iterator[bytes]:
+    """`output` (from `start` up to `stop`) in pieces: the bytes themselves (no copy when
+    whole), or a spool read in `size` pieces."""
     if isinstance(output, Spool):
-        yield from output.chunks(size)
+        yield from output.chunks(size, start, stop)
+    elif start or (stop is not None and stop < len(output)):
+        if piece := output[start:stop]:
+            yield piece
     elif output:
         yield output
 

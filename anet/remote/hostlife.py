@@ -53,6 +53,19 @@ class HostState(HostStats):
     last_heard: float | None = None  # event-loop clock of the last frame from the host
     retry_at: float | None = None  # event-loop clock of the next connection try, backing off
     held: str = ""  # why polite mode holds its queued jobs now (a loaded host), "" when not
+    held_since: float | None = None  # event-loop clock: since when it is held
+    held_time: float = 0.0  # seconds it was held before that: its slots' time lost
+
+    def hold(self, reason: str, now: float) -> None:
+        """Polite mode holds the host now for `reason`, or ("") no longer does."""
+        if self.held_since is not None:
+            self.held_time += max(0.0, now - self.held_since)
+        self.held, self.held_since = reason, (now if reason else None)
+
+    def time_held(self, now: float) -> float:
+        """Seconds polite mode held the host in all, until `now` (event-loop clock)."""
+        since = self.held_since
+        return self.held_time + (max(0.0, now - since) if since is not None else 0.0)
 
 
 class HostEvents(Protocol):

@@ -5,8 +5,10 @@ One expander serves `-S node[01-40]`, `hosts scan` and `-H slurm`: a name holds 
 bracket groups (`rack[1-2]-node[01-02]`, the first group varying slowest, as Slurm lists them),
 each a comma list of numbers and ranges; a number written with a leading zero keeps its width.
 Folding (for `--onall`'s blocks) works on a name's last number only. ClusterShell's NodeSet
-does both, on every dimension, but it is one more package on every master, and this much is
-all anet needs.
+does both, on every dimension, but it is one more package on every master, and its import
+alone (`from ClusterShell.NodeSet import NodeSet`, 1.10.1) took some 80 ms more than the
+modules it shares with anet: more than this file's whole job. The tests compare the expansion
+and the folding with Slurm's own `scontrol`.
 """
 
 from __future__ import annotations

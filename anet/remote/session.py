@@ -197,12 +197,17 @@ class HostSession:
             self._write(b"".join(map(conn.send, messages)))
 
     def _write(self, data: bytes) -> None:
-        assert self._channel is not None
+        channel = self._channel
+        assert channel is not None
         self.bytes_sent += len(data)
-        # A dead channel is the pump's to report (it sees the EOF); here it only loses frames
-        # that the requeue of this host's attempts makes up for.
-        with contextlib.suppress(OSError, asyncssh.Error):
-            self._channel.stdin.write(data)
+        try:
+            channel.stdin.write(data)
+        except (OSError, RuntimeError, asyncssh.Error):
+            # RuntimeError: uvloop's word for a pipe it closed when the dispatcher died, which
+            # the pump hears of some loop turns later. A dispatcher that cannot hear this side
+            # cannot be steered: end it, so the pump sees its stream end and the host is lost;
+            # the requeue of its attempts makes up for the frames lost here.
+            channel.kill()
 
     async def send_drained(self, *messages: Message) -> None:
         """Send, then wait for the transport's buffer to drain: flow control for bulk data."""

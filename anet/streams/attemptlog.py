@@ -19,11 +19,13 @@ AttemptObserver = Callable[[AttemptRecord, bytes], None]
 
 
 class AttemptLog:
-    """The journal of the run under way (None between runs) and the observers."""
+    """One run's journal (None: the run keeps none, or no longer can) and the observers."""
 
-    def __init__(self) -> None:
-        self.journal: Journal | None = None
-        self.observers: list[AttemptObserver] = []
+    def __init__(
+        self, journal: Journal | None = None, observers: list[AttemptObserver] | None = None
+    ) -> None:
+        self.journal = journal
+        self.observers = observers if observers is not None else []
 
     def attempt(
         self,

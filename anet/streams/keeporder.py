@@ -6,6 +6,13 @@ when its turn comes: from the journal, which already holds every final result (`
 or, with --no-journal, from an unlinked temporary file (`FileSpill`). One job that runs for an
 hour while a million others finish thus costs a set of ids, not a million outputs (invariant 4).
 
+A result whose output was spooled waits in its spool files, never copied into a spill; but each
+holds a descriptor per stream, and thousands waiting would pass the process's limit. Past
+MAX_OPEN_SPOOLED of them, the next are parked (`spool.Parking`: copied, in the kernel, into one
+shared file), those up to PARK_MAX bytes: the descriptors are bounded by MAX_OPEN_SPOOLED, one
+per PARK_FILE parked, and one per result past PARK_MAX waiting (a copy of those would stall
+the loop for seconds; there cannot be many).
+
 With --resume, the results of the earlier run (`merge_earlier`, ascending ids) are merged in, so the
 whole stream is in id order.
 """
@@ -23,13 +30,18 @@ from typing import Protocol
 import msgpack
 
 from ..core.batch import Job
-from ..core.record import JobResult
+from ..core.record import JobResult, SpooledResult
+from ..core.spool import Output, Parking, Spool
 from .journal import Journal
 
 MAX_HELD = 1024
 MAX_HELD_BYTES = 16 << 20
 TAKE_CHUNK = 256
 """Spilled results read back per pass over the store: bounds what one read holds."""
+MAX_OPEN_SPOOLED = 32
+"""Waiting spooled results that keep their own spool files; the next ones are parked."""
+PARK_MAX = 64 << 20
+"""The biggest output (both streams) parked: copying more would hold the loop too long."""
 
 
 class Spill(Protocol):
@@ -121,6 +133,8 @@ class KeepOrder:
         self._expected: deque[int] = deque()
         self._held: dict[int, JobResult] = {}
         self._held_bytes = 0
+        self._open: set[int] = set()  # held spooled results that keep their own files
+        self._parking: Parking | None = None
         self._spilled: set[int] = set()
         self._earlier: Iterator[JobResult] = iter(())
         self._next_earlier: JobResult | None = None
@@ -154,9 +168,9 @@ class KeepOrder:
             yield result
             yield from self._release()
             return
-        if result.spooled or (
-            len(self._held) < self._max_held and self._held_bytes + size <= self._max_bytes
-        ):  # a spooled result waits in its spool files: never copied into a spill
+        if result.spooled:  # waits in its spool files: never copied into a spill
+            self._held[result.id] = self._hold_spooled(result)
+        elif len(self._held) < self._max_held and self._held_bytes + size <= self._max_bytes:
             self._held[result.id] = result
             self._held_bytes += size
         else:
@@ -171,6 +185,7 @@ class KeepOrder:
             if head in self._held:
                 result = self._held.pop(head)
                 self._held_bytes -= _held_size(result)
+                self._open.discard(head)
                 expected.popleft()
                 yield from self._earlier_before(head)
                 yield result
@@ -184,6 +199,28 @@ class KeepOrder:
                     yield result
             else:
                 return
+
+    def _hold_spooled(self, result: JobResult) -> JobResult:
+        """The result as it waits: as is while few wait so, else parked when not too big."""
+        if len(self._open) < MAX_OPEN_SPOOLED or result.output_size > PARK_MAX:
+            self._open.add(result.id)
+            return result
+        try:
+            out, err = self._park(result.out), self._park(result.err)
+        except OSError:  # e.g. a full disk: it waits as it came, holding its files
+            self._open.add(result.id)
+            return result
+        for output in (result.out, result.err):
+            if isinstance(output, Spool):
+                output.close()  # its copy is parked: the descriptor goes now
+        return _with_outputs(result, out, err)
+
+    def _park(self, output: Output) -> Output:
+        if not isinstance(output, Spool):
+            return output
+        if self._parking is None:
+            self._parking = Parking()
+        return self._parking.park(output)
 
     def _earlier_before(self, job_id: int) -> Iterator[JobResult]:
         while self._next_earlier is not None and self._next_earlier.id < job_id:
@@ -205,6 +242,15 @@ class KeepOrder:
 
     def close(self) -> None:
         self._spill.close()
+        self._parking = None  # its shared file goes with the last result read from it
+
+
+def _with_outputs(result: JobResult, out: Output, err: Output) -> SpooledResult:
+    """The result with other outputs (dataclasses.replace would read the spools whole)."""
+    return SpooledResult(
+        result.id, result.ok, result.exit_code, result.signal, result.host, result.attempts,
+        result.duration, out, err, result.error,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 def _held_size(result: JobResult) -> int:

@@ -3,8 +3,9 @@
 A stream is an encoder's `header`, written once before the first record (even when no record
 follows), then `encode(result)` for each final result, in the order the results become final;
 or `parts(result)`, the same bytes in pieces, for a result whose output was spooled (the only
-I/O here: reading its spool a chunk at a time, lengths first). A format's limit is checked
-before the first piece, so a record is never begun that cannot be finished.
+I/O here: reading its spool a chunk at a time, lengths first). The anet format's limit is
+checked before the first piece, so a record is never begun that cannot be finished; msgpack
+and jsonl write a result past their one-record limit in parts instead (below).
 The CLI does the writing; `anet.results.read` reads every format back. These layouts are a
 public contract: change them only by adding a new format (or a new msgpack header version).
 
@@ -23,11 +24,24 @@ msgpack -- header b"ANETMP01", then per job, failures included:
     again at any record boundary: `cat a b` of two streams is one valid stream. Readers ignore
     map keys they do not know.
 
+    A result whose record would pass MAX_RECORD is chunked: the header b"ANETMP02" (version 2:
+    a reader of version 1 stops there with "unknown stream header", never misreads), then a
+    head record, the map above with `stdout_bytes` and `stderr_bytes` (int) in place of stdout
+    and stderr, then parts: records holding an array [id, "stdout" | "stderr", offset, bin],
+    stdout's parts first, in order, at most PART bytes each, until the sizes are reached.
+    Only those results: any other record is the same bytes as in version 1.
+
 jsonl -- no header; one compact JSON object per line, UTF-8 (not ASCII-escaped), same keys in
     the same order. stdout is `"stdout": "<text>"` when its bytes are valid UTF-8, else
     `"stdout_base64": "<base64>"`: the key name is the marker. Likewise stderr. An output that
     was spooled (past spool.SPOOL_AT) is always base64: encoded a piece at a time, its length
     known in advance.
+
+    A result whose line would pass MAX_BIG_RECORD is chunked: a head line, the object above
+    with `stdout_bytes` and `stderr_bytes` (int) in place of the outputs, then part lines, each
+    a JSON array [id, "stdout" | "stderr", offset, "<base64>"] of at most PART bytes,
+    stdout's first, in order, until the sizes are reached. An older reader fails on the head
+    (it has neither stdout nor stdout_base64), jq on the parts (an array has no keys).
 
 text -- no header; for humans, yet exactly parseable. Per job:
 
@@ -44,6 +58,7 @@ text -- no header; for humans, yet exactly parseable. Per job:
     (even lines that look like headers); the duration is rounded to the millisecond. The status
     keeps everything of a result where ok means exit code 0 and a failure has one cause; else
     it shows the first of error, signal, exit code. Host names never contain whitespace.
+    The counts are decimal: an output of any size fits, and no text record is ever refused.
 
 text with --tag -- for grep and humans, not for reading back: every line of output becomes
 
@@ -73,10 +88,14 @@ from anet.errors import UsageError
 MAX_RECORD: Final = 1 << 30
 """Largest msgpack record a writer emits and a reader accepts (the header rule below)."""
 MAX_BIG_RECORD: Final = 0xFFFFFFFF
-"""Largest record of the other formats: an anet stdout (its uint32 length), a JSON line, a
-text output. A reader holds one record in memory; `--results DIR` has no limit."""
+"""Largest JSON line a writer emits and a reader accepts (and the anet format's uint32)."""
+PART: Final = 3 << 22
+"""Output bytes per part of a chunked result (12 MiB: a multiple of 3, so base64 pieces
+join up): what a streaming reader holds at a time."""
 
 MSGPACK_MAGIC: Final = b"ANETMP01"
+MSGPACK_CHUNKED: Final = b"ANETMP02"
+"""The header written before each chunked result: an older reader stops there, clearly."""
 TEXT_MAGIC: Final = b"--- job "
 
 assert int.from_bytes(MSGPACK_MAGIC[:4], "big") > MAX_RECORD, "the header must not read as a length"
@@ -96,38 +115,24 @@ class Encoder:
     parts: Callable[[JobResult], Iterator[bytes]]
 
 
-def _check_size(size: int, what: str, limit: int | None = None) -> None:
-    """Refuse to write what no reader would accept (ValueError: the caller's mistake); the
-    limit is MAX_BIG_RECORD unless given."""
-    limit = MAX_BIG_RECORD if limit is None else limit
+def _check_size(size: int, what: str, limit: int) -> None:
+    """Refuse to write what no reader would accept (ValueError: the caller's mistake)."""
     if size > limit:
         raise ValueError(f"{what} is {size} bytes, over the {limit}-byte record limit")
 
 
-_HEAD_ROOM = 64 << 10
-"""Bytes a record's other fields may take beside its outputs, for the caps below."""
-
-
 def output_cap(encoder: Encoder) -> OutputCap | None:
     """The most output a job may print for its record to fit `encoder`'s format: past it the
-    job is killed and failed (engine.OutputCap), never written as a corrupt or cut record."""
-    if encoder.name == "anet":
-        return OutputCap(
-            ANET_MAX_STDOUT,
-            f"{_size(ANET_MAX_STDOUT)} on stdout, the most the anet format carries",
-            stdout_only=True,
-        )
-    if encoder.name == "msgpack":
-        return OutputCap(
-            MAX_RECORD - _HEAD_ROOM,
-            f"{_size(MAX_RECORD - _HEAD_ROOM)}, the most a msgpack record carries",
-        )
-    if encoder is TAGGED_TEXT:
+    job is killed and failed (engine.OutputCap), never written as a corrupt or cut record.
+    Only the anet format has one: msgpack and jsonl carry a result too big for one record in
+    parts, text gives each output's size in decimal."""
+    if encoder.name != "anet":
         return None
-    if encoder.name == "jsonl":  # a big output goes as base64: 4 bytes per 3
-        size = (MAX_BIG_RECORD - _HEAD_ROOM) // 4 * 3
-        return OutputCap(size, f"{_size(size)}, the most a JSON line carries")
-    return OutputCap(MAX_BIG_RECORD, f"{_size(MAX_BIG_RECORD)}, the most the text format carries")
+    return OutputCap(
+        ANET_MAX_STDOUT,
+        f"{_size(ANET_MAX_STDOUT)} on stdout, the most the anet format carries",
+        stdout_only=True,
+    )
 
 
 def _size(size: int) -> str:
@@ -177,7 +182,8 @@ def head_fields(result: JobResult) -> dict[str, object]:
 
 
 def encode_msgpack(result: JobResult) -> bytes:
-    """A 4-byte big-endian length, then the record as a msgpack map."""
+    """A 4-byte big-endian length, then the record as a msgpack map (chunked when over
+    MAX_RECORD)."""
     fields = {
         **head_fields(result),
         "stdout": result.stdout,
@@ -185,7 +191,8 @@ def encode_msgpack(result: JobResult) -> bytes:
         "error": result.error,
     }
     body = msgpack.packb(fields, use_bin_type=True)
-    _check_size(len(body), "msgpack record", MAX_RECORD)
+    if len(body) > MAX_RECORD:
+        return b"".join(_msgpack_chunked(result))
     return len(body).to_bytes(4, "big") + body
 
 
@@ -204,6 +211,9 @@ def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     if not result.spooled:
         yield encode_msgpack(result)
         return
+    if result.output_size > MAX_RECORD:  # (and a bin header cannot say 4 GiB or more)
+        yield from _msgpack_chunked(result)
+        return
     packer = msgpack.Packer(use_bin_type=True)
     head = packer.pack_map_header(10) + b"".join(
         packer.pack(key) + packer.pack(value) for key, value in head_fields(result).items()
@@ -213,12 +223,45 @@ def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     err_head = packer.pack("stderr") + _bin_header(len(err))
     tail = packer.pack("error") + packer.pack(result.error)
     size = len(head) + len(out_head) + len(out) + len(err_head) + len(err) + len(tail)
-    _check_size(size, "msgpack record", MAX_RECORD)
+    if size > MAX_RECORD:
+        yield from _msgpack_chunked(result)
+        return
     yield size.to_bytes(4, "big") + head + out_head
     yield from chunks(out)
     yield err_head
     yield from chunks(err)
     yield tail
+
+
+def chunked_head(result: JobResult) -> dict[str, object]:
+    """The head record of a chunked result: the fields, and each output's size in its place."""
+    return {
+        **head_fields(result),
+        "stdout_bytes": len(result.out),
+        "stderr_bytes": len(result.err),
+        "error": result.error,
+    }
+
+
+def _part_spans(output: Output, part: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each part of `output`, `part` bytes at most each; none when empty."""
+    for start in range(0, len(output), part):
+        yield start, min(start + part, len(output))
+
+
+def _msgpack_chunked(result: JobResult) -> Iterator[bytes]:
+    """A result too big for one record: the version-2 header, a head record, then parts
+    `[id, "stdout"|"stderr", offset, bin]`, each a record within MAX_RECORD (module doc)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack(chunked_head(result))
+    yield MSGPACK_CHUNKED + len(head).to_bytes(4, "big") + head
+    part = min(PART, MAX_RECORD - 40)  # room for the array, id, key, offset, bin header
+    for key, output in (("stdout", result.out), ("stderr", result.err)):
+        for start, stop in _part_spans(output, part):
+            lead = packer.pack_array_header(4) + packer.pack(result.id) + packer.pack(key)
+            lead += packer.pack(start) + _bin_header(stop - start)
+            yield (len(lead) + stop - start).to_bytes(4, "big") + lead
+            yield from chunks(output, CHUNK, start, stop)
 
 
 def _json_output(key: str, data: bytes) -> dict[str, str]:
@@ -229,22 +272,29 @@ def _json_output(key: str, data: bytes) -> dict[str, str]:
         return {key + "_base64": base64.b64encode(data).decode("ascii")}
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_jsonl(result: JobResult) -> bytes:
-    """One compact JSON object and a newline."""
+    """One compact JSON object and a newline (chunked when over MAX_BIG_RECORD)."""
     fields = {
         **head_fields(result),
         **_json_output("stdout", result.stdout),
         **_json_output("stderr", result.stderr),
         "error": result.error,
     }
-    line = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    data = line.encode("utf-8") + b"\n"
-    _check_size(len(data), "JSON line")
+    data = _dumps(fields).encode("utf-8") + b"\n"
+    if len(data) > MAX_BIG_RECORD:
+        return b"".join(_jsonl_chunked(result))
     return data
 
 
 _B64_CHUNK = 3 << 18
 """Spool bytes per base64 piece: a multiple of 3, so the pieces' base64 join up exactly."""
+
+
+def _b64_size(size: int) -> int:
+    return 4 * -(-size // 3)
 
 
 def jsonl_parts(result: JobResult) -> Iterator[bytes]:
@@ -253,20 +303,43 @@ def jsonl_parts(result: JobResult) -> Iterator[bytes]:
     if not result.spooled:
         yield encode_jsonl(result)
         return
-    out, err = result.out, result.err
-    size = sum(4 * -(-len(o) // 3) for o in (out, err) if isinstance(o, Spool))
-    _check_size(size, "JSON line")
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    yield dumps(head_fields(result)).encode("utf-8")[:-1]
-    for key, output in (("stdout", out), ("stderr", err)):
+    lead = _dumps(head_fields(result)).encode("utf-8")[:-1]
+    pieces: list[bytes | Spool] = []
+    for key, output in (("stdout", result.out), ("stderr", result.err)):
         if isinstance(output, Spool):
-            yield f',"{key}_base64":"'.encode()
-            for piece in output.chunks(_B64_CHUNK):
-                yield base64.b64encode(piece)
-            yield b'"'
+            pieces += [f',"{key}_base64":"'.encode(), output, b'"']
         else:
-            yield b"," + dumps(_json_output(key, output)).encode("utf-8")[1:-1]
-    yield b',"error":' + dumps(result.error).encode("utf-8") + b"}\n"
+            pieces.append(b"," + _dumps(_json_output(key, output)).encode("utf-8")[1:-1])
+    pieces.append(b',"error":' + _dumps(result.error).encode("utf-8") + b"}\n")
+    size = len(lead) + sum(_b64_size(len(p)) if isinstance(p, Spool) else len(p) for p in pieces)
+    if size > MAX_BIG_RECORD:
+        yield from _jsonl_chunked(result)
+        return
+    yield lead
+    for piece in pieces:
+        if isinstance(piece, Spool):
+            yield from _base64_pieces(piece)
+        else:
+            yield piece
+
+
+def _base64_pieces(output: Output, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+    """base64 of `output[start:stop]` a chunk at a time (`start` a multiple of 3)."""
+    for piece in chunks(output, _B64_CHUNK, start, stop):
+        yield base64.b64encode(piece)
+
+
+def _jsonl_chunked(result: JobResult) -> Iterator[bytes]:
+    """A result too big for one line: a head line with the outputs' sizes, then part lines
+    `[id,"stdout"|"stderr",offset,"<base64>"]`, each within MAX_BIG_RECORD (module doc)."""
+    yield _dumps(chunked_head(result)).encode("utf-8") + b"\n"
+    # room for the brackets, the id, the key, the offset and the quotes; a multiple of 3
+    part = min(PART, (MAX_BIG_RECORD - 72) // 4 * 3)
+    for key, output in (("stdout", result.out), ("stderr", result.err)):
+        for start, stop in _part_spans(output, part):
+            yield f'[{result.id},"{key}",{start},"'.encode()
+            yield from _base64_pieces(output, start, stop)
+            yield b'"]\n'
 
 
 def _text_status(result: JobResult) -> str:
@@ -293,8 +366,6 @@ def encode_text(result: JobResult) -> bytes:
     if any(char.isspace() for char in result.host):
         raise ValueError(f"host name {result.host!r} contains whitespace")
     out, err = result.stdout, result.stderr
-    _check_size(len(out), "stdout")
-    _check_size(len(err), "stderr")
     head = (
         f"--- job {result.id} on {result.host}: {_text_status(result)} in {result.duration:.3f}s"
         f" (attempt {result.attempts}), {len(out)} bytes ---\n"
@@ -311,8 +382,6 @@ def text_parts(result: JobResult) -> Iterator[bytes]:
     if any(char.isspace() for char in result.host):
         raise ValueError(f"host name {result.host!r} contains whitespace")
     out, err = result.out, result.err
-    _check_size(len(out), "stdout")
-    _check_size(len(err), "stderr")
     yield (
         f"--- job {result.id} on {result.host}: {_text_status(result)} in {result.duration:.3f}s"
         f" (attempt {result.attempts}), {len(out)} bytes ---\n"

@@ -64,4 +64,5 @@ def _host(row: HostRow) -> dict[str, Any]:
         "mean": None if row.mean_time is None else round(row.mean_time, 6),
         "spec_won": row.spec_won,
         "spec_lost": row.spec_lost,
+        "held": round(row.held_time, 3),  # seconds polite mode held it: its slots' time lost
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -129,14 +129,18 @@ class RunObservers:
 
     # -- per result --------------------------------------------------------------------------
 
-    def arrived(self, result: JobResult) -> None:
-        """A final result came from the cluster."""
+    def arrived(self, result: JobResult) -> Awaitable[None] | None:
+        """A final result came from the cluster. Its results folder is written by a thread (a
+        spooled output may be gigabytes: heartbeats and other hosts must not wait for it); the
+        run awaits it before the result goes on, so a folder is whole before its result is
+        written out and marked delivered, as when it was written on the loop."""
         self.tally.done += 1
         if not result.ok:
             self.tally.failed += 1
             self.failed.add(result)
-        if self._results is not None:
-            self._results.write(result)
+        if self._results is None:
+            return None
+        return asyncio.to_thread(self._results.write, result)
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class HostRow:
     mean_time: float | None
     heard_ago: float | None  # seconds since the last frame from the host
     retry_in: float | None = None  # seconds until the next connection try, backing off
+    held_time: float = 0.0  # seconds polite mode held the host (its slots' time lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ def take_snapshot(
             h.mean_time,
             None if h.last_heard is None else max(0.0, now - h.last_heard),
             None if h.retry_at is None or h.state != "backing off" else max(0.0, h.retry_at - now),
+            h.time_held(now),
         )
         for label, h in hosts.items()
     )
@@ -182,10 +184,18 @@ def _state(host: HostState) -> str:
     return str(host.state)
 
 
+HELD_STATES = ("yielding", "loaded", "low memory")
+"""The states of a ready host polite mode holds (the first word of dispatcher/polite.py's
+reasons)."""
+
+
 def host_state(row: HostRow) -> str:
-    """The state column: `backing off 12s` says when the next try comes."""
+    """The state column: `backing off 12s` says when the next try comes, `loaded 1m05s` how
+    long polite mode has held the host in all (its time lost)."""
     if row.state == "backing off" and row.retry_in is not None:
         return f"backing off {duration(row.retry_in)}"
+    if row.state in HELD_STATES:
+        return f"{row.state} {duration(row.held_time)}"
     return {"failed": "given up", "closed": "closed"}.get(row.state, row.state)
 
 
@@ -232,8 +242,7 @@ def render(
     texts = [_counts_line(snap, rates, width), _line(lines[0], "bold")]
     for line, cells in zip(lines[1:], rows, strict=True):
         text = _line(line)
-        state = cells[1].split(" ", 2)
-        style = _STATE_STYLES.get(" ".join(state[:2]) if state[0] == "backing" else state[0])
+        style = next((s for k, s in _STATE_STYLES.items() if cells[1].startswith(k)), None)
         if style:
             text.stylize(style, starts[1], starts[1] + len(cells[1]))
         texts.append(text)

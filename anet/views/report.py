@@ -189,7 +189,12 @@ def _log_axis(bins: Sequence[tuple[float, float, int]]) -> list[tuple[float, str
 
 
 _EVENT_COLORS = {"ready": "#59a14f", "back": "#59a14f", "lost": "#e15759",
-                 "unreachable": "#f28e2b", "failed": "#7f0000"}  # fmt: skip
+                 "unreachable": "#f28e2b", "failed": "#7f0000", "held": "#edc948",
+                 "free": "#59a14f"}  # fmt: skip
+_UP = ("ready", "back", "free")
+"""Events after which a host runs jobs."""
+HELD_COLOR = "#edc948"
+"""The timeline's colour for a host polite mode held (loaded, low memory, yielding)."""
 
 
 def timeline_svg(stats: RunStats) -> str:
@@ -215,11 +220,12 @@ def timeline_svg(stats: RunStats) -> str:
         events = [e for e in stats.events if e[1] == host]
         ends = [*(e[0] for e in events[1:]), t1] if events else []  # none: an old journal
         for (when, _, event, _), until in zip(events, ends, strict=True):
-            up = event in ("ready", "back")
+            up, what = event in _UP, "up" if event in _UP else event
+            fill = PALETTE[0] if up else HELD_COLOR if event == "held" else "#f4b6b6"
             parts.append(
                 f'<rect x="{x(when):.1f}" y="{y + 4}" width="{max(x(until) - x(when), 1):.1f}"'
-                f' height="12" fill="{PALETTE[0] if up else "#f4b6b6"}">'
-                f"<title>{escape(host)}: {'up' if up else event}</title></rect>"
+                f' height="12" fill="{fill}">'
+                f"<title>{escape(host)}: {what}</title></rect>"
             )
         for when, _, event, detail in events:
             color = _EVENT_COLORS.get(event, "#333")
@@ -237,24 +243,38 @@ def timeline_svg(stats: RunStats) -> str:
     legend = "".join(
         f'<span class="key"><i style="background:{c}"></i>{e}</span>'
         for e, c in _EVENT_COLORS.items()
-        if e != "back"
+        if e not in ("back", "free")
     )
     key = f'<span class="key"><i style="background:{PALETTE[0]}"></i>up</span>'
+    key += f'<span class="key"><i style="background:{HELD_COLOR}"></i>held</span>'
     key += '<span class="key"><i style="background:#f4b6b6"></i>down</span>'
     return _svg("".join(parts), height) + f'<div class="legend">{key} marks: {legend}</div>'
 
 
-def _host_table(hosts: Sequence[HostStats], wall: float) -> str:
+def _host_table(hosts: Sequence[HostStats], wall: float, held: dict[str, dict[str, float]]) -> str:
     """Jobs (each counted once, where its final result came from) and attempts (every run of a
-    job, retries and speculative copies too) side by side, never both called "failed"."""
-    head = "".join(f"<th>{name}</th>" for name in HOST_COLUMNS)
+    job, retries and speculative copies too) side by side, never both called "failed"; and
+    the time polite mode held each host, when it held one."""
+    head = "".join(f"<th>{name}</th>" for name in HOST_COLUMNS + (("time held",) if held else ()))
     rows = "".join(
         f"<tr><td>{escape(h.host)}</td><td>{h.done}</td><td>{h.failed}</td><td>{h.attempts}</td>"
         f"<td>{h.failed_attempts}</td><td>{60 * h.done / wall if wall else 0:.1f}</td>"
-        f"<td>{job_time(h.mean)}</td><td>{duration(h.busy)}</td></tr>"
+        f"<td>{job_time(h.mean)}</td><td>{duration(h.busy)}</td>"
+        + (f"<td>{escape(time_held(held.get(h.host, {})))}</td>" if held else "")
+        + "</tr>"
         for h in hosts
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def time_held(kinds: dict[str, float]) -> str:
+    """`1m05s (loaded 50s, yielding 15s)`: how long polite mode held a host, and why."""
+    if not kinds:
+        return "-"
+    total = duration(sum(kinds.values()))
+    if len(kinds) == 1:
+        return f"{total} ({next(iter(kinds))})"
+    return f"{total} ({', '.join(f'{k} {duration(v)}' for k, v in sorted(kinds.items()))})"
 
 
 HOST_COLUMNS = ("host", "jobs", "failed jobs", "attempts", "failed attempts", "jobs/min",
@@ -306,6 +326,7 @@ def render_report(stats: RunStats) -> str:
             (duration(stats.wall), "wall time"),
             (rate, "jobs/s"),
             (str(len(stats.hosts)), "hosts"),
+            *([(duration(stats.time_held), "held by polite mode")] if stats.held else []),
         ]
     )
     batch = escape(stats.meta.get("batch_path", "?"))
@@ -317,7 +338,7 @@ def render_report(stats: RunStats) -> str:
 from {_when(stats.start)} to {_when(stats.end)}.</p>
 <div class="totals">{totals}</div>
 <h2>Throughput per host</h2>{throughput_svg(stats)}
-<h2>Hosts</h2>{_host_table(stats.hosts, stats.wall)}
+<h2>Hosts</h2>{_host_table(stats.hosts, stats.wall, stats.held)}
 <h2>Run time distribution</h2>{histogram_svg(stats)}
 <h2>Host timeline</h2>{timeline_svg(stats)}
 <h2>Slowest jobs</h2>{_jobs_table(stats.slowest, False)}

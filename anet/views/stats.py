@@ -71,6 +71,12 @@ class RunStats:
     bucket: float = 1.0  # seconds per throughput column
     throughput: dict[str, list[int]] = field(default_factory=dict)  # host -> jobs per column
     histogram: list[tuple[float, float, int]] = field(default_factory=list)  # (low, high, count)
+    held: dict[str, dict[str, float]] = field(default_factory=dict)  # host -> why -> seconds
+
+    @property
+    def time_held(self) -> float:
+        """Seconds polite mode held hosts, summed over the hosts: their slots' time lost."""
+        return sum(sum(kinds.values()) for kinds in self.held.values())
 
     @property
     def wall(self) -> float:
@@ -97,10 +103,36 @@ def load(path: str | os.PathLike[str], *, count_batch: bool = True) -> RunStats:
         ]
         stats.slowest = [JobLine(*row) for row in journal.slowest_successes(LISTED)]
         stats.events = journal.host_events()
+        stats.held = held_times(stats.events, stats.end)
         if stats.start is not None:
             _throughput(journal, stats)
             stats.histogram = _histogram(journal)
     return stats
+
+
+def held_times(
+    events: list[tuple[float, str, str, str | None]], end: float | None
+) -> dict[str, dict[str, float]]:
+    """Per host, seconds polite mode held it, by why ("loaded", "low memory", "yielding"): from
+    each `held` event (its detail is the reason) to the host's next event (`free`, or its
+    loss), or to the run's end (`end`, else the last event) for one still held then."""
+    last = max([e[0] for e in events] + ([end] if end is not None else []), default=0.0)
+    since: dict[str, tuple[float, str]] = {}
+    held: dict[str, dict[str, float]] = {}
+
+    def close(host: str, when: float) -> None:
+        if host in since:
+            start, why = since.pop(host)
+            kinds = held.setdefault(host, {})
+            kinds[why] = kinds.get(why, 0.0) + max(0.0, when - start)
+
+    for when, host, event, detail in events:  # in time order
+        close(host, when)
+        if event == "held":
+            since[host] = (when, (detail or "held").partition(":")[0])
+    for host in list(since):
+        close(host, last)
+    return held
 
 
 def _count(batch: str) -> int | None:

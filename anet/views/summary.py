@@ -55,13 +55,17 @@ def render_summary(
     wall = snap.elapsed
     ran = sum(row.done for row in snap.hosts)
     rate = f"{ran / wall:.1f} jobs/s" if wall > 0 and ran else "-"
+    held = sum(row.held_time for row in snap.hosts)
+    lost = f"; hosts held {duration(held)} by polite mode" if held >= 0.5 else ""
     lines = [
-        f"anet: {snap.done} jobs done, {snap.failed} failed, in {duration(wall)} ({rate})",
+        f"anet: {snap.done} jobs done, {snap.failed} failed, in {duration(wall)} ({rate}){lost}",
     ]
     # Per host, jobs (each counted once, where its final result came from) and attempts (its
     # every try, retries included): a job that failed 3 times is 1 failed job, 3 failed attempts.
     header = ["host", "state", "slots", "jobs", "jobs/min", "mean", "failed attempts"]
     header.append("spec won/lost")
+    if lost:  # the seconds each host's slots were held, loaded or yielding: the time lost
+        header.append("held")
     rows = [
         [
             row.label,
@@ -72,6 +76,7 @@ def render_summary(
             job_time(row.mean_time),
             str(row.failed_attempts),
             f"{row.spec_won}/{row.spec_lost}",
+            *([duration(row.held_time) if row.held_time >= 0.5 else "-"] if lost else []),
         ]
         for row in snap.hosts
     ]

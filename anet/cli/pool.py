@@ -1,0 +1,229 @@
+"""`anet up`, `down`, `submit`, `ls`, `attach`, `wait`, `cancel`: the resident master.
+
+`up` starts a pool (anet/pool/): a daemon holding the connections and dispatchers, taking
+batches from its owner's commands. Each of the others is one request to it over its socket.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import logs
+from ..api import KEEPALIVE
+from ..errors import UsageError
+from ..pool import daemon
+from ..pool.client import Target, Via, attach, request
+from ..pool.place import DEFAULT_NAME, Place, place
+from ..printable import printable
+from ..remote.connect import SshOptions
+from ..streams.sinks import FORMATS, encoder_for
+from ..views.tables import align_columns
+from .common import (
+    Environment,
+    ExitStatus,
+    F,
+    FiniteFloat,
+    HostArgs,
+    host_options,
+    run_async,
+    ssh_config_option,
+)
+
+pool_option = click.option(
+    "--pool", "pool_name", default=DEFAULT_NAME, show_default=True, metavar="NAME",
+    help="Which pool (several may be up, by name).",
+)  # fmt: skip
+
+
+def target_options(command: F) -> F:
+    """--pool, --via, --ssh-config: one `target: Target` parameter (which pool, and where)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        env = click.get_current_context().find_object(Environment) or Environment()
+        name, via, config = kwargs.pop("pool_name"), kwargs.pop("via"), kwargs.pop("ssh_config")
+        # With --via, the socket's directory is the other machine's, asked there (client.py)
+        remote = Via(via, SshOptions(config=config)) if via is not None else None
+        kwargs["target"] = (place(name, env.environ), remote)
+        return command(*args, **kwargs)
+
+    wrapper = ssh_config_option(wrapper)
+    wrapper = click.option(
+        "--via", metavar="[USER@]HOST", help="The pool runs on that machine: reach it over SSH."
+    )(wrapper)
+    return pool_option(wrapper)  # type: ignore[return-value]
+
+
+@click.command("up")
+@host_options
+@pool_option
+@click.option(
+    "--foreground", is_flag=True, help="Stay in the foreground (for systemd and the like)."
+)
+@click.option("--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
+              help="Seconds of silence after which a host is lost.")  # fmt: skip
+@click.option("-v", "--verbose", count=True, help="More lines in the pool's log.")
+@click.pass_obj
+def up_command(
+    env: Environment, host_args: HostArgs, pool_name: str, foreground: bool, keepalive: float,
+    verbose: int,
+) -> int:  # fmt: skip
+    """Start a resident master: connect the hosts, keep them warm, take batches."""
+    where = place(pool_name, env.environ)
+    config = daemon.PoolConfig(host_args.resolve(env), host_args.ssh_options(keepalive), keepalive)
+
+    def start(ready: Any) -> int:
+        logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log
+        return run_async(_serve(where, config, ready))
+
+    if foreground:
+        return start(lambda line: env.stderr.write(line + "\n"))
+    line = daemon.detach(where, start)
+    env.stderr.write(f"{line}; its log: {printable(str(where.log))}\n")
+    return ExitStatus.OK
+
+
+async def _serve(where: Place, config: daemon.PoolConfig, ready: Any) -> int:
+    await daemon.serve(where, config, ready)
+    return ExitStatus.OK
+
+
+@click.command("down")
+@target_options
+@click.pass_obj
+def down_command(env: Environment, target: Target) -> int:
+    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go."""
+    run_async(request(target, {"op": "down"}))
+    where, via = target
+    deadline = time.monotonic() + 30
+    while via is None and where.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the socket is gone once the pool has stopped
+    env.stderr.write(f"pool {where.name!r} is down\n")
+    return ExitStatus.OK
+
+
+@click.command("submit")
+@target_options
+@click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
+@click.pass_obj
+def submit_command(env: Environment, target: Target, batch: Path) -> int:
+    """Give the pool a batch; print its run id and return at once."""
+    try:
+        data = batch.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
+    row = run_async(request(target, {"op": "submit", "batch": data, "name": str(batch)}))
+    env.stdout.write(f"{row['id']}\n".encode())
+    env.stdout.flush()
+    return ExitStatus.OK
+
+
+@click.command("ls")
+@target_options
+@click.pass_obj
+def ls_command(env: Environment, target: Target) -> int:
+    """The pool's runs: id, state, done/failed/total, started, batch."""
+    reply = run_async(request(target, {"op": "ls"}))
+    runs = [
+        {**row, "run": row["id"], "batch": row["name"], "started": _clock(row["started"])}
+        for row in reply["runs"]
+    ]
+    _print_table(env, ("run", "state", "done", "failed", "total", "started", "batch"), runs)
+    return ExitStatus.OK
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+_NUMBERS = frozenset({"run", "done", "failed", "total", "slots", "running"})
+
+
+def _print_table(env: Environment, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Rows the pool sent, as a plain table on stdout: numbers right, the rest left, every
+    cell made printable (a host's error or a batch name may hold anything)."""
+    cells = [[printable(str(row[c])) for c in columns] for row in rows]
+    lines, _ = align_columns(columns, cells, [c in _NUMBERS for c in columns])
+    env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
+
+
+@click.command("pool")
+@target_options
+@click.pass_obj
+def pool_command(env: Environment, target: Target) -> int:
+    """The pool's hosts: state, slots, jobs running and done, why one is held or failing."""
+    reply = run_async(request(target, {"op": "ping"}))
+    _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
+    env.stdout.write(f"pid {reply['pid']}\n".encode())
+    return ExitStatus.OK
+
+
+@click.command("attach")
+@target_options
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default=None,
+              help="Output format (default: anet, or text on a terminal).")  # fmt: skip
+@click.argument("run_id", type=int)
+@click.pass_obj
+def attach_command(env: Environment, target: Target, fmt: str | None, run_id: int) -> int:
+    """The run's results from its start, each once, then live until it ends."""
+    encoder = encoder_for(fmt or ("text" if env.stdout_isatty else "anet"))
+    return run_async(_attach(env, target, run_id, encoder))
+
+
+async def _attach(env: Environment, target: Target, run_id: int, encoder: Any) -> int:
+    env.stdout.write(encoder.header)
+    row: dict[str, Any] = {}
+    async for item in attach(target, run_id):
+        if isinstance(item, dict):
+            row = item
+        else:
+            env.stdout.write(encoder.encode(item))
+    env.stdout.flush()
+    return _status(env, row)
+
+
+def _status(env: Environment, row: dict[str, Any]) -> int:
+    """As `anet run` exits: the failed jobs' count up to 101; 130 for a cancelled run."""
+    state = str(row.get("state", ""))
+    if state != "done":
+        env.stderr.write(f"run {row.get('id')}: {printable(state)}\n")
+        return ExitStatus.INTERRUPTED if state == "cancelled" else ExitStatus.ERROR
+    return min(int(row["failed"]), ExitStatus.MAX_FAILED)
+
+
+@click.command("wait")
+@target_options
+@click.argument("run_id", type=int)
+@click.pass_obj
+def wait_command(env: Environment, target: Target, run_id: int) -> int:
+    """Wait for the run to end; exit as `anet run` would have."""
+    row = run_async(request(target, {"op": "wait", "run": run_id}))
+    return _status(env, row)
+
+
+@click.command("cancel")
+@target_options
+@click.argument("run_id", type=int)
+@click.pass_obj
+def cancel_command(env: Environment, target: Target, run_id: int) -> int:
+    """Cancel the run: its running jobs are killed; what finished stays in its journal."""
+    row = run_async(request(target, {"op": "cancel", "run": run_id}))
+    env.stderr.write(f"run {row['id']}: {printable(row['state'])}\n")
+    return ExitStatus.OK
+
+
+COMMANDS = (
+    up_command,
+    pool_command,
+    down_command,
+    submit_command,
+    ls_command,
+    attach_command,
+    wait_command,
+    cancel_command,
+)

@@ -1,0 +1,395 @@
+"""The pool's side: one open `Cluster`, the runs its clients submitted, and a unix socket.
+
+Every connection is one request (see `Pool.handle`): `ping`, `submit`, `ls`, `attach`, `wait`,
+`cancel`, `down`. Only the owner gets an answer: the socket lives in a 0700 directory
+(place.py), and a peer whose uid (SO_PEERCRED) is not the daemon's is closed unanswered.
+
+A run's results go into its journal as they end (the cluster commits each before yielding it),
+so the journal is the run's record: `attach` sends what the journal holds, then what comes
+live, skipping ids already sent, so the seam has no gap and no duplicate. A client that reads
+slower than results come does not grow the daemon's memory: past LISTENER_LIMIT waiting results
+its queue is dropped and it catches up from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ..api import Cluster, HostState
+from ..core.batch import as_jobs, read_batch
+from ..core.record import JobResult
+from ..errors import AnetError
+from ..logs import get_logger
+from ..runs import RunOptions
+from ..streams.journal import Journal, JournalError
+from . import wire
+from .place import Place
+
+log = get_logger()
+
+KINDS = ("batch", "commands")
+"""What a submit carries, and the suffix its run's file has on disk."""
+LISTENER_LIMIT = 1024
+"""Results waiting for one attached client before it is switched to catching up from the journal."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client has, once connected, to send its request."""
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class Listener:
+    """One attached client's live results, bounded."""
+
+    def __init__(self) -> None:
+        self.queue: deque[JobResult] = deque()
+        self.wake = asyncio.Event()
+        self.lagged = False
+
+    def put(self, result: JobResult | None) -> None:
+        if result is not None:
+            if len(self.queue) >= LISTENER_LIMIT:
+                self.queue.clear()  # it reads the journal again instead
+                self.lagged = True
+            else:
+                self.queue.append(result)
+        self.wake.set()
+
+
+@dataclass
+class PoolRun:
+    """One submitted batch: its counts, its journal, who is listening.
+
+    On disk, beside its journal (place.py): `ID.batch`, the batch file as submitted (or
+    `ID.commands`, the library's list of commands, in msgpack), and, once the run has ended,
+    `ID.end`, its last row. A run with a batch and no end was under way when its pool died: the
+    next pool of that name resumes it from its journal."""
+
+    id: int
+    name: str
+    total: int
+    journal: Journal
+    resumed: bool = False
+    started: float = field(default_factory=time.time)
+    state: str = "running"
+    done: int = 0
+    failed: int = 0
+    task: asyncio.Task[None] | None = None
+    listeners: set[Listener] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "state": self.state, "done": self.done,
+            "failed": self.failed, "total": self.total, "started": self.started,
+        }  # fmt: skip
+
+    def arrived(self, result: JobResult) -> None:
+        self.done += 1
+        self.failed += not result.ok
+        for listener in self.listeners:
+            listener.put(result)
+
+    def end(self, state: str, end_file: Path) -> None:
+        self.state = state
+        with contextlib.suppress(OSError):  # unwritten, the next pool resumes the run: no loss
+            _write_atomically(end_file, json.dumps(self.row()).encode())
+        self.ended.set()
+        for listener in self.listeners:
+            listener.put(None)
+
+    def stored(self) -> Iterator[JobResult]:
+        """Every result the journal holds now, in id order (committed first)."""
+        self.journal.flush()
+        return self.journal.results_from(0)
+
+
+class Pool:
+    """The daemon: `serve` until a `down` request or a cancel."""
+
+    def __init__(self, place: Place, cluster: Cluster) -> None:
+        self.place = place
+        self.cluster = cluster
+        self.runs: dict[int, PoolRun] = {}
+        self._next_id = 1
+        self._stop = asyncio.Event()
+        self._resume_later = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Resume the runs an earlier pool of this name left under way, then listen on the
+        socket until told to stop; the runs under way are cancelled then (their remote jobs
+        killed), their journals closed."""
+        path = self.place.socket
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            self._restore()
+            server = await asyncio.start_unix_server(self._accept, path=os.fspath(path))
+            try:
+                os.chmod(path, 0o600)
+                if ready is not None:
+                    ready()
+                await self._stop.wait()
+            finally:
+                server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                for run in self.runs.values():
+                    if run.task is not None:
+                        run.task.cancel()
+                for client in self._clients:
+                    client.cancel()
+        for run in self.runs.values():
+            run.journal.close()
+
+    def _restore(self) -> None:
+        """The runs of an earlier pool of this name: those that ended are listed (and can be
+        attached), those left under way resume from their journals, their successes kept."""
+        runs_dir = self.place.journal(0).parent
+        found = sorted(
+            (int(f.stem), f.suffix[1:])
+            for kind in KINDS
+            for f in runs_dir.glob(f"*.{kind}")
+            if f.stem.isdigit()
+        )
+        for run_id, kind in found:
+            self._next_id = max(self._next_id, run_id + 1)
+            try:
+                data = self._file(run_id, kind).read_bytes()
+                end = self._file(run_id, "end")
+                row = json.loads(end.read_bytes()) if end.exists() else None
+                self._start(run_id, kind, data, self._name_of(run_id), row)
+            except (OSError, ValueError, AnetError, JournalError) as exc:
+                log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
+
+    def _file(self, run_id: int, kind: str) -> Path:
+        return self.place.journal(run_id).with_suffix(f".{kind}")
+
+    def _name_of(self, run_id: int) -> str:
+        try:
+            return self._file(run_id, "name").read_text()
+        except OSError:
+            return "?"
+
+    def stop(self, *, resume_later: bool = False) -> None:
+        """Stop serving; the runs under way are cancelled: for good (`anet down`), or, with
+        `resume_later` (SIGTERM: a supervisor or a shutdown), to be resumed by the next pool."""
+        self._resume_later = resume_later
+        self._stop.set()
+
+    # -- a client -------------------------------------------------------------------------------
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Each client in a task of the pool's own, so a stop ends them all."""
+        assert self._tasks is not None
+        task = self._tasks.create_task(self._connection(reader, writer))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if _peer_uid(writer) != os.getuid():
+                log.warning("a connection from another user was refused")
+                return
+            async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that says nothing is let go
+                request = await wire.read(reader)
+            if isinstance(request, dict):
+                await self.handle(request, writer)
+        except AnetError as exc:
+            writer.write(wire.pack({"error": str(exc)}))
+        except (wire.WireError, ConnectionError, TimeoutError) as exc:
+            log.info(f"a client left: {exc or type(exc).__name__}")
+        except Exception:  # one client's trouble must never take the pool and its runs down
+            log.exception("a client's request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def handle(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        op = request.get("op")
+        if op == "ping":
+            hosts = [_host_row(label, state) for label, state in self.cluster.hosts.items()]
+            reply: dict[str, Any] = {"pid": os.getpid(), "hosts": hosts}
+        elif op == "submit":
+            reply = self._submit(request)
+        elif op == "ls":
+            reply = {"runs": [run.row() for run in self.runs.values()]}
+        elif op == "attach":
+            await self._attach(request, writer)
+            return
+        elif op == "wait":
+            run = self._run(request)
+            await run.ended.wait()  # the client may leave first: its connection then closes
+            reply = run.row()
+        elif op == "cancel":
+            run = self._run(request)
+            if run.task is not None:
+                run.task.cancel()
+            await run.ended.wait()
+            reply = run.row()
+        elif op == "down":
+            self.stop()
+            reply = {"down": True}
+        else:
+            reply = {"error": f"unknown request {op!r}"}
+        writer.write(wire.pack(reply))
+        await writer.drain()
+
+    def _run(self, request: dict[str, Any]) -> PoolRun:
+        run = self.runs.get(request.get("run"))  # type: ignore[arg-type]
+        if run is None:
+            raise _NoSuchRun(request.get("run"))
+        return run
+
+    def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
+        library's `commands` (every one a job, numbered by position), and a `name`."""
+        name = request.get("name")
+        kind = next((k for k in KINDS if k in request), None)
+        data = request.get(kind) if kind == "batch" else _packed_commands(request.get("commands"))
+        if kind is None or not isinstance(data, bytes) or not isinstance(name, str):
+            return {"error": "a submit needs a batch's bytes or a list of commands, and a name"}
+        run_id = self._next_id
+        self._next_id += 1
+        try:
+            self.place.journal(run_id).parent.mkdir(mode=0o700, exist_ok=True)
+            _write_atomically(self._file(run_id, "name"), name.encode())
+            _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
+            run = self._start(run_id, kind, data, name, None)
+        except OSError as exc:
+            return {"error": f"cannot keep the batch: {exc.strerror}"}
+        except (AnetError, JournalError) as exc:
+            return {"error": str(exc)}
+        log.info(f"run {run_id} ({name}): {run.total} jobs")
+        return run.row()
+
+    def _start(
+        self, run_id: int, kind: str, data: bytes, name: str, ended: dict[str, Any] | None
+    ) -> PoolRun:
+        """The run, with its journal open; under way unless `ended` (its last row) says not.
+        A journal found on disk is resumed: its successes are not run again."""
+        path = self.place.journal(run_id)
+        resume = path.exists()
+        journal = Journal.open(path, hashlib.sha256(data).hexdigest(), name, resume=resume)
+        if kind == "batch":
+            jobs = list(read_batch(io.BytesIO(data)))
+        else:
+            jobs = list(as_jobs(msgpack.unpackb(data)))
+        run = PoolRun(run_id, name, len(jobs), journal, resumed=resume)
+        self.runs[run_id] = run
+        if ended is not None:
+            run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
+            run.state = str(ended["state"])
+            run.ended.set()
+            return run
+        assert self._tasks is not None
+        run.task = self._tasks.create_task(self._drive(run, jobs))
+        return run
+
+    async def _drive(self, run: PoolRun, jobs: list[Any]) -> None:
+        state = "done"
+        options = RunOptions(journal=run.journal, resume=run.resumed)
+        try:
+            async for result in self.cluster.run(jobs, options):
+                run.arrived(result)
+        except asyncio.CancelledError:
+            state = "cancelled"
+        except AnetError as exc:
+            state = f"failed: {exc}"
+        finally:
+            with contextlib.suppress(JournalError):
+                run.journal.flush()
+            if state == "cancelled" and self._resume_later:  # no end on disk: resumed later
+                run.ended.set()
+            else:
+                run.end(state, self._file(run.id, "end"))
+            log.info(f"run {run.id}: {state}")
+
+    async def _attach(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """The run's results from its start: the journal's, then live ones, each id once;
+        then a last frame with the run's row."""
+        run = self._run(request)
+        listener = Listener()
+        run.listeners.add(listener)
+        sent: set[int] = set()
+
+        async def send(results: Iterator[JobResult]) -> None:
+            for result in results:
+                if result.id not in sent:
+                    if writer.is_closing():  # uvloop raises on a write to a closed transport
+                        raise ConnectionResetError("the client left")
+                    sent.add(result.id)
+                    writer.write(wire.pack(wire.result_fields(result)))
+                    await writer.drain()
+
+        try:
+            await send(run.stored())
+            while True:
+                listener.wake.clear()
+                while listener.queue:
+                    await send(iter([listener.queue.popleft()]))
+                if listener.lagged:
+                    listener.lagged = False
+                    await send(run.stored())
+                    continue
+                if run.ended.is_set() and not listener.queue:
+                    await send(run.stored())  # whatever ended after the last wake
+                    break
+                await listener.wake.wait()
+            writer.write(wire.pack(run.row()))
+            await writer.drain()
+        finally:
+            run.listeners.discard(listener)
+
+
+class _NoSuchRun(AnetError):
+    def __init__(self, run_id: object) -> None:
+        super().__init__(f"no run {run_id!r} in this pool")
+
+
+def _host_row(label: str, state: HostState) -> dict[str, Any]:
+    """One host as `anet pool` shows it."""
+    return {
+        "host": label, "state": str(state.state), "slots": state.slots, "running": state.running,
+        "done": state.done, "note": state.held or state.error or "",
+    }  # fmt: skip
+
+
+def _packed_commands(commands: object) -> bytes | None:
+    """The library's commands as kept on disk, or None when they are not a list of bytes."""
+    if not isinstance(commands, list) or not all(isinstance(c, bytes) for c in commands):
+        return None
+    return msgpack.packb(commands, use_bin_type=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Whole or not at all, 0600: a pool killed mid-write leaves the old file or none."""
+    part = path.with_name(path.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock: socket.socket = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return _PEERCRED.unpack(creds)[1]

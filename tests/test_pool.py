@@ -1,0 +1,426 @@
+"""The resident master (`anet up`): a real daemon process, its socket, its clients.
+
+Every pool here is the test's own (the `isolated` fixture gives each test its own
+$XDG_RUNTIME_DIR and state), runs its jobs on the local machine, and is stopped by the test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from waiting import wait_until
+
+import anet
+import anet.results
+from anet.pool.place import make_private, place
+from anet.pool.wire import pack
+
+ANET = [sys.executable, "-m", "anet"]
+
+
+def cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*ANET, *args], capture_output=True, timeout=timeout, **kwargs)
+
+
+def pool_pid() -> int:
+    return int(place("default", os.environ).pid_file.read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (a daemon's dispatcher and jobs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture
+def pool() -> Iterator[int]:
+    """A pool up on the local machine (2 slots); its pid. Down at the end, whatever happened."""
+    up = cli("up", "-S", "2/:")
+    assert up.returncode == 0, up.stderr
+    assert b"pool 'default' is up: 1 of 1 hosts ready" in up.stderr
+    pid = pool_pid()
+    yield pid
+    if alive(pid):
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def batch(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "batch.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def records(stream: bytes, fmt: str = "msgpack") -> dict[int, anet.JobResult]:
+    found: dict[int, anet.JobResult] = {}
+    for result in anet.results.read(io.BytesIO(stream), format=fmt):
+        assert result.id not in found, f"job {result.id} came twice"
+        found[result.id] = result
+    return found
+
+
+def test_a_submitted_batch_gives_the_same_results_as_a_standalone_run(pool, tmp_path):
+    lines = [f"echo job {i}; exit $(({i} % 4 == 3))" for i in range(30)]
+    path = batch(tmp_path, lines)
+    alone = cli("run", "-S", "2/:", "--retries", "0", "--format", "msgpack", str(path))
+    submitted = cli("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.decode().strip()
+    attached = cli("attach", "--format", "msgpack", run_id)
+    assert attached.returncode == alone.returncode
+    ours, theirs = records(attached.stdout), records(alone.stdout)
+    assert sorted(ours) == list(range(30))
+    for job, result in ours.items():
+        assert (result.ok, result.exit_code, result.stdout) == (
+            theirs[job].ok, theirs[job].exit_code, theirs[job].stdout,
+        ), job  # fmt: skip
+    assert cli("wait", run_id).returncode == alone.returncode
+    listing = cli("ls").stdout.decode()
+    assert f"{run_id}  done" in listing and str(path) in listing
+    hosts = cli("pool").stdout.decode().splitlines()
+    assert hosts[0].split() == ["host", "state", "slots", "running", "done", "note"]
+    assert hosts[1].split() == ["local", "ready", "2", "0", "30"]
+
+
+def test_an_attach_killed_midway_then_again_gets_every_result_once(pool, tmp_path):
+    """The client dies while results stream; the run does not notice, and a second attach gets
+    the journal's results then the live ones: every id once, none missing."""
+    path = batch(tmp_path, [f"sleep 0.0{i % 5}; echo {i}" for i in range(200)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    first = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert first.stdout is not None
+    first.stdout.read(200)  # some results came
+    first.kill()
+    first.wait()
+    first.stdout.close()
+    again = cli("attach", "--format", "msgpack", run_id)
+    assert again.returncode == 0, again.stderr
+    got = records(again.stdout)
+    assert sorted(got) == list(range(200))
+    assert all(got[i].stdout == b"%d\n" % i for i in got)
+
+
+def test_two_runs_at_once_in_one_pool_each_get_their_own_results(pool, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = batch(tmp_path / "a", [f"sleep 0.05; echo a{i}" for i in range(20)])
+    b = batch(tmp_path / "b", [f"sleep 0.05; echo b{i}" for i in range(20)])
+    ids = [cli("submit", str(p)).stdout.decode().strip() for p in (a, b)]
+    assert ids == ["1", "2"]
+    for name, run_id in zip("ab", ids, strict=True):
+        got = records(cli("attach", "--format", "msgpack", run_id).stdout)
+        assert {i: r.stdout for i, r in got.items()} == {
+            i: f"{name}{i}\n".encode() for i in range(20)
+        }
+
+
+def test_cancel_kills_the_runs_jobs_and_down_leaves_no_process(pool, tmp_path):
+    marker = tmp_path / "started"
+    path = batch(tmp_path, [f"touch {marker}; sleep 300"] * 4)
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    wait_until(marker.exists, timeout=30, what="a job to start")
+    below = descendants(pool)
+    assert below  # the dispatcher and its jobs
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0 and b"cancelled" in cancelled.stderr
+    assert cli("wait", run_id).returncode == 130
+    down = cli("down")
+    assert down.returncode == 0, down.stderr
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to exit")
+    wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its processes to end")
+    assert not place("default", os.environ).socket.exists()
+
+
+def test_up_twice_says_it_is_up_and_a_pool_killed_with_9_is_replaced(pool, tmp_path):
+    second = cli("up", "-S", "2/:")
+    assert second.returncode == 255
+    assert second.stderr.decode().strip() == f"anet: the pool is already up (pid {pool})"
+    os.kill(pool, signal.SIGKILL)
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to die")
+    assert place("default", os.environ).socket.exists()  # stale: nobody answers it
+    assert cli("ls").returncode == 255
+    again = cli("up", "-S", "2/:")
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    assert new != pool
+    path = batch(tmp_path, ["echo fine"])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    assert cli("wait", run_id).returncode == 0
+    cli("down")
+    wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_commands_without_a_pool_say_so_in_one_line():
+    for args in (["ls"], ["attach", "1"], ["down"], ["submit", "/nonexistent"]):
+        done = cli(*args)
+        assert done.returncode == 255, args
+        lines = done.stderr.decode().splitlines()
+        assert len(lines) == 1 and "Traceback" not in lines[0], (args, lines)
+    assert "no pool 'default' is up" in cli("ls").stderr.decode()
+
+
+def test_a_private_directory_that_is_not_private_is_refused(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    with pytest.raises(anet.AnetError, match="open to other users"):
+        make_private(open_dir)
+
+
+def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, tmp_path):
+    """The directory's 0700 keeps others out; were it opened by mistake, the peer check is
+    the second guard: a connection from another uid gets no answer."""
+    name = "anetpooltest"
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", name], check=True)
+    user = pwd.getpwnam(name)
+    where = place("default", os.environ)
+    for directory in [where.run_dir, *where.run_dir.parents]:
+        directory.chmod(directory.stat().st_mode | 0o011)  # others may pass through
+    where.socket.chmod(0o666)
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({str(where.socket)!r})\n"
+        "try:\n"
+        f"    s.sendall({pack({'op': 'ls'})!r})\n"
+        "    s.settimeout(20)\n"
+        "    got = s.recv(100)\n"
+        "except OSError:\n"  # closed before the request even went out
+        "    got = b''\n"
+        "sys.stdout.write(repr(got))\n"
+    )
+    stranger = subprocess.run(  # the system's python3: the test's may live in root's home
+        ["/usr/bin/python3", "-c", probe], capture_output=True, timeout=60,
+        user=user.pw_uid, group=user.pw_gid, cwd="/",
+    )  # fmt: skip
+    assert stranger.returncode == 0, stranger.stderr
+    assert stranger.stdout == b"b''"  # connected, then closed with no answer
+    ours = socket.socket(socket.AF_UNIX)
+    ours.connect(str(where.socket))
+    ours.sendall(pack({"op": "ls"}))
+    ours.settimeout(20)
+    assert ours.recv(100)  # the owner is answered
+    ours.close()
+    wait_until(
+        lambda: b"another user was refused" in where.log.read_bytes(), timeout=10,
+        what="the refusal in the pool's log",
+    )  # fmt: skip
+
+
+def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
+    pool, tmp_path
+):
+    ran = tmp_path / "ran"  # each job appends its id when it has done its work
+    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert watcher.stdout is not None
+    before: list[int] = []
+    for result in anet.results.read(watcher.stdout, format="msgpack"):
+        before.append(result.id)
+        if len(before) == 10:
+            break
+    below = descendants(pool)
+    os.kill(pool, signal.SIGKILL)
+    watcher.wait(timeout=30)
+    watcher.stdout.close()
+    wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its jobs to end")
+    again = cli("up", "-S", "2/:")
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    try:
+        listing = cli("ls").stdout.decode()
+        assert f"{run_id}  running" in listing or f"{run_id}  done" in listing, listing
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"out%d\n" % i for i in range(60)}
+        runs = ran.read_text().split()
+        assert all(runs.count(str(i)) == 1 for i in before), "a success of the dead pool ran again"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_down_cancels_for_good_and_a_stop_by_signal_resumes_with_the_next_pool(pool, tmp_path):
+    slow = batch(tmp_path, ["sleep 300"])
+    first = cli("submit", str(slow)).stdout.decode().strip()
+    os.kill(pool, signal.SIGTERM)  # a supervisor's stop: the run is resumed by the next pool
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    listing = cli("ls").stdout.decode()
+    assert f"{first}  running" in listing, listing
+    assert cli("down").returncode == 0  # `down`: cancelled for good
+    wait_until(lambda: not place("default", os.environ).socket.exists(), 30, "the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    try:
+        listing = cli("ls").stdout.decode()
+        assert f"{first}  cancelled" in listing, listing
+    finally:
+        cli("down")
+
+
+def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catches_up(
+    monkeypatch, tmp_path
+):
+    """In process: a pool on the local machine, an attached client that reads one result,
+    stops until the run has ended, then reads on. Its queue is dropped at the limit (the pool's
+    memory does not follow the run) and it catches up from the journal: every id once."""
+    import asyncio
+
+    from anet.api import Cluster
+    from anet.pool import server, wire
+    from anet.pool.place import make_private
+
+    monkeypatch.setattr(server, "LISTENER_LIMIT", 4)
+    longest: list[int] = [0]
+    put = server.Listener.put
+
+    def counting_put(self: server.Listener, result: object) -> None:
+        put(self, result)  # type: ignore[arg-type]
+        longest[0] = max(longest[0], len(self.queue))
+
+    monkeypatch.setattr(server.Listener, "put", counting_put)
+    where = place("default", os.environ)
+    make_private(where.run_dir)
+    make_private(where.state_dir)
+    data = "".join(f"head -c 8000 /dev/zero; echo {i}\n" for i in range(300)).encode()
+
+    async def main() -> dict[int, bytes]:
+        async with Cluster(["2/:"], cwd=str(tmp_path)) as cluster:
+            pool = server.Pool(where, cluster)
+            serving = asyncio.create_task(pool.serve())
+            await wait_for_socket(where)
+            run = pool._submit({"batch": data, "name": "big"})
+            reader, writer = await asyncio.open_unix_connection(str(where.socket))
+            writer.write(wire.pack({"op": "attach", "run": run["id"]}))
+            got: dict[int, bytes] = {}
+            first = wire.result_from(await wire.read(reader))
+            got[first.id] = first.stdout
+            await asyncio.wait_for(pool.runs[run["id"]].ended.wait(), 60)  # not reading
+            while isinstance(item := await wire.read(reader), list):
+                result = wire.result_from(item)
+                assert result.id not in got, f"job {result.id} came twice"
+                got[result.id] = result.stdout
+            assert item["state"] == "done"
+            writer.close()
+            pool.stop()
+            await serving
+            return got
+
+    async def wait_for_socket(where) -> None:
+        async with asyncio.timeout(30):
+            while not where.socket.exists():
+                await asyncio.sleep(0.01)
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(300))
+    assert all(out == bytes(8000) + b"%d\n" % i for i, out in got.items())
+    assert longest[0] == 4  # reached the limit, and never held more
+
+
+def test_a_pool_on_another_machine_is_reached_over_ssh_with_via(cluster, tmp_path):
+    """The pool runs where sshd's sessions find it ($XDG_RUNTIME_DIR unset there: /tmp/anet-UID);
+    the client reaches its socket through a real sshd, as a user on a laptop would."""
+    name = f"via{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    up = cli("up", "--pool", name, "-S", "2/:", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        via = ["--via", cluster.names[0], "--ssh-config", str(cluster.ssh_config), "--pool", name]
+        path = batch(tmp_path, [f"echo far {i}" for i in range(10)])
+        submitted = cli("submit", *via, str(path))
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = submitted.stdout.decode().strip()
+        attached = cli("attach", *via, "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"far %d\n" % i for i in range(10)}
+        assert f"{run_id}  done" in cli("ls", *via).stdout.decode()
+        other = cli("ls", *via[:-1], "nosuchpool")
+        assert other.returncode == 255
+        assert other.stderr.decode().strip() == (
+            f"anet: no pool 'nosuchpool' is up on {cluster.names[0]}"
+        )
+    finally:
+        cli("down", "--pool", name, env=env)
+
+
+def test_the_library_runs_on_a_pool_as_on_a_cluster_and_leaving_early_cancels(pool, tmp_path):
+    import asyncio
+
+    marker = tmp_path / "started"
+
+    async def main():
+        async with anet.Pool() as running:
+            assert running.pid == pool
+            whole = [r async for r in running.run(["echo a", "", "exit 4", b"printf '\\377'"])]
+            assert running.last_row["state"] == "done"
+            async for _ in running.run([f"touch {marker}; sleep 300", "true"]):
+                break  # leaves with the sleeper still running
+            return whole, await running.runs()
+
+    whole, runs = asyncio.run(main())
+    assert sorted((r.id, r.ok, r.exit_code, r.stdout) for r in whole) == [
+        (0, True, 0, b"a\n"), (1, True, 0, b""), (2, False, 4, b""), (3, True, 0, b"\xff"),
+    ]  # fmt: skip
+    assert [(row["id"], row["name"]) for row in runs] == [(1, "python"), (2, "python")]
+    wait_until(lambda: "2  cancelled" in cli("ls").stdout.decode(), 30, "the run cancelled")
+    wait_until(lambda: not descendants(pool) - set(_dispatchers(pool)), 30, "the sleeper killed")
+
+
+def _dispatchers(pid: int) -> list[int]:
+    """The pool's dispatcher processes (its children): they stay, the jobs under them go."""
+    return [p for p in descendants(pid) if _ppid(p) == pid]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return -1
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def test_the_library_says_in_one_line_that_no_pool_is_up():
+    import asyncio
+
+    async def main():
+        async with anet.Pool("nothere"):
+            pass
+
+    with pytest.raises(anet.PoolDown, match="no pool 'nothere' is up"):
+        asyncio.run(main())

@@ -1,0 +1,42 @@
+"""Dealing hosts' slots among the runs sharing a cluster (anet/core/shares.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from anet.core.shares import deal
+
+
+def test_one_run_gets_every_slot():
+    assert deal({"a": 4, "b": 1}, ["r1"]) == {"r1": {"a": 4, "b": 1}}
+
+
+def test_two_runs_split_each_host_and_the_odd_slots_alternate_across_hosts():
+    assert deal({"a": 3, "b": 3}, ["r1", "r2"]) == {"r1": {"a": 2, "b": 1}, "r2": {"a": 1, "b": 2}}
+
+
+def test_more_runs_than_slots_leaves_the_latest_without_until_one_ends():
+    assert deal({"a": 1, "b": 1}, [1, 2, 3]) == {
+        1: {"a": 1, "b": 0},
+        2: {"a": 0, "b": 1},
+        3: {"a": 0, "b": 0},
+    }
+
+
+def test_no_runs_no_shares():
+    assert deal({"a": 4}, []) == {}
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=3), st.integers(0, 64), max_size=12),
+    st.integers(1, 9),
+)
+def test_every_slot_is_dealt_once_and_runs_are_within_one_slot_of_each_other(slots, n):
+    shares = deal(slots, list(range(n)))
+    for host, count in slots.items():
+        per_host = [shares[run][host] for run in range(n)]
+        assert sum(per_host) == count  # every slot dealt, none twice
+        assert max(per_host) - min(per_host) <= 1
+    totals = [sum(shares[run].values()) for run in range(n)]
+    assert max(totals) - min(totals) <= 1
