@@ -22,7 +22,7 @@ from ._version import __version__
 _WHERE = {
     "Cluster": "api", "HostState": "api", "Polite": "api", "RunOptions": "api",
     "RunPlan": "api", "RunPolicy": "api",
-    "Job": "core.batch", "read_batch": "core.batch",
+    "Job": "core.batch", "read_batch": "core.batch", "FilePart": "core.batch",
     "HaltPolicy": "core.halt",
     "JobResult": "core.record", "SpooledResult": "core.record",
     "OutputCap": "core.spool", "Spool": "core.spool",
@@ -43,7 +43,7 @@ not pay for asyncssh, rich or the report (`python3 -X importtime -m anet --versi
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from . import results
     from .api import Cluster, HostState, Polite, RunOptions, RunPlan, RunPolicy
-    from .core.batch import Job, read_batch
+    from .core.batch import FilePart, Job, read_batch
     from .core.halt import HaltPolicy
     from .core.record import JobResult, SpooledResult
     from .core.spool import OutputCap, Spool
@@ -75,6 +75,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AnetError",
     "Cluster",
+    "FilePart",
     "HaltPolicy",
     "HostCheck",
     "HostError",

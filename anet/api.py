@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from dispatcher.polite import Evicted, Held, Polite
-from dispatcher.protocol import Exit, Message, Output, Started
+from dispatcher.protocol import Exit, InputAck, Message, Output, Started
 
 from .core.batch import Job, as_jobs
 from .core.engine import RunPolicy
@@ -53,7 +53,7 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit, Evicted)
+_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck)
 
 
 class Cluster:
@@ -298,6 +298,9 @@ class Cluster:
     def _send(self, label: str, frames: list[Message]) -> None:
         self._sessions[label].send(*frames)
 
+    async def _send_drained(self, label: str, msg: Message) -> None:
+        await self._sessions[label].send_drained(msg)
+
     def observe_attempts(self, observer: AttemptObserver) -> None:
         """Call `observer` with each attempt as it ends or is lost (e.g. to write a joblog)."""
         self._observers.append(observer)
@@ -348,6 +351,24 @@ class Cluster:
         finally:
             plan.close()
 
+    async def map(
+        self,
+        command: str | bytes,
+        inputs: Iterable[bytes | str | os.PathLike[str]],
+        *,
+        ordered: bool = True,
+    ) -> AsyncIterator[JobResult]:
+        """Run `command` once per input, each input on the job's stdin; job id = position.
+
+        An input is bytes, or the path of a file (a str is a path). Results come in input
+        order (`ordered`), or as the jobs finish. `inputs` is read lazily; a retried or
+        speculative attempt reads its input again, so a file must stay until its result came.
+        """
+        line = command.encode() if isinstance(command, str) else command
+        jobs = (Job(i, line, stdin=given) for i, given in enumerate(inputs))
+        async for result in self.run(jobs, RunOptions(keep_order=ordered)):
+            yield result
+
     async def _run_plan(self, plan: RunPlan) -> AsyncIterator[JobResult]:
         """The plan's results: the earlier run's, then this run's as jobs end (one generator
         for all of them: each layer of async generators costs every result a step)."""
@@ -388,6 +409,7 @@ class Cluster:
             AttemptLog(options.journal, self._observers),
             options.journal,
             journal_required=options.journal_required,
+            send_drained=self._send_drained,
         )
         self._runs.append(drive)
         try:

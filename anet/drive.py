@@ -13,13 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from dispatcher.protocol import Exit, Message, Output
+from dispatcher.protocol import Exit, InputAck, Kill, Message, Output, Run, Started
 
 from .core.batch import Job
-from .core.engine import Actions, Engine, HostStats, RunPolicy
+from .core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
 from .core.record import JobResult
-from .errors import NoHostError
+from .errors import NoHostError, protocol_error
 from .logs import get_logger
+from .remote.feed import Feeds, SendDrained
 from .streams.attemptlog import AttemptLog
 from .streams.flow import ByteBoundedQueue
 from .streams.journal import Journal, JournalError
@@ -58,6 +59,7 @@ class Drive:
         journal: Journal | None = None,
         *,
         journal_required: bool = False,
+        send_drained: SendDrained | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -76,6 +78,8 @@ class Drive:
         self._delivering = 0  # final results waiting for room in the queue
         self._done_sent = False
         self._failed = False
+        self._feeds = Feeds(send_drained, tasks, self._unreadable) if send_drained else None
+        """Jobs' stdin, streamed to the hosts (remote/feed.py); None: the jobs have none."""
 
     # -- events from the hosts ------------------------------------------------------------------
 
@@ -90,6 +94,8 @@ class Drive:
         self.round_soon()
 
     async def host_lost(self, label: str) -> None:
+        if self._feeds is not None:
+            self._feeds.host_lost(label)
         self.engine.host_lost(label, self._loop.time())
         await self.deliver(self._carry_out_now(self.engine.take()))
         self.round_soon()
@@ -98,12 +104,21 @@ class Drive:
         """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame).
         Returns the final results it brought, for `deliver`. Not a coroutine: three frames a
         job come this way, and most bring nothing to wait for."""
+        if type(msg) is InputAck:
+            if self._feeds is None:
+                raise protocol_error(label, "InputAck, but no job of this run has a stdin")
+            self._feeds.ack(label, msg)
+            return _NOTHING
         cut = self.engine.frame(label, msg, self._loop.time())
         if type(msg) is Output and not cut:  # a cut (output over a cap) sends a Kill
             return _NOTHING
         self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
+        if type(msg) is Started and self._feeds is not None:
+            self._feeds.started(msg.aid)
         if type(msg) is not Exit:  # only an Exit brings results and attempt records
             return _NOTHING
+        if self._feeds is not None:
+            self._feeds.ended(msg.aid)
         return self._carry_out_now(self.engine.take())
 
     async def no_host(self, reason: str) -> None:
@@ -138,6 +153,8 @@ class Drive:
                 self._commit_before_yield()
                 yield item
         finally:
+            if self._feeds is not None:
+                self._feeds.stop_all()
             if flusher is not None:
                 flusher.cancel()  # the journal's owner makes the last commit when closing it
             self._wake_at(None)
@@ -169,12 +186,22 @@ class Drive:
         """Send the frames, log the attempts, set the timer; the results are the caller's."""
         for host, frames in actions.frames.items():
             self._send(host, frames)
+            if self._feeds is not None:
+                for msg in frames:
+                    if type(msg) is Run and msg.stdin:
+                        self._feeds.start(host, msg.aid, self.engine.stdin(msg.aid))  # type: ignore[arg-type]
         for end in actions.attempts:
             self.attempt_log.attempt(
                 end.attempt, end.size, end.start, end.runtime, end.code, end.signal
             )
         self._wake_at(actions.wakeup)
         return actions.results
+
+    def _unreadable(self, host: str, aid: int, why: str) -> None:
+        """An attempt's input could not be read (a file gone): it is killed, and its job runs
+        again or fails as a killed job does."""
+        log.warning(f"attempt {aid}: {why}; killing it", host=host)
+        self._send(host, [Kill(aid, KILL_GRACE)])
 
     async def _deliver_held(self, results: list[JobResult]) -> None:
         try:

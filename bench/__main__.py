@@ -26,6 +26,7 @@ from . import (
     heterogeneous,
     latency,
     master_profile,
+    pipe,
     pool,
     scale,
     size,
@@ -35,7 +36,9 @@ from . import (
 )
 from .harness import Bed, Table, Target, header, log, use_source
 
-ORDER = (startup, throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, deps, pool)
+ORDER = (
+    startup, throughput, cpu, sleep, latency, heterogeneous, scale, size, bigout, pipe, deps, pool,
+)  # fmt: skip
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (*ORDER, master_profile)}
 DEFAULT = [name for name in SCENARIOS if name != "profile"]
 """The profile is a tool, not a comparison: it runs only when asked for with --only."""

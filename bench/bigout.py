@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from .harness import Bed, Sample, Table, anet_argv, anet_env, interleave, median, timed
+from .harness import Bed, Sample, Table, anet_argv, anet_env, interleave, rate_table, timed
 
 NAME = "bigout"
 
@@ -40,14 +40,9 @@ def run(bed: Bed) -> list[Table]:
         ),
     }
     samples = interleave(contenders, bed.runs, what="bigout")
-    base = size / median(samples["ssh host cmd > /dev/null"]) / 1e6
-    table = Table(
+    table = rate_table(
         f"8. Big output: one job writing {size / 1e6:,.0f} MB to stdout, one loopback sshd host",
         "Wall time from process start to exit; MB = 10^6 bytes.",
-        ["path", "median wall s", "MB/s", "vs ssh", "peak RSS MB"],
-    )
-    for name, runs in samples.items():
-        rate = size / median(runs) / 1e6
-        table.rows.append([name, f"{median(runs):.2f}", f"{rate:,.0f}", f"{rate / base:.2f}x",
-                           f"{median(runs, lambda s: s.maxrss_mb):,.0f}"])  # fmt: skip
+        samples, size, "ssh host cmd > /dev/null",
+    )  # fmt: skip
     return [table]

@@ -218,6 +218,22 @@ class Table:
         return "\n".join(lines).rstrip() + "\n"
 
 
+RATE_COLUMNS = ["path", "median wall s", "MB/s", "vs ssh", "peak RSS MB"]
+
+
+def rate_table(title: str, setup: str, samples: dict[str, list[Sample]], size: int,
+               base: str) -> Table:  # fmt: skip
+    """MB/s of moving `size` bytes, per contender, against the `base` contender's (ssh's)."""
+    table = Table(title, setup, RATE_COLUMNS)
+    base_rate = size / median(samples[base]) / 1e6
+    for name, runs in samples.items():
+        rate = size / median(runs) / 1e6
+        table.rows.append([name, f"{median(runs):.2f}", f"{rate:,.0f}",
+                           f"{rate / base_rate:.2f}x",
+                           f"{median(runs, lambda s: s.maxrss_mb):,.0f}"])  # fmt: skip
+    return table
+
+
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base > 0 else "n/a"
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
+from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
 from .pidfiles import PidFiles
 from .polite import RECHECK, Gate, Held, Polite
@@ -44,6 +45,8 @@ from .protocol import (
     Exit,
     Heartbeat,
     Hello,
+    Input,
+    InputAck,
     Kill,
     Message,
     Output,
@@ -104,6 +107,8 @@ class Dispatcher:
         self.outbuf = bytearray()
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
+        self.inputs: Dict[int, JobInput] = {}
+        """The stdin of each attempt run with one, queued or running, by aid."""
         self.free_slots: List[int] = []
         self.setup: Optional[Setup] = None
         self.gate = Gate(Polite())
@@ -231,8 +236,12 @@ class Dispatcher:
         self.start_queued()
 
     def handle(self, msg: Message) -> None:
-        if isinstance(msg, Run):
+        if isinstance(msg, Input):
+            self.take_input(msg)
+        elif isinstance(msg, Run):
             self.queue.append(msg)
+            if msg.stdin:
+                self.inputs[msg.aid] = JobInput()
         elif isinstance(msg, Kill):
             self.kill(msg)
         elif isinstance(msg, Setup):
@@ -268,6 +277,7 @@ class Dispatcher:
         for queued in self.queue:
             if queued.aid == msg.aid:
                 self.queue.remove(queued)
+                self.drop_input(msg.aid)
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
                 return
         job = self.jobs.get(msg.aid)
@@ -290,6 +300,7 @@ class Dispatcher:
                 job = spawn(run, slot, cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
                 heapq.heappush(self.free_slots, slot)
+                self.drop_input(run.aid)
                 message = "anet: cannot start job %d: %s\n" % (run.job, exc)
                 self.send(Output(run.aid, STDERR, message.encode()))
                 self.send(Exit(run.aid, 127, None, 0.0, 0.0, 0))
@@ -299,6 +310,10 @@ class Dispatcher:
             if not self.paused:
                 self.watch_job(job)
             self.send(Started(run.aid, job.pid, slot))
+            stdin = self.inputs.get(run.aid)
+            if stdin is not None and job.proc.stdin is not None:
+                stdin.attach(job.proc.stdin)
+                self.feed_job(run.aid)
 
     def held(self) -> bool:
         """Polite mode holds the queued jobs now (a loaded host); the master hears of each
@@ -389,6 +404,7 @@ class Dispatcher:
         if not job.exited or job.pipes or job.aid not in self.jobs:
             return
         del self.jobs[job.aid]
+        self.drop_input(job.aid)  # no InputAck after its Exit
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
             heapq.heappush(self.free_slots, job.slot)
@@ -398,6 +414,8 @@ class Dispatcher:
     def terminate_all(self) -> None:
         """TERM every job group, KILL what is left after a grace period, reap everything."""
         self.queue.clear()
+        for aid in list(self.inputs):
+            self.drop_input(aid)
         for job in self.jobs.values():
             kill_group(job.pid, signal.SIGTERM)
             kill_group(job.pid, signal.SIGCONT)  # a job stopped by --yield, or by anyone
@@ -410,6 +428,51 @@ class Dispatcher:
                 time.sleep(0.005)
             for fd in list(job.pipes):
                 self.close_job_fd(job, fd)
+
+    # -- jobs' stdin --------------------------------------------------------------------------
+
+    def take_input(self, msg: Input) -> None:
+        """A chunk of an attempt's stdin; for one that ended (or was killed) it is moot."""
+        stdin = self.inputs.get(msg.aid)
+        if stdin is None:
+            return
+        thrown = stdin.add(msg.data, msg.eof)
+        if thrown:
+            self.send(InputAck(msg.aid, thrown, True))
+        self.feed_job(msg.aid)
+
+    def feed_job(self, aid: int) -> None:
+        """Write what the job's stdin pipe takes, acknowledge it, and wait for room for the
+        rest: the pipe's write readiness, never a blocking write (a job that does not read
+        stalls nothing but itself). Once all is in, or the job closed it, the pipe is closed."""
+        stdin = self.inputs.get(aid)
+        if stdin is None:  # ended since the selector said its pipe had room
+            return
+        gone, broken = stdin.write()
+        if gone or broken:
+            self.send(InputAck(aid, gone, broken))
+        self.watch_input(stdin, aid)
+        if stdin.done and stdin.pipe is not None:
+            stdin.close()
+
+    def watch_input(self, stdin: JobInput, aid: int) -> None:
+        """Be told when the pipe has room while bytes wait for it, and only then. The flag is
+        the JobInput's own: its fd number may be another job's once its pipe is closed."""
+        if stdin.waiting and not stdin.watched:
+            self.sel.register(stdin.fd, selectors.EVENT_WRITE, lambda _fd: self.feed_job(aid))
+            stdin.watched = True
+        elif stdin.watched and not stdin.waiting:
+            self.sel.unregister(stdin.fd)
+            stdin.watched = False
+
+    def drop_input(self, aid: int) -> None:
+        """The attempt ended or never starts: close its stdin, forget its input."""
+        stdin = self.inputs.pop(aid, None)
+        if stdin is None:
+            return
+        stdin.chunks.clear()
+        self.watch_input(stdin, aid)
+        stdin.close()
 
     # -- frames to the master ---------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Ty
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 BOOT_MARK = b"\x00\x1bANET\x1b"
 BOOT_NEED_PAYLOAD = b"N"
 BOOT_FRAMES = b"F"
@@ -50,6 +50,12 @@ MAX_FRAME = 1 << 20
 
 OUTPUT_CHUNK = 256 * 1024
 """Job output travels in chunks of at most this size, so one frame never holds a whole output."""
+
+INPUT_CHUNK = 256 * 1024
+"""A job's stdin travels in Input frames of at most this many bytes."""
+INPUT_WINDOW = 2 << 20
+"""Bytes of one attempt's stdin the master sends ahead of the dispatcher's InputAcks: what a
+dispatcher holds for a job that does not read its stdin yet, and no more."""
 
 STDOUT = 1
 STDERR = 2
@@ -269,6 +275,8 @@ class Run(Message):
 
     `aid` (attempt id) is unique within the master's run: every later frame about this attempt
     carries it, so output from a killed or superseded copy can be told apart and dropped.
+    With `stdin`, the job's stdin is a pipe fed by the Input frames of this attempt (up to one
+    with `eof`); without, it is /dev/null.
     """
 
     CODE = 3
@@ -277,6 +285,7 @@ class Run(Message):
     job: int
     command: bytes
     env: Dict[str, str] = field(default_factory=dict)
+    stdin: bool = False
 
 
 @message
@@ -336,6 +345,33 @@ class Kill(Message):
     SENDER = MASTER
     aid: int
     grace: float
+
+
+@message
+@dataclass(frozen=True)
+class Input(Message):
+    """Master -> dispatcher: the next chunk of a Run-with-stdin's input; `eof` closes its stdin
+    after `data`. The master keeps at most INPUT_WINDOW bytes of an attempt unacknowledged."""
+
+    CODE = 50
+    SENDER = MASTER
+    aid: int
+    data: bytes = bounded(length=INPUT_CHUNK)
+    eof: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class InputAck(Message):
+    """Dispatcher -> master: `size` more bytes of the attempt's input left its buffer (written
+    to the job's stdin, or thrown away once the job closed it: then `closed`, and the master
+    sends no more). The credit that lets the master send the next chunks."""
+
+    CODE = 51
+    SENDER = DISPATCHER
+    aid: int
+    size: int = bounded(0, INPUT_WINDOW)
+    closed: bool = False
 
 
 @message

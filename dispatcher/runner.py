@@ -1,6 +1,7 @@
 """Start one job attempt in its own process group, reap it, kill its whole group.
 
-A job is `sh -c COMMAND` with stdin from /dev/null and stdout/stderr on pipes. It gets its own
+A job is `sh -c COMMAND` with stdin from /dev/null (or a pipe, for a Run with `stdin`: see
+jobinput.py) and stdout/stderr on pipes. It gets its own
 session (and so its own process group, pgid == pid) so that one `killpg` reaches everything it
 started, pipelines and background children included. When the job's shell exits, whatever it
 left running in its group is killed too: a batch job must not outlive its result.
@@ -146,7 +147,7 @@ def spawn(
     job_env["ANET_SLOT"] = str(slot)
     proc = subprocess.Popen(
         [b"/bin/sh", b"-c", run.command],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if run.stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,

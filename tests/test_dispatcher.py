@@ -22,12 +22,17 @@ from dispatcher.__main__ import CUT_NOTE, DRAIN_GRACE, HIGH_WATER
 from dispatcher.protocol import (
     BOOT_FRAMES,
     BOOT_MARK,
+    INPUT_CHUNK,
+    INPUT_WINDOW,
     PROTOCOL_VERSION,
     STDOUT,
     Bye,
     Exit,
     FrameDecoder,
     Hello,
+    Input,
+    InputAck,
+    Kill,
     Message,
     Output,
     Run,
@@ -78,10 +83,10 @@ class DispatcherProcess:
         deadline = time.monotonic() + timeout
         got: list[Message] = []
         while True:
-            for msg in self.received:
+            for index, msg in enumerate(self.received):
                 got.append(msg)
-                if done(msg):
-                    self.received = self.received[len(got) :]
+                if done(msg):  # what came after it is the next call's
+                    self.received = self.received[index + 1 :]
                     return got
             self.received = []
             left = deadline - time.monotonic()
@@ -296,3 +301,69 @@ def test_ctrl_c_at_a_terminal_leaves_no_local_job_running(tmp_path):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(child, 0)
         os.close(terminal)
+
+
+# -- a job's stdin: Input frames in, InputAcks out (the test keeps within the window) ----------
+
+
+def acked(messages: list, aid: int) -> int:
+    return sum(m.size for m in messages if isinstance(m, InputAck) and m.aid == aid)
+
+
+def test_a_job_reads_its_input_to_the_end_and_every_byte_is_acknowledged(dispatcher_process):
+    d = dispatcher_process(2)
+    data = b"".join(b"line %d\n" % i for i in range(100_000))  # ~900 KB: several chunks
+    d.send(Run(1, 0, b"wc -l; wc -c", stdin=True))
+    chunks = [data[at : at + INPUT_CHUNK] for at in range(0, len(data), INPUT_CHUNK)]
+    d.send(*(Input(1, chunk) for chunk in chunks), Input(1, b"", True))
+    got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 1)
+    assert outputs(got, 1).split() == [b"100000", b"0"]  # the first wc read all of it
+    assert acked(got, 1) == len(data)
+    assert got[-1].code == 0
+
+
+def test_a_job_that_never_reads_holds_a_window_and_stalls_no_other_job(dispatcher_process):
+    d = dispatcher_process(2)
+    d.send(Run(1, 0, b"sleep 300", stdin=True), Run(2, 1, b"cat", stdin=True))
+    window = [Input(1, b"x" * INPUT_CHUNK) for _ in range(INPUT_WINDOW // INPUT_CHUNK)]
+    d.send(*window)  # more than a pipe holds: the rest waits in the dispatcher
+    d.send(Input(2, b"hello\n"), Input(2, b"", True))
+    got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 2)
+    assert outputs(got, 2) == b"hello\n"
+    assert 0 < acked(got, 1) < INPUT_WINDOW  # the pipe took some, the dispatcher holds the rest
+    d.send(Kill(1, 1.0))
+    assert d.read_until(lambda m: isinstance(m, Exit) and m.aid == 1)[-1].signal is not None
+
+
+def test_a_job_that_exits_without_reading_ends_with_its_input_thrown_away(dispatcher_process):
+    d = dispatcher_process(1)
+    d.send(Run(1, 0, b"exec true", stdin=True))
+    d.read_until(lambda m: isinstance(m, Exit) and m.aid == 1)
+    d.send(Run(2, 1, b"exec sleep 0.3", stdin=True))
+    d.send(*(Input(2, b"y" * INPUT_CHUNK) for _ in range(INPUT_WINDOW // INPUT_CHUNK)))
+    got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 2)
+    assert got[-1].code == 0
+    closed = [m for m in got if isinstance(m, InputAck) and m.closed]
+    assert len(closed) == 1  # the EPIPE once the job exited: the master is told to stop
+    assert acked(got, 2) == INPUT_WINDOW
+    d.send(Input(2, b"late"), Input(1, b"", True))  # about ended attempts: ignored
+    d.send(Run(3, 2, b"echo still here"))
+    got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 3)
+    assert outputs(got, 3) == b"still here\n"
+    assert not [m for m in got if isinstance(m, InputAck)]
+
+
+def test_a_pipe_closed_early_never_silences_the_pipe_that_reuses_its_fd(dispatcher_process):
+    """A job whose input is all in (its pipe closed) runs on; a later job's stdin pipe may take
+    its fd number. When the first job ended, the dispatcher once stopped watching that number:
+    the later job, its pipe full, waited for room it was never told of."""
+    d = dispatcher_process(4)
+    big = b"b" * 250_000  # more than a pipe holds: the rest waits for room
+    for k in range(12):
+        a, b = 2 * k + 1, 2 * k + 2
+        d.send(Run(a, a, b"cat > /dev/null; sleep 0.1", stdin=True), Input(a, b"a", True))
+        d.send(Run(b, b, b"sleep 0.2; wc -c", stdin=True), Input(b, big), Input(b, b"", True))
+    got: list[Message] = []
+    while len({m.aid for m in got if isinstance(m, Exit)}) < 24:
+        got += d.read_until(lambda m: isinstance(m, Exit), timeout=10)
+    assert [outputs(got, 2 * k + 2) for k in range(12)] == [b"250000\n"] * 12

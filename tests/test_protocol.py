@@ -453,8 +453,9 @@ def test_find_boot_mark_split_at_every_offset_of_the_mark(split: int):
         [5, 1, 1, "text instead of bytes"],
         [5, True, 1, b"x"],  # a bool is not an aid
         [6, 1, "0", None, 0.1, 0.0, 0],
-        [3, 1, 2, b"cmd", {"K": 1}],
-        [3, 1, 2, b"cmd", ["not", "a", "dict"]],
+        [3, 1, 2, b"cmd", {"K": 1}, False],
+        [3, 1, 2, b"cmd", ["not", "a", "dict"], False],
+        [3, 1, 2, b"cmd", {}, 1],  # a stdin flag that is not a bool
         [1, 1, "h", 2, "3.8", "load", 1, "/w"],
     ],
 )

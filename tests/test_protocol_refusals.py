@@ -50,7 +50,7 @@ def pack(*items) -> bytes:
         (pack(Kill.CODE, "x", 1.0), "Kill.aid has a bad value: 'x'"),
         (pack(Kill.CODE, True, 1.0), "Kill.aid has a bad value: True"),
         (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
-        (pack(Run.CODE, 1, 2, b"true", {1: "x"}), "Run.env has a bad value: {1: 'x'}"),
+        (pack(Run.CODE, 1, 2, b"true", {1: "x"}, False), "Run.env has a bad value: {1: 'x'}"),
     ],
     ids=["a map", "empty", "a str code", "unknown", "arity", "a str", "a bool", "both", "env"],
 )

@@ -39,7 +39,7 @@ VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
         "--yield-idle", "--yield-move", "--journal", "--joblog", "--results", "--max-output", "-o",
         "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
         "--user", "-l", "--concurrency", "--pool", "--via", "-a", "--arg-file", "--colsep",
-        "--deps",
+        "--deps", "--block", "--recend", "--recstart", "--header",
     ],
     True,
 )  # fmt: skip

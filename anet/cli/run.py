@@ -17,7 +17,7 @@ import click
 from dispatcher.polite import Polite
 
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
-from ..core.batch import Job, count_jobs, open_source, read_batch
+from ..core.batch import STDIN, Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
 from ..core.inputs import Generated, Tags, generate
@@ -49,6 +49,7 @@ from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
 
 log = get_logger()
@@ -76,6 +77,7 @@ class RunArgs:
     max_output: str | None = None
     generated: Generated | None = None
     """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
+    pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -87,6 +89,8 @@ async def program(args: RunArgs, env: Environment) -> int:
     args = dataclasses.replace(args, policy=policy)
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
+    if args.pipe is not None and args.resume:
+        raise UsageError("--resume cannot take up a --pipe run: its input was read only once")
     with (
         _open_batch(args, env) as source,
         _open_journal(args, source, env) as journal,
@@ -114,7 +118,7 @@ async def program(args: RunArgs, env: Environment) -> int:
         seen.tally.base = len(plan.done)
         seen.tally.total = source.total  # counted for --halt N% or the journal: not again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
-            await _run(args, env, hosts, seen, plan, out)
+            await _run(args, env, hosts, seen, plan, out, source.done)
     seen.print_summary()
     if retention is not None and journal is not None:
         after_run(journal.path, retention, seen.tally.total)
@@ -149,6 +153,7 @@ async def _run(
     seen: RunObservers,
     plan: RunPlan,
     out: Delivery,
+    job_done: Callable[[int], None],
 ) -> None:
     """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
     ssh = args.host_args.ssh_options(args.keepalive)
@@ -163,6 +168,7 @@ async def _run(
             await tree  # a DepsError (one line) ends the run before any job starts
         async for result in cluster.run(plan):
             await out.emit(result)
+            job_done(result.id)
 
 
 MIN_MAX_OUTPUT = 1 << 30
@@ -214,6 +220,8 @@ class _Batch:
     _identity: Callable[[], tuple[str, int | None]]
     total: int | None = None
     tags: Tags | None = None
+    done: Callable[[int], None] = lambda _id: None
+    """Called with each job's id once it has its final result (a --pipe block is removed)."""
 
     def identity(self) -> str:
         fingerprint, total = self._identity()
@@ -230,7 +238,17 @@ class _Batch:
 
 @contextlib.contextmanager
 def _open_batch(args: RunArgs, env: Environment) -> Iterator[_Batch]:
-    """The batch file (or `-`), or in command mode the batch the template makes."""
+    """The batch file (or `-`), in command mode the batch the template makes, or with --pipe
+    a job per block of standard input (or per part of --pipe-part's file)."""
+    if args.pipe is not None:
+        with (
+            open_source(STDIN, env.stdin) as source,
+            pipe_jobs(args.pipe, source.stream, env.environ) as (jobs, done),
+        ):
+            yield _Batch(
+                jobs, source.name, None, args.batch, "input", True, _stream_identity, done=done
+            )
+        return
     generated = args.generated
     plain_tag = args.observe.tag and args.format == "plain"
     tags = Tags(lambda: _tagged_again(args, env)) if plain_tag else None
@@ -355,6 +373,7 @@ Examples:
     help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
 )  # fmt: skip
 @polite_options
+@pipe_options
 @click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
 @click.option(
     "--resume", is_flag=True,
@@ -406,6 +425,7 @@ def run_command(
     timeout: str | None,
     halt: str | None,
     polite: Polite,
+    pipe: PipeArgs | None,
     no_speculate: bool,
     resume: bool,
     only_new: bool,
@@ -430,7 +450,10 @@ def run_command(
     Results stream to stdout as jobs finish; the exit status is the number of failed jobs
     (at most 101), 130 after Ctrl-C, 255 for anet's own errors.
     """
-    generated = _command_mode(batch, deps, arg_file, colsep, null)
+    if pipe is not None:  # the data is stdin or --pipe-part's file; the command is BATCH's word
+        pipe, generated = _pipe_command(batch, pipe, arg_file, colsep, null), None
+    else:
+        generated = _command_mode(batch, deps, arg_file, colsep, null)
     if deps_option is not None and deps is not None:
         raise UsageError("give the deps folder once: as DEPS or as --deps")
     if dry_run:
@@ -440,6 +463,7 @@ def run_command(
         RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
+        pipe=pipe,
     )  # fmt: skip
     return run_async(program(args, env))
 
@@ -460,6 +484,34 @@ def _command_mode(
         return None
     assert batch is None and deps is None  # split_command left no word for them
     return generate(line.command, line.sources, arg_file, colsep, null)
+
+
+def _pipe_command(
+    batch: Path | None, pipe: PipeArgs, arg_file: tuple[str, ...], colsep: str | None, null: bool
+) -> PipeArgs:
+    """--pipe's command (the BATCH word, or the words before any source), and --pipe-part's
+    file (the one -a FILE): GNU parallel's `--pipe-part -a big.csv 'wc -l'`."""
+    line = click.get_current_context().meta.get(COMMAND_LINE)
+    if line is not None and line.sources:
+        raise UsageError("--pipe and --pipe-part take their data from stdin or -a FILE, not :::")
+    if colsep is not None or null:
+        raise UsageError("--colsep and --null go with a command's ::: sources, not --pipe")
+    if pipe.part and len(arg_file) != 1:
+        raise UsageError("--pipe-part needs the file to cut: -a FILE (one)")
+    if not pipe.part and arg_file:
+        raise UsageError("-a FILE goes with --pipe-part (with --pipe the data is stdin)")
+    if line is not None:
+        command = " ".join(line.command).encode()
+    elif batch is None:
+        raise click.UsageError("Missing argument 'COMMAND' (--pipe runs it on every block).")
+    elif batch.is_file() and not os.access(batch, os.X_OK):
+        raise UsageError(
+            f"--pipe runs COMMAND on every block: {str(batch)!r} is a file, not a command"
+        )
+    else:
+        command = os.fsencode(batch)
+    part_of = Path(arg_file[0]) if pipe.part else None
+    return dataclasses.replace(pipe, command=command, part_of=part_of)
 
 
 def _dry_run(batch: Path | None, generated: Generated | None, env: Environment) -> int:

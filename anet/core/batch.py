@@ -25,11 +25,42 @@ from ..errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)
+class FilePart:
+    """`length` bytes of a file from `offset` (a `--pipe` block, a `--pipe-part` part): read
+    again from the file by every attempt of its job, never held in memory."""
+
+    path: Path
+    offset: int = 0
+    length: int | None = None  # None: to the end of the file
+
+
+JobInput = bytes | Path | FilePart
+"""What a job reads on its stdin: bytes, a whole file, or a part of one."""
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
-    """One line of the batch: `command` runs with `sh -c` on the end machine."""
+    """One line of the batch: `command` runs with `sh -c` on the end machine.
+
+    `stdin`, when given, is the job's standard input (else /dev/null): bytes, a file's path (a
+    str is a path too) or a `FilePart`. Every attempt of the job (a retry, a speculative copy)
+    reads it again from the start, so it is a value or a file, never a stream.
+    """
 
     id: int
     command: bytes
+    stdin: JobInput | None = None
+
+    def __post_init__(self) -> None:
+        stdin = self.stdin
+        if stdin is None or type(stdin) in (bytes, FilePart):
+            return
+        if isinstance(stdin, bytearray | memoryview):
+            object.__setattr__(self, "stdin", bytes(stdin))
+        elif isinstance(stdin, str | os.PathLike):
+            object.__setattr__(self, "stdin", Path(stdin))
+        else:
+            raise TypeError(f"a job's stdin is bytes or a path, not {type(stdin).__name__}")
 
 
 NUMBERING = "original-anet"

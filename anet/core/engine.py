@@ -23,7 +23,7 @@ from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Starte
 
 from ..errors import protocol_error
 from ..logs import get_logger
-from .batch import Job, unrunnable
+from .batch import Job, JobInput, unrunnable
 from .record import JobResult, SpooledResult
 from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
@@ -245,6 +245,11 @@ class Engine:
             self._scheduler.attempt_evicted(aid, msg.reason)
         return False
 
+    def stdin(self, aid: int) -> JobInput | None:
+        """The input of the attempt's job, for whoever streams it to the host (drive.py)."""
+        flight = self._flights.get(aid)
+        return None if flight is None else flight.attempt.job.stdin
+
     def owns(self, aid: int) -> bool:
         """The attempt was sent by this run and has not ended: its frames are this run's."""
         return aid in self._flights
@@ -285,7 +290,10 @@ class Engine:
             actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE))
         for attempt in () if self._draining else self._scheduler.next_runs(now):
             self._flights[attempt.aid] = _Flight(attempt, start=now + self._wall)
-            actions.send(attempt.host, Run(attempt.aid, attempt.job.id, attempt.job.command))
+            job = attempt.job
+            actions.send(
+                attempt.host, Run(attempt.aid, job.id, job.command, {}, job.stdin is not None)
+            )
             if attempt.speculative:
                 log.info(f"job {attempt.job.id}: a copy starts on {attempt.host}")
         actions.results += self._failed_early
