@@ -17,6 +17,7 @@ from anet.core.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Ver
 from anet.core.speculation import (
     Candidate,
     HostHealth,
+    HostPause,
     Pausing,
     Runtimes,
     Target,
@@ -146,10 +147,10 @@ def test_pausing_needs_different_jobs_and_successes_elsewhere():
 # -- stragglers in the scheduler -----------------------------------------------------------------
 
 
-def straggling() -> tuple[Scheduler, dict[str, Attempt]]:
+def straggling(**options) -> tuple[Scheduler, dict[str, Attempt]]:
     """Hosts a, b, c and slow, one slot each, no look-ahead. a, b and c finish a job in 1 s;
     at t=1 they take jobs 4, 5, 6; slow's job 3, started at 0, is still running at t=2."""
-    scheduler = cluster(100, ["a", "b", "c", "slow"])
+    scheduler = cluster(100, ["a", "b", "c", "slow"], **options)
     first = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
     for host in "abc":
         assert scheduler.attempt_ended(first[host].aid, ok=True, now=1.0, duration=1.0).final
@@ -538,3 +539,95 @@ def test_a_timeout_then_a_lost_host_burns_a_retry_and_the_job_avoids_that_host()
     (abandoned,) = scheduler.take_abandoned()
     assert (abandoned.attempts, abandoned.host) == (2, "b")
     assert abandoned.error == "timed out after 5 s, then its host was lost"
+
+
+def test_a_timeout_teaches_that_its_host_is_slow_and_a_plain_failure_does_not():
+    """A host whose attempts only time out never finishes a job to be measured by: the time it
+    was given is a lower bound on its slowness. A job that fails after a while says nothing
+    about its host's speed."""
+    timed = cluster(10, "ab", timeout=5, speculate=False)
+    learn(timed, a=1.0)  # a typical job takes 1 s
+    on_b = next(r for r in timed.next_runs(0.0) if r.host == "b")
+    timed.attempt_started(on_b.aid, 1.0)
+    assert [k.attempt for k in timed.due_kills(6.0)] == [on_b]
+    timed.attempt_ended(on_b.aid, ok=False, now=6.5)
+    assert timed.runtimes.slowness("b") == pytest.approx(5.5)  # ran 5.5 s, and unfinished
+
+    failed = cluster(10, "ab", speculate=False)
+    learn(failed, a=1.0)
+    on_b = next(r for r in started(failed, failed.next_runs(0.0), 0.0) if r.host == "b")
+    assert failed.attempt_ended(on_b.aid, ok=False, now=9.0).verdict is Verdict.RETRY
+    assert failed.runtimes.slowness("b") == 1.0
+
+
+def test_a_timed_out_original_whose_copy_runs_on_is_a_retry_that_says_why():
+    scheduler, running = straggling(timeout=10)
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert [k.attempt for k in scheduler.due_kills(10.0)] == [running["slow"]]
+    ended = scheduler.attempt_ended(running["slow"].aid, ok=False, now=10.1)
+    assert ended == Ended(Verdict.RETRY, running["slow"], error="timed out after 10 s")
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=10.2).final
+
+
+def test_a_failed_copy_that_pauses_its_host_says_so():
+    scheduler, running = straggling(pause_after=2)
+    # a fails job 4; b succeeds meanwhile, so a's next failure of another job pauses it
+    assert scheduler.attempt_ended(running["a"].aid, ok=False, now=1.5).paused is None
+    assert scheduler.attempt_ended(running["b"].aid, ok=True, now=2.0, duration=1.0).final
+    copy = next(r for r in started(scheduler, scheduler.next_runs(2.0), 2.0) if r.speculative)
+    assert (copy.host, copy.job) == ("a", running["slow"].job)
+    ended = scheduler.attempt_ended(copy.aid, ok=False, now=2.5)
+    assert ended.verdict is Verdict.RETRY  # the original still runs
+    assert ended.paused == HostPause("a", 60.0, 62.5, (3, 4))
+
+
+def test_next_wakeup_is_after_the_now_it_is_given():
+    scheduler = cluster(10, "ab", timeout=5, speculate=False)
+    on_a, on_b = sorted(scheduler.next_runs(0.0), key=lambda r: r.host)
+    scheduler.attempt_started(on_a.aid, 0.0)
+    scheduler.attempt_started(on_b.aid, 3.0)
+    assert scheduler.next_wakeup(6.0) == 8.0  # a's timeout (at 5) is due already, b's is next
+
+
+def test_no_wakeup_for_a_pause_that_ends_now():
+    """A wake-up at `now` would have the master's loop spin without waiting."""
+    pair = Pair(pause_after=3, pause_for=60.0)
+    pause = [pair.step(t, a_ok=False) for t in (1.0, 2.0, 3.0)][-1]
+    assert pause is not None and pause.paused is not None and pause.paused.until == 63.0
+    assert pair.scheduler.next_wakeup(3.0) == 63.0
+    assert pair.scheduler.next_wakeup(63.0) is None
+
+
+def test_no_wakeup_for_attempts_that_have_a_copy_already():
+    """The copy (started at 2 s) would straggle at 3.5 s, but a job gets one copy at most: the
+    next time something may deserve one is when b's and c's jobs (started at 2.5 s) straggle."""
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert copy.speculative and copy.job == running["slow"].job
+    for host in "bc":
+        scheduler.attempt_ended(running[host].aid, ok=True, now=2.5, duration=1.0)
+    assert len(started(scheduler, scheduler.next_runs(2.5), 2.5)) == 2
+    assert scheduler.next_wakeup(2.5) == pytest.approx(4.0)  # 2.5 + 1.5 x 1 s
+
+
+def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_run_again():
+    """slow runs jobs 0 and 2; a copy of job 0 wins elsewhere, sooner than a typical job; then
+    slow is lost: job 2 runs again, though the lost attempt before it in job order was moot."""
+    scheduler = Scheduler(iter(jobs(100)))
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("slow", 2, 0)
+    learn(scheduler, a=1.0)
+    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert sorted((r.host, r.job.id) for r in runs) == [("a", 1), ("slow", 0), ("slow", 2)]
+    on_a = next(r for r in runs if r.host == "a")
+    scheduler.attempt_ended(on_a.aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert (copy.job.id, copy.host) == (0, "a")
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=2.5, duration=0.5).final
+    # the loser ran 2.5 s on a job the copy did in 0.5 s (a small one): slow is 5x slower
+    assert scheduler.runtimes.slowness("slow") == pytest.approx(5.0)
+    assert len(scheduler.host_lost("slow", now=2.5)) == 2
+    (again,) = scheduler.next_runs(2.5)
+    assert (again.job.id, again.number) == (2, 2)
