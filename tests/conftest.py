@@ -21,7 +21,15 @@ HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
 
 def pytest_configure(config: pytest.Config) -> None:
     """uvloop (libuv) opens a pipe pair on the first loop of a process and keeps it for good:
-    open it before any test runs, or the first test to use uvloop would be blamed for it."""
+    open it before any test runs, or the first test to use uvloop would be blamed for it.
+
+    Under `-n`, xdist's default `--dist load` becomes `worksteal`: a worker that ran out of
+    tests takes some from the end of the other's share, so the two end together (see
+    pytest_collection_modifyitems). Set here rather than in addopts, where `--dist` would
+    count as xdist even without `-n` (pytest-benchmark then warns on every run of one file).
+    """
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "worksteal"
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -31,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist, each worker's share starts with its part of the tests marked `slow`.
 
-    `--dist worksteal` (pyproject.toml) hands each of the n workers a contiguous share of the
+    `--dist worksteal` (pytest_configure) hands each of the n workers a contiguous share of the
     list (the first len // n tests, then a share of the rest...), and a worker that ran out
     takes tests from the end of another's share. So the slow tests (tens of seconds each) are
     dealt round-robin to the heads of the shares: they start at once, side by side, and the
