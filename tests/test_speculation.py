@@ -20,10 +20,13 @@ from anet.core.speculation import (
     HostPause,
     Pausing,
     Runtimes,
+    Slots,
+    Speculation,
     Target,
     Timeout,
     plan_copies,
     start_wait,
+    wake_time,
 )
 from anet.errors import UsageError
 
@@ -631,3 +634,28 @@ def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_r
     assert len(scheduler.host_lost("slow", now=2.5)) == 2
     (again,) = scheduler.next_runs(2.5)
     assert (again.job.id, again.number) == (2, 2)
+
+
+def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_an_idle_slot():
+    """Three 1 s jobs seen on a: an attempt started there at 10 s straggles just after 11.5 s
+    (1.5 x 1 s). Once the batch ran dry, a copy on an idle slot is worth it as soon as the
+    attempt outlasts every finished job and a copy there: 11 s on b, 13 s on a 3x slower host.
+    """
+    runtimes = Runtimes()
+    for _ in range(3):  # exactly min_samples: enough to trust
+        runtimes.observe("a", 1.0)
+    spec = Speculation()
+    running = [(1, "a", 10.0)]
+    busy, idle = Slots("a", 1, 1, {1}), Slots("b", 1, 1)
+
+    def wake(hosts: list[Slots], drained: bool, rules: Speculation = spec) -> float | None:
+        return wake_time(rules, runtimes, lambda: running, hosts, 10.0, drained)
+
+    straggles = wake([busy, idle], drained=False)
+    assert straggles is not None and 11.5 < straggles == pytest.approx(11.5)  # after, not at
+    assert wake([busy], drained=True) == straggles  # no idle slot: nothing earlier
+    assert wake([busy, idle], drained=True) == pytest.approx(11.0)
+    for _ in range(2):
+        runtimes.observe("slow", 3.0)  # a host 3x slower: a copy there takes 3 s
+    late = Speculation(min_runtime=10.0)  # (so that straggling comes later still)
+    assert wake([busy, Slots("slow", 1, 1)], drained=True, rules=late) == pytest.approx(13.0)
