@@ -26,6 +26,7 @@ from anet.core.speculation import (
     Timeout,
     plan_copies,
     start_wait,
+    tail_limit,
     wake_time,
 )
 from anet.errors import UsageError
@@ -659,3 +660,22 @@ def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_a
         runtimes.observe("slow", 3.0)  # a host 3x slower: a copy there takes 3 s
     late = Speculation(min_runtime=10.0)  # (so that straggling comes later still)
     assert wake([busy, Slots("slow", 1, 1)], drained=True, rules=late) == pytest.approx(13.0)
+    # on the slow host itself, an attempt outlasts every finished job only after 3 x 1 s
+    running[:] = [(1, "slow", 10.0)]
+    assert wake([Slots("slow", 1, 1, {1}), idle], drained=True) == pytest.approx(13.0)
+
+
+def test_a_host_sits_out_the_tail_from_4x_the_fastest_for_the_jobs_the_others_do_meanwhile():
+    """Typical jobs of 1 s; fast takes 2 s a job, slow 8 s (4x fast: very slow), mid 6 s."""
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("ref", 1.0)
+    for host, seconds in [("fast", 2.0), ("slow", 8.0), ("mid", 6.0)]:
+        runtimes.observe(host, seconds)
+    assert [runtimes.slowness(h) for h in ("fast", "slow", "mid")] == [2.0, 8.0, 6.0]
+    spec, fast = Speculation(), Slots("fast", 2, 2)
+    # while slow runs one job (8 s), fast's 2 slots end 2 x 8 / 2 = 8 jobs
+    assert tail_limit(spec, runtimes, Slots("slow", 1, 1), [fast]) == pytest.approx(8.0)
+    fast.attempts.add(1)  # one of them is already running there
+    assert tail_limit(spec, runtimes, Slots("slow", 1, 1), [fast]) == pytest.approx(7.0)
+    assert tail_limit(spec, runtimes, Slots("mid", 1, 1), [fast]) == 0.0  # 3x: takes its share
