@@ -673,9 +673,26 @@ def test_a_host_sits_out_the_tail_from_4x_the_fastest_for_the_jobs_the_others_do
     for host, seconds in [("fast", 2.0), ("slow", 8.0), ("mid", 6.0)]:
         runtimes.observe(host, seconds)
     assert [runtimes.slowness(h) for h in ("fast", "slow", "mid")] == [2.0, 8.0, 6.0]
-    spec, fast = Speculation(), Slots("fast", 2, 2)
-    # while slow runs one job (8 s), fast's 2 slots end 2 x 8 / 2 = 8 jobs
-    assert tail_limit(spec, runtimes, Slots("slow", 1, 1), [fast]) == pytest.approx(8.0)
+    spec, fast, slow = Speculation(), Slots("fast", 1, 1), Slots("slow", 1, 1)
+    # while slow runs one job (8 s), fast's slot ends 8 / 2 = 4 jobs
+    assert tail_limit(spec, runtimes, slow, [fast]) == pytest.approx(4.0)
     fast.attempts.add(1)  # one of them is already running there
-    assert tail_limit(spec, runtimes, Slots("slow", 1, 1), [fast]) == pytest.approx(7.0)
+    assert tail_limit(spec, runtimes, slow, [fast]) == pytest.approx(3.0)
+    fast.attempts.update(range(2, 9))  # more queued there than it ends meanwhile
+    assert tail_limit(spec, runtimes, slow, [fast]) == 0.0
     assert tail_limit(spec, runtimes, Slots("mid", 1, 1), [fast]) == 0.0  # 3x: takes its share
+    runtimes.observe("quick", 0.5)  # jobs under a second: the rate is not capped at 1 a second
+    quick = runtimes.expected("quick")
+    assert quick < 1.0
+    limit = tail_limit(spec, runtimes, slow, [Slots("quick", 1, 1)])
+    assert limit == pytest.approx(runtimes.expected("slow") / quick)
+
+
+def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_jobs_size():
+    runtimes = Runtimes()
+    runtimes.at_least("b", 6.0, size=2.0)
+    assert runtimes.slowness("b") == 3.0
+    runtimes.at_least("b", 2.0, size=2.0)  # no slower than known: no sample
+    runtimes.at_least("b", 6.0, size=2.0)  # as slow as known: no sample either
+    runtimes.at_least("b", 18.0, size=2.0)
+    assert runtimes.slowness("b") == 6.0  # the median of 3 and 9: two samples, not more
