@@ -19,12 +19,14 @@ from anet.core.speculation import (
     HostHealth,
     HostPause,
     Pausing,
+    Running,
     Runtimes,
     Slots,
     Speculation,
     Target,
     Timeout,
     plan_copies,
+    plan_speculation,
     start_wait,
     tail_limit,
     wake_time,
@@ -696,3 +698,52 @@ def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_j
     runtimes.at_least("b", 6.0, size=2.0)  # as slow as known: no sample either
     runtimes.at_least("b", 18.0, size=2.0)
     assert runtimes.slowness("b") == 6.0  # the median of 3 and 9: two samples, not more
+
+
+def test_the_straggler_threshold_and_the_outlook_scale_with_the_jobs_and_the_host():
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 2.0)
+    assert Speculation().threshold(runtimes, 1.0) == 3.0  # 1.5 x 2 s
+    runtimes = Runtimes()
+    for seconds in (1.0, 1.0, 1.0, 1.0, 9.0):
+        runtimes.observe("a", seconds)
+    runtimes.observe("b", 2.0)  # b is 2x slower
+    assert runtimes.slowness("b") == 2.0
+    # 1 s on b is 0.5 s of a typical host: any job could be that far along, the mean says
+    mean = runtimes.mean()
+    assert runtimes.outlook("b", 1.0) == pytest.approx((mean * 2 - 1.0, mean))
+
+
+def _plan(runtimes: Runtimes, hosts: list[Slots], *, drained: bool, running=None) -> list:
+    """The copies planned at 10 s; by default for one attempt on a started at 0 s."""
+    if running is None:
+        running = [Running(1, "a", 0.0, True, frozenset({"a"}))]
+    usable = {h.name for h in hosts}
+    return plan_speculation(
+        Speculation(), runtimes, running, hosts, 10.0, usable=usable, drained=drained, copies=0
+    )
+
+
+def test_plan_speculation_room_samples_cap_and_the_targets_speed():
+    def seen(n: int = 3) -> Runtimes:
+        runtimes = Runtimes()
+        for _ in range(n):
+            runtimes.observe("a", 1.0)
+        return runtimes
+
+    a = Slots("a", 1, 1, {1})
+    queued = Slots("b", 1, 3, {7})  # b's slot is busy, its queue has room
+    assert _plan(seen(), [a, queued], drained=False) == [(1, "b")]  # behind b's job: 2 s < 10
+    assert _plan(seen(), [a, queued], drained=True) == []  # once dry, copies take idle slots only
+    assert _plan(seen(2), [a, Slots("b", 1, 1)], drained=True) == []  # too few samples
+    slow_b = seen()
+    slow_b.observe("b", 20.0)  # a copy on b would take 20 s: later than the original's 10 s more
+    assert _plan(slow_b, [a, Slots("b", 1, 1)], drained=True) == []
+    # 20 slots: copies may take 10% of them, 2, while jobs still wait
+    hosts = [Slots(f"h{i}", 1, 1) for i in range(20)]
+    running = []
+    for i in range(3):
+        hosts[i].attempts.add(100 + i)
+        running.append(Running(100 + i, f"h{i}", 0.0, True, frozenset({f"h{i}"})))
+    assert len(_plan(seen(), hosts, drained=False, running=running)) == 2
