@@ -747,3 +747,20 @@ def test_plan_speculation_room_samples_cap_and_the_targets_speed():
         hosts[i].attempts.add(100 + i)
         running.append(Running(100 + i, f"h{i}", 0.0, True, frozenset({f"h{i}"})))
     assert len(_plan(seen(), hosts, drained=False, running=running)) == 2
+
+
+def test_a_straggler_is_an_attempt_past_the_threshold_of_its_own_host():
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 1.0)
+    runtimes.observe("slow", 3.0)  # 3x slower: its threshold is 4.5 s, a's 1.5 s
+    idle = Slots("b", 1, 1)
+
+    def copies(host: str, started: float) -> list:
+        running = [Running(1, host, started, True, frozenset({host}))]
+        return _plan(runtimes, [Slots(host, 1, 1, {1}), idle], drained=False, running=running)
+
+    assert copies("a", 8.5) == []  # 1.5 s: at the threshold, not past it
+    assert copies("a", 8.4) == [(1, "b")]
+    assert copies("slow", 6.0) == []  # 4 s on a 3x slower host: on time
+    assert start_wait(1, 1, 10.0) == 10.0  # one slot: the next in line waits a whole job
