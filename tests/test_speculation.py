@@ -764,3 +764,14 @@ def test_a_straggler_is_an_attempt_past_the_threshold_of_its_own_host():
     assert copies("a", 8.4) == [(1, "b")]
     assert copies("slow", 6.0) == []  # 4 s on a 3x slower host: on time
     assert start_wait(1, 1, 10.0) == 10.0  # one slot: the next in line waits a whole job
+
+
+def test_each_copy_planned_on_a_host_fills_it_and_delays_the_next():
+    none: frozenset[str] = frozenset()
+    two = Target("t", 2, 0, 2, 1.0, 1.0)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 9.0, 1.0, none)], [two], 5)
+    assert plan == [(1, "t"), (2, "t")]
+    # one slot, busy: the first copy ends at 2 s (1 s wait), a second would wait behind it: 3 s
+    busy = Target("t", 2, 1, 1, 1.0, 1.0)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 2.5, 1.0, none)], [busy], 5)
+    assert plan == [(1, "t")]  # 3 s is later than candidate 2's 2.5 s
