@@ -775,3 +775,17 @@ def test_each_copy_planned_on_a_host_fills_it_and_delays_the_next():
     busy = Target("t", 2, 1, 1, 1.0, 1.0)
     plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 2.5, 1.0, none)], [busy], 5)
     assert plan == [(1, "t")]  # 3 s is later than candidate 2's 2.5 s
+    busy = Target("t", 2, 1, 1, 1.0, 1.0)  # (plan_copies updated the last one)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 3.5, 1.0, none)], [busy], 5)
+    assert plan == [(1, "t"), (2, "t")]  # 3 s is sooner than 3.5 s
+
+
+def test_quantiles_by_nearest_rank_and_zero_without_samples():
+    runtimes = Runtimes()
+    assert (runtimes.quantile(0.9), runtimes.median()) == (0.0, 0.0)
+    for seconds in (1.0, 3.0, 1.0):
+        runtimes.observe("a", seconds)
+    values = sorted(runtimes._norm)  # as if on a host of slowness 1: three distinct ranks
+    assert values[0] < values[1]
+    ranks = [runtimes.quantile(q) for q in (0.0, 0.33, 0.34, 1.0)]
+    assert ranks == [values[0], values[0], values[1], values[2]]
