@@ -25,6 +25,7 @@ from anet.core.speculation import (
     Speculation,
     Target,
     Timeout,
+    due,
     plan_copies,
     plan_speculation,
     start_wait,
@@ -694,6 +695,7 @@ def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_j
     runtimes = Runtimes()
     runtimes.at_least("b", 6.0, size=2.0)
     assert runtimes.slowness("b") == 3.0
+    assert runtimes.floor == 1.0  # the unmeasured hosts count as 1.0: none is faster yet
     runtimes.at_least("b", 2.0, size=2.0)  # no slower than known: no sample
     runtimes.at_least("b", 6.0, size=2.0)  # as slow as known: no sample either
     runtimes.at_least("b", 18.0, size=2.0)
@@ -782,10 +784,24 @@ def test_each_copy_planned_on_a_host_fills_it_and_delays_the_next():
 
 def test_quantiles_by_nearest_rank_and_zero_without_samples():
     runtimes = Runtimes()
-    assert (runtimes.quantile(0.9), runtimes.median()) == (0.0, 0.0)
+    assert (runtimes.quantile(0.9), runtimes.median(), runtimes.mean()) == (0.0, 0.0, 0.0)
     for seconds in (1.0, 3.0, 1.0):
         runtimes.observe("a", seconds)
     values = sorted(runtimes._norm)  # as if on a host of slowness 1: three distinct ranks
     assert values[0] < values[1]
     ranks = [runtimes.quantile(q) for q in (0.0, 0.33, 0.34, 1.0)]
     assert ranks == [values[0], values[0], values[1], values[2]]
+
+
+def test_due_scales_each_deadline_by_its_hosts_slowness_and_says_none_when_none_is_ahead():
+    runtimes = Runtimes()
+    runtimes.at_least("slow", 3.0)  # no typical job yet: 3 s for nothing known says nothing
+    runtimes.at_least("slow", 6.0, size=2.0)  # 3x slower
+
+    def after(slowness: float) -> float:
+        return 2.0 * slowness
+
+    starts = [(1, "fast", 0.0), (2, "slow", 0.0)]
+    assert due(starts, after, runtimes, 5.0) == ([(1, 2.0)], 6.0)  # slow's deadline: 6 s
+    assert due(starts, after, runtimes, 6.0) == ([(1, 2.0), (2, 6.0)], None)
+    assert due([], after, runtimes, 6.0) == ([], None)
