@@ -87,8 +87,19 @@ def test_runtimes_memory_is_bounded():
     runtimes = Runtimes(window=50, host_window=4)
     for i in range(10_000):
         runtimes.observe(f"h{i % 3}", 1.0 + i % 7)
-    assert runtimes.count == 50
+    assert runtimes.count == 50 and len(runtimes._raw) == 50
     assert all(len(samples) <= 4 for samples in runtimes._ratios.values())
+
+
+def test_the_cached_statistics_follow_a_batch_that_drifts():
+    runtimes = Runtimes()
+    assert runtimes.floor == 1.0
+    for _ in range(100):
+        runtimes.observe("a", 1.0)
+    assert runtimes.median() == 1.0
+    for _ in range(300):  # the jobs became 5x longer (on the same host: it is not the host)
+        runtimes.observe("a", 5.0)
+    assert runtimes.quantile(0.9) > 1.0  # not frozen at what the first samples showed
 
 
 def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():
@@ -120,10 +131,22 @@ def test_timeout_specs(spec: float | str, expected: Timeout):
     assert Timeout.parse(None) is None
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "-1", "0%", "nan", "inf"])
-def test_bad_timeout_specs_are_usage_errors(spec: str):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("", "neither"),
+        ("abc", "neither"),
+        ("-1", "positive"),
+        ("0%", "positive"),
+        ("nan", "positive"),
+        ("inf", "positive"),
+    ],
+)
+def test_bad_timeout_specs_are_usage_errors(spec: str, why: str):
+    words = {"neither": "is neither seconds nor a percentage", "positive": "must be a positive"}
+    with pytest.raises(UsageError, match=f"timeout {spec!r} {words[why]}"):
         Timeout.parse(spec)
+    assert Timeout.parse("0.5") == Timeout(seconds=0.5)  # under a second is fine
 
 
 def test_plan_copies_takes_the_latest_first_and_only_if_the_copy_ends_sooner():
