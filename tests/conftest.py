@@ -21,11 +21,42 @@ HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
 
 def pytest_configure(config: pytest.Config) -> None:
     """uvloop (libuv) opens a pipe pair on the first loop of a process and keeps it for good:
-    open it before any test runs, or the first test to use uvloop would be blamed for it."""
+    open it before any test runs, or the first test to use uvloop would be blamed for it.
+
+    Under `-n`, xdist's default `--dist load` becomes `worksteal`: a worker that ran out of
+    tests takes some from the end of the other's share, so the two end together (see
+    pytest_collection_modifyitems). Set here rather than in addopts, where `--dist` would
+    count as xdist even without `-n` (pytest-benchmark then warns on every run of one file).
+    """
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "worksteal"
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.new_event_loop().close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, each worker's share starts with its part of the tests marked `slow`.
+
+    `--dist worksteal` (pytest_configure) hands each of the n workers a contiguous share of the
+    list (the first len // n tests, then a share of the rest...), and a worker that ran out
+    takes tests from the end of another's share. So the slow tests (tens of seconds each) are
+    dealt round-robin to the heads of the shares: they start at once, side by side, and the
+    short tests fill in around them; left in one share, one worker would run them all in a
+    row while the other ran out of work. Every worker computes the same order, as xdist
+    requires. Without xdist the slow tests simply come first.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    fast = iter(item for item in items if not item.get_closest_marker("slow"))
+    ordered: list[pytest.Item] = []
+    for worker in range(workers):
+        share = (len(items) - len(ordered)) // (workers - worker)
+        heads = slow[worker::workers]
+        ordered += heads + list(itertools.islice(fast, max(0, share - len(heads))))
+    ordered += fast  # what no share took (more slow tests than a share holds)
+    items[:] = ordered
 
 
 _SHARED: list[SshdCluster] = []

@@ -20,7 +20,7 @@ from sshd_hosts import SshdCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.usefixtures("no_leftover_processes"), pytest.mark.slow]
 
 
 def anet_argv(where: str, cluster: SshdCluster, *args: str) -> list[str]:

@@ -83,31 +83,39 @@ def host(cluster: SshdCluster, where: str) -> list[str]:
     return ["-S", "1/" + (cluster.names[0] if where == "ssh" else ":")]
 
 
+BIG = 300_000_000
+"""Twice the RSS bound: the master before spooling held about twice a job's output (545 MB
+for 256 MB, docs/benchmarks.md), so any output held whole shows. Each format, the journal on
+and off, and both transports run at 1 GB once; the other cases at this size (pushing 6 GB
+through two busy cores was a third of the suite's time)."""
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fmt", "journal", "where"),
+    ("fmt", "journal", "where", "size"),
     [
-        ("anet", True, "ssh"),
-        ("anet", False, "local"),
-        ("msgpack", True, "local"),
-        ("msgpack", False, "ssh"),
-        ("jsonl", True, "ssh"),
-        ("jsonl", False, "local"),
+        ("anet", True, "ssh", GB),
+        ("anet", False, "local", BIG),
+        ("msgpack", True, "local", GB),
+        ("msgpack", False, "ssh", BIG),
+        ("jsonl", True, "ssh", BIG),
+        ("jsonl", False, "local", GB),
     ],
 )
 def test_a_job_printing_1_gb_goes_through_a_master_of_at_most_150_mb(
-    cluster, tmp_path, fmt, journal, where
+    cluster, tmp_path, fmt, journal, where, size
 ):
     journal_file = tmp_path / "journal.sqlite"  # (retention would drop a default one's results)
     keep = ("--journal", str(journal_file)) if journal else ("--no-journal",)
-    run = Run(tmp_path, cluster, fmt, [f"head -c {GB} /dev/zero"], *host(cluster, where), *keep)
+    run = Run(tmp_path, cluster, fmt, [f"head -c {size} /dev/zero"], *host(cluster, where), *keep)
     assert run.returncode == 0, run.stderr
     (record,) = run.digests.values()
-    assert record.sizes == {"stdout": GB, "stderr": 0}
-    assert record.sha("stdout") == zeros(GB)
+    assert record.sizes == {"stdout": size, "stderr": 0}
+    assert record.sha("stdout") == zeros(size)
     assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
     assert run.spools_left() == []  # unlinked as made: nothing to clean up, ever
     if journal:
-        assert journal_file.stat().st_size > GB  # the journal has it too, copied in chunks
+        assert journal_file.stat().st_size > size  # the journal has it too, copied in chunks
 
 
 def test_300_mb_beside_500_small_jobs_in_order_and_in_a_results_folder(cluster, tmp_path):

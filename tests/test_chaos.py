@@ -448,6 +448,7 @@ def seed() -> int:
 
 
 @pytest.mark.root("the chaos test partitions hosts with iptables", tools=("iptables",))
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_chaos_then_resume_gives_every_result_once_and_exact(
     make_cluster, tmp_path, seed, scenario

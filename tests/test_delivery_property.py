@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,6 +83,7 @@ def decode(data: bytes) -> list[int]:
 ACTIONS = st.sampled_from(["arrive", "commit", "yield", "take", "take_all"])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     n_jobs=st.integers(1, 12),

@@ -25,7 +25,7 @@ from anet import results
 from anet.core.record import JobResult
 from anet.errors import ResultFormatError
 
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.usefixtures("no_leftover_processes"), pytest.mark.slow]
 
 N_JOBS = 1500
 PAD = 2000

@@ -123,6 +123,7 @@ def test_killed_dispatcher_restarts_over_the_same_connection(make_cluster, tmp_p
     assert leftover_processes(own.hosts, grace=5.0) == {}  # orphans were found and killed
 
 
+@pytest.mark.slow
 def test_frozen_host_is_declared_lost_within_its_keepalive(make_cluster, tmp_path):
     own = make_cluster(2)
     frozen = own["host2"]
@@ -169,6 +170,7 @@ def test_host_whose_sshd_restarts_rejoins_and_gets_work(make_cluster, tmp_path):
     assert flaky.accepted_connections() == 2
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_master_then_resume_loses_nothing_and_reruns_no_success(
     make_cluster, tmp_path
 ):
@@ -233,6 +235,7 @@ def _rss_mb(pid: int) -> float | None:
     return None  # gone, or a zombie, which has no VmRSS
 
 
+@pytest.mark.slow
 def test_a_slow_consumer_keeps_master_memory_bounded_and_nothing_deadlocks(make_cluster, tmp_path):
     own = make_cluster(2)
     batch = tmp_path / "batch.txt"

@@ -365,6 +365,7 @@ def test_records_are_yielded_before_the_pipe_closes(name: str) -> None:
         os.close(write_fd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_reading_holds_one_record_at_a_time(name: str) -> None:
     count, encoder = 50_000, encoder_for(name)

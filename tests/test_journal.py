@@ -571,6 +571,7 @@ def test_a_failure_never_replaces_the_chunks_of_a_success(tmp_path, monkeypatch)
         assert [r.stdout for r in journal.succeeded_results()] == [b"the first, kept"]
 
 
+@pytest.mark.slow
 def test_an_output_over_a_gigabyte_is_journaled(tmp_path):
     """SQLite refuses one value over 10**9 bytes ("string or blob too big"): the run died."""
     huge = b"y" * (10**9 + 4096)

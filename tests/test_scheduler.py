@@ -583,3 +583,51 @@ def test_after_abort_idle_hosts_start_nothing_though_jobs_are_left():
     scheduler.host_ready("other", 4, 0)
     assert scheduler.next_runs(2.0) == [] and scheduler.in_flight == 0
     assert not scheduler.has_pending and source.pulled == 1  # the batch is closed, not read
+
+
+def test_a_host_lost_after_abort_gives_up_nothing():
+    """The halted job gets no result: losing its host is no loss that could give it up."""
+    scheduler = Scheduler(Source(10), max_losses=1, speculate=False)
+    scheduler.host_ready("h", 1, 0)
+    (run,) = scheduler.next_runs(0.0)
+    scheduler.attempt_started(run.aid, 0.0)
+    scheduler.abort()
+    assert scheduler.host_lost("h", now=1.0) == [run]
+    assert scheduler.take_abandoned() == []
+
+
+def test_a_round_trip_measured_by_a_start_resizes_the_queue_at_once():
+    """Known 20 ms jobs, then a first Started 50 ms after its Run: the queue grows then, not
+    only after the next successes (Little's law: 2 slots x 50 / 20 = 5 queued)."""
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 2)
+    for _ in range(3):
+        scheduler.runtimes.observe("a", 0.02)
+    runs = scheduler.next_runs(0.0)
+    assert len(runs) == 2 + default_lookahead(2)
+    scheduler.attempt_started(runs[0].aid, 0.05)
+    assert len(scheduler.next_runs(0.05)) == 3
+
+
+def test_the_defaults_two_retries_and_a_pause_of_60_s_after_5_different_failures():
+    """The scheduler's own defaults, for a caller that sets none: a job runs 3 times at most; a
+    host that fails 5 different jobs in a row while another succeeds gets none for 60 s."""
+    scheduler = Scheduler(Source(1), speculate=False)
+    scheduler.host_ready("a", 1, 0)
+    verdicts = []
+    for t in range(3):
+        (run,) = scheduler.next_runs(float(t))
+        verdicts.append(scheduler.attempt_ended(run.aid, ok=False, now=t + 0.5).verdict)
+    assert verdicts == [Verdict.RETRY, Verdict.RETRY, Verdict.FINAL]
+
+    scheduler = Scheduler(Source(100), speculate=False)
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    on = {r.host: r for r in scheduler.next_runs(0.0)}
+    pauses = []
+    for t in range(1, 6):  # b succeeds each second, a fails a new job each second
+        scheduler.attempt_ended(on.pop("b").aid, ok=True, now=float(t))
+        pauses.append(scheduler.attempt_ended(on.pop("a").aid, ok=False, now=float(t)).paused)
+        on.update((r.host, r) for r in scheduler.next_runs(float(t)))
+    assert pauses[:4] == [None] * 4
+    assert pauses[4] is not None and (pauses[4].seconds, pauses[4].until) == (60.0, 65.0)

@@ -17,12 +17,20 @@ from anet.core.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Ver
 from anet.core.speculation import (
     Candidate,
     HostHealth,
+    HostPause,
     Pausing,
+    Running,
     Runtimes,
+    Slots,
+    Speculation,
     Target,
     Timeout,
+    due,
     plan_copies,
+    plan_speculation,
     start_wait,
+    tail_limit,
+    wake_time,
 )
 from anet.errors import UsageError
 
@@ -79,8 +87,19 @@ def test_runtimes_memory_is_bounded():
     runtimes = Runtimes(window=50, host_window=4)
     for i in range(10_000):
         runtimes.observe(f"h{i % 3}", 1.0 + i % 7)
-    assert runtimes.count == 50
+    assert runtimes.count == 50 and len(runtimes._raw) == 50
     assert all(len(samples) <= 4 for samples in runtimes._ratios.values())
+
+
+def test_the_cached_statistics_follow_a_batch_that_drifts():
+    runtimes = Runtimes()
+    assert runtimes.floor == 1.0
+    for _ in range(100):
+        runtimes.observe("a", 1.0)
+    assert runtimes.median() == 1.0
+    for _ in range(300):  # the jobs became 5x longer (on the same host: it is not the host)
+        runtimes.observe("a", 5.0)
+    assert runtimes.quantile(0.9) > 1.0  # not frozen at what the first samples showed
 
 
 def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():
@@ -112,10 +131,22 @@ def test_timeout_specs(spec: float | str, expected: Timeout):
     assert Timeout.parse(None) is None
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "-1", "0%", "nan", "inf"])
-def test_bad_timeout_specs_are_usage_errors(spec: str):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("", "neither"),
+        ("abc", "neither"),
+        ("-1", "positive"),
+        ("0%", "positive"),
+        ("nan", "positive"),
+        ("inf", "positive"),
+    ],
+)
+def test_bad_timeout_specs_are_usage_errors(spec: str, why: str):
+    words = {"neither": "is neither seconds nor a percentage", "positive": "must be a positive"}
+    with pytest.raises(UsageError, match=f"timeout {spec!r} {words[why]}"):
         Timeout.parse(spec)
+    assert Timeout.parse("0.5") == Timeout(seconds=0.5)  # under a second is fine
 
 
 def test_plan_copies_takes_the_latest_first_and_only_if_the_copy_ends_sooner():
@@ -146,10 +177,10 @@ def test_pausing_needs_different_jobs_and_successes_elsewhere():
 # -- stragglers in the scheduler -----------------------------------------------------------------
 
 
-def straggling() -> tuple[Scheduler, dict[str, Attempt]]:
+def straggling(**options) -> tuple[Scheduler, dict[str, Attempt]]:
     """Hosts a, b, c and slow, one slot each, no look-ahead. a, b and c finish a job in 1 s;
     at t=1 they take jobs 4, 5, 6; slow's job 3, started at 0, is still running at t=2."""
-    scheduler = cluster(100, ["a", "b", "c", "slow"])
+    scheduler = cluster(100, ["a", "b", "c", "slow"], **options)
     first = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
     for host in "abc":
         assert scheduler.attempt_ended(first[host].aid, ok=True, now=1.0, duration=1.0).final
@@ -538,3 +569,262 @@ def test_a_timeout_then_a_lost_host_burns_a_retry_and_the_job_avoids_that_host()
     (abandoned,) = scheduler.take_abandoned()
     assert (abandoned.attempts, abandoned.host) == (2, "b")
     assert abandoned.error == "timed out after 5 s, then its host was lost"
+
+
+def test_a_timeout_teaches_that_its_host_is_slow_and_a_plain_failure_does_not():
+    """A host whose attempts only time out never finishes a job to be measured by: the time it
+    was given is a lower bound on its slowness. A job that fails after a while says nothing
+    about its host's speed."""
+    timed = cluster(10, "ab", timeout=5, speculate=False)
+    learn(timed, a=1.0)  # a typical job takes 1 s
+    on_b = next(r for r in timed.next_runs(0.0) if r.host == "b")
+    timed.attempt_started(on_b.aid, 1.0)
+    assert [k.attempt for k in timed.due_kills(6.0)] == [on_b]
+    timed.attempt_ended(on_b.aid, ok=False, now=6.5)
+    assert timed.runtimes.slowness("b") == pytest.approx(5.5)  # ran 5.5 s, and unfinished
+
+    failed = cluster(10, "ab", speculate=False)
+    learn(failed, a=1.0)
+    on_b = next(r for r in started(failed, failed.next_runs(0.0), 0.0) if r.host == "b")
+    assert failed.attempt_ended(on_b.aid, ok=False, now=9.0).verdict is Verdict.RETRY
+    assert failed.runtimes.slowness("b") == 1.0
+
+
+def test_a_timed_out_original_whose_copy_runs_on_is_a_retry_that_says_why():
+    scheduler, running = straggling(timeout=10)
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert [k.attempt for k in scheduler.due_kills(10.0)] == [running["slow"]]
+    ended = scheduler.attempt_ended(running["slow"].aid, ok=False, now=10.1)
+    assert ended == Ended(Verdict.RETRY, running["slow"], error="timed out after 10 s")
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=10.2).final
+
+
+def test_a_failed_copy_that_pauses_its_host_says_so():
+    scheduler, running = straggling(pause_after=2)
+    # a fails job 4; b succeeds meanwhile, so a's next failure of another job pauses it
+    assert scheduler.attempt_ended(running["a"].aid, ok=False, now=1.5).paused is None
+    assert scheduler.attempt_ended(running["b"].aid, ok=True, now=2.0, duration=1.0).final
+    copy = next(r for r in started(scheduler, scheduler.next_runs(2.0), 2.0) if r.speculative)
+    assert (copy.host, copy.job) == ("a", running["slow"].job)
+    ended = scheduler.attempt_ended(copy.aid, ok=False, now=2.5)
+    assert ended.verdict is Verdict.RETRY  # the original still runs
+    assert ended.paused == HostPause("a", 60.0, 62.5, (3, 4))
+
+
+def test_next_wakeup_is_after_the_now_it_is_given():
+    scheduler = cluster(10, "ab", timeout=5, speculate=False)
+    on_a, on_b = sorted(scheduler.next_runs(0.0), key=lambda r: r.host)
+    scheduler.attempt_started(on_a.aid, 0.0)
+    scheduler.attempt_started(on_b.aid, 3.0)
+    assert scheduler.next_wakeup(6.0) == 8.0  # a's timeout (at 5) is due already, b's is next
+
+
+def test_no_wakeup_for_a_pause_that_ends_now():
+    """A wake-up at `now` would have the master's loop spin without waiting."""
+    pair = Pair(pause_after=3, pause_for=60.0)
+    pause = [pair.step(t, a_ok=False) for t in (1.0, 2.0, 3.0)][-1]
+    assert pause is not None and pause.paused is not None and pause.paused.until == 63.0
+    assert pair.scheduler.next_wakeup(3.0) == 63.0
+    assert pair.scheduler.next_wakeup(63.0) is None
+
+
+def test_no_wakeup_for_attempts_that_have_a_copy_already():
+    """The copy (started at 2 s) would straggle at 3.5 s, but a job gets one copy at most: the
+    next time something may deserve one is when b's and c's jobs (started at 2.5 s) straggle."""
+    scheduler, running = straggling()
+    scheduler.attempt_ended(running["a"].aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert copy.speculative and copy.job == running["slow"].job
+    for host in "bc":
+        scheduler.attempt_ended(running[host].aid, ok=True, now=2.5, duration=1.0)
+    assert len(started(scheduler, scheduler.next_runs(2.5), 2.5)) == 2
+    assert scheduler.next_wakeup(2.5) == pytest.approx(4.0)  # 2.5 + 1.5 x 1 s
+
+
+def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_run_again():
+    """slow runs jobs 0 and 2; a copy of job 0 wins elsewhere, sooner than a typical job; then
+    slow is lost: job 2 runs again, though the lost attempt before it in job order was moot."""
+    scheduler = Scheduler(iter(jobs(100)))
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("slow", 2, 0)
+    learn(scheduler, a=1.0)
+    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert sorted((r.host, r.job.id) for r in runs) == [("a", 1), ("slow", 0), ("slow", 2)]
+    on_a = next(r for r in runs if r.host == "a")
+    scheduler.attempt_ended(on_a.aid, ok=True, now=2.0, duration=1.0)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert (copy.job.id, copy.host) == (0, "a")
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=2.5, duration=0.5).final
+    # the loser ran 2.5 s on a job the copy did in 0.5 s (a small one): slow is 5x slower
+    assert scheduler.runtimes.slowness("slow") == pytest.approx(5.0)
+    assert len(scheduler.host_lost("slow", now=2.5)) == 2
+    (again,) = scheduler.next_runs(2.5)
+    assert (again.job.id, again.number) == (2, 2)
+
+
+def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_an_idle_slot():
+    """Three 1 s jobs seen on a: an attempt started there at 10 s straggles just after 11.5 s
+    (1.5 x 1 s). Once the batch ran dry, a copy on an idle slot is worth it as soon as the
+    attempt outlasts every finished job and a copy there: 11 s on b, 13 s on a 3x slower host.
+    """
+    runtimes = Runtimes()
+    for _ in range(3):  # exactly min_samples: enough to trust
+        runtimes.observe("a", 1.0)
+    spec = Speculation()
+    running = [(1, "a", 10.0)]
+    busy, idle = Slots("a", 1, 1, {1}), Slots("b", 1, 1)
+
+    def wake(hosts: list[Slots], drained: bool, rules: Speculation = spec) -> float | None:
+        return wake_time(rules, runtimes, lambda: running, hosts, 10.0, drained)
+
+    straggles = wake([busy, idle], drained=False)
+    assert straggles is not None and 11.5 < straggles == pytest.approx(11.5)  # after, not at
+    assert wake([busy], drained=True) == straggles  # no idle slot: nothing earlier
+    assert wake([busy, idle], drained=True) == pytest.approx(11.0)
+    for _ in range(2):
+        runtimes.observe("slow", 3.0)  # a host 3x slower: a copy there takes 3 s
+    late = Speculation(min_runtime=10.0)  # (so that straggling comes later still)
+    assert wake([busy, Slots("slow", 1, 1)], drained=True, rules=late) == pytest.approx(13.0)
+    # on the slow host itself, an attempt outlasts every finished job only after 3 x 1 s
+    running[:] = [(1, "slow", 10.0)]
+    assert wake([Slots("slow", 1, 1, {1}), idle], drained=True) == pytest.approx(13.0)
+
+
+def test_a_host_sits_out_the_tail_from_4x_the_fastest_for_the_jobs_the_others_do_meanwhile():
+    """Typical jobs of 1 s; fast takes 2 s a job, slow 8 s (4x fast: very slow), mid 6 s."""
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("ref", 1.0)
+    for host, seconds in [("fast", 2.0), ("slow", 8.0), ("mid", 6.0)]:
+        runtimes.observe(host, seconds)
+    assert [runtimes.slowness(h) for h in ("fast", "slow", "mid")] == [2.0, 8.0, 6.0]
+    spec, fast, slow = Speculation(), Slots("fast", 1, 1), Slots("slow", 1, 1)
+    # while slow runs one job (8 s), fast's slot ends 8 / 2 = 4 jobs
+    assert tail_limit(spec, runtimes, slow, [fast]) == pytest.approx(4.0)
+    fast.attempts.add(1)  # one of them is already running there
+    assert tail_limit(spec, runtimes, slow, [fast]) == pytest.approx(3.0)
+    fast.attempts.update(range(2, 9))  # more queued there than it ends meanwhile
+    assert tail_limit(spec, runtimes, slow, [fast]) == 0.0
+    assert tail_limit(spec, runtimes, Slots("mid", 1, 1), [fast]) == 0.0  # 3x: takes its share
+    runtimes.observe("quick", 0.5)  # jobs under a second: the rate is not capped at 1 a second
+    quick = runtimes.expected("quick")
+    assert quick < 1.0
+    limit = tail_limit(spec, runtimes, slow, [Slots("quick", 1, 1)])
+    assert limit == pytest.approx(runtimes.expected("slow") / quick)
+
+
+def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_jobs_size():
+    runtimes = Runtimes()
+    runtimes.at_least("b", 6.0, size=2.0)
+    assert runtimes.slowness("b") == 3.0
+    assert runtimes.floor == 1.0  # the unmeasured hosts count as 1.0: none is faster yet
+    runtimes.at_least("b", 2.0, size=2.0)  # no slower than known: no sample
+    runtimes.at_least("b", 6.0, size=2.0)  # as slow as known: no sample either
+    runtimes.at_least("b", 18.0, size=2.0)
+    assert runtimes.slowness("b") == 6.0  # the median of 3 and 9: two samples, not more
+
+
+def test_the_straggler_threshold_and_the_outlook_scale_with_the_jobs_and_the_host():
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 2.0)
+    assert Speculation().threshold(runtimes, 1.0) == 3.0  # 1.5 x 2 s
+    runtimes = Runtimes()
+    for seconds in (1.0, 1.0, 1.0, 1.0, 9.0):
+        runtimes.observe("a", seconds)
+    runtimes.observe("b", 2.0)  # b is 2x slower
+    assert runtimes.slowness("b") == 2.0
+    # 1 s on b is 0.5 s of a typical host: any job could be that far along, the mean says
+    mean = runtimes.mean()
+    assert runtimes.outlook("b", 1.0) == pytest.approx((mean * 2 - 1.0, mean))
+
+
+def _plan(runtimes: Runtimes, hosts: list[Slots], *, drained: bool, running=None) -> list:
+    """The copies planned at 10 s; by default for one attempt on a started at 0 s."""
+    if running is None:
+        running = [Running(1, "a", 0.0, True, frozenset({"a"}))]
+    usable = {h.name for h in hosts}
+    return plan_speculation(
+        Speculation(), runtimes, running, hosts, 10.0, usable=usable, drained=drained, copies=0
+    )
+
+
+def test_plan_speculation_room_samples_cap_and_the_targets_speed():
+    def seen(n: int = 3) -> Runtimes:
+        runtimes = Runtimes()
+        for _ in range(n):
+            runtimes.observe("a", 1.0)
+        return runtimes
+
+    a = Slots("a", 1, 1, {1})
+    queued = Slots("b", 1, 3, {7})  # b's slot is busy, its queue has room
+    assert _plan(seen(), [a, queued], drained=False) == [(1, "b")]  # behind b's job: 2 s < 10
+    assert _plan(seen(), [a, queued], drained=True) == []  # once dry, copies take idle slots only
+    assert _plan(seen(2), [a, Slots("b", 1, 1)], drained=True) == []  # too few samples
+    slow_b = seen()
+    slow_b.observe("b", 20.0)  # a copy on b would take 20 s: later than the original's 10 s more
+    assert _plan(slow_b, [a, Slots("b", 1, 1)], drained=True) == []
+    # 20 slots: copies may take 10% of them, 2, while jobs still wait
+    hosts = [Slots(f"h{i}", 1, 1) for i in range(20)]
+    running = []
+    for i in range(3):
+        hosts[i].attempts.add(100 + i)
+        running.append(Running(100 + i, f"h{i}", 0.0, True, frozenset({f"h{i}"})))
+    assert len(_plan(seen(), hosts, drained=False, running=running)) == 2
+
+
+def test_a_straggler_is_an_attempt_past_the_threshold_of_its_own_host():
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 1.0)
+    runtimes.observe("slow", 3.0)  # 3x slower: its threshold is 4.5 s, a's 1.5 s
+    idle = Slots("b", 1, 1)
+
+    def copies(host: str, started: float) -> list:
+        running = [Running(1, host, started, True, frozenset({host}))]
+        return _plan(runtimes, [Slots(host, 1, 1, {1}), idle], drained=False, running=running)
+
+    assert copies("a", 8.5) == []  # 1.5 s: at the threshold, not past it
+    assert copies("a", 8.4) == [(1, "b")]
+    assert copies("slow", 6.0) == []  # 4 s on a 3x slower host: on time
+    assert start_wait(1, 1, 10.0) == 10.0  # one slot: the next in line waits a whole job
+
+
+def test_each_copy_planned_on_a_host_fills_it_and_delays_the_next():
+    none: frozenset[str] = frozenset()
+    two = Target("t", 2, 0, 2, 1.0, 1.0)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 9.0, 1.0, none)], [two], 5)
+    assert plan == [(1, "t"), (2, "t")]
+    # one slot, busy: the first copy ends at 2 s (1 s wait), a second would wait behind it: 3 s
+    busy = Target("t", 2, 1, 1, 1.0, 1.0)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 2.5, 1.0, none)], [busy], 5)
+    assert plan == [(1, "t")]  # 3 s is later than candidate 2's 2.5 s
+    busy = Target("t", 2, 1, 1, 1.0, 1.0)  # (plan_copies updated the last one)
+    plan = plan_copies([Candidate(1, 10.0, 1.0, none), Candidate(2, 3.5, 1.0, none)], [busy], 5)
+    assert plan == [(1, "t"), (2, "t")]  # 3 s is sooner than 3.5 s
+
+
+def test_quantiles_by_nearest_rank_and_zero_without_samples():
+    runtimes = Runtimes()
+    assert (runtimes.quantile(0.9), runtimes.median(), runtimes.mean()) == (0.0, 0.0, 0.0)
+    for seconds in (1.0, 3.0, 1.0):
+        runtimes.observe("a", seconds)
+    values = sorted(runtimes._norm)  # as if on a host of slowness 1: three distinct ranks
+    assert values[0] < values[1]
+    ranks = [runtimes.quantile(q) for q in (0.0, 0.33, 0.34, 1.0)]
+    assert ranks == [values[0], values[0], values[1], values[2]]
+
+
+def test_due_scales_each_deadline_by_its_hosts_slowness_and_says_none_when_none_is_ahead():
+    runtimes = Runtimes()
+    runtimes.at_least("slow", 3.0)  # no typical job yet: 3 s for nothing known says nothing
+    runtimes.at_least("slow", 6.0, size=2.0)  # 3x slower
+
+    def after(slowness: float) -> float:
+        return 2.0 * slowness
+
+    starts = [(1, "fast", 0.0), (2, "slow", 0.0)]
+    assert due(starts, after, runtimes, 5.0) == ([(1, 2.0)], 6.0)  # slow's deadline: 6 s
+    assert due(starts, after, runtimes, 6.0) == ([(1, 2.0), (2, 6.0)], None)
+    assert due([], after, runtimes, 6.0) == ([], None)
