@@ -27,7 +27,9 @@ from dispatcher.protocol import Exit, InputAck, Message, Output, Started
 from .core.batch import Job, as_jobs
 from .core.engine import RunPolicy
 from .core.halt import Halt
+from .core.readahead import NOT_YET
 from .core.record import JobResult
+from .core.scheduler import SOURCE_POLL
 from .core.shares import deal
 from .deps.manifest import Tree
 from .deps.sync import Progress, Syncer, SyncReport
@@ -376,6 +378,9 @@ class Cluster:
             for result in plan.earlier():  # the earlier run's results come first
                 yield result
         first = next(plan.jobs, None)
+        while first is NOT_YET:  # a stream's first job has not come: no host is needed yet
+            await asyncio.sleep(SOURCE_POLL)
+            first = next(plan.jobs, None)
         if first is not None:  # else nothing to run: no host is even connected
             drive = await self._start_drive(plan, itertools.chain((first,), plan.jobs))
             try:

@@ -21,6 +21,7 @@ from ..core.batch import STDIN, Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
 from ..core.halt import HaltPolicy
 from ..core.inputs import Generated, Tags, generate
+from ..core.readahead import ReadAhead
 from ..core.spool import spool_dir
 from ..deps.manifest import start_scan
 from ..errors import UsageError
@@ -255,21 +256,34 @@ def _open_batch(args: RunArgs, env: Environment) -> Iterator[_Batch]:
     if generated is not None:
         stream = generated.inputs.is_stream
         pairs = generated.tagged(env.stdin)
-        yield _Batch(
-            tags.jobs(pairs) if tags else (job for job, _ in pairs),
-            "standard input" if stream else repr(generated.text),
-            None, journal_key(generated.text), "inputs", stream,
-            lambda: _stream_identity() if stream else generated.identity(env.stdin), tags=tags,
-        )  # fmt: skip
+        made = tags.jobs(pairs) if tags else (job for job, _ in pairs)
+        ahead = ReadAhead(made) if stream else None  # a producer's pause must not stall the run
+        try:
+            yield _Batch(
+                ahead or made,
+                "standard input" if stream else repr(generated.text),
+                None, journal_key(generated.text), "inputs", stream,
+                lambda: _stream_identity() if stream else generated.identity(env.stdin), tags=tags,
+            )  # fmt: skip
+        finally:
+            if ahead is not None:
+                ahead.close()
         return
     with open_source(args.batch, env.stdin) as source:
         path = source.path
         identity = (lambda: (fingerprint_batch(path), None)) if path else _stream_identity
         jobs = read_batch(source.stream)
         jobs = tags.jobs((job, job.command) for job in jobs) if tags else jobs
-        yield _Batch(
-            jobs, source.name, path, args.batch, "batch file", source.is_stream, identity, tags=tags
-        )
+        if source.is_stream:  # `./make_jobs | anet -`: a producer's pause must not stall the run
+            jobs = ReadAhead(jobs)
+        try:
+            yield _Batch(
+                jobs, source.name, path, args.batch, "batch file", source.is_stream, identity,
+                tags=tags,
+            )  # fmt: skip
+        finally:
+            if isinstance(jobs, ReadAhead):
+                jobs.close()
 
 
 def _tagged_again(args: RunArgs, env: Environment) -> Iterator[tuple[Job, bytes]]:

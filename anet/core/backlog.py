@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .batch import Job
+from .readahead import NOT_YET
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class Backlog:
     def __init__(self, source: Iterator[Job]) -> None:
         self._source = source
         self.source_done = False
+        self.starved = False  # the last pull found no job yet, and more may come (readahead.py)
         self.jobs: dict[int, PendingJob] = {}
         self._queue: deque[int] = deque()  # ids waiting for a host; those to run again first
 
@@ -51,10 +53,11 @@ class Backlog:
 
     def fewer_than(self, limit: int) -> bool:
         """Whether fewer than `limit` jobs are left to start, reading ahead in the batch as far
-        as `limit` to know (the caller bounds it)."""
+        as `limit` to know (the caller bounds it). A stream whose next job has not arrived
+        counts as more to come."""
         while len(self._queue) < limit and (state := self._pull()) is not None:
             self._queue.append(state.job.id)
-        return len(self._queue) < limit
+        return len(self._queue) < limit and not self.starved
 
     def close(self) -> None:
         """Nothing more is started: the batch is not read further, nothing waits."""
@@ -63,6 +66,9 @@ class Backlog:
 
     def _pull(self) -> PendingJob | None:
         job = None if self.source_done else next(self._source, None)
+        self.starved = job is NOT_YET  # a stream's next job has not arrived yet
+        if self.starved:
+            return None
         self.source_done = job is None
         return None if job is None else self.jobs.setdefault(job.id, PendingJob(job))
 

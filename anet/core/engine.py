@@ -24,6 +24,7 @@ from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Starte
 from ..errors import protocol_error
 from ..logs import get_logger
 from .batch import Job, JobInput, unrunnable
+from .readahead import NOT_YET
 from .record import JobResult, SpooledResult
 from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
@@ -319,7 +320,7 @@ class Engine:
         """The jobs a host can run; one that cannot run anywhere (a NUL byte, longer than exec
         takes) is a failed result decided here, never sent."""
         for job in jobs:
-            why = unrunnable(job.command)
+            why = None if job is NOT_YET else unrunnable(job.command)
             if why is None:
                 yield job
                 continue

@@ -36,6 +36,10 @@ PEEK_FACTOR = 8
 capacity of jobs may be read ahead from the batch: bounded by the work in flight, not the batch."""
 
 
+SOURCE_POLL = 0.05
+"""Seconds between looks at a stream whose next job had not arrived (readahead.py): the delay a
+job written by a slow producer may wait for a free slot, at 20 cheap rounds a second."""
+
 RETUNE_EVERY = 16
 """Successes between two re-sizings of a host's queue to its typical job (a round trip measured
 anew re-sizes it at once): a few microseconds a job saved, for a target that moves slowly."""
@@ -349,6 +353,8 @@ class Scheduler:
         if self._kills:
             return now
         times = [h.paused_until for h in self._health.values()] + [self._timeouts(now)[1]]
+        if self._backlog.starved:  # a stream's next job may have arrived by then
+            times.append(now + SOURCE_POLL)
         if spec := self._spec:
             alone, hosts = partial(self._flights.started, alone=True), self._hosts.values()
             times.append(

@@ -30,6 +30,7 @@ from typing import Protocol
 import msgpack
 
 from ..core.batch import Job
+from ..core.readahead import NOT_YET
 from ..core.record import JobResult, SpooledResult
 from ..core.spool import Output, Parking, Spool
 from .journal import Journal
@@ -147,7 +148,8 @@ class KeepOrder:
 
     def jobs(self, jobs: Iterable[Job]) -> Iterator[Job]:
         for job in jobs:
-            self._expected.append(job.id)
+            if job is not NOT_YET:  # a stream's next job, not arrived yet: nothing to expect
+                self._expected.append(job.id)
             yield job
 
     @property
