@@ -114,3 +114,23 @@ def test_a_producer_silent_longer_than_the_keepalive_stalls_nothing(tmp_path):
         0: (b"one\n", 1), 1: (b"two\n", 1),
     }  # fmt: skip
     assert b"retrying" not in done.stderr and b"exited" not in done.stderr, done.stderr
+
+
+def test_a_pipe_producer_silent_longer_than_the_keepalive_stalls_nothing(tmp_path):
+    """--pipe's blocks come from stdin too: its producer's silence must not freeze the master."""
+    producer = "yes xxxxxxxxx | head -c 3000000; sleep 5; yes xxxxxxxxx | head -c 1000000"
+    command = "sleep 4; wc -l"
+    script = (
+        f"( {producer} ) | {sys.executable} -m anet -S 2/: --keepalive 2 --format msgpack"
+        f" --pipe --block 1M '{command}'"
+    )
+    done = subprocess.run(["sh", "-c", script], capture_output=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    import io
+
+    import anet.results
+
+    got = {r.id: r for r in anet.results.read(io.BytesIO(done.stdout))}
+    assert sum(int(r.stdout) for r in got.values()) == 400_000  # lines of 10 bytes
+    assert all(r.attempts == 1 for r in got.values()), done.stderr
+    assert b"retrying" not in done.stderr and b"exited" not in done.stderr, done.stderr

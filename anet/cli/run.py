@@ -246,9 +246,17 @@ def _open_batch(args: RunArgs, env: Environment) -> Iterator[_Batch]:
             open_source(STDIN, env.stdin) as source,
             pipe_jobs(args.pipe, source.stream, env.environ) as (jobs, done),
         ):
-            yield _Batch(
-                jobs, source.name, None, args.batch, "input", True, _stream_identity, done=done
-            )
+            # stdin's blocks in a thread, a few ahead (each is a file of up to --block bytes):
+            # a producer that pauses must not stall the run; --pipe-part's parts are seeks
+            ahead = ReadAhead(jobs, max_jobs=4) if args.pipe.part_of is None else None
+            try:
+                yield _Batch(
+                    ahead or jobs, source.name, None, args.batch, "input", True,
+                    _stream_identity, done=done,
+                )  # fmt: skip
+            finally:
+                if ahead is not None:
+                    ahead.close()
         return
     generated = args.generated
     plain_tag = args.observe.tag and args.format == "plain"
