@@ -424,3 +424,21 @@ def test_the_library_says_in_one_line_that_no_pool_is_up():
 
     with pytest.raises(anet.PoolDown, match="no pool 'nothere' is up"):
         asyncio.run(main())
+
+
+def test_jobs_on_this_machine_run_where_the_pool_was_started(tmp_path):
+    """A batch's relative paths mean the directory its user was in: the daemon moves to /, its
+    local jobs must not (before, every job of batch_examples/primes.txt failed in a pool)."""
+    (tmp_path / "data.txt").write_text("from the start directory\n")
+    up = cli("up", "-S", "2/:", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    pid = pool_pid()
+    try:
+        path = batch(tmp_path, ["cat data.txt", "pwd"])
+        run_id = cli("submit", str(path)).stdout.decode().strip()
+        got = records(cli("attach", "--format", "msgpack", run_id).stdout)
+        assert got[0].stdout == b"from the start directory\n", got[0]
+        assert Path(got[1].stdout.decode().strip()).resolve() == tmp_path.resolve()
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")

@@ -7,6 +7,7 @@ batches from its owner's commands. Each of the others is one request to it over 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ def up_command(
 ) -> int:  # fmt: skip
     """Start a resident master: connect the hosts, keep them warm, take batches."""
     where = place(pool_name, env.environ)
-    config = daemon.PoolConfig(host_args.resolve(env), host_args.ssh_options(keepalive), keepalive)
+    # Jobs on this machine run where `anet up` was given, as `anet BATCH` runs them
+    hosts, ssh = host_args.resolve(env), host_args.ssh_options(keepalive)
+    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd())
 
     def start(ready: Any) -> int:
         logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log

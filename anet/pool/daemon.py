@@ -39,6 +39,9 @@ class PoolConfig:
     hosts: Sequence[HostSpec]
     ssh: SshOptions
     keepalive: float
+    cwd: str
+    """Where jobs on this machine run: the directory `anet up` was given in (the daemon itself
+    moves to /, and a batch's relative paths mean the directory its user was in)."""
 
 
 class Lock:
@@ -81,9 +84,10 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             raise UsageError(f"the pool is already up (pid {pid})")
         with contextlib.suppress(FileNotFoundError):
             place.socket.unlink()  # left by a pool that died: nobody answers it
-        async with Cluster(
-            list(config.hosts), ssh=config.ssh, keepalive=config.keepalive
-        ) as cluster:
+        cluster = Cluster(
+            list(config.hosts), ssh=config.ssh, keepalive=config.keepalive, cwd=config.cwd
+        )
+        async with cluster:
             await _settle(cluster)
             pool = Pool(place, cluster)
             loop = asyncio.get_running_loop()
