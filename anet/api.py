@@ -407,7 +407,7 @@ class Cluster:
         self.connect()
         drive = Drive(
             jobs,
-            self._policy,
+            options.policy or self._policy,
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
             self._send,
             self._tasks,

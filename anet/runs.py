@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .core.batch import Job
+from .core.engine import RunPolicy
 from .core.halt import Halt, HaltPolicy
 from .core.record import JobResult
 from .logs import get_logger
@@ -48,6 +49,9 @@ class RunOptions:
     keep_order: bool = False
     mark_delivered: bool = True
     arrived: Callable[[JobResult], Awaitable[None] | None] | None = None
+    policy: RunPolicy | None = None
+    """How hard this run tries (retries, timeout, speculation); the cluster's when None: runs
+    sharing a cluster (a pool's) each have their own."""
 
 
 class RunPlan:

@@ -442,3 +442,20 @@ def test_jobs_on_this_machine_run_where_the_pool_was_started(tmp_path):
     finally:
         cli("down")
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def test_a_submitted_run_has_its_own_retries_timeout_and_halt(pool, tmp_path):
+    path = batch(tmp_path, ["exit 3", "sleep 30", "echo fine"])
+    default = cli("submit", str(path)).stdout.decode().strip()  # the defaults: 2 retries
+    own = cli("submit", "--retries", "0", "--timeout", "1", str(path)).stdout.decode().strip()
+    mine = records(cli("attach", "--format", "msgpack", own).stdout)
+    assert mine[0].attempts == 1 and not mine[0].ok  # no retry
+    assert not mine[1].ok and mine[1].duration < 10  # killed at its timeout, not retried
+    assert mine[2].stdout == b"fine\n"
+    cli("cancel", default)  # its sleeper would take 30 s: the defaults are not this test's
+    refused = cli("submit", "--timeout", "soon", str(path))
+    assert refused.returncode == 255
+    assert refused.stderr.decode().count("\n") == 1 and "timeout" in refused.stderr.decode()
+    halted = cli("submit", "--halt", "now,fail=1", "--retries", "0", str(path))
+    rows = records(cli("attach", "--format", "msgpack", halted.stdout.decode().strip()).stdout)
+    assert 1 not in rows or not rows[1].ok  # the sleeper was killed when job 0 failed

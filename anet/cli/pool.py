@@ -16,9 +16,11 @@ import click
 
 from .. import logs
 from ..api import KEEPALIVE
+from ..core.engine import RunPolicy
+from ..core.halt import HaltPolicy
 from ..errors import UsageError
 from ..pool import daemon
-from ..pool.client import Target, Via, attach, request
+from ..pool.client import Target, Via, attach, pool_options, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
@@ -34,6 +36,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
+from .trying import policy_options
 
 pool_option = click.option(
     "--pool", "pool_name", default=DEFAULT_NAME, show_default=True, metavar="NAME",
@@ -112,15 +115,22 @@ def down_command(env: Environment, target: Target) -> int:
 
 @click.command("submit")
 @target_options
+@policy_options
+@click.option("-k", "--keep-order", is_flag=True, help="Results in job-id order.")
 @click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
 @click.pass_obj
-def submit_command(env: Environment, target: Target, batch: Path) -> int:
+def submit_command(
+    env: Environment, target: Target, policy: RunPolicy, halt: HaltPolicy, keep_order: bool,
+    batch: Path,
+) -> int:  # fmt: skip
     """Give the pool a batch; print its run id and return at once."""
     try:
         data = batch.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
-    row = run_async(request(target, {"op": "submit", "batch": data, "name": str(batch)}))
+    options = pool_options(policy, halt, keep_order)
+    message = {"op": "submit", "batch": data, "name": str(batch), "options": options}
+    row = run_async(request(target, message))
     env.stdout.write(f"{row['id']}\n".encode())
     env.stdout.flush()
     return ExitStatus.OK

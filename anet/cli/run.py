@@ -52,6 +52,7 @@ from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
+from .trying import policy_options
 
 log = get_logger()
 
@@ -382,21 +383,9 @@ Examples:
     "--keepalive", type=common.FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
     metavar="SECONDS", help="Declare a silent host lost after this long (and its jobs requeued).",
 )  # fmt: skip
-@click.option(
-    "--retries", type=click.IntRange(min=0), default=2, show_default=True,
-    help="Run a failed job again up to N times, preferably on another host.",
-)  # fmt: skip
-@click.option(
-    "--timeout", metavar="SECONDS|N%",
-    help="Kill (and retry) a job running longer; N% of the median successful run time.",
-)  # fmt: skip
-@click.option(
-    "--halt", metavar="WHEN,fail=N[%]",
-    help="now,fail=N: kill all and stop after N failed jobs; soon,...: start no new job.",
-)  # fmt: skip
+@policy_options
 @polite_options
 @pipe_options
-@click.option("--no-speculate", is_flag=True, help="Never start copies of slow jobs elsewhere.")
 @click.option(
     "--resume", is_flag=True,
     help="Skip the jobs that succeeded in this batch's last run (their results come first).",
@@ -443,12 +432,10 @@ def run_command(
     deps_option: str | None,
     fmt: str | None,
     keepalive: float,
-    retries: int,
-    timeout: str | None,
-    halt: str | None,
+    policy: RunPolicy,
+    halt: HaltPolicy,
     polite: Polite,
     pipe: PipeArgs | None,
-    no_speculate: bool,
     resume: bool,
     only_new: bool,
     journal: Path | None,
@@ -482,7 +469,7 @@ def run_command(
         return _dry_run(batch, generated, env)
     args = RunArgs(
         batch or Path(), host_args, fmt, keepalive, journal, resume, only_new, no_journal,
-        RunPolicy(retries, _timeout(timeout), not no_speculate), HaltPolicy.parse(halt),
+        policy, halt,
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
         pipe=pipe,
@@ -551,13 +538,3 @@ def _dry_run(batch: Path | None, generated: Generated | None, env: Environment) 
         with contextlib.suppress(OSError, ValueError):  # and no flush at exit may fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     return ExitStatus.OK
-
-
-def _timeout(text: str | None) -> float | str | None:
-    """Seconds as a number; a percentage stays text for the scheduler to parse and check."""
-    if text is None or text.endswith("%"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"--timeout takes seconds or a percentage, not {text!r}") from None

@@ -46,6 +46,13 @@ class HaltPolicy:
         return cls(Halt(when), number, percent)
 
     @property
+    def text(self) -> str:
+        """As `--halt` takes it: `parse(policy.text) == policy` (for a pool, which parses it)."""
+        if self.when is None:
+            return "never"
+        return f"{self.when.value},fail={self.failures:g}{'%' if self.percent else ''}"
+
+    @property
     def needs_total(self) -> bool:
         return self.percent
 

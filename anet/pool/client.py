@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.engine import RunPolicy
+from ..core.halt import HaltPolicy
 from ..core.record import JobResult
 from ..errors import AnetError, HostError
 from ..remote.connect import Connector, SshOptions
@@ -137,6 +139,14 @@ async def is_up(place: Place) -> int | None:
     return int(reply["pid"])
 
 
+def pool_options(policy: RunPolicy, halt: HaltPolicy, keep_order: bool) -> dict[str, Any]:
+    """A run's options as a submit carries them (server.py's `_run_options` reads them)."""
+    return {
+        "retries": policy.retries, "timeout": policy.timeout, "speculate": policy.speculate,
+        "halt": halt.text, "keep_order": keep_order,
+    }  # fmt: skip
+
+
 class Pool:
     """A running pool from Python, with a `Cluster`'s `run`:
 
@@ -171,12 +181,22 @@ class Pool:
         pass  # nothing is held open between requests
 
     async def run(
-        self, commands: Iterable[str | bytes], *, name: str = "python"
+        self,
+        commands: Iterable[str | bytes],
+        *,
+        name: str = "python",
+        policy: RunPolicy | None = None,
+        halt: HaltPolicy | None = None,
+        keep_order: bool = False,
     ) -> AsyncIterator[JobResult]:
         """Run every command once (job id = position); yield each final result as it ends.
-        The run's end state is in `last_row` afterwards (`done`, `cancelled`, `failed: ...`)."""
+        `policy`, `halt` and `keep_order` are `anet run`'s --retries/--timeout/--no-speculate,
+        --halt and -k. The run's end state is in `last_row` afterwards (`done`, `cancelled`,
+        `failed: ...`)."""
         encoded = [c.encode() if isinstance(c, str) else bytes(c) for c in commands]
-        row = await request(self._target, {"op": "submit", "commands": encoded, "name": name})
+        options = pool_options(policy or RunPolicy(), halt or HaltPolicy(), keep_order)
+        message = {"op": "submit", "commands": encoded, "name": name, "options": options}
+        row = await request(self._target, message)
         finished = False
         try:
             async for item in attach(self._target, row["id"]):

@@ -32,8 +32,11 @@ import msgpack
 
 from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
+from ..core.engine import RunPolicy
+from ..core.halt import HaltPolicy
 from ..core.record import JobResult
-from ..errors import AnetError
+from ..core.speculation import Timeout
+from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..runs import RunOptions
 from ..streams.journal import Journal, JournalError
@@ -82,6 +85,7 @@ class PoolRun:
     name: str
     total: int
     journal: Journal
+    options: RunOptions
     resumed: bool = False
     started: float = field(default_factory=time.time)
     state: str = "running"
@@ -268,7 +272,10 @@ class Pool:
         self._next_id += 1
         try:
             self.place.journal(run_id).parent.mkdir(mode=0o700, exist_ok=True)
+            choices = request.get("options") or {}
+            _run_options(choices, None)  # a mistake is refused here, before anything is kept
             _write_atomically(self._file(run_id, "name"), name.encode())
+            _write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
             _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
             run = self._start(run_id, kind, data, name, None)
         except OSError as exc:
@@ -290,7 +297,12 @@ class Pool:
             jobs = list(read_batch(io.BytesIO(data)))
         else:
             jobs = list(as_jobs(msgpack.unpackb(data)))
-        run = PoolRun(run_id, name, len(jobs), journal, resumed=resume)
+        try:
+            choices = json.loads(self._file(run_id, "options").read_bytes())
+        except FileNotFoundError:  # kept by a pool from before per-run options
+            choices = {}
+        options = _run_options(choices, journal, resume=resume, total=len(jobs))
+        run = PoolRun(run_id, name, len(jobs), journal, options, resumed=resume)
         self.runs[run_id] = run
         if ended is not None:
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
@@ -303,9 +315,8 @@ class Pool:
 
     async def _drive(self, run: PoolRun, jobs: list[Any]) -> None:
         state = "done"
-        options = RunOptions(journal=run.journal, resume=run.resumed)
         try:
-            async for result in self.cluster.run(jobs, options):
+            async for result in self.cluster.run(jobs, run.options):
                 run.arrived(result)
         except asyncio.CancelledError:
             state = "cancelled"
@@ -360,6 +371,27 @@ class Pool:
 class _NoSuchRun(AnetError):
     def __init__(self, run_id: object) -> None:
         super().__init__(f"no run {run_id!r} in this pool")
+
+
+def _run_options(
+    choices: dict[str, Any], journal: Journal | None, *, resume: bool = False, total: int = 0
+) -> RunOptions:
+    """A run's options from what its submit asked (`anet submit --retries ...`): UsageError (the
+    client's one line) for a value `anet run` would refuse too."""
+    retries, timeout = choices.get("retries", 2), choices.get("timeout")
+    speculate, keep_order = choices.get("speculate", True), choices.get("keep_order", False)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise UsageError(f"retries: {retries!r} is not a count")
+    if not (timeout is None or isinstance(timeout, (int, float, str))) or isinstance(timeout, bool):
+        raise UsageError(f"timeout: {timeout!r} is not seconds or a percentage")
+    if not isinstance(speculate, bool) or not isinstance(keep_order, bool):
+        raise UsageError("speculate and keep_order are yes or no")
+    halt = HaltPolicy.parse(choices.get("halt") if isinstance(choices.get("halt"), str) else None)
+    policy = RunPolicy(retries, timeout, speculate)
+    Timeout.parse(timeout)  # a bad one is its own one-line refusal, here rather than mid-run
+    return RunOptions(
+        journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy
+    )
 
 
 def _host_row(label: str, state: HostState) -> dict[str, Any]:
