@@ -459,3 +459,34 @@ def test_a_submitted_run_has_its_own_retries_timeout_and_halt(pool, tmp_path):
     halted = cli("submit", "--halt", "now,fail=1", "--retries", "0", str(path))
     rows = records(cli("attach", "--format", "msgpack", halted.stdout.decode().strip()).stdout)
     assert 1 not in rows or not rows[1].ok  # the sleeper was killed when job 0 failed
+
+
+def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(pool, tmp_path):
+    path = batch(tmp_path, [f"echo job {i}; exit $(({i} % 5 == 4))" for i in range(40)])
+    pooled = cli("-k", "--retries", "0", str(path))
+    alone = cli("--no-pool", "-S", "2/:", "-k", "--retries", "0", str(path))
+    assert pooled.stdout == alone.stdout and len(pooled.stdout) > 0  # the anet format, in order
+    assert pooled.returncode == alone.returncode == 8
+    listing = cli("ls").stdout.decode()
+    assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
+    standalone = cli("--joblog", str(tmp_path / "log.tsv"), str(path))  # a pool cannot yet
+    assert standalone.returncode == 8 and (tmp_path / "log.tsv").exists()
+    assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
+    named = cli("--pool", "default", "--joblog", str(tmp_path / "log.tsv"), str(path))
+    assert named.returncode == 255
+    assert named.stderr.decode().strip() == (
+        "anet: --joblog is not done through a pool yet: leave out --pool default"
+    )
+
+
+def test_ctrl_c_of_a_batch_run_through_a_pool_cancels_that_run_and_kills_its_jobs(pool, tmp_path):
+    marker = tmp_path / "started"
+    path = batch(tmp_path, [f"touch {marker}; sleep 300", "sleep 300"])
+    client = subprocess.Popen([*ANET, str(path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    wait_until(marker.exists, timeout=30, what="a job to start")
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 130, err
+    wait_until(lambda: "1  cancelled" in cli("ls").stdout.decode(), 30, "the run cancelled")
+    wait_until(lambda: not descendants(pool) - set(_dispatchers(pool)), 30, "its jobs killed")

@@ -52,6 +52,7 @@ from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
+from .pooled import pool_target, through_pool
 from .trying import policy_options
 
 log = get_logger()
@@ -418,6 +419,8 @@ Examples:
     "--progress", is_flag=True,
     help="Status lines every 10 s on stderr even when it is not a terminal (a log file).",
 )  # fmt: skip
+@click.option("--pool", "pool_name", metavar="NAME", help="Run through this pool (anet up).")
+@click.option("--no-pool", is_flag=True, help="Run standalone even when a pool is up.")
 @log_options
 @click.pass_obj
 def run_command(
@@ -447,6 +450,8 @@ def run_command(
     max_output: str | None,
     quiet: bool,
     progress: bool,
+    pool_name: str | None,
+    no_pool: bool,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts; or, as GNU
     parallel does, `anet [OPTIONS] COMMAND ::: ARGS` (`::::`, `-a FILE`): COMMAND once per
@@ -474,6 +479,10 @@ def run_command(
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
         pipe=pipe,
     )  # fmt: skip
+    target = pool_target(args, env, pool_name, no_pool)
+    if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)
+        encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
+        return run_async(through_pool(args, env, target, encoder))
     return run_async(program(args, env))
 
 

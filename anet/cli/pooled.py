@@ -1,0 +1,97 @@
+"""`anet BATCH` through a running pool (`anet up`): the same command, the same stdout bytes and
+exit status, without a start-up of its own (docs/daemon.md).
+
+A run goes through the pool when one is up (the default pool, or `--pool NAME`) and the run
+asks nothing a pool's run cannot do yet: no hosts of its own (-S, -H, -j, $ANET_HOSTS), a batch
+file (not a stream), and none of --resume, --journal, --joblog, --results, deps, --pipe,
+command mode, polite options or --max-output. Otherwise it runs standalone, as before; with
+`--pool NAME` named, such an option is one line of error instead. `--no-pool` always runs
+standalone. Ctrl-C cancels the pool's run (its jobs are killed), as it stops a standalone one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AnetError, UsageError
+from ..logs import get_logger
+from ..pool.client import Target, attach, pool_options, request
+from ..pool.place import DEFAULT_NAME, place
+from ..streams.delivery import Delivery
+from ..streams.output import open_output
+from ..streams.sinks import Encoder
+from .common import Environment, ExitStatus
+
+if TYPE_CHECKING:
+    from .run import RunArgs
+
+log = get_logger()
+
+
+def pool_target(args: RunArgs, env: Environment, name: str | None, no_pool: bool) -> Target | None:
+    """The pool this run goes through, or None to run standalone."""
+    if no_pool:
+        return None
+    where = place(name or DEFAULT_NAME, env.environ)
+    if name is None and not where.socket.exists():
+        return None  # the common case, no pool: not even a connection is tried
+    why = _standalone_only(args, env.environ)
+    if why is not None:
+        if name is not None:
+            raise UsageError(f"{why} is not done through a pool yet: leave out --pool {name}")
+        log.info(f"{why}: running standalone, not through the pool")
+        return None
+    return where, None
+
+
+def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
+    """What of this run only a standalone master does, named as the user gave it; else None."""
+    hosts = args.host_args
+    checks = [
+        (bool(hosts.hosts or hosts.host_files or hosts.slots), "-S/-H/-j"),
+        (bool(environ.get("ANET_HOSTS")), "$ANET_HOSTS"),
+        (args.resume or args.only_new, "--resume"),
+        (args.journal is not None, "--journal"),
+        (args.observe.joblog is not None, "--joblog"),
+        (args.observe.results is not None, "--results"),
+        (args.deps is not None, "a deps folder"),
+        (args.pipe is not None, "--pipe"),
+        (args.generated is not None, "a command with ::: sources"),
+        (args.max_output is not None, "--max-output"),
+        (args.observe.tag and args.format == "plain", "--format plain --tag"),
+        (args.polite != type(args.polite)(), "polite mode"),
+        (not args.batch.is_file(), "a batch from a stream"),
+    ]
+    return next((name for hit, name in checks if hit), None)
+
+
+async def through_pool(args: RunArgs, env: Environment, target: Target, encoder: Encoder) -> int:
+    """Submit the batch, write its results as they come, exit as `anet run` does."""
+    try:
+        data = args.batch.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read batch file {str(args.batch)!r}: {exc.strerror}") from None
+    options = pool_options(args.policy, args.halt, args.observe.keep_order)
+    name = str(Path(args.batch).resolve())
+    row = await request(target, {"op": "submit", "batch": data, "name": name, "options": options})
+    last: dict[str, Any] = {}
+    try:
+        async with Delivery(await open_output(env.stdout), encoder, None) as out:
+            async for item in attach(target, row["id"]):
+                if isinstance(item, dict):
+                    last = item
+                else:
+                    await out.emit(item)
+    finally:
+        if not last:  # Ctrl-C, a closed stdout: the pool's run must not go on alone
+            with contextlib.suppress(AnetError, OSError):
+                await asyncio.shield(request(target, {"op": "cancel", "run": row["id"]}))
+    if last.get("state") != "done":
+        raise AnetError(f"the pool's run {row['id']} ended: {last.get('state')}")
+    if out.failed:
+        log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
+    return min(out.failed, ExitStatus.MAX_FAILED)
