@@ -4,8 +4,8 @@ The resident master's promise (issue "A resident master"): start to first result
 batch on a warm pool <= 50 ms. Measured in a client process of its own, with the library
 (`anet.Pool().run(["true"])`: submit, attach, the result), many times per sample; beside it the
 same one job through the whole standalone `anet` command (imports, handshakes, dispatcher boot
-included) and through the pool's commands (`anet submit` then `anet wait`: two command
-start-ups). 4 sshd hosts x 4 slots.
+included), through `anet BATCH` with the pool up (one command start-up), and through the pool's
+commands (`anet submit` then `anet wait`: two command start-ups). 4 sshd hosts x 4 slots.
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ def run(bed: Bed) -> list[Table]:
 
         contenders: dict[str, Callable[[], Sample]] = {
             "warm pool, library (submit, attach, result)": library,
+            "warm pool, `anet BATCH` (the whole command)": lambda: timed(
+                [*anet, str(batch)], env=env
+            ),
             "warm pool, `anet wait` after `anet submit`": commands,
             "standalone `anet` command": lambda: timed(
-                anet_argv(cluster.ssh_config, specs, str(batch)), env=env
+                anet_argv(cluster.ssh_config, specs, "--no-pool", str(batch)), env=env
             ),
         }
         samples = interleave(contenders, bed.runs, what="pool")
