@@ -490,3 +490,32 @@ def test_ctrl_c_of_a_batch_run_through_a_pool_cancels_that_run_and_kills_its_job
     assert client.returncode == 130, err
     wait_until(lambda: "1  cancelled" in cli("ls").stdout.decode(), 30, "the run cancelled")
     wait_until(lambda: not descendants(pool) - set(_dispatchers(pool)), 30, "its jobs killed")
+
+
+def test_a_pool_of_sshd_hosts_gives_the_standalone_bytes_and_down_leaves_nothing_there(
+    make_cluster, tmp_path
+):
+    """The pool's hosts are two real sshd hosts: `anet BATCH` through it writes the bytes a
+    standalone run writes, a run is spread over both, and `anet down` leaves no process on them."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    ssh = ["--ssh-config", str(own.ssh_config)]
+    hosts = [arg for name in own.names for arg in ("-S", f"2/{name}")]
+    up = cli("up", *ssh, *hosts)
+    assert up.returncode == 0, up.stderr
+    assert b"2 of 2 hosts ready" in up.stderr
+    pid = pool_pid()
+    try:
+        path = batch(tmp_path, [f"sleep 0.0{i % 3}; echo job {i}" for i in range(60)])
+        pooled = cli("-k", str(path))
+        alone = cli("--no-pool", *ssh, *hosts, "-k", str(path))
+        assert pooled.returncode == alone.returncode == 0, pooled.stderr
+        assert pooled.stdout == alone.stdout and len(pooled.stdout) > 60 * 8
+        attached = records(cli("attach", "--format", "msgpack", "1").stdout)
+        assert {r.host for r in attached.values()} == set(own.names)
+        assert any(own[name].processes() for name in own.names)  # the dispatchers, kept warm
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
