@@ -412,12 +412,10 @@ def _packed_commands(commands: object) -> bytes | None:
 def _write_atomically(path: Path, data: bytes) -> None:
     """Whole or not at all, 0600: a pool killed mid-write leaves the old file or none."""
     part = path.with_name(path.name + ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+        file.write(data)  # whole: a bare os.write may write less (over 2 GiB it always does)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(part, path)
 
 
