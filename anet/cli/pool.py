@@ -20,7 +20,7 @@ from ..core.engine import RunPolicy
 from ..core.halt import HaltPolicy
 from ..errors import UsageError
 from ..pool import daemon
-from ..pool.client import Target, Via, attach, pool_options, request
+from ..pool.client import Target, Via, pool_options, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
@@ -36,6 +36,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
+from .pooled import write_run
 from .trying import policy_options
 
 pool_option = click.option(
@@ -189,14 +190,7 @@ def attach_command(env: Environment, target: Target, fmt: str | None, run_id: in
 
 
 async def _attach(env: Environment, target: Target, run_id: int, encoder: Any) -> int:
-    env.stdout.write(encoder.header)
-    row: dict[str, Any] = {}
-    async for item in attach(target, run_id):
-        if isinstance(item, dict):
-            row = item
-        else:
-            env.stdout.write(encoder.encode(item))
-    env.stdout.flush()
+    row, _ = await write_run(env, target, run_id, encoder)
     return _status(env, row)
 
 

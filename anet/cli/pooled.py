@@ -80,12 +80,7 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     row = await request(target, {"op": "submit", "batch": data, "name": name, "options": options})
     last: dict[str, Any] = {}
     try:
-        async with Delivery(await open_output(env.stdout), encoder, None) as out:
-            async for item in attach(target, row["id"]):
-                if isinstance(item, dict):
-                    last = item
-                else:
-                    await out.emit(item)
+        last, out = await write_run(env, target, row["id"], encoder)
     finally:
         if not last:  # Ctrl-C, a closed stdout: the pool's run must not go on alone
             with contextlib.suppress(AnetError, OSError):
@@ -95,3 +90,18 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     if out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
     return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+async def write_run(
+    env: Environment, target: Target, run_id: int, encoder: Encoder
+) -> tuple[dict[str, Any], Delivery]:
+    """A pool's run's results on stdout as `anet run` writes them (Delivery: a big output in
+    parts, a reader that stops is waited for); its last row ({} if the stream broke off)."""
+    last: dict[str, Any] = {}
+    async with Delivery(await open_output(env.stdout), encoder, None) as out:
+        async for item in attach(target, run_id):
+            if isinstance(item, dict):
+                last = item
+            else:
+                await out.emit(item)
+    return last, out

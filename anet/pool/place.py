@@ -43,8 +43,13 @@ class Place:
     def log(self) -> Path:
         return self.state_dir / "pool.log"
 
+    @property
+    def runs_dir(self) -> Path:
+        """Each run's journal and the files kept beside it (server.py's PoolRun)."""
+        return self.state_dir / "runs"
+
     def journal(self, run_id: int) -> Path:
-        return self.state_dir / "runs" / f"{run_id}.sqlite"
+        return self.runs_dir / f"{run_id}.sqlite"
 
 
 def check_name(name: str) -> str:

@@ -39,7 +39,7 @@ from ..core.speculation import Timeout
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..runs import RunOptions
-from ..streams.journal import Journal, JournalError
+from ..streams.journal import IdSet, Journal, JournalError
 from . import wire
 from .place import Place
 
@@ -163,7 +163,7 @@ class Pool:
     def _restore(self) -> None:
         """The runs of an earlier pool of this name: those that ended are listed (and can be
         attached), those left under way resume from their journals, their successes kept."""
-        runs_dir = self.place.journal(0).parent
+        runs_dir = self.place.runs_dir
         found = sorted(
             (int(f.stem), f.suffix[1:])
             for kind in KINDS
@@ -271,7 +271,7 @@ class Pool:
         run_id = self._next_id
         self._next_id += 1
         try:
-            self.place.journal(run_id).parent.mkdir(mode=0o700, exist_ok=True)
+            self.place.runs_dir.mkdir(mode=0o700, exist_ok=True)
             choices = request.get("options") or {}
             _run_options(choices, None)  # a mistake is refused here, before anything is kept
             _write_atomically(self._file(run_id, "name"), name.encode())
@@ -337,7 +337,7 @@ class Pool:
         run = self._run(request)
         listener = Listener()
         run.listeners.add(listener)
-        sent: set[int] = set()
+        sent = IdSet()  # compact for a run's millions of ids
 
         async def send(results: Iterator[JobResult]) -> None:
             for result in results:
@@ -358,8 +358,7 @@ class Pool:
                     listener.lagged = False
                     await send(run.stored())
                     continue
-                if run.ended.is_set() and not listener.queue:
-                    await send(run.stored())  # whatever ended after the last wake
+                if run.ended.is_set():  # every result came before: in the journal or the queue
                     break
                 await listener.wake.wait()
             writer.write(wire.pack(run.row()))
