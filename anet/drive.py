@@ -192,7 +192,7 @@ class Drive:
                         self._feeds.start(host, msg.aid, self.engine.stdin(msg.aid))  # type: ignore[arg-type]
         for end in actions.attempts:
             self.attempt_log.attempt(
-                end.attempt, end.size, end.start, end.runtime, end.code, end.signal
+                end.attempt, end.size, end.start, end.runtime, end.code, end.signal, end.excused
             )
         self._wake_at(actions.wakeup)
         return actions.results

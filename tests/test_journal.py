@@ -530,11 +530,16 @@ def test_a_journal_written_before_delivery_marks_counts_its_results_as_delivered
     with closing(sqlite3.connect(path)) as db:  # the results table as schema 1 first had it
         db.executescript(
             "ALTER TABLE results DROP COLUMN delivered; ALTER TABLE results DROP COLUMN chunked;"
+            " ALTER TABLE attempts DROP COLUMN excused;"
         )
     with Journal.open(path, FP, "batch.txt", resume=True) as journal:
         assert list(journal.succeeded_results(undelivered=True)) == []
         journal.record(ok(1))
         assert [r.id for r in journal.succeeded_results(undelivered=True)] == [1]
+        kill = AttemptRecord(1, 1, "node1", 1700000000.0, 0.5, None, 9, 0, excused=True)
+        journal.record_attempt(kill)  # the attempts table gained its column too
+        journal.flush()
+        assert list(journal.attempts()) == [kill]
 
 
 def test_outputs_past_the_inline_limit_are_kept_whole_in_chunks(tmp_path, monkeypatch):
@@ -681,9 +686,11 @@ def test_status_and_report_read_an_older_journal_without_changing_it(tmp_path):
         db.executescript(
             "DROP TABLE host_events; DROP TABLE output_chunks;"
             " ALTER TABLE results DROP COLUMN delivered; ALTER TABLE results DROP COLUMN chunked;"
+            " ALTER TABLE attempts DROP COLUMN excused;"
         )
     before = path.read_bytes()
     seen = load(path)
     assert (seen.failed, seen.events, seen.failed_jobs[0].why) == (1, [], "boom")
+    assert [h.failed_attempts for h in seen.hosts] == [1]
     assert "node1" in render_report(seen)  # a host without host events has its bar
     assert path.read_bytes() == before

@@ -26,6 +26,7 @@ from anet.core.scheduler import KillReason, Scheduler, Verdict
 from anet.errors import HostError
 from anet.remote.hostlife import HostPhase
 from anet.remote.hosts import parse_spec
+from anet.streams.journal import JournalReader
 from anet.views.progress import HostRow, Snapshot, Tally, host_state, take_snapshot
 from anet.views.stats import held_times
 from anet.views.summary import FailedJobs, render_summary
@@ -160,6 +161,8 @@ def test_the_engine_runs_an_evicted_job_again_without_a_retry_and_counts_no_fail
     why = "suspended 901s for a person at the machine (alice on tty2, idle 3s)"
     hosts.say("h1", Evicted(run.aid, why), Exit(run.aid, None, 9, 901.0, 0.1, 0))
     assert hosts.results == [] and hosts.stats["h1"].failed_attempts == 0
+    (end,) = hosts.attempts  # the journal's record of it: killed, excused, no failure
+    assert (end.signal, end.excused) == (9, True)
     hosts.start("h1", 0)
     hosts.finish("h1", 0, b"done\n")
     assert [(r.id, r.ok, r.attempts, r.stdout) for r in hosts.results] == [(0, True, 2, b"done\n")]
@@ -259,6 +262,10 @@ def test_a_yielding_host_gives_its_queue_back_and_its_suspended_job_moves(cluste
     html = page.read_text()
     assert "<th>time held</th>" in html and "held by polite mode" in html
     assert "(yielding)</td>" in html
+    with JournalReader.open(journal) as reader:  # the moved job's kill was no failed attempt
+        by_host = {row[0]: row[1:3] for row in reader.attempts_by_host()}
+    assert by_host["local"] == (1, 0), by_host
+    assert "<td>local</td>" in html and "<td>0</td>" in html
 
 
 def test_the_held_time_shows_in_the_live_views_state():

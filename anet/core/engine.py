@@ -83,6 +83,7 @@ class AttemptEnd:
     runtime: float
     code: int | None
     signal: int | None
+    excused: bool = False  # polite mode killed it: no failure of the job's (see Scheduler)
 
 
 @dataclass(slots=True)
@@ -421,9 +422,8 @@ class Engine:
             stats.failed_attempts += not ended.excused  # polite mode's kill is no failure
         elif ended.final:
             stats.spec_won += attempt.speculative
-        self._actions.attempts.append(
-            AttemptEnd(attempt, flight.size, flight.start, msg.duration, msg.code, msg.signal)
-        )
+        ran = (flight.size, flight.start, msg.duration, msg.code, msg.signal)
+        self._actions.attempts.append(AttemptEnd(attempt, *ran, excused=ended.excused))
 
 
 def _status(result: JobResult) -> str:

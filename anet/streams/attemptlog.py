@@ -35,14 +35,15 @@ class AttemptLog:
         runtime: float,
         code: int | None,
         signal: int | None,
+        excused: bool = False,
     ) -> None:
         """One try of a job: `start` in Unix time, `size` bytes of output; no code and no
-        signal means it was lost with its host."""
+        signal means it was lost with its host; `excused`, that polite mode killed it."""
         if self.journal is None and not self.observers:
             return
         record = AttemptRecord(
             attempt.job.id, attempt.number, attempt.host, start or time.time() - runtime,
-            runtime, code, signal, size,
+            runtime, code, signal, size, excused,
         )  # fmt: skip
         if self.journal is not None:
             with contextlib.suppress(JournalError):  # the cluster's flusher reports it

@@ -75,7 +75,8 @@ CREATE TABLE results (
 );
 CREATE TABLE attempts (
     job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, host TEXT NOT NULL, start REAL NOT NULL,
-    runtime REAL NOT NULL, exit_code INTEGER, signal INTEGER, bytes_out INTEGER NOT NULL
+    runtime REAL NOT NULL, exit_code INTEGER, signal INTEGER, bytes_out INTEGER NOT NULL,
+    excused INTEGER NOT NULL DEFAULT 0
 );
 """
 _HOST_EVENTS = """CREATE TABLE IF NOT EXISTS host_events (
@@ -94,6 +95,8 @@ _ADDED_COLUMNS = {
 }
 """Result columns added after schema version 1 shipped, with the value older rows get: an older
 anet wrote each result before committing it, so its results count as delivered."""
+_EXCUSED = "excused INTEGER NOT NULL DEFAULT 0"
+"""The attempts column added after schema version 1 shipped: polite mode's kills, no failure."""
 _FIELDS = [field.name for field in fields(JobResult)]  # the results columns, in this order
 _COLUMNS = ", ".join(_FIELDS)
 _AS_ROW = attrgetter(*_FIELDS)  # one C call per result: a tuple to bind, no dict, no copy
@@ -110,7 +113,7 @@ _UPSERT_RESULT = (
 _MARK_DELIVERED = "UPDATE results SET delivered = 1 WHERE id = ?"
 _INSERT_CHUNK = "INSERT INTO output_chunks VALUES (?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS}, chunked FROM results"
-_INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_HOST_EVENT = "INSERT INTO host_events VALUES (?, ?, ?, ?)"
 OUTPUTS_DROPPED = "outputs_dropped"
 """Meta key, set (to a UTC time) once retention.py dropped the outputs of a finished run."""
@@ -198,6 +201,7 @@ class AttemptRecord(NamedTuple):
     exit_code: int | None
     signal: int | None
     bytes_out: int
+    excused: bool = False  # polite mode killed it (--yield-move, --memfree-kill): not a failure
 
 
 def fingerprint_batch(path: str | os.PathLike[str]) -> str:
@@ -627,6 +631,9 @@ class JournalReader:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         self._columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
         self._has_events = "host_events" in tables
+        attempt_columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+        self._failed = "exit_code IS NOT 0" + (" AND NOT excused" * ("excused" in attempt_columns))
+        """An attempt that failed, in SQL: a journal older than polite mode has no excused."""
         self._has_chunks = "output_chunks" in tables and "chunked" in self._columns
 
     @classmethod
@@ -689,7 +696,7 @@ class JournalReader:
     ) -> Iterator[tuple[str, int, int, float, float | None, float | None]]:
         """(host, attempts, failed attempts, summed run time, first start, last end), by host."""
         query = (
-            "SELECT host, count(*), total(exit_code IS NOT 0), total(runtime), min(start),"
+            f"SELECT host, count(*), total({self._failed}), total(runtime), min(start),"
             " max(start + runtime) FROM attempts GROUP BY host ORDER BY host"
         )
         for host, attempts, failed, busy, first, last in self._db.execute(query):
@@ -815,6 +822,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     for column, kind in _ADDED_COLUMNS.items():
         if column not in have:
             db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
+    if "excused" not in {row[1] for row in db.execute("PRAGMA table_info(attempts)")}:
+        db.execute(f"ALTER TABLE attempts ADD COLUMN {_EXCUSED}")
 
 
 def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
