@@ -16,7 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import pytest
 from sshd_hosts import STOCK_PATH, SshdHost, leftover_processes
 
 from anet import results
@@ -93,3 +95,22 @@ def test_a_run_cut_short_still_waits_for_its_jobs_to_be_killed(make_cluster):
 
     asyncio.run(leave_early())
     assert not any("sleep 300" in cmd for _, cmd in own["host1"].processes())
+
+
+@pytest.mark.parametrize(
+    ("asked", "worked", "runs", "cut"),
+    [
+        (False, False, False, True),  # connected, never given anything
+        (False, False, True, True),  # still booting while a run went on elsewhere
+        (False, True, False, True),  # ran jobs; every run is over
+        (False, True, True, False),  # a run under way (or its killed attempts ending)
+        (True, False, False, False),  # a request's command (onall) may outlive its caller
+        (True, True, False, False),
+    ],
+)
+def test_which_hosts_are_cut_and_which_stopped_in_order(asked, worked, runs, cut):
+    cluster = Cluster([":"])
+    if runs:
+        cluster._drives.append(object())  # type: ignore[arg-type]  # only counted
+    session = SimpleNamespace(asked=asked, worked=worked)
+    assert cluster._runs_nothing(session) is cut  # type: ignore[arg-type]
