@@ -41,7 +41,7 @@ from .remote.connect import Connector, SshOptions
 from .remote.hostlife import HostPhase, HostState, host_life, stuck
 from .remote.hosts import HostSpec, parse_spec
 from .remote.session import HostSession, SessionConfig
-from .remote.transport import LocalTransport, SshTransport
+from .remote.transport import LocalTransport, SshTransport, Transport
 from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
@@ -90,6 +90,7 @@ class Cluster:
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._host_tasks: dict[str, asyncio.Task[None]] = {}
+        self._transports: dict[str, Transport] = {}
         self._closing = asyncio.Event()
         self._runs: list[Drive] = []  # the runs under way, oldest first; they share the slots
         self._drives: list[Drive] = []  # runs that ended early, their killed attempts ending
@@ -116,6 +117,7 @@ class Cluster:
             transport = (
                 LocalTransport() if state.spec.local else SshTransport(self._connector, state.spec)
             )
+            self._transports[state.spec.label] = transport
             prepare = self._sync_deps if self._syncer is not None else None
             life = host_life(state, session, transport, self, self._closing, prepare)
             self._host_tasks[state.spec.label] = self._tasks.create_task(life)
@@ -146,10 +148,15 @@ class Cluster:
 
         A host whose dispatcher has not started (still connecting, or backing off) has nothing
         to stop: it is cut off at once, so a run that ends early does not wait for a handshake.
+        Nor has a dispatcher that runs nothing of ours (`_runs_nothing`): its connection is
+        closed now, and it ends on its own at the EOF. A one-job run on 4 hosts waited for 3
+        dispatchers to boot only to stop them, and for the 4th to say Bye.
         """
         self._closing.set()
-        for session in self._sessions.values():
+        for label, session in self._sessions.items():
             await session.shutdown()
+            if self._runs_nothing(session):
+                self._transports[label].close()  # a local dispatcher is not cut: its EOF is quick
         for label, task in self._host_tasks.items():
             if not self._sessions[label].started:
                 task.cancel()
@@ -158,6 +165,14 @@ class Cluster:
             _, late = await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT)
             if late:
                 log.warning(f"{len(late)} host(s) did not stop in time; cutting them off")
+
+    def _runs_nothing(self, session: HostSession) -> bool:
+        """No job or command of ours can be running there: it was never given one, or every
+        run has ended (a run's attempts have all ended when it is no longer under way, and one
+        cut short stays in `_drives` until its killed attempts have). A request's command
+        (`onall`) may outlive its caller: a host that was asked one is always stopped in order,
+        its Bye waited for (invariant 6)."""
+        return not session.asked and not (session.worked and (self._runs or self._drives))
 
     def _new_session(self, spec: HostSpec) -> HostSession:
         cwd = self._local_cwd if spec.local else ""
@@ -298,10 +313,14 @@ class Cluster:
         return self._connector.host_key(label)
 
     def _send(self, label: str, frames: list[Message]) -> None:
-        self._sessions[label].send(*frames)
+        session = self._sessions[label]
+        session.worked = True
+        session.send(*frames)
 
     async def _send_drained(self, label: str, msg: Message) -> None:
-        await self._sessions[label].send_drained(msg)
+        session = self._sessions[label]
+        session.worked = True
+        await session.send_drained(msg)
 
     def observe_attempts(self, observer: AttemptObserver) -> None:
         """Call `observer` with each attempt as it ends or is lost (e.g. to write a joblog)."""

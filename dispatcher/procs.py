@@ -50,7 +50,8 @@ from .protocol import (
 )
 
 STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
-"""How every anet dispatcher's command line starts after `python3 -c` (anet.bootstrap's stub)."""
+"""How every anet dispatcher's command line starts after `python3 -S -c` (anet.bootstrap's
+stub; `python3 -c` before the stub ran without `site`)."""
 
 GONE = "gone"
 SIGNALLED = "signalled"
@@ -327,7 +328,9 @@ def _runs(argv: List[str], programs: tuple) -> bool:
 
 
 def is_dispatcher(proc: Proc) -> bool:
-    return len(proc.argv) >= 3 and proc.argv[1] == "-c" and proc.argv[2].startswith(STUB_MARK)
+    argv = proc.argv
+    at = 2 if len(argv) > 2 and argv[1] == "-S" else 1  # an older anet's has no -S
+    return len(argv) > at + 1 and argv[at] == "-c" and argv[at + 1].startswith(STUB_MARK)
 
 
 def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]:

@@ -10,7 +10,7 @@ Use it through the ``make_hostile`` fixture (tests/conftest.py)::
 
 How it is wired. The hostile host is an ``SshdCluster`` host made with ``shims``: its sessions
 find ``host.shims`` first on their PATH, and :class:`Hostile` puts a ``python3`` there. When
-anet starts its dispatcher (``python3 -c STUB``, see anet/remote/bootstrap.py) the shim runs the
+anet starts its dispatcher (``python3 -S -c STUB``, see anet/remote/bootstrap.py) the shim runs the
 *test's* interpreter with the same argv (so the process still looks like a dispatcher to
 ``anet find``) and a ``sitecustomize`` that, before the stub runs, turns the process into
 :class:`HostileDispatcher`. Any other ``python3`` on that host (a job's) is the host's own.
@@ -130,8 +130,10 @@ class Hostile:
             "#!/bin/sh\n"
             "# python3 on a hostile test host (tests/hostile_dispatcher.py): anet's stub becomes\n"
             "# the fake dispatcher; any other python3 call is the host's own python3.\n"
-            'case "$2" in\n'
-            "'import base64,zlib;exec('*)\n"
+            "# The stub comes as `python3 -S -c STUB`: -S is dropped, or no sitecustomize runs.\n"
+            'case "$1 $2 $3" in\n'
+            "'-S -c import base64,zlib;exec('*)\n"
+            "    shift\n"
             f"    {BEHAVIOUR_ENV}={shlex.quote(str(self.behaviour_file))}\n"
             f"    PYTHONPATH={shlex.quote(str(site))}\n"
             f"    export {BEHAVIOUR_ENV} PYTHONPATH\n"

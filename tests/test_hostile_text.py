@@ -148,6 +148,7 @@ def hostile_host(make_cluster, tmp_path: Path) -> tuple[SshdCluster, Path]:
     shim.write_text(
         "#!/bin/sh\n"
         f"if [ -e {boot_error} ]; then cat {boot_error}; exit 1; fi\n"
+        'if [ "$1" = -S ]; then shift; fi\n'  # the stub's -S would skip our sitecustomize
         f'PYTHONPATH={site} exec {sys.executable} "$@"\n'
     )
     shim.chmod(0o755)

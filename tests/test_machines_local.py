@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,6 +113,17 @@ def test_protected_covers_dispatchers_sshd_and_their_ancestors():
 
 def test_stub_mark_is_how_every_dispatcher_command_line_starts():
     assert payload().code.startswith(procs.STUB_MARK)
+
+
+def test_a_dispatcher_is_known_with_or_without_site():
+    """`python3 -S -c STUB` now, `python3 -c STUB` from an older anet on the same host."""
+    shell = shlex.split(payload().shell_command())
+    older = [shell[0], *shell[2:]]
+    assert shell[1] == "-S" and older[1] == "-c"
+    for argv in (shell, older):
+        assert procs.is_dispatcher(_proc(400, 300, "python3", argv))
+    for argv in (["python3", "-X", "-c", shell[-1]], ["python3", "-S", "-c", "print(1)"]):
+        assert not procs.is_dispatcher(_proc(400, 300, "python3", argv))
 
 
 def test_find_skips_this_process_and_its_ancestors_but_sees_a_sleeper():

@@ -212,3 +212,33 @@ def test_handshakes_wait_only_for_those_to_the_same_sshd():
     assert same_sshd == 2  # the limit of one sshd, however it was named
     assert other_sshd == 2  # another port is another sshd: not held up
     assert behind_a_jump == 1  # the same address behind a jump host is another machine
+
+
+SPAWNS = """
+import subprocess, sys
+spawned = []
+real_init = subprocess.Popen.__init__
+def counting(self, args, *rest, **kw):
+    spawned.append(args)
+    real_init(self, args, *rest, **kw)
+subprocess.Popen.__init__ = counting
+from anet.remote import sshlib
+sshlib.asyncssh()
+print(repr(spawned))
+"""
+
+
+def test_importing_asyncssh_starts_no_process():
+    """asyncssh looks for liboqs at import; ctypes' find_library would run `ldconfig -p`, then
+    gcc and ld to link a test program, for each of two names: 0.13-0.23 s of the import."""
+    out = subprocess.run(
+        [sys.executable, "-c", SPAWNS], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("name", ["c", "z", "ssl", "oqs", "liboqs", "no-such-library"])
+def test_the_quick_library_lookup_agrees_with_ctypes(name):
+    import ctypes.util
+
+    assert sshlib.find_library_quickly(name) == ctypes.util.find_library(name)

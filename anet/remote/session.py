@@ -170,6 +170,10 @@ class HostSession:
         self._stopping = False
         self._stop_asked = False  # by shutdown(), for good: no dispatcher may start after it
         self.hello: Hello | None = None
+        self.worked = False
+        """This dispatcher was given a job frame: see `Cluster._shutdown`."""
+        self.asked = False
+        """It was sent a request (a sync, `onall`'s command, which may outlive its caller)."""
         self.slots = 0
         self.bytes_sent = 0
         self._requests: dict[int, Request] = {}
@@ -228,6 +232,7 @@ class HostSession:
         """A fresh request id whose replies are routed to the yielded Request until exit."""
         if self._channel is None or self.closing or self.hello is None:
             raise HostError(self.label, "not ready")
+        self.asked = True
         req = Request(next(self._rids), self.label)
         self._requests[req.rid] = req
         try:
@@ -249,6 +254,7 @@ class HostSession:
         if self._stop_asked:  # a cut-off whose cancel was lost: see shutdown()
             raise HostError(self.label, "stopped before its dispatcher started")
         self.hello, self._stopping, self._silence = None, False, None
+        self.worked = self.asked = False
         self._conn, self._stderr = Connection(MASTER), StderrTail()
         try:
             self._channel = await transport.start(self._payload)

@@ -38,14 +38,56 @@ stock_parse: Any = None
 @functools.cache
 def asyncssh() -> ModuleType:
     """The asyncssh package, imported on first use, its config files tokenised once."""
-    import asyncssh as module
-    import asyncssh.config
+    import ctypes.util
+
+    stock_find, ctypes.util.find_library = ctypes.util.find_library, find_library_quickly
+    try:
+        import asyncssh as module
+        import asyncssh.config
+    finally:
+        ctypes.util.find_library = stock_find
 
     global stock_parse
     config_class: Any = asyncssh.config.SSHConfig
     if stock_parse is None and all(hasattr(config_class, name) for name in _NEEDS):
         stock_parse, config_class.parse = config_class.parse, _parse
     return module
+
+
+LOADER_CACHE = "/etc/ld.so.cache"
+
+
+def find_library_quickly(name: str) -> str | None:
+    """`ctypes.util.find_library` without starting a process, for asyncssh's import.
+
+    asyncssh looks for liboqs (as `oqs`, then `liboqs`) and for nettle when it is imported. On
+    Linux each lookup runs `ldconfig -p`, and for a library that is not there (liboqs, mostly)
+    gcc and ld besides, to link a test program: seven processes, 0.13-0.23 s of a one-job run
+    on the test machine. `ldconfig -p` lists what the loader's cache holds, so the cache file
+    is searched here for the same name, checked by loading it (a 32-bit entry is no answer);
+    without that file (musl), ctypes' own lookup answers. What only gcc's or ld's lookup
+    could have found (a library outside the cache) is not found: asyncssh then does without
+    that algorithm, as on a host without the library.
+    """
+    import ctypes
+    import ctypes.util
+    import re
+
+    try:
+        with open(LOADER_CACHE, "rb") as cache:
+            names = cache.read()
+    except OSError:
+        return ctypes.util.find_library(name)
+    pattern = rb"(?<=[\0/])lib%s\.so((?:\.[0-9]+)*)(?=\0)" % re.escape(name.encode())
+    versions = {tuple(int(n) for n in v.split(b".")[1:]) for v in re.findall(pattern, names)}
+    for version in sorted(versions, reverse=True):  # ldconfig's order: the highest first
+        soname = ".".join([f"lib{name}.so", *map(str, version)])
+        try:
+            ctypes.CDLL(soname)
+        except OSError:
+            continue
+        return soname
+    return None
 
 
 def channel_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import HostError
-from .bootstrap import Payload
+from .bootstrap import PYTHON_FLAGS, Payload
 from .connect import Connector
 from .hosts import HostSpec
 from .sshlib import channel_errors
@@ -74,6 +74,7 @@ class LocalTransport:
     async def start(self, payload: Payload) -> Channel:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
+            *PYTHON_FLAGS,
             "-c",
             payload.code,
             stdin=asyncio.subprocess.PIPE,

@@ -1,0 +1,116 @@
+"""A run that is over does not wait for hosts that have nothing to stop.
+
+A one-job run on four hosts is done as soon as the first host ran the job; the other three may
+still be starting their dispatchers (four Pythons booting on a small box). Waiting for each of
+them to boot, read its Shutdown and say Bye cost the whole command most of its time. A host
+with no attempt running and no request open has no job to kill: its connection is closed at
+once, and its dispatcher, which ends when its master goes (EOF), ends on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+from sshd_hosts import STOCK_PATH, SshdHost, leftover_processes
+
+from anet import results
+from anet.api import SHUTDOWN_TIMEOUT, Cluster
+from anet.remote.connect import SshOptions
+
+SLOW_BOOT = 8.0
+"""Seconds the slow host's `python3` sleeps before it starts the dispatcher stub."""
+
+
+def slow_python(host: SshdHost) -> None:
+    """The host's `python3` sleeps SLOW_BOOT before the dispatcher stub starts (a loaded or
+    slow machine); its other uses (jobs) are the host's own python3."""
+    shim = host.shims / "python3"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f"case \"$*\" in *'import base64,zlib;exec('*) sleep {SLOW_BOOT} ;; esac\n"
+        f'PATH={STOCK_PATH} exec python3 "$@"\n'
+    )
+    shim.chmod(0o755)
+
+
+def test_a_finished_run_does_not_wait_for_a_host_still_booting(make_cluster, tmp_path):
+    own = make_cluster(2, shims={2})
+    slow_python(own["host2"])
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo done\n")
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config)]
+    argv += ["-S", "host1", "-S", "host2", "--format", "jsonl", "--no-journal", str(batch)]
+    started = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    [result] = results.read(io.BytesIO(out.stdout))
+    assert (result.host, result.stdout) == ("host1", b"done\n")
+    assert took < SLOW_BOOT - 2, f"waited {took:.1f}s for host2's dispatcher to boot"
+    # host2's dispatcher, cut off while booting, ends on its own once it starts
+    assert leftover_processes([own["host2"]], grace=SLOW_BOOT + 20) == {}
+
+
+def test_a_finished_run_does_not_wait_for_the_bye_of_a_host_that_ran_its_jobs(make_cluster):
+    """Once every run has ended, no job of ours runs anywhere: a host's Bye is not waited
+    for. Its dispatcher is frozen here, so a wait would last the whole shutdown bound."""
+    own = make_cluster(1)
+
+    async def run_then_leave() -> tuple[list[bytes], int, float]:
+        cluster = Cluster(["host1"], ssh=SshOptions(config=own.ssh_config))
+        async with cluster:
+            outputs = [result.stdout async for result in cluster.run(["echo hi"])]
+            hello = cluster._sessions["host1"].hello
+            assert hello is not None
+            os.kill(hello.pid, signal.SIGSTOP)  # its Bye would never come
+            leaving = time.monotonic()
+        return outputs, hello.pid, time.monotonic() - leaving
+
+    outputs, pid, took = asyncio.run(run_then_leave())
+    os.kill(pid, signal.SIGCONT)  # it finds its master gone and ends
+    assert outputs == [b"hi\n"]
+    assert took < SHUTDOWN_TIMEOUT / 2, f"waited {took:.1f}s for the frozen dispatcher's Bye"
+    assert leftover_processes(own.hosts, grace=20) == {}
+
+
+def test_a_run_cut_short_still_waits_for_its_jobs_to_be_killed(make_cluster):
+    """A run left early (the consumer stopped) has attempts still running: the host is
+    stopped in order, and its jobs are gone when the cluster is. This one ignores SIGTERM,
+    so its dispatcher kills it only after a grace period: a cut connection would not wait."""
+    own = make_cluster(1)
+
+    async def leave_early() -> None:
+        cluster = Cluster(["2/host1"], ssh=SshOptions(config=own.ssh_config))
+        async with cluster:
+            async for _ in cluster.run(["sleep 0.5; echo first", "trap '' TERM; sleep 300"]):
+                break  # the sleep has run for half a second when the cluster closes
+
+    asyncio.run(leave_early())
+    assert not any("sleep 300" in cmd for _, cmd in own["host1"].processes())
+
+
+@pytest.mark.parametrize(
+    ("asked", "worked", "runs", "cut"),
+    [
+        (False, False, False, True),  # connected, never given anything
+        (False, False, True, True),  # still booting while a run went on elsewhere
+        (False, True, False, True),  # ran jobs; every run is over
+        (False, True, True, False),  # a run under way (or its killed attempts ending)
+        (True, False, False, False),  # a request's command (onall) may outlive its caller
+        (True, True, False, False),
+    ],
+)
+def test_which_hosts_are_cut_and_which_stopped_in_order(asked, worked, runs, cut):
+    cluster = Cluster([":"])
+    if runs:
+        cluster._drives.append(object())  # type: ignore[arg-type]  # only counted
+    session = SimpleNamespace(asked=asked, worked=worked)
+    assert cluster._runs_nothing(session) is cut  # type: ignore[arg-type]
