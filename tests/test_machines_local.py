@@ -132,9 +132,15 @@ def test_find_skips_this_process_and_its_ancestors_but_sees_a_sleeper():
     try:
         mine = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         pattern = f"{marker}|^{re.escape(mine)}$"
-        rows = wait_until(  # the sleeper's sh may not have exec'd yet on a busy box
-            lambda: procs.find(pattern, procs.machine_id(), os.getpid()), 10, "the sleeper found"
-        )
+        command = procs.ROW_FIELDS.index("command")
+
+        def found() -> list[list[object]] | None:
+            """The rows once the sleeper is there as itself: forked, not yet exec'd, it is a
+            copy of this process, by its command line too (a busy box shows it so)."""
+            rows = procs.find(pattern, procs.machine_id(), os.getpid())
+            return rows if rows and all(marker in str(r[command]) for r in rows) else None
+
+        rows = wait_until(found, 10, "the sleeper found")
         pids = [row[0] for row in rows]
         assert pids == [sleeper.pid]  # this process matches too, but it is never listed
         row = dict(zip(procs.ROW_FIELDS, rows[0], strict=True))
