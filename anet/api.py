@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import TypeVar
 
+from dispatcher.jobfiles import Back
 from dispatcher.polite import Evicted, Held, Polite
 from dispatcher.protocol import Exit, InputAck, Message, Output, Started
 
@@ -55,7 +56,7 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck)
+_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck, Back)
 
 
 class Cluster:

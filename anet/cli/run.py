@@ -19,6 +19,7 @@ from dispatcher.polite import Polite
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from ..core.batch import STDIN, Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
+from ..core.files import FileRules
 from ..core.halt import HaltPolicy
 from ..core.inputs import Generated, Tags, generate
 from ..core.readahead import ReadAhead
@@ -50,6 +51,7 @@ from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
 from .pooled import pool_target, through_pool
@@ -387,6 +389,7 @@ Examples:
 @policy_options
 @polite_options
 @pipe_options
+@file_options
 @click.option(
     "--resume", is_flag=True,
     help="Skip the jobs that succeeded in this batch's last run (their results come first).",
@@ -439,6 +442,7 @@ def run_command(
     halt: HaltPolicy,
     polite: Polite,
     pipe: PipeArgs | None,
+    files: FileRules,
     resume: bool,
     only_new: bool,
     journal: Path | None,
@@ -468,6 +472,13 @@ def run_command(
         pipe, generated = _pipe_command(batch, pipe, arg_file, colsep, null), None
     else:
         generated = _command_mode(batch, deps, arg_file, colsep, null)
+    if files.any:
+        if generated is None:
+            raise UsageError(
+                "--transfer, --return and --trc go with a command and its sources:"
+                " anet [OPTIONS] COMMAND ::: FILES"
+            )
+        generated = dataclasses.replace(generated, files=files)
     if deps_option is not None and deps is not None:
         raise UsageError("give the deps folder once: as DEPS or as --deps")
     if dry_run:

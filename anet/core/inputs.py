@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .batch import STDIN, Job
+from .files import FileRules
 from .template import Template, TemplateError
 
 MARKERS = {":::": False, ":::+": True, "::::": False, "::::+": True}
@@ -168,12 +169,17 @@ class Generated:
     inputs: Inputs
     text: str
     """The command as typed, for names and messages."""
+    files: FileRules = field(default_factory=FileRules)
+    """--transfer, --return, --cleanup: each job's files (core/files.py)."""
 
     def tagged(self, stdin: BinaryIO) -> Iterator[tuple[Job, bytes]]:
         """The jobs, generated as they are needed (a command with a newline is still one job),
         each with its tag: its arguments joined by spaces, as GNU parallel's --tag shows them."""
+        files = self.files.files if self.files.any else None
         for index, args in enumerate(self.inputs.records(stdin)):
-            yield Job(index, self.template.expand(args, index + 1)), b" ".join(args)
+            command = self.template.expand(args, index + 1)
+            job_files = files(args, index + 1) if files is not None else None
+            yield Job(index, command, files=job_files), b" ".join(args)
 
     def jobs(self, stdin: BinaryIO) -> Iterator[Job]:
         return (job for job, _ in self.tagged(stdin))

@@ -43,6 +43,10 @@ class TemplateError(UsageError):
     """The template cannot be expanded as asked; one line for the user."""
 
 
+def _as_is(value: bytes) -> bytes:
+    return value
+
+
 def quote(value: bytes) -> bytes:
     """One value as GNU parallel's `shell_quote_scalar_default` quotes it for sh, byte for byte:
     as it is when only safe bytes, else in single quotes (a `'` as `'"'"'`), minus `''` at
@@ -100,8 +104,9 @@ class Template:
     """Literal bytes, or (form, position, operation): form is b"#", b"%" or b"" (an argument)."""
 
     @classmethod
-    def parse(cls, words: Sequence[bytes]) -> Template:
-        """The command words, joined by spaces; ` {}` appended when no replacement string."""
+    def parse(cls, words: Sequence[bytes], append: bool = True) -> Template:
+        """The command words, joined by spaces; ` {}` appended when no replacement string
+        (unless not `append`: a file name for --return is what it says)."""
         text = b" ".join(words)
         if not text.strip():
             raise TemplateError("the command to run is empty (give it before ::: or -a's files)")
@@ -109,7 +114,7 @@ class Template:
         if perl is not None:
             form = perl[0].decode(errors="replace")
             raise TemplateError(f"{form}: anet has no Perl replacement strings {{= =}}")
-        if _FORM.search(text) is None:
+        if append and _FORM.search(text) is None:
             text += b" {}"
         pieces: list[bytes | tuple[bytes, int | None, bytes]] = []
         at = 0
@@ -120,8 +125,10 @@ class Template:
         pieces.append(text[at:])
         return cls(tuple(piece for piece in pieces if piece != b""))
 
-    def expand(self, args: Sequence[bytes], number: int) -> bytes:
-        """The command for job `number` (from 1) with these arguments (columns, in order)."""
+    def expand(self, args: Sequence[bytes], number: int, quoted: bool = True) -> bytes:
+        """The command for job `number` (from 1) with these arguments (columns, in order);
+        not `quoted`: the values as they are (a file name, for --transferfile, --return)."""
+        quote = _quote if quoted else _as_is
         out: list[bytes] = []
         for piece in self.pieces:
             if isinstance(piece, bytes):
@@ -140,6 +147,9 @@ class Template:
                 out.append(quote(_operate(operation, args[position])))
             # a position past the arguments is empty, unquoted, as GNU parallel has it
         return b"".join(out)
+
+
+_quote = quote
 
 
 def _form(match: re.Match[bytes]) -> tuple[bytes, int | None, bytes]:
