@@ -234,3 +234,22 @@ def test_transfer_options_need_command_mode(cluster, tmp_path):
     done = subprocess.run(argv, capture_output=True, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert done.returncode == 255
     assert done.stderr.count(b"\n") == 1 and b"COMMAND ::: FILES" in done.stderr
+
+
+def test_a_returned_file_this_side_cannot_write_is_one_warning_and_the_run_goes_on(
+    make_cluster, tmp_path
+):
+    own = make_cluster(1)
+    (tmp_path / "blocker").write_bytes(b"a file where the folder should be")
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(own.ssh_config), *hosts(own)]
+    done = subprocess.run(
+        [*argv, *RUN, "--return", "blocker/{}.out", "--return", "{}.out",
+         "mkdir blocker; head -c 700000 /dev/zero | tee blocker/{}.out > {}.out",
+         ":::", "big"],
+        cwd=tmp_path, capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"cannot write 'blocker/big.out'" in done.stderr
+    assert b"protocol error" not in done.stderr and b"Traceback" not in done.stderr
+    assert records(done.stdout)[0].ok
+    assert (tmp_path / "big.out").read_bytes() == bytes(700000)

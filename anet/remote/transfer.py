@@ -50,6 +50,7 @@ class _Placed:
     files: JobFiles
     stopped: bool = False  # no more Put: the attempt ended, or the run stops
     at: int = 0  # the file coming back now
+    dropping: bool = False  # it could not be written here: its chunks are dropped
     fd: int = -1  # its hidden file
     whole: list[tuple[bytes, bytes]] = field(default_factory=list)  # (hidden, target), whole
     hidden: list[bytes] = field(default_factory=list)  # every hidden file made
@@ -123,19 +124,20 @@ class Transfers:
             raise protocol_error(host, f"Back of file {msg.index} of attempt {msg.aid}, unasked")
         if msg.index > placed.at:  # the ones before could not be sent (said on its stderr)
             self._close(placed)
-            placed.at = msg.index
-        try:
-            self._write(msg, placed, backs[msg.index][1])
-        except OSError as exc:
-            target = os.fsdecode(backs[msg.index][1])
-            log.warning(f"job {placed.job}: cannot write {target!r}: {exc.strerror or exc}")
-            self._close(placed)
-            placed.at = msg.index + 1  # the rest of this file is dropped
-            return
+            placed.at, placed.dropping = msg.index, False
+        if not placed.dropping:
+            try:
+                self._write(msg, placed, backs[msg.index][1])
+            except OSError as exc:
+                target = os.fsdecode(backs[msg.index][1])
+                log.warning(f"job {placed.job}: cannot write {target!r}: {exc.strerror or exc}")
+                self._close(placed)
+                placed.dropping = True
         if msg.last:
-            placed.whole.append((placed.hidden[-1], backs[msg.index][1]))
+            if not placed.dropping:
+                placed.whole.append((placed.hidden[-1], backs[msg.index][1]))
             self._close(placed)
-            placed.at = msg.index + 1
+            placed.at, placed.dropping = msg.index + 1, False
 
     def _write(self, msg: Back, placed: _Placed, target: bytes) -> None:
         if placed.fd < 0:
