@@ -36,6 +36,7 @@ from ..streams.journal import (
     default_journal_path,
     fingerprint_batch,
 )
+from ..streams.linebuffer import LineBuffer
 from ..streams.output import open_output
 from ..streams.retention import Policy, after_run, parse_size
 from ..streams.sinks import (
@@ -83,6 +84,7 @@ class RunArgs:
     generated: Generated | None = None
     """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
     pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
+    line_buffer: bool = False  # plain's lines as they come (streams/linebuffer.py)
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -120,10 +122,17 @@ async def program(args: RunArgs, env: Environment) -> int:
         if source.tags is not None:  # plain --tag: the tags of the jobs made, and made again
             source.tags.done = plan.done
             encoder = plain_tagged(source.tags.pop)
+        lines = None
+        if args.line_buffer:
+            tags = source.tags
+            lines = LineBuffer(encoder, tags and tags.peek, tags and tags.pop)
+            encoder = lines.encoder
         seen.tally.base = len(plan.done)
         seen.tally.total = source.total  # counted for --halt N% or the journal: not again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
-            await _run(args, env, hosts, seen, plan, out, source.done)
+            if lines is not None:
+                lines.write = out.write
+            await _run(args, env, hosts, seen, plan, out, source.done, lines)
     seen.print_summary()
     if retention is not None and journal is not None:
         after_run(journal.path, retention, seen.tally.total)
@@ -159,6 +168,7 @@ async def _run(
     plan: RunPlan,
     out: Delivery,
     job_done: Callable[[int], None],
+    lines: LineBuffer | None = None,
 ) -> None:
     """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
     ssh = args.host_args.ssh_options(args.keepalive)
@@ -168,6 +178,8 @@ async def _run(
     cluster = Cluster(
         hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree, polite=args.polite
     )
+    if lines is not None:
+        cluster.observe_output(lines)
     async with cluster, seen.watching(cluster):
         if tree is not None:
             await tree  # a DepsError (one line) ends the run before any job starts
@@ -414,6 +426,10 @@ Examples:
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
 @click.option(
+    "--line-buffer", "--lb", "line_buffer", is_flag=True,
+    help="Plain format: the jobs' stdout lines as they come, lines of jobs interleaved.",
+)  # fmt: skip
+@click.option(
     "--max-output", metavar="SIZE|off",
     help="Kill and fail a job printing more (e.g. 4G). Default: a quarter of the free disk.",
 )  # fmt: skip
@@ -451,6 +467,7 @@ def run_command(
     results: Path | None,
     keep_order: bool,
     tag: bool,
+    line_buffer: bool,
     max_output: str | None,
     quiet: bool,
     progress: bool,
@@ -483,18 +500,30 @@ def run_command(
         raise UsageError("give the deps folder once: as DEPS or as --deps")
     if dry_run:
         return _dry_run(batch, generated, env)
+    if line_buffer:
+        fmt, policy = _line_buffered(fmt, keep_order, policy)
     args = RunArgs(
         batch or Path(), host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         policy, halt,
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
-        pipe=pipe,
+        pipe=pipe, line_buffer=line_buffer,
     )  # fmt: skip
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)
         encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
         return run_async(through_pool(args, env, target, encoder))
     return run_async(program(args, env))
+
+
+def _line_buffered(fmt: str | None, keep_order: bool, policy: RunPolicy) -> tuple[str, RunPolicy]:
+    """--line-buffer's format (plain, GNU parallel's output) and policy: no speculative
+    copies, whose lines would come twice (a failed try's lines come, as in GNU parallel)."""
+    if fmt not in (None, "plain"):
+        raise UsageError(f"--line-buffer goes with --format plain, not {fmt}")
+    if keep_order:
+        raise UsageError("--line-buffer prints lines as they come: it does not go with -k")
+    return "plain", dataclasses.replace(policy, speculate=False)
 
 
 def _command_mode(

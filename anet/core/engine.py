@@ -253,10 +253,13 @@ class Engine:
         flight = self._flights.get(aid)
         return None if flight is None else flight.attempt.job.stdin
 
-    def job(self, aid: int) -> Job | None:
-        """The job of an attempt in flight (drive.py places its files)."""
+    def job(self, aid: int, host: str | None = None) -> Job | None:
+        """The job of an attempt in flight (on `host`, when given): drive.py places its
+        files, --line-buffer prints its lines."""
         flight = self._flights.get(aid)
-        return None if flight is None else flight.attempt.job
+        if flight is None or (host is not None and flight.attempt.host != host):
+            return None
+        return flight.attempt.job
 
     def owns(self, aid: int) -> bool:
         """The attempt was sent by this run and has not ended: its frames are this run's."""

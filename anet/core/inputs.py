@@ -232,6 +232,10 @@ class Tags:
                 self._pending[job.id] = tag
             yield job
 
+    def peek(self, job_id: int) -> bytes:
+        """The tag of a job in flight (--line-buffer prints its lines before its result)."""
+        return self._pending.get(job_id, b"")
+
     def pop(self, job_id: int) -> bytes:
         """The tag of the job whose result is being written (once per result)."""
         tag = self._pending.pop(job_id, None)
