@@ -24,6 +24,9 @@ from anet import results
 from anet.core.files import FileRules, here, on_host
 from anet.core.record import JobResult
 
+RSS_MASTER = Path(__file__).with_name("rss_master.py")
+ROOT = Path(__file__).resolve().parent.parent
+
 ODD_NAMES = [
     b"plain.txt",
     b"with space.txt",
@@ -184,22 +187,27 @@ def test_a_speculative_copy_that_wins_brings_its_files_and_the_losers_never_arri
     assert left_on(own) == []
 
 
-def test_a_50_mb_file_goes_and_comes_back_whole(cluster, tmp_path):
+def test_a_50_mb_file_goes_and_comes_back_whole_in_bounded_memory(cluster, tmp_path):
     big = tmp_path / "big.bin"
     with open(big, "wb") as out:
         for _ in range(50):
             out.write(os.urandom(1 << 20))
+    rss = tmp_path / "rss"
+    argv = [sys.executable, str(RSS_MASTER), str(rss), "--ssh-config", str(cluster.ssh_config),
+            "-S", "1/host1", *RUN, "--trc", "{}.back", "cp {} {}.back",
+            ":::", "big.bin"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
-    out = anet(
-        cluster, tmp_path, "-S", "1/host1", *RUN, "--trc", "{}.back", "cp {} {}.back",
-        ":::", "big.bin",
-    )  # fmt: skip
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=300, env=env)
     elapsed = time.monotonic() - start
-    assert records(out)[0].ok
+    assert done.returncode == 0, done.stderr
+    assert records(done.stdout)[0].ok
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     assert hashlib.sha256((tmp_path / "big.bin.back").read_bytes()).hexdigest() == digest
     assert left_on(cluster) == []
-    print(f"50 MB there and back in {elapsed:.2f} s")
+    peak_mb = int(rss.read_text()) / 1024
+    print(f"50 MB there and back in {elapsed:.2f} s, master peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 100  # a chunk at a time, never the whole file (about 60 MB here)
 
 
 def test_a_missing_return_file_is_said_in_the_jobs_stderr_and_its_status_stays(cluster, tmp_path):
