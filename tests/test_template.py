@@ -230,3 +230,21 @@ def test_tags_are_kept_only_for_the_jobs_made_and_not_yet_written():
     assert tags.pop(1) == b"b"  # from a second pass
     assert tags.pop(2) == b"c"
     assert tags._pending == {}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-N2", "echo", "{}", ":::", "a", "b", "c", "d", "e"],
+        ["-N2", "echo", "{1}", "{2}", "{3}", ":::", "a", "b", "c", "d", "e"],
+        ["-N", "2", "echo", ":::", "a b", "c's", "$d"],
+        ["-N2", "echo", "{1}", "{2}", ":::", "a", "b", ":::", "x", "y"],
+        ["-N2", "echo", "{}", "{3}", "{4}", ":::", "a", "b", ":::", "x", "y"],
+        ["-N3", "echo", "{#}", "{/}", "{-1}", "{2.}", ":::", "a/b.c", "d/e.f", "g"],
+        ["-N2", "--colsep", ",", "echo", "{1}", "{2}", "{3}", "{4}", ":::", "a,b", "c,d", "e,f"],
+        ["-N0", "echo", "hi", ":::", "a", "b"],
+        ["-N1", "echo", "{2}x", ":::", "a", "b"],
+    ],
+)
+def test_several_arguments_a_job_with_n_are_gnu_parallels(args):
+    same_as_parallel(args)

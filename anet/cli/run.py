@@ -384,6 +384,10 @@ Examples:
 )  # fmt: skip
 @click.option("--colsep", metavar="REGEX", help="Command mode: split arguments into {1} {2}...")
 @click.option("-0", "--null", is_flag=True, help="Command mode: input files' items end at NUL.")
+@click.option(
+    "-N", "--max-replace-args", "per_job", type=click.IntRange(min=0), default=1,
+    metavar="N", help="Command mode: N arguments a job ({1} {2}... number them on).",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the jobs' commands, one a line; run none.")
 @click.option(
     "--deps", "deps_option", type=click.Path(), metavar="DEPS",
@@ -450,6 +454,7 @@ def run_command(
     arg_file: tuple[str, ...],
     colsep: str | None,
     null: bool,
+    per_job: int,
     dry_run: bool,
     deps_option: str | None,
     fmt: str | None,
@@ -489,6 +494,10 @@ def run_command(
         pipe, generated = _pipe_command(batch, pipe, arg_file, colsep, null), None
     else:
         generated = _command_mode(batch, deps, arg_file, colsep, null)
+    if per_job != 1:
+        if generated is None:
+            raise UsageError("-N goes with a command and its sources: anet -N 2 COMMAND ::: ARGS")
+        generated = dataclasses.replace(generated, per_job=per_job)
     if files.any:
         if generated is None:
             raise UsageError(

@@ -171,12 +171,17 @@ class Generated:
     """The command as typed, for names and messages."""
     files: FileRules = field(default_factory=FileRules)
     """--transfer, --return, --cleanup: each job's files (core/files.py)."""
+    per_job: int = 1
+    """-N: this many arguments (records) a job, their columns numbered on: {1} {2}..."""
 
     def tagged(self, stdin: BinaryIO) -> Iterator[tuple[Job, bytes]]:
         """The jobs, generated as they are needed (a command with a newline is still one job),
         each with its tag: its arguments joined by spaces, as GNU parallel's --tag shows them."""
         files = self.files.files if self.files.any else None
-        for index, args in enumerate(self.inputs.records(stdin)):
+        records = self.inputs.records(stdin)
+        if self.per_job != 1:
+            records = _per_job(records, self.per_job)
+        for index, args in enumerate(records):
             command = self.template.expand(args, index + 1)
             job_files = files(args, index + 1) if files is not None else None
             yield Job(index, command, files=job_files), b" ".join(args)
@@ -199,19 +204,32 @@ class Generated:
         return digest.hexdigest(), count
 
 
+def _per_job(records: Iterator[tuple[bytes, ...]], n: int) -> Iterator[tuple[bytes, ...]]:
+    """GNU parallel's -N: `n` records a job, their columns one after another (the last job
+    takes what is left); -N0 reads a record a job and gives it none."""
+    if n == 0:
+        return (() for _ in records)
+    return (
+        tuple(itertools.chain.from_iterable(chunk))
+        for chunk in iter(lambda: tuple(itertools.islice(records, n)), ())
+    )
+
+
 def generate(
     command: Sequence[str],
     sources: Sequence[str],
     arg_files: Iterable[str] = (),
     colsep: str | None = None,
     null: bool = False,
+    per_job: int = 1,
 ) -> Generated:
     """The batch of GNU parallel's command line: `command` words, then `sources` words."""
     template = Template.parse([os.fsencode(word) for word in command])
     found = parse_sources(sources, list(arg_files))
     if not found:
         raise TemplateError("no input source: give ::: ARGS, :::: FILE or -a FILE")
-    return Generated(template, Inputs.make(found, colsep, null), " ".join(command))
+    inputs = Inputs.make(found, colsep, null)
+    return Generated(template, inputs, " ".join(command), per_job=per_job)
 
 
 class Tags:
