@@ -261,3 +261,16 @@ def test_a_returned_file_this_side_cannot_write_is_one_warning_and_the_run_goes_
     assert b"protocol error" not in done.stderr and b"Traceback" not in done.stderr
     assert records(done.stdout)[0].ok
     assert (tmp_path / "big.out").read_bytes() == bytes(700000)
+
+
+def test_with_a_deps_folder_a_job_with_files_finds_it_as_anet_deps(cluster, tmp_path):
+    deps = tmp_path / "tools"
+    deps.mkdir()
+    (deps / "count.sh").write_text('wc -l < "$1"\n')
+    (tmp_path / "lines.txt").write_bytes(b"1\n2\n3\n")
+    out = anet(
+        cluster, tmp_path, "-S", "1/host1", *RUN, "--deps", "tools/", "--trc", "{}.n",
+        'sh "$ANET_DEPS/count.sh" {} > {}.n', ":::", "lines.txt",
+    )  # fmt: skip
+    assert records(out)[0].ok, records(out)[0].stderr
+    assert (tmp_path / "lines.txt.n").read_bytes().strip() == b"3"
