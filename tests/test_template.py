@@ -27,7 +27,8 @@ AWKWARD = [
     "plain", "a b", "it's", "say \"hi\"", "$HOME", "`id`", "$(id)", "a*", "[ab]?", "é.ü",
     "日本語.txt", "", " ", "-n", "--help", "x.tar.gz", ".bashrc", "d/e.f/g.h", "/abs/p.q",
     "./rel", "a/", "/", "a//b", "tab\there", "back\\slash", "semi;colon", "a&b", "a|b", "~x",
-    "a=b", "#x", "!x", "{}", "{1}", "'", "''", "a'b'c",
+    "a=b", "#x", "!x", "{}", "{1}", "'", "''", "a'b'c", "a.b.c.d", "d.i/r/x.y.z", "a.b",
+    ".a.b", "a..b", "x/.y",
 ]  # fmt: skip
 """Arguments a shell would mangle, names with dots and slashes, empty, a leading dash."""
 
@@ -39,6 +40,9 @@ CASES = [
     ("echo \"{}\" '{}'", []),
     ("awk '{print $1}' {}", []),  # braces that are no replacement string stay
     ("echo {1} {1.} {1/} {1//} {1/.} {-1}", []),
+    ("echo {+/} {+.} {+..} {+...} {..} {...} {/..} {/...}", ["--plus"]),
+    ("echo {1+/} {-1+.} {1+..} {1+...} {1..} {1...} {1/..} {-1/...} {/} {.}", ["--plus"]),
+    ("echo {..} {+.} {/...}", []),  # without --plus they are no replacement strings
 ]
 """(template, extra options); each runs over AWKWARD as one `:::` source."""
 

@@ -42,7 +42,8 @@ def file_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         names = ("transfer", "transfer_files", "returns", "cleanup", "trc")
-        kwargs["files"] = FileRules.parse(*(kwargs.pop(name) for name in names))
+        given = (kwargs.pop(name) for name in names)
+        kwargs["files"] = FileRules.parse(*given, plus=kwargs["plus"])
         return command(*args, **kwargs)
 
     for option in reversed(options):

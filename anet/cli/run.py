@@ -385,6 +385,11 @@ Examples:
 @click.option("--colsep", metavar="REGEX", help="Command mode: split arguments into {1} {2}...")
 @click.option("-0", "--null", is_flag=True, help="Command mode: input files' items end at NUL.")
 @click.option(
+    "--plus",
+    is_flag=True,
+    help="Command mode: also GNU parallel's {+/} {+.} {+..} {+...} {..} {...} {/..} {/...}.",
+)
+@click.option(
     "-N", "--max-replace-args", "per_job", type=click.IntRange(min=0), default=1,
     metavar="N", help="Command mode: N arguments a job ({1} {2}... number them on).",
 )  # fmt: skip
@@ -454,6 +459,7 @@ def run_command(
     arg_file: tuple[str, ...],
     colsep: str | None,
     null: bool,
+    plus: bool,
     per_job: int,
     dry_run: bool,
     deps_option: str | None,
@@ -493,11 +499,14 @@ def run_command(
     if pipe is not None:  # the data is stdin or --pipe-part's file; the command is BATCH's word
         pipe, generated = _pipe_command(batch, pipe, arg_file, colsep, null), None
     else:
-        generated = _command_mode(batch, deps, arg_file, colsep, null)
+        generated = _command_mode(batch, deps, arg_file, colsep, null, plus)
+    if (per_job != 1 or plus) and generated is None:
+        given = "-N" if per_job != 1 else "--plus"
+        raise UsageError(
+            f"{given} goes with a command and its sources: anet {given} COMMAND ::: ARGS"
+        )
     if per_job != 1:
-        if generated is None:
-            raise UsageError("-N goes with a command and its sources: anet -N 2 COMMAND ::: ARGS")
-        generated = dataclasses.replace(generated, per_job=per_job)
+        generated = dataclasses.replace(generated, per_job=per_job)  # type: ignore[arg-type]
     if files.any:
         if generated is None:
             raise UsageError(
@@ -536,7 +545,12 @@ def _line_buffered(fmt: str | None, keep_order: bool, policy: RunPolicy) -> tupl
 
 
 def _command_mode(
-    batch: Path | None, deps: str | None, arg_file: tuple[str, ...], colsep: str | None, null: bool
+    batch: Path | None,
+    deps: str | None,
+    arg_file: tuple[str, ...],
+    colsep: str | None,
+    null: bool,
+    plus: bool = False,
 ) -> Generated | None:
     """GNU parallel's command line, if it is one (`argv.split_command` found it), as a batch."""
     line = click.get_current_context().meta.get(COMMAND_LINE)
@@ -550,7 +564,7 @@ def _command_mode(
             )
         return None
     assert batch is None and deps is None  # split_command left no word for them
-    return generate(line.command, line.sources, arg_file, colsep, null)
+    return generate(line.command, line.sources, arg_file, colsep, null, plus=plus)
 
 
 def _pipe_command(

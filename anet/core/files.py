@@ -56,12 +56,14 @@ class FileRules:
         returns: Sequence[str],
         cleanup: bool,
         trc: Sequence[str],
+        plus: bool = False,
     ) -> FileRules:
-        """The options as given; --trc X is --transfer --return X --cleanup."""
-        templates = [_template(text) for text in (*returns, *trc)]
+        """The options as given; --trc X is --transfer --return X --cleanup; `plus`: the
+        templates know --plus's replacement strings."""
+        templates = [_template(text, plus) for text in (*returns, *trc)]
         return cls(
             transfer or bool(trc),
-            tuple(_template(text) for text in transfer_files),
+            tuple(_template(text, plus) for text in transfer_files),
             tuple(templates),
             cleanup or bool(trc),
         )
@@ -82,10 +84,10 @@ class FileRules:
         return JobFiles(send, back, self.cleanup)
 
 
-def _template(text: str) -> Template:
+def _template(text: str, plus: bool) -> Template:
     """A file name template: no ` {}` appended when it has no replacement string (a fixed
     name is a fixed name)."""
-    return Template.parse([os.fsencode(text)], append=False)
+    return Template.parse([os.fsencode(text)], append=False, plus=plus)
 
 
 def on_host(path: bytes) -> bytes:

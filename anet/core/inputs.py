@@ -222,9 +222,10 @@ def generate(
     colsep: str | None = None,
     null: bool = False,
     per_job: int = 1,
+    plus: bool = False,
 ) -> Generated:
     """The batch of GNU parallel's command line: `command` words, then `sources` words."""
-    template = Template.parse([os.fsencode(word) for word in command])
+    template = Template.parse([os.fsencode(word) for word in command], plus=plus)
     found = parse_sources(sources, list(arg_files))
     if not found:
         raise TemplateError("no input source: give ::: ARGS, :::: FILE or -a FILE")
