@@ -137,7 +137,7 @@ class Dispatcher:
         self.files = JobFiles(home, self.send)
         """Per-job files (--transfer, --return): each attempt with some runs in its own folder."""
         self.files.register(self.handlers)
-        self.handlers[Put] = self.take_file
+        self.handlers[Put] = self.take_file  # type: ignore[assignment]
         self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):

@@ -136,8 +136,8 @@ class JobFiles:
         """Attempts whose job ended, sending files back, in order: one at a time."""
 
     def register(self, handlers: Dict[type, Callable[[Message], None]]) -> None:
+        """Place is handled here; Put by the dispatcher (`put` may release a Run to queue)."""
         handlers[Place] = self.place  # type: ignore[assignment]
-        handlers[Put] = self.put  # type: ignore[assignment]
 
     # -- in -------------------------------------------------------------------------------------
 

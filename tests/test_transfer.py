@@ -21,8 +21,13 @@ import pytest
 from sshd_hosts import SshdCluster
 
 from anet import results
-from anet.core.files import FileRules, here, on_host
+from anet.core.batch import Job
+from anet.core.files import FileRules, JobFiles, here, on_host
 from anet.core.record import JobResult
+from anet.errors import HostError
+from anet.remote.transfer import Transfers
+from dispatcher.jobfiles import Back
+from dispatcher.protocol import Run
 
 RSS_MASTER = Path(__file__).with_name("rss_master.py")
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +279,45 @@ def test_with_a_deps_folder_a_job_with_files_finds_it_as_anet_deps(cluster, tmp_
     )  # fmt: skip
     assert records(out)[0].ok, records(out)[0].stderr
     assert (tmp_path / "lines.txt.n").read_bytes().strip() == b"3"
+
+
+# -- the master's side, pure: what a host may send back, and what is renamed ----------------------
+
+
+def _placed(tmp_path: Path, aid: int, host: str = "h1"):
+    target = os.fsencode(tmp_path / "out" / "a.res")
+    job = Job(7, b"true", files=JobFiles(back=((b"a.res", target),)))
+    transfers = Transfers(None, None)  # type: ignore[arg-type]  # nothing to send: no task
+    frames = transfers.place(host, [Run(aid, 7, b"true")], lambda _aid: job)
+    assert [type(f).__name__ for f in frames] == ["Place", "Run"]
+    return transfers, Path(os.fsdecode(target))
+
+
+def test_a_host_may_send_back_only_what_it_was_asked_for(tmp_path):
+    transfers, _ = _placed(tmp_path, 1)
+    for host, msg in (("h2", Back(1, 0, b"x", True)), ("h1", Back(2, 0, b"x", True)),
+                      ("h1", Back(1, 1, b"x", True))):  # fmt: skip
+        with pytest.raises(HostError, match="protocol error") as raised:
+            transfers.back(host, msg)
+        assert raised.value.permanent
+    transfers.back("h1", Back(1, 0, b"x", True))
+    with pytest.raises(HostError, match="protocol error"):  # that file ended
+        transfers.back("h1", Back(1, 0, b"more", True))
+
+
+def test_only_the_attempt_that_gave_the_result_renames_its_files(tmp_path):
+    transfers, target = _placed(tmp_path, 1)
+    transfers.back("h1", Back(1, 0, b"first ", False))
+    assert not target.exists() and len(list(target.parent.iterdir())) == 1  # the hidden part
+    transfers.back("h1", Back(1, 0, b"try", True))
+    transfers.ended(1, [])  # no result: a try that runs again
+    assert list(target.parent.iterdir()) == []
+    transfers, target = _placed(tmp_path, 2)
+    transfers.back("h1", Back(2, 0, b"winner", True))
+    transfers.ended(2, [JobResult(7, True, 0, None, "h1", 2, 0.1, b"", b"")])
+    assert [p.name for p in target.parent.iterdir()] == ["a.res"]
+    assert target.read_bytes() == b"winner"
+    transfers, target = _placed(tmp_path, 3)
+    transfers.back("h1", Back(3, 0, b"cut sho", False))  # the host went before the end
+    transfers.host_lost("h1")
+    assert target.read_bytes() == b"winner" and len(list(target.parent.iterdir())) == 1
