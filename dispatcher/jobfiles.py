@@ -265,6 +265,8 @@ class JobFiles:
         while self.returning and room():
             aid = self.returning[0]
             attempt = self.attempts[aid]
+            if attempt.killed and attempt.back_at < len(attempt.back):
+                self._stop_returning(aid, attempt)  # a copy won meanwhile, a timeout, a halt
             if attempt.back_at == len(attempt.back):
                 self.returning.pop(0)
                 exit_msg = attempt.exit
@@ -291,6 +293,14 @@ class JobFiles:
         self.send(Back(aid, index, data, last))
         if last:
             self._next_back(attempt)
+
+    def _stop_returning(self, aid: int, attempt: _Attempt) -> None:
+        """Killed while its files went back: the rest is not sent, and its stderr says so
+        (should its result still count, the files are not whole)."""
+        names = b", ".join(attempt.back[attempt.back_at :]).decode("utf-8", "replace")
+        note = "--return: not sent, the attempt was killed meanwhile: %s" % names
+        self.send(Output(aid, STDERR, (_NOTE % note).encode("utf-8", "replace")))
+        attempt.back_at = len(attempt.back)
 
     def _next_back(self, attempt: _Attempt) -> None:
         if attempt.reading >= 0:

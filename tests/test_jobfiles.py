@@ -90,3 +90,16 @@ def test_paths_that_leave_the_folder_are_refused_on_the_host_too(dispatcher, tmp
     d.send(Place(4, [b"f"], [], True), Run(4, 4, b"cat f"), Put(4, 0, b"", True, "cannot read f"))
     got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 4)
     assert got[-1].code == 127 and stderr_of(got, 4) == b"anet: cannot read f\n"
+
+
+def test_an_attempt_killed_while_its_files_go_back_sends_no_more_of_them(dispatcher):
+    d = dispatcher
+    size = 40 << 20  # 160 chunks: far more than the dispatcher sends ahead of the reader
+    d.send(Place(1, [], [b"big"], True), Run(1, 0, b"head -c %d /dev/zero > big" % size))
+    d.read_until(lambda m: isinstance(m, Back) and m.aid == 1)
+    d.send(Kill(1, 1.0))  # a copy elsewhere won meanwhile: the rest is moot
+    got = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 1)
+    sent = sum(len(m.data) for m in got if isinstance(m, Back))
+    assert sent < size // 2
+    assert not [m for m in got if isinstance(m, Back) and m.last]
+    assert b"--return: not sent, the attempt was killed meanwhile: big" in stderr_of(got, 1)
