@@ -321,3 +321,14 @@ def test_only_the_attempt_that_gave_the_result_renames_its_files(tmp_path):
     transfers.back("h1", Back(3, 0, b"cut sho", False))  # the host went before the end
     transfers.host_lost("h1")
     assert target.read_bytes() == b"winner" and len(list(target.parent.iterdir())) == 1
+
+
+def test_a_file_to_send_that_cannot_be_read_fails_its_job_with_the_reason(cluster, tmp_path):
+    (tmp_path / "a").write_bytes(b"data\n")
+    out = anet(
+        cluster, tmp_path, "-S", "1/host1", *RUN, "--retries", "0", "--tf", "{}",
+        "--tf", "{}.idx", "cat {} {}.idx", ":::", "a",
+    )  # fmt: skip
+    result = records(out)[0]
+    assert not result.ok and result.exit_code == 127 and result.stdout == b""
+    assert result.stderr == b"anet: --transfer: cannot read 'a.idx': No such file or directory\n"
