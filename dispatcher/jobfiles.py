@@ -73,7 +73,8 @@ class Place(Message):
 @dataclass(frozen=True)
 class Put(Message):
     """Master -> dispatcher: the next bytes of file `index` of the attempt's `send`; `last`
-    ends the file. `error`: the master could not read it (the job fails with that line)."""
+    ends the file, and gives it `mode`'s permission bits (less the umask, as rsync does).
+    `error`: the master could not read it (the job fails with that line)."""
 
     CODE = 71
     SENDER = MASTER
@@ -82,6 +83,7 @@ class Put(Message):
     data: bytes
     last: bool
     error: str = ""
+    mode: int = 0o644
 
 
 @message
@@ -199,6 +201,7 @@ class JobFiles:
         while view:
             view = view[os.write(attempt.fd, view) :]
         if msg.last:
+            os.fchmod(attempt.fd, msg.mode & 0o777 & ~_umask())
             self._close_writing(attempt)
             attempt.whole += 1
 
@@ -342,6 +345,13 @@ def _check_paths(paths: list) -> str:
         except EntryError as exc:
             return "per-job file refused: %s" % str(exc)[:MAX_TEXT]
     return ""
+
+
+def _umask() -> int:
+    """This process's umask (set and put back: the dispatcher is single-threaded)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _open_regular(path: bytes) -> int:

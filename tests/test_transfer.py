@@ -332,3 +332,18 @@ def test_a_file_to_send_that_cannot_be_read_fails_its_job_with_the_reason(cluste
     result = records(out)[0]
     assert not result.ok and result.exit_code == 127 and result.stdout == b""
     assert result.stderr == b"anet: --transfer: cannot read 'a.idx': No such file or directory\n"
+
+
+def test_a_sent_file_keeps_its_permission_bits_as_rsync_keeps_them(cluster, tmp_path):
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\necho tool ran\n")
+    script.chmod(0o750)
+    (tmp_path / "data").write_bytes(b"")
+    (tmp_path / "data").chmod(0o640)
+    out = anet(
+        cluster, tmp_path, "-S", "1/host1", *RUN, "--tf", "tool.sh", "--transfer",
+        "./tool.sh; stat -c %a tool.sh {}", ":::", "data",
+    )  # fmt: skip
+    result = records(out)[0]
+    assert result.ok, result.stderr
+    assert result.stdout.split() == [b"tool", b"ran", b"750", b"640"]

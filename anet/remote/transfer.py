@@ -99,9 +99,11 @@ class Transfers:
     async def _upload_one(self, aid: int, index: int, local: bytes, placed: _Placed) -> bool:
         try:
             with open(local, "rb", buffering=0) as file:
+                mode = os.fstat(file.fileno()).st_mode & 0o777
                 while not placed.stopped:
                     data = file.read(FILE_CHUNK)
-                    await self._send_drained(placed.host, Put(aid, index, data, not data))
+                    put = Put(aid, index, data, not data, "", mode)
+                    await self._send_drained(placed.host, put)
                     if not data:
                         return True
                 return False
