@@ -19,10 +19,11 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from dispatcher.jobfiles import Back
 from dispatcher.polite import Evicted, Held, Polite
-from dispatcher.protocol import Exit, InputAck, Message, Output, Started
+from dispatcher.protocol import STDOUT, Exit, InputAck, Message, Output, Started
 
 from .core.batch import Job, as_jobs
 from .core.engine import RunPolicy
@@ -52,10 +53,19 @@ log = get_logger()
 
 T = TypeVar("T")
 
+
+class OutputObserver(Protocol):
+    """Who is given the jobs' stdout as it comes (`Cluster.observe_output`)."""
+
+    async def output(self, aid: int, job: int, data: bytes) -> None: ...
+
+    async def ended(self, aid: int, job: int) -> None: ...
+
+
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck)
+_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck, Back)
 
 
 class Cluster:
@@ -96,6 +106,7 @@ class Cluster:
         self._drives: list[Drive] = []  # runs that ended early, their killed attempts ending
         self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._observers: list[AttemptObserver] = []  # every run's attempts (e.g. --joblog)
+        self._lines: OutputObserver | None = None  # jobs' stdout as it comes (--line-buffer)
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -284,11 +295,25 @@ class Cluster:
                 drive = runs[0]  # whose engine says what is wrong with the frame
         if drive is None:
             raise protocol_error(session.label, f"{type(msg).__name__} with no run under way")
+        if self._lines is not None and type(msg) in (Output, Exit):
+            await self._line_out(drive, session.label, msg)  # type: ignore[arg-type]
         results = drive.frame(session.label, msg)
         if results:
             await drive.deliver(results)
         if drive in self._drives and drive.engine.finished:
             self._drives.remove(drive)
+
+    async def _line_out(self, drive: Drive, label: str, msg: Output | Exit) -> None:
+        """An attempt's stdout to the output observer as it comes, its end before its Exit
+        is taken (so its last line goes out before its result); a frame about an attempt not
+        on that host is left to the engine to refuse."""
+        job = drive.engine.job(msg.aid, label)
+        if job is None or self._lines is None:
+            return
+        if type(msg) is Exit:
+            await self._lines.ended(msg.aid, job.id)
+        elif msg.stream == STDOUT:  # type: ignore[union-attr]
+            await self._lines.output(msg.aid, job.id, msg.data)  # type: ignore[union-attr]
 
     def _held(self, label: str, reason: str) -> None:
         """Polite mode holds the host (a loaded host), or no longer does: the runs send it
@@ -325,6 +350,13 @@ class Cluster:
     def observe_attempts(self, observer: AttemptObserver) -> None:
         """Call `observer` with each attempt as it ends or is lost (e.g. to write a joblog)."""
         self._observers.append(observer)
+
+    def observe_output(self, observer: OutputObserver) -> None:
+        """Give `observer` every attempt's stdout as it arrives (`output(aid, job, data)`,
+        awaited: a slow observer slows that host down) and each attempt's end (`ended(aid,
+        job)`, before its result): GNU parallel's --line-buffer. A retry's and a copy's
+        output come too: copies are best turned off (RunPolicy(speculate=False))."""
+        self._lines = observer
 
     def drain(self) -> None:
         """Start no more attempts; the runs under way end once those running have ended (like

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
+from dispatcher.jobfiles import Back
 from dispatcher.protocol import Exit, InputAck, Kill, Message, Output, Run, Started
 
 from .core.batch import Job
@@ -21,6 +22,7 @@ from .core.record import JobResult
 from .errors import NoHostError, protocol_error
 from .logs import get_logger
 from .remote.feed import Feeds, SendDrained
+from .remote.transfer import Transfers
 from .streams.attemptlog import AttemptLog
 from .streams.flow import ByteBoundedQueue
 from .streams.journal import Journal, JournalError
@@ -80,6 +82,8 @@ class Drive:
         self._failed = False
         self._feeds = Feeds(send_drained, tasks, self._unreadable) if send_drained else None
         """Jobs' stdin, streamed to the hosts (remote/feed.py); None: the jobs have none."""
+        self._files = Transfers(send_drained, tasks) if send_drained else None
+        """Per-job files (remote/transfer.py), used once a job has some (`engine.files`)."""
 
     # -- events from the hosts ------------------------------------------------------------------
 
@@ -96,6 +100,8 @@ class Drive:
     async def host_lost(self, label: str) -> None:
         if self._feeds is not None:
             self._feeds.host_lost(label)
+        if self._files is not None:
+            self._files.host_lost(label)
         self.engine.host_lost(label, self._loop.time())
         await self.deliver(self._carry_out_now(self.engine.take()))
         self.round_soon()
@@ -109,6 +115,11 @@ class Drive:
                 raise protocol_error(label, "InputAck, but no job of this run has a stdin")
             self._feeds.ack(label, msg)
             return _NOTHING
+        if type(msg) is Back:
+            if self._files is None:
+                raise protocol_error(label, "Back, but no job of this run has files")
+            self._files.back(label, msg)
+            return _NOTHING
         cut = self.engine.frame(label, msg, self._loop.time())
         if type(msg) is Output and not cut:  # a cut (output over a cap) sends a Kill
             return _NOTHING
@@ -119,7 +130,10 @@ class Drive:
             return _NOTHING
         if self._feeds is not None:
             self._feeds.ended(msg.aid)
-        return self._carry_out_now(self.engine.take())
+        results = self._carry_out_now(self.engine.take())
+        if self._files is not None and self.engine.files:  # the files before the result
+            self._files.ended(msg.aid, results)
+        return results
 
     async def no_host(self, reason: str) -> None:
         """No host can ever take the work: the run fails with NoHostError."""
@@ -155,6 +169,8 @@ class Drive:
         finally:
             if self._feeds is not None:
                 self._feeds.stop_all()
+            if self._files is not None:
+                self._files.stop_all()
             if flusher is not None:
                 flusher.cancel()  # the journal's owner makes the last commit when closing it
             self._wake_at(None)
@@ -185,6 +201,8 @@ class Drive:
     def _carry_out_now(self, actions: Actions) -> list[JobResult]:
         """Send the frames, log the attempts, set the timer; the results are the caller's."""
         for host, frames in actions.frames.items():
+            if self._files is not None and self.engine.files:
+                frames = self._files.place(host, frames, self.engine.job)
             self._send(host, frames)
             if self._feeds is not None:
                 for msg in frames:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
+from .jobfiles import JobFiles, Put
 from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
 from .pidfiles import PidFiles
@@ -133,6 +134,10 @@ class Dispatcher:
         self.deps = SyncStore(home, self.send)
         self.deps.register(self.handlers)
         self.handlers[RunOnce] = self.run_once
+        self.files = JobFiles(home, self.send)
+        """Per-job files (--transfer, --return): each attempt with some runs in its own folder."""
+        self.files.register(self.handlers)
+        self.handlers[Put] = self.take_file  # type: ignore[assignment]
         self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
@@ -159,6 +164,7 @@ class Dispatcher:
         )
         self.send(hello)
         while self.running:
+            self.files.pump(self.room)
             self.flush()
             for key, _ in self.sel.select(self.timeout()):
                 callback: Callable[[int], None] = key.data
@@ -172,11 +178,14 @@ class Dispatcher:
         self.terminate_all()
         self.forks.stop_all()
         self.deps.abandon_all()
+        self.files.close()
         self.pidfiles.close()
         self.send(Bye())
         self.flush_blocking()
 
     def timeout(self) -> float:
+        if self.files.returning and self.room():
+            return 0.0  # files go back while the frames to the master are few
         deadlines = [self.next_heartbeat, self.forks.next_deadline()]
         if self.held_checked is not None:
             deadlines.append(self.held_checked + RECHECK)
@@ -239,9 +248,10 @@ class Dispatcher:
         if isinstance(msg, Input):
             self.take_input(msg)
         elif isinstance(msg, Run):
-            self.queue.append(msg)
             if msg.stdin:
                 self.inputs[msg.aid] = JobInput()
+            if not self.files.hold(msg):  # else it waits for its files (take_file)
+                self.queue.append(msg)
         elif isinstance(msg, Kill):
             self.kill(msg)
         elif isinstance(msg, Setup):
@@ -274,10 +284,15 @@ class Dispatcher:
         self.flush()
 
     def kill(self, msg: Kill) -> None:
+        self.files.killed(msg.aid)  # a killed attempt sends no file back
+        waiting = self.files.take_waiting(msg.aid)
+        if waiting is not None:  # its files are still coming: it never starts
+            self.queue.appendleft(waiting)
         for queued in self.queue:
             if queued.aid == msg.aid:
                 self.queue.remove(queued)
                 self.drop_input(msg.aid)
+                self.files.drop(msg.aid)
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
                 return
         job = self.jobs.get(msg.aid)
@@ -295,15 +310,17 @@ class Dispatcher:
         cwd = self.deps.job_cwd or self.setup.cwd or self.workdir  # synced deps come first
         while self.queue and self.free_slots and not self.held():
             run = self.queue.popleft()
+            failure = self.files.failure(run.aid)
+            if failure is not None:  # its files could not be placed
+                self.not_started(run, failure)
+                continue
             slot = heapq.heappop(self.free_slots)
+            run, job_cwd = self.files.in_folder(run, cwd, self.deps.job_cwd)
             try:
-                job = spawn(run, slot, cwd, self.env, nice=self.setup.nice)
+                job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
                 heapq.heappush(self.free_slots, slot)
-                self.drop_input(run.aid)
-                message = "anet: cannot start job %d: %s\n" % (run.job, exc)
-                self.send(Output(run.aid, STDERR, message.encode()))
-                self.send(Exit(run.aid, 127, None, 0.0, 0.0, 0))
+                self.not_started(run, "cannot start job %d: %s" % (run.job, exc))
                 continue
             self.jobs[run.aid] = job
             self.pidfiles.add(job.pid)
@@ -314,6 +331,13 @@ class Dispatcher:
             if stdin is not None and job.proc.stdin is not None:
                 stdin.attach(job.proc.stdin)
                 self.feed_job(run.aid)
+
+    def not_started(self, run: Run, why: str) -> None:
+        """The attempt cannot start: its reason on its stderr, exit status 127."""
+        self.drop_input(run.aid)
+        self.files.drop(run.aid)
+        self.send(Output(run.aid, STDERR, ("anet: %s\n" % why).encode("utf-8", "replace")))
+        self.send(Exit(run.aid, 127, None, 0.0, 0.0, 0))
 
     def held(self) -> bool:
         """Polite mode holds the queued jobs now (a loaded host); the master hears of each
@@ -408,7 +432,9 @@ class Dispatcher:
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
             heapq.heappush(self.free_slots, job.slot)
-        self.send(job.exit_message())
+        exit_msg = job.exit_message()
+        if not self.files.ended(job.aid, exit_msg):  # else sent once its files went back
+            self.send(exit_msg)
         self.start_queued()
 
     def terminate_all(self) -> None:
@@ -428,6 +454,18 @@ class Dispatcher:
                 time.sleep(0.005)
             for fd in list(job.pipes):
                 self.close_job_fd(job, fd)
+
+    # -- per-job files ------------------------------------------------------------------------
+
+    def take_file(self, msg: Put) -> None:
+        """A chunk of an attempt's file; its Run is queued once all its files are whole."""
+        run = self.files.put(msg)
+        if run is not None:
+            self.queue.append(run)
+
+    def room(self) -> bool:
+        """The frames waiting for the master are few: a returned file may add a chunk."""
+        return len(self.outbuf) < LOW_WATER
 
     # -- jobs' stdin --------------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ AWKWARD = [
     "plain", "a b", "it's", "say \"hi\"", "$HOME", "`id`", "$(id)", "a*", "[ab]?", "é.ü",
     "日本語.txt", "", " ", "-n", "--help", "x.tar.gz", ".bashrc", "d/e.f/g.h", "/abs/p.q",
     "./rel", "a/", "/", "a//b", "tab\there", "back\\slash", "semi;colon", "a&b", "a|b", "~x",
-    "a=b", "#x", "!x", "{}", "{1}", "'", "''", "a'b'c",
+    "a=b", "#x", "!x", "{}", "{1}", "'", "''", "a'b'c", "a.b.c.d", "d.i/r/x.y.z", "a.b",
+    ".a.b", "a..b", "x/.y",
 ]  # fmt: skip
 """Arguments a shell would mangle, names with dots and slashes, empty, a leading dash."""
 
@@ -39,6 +40,9 @@ CASES = [
     ("echo \"{}\" '{}'", []),
     ("awk '{print $1}' {}", []),  # braces that are no replacement string stay
     ("echo {1} {1.} {1/} {1//} {1/.} {-1}", []),
+    ("echo {+/} {+.} {+..} {+...} {..} {...} {/..} {/...}", ["--plus"]),
+    ("echo {1+/} {-1+.} {1+..} {1+...} {1..} {1...} {1/..} {-1/...} {/} {.}", ["--plus"]),
+    ("echo {..} {+.} {/...}", []),  # without --plus they are no replacement strings
 ]
 """(template, extra options); each runs over AWKWARD as one `:::` source."""
 
@@ -230,3 +234,21 @@ def test_tags_are_kept_only_for_the_jobs_made_and_not_yet_written():
     assert tags.pop(1) == b"b"  # from a second pass
     assert tags.pop(2) == b"c"
     assert tags._pending == {}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-N2", "echo", "{}", ":::", "a", "b", "c", "d", "e"],
+        ["-N2", "echo", "{1}", "{2}", "{3}", ":::", "a", "b", "c", "d", "e"],
+        ["-N", "2", "echo", ":::", "a b", "c's", "$d"],
+        ["-N2", "echo", "{1}", "{2}", ":::", "a", "b", ":::", "x", "y"],
+        ["-N2", "echo", "{}", "{3}", "{4}", ":::", "a", "b", ":::", "x", "y"],
+        ["-N3", "echo", "{#}", "{/}", "{-1}", "{2.}", ":::", "a/b.c", "d/e.f", "g"],
+        ["-N2", "--colsep", ",", "echo", "{1}", "{2}", "{3}", "{4}", ":::", "a,b", "c,d", "e,f"],
+        ["-N0", "echo", "hi", ":::", "a", "b"],
+        ["-N1", "echo", "{2}x", ":::", "a", "b"],
+    ],
+)
+def test_several_arguments_a_job_with_n_are_gnu_parallels(args):
+    same_as_parallel(args)

@@ -39,7 +39,8 @@ VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
         "--yield-idle", "--yield-move", "--journal", "--joblog", "--results", "--max-output", "-o",
         "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
         "--user", "-l", "--concurrency", "--pool", "--via", "-a", "--arg-file", "--colsep",
-        "--deps", "--block", "--recend", "--recstart", "--header",
+        "--deps", "--block", "--recend", "--recstart", "--header", "--transferfile", "--tf",
+        "--return", "--trc", "-N", "--max-replace-args",
     ],
     True,
 )  # fmt: skip

@@ -60,6 +60,7 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
         (args.observe.results is not None, "--results"),
         (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
+        (args.line_buffer, "--line-buffer"),
         (args.generated is not None, "a command with ::: sources"),
         (args.max_output is not None, "--max-output"),
         (args.observe.tag and args.format == "plain", "--format plain --tag"),

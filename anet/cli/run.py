@@ -19,6 +19,7 @@ from dispatcher.polite import Polite
 from ..api import KEEPALIVE, Cluster, RunOptions, RunPlan, RunPolicy
 from ..core.batch import STDIN, Job, count_jobs, open_source, read_batch
 from ..core.engine import OutputCap
+from ..core.files import FileRules
 from ..core.halt import HaltPolicy
 from ..core.inputs import Generated, Tags, generate
 from ..core.readahead import ReadAhead
@@ -35,6 +36,7 @@ from ..streams.journal import (
     default_journal_path,
     fingerprint_batch,
 )
+from ..streams.linebuffer import LineBuffer
 from ..streams.output import open_output
 from ..streams.retention import Policy, after_run, parse_size
 from ..streams.sinks import (
@@ -50,6 +52,7 @@ from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
 from .pooled import pool_target, through_pool
@@ -81,6 +84,7 @@ class RunArgs:
     generated: Generated | None = None
     """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
     pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
+    line_buffer: bool = False  # plain's lines as they come (streams/linebuffer.py)
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -118,10 +122,17 @@ async def program(args: RunArgs, env: Environment) -> int:
         if source.tags is not None:  # plain --tag: the tags of the jobs made, and made again
             source.tags.done = plan.done
             encoder = plain_tagged(source.tags.pop)
+        lines = None
+        if args.line_buffer:
+            tags = source.tags
+            lines = LineBuffer(encoder, tags and tags.peek, tags and tags.pop)
+            encoder = lines.encoder
         seen.tally.base = len(plan.done)
         seen.tally.total = source.total  # counted for --halt N% or the journal: not again
         async with Delivery(await open_output(env.stdout), encoder, journal) as out:
-            await _run(args, env, hosts, seen, plan, out, source.done)
+            if lines is not None:
+                lines.write = out.write
+            await _run(args, env, hosts, seen, plan, out, source.done, lines)
     seen.print_summary()
     if retention is not None and journal is not None:
         after_run(journal.path, retention, seen.tally.total)
@@ -157,6 +168,7 @@ async def _run(
     plan: RunPlan,
     out: Delivery,
     job_done: Callable[[int], None],
+    lines: LineBuffer | None = None,
 ) -> None:
     """The cluster's part: connect, sync the deps, run the jobs, stream their results out."""
     ssh = args.host_args.ssh_options(args.keepalive)
@@ -166,6 +178,8 @@ async def _run(
     cluster = Cluster(
         hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree, polite=args.polite
     )
+    if lines is not None:
+        cluster.observe_output(lines)
     async with cluster, seen.watching(cluster):
         if tree is not None:
             await tree  # a DepsError (one line) ends the run before any job starts
@@ -370,6 +384,15 @@ Examples:
 )  # fmt: skip
 @click.option("--colsep", metavar="REGEX", help="Command mode: split arguments into {1} {2}...")
 @click.option("-0", "--null", is_flag=True, help="Command mode: input files' items end at NUL.")
+@click.option(
+    "--plus",
+    is_flag=True,
+    help="Command mode: also GNU parallel's {+/} {+.} {+..} {+...} {..} {...} {/..} {/...}.",
+)
+@click.option(
+    "-N", "--max-replace-args", "per_job", type=click.IntRange(min=0), default=1,
+    metavar="N", help="Command mode: N arguments a job ({1} {2}... number them on).",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the jobs' commands, one a line; run none.")
 @click.option(
     "--deps", "deps_option", type=click.Path(), metavar="DEPS",
@@ -387,6 +410,7 @@ Examples:
 @policy_options
 @polite_options
 @pipe_options
+@file_options
 @click.option(
     "--resume", is_flag=True,
     help="Skip the jobs that succeeded in this batch's last run (their results come first).",
@@ -411,6 +435,10 @@ Examples:
 )  # fmt: skip
 @click.option("--tag", is_flag=True, help="Text format: prefix each output line with id and host.")
 @click.option(
+    "--line-buffer", "--lb", "line_buffer", is_flag=True,
+    help="Plain format: the jobs' stdout lines as they come, lines of jobs interleaved.",
+)  # fmt: skip
+@click.option(
     "--max-output", metavar="SIZE|off",
     help="Kill and fail a job printing more (e.g. 4G). Default: a quarter of the free disk.",
 )  # fmt: skip
@@ -431,6 +459,8 @@ def run_command(
     arg_file: tuple[str, ...],
     colsep: str | None,
     null: bool,
+    plus: bool,
+    per_job: int,
     dry_run: bool,
     deps_option: str | None,
     fmt: str | None,
@@ -439,6 +469,7 @@ def run_command(
     halt: HaltPolicy,
     polite: Polite,
     pipe: PipeArgs | None,
+    files: FileRules,
     resume: bool,
     only_new: bool,
     journal: Path | None,
@@ -447,6 +478,7 @@ def run_command(
     results: Path | None,
     keep_order: bool,
     tag: bool,
+    line_buffer: bool,
     max_output: str | None,
     quiet: bool,
     progress: bool,
@@ -467,17 +499,33 @@ def run_command(
     if pipe is not None:  # the data is stdin or --pipe-part's file; the command is BATCH's word
         pipe, generated = _pipe_command(batch, pipe, arg_file, colsep, null), None
     else:
-        generated = _command_mode(batch, deps, arg_file, colsep, null)
+        generated = _command_mode(batch, deps, arg_file, colsep, null, plus)
+    if (per_job != 1 or plus) and generated is None:
+        given = "-N" if per_job != 1 else "--plus"
+        raise UsageError(
+            f"{given} goes with a command and its sources: anet {given} COMMAND ::: ARGS"
+        )
+    if per_job != 1:
+        generated = dataclasses.replace(generated, per_job=per_job)  # type: ignore[arg-type]
+    if files.any:
+        if generated is None:
+            raise UsageError(
+                "--transfer, --return and --trc go with a command and its sources:"
+                " anet [OPTIONS] COMMAND ::: FILES"
+            )
+        generated = dataclasses.replace(generated, files=files)
     if deps_option is not None and deps is not None:
         raise UsageError("give the deps folder once: as DEPS or as --deps")
     if dry_run:
         return _dry_run(batch, generated, env)
+    if line_buffer:
+        fmt, policy = _line_buffered(fmt, keep_order, policy)
     args = RunArgs(
         batch or Path(), host_args, fmt, keepalive, journal, resume, only_new, no_journal,
         policy, halt,
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
-        pipe=pipe,
+        pipe=pipe, line_buffer=line_buffer,
     )  # fmt: skip
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)
@@ -486,8 +534,23 @@ def run_command(
     return run_async(program(args, env))
 
 
+def _line_buffered(fmt: str | None, keep_order: bool, policy: RunPolicy) -> tuple[str, RunPolicy]:
+    """--line-buffer's format (plain, GNU parallel's output) and policy: no speculative
+    copies, whose lines would come twice (a failed try's lines come, as in GNU parallel)."""
+    if fmt not in (None, "plain"):
+        raise UsageError(f"--line-buffer goes with --format plain, not {fmt}")
+    if keep_order:
+        raise UsageError("--line-buffer prints lines as they come: it does not go with -k")
+    return "plain", dataclasses.replace(policy, speculate=False)
+
+
 def _command_mode(
-    batch: Path | None, deps: str | None, arg_file: tuple[str, ...], colsep: str | None, null: bool
+    batch: Path | None,
+    deps: str | None,
+    arg_file: tuple[str, ...],
+    colsep: str | None,
+    null: bool,
+    plus: bool = False,
 ) -> Generated | None:
     """GNU parallel's command line, if it is one (`argv.split_command` found it), as a batch."""
     line = click.get_current_context().meta.get(COMMAND_LINE)
@@ -501,7 +564,7 @@ def _command_mode(
             )
         return None
     assert batch is None and deps is None  # split_command left no word for them
-    return generate(line.command, line.sources, arg_file, colsep, null)
+    return generate(line.command, line.sources, arg_file, colsep, null, plus=plus)
 
 
 def _pipe_command(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import UsageError
+from .files import JobFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +46,15 @@ class Job:
     `stdin`, when given, is the job's standard input (else /dev/null): bytes, a file's path (a
     str is a path too) or a `FilePart`. Every attempt of the job (a retry, a speculative copy)
     reads it again from the start, so it is a value or a file, never a stream.
+
+    `files`: what goes to the host before the job and comes back after it (--transfer,
+    --return: core/files.py); the job then runs in a folder of its own there.
     """
 
     id: int
     command: bytes
     stdin: JobInput | None = None
+    files: JobFiles | None = None
 
     def __post_init__(self) -> None:
         stdin = self.stdin

@@ -186,6 +186,8 @@ class Engine:
         self._actions = Actions()
         self._caps = policy.caps
         self._spool_dir = spool_dir
+        self.files = False
+        """A job of this run has per-job files (--transfer, --return): its Runs need a Place."""
         # Output up to this many bytes an attempt keeps in memory with no further look
         self._quick = min([SPOOL_AT, *(cap.size for cap in policy.caps)])
 
@@ -251,6 +253,14 @@ class Engine:
         """The input of the attempt's job, for whoever streams it to the host (drive.py)."""
         flight = self._flights.get(aid)
         return None if flight is None else flight.attempt.job.stdin
+
+    def job(self, aid: int, host: str | None = None) -> Job | None:
+        """The job of an attempt in flight (on `host`, when given): drive.py places its
+        files, --line-buffer prints its lines."""
+        flight = self._flights.get(aid)
+        if flight is None or (host is not None and flight.attempt.host != host):
+            return None
+        return flight.attempt.job
 
     def owns(self, aid: int) -> bool:
         """The attempt was sent by this run and has not ended: its frames are this run's."""
@@ -323,6 +333,8 @@ class Engine:
         for job in jobs:
             why = None if job is NOT_YET else unrunnable(job.command)
             if why is None:
+                if job.files is not None:
+                    self.files = True
                 yield job
                 continue
             said = f"anet: job {job.id}: {why}\n".encode()

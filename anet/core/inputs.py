@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .batch import STDIN, Job
+from .files import FileRules
 from .template import Template, TemplateError
 
 MARKERS = {":::": False, ":::+": True, "::::": False, "::::+": True}
@@ -168,12 +169,22 @@ class Generated:
     inputs: Inputs
     text: str
     """The command as typed, for names and messages."""
+    files: FileRules = field(default_factory=FileRules)
+    """--transfer, --return, --cleanup: each job's files (core/files.py)."""
+    per_job: int = 1
+    """-N: this many arguments (records) a job, their columns numbered on: {1} {2}..."""
 
     def tagged(self, stdin: BinaryIO) -> Iterator[tuple[Job, bytes]]:
         """The jobs, generated as they are needed (a command with a newline is still one job),
         each with its tag: its arguments joined by spaces, as GNU parallel's --tag shows them."""
-        for index, args in enumerate(self.inputs.records(stdin)):
-            yield Job(index, self.template.expand(args, index + 1)), b" ".join(args)
+        files = self.files.files if self.files.any else None
+        records = self.inputs.records(stdin)
+        if self.per_job != 1:
+            records = _per_job(records, self.per_job)
+        for index, args in enumerate(records):
+            command = self.template.expand(args, index + 1)
+            job_files = files(args, index + 1) if files is not None else None
+            yield Job(index, command, files=job_files), b" ".join(args)
 
     def jobs(self, stdin: BinaryIO) -> Iterator[Job]:
         return (job for job, _ in self.tagged(stdin))
@@ -193,19 +204,33 @@ class Generated:
         return digest.hexdigest(), count
 
 
+def _per_job(records: Iterator[tuple[bytes, ...]], n: int) -> Iterator[tuple[bytes, ...]]:
+    """GNU parallel's -N: `n` records a job, their columns one after another (the last job
+    takes what is left); -N0 reads a record a job and gives it none."""
+    if n == 0:
+        return (() for _ in records)
+    return (
+        tuple(itertools.chain.from_iterable(chunk))
+        for chunk in iter(lambda: tuple(itertools.islice(records, n)), ())
+    )
+
+
 def generate(
     command: Sequence[str],
     sources: Sequence[str],
     arg_files: Iterable[str] = (),
     colsep: str | None = None,
     null: bool = False,
+    per_job: int = 1,
+    plus: bool = False,
 ) -> Generated:
     """The batch of GNU parallel's command line: `command` words, then `sources` words."""
-    template = Template.parse([os.fsencode(word) for word in command])
+    template = Template.parse([os.fsencode(word) for word in command], plus=plus)
     found = parse_sources(sources, list(arg_files))
     if not found:
         raise TemplateError("no input source: give ::: ARGS, :::: FILE or -a FILE")
-    return Generated(template, Inputs.make(found, colsep, null), " ".join(command))
+    inputs = Inputs.make(found, colsep, null)
+    return Generated(template, inputs, " ".join(command), per_job=per_job)
 
 
 class Tags:
@@ -225,6 +250,10 @@ class Tags:
             if job.id not in self.done:  # the plan drops it: its earlier result comes again()
                 self._pending[job.id] = tag
             yield job
+
+    def peek(self, job_id: int) -> bytes:
+        """The tag of a job in flight (--line-buffer prints its lines before its result)."""
+        return self._pending.get(job_id, b"")
 
     def pop(self, job_id: int) -> bytes:
         """The tag of the job whose result is being written (once per result)."""

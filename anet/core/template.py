@@ -34,6 +34,11 @@ SLOT_VARIABLE = b"$ANET_SLOT"
 
 _FORM = re.compile(rb"\{(#|%|(-?[0-9]+)?(|\.|/|//|/\.))\}")
 """Every replacement string: `{#}`, `{%}`, then an optional position and an operation."""
+_PLUS_FORM = re.compile(
+    rb"\{(#|%|(-?[0-9]+)?(|\.|/|//|/\.|\+/|\+\.|\+\.\.|\+\.\.\.|\.\.|\.\.\.|/\.\.|/\.\.\.))\}"
+)
+"""With --plus, also GNU parallel's `{+/}` `{+.}` `{+..}` `{+...}` `{..}` `{...}` `{/..}`
+`{/...}` (`{}` is `{+/}/{/}`, `{.}.{+.}`, `{..}.{+..}`...), positional too: `{2+.}`."""
 _PERL = re.compile(rb"\{=.*?=\}", re.S)
 _SAFE = re.compile(rb"[^-_.+a-zA-Z0-9/]")
 """GNU parallel quotes a value holding any byte outside this set."""
@@ -41,6 +46,10 @@ _SAFE = re.compile(rb"[^-_.+a-zA-Z0-9/]")
 
 class TemplateError(UsageError):
     """The template cannot be expanded as asked; one line for the user."""
+
+
+def _as_is(value: bytes) -> bytes:
+    return value
 
 
 def quote(value: bytes) -> bytes:
@@ -78,18 +87,38 @@ def _strip_trailing_slashes(path: bytes) -> bytes:
 
 _EXTENSION = re.compile(rb"\.[^/.]*$")
 _DIRECTORY = re.compile(rb".*/")
+_PLUS: dict[bytes, tuple[re.Pattern[bytes], bytes, bool]] = {
+    b"+/": (re.compile(rb"/[^/]*$"), b"", True),
+    b"+.": (re.compile(rb".*\."), b"", True),
+    b"+..": (re.compile(rb".*\.([^/.]*\.[^/.]*)$"), rb"\1", True),
+    b"+...": (re.compile(rb".*\.([^/.]*\.[^/.]*\.[^/.]*)$"), rb"\1", True),
+    b"..": (re.compile(rb"\.[^/.]*\.[^/.]*$"), b"", False),
+    b"...": (re.compile(rb"\.[^/.]*\.[^/.]*\.[^/.]*$"), b"", False),
+}
+"""--plus's operations, GNU parallel's Perl substitutions: (pattern, replacement, whether no
+match gives the empty string: its `s:...:...: || s:.*$::`)."""
 
 
 def _operate(operation: bytes, value: bytes) -> bytes:
     """One argument under `.`, `/`, `//` or `/.` (GNU parallel's regular expressions)."""
     if not operation:
         return value
+    if operation in _PLUS or operation in (b"/..", b"/..."):
+        return _plus(operation, value)
     if operation == b".":
         return _EXTENSION.sub(b"", value, count=1)
     if operation == b"//":
         return dirname(value)
     base = _DIRECTORY.sub(b"", value, count=1)
     return base if operation == b"/" else _EXTENSION.sub(b"", base, count=1)
+
+
+def _plus(operation: bytes, value: bytes) -> bytes:
+    if operation.startswith(b"/"):  # {/..} {/...}: the base name, then {..} {...}
+        value, operation = _DIRECTORY.sub(b"", value, count=1), operation[1:]
+    pattern, replacement, or_empty = _PLUS[operation]
+    result, found = pattern.subn(replacement, value, count=1)
+    return b"" if or_empty and not found else result
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +129,11 @@ class Template:
     """Literal bytes, or (form, position, operation): form is b"#", b"%" or b"" (an argument)."""
 
     @classmethod
-    def parse(cls, words: Sequence[bytes]) -> Template:
-        """The command words, joined by spaces; ` {}` appended when no replacement string."""
+    def parse(cls, words: Sequence[bytes], append: bool = True, plus: bool = False) -> Template:
+        """The command words, joined by spaces; ` {}` appended when no replacement string
+        (unless not `append`: a file name for --return is what it says); `plus`: --plus's
+        replacement strings too."""
+        forms = _PLUS_FORM if plus else _FORM
         text = b" ".join(words)
         if not text.strip():
             raise TemplateError("the command to run is empty (give it before ::: or -a's files)")
@@ -109,19 +141,21 @@ class Template:
         if perl is not None:
             form = perl[0].decode(errors="replace")
             raise TemplateError(f"{form}: anet has no Perl replacement strings {{= =}}")
-        if _FORM.search(text) is None:
+        if append and forms.search(text) is None:
             text += b" {}"
         pieces: list[bytes | tuple[bytes, int | None, bytes]] = []
         at = 0
-        for match in _FORM.finditer(text):
+        for match in forms.finditer(text):
             pieces.append(text[at : match.start()])
             pieces.append(_form(match))
             at = match.end()
         pieces.append(text[at:])
         return cls(tuple(piece for piece in pieces if piece != b""))
 
-    def expand(self, args: Sequence[bytes], number: int) -> bytes:
-        """The command for job `number` (from 1) with these arguments (columns, in order)."""
+    def expand(self, args: Sequence[bytes], number: int, quoted: bool = True) -> bytes:
+        """The command for job `number` (from 1) with these arguments (columns, in order);
+        not `quoted`: the values as they are (a file name, for --transferfile, --return)."""
+        quote = _quote if quoted else _as_is
         out: list[bytes] = []
         for piece in self.pieces:
             if isinstance(piece, bytes):
@@ -140,6 +174,9 @@ class Template:
                 out.append(quote(_operate(operation, args[position])))
             # a position past the arguments is empty, unquoted, as GNU parallel has it
         return b"".join(out)
+
+
+_quote = quote
 
 
 def _form(match: re.Match[bytes]) -> tuple[bytes, int | None, bytes]:

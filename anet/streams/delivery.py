@@ -79,6 +79,10 @@ class Delivery:
         await self._output.write(data, result.id)
         self._mark()
 
+    async def write(self, data: bytes) -> None:
+        """Bytes that belong to no result's record (--line-buffer's lines), in stream order."""
+        await self._output.write(data)
+
     async def _emit_parts(self, result: JobResult) -> None:
         """A result with a spooled output, written a chunk at a time: each write waits while
         the reader lags, so the record never sits whole in memory. Its size is checked before
