@@ -112,10 +112,10 @@ def test_binary_and_100_megabyte_outputs_arrive_intact(cluster, tmp_path):
 
 
 def test_dispatcher_is_cached_on_the_host_after_the_first_run(make_cluster, tmp_path):
-    own = make_cluster(2)
-    batch = write_batch(tmp_path, ["echo hi"] * 4)
-    first = run_anet(own, batch, *hosts_args(own), "-v")
-    second = run_anet(own, batch, *hosts_args(own), "-v")
+    own = make_cluster(2)  # jobs long enough for both hosts to boot: a run that ends first
+    batch = write_batch(tmp_path, ["sleep 0.5; echo hi"] * 4)  # does not wait for a booting one
+    first = run_anet(own, batch, *hosts_args(own, 1), "-v")
+    second = run_anet(own, batch, *hosts_args(own, 1), "-v")
     assert first.returncode == second.returncode == 0
     assert first.stderr.count(b"sending it") == 2, first.stderr
     assert b"sending it" not in second.stderr, second.stderr
@@ -271,7 +271,7 @@ def test_jump_host_is_connected_once_and_shared(make_cluster, tmp_path):
         )
         + own.ssh_config.read_text()
     )
-    batch = write_batch(tmp_path, [f"echo {i}" for i in range(60)])
+    batch = write_batch(tmp_path, [f"sleep 0.1; echo {i}" for i in range(60)])  # time to boot
     argv = [sys.executable, "-m", "anet", "--ssh-config", str(config), "--format", "msgpack"]
     argv += ["-S", "behind2", "-S", "behind3", "-S", "behind4", str(batch)]
     done = subprocess.run(argv, capture_output=True, timeout=120)
