@@ -186,7 +186,7 @@ class Cluster:
             for label, state in self.hosts.items()
             if state.state == HostPhase.READY
         }
-        shares = deal(ready, self._runs)
+        shares = deal(ready, self._runs, {drive: drive.priority for drive in self._runs})
         for label in ready if labels is None else labels:
             if label in ready:
                 for drive in self._runs:
@@ -411,11 +411,12 @@ class Cluster:
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
             self._send,
             self._tasks,
-            AttemptLog(options.journal, self._observers),
+            AttemptLog(options.journal, _observers(self._observers, options.attempts)),
             options.journal,
             journal_required=options.journal_required,
             send_drained=self._send_drained,
         )
+        drive.priority = options.priority
         self._runs.append(drive)
         try:
             self._deal()  # the new run's share, and the smaller shares of those under way
@@ -431,6 +432,14 @@ class Cluster:
             self._deal()
             raise
         return drive
+
+
+def _observers(
+    cluster: list[AttemptObserver], own: AttemptObserver | None
+) -> list[AttemptObserver]:
+    """The cluster's observers (the list itself: one added later sees the run too), and the
+    run's own."""
+    return cluster if own is None else [*cluster, own]
 
 
 def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:

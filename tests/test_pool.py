@@ -469,13 +469,13 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     assert pooled.returncode == alone.returncode == 8
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
-    standalone = cli("--joblog", str(tmp_path / "log.tsv"), str(path))  # a pool cannot yet
-    assert standalone.returncode == 8 and (tmp_path / "log.tsv").exists()
+    standalone = cli("--journal", str(tmp_path / "j.sqlite"), str(path))  # a pool cannot yet
+    assert standalone.returncode == 8 and (tmp_path / "j.sqlite").exists()
     assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
-    named = cli("--pool", "default", "--joblog", str(tmp_path / "log.tsv"), str(path))
+    named = cli("--pool", "default", "--journal", str(tmp_path / "j.sqlite"), str(path))
     assert named.returncode == 255
     assert named.stderr.decode().strip() == (
-        "anet: --joblog is not done through a pool yet: leave out --pool default"
+        "anet: --journal is not done through a pool yet: leave out --pool default"
     )
 
 

@@ -36,7 +36,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
-from .pooled import write_run
+from .pooled import start_joblog, write_run
 from .trying import policy_options
 
 pool_option = click.option(
@@ -118,18 +118,30 @@ def down_command(env: Environment, target: Target) -> int:
 @target_options
 @policy_options
 @click.option("-k", "--keep-order", is_flag=True, help="Results in job-id order.")
+@click.option(
+    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="This run's share of the hosts, weighed against the other runs'.",
+)  # fmt: skip
+@click.option(
+    "--joblog", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="One line per attempt (GNU parallel's joblog), added by the pool as attempts end.",
+)  # fmt: skip
 @click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
 @click.pass_obj
 def submit_command(
     env: Environment, target: Target, policy: RunPolicy, halt: HaltPolicy, keep_order: bool,
-    batch: Path,
+    priority: int, joblog: Path | None, batch: Path,
 ) -> int:  # fmt: skip
     """Give the pool a batch; print its run id and return at once."""
     try:
         data = batch.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
-    options = pool_options(policy, halt, keep_order)
+    options = pool_options(policy, halt, keep_order, priority)
+    if joblog is not None:
+        if target[1] is not None:  # the file would be made here, the lines added there
+            raise UsageError("--joblog goes with a pool on this machine, not --via")
+        options["joblog"] = start_joblog(joblog)
     message = {"op": "submit", "batch": data, "name": str(batch), "options": options}
     row = run_async(request(target, message))
     env.stdout.write(f"{row['id']}\n".encode())

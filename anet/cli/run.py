@@ -81,6 +81,7 @@ class RunArgs:
     generated: Generated | None = None
     """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
     pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
+    priority: int = 1  # through a pool: this run's weight among the runs sharing its hosts
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -421,6 +422,10 @@ Examples:
 )  # fmt: skip
 @click.option("--pool", "pool_name", metavar="NAME", help="Run through this pool (anet up).")
 @click.option("--no-pool", is_flag=True, help="Run standalone even when a pool is up.")
+@click.option(
+    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Through a pool: this run's share of the hosts, weighed against the other runs'.",
+)  # fmt: skip
 @log_options
 @click.pass_obj
 def run_command(
@@ -452,6 +457,7 @@ def run_command(
     progress: bool,
     pool_name: str | None,
     no_pool: bool,
+    priority: int,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts; or, as GNU
     parallel does, `anet [OPTIONS] COMMAND ::: ARGS` (`::::`, `-a FILE`): COMMAND once per
@@ -477,7 +483,7 @@ def run_command(
         policy, halt,
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
-        pipe=pipe,
+        pipe=pipe, priority=priority,
     )  # fmt: skip
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)

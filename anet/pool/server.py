@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgpack
 
@@ -39,7 +40,8 @@ from ..core.speculation import Timeout
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..runs import RunOptions
-from ..streams.journal import IdSet, Journal, JournalError
+from ..streams.joblog import format_row
+from ..streams.journal import AttemptRecord, IdSet, Journal, JournalError, JournalReader
 from . import wire
 from .place import Place
 
@@ -87,7 +89,9 @@ class PoolRun:
     journal: Journal
     options: RunOptions
     resumed: bool = False
+    joblog: TextIO | None = None
     started: float = field(default_factory=time.time)
+    finished: float | None = None
     state: str = "running"
     done: int = 0
     failed: int = 0
@@ -109,11 +113,42 @@ class PoolRun:
 
     def end(self, state: str, end_file: Path) -> None:
         self.state = state
+        self.finished = time.time()
+        self.close_joblog()
         with contextlib.suppress(OSError):  # unwritten, the next pool resumes the run: no loss
             _write_atomically(end_file, json.dumps(self.row()).encode())
         self.ended.set()
         for listener in self.listeners:
             listener.put(None)
+
+    def attempted(self, record: AttemptRecord, command: bytes) -> None:
+        """One ended attempt of this run, for its --joblog (written as `anet run` writes it)."""
+        if self.joblog is not None:
+            try:
+                self.joblog.write(format_row(record, command))
+                self.joblog.flush()  # a `tail -f` of it sees each attempt, as a standalone one
+            except OSError as exc:  # a full disk, a removed mount: the run goes on without it
+                log.warning(f"run {self.id}: its joblog cannot be written: {exc.strerror}")
+                self.close_joblog()
+
+    def close_joblog(self) -> None:
+        if self.joblog is not None:
+            with contextlib.suppress(OSError):
+                self.joblog.close()
+            self.joblog = None
+
+    def by_host(self) -> dict[str, list[Any]]:
+        """This run's own numbers by host, from its journal (other runs share the hosts): the
+        jobs whose final result came from it, its failed attempts, its attempts' mean time."""
+        self.journal.flush()
+        hosts: dict[str, list[Any]] = {}
+        with JournalReader.open(self.journal.path) as reader:
+            for host, done, _failed in reader.results_by_host():
+                hosts[host] = [done, 0, None]
+            for host, attempts, failed, busy, _first, _last in reader.attempts_by_host():
+                row = hosts.setdefault(host, [0, 0, None])
+                row[1], row[2] = failed, busy / attempts if attempts else None
+        return hosts
 
     def stored(self) -> Iterator[JobResult]:
         """Every result the journal holds now, in id order (committed first)."""
@@ -274,6 +309,10 @@ class Pool:
             self.place.runs_dir.mkdir(mode=0o700, exist_ok=True)
             choices = request.get("options") or {}
             _run_options(choices, None)  # a mistake is refused here, before anything is kept
+            if isinstance(choices.get("joblog"), str):
+                joblog = _open_joblog(choices["joblog"], resumed=False)
+                if joblog is not None:
+                    joblog.close()
             _write_atomically(self._file(run_id, "name"), name.encode())
             _write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
             _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
@@ -283,7 +322,7 @@ class Pool:
         except (AnetError, JournalError) as exc:
             return {"error": str(exc)}
         log.info(f"run {run_id} ({name}): {run.total} jobs")
-        return run.row()
+        return {**run.row(), "journal": str(run.journal.path)}
 
     def _start(
         self, run_id: int, kind: str, data: bytes, name: str, ended: dict[str, Any] | None
@@ -303,6 +342,9 @@ class Pool:
             choices = {}
         options = _run_options(choices, journal, resume=resume, total=len(jobs))
         run = PoolRun(run_id, name, len(jobs), journal, options, resumed=resume)
+        run.options = dataclasses.replace(options, attempts=run.attempted)
+        if ended is None and isinstance(choices.get("joblog"), str):
+            run.joblog = _open_joblog(choices["joblog"], resumed=resume)
         self.runs[run_id] = run
         if ended is not None:
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
@@ -325,6 +367,7 @@ class Pool:
         finally:
             with contextlib.suppress(JournalError):
                 run.journal.flush()
+            run.close_joblog()
             if state == "cancelled" and self._resume_later:  # no end on disk: resumed later
                 run.ended.set()
             else:
@@ -361,10 +404,26 @@ class Pool:
                 if run.ended.is_set():  # every result came before: in the journal or the queue
                     break
                 await listener.wake.wait()
-            writer.write(wire.pack(run.row()))
+            last = run.row()
+            if request.get("summary"):
+                with contextlib.suppress(AnetError, JournalError):  # the results matter more
+                    last["summary"] = self._summary(run)
+            writer.write(wire.pack(last))
             await writer.drain()
         finally:
             run.listeners.discard(listener)
+
+    def _summary(self, run: PoolRun) -> dict[str, Any]:
+        """What the end summary of `anet BATCH` through the pool shows: the run's wall time,
+        and each host of the pool (its state and slots now) with the run's own numbers."""
+        numbers = run.by_host()
+        hosts = [
+            [label, str(state.state), state.slots, *numbers.pop(label, [0, 0, None])]
+            for label, state in self.cluster.hosts.items()
+        ]  # then hosts the run used that the pool no longer has (none yet: no `pool drain`)
+        hosts += [[label, "closed", 0, *row] for label, row in numbers.items()]
+        wall = (run.finished or time.time()) - run.started
+        return {"wall": wall, "hosts": hosts}
 
 
 class _NoSuchRun(AnetError):
@@ -385,12 +444,29 @@ def _run_options(
         raise UsageError(f"timeout: {timeout!r} is not seconds or a percentage")
     if not isinstance(speculate, bool) or not isinstance(keep_order, bool):
         raise UsageError("speculate and keep_order are yes or no")
+    priority = choices.get("priority", 1)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
+        raise UsageError(f"priority: {priority!r} is not a whole number of 1 or more")
     halt = HaltPolicy.parse(choices.get("halt") if isinstance(choices.get("halt"), str) else None)
     policy = RunPolicy(retries, timeout, speculate)
     Timeout.parse(timeout)  # a bad one is its own one-line refusal, here rather than mid-run
     return RunOptions(
-        journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy
-    )
+        journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy,
+        priority=priority,
+    )  # fmt: skip
+
+
+def _open_joblog(path: str, *, resumed: bool) -> TextIO | None:
+    """The run's --joblog, which its client made (its header written, with the client's
+    permissions and umask), opened to add a line per attempt. Not there any more at a restore:
+    the run goes on without it (one line in the pool's log)."""
+    try:
+        return open(path, "a", encoding="utf-8", newline="")  # closed at the run's end
+    except OSError as exc:
+        if not resumed:
+            raise UsageError(f"cannot write joblog {path}: {exc.strerror}") from None
+        log.warning(f"the joblog {path} cannot be written: {exc.strerror}")
+        return None
 
 
 def _host_row(label: str, state: HostState) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""`anet BATCH` through a pool of real sshd hosts takes what a standalone run takes: --joblog,
+--results, the end summary, --priority; compared with `--no-pool` on the same hosts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_pool import alive, batch, cli, pool_pid
+from waiting import wait_until
+
+from anet.streams.joblog import HEADER
+
+
+@dataclass
+class SshdPool:
+    """A pool up on two sshd hosts, and the options that name the same hosts standalone."""
+
+    cluster: object
+    ssh: list[str]
+    hosts: list[str]
+    pid: int
+
+
+@pytest.fixture
+def sshd_pool(make_cluster) -> Iterator[SshdPool]:
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    ssh = ["--ssh-config", str(own.ssh_config)]
+    hosts = [arg for name in own.names for arg in ("-S", f"2/{name}")]
+    up = cli("up", *ssh, *hosts)
+    assert up.returncode == 0, up.stderr
+    pid = pool_pid()
+    try:
+        yield SshdPool(own, ssh, hosts, pid)
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def _joblog(path: Path) -> list[tuple[str, ...]]:
+    """The joblog's lines without their times (Starttime, JobRuntime), sorted."""
+    text = path.read_text()
+    assert text.startswith(HEADER)
+    rows = [line.split("\t") for line in text[len(HEADER) :].splitlines()]
+    return sorted((r[0], r[5], r[6], r[7], r[8]) for r in rows)
+
+
+def _results(root: Path) -> dict[str, tuple[bytes, bytes, dict]]:
+    found = {}
+    for job in root.iterdir():
+        meta = json.loads((job / "meta.json").read_text())
+        kept = {
+            k: meta[k]
+            for k in (
+                "id",
+                "ok",
+                "exit",
+                "signal",
+                "attempts",
+                "error",
+                "stdout_bytes",
+                "stderr_bytes",
+            )
+        }
+        found[job.name] = ((job / "stdout").read_bytes(), (job / "stderr").read_bytes(), kept)
+    return found
+
+
+def test_joblog_results_and_the_summary_through_a_pool_as_standalone(sshd_pool, tmp_path):
+    path = batch(
+        tmp_path, [f"echo job {i}; echo e{i} >&2; exit $(({i} % 7 == 6))" for i in range(30)]
+    )
+    mine, theirs = tmp_path / "pooled", tmp_path / "alone"
+    mine.mkdir(), theirs.mkdir()
+    options = ["-k", "--retries", "0", "--no-speculate"]  # speculation would vary the joblogs
+    pooled = cli(
+        *options, "--joblog", str(mine / "log.tsv"), "--results", str(mine / "r"), str(path)
+    )
+    alone = cli(
+        "--no-pool", *sshd_pool.ssh, *sshd_pool.hosts, *options,
+        "--joblog", str(theirs / "log.tsv"), "--results", str(theirs / "r"), str(path),
+    )  # fmt: skip
+    assert pooled.returncode == alone.returncode == 4, pooled.stderr
+    assert pooled.stdout == alone.stdout and len(pooled.stdout) > 30 * 8
+    assert "1  done" in cli("ls").stdout.decode()  # it was the pool's run, not a standalone one
+    assert _joblog(mine / "log.tsv") == _joblog(theirs / "log.tsv")
+    assert len(_joblog(mine / "log.tsv")) == 30
+    assert _results(mine / "r") == _results(theirs / "r")
+    said, alone_said = pooled.stderr.decode(), alone.stderr.decode()
+    for text in (said, alone_said):
+        assert "anet: 30 jobs done, 4 failed, in " in text
+        assert "failed jobs (4):\n" in text  # in the order they came: it varies
+        assert all(f"\n  job {i}: e{i}\n" in text for i in (6, 13, 20, 27))
+        assert "\njoblog: " in text and "\nresults: " in text
+        assert text.rstrip().endswith("4 of 30 jobs failed")
+    table = said.split("\n  host ", 1)[1].splitlines()  # the header, then one line a host
+    assert table[0].split()[:4] == ["state", "slots", "jobs", "jobs/min"]
+    done = {row.split()[0]: int(row.split()[3]) for row in table[1:3]}
+    assert set(done) == set(sshd_pool.cluster.names) and sum(done.values()) == 30
+    assert all(row.split()[-1] == "-" for row in table[1:3])  # speculation: not counted per run
+    assert "journal: " in said  # the pool's journal of the run
+    quiet = cli("-q", str(path))
+    assert quiet.stderr.decode().strip() == "anet: 4 of 30 jobs failed"
