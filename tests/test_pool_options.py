@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_pool import alive, batch, cli, pool_pid
+from test_pool import alive, batch, cli, pool_pid, records
 from waiting import wait_until
 
 from anet.streams.joblog import HEADER
@@ -107,3 +107,46 @@ def test_joblog_results_and_the_summary_through_a_pool_as_standalone(sshd_pool, 
     assert "journal: " in said  # the pool's journal of the run
     quiet = cli("-q", str(path))
     assert quiet.stderr.decode().strip() == "anet: 4 of 30 jobs failed"
+
+
+def _spans(marks: Path, run: str) -> list[tuple[float, float]]:
+    """(start, end) of each job of `run`, as the jobs wrote them."""
+    return [tuple(map(float, file.read_text().split())) for file in marks.glob(f"{run}.*")]
+
+
+def _busy(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Slot-seconds the jobs spent between `start` and `end`."""
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
+
+def test_a_run_of_priority_3_holds_three_of_four_slots_beside_one_of_priority_1(
+    sshd_pool, tmp_path
+):
+    """Four slots (two hosts of two), two runs: the first, priority 1, holds them all until the
+    second comes with priority 3; from then on the second holds about 3 (an equal share would
+    be 2) while the first has jobs waiting all along."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    now = "python3 -c 'import time; print(time.time())'"
+
+    def jobs(run: str, count: int) -> Path:
+        mark = f"{marks}/{run}"
+        lines = [f"s=$({now}); sleep 0.4; echo $s $({now}) > {mark}.{i}" for i in range(count)]
+        (tmp_path / run).mkdir()
+        return batch(tmp_path / run, lines)
+
+    low = cli("submit", str(jobs("low", 200)))  # under way until cancelled, at the end
+    wait_until(lambda: any(marks.iterdir()), timeout=30, what="the first run's jobs to start")
+    high = cli("--priority", "3", "--format", "msgpack", str(jobs("high", 12)))
+    assert high.returncode == 0, high.stderr
+    assert len(records(high.stdout)) == 12
+    assert "2  done" in cli("ls").stdout.decode()
+    assert "1  running" in cli("ls").stdout.decode()  # the first run was under way throughout
+    high_spans, low_spans = _spans(marks, "high"), _spans(marks, "low")
+    start, end = min(a for a, _ in high_spans), max(b for _, b in high_spans)
+    high_time, low_time = _busy(high_spans, start, end), _busy(low_spans, start, end)
+    # 3 of 4 slots are the second run's; each run's jobs queued on a host (to hide its round
+    # trip) may take a slot of the other's as it frees, so the split is near 3:1, not exact
+    assert 0.65 < high_time / (high_time + low_time) < 0.92, (high_time, low_time)
+    assert any(start < a < end for a, _ in low_spans)  # the first run was not starved
+    assert cli("cancel", low.stdout.decode().strip()).returncode == 0
