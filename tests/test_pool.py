@@ -533,3 +533,32 @@ def test_a_kept_file_is_written_whole_even_when_the_kernel_takes_less_at_a_time(
     data = bytes(range(256)) * 100
     server._write_atomically(tmp_path / "1.batch", data)
     assert (tmp_path / "1.batch").read_bytes() == data
+
+
+def test_a_restored_run_sends_the_new_result_of_a_job_that_failed_before_not_the_old_one(
+    pool, tmp_path
+):
+    """A job that failed before the pool stopped runs again in the restored run (as --resume
+    runs failures again): an attach must give its new result, not the failure the journal
+    still held from before (it did, and then skipped the new one as a duplicate)."""
+    flag = tmp_path / "failed-once"
+    first = f"if [ -e {flag} ]; then sleep 3; echo second; else touch {flag}; exit 1; fi"
+    path = batch(tmp_path, [first, "sleep 300"])
+    run_id = cli("submit", "--retries", "0", str(path)).stdout.decode().strip()
+    wait_until(lambda: cli("ls").stdout.decode().split()[9:12] == ["1", "1", "2"], 30, "a failure")
+    os.kill(pool, signal.SIGTERM)  # stopped by a supervisor: the next pool resumes the run
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    new = pool_pid()
+    try:
+        watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        assert watcher.stdout is not None
+        result = next(anet.results.read(watcher.stdout, format="msgpack"))
+        watcher.kill()
+        watcher.wait()
+        watcher.stdout.close()
+        assert (result.id, result.ok, result.stdout) == (0, True, b"second\n")
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")

@@ -90,6 +90,8 @@ class PoolRun:
     options: RunOptions
     resumed: bool = False
     joblog: TextIO | None = None
+    rerunning: bool = False  # resumed and under way: its journal's failures run again
+    fresh: IdSet = field(default_factory=IdSet)  # then, the ids of the results it gave
     started: float = field(default_factory=time.time)
     finished: float | None = None
     state: str = "running"
@@ -106,6 +108,8 @@ class PoolRun:
         }  # fmt: skip
 
     def arrived(self, result: JobResult) -> None:
+        if self.rerunning:
+            self.fresh.add(result.id)
         self.done += 1
         self.failed += not result.ok
         for listener in self.listeners:
@@ -151,9 +155,14 @@ class PoolRun:
         return hosts
 
     def stored(self) -> Iterator[JobResult]:
-        """Every result the journal holds now, in id order (committed first)."""
+        """Every final result the journal holds now, in id order (committed first). A resumed
+        run runs its earlier failures again: until one's new result has come (`arrived`), the
+        journal's is its old one, not final, and is left out."""
         self.journal.flush()
-        return self.journal.results_from(0)
+        stored = self.journal.results_from(0)
+        if not self.rerunning:
+            return stored
+        return (r for r in stored if r.ok or r.id in self.fresh)
 
 
 class Pool:
@@ -352,6 +361,7 @@ class Pool:
             run.ended.set()
             return run
         assert self._tasks is not None
+        run.rerunning = resume
         run.task = self._tasks.create_task(self._drive(run, jobs))
         return run
 
