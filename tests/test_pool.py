@@ -469,13 +469,13 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     assert pooled.returncode == alone.returncode == 8
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
-    standalone = cli("--journal", str(tmp_path / "j.sqlite"), str(path))  # a pool cannot yet
-    assert standalone.returncode == 8 and (tmp_path / "j.sqlite").exists()
+    standalone = cli("--max-output", "1G", str(path))  # a pool cannot yet
+    assert standalone.returncode == 8
     assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
-    named = cli("--pool", "default", "--journal", str(tmp_path / "j.sqlite"), str(path))
+    named = cli("--pool", "default", "--max-output", "1G", str(path))
     assert named.returncode == 255
     assert named.stderr.decode().strip() == (
-        "anet: --journal is not done through a pool yet: leave out --pool default"
+        "anet: --max-output is not done through a pool yet: leave out --pool default"
     )
 
 
@@ -509,11 +509,13 @@ def test_a_pool_of_sshd_hosts_gives_the_standalone_bytes_and_down_leaves_nothing
     try:
         path = batch(tmp_path, [f"sleep 0.0{i % 3}; echo job {i}" for i in range(60)])
         pooled = cli("-k", str(path))
+        attached = records(cli("attach", "--format", "msgpack", "1").stdout)
+        assert {r.host for r in attached.values()} == set(own.names)
         alone = cli("--no-pool", *ssh, *hosts, "-k", str(path))
         assert pooled.returncode == alone.returncode == 0, pooled.stderr
         assert pooled.stdout == alone.stdout and len(pooled.stdout) > 60 * 8
-        attached = records(cli("attach", "--format", "msgpack", "1").stdout)
-        assert {r.host for r in attached.values()} == set(own.names)
+        gone = cli("attach", "1")  # the batch's journal is the standalone run's now
+        assert gone.returncode == 255 and b"run 1's results are no longer in" in gone.stderr
         assert any(own[name].processes() for name in own.names)  # the dispatchers, kept warm
     finally:
         cli("down")
@@ -562,3 +564,35 @@ def test_a_restored_run_sends_the_new_result_of_a_job_that_failed_before_not_the
     finally:
         cli("down")
         wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_resume_through_a_pool_takes_up_a_standalone_run_and_writes_what_standalone_writes(
+    pool, tmp_path
+):
+    """Two copies of a batch whose every third job fails once: each run standalone; then one
+    resumed standalone, the other through the pool: the same bytes, the same status, the same
+    journal (`anet status` reads it); `--resume --only-new` then owes nothing either way."""
+    outputs = {}
+    for way in ("alone", "pooled"):
+        (tmp_path / way).mkdir()
+        flags = tmp_path / way / "flags"
+        flags.mkdir()
+        once = "[ -e {f} ] || {{ touch {f}; exit 1; }}"  # fails the first time only
+        lines = [
+            f"echo {i}; [ $(({i} % 3)) != 0 ] || " + once.format(f=flags / str(i))
+            for i in range(30)
+        ]
+        path = batch(tmp_path / way, lines)
+        first = cli("--no-pool", "-S", "2/:", "--retries", "0", "-k", str(path))
+        assert first.returncode == 10, first.stderr
+        via = ["--no-pool", "-S", "2/:"] if way == "alone" else []
+        resumed = cli(*via, "--retries", "0", "-k", "--resume", str(path))
+        again = cli(*via, "--retries", "0", "-k", "--resume", "--only-new", str(path))
+        status = cli("status", str(path)).stdout.decode().splitlines()[2]
+        outputs[way] = (resumed.returncode, resumed.stdout, again.returncode, again.stdout, status)
+        assert resumed.returncode == 0 and len(resumed.stdout) > 30 * 8, resumed.stderr
+    assert outputs["pooled"][:4] == outputs["alone"][:4]
+    assert outputs["pooled"][4].startswith("30/30 jobs done, 0 failed")
+    assert outputs["alone"][4].startswith("30/30 jobs done, 0 failed")
+    listing = cli("ls").stdout.decode()
+    assert "1  done" in listing and "2  done" in listing  # both went through the pool

@@ -3,9 +3,11 @@ exit status, without a start-up of its own (docs/daemon.md).
 
 A run goes through the pool when one is up (the default pool, or `--pool NAME`) and the run
 asks nothing a pool's run cannot do yet: no hosts of its own (-S, -H, -j, $ANET_HOSTS), a batch
-file (not a stream), and none of --resume, --journal, deps, --pipe, command mode, polite
-options or --max-output. --joblog is written by the pool (a line per attempt, into the file
-this command made), --results DIR by this command (its directory, its permissions).
+file (not a stream), and none of deps, --pipe, command mode, polite options or
+--max-output. The pool's run keeps the journal a standalone run keeps (so --resume,
+--only-new and `anet status BATCH` work alike). --joblog is written by the pool (a line per
+attempt, into the file this command made), --results DIR by this command (its directory, its
+permissions).
 Otherwise it runs standalone, as before; with `--pool NAME` named, such an option is one line
 of error instead. `--no-pool` always runs standalone. Ctrl-C cancels the pool's run (its jobs
 are killed), as it stops a standalone one.
@@ -26,6 +28,7 @@ from ..pool.client import Target, attach, pool_options, request
 from ..pool.place import DEFAULT_NAME, place
 from ..streams.delivery import Delivery
 from ..streams.joblog import Joblog
+from ..streams.journal import default_journal_path
 from ..streams.output import open_output
 from ..streams.resultsdir import ResultsDir
 from ..streams.sinks import Encoder
@@ -62,8 +65,6 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
     checks = [
         (bool(hosts.hosts or hosts.host_files or hosts.slots), "-S/-H/-j"),
         (bool(environ.get("ANET_HOSTS")), "$ANET_HOSTS"),
-        (args.resume or args.only_new, "--resume"),
-        (args.journal is not None, "--journal"),
         (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
         (args.generated is not None, "a command with ::: sources"),
@@ -83,6 +84,7 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
         raise UsageError(f"cannot read batch file {str(args.batch)!r}: {exc.strerror}") from None
     seen = args.observe
     options = pool_options(args.policy, args.halt, seen.keep_order, args.priority)
+    options.update(journal_options(args, env))
     if seen.joblog is not None:
         options["joblog"] = start_joblog(seen.joblog)
     # --results DIR is written here, by the command: in its directory, with its permissions
@@ -109,6 +111,18 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     if out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
     return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+def journal_options(args: RunArgs, env: Environment) -> dict[str, Any]:
+    """The journal a standalone run of this batch keeps (--journal FILE, else its default
+    one), for the pool's run to keep too: `anet status BATCH`, `--resume` and a later
+    standalone run find it where they look. With --no-journal, the pool keeps its own."""
+    if args.no_journal:
+        if args.resume:
+            raise UsageError("--resume needs the journal of a batch file: drop --no-journal")
+        return {}
+    path = args.journal or default_journal_path(args.batch, env.environ)
+    return {"journal": str(path.resolve()), "resume": args.resume, "only_new": args.only_new}
 
 
 def start_joblog(path: Path) -> str:

@@ -81,14 +81,23 @@ class PoolRun:
     On disk, beside its journal (place.py): `ID.batch`, the batch file as submitted (or
     `ID.commands`, the library's list of commands, in msgpack), and, once the run has ended,
     `ID.end`, its last row. A run with a batch and no end was under way when its pool died: the
-    next pool of that name resumes it from its journal."""
+    next pool of that name resumes it from its journal.
+
+    The journal is the pool's (`ID.sqlite`), or for `anet BATCH` through the pool the one a
+    standalone run of that batch keeps (its --journal, or its default one): `anet status`,
+    `--resume` and a later standalone run find it there. It is open (and locked) while the run
+    is under way only; an attach afterwards opens it for the time it reads."""
 
     id: int
     name: str
     total: int
-    journal: Journal
+    path: Path  # the journal's
+    fingerprint: str  # the batch's, which the journal must have
+    journal: Journal | None  # open while the run is under way
     options: RunOptions
-    resumed: bool = False
+    identity: tuple[int, str | None] | None = None
+    """The journal file's inode and creation time: another pair, and a later run replaced it
+    (unknown for a run that had ended before this pool started)."""
     joblog: TextIO | None = None
     rerunning: bool = False  # resumed and under way: its journal's failures run again
     fresh: IdSet = field(default_factory=IdSet)  # then, the ids of the results it gave
@@ -144,9 +153,10 @@ class PoolRun:
     def by_host(self) -> dict[str, list[Any]]:
         """This run's own numbers by host, from its journal (other runs share the hosts): the
         jobs whose final result came from it, its failed attempts, its attempts' mean time."""
-        self.journal.flush()
+        if self.journal is not None:
+            self.journal.flush()
         hosts: dict[str, list[Any]] = {}
-        with JournalReader.open(self.journal.path) as reader:
+        with JournalReader.open(self.path) as reader:
             for host, done, _failed in reader.results_by_host():
                 hosts[host] = [done, 0, None]
             for host, attempts, failed, busy, _first, _last in reader.attempts_by_host():
@@ -154,15 +164,62 @@ class PoolRun:
                 row[1], row[2] = failed, busy / attempts if attempts else None
         return hosts
 
-    def stored(self) -> Iterator[JobResult]:
-        """Every final result the journal holds now, in id order (committed first). A resumed
-        run runs its earlier failures again: until one's new result has come (`arrived`), the
-        journal's is its old one, not final, and is left out."""
-        self.journal.flush()
-        stored = self.journal.results_from(0)
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Journal]:
+        """The journal to read: the run's open one, or, once it has ended, opened for the time
+        of the read (JournalBusy while another run of that batch has it)."""
+        if self.journal is not None:
+            yield self.journal
+            return
+        gone = UsageError(
+            f"run {self.id}'s results are no longer in its journal {self.path}: a later run of"
+            " its batch replaced it, or journal retention trimmed it"
+        )
+        try:
+            with Journal.open(self.path, self.fingerprint, self.name, resume=True) as journal:
+                found = (os.stat(self.path).st_ino, journal.meta.get("created"))
+                if self.identity is not None and found != self.identity:
+                    raise gone
+                yield journal
+        except JournalError:
+            raise gone from None
+
+    def stored(self, journal: Journal) -> Iterator[JobResult]:
+        """Every final result of this run the journal holds now, in id order (committed
+        first). A resumed run gives its earlier successes again (all, or with --only-new those
+        never delivered) and runs its earlier failures again: until it has given a job's
+        result (`arrived`), the journal's is an earlier run's, and is left out."""
+        journal.flush()
+        stored = journal.results_from(0)
         if not self.rerunning:
             return stored
-        return (r for r in stored if r.ok or r.id in self.fresh)
+        return (r for r in stored if r.id in self.fresh)
+
+    def delivered(self, job_id: int) -> None:
+        """An attach wrote the result to its client (for a later `--resume --only-new`)."""
+        if self.journal is not None and not self.journal.broken:
+            with contextlib.suppress(JournalError):
+                self.journal.mark_delivered(job_id)
+
+    def close_journal(self) -> None:
+        if self.journal is not None:
+            with contextlib.suppress(JournalError):
+                self.journal.close()
+            self.journal = None
+
+
+class RunJournal(Journal):
+    """A pool run's journal, closed when its run ends (a later run of that batch may take it):
+    the attempts its cancel kills end after that, and are not recorded (standalone, the
+    journal outlives them: it closes with the command)."""
+
+    def record_attempt(self, attempt: AttemptRecord) -> None:
+        if not self._closed:
+            super().record_attempt(attempt)
+
+    def record_host_event(self, when: float, host: str, event: str, detail: str | None) -> None:
+        if not self._closed:
+            super().record_host_event(when, host, event, detail)
 
 
 class Pool:
@@ -202,7 +259,7 @@ class Pool:
                 for client in self._clients:
                     client.cancel()
         for run in self.runs.values():
-            run.journal.close()
+            run.close_journal()
 
     def _restore(self) -> None:
         """The runs of an earlier pool of this name: those that ended are listed (and can be
@@ -220,7 +277,7 @@ class Pool:
                 data = self._file(run_id, kind).read_bytes()
                 end = self._file(run_id, "end")
                 row = json.loads(end.read_bytes()) if end.exists() else None
-                self._start(run_id, kind, data, self._name_of(run_id), row)
+                self._start(run_id, kind, data, self._name_of(run_id), row, restoring=True)
             except (OSError, ValueError, AnetError, JournalError) as exc:
                 log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
 
@@ -325,41 +382,66 @@ class Pool:
             _write_atomically(self._file(run_id, "name"), name.encode())
             _write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
             _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
-            run = self._start(run_id, kind, data, name, None)
+            try:
+                run = self._start(run_id, kind, data, name, None, restoring=False)
+            except BaseException:  # refused (a journal busy, none to resume): not kept either
+                for suffix in (kind, "options", "name"):
+                    self._file(run_id, suffix).unlink(missing_ok=True)
+                raise
         except OSError as exc:
             return {"error": f"cannot keep the batch: {exc.strerror}"}
         except (AnetError, JournalError) as exc:
             return {"error": str(exc)}
         log.info(f"run {run_id} ({name}): {run.total} jobs")
-        return {**run.row(), "journal": str(run.journal.path)}
+        return {**run.row(), "journal": str(run.path)}
 
     def _start(
-        self, run_id: int, kind: str, data: bytes, name: str, ended: dict[str, Any] | None
+        self,
+        run_id: int,
+        kind: str,
+        data: bytes,
+        name: str,
+        ended: dict[str, Any] | None,
+        *,
+        restoring: bool,
     ) -> PoolRun:
-        """The run, with its journal open; under way unless `ended` (its last row) says not.
-        A journal found on disk is resumed: its successes are not run again."""
-        path = self.place.journal(run_id)
-        resume = path.exists()
-        journal = Journal.open(path, hashlib.sha256(data).hexdigest(), name, resume=resume)
-        if kind == "batch":
-            jobs = list(read_batch(io.BytesIO(data)))
-        else:
-            jobs = list(as_jobs(msgpack.unpackb(data)))
+        """The run, under way with its journal open, unless `ended` (its last row) says it
+        has ended. Its journal is resumed (its successes not run again) when the submit asked
+        (--resume), or, `restoring` an earlier pool's run, when it is on disk."""
         try:
             choices = json.loads(self._file(run_id, "options").read_bytes())
         except FileNotFoundError:  # kept by a pool from before per-run options
             choices = {}
-        options = _run_options(choices, journal, resume=resume, total=len(jobs))
-        run = PoolRun(run_id, name, len(jobs), journal, options, resumed=resume)
-        run.options = dataclasses.replace(options, attempts=run.attempted)
-        if ended is None and isinstance(choices.get("joblog"), str):
-            run.joblog = _open_joblog(choices["joblog"], resumed=resume)
-        self.runs[run_id] = run
+        kept = choices.get("journal")
+        path = Path(kept) if isinstance(kept, str) else self.place.journal(run_id)
+        fingerprint = hashlib.sha256(data).hexdigest()  # as a standalone run's (its file's)
+        if kind == "batch":
+            jobs = list(read_batch(io.BytesIO(data)))
+        else:
+            jobs = list(as_jobs(msgpack.unpackb(data)))
         if ended is not None:
+            run = PoolRun(run_id, name, len(jobs), path, fingerprint, None, RunOptions())
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
             run.state = str(ended["state"])
             run.ended.set()
+            self.runs[run_id] = run
             return run
+        resume = path.exists() if restoring else choices.get("resume") is True
+        # a restored run gives all its earlier results again: its clients attach from the start
+        only_new = choices.get("only_new") is True and not restoring
+        journal = RunJournal.open(path, fingerprint, name, resume=resume)
+        try:
+            options = _run_options(choices, journal, resume=resume, total=len(jobs))
+            options = dataclasses.replace(options, only_new=only_new)
+            run = PoolRun(run_id, name, len(jobs), path, fingerprint, journal, options)
+            run.identity = (os.stat(path).st_ino, journal.meta.get("created"))
+            run.options = dataclasses.replace(options, attempts=run.attempted)
+            if isinstance(choices.get("joblog"), str):
+                run.joblog = _open_joblog(choices["joblog"], resumed=restoring)
+        except BaseException:
+            journal.close()
+            raise
+        self.runs[run_id] = run
         assert self._tasks is not None
         run.rerunning = resume
         run.task = self._tasks.create_task(self._drive(run, jobs))
@@ -375,9 +457,9 @@ class Pool:
         except AnetError as exc:
             state = f"failed: {exc}"
         finally:
-            with contextlib.suppress(JournalError):
-                run.journal.flush()
             run.close_joblog()
+            if not run.listeners:  # else the last one closes it, once it has sent (and marked) all
+                run.close_journal()  # unlocked: a later run of that batch may take it
             if state == "cancelled" and self._resume_later:  # no end on disk: resumed later
                 run.ended.set()
             else:
@@ -400,16 +482,19 @@ class Pool:
                     sent.add(result.id)
                     writer.write(wire.pack(wire.result_fields(result)))
                     await writer.drain()
+                    run.delivered(result.id)
 
         try:
-            await send(run.stored())
+            with run.reading() as journal:
+                await send(run.stored(journal))
             while True:
                 listener.wake.clear()
                 while listener.queue:
                     await send(iter([listener.queue.popleft()]))
                 if listener.lagged:
                     listener.lagged = False
-                    await send(run.stored())
+                    with run.reading() as journal:
+                        await send(run.stored(journal))
                     continue
                 if run.ended.is_set():  # every result came before: in the journal or the queue
                     break
@@ -422,6 +507,8 @@ class Pool:
             await writer.drain()
         finally:
             run.listeners.discard(listener)
+            if run.ended.is_set() and not run.listeners:
+                run.close_journal()
 
     def _summary(self, run: PoolRun) -> dict[str, Any]:
         """What the end summary of `anet BATCH` through the pool shows: the run's wall time,
@@ -452,8 +539,14 @@ def _run_options(
         raise UsageError(f"retries: {retries!r} is not a count")
     if not (timeout is None or isinstance(timeout, (int, float, str))) or isinstance(timeout, bool):
         raise UsageError(f"timeout: {timeout!r} is not seconds or a percentage")
-    if not isinstance(speculate, bool) or not isinstance(keep_order, bool):
-        raise UsageError("speculate and keep_order are yes or no")
+    yes_no = (speculate, keep_order, choices.get("resume", False), choices.get("only_new", False))
+    if not all(isinstance(choice, bool) for choice in yes_no):
+        raise UsageError("speculate, keep_order, resume and only_new are yes or no")
+    journal_path = choices.get("journal")
+    if journal_path is not None and not (
+        isinstance(journal_path, str) and os.path.isabs(journal_path)
+    ):
+        raise UsageError(f"journal: {journal_path!r} is not an absolute path")
     priority = choices.get("priority", 1)
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
         raise UsageError(f"priority: {priority!r} is not a whole number of 1 or more")
@@ -462,7 +555,7 @@ def _run_options(
     Timeout.parse(timeout)  # a bad one is its own one-line refusal, here rather than mid-run
     return RunOptions(
         journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy,
-        priority=priority,
+        priority=priority, mark_delivered=False,  # marked once an attach has sent it
     )  # fmt: skip
 
 
