@@ -302,18 +302,19 @@ def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catch
     import asyncio
 
     from anet.api import Cluster
+    from anet.pool import run as pool_run
     from anet.pool import server, wire
     from anet.pool.place import make_private
 
-    monkeypatch.setattr(server, "LISTENER_LIMIT", 4)
+    monkeypatch.setattr(pool_run, "LISTENER_LIMIT", 4)
     longest: list[int] = [0]
-    put = server.Listener.put
+    put = pool_run.Listener.put
 
-    def counting_put(self: server.Listener, result: object) -> None:
+    def counting_put(self: pool_run.Listener, result: object) -> None:
         put(self, result)  # type: ignore[arg-type]
         longest[0] = max(longest[0], len(self.queue))
 
-    monkeypatch.setattr(server.Listener, "put", counting_put)
+    monkeypatch.setattr(pool_run.Listener, "put", counting_put)
     where = place("default", os.environ)
     make_private(where.run_dir)
     make_private(where.state_dir)
@@ -528,12 +529,12 @@ def test_a_kept_file_is_written_whole_even_when_the_kernel_takes_less_at_a_time(
 ):
     """os.write may take less than it is given (over 2 GiB it always does): a batch kept for a
     restore must come back whole. Here every raw write takes at most 1,000 bytes."""
-    from anet.pool import server
+    from anet.pool.run import write_atomically
 
     real = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data)[:1000]))
     data = bytes(range(256)) * 100
-    server._write_atomically(tmp_path / "1.batch", data)
+    write_atomically(tmp_path / "1.batch", data)
     assert (tmp_path / "1.batch").read_bytes() == data
 
 
