@@ -150,3 +150,46 @@ def test_a_run_of_priority_3_holds_three_of_four_slots_beside_one_of_priority_1(
     assert 0.65 < high_time / (high_time + low_time) < 0.92, (high_time, low_time)
     assert any(start < a < end for a, _ in low_spans)  # the first run was not starved
     assert cli("cancel", low.stdout.decode().strip()).returncode == 0
+
+
+def test_pool_add_then_drain_moves_a_run_to_the_new_host_and_loses_no_job(make_cluster, tmp_path):
+    """A pool of host1 runs a batch; host2 is added (it takes jobs), then host1 is drained: its
+    long job runs to its end there (not killed, not run again), it gets nothing new, then its
+    dispatcher is gone while the pool goes on with host2. Every job ends once, ok."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    ssh = ["--ssh-config", str(own.ssh_config)]
+    assert cli("up", *ssh, "-S", "2/host1").returncode == 0
+    pid = pool_pid()
+    try:
+        marker = tmp_path / "long-started"
+        lines = [f"touch {marker}; sleep 3; echo long"]
+        lines += [f"sleep 0.1; echo {i}" for i in range(1, 80)]
+        run_id = cli("submit", str(batch(tmp_path, lines))).stdout.decode().strip()
+        wait_until(marker.exists, timeout=30, what="the long job to start on host1")
+        added = cli("pool", "add", "2/host2")
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.decode().split()[6:9] == ["host2", "ready", "2"]
+        drained = cli("pool", "drain", "host1")
+        assert drained.returncode == 0 and drained.stderr == b"host1: drained\n", drained.stderr
+        assert leftover_processes([own["host1"]], grace=10.0) == {}  # its dispatcher is gone
+        hosts = cli("pool").stdout.decode().splitlines()
+        assert [line.split()[0] for line in hosts[1:-1]] == ["host2"]
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert sorted(got) == list(range(80)) and all(r.ok for r in got.values())
+        assert (got[0].host, got[0].attempts, got[0].stdout) == ("host1", 1, b"long\n")
+        assert {r.host for r in got.values()} == {"host1", "host2"}
+        again = cli("--format", "msgpack", str(batch(tmp_path, ["echo after"])))
+        assert records(again.stdout)[0].host == "host2"  # the pool goes on without host1
+        refused = cli("pool", "drain", "host1")
+        assert refused.returncode == 255
+        assert refused.stderr == b"anet: host1 is not in the pool\n"
+        twice = cli("pool", "add", "host2")
+        assert twice.returncode == 255 and twice.stderr == b"anet: host2 is in the pool already\n"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+    assert leftover_processes(own.hosts, grace=10.0) == {}

@@ -178,14 +178,44 @@ def _print_table(env: Environment, columns: tuple[str, ...], rows: list[dict[str
     env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
 
 
-@click.command("pool")
+@click.group("pool", invoke_without_command=True)
 @target_options
-@click.pass_obj
-def pool_command(env: Environment, target: Target) -> int:
-    """The pool's hosts: state, slots, jobs running and done, why one is held or failing."""
+@click.pass_context
+def pool_command(ctx: click.Context, target: Target) -> int:
+    """The pool's hosts: state, slots, jobs running and done, why one is held or failing;
+    `anet pool add SPEC...` and `anet pool drain SPEC...` change them."""
+    ctx.meta["pool_target"] = target
+    if ctx.invoked_subcommand is not None:
+        return ExitStatus.OK
+    env: Environment = ctx.obj
     reply = run_async(request(target, {"op": "ping"}))
     _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
     env.stdout.write(f"pid {reply['pid']}\n".encode())
+    return ExitStatus.OK
+
+
+@pool_command.command("add")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.pass_context
+def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
+    """Add hosts ([N/][user@]host[:port], as -S takes them) to the running pool; returns once
+    each is ready or failed, as `anet up` does. Until the pool stops: `anet up` starts with
+    its own hosts again."""
+    env: Environment = ctx.obj
+    reply = run_async(request(ctx.meta["pool_target"], {"op": "add", "hosts": list(specs)}))
+    _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
+    return ExitStatus.OK
+
+
+@pool_command.command("drain")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.pass_context
+def pool_drain_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
+    """Let hosts go: they get no new job (those queued there run elsewhere), their running
+    jobs finish, then their dispatchers stop. Returns once every one has gone."""
+    env: Environment = ctx.obj
+    reply = run_async(request(ctx.meta["pool_target"], {"op": "drain", "hosts": list(specs)}))
+    env.stderr.write("".join(f"{printable(label)}: drained\n" for label in reply["drained"]))
     return ExitStatus.OK
 
 

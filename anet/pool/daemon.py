@@ -28,10 +28,7 @@ from ..remote.hostlife import HostPhase
 from ..remote.hosts import HostSpec
 from .client import is_up
 from .place import Place, make_private
-from .server import Pool
-
-SETTLE_TIMEOUT = 60.0
-"""Seconds `anet up` waits for every host to be ready or given up before it serves anyway."""
+from .server import Pool, settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +85,7 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             list(config.hosts), ssh=config.ssh, keepalive=config.keepalive, cwd=config.cwd
         )
         async with cluster:
-            await _settle(cluster)
+            await settle(cluster, list(cluster.hosts))
             pool = Pool(place, cluster)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # resumed later
@@ -99,19 +96,6 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             await pool.serve(lambda: ready(f"{line} (pid {os.getpid()})"))
     finally:
         lock.release()
-
-
-async def _settle(cluster: Cluster) -> None:
-    """Connect every host and wait, within SETTLE_TIMEOUT, until each is ready or failed."""
-    cluster.connect()
-
-    async def one(label: str) -> None:
-        with contextlib.suppress(AnetError):
-            await cluster.ready_session(label)
-
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(SETTLE_TIMEOUT):
-            await asyncio.gather(*(one(label) for label in cluster.hosts))
 
 
 def detach(place: Place, start: Callable[[Callable[[str], None]], int]) -> str:

@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ import msgpack
 from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
 from ..core.record import JobResult
-from ..errors import AnetError
+from ..errors import AnetError, UsageError
 from ..logs import get_logger
+from ..remote.hosts import parse_spec
 from ..runs import RunOptions
 from ..streams.journal import IdSet, JournalError
 from . import wire
@@ -44,6 +45,8 @@ log = get_logger()
 
 KINDS = ("batch", "commands")
 """What a submit carries, and the suffix its run's file has on disk."""
+SETTLE_TIMEOUT = 60.0
+"""Seconds `anet up` and `anet pool add` wait for their hosts to be ready (or failed)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has, once connected, to send its request."""
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
@@ -174,6 +177,10 @@ class Pool:
                 run.task.cancel()
             await run.ended.wait()
             reply = run.row()
+        elif op == "add":
+            reply = await self._add(request)
+        elif op == "drain":
+            reply = await self._drain(request)
         elif op == "down":
             self.stop()
             reply = {"down": True}
@@ -181,6 +188,27 @@ class Pool:
             reply = {"error": f"unknown request {op!r}"}
         writer.write(wire.pack(reply))
         await writer.drain()
+
+    async def _add(self, request: dict[str, Any]) -> dict[str, Any]:
+        """More hosts (`anet pool add`): each in the pool at once, the reply once each is
+        ready or failed (within SETTLE_TIMEOUT, as `anet up` waits)."""
+        labels = [self.cluster.add_host(parse_spec(spec)) for spec in _specs(request)]
+        log.info(f"hosts added: {', '.join(labels)}")
+        await settle(self.cluster, labels)
+        return {"hosts": [_host_row(label, self.cluster.hosts[label]) for label in labels]}
+
+    async def _drain(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Hosts let go (`anet pool drain`), each once its running jobs have ended: the pool
+        goes on without them (a client that leaves meanwhile does not stop the drain)."""
+        labels = [parse_spec(spec).label for spec in _specs(request)]
+        for label in labels:
+            if label not in self.cluster.hosts:
+                raise UsageError(f"{label} is not in the pool")
+        log.info(f"draining: {', '.join(labels)}")
+        drains = [asyncio.shield(self.cluster.drain_host(label)) for label in labels]
+        await asyncio.gather(*drains)
+        log.info(f"drained: {', '.join(labels)}")
+        return {"drained": labels}
 
     def _run(self, request: dict[str, Any]) -> PoolRun:
         run = self.runs.get(request.get("run"))  # type: ignore[arg-type]
@@ -353,6 +381,26 @@ class Pool:
 class _NoSuchRun(AnetError):
     def __init__(self, run_id: object) -> None:
         super().__init__(f"no run {run_id!r} in this pool")
+
+
+async def settle(cluster: Cluster, labels: Iterable[str]) -> None:
+    """Connect the hosts and wait, within SETTLE_TIMEOUT, until each is ready or failed."""
+    cluster.connect()
+
+    async def one(label: str) -> None:
+        with contextlib.suppress(AnetError):
+            await cluster.ready_session(label)
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await asyncio.gather(*(one(label) for label in labels))
+
+
+def _specs(request: dict[str, Any]) -> list[str]:
+    hosts = request.get("hosts")
+    if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
+        raise UsageError("give one or more host specs")
+    return hosts
 
 
 def _host_row(label: str, state: HostState) -> dict[str, Any]:
