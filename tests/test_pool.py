@@ -590,6 +590,8 @@ def test_resume_through_a_pool_takes_up_a_standalone_run_and_writes_what_standal
         resumed = cli(*via, "--retries", "0", "-k", "--resume", str(path))
         again = cli(*via, "--retries", "0", "-k", "--resume", "--only-new", str(path))
         status = cli("status", str(path)).stdout.decode().splitlines()[2]
+        local = next(line for line in resumed.stderr.decode().splitlines() if "  local " in line)
+        assert local.split()[3] == "10", resumed.stderr  # jobs this run ran there: the failed ones
         outputs[way] = (resumed.returncode, resumed.stdout, again.returncode, again.stdout, status)
         assert resumed.returncode == 0 and len(resumed.stdout) > 30 * 8, resumed.stderr
     assert outputs["pooled"][:4] == outputs["alone"][:4]

@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..logs import get_logger
 from ..runs import RunOptions
 from ..streams.joblog import format_row
-from ..streams.journal import AttemptRecord, IdSet, Journal, JournalError, JournalReader
+from ..streams.journal import AttemptRecord, IdSet, Journal, JournalError
 
 log = get_logger()
 
@@ -48,6 +48,27 @@ class Listener:
             else:
                 self.queue.append(result)
         self.wake.set()
+
+
+@dataclass(slots=True)
+class HostTally:
+    """One host's part in one run, as the end summary shows it."""
+
+    jobs: int = 0  # final results that came from it
+    failed_attempts: int = 0  # exited non-zero, killed or timed out
+    ended: int = 0  # attempts that ended with an exit
+    busy: float = 0.0  # their summed run times
+
+    def attempt(self, record: AttemptRecord) -> None:
+        if record.exit_code is None and record.signal is None:
+            return  # lost with its host: it did not end here
+        self.ended += 1
+        self.busy += record.runtime
+        self.failed_attempts += record.exit_code != 0
+
+    def row(self) -> list[Any]:
+        """jobs, failed attempts, mean run time (None before any ended)."""
+        return [self.jobs, self.failed_attempts, self.busy / self.ended if self.ended else None]
 
 
 @dataclass
@@ -75,6 +96,10 @@ class PoolRun:
     """The journal file's inode and creation time: another pair, and a later run replaced it
     (unknown for a run that had ended before this pool started)."""
     joblog: TextIO | None = None
+    hosts: dict[str, HostTally] = field(default_factory=dict)
+    """This run's own numbers by host (the hosts' own counters are every run's), for the
+    summary `anet BATCH` prints through a pool: as a standalone run counts, since it began."""
+    tried: IdSet = field(default_factory=IdSet)  # the jobs it made an attempt of
     rerunning: bool = False  # resumed and under way: its journal's failures run again
     fresh: IdSet = field(default_factory=IdSet)  # then, the ids of the results it gave
     started: float = field(default_factory=time.time)
@@ -95,6 +120,8 @@ class PoolRun:
     def arrived(self, result: JobResult) -> None:
         if self.rerunning:
             self.fresh.add(result.id)
+        if result.id in self.tried:  # run now, not an earlier run's success given again
+            self.hosts.setdefault(result.host, HostTally()).jobs += 1
         self.done += 1
         self.failed += not result.ok
         for listener in self.listeners:
@@ -111,7 +138,10 @@ class PoolRun:
             listener.put(None)
 
     def attempted(self, record: AttemptRecord, command: bytes) -> None:
-        """One ended attempt of this run, for its --joblog (written as `anet run` writes it)."""
+        """One ended attempt of this run: counted for its summary, and a line of its --joblog
+        (written as `anet run` writes it)."""
+        self.tried.add(record.job_id)
+        self.hosts.setdefault(record.host, HostTally()).attempt(record)
         if self.joblog is not None:
             try:
                 self.joblog.write(format_row(record, command))
@@ -125,20 +155,6 @@ class PoolRun:
             with contextlib.suppress(OSError):
                 self.joblog.close()
             self.joblog = None
-
-    def by_host(self) -> dict[str, list[Any]]:
-        """This run's own numbers by host, from its journal (other runs share the hosts): the
-        jobs whose final result came from it, its failed attempts, its attempts' mean time."""
-        if self.journal is not None:
-            self.journal.flush()
-        hosts: dict[str, list[Any]] = {}
-        with JournalReader.open(self.path) as reader:
-            for host, done, _failed in reader.results_by_host():
-                hosts[host] = [done, 0, None]
-            for host, attempts, failed, busy, _first, _last in reader.attempts_by_host():
-                row = hosts.setdefault(host, [0, 0, None])
-                row[1], row[2] = failed, busy / attempts if attempts else None
-        return hosts
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Journal]:

@@ -356,8 +356,7 @@ class Pool:
                 await listener.wake.wait()
             last = run.row()
             if request.get("summary"):
-                with contextlib.suppress(AnetError, JournalError):  # the results matter more
-                    last["summary"] = self._summary(run)
+                last["summary"] = self._summary(run)
             writer.write(wire.pack(last))
             await writer.drain()
         finally:
@@ -368,12 +367,12 @@ class Pool:
     def _summary(self, run: PoolRun) -> dict[str, Any]:
         """What the end summary of `anet BATCH` through the pool shows: the run's wall time,
         and each host of the pool (its state and slots now) with the run's own numbers."""
-        numbers = run.by_host()
+        numbers = {host: tally.row() for host, tally in run.hosts.items()}
         hosts = [
             [label, str(state.state), state.slots, *numbers.pop(label, [0, 0, None])]
             for label, state in self.cluster.hosts.items()
-        ]  # then hosts the run used that the pool no longer has (none yet: no `pool drain`)
-        hosts += [[label, "closed", 0, *row] for label, row in numbers.items()]
+        ]  # then hosts the run used that the pool no longer has (drained since)
+        hosts += [[label, "drained", 0, *row] for label, row in numbers.items()]
         wall = (run.finished or time.time()) - run.started
         return {"wall": wall, "hosts": hosts}
 
