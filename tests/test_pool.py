@@ -599,3 +599,29 @@ def test_resume_through_a_pool_takes_up_a_standalone_run_and_writes_what_standal
     assert outputs["alone"][4].startswith("30/30 jobs done, 0 failed")
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and "2  done" in listing  # both went through the pool
+
+
+def test_down_wait_lets_the_runs_under_way_finish_and_takes_no_new_one(pool, tmp_path):
+    release = tmp_path / "release"  # the runs' jobs end once the test says so
+    path = batch(
+        tmp_path, [f"while [ ! -e {release} ]; do sleep 0.05; done; echo {i}" for i in range(4)]
+    )
+    runs = [cli("submit", str(path)).stdout.decode().strip()]
+    down = subprocess.Popen([*ANET, "down", "--wait"], stderr=subprocess.PIPE)
+    for _ in range(100):  # until the pool has the request: a submit before it is a run too
+        submit = cli("submit", str(path))
+        if submit.returncode != 0:
+            break
+        runs.append(submit.stdout.decode().strip())
+    assert submit.stderr == b"anet: the pool is stopping (anet down --wait): it takes no new run\n"
+    assert down.poll() is None and alive(pool)  # it waits for the runs
+    release.touch()
+    _, err = down.communicate(timeout=60)
+    assert down.returncode == 0 and err == b"pool 'default' is down\n", err
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    try:
+        listing = cli("ls").stdout.decode().splitlines()[1:]
+        assert [line.split()[:5] for line in listing] == [[r, "done", "4", "0", "4"] for r in runs]
+    finally:
+        cli("down")

@@ -102,10 +102,12 @@ async def _serve(where: Place, config: daemon.PoolConfig, ready: Any) -> int:
 
 @click.command("down")
 @target_options
+@click.option("--wait", is_flag=True, help="Let the runs under way finish first (no new one).")
 @click.pass_obj
-def down_command(env: Environment, target: Target) -> int:
-    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go."""
-    run_async(request(target, {"op": "down"}))
+def down_command(env: Environment, target: Target, wait: bool) -> int:
+    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go; with
+    --wait, once its runs under way have ended."""
+    run_async(request(target, {"op": "down", "wait": wait}))
     where, via = target
     deadline = time.monotonic() + 30
     while via is None and where.socket.exists() and time.monotonic() < deadline:

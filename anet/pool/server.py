@@ -62,6 +62,7 @@ class Pool:
         self._next_id = 1
         self._stop = asyncio.Event()
         self._resume_later = False
+        self._stopping = False  # `anet down --wait` waits for the runs: it takes no new one
         self._tasks: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -182,6 +183,9 @@ class Pool:
         elif op == "drain":
             reply = await self._drain(request)
         elif op == "down":
+            if request.get("wait"):  # `anet down --wait`: the runs under way end first
+                self._stopping = True
+                await asyncio.gather(*(run.ended.wait() for run in list(self.runs.values())))
             self.stop()
             reply = {"down": True}
         else:
@@ -219,6 +223,8 @@ class Pool:
     def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
         """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
         library's `commands` (every one a job, numbered by position), and a `name`."""
+        if self._stopping:
+            return {"error": "the pool is stopping (anet down --wait): it takes no new run"}
         name = request.get("name")
         kind = next((k for k in KINDS if k in request), None)
         data = request.get(kind) if kind == "batch" else _packed_commands(request.get("commands"))
