@@ -329,11 +329,11 @@ def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catch
             reader, writer = await asyncio.open_unix_connection(str(where.socket))
             writer.write(wire.pack({"op": "attach", "run": run["id"]}))
             got: dict[int, bytes] = {}
-            first = wire.result_from(await wire.read(reader))
+            first = await wire.read_result(reader, await wire.read(reader))
             got[first.id] = first.stdout
             await asyncio.wait_for(pool.runs[run["id"]].ended.wait(), 60)  # not reading
             while isinstance(item := await wire.read(reader), list):
-                result = wire.result_from(item)
+                result = await wire.read_result(reader, item)
                 assert result.id not in got, f"job {result.id} came twice"
                 got[result.id] = result.stdout
             assert item["state"] == "done"
@@ -625,3 +625,40 @@ def test_down_wait_lets_the_runs_under_way_finish_and_takes_no_new_one(pool, tmp
         assert [line.split()[:5] for line in listing] == [[r, "done", "4", "0", "4"] for r in runs]
     finally:
         cli("down")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_300_mb_output_goes_through_attach_in_chunks_never_whole_in_memory(pool, tmp_path):
+    """The pool reads the output from its spool a chunk at a time and the client writes it into
+    a spool of its own: neither holds 300 MB (each held it twice over before: 600 MB and more)."""
+    size = 300 * 10**6
+    path = batch(tmp_path, [f"head -c {size} /dev/zero; echo err >&2", "echo small"])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    assert cli("wait", run_id, timeout=300).returncode == 0
+    before = _peak_rss_mib(pool)
+    client = subprocess.Popen([*ANET, "attach", "--format", "text", run_id],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert client.stdout is not None and client.stderr is not None
+    count = zeros = 0
+    tail = b""
+    while piece := client.stdout.read(1 << 20):
+        count += len(piece)
+        zeros += piece.count(0)
+        tail = (tail + piece)[-200:]
+    said = client.stderr.read()
+    _, status, usage = os.wait4(client.pid, 0)
+    client.returncode = os.waitstatus_to_exitcode(status)
+    client.stdout.close()
+    client.stderr.close()
+    assert client.returncode == 0, said
+    assert zeros == size and b"small" in tail and count < size + 1000
+    assert usage.ru_maxrss / 1024 < 150, f"the client peaked at {usage.ru_maxrss / 1024:.0f} MiB"
+    grew = _peak_rss_mib(pool) - before
+    assert grew < 100, f"the pool's peak grew by {grew:.0f} MiB to send it"

@@ -125,7 +125,7 @@ async def attach(
         while True:
             item = await wire.read(reader)
             if isinstance(item, list):
-                yield wire.result_from(item)
+                yield await wire.read_result(reader, item)
             else:
                 yield _checked(item, target[0])
                 return

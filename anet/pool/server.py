@@ -341,8 +341,9 @@ class Pool:
                     if writer.is_closing():  # uvloop raises on a write to a closed transport
                         raise ConnectionResetError("the client left")
                     sent.add(result.id)
-                    writer.write(wire.pack(wire.result_fields(result)))
-                    await writer.drain()
+                    for frame in wire.result_frames(result):  # a big output in chunks
+                        writer.write(frame)
+                        await writer.drain()
                     run.delivered(result.id)
 
         try:
