@@ -662,3 +662,26 @@ def test_a_300_mb_output_goes_through_attach_in_chunks_never_whole_in_memory(poo
     assert usage.ru_maxrss / 1024 < 150, f"the client peaked at {usage.ru_maxrss / 1024:.0f} MiB"
     grew = _peak_rss_mib(pool) - before
     assert grew < 100, f"the pool's peak grew by {grew:.0f} MiB to send it"
+
+
+def test_a_pool_keeps_the_newest_ended_runs_and_forgets_the_older_ones_with_their_files(
+    tmp_path,
+):
+    """ANET_JOURNALS_KEEP=2 at `anet up`: of four ended runs the pool keeps the last two (listed,
+    their files on disk); the older ones are no longer listed and their files are gone."""
+    env = {**os.environ, "ANET_JOURNALS_KEEP": "2"}
+    assert cli("up", "-S", "2/:", env=env).returncode == 0
+    pid = pool_pid()
+    try:
+        path = batch(tmp_path, ["echo 1"])
+        for run_id in ("1", "2", "3", "4"):
+            assert cli("submit", str(path)).stdout.decode().strip() == run_id
+            assert cli("wait", run_id).returncode == 0
+        listing = cli("ls").stdout.decode().splitlines()[1:]
+        assert [line.split()[0] for line in listing] == ["3", "4"]
+        kept = place("default", os.environ).runs_dir
+        assert sorted({f.name.split(".")[0] for f in kept.iterdir()}) == ["3", "4"]
+        assert cli("attach", "1").stderr == b"anet: no run 1 in this pool\n"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")

@@ -24,6 +24,7 @@ from ..pool.client import Target, Via, pool_options, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
+from ..streams.retention import Policy
 from ..streams.sinks import FORMATS, encoder_for
 from ..views.tables import align_columns
 from .common import (
@@ -82,7 +83,8 @@ def up_command(
     where = place(pool_name, env.environ)
     # Jobs on this machine run where `anet up` was given, as `anet BATCH` runs them
     hosts, ssh = host_args.resolve(env), host_args.ssh_options(keepalive)
-    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd())
+    keep = Policy.from_environ(env.environ).keep  # a bad setting is said here, not in the log
+    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), keep)
 
     def start(ready: Any) -> int:
         logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log

@@ -26,6 +26,7 @@ from ..errors import AnetError, UsageError
 from ..remote.connect import SshOptions
 from ..remote.hostlife import HostPhase
 from ..remote.hosts import HostSpec
+from ..streams.retention import DEFAULT_KEEP
 from .client import is_up
 from .place import Place, make_private
 from .server import Pool, settle
@@ -39,6 +40,9 @@ class PoolConfig:
     cwd: str
     """Where jobs on this machine run: the directory `anet up` was given in (the daemon itself
     moves to /, and a batch's relative paths mean the directory its user was in)."""
+    keep_runs: int | None = DEFAULT_KEEP
+    """Ended runs the pool keeps (listed, attachable, their files on disk): the newest ones;
+    None keeps them all ($ANET_JOURNALS_KEEP at `anet up`, as for the journals)."""
 
 
 class Lock:
@@ -86,7 +90,7 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
         )
         async with cluster:
             await settle(cluster, list(cluster.hosts))
-            pool = Pool(place, cluster)
+            pool = Pool(place, cluster, keep_runs=config.keep_runs)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # resumed later
                 loop.add_signal_handler(signum, functools.partial(pool.stop, resume_later=True))

@@ -37,6 +37,7 @@ from ..logs import get_logger
 from ..remote.hosts import parse_spec
 from ..runs import RunOptions
 from ..streams.journal import IdSet, JournalError
+from ..streams.retention import remove
 from . import wire
 from .place import Place
 from .run import Listener, PoolRun, RunJournal, open_joblog, run_options, write_atomically
@@ -55,9 +56,10 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 class Pool:
     """The daemon: `serve` until a `down` request or a cancel."""
 
-    def __init__(self, place: Place, cluster: Cluster) -> None:
+    def __init__(self, place: Place, cluster: Cluster, *, keep_runs: int | None = None) -> None:
         self.place = place
         self.cluster = cluster
+        self.keep_runs = keep_runs
         self.runs: dict[int, PoolRun] = {}
         self._next_id = 1
         self._stop = asyncio.Event()
@@ -74,6 +76,7 @@ class Pool:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             self._restore()
+            self._trim()
             server = await asyncio.start_unix_server(self._accept, path=os.fspath(path))
             try:
                 os.chmod(path, 0o600)
@@ -111,6 +114,26 @@ class Pool:
                 self._start(run_id, kind, data, self._name_of(run_id), row, restoring=True)
             except (OSError, ValueError, AnetError, JournalError) as exc:
                 log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
+
+    def _trim(self) -> None:
+        """Forget the ended runs beyond the newest `keep_runs` (those under way are never
+        counted): no longer listed, their kept files and the pool's own journal removed. A
+        run's journal kept for its batch (`anet BATCH` through the pool) is the journals
+        directory's, trimmed by its own retention."""
+        if self.keep_runs is None:
+            return
+        ended = [run for run in self.runs.values() if run.ended.is_set()]
+        for run in sorted(ended, key=lambda r: r.id)[: max(0, len(ended) - self.keep_runs)]:
+            if run.listeners:  # an attach still reads it: the next trim takes it
+                continue
+            del self.runs[run.id]
+            run.close_journal()
+            for kind in (*KINDS, "name", "options", "end"):
+                self._file(run.id, kind).unlink(missing_ok=True)
+            if run.path == self.place.journal(run.id):
+                with contextlib.suppress(AnetError, OSError):
+                    remove(run.path)
+            log.info(f"run {run.id}: forgotten (ANET_JOURNALS_KEEP={self.keep_runs})")
 
     def _file(self, run_id: int, kind: str) -> Path:
         return self.place.journal(run_id).with_suffix(f".{kind}")
@@ -325,6 +348,7 @@ class Pool:
                 run.ended.set()
             else:
                 run.end(state, self._file(run.id, "end"))
+                self._trim()
             log.info(f"run {run.id}: {state}")
 
     async def _attach(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
