@@ -37,7 +37,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
-from .pooled import start_joblog, write_run
+from .pooled import priority_option, start_joblog, write_run
 from .trying import policy_options
 
 pool_option = click.option(
@@ -122,10 +122,7 @@ def down_command(env: Environment, target: Target, wait: bool) -> int:
 @target_options
 @policy_options
 @click.option("-k", "--keep-order", is_flag=True, help="Results in job-id order.")
-@click.option(
-    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-    help="This run's share of the hosts, weighed against the other runs'.",
-)  # fmt: skip
+@priority_option
 @click.option(
     "--joblog", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
     help="One line per attempt (GNU parallel's joblog), added by the pool as attempts end.",

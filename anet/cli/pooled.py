@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from .. import logs
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
     from .run import RunArgs
 
 log = get_logger()
+
+priority_option = click.option(
+    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Through a pool: this run's share of the hosts, weighed against the other runs'.",
+)  # fmt: skip
 
 
 def pool_target(args: RunArgs, env: Environment, name: str | None, no_pool: bool) -> Target | None:

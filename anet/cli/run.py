@@ -52,7 +52,7 @@ from .argv import COMMAND_LINE
 from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
-from .pooled import pool_target, through_pool
+from .pooled import pool_target, priority_option, through_pool
 from .trying import policy_options
 
 log = get_logger()
@@ -422,10 +422,7 @@ Examples:
 )  # fmt: skip
 @click.option("--pool", "pool_name", metavar="NAME", help="Run through this pool (anet up).")
 @click.option("--no-pool", is_flag=True, help="Run standalone even when a pool is up.")
-@click.option(
-    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-    help="Through a pool: this run's share of the hosts, weighed against the other runs'.",
-)  # fmt: skip
+@priority_option
 @log_options
 @click.pass_obj
 def run_command(
