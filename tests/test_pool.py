@@ -116,7 +116,9 @@ def test_an_attach_killed_midway_then_again_gets_every_result_once(pool, tmp_pat
     """The client dies while results stream; the run does not notice, and a second attach gets
     the journal's results then the live ones: every id once, none missing."""
     path = batch(tmp_path, [f"sleep 0.0{i % 5}; echo {i}" for i in range(200)])
-    run_id = cli("submit", str(path)).stdout.decode().strip()
+    submitted = cli("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.decode().strip()
     first = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert first.stdout is not None
