@@ -35,7 +35,7 @@ from .core.shares import deal
 from .deps.manifest import Tree
 from .deps.sync import Progress, Syncer, SyncReport
 from .drive import Drive
-from .errors import HostError, protocol_error
+from .errors import HostError, UsageError, protocol_error
 from .logs import get_logger
 from .remote.bootstrap import Payload, payload
 from .remote.connect import Connector, SshOptions
@@ -107,6 +107,7 @@ class Cluster:
         self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._observers: list[AttemptObserver] = []  # every run's attempts (e.g. --joblog)
         self._lines: OutputObserver | None = None  # jobs' stdout as it comes (--line-buffer)
+        self._draining: dict[str, asyncio.Event] = {}  # hosts let go once their jobs ended
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -123,15 +124,66 @@ class Cluster:
         if self._sessions:
             return
         for state in self.hosts.values():
-            session = self._new_session(state.spec)
-            self._sessions[state.spec.label] = session
-            transport = (
-                LocalTransport() if state.spec.local else SshTransport(self._connector, state.spec)
-            )
-            self._transports[state.spec.label] = transport
-            prepare = self._sync_deps if self._syncer is not None else None
-            life = host_life(state, session, transport, self, self._closing, prepare)
-            self._host_tasks[state.spec.label] = self._tasks.create_task(life)
+            self._start_host(state)
+
+    def _start_host(self, state: HostState) -> None:
+        assert self._tasks is not None
+        session = self._new_session(state.spec)
+        self._sessions[state.spec.label] = session
+        transport = (
+            LocalTransport() if state.spec.local else SshTransport(self._connector, state.spec)
+        )
+        self._transports[state.spec.label] = transport
+        prepare = self._sync_deps if self._syncer is not None else None
+        life = host_life(state, session, transport, self, self._closing, prepare)
+        self._host_tasks[state.spec.label] = self._tasks.create_task(life)
+
+    # -- changing the hosts while open (a pool's `anet pool add` / `drain`) ----------------------
+
+    def add_host(self, spec: HostSpec | str) -> str:
+        """Take one more host; it gets jobs once ready (the runs under way get their share of
+        its slots). Its label; UsageError when the cluster has that host already."""
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        if spec.label in self.hosts:
+            raise UsageError(f"{spec.label} is in the pool already")
+        state = self.hosts[spec.label] = HostState(spec)
+        if self.connected:
+            self._start_host(state)
+        return spec.label
+
+    async def drain_host(self, label: str) -> None:
+        """Give the host no new attempt (those queued there are taken back, to run elsewhere),
+        wait for those running there to end, then stop its dispatcher and let it go: no job is
+        lost. UsageError for a host the cluster does not have."""
+        state = self.hosts.get(label)
+        if state is None or label in self._draining:
+            why = "is not in the pool" if state is None else "is draining already"
+            raise UsageError(f"{label} {why}")
+        drained = self._draining[label] = asyncio.Event()
+        state.hold("draining", asyncio.get_running_loop().time())
+        for drive in self._runs:
+            drive.host_held(label, True)
+        try:
+            self._check_drained(label)
+            await drained.wait()  # its attempts ended, or the host was lost
+            session, task = self._sessions.get(label), self._host_tasks.get(label)
+            if session is not None:
+                await session.shutdown()
+            if task is not None:
+                task.cancel()  # its life would connect again: it ends here instead
+                await asyncio.wait([task])  # its dispatcher stopped, its connection closed
+        finally:
+            del self._draining[label]
+        self._sessions.pop(label, None)
+        self._host_tasks.pop(label, None)
+        self._transports.pop(label, None)
+        del self.hosts[label]
+        self._deal()
+
+    def _check_drained(self, label: str) -> None:
+        drained = self._draining.get(label)
+        if drained is not None and self.hosts[label].running == 0:
+            drained.set()
 
     @property
     def connected(self) -> bool:
@@ -199,10 +251,13 @@ class Cluster:
         self._deal([session.label])
 
     async def host_gone(self, label: str) -> None:
-        self.hosts[label].hold("", asyncio.get_running_loop().time())  # ends with its dispatcher
+        if label not in self._draining:  # a hold ends with its dispatcher; a drain's stays
+            self.hosts[label].hold("", asyncio.get_running_loop().time())
         for drive in [*self._drives, *self._runs]:
             await drive.host_lost(label)
         self._drives = [d for d in self._drives if not d.engine.finished]
+        if label in self._draining:  # its attempts are requeued elsewhere: nothing is lost
+            self._draining[label].set()
 
     def _deal(self, labels: Iterable[str] | None = None) -> None:
         """Give every run under way its share of the ready hosts' slots (shares.py): of the
@@ -212,7 +267,7 @@ class Cluster:
             for label, state in self.hosts.items()
             if state.state == HostPhase.READY
         }
-        shares = deal(ready, self._runs)
+        shares = deal(ready, self._runs, {drive: drive.priority for drive in self._runs})
         for label in ready if labels is None else labels:
             if label in ready:
                 for drive in self._runs:
@@ -298,6 +353,8 @@ class Cluster:
         if self._lines is not None and type(msg) in (Output, Exit):
             await self._line_out(drive, session.label, msg)  # type: ignore[arg-type]
         results = drive.frame(session.label, msg)
+        if self._draining and type(msg) is Exit:
+            self._check_drained(session.label)
         if results:
             await drive.deliver(results)
         if drive in self._drives and drive.engine.finished:
@@ -320,7 +377,7 @@ class Cluster:
         nothing and take its queue back; shown in the live view with the time it cost, said
         once per change (a run that waits says why), and in the journal for `anet report`."""
         state = self.hosts[label]
-        if bool(reason) == bool(state.held):
+        if bool(reason) == bool(state.held) or label in self._draining:
             return
         state.hold(reason, asyncio.get_running_loop().time())
         for drive in self._runs:
@@ -462,11 +519,12 @@ class Cluster:
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
             self._send,
             self._tasks,
-            AttemptLog(options.journal, self._observers),
+            AttemptLog(options.journal, _observers(self._observers, options.attempts)),
             options.journal,
             journal_required=options.journal_required,
             send_drained=self._send_drained,
         )
+        drive.priority = options.priority
         self._runs.append(drive)
         try:
             self._deal()  # the new run's share, and the smaller shares of those under way
@@ -482,6 +540,14 @@ class Cluster:
             self._deal()
             raise
         return drive
+
+
+def _observers(
+    cluster: list[AttemptObserver], own: AttemptObserver | None
+) -> list[AttemptObserver]:
+    """The cluster's observers (the list itself: one added later sees the run too), and the
+    run's own."""
+    return cluster if own is None else [*cluster, own]
 
 
 def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:

@@ -80,6 +80,8 @@ class Drive:
         self._delivering = 0  # final results waiting for room in the queue
         self._done_sent = False
         self._failed = False
+        self.priority = 1
+        """This run's weight among the runs sharing the cluster's slots (the cluster sets it)."""
         self._feeds = Feeds(send_drained, tasks, self._unreadable) if send_drained else None
         """Jobs' stdin, streamed to the hosts (remote/feed.py); None: the jobs have none."""
         self._files = Transfers(send_drained, tasks) if send_drained else None

@@ -24,6 +24,7 @@ from .core.engine import RunPolicy
 from .core.halt import Halt, HaltPolicy
 from .core.record import JobResult
 from .logs import get_logger
+from .streams.attemptlog import AttemptObserver
 from .streams.journal import IdSet, Journal
 from .streams.keeporder import FileSpill, JournalSpill, KeepOrder, Spill
 
@@ -52,6 +53,12 @@ class RunOptions:
     policy: RunPolicy | None = None
     """How hard this run tries (retries, timeout, speculation); the cluster's when None: runs
     sharing a cluster (a pool's) each have their own."""
+    attempts: AttemptObserver | None = None
+    """Called with each ended attempt of this run only (a pool's run's --joblog), besides the
+    cluster's observers, which see every run's."""
+    priority: int = 1
+    """This run's weight when runs share the cluster's slots (shares.py): twice the priority,
+    twice the share."""
 
 
 class RunPlan:

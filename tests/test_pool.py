@@ -116,7 +116,9 @@ def test_an_attach_killed_midway_then_again_gets_every_result_once(pool, tmp_pat
     """The client dies while results stream; the run does not notice, and a second attach gets
     the journal's results then the live ones: every id once, none missing."""
     path = batch(tmp_path, [f"sleep 0.0{i % 5}; echo {i}" for i in range(200)])
-    run_id = cli("submit", str(path)).stdout.decode().strip()
+    submitted = cli("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.decode().strip()
     first = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert first.stdout is not None
@@ -302,18 +304,19 @@ def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catch
     import asyncio
 
     from anet.api import Cluster
+    from anet.pool import run as pool_run
     from anet.pool import server, wire
     from anet.pool.place import make_private
 
-    monkeypatch.setattr(server, "LISTENER_LIMIT", 4)
+    monkeypatch.setattr(pool_run, "LISTENER_LIMIT", 4)
     longest: list[int] = [0]
-    put = server.Listener.put
+    put = pool_run.Listener.put
 
-    def counting_put(self: server.Listener, result: object) -> None:
+    def counting_put(self: pool_run.Listener, result: object) -> None:
         put(self, result)  # type: ignore[arg-type]
         longest[0] = max(longest[0], len(self.queue))
 
-    monkeypatch.setattr(server.Listener, "put", counting_put)
+    monkeypatch.setattr(pool_run.Listener, "put", counting_put)
     where = place("default", os.environ)
     make_private(where.run_dir)
     make_private(where.state_dir)
@@ -328,11 +331,11 @@ def test_a_client_that_stops_reading_holds_at_most_the_listener_limit_then_catch
             reader, writer = await asyncio.open_unix_connection(str(where.socket))
             writer.write(wire.pack({"op": "attach", "run": run["id"]}))
             got: dict[int, bytes] = {}
-            first = wire.result_from(await wire.read(reader))
+            first = await wire.read_result(reader, await wire.read(reader))
             got[first.id] = first.stdout
             await asyncio.wait_for(pool.runs[run["id"]].ended.wait(), 60)  # not reading
             while isinstance(item := await wire.read(reader), list):
-                result = wire.result_from(item)
+                result = await wire.read_result(reader, item)
                 assert result.id not in got, f"job {result.id} came twice"
                 got[result.id] = result.stdout
             assert item["state"] == "done"
@@ -469,13 +472,13 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     assert pooled.returncode == alone.returncode == 8
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
-    standalone = cli("--joblog", str(tmp_path / "log.tsv"), str(path))  # a pool cannot yet
-    assert standalone.returncode == 8 and (tmp_path / "log.tsv").exists()
+    standalone = cli("--max-output", "1G", str(path))  # a pool cannot yet
+    assert standalone.returncode == 8
     assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
-    named = cli("--pool", "default", "--joblog", str(tmp_path / "log.tsv"), str(path))
+    named = cli("--pool", "default", "--max-output", "1G", str(path))
     assert named.returncode == 255
     assert named.stderr.decode().strip() == (
-        "anet: --joblog is not done through a pool yet: leave out --pool default"
+        "anet: --max-output is not done through a pool yet: leave out --pool default"
     )
 
 
@@ -509,11 +512,13 @@ def test_a_pool_of_sshd_hosts_gives_the_standalone_bytes_and_down_leaves_nothing
     try:
         path = batch(tmp_path, [f"sleep 0.0{i % 3}; echo job {i}" for i in range(60)])
         pooled = cli("-k", str(path))
+        attached = records(cli("attach", "--format", "msgpack", "1").stdout)
+        assert {r.host for r in attached.values()} == set(own.names)
         alone = cli("--no-pool", *ssh, *hosts, "-k", str(path))
         assert pooled.returncode == alone.returncode == 0, pooled.stderr
         assert pooled.stdout == alone.stdout and len(pooled.stdout) > 60 * 8
-        attached = records(cli("attach", "--format", "msgpack", "1").stdout)
-        assert {r.host for r in attached.values()} == set(own.names)
+        gone = cli("attach", "1")  # the batch's journal is the standalone run's now
+        assert gone.returncode == 255 and b"run 1's results are no longer in" in gone.stderr
         assert any(own[name].processes() for name in own.names)  # the dispatchers, kept warm
     finally:
         cli("down")
@@ -526,10 +531,159 @@ def test_a_kept_file_is_written_whole_even_when_the_kernel_takes_less_at_a_time(
 ):
     """os.write may take less than it is given (over 2 GiB it always does): a batch kept for a
     restore must come back whole. Here every raw write takes at most 1,000 bytes."""
-    from anet.pool import server
+    from anet.pool.run import write_atomically
 
     real = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data)[:1000]))
     data = bytes(range(256)) * 100
-    server._write_atomically(tmp_path / "1.batch", data)
+    write_atomically(tmp_path / "1.batch", data)
     assert (tmp_path / "1.batch").read_bytes() == data
+
+
+def test_a_restored_run_sends_the_new_result_of_a_job_that_failed_before_not_the_old_one(
+    pool, tmp_path
+):
+    """A job that failed before the pool stopped runs again in the restored run (as --resume
+    runs failures again): an attach must give its new result, not the failure the journal
+    still held from before (it did, and then skipped the new one as a duplicate)."""
+    flag = tmp_path / "failed-once"
+    first = f"if [ -e {flag} ]; then sleep 3; echo second; else touch {flag}; exit 1; fi"
+    path = batch(tmp_path, [first, "sleep 300"])
+    run_id = cli("submit", "--retries", "0", str(path)).stdout.decode().strip()
+    wait_until(lambda: cli("ls").stdout.decode().split()[9:12] == ["1", "1", "2"], 30, "a failure")
+    os.kill(pool, signal.SIGTERM)  # stopped by a supervisor: the next pool resumes the run
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    new = pool_pid()
+    try:
+        watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        assert watcher.stdout is not None
+        result = next(anet.results.read(watcher.stdout, format="msgpack"))
+        watcher.kill()
+        watcher.wait()
+        watcher.stdout.close()
+        assert (result.id, result.ok, result.stdout) == (0, True, b"second\n")
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_resume_through_a_pool_takes_up_a_standalone_run_and_writes_what_standalone_writes(
+    pool, tmp_path
+):
+    """Two copies of a batch whose every third job fails once: each run standalone; then one
+    resumed standalone, the other through the pool: the same bytes, the same status, the same
+    journal (`anet status` reads it); `--resume --only-new` then owes nothing either way."""
+    outputs = {}
+    for way in ("alone", "pooled"):
+        (tmp_path / way).mkdir()
+        flags = tmp_path / way / "flags"
+        flags.mkdir()
+        once = "[ -e {f} ] || {{ touch {f}; exit 1; }}"  # fails the first time only
+        lines = [
+            f"echo {i}; [ $(({i} % 3)) != 0 ] || " + once.format(f=flags / str(i))
+            for i in range(30)
+        ]
+        path = batch(tmp_path / way, lines)
+        first = cli("--no-pool", "-S", "2/:", "--retries", "0", "-k", str(path))
+        assert first.returncode == 10, first.stderr
+        via = ["--no-pool", "-S", "2/:"] if way == "alone" else []
+        resumed = cli(*via, "--retries", "0", "-k", "--resume", str(path))
+        again = cli(*via, "--retries", "0", "-k", "--resume", "--only-new", str(path))
+        status = cli("status", str(path)).stdout.decode().splitlines()[2]
+        local = next(line for line in resumed.stderr.decode().splitlines() if "  local " in line)
+        assert local.split()[3] == "10", resumed.stderr  # jobs this run ran there: the failed ones
+        outputs[way] = (resumed.returncode, resumed.stdout, again.returncode, again.stdout, status)
+        assert resumed.returncode == 0 and len(resumed.stdout) > 30 * 8, resumed.stderr
+    assert outputs["pooled"][:4] == outputs["alone"][:4]
+    assert outputs["pooled"][4].startswith("30/30 jobs done, 0 failed")
+    assert outputs["alone"][4].startswith("30/30 jobs done, 0 failed")
+    listing = cli("ls").stdout.decode()
+    assert "1  done" in listing and "2  done" in listing  # both went through the pool
+
+
+def test_down_wait_lets_the_runs_under_way_finish_and_takes_no_new_one(pool, tmp_path):
+    release = tmp_path / "release"  # the runs' jobs end once the test says so
+    path = batch(
+        tmp_path, [f"while [ ! -e {release} ]; do sleep 0.05; done; echo {i}" for i in range(4)]
+    )
+    runs = [cli("submit", str(path)).stdout.decode().strip()]
+    down = subprocess.Popen([*ANET, "down", "--wait"], stderr=subprocess.PIPE)
+    for _ in range(100):  # until the pool has the request: a submit before it is a run too
+        submit = cli("submit", str(path))
+        if submit.returncode != 0:
+            break
+        runs.append(submit.stdout.decode().strip())
+    assert submit.stderr == b"anet: the pool is stopping (anet down --wait): it takes no new run\n"
+    assert down.poll() is None and alive(pool)  # it waits for the runs
+    release.touch()
+    _, err = down.communicate(timeout=60)
+    assert down.returncode == 0 and err == b"pool 'default' is down\n", err
+    wait_until(lambda: not alive(pool), timeout=30, what="the pool to stop")
+    assert cli("up", "-S", "2/:").returncode == 0
+    try:
+        listing = cli("ls").stdout.decode().splitlines()[1:]
+        assert [line.split()[:5] for line in listing] == [[r, "done", "4", "0", "4"] for r in runs]
+    finally:
+        cli("down")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_300_mb_output_goes_through_attach_in_chunks_never_whole_in_memory(pool, tmp_path):
+    """The pool reads the output from its spool a chunk at a time and the client writes it into
+    a spool of its own: neither holds 300 MB (each held it twice over before: 600 MB and more)."""
+    size = 300 * 10**6
+    path = batch(tmp_path, [f"head -c {size} /dev/zero; echo err >&2", "echo small"])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    assert cli("wait", run_id, timeout=300).returncode == 0
+    before = _peak_rss_mib(pool)
+    client = subprocess.Popen([*ANET, "attach", "--format", "text", run_id],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert client.stdout is not None and client.stderr is not None
+    count = zeros = 0
+    tail = b""
+    while piece := client.stdout.read(1 << 20):
+        count += len(piece)
+        zeros += piece.count(0)
+        tail = (tail + piece)[-200:]
+    said = client.stderr.read()
+    _, status, usage = os.wait4(client.pid, 0)
+    client.returncode = os.waitstatus_to_exitcode(status)
+    client.stdout.close()
+    client.stderr.close()
+    assert client.returncode == 0, said
+    assert zeros == size and b"small" in tail and count < size + 1000
+    assert usage.ru_maxrss / 1024 < 150, f"the client peaked at {usage.ru_maxrss / 1024:.0f} MiB"
+    grew = _peak_rss_mib(pool) - before
+    assert grew < 100, f"the pool's peak grew by {grew:.0f} MiB to send it"
+
+
+def test_a_pool_keeps_the_newest_ended_runs_and_forgets_the_older_ones_with_their_files(
+    tmp_path,
+):
+    """ANET_JOURNALS_KEEP=2 at `anet up`: of four ended runs the pool keeps the last two (listed,
+    their files on disk); the older ones are no longer listed and their files are gone."""
+    env = {**os.environ, "ANET_JOURNALS_KEEP": "2"}
+    assert cli("up", "-S", "2/:", env=env).returncode == 0
+    pid = pool_pid()
+    try:
+        path = batch(tmp_path, ["echo 1"])
+        for run_id in ("1", "2", "3", "4"):
+            assert cli("submit", str(path)).stdout.decode().strip() == run_id
+            assert cli("wait", run_id).returncode == 0
+        listing = cli("ls").stdout.decode().splitlines()[1:]
+        assert [line.split()[0] for line in listing] == ["3", "4"]
+        kept = place("default", os.environ).runs_dir
+        assert sorted({f.name.split(".")[0] for f in kept.iterdir()}) == ["3", "4"]
+        assert cli("attach", "1").stderr == b"anet: no run 1 in this pool\n"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")

@@ -40,3 +40,28 @@ def test_every_slot_is_dealt_once_and_runs_are_within_one_slot_of_each_other(slo
         assert max(per_host) - min(per_host) <= 1
     totals = [sum(shares[run].values()) for run in range(n)]
     assert max(totals) - min(totals) <= 1
+
+
+def test_a_run_of_priority_2_gets_twice_the_slots_of_one_of_priority_1():
+    shares = deal({"a": 4, "b": 2}, ["low", "high"], {"high": 2, "low": 1})
+    assert sum(shares["high"].values()) == 4 and sum(shares["low"].values()) == 2
+
+
+def test_equal_weights_deal_as_no_weights():
+    slots = {"a": 3, "b": 5, "c": 1}
+    assert deal(slots, [1, 2, 3], {1: 4, 2: 4, 3: 4}) == deal(slots, [1, 2, 3])
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=3), st.integers(0, 64), max_size=12),
+    st.lists(st.integers(1, 10), min_size=1, max_size=6),
+)
+def test_each_run_gets_its_weights_part_of_the_slots_within_one(slots, weights):
+    runs = list(range(len(weights)))
+    shares = deal(slots, runs, dict(zip(runs, weights, strict=True)))
+    total = sum(slots.values())
+    for host, count in slots.items():
+        assert sum(shares[run][host] for run in runs) == count  # every slot dealt, none twice
+    for run, weight in zip(runs, weights, strict=True):
+        due = total * weight / sum(weights)
+        assert abs(sum(shares[run].values()) - due) < 1, (run, shares)

@@ -24,6 +24,7 @@ from ..pool.client import Target, Via, pool_options, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
+from ..streams.retention import Policy
 from ..streams.sinks import FORMATS, encoder_for
 from ..views.tables import align_columns
 from .common import (
@@ -36,7 +37,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
-from .pooled import write_run
+from .pooled import priority_option, start_joblog, write_run
 from .trying import policy_options
 
 pool_option = click.option(
@@ -82,7 +83,8 @@ def up_command(
     where = place(pool_name, env.environ)
     # Jobs on this machine run where `anet up` was given, as `anet BATCH` runs them
     hosts, ssh = host_args.resolve(env), host_args.ssh_options(keepalive)
-    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd())
+    keep = Policy.from_environ(env.environ).keep  # a bad setting is said here, not in the log
+    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), keep)
 
     def start(ready: Any) -> int:
         logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log
@@ -102,10 +104,12 @@ async def _serve(where: Place, config: daemon.PoolConfig, ready: Any) -> int:
 
 @click.command("down")
 @target_options
+@click.option("--wait", is_flag=True, help="Let the runs under way finish first (no new one).")
 @click.pass_obj
-def down_command(env: Environment, target: Target) -> int:
-    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go."""
-    run_async(request(target, {"op": "down"}))
+def down_command(env: Environment, target: Target, wait: bool) -> int:
+    """Stop the pool: its runs are cancelled (remote jobs killed), its hosts let go; with
+    --wait, once its runs under way have ended."""
+    run_async(request(target, {"op": "down", "wait": wait}))
     where, via = target
     deadline = time.monotonic() + 30
     while via is None and where.socket.exists() and time.monotonic() < deadline:
@@ -118,18 +122,27 @@ def down_command(env: Environment, target: Target) -> int:
 @target_options
 @policy_options
 @click.option("-k", "--keep-order", is_flag=True, help="Results in job-id order.")
+@priority_option
+@click.option(
+    "--joblog", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+    help="One line per attempt (GNU parallel's joblog), added by the pool as attempts end.",
+)  # fmt: skip
 @click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
 @click.pass_obj
 def submit_command(
     env: Environment, target: Target, policy: RunPolicy, halt: HaltPolicy, keep_order: bool,
-    batch: Path,
+    priority: int, joblog: Path | None, batch: Path,
 ) -> int:  # fmt: skip
     """Give the pool a batch; print its run id and return at once."""
     try:
         data = batch.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read batch file {str(batch)!r}: {exc.strerror}") from None
-    options = pool_options(policy, halt, keep_order)
+    options = pool_options(policy, halt, keep_order, priority)
+    if joblog is not None:
+        if target[1] is not None:  # the file would be made here, the lines added there
+            raise UsageError("--joblog goes with a pool on this machine, not --via")
+        options["joblog"] = start_joblog(joblog)
     message = {"op": "submit", "batch": data, "name": str(batch), "options": options}
     row = run_async(request(target, message))
     env.stdout.write(f"{row['id']}\n".encode())
@@ -166,14 +179,44 @@ def _print_table(env: Environment, columns: tuple[str, ...], rows: list[dict[str
     env.stdout.write("".join(line.rstrip() + "\n" for line in lines).encode())
 
 
-@click.command("pool")
+@click.group("pool", invoke_without_command=True)
 @target_options
-@click.pass_obj
-def pool_command(env: Environment, target: Target) -> int:
-    """The pool's hosts: state, slots, jobs running and done, why one is held or failing."""
+@click.pass_context
+def pool_command(ctx: click.Context, target: Target) -> int:
+    """The pool's hosts: state, slots, jobs running and done, why one is held or failing;
+    `anet pool add SPEC...` and `anet pool drain SPEC...` change them."""
+    ctx.meta["pool_target"] = target
+    if ctx.invoked_subcommand is not None:
+        return ExitStatus.OK
+    env: Environment = ctx.obj
     reply = run_async(request(target, {"op": "ping"}))
     _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
     env.stdout.write(f"pid {reply['pid']}\n".encode())
+    return ExitStatus.OK
+
+
+@pool_command.command("add")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.pass_context
+def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
+    """Add hosts ([N/][user@]host[:port], as -S takes them) to the running pool; returns once
+    each is ready or failed, as `anet up` does. Until the pool stops: `anet up` starts with
+    its own hosts again."""
+    env: Environment = ctx.obj
+    reply = run_async(request(ctx.meta["pool_target"], {"op": "add", "hosts": list(specs)}))
+    _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
+    return ExitStatus.OK
+
+
+@pool_command.command("drain")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.pass_context
+def pool_drain_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
+    """Let hosts go: they get no new job (those queued there run elsewhere), their running
+    jobs finish, then their dispatchers stop. Returns once every one has gone."""
+    env: Environment = ctx.obj
+    reply = run_async(request(ctx.meta["pool_target"], {"op": "drain", "hosts": list(specs)}))
+    env.stderr.write("".join(f"{printable(label)}: drained\n" for label in reply["drained"]))
     return ExitStatus.OK
 
 

@@ -3,10 +3,14 @@ exit status, without a start-up of its own (docs/daemon.md).
 
 A run goes through the pool when one is up (the default pool, or `--pool NAME`) and the run
 asks nothing a pool's run cannot do yet: no hosts of its own (-S, -H, -j, $ANET_HOSTS), a batch
-file (not a stream), and none of --resume, --journal, --joblog, --results, deps, --pipe,
-command mode, polite options or --max-output. Otherwise it runs standalone, as before; with
-`--pool NAME` named, such an option is one line of error instead. `--no-pool` always runs
-standalone. Ctrl-C cancels the pool's run (its jobs are killed), as it stops a standalone one.
+file (not a stream), and none of deps, --pipe, command mode, polite options or
+--max-output. The pool's run keeps the journal a standalone run keeps (so --resume,
+--only-new and `anet status BATCH` work alike). --joblog is written by the pool (a line per
+attempt, into the file this command made), --results DIR by this command (its directory, its
+permissions).
+Otherwise it runs standalone, as before; with `--pool NAME` named, such an option is one line
+of error instead. `--no-pool` always runs standalone. Ctrl-C cancels the pool's run (its jobs
+are killed), as it stops a standalone one.
 """
 
 from __future__ import annotations
@@ -17,19 +21,33 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
+
+from .. import logs
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..pool.client import Target, attach, pool_options, request
 from ..pool.place import DEFAULT_NAME, place
 from ..streams.delivery import Delivery
+from ..streams.joblog import Joblog
+from ..streams.journal import default_journal_path
 from ..streams.output import open_output
+from ..streams.resultsdir import ResultsDir
 from ..streams.sinks import Encoder
+from ..views import jsonlog
+from ..views.progress import HostRow, Snapshot
+from ..views.summary import FailedJobs, render_summary
 from .common import Environment, ExitStatus
 
 if TYPE_CHECKING:
     from .run import RunArgs
 
 log = get_logger()
+
+priority_option = click.option(
+    "--priority", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Through a pool: this run's share of the hosts, weighed against the other runs'.",
+)  # fmt: skip
 
 
 def pool_target(args: RunArgs, env: Environment, name: str | None, no_pool: bool) -> Target | None:
@@ -54,10 +72,6 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
     checks = [
         (bool(hosts.hosts or hosts.host_files or hosts.slots), "-S/-H/-j"),
         (bool(environ.get("ANET_HOSTS")), "$ANET_HOSTS"),
-        (args.resume or args.only_new, "--resume"),
-        (args.journal is not None, "--journal"),
-        (args.observe.joblog is not None, "--joblog"),
-        (args.observe.results is not None, "--results"),
         (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
         (args.line_buffer, "--line-buffer"),
@@ -76,33 +90,93 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
         data = args.batch.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read batch file {str(args.batch)!r}: {exc.strerror}") from None
-    options = pool_options(args.policy, args.halt, args.observe.keep_order)
+    seen = args.observe
+    options = pool_options(args.policy, args.halt, seen.keep_order, args.priority)
+    options.update(journal_options(args, env))
+    if seen.joblog is not None:
+        options["joblog"] = start_joblog(seen.joblog)
+    # --results DIR is written here, by the command: in its directory, with its permissions
+    results = ResultsDir(seen.results) if seen.results is not None else None
     name = str(Path(args.batch).resolve())
     row = await request(target, {"op": "submit", "batch": data, "name": name, "options": options})
     last: dict[str, Any] = {}
+    failed = FailedJobs()
     try:
-        last, out = await write_run(env, target, row["id"], encoder)
+        last, out = await write_run(
+            env, target, row["id"], encoder, results=results, failed=failed, summary=not seen.quiet
+        )
     finally:
         if not last:  # Ctrl-C, a closed stdout: the pool's run must not go on alone
             with contextlib.suppress(AnetError, OSError):
                 await asyncio.shield(request(target, {"op": "cancel", "run": row["id"]}))
     if last.get("state") != "done":
         raise AnetError(f"the pool's run {row['id']} ended: {last.get('state')}")
+    if "summary" in last:
+        places = [("journal", row.get("journal")), ("joblog", seen.joblog)]
+        places = [(w, p) for w, p in [*places, ("results", seen.results)] if p is not None]
+        env.stderr.write(summary_text(last, failed, places))
+        env.stderr.flush()
     if out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
     return min(out.failed, ExitStatus.MAX_FAILED)
 
 
+def journal_options(args: RunArgs, env: Environment) -> dict[str, Any]:
+    """The journal a standalone run of this batch keeps (--journal FILE, else its default
+    one), for the pool's run to keep too: `anet status BATCH`, `--resume` and a later
+    standalone run find it where they look. With --no-journal, the pool keeps its own."""
+    if args.no_journal:
+        if args.resume:
+            raise UsageError("--resume needs the journal of a batch file: drop --no-journal")
+        return {}
+    path = args.journal or default_journal_path(args.batch, env.environ)
+    return {"journal": str(path.resolve()), "resume": args.resume, "only_new": args.only_new}
+
+
+def start_joblog(path: Path) -> str:
+    """The joblog's file made here, its header written (the command's permissions and umask,
+    its directory: a mistake is its one line); the pool adds a line per attempt to it."""
+    Joblog.open(path).close()
+    return str(path.resolve())
+
+
+def summary_text(last: dict[str, Any], failed: FailedJobs, places: list[tuple[str, Any]]) -> str:
+    """The end summary `anet run` prints, from a pool's run's last row: the run's own numbers
+    by host (speculation is not counted per run: `-`)."""
+    summary = last["summary"]
+    hosts = tuple(
+        HostRow(label, state, slots, 0, done, failed_attempts, -1, -1, mean, None)
+        for label, state, slots, done, failed_attempts, mean in summary["hosts"]
+    )
+    snap = Snapshot(summary["wall"], last["total"], last["done"], last["failed"], 0, hosts)
+    if logs.is_json():
+        return jsonlog.summary_line(snap, failed, places)
+    return render_summary(snap, failed, places)
+
+
 async def write_run(
-    env: Environment, target: Target, run_id: int, encoder: Encoder
+    env: Environment,
+    target: Target,
+    run_id: int,
+    encoder: Encoder,
+    *,
+    results: ResultsDir | None = None,
+    failed: FailedJobs | None = None,
+    summary: bool = False,
 ) -> tuple[dict[str, Any], Delivery]:
     """A pool's run's results on stdout as `anet run` writes them (Delivery: a big output in
-    parts, a reader that stops is waited for); its last row ({} if the stream broke off)."""
+    parts, a reader that stops is waited for), each also in `results` (before it is written
+    out, as a standalone run does) and, failed, in `failed`; its last row ({} if the stream
+    broke off), with the run's summary if asked."""
     last: dict[str, Any] = {}
     async with Delivery(await open_output(env.stdout), encoder, None) as out:
-        async for item in attach(target, run_id):
+        async for item in attach(target, run_id, summary=summary):
             if isinstance(item, dict):
                 last = item
-            else:
-                await out.emit(item)
+                continue
+            if results is not None:  # a big output is written by a thread, as `anet run` does
+                await asyncio.to_thread(results.write, item)
+            if failed is not None and not item.ok:
+                failed.add(item)
+            await out.emit(item)
     return last, out

@@ -55,7 +55,7 @@ from .common import Environment, ExitStatus, HostArgs, host_options, log_options
 from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
-from .pooled import pool_target, through_pool
+from .pooled import pool_target, priority_option, through_pool
 from .trying import policy_options
 
 log = get_logger()
@@ -85,6 +85,7 @@ class RunArgs:
     """Command mode: the batch a template and its inputs make (`batch` is then unused)."""
     pipe: PipeArgs | None = None  # --pipe, --pipe-part: `batch` is the command
     line_buffer: bool = False  # plain's lines as they come (streams/linebuffer.py)
+    priority: int = 1  # through a pool: this run's weight among the runs sharing its hosts
 
 
 async def program(args: RunArgs, env: Environment) -> int:
@@ -449,6 +450,7 @@ Examples:
 )  # fmt: skip
 @click.option("--pool", "pool_name", metavar="NAME", help="Run through this pool (anet up).")
 @click.option("--no-pool", is_flag=True, help="Run standalone even when a pool is up.")
+@priority_option
 @log_options
 @click.pass_obj
 def run_command(
@@ -484,6 +486,7 @@ def run_command(
     progress: bool,
     pool_name: str | None,
     no_pool: bool,
+    priority: int,
 ) -> int:
     """Run each non-empty line of BATCH as a job on every core of the hosts; or, as GNU
     parallel does, `anet [OPTIONS] COMMAND ::: ARGS` (`::::`, `-a FILE`): COMMAND once per
@@ -525,7 +528,7 @@ def run_command(
         policy, halt,
         observe=ObserveArgs(joblog, results, keep_order, tag, quiet, progress),
         deps=deps or deps_option, polite=polite, max_output=max_output, generated=generated,
-        pipe=pipe, line_buffer=line_buffer,
+        pipe=pipe, line_buffer=line_buffer, priority=priority,
     )  # fmt: skip
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)

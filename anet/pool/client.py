@@ -114,15 +114,18 @@ async def request(target: Target, message: dict[str, Any]) -> dict[str, Any]:
         return _checked(await wire.read(reader), target[0])
 
 
-async def attach(target: Target, run_id: int) -> AsyncIterator[JobResult | dict[str, Any]]:
-    """The run's results from its start, each once, then its row (a dict) when it has ended."""
+async def attach(
+    target: Target, run_id: int, *, summary: bool = False
+) -> AsyncIterator[JobResult | dict[str, Any]]:
+    """The run's results from its start, each once, then its row (a dict) when it has ended;
+    with `summary`, the row has the run's numbers by host (server.py's PoolRun.summary)."""
     async with _connection(target) as (reader, writer):
-        writer.write(wire.pack({"op": "attach", "run": run_id}))
+        writer.write(wire.pack({"op": "attach", "run": run_id, "summary": summary}))
         await writer.drain()
         while True:
             item = await wire.read(reader)
             if isinstance(item, list):
-                yield wire.result_from(item)
+                yield await wire.read_result(reader, item)
             else:
                 yield _checked(item, target[0])
                 return
@@ -139,11 +142,13 @@ async def is_up(place: Place) -> int | None:
     return int(reply["pid"])
 
 
-def pool_options(policy: RunPolicy, halt: HaltPolicy, keep_order: bool) -> dict[str, Any]:
+def pool_options(
+    policy: RunPolicy, halt: HaltPolicy, keep_order: bool, priority: int = 1
+) -> dict[str, Any]:
     """A run's options as a submit carries them (server.py's `_run_options` reads them)."""
     return {
         "retries": policy.retries, "timeout": policy.timeout, "speculate": policy.speculate,
-        "halt": halt.text, "keep_order": keep_order,
+        "halt": halt.text, "keep_order": keep_order, "priority": priority,
     }  # fmt: skip
 
 

@@ -26,12 +26,10 @@ from ..errors import AnetError, UsageError
 from ..remote.connect import SshOptions
 from ..remote.hostlife import HostPhase
 from ..remote.hosts import HostSpec
+from ..streams.retention import DEFAULT_KEEP
 from .client import is_up
 from .place import Place, make_private
-from .server import Pool
-
-SETTLE_TIMEOUT = 60.0
-"""Seconds `anet up` waits for every host to be ready or given up before it serves anyway."""
+from .server import Pool, settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +40,9 @@ class PoolConfig:
     cwd: str
     """Where jobs on this machine run: the directory `anet up` was given in (the daemon itself
     moves to /, and a batch's relative paths mean the directory its user was in)."""
+    keep_runs: int | None = DEFAULT_KEEP
+    """Ended runs the pool keeps (listed, attachable, their files on disk): the newest ones;
+    None keeps them all ($ANET_JOURNALS_KEEP at `anet up`, as for the journals)."""
 
 
 class Lock:
@@ -88,8 +89,8 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             list(config.hosts), ssh=config.ssh, keepalive=config.keepalive, cwd=config.cwd
         )
         async with cluster:
-            await _settle(cluster)
-            pool = Pool(place, cluster)
+            await settle(cluster, list(cluster.hosts))
+            pool = Pool(place, cluster, keep_runs=config.keep_runs)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # resumed later
                 loop.add_signal_handler(signum, functools.partial(pool.stop, resume_later=True))
@@ -99,19 +100,6 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             await pool.serve(lambda: ready(f"{line} (pid {os.getpid()})"))
     finally:
         lock.release()
-
-
-async def _settle(cluster: Cluster) -> None:
-    """Connect every host and wait, within SETTLE_TIMEOUT, until each is ready or failed."""
-    cluster.connect()
-
-    async def one(label: str) -> None:
-        with contextlib.suppress(AnetError):
-            await cluster.ready_session(label)
-
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(SETTLE_TIMEOUT):
-            await asyncio.gather(*(one(label) for label in cluster.hosts))
 
 
 def detach(place: Place, start: Callable[[Callable[[str], None]], int]) -> str:

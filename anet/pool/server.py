@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,9 +23,7 @@ import os
 import socket
 import struct
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,105 +31,40 @@ import msgpack
 
 from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
-from ..core.engine import RunPolicy
-from ..core.halt import HaltPolicy
 from ..core.record import JobResult
-from ..core.speculation import Timeout
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
+from ..remote.hosts import parse_spec
 from ..runs import RunOptions
-from ..streams.journal import IdSet, Journal, JournalError
+from ..streams.journal import IdSet, JournalError
+from ..streams.retention import remove
 from . import wire
 from .place import Place
+from .run import Listener, PoolRun, RunJournal, open_joblog, run_options, write_atomically
 
 log = get_logger()
 
 KINDS = ("batch", "commands")
 """What a submit carries, and the suffix its run's file has on disk."""
-LISTENER_LIMIT = 1024
-"""Results waiting for one attached client before it is switched to catching up from the journal."""
+SETTLE_TIMEOUT = 60.0
+"""Seconds `anet up` and `anet pool add` wait for their hosts to be ready (or failed)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has, once connected, to send its request."""
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-class Listener:
-    """One attached client's live results, bounded."""
-
-    def __init__(self) -> None:
-        self.queue: deque[JobResult] = deque()
-        self.wake = asyncio.Event()
-        self.lagged = False
-
-    def put(self, result: JobResult | None) -> None:
-        if result is not None:
-            if len(self.queue) >= LISTENER_LIMIT:
-                self.queue.clear()  # it reads the journal again instead
-                self.lagged = True
-            else:
-                self.queue.append(result)
-        self.wake.set()
-
-
-@dataclass
-class PoolRun:
-    """One submitted batch: its counts, its journal, who is listening.
-
-    On disk, beside its journal (place.py): `ID.batch`, the batch file as submitted (or
-    `ID.commands`, the library's list of commands, in msgpack), and, once the run has ended,
-    `ID.end`, its last row. A run with a batch and no end was under way when its pool died: the
-    next pool of that name resumes it from its journal."""
-
-    id: int
-    name: str
-    total: int
-    journal: Journal
-    options: RunOptions
-    resumed: bool = False
-    started: float = field(default_factory=time.time)
-    state: str = "running"
-    done: int = 0
-    failed: int = 0
-    task: asyncio.Task[None] | None = None
-    listeners: set[Listener] = field(default_factory=set)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "state": self.state, "done": self.done,
-            "failed": self.failed, "total": self.total, "started": self.started,
-        }  # fmt: skip
-
-    def arrived(self, result: JobResult) -> None:
-        self.done += 1
-        self.failed += not result.ok
-        for listener in self.listeners:
-            listener.put(result)
-
-    def end(self, state: str, end_file: Path) -> None:
-        self.state = state
-        with contextlib.suppress(OSError):  # unwritten, the next pool resumes the run: no loss
-            _write_atomically(end_file, json.dumps(self.row()).encode())
-        self.ended.set()
-        for listener in self.listeners:
-            listener.put(None)
-
-    def stored(self) -> Iterator[JobResult]:
-        """Every result the journal holds now, in id order (committed first)."""
-        self.journal.flush()
-        return self.journal.results_from(0)
-
-
 class Pool:
     """The daemon: `serve` until a `down` request or a cancel."""
 
-    def __init__(self, place: Place, cluster: Cluster) -> None:
+    def __init__(self, place: Place, cluster: Cluster, *, keep_runs: int | None = None) -> None:
         self.place = place
         self.cluster = cluster
+        self.keep_runs = keep_runs
         self.runs: dict[int, PoolRun] = {}
         self._next_id = 1
         self._stop = asyncio.Event()
         self._resume_later = False
+        self._stopping = False  # `anet down --wait` waits for the runs: it takes no new one
         self._tasks: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -142,6 +76,7 @@ class Pool:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             self._restore()
+            self._trim()
             server = await asyncio.start_unix_server(self._accept, path=os.fspath(path))
             try:
                 os.chmod(path, 0o600)
@@ -158,7 +93,7 @@ class Pool:
                 for client in self._clients:
                     client.cancel()
         for run in self.runs.values():
-            run.journal.close()
+            run.close_journal()
 
     def _restore(self) -> None:
         """The runs of an earlier pool of this name: those that ended are listed (and can be
@@ -176,9 +111,29 @@ class Pool:
                 data = self._file(run_id, kind).read_bytes()
                 end = self._file(run_id, "end")
                 row = json.loads(end.read_bytes()) if end.exists() else None
-                self._start(run_id, kind, data, self._name_of(run_id), row)
+                self._start(run_id, kind, data, self._name_of(run_id), row, restoring=True)
             except (OSError, ValueError, AnetError, JournalError) as exc:
                 log.warning(f"run {run_id} of an earlier pool cannot be restored: {exc}")
+
+    def _trim(self) -> None:
+        """Forget the ended runs beyond the newest `keep_runs` (those under way are never
+        counted): no longer listed, their kept files and the pool's own journal removed. A
+        run's journal kept for its batch (`anet BATCH` through the pool) is the journals
+        directory's, trimmed by its own retention."""
+        if self.keep_runs is None:
+            return
+        ended = [run for run in self.runs.values() if run.ended.is_set()]
+        for run in sorted(ended, key=lambda r: r.id)[: max(0, len(ended) - self.keep_runs)]:
+            if run.listeners:  # an attach still reads it: the next trim takes it
+                continue
+            del self.runs[run.id]
+            run.close_journal()
+            for kind in (*KINDS, "name", "options", "end"):
+                self._file(run.id, kind).unlink(missing_ok=True)
+            if run.path == self.place.journal(run.id):
+                with contextlib.suppress(AnetError, OSError):
+                    remove(run.path)
+            log.info(f"run {run.id}: forgotten (ANET_JOURNALS_KEEP={self.keep_runs})")
 
     def _file(self, run_id: int, kind: str) -> Path:
         return self.place.journal(run_id).with_suffix(f".{kind}")
@@ -246,13 +201,41 @@ class Pool:
                 run.task.cancel()
             await run.ended.wait()
             reply = run.row()
+        elif op == "add":
+            reply = await self._add(request)
+        elif op == "drain":
+            reply = await self._drain(request)
         elif op == "down":
+            if request.get("wait"):  # `anet down --wait`: the runs under way end first
+                self._stopping = True
+                await asyncio.gather(*(run.ended.wait() for run in list(self.runs.values())))
             self.stop()
             reply = {"down": True}
         else:
             reply = {"error": f"unknown request {op!r}"}
         writer.write(wire.pack(reply))
         await writer.drain()
+
+    async def _add(self, request: dict[str, Any]) -> dict[str, Any]:
+        """More hosts (`anet pool add`): each in the pool at once, the reply once each is
+        ready or failed (within SETTLE_TIMEOUT, as `anet up` waits)."""
+        labels = [self.cluster.add_host(parse_spec(spec)) for spec in _specs(request)]
+        log.info(f"hosts added: {', '.join(labels)}")
+        await settle(self.cluster, labels)
+        return {"hosts": [_host_row(label, self.cluster.hosts[label]) for label in labels]}
+
+    async def _drain(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Hosts let go (`anet pool drain`), each once its running jobs have ended: the pool
+        goes on without them (a client that leaves meanwhile does not stop the drain)."""
+        labels = [parse_spec(spec).label for spec in _specs(request)]
+        for label in labels:
+            if label not in self.cluster.hosts:
+                raise UsageError(f"{label} is not in the pool")
+        log.info(f"draining: {', '.join(labels)}")
+        drains = [asyncio.shield(self.cluster.drain_host(label)) for label in labels]
+        await asyncio.gather(*drains)
+        log.info(f"drained: {', '.join(labels)}")
+        return {"drained": labels}
 
     def _run(self, request: dict[str, Any]) -> PoolRun:
         run = self.runs.get(request.get("run"))  # type: ignore[arg-type]
@@ -263,6 +246,8 @@ class Pool:
     def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
         """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
         library's `commands` (every one a job, numbered by position), and a `name`."""
+        if self._stopping:
+            return {"error": "the pool is stopping (anet down --wait): it takes no new run"}
         name = request.get("name")
         kind = next((k for k in KINDS if k in request), None)
         data = request.get(kind) if kind == "batch" else _packed_commands(request.get("commands"))
@@ -273,43 +258,76 @@ class Pool:
         try:
             self.place.runs_dir.mkdir(mode=0o700, exist_ok=True)
             choices = request.get("options") or {}
-            _run_options(choices, None)  # a mistake is refused here, before anything is kept
-            _write_atomically(self._file(run_id, "name"), name.encode())
-            _write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
-            _write_atomically(self._file(run_id, kind), data)  # last: the run exists now
-            run = self._start(run_id, kind, data, name, None)
+            run_options(choices, None)  # a mistake is refused here, before anything is kept
+            if isinstance(choices.get("joblog"), str):
+                joblog = open_joblog(choices["joblog"], resumed=False)
+                if joblog is not None:
+                    joblog.close()
+            write_atomically(self._file(run_id, "name"), name.encode())
+            write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
+            write_atomically(self._file(run_id, kind), data)  # last: the run exists now
+            try:
+                run = self._start(run_id, kind, data, name, None, restoring=False)
+            except BaseException:  # refused (a journal busy, none to resume): not kept either
+                for suffix in (kind, "options", "name"):
+                    self._file(run_id, suffix).unlink(missing_ok=True)
+                raise
         except OSError as exc:
             return {"error": f"cannot keep the batch: {exc.strerror}"}
         except (AnetError, JournalError) as exc:
             return {"error": str(exc)}
         log.info(f"run {run_id} ({name}): {run.total} jobs")
-        return run.row()
+        return {**run.row(), "journal": str(run.path)}
 
     def _start(
-        self, run_id: int, kind: str, data: bytes, name: str, ended: dict[str, Any] | None
+        self,
+        run_id: int,
+        kind: str,
+        data: bytes,
+        name: str,
+        ended: dict[str, Any] | None,
+        *,
+        restoring: bool,
     ) -> PoolRun:
-        """The run, with its journal open; under way unless `ended` (its last row) says not.
-        A journal found on disk is resumed: its successes are not run again."""
-        path = self.place.journal(run_id)
-        resume = path.exists()
-        journal = Journal.open(path, hashlib.sha256(data).hexdigest(), name, resume=resume)
-        if kind == "batch":
-            jobs = list(read_batch(io.BytesIO(data)))
-        else:
-            jobs = list(as_jobs(msgpack.unpackb(data)))
+        """The run, under way with its journal open, unless `ended` (its last row) says it
+        has ended. Its journal is resumed (its successes not run again) when the submit asked
+        (--resume), or, `restoring` an earlier pool's run, when it is on disk."""
         try:
             choices = json.loads(self._file(run_id, "options").read_bytes())
         except FileNotFoundError:  # kept by a pool from before per-run options
             choices = {}
-        options = _run_options(choices, journal, resume=resume, total=len(jobs))
-        run = PoolRun(run_id, name, len(jobs), journal, options, resumed=resume)
-        self.runs[run_id] = run
+        kept = choices.get("journal")
+        path = Path(kept) if isinstance(kept, str) else self.place.journal(run_id)
+        fingerprint = hashlib.sha256(data).hexdigest()  # as a standalone run's (its file's)
+        if kind == "batch":
+            jobs = list(read_batch(io.BytesIO(data)))
+        else:
+            jobs = list(as_jobs(msgpack.unpackb(data)))
         if ended is not None:
+            run = PoolRun(run_id, name, len(jobs), path, fingerprint, None, RunOptions())
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
             run.state = str(ended["state"])
             run.ended.set()
+            self.runs[run_id] = run
             return run
+        resume = path.exists() if restoring else choices.get("resume") is True
+        # a restored run gives all its earlier results again: its clients attach from the start
+        only_new = choices.get("only_new") is True and not restoring
+        journal = RunJournal.open(path, fingerprint, name, resume=resume)
+        try:
+            options = run_options(choices, journal, resume=resume, total=len(jobs))
+            options = dataclasses.replace(options, only_new=only_new)
+            run = PoolRun(run_id, name, len(jobs), path, fingerprint, journal, options)
+            run.identity = (os.stat(path).st_ino, journal.meta.get("created"))
+            run.options = dataclasses.replace(options, attempts=run.attempted)
+            if isinstance(choices.get("joblog"), str):
+                run.joblog = open_joblog(choices["joblog"], resumed=restoring)
+        except BaseException:
+            journal.close()
+            raise
+        self.runs[run_id] = run
         assert self._tasks is not None
+        run.rerunning = resume
         run.task = self._tasks.create_task(self._drive(run, jobs))
         return run
 
@@ -323,12 +341,14 @@ class Pool:
         except AnetError as exc:
             state = f"failed: {exc}"
         finally:
-            with contextlib.suppress(JournalError):
-                run.journal.flush()
+            run.close_joblog()
+            if not run.listeners:  # else the last one closes it, once it has sent (and marked) all
+                run.close_journal()  # unlocked: a later run of that batch may take it
             if state == "cancelled" and self._resume_later:  # no end on disk: resumed later
                 run.ended.set()
             else:
                 run.end(state, self._file(run.id, "end"))
+                self._trim()
             log.info(f"run {run.id}: {state}")
 
     async def _attach(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
@@ -345,26 +365,47 @@ class Pool:
                     if writer.is_closing():  # uvloop raises on a write to a closed transport
                         raise ConnectionResetError("the client left")
                     sent.add(result.id)
-                    writer.write(wire.pack(wire.result_fields(result)))
-                    await writer.drain()
+                    for frame in wire.result_frames(result):  # a big output in chunks
+                        writer.write(frame)
+                        await writer.drain()
+                    run.delivered(result.id)
 
         try:
-            await send(run.stored())
+            with run.reading() as journal:
+                await send(run.stored(journal))
             while True:
                 listener.wake.clear()
                 while listener.queue:
                     await send(iter([listener.queue.popleft()]))
                 if listener.lagged:
                     listener.lagged = False
-                    await send(run.stored())
+                    with run.reading() as journal:
+                        await send(run.stored(journal))
                     continue
                 if run.ended.is_set():  # every result came before: in the journal or the queue
                     break
                 await listener.wake.wait()
-            writer.write(wire.pack(run.row()))
+            last = run.row()
+            if request.get("summary"):
+                last["summary"] = self._summary(run)
+            writer.write(wire.pack(last))
             await writer.drain()
         finally:
             run.listeners.discard(listener)
+            if run.ended.is_set() and not run.listeners:
+                run.close_journal()
+
+    def _summary(self, run: PoolRun) -> dict[str, Any]:
+        """What the end summary of `anet BATCH` through the pool shows: the run's wall time,
+        and each host of the pool (its state and slots now) with the run's own numbers."""
+        numbers = {host: tally.row() for host, tally in run.hosts.items()}
+        hosts = [
+            [label, str(state.state), state.slots, *numbers.pop(label, [0, 0, None])]
+            for label, state in self.cluster.hosts.items()
+        ]  # then hosts the run used that the pool no longer has (drained since)
+        hosts += [[label, "drained", 0, *row] for label, row in numbers.items()]
+        wall = (run.finished or time.time()) - run.started
+        return {"wall": wall, "hosts": hosts}
 
 
 class _NoSuchRun(AnetError):
@@ -372,25 +413,24 @@ class _NoSuchRun(AnetError):
         super().__init__(f"no run {run_id!r} in this pool")
 
 
-def _run_options(
-    choices: dict[str, Any], journal: Journal | None, *, resume: bool = False, total: int = 0
-) -> RunOptions:
-    """A run's options from what its submit asked (`anet submit --retries ...`): UsageError (the
-    client's one line) for a value `anet run` would refuse too."""
-    retries, timeout = choices.get("retries", 2), choices.get("timeout")
-    speculate, keep_order = choices.get("speculate", True), choices.get("keep_order", False)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise UsageError(f"retries: {retries!r} is not a count")
-    if not (timeout is None or isinstance(timeout, (int, float, str))) or isinstance(timeout, bool):
-        raise UsageError(f"timeout: {timeout!r} is not seconds or a percentage")
-    if not isinstance(speculate, bool) or not isinstance(keep_order, bool):
-        raise UsageError("speculate and keep_order are yes or no")
-    halt = HaltPolicy.parse(choices.get("halt") if isinstance(choices.get("halt"), str) else None)
-    policy = RunPolicy(retries, timeout, speculate)
-    Timeout.parse(timeout)  # a bad one is its own one-line refusal, here rather than mid-run
-    return RunOptions(
-        journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy
-    )
+async def settle(cluster: Cluster, labels: Iterable[str]) -> None:
+    """Connect the hosts and wait, within SETTLE_TIMEOUT, until each is ready or failed."""
+    cluster.connect()
+
+    async def one(label: str) -> None:
+        with contextlib.suppress(AnetError):
+            await cluster.ready_session(label)
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await asyncio.gather(*(one(label) for label in labels))
+
+
+def _specs(request: dict[str, Any]) -> list[str]:
+    hosts = request.get("hosts")
+    if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
+        raise UsageError("give one or more host specs")
+    return hosts
 
 
 def _host_row(label: str, state: HostState) -> dict[str, Any]:
@@ -406,16 +446,6 @@ def _packed_commands(commands: object) -> bytes | None:
     if not isinstance(commands, list) or not all(isinstance(c, bytes) for c in commands):
         return None
     return msgpack.packb(commands, use_bin_type=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Whole or not at all, 0600: a pool killed mid-write leaves the old file or none."""
-    part = path.with_name(path.name + ".part")
-    with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
-        file.write(data)  # whole: a bare os.write may write less (over 2 GiB it always does)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(part, path)
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:

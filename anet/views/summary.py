@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.record import JobResult
 from ..core.spool import tail
 from ..printable import failure_line
-from .progress import Snapshot, duration, host_state, job_time
+from .progress import HostRow, Snapshot, duration, host_state, job_time
 from .tables import table
 
 STDERR_TAIL = 64 << 10
@@ -48,6 +48,12 @@ class FailedJobs:
             self.first.append((result.id, last_error_line(result)))
 
 
+def _spec(row: HostRow) -> str:
+    """Speculative copies won/lost; `-` where they are not counted (a pool's run: its hosts'
+    counts are every run's)."""
+    return "-" if row.spec_won < 0 else f"{row.spec_won}/{row.spec_lost}"
+
+
 def render_summary(
     snap: Snapshot, failed: FailedJobs, places: Sequence[tuple[str, Path | str]] = ()
 ) -> str:
@@ -75,7 +81,7 @@ def render_summary(
             f"{60 * row.done / wall:.0f}" if wall > 0 else "-",
             job_time(row.mean_time),
             str(row.failed_attempts),
-            f"{row.spec_won}/{row.spec_lost}",
+            _spec(row),
             *([duration(row.held_time) if row.held_time >= 0.5 else "-"] if lost else []),
         ]
         for row in snap.hosts
