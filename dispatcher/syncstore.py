@@ -6,6 +6,8 @@ Layout, under `$ANET_HOME/deps/` (0700):
     trees/<id>/          a complete tree, named by its manifest digest; never modified here
     trees/<id>.manifest  its manifest (encode_manifest: the id is its SHA-256), present before
                          the tree dir is renamed in
+    trees/<id>.jobs      one byte while the tree was checked and no job ran in it since
+                         (treeclean.py): a no-op sync then touches none of its files
     staging/<id>.<host>.<pid>.<rand>/   a tree being built
     trash/               trees being deleted
 
@@ -68,6 +70,7 @@ from .syncproto import (
     encode_manifest,
     show_path,
 )
+from .treeclean import checking, hold_for_jobs, is_clean, mark_clean
 from .treeupdate import BaseTree, clear_changes
 
 KEEP_TREES = 3
@@ -222,6 +225,8 @@ class SyncStore:
         self.send = send
         self.job_cwd: Optional[bytes] = None
         self._lock_fd: Optional[int] = None
+        self._jobs_fd: Optional[int] = None
+        """Held (treeclean.hold_for_jobs) once a job was started in `job_cwd`."""
         self._incoming: Dict[int, Incoming] = {}
         self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
         """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
@@ -282,6 +287,9 @@ class SyncStore:
 
     def _manifest(self, tree: bytes) -> bytes:
         return self._tree_dir(tree) + b".manifest"
+
+    def _marker(self, tree: bytes) -> bytes:
+        return self._tree_dir(tree) + b".jobs"
 
     def fsid(self) -> str:
         """This store's file-system id, created race-free: the first host's link wins."""
@@ -376,7 +384,34 @@ class SyncStore:
             return None
 
     def _intact(self, tree: bytes) -> bool:
-        """Complete (manifest and dir both in place) and unmodified, judged by lstat alone."""
+        """Complete (manifest and dir both in place) and unmodified: judged by lstat of every
+        entry, unless that was done already and no job has run in the tree since."""
+        if is_clean(self._marker(tree)):
+            return self._manifest_sound(tree) and self._is_folder(self._tree_dir(tree))
+        with checking(self._marker(tree)) as lock:
+            if self._checked(tree):
+                mark_clean(lock)
+                return True
+        return False
+
+    @staticmethod
+    def _is_folder(path: bytes) -> bool:
+        """A real folder: not a symlink a job put in its place."""
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False
+
+    def _manifest_sound(self, tree: bytes) -> bool:
+        """The stored manifest still hashes to the tree id (read, not decoded)."""
+        try:
+            with open(self._manifest(tree), "rb") as f:
+                return hashlib.sha256(f.read()).digest() == tree
+        except OSError:
+            return False
+
+    def _checked(self, tree: bytes) -> bool:
+        """Every entry of the tree checked by lstat against its stored manifest."""
         entries = self._load_manifest(tree)
         if entries is None:
             return False
@@ -407,9 +442,20 @@ class SyncStore:
         process ends, as a test does with each store it made; the dispatcher's own store
         lives as long as the process."""
         self._drop_base()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._release_tree()
+
+    def _release_tree(self) -> None:
+        for fd in (self._lock_fd, self._jobs_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self._lock_fd = self._jobs_fd = None
+
+    def jobs_cwd(self) -> Optional[bytes]:
+        """`job_cwd`, for a job about to start there: the first one marks the tree as one
+        that jobs may change (treeclean.py), so the next sync checks its files."""
+        if self.job_cwd is not None and self._jobs_fd is None:
+            self._jobs_fd = hold_for_jobs(self.job_cwd + b".jobs")
+        return self.job_cwd
 
     def _use(self, tree: bytes) -> bool:
         """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
@@ -418,8 +464,7 @@ class SyncStore:
         if fd is None:
             return False
         os.utime(fd)  # recency, for the GC's "newest trees" order
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        self._release_tree()
         self._lock_fd = fd
         self.job_cwd = self._tree_dir(tree)
         _link_original_layout(self.job_cwd)
@@ -611,8 +656,9 @@ class SyncStore:
         except OSError:
             fcntl.flock(base[2], fcntl.LOCK_SH)
             return False
-        with contextlib.suppress(OSError):
-            os.unlink(self._manifest(base[0]))
+        for name in (self._manifest(base[0]), self._marker(base[0])):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
         return True
 
     def _bases(self) -> Dict[bytes, List[Tuple[bytes, List[Any]]]]:
@@ -753,10 +799,13 @@ class SyncStore:
         for _ in range(2):
             try:
                 os.rename(inc.staging, final)
-                return
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
+            else:
+                with checking(self._marker(inc.tree)) as lock:
+                    mark_clean(lock)  # every file was just checked, by its digest
+                return
             if self._intact(inc.tree):  # a concurrent run finished the same tree first
                 self._remove(inc.staging)
                 return
@@ -797,6 +846,7 @@ class SyncStore:
             try:
                 self._remove(self._tree_dir(tree))
                 os.unlink(self._manifest(tree))
+                os.unlink(self._marker(tree))
             except OSError:
                 pass
             finally:

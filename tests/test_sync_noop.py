@@ -1,0 +1,121 @@
+"""A no-op re-sync checks the tree's files only once a job may have changed them.
+
+The store keeps, per tree, a marker that says "checked whole, and no job has started in it
+since" (dispatcher/treeclean.py). These pin who sets it, who clears it, and that a dispatcher
+whose jobs run in the tree keeps every other sync checking in full until it ends; the last
+test drives the same through real sshd hosts and real jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+from sshd_hosts import SshdCluster
+from test_sync import make_deps, remote_tree, scan_tree, sync
+from test_syncstore import Host, close_the_hosts, make, scan_dir  # noqa: F401 (the fixture)
+
+import anet
+from anet.deps.manifest import Tree
+from anet.deps.sync import SyncReport
+from anet.remote.connect import SshOptions
+
+
+@pytest.fixture
+def lstats(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every path os.lstat / os.stat is asked about while the test runs."""
+    seen: list[bytes] = []
+    real_lstat, real_stat = os.lstat, os.stat
+
+    def lstat(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(os.fsencode(path) if isinstance(path, (str, bytes)) else b"")
+        return real_lstat(path, *args, **kwargs)
+
+    def stat(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(os.fsencode(path) if isinstance(path, (str, bytes)) else b"")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(os, "stat", stat)
+    yield seen
+
+
+def files_looked_at(host: Host, tree: Tree, lstats: list[bytes]) -> int:
+    """Offer the tree (it must be ready) and count the stats of paths inside it."""
+    lstats.clear()
+    assert host.offer(tree).ready
+    inside = os.fsencode(host.store._tree_dir(tree.id)) + b"/"
+    return sum(path.startswith(inside) for path in lstats)
+
+
+def test_a_no_op_resync_of_a_tree_no_job_ran_in_looks_at_none_of_its_files(tmp_path, lstats):
+    home, tree = tmp_path / "home", scan_dir(make(tmp_path / "src", 50))
+    first = Host(home)
+    first.sync(tree)
+    first.store.close()
+    assert files_looked_at(Host(home), tree, lstats) == 0
+
+
+def test_a_job_in_the_tree_makes_the_next_syncs_check_it_until_one_finds_it_sound(tmp_path, lstats):
+    home, tree = tmp_path / "home", scan_dir(make(tmp_path / "src", 50))
+    runner = Host(home)
+    runner.sync(tree)
+    assert runner.store.jobs_cwd() == os.fsencode(runner.store._tree_dir(tree.id))
+    other = Host(home)
+    assert files_looked_at(other, tree, lstats) >= 50
+    other.store.close()
+    # The runner lives (its jobs may still write): every sync checks, none marks it sound.
+    assert files_looked_at(Host(home), tree, lstats) >= 50
+    assert files_looked_at(Host(home), tree, lstats) >= 50
+    for host in Host.made:
+        host.store.close()
+    assert files_looked_at(Host(home), tree, lstats) >= 50  # the one that finds it sound
+    assert files_looked_at(Host(home), tree, lstats) == 0
+
+
+def test_markers_go_with_their_trees(tmp_path):
+    """An in-place update renames the base to another id, the GC deletes old trees: no
+    marker is left to vouch for a tree of the same id built later."""
+    home, src = tmp_path / "home", make(tmp_path / "src", 10)
+    for round_ in range(6):
+        (src / "f0").write_text(f"round {round_}\n")
+        host = Host(home)
+        host.sync(scan_dir(src))
+        host.store.close()
+    trees = home / "deps" / "trees"
+    ids = {p.name for p in trees.iterdir() if p.is_dir()}
+    markers = {p.name[: -len(".jobs")] for p in trees.glob("*.jobs")}
+    assert markers == ids
+
+
+def run_jobs(cluster: SshdCluster, name: str, tree: Tree, commands: list[str]) -> list[str]:
+    async def main() -> list[str]:
+        options = SshOptions(config=cluster.ssh_config)
+        async with anet.Cluster([name], ssh=options, deps=tree) as c:
+            return [r.stdout.decode() async for r in c.run(commands)]
+
+    return asyncio.run(main())
+
+
+def test_over_ssh_a_job_that_edits_its_deps_gets_them_back_and_syncs_alone_check_nothing(
+    cluster, tmp_path
+):
+    deps = make_deps(tmp_path / "deps")
+    tree = scan_tree(deps)
+    assert isinstance(sync(cluster, ["host3"], tree)["host3"], SyncReport)
+    stored = remote_tree(cluster, "host3", tree) / "prog.py"
+    # Not a job: nothing tells the store that the tree changed, and it is not looked at.
+    original = stored.read_bytes()
+    stored.write_bytes(b"# edited by hand\n")
+    again = sync(cluster, ["host3"], tree)["host3"]
+    assert isinstance(again, SyncReport) and again.files_sent == 0
+    stored.write_bytes(original)
+    mtime = next(e[4] for e in tree.entries if e[0] == b"prog.py")
+    os.utime(stored, ns=(mtime, mtime))  # as synced
+    # A job's edit is found by the next sync, which sends that one file again.
+    assert run_jobs(cluster, "host3", tree, ["echo '# a job' >> prog.py; echo ok"]) == ["ok\n"]
+    fixed = sync(cluster, ["host3"], tree)["host3"]
+    assert isinstance(fixed, SyncReport) and fixed.files_sent == 1
+    assert stored.read_bytes() == original
