@@ -202,6 +202,8 @@ class Incoming:
         """Files of the base tree that the new tree keeps in place."""
         self.lost = 0
         """Files of the base tree that the new tree does not keep."""
+        self.trusted = False
+        """The base tree was clean (treeclean.py): its files were not looked at."""
         self.staging = b""
         self.wanted: List[int] = []
         self.next_want = 0
@@ -549,8 +551,10 @@ class SyncStore:
         now, by lstat through folders opened without following symlinks) stay where they
         are; every other file is gathered in the overlay folder, from earlier trees or from
         the master. The base is not touched until the commit (`_assemble`), so a sync cut
-        off during the transfer leaves it as it was."""
+        off during the transfer leaves it as it was. A base no job has run in since it was
+        checked is taken at its manifest's word: no file of it is looked at."""
         old = BaseTree(self._tree_dir(base[0]), base[1])
+        inc.trusted = is_clean(self._marker(base[0]))
         missing: List[int] = []
         reused = 0
         try:
@@ -560,7 +564,7 @@ class SyncStore:
                 path, kind, _, size = entry[:4]
                 if kind != FILE:
                     continue
-                if old.holds(entry):
+                if old.holds(entry, look=not inc.trusted):
                     inc.kept.add(path)
                     reused += size > 0  # as counted when built afresh
                     continue
@@ -615,8 +619,9 @@ class SyncStore:
             raise SyncFailed("the base tree went away during the sync")
         fresh = None
         small = inc.lost <= max(IN_PLACE_LOST, (len(inc.kept) + inc.lost) // 100)
-        if small and self._take(base, inc.staging):
-            kept = clear_changes(inc.staging, base[1], inc.entries, self._tick)
+        if small and self._take(base, inc.staging, inc.trusted):
+            added = (ORIGINAL_LAYOUT,) if inc.trusted else ()
+            kept = clear_changes(inc.staging, base[1], inc.entries, self._tick, added)
         else:
             os.mkdir(inc.staging, 0o700)
             fresh, kept = BaseTree(self._tree_dir(base[0]), base[1]), set()
@@ -641,9 +646,13 @@ class SyncStore:
         os.rmdir(inc.overlay)
         inc.overlay = b""
 
-    def _take(self, base: Tuple[bytes, List[List[Any]], int], staging: bytes) -> bool:
+    def _take(
+        self, base: Tuple[bytes, List[List[Any]], int], staging: bytes, trusted: bool = False
+    ) -> bool:
         """Move the base tree to `staging` if no other run holds its lock (jobs of another
-        run work in it, or it is another sync's base) and this one's jobs do not use it."""
+        run work in it, or it is another sync's base) and this one's jobs do not use it.
+        A base `trusted` when planned must still be clean: else a job ran there meanwhile,
+        and the fresh tree checks every file it links from it."""
         if self._tree_dir(base[0]) == self.job_cwd:
             return False
         try:
@@ -651,7 +660,9 @@ class SyncStore:
         except OSError:  # flock(2): a failed conversion may have dropped our shared lock
             fcntl.flock(base[2], fcntl.LOCK_SH)
             return False
-        try:
+        try:  # no job can start there now: it would need the shared lock first
+            if trusted and not is_clean(self._marker(base[0])):
+                raise FileNotFoundError("the base's jobs may have changed it")
             os.rename(self._tree_dir(base[0]), staging)
         except OSError:
             fcntl.flock(base[2], fcntl.LOCK_SH)

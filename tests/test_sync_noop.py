@@ -9,18 +9,22 @@ test drives the same through real sshd hosts and real jobs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sshd_hosts import SshdCluster
-from test_sync import make_deps, remote_tree, scan_tree, sync
-from test_syncstore import Host, close_the_hosts, make, scan_dir  # noqa: F401 (the fixture)
+from test_sync import make_deps, remote_tree, scan_tree, snapshot, sync, synced
+from test_sync_inplace import fresh, synced_once
+from test_syncstore import Host, close_the_hosts, make, scan_dir, wanted  # noqa: F401
 
 import anet
 from anet.deps.manifest import Tree
-from anet.deps.sync import SyncReport
+from anet.deps.sync import SyncReport, _manifest_frames
 from anet.remote.connect import SshOptions
+from dispatcher.syncproto import FILE, SyncWant
 
 
 @pytest.fixture
@@ -119,3 +123,62 @@ def test_over_ssh_a_job_that_edits_its_deps_gets_them_back_and_syncs_alone_check
     fixed = sync(cluster, ["host3"], tree)["host3"]
     assert isinstance(fixed, SyncReport) and fixed.files_sent == 1
     assert stored.read_bytes() == original
+
+
+def plan(host: Host, tree: Tree, known: Path) -> SyncWant:
+    """Offer, then the manifest as the master sends it: the host's answer."""
+    state = host.offer(tree)
+    assert not state.ready
+    host.rid += 1
+    reply = None
+    for frame in _manifest_frames(host.rid, dataclasses.replace(tree, known=known), state.base):
+        reply = host.handle(frame)
+    assert isinstance(reply, SyncWant), reply
+    return reply
+
+
+def test_a_one_file_change_of_a_clean_tree_looks_at_none_of_its_other_files(tmp_path, lstats):
+    src, home, known, first, old_dir = synced_once(tmp_path)
+    kept_inode = (old_dir / "a" / "x0").stat().st_ino
+    (src / "a" / "x1").write_text("changed\n")
+    new = scan_dir(src)
+    host = fresh(home, first)
+    lstats.clear()
+    want = plan(host, new, known)
+    done = host.finish(host.rid, new, want)
+    assert done.error == "" and wanted(want) == 1
+    unchanged = [e[0] for e in new.entries if e[1] == FILE and e[0] != b"a/x1"]
+    assert len(unchanged) > 30
+    looked_at = [
+        p for p in unchanged for s in lstats if s.endswith(b"/" + p) or s == p.split(b"/")[-1]
+    ]  # a whole path, or a name beside the fd of its folder
+    assert looked_at == []  # only what changed was touched
+    new_dir = Path(os.fsdecode(done.path))
+    assert synced(new_dir) == snapshot(src)
+    assert (new_dir / "a" / "x0").stat().st_ino == kept_inode  # updated in place
+
+
+def test_a_job_in_the_base_while_the_new_tree_travels_is_caught_at_the_switch(tmp_path):
+    """Planned on a clean base (its files not looked at), then a job of another run edits
+    one of them and ends before the commit: the base must not become the new tree."""
+    src, home, known, first, old_dir = synced_once(tmp_path)
+    old = scan_dir(src)
+    (src / "a" / "x1").write_text("changed\n")
+    new = scan_dir(src)
+    host = fresh(home, first)
+    want = plan(host, new, known)
+    runner = Host(home)
+    assert runner.offer(old).ready and runner.store.jobs_cwd()
+    victim = old_dir / "a" / "x2"
+    st = victim.stat()
+    victim.write_bytes(b"x" * st.st_size)  # same size; the mtime moves
+    runner.store.close()
+    done = host.finish(host.rid, new, want)
+    assert "changed during the sync" in done.error
+    assert victim.read_bytes() == b"x" * st.st_size and old_dir.is_dir()  # left as it was
+    host.store.close()
+    retry = Host(home)
+    again = plan(retry, new, known)
+    assert wanted(again) == 2  # the edited file travels too
+    done = retry.finish(retry.rid, new, again)
+    assert done.error == "" and synced(Path(os.fsdecode(done.path))) == snapshot(src)
