@@ -59,6 +59,7 @@ from .syncproto import (
     SyncDelta,
     SyncDone,
     SyncEntries,
+    SyncFiles,
     SyncOffer,
     SyncState,
     SyncWant,
@@ -251,6 +252,7 @@ class SyncStore:
         handlers[SyncEntries] = self._guarded(self.on_entries)
         handlers[SyncDelta] = self._guarded(self.on_delta)
         handlers[SyncData] = self._guarded(self.on_data)
+        handlers[SyncFiles] = self._guarded(self.on_files)
         handlers[SyncCommit] = self._guarded(self.on_commit)
 
     def _guarded(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -757,6 +759,35 @@ class SyncStore:
         _write_all(inc.fd, msg.data)  # type: ignore[arg-type]
         inc.hasher.update(msg.data)
         inc.written += len(msg.data)
+
+    def on_files(self, msg: SyncFiles) -> None:
+        """Several wanted files whole: each is checked against its digest before it is
+        written, then written and finished in one go."""
+        inc = self._incoming.get(msg.rid)
+        if inc is None or not inc.staging:
+            raise SyncFailed("file data before the manifest")
+        self._close_current(inc)
+        inc.index = -1
+        data, at = memoryview(msg.data), 0
+        for _ in range(msg.count):
+            if inc.next_want >= len(inc.wanted):
+                raise SyncFailed("data for a file that was not asked for")
+            index = inc.wanted[inc.next_want]
+            inc.next_want += 1
+            entry = inc.entries[index]
+            content, at = data[at : at + entry[3]], at + entry[3]
+            if len(content) != entry[3] or hashlib.sha256(content).digest() != entry[5]:
+                raise SyncFailed("file %s arrived incomplete or corrupt" % show_path(entry[0]))
+            target = inc.target(index)
+            fd = os.open(target, _CREATE, 0o600)
+            try:
+                _write_all(fd, content)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._finish_file(fd, target, entry)
+        if at != len(data):
+            raise SyncFailed("file data past the files' sizes")
 
     def _close_current(self, inc: Incoming) -> None:
         """The file being written must be complete and match its digest before the next one."""

@@ -24,7 +24,7 @@ import anet
 from anet.deps.manifest import Tree
 from anet.deps.sync import SyncReport, _manifest_frames
 from anet.remote.connect import SshOptions
-from dispatcher.syncproto import FILE, SyncWant
+from dispatcher.syncproto import FILE, SyncCommit, SyncDone, SyncFiles, SyncWant
 
 
 @pytest.fixture
@@ -182,3 +182,49 @@ def test_a_job_in_the_base_while_the_new_tree_travels_is_caught_at_the_switch(tm
     assert wanted(again) == 2  # the edited file travels too
     done = retry.finish(retry.rid, new, again)
     assert done.error == "" and synced(Path(os.fsdecode(done.path))) == snapshot(src)
+
+
+def files_of(tree: Tree, want: SyncWant) -> list[bytes]:
+    """The wanted files' contents, in want order."""
+    return [
+        Path(os.fsdecode(tree.local_path(i))).read_bytes()
+        for i, entry in enumerate(tree.entries)
+        if entry[1] == FILE and want.want[i >> 3] & (1 << (i & 7))
+    ]
+
+
+def test_small_files_travel_many_to_a_frame(tmp_path):
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src", 7))
+    rid, want = host.begin(tree)
+    contents = files_of(tree, want)
+    assert host.handle(SyncFiles(rid, 4, b"".join(contents[:4]))) is None
+    assert host.handle(SyncFiles(rid, 3, b"".join(contents[4:]))) is None
+    done = host.handle(SyncCommit(rid))
+    assert isinstance(done, SyncDone) and done.error == ""
+    assert snapshot(Path(os.fsdecode(done.path))) == {
+        **snapshot(tmp_path / "src"),
+        b"dependencies": ("link", b"."),
+    }
+
+
+@pytest.mark.parametrize(
+    "count, change, error",
+    [
+        (3, lambda data: data[:-1] + b"?", "arrived incomplete or corrupt"),
+        (3, lambda data: data + b"more", "past the files' sizes"),
+        (3, lambda data: data[:-1], "arrived incomplete or corrupt"),
+        (6, lambda data: data, "not asked for"),
+    ],
+)
+def test_a_bad_frame_of_whole_files_fails_the_sync_and_writes_nothing(
+    tmp_path, count, change, error
+):
+    host, tree = Host(tmp_path / "home"), scan_dir(make(tmp_path / "src"))
+    rid, want = host.begin(tree)
+    contents = files_of(tree, want)
+    assert len(contents) == 5
+    reply = host.handle(SyncFiles(rid, count, change(b"".join(contents[:count]))))
+    assert isinstance(reply, SyncDone) and error in reply.error, reply
+    assert os.listdir(tmp_path / "home" / "deps" / "staging") == []
+    _, done = host.sync(tree)  # the store itself is fine
+    assert done.error == ""
