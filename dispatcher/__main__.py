@@ -307,7 +307,6 @@ class Dispatcher:
     def start_queued(self) -> None:
         if self.setup is None:
             return
-        cwd = self.deps.job_cwd or self.setup.cwd or self.workdir  # synced deps come first
         while self.queue and self.free_slots and not self.held():
             run = self.queue.popleft()
             failure = self.files.failure(run.aid)
@@ -315,6 +314,7 @@ class Dispatcher:
                 self.not_started(run, failure)
                 continue
             slot = heapq.heappop(self.free_slots)
+            cwd = self.deps.jobs_cwd() or self.setup.cwd or self.workdir  # synced deps first
             run, job_cwd = self.files.in_folder(run, cwd, self.deps.job_cwd)
             try:
                 job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
@@ -363,7 +363,7 @@ class Dispatcher:
         """An onall command: started at once, in no slot, under a negative id (the master's
         attempt ids are >= 0); its frames are the request's replies."""
         run = Run(-msg.rid, 0, msg.command)
-        cwd = self.deps.job_cwd or (self.setup.cwd if self.setup else "") or self.workdir
+        cwd = self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
         try:
             nice = self.setup.nice if self.setup else 0
             job = spawn(run, 0, cwd, self.env, rid=msg.rid, nice=nice)

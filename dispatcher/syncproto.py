@@ -13,7 +13,8 @@ A sync on the wire (every frame carries the request's `rid`):
     SyncEntries(chunk) ...      ->      the manifest, or if the master remembers `base`:
     SyncEntries(chunk, last)    ->      SyncDelta(base, removed, changed) ..., last
                                 <-      SyncWant(bitmap of files to send, files reused)
-    SyncData(file, offset) ...  ->      (only the wanted files, in 256 KiB chunks)
+    SyncData(file, offset) ...  ->      (only the wanted files, in 256 KiB chunks;
+    SyncFiles(count, data) ...  ->       small ones whole, many to a frame)
     SyncCommit                  ->
                                 <-      SyncDone(path, error)      also early, on any error
 
@@ -39,6 +40,7 @@ from .protocol import (
     MAX_NAME,
     MAX_PATH,
     MAX_TEXT,
+    OUTPUT_CHUNK,
     Message,
     bounded,
     message,
@@ -52,6 +54,10 @@ MODE_BITS = 0o7777
 
 ENTRIES_PER_FRAME = 2000
 """Manifest entries per SyncEntries frame: a few hundred KiB at most, under MAX_FRAME."""
+SMALL_FILE = 64 << 10
+"""Files up to this size travel whole, several to a SyncFiles frame."""
+MAX_FILES_FRAME = OUTPUT_CHUNK + SMALL_FILE
+"""A SyncFiles frame's data: filled to OUTPUT_CHUNK, the last file may pass it."""
 
 
 @message
@@ -142,6 +148,21 @@ class SyncData(Message):
     index: int
     offset: int
     data: bytes
+
+
+@message
+@dataclass(frozen=True)
+class SyncFiles(Message):
+    """Master -> dispatcher: the next `count` wanted files whole, their contents one after
+    the other in `data` (each entry's size says where one ends). A 20 KB file sent alone
+    costs a frame, an SSH packet and a pipe write on each side, much as its bytes do: in
+    256 KiB frames, 10,000 of them cost an eighth of that."""
+
+    CODE = 31
+    SENDER = MASTER
+    rid: int
+    count: int = bounded(1)
+    data: bytes = bounded(length=MAX_FILES_FRAME)
 
 
 @message

@@ -6,6 +6,8 @@ Layout, under `$ANET_HOME/deps/` (0700):
     trees/<id>/          a complete tree, named by its manifest digest; never modified here
     trees/<id>.manifest  its manifest (encode_manifest: the id is its SHA-256), present before
                          the tree dir is renamed in
+    trees/<id>.jobs      one byte while the tree was checked and no job ran in it since
+                         (treeclean.py): a no-op sync then touches none of its files
     staging/<id>.<host>.<pid>.<rand>/   a tree being built
     trash/               trees being deleted
 
@@ -57,6 +59,7 @@ from .syncproto import (
     SyncDelta,
     SyncDone,
     SyncEntries,
+    SyncFiles,
     SyncOffer,
     SyncState,
     SyncWant,
@@ -68,6 +71,7 @@ from .syncproto import (
     encode_manifest,
     show_path,
 )
+from .treeclean import checking, hold_for_jobs, is_clean, mark_clean
 from .treeupdate import BaseTree, clear_changes
 
 KEEP_TREES = 3
@@ -199,6 +203,8 @@ class Incoming:
         """Files of the base tree that the new tree keeps in place."""
         self.lost = 0
         """Files of the base tree that the new tree does not keep."""
+        self.trusted = False
+        """The base tree was clean (treeclean.py): its files were not looked at."""
         self.staging = b""
         self.wanted: List[int] = []
         self.next_want = 0
@@ -222,6 +228,8 @@ class SyncStore:
         self.send = send
         self.job_cwd: Optional[bytes] = None
         self._lock_fd: Optional[int] = None
+        self._jobs_fd: Optional[int] = None
+        """Held (treeclean.hold_for_jobs) once a job was started in `job_cwd`."""
         self._incoming: Dict[int, Incoming] = {}
         self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
         """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
@@ -244,6 +252,7 @@ class SyncStore:
         handlers[SyncEntries] = self._guarded(self.on_entries)
         handlers[SyncDelta] = self._guarded(self.on_delta)
         handlers[SyncData] = self._guarded(self.on_data)
+        handlers[SyncFiles] = self._guarded(self.on_files)
         handlers[SyncCommit] = self._guarded(self.on_commit)
 
     def _guarded(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -282,6 +291,9 @@ class SyncStore:
 
     def _manifest(self, tree: bytes) -> bytes:
         return self._tree_dir(tree) + b".manifest"
+
+    def _marker(self, tree: bytes) -> bytes:
+        return self._tree_dir(tree) + b".jobs"
 
     def fsid(self) -> str:
         """This store's file-system id, created race-free: the first host's link wins."""
@@ -376,7 +388,34 @@ class SyncStore:
             return None
 
     def _intact(self, tree: bytes) -> bool:
-        """Complete (manifest and dir both in place) and unmodified, judged by lstat alone."""
+        """Complete (manifest and dir both in place) and unmodified: judged by lstat of every
+        entry, unless that was done already and no job has run in the tree since."""
+        if is_clean(self._marker(tree)):
+            return self._manifest_sound(tree) and self._is_folder(self._tree_dir(tree))
+        with checking(self._marker(tree)) as lock:
+            if self._checked(tree):
+                mark_clean(lock)
+                return True
+        return False
+
+    @staticmethod
+    def _is_folder(path: bytes) -> bool:
+        """A real folder: not a symlink a job put in its place."""
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False
+
+    def _manifest_sound(self, tree: bytes) -> bool:
+        """The stored manifest still hashes to the tree id (read, not decoded)."""
+        try:
+            with open(self._manifest(tree), "rb") as f:
+                return hashlib.sha256(f.read()).digest() == tree
+        except OSError:
+            return False
+
+    def _checked(self, tree: bytes) -> bool:
+        """Every entry of the tree checked by lstat against its stored manifest."""
         entries = self._load_manifest(tree)
         if entries is None:
             return False
@@ -407,9 +446,20 @@ class SyncStore:
         process ends, as a test does with each store it made; the dispatcher's own store
         lives as long as the process."""
         self._drop_base()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._release_tree()
+
+    def _release_tree(self) -> None:
+        for fd in (self._lock_fd, self._jobs_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self._lock_fd = self._jobs_fd = None
+
+    def jobs_cwd(self) -> Optional[bytes]:
+        """`job_cwd`, for a job about to start there: the first one marks the tree as one
+        that jobs may change (treeclean.py), so the next sync checks its files."""
+        if self.job_cwd is not None and self._jobs_fd is None:
+            self._jobs_fd = hold_for_jobs(self.job_cwd + b".jobs")
+        return self.job_cwd
 
     def _use(self, tree: bytes) -> bool:
         """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
@@ -418,8 +468,7 @@ class SyncStore:
         if fd is None:
             return False
         os.utime(fd)  # recency, for the GC's "newest trees" order
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        self._release_tree()
         self._lock_fd = fd
         self.job_cwd = self._tree_dir(tree)
         _link_original_layout(self.job_cwd)
@@ -504,8 +553,10 @@ class SyncStore:
         now, by lstat through folders opened without following symlinks) stay where they
         are; every other file is gathered in the overlay folder, from earlier trees or from
         the master. The base is not touched until the commit (`_assemble`), so a sync cut
-        off during the transfer leaves it as it was."""
+        off during the transfer leaves it as it was. A base no job has run in since it was
+        checked is taken at its manifest's word: no file of it is looked at."""
         old = BaseTree(self._tree_dir(base[0]), base[1])
+        inc.trusted = is_clean(self._marker(base[0]))
         missing: List[int] = []
         reused = 0
         try:
@@ -515,7 +566,7 @@ class SyncStore:
                 path, kind, _, size = entry[:4]
                 if kind != FILE:
                     continue
-                if old.holds(entry):
+                if old.holds(entry, look=not inc.trusted):
                     inc.kept.add(path)
                     reused += size > 0  # as counted when built afresh
                     continue
@@ -570,8 +621,9 @@ class SyncStore:
             raise SyncFailed("the base tree went away during the sync")
         fresh = None
         small = inc.lost <= max(IN_PLACE_LOST, (len(inc.kept) + inc.lost) // 100)
-        if small and self._take(base, inc.staging):
-            kept = clear_changes(inc.staging, base[1], inc.entries, self._tick)
+        if small and self._take(base, inc.staging, inc.trusted):
+            added = (ORIGINAL_LAYOUT,) if inc.trusted else ()
+            kept = clear_changes(inc.staging, base[1], inc.entries, self._tick, added)
         else:
             os.mkdir(inc.staging, 0o700)
             fresh, kept = BaseTree(self._tree_dir(base[0]), base[1]), set()
@@ -596,9 +648,13 @@ class SyncStore:
         os.rmdir(inc.overlay)
         inc.overlay = b""
 
-    def _take(self, base: Tuple[bytes, List[List[Any]], int], staging: bytes) -> bool:
+    def _take(
+        self, base: Tuple[bytes, List[List[Any]], int], staging: bytes, trusted: bool = False
+    ) -> bool:
         """Move the base tree to `staging` if no other run holds its lock (jobs of another
-        run work in it, or it is another sync's base) and this one's jobs do not use it."""
+        run work in it, or it is another sync's base) and this one's jobs do not use it.
+        A base `trusted` when planned must still be clean: else a job ran there meanwhile,
+        and the fresh tree checks every file it links from it."""
         if self._tree_dir(base[0]) == self.job_cwd:
             return False
         try:
@@ -606,13 +662,16 @@ class SyncStore:
         except OSError:  # flock(2): a failed conversion may have dropped our shared lock
             fcntl.flock(base[2], fcntl.LOCK_SH)
             return False
-        try:
+        try:  # no job can start there now: it would need the shared lock first
+            if trusted and not is_clean(self._marker(base[0])):
+                raise FileNotFoundError("the base's jobs may have changed it")
             os.rename(self._tree_dir(base[0]), staging)
         except OSError:
             fcntl.flock(base[2], fcntl.LOCK_SH)
             return False
-        with contextlib.suppress(OSError):
-            os.unlink(self._manifest(base[0]))
+        for name in (self._manifest(base[0]), self._marker(base[0])):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
         return True
 
     def _bases(self) -> Dict[bytes, List[Tuple[bytes, List[Any]]]]:
@@ -701,6 +760,35 @@ class SyncStore:
         inc.hasher.update(msg.data)
         inc.written += len(msg.data)
 
+    def on_files(self, msg: SyncFiles) -> None:
+        """Several wanted files whole: each is checked against its digest before it is
+        written, then written and finished in one go."""
+        inc = self._incoming.get(msg.rid)
+        if inc is None or not inc.staging:
+            raise SyncFailed("file data before the manifest")
+        self._close_current(inc)
+        inc.index = -1
+        data, at = memoryview(msg.data), 0
+        for _ in range(msg.count):
+            if inc.next_want >= len(inc.wanted):
+                raise SyncFailed("data for a file that was not asked for")
+            index = inc.wanted[inc.next_want]
+            inc.next_want += 1
+            entry = inc.entries[index]
+            content, at = data[at : at + entry[3]], at + entry[3]
+            if len(content) != entry[3] or hashlib.sha256(content).digest() != entry[5]:
+                raise SyncFailed("file %s arrived incomplete or corrupt" % show_path(entry[0]))
+            target = inc.target(index)
+            fd = os.open(target, _CREATE, 0o600)
+            try:
+                _write_all(fd, content)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._finish_file(fd, target, entry)
+        if at != len(data):
+            raise SyncFailed("file data past the files' sizes")
+
     def _close_current(self, inc: Incoming) -> None:
         """The file being written must be complete and match its digest before the next one."""
         if inc.fd is None:
@@ -753,10 +841,13 @@ class SyncStore:
         for _ in range(2):
             try:
                 os.rename(inc.staging, final)
-                return
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
+            else:
+                with checking(self._marker(inc.tree)) as lock:
+                    mark_clean(lock)  # every file was just checked, by its digest
+                return
             if self._intact(inc.tree):  # a concurrent run finished the same tree first
                 self._remove(inc.staging)
                 return
@@ -797,6 +888,7 @@ class SyncStore:
             try:
                 self._remove(self._tree_dir(tree))
                 os.unlink(self._manifest(tree))
+                os.unlink(self._marker(tree))
             except OSError:
                 pass
             finally:

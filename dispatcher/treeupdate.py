@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Sequence, Set
 
 from .syncproto import DIR, FILE
 
@@ -41,11 +41,19 @@ def drop(path: bytes) -> None:
 
 
 def clear_changes(
-    root: bytes, old: List[List[Any]], new: List[List[Any]], tick: Callable[[], None]
+    root: bytes,
+    old: List[List[Any]],
+    new: List[List[Any]],
+    tick: Callable[[], None],
+    clean: Sequence[bytes] = (),
 ) -> Set[bytes]:
     """In `root` (the old tree, renamed into staging), keep the folders the new manifest
     still has and the files whose entry is identical; remove every other name, including
-    what jobs added. Returns the kept paths, which the caller must still check."""
+    what jobs added. Returns the kept paths, which the caller must still check.
+
+    `clean` is for a tree no job has run in since it was checked (treeclean.py): it holds
+    only its manifest's names and these few that anet adds, so the names to remove are
+    known without listing its folders."""
     prefix = root + b"/"
     now: Dict[bytes, List[Any]] = {entry[0]: entry for entry in new}
     folders: Set[bytes] = {b""}
@@ -60,6 +68,11 @@ def clear_changes(
         path = entry[0]
         if entry[1] == FILE and path.rpartition(b"/")[0] in folders and now.get(path) == entry:
             kept.add(path)
+    if clean:
+        for path in [entry[0] for entry in old if entry[0] not in kept] + list(clean):
+            drop(prefix + path)  # gone already if inside a folder removed just before
+        kept.discard(b"")
+        return kept
     for number, folder in enumerate(sorted(folders)):
         if not number % 64:
             tick()
@@ -108,10 +121,13 @@ class BaseTree:
         parent, _, name = entry[0].rpartition(b"/")
         return self._folder(parent), name
 
-    def holds(self, entry: List[Any]) -> bool:
-        """Is this exact entry in the base tree, unmodified as far as lstat can tell?"""
+    def holds(self, entry: List[Any], look: bool = True) -> bool:
+        """Is this exact entry in the base tree, unmodified as far as lstat can tell (or,
+        not `look`ing, as far as the base's manifest says: a tree no job has run in)?"""
         if self.old.get(entry[0]) != entry:
             return False
+        if not look:
+            return True
         folder, name = self._where(entry)
         try:
             st = os.stat(name, dir_fd=folder, follow_symlinks=False) if folder >= 0 else None

@@ -42,10 +42,7 @@ from dispatcher.syncstore import IN_PLACE_LOST
 def fresh(home: Path, *before: Host) -> Host:
     """A new dispatcher on the same store, the earlier ones gone (their locks released)."""
     for host in before:
-        if host.store._lock_fd is not None:
-            os.close(host.store._lock_fd)
-            host.store._lock_fd = None
-        host.store._drop_base()
+        host.store.close()
     return Host(home)
 
 
@@ -112,6 +109,7 @@ def change_everything(src: Path) -> None:
 def test_a_resync_updates_the_previous_tree_in_place_to_exactly_the_new_one(tmp_path):
     src, home, known, first, old_dir = synced_once(tmp_path)
     kept_inode = (old_dir / "a" / "x0").stat().st_ino
+    assert first.store.jobs_cwd()  # a job starts there
     (old_dir / "junk.txt").write_text("a job wrote this\n")  # not in any manifest
     change_everything(src)
     new = scan_dir(src)
@@ -171,6 +169,7 @@ def test_switching_to_other_deps_keeps_the_previous_tree_whole(tmp_path):
 
 def test_a_file_a_job_changed_in_the_base_is_sent_again(tmp_path):
     src, home, known, first, old_dir = synced_once(tmp_path)
+    assert first.store.jobs_cwd()  # a job starts there
     (old_dir / "a" / "x5").write_text("a job wrote here\n")
     (src / "new.txt").write_text("new\n")
     _, want, again = resync(fresh(home, first), scan_dir(src), known)
@@ -180,6 +179,7 @@ def test_a_file_a_job_changed_in_the_base_is_sent_again(tmp_path):
 
 def test_a_folder_a_job_swapped_for_a_symlink_is_not_followed(tmp_path):
     src, home, known, first, tree_dir = synced_once(tmp_path)
+    assert first.store.jobs_cwd()  # a job starts there
     outside = tmp_path / "outside"
     shutil.copytree(tree_dir / "a", outside, copy_function=shutil.copy2)
     shutil.rmtree(tree_dir / "a")

@@ -121,6 +121,7 @@ def test_a_file_modified_in_the_store_is_detected_and_sent_again(tmp_path):
     host, src = Host(tmp_path / "home"), make(tmp_path / "src")
     tree = scan_dir(src)
     _, done = host.sync(tree)
+    assert host.store.jobs_cwd() == done.path  # a job starts there: the tree may change now
     victim = Path(os.fsdecode(done.path)) / "f2"
     victim.write_text("a job wrote here\n")
     assert not host.offer(tree).ready
@@ -245,6 +246,7 @@ def test_reuse_never_follows_a_symlink_a_job_put_into_an_old_tree(tmp_path, swap
         (src / "lib" / f"m{i}.py").write_text(f"module {i}\n")
     old_tree = scan_dir(src)
     _, first = host.sync(old_tree)
+    assert host.store.jobs_cwd() == first.path  # the job that plants it
     plant_symlink(Path(os.fsdecode(first.path)) / swapped, tmp_path / "elsewhere")
     assert not host.offer(old_tree).ready  # look-alikes are not the tree, even by lstat
     (src / "f0").write_text("a new version\n")  # a new tree that reuses lib/ from the old one

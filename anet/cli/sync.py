@@ -59,7 +59,8 @@ async def sync_program(env: Environment, deps: str, host_args: HostArgs, keepali
         return cluster.sync_reports[session.label]  # ready means synced
 
     async with cluster:
-        tree = await scan  # the hosts connect meanwhile; a DepsError ends it here, in one line
+        cluster.connect()  # the handshakes and dispatcher boots overlap the scan
+        tree = await scan  # a DepsError ends it here, in one line, and closes the cluster
         async with asyncio.TaskGroup() as tasks:
             shown = tasks.create_task(meter.show()) if meter.enabled else None
             outcomes = await cluster.each_host(report, HostError)

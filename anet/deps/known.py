@@ -47,6 +47,11 @@ def remember(folder: Path, tree_id: bytes, entries: list[list[Any]]) -> None:
         log.info(f"cannot keep the deps manifest ({exc}); re-syncs send it whole")
 
 
+def is_known(folder: Path | None, tree_id: bytes) -> bool:
+    """Was this manifest kept by an earlier scan (which checked it)?"""
+    return folder is not None and (folder / tree_id.hex()).is_file()
+
+
 def recall(folder: Path | None, tree_id: bytes) -> list[list[Any]] | None:
     """The manifest of `tree_id` if this machine scanned it before and the file is sound."""
     if folder is None or len(tree_id) != 32:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from dispatcher.syncproto import DIR, FILE, LINK, EntryError, check_manifest, tr
 from ..errors import UsageError
 from ..logs import get_logger
 from .hashcache import HashCache, default_cache_path, open_cache
-from .known import known_folder, remember
+from .known import is_known, known_folder, remember
 
 log = get_logger()
 
@@ -51,8 +52,12 @@ def _show(path: bytes) -> str:
     return os.fsdecode(path)
 
 
-def scan(argument: str | bytes, cache: HashCache) -> Tree:
-    """Build the manifest of `argument`; DepsError names what is missing or unsafe."""
+def scan(argument: str | bytes, cache: HashCache, known: Path | None = None) -> Tree:
+    """Build the manifest of `argument`; DepsError names what is missing or unsafe.
+
+    A manifest remembered in `known` (known.py) passed these checks when it was kept, and
+    one with the same id is the same bytes: it is not checked again.
+    """
     raw = os.fsencode(argument)
     path = os.path.abspath(raw)
     try:
@@ -78,19 +83,24 @@ def scan(argument: str | bytes, cache: HashCache) -> Tree:
         raise DepsError(f"deps {_show(raw)!r} is neither a file nor a folder")
     entries.sort(key=lambda e: e[0])
     try:
-        check_manifest(entries)
-    except EntryError as exc:
-        raise DepsError(f"deps {_show(raw)!r}: {exc}") from None
+        tree = tree_id(entries)
+    except struct.error:  # a field the canonical form cannot hold: the check names it
+        tree = b""
+    if not tree or not is_known(known, tree):
+        try:
+            check_manifest(entries)
+        except EntryError as exc:
+            raise DepsError(f"deps {_show(raw)!r}: {exc}") from None
     files = [e for e in entries if e[1] == FILE]
-    return Tree(root, entries, tree_id(entries), sum(e[3] for e in files), len(files))
+    return Tree(root, entries, tree or tree_id(entries), sum(e[3] for e in files), len(files))
 
 
 def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
     """`scan` with the user's digest cache: a 10,000-file tree is hashed once, not per run."""
     hash_cache = default_cache_path(environ)
-    with open_cache(hash_cache) as cache:
-        tree = scan(argument, cache)
     folder = known_folder(hash_cache)
+    with open_cache(hash_cache) as cache:
+        tree = scan(argument, cache, folder)
     remember(folder, tree.id, tree.entries)
     tree = dataclasses.replace(tree, known=folder)
     log.info(
@@ -108,20 +118,22 @@ def start_scan(argument: str, environ: Mapping[str, str]) -> asyncio.Future[Tree
 
 
 def _walk(folder: bytes, prefix: bytes, cache: HashCache, out: list[list[Any]]) -> None:
+    """Every entry under `folder`, depth first. Bytes in, bytes out (no name is decoded) and
+    the stat scandir already made: this loop is most of a no-op re-sync's scan."""
     try:
         with os.scandir(folder) as listing:
-            children = sorted(listing, key=lambda d: d.name)
+            children = sorted((child.name, child) for child in listing)
     except OSError as exc:
         raise DepsError(f"cannot read folder {_show(folder)!r}: {exc.strerror}") from None
-    for child in children:
-        name = os.fsencode(child.name)
-        rel = prefix + b"/" + name if prefix else name
+    head = prefix + b"/" if prefix else b""
+    for name, child in children:
+        rel = head + name
         st = child.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             out.append([rel, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, b""])
-            _walk(os.fsencode(child.path), rel, cache, out)
+            _walk(child.path, rel, cache, out)
         else:
-            out.append(_entry(os.fsencode(child.path), rel, st, cache))
+            out.append(_entry(child.path, rel, st, cache))
 
 
 def _entry(full: bytes, rel: bytes, st: os.stat_result, cache: HashCache) -> list[Any]:

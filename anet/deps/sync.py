@@ -22,11 +22,13 @@ from dispatcher.protocol import OUTPUT_CHUNK, Message
 from dispatcher.syncproto import (
     ENTRIES_PER_FRAME,
     FILE,
+    SMALL_FILE,
     SyncCommit,
     SyncData,
     SyncDelta,
     SyncDone,
     SyncEntries,
+    SyncFiles,
     SyncOffer,
     SyncState,
     SyncWant,
@@ -105,11 +107,7 @@ async def transfer(
             for i in range(len(entries))
             if want.want[i >> 3] & (1 << (i & 7)) and entries[i][1] == FILE
         ]
-        sent = 0
-        for index in wanted:
-            sent += await _send_file(session, req, tree, index, progress)
-            if req.has_reply():
-                break  # an early SyncDone: the host failed (disk full); stop sending
+        sent = await _send_files(session, req, tree, wanted, progress)
         if not req.has_reply():
             session.send(SyncCommit(req.rid))
         done = _expect(session, await req.get(REPLY_TIMEOUT), SyncDone)
@@ -148,6 +146,44 @@ def _manifest_chunks(entries: list[list[Any]]) -> Iterator[list[list[Any]]]:
         chunk.append(entry)
         size += cost
     yield chunk  # possibly empty: an empty tree is still a manifest
+
+
+async def _send_files(
+    session: HostSession, req: Request, tree: Tree, wanted: list[int], progress: Progress | None
+) -> int:
+    """The wanted files in order: small ones whole, gathered into SyncFiles frames of about
+    DATA_CHUNK bytes; bigger ones (and one that changed size since the scan, which the host
+    then refuses as it should) in SyncData chunks. The bytes sent."""
+    batch: list[bytes] = []
+    pending = sent = 0
+
+    async def flush() -> None:
+        nonlocal pending, sent
+        if batch:
+            await session.send_drained(SyncFiles(req.rid, len(batch), b"".join(batch)))
+            if progress is not None:
+                progress(session.label, pending)
+            sent += pending
+            batch.clear()
+            pending = 0
+
+    for index in wanted:
+        if req.has_reply():
+            return sent  # an early SyncDone: the host failed (disk full); stop sending
+        size = tree.entries[index][3]
+        if size <= SMALL_FILE:
+            with open(tree.local_path(index), "rb") as f:
+                data = f.read(size + 1)
+            if len(data) == size:
+                batch.append(data)
+                pending += size
+                if pending >= DATA_CHUNK:
+                    await flush()
+                continue
+        await flush()
+        sent += await _send_file(session, req, tree, index, progress)
+    await flush()
+    return sent
 
 
 async def _send_file(
