@@ -153,10 +153,10 @@ def test_a_batch_for_the_original_layout_runs_unchanged_beside_anets(cluster, tm
     (deps / "worker.py").write_text(WORKER)
     (deps / "offset.txt").write_text("1000")
     batch = tmp_path / "batch_file.txt"
-    original_style_batch(batch, 40, anet_style=10)
+    original_style_batch(batch, 12, anet_style=4)  # each job starts a Python: a few suffice
     argv = anet_argv(where, cluster, str(batch), f"{deps}/")
-    found, _ = consume(argv, anet_env(tmp_path), 40)
-    assert found == {i: str(i * i + 1000) for i in range(40)}
+    found, _ = consume(argv, anet_env(tmp_path), 12)
+    assert found == {i: str(i * i + 1000) for i in range(12)}
 
 
 @pytest.mark.parametrize("where", ["local", "sshd"])
@@ -165,7 +165,7 @@ def test_the_original_examples_deps_argument_a_single_worker_file(cluster, tmp_p
     in dependencies/ there, and is dependencies/example_worker.py here too."""
     (tmp_path / "worker.py").write_text(WORKER)
     batch = tmp_path / "batch_file.txt"
-    original_style_batch(batch, 20)
+    original_style_batch(batch, 8)
     argv = anet_argv(where, cluster, str(batch), str(tmp_path / "worker.py"))
-    found, _ = consume(argv, anet_env(tmp_path), 20)
-    assert found == {i: str(i * i) for i in range(20)}
+    found, _ = consume(argv, anet_env(tmp_path), 8)
+    assert found == {i: str(i * i) for i in range(8)}

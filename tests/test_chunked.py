@@ -1,7 +1,7 @@
 """Results past a format's one-record limit: msgpack and jsonl carry them in parts (a head
 record, then parts of at most sinks.PART bytes), `anet.results.read` puts them together, whole
 or into a spool; every other result is written as before, byte for byte. The limits are lowered
-here; test_bigout.py has the end-to-end runs, and one past the real 1 GiB msgpack limit."""
+here (but in one test of the real 1 GiB msgpack limit); test_bigout.py has the end-to-end runs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from anet.errors import ResultFormatError
 from anet.streams import sinks
 from anet.streams.sinks import FORMATS, MSGPACK_CHUNKED, MSGPACK_MAGIC
 
+REAL_LIMITS = {name: getattr(sinks, name) for name in ("MAX_RECORD", "MAX_BIG_RECORD", "PART")}
+"""The limits as anet has them, before small_limits lowers them for each test."""
 LIMIT = 4000
 PART = 999  # a multiple of 3, as sinks.PART
 
@@ -192,6 +194,20 @@ def sparse_spool(size: int, tmp_path: Path) -> Spool:
     os.pwrite(spool._fd, b"!", size - 1)
     spool.size = size
     return spool
+
+
+def test_past_the_real_1_gib_limit_a_msgpack_record_is_carried_in_parts(tmp_path, monkeypatch):
+    """formats.md's limit, 1 GiB a msgpack record, with anet's own constants (test_bigout.py
+    runs the parts end to end with the limit lowered): an output just past it starts a head
+    record, one just under it is one ordinary record."""
+    for name, value in REAL_LIMITS.items():
+        monkeypatch.setattr(sinks, name, value)
+    for size, chunked in (((1 << 30) + (1 << 20), True), ((1 << 30) - (1 << 20), False)):
+        held = SpooledResult(3, True, 0, None, "h1", 1, 0.5, sparse_spool(size, tmp_path), b"")  # type: ignore[arg-type]
+        first = next(FORMATS["msgpack"].parts(held))
+        assert first.startswith(MSGPACK_CHUNKED) is chunked, size
+        if not chunked:
+            assert size < int.from_bytes(first[:4], "big") <= 1 << 30
 
 
 @pytest.mark.parametrize("name", ["msgpack", "jsonl", "text"])

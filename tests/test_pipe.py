@@ -1,7 +1,7 @@
 """`--pipe` and `--pipe-part`: input cut into blocks at record boundaries, one job's stdin each.
 
 The cutting is pure enough to check on any input (hypothesis); the command end to end runs
-against the local dispatcher and the shared sshd hosts, with 1 GB through a master of at most
+against the local dispatcher and the shared sshd hosts, with 200 MB through a master of at most
 150 MB (its peak RSS from rss_master.py, as tests/test_bigout.py measures it).
 """
 
@@ -163,9 +163,12 @@ def test_a_user_mistake_is_one_line_and_exit_255(tmp_path, args, said):
     assert len(lines) == 1 and said in lines[0], lines
 
 
-def test_1_gb_through_pipe_counts_every_line_in_a_master_of_at_most_150_mb(cluster, tmp_path):
-    """1 GB of 100-byte lines from a generator, 10M blocks to two sshd hosts counting lines:
-    the counts add up exactly, and the master's peak RSS stays under 150 MB."""
+def test_200_mb_through_pipe_counts_every_line_in_a_master_of_at_most_150_mb(cluster, tmp_path):
+    """200 MB of 100-byte lines from a generator, 10M blocks to two sshd hosts counting lines:
+    the counts add up exactly, and the master's peak RSS stays under 150 MB. 200 MB is past
+    what the master keeps of the input in memory (a 1 MiB piece; 2 MiB unacknowledged per
+    attempt; blocks wait in files), and held whole it alone passes the bound; 1 GB (bench's
+    `pipe`, docs/benchmarks.md) took 25 s here."""
     rss = tmp_path / "rss"
     argv = [sys.executable, str(RSS_MASTER), str(rss), "--ssh-config", str(cluster.ssh_config),
             "-S", "2/host1", "-S", "2/host2", "-q", "--no-journal", "--format", "jsonl",
@@ -178,7 +181,7 @@ def test_1_gb_through_pipe_counts_every_line_in_a_master_of_at_most_150_mb(clust
 
     def feed() -> None:
         with proc.stdin:
-            for _ in range(1000):
+            for _ in range(200):
                 proc.stdin.write(chunk)
 
     writer = threading.Thread(target=feed)
@@ -193,8 +196,8 @@ def test_1_gb_through_pipe_counts_every_line_in_a_master_of_at_most_150_mb(clust
             proc.wait()
         proc.stdout.close()
     assert sorted(r["id"] for r in results) == list(range(len(results)))
-    assert len(results) == 96  # 1e9 bytes in 10 MiB blocks
-    assert sum(int(r["stdout"]) for r in results) == 10_000_000
+    assert len(results) == 20  # 2e8 bytes in 10 MiB blocks
+    assert sum(int(r["stdout"]) for r in results) == 2_000_000
     assert all(r["ok"] for r in results)
     peak = int(rss.read_text())
     assert peak <= 150_000, f"master peak RSS {peak} KiB"
