@@ -502,6 +502,7 @@ class Cluster:
                         drive.drain()
             finally:
                 self._runs.remove(drive)
+                drive.consumer_gone()
                 if not drive.engine.finished:  # the consumer stopped early: kill what runs
                     drive.abort()
                     self._drives.append(drive)

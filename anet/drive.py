@@ -153,6 +153,13 @@ class Drive:
         self.engine.abort()
         self.round_soon()
 
+    def consumer_gone(self) -> None:
+        """The consumer stopped reading for good (a stop, a break out of the loop): results no
+        longer wait for room. Each was journaled before it was queued, and none is marked
+        delivered, so a resume owes them; a host's pump blocked on a full queue reads on, and
+        the dispatchers' Byes come in."""
+        self._results.close()
+
     # -- the consumer's side --------------------------------------------------------------------
 
     async def results(self) -> AsyncIterator[JobResult]:

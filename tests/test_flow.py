@@ -61,3 +61,22 @@ def test_put_last_ignores_the_limits_and_wakes_a_waiting_get():
         return await asyncio.wait_for(getter, timeout=1)
 
     assert asyncio.run(main()) == "done"
+
+
+def test_close_releases_a_blocked_put_and_drops_what_comes_after():
+    """A consumer that stopped for good: a producer waiting for room (a host's pump) must not
+    wait forever, and nothing piles up behind no reader."""
+
+    async def main():
+        queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=1, max_bytes=10)
+        await queue.put("read never", 6)
+        blocked = asyncio.create_task(queue.put("b", 6))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        queue.close()
+        await asyncio.wait_for(blocked, 1)
+        await queue.put("c", 100)
+        queue.put_last("end")
+        return len(queue), queue.bytes, queue.offer("d", 100)
+
+    assert asyncio.run(main()) == (0, 0, True)

@@ -26,9 +26,10 @@ class ByteBoundedQueue(Generic[T]):
         self._max_bytes = max_bytes
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     def _has_room(self, size: int) -> bool:
-        if not self._items:
+        if not self._items or self._closed:
             return True
         return len(self._items) < self._max_items and self._bytes + size <= self._max_bytes
 
@@ -45,6 +46,15 @@ class ByteBoundedQueue(Generic[T]):
         self._append(item, size)
         return True
 
+    def close(self) -> None:
+        """No one will read again: what waits is dropped, and every `put` from now on, waiting
+        or not, returns at once with its item dropped. A producer blocked for room would
+        otherwise wait forever (and whoever waits for it)."""
+        self._closed = True
+        self._items.clear()
+        self._bytes = 0
+        _wake(self._putters, every=True)
+
     def put_last(self, item: T) -> None:
         """Append a final marker now, whatever the limits: it must never wait behind them."""
         self._append(item, 0)
@@ -58,6 +68,8 @@ class ByteBoundedQueue(Generic[T]):
         return item
 
     def _append(self, item: T, size: int) -> None:
+        if self._closed:
+            return
         self._items.append((item, size))
         self._bytes += size
         _wake(self._getters, every=False)
