@@ -38,10 +38,16 @@ from .pidfiles import PidFiles
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
+    FOLD_OUTPUT,
+    MAX_DONES,
+    MAX_FOLD,
+    MAX_FRAME,
     OUTPUT_CHUNK,
     PROTOCOL_VERSION,
     STDERR,
     Bye,
+    Done,
+    Dones,
     Exit,
     Heartbeat,
     Hello,
@@ -110,6 +116,14 @@ class Dispatcher:
         self.inputs: Dict[int, JobInput] = {}
         """The stdin of each attempt run with one, queued or running, by aid."""
         self.free_slots: List[int] = []
+        self.fold = 0.0
+        """Seconds a new job's Started and output may be held (Setup.fold): 0, never."""
+        self.fresh: Dict[int, JobProcess] = {}
+        self.dones: List[List[Any]] = []
+        """Done fields of the folded jobs that ended in this turn of the loop: one frame for
+        them all at its end (`pack_dones`)."""
+        """Running jobs whose Started is held, by aid, in start order (so the first is due
+        first): each ends as one Done, or is released when its fold is over."""
         self.setup: Optional[Setup] = None
         self.gate = Gate(Polite())
         """Polite mode's say on starting a job (Setup's polite fields replace it)."""
@@ -173,6 +187,7 @@ class Dispatcher:
         self.forks.stop_all()
         self.deps.abandon_all()
         self.pidfiles.close()
+        self.pack_dones()  # results of jobs that ended: before Bye, after which nothing is read
         self.send(Bye())
         self.flush_blocking()
 
@@ -188,6 +203,8 @@ class Dispatcher:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
             deadlines.extend(t for t in (job.kill_at, job.drain_until) if t is not None)
+        if self.fresh:
+            deadlines.append(next(iter(self.fresh.values())).started + self.fold)
         return min(max(0.0, min(deadlines) - time.monotonic()), 60.0)
 
     def on_timers(self, now: float) -> None:
@@ -197,6 +214,11 @@ class Dispatcher:
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
+        while self.fresh:  # start order: the first whose fold is not over ends the look
+            job = next(iter(self.fresh.values()))
+            if now < job.started + self.fold:
+                break
+            self.release(job)
         # While held, looked at again, queued jobs or none (the master takes a held host's
         # queue back and sends nothing while it is held): Held("") says when jobs may start.
         held_then = self.held_checked
@@ -255,6 +277,9 @@ class Dispatcher:
                 )
             )  # fmt: skip
             self.next_heartbeat = time.monotonic() + msg.heartbeat
+            # polite mode's kills send their own frames about a running job: no fold then
+            polite_kills = msg.memfree_kill or msg.yield_idle > 0
+            self.fold = 0.0 if polite_kills else min(max(msg.fold, 0.0), MAX_FOLD)
         elif isinstance(msg, Shutdown):
             self.running = False
         elif type(msg) in self.handlers:
@@ -309,8 +334,12 @@ class Dispatcher:
             self.pidfiles.add(job.pid)
             if not self.paused:
                 self.watch_job(job)
-            self.send(Started(run.aid, job.pid, slot))
             stdin = self.inputs.get(run.aid)
+            if self.fold > 0 and stdin is None:
+                job.held = []  # its Started waits: the job may end as one Done
+                self.fresh[run.aid] = job
+            else:
+                self.send(Started(run.aid, job.pid, slot))
             if stdin is not None and job.proc.stdin is not None:
                 stdin.attach(job.proc.stdin)
                 self.feed_job(run.aid)
@@ -363,12 +392,33 @@ class Dispatcher:
             except BlockingIOError:
                 return
             if data:
-                self.send(job.output_message(job.pipes[fd], data))
+                self.report_output(job, job.pipes[fd], data)
                 return
             self.close_job_fd(job, fd)
             self.maybe_finish(job)
 
         return on_output
+
+    def report_output(self, job: JobProcess, stream: int, data: bytes) -> None:
+        """A chunk of a job's output: held with its Started while both fit the fold, sent
+        otherwise (after what was held)."""
+        held = job.held
+        if held is not None:
+            if job.held_size + len(data) <= FOLD_OUTPUT:
+                held.append((stream, data))
+                job.held_size += len(data)
+                return
+            self.release(job)
+        self.send(job.output_message(stream, data))
+
+    def release(self, job: JobProcess) -> None:
+        """The job's fold is over (it runs on, or says more than a Done holds): send its
+        Started and the output held with it; from now on it is reported as it goes."""
+        held, job.held = job.held, None
+        del self.fresh[job.aid]
+        self.send(Started(job.aid, job.pid, job.slot))
+        for stream, data in held or ():
+            self.send(job.output_message(stream, data))
 
     def close_job_fd(self, job: JobProcess, fd: int) -> None:
         if not self.paused:
@@ -380,9 +430,9 @@ class Dispatcher:
         stop waiting for their EOF, and say so in the job's stderr (its exit status stays)."""
         for fd in list(job.pipes):
             for data in read_buffered(fd):
-                self.send(job.output_message(job.pipes[fd], data))
+                self.report_output(job, job.pipes[fd], data)
             self.close_job_fd(job, fd)
-        self.send(job.output_message(STDERR, CUT_NOTE))
+        self.report_output(job, STDERR, CUT_NOTE)
         self.maybe_finish(job)
 
     def on_sigchld(self, fd: int) -> None:
@@ -408,12 +458,17 @@ class Dispatcher:
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
             heapq.heappush(self.free_slots, job.slot)
-        self.send(job.exit_message())
+        if job.held is not None:  # ended within its fold: the whole attempt in one record
+            del self.fresh[job.aid]
+            self.dones.append(job.done_fields())
+        else:
+            self.send(job.exit_message())
         self.start_queued()
 
     def terminate_all(self) -> None:
         """TERM every job group, KILL what is left after a grace period, reap everything."""
         self.queue.clear()
+        self.fresh.clear()  # no Started for them now: the master hears Bye
         for aid in list(self.inputs):
             self.drop_input(aid)
         for job in self.jobs.values():
@@ -497,7 +552,20 @@ class Dispatcher:
             else:
                 self.watch_job(job)
 
+    def pack_dones(self) -> None:
+        """The Done records of this loop turn, as one Done or in Dones frames (each well
+        under MAX_FRAME: a record holds at most FOLD_OUTPUT bytes of output)."""
+        dones, self.dones = self.dones, []
+        if len(dones) == 1:
+            self.send(Done(*dones[0]))
+            return
+        per_frame = min(MAX_DONES, MAX_FRAME // (FOLD_OUTPUT + 256))
+        for at in range(0, len(dones), per_frame):
+            self.send(Dones(dones[at : at + per_frame]))
+
     def flush(self, _fd: Any = None) -> None:
+        if self.dones:
+            self.pack_dones()
         if self.outbuf:
             try:
                 written = os.write(self.proto_out, self.outbuf)

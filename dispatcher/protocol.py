@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Ty
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 BOOT_MARK = b"\x00\x1bANET\x1b"
 BOOT_NEED_PAYLOAD = b"N"
 BOOT_FRAMES = b"F"
@@ -50,6 +50,13 @@ MAX_FRAME = 1 << 20
 
 OUTPUT_CHUNK = 256 * 1024
 """Job output travels in chunks of at most this size, so one frame never holds a whole output."""
+
+FOLD_OUTPUT = 64 * 1024
+"""Output bytes a dispatcher holds back for a job whose Started it holds (Setup.fold): past
+them it sends what it held and streams the rest, so a fold never holds much memory."""
+MAX_FOLD = 1.0
+"""Longest Setup.fold a dispatcher accepts: holding a Started longer would blur what the
+master knows of a job's start (timeouts, speculation) for nothing more in return."""
 
 INPUT_CHUNK = 256 * 1024
 """A job's stdin travels in Input frames of at most this many bytes."""
@@ -251,6 +258,8 @@ class Setup(Message):
     processes are runnable; `memfree_kb` > 0 none while less memory is available, and with
     `memfree_kill` the youngest job is killed under half of it; `yield_idle` > 0 suspends the
     jobs while a person works at the machine, and kills those suspended over `yield_move` s.
+    `fold` > 0 (protocol 4) lets the dispatcher hold a job's Started and output that long:
+    a job that ends within it is reported by one Done instead of Started, Output..., Exit.
     """
 
     CODE = 2
@@ -266,6 +275,7 @@ class Setup(Message):
     memfree_kill: bool = False
     yield_idle: float = 0.0
     yield_move: float = 0.0
+    fold: float = 0.0
 
 
 @message
@@ -334,6 +344,73 @@ class Exit(Message):
         if (self.code is None) == (self.signal is None):
             return "needs exactly one of code and signal"
         return None
+
+
+@message
+@dataclass(frozen=True)
+class Done(Message):
+    """Dispatcher -> master: a whole short attempt in one frame, what Started, its Output
+    frames and Exit would say (protocol 4; only after a Setup with `fold` > 0).
+
+    The dispatcher sends it for an attempt that ended within `Setup.fold` seconds of its start
+    with at most FOLD_OUTPUT bytes of output, of which it sent nothing: no other frame about
+    the attempt comes before or after it. The fields are Started's, then Exit's, then the
+    whole stdout and stderr.
+    """
+
+    CODE = 60
+    SENDER = DISPATCHER
+    aid: int
+    pid: int = bounded(1, MAX_PID)
+    slot: int = bounded(1, MAX_CORES)
+    code: Optional[int] = bounded(0, 255)
+    signal: Optional[int] = bounded(1, 127)
+    duration: float = bounded(0)
+    cpu: float = bounded(0)
+    maxrss_kb: int = bounded(0)
+    stdout: bytes = bounded(length=FOLD_OUTPUT)
+    stderr: bytes = bounded(length=FOLD_OUTPUT)
+
+    def problem(self) -> Optional[str]:
+        if (self.code is None) == (self.signal is None):
+            return "needs exactly one of code and signal"
+        if len(self.stdout) + len(self.stderr) > FOLD_OUTPUT:
+            return "holds over %d bytes of output" % FOLD_OUTPUT
+        return None
+
+
+MAX_DONES = 4096
+"""Done records in one Dones frame at most (a frame holds at most MAX_FRAME bytes anyway)."""
+
+
+@message
+@dataclass(frozen=True)
+class Dones(Message):
+    """Dispatcher -> master: the Done records of several attempts in one frame (protocol 4),
+    each item a Done's fields in its wire order: every attempt the dispatcher found folded
+    and ended in one turn of its loop. Decoding checks each item as a Done frame; `dones()`
+    gives them as Done messages, in order."""
+
+    CODE = 61
+    SENDER = DISPATCHER
+    items: list = bounded(length=MAX_DONES)
+
+    def problem(self) -> Optional[str]:
+        dones = []
+        for index, item in enumerate(self.items):
+            if type(item) is not list:
+                return "item %d is not a Done's fields" % index
+            try:
+                dones.append(checked(Done.CODE, item))
+            except RemoteProtocolError as exc:
+                return "item %d: %s" % (index, exc)
+        object.__setattr__(self, "_dones", dones)  # checked once: `dones()` keeps them
+        return None
+
+    def dones(self) -> List[Done]:
+        """The items as Done messages (checked when decoded; built here when made locally)."""
+        made = self.__dict__.get("_dones")
+        return made if made is not None else [Done(*item) for item in self.items]
 
 
 @message
@@ -436,6 +513,13 @@ def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) ->
         raise RemoteProtocolError("unknown message code %d" % code)
     if sender is not None and cls.SENDER is not sender and cls.SENDER is not EITHER:
         raise RemoteProtocolError(_not_theirs(sender, cls))
+    return checked(code, args)
+
+
+def checked(code: int, args: List[Any]) -> Message:
+    """The message of a known `code` from its fields, each checked (and then the whole);
+    RemoteProtocolError says which is wrong."""
+    cls = _BY_CODE[code]
     if len(args) != _ARITY[code]:
         raise RemoteProtocolError(
             "%s takes %d fields, got %d" % (cls.__name__, _ARITY[code], len(args))

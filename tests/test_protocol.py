@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import struct
@@ -42,6 +43,8 @@ from dispatcher.protocol import (
     STDERR,
     STDOUT,
     Bye,
+    Done,
+    Dones,
     Exit,
     FrameDecoder,
     Heartbeat,
@@ -86,7 +89,7 @@ slots = st.integers(1, MAX_CORES)
 seconds = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
 
 hellos = st.builds(Hello, st.integers(0, 65535), names, slots, names, seconds, pids, paths)
-setups = st.builds(Setup, counts, texts, texts, floats, floats)
+setups = st.builds(Setup, counts, texts, texts, floats, floats, fold=floats)
 runs = st.builds(Run, ints, ints, blobs, envs)
 starteds = st.builds(Started, ints, pids, slots)
 outputs = st.builds(Output, ints, st.sampled_from([STDOUT, STDERR]), blobs)
@@ -97,6 +100,17 @@ exits = st.builds(
     seconds,
     seconds,
     counts,
+)
+dones = st.builds(
+    lambda aid, pid, slot, status, duration, cpu, rss, out, err: Done(
+        aid, pid, slot, *status, duration, cpu, rss, out, err
+    ),
+    ints, pids, slots,
+    st.one_of(st.tuples(st.integers(0, 255), st.none()), st.tuples(st.none(), st.integers(1, 127))),
+    seconds, seconds, counts, blobs, blobs,
+)  # fmt: skip
+doneses = st.lists(dones, max_size=5).map(
+    lambda ds: Dones([[getattr(d, f.name) for f in dataclasses.fields(d)] for d in ds])
 )
 kills = st.builds(Kill, ints, floats)
 heartbeats = st.builds(Heartbeat, seconds)
@@ -137,8 +151,19 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 
 @pytest.mark.parametrize(
     "strategy",
-    [hellos, setups, runs, starteds, outputs, exits, kills, heartbeats],
-    ids=["Hello", "Setup", "Run", "Started", "Output", "Exit", "Kill", "Heartbeat"],
+    [hellos, setups, runs, starteds, outputs, exits, dones, doneses, kills, heartbeats],
+    ids=[
+        "Hello",
+        "Setup",
+        "Run",
+        "Started",
+        "Output",
+        "Exit",
+        "Done",
+        "Dones",
+        "Kill",
+        "Heartbeat",
+    ],
 )
 @given(data=st.data())
 def test_every_message_type_round_trips(strategy: st.SearchStrategy[Any], data: st.DataObject):

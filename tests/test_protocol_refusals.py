@@ -14,7 +14,10 @@ import pytest
 
 from dispatcher.protocol import (
     BOOT_MARK,
+    FOLD_OUTPUT,
     MASTER,
+    Done,
+    Dones,
     Exit,
     Kill,
     RemoteProtocolError,
@@ -51,8 +54,35 @@ def pack(*items) -> bytes:
         (pack(Kill.CODE, True, 1.0), "Kill.aid has a bad value: True"),
         (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
         (pack(Run.CODE, 1, 2, b"true", {1: "x"}, False), "Run.env has a bad value: {1: 'x'}"),
+        (
+            pack(Done.CODE, 1, 2, 1, None, None, 0.1, 0.0, 0, b"", b""),
+            "Done needs exactly one of code and signal",
+        ),
+        (
+            pack(Done.CODE, 1, 2, 1, 0, None, 0.1, 0.0, 0, bytes(FOLD_OUTPUT), b"e"),
+            f"Done holds over {FOLD_OUTPUT} bytes of output",
+        ),
+        (
+            pack(Dones.CODE, [[1, 2, 1, 0, None, 0.1, 0.0, 0, b"", b""], [1, 0, 1, 0, None, 0.1]]),
+            "Dones item 1: Done takes 10 fields, got 6",
+        ),
+        (pack(Dones.CODE, [7]), "Dones item 0 is not a Done's fields"),
     ],
-    ids=["a map", "empty", "a str code", "unknown", "arity", "a str", "a bool", "both", "env"],
+    ids=[
+        "a map",
+        "empty",
+        "a str code",
+        "unknown",
+        "arity",
+        "a str",
+        "a bool",
+        "both",
+        "env",
+        "done neither",
+        "done too big",
+        "dones bad item",
+        "dones not a list",
+    ],
 )
 def test_each_refusal_names_what_is_wrong(body: bytes, said: str):
     assert refusal(body) == said
