@@ -58,6 +58,7 @@ from .protocol import (
     Output,
     RemoteProtocolError,
     Run,
+    Runs,
     Setup,
     Shutdown,
     Started,
@@ -264,6 +265,9 @@ class Dispatcher:
             self.queue.append(msg)
             if msg.stdin:
                 self.inputs[msg.aid] = JobInput()
+        elif isinstance(msg, Runs):
+            for run in msg.runs():
+                self.handle(run)
         elif isinstance(msg, Kill):
             self.kill(msg)
         elif isinstance(msg, Setup):

@@ -35,7 +35,7 @@ import math
 import struct
 import sys
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import msgpack
 
@@ -296,6 +296,67 @@ class Run(Message):
     command: bytes
     env: Dict[str, str] = field(default_factory=dict)
     stdin: bool = False
+
+
+MAX_RUNS = 4096
+"""Runs in one Runs frame at most."""
+
+
+@message
+@dataclass(frozen=True)
+class Runs(Message):
+    """Master -> dispatcher: several Runs in one frame (protocol 4), each item a Run's fields
+    in its wire order (all five); the dispatcher takes them in order, as that many Run frames.
+    One frame and one encoding for a scheduling round's Runs to a host, not one a job."""
+
+    CODE = 62
+    SENDER = MASTER
+    items: list = bounded(length=MAX_RUNS)
+
+    def problem(self) -> Optional[str]:
+        runs = []
+        for index, item in enumerate(self.items):
+            if type(item) is not list:
+                return "item %d is not a Run's fields" % index
+            try:
+                runs.append(checked(Run.CODE, item))
+            except RemoteProtocolError as exc:
+                return "item %d: %s" % (index, exc)
+        object.__setattr__(self, "_runs", runs)  # checked once: `runs()` keeps them
+        return None
+
+    def runs(self) -> List[Run]:
+        """The items as Run messages (checked when decoded; built here when made locally)."""
+        made = self.__dict__.get("_runs")
+        return made if made is not None else [Run(*item) for item in self.items]
+
+
+def batched(messages: Sequence[Message]) -> List[Message]:
+    """`messages` with each stretch of consecutive Runs folded into Runs frames (protocol 4),
+    every frame well under MAX_FRAME (a Run alone stays a Run); the order is kept."""
+    out: List[Message] = []
+    stretch: List[List[Any]] = []
+    size = 0
+    for msg in messages:
+        if type(msg) is Run:
+            weight = len(msg.command) + sum(len(k) + len(v) for k, v in msg.env.items()) + 64
+            if stretch and (size + weight > MAX_FRAME // 2 or len(stretch) == MAX_RUNS):
+                out.append(_runs_frame(stretch))
+                stretch, size = [], 0
+            stretch.append([msg.aid, msg.job, msg.command, msg.env, msg.stdin])
+            size += weight
+            continue
+        if stretch:
+            out.append(_runs_frame(stretch))
+            stretch, size = [], 0
+        out.append(msg)
+    if stretch:
+        out.append(_runs_frame(stretch))
+    return out
+
+
+def _runs_frame(items: List[List[Any]]) -> Message:
+    return Run(*items[0]) if len(items) == 1 else Runs(items)
 
 
 @message

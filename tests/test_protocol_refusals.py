@@ -22,6 +22,7 @@ from dispatcher.protocol import (
     Kill,
     RemoteProtocolError,
     Run,
+    Runs,
     Started,
     decode_body,
     encode,
@@ -67,6 +68,10 @@ def pack(*items) -> bytes:
             "Dones item 1: Done takes 10 fields, got 6",
         ),
         (pack(Dones.CODE, [7]), "Dones item 0 is not a Done's fields"),
+        (
+            pack(Runs.CODE, [[1, 2, b"true", {}, False], [1, 2, "true", {}, False]]),
+            "Runs item 1: Run.command has a bad value: 'true'",
+        ),
     ],
     ids=[
         "a map",
@@ -82,6 +87,7 @@ def pack(*items) -> bytes:
         "done too big",
         "dones bad item",
         "dones not a list",
+        "runs bad item",
     ],
 )
 def test_each_refusal_names_what_is_wrong(body: bytes, said: str):

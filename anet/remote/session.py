@@ -45,6 +45,7 @@ from dispatcher.protocol import (
     Setup,
     Shutdown,
     StartupError,
+    batched,
 )
 
 from ..errors import HostError, protocol_error
@@ -199,7 +200,9 @@ class HostSession:
         attempts makes up for."""
         conn = self._conn
         if self._channel is not None and not self.closing and conn.our_state is RUNNING:
-            self._write(b"".join(map(conn.send, messages)))
+            self._write(
+                b"".join(map(conn.send, batched(messages) if len(messages) > 1 else messages))
+            )
 
     def _write(self, data: bytes) -> None:
         channel = self._channel
