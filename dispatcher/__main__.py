@@ -77,6 +77,12 @@ CUT_NOTE = (
     b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
 )
 SHUTDOWN_GRACE = 1.0
+DONES_WAIT = 0.01
+DONES_BATCH = 16
+"""While jobs wait in the queue (the slots are busy: the master has no hurry to send more),
+Done records are held up to DONES_WAIT s or until DONES_BATCH of them, so that one frame (one
+SSH packet, one wake-up of the master) carries several. With the queue empty they go at once:
+the master's next Runs are then what keeps the slots busy."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
@@ -121,6 +127,7 @@ class Dispatcher:
         """Seconds a new job's Started and output may be held (Setup.fold): 0, never."""
         self.fresh: Dict[int, JobProcess] = {}
         self.dones: List[List[Any]] = []
+        self.dones_since = 0.0  # when the first of `dones` was held
         """Done fields of the folded jobs that ended in this turn of the loop: one frame for
         them all at its end (`pack_dones`)."""
         """Running jobs whose Started is held, by aid, in start order (so the first is due
@@ -206,6 +213,8 @@ class Dispatcher:
             deadlines.extend(t for t in (job.kill_at, job.drain_until) if t is not None)
         if self.fresh:
             deadlines.append(next(iter(self.fresh.values())).started + self.fold)
+        if self.dones:
+            deadlines.append(self.dones_since + DONES_WAIT)
         return min(max(0.0, min(deadlines) - time.monotonic()), 60.0)
 
     def on_timers(self, now: float) -> None:
@@ -464,6 +473,8 @@ class Dispatcher:
             heapq.heappush(self.free_slots, job.slot)
         if job.held is not None:  # ended within its fold: the whole attempt in one record
             del self.fresh[job.aid]
+            if not self.dones:
+                self.dones_since = time.monotonic()
             self.dones.append(job.done_fields())
         else:
             self.send(job.exit_message())
@@ -556,6 +567,14 @@ class Dispatcher:
             else:
                 self.watch_job(job)
 
+    def dones_due(self) -> bool:
+        """The held Done records go now: nothing is queued, or enough of them, or long enough."""
+        return (
+            not self.queue
+            or len(self.dones) >= DONES_BATCH
+            or time.monotonic() >= self.dones_since + DONES_WAIT
+        )
+
     def pack_dones(self) -> None:
         """The Done records of this loop turn, as one Done or in Dones frames (each well
         under MAX_FRAME: a record holds at most FOLD_OUTPUT bytes of output)."""
@@ -568,7 +587,7 @@ class Dispatcher:
             self.send(Dones(dones[at : at + per_frame]))
 
     def flush(self, _fd: Any = None) -> None:
-        if self.dones:
+        if self.dones and self.dones_due():
             self.pack_dones()
         if self.outbuf:
             try:
