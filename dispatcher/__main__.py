@@ -319,7 +319,7 @@ class Dispatcher:
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
                 return
         job = self.jobs.get(msg.aid)
-        if job is not None and not job.exited:
+        if job is not None and not job.exited and not msg.queued_only:
             kill_group(job.pid, signal.SIGTERM)
             if job.suspended_at is not None:  # a stopped group gets its TERM once continued
                 kill_group(job.pid, signal.SIGCONT)

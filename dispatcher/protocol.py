@@ -302,33 +302,45 @@ MAX_RUNS = 4096
 """Runs in one Runs frame at most."""
 
 
+class Several(Message):
+    """Base of a frame of several messages of one kind (`ITEM`), its `items` each one's fields
+    in wire order: decoding checks every item as a frame of that kind is checked."""
+
+    ITEM: ClassVar[Type[Any]]
+    items: List[Any]  # the subclass's dataclass field (this base is no dataclass)
+
+    def problem(self) -> Optional[str]:
+        made = []
+        for index, item in enumerate(self.items):
+            if type(item) is not list:
+                return "item %d is not a %s's fields" % (index, self.ITEM.__name__)
+            try:
+                made.append(checked(self.ITEM.CODE, item))
+            except RemoteProtocolError as exc:
+                return "item %d: %s" % (index, exc)
+        object.__setattr__(self, "_made", made)  # checked once: `each()` keeps them
+        return None
+
+    def each(self) -> List[Any]:
+        """The items as messages (checked when decoded; built here when made locally)."""
+        made = self.__dict__.get("_made")
+        return made if made is not None else [self.ITEM(*item) for item in self.items]
+
+
 @message
 @dataclass(frozen=True)
-class Runs(Message):
+class Runs(Several):
     """Master -> dispatcher: several Runs in one frame (protocol 4), each item a Run's fields
     in its wire order (all five); the dispatcher takes them in order, as that many Run frames.
     One frame and one encoding for a scheduling round's Runs to a host, not one a job."""
 
     CODE = 62
     SENDER = MASTER
+    ITEM = Run
     items: list = bounded(length=MAX_RUNS)
 
-    def problem(self) -> Optional[str]:
-        runs = []
-        for index, item in enumerate(self.items):
-            if type(item) is not list:
-                return "item %d is not a Run's fields" % index
-            try:
-                runs.append(checked(Run.CODE, item))
-            except RemoteProtocolError as exc:
-                return "item %d: %s" % (index, exc)
-        object.__setattr__(self, "_runs", runs)  # checked once: `runs()` keeps them
-        return None
-
     def runs(self) -> List[Run]:
-        """The items as Run messages (checked when decoded; built here when made locally)."""
-        made = self.__dict__.get("_runs")
-        return made if made is not None else [Run(*item) for item in self.items]
+        return self.each()
 
 
 def batched(messages: Sequence[Message]) -> List[Message]:
@@ -446,7 +458,7 @@ MAX_DONES = 4096
 
 @message
 @dataclass(frozen=True)
-class Dones(Message):
+class Dones(Several):
     """Dispatcher -> master: the Done records of several attempts in one frame (protocol 4),
     each item a Done's fields in its wire order: every attempt the dispatcher found folded
     and ended in one turn of its loop. Decoding checks each item as a Done frame; `dones()`
@@ -454,35 +466,25 @@ class Dones(Message):
 
     CODE = 61
     SENDER = DISPATCHER
+    ITEM = Done
     items: list = bounded(length=MAX_DONES)
 
-    def problem(self) -> Optional[str]:
-        dones = []
-        for index, item in enumerate(self.items):
-            if type(item) is not list:
-                return "item %d is not a Done's fields" % index
-            try:
-                dones.append(checked(Done.CODE, item))
-            except RemoteProtocolError as exc:
-                return "item %d: %s" % (index, exc)
-        object.__setattr__(self, "_dones", dones)  # checked once: `dones()` keeps them
-        return None
-
     def dones(self) -> List[Done]:
-        """The items as Done messages (checked when decoded; built here when made locally)."""
-        made = self.__dict__.get("_dones")
-        return made if made is not None else [Done(*item) for item in self.items]
+        return self.each()
 
 
 @message
 @dataclass(frozen=True)
 class Kill(Message):
-    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
+    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace.
+    With `queued_only` (protocol 4), only if it still waits in the queue: one the dispatcher
+    started runs on (the master may not have heard of its start yet: Setup.fold)."""
 
     CODE = 7
     SENDER = MASTER
     aid: int
     grace: float
+    queued_only: bool = False
 
 
 @message

@@ -50,9 +50,9 @@ def pack(*items) -> bytes:
         (pack(), "frame body is not [code, ...]"),
         (pack("7", 1, 2.0), "frame body is not [code, ...]"),
         (pack(99), "unknown message code 99"),
-        (pack(Kill.CODE, 1), "Kill takes 2 fields, got 1"),
-        (pack(Kill.CODE, "x", 1.0), "Kill.aid has a bad value: 'x'"),
-        (pack(Kill.CODE, True, 1.0), "Kill.aid has a bad value: True"),
+        (pack(Kill.CODE, 1), "Kill takes 3 fields, got 1"),
+        (pack(Kill.CODE, "x", 1.0, False), "Kill.aid has a bad value: 'x'"),
+        (pack(Kill.CODE, True, 1.0, False), "Kill.aid has a bad value: True"),
         (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
         (pack(Run.CODE, 1, 2, b"true", {1: "x"}, False), "Run.env has a bad value: {1: 'x'}"),
         (
@@ -111,7 +111,7 @@ def test_an_undecodable_body_says_what_msgpack_said():
     ids=["60", "61", "1002"],
 )
 def test_a_long_bad_value_is_cut_to_a_readable_line(value: str, shown: str):
-    assert refusal(pack(Kill.CODE, value, 1.0)) == f"Kill.aid has a bad value: {shown}"
+    assert refusal(pack(Kill.CODE, value, 1.0, False)) == f"Kill.aid has a bad value: {shown}"
 
 
 def test_a_message_of_the_other_end_is_refused_by_name():

@@ -290,7 +290,8 @@ class Engine:
                     flight.drop()
             elif kill.reason is KillReason.TIMEOUT:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
-            actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE))
+            queued_only = kill.reason is KillReason.DRAINED  # one started runs on
+            actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE, queued_only))
         for attempt in () if self._draining else self._scheduler.next_runs(now):
             self._flights[attempt.aid] = _Flight(attempt, start=now + self._wall)
             job = attempt.job
