@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from dispatcher.jobfiles import Back
 from dispatcher.polite import Evicted, Held, Polite
-from dispatcher.protocol import STDOUT, Exit, InputAck, Message, Output, Started
+from dispatcher.protocol import STDOUT, Done, Dones, Exit, InputAck, Message, Output, Started
 
 from .core.batch import Job, as_jobs
 from .core.engine import RunPolicy
@@ -65,7 +65,7 @@ class OutputObserver(Protocol):
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE = 15.0
 """Seconds of silence after which a dispatcher gives its master up and kills its jobs."""
-_JOB_FRAMES = (Started, Output, Exit, Evicted, InputAck, Back)
+_JOB_FRAMES = (Dones, Done, Started, Output, Exit, Evicted, InputAck, Back)
 
 
 class Cluster:
@@ -344,6 +344,10 @@ class Cluster:
         runs = self._runs
         if len(runs) == 1 and not self._drives:  # the common case, one lookup the less
             drive = runs[0]
+        elif type(msg) is Dones:  # records of attempts of several runs, maybe: one by one
+            for done in msg.dones():
+                await self._on_message(session, done)
+            return
         else:  # the run that sent the attempt: one under way, or an earlier one's killed copy
             drive = next((d for d in (*runs, *self._drives) if d.engine.owns(msg.aid)), None)
             if drive is None and runs:

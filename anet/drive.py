@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from dispatcher.jobfiles import Back
-from dispatcher.protocol import Exit, InputAck, Kill, Message, Output, Run, Started
+from dispatcher.protocol import Done, Dones, Exit, InputAck, Kill, Message, Output, Run, Started
 
 from .core.batch import Job
 from .core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
@@ -109,9 +109,11 @@ class Drive:
         self.round_soon()
 
     def frame(self, label: str, msg: Message) -> list[JobResult]:
-        """Started, Output or Exit; HostError (permanent) when the host lies (engine.frame).
-        Returns the final results it brought, for `deliver`. Not a coroutine: three frames a
-        job come this way, and most bring nothing to wait for."""
+        """Started, Output, Exit or Done; HostError (permanent) when the host lies
+        (engine.frame). Returns the final results it brought, for `deliver`. Not a coroutine:
+        a frame or three a job come this way, and most bring nothing to wait for."""
+        if type(msg) is Dones:
+            return self._dones(label, msg.dones())
         if type(msg) is InputAck:
             if self._feeds is None:
                 raise protocol_error(label, "InputAck, but no job of this run has a stdin")
@@ -128,13 +130,28 @@ class Drive:
         self.round_soon()  # an Exit frees a slot; a start may bring a deadline closer
         if type(msg) is Started and self._feeds is not None:
             self._feeds.started(msg.aid)
-        if type(msg) is not Exit:  # only an Exit brings results and attempt records
+        if type(msg) is not Exit and type(msg) is not Done:  # only an end brings results
             return _NOTHING
         if self._feeds is not None:
             self._feeds.ended(msg.aid)
         results = self._carry_out_now(self.engine.take())
         if self._files is not None and self.engine.files:  # the files before the result
             self._files.ended(msg.aid, results)
+        return results
+
+    def _dones(self, label: str, dones: list[Done]) -> list[JobResult]:
+        """Several whole attempts (a Dones frame): the engine takes them all, then one round
+        and one take carry out what they decided."""
+        now, feeds = self._loop.time(), self._feeds
+        for done in dones:
+            self.engine.frame(label, done, now)
+            if feeds is not None:
+                feeds.ended(done.aid)
+        self.round_soon()
+        results = self._carry_out_now(self.engine.take())
+        if self._files is not None and self.engine.files:  # as an Exit's (a job with files is
+            for done in dones:  # never folded by our dispatcher, but its frames decide here)
+                self._files.ended(done.aid, results)
         return results
 
     async def no_host(self, reason: str) -> None:

@@ -39,10 +39,16 @@ from .pidfiles import PidFiles
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
+    FOLD_OUTPUT,
+    MAX_DONES,
+    MAX_FOLD,
+    MAX_FRAME,
     OUTPUT_CHUNK,
     PROTOCOL_VERSION,
     STDERR,
     Bye,
+    Done,
+    Dones,
     Exit,
     Heartbeat,
     Hello,
@@ -53,6 +59,7 @@ from .protocol import (
     Output,
     RemoteProtocolError,
     Run,
+    Runs,
     Setup,
     Shutdown,
     Started,
@@ -71,6 +78,12 @@ CUT_NOTE = (
     b" stdout/stderr open %g s after the job ended\n" % DRAIN_GRACE
 )
 SHUTDOWN_GRACE = 1.0
+DONES_WAIT = 0.01
+DONES_BATCH = 16
+"""While jobs wait in the queue (the slots are busy: the master has no hurry to send more),
+Done records are held up to DONES_WAIT s or until DONES_BATCH of them, so that one frame (one
+SSH packet, one wake-up of the master) carries several. With the queue empty they go at once:
+the master's next Runs are then what keeps the slots busy."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Every way to tell the dispatcher to die short of SIGKILL; each ends it cleanly."""
 
@@ -111,6 +124,15 @@ class Dispatcher:
         self.inputs: Dict[int, JobInput] = {}
         """The stdin of each attempt run with one, queued or running, by aid."""
         self.free_slots: List[int] = []
+        self.fold = 0.0
+        """Seconds a new job's Started and output may be held (Setup.fold): 0, never."""
+        self.fresh: Dict[int, JobProcess] = {}
+        self.dones: List[List[Any]] = []
+        self.dones_since = 0.0  # when the first of `dones` was held
+        """Done fields of the folded jobs that ended in this turn of the loop: one frame for
+        them all at its end (`pack_dones`)."""
+        """Running jobs whose Started is held, by aid, in start order (so the first is due
+        first): each ends as one Done, or is released when its fold is over."""
         self.setup: Optional[Setup] = None
         self.gate = Gate(Polite())
         """Polite mode's say on starting a job (Setup's polite fields replace it)."""
@@ -180,6 +202,7 @@ class Dispatcher:
         self.deps.abandon_all()
         self.files.close()
         self.pidfiles.close()
+        self.pack_dones()  # results of jobs that ended: before Bye, after which nothing is read
         self.send(Bye())
         self.flush_blocking()
 
@@ -197,6 +220,10 @@ class Dispatcher:
             deadlines.append(self.last_heard + self.setup.dead_after)
         for job in self.jobs.values():
             deadlines.extend(t for t in (job.kill_at, job.drain_until) if t is not None)
+        if self.fresh:
+            deadlines.append(next(iter(self.fresh.values())).started + self.fold)
+        if self.dones:
+            deadlines.append(self.dones_since + DONES_WAIT)
         return min(max(0.0, min(deadlines) - time.monotonic()), 60.0)
 
     def on_timers(self, now: float) -> None:
@@ -206,6 +233,11 @@ class Dispatcher:
         if self.setup is not None and 0 < self.setup.dead_after < now - self.last_heard:
             self.running = False  # the master is frozen or cut off: stop everything
         self.forks.expire(now)
+        while self.fresh:  # start order: the first whose fold is not over ends the look
+            job = next(iter(self.fresh.values()))
+            if now < job.started + self.fold:
+                break
+            self.release(job)
         # While held, looked at again, queued jobs or none (the master takes a held host's
         # queue back and sends nothing while it is held): Held("") says when jobs may start.
         held_then = self.held_checked
@@ -252,6 +284,9 @@ class Dispatcher:
                 self.inputs[msg.aid] = JobInput()
             if not self.files.hold(msg):  # else it waits for its files (take_file)
                 self.queue.append(msg)
+        elif isinstance(msg, Runs):
+            for run in msg.runs():
+                self.handle(run)
         elif isinstance(msg, Kill):
             self.kill(msg)
         elif isinstance(msg, Setup):
@@ -265,6 +300,9 @@ class Dispatcher:
                 )
             )  # fmt: skip
             self.next_heartbeat = time.monotonic() + msg.heartbeat
+            # polite mode's kills send their own frames about a running job: no fold then
+            polite_kills = msg.memfree_kill or msg.yield_idle > 0
+            self.fold = 0.0 if polite_kills else min(max(msg.fold, 0.0), MAX_FOLD)
         elif isinstance(msg, Shutdown):
             self.running = False
         elif type(msg) in self.handlers:
@@ -296,7 +334,7 @@ class Dispatcher:
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
                 return
         job = self.jobs.get(msg.aid)
-        if job is not None and not job.exited:
+        if job is not None and not job.exited and not msg.queued_only:
             kill_group(job.pid, signal.SIGTERM)
             if job.suspended_at is not None:  # a stopped group gets its TERM once continued
                 kill_group(job.pid, signal.SIGCONT)
@@ -326,8 +364,12 @@ class Dispatcher:
             self.pidfiles.add(job.pid)
             if not self.paused:
                 self.watch_job(job)
-            self.send(Started(run.aid, job.pid, slot))
             stdin = self.inputs.get(run.aid)
+            if self.fold > 0 and stdin is None and self.files.cwd(run.aid) is None:
+                job.held = []  # its Started waits: the job may end as one Done
+                self.fresh[run.aid] = job
+            else:
+                self.send(Started(run.aid, job.pid, slot))
             if stdin is not None and job.proc.stdin is not None:
                 stdin.attach(job.proc.stdin)
                 self.feed_job(run.aid)
@@ -387,12 +429,33 @@ class Dispatcher:
             except BlockingIOError:
                 return
             if data:
-                self.send(job.output_message(job.pipes[fd], data))
+                self.report_output(job, job.pipes[fd], data)
                 return
             self.close_job_fd(job, fd)
             self.maybe_finish(job)
 
         return on_output
+
+    def report_output(self, job: JobProcess, stream: int, data: bytes) -> None:
+        """A chunk of a job's output: held with its Started while both fit the fold, sent
+        otherwise (after what was held)."""
+        held = job.held
+        if held is not None:
+            if job.held_size + len(data) <= FOLD_OUTPUT:
+                held.append((stream, data))
+                job.held_size += len(data)
+                return
+            self.release(job)
+        self.send(job.output_message(stream, data))
+
+    def release(self, job: JobProcess) -> None:
+        """The job's fold is over (it runs on, or says more than a Done holds): send its
+        Started and the output held with it; from now on it is reported as it goes."""
+        held, job.held = job.held, None
+        del self.fresh[job.aid]
+        self.send(Started(job.aid, job.pid, job.slot))
+        for stream, data in held or ():
+            self.send(job.output_message(stream, data))
 
     def close_job_fd(self, job: JobProcess, fd: int) -> None:
         if not self.paused:
@@ -404,9 +467,9 @@ class Dispatcher:
         stop waiting for their EOF, and say so in the job's stderr (its exit status stays)."""
         for fd in list(job.pipes):
             for data in read_buffered(fd):
-                self.send(job.output_message(job.pipes[fd], data))
+                self.report_output(job, job.pipes[fd], data)
             self.close_job_fd(job, fd)
-        self.send(job.output_message(STDERR, CUT_NOTE))
+        self.report_output(job, STDERR, CUT_NOTE)
         self.maybe_finish(job)
 
     def on_sigchld(self, fd: int) -> None:
@@ -432,14 +495,21 @@ class Dispatcher:
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
             heapq.heappush(self.free_slots, job.slot)
-        exit_msg = job.exit_message()
-        if not self.files.ended(job.aid, exit_msg):  # else sent once its files went back
-            self.send(exit_msg)
+        if job.held is not None:  # ended within its fold: the whole attempt in one record
+            del self.fresh[job.aid]
+            if not self.dones:
+                self.dones_since = time.monotonic()
+            self.dones.append(job.done_fields())
+        else:
+            exit_msg = job.exit_message()
+            if not self.files.ended(job.aid, exit_msg):  # else sent once its files went back
+                self.send(exit_msg)
         self.start_queued()
 
     def terminate_all(self) -> None:
         """TERM every job group, KILL what is left after a grace period, reap everything."""
         self.queue.clear()
+        self.fresh.clear()  # no Started for them now: the master hears Bye
         for aid in list(self.inputs):
             self.drop_input(aid)
         for job in self.jobs.values():
@@ -535,7 +605,28 @@ class Dispatcher:
             else:
                 self.watch_job(job)
 
+    def dones_due(self) -> bool:
+        """The held Done records go now: nothing is queued, or enough of them, or long enough."""
+        return (
+            not self.queue
+            or len(self.dones) >= DONES_BATCH
+            or time.monotonic() >= self.dones_since + DONES_WAIT
+        )
+
+    def pack_dones(self) -> None:
+        """The Done records of this loop turn, as one Done or in Dones frames (each well
+        under MAX_FRAME: a record holds at most FOLD_OUTPUT bytes of output)."""
+        dones, self.dones = self.dones, []
+        if len(dones) == 1:
+            self.send(Done(*dones[0]))
+            return
+        per_frame = min(MAX_DONES, MAX_FRAME // (FOLD_OUTPUT + 256))
+        for at in range(0, len(dones), per_frame):
+            self.send(Dones(dones[at : at + per_frame]))
+
     def flush(self, _fd: Any = None) -> None:
+        if self.dones and self.dones_due():
+            self.pack_dones()
         if self.outbuf:
             try:
                 written = os.write(self.proto_out, self.outbuf)

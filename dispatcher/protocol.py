@@ -35,11 +35,11 @@ import math
 import struct
 import sys
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 BOOT_MARK = b"\x00\x1bANET\x1b"
 BOOT_NEED_PAYLOAD = b"N"
 BOOT_FRAMES = b"F"
@@ -50,6 +50,13 @@ MAX_FRAME = 1 << 20
 
 OUTPUT_CHUNK = 256 * 1024
 """Job output travels in chunks of at most this size, so one frame never holds a whole output."""
+
+FOLD_OUTPUT = 64 * 1024
+"""Output bytes a dispatcher holds back for a job whose Started it holds (Setup.fold): past
+them it sends what it held and streams the rest, so a fold never holds much memory."""
+MAX_FOLD = 1.0
+"""Longest Setup.fold a dispatcher accepts: holding a Started longer would blur what the
+master knows of a job's start (timeouts, speculation) for nothing more in return."""
 
 INPUT_CHUNK = 256 * 1024
 """A job's stdin travels in Input frames of at most this many bytes."""
@@ -251,6 +258,8 @@ class Setup(Message):
     processes are runnable; `memfree_kb` > 0 none while less memory is available, and with
     `memfree_kill` the youngest job is killed under half of it; `yield_idle` > 0 suspends the
     jobs while a person works at the machine, and kills those suspended over `yield_move` s.
+    `fold` > 0 (protocol 4) lets the dispatcher hold a job's Started and output that long:
+    a job that ends within it is reported by one Done instead of Started, Output..., Exit.
     """
 
     CODE = 2
@@ -266,6 +275,7 @@ class Setup(Message):
     memfree_kill: bool = False
     yield_idle: float = 0.0
     yield_move: float = 0.0
+    fold: float = 0.0
 
 
 @message
@@ -286,6 +296,79 @@ class Run(Message):
     command: bytes
     env: Dict[str, str] = field(default_factory=dict)
     stdin: bool = False
+
+
+MAX_RUNS = 4096
+"""Runs in one Runs frame at most."""
+
+
+class Several(Message):
+    """Base of a frame of several messages of one kind (`ITEM`), its `items` each one's fields
+    in wire order: decoding checks every item as a frame of that kind is checked."""
+
+    ITEM: ClassVar[Type[Any]]
+    items: List[Any]  # the subclass's dataclass field (this base is no dataclass)
+
+    def problem(self) -> Optional[str]:
+        made = []
+        for index, item in enumerate(self.items):
+            if type(item) is not list:
+                return "item %d is not a %s's fields" % (index, self.ITEM.__name__)
+            try:
+                made.append(checked(self.ITEM.CODE, item))
+            except RemoteProtocolError as exc:
+                return "item %d: %s" % (index, exc)
+        object.__setattr__(self, "_made", made)  # checked once: `each()` keeps them
+        return None
+
+    def each(self) -> List[Any]:
+        """The items as messages (checked when decoded; built here when made locally)."""
+        made = self.__dict__.get("_made")
+        return made if made is not None else [self.ITEM(*item) for item in self.items]
+
+
+@message
+@dataclass(frozen=True)
+class Runs(Several):
+    """Master -> dispatcher: several Runs in one frame (protocol 4), each item a Run's fields
+    in its wire order (all five); the dispatcher takes them in order, as that many Run frames.
+    One frame and one encoding for a scheduling round's Runs to a host, not one a job."""
+
+    CODE = 62
+    SENDER = MASTER
+    ITEM = Run
+    items: list = bounded(length=MAX_RUNS)
+
+    def runs(self) -> List[Run]:
+        return self.each()
+
+
+def batched(messages: Sequence[Message]) -> List[Message]:
+    """`messages` with each stretch of consecutive Runs folded into Runs frames (protocol 4),
+    every frame well under MAX_FRAME (a Run alone stays a Run); the order is kept."""
+    out: List[Message] = []
+    stretch: List[List[Any]] = []
+    size = 0
+    for msg in messages:
+        if type(msg) is Run:
+            weight = len(msg.command) + sum(len(k) + len(v) for k, v in msg.env.items()) + 64
+            if stretch and (size + weight > MAX_FRAME // 2 or len(stretch) == MAX_RUNS):
+                out.append(_runs_frame(stretch))
+                stretch, size = [], 0
+            stretch.append([msg.aid, msg.job, msg.command, msg.env, msg.stdin])
+            size += weight
+            continue
+        if stretch:
+            out.append(_runs_frame(stretch))
+            stretch, size = [], 0
+        out.append(msg)
+    if stretch:
+        out.append(_runs_frame(stretch))
+    return out
+
+
+def _runs_frame(items: List[List[Any]]) -> Message:
+    return Run(*items[0]) if len(items) == 1 else Runs(items)
 
 
 @message
@@ -338,13 +421,70 @@ class Exit(Message):
 
 @message
 @dataclass(frozen=True)
+class Done(Message):
+    """Dispatcher -> master: a whole short attempt in one frame, what Started, its Output
+    frames and Exit would say (protocol 4; only after a Setup with `fold` > 0).
+
+    The dispatcher sends it for an attempt that ended within `Setup.fold` seconds of its start
+    with at most FOLD_OUTPUT bytes of output, of which it sent nothing: no other frame about
+    the attempt comes before or after it. The fields are Started's, then Exit's, then the
+    whole stdout and stderr.
+    """
+
+    CODE = 60
+    SENDER = DISPATCHER
+    aid: int
+    pid: int = bounded(1, MAX_PID)
+    slot: int = bounded(1, MAX_CORES)
+    code: Optional[int] = bounded(0, 255)
+    signal: Optional[int] = bounded(1, 127)
+    duration: float = bounded(0)
+    cpu: float = bounded(0)
+    maxrss_kb: int = bounded(0)
+    stdout: bytes = bounded(length=FOLD_OUTPUT)
+    stderr: bytes = bounded(length=FOLD_OUTPUT)
+
+    def problem(self) -> Optional[str]:
+        if (self.code is None) == (self.signal is None):
+            return "needs exactly one of code and signal"
+        if len(self.stdout) + len(self.stderr) > FOLD_OUTPUT:
+            return "holds over %d bytes of output" % FOLD_OUTPUT
+        return None
+
+
+MAX_DONES = 4096
+"""Done records in one Dones frame at most (a frame holds at most MAX_FRAME bytes anyway)."""
+
+
+@message
+@dataclass(frozen=True)
+class Dones(Several):
+    """Dispatcher -> master: the Done records of several attempts in one frame (protocol 4),
+    each item a Done's fields in its wire order: every attempt the dispatcher found folded
+    and ended in one turn of its loop. Decoding checks each item as a Done frame; `dones()`
+    gives them as Done messages, in order."""
+
+    CODE = 61
+    SENDER = DISPATCHER
+    ITEM = Done
+    items: list = bounded(length=MAX_DONES)
+
+    def dones(self) -> List[Done]:
+        return self.each()
+
+
+@message
+@dataclass(frozen=True)
 class Kill(Message):
-    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace."""
+    """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace.
+    With `queued_only` (protocol 4), only if it still waits in the queue: one the dispatcher
+    started runs on (the master may not have heard of its start yet: Setup.fold)."""
 
     CODE = 7
     SENDER = MASTER
     aid: int
     grace: float
+    queued_only: bool = False
 
 
 @message
@@ -436,6 +576,13 @@ def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) ->
         raise RemoteProtocolError("unknown message code %d" % code)
     if sender is not None and cls.SENDER is not sender and cls.SENDER is not EITHER:
         raise RemoteProtocolError(_not_theirs(sender, cls))
+    return checked(code, args)
+
+
+def checked(code: int, args: List[Any]) -> Message:
+    """The message of a known `code` from its fields, each checked (and then the whole);
+    RemoteProtocolError says which is wrong."""
+    cls = _BY_CODE[code]
     if len(args) != _ARITY[code]:
         raise RemoteProtocolError(
             "%s takes %d fields, got %d" % (cls.__name__, _ARITY[code], len(args))

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import termios
 import time
-from typing import IO, Dict, Iterator, Optional, Union
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .once import OnceExit, OnceOutput
 from .polite import niceness_setter
@@ -67,6 +67,10 @@ class JobProcess:
         self.drain_until: Optional[float] = None
         """When that grace ends; set only while the pipes are being read, so a paused job's
         grace does not run out unread."""
+        self.held: Optional[List[Tuple[int, bytes]]] = None
+        """While its Started is held (Setup.fold): the output chunks held with it, by stream;
+        None once the Started went (or was never to be held)."""
+        self.held_size = 0
 
     @property
     def exited(self) -> bool:
@@ -112,6 +116,18 @@ class JobProcess:
         if self.rid is not None:
             return OnceExit(self.rid, code, sig)
         return Exit(self.aid, code, sig, self.duration, self.cpu, self.maxrss_kb)
+
+    def done_fields(self) -> List[Any]:
+        """The whole attempt as a Done's fields: it ended while its Started and output were
+        held. (Fields, not a Done: several of them travel in one Dones frame.)"""
+        exit = self.exit_message()
+        assert isinstance(exit, Exit) and self.held is not None
+        out = b"".join(data for stream, data in self.held if stream == STDOUT)
+        err = b"".join(data for stream, data in self.held if stream != STDOUT)
+        return [
+            self.aid, self.pid, self.slot, exit.code, exit.signal, exit.duration, exit.cpu,
+            exit.maxrss_kb, out, err,
+        ]  # fmt: skip
 
     def drain_clock(self, now: float, reading: bool) -> None:
         """Run the escapee grace clock while the pipes are read, stop it while they are not."""

@@ -70,6 +70,7 @@ from dispatcher.protocol import (
     Message,
     Output,
     Run,
+    Setup,
     Started,
 )
 
@@ -248,6 +249,8 @@ class HostileDispatcher(Dispatcher):
             self.send_raw(reply if isinstance(reply, bytes) else [reply[0], rid, *reply[1:]])
             return
         super().handle(msg)
+        if isinstance(msg, Setup):
+            self.fold = 0.0  # its lies are told in Started, Output and Exit: none folded away
         if isinstance(msg, Run):
             self.given.add(msg.aid)
             if self.b.forge:

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class DispatcherProcess:
     """`python -m dispatcher` with its protocol on pipes; frames in, frames out."""
 
-    def __init__(self, home: Path, slots: int, dead_after: float = 0.0) -> None:
+    def __init__(self, home: Path, slots: int, dead_after: float = 0.0, fold: float = 0.0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from dispatcher.__main__ import main; main()"],
             stdin=subprocess.PIPE,
@@ -63,7 +63,7 @@ class DispatcherProcess:
         assert boot == BOOT_MARK + BOOT_FRAMES
         (hello,) = self.read_until(lambda m: isinstance(m, Hello))
         self.hello = hello
-        self.send(Setup(slots, "local", "", 60.0, dead_after))
+        self.send(Setup(slots, "local", "", 60.0, dead_after, fold=fold))
 
     def _read_exactly(self, n: int) -> bytes:
         data = b""

@@ -18,7 +18,7 @@ from anet.core.batch import MAX_COMMAND, Job
 from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
 from anet.core.record import JobResult
 from anet.errors import HostError
-from dispatcher.protocol import STDERR, STDOUT, Exit, Kill, Message, Output, Run, Started
+from dispatcher.protocol import STDERR, STDOUT, Done, Exit, Kill, Message, Output, Run, Started
 
 
 def jobs(n: int) -> list[Job]:
@@ -277,6 +277,8 @@ def test_commands_no_host_can_run_fail_on_the_master_and_are_never_sent():
         lambda run, other: Started(other.aid, 1, 1),
         lambda run, other: Exit(run.aid + 1000, 0, None, 0.1, 0.0, 0),  # a guessed id
         lambda run, other: Started(run.aid, 1, 9),  # a slot it does not have
+        lambda run, other: Done(other.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"forged", b""),
+        lambda run, other: Done(run.aid, 1, 9, 0, None, 0.1, 0.0, 0, b"", b""),
     ],
 )
 def test_a_host_speaks_only_of_its_own_attempts(forge):
@@ -309,6 +311,34 @@ def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
     with pytest.raises(HostError, match="already ended"):
         engine.frame("h1", Exit(run.aid, 0, None, 0.1, 0.0, 0), 0.0)
     assert [r.id for r in hosts.results] == [0]
+
+
+def test_a_done_is_a_whole_attempt_started_its_duration_ago():
+    """Protocol 4's fold: one Done gives the result, the host's counters and the attempt's
+    record as Started, Output and Exit would, its start the host's duration before it came."""
+    engine, hosts = engine_for(2, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.on("h1", 0)
+    hosts.runs["h1"].remove(run)
+    hosts.now = 5.0
+    hosts.say("h1", Done(run.aid, 77, 1, 0, None, 0.25, 0.1, 1000, b"out", b"err"))
+    (result,) = hosts.results
+    assert (result.id, result.ok, result.exit_code, result.stdout, result.stderr) == (
+        0, True, 0, b"out", b"err",
+    )  # fmt: skip
+    (attempt,) = hosts.attempts
+    assert (attempt.start, attempt.runtime, attempt.size) == (1e9 + 4.75, 0.25, 6)
+    assert hosts.stats["h1"].running == 0 and hosts.stats["h1"].ended == 1
+    with pytest.raises(HostError, match="already ended"):
+        engine.frame("h1", Exit(run.aid, 0, None, 0.1, 0.0, 0), 0.0)
+
+
+def test_a_done_after_the_attempt_spoke_is_a_protocol_error():
+    engine, hosts = engine_for(2, speculate=False)
+    hosts.ready("h1", 1)
+    run = hosts.start("h1", 0)
+    with pytest.raises(HostError, match=f"Done for attempt {run.aid}, which had already spoken"):
+        engine.frame("h1", Done(run.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"", b""), 0.0)
 
 
 # -- any interleaving ends every job exactly once -------------------------------------------------

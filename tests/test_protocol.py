@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import struct
@@ -42,6 +43,8 @@ from dispatcher.protocol import (
     STDERR,
     STDOUT,
     Bye,
+    Done,
+    Dones,
     Exit,
     FrameDecoder,
     Heartbeat,
@@ -51,9 +54,11 @@ from dispatcher.protocol import (
     Output,
     RemoteProtocolError,
     Run,
+    Runs,
     Setup,
     Shutdown,
     Started,
+    batched,
     decode_body,
     encode,
     find_boot_mark,
@@ -86,7 +91,7 @@ slots = st.integers(1, MAX_CORES)
 seconds = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
 
 hellos = st.builds(Hello, st.integers(0, 65535), names, slots, names, seconds, pids, paths)
-setups = st.builds(Setup, counts, texts, texts, floats, floats)
+setups = st.builds(Setup, counts, texts, texts, floats, floats, fold=floats)
 runs = st.builds(Run, ints, ints, blobs, envs)
 starteds = st.builds(Started, ints, pids, slots)
 outputs = st.builds(Output, ints, st.sampled_from([STDOUT, STDERR]), blobs)
@@ -97,6 +102,20 @@ exits = st.builds(
     seconds,
     seconds,
     counts,
+)
+dones = st.builds(
+    lambda aid, pid, slot, status, duration, cpu, rss, out, err: Done(
+        aid, pid, slot, *status, duration, cpu, rss, out, err
+    ),
+    ints, pids, slots,
+    st.one_of(st.tuples(st.integers(0, 255), st.none()), st.tuples(st.none(), st.integers(1, 127))),
+    seconds, seconds, counts, blobs, blobs,
+)  # fmt: skip
+doneses = st.lists(dones, max_size=5).map(
+    lambda ds: Dones([[getattr(d, f.name) for f in dataclasses.fields(d)] for d in ds])
+)
+runses = st.lists(st.builds(Run, ints, ints, blobs, envs, st.booleans()), max_size=5).map(
+    lambda rs: Runs([[r.aid, r.job, r.command, r.env, r.stdin] for r in rs])
 )
 kills = st.builds(Kill, ints, floats)
 heartbeats = st.builds(Heartbeat, seconds)
@@ -137,8 +156,20 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 
 @pytest.mark.parametrize(
     "strategy",
-    [hellos, setups, runs, starteds, outputs, exits, kills, heartbeats],
-    ids=["Hello", "Setup", "Run", "Started", "Output", "Exit", "Kill", "Heartbeat"],
+    [hellos, setups, runs, runses, starteds, outputs, exits, dones, doneses, kills, heartbeats],
+    ids=[
+        "Hello",
+        "Setup",
+        "Run",
+        "Runs",
+        "Started",
+        "Output",
+        "Exit",
+        "Done",
+        "Dones",
+        "Kill",
+        "Heartbeat",
+    ],
 )
 @given(data=st.data())
 def test_every_message_type_round_trips(strategy: st.SearchStrategy[Any], data: st.DataObject):
@@ -166,6 +197,23 @@ def test_bytes_fields_stay_bytes_and_env_stays_a_dict(command: bytes, data: byte
     assert run.env == env
     assert type(out.data) is bytes
     assert out.data == data
+
+
+@given(st.lists(st.one_of(runs, kills), max_size=30))
+def test_batched_folds_each_stretch_of_runs_into_one_frame_and_keeps_the_order(msgs: list[Any]):
+    frames = batched(msgs)
+    back = [r for m in frames for r in (m.runs() if isinstance(m, Runs) else [m])]
+    assert back == msgs
+    for before, after in itertools.pairwise(frames):  # no two Run-carrying frames in a row
+        assert not (isinstance(before, (Run, Runs)) and isinstance(after, (Run, Runs)))
+    assert all(len(m.items) > 1 for m in frames if isinstance(m, Runs))
+
+
+def test_batched_keeps_each_runs_frame_well_under_max_frame():
+    big = [Run(i, i, b"x" * (MAX_FRAME // 5)) for i in range(6)]
+    frames = batched(big)
+    assert [len(m.items) if isinstance(m, Runs) else 1 for m in frames] == [2, 2, 2]
+    assert all(len(encode(m)) < MAX_FRAME for m in frames)
 
 
 def test_run_env_defaults_to_empty_dict():

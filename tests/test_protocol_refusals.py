@@ -14,11 +14,15 @@ import pytest
 
 from dispatcher.protocol import (
     BOOT_MARK,
+    FOLD_OUTPUT,
     MASTER,
+    Done,
+    Dones,
     Exit,
     Kill,
     RemoteProtocolError,
     Run,
+    Runs,
     Started,
     decode_body,
     encode,
@@ -46,13 +50,45 @@ def pack(*items) -> bytes:
         (pack(), "frame body is not [code, ...]"),
         (pack("7", 1, 2.0), "frame body is not [code, ...]"),
         (pack(99), "unknown message code 99"),
-        (pack(Kill.CODE, 1), "Kill takes 2 fields, got 1"),
-        (pack(Kill.CODE, "x", 1.0), "Kill.aid has a bad value: 'x'"),
-        (pack(Kill.CODE, True, 1.0), "Kill.aid has a bad value: True"),
+        (pack(Kill.CODE, 1), "Kill takes 3 fields, got 1"),
+        (pack(Kill.CODE, "x", 1.0, False), "Kill.aid has a bad value: 'x'"),
+        (pack(Kill.CODE, True, 1.0, False), "Kill.aid has a bad value: True"),
         (pack(Exit.CODE, 1, 0, 9, 0.1, 0.0, 0), "Exit needs exactly one of code and signal"),
         (pack(Run.CODE, 1, 2, b"true", {1: "x"}, False), "Run.env has a bad value: {1: 'x'}"),
+        (
+            pack(Done.CODE, 1, 2, 1, None, None, 0.1, 0.0, 0, b"", b""),
+            "Done needs exactly one of code and signal",
+        ),
+        (
+            pack(Done.CODE, 1, 2, 1, 0, None, 0.1, 0.0, 0, bytes(FOLD_OUTPUT), b"e"),
+            f"Done holds over {FOLD_OUTPUT} bytes of output",
+        ),
+        (
+            pack(Dones.CODE, [[1, 2, 1, 0, None, 0.1, 0.0, 0, b"", b""], [1, 0, 1, 0, None, 0.1]]),
+            "Dones item 1: Done takes 10 fields, got 6",
+        ),
+        (pack(Dones.CODE, [7]), "Dones item 0 is not a Done's fields"),
+        (
+            pack(Runs.CODE, [[1, 2, b"true", {}, False], [1, 2, "true", {}, False]]),
+            "Runs item 1: Run.command has a bad value: 'true'",
+        ),
     ],
-    ids=["a map", "empty", "a str code", "unknown", "arity", "a str", "a bool", "both", "env"],
+    ids=[
+        "a map",
+        "empty",
+        "a str code",
+        "unknown",
+        "arity",
+        "a str",
+        "a bool",
+        "both",
+        "env",
+        "done neither",
+        "done too big",
+        "dones bad item",
+        "dones not a list",
+        "runs bad item",
+    ],
 )
 def test_each_refusal_names_what_is_wrong(body: bytes, said: str):
     assert refusal(body) == said
@@ -75,7 +111,7 @@ def test_an_undecodable_body_says_what_msgpack_said():
     ids=["60", "61", "1002"],
 )
 def test_a_long_bad_value_is_cut_to_a_readable_line(value: str, shown: str):
-    assert refusal(pack(Kill.CODE, value, 1.0)) == f"Kill.aid has a bad value: {shown}"
+    assert refusal(pack(Kill.CODE, value, 1.0, False)) == f"Kill.aid has a bad value: {shown}"
 
 
 def test_a_message_of_the_other_end_is_refused_by_name():

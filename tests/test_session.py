@@ -17,7 +17,7 @@ from fakeclock import fake_clock
 from anet.errors import HostError
 from anet.remote.bootstrap import Payload
 from anet.remote.hosts import parse_spec
-from anet.remote.session import HostSession, SessionConfig
+from anet.remote.session import FOLD, HostSession, SessionConfig
 from anet.remote.transport import Channel
 from dispatcher.connection import NEED_DATA, Connection
 from dispatcher.forked import Cancel
@@ -187,7 +187,7 @@ def test_a_silent_host_is_lost_within_dead_after_on_the_loops_clock():
     assert owner.ready_at == 0.0
     assert DEAD_AFTER - 0.5 <= when <= DEAD_AFTER  # within dead_after, a tick or two early
     heard = host.heard()
-    assert heard[0] == Setup(4, "node1", "", 3.0, DEAD_AFTER)
+    assert heard[0] == Setup(4, "node1", "", 3.0, DEAD_AFTER, fold=FOLD)
     assert heard[1:] == [Heartbeat(0.0)] * 4  # every 3 s while it waited
 
 
@@ -206,7 +206,7 @@ def test_a_host_that_keeps_talking_is_never_lost():
 
 
 _MASTERS_ONLY = [
-    Setup(4, "node1", "", 3.0, 15.0),
+    Setup(4, "node1", "", 3.0, 15.0, fold=FOLD),
     Run(7, 7, b"rm -rf ~"),
     Kill(7, 2.0),
     Shutdown(),
@@ -351,7 +351,7 @@ def test_the_payload_goes_when_the_stub_asks_and_setup_after_hello():
         host.written.clear()
         host.greet()
         await asyncio.sleep(0.01)
-        assert host.heard() == [Setup(4, "node1", "", 3.0, DEAD_AFTER)]
+        assert host.heard() == [Setup(4, "node1", "", 3.0, DEAD_AFTER, fold=FOLD)]
         await session.shutdown()
         assert host.heard() == [Shutdown()] and host.eof_written
         host.say(Bye())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatcher.polite import Evicted
-from dispatcher.protocol import STDOUT, Exit, Kill, Message, Output, Run, Started
+from dispatcher.protocol import STDOUT, Done, Exit, Kill, Message, Output, Run, Started
 
 from ..errors import protocol_error
 from ..logs import get_logger
@@ -222,7 +222,7 @@ class Engine:
             self._actions.results.append(result)
 
     def frame(self, host: str, msg: Message, now: float) -> bool:
-        """A Started, Output or Exit frame from `host`. HostError (permanent) when the host
+        """A Started, Output, Exit or Done frame from `host`. HostError (permanent) when the host
         speaks of an attempt that is not its own: it breaks the protocol, and is given up.
         True when an Output brought a decision to carry out (a kill: output over a cap)."""
         aid = getattr(msg, "aid", -1)
@@ -241,8 +241,10 @@ class Engine:
                 (out if msg.stream == STDOUT else err).extend(msg.data)
                 return False
             return self._big_output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
-        if isinstance(msg, Started):
-            self._started(host, flight, msg, now)
+        if type(msg) is Done:  # a short job whole: started, said all, ended
+            self._done(host, flight, msg, now)
+        elif isinstance(msg, Started):
+            self._started(host, flight, msg.aid, msg.slot, now)
         elif isinstance(msg, Exit):
             self._exit(host, flight, msg, now)
         elif isinstance(msg, Evicted):  # polite mode kills it there: not the job's fault
@@ -299,7 +301,8 @@ class Engine:
                     flight.drop()
             elif kill.reason is KillReason.TIMEOUT:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
-            actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE))
+            queued_only = kill.reason is KillReason.DRAINED  # one started runs on
+            actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE, queued_only))
         for attempt in () if self._draining else self._scheduler.next_runs(now):
             self._flights[attempt.aid] = _Flight(attempt, start=now + self._wall)
             job = attempt.job
@@ -342,14 +345,29 @@ class Engine:
                 JobResult(job.id, False, None, None, "", 0, 0.0, b"", said, error=why)
             )
 
-    def _started(self, host: str, flight: _Flight, msg: Started, now: float) -> None:
+    def _started(self, host: str, flight: _Flight, aid: int, slot: int, now: float) -> None:
         if flight.started:
-            raise protocol_error(host, f"a second Started for attempt {msg.aid}")
-        if msg.slot > self._slots.get(host, 0):
-            raise protocol_error(host, f"Started in slot {msg.slot} of {self._slots.get(host, 0)}")
+            raise protocol_error(host, f"a second Started for attempt {aid}")
+        if slot > self._slots.get(host, 0):
+            raise protocol_error(host, f"Started in slot {slot} of {self._slots.get(host, 0)}")
         flight.started, flight.start = True, now + self._wall
         self._stats[host].running += 1
-        self._scheduler.attempt_started(msg.aid, now)
+        self._scheduler.attempt_started(aid, now)
+
+    def _done(self, host: str, flight: _Flight, msg: Done, now: float) -> None:
+        """Started, Output and Exit in one: the job started its `duration` ago (by the
+        host's clock), which keeps the round trips the look-ahead measures true."""
+        if flight.started or flight.size:
+            raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
+        self._started(host, flight, msg.aid, msg.slot, now - msg.duration)
+        out, err = msg.stdout, msg.stderr
+        if (out or err) and not flight.dropped:
+            if len(out) + len(err) <= self._quick:
+                flight.stdout += out
+                flight.stderr += err
+            else:  # past a cap, the job fails with why (its Kill finds it ended: moot)
+                self._big_output(flight, 0, out) or self._big_output(flight, 1, err)
+        self._exit(host, flight, msg, now)
 
     def _big_output(self, flight: _Flight, index: int, data: bytes) -> bool:
         """Output past the quick bound: checked against the caps, then kept in memory up to
@@ -378,7 +396,7 @@ class Engine:
         self._actions.send(attempt.host, Kill(attempt.aid, KILL_GRACE))
         return True
 
-    def _exit(self, host: str, flight: _Flight, msg: Exit, now: float) -> None:
+    def _exit(self, host: str, flight: _Flight, msg: Exit | Done, now: float) -> None:
         del self._flights[msg.aid]
         ended = self._scheduler.attempt_ended(
             msg.aid,
@@ -421,7 +439,7 @@ class Engine:
         self._stats[host].done += 1
         self._actions.results.append(result)
 
-    def _count(self, host: str, flight: _Flight, ended: Ended, msg: Exit) -> None:
+    def _count(self, host: str, flight: _Flight, ended: Ended, msg: Exit | Done) -> None:
         """The host's counters for an ended attempt, and the attempt's record."""
         stats, attempt = self._stats[host], flight.attempt
         if flight.started:

@@ -54,7 +54,7 @@ class InFlight:
         run = self.runs.get(aid)
         if run is not None and run.started is None:
             run.started = now
-            if run.doom is None:
+            if run.doom is None or run.doom.runs_on:  # it runs on: timed, as any
                 self._starts[aid] = now
 
     def doom(self, run: Flight, reason: KillReason) -> None:

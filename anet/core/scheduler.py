@@ -60,12 +60,21 @@ class KillReason(Enum):
     attempt of its job ended first; its Exit is STALE. HALTED: the run stops (`abort`); its Exit
     is STALE too, the job gets no result. TAKEN_BACK: it waited in the queue of a host polite
     mode holds (`host_held`); its Exit, with no Started (it never ran), puts the job back in
-    line without spending a retry; had it started meanwhile, a success stands."""
+    line without spending a retry; had it started meanwhile, a success stands. DRAINED: the run
+    starts nothing more (--halt soon) and the attempt had not started as far as the master knew:
+    its Kill stops it only if it still waits in the dispatcher's queue (then its Exit is STALE);
+    one the dispatcher had started (its Started held back, or on its way) runs on and counts."""
 
     TIMEOUT = "timeout"
     SUPERSEDED = "superseded"
     HALTED = "halted"
     TAKEN_BACK = "taken back"
+    DRAINED = "drained"
+
+    @property
+    def runs_on(self) -> bool:
+        """Its Kill may leave it running (DRAINED: the host had started it): still timed."""
+        return self is KillReason.DRAINED
 
     @property
     def moot(self) -> bool:
@@ -250,6 +259,8 @@ class Scheduler:
         state = self._jobs.get(run.job_id)
         if state is None or (run.doom is not None and run.doom.moot):
             return Ended(Verdict.STALE, run.attempt)
+        if run.doom is KillReason.DRAINED and run.started is None:  # taken from its queue
+            return Ended(Verdict.STALE, run.attempt)
         state.aids.discard(aid)
         if not ok and (run.doom is KillReason.TAKEN_BACK or run.excuse is not None):
             return self._excused(state, run, now)
@@ -406,8 +417,11 @@ class Scheduler:
             if run.started is not None and not started_too:
                 continue
             if run.doom is None:
-                self._kills.append(Kill(run.attempt, KillReason.HALTED))
-            self._flights.doom(run, KillReason.HALTED)
+                reason = KillReason.HALTED if started_too else KillReason.DRAINED
+                self._kills.append(Kill(run.attempt, reason))
+                self._flights.doom(run, reason)
+            else:  # already being killed: its end is stale now
+                self._flights.doom(run, KillReason.HALTED)
 
     def take_abandoned(self) -> list[Abandoned]:
         """Jobs given up with no result to emit (see `host_lost`): report each as a failed

@@ -45,6 +45,7 @@ from dispatcher.protocol import (
     Setup,
     Shutdown,
     StartupError,
+    batched,
 )
 
 from ..errors import HostError, protocol_error
@@ -66,6 +67,10 @@ BOOT_TIMEOUT = 60.0
 READ_SIZE = 1 << 18
 EXIT_WAIT = 3.0
 """Seconds a dispatcher gets to kill its jobs and exit once its channel is closed."""
+FOLD = 0.05
+"""Seconds a dispatcher holds a new job's Started (Setup.fold): a job done by then (an `echo`)
+comes as one Done frame instead of three, a third of the master's frames to decode and
+handle; a longer job's start is known that much later, a small error for its timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,7 @@ class SessionConfig:
     heartbeat: float = 2.0
     dead_after: float = 15.0
     polite: Polite = field(default_factory=Polite)
+    fold: float = FOLD
 
 
 class Request:
@@ -198,7 +204,9 @@ class HostSession:
         attempts makes up for."""
         conn = self._conn
         if self._channel is not None and not self.closing and conn.our_state is RUNNING:
-            self._write(b"".join(map(conn.send, messages)))
+            self._write(
+                b"".join(map(conn.send, batched(messages) if len(messages) > 1 else messages))
+            )
 
     def _write(self, data: bytes) -> None:
         channel = self._channel
@@ -373,7 +381,8 @@ class HostSession:
         config = self._config
         setup = Setup(
             self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
-            *astuple(config.polite),  # Setup's last fields are Polite's, in its order
+            *astuple(config.polite),  # Setup's next fields are Polite's, in its order
+            fold=config.fold,
         )  # fmt: skip
         self._write(self._conn.send(setup))
 
