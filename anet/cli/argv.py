@@ -40,7 +40,7 @@ VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
         "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
         "--user", "-l", "--concurrency", "--pool", "--via", "-a", "--arg-file", "--colsep",
         "--deps", "--block", "--recend", "--recstart", "--header", "--transferfile", "--tf",
-        "--return", "--trc", "-N", "--max-replace-args",
+        "--return", "--trc", "-N", "--max-replace-args", "--priority",
     ],
     True,
 )  # fmt: skip
