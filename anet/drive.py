@@ -84,7 +84,7 @@ class Drive:
         """This run's weight among the runs sharing the cluster's slots (the cluster sets it)."""
         self._feeds = Feeds(send_drained, tasks, self._unreadable) if send_drained else None
         """Jobs' stdin, streamed to the hosts (remote/feed.py); None: the jobs have none."""
-        self._files = Transfers(send_drained, tasks) if send_drained else None
+        self._files = Transfers(send_drained, tasks, policy.caps) if send_drained else None
         """Per-job files (remote/transfer.py), used once a job has some (`engine.files`)."""
 
     # -- events from the hosts ------------------------------------------------------------------

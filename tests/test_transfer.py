@@ -293,6 +293,22 @@ def _placed(tmp_path: Path, aid: int, host: str = "h1"):
     return transfers, Path(os.fsdecode(target))
 
 
+def test_returned_files_past_max_output_are_dropped_as_output_past_it_is(cluster, tmp_path):
+    """A host (or a job) cannot fill this side's disk through --return: the files an attempt
+    sends back count against --max-output as its output does; past it they are not kept."""
+    argv = [sys.executable, "-m", "anet", "--ssh-config", str(cluster.ssh_config)]
+    done = subprocess.run(
+        [*argv, *hosts(cluster), *RUN, "--max-output", "1M", "--return", "{}.out",
+         "--return", "{}.small", "--cleanup",
+         "echo tiny > {}.small; head -c 3000000 /dev/zero > {}.out; echo ran", ":::", "big"],
+        cwd=tmp_path, capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"job 0: its returned files passed --max-output 1M; none is kept" in done.stderr
+    assert records(done.stdout)[0].ok and records(done.stdout)[0].stdout == b"ran\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing of that attempt is kept"
+
+
 def test_a_host_may_send_back_only_what_it_was_asked_for(tmp_path):
     transfers, _ = _placed(tmp_path, 1)
     for host, msg in (("h2", Back(1, 0, b"x", True)), ("h1", Back(2, 0, b"x", True)),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dispatcher.jobfiles import FILE_CHUNK, Back, Place, Put
@@ -34,6 +34,7 @@ from dispatcher.protocol import Message, Run
 from ..core.batch import Job
 from ..core.files import JobFiles
 from ..core.record import JobResult
+from ..core.spool import OutputCap
 from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .feed import SendDrained
@@ -54,16 +55,23 @@ class _Placed:
     fd: int = -1  # its hidden file
     whole: list[tuple[bytes, bytes]] = field(default_factory=list)  # (hidden, target), whole
     hidden: list[bytes] = field(default_factory=list)  # every hidden file made
+    size: int = 0  # bytes sent back so far, all its files
+    over: bool = False  # they passed a cap: none is kept, what comes is dropped
 
 
 class Transfers:
     """The per-job files of one run, by attempt id; the run's Drive places, takes back and
     commits them."""
 
-    def __init__(self, send_drained: SendDrained, tasks: asyncio.TaskGroup) -> None:
+    def __init__(
+        self, send_drained: SendDrained, tasks: asyncio.TaskGroup, caps: Sequence[OutputCap] = ()
+    ) -> None:
         self._send_drained = send_drained
         self._tasks = tasks
         self._placed: dict[int, _Placed] = {}
+        self._caps = [cap for cap in caps if not cap.stdout_only]
+        """--max-output bounds what an attempt sends back as it bounds its output: else a host
+        could fill this side's disk with a file it was asked for."""
 
     def place(
         self, host: str, frames: list[Message], job_of: Callable[[int], Job | None]
@@ -127,7 +135,12 @@ class Transfers:
         if msg.index > placed.at:  # the ones before could not be sent (said on its stderr)
             self._close(placed)
             placed.at, placed.dropping = msg.index, False
-        if not placed.dropping:
+        placed.size += len(msg.data)
+        if not placed.over and (cap := self._passed(placed)) is not None:
+            log.warning(f"job {placed.job}: its returned files passed {cap.why}; none is kept")
+            self._close(placed)
+            placed.over = True
+        if not placed.dropping and not placed.over:
             try:
                 self._write(msg, placed, backs[msg.index][1])
             except OSError as exc:
@@ -136,10 +149,13 @@ class Transfers:
                 self._close(placed)
                 placed.dropping = True
         if msg.last:
-            if not placed.dropping:
+            if not placed.dropping and not placed.over:
                 placed.whole.append((placed.hidden[-1], backs[msg.index][1]))
             self._close(placed)
             placed.at, placed.dropping = msg.index + 1, False
+
+    def _passed(self, placed: _Placed) -> OutputCap | None:
+        return next((cap for cap in self._caps if placed.size > cap.size), None)
 
     def _write(self, msg: Back, placed: _Placed, target: bytes) -> None:
         if placed.fd < 0:
@@ -171,7 +187,7 @@ class Transfers:
             return
         placed.stopped = True
         self._close(placed)
-        if any(result.id == placed.job for result in results):
+        if not placed.over and any(result.id == placed.job for result in results):
             self._commit(placed)
         _remove(placed.hidden)
 
