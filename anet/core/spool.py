@@ -219,6 +219,15 @@ def chunks(
         yield output
 
 
+def pieces(output: Output, size: int = CHUNK) -> Iterator[bytes | memoryview]:
+    """`output` in pieces of at most `size` bytes, for a bounded frame or value each: slices of
+    bytes (views, no copy), or reads of a spool."""
+    if isinstance(output, Spool):
+        return output.chunks(size)
+    view = memoryview(output)
+    return (view[at : at + size] for at in range(0, len(view), size))
+
+
 def tail(output: Output, size: int) -> bytes:
     """The last `size` bytes of `output`."""
     return output.tail(size) if isinstance(output, Spool) else output[-size:]

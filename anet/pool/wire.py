@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from ..core.record import JobResult, SpooledResult
-from ..core.spool import CHUNK, Output, Spool
+from ..core.spool import CHUNK, Spool, pieces
 
 MAX_FRAME = 1 << 30
 _LENGTH = struct.Struct(">I")
@@ -68,17 +68,8 @@ def result_frames(result: JobResult) -> Iterator[bytes]:
         return
     yield pack([*head, len(out), len(err), result.error, True])
     for output in (out, err):
-        for piece in _pieces(output):
+        for piece in pieces(output):
             yield pack(piece)
-
-
-def _pieces(output: Output) -> Iterator[bytes | memoryview]:
-    if isinstance(output, Spool):
-        yield from output.chunks(CHUNK)
-        return
-    view = memoryview(output)
-    for start in range(0, len(view), CHUNK):
-        yield view[start : start + CHUNK]
 
 
 async def read_result(reader: asyncio.StreamReader, fields: list[Any]) -> JobResult:

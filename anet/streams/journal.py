@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 from .._version import __version__
 from ..core.batch import NUMBERING, numbered_alike
 from ..core.record import JobResult, SpooledResult
-from ..core.spool import Output, Spool, chunks
+from ..core.spool import Output, Spool, pieces
 from ..errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -414,7 +414,7 @@ class Journal:
                 return
             self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
             for stream, output in ((1, result.out), (2, result.err)):
-                for seq, piece in enumerate(_pieces(output)):
+                for seq, piece in enumerate(pieces(output, CHUNK)):
                     self._db.execute(_INSERT_CHUNK, (result.id, stream, seq, piece))
                     await asyncio.sleep(0)
         except sqlite3.Error as exc:
@@ -498,7 +498,10 @@ class Journal:
         for stream, output in ((1, result.out), (2, result.err)):
             self._db.executemany(
                 _INSERT_CHUNK,
-                ((result.id, stream, seq, piece) for seq, piece in enumerate(_pieces(output))),
+                (
+                    (result.id, stream, seq, piece)
+                    for seq, piece in enumerate(pieces(output, CHUNK))
+                ),
             )
 
     def close(self) -> None:
@@ -841,11 +844,3 @@ def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
             f" {SCHEMA_VERSION}; run without --resume to start over"
         )
     return meta
-
-
-def _pieces(output: Output) -> Iterator[bytes | memoryview]:
-    """An output in CHUNK pieces: slices of bytes (no copy), or reads of a spool."""
-    if isinstance(output, bytes):
-        view = memoryview(output)
-        return (view[at : at + CHUNK] for at in range(0, len(view), CHUNK))
-    return chunks(output, CHUNK)
