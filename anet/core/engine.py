@@ -234,13 +234,7 @@ class Engine:
                 " or had already ended there",
             )
         if isinstance(msg, Output):
-            if flight.dropped:
-                return False
-            out, err = flight.stdout, flight.stderr
-            if flight.spools is None and len(out) + len(err) + len(msg.data) <= self._quick:
-                (out if msg.stream == STDOUT else err).extend(msg.data)
-                return False
-            return self._big_output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
+            return self._output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
         if type(msg) is Done:  # a short job whole: started, said all, ended
             self._done(host, flight, msg, now)
         elif isinstance(msg, Started):
@@ -360,14 +354,22 @@ class Engine:
         if flight.started or flight.size:
             raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
         self._started(host, flight, msg.aid, msg.slot, now - msg.duration)
-        out, err = msg.stdout, msg.stderr
-        if (out or err) and not flight.dropped:
-            if len(out) + len(err) <= self._quick:
-                flight.stdout += out
-                flight.stderr += err
-            else:  # past a cap, the job fails with why (its Kill finds it ended: moot)
-                self._big_output(flight, 0, out) or self._big_output(flight, 1, err)
+        # past a cap, the job fails with why (its Kill finds it ended: moot); a cut drops the rest
+        self._output(flight, 0, msg.stdout)
+        self._output(flight, 1, msg.stderr)
         self._exit(host, flight, msg, now)
+
+    def _output(self, flight: _Flight, index: int, data: bytes) -> bool:
+        """A piece of an attempt's stdout (`index` 0) or stderr (1): kept in memory while the
+        attempt's output is small, else past the caps' checks (`_big_output`). True when it cut
+        the attempt (a Kill to send)."""
+        if flight.dropped:
+            return False
+        out, err = flight.stdout, flight.stderr
+        if flight.spools is None and len(out) + len(err) + len(data) <= self._quick:
+            (out if index == 0 else err).extend(data)
+            return False
+        return self._big_output(flight, index, data)
 
     def _big_output(self, flight: _Flight, index: int, data: bytes) -> bool:
         """Output past the quick bound: checked against the caps, then kept in memory up to
