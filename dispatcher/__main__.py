@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
@@ -127,12 +127,12 @@ class Dispatcher:
         self.fold = 0.0
         """Seconds a new job's Started and output may be held (Setup.fold): 0, never."""
         self.fresh: Dict[int, JobProcess] = {}
-        self.dones: List[List[Any]] = []
-        self.dones_since = 0.0  # when the first of `dones` was held
-        """Done fields of the folded jobs that ended in this turn of the loop: one frame for
-        them all at its end (`pack_dones`)."""
         """Running jobs whose Started is held, by aid, in start order (so the first is due
         first): each ends as one Done, or is released when its fold is over."""
+        self.dones: List[List[Any]] = []
+        """Done fields of the folded jobs that ended in this turn of the loop: one frame for
+        them all at its end (`pack_dones`)."""
+        self.dones_since = 0.0  # when the first of `dones` was held
         self.setup: Optional[Setup] = None
         self.gate = Gate(Polite())
         """Polite mode's say on starting a job (Setup's polite fields replace it)."""
@@ -352,8 +352,7 @@ class Dispatcher:
                 self.not_started(run, failure)
                 continue
             slot = heapq.heappop(self.free_slots)
-            cwd = self.deps.jobs_cwd() or self.setup.cwd or self.workdir  # synced deps first
-            run, job_cwd = self.files.in_folder(run, cwd, self.deps.job_cwd)
+            run, job_cwd = self.files.in_folder(run, self.where_jobs_run(), self.deps.job_cwd)
             try:
                 job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
@@ -373,6 +372,10 @@ class Dispatcher:
             if stdin is not None and job.proc.stdin is not None:
                 stdin.attach(job.proc.stdin)
                 self.feed_job(run.aid)
+
+    def where_jobs_run(self) -> Union[str, bytes]:
+        """Where jobs run: the synced deps first, else the master's folder (local), else home."""
+        return self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
 
     def not_started(self, run: Run, why: str) -> None:
         """The attempt cannot start: its reason on its stderr, exit status 127."""
@@ -405,7 +408,7 @@ class Dispatcher:
         """An onall command: started at once, in no slot, under a negative id (the master's
         attempt ids are >= 0); its frames are the request's replies."""
         run = Run(-msg.rid, 0, msg.command)
-        cwd = self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
+        cwd = self.where_jobs_run()
         try:
             nice = self.setup.nice if self.setup else 0
             job = spawn(run, 0, cwd, self.env, rid=msg.rid, nice=nice)
