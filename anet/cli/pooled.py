@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import logs
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..pool.client import Target, attach, pool_options, request
@@ -34,9 +33,9 @@ from ..streams.journal import default_journal_path
 from ..streams.output import open_output
 from ..streams.resultsdir import ResultsDir
 from ..streams.sinks import Encoder
-from ..views import jsonlog
+from ..views.observe import end_summary, summary_places
 from ..views.progress import HostRow, Snapshot
-from ..views.summary import FailedJobs, render_summary
+from ..views.summary import FailedJobs
 from .common import Environment, ExitStatus
 
 if TYPE_CHECKING:
@@ -112,8 +111,7 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     if last.get("state") != "done":
         raise AnetError(f"the pool's run {row['id']} ended: {last.get('state')}")
     if "summary" in last:
-        places = [("journal", row.get("journal")), ("joblog", seen.joblog)]
-        places = [(w, p) for w, p in [*places, ("results", seen.results)] if p is not None]
+        places = summary_places(row.get("journal"), seen.joblog, seen.results)
         env.stderr.write(summary_text(last, failed, places))
         env.stderr.flush()
     if out.failed:
@@ -149,9 +147,7 @@ def summary_text(last: dict[str, Any], failed: FailedJobs, places: list[tuple[st
         for label, state, slots, done, failed_attempts, mean in summary["hosts"]
     )
     snap = Snapshot(summary["wall"], last["total"], last["done"], last["failed"], 0, hosts)
-    if logs.is_json():
-        return jsonlog.summary_line(snap, failed, places)
-    return render_summary(snap, failed, places)
+    return end_summary(snap, failed, places)
 
 
 async def write_run(

@@ -148,15 +148,23 @@ class RunObservers:
         """On stderr, unless --quiet or the run never started; a JSON record with --log-json."""
         if self.args.quiet or self.final is None:
             return
-        places: list[tuple[str, Path | str]] = []
-        if self._journal is not None:
-            places.append(("journal", self._journal.path))
-        if self.args.joblog:
-            places.append(("joblog", self.args.joblog))
-        if self.args.results:
-            places.append(("results", self.args.results))
-        if logs.is_json():
-            self._stderr.write(jsonlog.summary_line(self.final, self.failed, places))
-        else:
-            self._stderr.write(render_summary(self.final, self.failed, places))
+        journal = self._journal.path if self._journal is not None else None
+        places = summary_places(journal, self.args.joblog, self.args.results)
+        self._stderr.write(end_summary(self.final, self.failed, places))
         self._stderr.flush()
+
+
+def summary_places(
+    journal: Path | str | None, joblog: Path | str | None, results: Path | str | None
+) -> list[tuple[str, Path | str]]:
+    """The (what, where) pairs the end summary names: the run's files it has."""
+    named = (("journal", journal), ("joblog", joblog), ("results", results))
+    return [(what, where) for what, where in named if where is not None]
+
+
+def end_summary(snap: Snapshot, failed: FailedJobs, places: list[tuple[str, Path | str]]) -> str:
+    """The end summary as `anet run` prints it on stderr (a pool's run too): a table, or one
+    JSON record with --log-json."""
+    if logs.is_json():
+        return jsonlog.summary_line(snap, failed, places)
+    return render_summary(snap, failed, places)
