@@ -193,3 +193,14 @@ def test_pool_add_then_drain_moves_a_run_to_the_new_host_and_loses_no_job(make_c
         cli("down")
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
     assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_a_pool_runs_summary_counts_polite_modes_kills_as_no_failed_attempt():
+    """As a standalone run's summary, `anet status` and `anet report` count them."""
+    from anet.pool.run import HostTally
+    from anet.streams.journal import AttemptRecord
+
+    tally = HostTally()
+    for code, sig, excused in ((1, None, False), (None, 9, True), (0, None, False)):
+        tally.attempt(AttemptRecord(0, 1, "h1", 1.0e9, 2.0, code, sig, 0, excused))
+    assert (tally.ended, tally.failed_attempts) == (3, 1)
