@@ -635,8 +635,12 @@ class JournalReader:
         self._columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
         self._has_events = "host_events" in tables
         attempt_columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
-        self._failed = "exit_code IS NOT 0" + (" AND NOT excused" * ("excused" in attempt_columns))
-        """An attempt that failed, in SQL: a journal older than polite mode has no excused."""
+        self._failed = (
+            "exit_code IS NOT 0 AND NOT excused"
+            if "excused" in attempt_columns
+            else "exit_code IS NOT 0"  # older than polite mode's excused kills
+        )
+        """An attempt that failed, in SQL."""
         self._has_chunks = "output_chunks" in tables and "chunked" in self._columns
 
     @classmethod
