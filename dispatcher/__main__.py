@@ -35,6 +35,7 @@ from .forked import Forks
 from .jobfiles import JobFiles, Put
 from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
+from .outbox import Outbox
 from .pidfiles import PidFiles
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
@@ -118,7 +119,7 @@ class Dispatcher:
         self.conn = Connection(DISPATCHER)
         """The session's states: Setup comes first, nothing after Shutdown, and only what a
         master may send; what this loop sends goes through it too."""
-        self.outbuf = bytearray()
+        self.outbox = Outbox()
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
         self.inputs: Dict[int, JobInput] = {}
@@ -538,7 +539,7 @@ class Dispatcher:
 
     def room(self) -> bool:
         """The frames waiting for the master are few: a returned file may add a chunk."""
-        return len(self.outbuf) < LOW_WATER
+        return len(self.outbox) < LOW_WATER
 
     # -- jobs' stdin --------------------------------------------------------------------------
 
@@ -588,8 +589,12 @@ class Dispatcher:
     # -- frames to the master ---------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        self.outbuf += self.conn.send(msg)
-        if len(self.outbuf) > HIGH_WATER and not self.paused:
+        self.send_frame(self.conn.send(msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an encoded frame; past HIGH_WATER the jobs' pipes wait for the master."""
+        self.outbox.add(frame)
+        if len(self.outbox) > HIGH_WATER and not self.paused:
             self.set_paused(True)
 
     def set_paused(self, paused: bool) -> None:
@@ -630,20 +635,19 @@ class Dispatcher:
     def flush(self, _fd: Any = None) -> None:
         if self.dones and self.dones_due():
             self.pack_dones()
-        if self.outbuf:
+        if self.outbox:
             try:
-                written = os.write(self.proto_out, self.outbuf)
-                del self.outbuf[:written]
+                self.outbox.write_to(self.proto_out)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                     raise
-                self.outbuf.clear()
+                self.outbox.clear()
                 self.running = False
-        if self.paused and len(self.outbuf) < LOW_WATER:
+        if self.paused and len(self.outbox) < LOW_WATER:
             self.set_paused(False)
-        want_write = bool(self.outbuf)
+        want_write = bool(self.outbox)
         if want_write != self.writing:
             if want_write:
                 self.sel.register(self.proto_out, selectors.EVENT_WRITE, self.flush)
@@ -654,8 +658,8 @@ class Dispatcher:
     def flush_blocking(self) -> None:
         try:
             os.set_blocking(self.proto_out, True)
-            while self.outbuf:
-                del self.outbuf[: os.write(self.proto_out, self.outbuf)]
+            while self.outbox:
+                self.outbox.write_to(self.proto_out)
         except OSError:
             pass  # the master is gone; nobody is left to tell
 
