@@ -65,7 +65,7 @@ from .protocol import (
     Shutdown,
     Started,
 )
-from .runner import JobProcess, kill_group, read_buffered, spawn
+from .runner import DEFAULT_PIPE, JobProcess, kill_group, read_buffered, spawn, widen
 from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
@@ -433,6 +433,8 @@ class Dispatcher:
             except BlockingIOError:
                 return
             if data:
+                if len(data) == DEFAULT_PIPE:
+                    widen(fd)
                 self.report_output(job, job.pipes[fd], data)
                 return
             self.close_job_fd(job, fd)
