@@ -65,6 +65,7 @@ from .protocol import (
     Shutdown,
     Started,
 )
+from .reading import ReadBuffer
 from .runner import DEFAULT_PIPE, JobProcess, kill_group, read_buffered, spawn, widen
 from .syncstore import SyncStore
 
@@ -120,6 +121,8 @@ class Dispatcher:
         """The session's states: Setup comes first, nothing after Shutdown, and only what a
         master may send; what this loop sends goes through it too."""
         self.outbox = Outbox()
+        self.master_reads = ReadBuffer(1 << 20)  # big: deps data comes in 256 KiB frames
+        self.job_reads = ReadBuffer(OUTPUT_CHUNK)
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
         self.inputs: Dict[int, JobInput] = {}
@@ -257,7 +260,7 @@ class Dispatcher:
 
     def on_master_input(self, fd: int) -> None:
         try:
-            data = os.read(fd, 1 << 20)  # big: deps data arrives in 256 KiB frames
+            data = self.master_reads.read(fd)
         except BlockingIOError:
             return
         if data:
@@ -429,7 +432,7 @@ class Dispatcher:
     def job_reader(self, job: JobProcess) -> Callable[[int], None]:
         def on_output(fd: int) -> None:
             try:
-                data = os.read(fd, OUTPUT_CHUNK)
+                data = self.job_reads.read(fd)
             except BlockingIOError:
                 return
             if data:

@@ -1,5 +1,5 @@
-"""The dispatcher's queue of frames for the master: every byte once, in order, however the
-kernel splits the writes (a pipe full of a frame's first half, many frames in one writev)."""
+"""The dispatcher's pipes: its queue of frames for the master (every byte once, in order,
+however the kernel splits the writes) and its reads into one reused buffer."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import random
 import pytest
 
 from dispatcher.outbox import WRITEV_PARTS, Outbox
+from dispatcher.reading import ReadBuffer
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -74,3 +75,20 @@ def test_clear_and_empty_frames() -> None:
     box.add(b"abc")
     box.clear()
     assert len(box) == 0
+
+
+def test_reads_into_one_buffer_give_bytes_of_their_own() -> None:
+    """The buffer is reused: what one read returned must not change with the next."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    reads = ReadBuffer(1 << 16)
+    os.write(w, b"first")
+    first = reads.read(r)
+    os.write(w, b"SECOND!")
+    second = reads.read(r)
+    assert (first, second) == (b"first", b"SECOND!")
+    with pytest.raises(BlockingIOError):
+        reads.read(r)
+    os.close(w)
+    assert reads.read(r) == b""  # EOF, as os.read says it
+    os.close(r)
