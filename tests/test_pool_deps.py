@@ -1,0 +1,172 @@
+"""Deps through a pool: each run syncs its own tree, and its jobs run in it, whatever the
+other runs under way sync meanwhile (docs/daemon.md, "Deps through a pool").
+
+The pool's hosts are real sshd hosts on loopback; their tree stores are on this machine, so
+the tests look at them (and at their locks) directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_pool import ANET, alive, batch, cli, descendants, pool_pid, records
+from waiting import wait_until
+
+import anet.results
+
+SHARED = 6
+"""Files both deps folders hold alike: the second tree is an edit of the first, the kind of
+tree the store would build by updating the first in place were it free."""
+
+
+def deps(root: Path, word: str) -> Path:
+    root.mkdir(parents=True)
+    for i in range(SHARED):
+        (root / f"common{i}.txt").write_text(f"common {i}\n")
+    (root / "data.txt").write_text(f"{word}\n")
+    return root
+
+
+def trees(host) -> set[str]:
+    """The ids of the complete trees in a host's store."""
+    folder = host.anet_home / "deps" / "trees"
+    return (
+        {p.name[: -len(".manifest")] for p in folder.glob("*.manifest")}
+        if folder.exists()
+        else set()
+    )
+
+
+def tree_is_held(host, tree: str) -> bool:
+    """Some dispatcher holds the tree (its shared lock on the manifest): no sync may move it
+    and no clean-up delete it."""
+    fd = os.open(host.anet_home / "deps" / "trees" / f"{tree}.manifest", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.fixture
+def two_hosts_pool(make_cluster) -> Iterator[tuple[object, list[str]]]:
+    """A pool up on two sshd hosts of 2 slots; the cluster and its ssh options."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    ssh = ["--ssh-config", str(own.ssh_config)]
+    up = cli("up", *ssh, *[arg for name in own.names for arg in ("-S", f"2/{name}")])
+    assert up.returncode == 0, up.stderr
+    pid = pool_pid()
+    try:
+        yield own, ssh
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_two_runs_with_their_own_deps_at_once_each_job_reads_its_own_runs_file(
+    two_hosts_pool, tmp_path
+):
+    """Run A's jobs start, then run B (an edit of A's deps) is synced and runs, then A's jobs
+    read their deps: A's, not B's. A's tree stays held on every host while A lasts (B's sync
+    neither moves nor deletes it) and is let go once A has ended."""
+    own, _ = two_hosts_pool
+    go, started = tmp_path / "go", tmp_path / "started"
+    started.mkdir()
+    a_deps, b_deps = deps(tmp_path / "a" / "deps", "A"), deps(tmp_path / "b" / "deps", "B")
+    wait_for_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    a = batch(
+        tmp_path / "a",
+        [f"touch {started}/$$; {wait_for_go}; cat data.txt dependencies/data.txt"] * 2,
+    )
+    b = batch(tmp_path / "b", ["cat data.txt; cat common3.txt"] * 8)
+    submitted = cli("submit", str(a), f"{a_deps}/")
+    assert submitted.returncode == 0, submitted.stderr
+    run_a = submitted.stdout.decode().strip()
+    wait_until(lambda: len(list(started.iterdir())) == 2, 60, "run A's two jobs to start")
+    (a_tree,) = set.union(*(trees(own[name]) for name in own.names))
+    assert all(tree_is_held(own[name], a_tree) for name in own.names)
+    # B, through the pool as `anet BATCH DEPS/`, while A's jobs wait
+    through = cli("--format", "msgpack", str(b), f"{b_deps}/")
+    assert through.returncode == 0, through.stderr
+    assert {r.stdout for r in records(through.stdout).values()} == {b"B\ncommon 3\n"}
+    assert "2  done" in cli("ls").stdout.decode()  # it was the pool's run 2, not standalone
+    for name in own.names:  # A's tree is whole and held beside B's
+        assert a_tree in trees(own[name]) and tree_is_held(own[name], a_tree)
+        assert (own[name].anet_home / "deps" / "trees" / a_tree / "data.txt").read_text() == "A\n"
+    go.touch()
+    attached = cli("attach", "--format", "msgpack", run_a)
+    assert attached.returncode == 0, attached.stderr
+    assert {r.stdout for r in records(attached.stdout).values()} == {b"A\nA\n"}
+    for name in own.names:  # A has ended: its tree is let go on every host
+        wait_until(lambda: not tree_is_held(own[name], a_tree), 30, f"{name} to let A's tree go")
+
+
+def test_a_run_with_deps_gives_through_the_pool_the_bytes_it_gives_standalone(
+    two_hosts_pool, tmp_path
+):
+    own, ssh = two_hosts_pool
+    folder = deps(tmp_path / "deps", "same")
+    path = batch(
+        tmp_path,
+        [f"cat data.txt common{i % SHARED}.txt; ls dependencies/ | wc -l" for i in range(20)],
+    )
+    pooled = cli("-k", str(path), f"{folder}/")
+    assert "1  done" in cli("ls").stdout.decode()
+    hosts = [arg for name in own.names for arg in ("-S", f"2/{name}")]
+    alone = cli("--no-pool", *ssh, *hosts, "-k", str(path), f"{folder}/")
+    assert pooled.returncode == alone.returncode == 0, pooled.stderr + alone.stderr
+    assert pooled.stdout == alone.stdout and pooled.stdout.count(b"same\n") == 20
+
+
+def test_a_deps_run_is_restored_after_a_kill_9_and_every_result_comes_once(make_cluster, tmp_path):
+    own = make_cluster(1)
+    ssh = ["--ssh-config", str(own.ssh_config), "-S", f"2/{own.names[0]}"]
+    assert cli("up", *ssh).returncode == 0
+    pool = pool_pid()
+    ran = tmp_path / "ran"
+    folder = deps(tmp_path / "deps", "kept")
+    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; cat data.txt" for i in range(40)])
+    run_id = cli("submit", str(path), f"{folder}/").stdout.decode().strip()
+    watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert watcher.stdout is not None
+    before = []
+    for result in anet.results.read(watcher.stdout, format="msgpack"):
+        before.append(result.id)
+        if len(before) == 8:
+            break
+    below = descendants(pool)
+    os.kill(pool, signal.SIGKILL)
+    watcher.wait(timeout=30)
+    watcher.stdout.close()
+    wait_until(lambda: not any(alive(p) for p in below), 30, "the dead pool's processes to end")
+    assert cli("up", *ssh).returncode == 0
+    new = pool_pid()
+    try:
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"kept\n" for i in range(40)}
+        runs = ran.read_text().split()
+        assert all(runs.count(str(i)) == 1 for i in before), "a success of the dead pool ran again"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+
+
+def test_deps_through_via_are_refused_in_one_line(tmp_path):
+    path = batch(tmp_path, ["true"])
+    refused = cli("submit", "--via", "nobody@127.0.0.1", str(path), str(tmp_path))
+    assert refused.returncode == 2 or refused.returncode == 255
+    assert refused.stderr.count(b"\n") == 1 and b"--via" in refused.stderr, refused.stderr
