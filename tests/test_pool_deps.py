@@ -108,8 +108,8 @@ def test_two_runs_with_their_own_deps_at_once_each_job_reads_its_own_runs_file(
     attached = cli("attach", "--format", "msgpack", run_a)
     assert attached.returncode == 0, attached.stderr
     assert {r.stdout for r in records(attached.stdout).values()} == {b"A\nA\n"}
-    for name in own.names:  # A has ended: its tree is let go on every host
-        wait_until(lambda: not tree_is_held(own[name], a_tree), 30, f"{name} to let A's tree go")
+    hosts = [own[name] for name in own.names]  # A has ended: its tree is let go on every host
+    wait_until(lambda: not any(tree_is_held(h, a_tree) for h in hosts), 30, "A's tree let go")
 
 
 def test_a_run_with_deps_gives_through_the_pool_the_bytes_it_gives_standalone(

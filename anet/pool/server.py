@@ -32,6 +32,7 @@ import msgpack
 from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
 from ..core.record import JobResult
+from ..deps.manifest import Tree, scan_deps, start_scan
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..remote.hosts import parse_spec
@@ -185,7 +186,7 @@ class Pool:
             hosts = [_host_row(label, state) for label, state in self.cluster.hosts.items()]
             reply: dict[str, Any] = {"pid": os.getpid(), "hosts": hosts}
         elif op == "submit":
-            reply = self._submit(request)
+            reply = await self._submit(request)
         elif op == "ls":
             reply = {"runs": [run.row() for run in self.runs.values()]}
         elif op == "attach":
@@ -243,9 +244,10 @@ class Pool:
             raise _NoSuchRun(request.get("run"))
         return run
 
-    def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
         """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
-        library's `commands` (every one a job, numbered by position), and a `name`."""
+        library's `commands` (every one a job, numbered by position), and a `name`; its
+        deps folder, scanned here before the run is kept (a mistake is the client's line)."""
         if self._stopping:
             return {"error": "the pool is stopping (anet down --wait): it takes no new run"}
         name = request.get("name")
@@ -259,6 +261,8 @@ class Pool:
             self.place.runs_dir.mkdir(mode=0o700, exist_ok=True)
             choices = request.get("options") or {}
             run_options(choices, None)  # a mistake is refused here, before anything is kept
+            deps = _deps_path(choices)
+            tree = None if deps is None else await asyncio.to_thread(scan_deps, deps, os.environ)
             if isinstance(choices.get("joblog"), str):
                 joblog = open_joblog(choices["joblog"], resumed=False)
                 if joblog is not None:
@@ -267,7 +271,7 @@ class Pool:
             write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
             write_atomically(self._file(run_id, kind), data)  # last: the run exists now
             try:
-                run = self._start(run_id, kind, data, name, None, restoring=False)
+                run = self._start(run_id, kind, data, name, None, restoring=False, tree=tree)
             except BaseException:  # refused (a journal busy, none to resume): not kept either
                 for suffix in (kind, "options", "name"):
                     self._file(run_id, suffix).unlink(missing_ok=True)
@@ -288,10 +292,12 @@ class Pool:
         ended: dict[str, Any] | None,
         *,
         restoring: bool,
+        tree: Tree | None = None,
     ) -> PoolRun:
         """The run, under way with its journal open, unless `ended` (its last row) says it
         has ended. Its journal is resumed (its successes not run again) when the submit asked
-        (--resume), or, `restoring` an earlier pool's run, when it is on disk."""
+        (--resume), or, `restoring` an earlier pool's run, when it is on disk. Its deps are
+        `tree` (scanned at the submit), else scanned again (a restore)."""
         try:
             choices = json.loads(self._file(run_id, "options").read_bytes())
         except FileNotFoundError:  # kept by a pool from before per-run options
@@ -316,6 +322,9 @@ class Pool:
         journal = RunJournal.open(path, fingerprint, name, resume=resume)
         try:
             options = run_options(choices, journal, resume=resume, total=len(jobs))
+            deps = _deps_path(choices)
+            if deps is not None:  # a restore scans them again, as `--resume` would
+                options = dataclasses.replace(options, deps=tree or start_scan(deps, os.environ))
             options = dataclasses.replace(options, only_new=only_new)
             run = PoolRun(run_id, name, len(jobs), path, fingerprint, journal, options)
             run.identity = (os.stat(path).st_ino, journal.meta.get("created"))
@@ -424,6 +433,15 @@ async def settle(cluster: Cluster, labels: Iterable[str]) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SETTLE_TIMEOUT):
             await asyncio.gather(*(one(label) for label in labels))
+
+
+def _deps_path(choices: dict[str, Any]) -> str | None:
+    """The run's deps folder (or file): an absolute path on this machine, as the client made
+    it (a trailing slash kept: rsync's rule), read by the pool, which runs as the same user."""
+    deps = choices.get("deps")
+    if deps is not None and not (isinstance(deps, str) and os.path.isabs(deps)):
+        raise UsageError(f"deps: {deps!r} is not an absolute path")
+    return deps
 
 
 def _specs(request: dict[str, Any]) -> list[str]:
