@@ -186,7 +186,7 @@ class Pool:
             hosts = [_host_row(label, state) for label, state in self.cluster.hosts.items()]
             reply: dict[str, Any] = {"pid": os.getpid(), "hosts": hosts}
         elif op == "submit":
-            reply = await self._submit(request)
+            reply = self._submit(request, await _scan(request))
         elif op == "ls":
             reply = {"runs": [run.row() for run in self.runs.values()]}
         elif op == "attach":
@@ -244,10 +244,10 @@ class Pool:
             raise _NoSuchRun(request.get("run"))
         return run
 
-    async def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _submit(self, request: dict[str, Any], tree: Tree | None = None) -> dict[str, Any]:
         """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
-        library's `commands` (every one a job, numbered by position), and a `name`; its
-        deps folder, scanned here before the run is kept (a mistake is the client's line)."""
+        library's `commands` (every one a job, numbered by position), and a `name`; `tree`,
+        its deps as scanned (`_scan`)."""
         if self._stopping:
             return {"error": "the pool is stopping (anet down --wait): it takes no new run"}
         name = request.get("name")
@@ -261,8 +261,6 @@ class Pool:
             self.place.runs_dir.mkdir(mode=0o700, exist_ok=True)
             choices = request.get("options") or {}
             run_options(choices, None)  # a mistake is refused here, before anything is kept
-            deps = _deps_path(choices)
-            tree = None if deps is None else await asyncio.to_thread(scan_deps, deps, os.environ)
             if isinstance(choices.get("joblog"), str):
                 joblog = open_joblog(choices["joblog"], resumed=False)
                 if joblog is not None:
@@ -433,6 +431,14 @@ async def settle(cluster: Cluster, labels: Iterable[str]) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SETTLE_TIMEOUT):
             await asyncio.gather(*(one(label) for label in labels))
+
+
+async def _scan(request: dict[str, Any]) -> Tree | None:
+    """A submit's deps folder, scanned before the run is kept (in a thread: a big tree is
+    hashed meanwhile); its DepsError or a bad path is the client's one line."""
+    choices = request.get("options")
+    deps = _deps_path(choices) if isinstance(choices, dict) else None
+    return None if deps is None else await asyncio.to_thread(scan_deps, deps, os.environ)
 
 
 def _deps_path(choices: dict[str, Any]) -> str | None:
