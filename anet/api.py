@@ -113,6 +113,7 @@ class Cluster:
         self._draining: dict[str, asyncio.Event] = {}  # hosts let go once their jobs ended
         self._trees: dict[Drive, RunTree] = {}  # runs with deps of their own (a pool's)
         self._within: dict[str, bytes] = {}  # the tree each dispatcher's next Runs run in
+        self._sync_turns: dict[str, asyncio.Lock] = {}  # runs' syncs, one at a time per host
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -593,6 +594,7 @@ class Cluster:
             self._tasks,
             lambda _label: self._deal(),  # the split of every host changes
             lambda label, reason: self._tasks.create_task(failed(label, reason)),  # type: ignore[union-attr]
+            self._sync_turns,
         )
         for label, state in self.hosts.items():
             if state.state == HostPhase.READY:

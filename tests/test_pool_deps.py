@@ -7,12 +7,16 @@ the tests look at them (and at their locks) directly.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from test_pins import held
-from test_pool import alive, batch, cli, kill_9_after, pool_pid, records
+from test_pool import ANET, alive, batch, cli, kill_9_after, pool_pid, records
 from test_pool_options import sshd_pool  # noqa: F401 (the fixture)
 from waiting import wait_until
+
+from anet.pool.place import place
 
 SHARED = 6
 """Files both deps folders hold alike: the second tree is an edit of the first, the kind of
@@ -127,3 +131,27 @@ def test_deps_through_via_are_refused_in_one_line(tmp_path):
     refused = cli("submit", "--via", "nobody@127.0.0.1", str(path), str(tmp_path))
     assert refused.returncode == 255
     assert refused.stderr.count(b"\n") == 1 and b"--via" in refused.stderr, refused.stderr
+
+
+def test_runs_submitted_at_once_each_sync_their_own_deps_to_every_host(
+    sshd_pool,  # noqa: F811 (the fixture)
+    tmp_path,
+):
+    """Several runs' syncs to one dispatcher at once (each would pick the host's newest tree
+    as its base): every one succeeds, none is kept off a host."""
+    base = deps(tmp_path / "first" / "deps", "base")
+    first = batch(tmp_path / "first", ["cat data.txt"])
+    assert cli("submit", str(first), f"{base}/").returncode == 0
+    words = ["one", "two", "three"]
+    started = []
+    for word in words:
+        folder = deps(tmp_path / word / "deps", word)
+        path = batch(tmp_path / word, ["sleep 0.2; cat data.txt"] * 6)
+        argv = [*ANET, "--format", "msgpack", str(path), f"{folder}/"]
+        started.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for process, word in zip(started, words, strict=True):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert {r.stdout for r in records(out).values()} == {f"{word}\n".encode()}
+    log = place("default", os.environ).log.read_text()
+    assert "deps sync failed" not in log and "go to the other hosts" not in log, log

@@ -35,10 +35,15 @@ class RunTree:
         tasks: asyncio.TaskGroup,
         ready: Callable[[str], None],
         failed: Callable[[str, str], None],
+        turns: dict[str, asyncio.Lock],
     ) -> None:
         self.tree = tree
         self._syncer = Syncer(tree)
         self._tasks = tasks
+        self._turns = turns
+        """One sync at a time on each host, the cluster's runs taking turns: a dispatcher's
+        store plans one sync from one base tree at a time (a second offer would take the
+        first one's base away)."""
         self._ready = ready
         self._failed = failed
         self.ready: set[str] = set()
@@ -64,10 +69,13 @@ class RunTree:
 
     async def _sync(self, session: HostSession, hello: Hello) -> None:
         label = session.label
-        session.send(Pin(self.id))
-        self._pinned[label] = hello
         try:
-            await self._syncer.sync(session)
+            async with self._turns.setdefault(label, asyncio.Lock()):
+                if session.hello is not hello:
+                    return  # that dispatcher went while the others synced: lost
+                session.send(Pin(self.id))
+                self._pinned[label] = hello
+                await self._syncer.sync(session)
         except (AnetError, OSError) as exc:
             if session.hello is hello and not session.closing:  # else lost: it syncs again
                 reason = getattr(exc, "reason", None) or str(exc)
