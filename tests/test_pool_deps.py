@@ -155,3 +155,26 @@ def test_runs_submitted_at_once_each_sync_their_own_deps_to_every_host(
         assert {r.stdout for r in records(out).values()} == {f"{word}\n".encode()}
     log = place("default", os.environ).log.read_text()
     assert "deps sync failed" not in log and "go to the other hosts" not in log, log
+
+
+def test_a_host_added_mid_run_gets_the_runs_deps_before_its_jobs(make_cluster, tmp_path):
+    """`anet pool add` while a deps run is under way: the new host is synced for that run,
+    then takes its share of the run's jobs, which read the run's file there too."""
+    own = make_cluster(2)
+    ssh = ["--ssh-config", str(own.ssh_config)]
+    assert cli("up", *ssh, "-S", "2/host1").returncode == 0
+    pid = pool_pid()
+    try:
+        folder = deps(tmp_path / "deps", "mine")
+        path = batch(tmp_path, ["sleep 0.2; cat data.txt"] * 60)
+        run_id = cli("submit", str(path), f"{folder}/").stdout.decode().strip()
+        added = cli("pool", "add", "2/host2")
+        assert added.returncode == 0, added.stderr
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {r.stdout for r in got.values()} == {b"mine\n"} and len(got) == 60
+        assert {r.host for r in got.values()} == {"host1", "host2"}
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
