@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import courtesy, procs
 from .connection import NEED_DATA, Connection, ConnectionClosed
@@ -37,6 +37,7 @@ from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
 from .outbox import Outbox
 from .pidfiles import PidFiles
+from .pins import HeldTree, Within
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
@@ -143,6 +144,11 @@ class Dispatcher:
         self.held_checked: Optional[float] = None
         """While polite mode holds the queued jobs: when the gate last said so."""
         self.next_yield_check = 0.0  # --yield: when the running jobs' fate is looked at again
+        self.within: Optional[bytes] = None
+        """The tree the Runs that come now run in (Within); None: the default place."""
+        self.bound: Dict[int, Optional[HeldTree]] = {}
+        """The attempts bound to a run's own tree (pins.py), queued or running: their tree,
+        None if it is not held here (they fail)."""
         self.env = dict(os.environ)
         self.paused = False
         self.writing = False
@@ -284,6 +290,8 @@ class Dispatcher:
         if isinstance(msg, Input):
             self.take_input(msg)
         elif isinstance(msg, Run):
+            if self.within is not None:
+                self.bound[msg.aid] = self.deps.pins.enter(self.within)
             if msg.stdin:
                 self.inputs[msg.aid] = JobInput()
             if not self.files.hold(msg):  # else it waits for its files (take_file)
@@ -307,6 +315,8 @@ class Dispatcher:
             # polite mode's kills send their own frames about a running job: no fold then
             polite_kills = msg.memfree_kill or msg.yield_idle > 0
             self.fold = 0.0 if polite_kills else min(max(msg.fold, 0.0), MAX_FOLD)
+        elif isinstance(msg, Within):
+            self.within = msg.tree or None
         elif isinstance(msg, Shutdown):
             self.running = False
         elif type(msg) in self.handlers:
@@ -333,6 +343,7 @@ class Dispatcher:
         for queued in self.queue:
             if queued.aid == msg.aid:
                 self.queue.remove(queued)
+                self.unbind(msg.aid)
                 self.drop_input(msg.aid)
                 self.files.drop(msg.aid)
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
@@ -355,8 +366,14 @@ class Dispatcher:
             if failure is not None:  # its files could not be placed
                 self.not_started(run, failure)
                 continue
+            where = self.where_bound(run.aid) if self.bound else None
+            if where is None:
+                where = self.where_jobs_run(), self.deps.job_cwd
+            elif not where[0]:
+                self.not_started(run, "its run's deps tree is not held on this host")
+                continue
             slot = heapq.heappop(self.free_slots)
-            run, job_cwd = self.files.in_folder(run, self.where_jobs_run(), self.deps.job_cwd)
+            run, job_cwd = self.files.in_folder(run, *where)
             try:
                 job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
@@ -381,8 +398,26 @@ class Dispatcher:
         """Where jobs run: the synced deps first, else the master's folder (local), else home."""
         return self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
 
+    def where_bound(self, aid: int) -> Optional[Tuple[bytes, Optional[bytes]]]:
+        """Where an attempt bound to its run's tree runs (and its deps folder): (b"", None)
+        when that tree is not held here; None for an attempt bound to none."""
+        if aid not in self.bound:
+            return None
+        held = self.bound[aid]
+        if held is None:
+            return b"", None
+        return self.deps.pins.cwd(held), held.path
+
+    def unbind(self, aid: int) -> None:
+        """The attempt ended or never starts: its run's tree may be let go."""
+        if self.bound:
+            held = self.bound.pop(aid, None)
+            if held is not None:
+                self.deps.pins.leave(held)
+
     def not_started(self, run: Run, why: str) -> None:
         """The attempt cannot start: its reason on its stderr, exit status 127."""
+        self.unbind(run.aid)
         self.drop_input(run.aid)
         self.files.drop(run.aid)
         self.send(Output(run.aid, STDERR, ("anet: %s\n" % why).encode("utf-8", "replace")))
@@ -500,6 +535,7 @@ class Dispatcher:
         if not job.exited or job.pipes or job.aid not in self.jobs:
             return
         del self.jobs[job.aid]
+        self.unbind(job.aid)
         self.drop_input(job.aid)  # no InputAck after its Exit
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
