@@ -473,14 +473,37 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     assert pooled.returncode == alone.returncode == 8
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
-    standalone = cli("--max-output", "1G", str(path))  # a pool cannot yet
-    assert standalone.returncode == 8
-    assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
-    named = cli("--pool", "default", "--max-output", "1G", str(path))
+
+
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        (["--line-buffer"], "--line-buffer"),
+        (["--progress"], "--progress"),
+        (["--keepalive", "30"], "--keepalive"),
+        (["--nice", "3"], "polite mode"),
+        (["-S", "2/:"], "-S/-H/-j"),
+    ],
+)
+def test_an_option_a_pool_cannot_take_runs_standalone_and_says_why_in_one_line(
+    pool, tmp_path, option, why
+):
+    """Never silently: either the pool's run does what the option says, or the run is a
+    standalone one, with one line saying which option made it so; with `--pool NAME` named,
+    that line is the error."""
+    path = batch(tmp_path, ["echo a", "exit 3"])
+    alone = cli(*option, "-q", "--retries", "0", str(path))
+    assert alone.returncode == 1, alone.stderr
+    said = alone.stderr.decode().splitlines()
+    assert said[0].startswith(f"anet: warning: {why}") and said[0].endswith(
+        ": running standalone, not through the pool"
+    ), said
+    assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
+    named = cli("--pool", "default", *option, str(path))
     assert named.returncode == 255
-    assert named.stderr.decode().strip() == (
-        "anet: --max-output is not done through a pool yet: leave out --pool default"
-    )
+    lines = named.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"anet: {why}"), lines
+    assert lines[0].endswith(" is not done through a pool yet: leave out --pool default"), lines
 
 
 def test_ctrl_c_of_a_batch_run_through_a_pool_cancels_that_run_and_kills_its_jobs(pool, tmp_path):

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +206,83 @@ def test_a_pool_runs_summary_counts_polite_modes_kills_as_no_failed_attempt():
     for code, sig, excused in ((1, None, False), (None, 9, True), (0, None, False)):
         tally.attempt(AttemptRecord(0, 1, "h1", 1.0e9, 2.0, code, sig, 0, excused))
     assert (tally.ended, tally.failed_attempts) == (3, 1)
+
+
+def _same_outcome(pooled, alone, failed: int, total: int) -> None:
+    """Both commands wrote the same bytes, exited alike, and summed up the same counts."""
+    assert pooled.returncode == alone.returncode == failed, pooled.stderr
+    assert pooled.stdout == alone.stdout and pooled.stdout
+    for said in (pooled.stderr.decode(), alone.stderr.decode()):
+        assert f"anet: {total} jobs done, {failed} failed, in " in said, said
+        assert said.rstrip().endswith(f"{failed} of {total} jobs failed"), said
+
+
+def test_a_command_with_sources_is_a_pools_run_with_the_standalone_bytes_and_journal(
+    sshd_pool, tmp_path
+):
+    """GNU parallel's command line (`:::`, `::::`, `-a`) goes through the pool: the same bytes,
+    status and summary as `--no-pool`, and the journal a standalone run keeps (a standalone
+    `--resume` takes the pool's run up, and finds nothing changed)."""
+    numbers = tmp_path / "numbers"
+    numbers.write_text("".join(f"{i}\n" for i in range(10)))
+    alone_hosts = ["--no-pool", *sshd_pool.ssh, *sshd_pool.hosts]
+    options = ["-k", "--retries", "0", "--no-speculate"]
+    line = ["echo {1} {2}; exit $(( {2} % 4 == 3 ))", ":::", "a", "b", "::::", str(numbers)]
+    pooled = cli(*options, *line, cwd=tmp_path)
+    assert "1  done" in cli("ls").stdout.decode()  # the pool's run, not a standalone one
+    alone = cli(*alone_hosts, *options, *line, cwd=tmp_path)
+    _same_outcome(pooled, alone, failed=4, total=20)
+    resumed = cli(*alone_hosts, *options, "--resume", "--only-new", *line, cwd=tmp_path)
+    assert resumed.returncode == 4, resumed.stderr  # the journal's: only the failed ran again
+    pooled = cli(*options, "-a", str(numbers), "echo x{}", cwd=tmp_path)
+    alone = cli(*alone_hosts, *options, "-a", str(numbers), "echo x{}", cwd=tmp_path)
+    _same_outcome(pooled, alone, failed=0, total=10)
+    assert "2  done" in cli("ls").stdout.decode()
+
+
+def test_max_output_kills_a_pools_job_as_it_kills_a_standalone_one(sshd_pool, tmp_path):
+    path = batch(tmp_path, ["head -c 5000 /dev/zero | tr '\\0' x", "echo small"])
+    options = ["-k", "--max-output", "1K", "--format", "msgpack"]
+    pooled = cli(*options, str(path))
+    assert "1  done" in cli("ls").stdout.decode()
+    alone = cli("--no-pool", *sshd_pool.ssh, *sshd_pool.hosts, *options, str(path))
+    assert pooled.returncode == alone.returncode == 1, pooled.stderr
+    ours, theirs = records(pooled.stdout), records(alone.stdout)
+    assert ours[0].error == theirs[0].error and "--max-output 1K" in ours[0].error, ours[0].error
+    assert (ours[0].ok, ours[0].attempts) == (theirs[0].ok, theirs[0].attempts) == (False, 1)
+    assert (ours[1].ok, ours[1].stdout) == (theirs[1].ok, theirs[1].stdout) == (True, b"small\n")
+
+
+def test_hosts_added_and_drained_stay_so_after_down_and_after_a_kill_9(make_cluster, tmp_path):
+    """The pool's hosts are what `anet up` gave, plus those `pool add` added, less those
+    `pool drain` let go: the next `anet up` of that name (after `anet down`, or a pool
+    killed with -9) starts with them."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(3)
+    up = ["up", "--ssh-config", str(own.ssh_config), "-S", "host1"]
+
+    def hosts() -> list[str]:
+        return [line.split()[0] for line in cli("pool").stdout.decode().splitlines()[1:-1]]
+
+    assert cli(*up).returncode == 0
+    try:
+        assert cli("pool", "add", "2/host2", "host3").returncode == 0
+        assert cli("pool", "drain", "host3").returncode == 0
+        assert hosts() == ["host1", "host2"]
+        cli("down")
+        assert cli(*up).returncode == 0
+        assert hosts() == ["host1", "host2"]
+        assert cli("pool", "drain", "host1").returncode == 0
+        pid = pool_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to die")
+        again = cli(*up)
+        assert again.returncode == 0, again.stderr
+        assert b"1 of 1 hosts ready" in again.stderr
+        assert hosts() == ["host2"]
+        got = records(cli("--format", "msgpack", str(batch(tmp_path, ["echo hi"]))).stdout)
+        assert got[0].host == "host2"
+    finally:
+        cli("down")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
