@@ -495,7 +495,7 @@ def test_an_option_a_pool_cannot_take_runs_standalone_and_says_why_in_one_line(
     alone = cli(*option, "-q", "--retries", "0", str(path))
     assert alone.returncode == 1, alone.stderr
     said = alone.stderr.decode().splitlines()
-    assert said[0].startswith(f"anet: warning: {why}") and said[0].endswith(
+    assert said[0].startswith(f"anet: {why}") and said[0].endswith(
         ": running standalone, not through the pool"
     ), said
     assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
@@ -710,6 +710,25 @@ def test_a_pool_keeps_the_newest_ended_runs_and_forgets_the_older_ones_with_thei
         kept = place("default", os.environ).runs_dir
         assert sorted({f.name.split(".")[0] for f in kept.iterdir()}) == ["3", "4"]
         assert cli("attach", "1").stderr == b"anet: no run 1 in this pool\n"
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def test_polite_mode_is_the_pools_hosts_given_at_up_for_every_run(tmp_path):
+    """`anet up --nice 7`: every run's jobs run at niceness 7 (polite mode belongs to the
+    pool's hosts, which every run shares), as a standalone `--nice 7` runs them."""
+    from test_polite import NICENESS, niceness
+
+    up = cli("up", "-S", "2/:", "--nice", "7")
+    assert up.returncode == 0, up.stderr
+    pid = pool_pid()
+    try:
+        pooled = cli("--format", "msgpack", str(batch(tmp_path, [NICENESS] * 4)))
+        assert pooled.returncode == 0, pooled.stderr
+        got = records(pooled.stdout)
+        assert sorted(got) == [0, 1, 2, 3] and "1  done" in cli("ls").stdout.decode()
+        assert {n for r in got.values() for n in niceness(r.stdout)} == {7}
     finally:
         cli("down")
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")

@@ -209,12 +209,17 @@ def test_a_pool_runs_summary_counts_polite_modes_kills_as_no_failed_attempt():
 
 
 def _same_outcome(pooled, alone, failed: int, total: int) -> None:
-    """Both commands wrote the same bytes, exited alike, and summed up the same counts."""
+    """Both commands wrote the same bytes, exited alike, summed up the same counts and named
+    the same journal."""
     assert pooled.returncode == alone.returncode == failed, pooled.stderr
     assert pooled.stdout == alone.stdout and pooled.stdout
+    journals = []
     for said in (pooled.stderr.decode(), alone.stderr.decode()):
         assert f"anet: {total} jobs done, {failed} failed, in " in said, said
-        assert said.rstrip().endswith(f"{failed} of {total} jobs failed"), said
+        last = f"{failed} of {total} jobs failed" if failed else "sqlite"
+        assert said.rstrip().endswith(last), said
+        journals += [line for line in said.splitlines() if line.startswith("journal: ")]
+    assert len(journals) == 2 and journals[0] == journals[1], journals
 
 
 def test_a_command_with_sources_is_a_pools_run_with_the_standalone_bytes_and_journal(

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from dispatcher.polite import Polite
+
 from .. import logs
 from ..api import KEEPALIVE
 from ..core.engine import RunPolicy
@@ -37,6 +39,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
+from .polite import polite_options
 from .pooled import priority_option, start_joblog, write_run
 from .trying import policy_options
 
@@ -74,17 +77,19 @@ def target_options(command: F) -> F:
 @click.option("--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
               help="Seconds of silence after which a host is lost.")  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="More lines in the pool's log.")
+@polite_options
 @click.pass_obj
 def up_command(
     env: Environment, host_args: HostArgs, pool_name: str, foreground: bool, keepalive: float,
-    verbose: int,
+    verbose: int, polite: Polite,
 ) -> int:  # fmt: skip
-    """Start a resident master: connect the hosts, keep them warm, take batches."""
+    """Start a resident master: connect the hosts, keep them warm, take batches. Polite mode
+    (--nice, --max-load, --memfree, --yield) is the pool's hosts', for every run."""
     where = place(pool_name, env.environ)
     # Jobs on this machine run where `anet up` was given, as `anet BATCH` runs them
     hosts, ssh = host_args.resolve(env), host_args.ssh_options(keepalive)
     keep = Policy.from_environ(env.environ).keep  # a bad setting is said here, not in the log
-    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), keep)
+    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), polite=polite, keep_runs=keep)
 
     def start(ready: Any) -> int:
         logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log

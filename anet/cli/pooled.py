@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..api import KEEPALIVE
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..pool.client import Target, attach, pool_options, request
@@ -50,7 +51,8 @@ priority_option = click.option(
 
 
 def pool_target(args: RunArgs, env: Environment, name: str | None, no_pool: bool) -> Target | None:
-    """The pool this run goes through, or None to run standalone."""
+    """The pool this run goes through, or None to run standalone: never silently (a run that
+    asks what a pool's run cannot do says so in one line, or with `--pool NAME`, fails)."""
     if no_pool:
         return None
     where = place(name or DEFAULT_NAME, env.environ)
@@ -60,44 +62,44 @@ def pool_target(args: RunArgs, env: Environment, name: str | None, no_pool: bool
     if why is not None:
         if name is not None:
             raise UsageError(f"{why} is not done through a pool yet: leave out --pool {name}")
-        log.info(f"{why}: running standalone, not through the pool")
+        log.warning(f"{why}: running standalone, not through the pool")
         return None
     return where, None
 
 
 def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
-    """What of this run only a standalone master does, named as the user gave it; else None."""
-    hosts = args.host_args
+    """What of this run only a standalone master does, named as the user gave it; else None
+    (docs/daemon.md has the table of every option)."""
+    hosts, generated = args.host_args, args.generated
     checks = [
         (bool(hosts.hosts or hosts.host_files or hosts.slots), "-S/-H/-j"),
         (bool(environ.get("ANET_HOSTS")), "$ANET_HOSTS"),
+        (args.keepalive != KEEPALIVE, "--keepalive (a pool's hosts keep `anet up`'s)"),
         (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
         (args.line_buffer, "--line-buffer"),
-        (args.generated is not None, "a command with ::: sources"),
-        (args.max_output is not None, "--max-output"),
+        (args.observe.progress, "--progress"),
+        (generated is not None and generated.files.any, "--transfer/--return"),
+        (generated is not None and generated.inputs.is_stream, "a source read from stdin"),
         (args.observe.tag and args.format == "plain", "--format plain --tag"),
-        (args.polite != type(args.polite)(), "polite mode"),
-        (not args.batch.is_file(), "a batch from a stream"),
+        (args.polite != type(args.polite)(), "polite mode (a pool's hosts take it at `anet up`)"),
+        (generated is None and not args.batch.is_file(), "a batch from a stream"),
     ]
     return next((name for hit, name in checks if hit), None)
 
 
 async def through_pool(args: RunArgs, env: Environment, target: Target, encoder: Encoder) -> int:
     """Submit the batch, write its results as they come, exit as `anet run` does."""
-    try:
-        data = args.batch.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read batch file {str(args.batch)!r}: {exc.strerror}") from None
+    jobs, key, options = _submission(args, env)
     seen = args.observe
-    options = pool_options(args.policy, args.halt, seen.keep_order, args.priority)
-    options.update(journal_options(args, env))
+    options.update(pool_options(args.policy, args.halt, seen.keep_order, args.priority))
+    options.update(journal_options(args, env, key))
     if seen.joblog is not None:
         options["joblog"] = start_joblog(seen.joblog)
     # --results DIR is written here, by the command: in its directory, with its permissions
     results = ResultsDir(seen.results) if seen.results is not None else None
-    name = str(Path(args.batch).resolve())
-    row = await request(target, {"op": "submit", "batch": data, "name": name, "options": options})
+    name = str(Path(key).resolve())
+    row = await request(target, {"op": "submit", **jobs, "name": name, "options": options})
     last: dict[str, Any] = {}
     failed = FailedJobs()
     try:
@@ -119,15 +121,37 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     return min(out.failed, ExitStatus.MAX_FAILED)
 
 
-def journal_options(args: RunArgs, env: Environment) -> dict[str, Any]:
+def _submission(args: RunArgs, env: Environment) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """What the submit carries: the batch file's bytes, or the jobs a command and its sources
+    make (each a job, numbered by position as GNU parallel numbers them); the key its journal
+    is known by; and, for a command, the fingerprint and name a standalone run gives that
+    journal (so --resume takes up a run begun either way)."""
+    generated = args.generated
+    if generated is None:
+        try:
+            data = args.batch.read_bytes()
+        except OSError as exc:
+            why = exc.strerror
+            raise UsageError(f"cannot read batch file {str(args.batch)!r}: {why}") from None
+        return {"batch": data}, args.batch, {}
+    from .run import journal_key  # run.py imports this module: not at its top
+
+    commands = list(generated.commands(env.stdin))  # from files: a stream runs standalone
+    fingerprint, _ = generated.identity(env.stdin)
+    key = journal_key(generated.text)
+    return {"commands": commands}, key, {"fingerprint": fingerprint, "what": "inputs"}
+
+
+def journal_options(args: RunArgs, env: Environment, key: Path) -> dict[str, Any]:
     """The journal a standalone run of this batch keeps (--journal FILE, else its default
-    one), for the pool's run to keep too: `anet status BATCH`, `--resume` and a later
-    standalone run find it where they look. With --no-journal, the pool keeps its own."""
+    one, named after `key`), for the pool's run to keep too: `anet status BATCH`, `--resume`
+    and a later standalone run find it where they look. With --no-journal, the pool keeps
+    its own."""
     if args.no_journal:
         if args.resume:
             raise UsageError("--resume needs the journal of a batch file: drop --no-journal")
         return {}
-    path = args.journal or default_journal_path(args.batch, env.environ)
+    path = args.journal or default_journal_path(key, env.environ)
     return {"journal": str(path.resolve()), "resume": args.resume, "only_new": args.only_new}
 
 

@@ -92,9 +92,7 @@ async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
-    caps = (_max_output(args.max_output, env), output_cap(encoder))
-    policy = dataclasses.replace(args.policy, caps=tuple(cap for cap in caps if cap))
-    args = dataclasses.replace(args, policy=policy)
+    args = _capped(args, env, encoder)
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
     if args.pipe is not None and args.resume:
@@ -187,6 +185,13 @@ async def _run(
         async for result in cluster.run(plan):
             await out.emit(result)
             job_done(result.id)
+
+
+def _capped(args: RunArgs, env: Environment, encoder: Encoder) -> RunArgs:
+    """The run with its output caps: --max-output's, and the most the format carries."""
+    caps = (_max_output(args.max_output, env), output_cap(encoder))
+    policy = dataclasses.replace(args.policy, caps=tuple(cap for cap in caps if cap))
+    return dataclasses.replace(args, policy=policy)
 
 
 MIN_MAX_OUTPUT = 1 << 30
@@ -533,7 +538,7 @@ def run_command(
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)
         encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
-        return run_async(through_pool(args, env, target, encoder))
+        return run_async(through_pool(_capped(args, env, encoder), env, target, encoder))
     return run_async(program(args, env))
 
 

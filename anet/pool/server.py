@@ -39,6 +39,7 @@ from ..runs import RunOptions
 from ..streams.journal import IdSet, JournalError
 from ..streams.retention import remove
 from . import wire
+from .hostset import HostChanges
 from .place import Place
 from .run import Listener, PoolRun, RunJournal, open_joblog, run_options, write_atomically
 
@@ -56,9 +57,18 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 class Pool:
     """The daemon: `serve` until a `down` request or a cancel."""
 
-    def __init__(self, place: Place, cluster: Cluster, *, keep_runs: int | None = None) -> None:
+    def __init__(
+        self,
+        place: Place,
+        cluster: Cluster,
+        *,
+        keep_runs: int | None = None,
+        changes: HostChanges | None = None,
+    ) -> None:
         self.place = place
         self.cluster = cluster
+        self.changes = changes or HostChanges(place.hosts_file)
+        """Hosts added and drained, kept for the next pool of this name."""
         self.keep_runs = keep_runs
         self.runs: dict[int, PoolRun] = {}
         self._next_id = 1
@@ -219,7 +229,10 @@ class Pool:
     async def _add(self, request: dict[str, Any]) -> dict[str, Any]:
         """More hosts (`anet pool add`): each in the pool at once, the reply once each is
         ready or failed (within SETTLE_TIMEOUT, as `anet up` waits)."""
-        labels = [self.cluster.add_host(parse_spec(spec)) for spec in _specs(request)]
+        labels = []
+        for spec in _specs(request):
+            labels.append(self.cluster.add_host(parse_spec(spec)))
+            self.changes.add(spec)  # one by one: a refused later one leaves this one added
         log.info(f"hosts added: {', '.join(labels)}")
         await settle(self.cluster, labels)
         return {"hosts": [_host_row(label, self.cluster.hosts[label]) for label in labels]}
@@ -232,6 +245,8 @@ class Pool:
             if label not in self.cluster.hosts:
                 raise UsageError(f"{label} is not in the pool")
         log.info(f"draining: {', '.join(labels)}")
+        for label in labels:  # gone for the next pool of this name too, even if killed now
+            self.changes.drain(label)
         drains = [asyncio.shield(self.cluster.drain_host(label)) for label in labels]
         await asyncio.gather(*drains)
         log.info(f"drained: {', '.join(labels)}")
@@ -298,7 +313,10 @@ class Pool:
             choices = {}
         kept = choices.get("journal")
         path = Path(kept) if isinstance(kept, str) else self.place.journal(run_id)
-        fingerprint = hashlib.sha256(data).hexdigest()  # as a standalone run's (its file's)
+        # as a standalone run's: its file's, or for a command and its sources the client's
+        fingerprint = choices.get("fingerprint")
+        if not isinstance(fingerprint, str):
+            fingerprint = hashlib.sha256(data).hexdigest()
         if kind == "batch":
             jobs = list(read_batch(io.BytesIO(data)))
         else:
@@ -313,7 +331,8 @@ class Pool:
         resume = path.exists() if restoring else choices.get("resume") is True
         # a restored run gives all its earlier results again: its clients attach from the start
         only_new = choices.get("only_new") is True and not restoring
-        journal = RunJournal.open(path, fingerprint, name, resume=resume)
+        what = choices.get("what") if choices.get("what") == "inputs" else "batch file"
+        journal = RunJournal.open(path, fingerprint, name, resume=resume, what=what)
         try:
             options = run_options(choices, journal, resume=resume, total=len(jobs))
             options = dataclasses.replace(options, only_new=only_new)
