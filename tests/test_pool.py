@@ -732,3 +732,15 @@ def test_polite_mode_is_the_pools_hosts_given_at_up_for_every_run(tmp_path):
     finally:
         cli("down")
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def test_a_run_halted_through_a_pool_ends_with_the_standalone_runs_last_line(pool, tmp_path):
+    path = batch(tmp_path, ["exit 1", "sleep 30", "sleep 30", "sleep 30"])
+    options = ["--halt", "now,fail=1", "--retries", "0", "--format", "msgpack"]
+    pooled = cli(*options, str(path))
+    assert "1  done" in cli("ls").stdout.decode()
+    alone = cli("--no-pool", "-S", "2/:", *options, str(path))
+    assert pooled.returncode == alone.returncode == 1, pooled.stderr
+    assert list(records(pooled.stdout)) == list(records(alone.stdout)) == [0]
+    last = "anet: 1 job failed; halted with 3 of 4 jobs not done"
+    assert pooled.stderr.decode().splitlines()[-1] == alone.stderr.decode().splitlines()[-1] == last

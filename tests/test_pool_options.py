@@ -1,19 +1,23 @@
 """`anet BATCH` through a pool of real sshd hosts takes what a standalone run takes: --joblog,
---results, the end summary, --priority; compared with `--no-pool` on the same hosts."""
+--results, the end summary, --priority, a command with `:::` sources, --max-output; compared
+with `--no-pool` on the same hosts. And the pool's hosts after `pool add`/`drain` outlive it."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_pool import alive, batch, cli, pool_pid, records
+import test_shared_runs as shared
+from test_pool import ANET, alive, batch, cli, pool_pid, records
 from waiting import wait_until
 
+import anet.results
 from anet.streams.joblog import HEADER
 
 
@@ -291,3 +295,83 @@ def test_hosts_added_and_drained_stay_so_after_down_and_after_a_kill_9(make_clus
     finally:
         cli("down")
     assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_a_pool_of_sshd_hosts_killed_with_9_mid_run_is_restored_and_every_result_comes_once(
+    make_cluster, tmp_path
+):
+    """`kill -9` of the daemon while its run is under way on two sshd hosts: the dead pool's
+    remote jobs end with their dispatchers (whose master went), the next `anet up` of that name
+    resumes the run from its journal, an attach gets every result once, and no job whose result
+    had been delivered runs again."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    up = ["up", "--ssh-config", str(own.ssh_config), "--keepalive", "3"]
+    up += [arg for name in own.names for arg in ("-S", f"2/{name}")]
+    assert cli(*up).returncode == 0
+    pid = pool_pid()
+    ran = tmp_path / "ran"  # each job appends its id once it has done its work
+    path = batch(tmp_path, [f"sleep 0.2; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert watcher.stdout is not None
+    before: list[int] = []
+    for result in anet.results.read(watcher.stdout, format="msgpack"):
+        before.append(result.id)
+        if len(before) == 10:
+            break
+    os.kill(pid, signal.SIGKILL)
+    watcher.wait(timeout=30)
+    watcher.stdout.close()
+    assert leftover_processes(own.hosts, grace=30.0) == {}  # the dead pool's jobs: killed
+    again = cli(*up)
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    try:
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"out%d\n" % i for i in range(60)}
+        assert {r.host for r in got.values()} <= set(own.names)
+        runs = ran.read_text().split()
+        assert all(runs.count(str(i)) == 1 for i in before), "a delivered job ran again"
+        assert len(set(runs)) == 60
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_job(
+    cluster, tmp_path
+):
+    """Two runs submitted to a pool of the four shared sshd hosts (8 slots): while both run,
+    each holds half the slots, give or take a job (the job-seconds each got in that window)."""
+    from sshd_hosts import leftover_processes
+
+    hosts = [arg for name in cluster.names for arg in ("-S", f"2/{name}")]
+    assert cli("up", "--ssh-config", str(cluster.ssh_config), *hosts).returncode == 0
+    pid = pool_pid()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        ids = []
+        for run in "ab":
+            (tmp_path / run).mkdir()
+            lines = [shared._stamped(marks, f"{run}.{i:03}") for i in range(48)]
+            ids.append(cli("submit", str(batch(tmp_path / run, lines))).stdout.decode().strip())
+        assert [cli("wait", run_id).returncode for run_id in ids] == [0, 0]
+    finally:
+        cli("down")
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+    assert leftover_processes(cluster.hosts, grace=10.0) == {}
+    a_spans, b_spans = shared._spans(marks, "a"), shared._spans(marks, "b")
+    assert len(a_spans) == len(b_spans) == 48
+    start = max(min(s for s, _ in a_spans), min(s for s, _ in b_spans))
+    end = min(max(e for _, e in a_spans), max(e for _, e in b_spans))
+    assert end - start > 1.0, "the runs hardly overlapped"
+    share_a, share_b = shared._busy(a_spans, start, end), shared._busy(b_spans, start, end)
+    slots = 8 * (end - start)
+    assert abs(share_a - share_b) <= 0.25 * slots, (share_a, share_b, slots)  # 1 job in 4 slots

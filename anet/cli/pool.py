@@ -205,8 +205,8 @@ def pool_command(ctx: click.Context, target: Target) -> int:
 @click.pass_context
 def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
     """Add hosts ([N/][user@]host[:port], as -S takes them) to the running pool; returns once
-    each is ready or failed, as `anet up` does. Until the pool stops: `anet up` starts with
-    its own hosts again."""
+    each is ready or failed, as `anet up` does. The pool's next start (`anet up` of its name)
+    has them too."""
     env: Environment = ctx.obj
     reply = run_async(request(ctx.meta["pool_target"], {"op": "add", "hosts": list(specs)}))
     _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
@@ -218,7 +218,8 @@ def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
 @click.pass_context
 def pool_drain_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
     """Let hosts go: they get no new job (those queued there run elsewhere), their running
-    jobs finish, then their dispatchers stop. Returns once every one has gone."""
+    jobs finish, then their dispatchers stop. Returns once every one has gone; the pool's
+    next start leaves them out too."""
     env: Environment = ctx.obj
     reply = run_async(request(ctx.meta["pool_target"], {"op": "drain", "hosts": list(specs)}))
     env.stderr.write("".join(f"{printable(label)}: drained\n" for label in reply["drained"]))

@@ -2,14 +2,15 @@
 exit status, without a start-up of its own (docs/daemon.md).
 
 A run goes through the pool when one is up (the default pool, or `--pool NAME`) and the run
-asks nothing a pool's run cannot do yet: no hosts of its own (-S, -H, -j, $ANET_HOSTS), a batch
-file (not a stream), and none of deps, --pipe, command mode, polite options or
---max-output. The pool's run keeps the journal a standalone run keeps (so --resume,
---only-new and `anet status BATCH` work alike). --joblog is written by the pool (a line per
-attempt, into the file this command made), --results DIR by this command (its directory, its
-permissions).
-Otherwise it runs standalone, as before; with `--pool NAME` named, such an option is one line
-of error instead. `--no-pool` always runs standalone. Ctrl-C cancels the pool's run (its jobs
+asks nothing a pool's run cannot do yet (`_standalone_only`: hosts of its own, a stream, deps,
+--pipe, --line-buffer, polite options of its own...). A batch file goes as its bytes; a
+command and its sources (`:::`, `::::`, `-a`) as the jobs this command makes. The pool's run
+keeps the journal a standalone run keeps (so --resume, --only-new and `anet status BATCH` work
+alike) and the output caps this command works out (--max-output, the format's). --joblog is
+written by the pool (a line per attempt, into the file this command made), --results DIR by
+this command (its directory, its permissions).
+Otherwise it runs standalone, saying why in one line; with `--pool NAME` named, that line is
+the error instead. `--no-pool` always runs standalone. Ctrl-C cancels the pool's run (its jobs
 are killed), as it stops a standalone one.
 """
 
@@ -116,9 +117,24 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
         places = summary_places(row.get("journal"), seen.joblog, seen.results)
         env.stderr.write(summary_text(last, failed, places))
         env.stderr.flush()
-    if out.failed:
+    if last.get("halted"):
+        say_halted(out.failed, max(last["total"] - last["done"], 0), last["total"])
+    elif out.failed:
         log.warning(f"{out.failed} of {out.total} jobs failed", failed=out.failed, total=out.total)
     return min(out.failed, ExitStatus.MAX_FAILED)
+
+
+def say_halted(failed: int, undone: int | None, total: int | None) -> None:
+    """The last word after --halt, standalone or through a pool: the jobs it left undone, not
+    "2 of 2 jobs failed" (`undone` and `total` None: a batch from a stream)."""
+    failed_jobs = "1 job" if failed == 1 else f"{failed} jobs"
+    if total is None or undone is None:  # a batch from a stream: what was left is unknown
+        log.warning(f"{failed_jobs} failed; halted before the end of the batch", failed=failed)
+        return
+    log.warning(
+        f"{failed_jobs} failed; halted with {undone} of {total} jobs not done",
+        failed=failed, undone=undone, total=total,
+    )  # fmt: skip
 
 
 def _submission(args: RunArgs, env: Environment) -> tuple[dict[str, Any], Path, dict[str, Any]]:

@@ -55,7 +55,7 @@ from .common import Environment, ExitStatus, HostArgs, host_options, log_options
 from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
-from .pooled import pool_target, priority_option, through_pool
+from .pooled import pool_target, priority_option, say_halted, through_pool
 from .trying import policy_options
 
 log = get_logger()
@@ -148,15 +148,8 @@ def _say_halted(failed: int, seen: RunObservers, batch: Path | None) -> None:
     if total is None and batch is not None:  # the count in the background had not finished
         with contextlib.suppress(OSError, UsageError):
             total = count_jobs(batch)
-    failed_jobs = "1 job" if failed == 1 else f"{failed} jobs"
-    if total is None:  # a batch from a stream: what was left of it is unknown
-        log.warning(f"{failed_jobs} failed; halted before the end of the batch", failed=failed)
-        return
-    undone = max(total - seen.tally.base - seen.tally.done, 0)
-    log.warning(
-        f"{failed_jobs} failed; halted with {undone} of {total} jobs not done",
-        failed=failed, undone=undone, total=total,
-    )  # fmt: skip
+    undone = None if total is None else max(total - seen.tally.base - seen.tally.done, 0)
+    say_halted(failed, undone, total)
 
 
 async def _run(

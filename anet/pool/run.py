@@ -106,6 +106,7 @@ class PoolRun:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     state: str = "running"
+    halted: bool = False  # --halt stopped it before the batch was done
     done: int = 0
     failed: int = 0
     task: asyncio.Task[None] | None = None
@@ -116,6 +117,7 @@ class PoolRun:
         return {
             "id": self.id, "name": self.name, "state": self.state, "done": self.done,
             "failed": self.failed, "total": self.total, "started": self.started,
+            "halted": self.halted,
         }  # fmt: skip
 
     def arrived(self, result: JobResult) -> None:

@@ -35,7 +35,7 @@ from ..core.record import JobResult
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..remote.hosts import parse_spec
-from ..runs import RunOptions
+from ..runs import RunOptions, RunPlan
 from ..streams.journal import IdSet, JournalError
 from ..streams.retention import remove
 from . import wire
@@ -324,7 +324,7 @@ class Pool:
         if ended is not None:
             run = PoolRun(run_id, name, len(jobs), path, fingerprint, None, RunOptions())
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
-            run.state = str(ended["state"])
+            run.state, run.halted = str(ended["state"]), bool(ended.get("halted"))
             run.ended.set()
             self.runs[run_id] = run
             return run
@@ -352,9 +352,11 @@ class Pool:
 
     async def _drive(self, run: PoolRun, jobs: list[Any]) -> None:
         state = "done"
+        plan = RunPlan(jobs, run.options)
         try:
-            async for result in self.cluster.run(jobs, run.options):
+            async for result in self.cluster.run(plan):
                 run.arrived(result)
+            run.halted = plan.halted  # --halt stopped it: its client says so as standalone
         except asyncio.CancelledError:
             state = "cancelled"
         except AnetError as exc:
