@@ -360,7 +360,7 @@ def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_j
         ids = []
         for run in "ab":
             (tmp_path / run).mkdir()
-            lines = [shared._stamped(marks, f"{run}.{i:03}") for i in range(48)]
+            lines = [shared._stamped(marks, f"{run}.{i:03}") for i in range(80)]
             ids.append(cli("submit", str(batch(tmp_path / run, lines))).stdout.decode().strip())
         assert [cli("wait", run_id).returncode for run_id in ids] == [0, 0]
     finally:
@@ -368,7 +368,7 @@ def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_j
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
     assert leftover_processes(cluster.hosts, grace=10.0) == {}
     a_spans, b_spans = shared._spans(marks, "a"), shared._spans(marks, "b")
-    assert len(a_spans) == len(b_spans) == 48
+    assert len(a_spans) == len(b_spans) == 80
     start = max(min(s for s, _ in a_spans), min(s for s, _ in b_spans))
     end = min(max(e for _, e in a_spans), max(e for _, e in b_spans))
     assert end - start > 1.0, "the runs hardly overlapped"
