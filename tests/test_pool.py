@@ -744,3 +744,16 @@ def test_a_run_halted_through_a_pool_ends_with_the_standalone_runs_last_line(poo
     assert list(records(pooled.stdout)) == list(records(alone.stdout)) == [0]
     last = "anet: 1 job failed; halted with 3 of 4 jobs not done"
     assert pooled.stderr.decode().splitlines()[-1] == alone.stderr.decode().splitlines()[-1] == last
+
+
+def test_plain_tag_through_a_pool_writes_the_standalone_bytes(pool, tmp_path):
+    """GNU parallel's `--format plain --tag`: each line after its job's tag (its arguments, or
+    a batch line's command), from a batch file and from a command's sources alike."""
+    path = batch(tmp_path, [f"echo line {i}; echo more {i}" for i in range(12)])
+    for words in ([str(path)], ["echo {} x; exit $(( {} % 5 == 4 ))", ":::", *map(str, range(12))]):
+        options = ["-k", "--retries", "0", "--format", "plain", "--tag", *words]
+        pooled = cli(*options, cwd=tmp_path)
+        alone = cli("--no-pool", "-S", "2/:", *options, cwd=tmp_path)
+        assert pooled.returncode == alone.returncode, pooled.stderr
+        assert pooled.stdout == alone.stdout and b"\t" in pooled.stdout, pooled.stdout
+    assert "2  done" in cli("ls").stdout.decode()  # both were the pool's runs

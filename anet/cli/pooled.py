@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..api import KEEPALIVE
+from ..core.batch import read_batch
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..pool.client import Target, attach, pool_options, request
@@ -34,7 +36,7 @@ from ..streams.joblog import Joblog
 from ..streams.journal import default_journal_path
 from ..streams.output import open_output
 from ..streams.resultsdir import ResultsDir
-from ..streams.sinks import Encoder
+from ..streams.sinks import Encoder, plain_tagged
 from ..views.observe import end_summary, summary_places
 from ..views.progress import HostRow, Snapshot
 from ..views.summary import FailedJobs
@@ -82,7 +84,6 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
         (args.observe.progress, "--progress"),
         (generated is not None and generated.files.any, "--transfer/--return"),
         (generated is not None and generated.inputs.is_stream, "a source read from stdin"),
-        (args.observe.tag and args.format == "plain", "--format plain --tag"),
         (args.polite != type(args.polite)(), "polite mode (a pool's hosts take it at `anet up`)"),
         (generated is None and not args.batch.is_file(), "a batch from a stream"),
     ]
@@ -91,7 +92,9 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
 
 async def through_pool(args: RunArgs, env: Environment, target: Target, encoder: Encoder) -> int:
     """Submit the batch, write its results as they come, exit as `anet run` does."""
-    jobs, key, options = _submission(args, env)
+    jobs, key, options, tags = _submission(args, env)
+    if tags is not None:  # plain --tag: each result's line prefix, from the jobs made here
+        encoder = plain_tagged(lambda job_id: tags.pop(job_id, b""))
     seen = args.observe
     options.update(pool_options(args.policy, args.halt, seen.keep_order, args.priority))
     options.update(journal_options(args, env, key))
@@ -137,25 +140,31 @@ def say_halted(failed: int, undone: int | None, total: int | None) -> None:
     )  # fmt: skip
 
 
-def _submission(args: RunArgs, env: Environment) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+Submission = tuple[dict[str, Any], Path, dict[str, Any], dict[int, bytes] | None]
+
+
+def _submission(args: RunArgs, env: Environment) -> Submission:
     """What the submit carries: the batch file's bytes, or the jobs a command and its sources
     make (each a job, numbered by position as GNU parallel numbers them); the key its journal
-    is known by; and, for a command, the fingerprint and name a standalone run gives that
-    journal (so --resume takes up a run begun either way)."""
-    generated = args.generated
+    is known by; for a command, the fingerprint and name a standalone run gives that journal
+    (so --resume takes up a run begun either way); and with plain --tag, every job's tag."""
+    generated, tagged = args.generated, args.observe.tag and args.format == "plain"
     if generated is None:
         try:
             data = args.batch.read_bytes()
         except OSError as exc:
             why = exc.strerror
             raise UsageError(f"cannot read batch file {str(args.batch)!r}: {why}") from None
-        return {"batch": data}, args.batch, {}
+        tags = {job.id: job.command for job in read_batch(io.BytesIO(data))} if tagged else None
+        return {"batch": data}, args.batch, {}, tags
     from .run import journal_key  # run.py imports this module: not at its top
 
-    commands = list(generated.commands(env.stdin))  # from files: a stream runs standalone
+    made = list(generated.tagged(env.stdin))  # from files: a stream runs standalone
     fingerprint, _ = generated.identity(env.stdin)
     key = journal_key(generated.text)
-    return {"commands": commands}, key, {"fingerprint": fingerprint, "what": "inputs"}
+    tags = {job.id: tag for job, tag in made} if tagged else None
+    extra = {"fingerprint": fingerprint, "what": "inputs"}
+    return {"commands": [job.command for job, _ in made]}, key, extra, tags
 
 
 def journal_options(args: RunArgs, env: Environment, key: Path) -> dict[str, Any]:
