@@ -479,7 +479,6 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     ("option", "why"),
     [
         (["--line-buffer"], "--line-buffer"),
-        (["--progress"], "--progress"),
         (["--keepalive", "30"], "--keepalive"),
         (["--nice", "3"], "polite mode"),
         (["-S", "2/:"], "-S/-H/-j"),
@@ -757,3 +756,19 @@ def test_plain_tag_through_a_pool_writes_the_standalone_bytes(pool, tmp_path):
         assert pooled.returncode == alone.returncode, pooled.stderr
         assert pooled.stdout == alone.stdout and b"\t" in pooled.stdout, pooled.stdout
     assert "2  done" in cli("ls").stdout.decode()  # both were the pool's runs
+
+
+def test_a_run_through_a_pool_shows_the_progress_view_a_standalone_run_shows(pool, tmp_path):
+    """The live view (on a terminal; ANET_PROGRESS=live draws it on this pipe): the run's
+    counts, and the pool's hosts with the run's jobs there, as standalone; its last frame is
+    the run's end."""
+    import re
+
+    path = batch(tmp_path, [f"sleep 0.3; echo {i}" for i in range(8)])
+    live = {**os.environ, "ANET_PROGRESS": "live"}
+    for shown in (cli(str(path), env=live), cli("--no-pool", "-S", "2/:", str(path), env=live)):
+        assert shown.returncode == 0, shown.stderr
+        said = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr.decode())
+        assert " 8/8 0 failed, 0 running, 0 queued" in said, said
+        assert re.search(r"\nlocal +ready +0/2 +8 ", said), said
+    assert "1  done" in cli("ls").stdout.decode()  # the first was the pool's run

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +27,20 @@ import click
 
 from ..api import KEEPALIVE
 from ..core.batch import read_batch
+from ..core.record import JobResult
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..pool.client import Target, attach, pool_options, request
 from ..pool.place import DEFAULT_NAME, place
+from ..pool.wire import WireError
 from ..streams.delivery import Delivery
 from ..streams.joblog import Joblog
 from ..streams.journal import default_journal_path
 from ..streams.output import open_output
 from ..streams.resultsdir import ResultsDir
 from ..streams.sinks import Encoder, plain_tagged
-from ..views.observe import end_summary, summary_places
-from ..views.progress import HostRow, Snapshot
+from ..views.observe import end_summary, progress_view, summary_places
+from ..views.progress import HostRow, Snapshot, Tally
 from ..views.summary import FailedJobs
 from .common import Environment, ExitStatus
 
@@ -81,7 +83,6 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
         (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
         (args.line_buffer, "--line-buffer"),
-        (args.observe.progress, "--progress"),
         (generated is not None and generated.files.any, "--transfer/--return"),
         (generated is not None and generated.inputs.is_stream, "a source read from stdin"),
         (args.polite != type(args.polite)(), "polite mode (a pool's hosts take it at `anet up`)"),
@@ -107,9 +108,11 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     last: dict[str, Any] = {}
     failed = FailedJobs()
     try:
-        last, out = await write_run(
-            env, target, row["id"], encoder, results=results, failed=failed, summary=not seen.quiet
-        )
+        async with _progress(args, env, target, row) as progress:
+            last, out = await write_run(
+                env, target, row["id"], encoder,
+                results=results, failed=failed, progress=progress, summary=not seen.quiet,
+            )  # fmt: skip
     finally:
         if not last:  # Ctrl-C, a closed stdout: the pool's run must not go on alone
             with contextlib.suppress(AnetError, OSError):
@@ -207,12 +210,13 @@ async def write_run(
     *,
     results: ResultsDir | None = None,
     failed: FailedJobs | None = None,
+    progress: PoolProgress | None = None,
     summary: bool = False,
 ) -> tuple[dict[str, Any], Delivery]:
     """A pool's run's results on stdout as `anet run` writes them (Delivery: a big output in
     parts, a reader that stops is waited for), each also in `results` (before it is written
-    out, as a standalone run does) and, failed, in `failed`; its last row ({} if the stream
-    broke off), with the run's summary if asked."""
+    out, as a standalone run does), counted in `progress` and, failed, in `failed`; its last
+    row ({} if the stream broke off), with the run's summary if asked."""
     last: dict[str, Any] = {}
     async with Delivery(await open_output(env.stdout), encoder, None) as out:
         async for item in attach(target, run_id, summary=summary):
@@ -223,5 +227,66 @@ async def write_run(
                 await asyncio.to_thread(results.write, item)
             if failed is not None and not item.ok:
                 failed.add(item)
+            if progress is not None:
+                progress.arrived(item)
             await out.emit(item)
     return last, out
+
+
+PROGRESS_POLL = 1.0
+"""Seconds between two asks of the pool for its hosts' rows while a progress view shows them."""
+
+
+class PoolProgress:
+    """The progress view's numbers for a run of a pool's: the counts from the results this
+    command got, the hosts' rows (the run's own jobs by host, and every run's running ones)
+    asked of the pool every PROGRESS_POLL seconds."""
+
+    def __init__(self, total: int | None) -> None:
+        self.tally = Tally(total=total)
+        self.rows: list[list[Any]] = []
+
+    def arrived(self, result: JobResult) -> None:
+        self.tally.done += 1
+        self.tally.failed += not result.ok
+
+    def snapshot(self, elapsed: float) -> Snapshot:
+        hosts = tuple(
+            HostRow(label, state, slots, running, done, failed_attempts, -1, -1, mean, None)
+            for label, state, slots, done, failed_attempts, mean, running in self.rows
+        )
+        running = sum(row.running for row in hosts)
+        return Snapshot(
+            elapsed, self.tally.total, self.tally.done, self.tally.failed, running, hosts
+        )
+
+    async def ask(self, target: Target, run_id: int) -> None:
+        """The hosts' rows now (kept as they were if the pool does not answer: the next ask)."""
+        with contextlib.suppress(AnetError, OSError, WireError):
+            self.rows = (await request(target, {"op": "progress", "run": run_id}))["hosts"]
+
+    async def poll(self, target: Target, run_id: int) -> None:
+        while True:
+            await self.ask(target, run_id)
+            await asyncio.sleep(PROGRESS_POLL)
+
+
+@contextlib.asynccontextmanager
+async def _progress(
+    args: RunArgs, env: Environment, target: Target, row: dict[str, Any]
+) -> AsyncIterator[PoolProgress | None]:
+    """The progress view a standalone run would show (on a terminal, or with --progress),
+    for the time of the run; None when there is none."""
+    progress = PoolProgress(row.get("total"))
+    view = progress_view(args.observe, env.stderr, progress.snapshot)
+    if view is None:
+        yield None
+        return
+    async with asyncio.TaskGroup() as tasks:
+        poller = tasks.create_task(progress.poll(target, row["id"]))
+        try:
+            async with view:
+                yield progress
+                await progress.ask(target, row["id"])  # the last frame shows the run's end
+        finally:
+            poller.cancel()

@@ -211,6 +211,8 @@ class Pool:
                 run.task.cancel()
             await run.ended.wait()
             reply = run.row()
+        elif op == "progress":  # for the progress view of `anet BATCH` through the pool
+            reply = {"hosts": self._progress(self._run(request))}
         elif op == "add":
             reply = await self._add(request)
         elif op == "drain":
@@ -427,6 +429,15 @@ class Pool:
         hosts += [[label, "drained", 0, *row] for label, row in numbers.items()]
         wall = (run.finished or time.time()) - run.started
         return {"wall": wall, "hosts": hosts}
+
+    def _progress(self, run: PoolRun) -> list[list[Any]]:
+        """The summary's rows now, each with the jobs running on its host (every run's: the
+        pool does not count them per run)."""
+        hosts = self.cluster.hosts
+        return [
+            [*row, hosts[row[0]].running if row[0] in hosts else 0]
+            for row in self._summary(run)["hosts"]
+        ]
 
 
 class _NoSuchRun(AnetError):
