@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -242,24 +242,38 @@ def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, t
     )  # fmt: skip
 
 
-def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
-    pool, tmp_path
-):
-    ran = tmp_path / "ran"  # each job appends its id when it has done its work
-    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
-    run_id = cli("submit", str(path)).stdout.decode().strip()
+def stop_pool(pid: int) -> None:
+    """`anet down`, then the pool's process gone."""
+    cli("down")
+    wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def kill_9_after(run_id: str, count: int, pid: int, first: Callable[[], None] = lambda: None):
+    """The ids of the run's first `count` results, read by an attach; then the pool (`pid`)
+    is killed with -9 (after `first()`), and the attach ends with it."""
     watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert watcher.stdout is not None
     before: list[int] = []
     for result in anet.results.read(watcher.stdout, format="msgpack"):
         before.append(result.id)
-        if len(before) == 10:
+        if len(before) == count:
             break
-    below = descendants(pool)
-    os.kill(pool, signal.SIGKILL)
+    first()
+    os.kill(pid, signal.SIGKILL)
     watcher.wait(timeout=30)
     watcher.stdout.close()
+    return before
+
+
+def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
+    pool, tmp_path
+):
+    ran = tmp_path / "ran"  # each job appends its id when it has done its work
+    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    below: set[int] = set()
+    before = kill_9_after(run_id, 10, pool, lambda: below.update(descendants(pool)))
     wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its jobs to end")
     again = cli("up", "-S", "2/:")
     assert again.returncode == 0, again.stderr
@@ -729,8 +743,7 @@ def test_polite_mode_is_the_pools_hosts_given_at_up_for_every_run(tmp_path):
         assert sorted(got) == [0, 1, 2, 3] and "1  done" in cli("ls").stdout.decode()
         assert {n for r in got.values() for n in niceness(r.stdout)} == {7}
     finally:
-        cli("down")
-        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+        stop_pool(pid)
 
 
 def test_a_run_halted_through_a_pool_ends_with_the_standalone_runs_last_line(pool, tmp_path):

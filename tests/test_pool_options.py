@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import test_shared_runs as shared
-from test_pool import ANET, alive, batch, cli, pool_pid, records
+from test_pool import alive, batch, cli, kill_9_after, pool_pid, records, stop_pool
 from waiting import wait_until
 
-import anet.results
 from anet.streams.joblog import HEADER
 
 
@@ -279,7 +277,7 @@ def test_hosts_added_and_drained_stay_so_after_down_and_after_a_kill_9(make_clus
         assert cli("pool", "add", "2/host2", "host3").returncode == 0
         assert cli("pool", "drain", "host3").returncode == 0
         assert hosts() == ["host1", "host2"]
-        cli("down")
+        stop_pool(pool_pid())
         assert cli(*up).returncode == 0
         assert hosts() == ["host1", "host2"]
         assert cli("pool", "drain", "host1").returncode == 0
@@ -314,17 +312,7 @@ def test_a_pool_of_sshd_hosts_killed_with_9_mid_run_is_restored_and_every_result
     ran = tmp_path / "ran"  # each job appends its id once it has done its work
     path = batch(tmp_path, [f"sleep 0.2; echo {i} >> {ran}; echo out{i}" for i in range(60)])
     run_id = cli("submit", str(path)).stdout.decode().strip()
-    watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
-    assert watcher.stdout is not None
-    before: list[int] = []
-    for result in anet.results.read(watcher.stdout, format="msgpack"):
-        before.append(result.id)
-        if len(before) == 10:
-            break
-    os.kill(pid, signal.SIGKILL)
-    watcher.wait(timeout=30)
-    watcher.stdout.close()
+    before = kill_9_after(run_id, 10, pid)
     assert leftover_processes(own.hosts, grace=30.0) == {}  # the dead pool's jobs: killed
     again = cli(*up)
     assert again.returncode == 0, again.stderr
@@ -339,8 +327,7 @@ def test_a_pool_of_sshd_hosts_killed_with_9_mid_run_is_restored_and_every_result
         assert all(runs.count(str(i)) == 1 for i in before), "a delivered job ran again"
         assert len(set(runs)) == 60
     finally:
-        cli("down")
-        wait_until(lambda: not alive(new), timeout=30, what="the new pool to stop")
+        stop_pool(new)
     assert leftover_processes(own.hosts, grace=10.0) == {}
 
 
@@ -364,8 +351,7 @@ def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_j
             ids.append(cli("submit", str(batch(tmp_path / run, lines))).stdout.decode().strip())
         assert [cli("wait", run_id).returncode for run_id in ids] == [0, 0]
     finally:
-        cli("down")
-        wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+        stop_pool(pid)
     assert leftover_processes(cluster.hosts, grace=10.0) == {}
     a_spans, b_spans = shared._spans(marks, "a"), shared._spans(marks, "b")
     assert len(a_spans) == len(b_spans) == 80
