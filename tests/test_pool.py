@@ -785,3 +785,19 @@ def test_a_run_through_a_pool_shows_the_progress_view_a_standalone_run_shows(poo
         assert " 8/8 0 failed, 0 running, 0 queued" in said, said
         assert re.search(r"\nlocal +ready +0/2 +8 ", said), said
     assert "1  done" in cli("ls").stdout.decode()  # the first was the pool's run
+
+
+@pytest.mark.parametrize(
+    ("words", "why"),
+    [
+        (["echo {}", "::::", "-"], "a source read from stdin"),
+        (["--transfer", "cat {}", ":::", "f.txt"], "--transfer/--return"),
+        (["-"], "a batch from a stream"),
+    ],
+)
+def test_a_command_a_pool_cannot_take_yet_runs_standalone_saying_why(pool, tmp_path, words, why):
+    (tmp_path / "f.txt").write_text("a file\n")
+    alone = cli("-q", *words, input=b"echo a\n", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stderr.decode() == f"anet: {why}: running standalone, not through the pool\n"
+    assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
