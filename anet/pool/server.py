@@ -1,7 +1,8 @@
 """The pool's side: one open `Cluster`, the runs its clients submitted, and a unix socket.
 
 Every connection is one request (see `Pool.handle`): `ping`, `submit`, `ls`, `attach`, `wait`,
-`cancel`, `down`. Only the owner gets an answer: the socket lives in a 0700 directory
+`cancel`, `progress` (a run's host rows, for its command's progress view), `add`, `drain`,
+`down`. Only the owner gets an answer: the socket lives in a 0700 directory
 (place.py), and a peer whose uid (SO_PEERCRED) is not the daemon's is closed unanswered.
 
 A run's results go into its journal as they end (the cluster commits each before yielding it),
