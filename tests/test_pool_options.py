@@ -344,11 +344,13 @@ def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_j
     marks = tmp_path / "marks"
     marks.mkdir()
     try:
-        ids = []
+        ids, gate = [], tmp_path / "gate"  # no job starts its work before both runs are in
+        wait = f"while [ ! -e {gate} ]; do sleep 0.05; done; "
         for run in "ab":
             (tmp_path / run).mkdir()
-            lines = [shared._stamped(marks, f"{run}.{i:03}") for i in range(80)]
+            lines = [wait + shared._stamped(marks, f"{run}.{i:03}") for i in range(80)]
             ids.append(cli("submit", str(batch(tmp_path / run, lines))).stdout.decode().strip())
+        gate.touch()
         assert [cli("wait", run_id).returncode for run_id in ids] == [0, 0]
     finally:
         stop_pool(pid)
