@@ -242,19 +242,26 @@ def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, t
     )  # fmt: skip
 
 
-def kill_9_after(pool: int, run_id: str, results: int) -> list[int]:
-    """Attach to the run, kill the pool with SIGKILL once `results` of its results came, and
-    wait for the dead pool's processes (dispatchers, jobs) to end: the ids that came."""
+def stop_pool(pid: int) -> None:
+    """`anet down`, then the pool's process gone."""
+    cli("down")
+    wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def kill_9_after(run_id: str, count: int, pid: int) -> list[int]:
+    """The ids of the run's first `count` results, read by an attach; then the pool (`pid`)
+    is killed with -9, the attach ends with it, and the dead pool's
+    processes (dispatchers, jobs) end too."""
     watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert watcher.stdout is not None
     before: list[int] = []
     for result in anet.results.read(watcher.stdout, format="msgpack"):
         before.append(result.id)
-        if len(before) == results:
+        if len(before) == count:
             break
-    below = descendants(pool)
-    os.kill(pool, signal.SIGKILL)
+    below = descendants(pid)
+    os.kill(pid, signal.SIGKILL)
     watcher.wait(timeout=30)
     watcher.stdout.close()
     wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its jobs to end")
@@ -267,7 +274,7 @@ def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_c
     ran = tmp_path / "ran"  # each job appends its id when it has done its work
     path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
     run_id = cli("submit", str(path)).stdout.decode().strip()
-    before = kill_9_after(pool, run_id, 10)
+    before = kill_9_after(run_id, 10, pool)
     again = cli("up", "-S", "2/:")
     assert again.returncode == 0, again.stderr
     new = pool_pid()
@@ -480,14 +487,36 @@ def test_anet_batch_goes_through_a_running_pool_with_the_same_bytes_and_status(p
     assert pooled.returncode == alone.returncode == 8
     listing = cli("ls").stdout.decode()
     assert "1  done" in listing and str(path.resolve()) in listing  # it was the pool's run
-    standalone = cli("--max-output", "1G", str(path))  # a pool cannot yet
-    assert standalone.returncode == 8
-    assert len(cli("ls").stdout.decode().splitlines()) == 2  # ran standalone: still one run
-    named = cli("--pool", "default", "--max-output", "1G", str(path))
+
+
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        (["--line-buffer"], "--line-buffer"),
+        (["--keepalive", "30"], "--keepalive"),
+        (["--nice", "3"], "polite mode"),
+        (["-S", "2/:"], "-S/-H/-j"),
+    ],
+)
+def test_an_option_a_pool_cannot_take_runs_standalone_and_says_why_in_one_line(
+    pool, tmp_path, option, why
+):
+    """Never silently: either the pool's run does what the option says, or the run is a
+    standalone one, with one line saying which option made it so; with `--pool NAME` named,
+    that line is the error."""
+    path = batch(tmp_path, ["echo a", "exit 3"])
+    alone = cli(*option, "-q", "--retries", "0", str(path))
+    assert alone.returncode == 1, alone.stderr
+    said = alone.stderr.decode().splitlines()
+    assert said[0].startswith(f"anet: {why}") and said[0].endswith(
+        ": running standalone, not through the pool"
+    ), said
+    assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
+    named = cli("--pool", "default", *option, str(path))
     assert named.returncode == 255
-    assert named.stderr.decode().strip() == (
-        "anet: --max-output is not done through a pool yet: leave out --pool default"
-    )
+    lines = named.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"anet: {why}"), lines
+    assert lines[0].endswith(" is not done through a pool yet: leave out --pool default"), lines
 
 
 def test_ctrl_c_of_a_batch_run_through_a_pool_cancels_that_run_and_kills_its_jobs(pool, tmp_path):
@@ -697,3 +726,78 @@ def test_a_pool_keeps_the_newest_ended_runs_and_forgets_the_older_ones_with_thei
     finally:
         cli("down")
         wait_until(lambda: not alive(pid), timeout=30, what="the pool to stop")
+
+
+def test_polite_mode_is_the_pools_hosts_given_at_up_for_every_run(tmp_path):
+    """`anet up --nice 7`: every run's jobs run at niceness 7 (polite mode belongs to the
+    pool's hosts, which every run shares), as a standalone `--nice 7` runs them."""
+    from test_polite import NICENESS, niceness
+
+    up = cli("up", "-S", "2/:", "--nice", "7")
+    assert up.returncode == 0, up.stderr
+    pid = pool_pid()
+    try:
+        pooled = cli("--format", "msgpack", str(batch(tmp_path, [NICENESS] * 4)))
+        assert pooled.returncode == 0, pooled.stderr
+        got = records(pooled.stdout)
+        assert sorted(got) == [0, 1, 2, 3] and "1  done" in cli("ls").stdout.decode()
+        assert {n for r in got.values() for n in niceness(r.stdout)} == {7}
+    finally:
+        stop_pool(pid)
+
+
+def test_a_run_halted_through_a_pool_ends_with_the_standalone_runs_last_line(pool, tmp_path):
+    path = batch(tmp_path, ["exit 1", "sleep 30", "sleep 30", "sleep 30"])
+    options = ["--halt", "now,fail=1", "--retries", "0", "--format", "msgpack"]
+    pooled = cli(*options, str(path))
+    assert "1  done" in cli("ls").stdout.decode()
+    alone = cli("--no-pool", "-S", "2/:", *options, str(path))
+    assert pooled.returncode == alone.returncode == 1, pooled.stderr
+    assert list(records(pooled.stdout)) == list(records(alone.stdout)) == [0]
+    last = "anet: 1 job failed; halted with 3 of 4 jobs not done"
+    assert pooled.stderr.decode().splitlines()[-1] == alone.stderr.decode().splitlines()[-1] == last
+
+
+def test_plain_tag_through_a_pool_writes_the_standalone_bytes(pool, tmp_path):
+    """GNU parallel's `--format plain --tag`: each line after its job's tag (its arguments, or
+    a batch line's command), from a batch file and from a command's sources alike."""
+    path = batch(tmp_path, [f"echo line {i}; echo more {i}" for i in range(12)])
+    for words in ([str(path)], ["echo {} x; exit $(( {} % 5 == 4 ))", ":::", *map(str, range(12))]):
+        options = ["-k", "--retries", "0", "--format", "plain", "--tag", *words]
+        pooled = cli(*options, cwd=tmp_path)
+        alone = cli("--no-pool", "-S", "2/:", *options, cwd=tmp_path)
+        assert pooled.returncode == alone.returncode, pooled.stderr
+        assert pooled.stdout == alone.stdout and b"\t" in pooled.stdout, pooled.stdout
+    assert "2  done" in cli("ls").stdout.decode()  # both were the pool's runs
+
+
+def test_a_run_through_a_pool_shows_the_progress_view_a_standalone_run_shows(pool, tmp_path):
+    """The live view (on a terminal; ANET_PROGRESS=live draws it on this pipe): the run's
+    counts, and the pool's hosts with the run's jobs there, as standalone; its last frame is
+    the run's end."""
+    import re
+
+    path = batch(tmp_path, [f"sleep 0.3; echo {i}" for i in range(8)])
+    live = {**os.environ, "ANET_PROGRESS": "live"}
+    for shown in (cli(str(path), env=live), cli("--no-pool", "-S", "2/:", str(path), env=live)):
+        assert shown.returncode == 0, shown.stderr
+        said = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr.decode())
+        assert " 8/8 0 failed, 0 running, 0 queued" in said, said
+        assert re.search(r"\nlocal +ready +0/2 +8 ", said), said
+    assert "1  done" in cli("ls").stdout.decode()  # the first was the pool's run
+
+
+@pytest.mark.parametrize(
+    ("words", "why"),
+    [
+        (["echo {}", "::::", "-"], "a source read from stdin"),
+        (["--transfer", "cat {}", ":::", "f.txt"], "--transfer/--return"),
+        (["-"], "a batch from a stream"),
+    ],
+)
+def test_a_command_a_pool_cannot_take_yet_runs_standalone_saying_why(pool, tmp_path, words, why):
+    (tmp_path / "f.txt").write_text("a file\n")
+    alone = cli("-q", *words, input=b"echo a\n", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stderr.decode() == f"anet: {why}: running standalone, not through the pool\n"
+    assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing

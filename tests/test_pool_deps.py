@@ -111,7 +111,7 @@ def test_a_deps_run_is_restored_after_a_kill_9_and_every_result_comes_once(make_
     folder = deps(tmp_path / "deps", "kept")
     path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; cat data.txt" for i in range(40)])
     run_id = cli("submit", str(path), f"{folder}/").stdout.decode().strip()
-    before = kill_9_after(pool, run_id, 8)
+    before = kill_9_after(run_id, 8, pool)
     assert cli("up", *ssh).returncode == 0
     new = pool_pid()
     try:

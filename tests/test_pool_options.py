@@ -1,15 +1,19 @@
 """`anet BATCH` through a pool of real sshd hosts takes what a standalone run takes: --joblog,
---results, the end summary, --priority; compared with `--no-pool` on the same hosts."""
+--results, the end summary, --priority, a command with `:::` sources, --max-output; compared
+with `--no-pool` on the same hosts. And the pool's hosts after `pool add`/`drain` outlive it."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_pool import alive, batch, cli, pool_pid, records
+import test_shared_runs as shared
+from test_pool import alive, batch, cli, kill_9_after, pool_pid, records, stop_pool
 from waiting import wait_until
 
 from anet.streams.joblog import HEADER
@@ -204,3 +208,158 @@ def test_a_pool_runs_summary_counts_polite_modes_kills_as_no_failed_attempt():
     for code, sig, excused in ((1, None, False), (None, 9, True), (0, None, False)):
         tally.attempt(AttemptRecord(0, 1, "h1", 1.0e9, 2.0, code, sig, 0, excused))
     assert (tally.ended, tally.failed_attempts) == (3, 1)
+
+
+def _same_outcome(pooled, alone, failed: int, total: int) -> None:
+    """Both commands wrote the same bytes, exited alike, summed up the same counts and named
+    the same journal."""
+    assert pooled.returncode == alone.returncode == failed, pooled.stderr
+    assert pooled.stdout == alone.stdout and pooled.stdout
+    journals = []
+    for said in (pooled.stderr.decode(), alone.stderr.decode()):
+        assert f"anet: {total} jobs done, {failed} failed, in " in said, said
+        last = f"{failed} of {total} jobs failed" if failed else "sqlite"
+        assert said.rstrip().endswith(last), said
+        journals += [line for line in said.splitlines() if line.startswith("journal: ")]
+    assert len(journals) == 2 and journals[0] == journals[1], journals
+
+
+def test_a_command_with_sources_is_a_pools_run_with_the_standalone_bytes_and_journal(
+    sshd_pool, tmp_path
+):
+    """GNU parallel's command line (`:::`, `::::`, `-a`) goes through the pool: the same bytes,
+    status and summary as `--no-pool`, and the journal a standalone run keeps (a standalone
+    `--resume` takes the pool's run up, and finds nothing changed)."""
+    numbers = tmp_path / "numbers"
+    numbers.write_text("".join(f"{i}\n" for i in range(10)))
+    alone_hosts = ["--no-pool", *sshd_pool.ssh, *sshd_pool.hosts]
+    options = ["-k", "--retries", "0", "--no-speculate"]
+    line = ["echo {1} {2}; exit $(( {2} % 4 == 3 ))", ":::", "a", "b", "::::", str(numbers)]
+    pooled = cli(*options, *line, cwd=tmp_path)
+    assert "1  done" in cli("ls").stdout.decode()  # the pool's run, not a standalone one
+    alone = cli(*alone_hosts, *options, *line, cwd=tmp_path)
+    _same_outcome(pooled, alone, failed=4, total=20)
+    resumed = cli(*alone_hosts, *options, "--resume", "--only-new", *line, cwd=tmp_path)
+    assert resumed.returncode == 4, resumed.stderr  # the journal's: only the failed ran again
+    pooled = cli(*options, "-a", str(numbers), "echo x{}", cwd=tmp_path)
+    alone = cli(*alone_hosts, *options, "-a", str(numbers), "echo x{}", cwd=tmp_path)
+    _same_outcome(pooled, alone, failed=0, total=10)
+    assert "2  done" in cli("ls").stdout.decode()
+
+
+def test_max_output_kills_a_pools_job_as_it_kills_a_standalone_one(sshd_pool, tmp_path):
+    path = batch(tmp_path, ["head -c 5000 /dev/zero | tr '\\0' x", "echo small"])
+    options = ["-k", "--max-output", "1K", "--format", "msgpack"]
+    pooled = cli(*options, str(path))
+    assert "1  done" in cli("ls").stdout.decode()
+    alone = cli("--no-pool", *sshd_pool.ssh, *sshd_pool.hosts, *options, str(path))
+    assert pooled.returncode == alone.returncode == 1, pooled.stderr
+    ours, theirs = records(pooled.stdout), records(alone.stdout)
+    assert ours[0].error == theirs[0].error and "--max-output 1K" in ours[0].error, ours[0].error
+    assert (ours[0].ok, ours[0].attempts) == (theirs[0].ok, theirs[0].attempts) == (False, 1)
+    assert (ours[1].ok, ours[1].stdout) == (theirs[1].ok, theirs[1].stdout) == (True, b"small\n")
+
+
+def test_hosts_added_and_drained_stay_so_after_down_and_after_a_kill_9(make_cluster, tmp_path):
+    """The pool's hosts are what `anet up` gave, plus those `pool add` added, less those
+    `pool drain` let go: the next `anet up` of that name (after `anet down`, or a pool
+    killed with -9) starts with them."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(3)
+    up = ["up", "--ssh-config", str(own.ssh_config), "-S", "host1"]
+
+    def hosts() -> list[str]:
+        return [line.split()[0] for line in cli("pool").stdout.decode().splitlines()[1:-1]]
+
+    assert cli(*up).returncode == 0
+    try:
+        assert cli("pool", "add", "2/host2", "host3").returncode == 0
+        assert cli("pool", "drain", "host3").returncode == 0
+        assert hosts() == ["host1", "host2"]
+        stop_pool(pool_pid())
+        assert cli(*up).returncode == 0
+        assert hosts() == ["host1", "host2"]
+        assert cli("pool", "drain", "host1").returncode == 0
+        pid = pool_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid), timeout=30, what="the pool to die")
+        again = cli(*up)
+        assert again.returncode == 0, again.stderr
+        assert b"1 of 1 hosts ready" in again.stderr
+        assert hosts() == ["host2"]
+        got = records(cli("--format", "msgpack", str(batch(tmp_path, ["echo hi"]))).stdout)
+        assert got[0].host == "host2"
+    finally:
+        cli("down")
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_a_pool_of_sshd_hosts_killed_with_9_mid_run_is_restored_and_every_result_comes_once(
+    make_cluster, tmp_path
+):
+    """`kill -9` of the daemon while its run is under way on two sshd hosts: the dead pool's
+    remote jobs end with their dispatchers (whose master went), the next `anet up` of that name
+    resumes the run from its journal, an attach gets every result once, and no job whose result
+    had been delivered runs again."""
+    from sshd_hosts import leftover_processes
+
+    own = make_cluster(2)
+    up = ["up", "--ssh-config", str(own.ssh_config), "--keepalive", "3"]
+    up += [arg for name in own.names for arg in ("-S", f"2/{name}")]
+    assert cli(*up).returncode == 0
+    pid = pool_pid()
+    ran = tmp_path / "ran"  # each job appends its id once it has done its work
+    path = batch(tmp_path, [f"sleep 0.2; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    before = kill_9_after(run_id, 10, pid)
+    assert leftover_processes(own.hosts, grace=30.0) == {}  # the dead pool's jobs: killed
+    again = cli(*up)
+    assert again.returncode == 0, again.stderr
+    new = pool_pid()
+    try:
+        attached = cli("attach", "--format", "msgpack", run_id)
+        assert attached.returncode == 0, attached.stderr
+        got = records(attached.stdout)
+        assert {i: r.stdout for i, r in got.items()} == {i: b"out%d\n" % i for i in range(60)}
+        assert {r.host for r in got.values()} <= set(own.names)
+        runs = ran.read_text().split()
+        assert all(runs.count(str(i)) == 1 for i in before), "a delivered job ran again"
+        assert len(set(runs)) == 60
+    finally:
+        stop_pool(new)
+    assert leftover_processes(own.hosts, grace=10.0) == {}
+
+
+def test_two_runs_through_a_pool_of_four_sshd_hosts_split_the_slots_within_one_job(
+    cluster, tmp_path
+):
+    """Two runs submitted to a pool of the four shared sshd hosts (8 slots): while both run,
+    each holds half the slots, give or take a job (the job-seconds each got in that window)."""
+    from sshd_hosts import leftover_processes
+
+    hosts = [arg for name in cluster.names for arg in ("-S", f"2/{name}")]
+    assert cli("up", "--ssh-config", str(cluster.ssh_config), *hosts).returncode == 0
+    pid = pool_pid()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        ids, gate = [], tmp_path / "gate"  # no job starts its work before both runs are in
+        wait = f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+        for run in "ab":
+            (tmp_path / run).mkdir()
+            lines = [wait + shared._stamped(marks, f"{run}.{i:03}") for i in range(80)]
+            ids.append(cli("submit", str(batch(tmp_path / run, lines))).stdout.decode().strip())
+        gate.touch()
+        assert [cli("wait", run_id).returncode for run_id in ids] == [0, 0]
+    finally:
+        stop_pool(pid)
+    assert leftover_processes(cluster.hosts, grace=10.0) == {}
+    a_spans, b_spans = shared._spans(marks, "a"), shared._spans(marks, "b")
+    assert len(a_spans) == len(b_spans) == 80
+    start = max(min(s for s, _ in a_spans), min(s for s, _ in b_spans))
+    end = min(max(e for _, e in a_spans), max(e for _, e in b_spans))
+    assert end - start > 1.0, "the runs hardly overlapped"
+    share_a, share_b = shared._busy(a_spans, start, end), shared._busy(b_spans, start, end)
+    slots = 8 * (end - start)
+    assert abs(share_a - share_b) <= 0.25 * slots, (share_a, share_b, slots)  # 1 job in 4 slots

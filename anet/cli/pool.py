@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from dispatcher.polite import Polite
+
 from .. import logs
 from ..api import KEEPALIVE
 from ..core.engine import RunPolicy
@@ -37,6 +39,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
+from .polite import polite_options
 from .pooled import deps_path, priority_option, start_joblog, write_run
 from .trying import policy_options
 
@@ -74,17 +77,19 @@ def target_options(command: F) -> F:
 @click.option("--keepalive", type=FiniteFloat(min=1.0), default=KEEPALIVE, show_default=True,
               help="Seconds of silence after which a host is lost.")  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="More lines in the pool's log.")
+@polite_options
 @click.pass_obj
 def up_command(
     env: Environment, host_args: HostArgs, pool_name: str, foreground: bool, keepalive: float,
-    verbose: int,
+    verbose: int, polite: Polite,
 ) -> int:  # fmt: skip
-    """Start a resident master: connect the hosts, keep them warm, take batches."""
+    """Start a resident master: connect the hosts, keep them warm, take batches. Polite mode
+    (--nice, --max-load, --memfree, --yield) is the pool's hosts', for every run."""
     where = place(pool_name, env.environ)
     # Jobs on this machine run where `anet up` was given, as `anet BATCH` runs them
     hosts, ssh = host_args.resolve(env), host_args.ssh_options(keepalive)
     keep = Policy.from_environ(env.environ).keep  # a bad setting is said here, not in the log
-    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), keep)
+    config = daemon.PoolConfig(hosts, ssh, keepalive, os.getcwd(), polite=polite, keep_runs=keep)
 
     def start(ready: Any) -> int:
         logs.configure(max(verbose, 1), False, None)  # the daemon's stderr is its log
@@ -206,8 +211,8 @@ def pool_command(ctx: click.Context, target: Target) -> int:
 @click.pass_context
 def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
     """Add hosts ([N/][user@]host[:port], as -S takes them) to the running pool; returns once
-    each is ready or failed, as `anet up` does. Until the pool stops: `anet up` starts with
-    its own hosts again."""
+    each is ready or failed, as `anet up` does. The pool's next start (`anet up` of its name)
+    has them too."""
     env: Environment = ctx.obj
     reply = run_async(request(ctx.meta["pool_target"], {"op": "add", "hosts": list(specs)}))
     _print_table(env, ("host", "state", "slots", "running", "done", "note"), reply["hosts"])
@@ -219,7 +224,8 @@ def pool_add_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
 @click.pass_context
 def pool_drain_command(ctx: click.Context, specs: tuple[str, ...]) -> int:
     """Let hosts go: they get no new job (those queued there run elsewhere), their running
-    jobs finish, then their dispatchers stop. Returns once every one has gone."""
+    jobs finish, then their dispatchers stop. Returns once every one has gone; the pool's
+    next start leaves them out too."""
     env: Environment = ctx.obj
     reply = run_async(request(ctx.meta["pool_target"], {"op": "drain", "hosts": list(specs)}))
     env.stderr.write("".join(f"{printable(label)}: drained\n" for label in reply["drained"]))

@@ -55,7 +55,7 @@ from .common import Environment, ExitStatus, HostArgs, host_options, log_options
 from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
-from .pooled import pool_target, priority_option, through_pool
+from .pooled import pool_target, priority_option, say_halted, through_pool
 from .trying import policy_options
 
 log = get_logger()
@@ -92,9 +92,7 @@ async def program(args: RunArgs, env: Environment) -> int:
     """Run the batch; the exit status counts failed jobs."""
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
-    caps = (_max_output(args.max_output, env), output_cap(encoder))
-    policy = dataclasses.replace(args.policy, caps=tuple(cap for cap in caps if cap))
-    args = dataclasses.replace(args, policy=policy)
+    args = _capped(args, env, encoder)
     # Retention applies to the default journals only; a bad setting is said before the run.
     retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
     if args.pipe is not None and args.resume:
@@ -150,15 +148,8 @@ def _say_halted(failed: int, seen: RunObservers, batch: Path | None) -> None:
     if total is None and batch is not None:  # the count in the background had not finished
         with contextlib.suppress(OSError, UsageError):
             total = count_jobs(batch)
-    failed_jobs = "1 job" if failed == 1 else f"{failed} jobs"
-    if total is None:  # a batch from a stream: what was left of it is unknown
-        log.warning(f"{failed_jobs} failed; halted before the end of the batch", failed=failed)
-        return
-    undone = max(total - seen.tally.base - seen.tally.done, 0)
-    log.warning(
-        f"{failed_jobs} failed; halted with {undone} of {total} jobs not done",
-        failed=failed, undone=undone, total=total,
-    )  # fmt: skip
+    undone = None if total is None else max(total - seen.tally.base - seen.tally.done, 0)
+    say_halted(failed, undone, total)
 
 
 async def _run(
@@ -187,6 +178,13 @@ async def _run(
         async for result in cluster.run(plan):
             await out.emit(result)
             job_done(result.id)
+
+
+def _capped(args: RunArgs, env: Environment, encoder: Encoder) -> RunArgs:
+    """The run with its output caps: --max-output's, and the most the format carries."""
+    caps = (_max_output(args.max_output, env), output_cap(encoder))
+    policy = dataclasses.replace(args.policy, caps=tuple(cap for cap in caps if cap))
+    return dataclasses.replace(args, policy=policy)
 
 
 MIN_MAX_OUTPUT = 1 << 30
@@ -533,7 +531,7 @@ def run_command(
     target = pool_target(args, env, pool_name, no_pool)
     if target is not None:  # a pool is up: the run is one of its runs (cli/pooled.py)
         encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
-        return run_async(through_pool(args, env, target, encoder))
+        return run_async(through_pool(_capped(args, env, encoder), env, target, encoder))
     return run_async(program(args, env))
 
 

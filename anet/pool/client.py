@@ -145,10 +145,12 @@ async def is_up(place: Place) -> int | None:
 def pool_options(
     policy: RunPolicy, halt: HaltPolicy, keep_order: bool, priority: int = 1
 ) -> dict[str, Any]:
-    """A run's options as a submit carries them (server.py's `_run_options` reads them)."""
+    """A run's options as a submit carries them (run.py's `run_options` reads them); `caps`
+    are --max-output's and the output format's (engine.OutputCap)."""
+    caps = [[cap.size, cap.why, cap.stdout_only] for cap in policy.caps]
     return {
         "retries": policy.retries, "timeout": policy.timeout, "speculate": policy.speculate,
-        "halt": halt.text, "keep_order": keep_order, "priority": priority,
+        "halt": halt.text, "keep_order": keep_order, "priority": priority, "caps": caps,
     }  # fmt: skip
 
 

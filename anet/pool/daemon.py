@@ -19,7 +19,9 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dispatcher.polite import Polite
 
 from ..api import Cluster
 from ..errors import AnetError, UsageError
@@ -28,6 +30,7 @@ from ..remote.hostlife import HostPhase
 from ..remote.hosts import HostSpec
 from ..streams.retention import DEFAULT_KEEP
 from .client import is_up
+from .hostset import HostChanges
 from .place import Place, make_private
 from .server import Pool, settle
 
@@ -40,6 +43,8 @@ class PoolConfig:
     cwd: str
     """Where jobs on this machine run: the directory `anet up` was given in (the daemon itself
     moves to /, and a batch's relative paths mean the directory its user was in)."""
+    polite: Polite = field(default_factory=Polite)
+    """Polite mode (--nice, --max-load, --memfree, --yield): the pool's hosts', for every run."""
     keep_runs: int | None = DEFAULT_KEEP
     """Ended runs the pool keeps (listed, attachable, their files on disk): the newest ones;
     None keeps them all ($ANET_JOURNALS_KEEP at `anet up`, as for the journals)."""
@@ -85,12 +90,14 @@ async def serve(place: Place, config: PoolConfig, ready: Callable[[str], None]) 
             raise UsageError(f"the pool is already up (pid {pid})")
         with contextlib.suppress(FileNotFoundError):
             place.socket.unlink()  # left by a pool that died: nobody answers it
+        changes = HostChanges.load(place.hosts_file)  # `pool add`/`drain` of earlier pools
         cluster = Cluster(
-            list(config.hosts), ssh=config.ssh, keepalive=config.keepalive, cwd=config.cwd
-        )
+            changes.apply(config.hosts), ssh=config.ssh, keepalive=config.keepalive,
+            cwd=config.cwd, polite=config.polite,
+        )  # fmt: skip
         async with cluster:
             await settle(cluster, list(cluster.hosts))
-            pool = Pool(place, cluster, keep_runs=config.keep_runs)
+            pool = Pool(place, cluster, keep_runs=config.keep_runs, changes=changes)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # resumed later
                 loop.add_signal_handler(signum, functools.partial(pool.stop, resume_later=True))

@@ -48,6 +48,11 @@ class Place:
         """Each run's journal and the files kept beside it (server.py's PoolRun)."""
         return self.state_dir / "runs"
 
+    @property
+    def hosts_file(self) -> Path:
+        """The hosts `anet pool add` and `drain` changed (hostset.py)."""
+        return self.state_dir / "hosts.json"
+
     def journal(self, run_id: int) -> Path:
         return self.runs_dir / f"{run_id}.sqlite"
 

@@ -20,6 +20,7 @@ from ..core.engine import RunPolicy
 from ..core.halt import HaltPolicy
 from ..core.record import JobResult
 from ..core.speculation import Timeout
+from ..core.spool import OutputCap
 from ..errors import UsageError
 from ..logs import get_logger
 from ..runs import RunOptions
@@ -105,6 +106,7 @@ class PoolRun:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     state: str = "running"
+    halted: bool = False  # --halt stopped it before the batch was done
     done: int = 0
     failed: int = 0
     task: asyncio.Task[None] | None = None
@@ -115,6 +117,7 @@ class PoolRun:
         return {
             "id": self.id, "name": self.name, "state": self.state, "done": self.done,
             "failed": self.failed, "total": self.total, "started": self.started,
+            "halted": self.halted,
         }  # fmt: skip
 
     def arrived(self, result: JobResult) -> None:
@@ -237,12 +240,29 @@ def run_options(
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
         raise UsageError(f"priority: {priority!r} is not a whole number of 1 or more")
     halt = HaltPolicy.parse(choices.get("halt") if isinstance(choices.get("halt"), str) else None)
-    policy = RunPolicy(retries, timeout, speculate)
+    policy = RunPolicy(retries, timeout, speculate, _caps(choices.get("caps", [])))
     Timeout.parse(timeout)  # a bad one is its own one-line refusal, here rather than mid-run
     return RunOptions(
         journal, resume=resume, halt=halt, batch_size=total, keep_order=keep_order, policy=policy,
         priority=priority, mark_delivered=False,  # marked once an attach has sent it
     )  # fmt: skip
+
+
+def _caps(caps: object) -> tuple[OutputCap, ...]:
+    """--max-output's and the output format's caps as the client computed them (the pool's
+    run kills a job past them as a standalone run would)."""
+    if not isinstance(caps, list) or not all(
+        isinstance(cap, list)
+        and len(cap) == 3
+        and isinstance(cap[0], int)
+        and not isinstance(cap[0], bool)
+        and cap[0] >= 0
+        and isinstance(cap[1], str)
+        and isinstance(cap[2], bool)
+        for cap in caps
+    ):
+        raise UsageError(f"caps: {caps!r} are not output caps")
+    return tuple(OutputCap(*cap) for cap in caps)
 
 
 def open_joblog(path: str, *, resumed: bool) -> TextIO | None:

@@ -1,7 +1,8 @@
 """The pool's side: one open `Cluster`, the runs its clients submitted, and a unix socket.
 
 Every connection is one request (see `Pool.handle`): `ping`, `submit`, `ls`, `attach`, `wait`,
-`cancel`, `down`. Only the owner gets an answer: the socket lives in a 0700 directory
+`cancel`, `progress` (a run's host rows, for its command's progress view), `add`, `drain`,
+`down`. Only the owner gets an answer: the socket lives in a 0700 directory
 (place.py), and a peer whose uid (SO_PEERCRED) is not the daemon's is closed unanswered.
 
 A run's results go into its journal as they end (the cluster commits each before yielding it),
@@ -36,10 +37,11 @@ from ..deps.manifest import Tree, scan_deps, start_scan
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..remote.hosts import parse_spec
-from ..runs import RunOptions
+from ..runs import RunOptions, RunPlan
 from ..streams.journal import IdSet, JournalError
 from ..streams.retention import remove
 from . import wire
+from .hostset import HostChanges
 from .place import Place
 from .run import Listener, PoolRun, RunJournal, open_joblog, run_options, write_atomically
 
@@ -57,9 +59,18 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 class Pool:
     """The daemon: `serve` until a `down` request or a cancel."""
 
-    def __init__(self, place: Place, cluster: Cluster, *, keep_runs: int | None = None) -> None:
+    def __init__(
+        self,
+        place: Place,
+        cluster: Cluster,
+        *,
+        keep_runs: int | None = None,
+        changes: HostChanges | None = None,
+    ) -> None:
         self.place = place
         self.cluster = cluster
+        self.changes = changes or HostChanges(place.hosts_file)
+        """Hosts added and drained, kept for the next pool of this name."""
         self.keep_runs = keep_runs
         self.runs: dict[int, PoolRun] = {}
         self._next_id = 1
@@ -202,6 +213,8 @@ class Pool:
                 run.task.cancel()
             await run.ended.wait()
             reply = run.row()
+        elif op == "progress":  # for the progress view of `anet BATCH` through the pool
+            reply = {"hosts": self._progress(self._run(request))}
         elif op == "add":
             reply = await self._add(request)
         elif op == "drain":
@@ -220,7 +233,10 @@ class Pool:
     async def _add(self, request: dict[str, Any]) -> dict[str, Any]:
         """More hosts (`anet pool add`): each in the pool at once, the reply once each is
         ready or failed (within SETTLE_TIMEOUT, as `anet up` waits)."""
-        labels = [self.cluster.add_host(parse_spec(spec)) for spec in _specs(request)]
+        labels = []
+        for spec in _specs(request):
+            labels.append(self.cluster.add_host(parse_spec(spec)))
+            self.changes.add(spec)  # one by one: a refused later one leaves this one added
         log.info(f"hosts added: {', '.join(labels)}")
         await settle(self.cluster, labels)
         return {"hosts": [_host_row(label, self.cluster.hosts[label]) for label in labels]}
@@ -233,6 +249,8 @@ class Pool:
             if label not in self.cluster.hosts:
                 raise UsageError(f"{label} is not in the pool")
         log.info(f"draining: {', '.join(labels)}")
+        for label in labels:  # gone for the next pool of this name too, even if killed now
+            self.changes.drain(label)
         drains = [asyncio.shield(self.cluster.drain_host(label)) for label in labels]
         await asyncio.gather(*drains)
         log.info(f"drained: {', '.join(labels)}")
@@ -302,7 +320,10 @@ class Pool:
             choices = {}
         kept = choices.get("journal")
         path = Path(kept) if isinstance(kept, str) else self.place.journal(run_id)
-        fingerprint = hashlib.sha256(data).hexdigest()  # as a standalone run's (its file's)
+        # as a standalone run's: its file's, or for a command and its sources the client's
+        fingerprint = choices.get("fingerprint")
+        if not isinstance(fingerprint, str):
+            fingerprint = hashlib.sha256(data).hexdigest()
         if kind == "batch":
             jobs = list(read_batch(io.BytesIO(data)))
         else:
@@ -310,14 +331,15 @@ class Pool:
         if ended is not None:
             run = PoolRun(run_id, name, len(jobs), path, fingerprint, None, RunOptions())
             run.started, run.done, run.failed = ended["started"], ended["done"], ended["failed"]
-            run.state = str(ended["state"])
+            run.state, run.halted = str(ended["state"]), bool(ended.get("halted"))
             run.ended.set()
             self.runs[run_id] = run
             return run
         resume = path.exists() if restoring else choices.get("resume") is True
         # a restored run gives all its earlier results again: its clients attach from the start
         only_new = choices.get("only_new") is True and not restoring
-        journal = RunJournal.open(path, fingerprint, name, resume=resume)
+        what = choices.get("what") if choices.get("what") == "inputs" else "batch file"
+        journal = RunJournal.open(path, fingerprint, name, resume=resume, what=what)
         try:
             options = run_options(choices, journal, resume=resume, total=len(jobs))
             deps = _deps_path(choices)
@@ -340,9 +362,11 @@ class Pool:
 
     async def _drive(self, run: PoolRun, jobs: list[Any]) -> None:
         state = "done"
+        plan = RunPlan(jobs, run.options)
         try:
-            async for result in self.cluster.run(jobs, run.options):
+            async for result in self.cluster.run(plan):
                 run.arrived(result)
+            run.halted = plan.halted  # --halt stopped it: its client says so as standalone
         except asyncio.CancelledError:
             state = "cancelled"
         except AnetError as exc:
@@ -413,6 +437,15 @@ class Pool:
         hosts += [[label, "drained", 0, *row] for label, row in numbers.items()]
         wall = (run.finished or time.time()) - run.started
         return {"wall": wall, "hosts": hosts}
+
+    def _progress(self, run: PoolRun) -> list[list[Any]]:
+        """The summary's rows now, each with the jobs running on its host (every run's: the
+        pool does not count them per run)."""
+        hosts = self.cluster.hosts
+        return [
+            [*row, hosts[row[0]].running if row[0] in hosts else 0]
+            for row in self._summary(run)["hosts"]
+        ]
 
 
 class _NoSuchRun(AnetError):

@@ -41,6 +41,28 @@ class ObserveArgs:
     progress: bool = False
 
 
+def progress_view(
+    args: ObserveArgs, stderr: TextIO, source: Callable[[float], Snapshot]
+) -> ProgressView | None:
+    """The live view on a terminal; status lines elsewhere only with --progress (a run
+    standalone or through a pool alike).
+
+    A status line every 10 s into a pipe that nobody reads would fill it in about 96
+    minutes; a log file that wants them asks for them. With --log-json stderr is JSON lines
+    only: no live view, and the status lines are JSON records.
+    """
+    if args.quiet:
+        return None
+    if logs.is_json():
+        if not args.progress:
+            return None
+        return ProgressView(stderr, source, live=False, status=jsonlog.status_line)
+    live = is_terminal(stderr) or os.environ.get("ANET_PROGRESS") == "live"
+    if not live and not args.progress:
+        return None
+    return ProgressView(stderr, source, live=live)
+
+
 class RunObservers:
     """Everything a run writes besides stdout; use as a context manager around the run."""
 
@@ -97,22 +119,7 @@ class RunObservers:
             counting.cancel()
 
     def _view(self, source: Callable[[float], Snapshot]) -> ProgressView | None:
-        """The live view on a terminal; status lines elsewhere only with --progress.
-
-        A status line every 10 s into a pipe that nobody reads would fill it in about 96
-        minutes; a log file that wants them asks for them. With --log-json stderr is JSON lines
-        only: no live view, and the status lines are JSON records.
-        """
-        if self.args.quiet:
-            return None
-        if logs.is_json():
-            if not self.args.progress:
-                return None
-            return ProgressView(self._stderr, source, live=False, status=jsonlog.status_line)
-        live = is_terminal(self._stderr) or os.environ.get("ANET_PROGRESS") == "live"
-        if not live and not self.args.progress:
-            return None
-        return ProgressView(self._stderr, source, live=live)
+        return progress_view(self.args, self._stderr, source)
 
     def _source(self, cluster: Cluster) -> Callable[[float], Snapshot]:
         def source(elapsed: float) -> Snapshot:

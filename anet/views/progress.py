@@ -313,7 +313,8 @@ def _cells(row: HostRow, rates: Rates) -> list[str]:
     return [
         row.label, host_state(row), f"{row.running}/{row.slots}", str(row.done),
         "-" if per_minute is None else f"{per_minute:.0f}", job_time(row.mean_time),
-        str(row.failed_attempts), f"{row.spec_won}/{row.spec_lost}",
+        str(row.failed_attempts),
+        "-" if row.spec_won < 0 else f"{row.spec_won}/{row.spec_lost}",  # a pool's run: uncounted
         "-" if row.heard_ago is None else f"{duration(row.heard_ago)} ago",
     ]  # fmt: skip
 
