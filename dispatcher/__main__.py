@@ -23,13 +23,12 @@ import heapq
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Union
 
-from . import courtesy, procs
+from . import courtesy
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .jobfiles import JobFiles, Put
@@ -63,9 +62,12 @@ from .protocol import (
     Setup,
     Shutdown,
     Started,
+    load_on_demand,
 )
 from .runner import JobProcess, kill_group, read_buffered, spawn
-from .syncstore import SyncStore
+
+if TYPE_CHECKING:
+    from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
@@ -152,15 +154,15 @@ class Dispatcher:
         self.forks = Forks(self.sel, self.send)
         """Request work that could stall this loop (matching a pattern) runs in children."""
         self.forks.register(self.handlers)
-        procs.register(self.handlers, self.send, self.forks)
-        self.deps = SyncStore(home, self.send)
-        self.deps.register(self.handlers)
+        self.home = home
+        self.deps: Optional[SyncStore] = None
+        """The deps store, made with the first sync frame (`load_requests`)."""
+        load_on_demand(self.load_requests)
         self.handlers[RunOnce] = self.run_once
         self.files = JobFiles(home, self.send)
         """Per-job files (--transfer, --return): each attempt with some runs in its own folder."""
         self.files.register(self.handlers)
         self.handlers[Put] = self.take_file  # type: ignore[assignment]
-        self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
@@ -171,13 +173,25 @@ class Dispatcher:
         self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
 
+    def load_requests(self) -> None:
+        """Import the deps sync and process listing and register their handlers: called by
+        the decoder at the first frame of a code the run's own modules do not know. A run
+        without deps or housekeeping never pays for them (a third of the start-up's CPU)."""
+        from . import procs
+        from .syncstore import SyncStore
+
+        procs.register(self.handlers, self.send, self.forks)
+        self.deps = SyncStore(self.home, self.send)
+        self.deps.register(self.handlers)
+        self.deps.keepalive = self.heartbeat_now
+
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
         os.write(self.proto_out, self.conn.start())  # the boot mark, tiny: fits any empty pipe
         hello = Hello(
             PROTOCOL_VERSION,
-            socket.gethostname(),
+            os.uname()[1],  # gethostname(2); the socket module costs 5 ms to import
             _cores(),
             "%d.%d.%d" % sys.version_info[:3],
             _load(),
@@ -199,7 +213,8 @@ class Dispatcher:
             sys.stderr.write("anet dispatcher: %s received: stopping every job\n" % name)
         self.terminate_all()
         self.forks.stop_all()
-        self.deps.abandon_all()
+        if self.deps is not None:
+            self.deps.abandon_all()
         self.files.close()
         self.pidfiles.close()
         self.pack_dones()  # results of jobs that ended: before Bye, after which nothing is read
@@ -352,7 +367,8 @@ class Dispatcher:
                 self.not_started(run, failure)
                 continue
             slot = heapq.heappop(self.free_slots)
-            run, job_cwd = self.files.in_folder(run, self.where_jobs_run(), self.deps.job_cwd)
+            deps = self.deps.job_cwd if self.deps is not None else None
+            run, job_cwd = self.files.in_folder(run, self.where_jobs_run(), deps)
             try:
                 job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
@@ -375,7 +391,8 @@ class Dispatcher:
 
     def where_jobs_run(self) -> Union[str, bytes]:
         """Where jobs run: the synced deps first, else the master's folder (local), else home."""
-        return self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
+        synced = self.deps.jobs_cwd() if self.deps is not None else None
+        return synced or (self.setup.cwd if self.setup else "") or self.workdir
 
     def not_started(self, run: Run, why: str) -> None:
         """The attempt cannot start: its reason on its stderr, exit status 127."""
