@@ -19,7 +19,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dispatcher.jobfiles import Back
 from dispatcher.polite import Evicted, Held, Polite
@@ -32,8 +32,6 @@ from .core.readahead import NOT_YET
 from .core.record import JobResult
 from .core.scheduler import SOURCE_POLL
 from .core.shares import deal
-from .deps.manifest import Tree
-from .deps.sync import Progress, Syncer, SyncReport
 from .drive import Drive
 from .errors import HostError, UsageError, protocol_error
 from .logs import get_logger
@@ -46,6 +44,10 @@ from .remote.transport import LocalTransport, SshTransport, Transport
 from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
+
+if TYPE_CHECKING:  # the deps sync is imported by a run that has deps (`_syncer`)
+    from .deps.manifest import Tree
+    from .deps.sync import Progress, Syncer, SyncReport
 
 __all__ = ["KEEPALIVE", "Cluster", "HostState", "Polite", "RunOptions", "RunPlan", "RunPolicy"]
 
@@ -93,7 +95,7 @@ class Cluster:
         self._payload: Payload = payload()
         self._policy = policy or RunPolicy()
         self._polite = polite or Polite()
-        self._syncer = Syncer(deps, sync_progress) if deps is not None else None
+        self._syncer = _syncer(deps, sync_progress) if deps is not None else None
         self.sync_reports: dict[str, SyncReport] = {}
         """How each host got the deps tree (its latest sync), for `anet sync` and summaries."""
         self._sessions: dict[str, HostSession] = {}
@@ -563,3 +565,11 @@ def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:
         return iter(())
     chained = itertools.chain([first], iterator)
     return chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type,return-value]
+
+
+def _syncer(deps: Tree | Awaitable[Tree], progress: Progress | None) -> Syncer:
+    """The deps sync of a run that has deps; imported here, so a run without deps does not
+    load it (the manifest code and the sync's messages: 15 ms of every start)."""
+    from .deps.sync import Syncer
+
+    return Syncer(deps, progress)
