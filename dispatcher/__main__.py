@@ -156,8 +156,9 @@ class Dispatcher:
         self.forks.register(self.handlers)
         self.home = home
         self.deps: Optional[SyncStore] = None
-        """The deps store, made with the first sync frame (`load_requests`)."""
-        load_on_demand(self.load_requests)
+        """The deps store, made with the first sync frame (`load_deps`)."""
+        load_on_demand(self.load_deps)
+        load_on_demand(self.load_procs)
         self.handlers[RunOnce] = self.run_once
         self.files = JobFiles(home, self.send)
         """Per-job files (--transfer, --return): each attempt with some runs in its own folder."""
@@ -173,17 +174,22 @@ class Dispatcher:
         self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
 
-    def load_requests(self) -> None:
-        """Import the deps sync and process listing and register their handlers: called by
-        the decoder at the first frame of a code the run's own modules do not know. A run
-        without deps or housekeeping never pays for them (a third of the start-up's CPU)."""
-        from . import procs
+    def load_deps(self) -> None:
+        """Import the deps sync and register its handlers: called by the decoder at the first
+        frame of a code the run's own modules do not know (then `load_procs`, if the code is
+        not the sync's either). A run without deps or housekeeping never pays for them (with
+        the process listing, a third of the dispatcher's import CPU)."""
         from .syncstore import SyncStore
 
-        procs.register(self.handlers, self.send, self.forks)
         self.deps = SyncStore(self.home, self.send)
         self.deps.register(self.handlers)
         self.deps.keepalive = self.heartbeat_now
+
+    def load_procs(self) -> None:
+        """Import the process listing (`anet --find`, `--killall`) and register its handlers."""
+        from . import procs
+
+        procs.register(self.handlers, self.send, self.forks)
 
     # -- the loop ---------------------------------------------------------------------------
 

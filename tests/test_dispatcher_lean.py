@@ -70,17 +70,19 @@ def test_a_run_without_deps_imports_no_sync_store_nor_process_listing(tmp_path):
     assert sorted(modules & set(LATE)) == []
 
 
-def test_the_first_frame_of_a_late_module_loads_it_and_is_answered(tmp_path):
-    said, modules = session(
-        tmp_path,
-        SyncOffer(7, b"\0" * 32, 0, 0),
-        FindProcs(8, "no-such-process-[x]", "elsewhere", 1, 5.0),
-    )
+def test_the_first_sync_frame_loads_the_sync_store_alone_and_is_answered(tmp_path):
+    said, modules = session(tmp_path, SyncOffer(7, b"\0" * 32, 0, 0))
     (state,) = [m for m in said if isinstance(m, SyncState)]
     assert state.rid == 7 and not state.ready
+    assert "dispatcher.syncstore" in modules
+    assert "dispatcher.procs" not in modules
+
+
+def test_the_first_listing_frame_loads_the_process_listing_and_is_answered(tmp_path):
+    said, modules = session(tmp_path, FindProcs(8, "no-such-process-[x]", "elsewhere", 1, 5.0))
     (found,) = [m for m in said if isinstance(m, ProcsFound)]
     assert (found.rid, found.procs, found.error) == (8, [], "")
-    assert {"dispatcher.syncstore", "dispatcher.procs"} <= modules
+    assert "dispatcher.procs" in modules
 
 
 def test_a_code_no_loader_registers_is_still_refused(monkeypatch):
