@@ -69,7 +69,7 @@ runpy.run_module("anet", run_name="__main__", alter_sys=True)
 """
 
 
-def anet(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def anet(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """`anet ARGS` as its entry point runs it, saying when the early dispatcher was started
     and whether the run took it."""
     env = {
@@ -79,6 +79,7 @@ def anet(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "XDG_STATE_HOME": str(tmp_path / "state"),
     }
     env.pop("ANET_NO_EARLY", None)
+    env.update(extra)
     command = [sys.executable, "-c", WATCH, *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
 
@@ -121,3 +122,12 @@ def test_no_dispatcher_starts_early_for_other_hosts(tmp_path):
     done = anet(tmp_path, "-S", "nohost.invalid", "--dry-run", "echo", "{}", ":::", "a")
     assert done.returncode == 0, done.stderr
     assert "started" not in done.stderr
+
+
+def test_anet_no_early_starts_the_dispatcher_at_its_usual_place(tmp_path):
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo one\n")
+    done = anet(tmp_path, "-S", ":", "--format", "text", str(batch), ANET_NO_EARLY="1")
+    assert done.returncode == 0, done.stderr
+    assert "started" not in done.stderr
+    assert "taken: False" in done.stderr and "one\n" in done.stdout
