@@ -53,12 +53,15 @@ def test_which_arguments_name_this_machine(args, here):
 
 
 WATCH = """
-import runpy, sys
+import os, runpy, sys
 from anet.remote import early
 start, take = early.start, early.take
 def watched_start():
     start()
     print("started with anet.api loaded:", "anet.api" in sys.modules, file=sys.stderr)
+    if os.environ.get("KILL_EARLY"):  # as if it died (OOM killer, a kill by pattern)
+        early._started.kill()
+        early._started.wait()
 def watched_take(payload):
     proc = take(payload)
     print("taken:", proc is not None, file=sys.stderr)
@@ -131,3 +134,12 @@ def test_anet_no_early_starts_the_dispatcher_at_its_usual_place(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "started" not in done.stderr
     assert "taken: False" in done.stderr and "one\n" in done.stdout
+
+
+def test_an_early_dispatcher_that_died_is_replaced_by_a_fresh_one(tmp_path):
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo one\n")
+    done = anet(tmp_path, "-S", ":", "--format", "text", str(batch), KILL_EARLY="1")
+    assert done.returncode == 0, done.stderr
+    assert "taken: False" in done.stderr and "one\n" in done.stdout
+    assert dispatchers_of(tmp_path / "home") == []
