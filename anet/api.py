@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dispatcher.jobfiles import Back
+from dispatcher.pins import Within
 from dispatcher.polite import Evicted, Held, Polite
 from dispatcher.protocol import STDOUT, Done, Dones, Exit, InputAck, Message, Output, Started
 
@@ -45,8 +47,9 @@ from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
 
-if TYPE_CHECKING:  # the deps sync is imported by a run that has deps (`_syncer`)
+if TYPE_CHECKING:  # the deps sync is imported by a run that has deps (`_syncer`, `_own_tree`)
     from .deps.manifest import Tree
+    from .deps.runtree import RunTree
     from .deps.sync import Progress, Syncer, SyncReport
 
 __all__ = ["KEEPALIVE", "Cluster", "HostState", "Polite", "RunOptions", "RunPlan", "RunPolicy"]
@@ -110,6 +113,9 @@ class Cluster:
         self._observers: list[AttemptObserver] = []  # every run's attempts (e.g. --joblog)
         self._lines: OutputObserver | None = None  # jobs' stdout as it comes (--line-buffer)
         self._draining: dict[str, asyncio.Event] = {}  # hosts let go once their jobs ended
+        self._trees: dict[Drive, RunTree] = {}  # runs with deps of their own (a pool's)
+        self._within: dict[str, bytes] = {}  # the tree each dispatcher's next Runs run in
+        self._sync_turns: dict[str, asyncio.Lock] = {}  # runs' syncs, one at a time per host
 
     async def __aenter__(self) -> Cluster:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -249,12 +255,18 @@ class Cluster:
     def host_ready(self, session: HostSession) -> None:
         loop_time = asyncio.get_running_loop().time()
         self.hosts[session.label].hold("", loop_time)  # a new dispatcher holds nothing yet
+        self._within.pop(session.label, None)
+        for tree in self._trees.values():  # each run's own deps, held there for it
+            tree.bring(session)
         self._settled(session.label)
         self._deal([session.label])
 
     async def host_gone(self, label: str) -> None:
         if label not in self._draining:  # a hold ends with its dispatcher; a drain's stays
             self.hosts[label].hold("", asyncio.get_running_loop().time())
+        self._within.pop(label, None)
+        for tree in self._trees.values():
+            tree.lost(label)
         for drive in [*self._drives, *self._runs]:
             await drive.host_lost(label)
         self._drives = [d for d in self._drives if not d.engine.finished]
@@ -269,11 +281,17 @@ class Cluster:
             for label, state in self.hosts.items()
             if state.state == HostPhase.READY
         }
-        shares = deal(ready, self._runs, {drive: drive.priority for drive in self._runs})
+        weights = {drive: drive.priority for drive in self._runs}
+        shares = deal(ready, self._runs, weights, self._usable if self._trees else None)
         for label in ready if labels is None else labels:
             if label in ready:
                 for drive in self._runs:
                     drive.host_ready(label, ready[label], shares[drive][label])
+
+    def _usable(self, drive: Drive, label: str) -> bool:
+        """The run may have jobs on the host: it brings no deps, or they are held there."""
+        tree = self._trees.get(drive)
+        return tree is None or label in tree.ready
 
     async def host_failed(self, label: str) -> None:
         self._settled(label)
@@ -400,10 +418,16 @@ class Cluster:
         before its first connection: `hosts check` shows it."""
         return self._connector.host_key(label)
 
-    def _send(self, label: str, frames: list[Message]) -> None:
+    def _send(self, label: str, frames: list[Message], within: bytes = b"") -> None:
+        """A run's frames to a host, its Runs in its deps tree (`within`, b"": none of its
+        own): a Within frame first when the host's last Runs were another tree's."""
         session = self._sessions[label]
         session.worked = True
-        session.send(*frames)
+        if self._within.get(label, b"") != within:
+            self._within[label] = within
+            session.send(Within(within), *frames)
+        else:
+            session.send(*frames)
 
     async def _send_drained(self, label: str, msg: Message) -> None:
         session = self._sessions[label]
@@ -508,6 +532,8 @@ class Cluster:
                         drive.drain()
             finally:
                 self._runs.remove(drive)
+                if (tree := self._trees.pop(drive, None)) is not None:
+                    tree.release(self._sessions)  # held until its last job there ends
                 drive.consumer_gone()
                 if not drive.engine.finished:  # the consumer stopped early: kill what runs
                     drive.abort()
@@ -519,12 +545,19 @@ class Cluster:
     async def _start_drive(self, plan: RunPlan, jobs: Iterator[Job]) -> Drive:
         assert self._tasks is not None
         options = plan.options
+        tree = options.deps
+        if tree is not None:
+            from .deps.manifest import Tree  # a run with deps: the deps code is loaded by now
+
+            if not isinstance(tree, Tree):
+                tree = await tree  # a DepsError (one line) ends the run before any job starts
         self.connect()
+        send = self._send if tree is None else functools.partial(self._send, within=tree.id)
         drive = Drive(
             jobs,
             options.policy or self._policy,
             self.hosts,  # type: ignore[arg-type]  # each HostState is the engine's HostStats
-            self._send,
+            send,
             self._tasks,
             AttemptLog(options.journal, _observers(self._observers, options.attempts)),
             options.journal,
@@ -532,6 +565,8 @@ class Cluster:
             send_drained=self._send_drained,
         )
         drive.priority = options.priority
+        if tree is not None:
+            self._own_tree(drive, tree)
         self._runs.append(drive)
         try:
             self._deal()  # the new run's share, and the smaller shares of those under way
@@ -544,9 +579,32 @@ class Cluster:
             await self._check_stuck()
         except BaseException:
             self._runs.remove(drive)
+            if (own := self._trees.pop(drive, None)) is not None:
+                own.release(self._sessions)
             self._deal()
             raise
         return drive
+
+    def _own_tree(self, drive: Drive, tree: Tree) -> None:
+        """The run brings its own deps: held on each ready host for it (deps/runtree.py), a
+        host dealt to it once they are there."""
+        assert self._tasks is not None
+        from .deps.runtree import RunTree  # only a run with deps of its own needs it
+
+        async def failed(label: str, reason: str) -> None:
+            if set(own.failed) >= set(self.hosts):
+                await drive.no_host(f"its deps could not be synced to any host ({reason})")
+
+        own = self._trees[drive] = RunTree(
+            tree,
+            self._tasks,
+            lambda _label: self._deal(),  # the split of every host changes
+            lambda label, reason: self._tasks.create_task(failed(label, reason)),  # type: ignore[union-attr]
+            self._sync_turns,
+        )
+        for label, state in self.hosts.items():
+            if state.state == HostPhase.READY:
+                own.bring(self._sessions[label])
 
 
 def _observers(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .core.batch import Job
 from .core.engine import RunPolicy
@@ -27,6 +28,9 @@ from .logs import get_logger
 from .streams.attemptlog import AttemptObserver
 from .streams.journal import IdSet, Journal
 from .streams.keeporder import FileSpill, JournalSpill, KeepOrder, Spill
+
+if TYPE_CHECKING:
+    from .deps.manifest import Tree
 
 log = get_logger()
 
@@ -59,6 +63,10 @@ class RunOptions:
     priority: int = 1
     """This run's weight when runs share the cluster's slots (shares.py): twice the priority,
     twice the share."""
+    deps: Tree | Awaitable[Tree] | None = None
+    """This run's own deps tree (a pool's run with DEPS; deps/runtree.py): synced to each host
+    for this run, its jobs run inside it, whatever the other runs sync meanwhile; an awaitable
+    is a scan still under way (its DepsError fails the run)."""
 
 
 class RunPlan:

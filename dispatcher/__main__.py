@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import courtesy
 from .connection import NEED_DATA, Connection, ConnectionClosed
@@ -34,7 +34,9 @@ from .forked import Forks
 from .jobfiles import JobFiles, Put
 from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
+from .outbox import Outbox
 from .pidfiles import PidFiles
+from .pins import HeldTree, Pin, Unpin, Within
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
@@ -64,7 +66,8 @@ from .protocol import (
     Started,
     load_on_demand,
 )
-from .runner import JobProcess, kill_group, read_buffered, spawn
+from .reading import ReadBuffer
+from .runner import DEFAULT_PIPE, JobProcess, kill_group, read_buffered, spawn, widen
 
 if TYPE_CHECKING:
     from .syncstore import SyncStore
@@ -120,7 +123,9 @@ class Dispatcher:
         self.conn = Connection(DISPATCHER)
         """The session's states: Setup comes first, nothing after Shutdown, and only what a
         master may send; what this loop sends goes through it too."""
-        self.outbuf = bytearray()
+        self.outbox = Outbox()
+        self.master_reads = ReadBuffer(1 << 20)  # big: deps data comes in 256 KiB frames
+        self.job_reads = ReadBuffer(OUTPUT_CHUNK)
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
         self.inputs: Dict[int, JobInput] = {}
@@ -141,6 +146,11 @@ class Dispatcher:
         self.held_checked: Optional[float] = None
         """While polite mode holds the queued jobs: when the gate last said so."""
         self.next_yield_check = 0.0  # --yield: when the running jobs' fate is looked at again
+        self.within: Optional[bytes] = None
+        """The tree the Runs that come now run in (Within); None: the default place."""
+        self.bound: Dict[int, Optional[HeldTree]] = {}
+        """The attempts bound to a run's own tree (pins.py), queued or running: their tree,
+        None if it is not held here (they fail)."""
         self.env = dict(os.environ)
         self.paused = False
         self.writing = False
@@ -156,7 +166,7 @@ class Dispatcher:
         self.forks.register(self.handlers)
         self.home = home
         self.deps: Optional[SyncStore] = None
-        """The deps store, made with the first sync frame (`load_deps`)."""
+        """The deps store, made with the first frame that needs it (`load_deps`)."""
         load_on_demand(self.load_deps)
         load_on_demand(self.load_procs)
         self.handlers[RunOnce] = self.run_once
@@ -175,10 +185,13 @@ class Dispatcher:
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
 
     def load_deps(self) -> None:
-        """Import the deps sync and register its handlers: called by the decoder at the first
-        frame of a code the run's own modules do not know (then `load_procs`, if the code is
-        not the sync's either). A run without deps or housekeeping never pays for them (with
-        the process listing, a third of the dispatcher's import CPU)."""
+        """Import the deps store and register its handlers, once: called by the decoder at
+        the first frame of a code the run's own modules do not know (then `load_procs`, if the
+        code is not the store's either), or by `handle` for a run's tree (Pin, Within). A run
+        without deps or housekeeping never pays for them (with the process listing, a third
+        of the dispatcher's import CPU)."""
+        if self.deps is not None:
+            return
         from .syncstore import SyncStore
 
         self.deps = SyncStore(self.home, self.send)
@@ -277,7 +290,7 @@ class Dispatcher:
 
     def on_master_input(self, fd: int) -> None:
         try:
-            data = os.read(fd, 1 << 20)  # big: deps data arrives in 256 KiB frames
+            data = self.master_reads.read(fd)
         except BlockingIOError:
             return
         if data:
@@ -298,9 +311,13 @@ class Dispatcher:
         self.start_queued()
 
     def handle(self, msg: Message) -> None:
+        if self.deps is None and isinstance(msg, (Pin, Unpin, Within)):
+            self.load_deps()  # the pins' messages are known from the start: their store is not
         if isinstance(msg, Input):
             self.take_input(msg)
         elif isinstance(msg, Run):
+            if self.within is not None:
+                self.bound[msg.aid] = self.deps.pins.enter(self.within)
             if msg.stdin:
                 self.inputs[msg.aid] = JobInput()
             if not self.files.hold(msg):  # else it waits for its files (take_file)
@@ -324,6 +341,8 @@ class Dispatcher:
             # polite mode's kills send their own frames about a running job: no fold then
             polite_kills = msg.memfree_kill or msg.yield_idle > 0
             self.fold = 0.0 if polite_kills else min(max(msg.fold, 0.0), MAX_FOLD)
+        elif isinstance(msg, Within):
+            self.within = msg.tree or None
         elif isinstance(msg, Shutdown):
             self.running = False
         elif type(msg) in self.handlers:
@@ -350,6 +369,7 @@ class Dispatcher:
         for queued in self.queue:
             if queued.aid == msg.aid:
                 self.queue.remove(queued)
+                self.unbind(msg.aid)
                 self.drop_input(msg.aid)
                 self.files.drop(msg.aid)
                 self.send(Exit(msg.aid, None, signal.SIGTERM, 0.0, 0.0, 0))
@@ -372,9 +392,14 @@ class Dispatcher:
             if failure is not None:  # its files could not be placed
                 self.not_started(run, failure)
                 continue
+            where = self.where_bound(run.aid) if self.bound else None
+            if where is None:
+                where = self.where_jobs_run(), self.deps.job_cwd if self.deps else None
+            elif not where[0]:
+                self.not_started(run, "its run's deps tree is not held on this host")
+                continue
             slot = heapq.heappop(self.free_slots)
-            deps = self.deps.job_cwd if self.deps is not None else None
-            run, job_cwd = self.files.in_folder(run, self.where_jobs_run(), deps)
+            run, job_cwd = self.files.in_folder(run, *where)
             try:
                 job = spawn(run, slot, job_cwd, self.env, nice=self.setup.nice)
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command
@@ -400,8 +425,26 @@ class Dispatcher:
         synced = self.deps.jobs_cwd() if self.deps is not None else None
         return synced or (self.setup.cwd if self.setup else "") or self.workdir
 
+    def where_bound(self, aid: int) -> Optional[Tuple[bytes, Optional[bytes]]]:
+        """Where an attempt bound to its run's tree runs (and its deps folder): (b"", None)
+        when that tree is not held here; None for an attempt bound to none."""
+        if aid not in self.bound:
+            return None
+        held = self.bound[aid]
+        if held is None:
+            return b"", None
+        return self.deps.pins.cwd(held), held.path
+
+    def unbind(self, aid: int) -> None:
+        """The attempt ended or never starts: its run's tree may be let go."""
+        if self.bound:
+            held = self.bound.pop(aid, None)
+            if held is not None:
+                self.deps.pins.leave(held)
+
     def not_started(self, run: Run, why: str) -> None:
         """The attempt cannot start: its reason on its stderr, exit status 127."""
+        self.unbind(run.aid)
         self.drop_input(run.aid)
         self.files.drop(run.aid)
         self.send(Output(run.aid, STDERR, ("anet: %s\n" % why).encode("utf-8", "replace")))
@@ -451,10 +494,12 @@ class Dispatcher:
     def job_reader(self, job: JobProcess) -> Callable[[int], None]:
         def on_output(fd: int) -> None:
             try:
-                data = os.read(fd, OUTPUT_CHUNK)
+                data = self.job_reads.read(fd)
             except BlockingIOError:
                 return
             if data:
+                if len(data) == DEFAULT_PIPE:
+                    widen(fd)
                 self.report_output(job, job.pipes[fd], data)
                 return
             self.close_job_fd(job, fd)
@@ -517,6 +562,7 @@ class Dispatcher:
         if not job.exited or job.pipes or job.aid not in self.jobs:
             return
         del self.jobs[job.aid]
+        self.unbind(job.aid)
         self.drop_input(job.aid)  # no InputAck after its Exit
         self.pidfiles.remove(job.pid)
         if job.slot:  # an onall command took none
@@ -561,7 +607,7 @@ class Dispatcher:
 
     def room(self) -> bool:
         """The frames waiting for the master are few: a returned file may add a chunk."""
-        return len(self.outbuf) < LOW_WATER
+        return len(self.outbox) < LOW_WATER
 
     # -- jobs' stdin --------------------------------------------------------------------------
 
@@ -611,8 +657,12 @@ class Dispatcher:
     # -- frames to the master ---------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        self.outbuf += self.conn.send(msg)
-        if len(self.outbuf) > HIGH_WATER and not self.paused:
+        self.send_frame(self.conn.send(msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an encoded frame; past HIGH_WATER the jobs' pipes wait for the master."""
+        self.outbox.add(frame)
+        if len(self.outbox) > HIGH_WATER and not self.paused:
             self.set_paused(True)
 
     def set_paused(self, paused: bool) -> None:
@@ -653,20 +703,19 @@ class Dispatcher:
     def flush(self, _fd: Any = None) -> None:
         if self.dones and self.dones_due():
             self.pack_dones()
-        if self.outbuf:
+        if self.outbox:
             try:
-                written = os.write(self.proto_out, self.outbuf)
-                del self.outbuf[:written]
+                self.outbox.write_to(self.proto_out)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                     raise
-                self.outbuf.clear()
+                self.outbox.clear()
                 self.running = False
-        if self.paused and len(self.outbuf) < LOW_WATER:
+        if self.paused and len(self.outbox) < LOW_WATER:
             self.set_paused(False)
-        want_write = bool(self.outbuf)
+        want_write = bool(self.outbox)
         if want_write != self.writing:
             if want_write:
                 self.sel.register(self.proto_out, selectors.EVENT_WRITE, self.flush)
@@ -677,8 +726,8 @@ class Dispatcher:
     def flush_blocking(self) -> None:
         try:
             os.set_blocking(self.proto_out, True)
-            while self.outbuf:
-                del self.outbuf[: os.write(self.proto_out, self.outbuf)]
+            while self.outbox:
+                self.outbox.write_to(self.proto_out)
         except OSError:
             pass  # the master is gone; nobody is left to tell
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set,
 
 import msgpack
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 BOOT_MARK = b"\x00\x1bANET\x1b"
 BOOT_NEED_PAYLOAD = b"N"
 BOOT_FRAMES = b"F"

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import msgpack
 
+from .pins import Pin, Pins, Unpin
 from .protocol import Message
 from .syncproto import (
     DIR,
@@ -230,6 +231,9 @@ class SyncStore:
         self._lock_fd: Optional[int] = None
         self._jobs_fd: Optional[int] = None
         """Held (treeclean.hold_for_jobs) once a job was started in `job_cwd`."""
+        self.pins = Pins()
+        """Trees held for the master's runs, each run's own (pins.py); `job_cwd` is none of
+        them."""
         self._incoming: Dict[int, Incoming] = {}
         self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
         """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
@@ -254,6 +258,8 @@ class SyncStore:
         handlers[SyncData] = self._guarded(self.on_data)
         handlers[SyncFiles] = self._guarded(self.on_files)
         handlers[SyncCommit] = self._guarded(self.on_commit)
+        handlers[Pin] = lambda msg: self.pins.pin(msg.tree)
+        handlers[Unpin] = lambda msg: self.pins.unpin(msg.tree)
 
     def _guarded(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
         """Turn any failure of one sync into its SyncDone(error); the dispatcher goes on."""
@@ -447,6 +453,7 @@ class SyncStore:
         lives as long as the process."""
         self._drop_base()
         self._release_tree()
+        self.pins.close()
 
     def _release_tree(self) -> None:
         for fd in (self._lock_fd, self._jobs_fd):
@@ -462,16 +469,21 @@ class SyncStore:
         return self.job_cwd
 
     def _use(self, tree: bytes) -> bool:
-        """Jobs run in this tree from now on; a shared lock keeps other runs' GC (and their
-        in-place updates) off it. False if it went away before the lock was ours."""
+        """Jobs run in this tree from now on: the default place (`job_cwd`), or, pinned, a
+        run's own (pins.py); a shared lock keeps other runs' GC (and their in-place updates)
+        off it. False if it went away before the lock was ours."""
         fd = self._lock_shared(tree)
         if fd is None:
             return False
         os.utime(fd)  # recency, for the GC's "newest trees" order
+        path = self._tree_dir(tree)
+        _link_original_layout(path)
+        if self.pins.wants(tree):
+            self.pins.hold(tree, path, fd)
+            return True
         self._release_tree()
         self._lock_fd = fd
-        self.job_cwd = self._tree_dir(tree)
-        _link_original_layout(self.job_cwd)
+        self.job_cwd = path
         return True
 
     # -- entries: plan the delta --------------------------------------------------------------

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from dispatcher.__main__ import HIGH_WATER, Dispatcher, _take_protocol_fds
+from dispatcher.__main__ import Dispatcher, _take_protocol_fds
 from dispatcher.once import OnceExit, OnceOutput
 from dispatcher.protocol import (
     BOOT_ERROR,
@@ -192,7 +192,7 @@ class HostileDispatcher(Dispatcher):
             os._exit(1)
         if self.b.boot_error is not None:
             self.note("boot error")
-            self.outbuf += BOOT_MARK + BOOT_ERROR + self.b.boot_error + b"\n"
+            self.outbox.add(BOOT_MARK + BOOT_ERROR + self.b.boot_error + b"\n")
             self.flush_blocking()
             return
         super().serve()
@@ -235,9 +235,7 @@ class HostileDispatcher(Dispatcher):
         if isinstance(body, list):
             data = msgpack.packb(body, use_bin_type=True)
             body = _HEADER.pack(len(data)) + data
-        self.outbuf += body
-        if len(self.outbuf) > HIGH_WATER and not self.paused:
-            self.set_paused(True)
+        self.send_frame(body)
 
     # -- frames in ----------------------------------------------------------------------------
 

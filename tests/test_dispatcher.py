@@ -7,12 +7,15 @@ real frames; the test plays a master that can stop reading, or a user that signa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import IO
@@ -25,6 +28,7 @@ from dispatcher.protocol import (
     BOOT_MARK,
     INPUT_CHUNK,
     INPUT_WINDOW,
+    OUTPUT_CHUNK,
     PROTOCOL_VERSION,
     STDOUT,
     Bye,
@@ -43,6 +47,7 @@ from dispatcher.protocol import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class DispatcherProcess:
@@ -378,3 +383,27 @@ def test_a_pipe_closed_early_never_silences_the_pipe_that_reuses_its_fd(dispatch
     while len({m.aid for m in got if isinstance(m, Exit)}) < 24:
         got += d.read_until(lambda m: isinstance(m, Exit), timeout=10)
     assert [outputs(got, 2 * k + 2) for k in range(12)] == [b"250000\n"] * 12
+
+
+def test_a_job_that_fills_its_pipe_gets_one_of_a_whole_chunk(dispatcher_process):
+    """A job that fills its output pipe prints a lot: its pipe grows to OUTPUT_CHUNK, so each
+    read takes a whole frame's worth (a quarter of the frames a 64 KiB pipe gives the master).
+    The test stops reading, so the dispatcher pauses and the job's pipe fills; once reading
+    resumes, the first read of that pipe finds it full."""
+    d = dispatcher_process(1)
+    d.send(Run(1, 0, b"exec head -c %d /dev/zero" % (8 * HIGH_WATER)))
+    (started,) = [m for m in d.read_until(lambda m: isinstance(m, Started)) if m.aid == 1]
+    pipe = os.open(f"/proc/{started.pid}/fd/1", os.O_RDONLY | os.O_NONBLOCK)  # never read
+    try:
+
+        def buffered() -> int:
+            return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0" * 4))[0]
+
+        wait_for(lambda: buffered() >= 1 << 16, 30, "the paused job's pipe is full")
+        got = 0
+        while got < 2 * HIGH_WATER:
+            (msg,) = d.read_until(lambda m: True)
+            got += len(msg.data) if isinstance(msg, Output) else 0
+        assert fcntl.fcntl(pipe, F_GETPIPE_SZ) == OUTPUT_CHUNK
+    finally:
+        os.close(pipe)

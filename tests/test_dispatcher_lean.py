@@ -8,17 +8,20 @@ master would: a real dispatcher process, `-X importtime` naming every module it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_dispatcher import DispatcherProcess
 
+from dispatcher.pins import Pin, Unpin, Within
 from dispatcher.procs import FindProcs, ProcsFound
 from dispatcher.protocol import (
     _BY_CODE,
     Bye,
     Exit,
     Message,
+    Output,
     RemoteProtocolError,
     Role,
     Run,
@@ -44,15 +47,21 @@ def imported(stderr: Path) -> set[str]:
     return set(names[names.index("site") + 1 :] if "site" in names else names)
 
 
-def session(tmp_path: Path, *requests: Message) -> tuple[list[Message], set[str]]:
-    """One job, then `requests`, then Shutdown: what the dispatcher said, what it imported."""
+def session(
+    tmp_path: Path, *requests: Message, until: Callable[[Message], bool] | None = None
+) -> tuple[list[Message], set[str]]:
+    """One job, then `requests` (each waiting for its reply; all at once and then `until` a
+    message if given), then Shutdown: what the dispatcher said, what it imported."""
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
         d = DispatcherProcess(tmp_path / "home", 1, flags=("-X", "importtime"), stderr=stderr)
         try:
             d.send(Run(1, 0, b"true"))
             said = d.read_until(lambda m: isinstance(m, Exit) and m.aid == 1)
-            for request in requests:
+            if until is not None:
+                d.send(*requests)
+                said += d.read_until(until)
+            for request in requests if until is None else ():
                 d.send(request)
                 said += d.read_until(lambda m: not isinstance(m, Exit))
             d.send(Shutdown())
@@ -83,6 +92,20 @@ def test_the_first_listing_frame_loads_the_process_listing_and_is_answered(tmp_p
     (found,) = [m for m in said if isinstance(m, ProcsFound)]
     assert (found.rid, found.procs, found.error) == (8, [], "")
     assert "dispatcher.procs" in modules
+
+
+def test_a_runs_own_tree_before_any_sync_frame_loads_the_store_first(tmp_path):
+    """Pin, Unpin and Within are known from the start (a pool's runs send them, maybe with no
+    sync in this session): the store they speak to is loaded for them, and a Run bound to a
+    tree not held here fails as it should, not the dispatcher."""
+    tree = b"\1" * 32
+    frames = (Pin(tree), Within(tree), Run(2, 1, b"true"), Unpin(tree))
+    said, modules = session(tmp_path, *frames, until=lambda m: isinstance(m, Exit) and m.aid == 2)
+    assert "dispatcher.syncstore" in modules
+    (bound,) = [m for m in said if isinstance(m, Exit) and m.aid == 2]
+    assert bound.code == 127
+    refused = b"".join(m.data for m in said if isinstance(m, Output) and m.aid == 2)
+    assert b"deps tree is not held on this host" in refused
 
 
 def test_a_code_no_loader_registers_is_still_refused(monkeypatch):

@@ -242,25 +242,32 @@ def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, t
     )  # fmt: skip
 
 
-def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
-    pool, tmp_path
-):
-    ran = tmp_path / "ran"  # each job appends its id when it has done its work
-    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
-    run_id = cli("submit", str(path)).stdout.decode().strip()
+def kill_9_after(pool: int, run_id: str, results: int) -> list[int]:
+    """Attach to the run, kill the pool with SIGKILL once `results` of its results came, and
+    wait for the dead pool's processes (dispatchers, jobs) to end: the ids that came."""
     watcher = subprocess.Popen([*ANET, "attach", "--format", "msgpack", run_id],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert watcher.stdout is not None
     before: list[int] = []
     for result in anet.results.read(watcher.stdout, format="msgpack"):
         before.append(result.id)
-        if len(before) == 10:
+        if len(before) == results:
             break
     below = descendants(pool)
     os.kill(pool, signal.SIGKILL)
     watcher.wait(timeout=30)
     watcher.stdout.close()
     wait_until(lambda: not any(alive(p) for p in below), timeout=30, what="its jobs to end")
+    return before
+
+
+def test_a_pool_killed_with_9_mid_run_is_restored_by_the_next_and_every_result_comes_once(
+    pool, tmp_path
+):
+    ran = tmp_path / "ran"  # each job appends its id when it has done its work
+    path = batch(tmp_path, [f"sleep 0.1; echo {i} >> {ran}; echo out{i}" for i in range(60)])
+    run_id = cli("submit", str(path)).stdout.decode().strip()
+    before = kill_9_after(pool, run_id, 10)
     again = cli("up", "-S", "2/:")
     assert again.returncode == 0, again.stderr
     new = pool_pid()

@@ -65,3 +65,16 @@ def test_each_run_gets_its_weights_part_of_the_slots_within_one(slots, weights):
     for run, weight in zip(runs, weights, strict=True):
         due = total * weight / sum(weights)
         assert abs(sum(shares[run].values()) - due) < 1, (run, shares)
+
+
+def test_a_run_that_cannot_use_a_host_yet_gets_none_of_it_and_the_others_get_it_all():
+    """A pool's run whose deps are not on host a yet (deps/runtree.py): a's slots go to the
+    run that can use it; no slot of a host no run can use is dealt."""
+    shares = deal(
+        {"a": 4, "b": 2, "c": 2},
+        ["new", "old"],
+        usable=lambda run, host: run == "old" or host == "b",
+    )
+    assert shares == {"new": {"a": 0, "b": 2, "c": 0}, "old": {"a": 4, "b": 0, "c": 2}}
+    nobody = deal({"a": 3}, ["r1", "r2"], usable=lambda run, host: False)
+    assert nobody == {"r1": {"a": 0}, "r2": {"a": 0}}

@@ -37,7 +37,7 @@ from .common import (
     run_async,
     ssh_config_option,
 )
-from .pooled import priority_option, start_joblog, write_run
+from .pooled import deps_path, priority_option, start_joblog, write_run
 from .trying import policy_options
 
 pool_option = click.option(
@@ -128,12 +128,16 @@ def down_command(env: Environment, target: Target, wait: bool) -> int:
     help="One line per attempt (GNU parallel's joblog), added by the pool as attempts end.",
 )  # fmt: skip
 @click.argument("batch", type=click.Path(path_type=Path, dir_okay=False, allow_dash=False))
+@click.argument("deps", required=False, type=click.Path(), metavar="[DEPS]")
 @click.pass_obj
 def submit_command(
     env: Environment, target: Target, policy: RunPolicy, halt: HaltPolicy, keep_order: bool,
-    priority: int, joblog: Path | None, batch: Path,
+    priority: int, joblog: Path | None, batch: Path, deps: str | None,
 ) -> int:  # fmt: skip
-    """Give the pool a batch; print its run id and return at once."""
+    """Give the pool a batch (and its DEPS, synced for this run alone); print its run id
+    and return at once."""
+    if deps is not None and target[1] is not None:  # the pool reads the folder where it runs
+        raise UsageError("a deps folder goes with a pool on this machine, not --via")
     try:
         data = batch.read_bytes()
     except OSError as exc:
@@ -143,6 +147,8 @@ def submit_command(
         if target[1] is not None:  # the file would be made here, the lines added there
             raise UsageError("--joblog goes with a pool on this machine, not --via")
         options["joblog"] = start_joblog(joblog)
+    if deps is not None:
+        options["deps"] = deps_path(deps)
     message = {"op": "submit", "batch": data, "name": str(batch), "options": options}
     row = run_async(request(target, message))
     env.stdout.write(f"{row['id']}\n".encode())

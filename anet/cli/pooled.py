@@ -3,9 +3,10 @@ exit status, without a start-up of its own (docs/daemon.md).
 
 A run goes through the pool when one is up (the default pool, or `--pool NAME`) and the run
 asks nothing a pool's run cannot do yet: no hosts of its own (-S, -H, -j, $ANET_HOSTS), a batch
-file (not a stream), and none of deps, --pipe, command mode, polite options or
---max-output. The pool's run keeps the journal a standalone run keeps (so --resume,
---only-new and `anet status BATCH` work alike). --joblog is written by the pool (a line per
+file (not a stream), and none of --pipe, command mode, polite options or --max-output. Its deps
+folder is read by the pool (same user, same machine), synced for this run alone. The pool's
+run keeps the journal a standalone run keeps (so --resume, --only-new and `anet status BATCH`
+work alike). --joblog is written by the pool (a line per
 attempt, into the file this command made), --results DIR by this command (its directory, its
 permissions).
 Otherwise it runs standalone, as before; with `--pool NAME` named, such an option is one line
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +73,6 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
     checks = [
         (bool(hosts.hosts or hosts.host_files or hosts.slots), "-S/-H/-j"),
         (bool(environ.get("ANET_HOSTS")), "$ANET_HOSTS"),
-        (args.deps is not None, "a deps folder"),
         (args.pipe is not None, "--pipe"),
         (args.line_buffer, "--line-buffer"),
         (args.generated is not None, "a command with ::: sources"),
@@ -94,6 +95,8 @@ async def through_pool(args: RunArgs, env: Environment, target: Target, encoder:
     options.update(journal_options(args, env))
     if seen.joblog is not None:
         options["joblog"] = start_joblog(seen.joblog)
+    if args.deps is not None:
+        options["deps"] = deps_path(args.deps)
     # --results DIR is written here, by the command: in its directory, with its permissions
     results = ResultsDir(seen.results) if seen.results is not None else None
     name = str(Path(args.batch).resolve())
@@ -129,6 +132,12 @@ def journal_options(args: RunArgs, env: Environment) -> dict[str, Any]:
         return {}
     path = args.journal or default_journal_path(args.batch, env.environ)
     return {"journal": str(path.resolve()), "resume": args.resume, "only_new": args.only_new}
+
+
+def deps_path(argument: str) -> str:
+    """The deps argument as the pool reads it: an absolute path on this machine (the pool
+    runs as this user here), its trailing slash kept (rsync's rule: the folder's contents)."""
+    return os.path.join(os.getcwd(), argument)
 
 
 def start_joblog(path: Path) -> str:

@@ -11,18 +11,22 @@ ends (its jobs wait; none of the others' is stopped).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 
 def deal(
-    slots: Mapping[str, int], runs: Sequence[K], weights: Mapping[K, int] | None = None
+    slots: Mapping[str, int],
+    runs: Sequence[K],
+    weights: Mapping[K, int] | None = None,
+    usable: Callable[[K, str], bool] | None = None,
 ) -> dict[K, dict[str, int]]:
     """Each run's share of each host: `slots` is every ready host's slots, in the order the
     hosts were given; `weights` each run's priority (1 when missing: an equal share); the
-    earliest runs get the odd slots (they were there first)."""
+    earliest runs get the odd slots (they were there first). `usable(run, host)` false: the
+    run cannot use that host yet (its deps are not there), and its slots go to the others."""
     shares: dict[K, dict[str, int]] = {run: dict.fromkeys(slots, 0) for run in runs}
     if not runs:
         return shares
@@ -31,11 +35,12 @@ def deal(
     dealt = [0] * len(runs)
     given = 0
     for host, count in slots.items():
-        for _ in range(count):
+        able = [i for i, run in enumerate(runs) if usable is None or usable(run, host)]
+        for _ in range(count if able else 0):
             given += 1
             # How far each run is below its due, times `whole` (integers: no rounding ties)
-            behind = [weight[i] * given - dealt[i] * whole for i in range(len(runs))]
-            chosen = behind.index(max(behind))  # the first of the furthest behind
+            behind = {i: weight[i] * given - dealt[i] * whole for i in able}
+            chosen = max(able, key=behind.__getitem__)  # the first of the furthest behind
             dealt[chosen] += 1
             shares[runs[chosen]][host] += 1
     return shares

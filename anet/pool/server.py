@@ -32,6 +32,7 @@ import msgpack
 from ..api import Cluster, HostState
 from ..core.batch import as_jobs, read_batch
 from ..core.record import JobResult
+from ..deps.manifest import Tree, scan_deps, start_scan
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
 from ..remote.hosts import parse_spec
@@ -185,7 +186,7 @@ class Pool:
             hosts = [_host_row(label, state) for label, state in self.cluster.hosts.items()]
             reply: dict[str, Any] = {"pid": os.getpid(), "hosts": hosts}
         elif op == "submit":
-            reply = self._submit(request)
+            reply = self._submit(request, await _scan(request))
         elif op == "ls":
             reply = {"runs": [run.row() for run in self.runs.values()]}
         elif op == "attach":
@@ -243,9 +244,10 @@ class Pool:
             raise _NoSuchRun(request.get("run"))
         return run
 
-    def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _submit(self, request: dict[str, Any], tree: Tree | None = None) -> dict[str, Any]:
         """A batch file's bytes (`batch`: its lines numbered as a batch file's), or the
-        library's `commands` (every one a job, numbered by position), and a `name`."""
+        library's `commands` (every one a job, numbered by position), and a `name`; `tree`,
+        its deps as scanned (`_scan`)."""
         if self._stopping:
             return {"error": "the pool is stopping (anet down --wait): it takes no new run"}
         name = request.get("name")
@@ -267,7 +269,7 @@ class Pool:
             write_atomically(self._file(run_id, "options"), json.dumps(choices).encode())
             write_atomically(self._file(run_id, kind), data)  # last: the run exists now
             try:
-                run = self._start(run_id, kind, data, name, None, restoring=False)
+                run = self._start(run_id, kind, data, name, None, restoring=False, tree=tree)
             except BaseException:  # refused (a journal busy, none to resume): not kept either
                 for suffix in (kind, "options", "name"):
                     self._file(run_id, suffix).unlink(missing_ok=True)
@@ -288,10 +290,12 @@ class Pool:
         ended: dict[str, Any] | None,
         *,
         restoring: bool,
+        tree: Tree | None = None,
     ) -> PoolRun:
         """The run, under way with its journal open, unless `ended` (its last row) says it
         has ended. Its journal is resumed (its successes not run again) when the submit asked
-        (--resume), or, `restoring` an earlier pool's run, when it is on disk."""
+        (--resume), or, `restoring` an earlier pool's run, when it is on disk. Its deps are
+        `tree` (scanned at the submit), else scanned again (a restore)."""
         try:
             choices = json.loads(self._file(run_id, "options").read_bytes())
         except FileNotFoundError:  # kept by a pool from before per-run options
@@ -316,6 +320,9 @@ class Pool:
         journal = RunJournal.open(path, fingerprint, name, resume=resume)
         try:
             options = run_options(choices, journal, resume=resume, total=len(jobs))
+            deps = _deps_path(choices)
+            if deps is not None:  # a restore scans them again, as `--resume` would
+                options = dataclasses.replace(options, deps=tree or start_scan(deps, os.environ))
             options = dataclasses.replace(options, only_new=only_new)
             run = PoolRun(run_id, name, len(jobs), path, fingerprint, journal, options)
             run.identity = (os.stat(path).st_ino, journal.meta.get("created"))
@@ -424,6 +431,23 @@ async def settle(cluster: Cluster, labels: Iterable[str]) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SETTLE_TIMEOUT):
             await asyncio.gather(*(one(label) for label in labels))
+
+
+async def _scan(request: dict[str, Any]) -> Tree | None:
+    """A submit's deps folder, scanned before the run is kept (in a thread: a big tree is
+    hashed meanwhile); its DepsError or a bad path is the client's one line."""
+    choices = request.get("options")
+    deps = _deps_path(choices) if isinstance(choices, dict) else None
+    return None if deps is None else await asyncio.to_thread(scan_deps, deps, os.environ)
+
+
+def _deps_path(choices: dict[str, Any]) -> str | None:
+    """The run's deps folder (or file): an absolute path on this machine, as the client made
+    it (a trailing slash kept: rsync's rule), read by the pool, which runs as the same user."""
+    deps = choices.get("deps")
+    if deps is not None and not (isinstance(deps, str) and os.path.isabs(deps)):
+        raise UsageError(f"deps: {deps!r} is not an absolute path")
+    return deps
 
 
 def _specs(request: dict[str, Any]) -> list[str]:
