@@ -20,7 +20,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dispatcher.jobfiles import Back
 from dispatcher.pins import Within
@@ -34,9 +34,6 @@ from .core.readahead import NOT_YET
 from .core.record import JobResult
 from .core.scheduler import SOURCE_POLL
 from .core.shares import deal
-from .deps.manifest import Tree
-from .deps.runtree import RunTree
-from .deps.sync import Progress, Syncer, SyncReport
 from .drive import Drive
 from .errors import HostError, UsageError, protocol_error
 from .logs import get_logger
@@ -49,6 +46,11 @@ from .remote.transport import LocalTransport, SshTransport, Transport
 from .runs import RunOptions, RunPlan
 from .streams.attemptlog import AttemptLog, AttemptObserver
 from .streams.journal import Journal
+
+if TYPE_CHECKING:  # the deps sync is imported by a run that has deps (`_syncer`, `_own_tree`)
+    from .deps.manifest import Tree
+    from .deps.runtree import RunTree
+    from .deps.sync import Progress, Syncer, SyncReport
 
 __all__ = ["KEEPALIVE", "Cluster", "HostState", "Polite", "RunOptions", "RunPlan", "RunPolicy"]
 
@@ -96,7 +98,7 @@ class Cluster:
         self._payload: Payload = payload()
         self._policy = policy or RunPolicy()
         self._polite = polite or Polite()
-        self._syncer = Syncer(deps, sync_progress) if deps is not None else None
+        self._syncer = _syncer(deps, sync_progress) if deps is not None else None
         self.sync_reports: dict[str, SyncReport] = {}
         """How each host got the deps tree (its latest sync), for `anet sync` and summaries."""
         self._sessions: dict[str, HostSession] = {}
@@ -544,8 +546,11 @@ class Cluster:
         assert self._tasks is not None
         options = plan.options
         tree = options.deps
-        if tree is not None and not isinstance(tree, Tree):
-            tree = await tree  # a DepsError (one line) ends the run before any job starts
+        if tree is not None:
+            from .deps.manifest import Tree  # a run with deps: the deps code is loaded by now
+
+            if not isinstance(tree, Tree):
+                tree = await tree  # a DepsError (one line) ends the run before any job starts
         self.connect()
         send = self._send if tree is None else functools.partial(self._send, within=tree.id)
         drive = Drive(
@@ -584,6 +589,7 @@ class Cluster:
         """The run brings its own deps: held on each ready host for it (deps/runtree.py), a
         host dealt to it once they are there."""
         assert self._tasks is not None
+        from .deps.runtree import RunTree  # only a run with deps of its own needs it
 
         async def failed(label: str, reason: str) -> None:
             if set(own.failed) >= set(self.hosts):
@@ -617,3 +623,11 @@ def _as_jobs(commands: Iterable[str | bytes] | Iterable[Job]) -> Iterator[Job]:
         return iter(())
     chained = itertools.chain([first], iterator)
     return chained if isinstance(first, Job) else as_jobs(chained)  # type: ignore[arg-type,return-value]
+
+
+def _syncer(deps: Tree | Awaitable[Tree], progress: Progress | None) -> Syncer:
+    """The deps sync of a run that has deps; imported here, so a run without deps does not
+    load it (the manifest code and the sync's messages: 15 ms of every start)."""
+    from .deps.sync import Syncer
+
+    return Syncer(deps, progress)

@@ -23,13 +23,12 @@ import heapq
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from . import courtesy, procs
+from . import courtesy
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
 from .jobfiles import JobFiles, Put
@@ -37,7 +36,7 @@ from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
 from .outbox import Outbox
 from .pidfiles import PidFiles
-from .pins import HeldTree, Within
+from .pins import HeldTree, Pin, Unpin, Within
 from .polite import RECHECK, Gate, Held, Polite
 from .protocol import (
     DISPATCHER,
@@ -65,10 +64,13 @@ from .protocol import (
     Setup,
     Shutdown,
     Started,
+    load_on_demand,
 )
 from .reading import ReadBuffer
 from .runner import DEFAULT_PIPE, JobProcess, kill_group, read_buffered, spawn, widen
-from .syncstore import SyncStore
+
+if TYPE_CHECKING:
+    from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
@@ -162,15 +164,16 @@ class Dispatcher:
         self.forks = Forks(self.sel, self.send)
         """Request work that could stall this loop (matching a pattern) runs in children."""
         self.forks.register(self.handlers)
-        procs.register(self.handlers, self.send, self.forks)
-        self.deps = SyncStore(home, self.send)
-        self.deps.register(self.handlers)
+        self.home = home
+        self.deps: Optional[SyncStore] = None
+        """The deps store, made with the first frame that needs it (`load_deps`)."""
+        load_on_demand(self.load_deps)
+        load_on_demand(self.load_procs)
         self.handlers[RunOnce] = self.run_once
         self.files = JobFiles(home, self.send)
         """Per-job files (--transfer, --return): each attempt with some runs in its own folder."""
         self.files.register(self.handlers)
         self.handlers[Put] = self.take_file  # type: ignore[assignment]
-        self.deps.keepalive = self.heartbeat_now
         self.sigchld_r, self.sigchld_w = os.pipe()
         for fd in (proto_in, proto_out, self.sigchld_r, self.sigchld_w):
             os.set_blocking(fd, False)
@@ -181,13 +184,33 @@ class Dispatcher:
         self.sel.register(proto_in, selectors.EVENT_READ, self.on_master_input)
         self.sel.register(self.sigchld_r, selectors.EVENT_READ, self.on_sigchld)
 
+    def load_deps(self) -> None:
+        """Import the deps store and register its handlers, once: called by the decoder at
+        the first frame of a code the run's own modules do not know (then `load_procs`, if the
+        code is not the store's either), or by `handle` for a run's tree (Pin, Within). A run
+        without deps or housekeeping never pays for them (with the process listing, a third
+        of the dispatcher's import CPU)."""
+        if self.deps is not None:
+            return
+        from .syncstore import SyncStore
+
+        self.deps = SyncStore(self.home, self.send)
+        self.deps.register(self.handlers)
+        self.deps.keepalive = self.heartbeat_now
+
+    def load_procs(self) -> None:
+        """Import the process listing (`anet --find`, `--killall`) and register its handlers."""
+        from . import procs
+
+        procs.register(self.handlers, self.send, self.forks)
+
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
         os.write(self.proto_out, self.conn.start())  # the boot mark, tiny: fits any empty pipe
         hello = Hello(
             PROTOCOL_VERSION,
-            socket.gethostname(),
+            os.uname()[1],  # gethostname(2); the socket module costs 5 ms to import
             _cores(),
             "%d.%d.%d" % sys.version_info[:3],
             _load(),
@@ -209,7 +232,8 @@ class Dispatcher:
             sys.stderr.write("anet dispatcher: %s received: stopping every job\n" % name)
         self.terminate_all()
         self.forks.stop_all()
-        self.deps.abandon_all()
+        if self.deps is not None:
+            self.deps.abandon_all()
         self.files.close()
         self.pidfiles.close()
         self.pack_dones()  # results of jobs that ended: before Bye, after which nothing is read
@@ -287,6 +311,8 @@ class Dispatcher:
         self.start_queued()
 
     def handle(self, msg: Message) -> None:
+        if self.deps is None and isinstance(msg, (Pin, Unpin, Within)):
+            self.load_deps()  # the pins' messages are known from the start: their store is not
         if isinstance(msg, Input):
             self.take_input(msg)
         elif isinstance(msg, Run):
@@ -368,7 +394,7 @@ class Dispatcher:
                 continue
             where = self.where_bound(run.aid) if self.bound else None
             if where is None:
-                where = self.where_jobs_run(), self.deps.job_cwd
+                where = self.where_jobs_run(), self.deps.job_cwd if self.deps else None
             elif not where[0]:
                 self.not_started(run, "its run's deps tree is not held on this host")
                 continue
@@ -396,7 +422,8 @@ class Dispatcher:
 
     def where_jobs_run(self) -> Union[str, bytes]:
         """Where jobs run: the synced deps first, else the master's folder (local), else home."""
-        return self.deps.jobs_cwd() or (self.setup.cwd if self.setup else "") or self.workdir
+        synced = self.deps.jobs_cwd() if self.deps is not None else None
+        return synced or (self.setup.cwd if self.setup else "") or self.workdir
 
     def where_bound(self, aid: int) -> Optional[Tuple[bytes, Optional[bytes]]]:
         """Where an attempt bound to its run's tree runs (and its deps folder): (b"", None)

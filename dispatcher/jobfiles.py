@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -45,7 +44,6 @@ from .protocol import (
     bounded,
     message,
 )
-from .syncproto import EntryError, check_path, show_path
 
 FILE_CHUNK = 256 * 1024
 """Put and Back frames carry at most this many bytes of a file."""
@@ -182,7 +180,7 @@ class JobFiles:
             try:
                 self._write(attempt, msg)
             except OSError as exc:
-                path = show_path(attempt.send[msg.index])
+                path = _shown(attempt.send[msg.index])
                 attempt.error = "--transfer: cannot write %s: %s" % (path, exc.strerror or exc)
         if attempt.error:
             self._close_writing(attempt)
@@ -288,7 +286,7 @@ class JobFiles:
             data = os.read(attempt.reading, FILE_CHUNK)
         except OSError as exc:
             why = exc.strerror or str(exc)
-            note = "--return: %s: %s (the job left no such file)" % (show_path(name), why)
+            note = "--return: %s: %s (the job left no such file)" % (_shown(name), why)
             self.send(Output(aid, STDERR, (_NOTE % note).encode("utf-8", "replace")))
             self._next_back(attempt)
             return
@@ -325,6 +323,8 @@ class JobFiles:
         if aid in self.returning:
             self.returning.remove(aid)
         if attempt.cleanup and attempt.folder:
+            import shutil  # here: only --cleanup needs it, and it costs every start 4 ms
+
             shutil.rmtree(attempt.folder, ignore_errors=True)
 
     def close(self) -> None:
@@ -339,6 +339,8 @@ class JobFiles:
 
 def _check_paths(paths: list) -> str:
     """A path the master gave that would leave the attempt's folder: the reason, else ""."""
+    from .syncproto import EntryError, check_path  # the deps sync's module: loaded when needed
+
     for path in paths:
         try:
             check_path(path)
@@ -365,3 +367,11 @@ def _open_regular(path: bytes) -> int:
 
 
 assert FILE_CHUNK <= OUTPUT_CHUNK  # a Back frame is no bigger than an Output frame
+
+
+def _shown(path: bytes) -> str:
+    """A path for a message, as the deps sync shows one (its module is imported only here:
+    a run without per-job files or deps never loads it)."""
+    from .syncproto import show_path
+
+    return show_path(path)

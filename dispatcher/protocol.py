@@ -230,6 +230,24 @@ def message(cls: Type[Any]) -> Type[Any]:
     return cls
 
 
+_LOADERS: List[Callable[[], None]] = []
+"""Imports of message modules put off until a frame needs one (`load_on_demand`)."""
+
+
+def load_on_demand(loader: Callable[[], None]) -> None:
+    """Call `loader` (once) when a frame of a code no imported module registered comes.
+
+    The dispatcher starts with the messages of a run only: its deps sync, per-job files and
+    process listing modules (a third of its start-up CPU) load with the first frame of theirs."""
+    _LOADERS.append(loader)
+
+
+def _class_of(code: int) -> Optional[Type[Any]]:
+    while code not in _BY_CODE and _LOADERS:
+        _LOADERS.pop(0)()
+    return _BY_CODE.get(code)
+
+
 @message
 @dataclass(frozen=True)
 class Hello(Message):
@@ -571,7 +589,7 @@ def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) ->
     if not isinstance(items, list) or not items or not isinstance(items[0], int):
         raise RemoteProtocolError("frame body is not [code, ...]")
     code, args = items[0], items[1:]
-    cls = _BY_CODE.get(code)
+    cls = _class_of(code)
     if cls is None:
         raise RemoteProtocolError("unknown message code %d" % code)
     if sender is not None and cls.SENDER is not sender and cls.SENDER is not EITHER:

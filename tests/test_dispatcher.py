@@ -18,6 +18,7 @@ import sys
 import termios
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -52,11 +53,21 @@ F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 class DispatcherProcess:
     """`python -m dispatcher` with its protocol on pipes; frames in, frames out."""
 
-    def __init__(self, home: Path, slots: int, dead_after: float = 0.0, fold: float = 0.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        slots: int,
+        dead_after: float = 0.0,
+        fold: float = 0.0,
+        flags: tuple[str, ...] = (),
+        stderr: IO[bytes] | None = None,
+    ) -> None:
+        """`flags` go to the interpreter (`-X importtime`), its stderr to `stderr` if given."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from dispatcher.__main__ import main; main()"],
+            [sys.executable, *flags, "-c", "from dispatcher.__main__ import main; main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=stderr,
             cwd=ROOT,
             env={**os.environ, "ANET_HOME": str(home), "PYTHONPATH": str(ROOT)},
         )

@@ -140,8 +140,10 @@ def hostile_host(make_cluster, tmp_path: Path) -> tuple[SshdCluster, Path]:
     bindir, site = tmp_path / "hostile-bin", tmp_path / "hostile-site"
     bindir.mkdir()
     site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        f"import socket\nsocket.gethostname = lambda: {HOSTILE!r}\n"
+    (site / "sitecustomize.py").write_text(  # the dispatcher asks os.uname() (gethostname(2))
+        "import os\n"
+        "_real = os.uname()\n"
+        f"os.uname = lambda: os.uname_result((_real[0], {HOSTILE!r}) + tuple(_real[2:]))\n"
     )
     boot_error = bindir / "boot-error"
     shim = bindir / "python3"

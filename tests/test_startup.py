@@ -81,6 +81,30 @@ def test_a_local_run_imports_nothing_that_connects_or_draws(tmp_path):
     assert "anet.cli.run" in modules  # the run did happen, through its module
 
 
+DEPS_ONLY = ("anet.deps", "dispatcher.syncproto", "dispatcher.syncstore", "statistics")
+"""What a run without deps has no use for: the deps scan and sync, the sync's messages (15 ms
+of start-up), and statistics (with fractions and decimal, for one median)."""
+
+
+def test_a_run_without_deps_imports_no_deps_sync(tmp_path):
+    batch = tmp_path / "batch.txt"
+    batch.write_text("true\n")
+    modules = imported("-m", "anet", "run", "-S", ":", "--no-journal", str(batch), cwd=tmp_path)
+    assert "anet.api" in modules
+    assert sorted(m for m in modules if m.startswith(DEPS_ONLY)) == []
+
+
+def test_a_run_with_deps_does_import_them(tmp_path):
+    """The guard above can fail: the same run with a deps folder loads the deps sync."""
+    (tmp_path / "deps").mkdir()
+    (tmp_path / "deps" / "input.txt").write_text("x\n")
+    batch = tmp_path / "batch.txt"
+    batch.write_text("cat input.txt\n")
+    argv = ["run", "-S", ":", "--no-journal", str(batch), f"{tmp_path / 'deps'}/"]
+    modules = imported("-m", "anet", *argv, cwd=tmp_path)
+    assert {"anet.deps.sync", "anet.deps.manifest", "dispatcher.syncproto"} <= modules
+
+
 def test_the_check_sees_a_heavy_import(tmp_path):
     """The guard can fail: loading asyncssh the one way anet does shows up in the list."""
     modules = imported("-c", "from anet.remote.sshlib import asyncssh; asyncssh()", cwd=tmp_path)

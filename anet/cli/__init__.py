@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from .. import logs
 from .._version import __version__
 from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
-from .argv import COMMAND_LINE, VALUE_OPTIONS, arrange, split_command
+from .argv import COMMAND_LINE, VALUE_OPTIONS, arrange, names_this_machine, split_command
 from .common import Environment, ExitStatus
 
 COMMANDS = {
@@ -157,4 +158,35 @@ def _say(env: Environment, line: str) -> None:
 
 def main() -> None:
     diagnostics.install()  # before anything is written: stderr must never block the work
-    sys.exit(raw_main())
+    early = _start_early(sys.argv[1:], os.environ)
+    try:
+        status = raw_main()
+    finally:
+        if early:
+            from ..remote import early as started
+
+            started.discard()  # the run's own took it; else it was never used
+    sys.exit(status)
+
+
+def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
+    """Start this machine's dispatcher before the run's modules are imported, when the
+    arguments say the run is here (anet/remote/early.py): its boot then overlaps them."""
+    here = names_this_machine(args, cli.commands)
+    if here is None:  # no hosts named: this machine, unless $ANET_HOSTS or a pool is up
+        here = not environ.get("ANET_HOSTS") and ("--no-pool" in args or not _pool_up(environ))
+    if not here or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
+        return False
+    from ..remote import early
+
+    try:
+        early.start()
+    except OSError:  # the run starts it the usual way, and says what is wrong then
+        return False
+    return True
+
+
+def _pool_up(environ: Mapping[str, str]) -> bool:
+    from ..pool.place import DEFAULT_NAME, place
+
+    return place(DEFAULT_NAME, environ).socket.exists()

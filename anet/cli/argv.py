@@ -175,3 +175,66 @@ def _needs_argument(command: click.Command) -> bool:
     BATCH is optional only for command mode, which `split_command` has taken out before."""
     required = any(isinstance(p, click.Argument) and p.required for p in command.params)
     return required or command.name == DEFAULT_COMMAND
+
+
+EARLY_STOPS = frozenset(["-h", "--help", "--version", "--dry-run", "--pool"])
+"""Options after which no job runs here, or not from this process: no early dispatcher."""
+
+
+def names_this_machine(args: Sequence[str], commands: Mapping[str, click.Command]) -> bool | None:
+    """Whether `anet ARGS` is a run on this machine, read before click parses it: True when
+    a -S spec is this machine (`:`, `N/:`), None when the run names no hosts (-S, -H: this
+    machine unless $ANET_HOSTS or a pool says otherwise), False otherwise (another command,
+    other hosts, --help, --dry-run). A wrong answer only costs time, never a behaviour: the
+    early dispatcher (anet/remote/early.py) of a run that does not take it is stopped."""
+    args, _ = split_command(args, commands, VALUE_OPTIONS)
+    words = arrange(args, commands, VALUE_OPTIONS).argv
+    if words[:1] != [DEFAULT_COMMAND]:
+        return False
+    specs, files = _host_words(words[1:])
+    if specs is None:
+        return False
+    if any(part.rpartition("/")[2] == ":" for spec in specs for part in spec.split(",")):
+        return True
+    return None if not specs and not files else False
+
+
+def _host_words(words: Sequence[str]) -> tuple[list[str] | None, bool]:
+    """The -S values, and whether -H came, in `run`'s words; (None, _) at an EARLY_STOPS."""
+    specs: list[str] = []
+    files = False
+    at = 0
+    while at < len(words) and words[at] != "--":
+        word = words[at]
+        name, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        if name in EARLY_STOPS:
+            return None, files
+        if word.startswith("--"):
+            taken = not equals and VALUE_OPTIONS.get(name, False)
+            value = words[at + 1] if taken and at + 1 < len(words) else value
+        elif word.startswith("-") and len(word) > 1:
+            name, value, taken = _short_option(word, words[at + 1 : at + 2])
+            if name == "-h":
+                return None, files
+        else:
+            name, taken = "", False
+        if name in ("-S", "--host"):
+            specs.append(value)
+        files = files or name in ("-H", "--hosts")
+        at += 1 + taken
+    return specs, files
+
+
+def _short_option(word: str, following: Sequence[str]) -> tuple[str, str, bool]:
+    """In a short cluster (`-qS :`, `-S:`): the option that takes a value (or the last flag),
+    its value, and whether that value is the next word, as click reads the cluster."""
+    for i, letter in enumerate(word[1:], start=1):
+        name = f"-{letter}"
+        if letter == "h" or VALUE_OPTIONS.get(name, False):
+            if letter == "h":
+                return name, "", False
+            rest = word[i + 1 :]
+            if rest:
+                return name, rest, False
+            return name, following[0] if following else "", bool(following)
+    return word[-2:], "", False

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,7 +25,6 @@ from ..core.halt import HaltPolicy
 from ..core.inputs import Generated, Tags, generate
 from ..core.readahead import ReadAhead
 from ..core.spool import spool_dir
-from ..deps.manifest import start_scan
 from ..errors import UsageError
 from ..logs import get_logger
 from ..remote.hosts import HostSpec
@@ -57,6 +57,11 @@ from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
 from .pooled import pool_target, priority_option, say_halted, through_pool
 from .trying import policy_options
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..deps.manifest import Tree
 
 log = get_logger()
 
@@ -166,7 +171,7 @@ async def _run(
     ssh = args.host_args.ssh_options(args.keepalive)
     # The deps scan runs in a thread while the hosts connect; its error stops the run before
     # any deps byte is sent (hosts wait for the scan before their sync starts).
-    tree = start_scan(args.deps, env.environ) if args.deps else None
+    tree = _start_scan(args.deps, env) if args.deps else None
     cluster = Cluster(
         hosts, ssh=ssh, keepalive=args.keepalive, policy=args.policy, deps=tree, polite=args.polite
     )
@@ -533,6 +538,13 @@ def run_command(
         encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
         return run_async(through_pool(_capped(args, env, encoder), env, target, encoder))
     return run_async(program(args, env))
+
+
+def _start_scan(deps: str, env: Environment) -> asyncio.Future[Tree]:
+    """The deps scan, started (anet/deps/manifest.py, imported by a run that has deps only)."""
+    from ..deps.manifest import start_scan
+
+    return start_scan(deps, env.environ)
 
 
 def _line_buffered(fmt: str | None, keep_order: bool, policy: RunPolicy) -> tuple[str, RunPolicy]:
