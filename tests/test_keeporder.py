@@ -54,8 +54,9 @@ def test_random_finish_order_comes_out_in_id_order_within_the_bound(tmp_path, sp
 
 
 def test_a_slow_first_job_costs_disk_not_memory(tmp_path):
-    """20,000 results of 10 KB wait for job 0: 200 MB of output, a few MB of memory."""
-    n, size = 20_000, 10_000
+    """5,000 results of 10 KB wait for job 0: 50 MB of output, a few MB of memory (held whole,
+    they would be four times the bound)."""
+    n, size = 5_000, 10_000
     order = KeepOrder(FileSpill(str(tmp_path)), max_held=100, max_bytes=1 << 20)
     list(order.jobs(Job(i, b"") for i in range(n)))
     tracemalloc.start()

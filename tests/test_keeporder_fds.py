@@ -2,7 +2,8 @@
 file (two: one per stream), so 2,000 results of 2 MB behind job 0 wanted 4,000 descriptors,
 past the usual limit of 1,024, and jobs failed ("could not be spooled to disk"). Past a few,
 waiting spools are parked in one shared file (keeporder.py): the descriptors stay bounded.
-Run under a low RLIMIT_NOFILE, so that a few hundred results are enough to show it."""
+Run under a low RLIMIT_NOFILE (120), so that 150 results are enough to show it; job 0 looks
+for the others every 0.05 s (every 0.01 s, its `ls | wc` forked some 300 processes a second)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from stream_digest import digest_msgpack
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
-N = 300
-SIZE = 1_500_000  # past spool.SPOOL_AT: spooled
-NOFILE = 200
+N = 150
+SIZE = 1_100_000  # past spool.SPOOL_AT (1 MiB): spooled
+NOFILE = 120
 
 
 def low_nofile() -> None:
@@ -29,7 +30,7 @@ def low_nofile() -> None:
 def test_many_spooled_results_wait_for_job_0_under_a_low_descriptor_limit(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    wait = f"i=0; while [ $(ls {marks} | wc -l) -lt {N - 1} ] && [ $i -lt 6000 ]; do sleep 0.01;" \
+    wait = f"i=0; while [ $(ls {marks} | wc -l) -lt {N - 1} ] && [ $i -lt 1200 ]; do sleep 0.05;" \
            " i=$((i+1)); done"  # fmt: skip
     batch = [f"{wait}; echo zero"]
     batch += [f"head -c {SIZE} /dev/zero; echo {i}; touch {marks}/{i}" for i in range(1, N)]

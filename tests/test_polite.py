@@ -133,9 +133,14 @@ def test_the_live_view_shows_a_held_host_as_loaded():
 
 @contextmanager
 def busy_loops(n: int, own_group: bool = False) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`n` processes spinning on a CPU, outside anet; killed (by pid) when the block ends."""
+    """`n` processes spinning on a CPU, outside anet; killed (by pid) when the block ends.
+
+    At niceness 19: a spinning loop counts as runnable all the same (the load anet sees), but
+    takes the CPU only when nothing else wants it, so it does not slow anet's own start or
+    the tests beside it (6 or more loops on 2 cores did, by seconds)."""
+    spin = "import os; os.nice(19)\nwhile 1: pass"
     loops = [
-        subprocess.Popen([sys.executable, "-c", "while 1: pass"], start_new_session=own_group)
+        subprocess.Popen([sys.executable, "-c", spin], start_new_session=own_group)
         for _ in range(n)
     ]
     try:
