@@ -98,11 +98,12 @@ class Attempt:
     speculative: bool = False  # a copy, started while another attempt of the job ran
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ended:
     """The verdict on an ended attempt (`attempt` is None for an unknown aid). For FINAL, `ok`
     says whether the job succeeded, and `error` explains a failure its exit status does not (a
-    timeout). `paused` is set when this failure paused the host."""
+    timeout). `paused` is set when this failure paused the host. (Not frozen: one is made per
+    attempt, and a frozen dataclass's fields cost a call each; nobody changes one.)"""
 
     verdict: Verdict
     attempt: Attempt | None
