@@ -448,9 +448,7 @@ class Engine:
         self._stats[host].done += 1
         self._actions.results.append(result)
 
-    def _count(
-        self, host: str, flight: _Flight, ended: Ended, msg: Exit | Done, size: int
-    ) -> None:
+    def _count(self, host: str, flight: _Flight, ended: Ended, msg: Exit | Done, size: int) -> None:
         """The host's counters for an ended attempt, and the attempt's record."""
         stats, attempt = self._stats[host], flight.attempt
         if flight.started:
