@@ -140,3 +140,52 @@ def test_the_first_boot_mark_counts_not_a_later_one():
     first = len(b"motd\n" + BOOT_MARK)
     assert find_boot_mark(data) == (b"F", first + 1)
     assert find_boot_mark(b"motd\n" + BOOT_MARK) is None  # its kind byte has not come yet
+
+
+_GOOD_DONE = [1, 2, 1, 0, None, 0.1, 0.0, 0, b"", b""]
+_DONE_FIELDS = ["aid", "pid", "slot", "code", "signal", "duration", "cpu", "maxrss_kb"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("aid", True),  # a bool is no int
+        ("aid", 1.0),
+        ("pid", 0),
+        ("pid", 2**63),
+        ("slot", None),
+        ("code", 256),
+        ("code", -1),
+        ("signal", 0),
+        ("signal", "9"),
+        ("duration", math.nan),
+        ("duration", math.inf),
+        ("duration", -0.5),
+        ("cpu", "0.1"),
+        ("maxrss_kb", -1),
+        ("stdout", "text"),
+        ("stdout", bytes(FOLD_OUTPUT + 1)),
+        ("stderr", None),
+    ],
+)
+def test_a_bad_field_in_any_item_of_a_dones_is_refused_as_that_item(field: str, value):
+    """A Dones frame's items are checked a field at a time over all of them (the common case
+    costs no call per field); a bad value in any item, of any kind, still refuses the frame,
+    with the words a Done frame of that item would get."""
+    bad = list(_GOOD_DONE)
+    bad[[*_DONE_FIELDS, "stdout", "stderr"].index(field)] = value
+    said = refusal(pack(Dones.CODE, [_GOOD_DONE, _GOOD_DONE, bad]))
+    assert said == "Dones item 2: " + refusal(pack(Done.CODE, *bad))
+
+
+def test_a_dones_item_wrong_only_as_a_whole_is_refused_as_that_item():
+    bad = [1, 2, 1, 0, 9, 0.1, 0.0, 0, b"", b""]  # a code and a signal
+    said = refusal(pack(Dones.CODE, [_GOOD_DONE, bad]))
+    assert said == "Dones item 1: Done needs exactly one of code and signal"
+
+
+def test_a_dones_frame_of_good_items_gives_each_as_a_done():
+    items = [[aid, 2, 1, 0, None, 0.5 * aid, 0, 7, b"out", b""] for aid in range(3)]
+    items.append([3, 2, 1, None, 9, 2, 0.25, 0, b"", bytes(FOLD_OUTPUT)])  # ints as floats
+    dones = decode_body(pack(Dones.CODE, items)).dones()
+    assert dones == [Done(*item) for item in items]
