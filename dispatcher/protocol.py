@@ -199,10 +199,18 @@ def _columns_pass(code: int, items: List[Any]) -> bool:
         return False
 
 
+COLUMNS_FROM = 6
+"""Items from which a Several frame is checked a column at a time: the column checks cost a
+fixed few calls per field, so fewer items are cheaper checked one by one (Python 3.11,
+instructions per Done decoded, measured with callgrind: 1 item 53k one by one against 103k by
+columns, 4: 41k against 45k, 8: 39k against 35k, 32: 38k against 28k)."""
+
+
 def _made_at_once(cls: Type[Any], items: List[Any]) -> Optional[List[Any]]:
-    """The messages of a Several frame's items when every one is well formed (fields checked
-    a column at a time, then each whole); None when one is not (or might not be)."""
-    if not _columns_pass(cls.CODE, items):
+    """The messages of a Several frame's items when there are many and every one is well
+    formed (fields checked a column at a time, then each whole); None when there are few, or
+    one is not well formed (or might not be): then they are checked one by one."""
+    if len(items) < COLUMNS_FROM or not _columns_pass(cls.CODE, items):
         return None
     made = [cls(*item) for item in items]
     if cls.CODE in _WHOLE_CHECKED and any(msg.problem() is not None for msg in made):

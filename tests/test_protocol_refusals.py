@@ -14,6 +14,7 @@ import pytest
 
 from dispatcher.protocol import (
     BOOT_MARK,
+    COLUMNS_FROM,
     FOLD_OUTPUT,
     MASTER,
     Done,
@@ -174,18 +175,19 @@ def test_a_bad_field_in_any_item_of_a_dones_is_refused_as_that_item(field: str, 
     with the words a Done frame of that item would get."""
     bad = list(_GOOD_DONE)
     bad[[*_DONE_FIELDS, "stdout", "stderr"].index(field)] = value
-    said = refusal(pack(Dones.CODE, [_GOOD_DONE, _GOOD_DONE, bad]))
-    assert said == "Dones item 2: " + refusal(pack(Done.CODE, *bad))
+    said = refusal(pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, bad]))
+    assert said == f"Dones item {COLUMNS_FROM}: " + refusal(pack(Done.CODE, *bad))
 
 
 def test_a_dones_item_wrong_only_as_a_whole_is_refused_as_that_item():
     bad = [1, 2, 1, 0, 9, 0.1, 0.0, 0, b"", b""]  # a code and a signal
-    said = refusal(pack(Dones.CODE, [_GOOD_DONE, bad]))
-    assert said == "Dones item 1: Done needs exactly one of code and signal"
+    said = refusal(pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, bad]))
+    assert said == f"Dones item {COLUMNS_FROM}: Done needs exactly one of code and signal"
 
 
 def test_a_dones_frame_of_good_items_gives_each_as_a_done():
     items = [[aid, 2, 1, 0, None, 0.5 * aid, 0, 7, b"out", b""] for aid in range(3)]
     items.append([3, 2, 1, None, 9, 2, 0.25, 0, b"", bytes(FOLD_OUTPUT)])  # ints as floats
+    items *= 2  # enough to be checked a column at a time (COLUMNS_FROM)
     dones = decode_body(pack(Dones.CODE, items)).dones()
     assert dones == [Done(*item) for item in items]
