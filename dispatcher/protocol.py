@@ -437,7 +437,9 @@ def batched(messages: Sequence[Message]) -> List[Message]:
     size = 0
     for msg in messages:
         if type(msg) is Run:
-            weight = len(msg.command) + sum(len(k) + len(v) for k, v in msg.env.items()) + 64
+            weight = len(msg.command) + 64
+            if msg.env:  # most jobs have none: no generator to start then
+                weight += sum(len(k) + len(v) for k, v in msg.env.items())
             if stretch and (size + weight > MAX_FRAME // 2 or len(stretch) == MAX_RUNS):
                 out.append(_runs_frame(stretch))
                 stretch, size = [], 0
