@@ -12,11 +12,14 @@ import math
 import msgpack
 import pytest
 
+from dispatcher import protocol
 from dispatcher.protocol import (
     BOOT_MARK,
     COLUMNS_FROM,
     FOLD_OUTPUT,
     MASTER,
+    MAX_CORES,
+    MAX_PID,
     Done,
     Dones,
     Exit,
@@ -191,3 +194,23 @@ def test_a_dones_frame_of_good_items_gives_each_as_a_done():
     items *= 2  # enough to be checked a column at a time (COLUMNS_FROM)
     dones = decode_body(pack(Dones.CODE, items)).dones()
     assert dones == [Done(*item) for item in items]
+
+
+def test_a_dones_frame_of_many_good_items_is_checked_by_columns_not_item_by_item(monkeypatch):
+    """The point of the column-wise check: a frame of many well-formed items, bounds reached
+    included, costs no per-item check; one of fewer than COLUMNS_FROM is checked item by item."""
+    real, checked = protocol.checked, []
+
+    def counting(code: int, args: list) -> object:
+        checked.append(code)
+        return real(code, args)
+
+    monkeypatch.setattr(protocol, "checked", counting)
+    edge = [0, MAX_PID, MAX_CORES, 255, None, 0.0, 0, 0, bytes(FOLD_OUTPUT), b""]
+    items = [edge, [1, 1, 1, None, 127, 1, 2.5, 7, b"", b"e"], *[_GOOD_DONE] * COLUMNS_FROM]
+    assert len(decode_body(pack(Dones.CODE, items)).dones()) == len(items)
+    assert checked == [Dones.CODE]
+    checked.clear()
+    few = items[: COLUMNS_FROM - 1]
+    assert len(decode_body(pack(Dones.CODE, few)).dones()) == len(few)
+    assert checked == [Dones.CODE, *[Done.CODE] * len(few)]
