@@ -208,9 +208,22 @@ def test_a_dones_frame_of_many_good_items_is_checked_by_columns_not_item_by_item
     monkeypatch.setattr(protocol, "checked", counting)
     edge = [0, MAX_PID, MAX_CORES, 255, None, 0.0, 0, 0, bytes(FOLD_OUTPUT), b""]
     items = [edge, [1, 1, 1, None, 127, 1, 2.5, 7, b"", b"e"], *[_GOOD_DONE] * COLUMNS_FROM]
+    items = items[:COLUMNS_FROM]  # the least that is checked by columns
     assert len(decode_body(pack(Dones.CODE, items)).dones()) == len(items)
     assert checked == [Dones.CODE]
     checked.clear()
     few = items[: COLUMNS_FROM - 1]
     assert len(decode_body(pack(Dones.CODE, few)).dones()) == len(few)
     assert checked == [Dones.CODE, *[Done.CODE] * len(few)]
+
+
+@pytest.mark.parametrize(
+    ("item", "said"),
+    [([1, 0, 1, 0, None, 0.1], "Done takes 10 fields, got 6"), (7, "is not a Done's fields")],
+)
+def test_a_dones_item_of_the_wrong_shape_among_many_is_refused_as_that_item(item, said: str):
+    """The column-wise check first makes sure every item is a list of the right length: one
+    that is not, among many good ones, is worded as among few."""
+    body = pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, item])
+    sep = ": " if said.startswith("Done ") else " "
+    assert refusal(body) == f"Dones item {COLUMNS_FROM}{sep}{said}"
