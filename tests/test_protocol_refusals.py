@@ -212,6 +212,12 @@ def test_a_dones_frame_of_many_good_items_is_checked_by_columns_not_item_by_item
     assert len(decode_body(pack(Dones.CODE, items)).dones()) == len(items)
     assert checked == [Dones.CODE]
     checked.clear()
+    plain = [_GOOD_DONE] * COLUMNS_FROM  # a whole column of None (signal): nothing to bound
+    assert len(decode_body(pack(Dones.CODE, plain)).dones()) == COLUMNS_FROM
+    runs = [[aid, aid, b"true", {"K": "v"} if aid else {}, aid % 2 == 0] for aid in range(8)]
+    assert [r.env for r in decode_body(pack(Runs.CODE, runs)).runs()][:2] == [{}, {"K": "v"}]
+    assert checked == [Dones.CODE, Runs.CODE]  # an env is checked by its own check, per value
+    checked.clear()
     few = items[: COLUMNS_FROM - 1]
     assert len(decode_body(pack(Dones.CODE, few)).dones()) == len(few)
     assert checked == [Dones.CODE, *[Done.CODE] * len(few)]
