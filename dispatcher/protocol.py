@@ -184,10 +184,91 @@ def _field_check(f: "Field[Any]") -> Callable[[Any], bool]:
     return lambda v: typed(v) and low <= v <= top
 
 
+def _columns_pass(code: int, items: List[Any]) -> bool:
+    """Whether every item of a Several frame is a well-formed `code` message's fields, checked
+    a field at a time over all the items (a set of types, a min and a max: loops in C) rather
+    than a Python call per field per item. True only when each item would pass `checked`'s
+    field checks; on False (or any surprise) the caller checks item by item, which says
+    exactly what is wrong."""
+    arity = _ARITY[code]
+    if not all(type(item) is list and len(item) == arity for item in items):
+        return False
+    try:
+        return all(map(_column_ok, _COLUMN_CHECKS[code], zip(*items)))
+    except (TypeError, ValueError, OverflowError):  # e.g. an int too big for a float sum
+        return False
+
+
+COLUMNS_FROM = 6
+"""Items from which a Several frame is checked a column at a time: the column checks cost a
+fixed few calls per field, so fewer items are cheaper checked one by one (Python 3.11,
+instructions per Done decoded, measured with callgrind: 1 item 53k one by one against 103k by
+columns, 4: 41k against 45k, 8: 39k against 35k, 32: 38k against 28k)."""
+
+
+def _made_at_once(cls: Type[Any], items: List[Any]) -> Optional[List[Any]]:
+    """The messages of a Several frame's items when there are many and every one is well
+    formed (fields checked a column at a time, then each whole); None when there are few, or
+    one is not well formed (or might not be): then they are checked one by one."""
+    if len(items) < COLUMNS_FROM or not _columns_pass(cls.CODE, items):
+        return None
+    made = [cls(*item) for item in items]
+    if cls.CODE in _WHOLE_CHECKED and any(msg.problem() is not None for msg in made):
+        return None
+    return made
+
+
+def _column_ok(spec: "_ColumnSpec", column: Sequence[Any]) -> bool:
+    """One field's values across the items pass its check (see `_column_spec`)."""
+    types, optional, low, top, length, one = spec
+    if one is not None:  # a field with no column form: its own check, value by value
+        return all(map(one, column))
+    if optional:
+        column = [value for value in column if value is not None]
+        if not column:
+            return True
+    if not set(map(type, column)) <= types:
+        return False
+    if length is not None:
+        return max(map(len, column)) <= length
+    if float in types and not math.isfinite(sum(column)):  # a NaN or an infinity among them
+        return False
+    return low is None or (low <= min(column) and max(column) <= top)
+
+
+_ColumnSpec = Tuple[
+    Set[type], bool, Optional[float], float, Optional[int], Optional[Callable[[Any], bool]]
+]
+
+_COLUMN_TYPES: Dict[str, Set[type]] = {
+    "int": {int},
+    "Optional[int]": {int},
+    "float": {float, int},
+    "str": {str},
+    "bytes": {bytes},
+    "bool": {bool},
+}
+"""Field types whose check is "one of these exact types" (bool is no int here: `type()`)."""
+
+
+def _column_spec(f: "Field[Any]") -> _ColumnSpec:
+    """How `_column_ok` checks the field: its exact types, bounds and length as `_field_check`
+    has them, or (`one`) the field's own per-value check for the rest (dicts, custom checks)."""
+    text = str(f.type)
+    low, high, length, check = f.metadata.get("bound", (None, math.inf, None, None))
+    if check is not None or text not in _COLUMN_TYPES:
+        return set(), False, None, math.inf, None, _field_check(f)
+    if length is not None:
+        low = None
+    top = min(high, sys.float_info.max)  # as `_field_check`: a bound never lets infinity in
+    return _COLUMN_TYPES[text], text.startswith("Optional"), low, top, length, None
+
+
 _BY_CODE: Dict[int, Type[Any]] = {}
 _FIELDS: Dict[int, Tuple[str, ...]] = {}
 _ARITY: Dict[int, int] = {}
 _FIELD_CHECKS: Dict[int, Tuple[Tuple[str, Callable[[Any], bool]], ...]] = {}
+_COLUMN_CHECKS: Dict[int, Tuple[_ColumnSpec, ...]] = {}
 _WHOLE_CHECKED: Set[int] = set()
 """Codes of the messages with a `problem()` of their own (the others need no call)."""
 
@@ -225,6 +306,7 @@ def message(cls: Type[Any]) -> Type[Any]:
     _FIELDS[cls.CODE] = names
     _ARITY[cls.CODE] = len(names)
     _FIELD_CHECKS[cls.CODE] = tuple((f.name, _field_check(f)) for f in fields(cls))
+    _COLUMN_CHECKS[cls.CODE] = tuple(_column_spec(f) for f in fields(cls))
     if cls.problem is not Message.problem:
         _WHOLE_CHECKED.add(cls.CODE)
     return cls
@@ -328,7 +410,11 @@ class Several(Message):
     items: List[Any]  # the subclass's dataclass field (this base is no dataclass)
 
     def problem(self) -> Optional[str]:
-        made = []
+        made = _made_at_once(self.ITEM, self.items)  # the common case: all well formed
+        if made is not None:
+            object.__setattr__(self, "_made", made)
+            return None
+        made = []  # else item by item, to say which is wrong and how
         for index, item in enumerate(self.items):
             if type(item) is not list:
                 return "item %d is not a %s's fields" % (index, self.ITEM.__name__)
@@ -369,7 +455,9 @@ def batched(messages: Sequence[Message]) -> List[Message]:
     size = 0
     for msg in messages:
         if type(msg) is Run:
-            weight = len(msg.command) + sum(len(k) + len(v) for k, v in msg.env.items()) + 64
+            weight = len(msg.command) + 64
+            if msg.env:  # most jobs have none: no generator to start then
+                weight += sum(len(k) + len(v) for k, v in msg.env.items())
             if stretch and (size + weight > MAX_FRAME // 2 or len(stretch) == MAX_RUNS):
                 out.append(_runs_frame(stretch))
                 stretch, size = [], 0

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from anet.core.batch import MAX_COMMAND, Job
 from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
 from anet.core.record import JobResult
+from anet.core.spool import OutputCap
 from anet.errors import HostError
 from dispatcher.protocol import STDERR, STDOUT, Done, Exit, Kill, Message, Output, Run, Started
 
@@ -339,6 +340,40 @@ def test_a_done_after_the_attempt_spoke_is_a_protocol_error():
     run = hosts.start("h1", 0)
     with pytest.raises(HostError, match=f"Done for attempt {run.aid}, which had already spoken"):
         engine.frame("h1", Done(run.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"", b""), 0.0)
+    with pytest.raises(HostError) as caught:
+        engine.frame("h1", Done(run.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"", b""), 0.0)
+    assert caught.value.host == "h1"
+
+
+@pytest.mark.parametrize(
+    ("out", "err", "cut", "size"),
+    [
+        (b"12345", b"", False, 5),  # at the cap: whole
+        (b"", b"12345", False, 5),
+        (b"123456", b"", True, 0),  # the cut attempt's size is what it had said before
+        (b"123", b"456", True, 3),  # both streams count
+    ],
+)
+def test_a_done_past_an_output_cap_fails_its_job_as_output_frames_would(
+    out: bytes, err: bytes, cut: bool, size: int
+):
+    """A small Done's output goes into its result as it came, but only below every cap: past
+    --max-output the job fails with why and no retry, its output dropped, as when the same
+    bytes come in Output frames; the Kill it sends finds the attempt ended (moot)."""
+    engine, hosts = engine_for(1, speculate=False, caps=(OutputCap(5, "--max-output 5"),))
+    hosts.ready("h1", 1)
+    run = hosts.on("h1", 0)
+    hosts.say("h1", Done(run.aid, 77, 1, 0, None, 0.25, 0.1, 1000, out, err))
+    (result,) = hosts.results
+    if cut:
+        assert (result.ok, result.attempts, result.stdout, result.stderr) == (False, 1, b"", b"")
+        assert result.error == "its output passed --max-output 5"
+        assert hosts.kills == [("h1", run.aid)]
+    else:
+        assert (result.ok, result.error, result.stdout, result.stderr) == (True, None, out, err)
+        assert hosts.kills == []
+    assert [a.size for a in hosts.attempts] == [size]
+    assert engine.finished
 
 
 # -- any interleaving ends every job exactly once -------------------------------------------------
@@ -622,3 +657,16 @@ def test_a_smaller_share_lets_the_attempts_in_flight_finish_and_sends_no_more_un
         hosts.finish("h1", job)
         assert len(hosts.runs["h1"]) == max(7 - job, 3), job  # refilled to 3 only
     assert hosts.kills == []  # nothing in flight was stopped for the new split
+
+
+def test_a_done_past_a_stdout_only_cap_by_its_stderr_keeps_each_stream_apart():
+    """A cap on stdout alone (what an output format can carry) lets a Done's stderr pass it:
+    its output goes the long way (past the quick bound), each stream where it belongs."""
+    cap = OutputCap(5, "the format's limit", stdout_only=True)
+    _, hosts = engine_for(1, speculate=False, caps=(cap,))
+    hosts.ready("h1", 1)
+    run = hosts.on("h1", 0)
+    hosts.say("h1", Done(run.aid, 77, 1, 0, None, 0.25, 0.1, 1000, b"123", b"4567"))
+    (result,) = hosts.results
+    assert (result.ok, result.stdout, result.stderr, result.error) == (True, b"123", b"4567", None)
+    assert [a.size for a in hosts.attempts] == [7] and hosts.kills == []

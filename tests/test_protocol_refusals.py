@@ -12,10 +12,14 @@ import math
 import msgpack
 import pytest
 
+from dispatcher import protocol
 from dispatcher.protocol import (
     BOOT_MARK,
+    COLUMNS_FROM,
     FOLD_OUTPUT,
     MASTER,
+    MAX_CORES,
+    MAX_PID,
     Done,
     Dones,
     Exit,
@@ -140,3 +144,92 @@ def test_the_first_boot_mark_counts_not_a_later_one():
     first = len(b"motd\n" + BOOT_MARK)
     assert find_boot_mark(data) == (b"F", first + 1)
     assert find_boot_mark(b"motd\n" + BOOT_MARK) is None  # its kind byte has not come yet
+
+
+_GOOD_DONE = [1, 2, 1, 0, None, 0.1, 0.0, 0, b"", b""]
+_DONE_FIELDS = ["aid", "pid", "slot", "code", "signal", "duration", "cpu", "maxrss_kb"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("aid", True),  # a bool is no int
+        ("aid", 1.0),
+        ("pid", 0),
+        ("pid", 2**63),
+        ("slot", None),
+        ("code", 256),
+        ("code", -1),
+        ("signal", 0),
+        ("signal", "9"),
+        ("duration", math.nan),
+        ("duration", math.inf),
+        ("duration", -0.5),
+        ("cpu", "0.1"),
+        ("maxrss_kb", -1),
+        ("stdout", "text"),
+        ("stdout", bytes(FOLD_OUTPUT + 1)),
+        ("stderr", None),
+    ],
+)
+def test_a_bad_field_in_any_item_of_a_dones_is_refused_as_that_item(field: str, value):
+    """A Dones frame's items are checked a field at a time over all of them (the common case
+    costs no call per field); a bad value in any item, of any kind, still refuses the frame,
+    with the words a Done frame of that item would get."""
+    bad = list(_GOOD_DONE)
+    bad[[*_DONE_FIELDS, "stdout", "stderr"].index(field)] = value
+    said = refusal(pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, bad]))
+    assert said == f"Dones item {COLUMNS_FROM}: " + refusal(pack(Done.CODE, *bad))
+
+
+def test_a_dones_item_wrong_only_as_a_whole_is_refused_as_that_item():
+    bad = [1, 2, 1, 0, 9, 0.1, 0.0, 0, b"", b""]  # a code and a signal
+    said = refusal(pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, bad]))
+    assert said == f"Dones item {COLUMNS_FROM}: Done needs exactly one of code and signal"
+
+
+def test_a_dones_frame_of_good_items_gives_each_as_a_done():
+    items = [[aid, 2, 1, 0, None, 0.5 * aid, 0, 7, b"out", b""] for aid in range(3)]
+    items.append([3, 2, 1, None, 9, 2, 0.25, 0, b"", bytes(FOLD_OUTPUT)])  # ints as floats
+    items *= 2  # enough to be checked a column at a time (COLUMNS_FROM)
+    dones = decode_body(pack(Dones.CODE, items)).dones()
+    assert dones == [Done(*item) for item in items]
+
+
+def test_a_dones_frame_of_many_good_items_is_checked_by_columns_not_item_by_item(monkeypatch):
+    """The point of the column-wise check: a frame of many well-formed items, bounds reached
+    included, costs no per-item check; one of fewer than COLUMNS_FROM is checked item by item."""
+    real, checked = protocol.checked, []
+
+    def counting(code: int, args: list) -> object:
+        checked.append(code)
+        return real(code, args)
+
+    monkeypatch.setattr(protocol, "checked", counting)
+    edge = [0, MAX_PID, MAX_CORES, 255, None, 0.0, 0, 0, bytes(FOLD_OUTPUT), b""]
+    items = [edge, [1, 1, 1, None, 127, 1, 2.5, 7, b"", b"e"], *[_GOOD_DONE] * COLUMNS_FROM]
+    items = items[:COLUMNS_FROM]  # the least that is checked by columns
+    assert len(decode_body(pack(Dones.CODE, items)).dones()) == len(items)
+    assert checked == [Dones.CODE]
+    checked.clear()
+    plain = [_GOOD_DONE] * COLUMNS_FROM  # a whole column of None (signal): nothing to bound
+    assert len(decode_body(pack(Dones.CODE, plain)).dones()) == COLUMNS_FROM
+    runs = [[aid, aid, b"true", {"K": "v"} if aid else {}, aid % 2 == 0] for aid in range(8)]
+    assert [r.env for r in decode_body(pack(Runs.CODE, runs)).runs()][:2] == [{}, {"K": "v"}]
+    assert checked == [Dones.CODE, Runs.CODE]  # an env is checked by its own check, per value
+    checked.clear()
+    few = items[: COLUMNS_FROM - 1]
+    assert len(decode_body(pack(Dones.CODE, few)).dones()) == len(few)
+    assert checked == [Dones.CODE, *[Done.CODE] * len(few)]
+
+
+@pytest.mark.parametrize(
+    ("item", "said"),
+    [([1, 0, 1, 0, None, 0.1], "Done takes 10 fields, got 6"), (7, "is not a Done's fields")],
+)
+def test_a_dones_item_of_the_wrong_shape_among_many_is_refused_as_that_item(item, said: str):
+    """The column-wise check first makes sure every item is a list of the right length: one
+    that is not, among many good ones, is worded as among few."""
+    body = pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, item])
+    sep = ": " if said.startswith("Done ") else " "
+    assert refusal(body) == f"Dones item {COLUMNS_FROM}{sep}{said}"

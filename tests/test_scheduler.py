@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from anet.core.batch import Job
-from anet.core.lookahead import default_lookahead
+from anet.core.lookahead import SAMPLES, RoundTrips, default_lookahead
 from anet.core.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from anet.core.speculation import Speculation
 
@@ -567,7 +567,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.source.pulled == self.source.n
 
 
-SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60)
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,  # pure logic: a loaded box is slow
+)
 test_any_interleaving_completes_every_job_exactly_once = SchedulerMachine.TestCase
 
 
@@ -631,3 +635,19 @@ def test_the_defaults_two_retries_and_a_pause_of_60_s_after_5_different_failures
         on.update((r.host, r) for r in scheduler.next_runs(float(t)))
     assert pauses[:4] == [None] * 4
     assert pauses[4] is not None and (pauses[4].seconds, pauses[4].until) == (60.0, 65.0)
+
+
+def test_a_round_trip_names_its_host_only_when_it_changes_the_estimate():
+    """Re-sizing a host's queue follows its round-trip estimate, the least recent sample: a
+    sample that leaves it as it was (most of them) asks for no re-sizing; one below it, or
+    the least one leaving the window, does."""
+    trips = RoundTrips()
+    changed = []
+    delays = [0.05, 0.07, 0.05, 0.03, *[0.04] * (SAMPLES - 1), 0.04]
+    for aid, delay in enumerate(delays):
+        trips.sent(aid, "a", 10.0)
+        changed.append(trips.started(aid, 10.0 + delay) == "a")
+    # the first sample, then 0.03; the last 0.04 pushes 0.03 out of the window: 0.04 now
+    assert changed == [True, False, False, True, *[False] * (SAMPLES - 1), True]
+    assert trips.estimate("a") == pytest.approx(0.04)
+    assert trips.started(99, 11.0) is None  # never sent: no sample

@@ -9,6 +9,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import median
 
 import pytest
 
@@ -18,6 +19,7 @@ from anet.core.speculation import (
     Candidate,
     HostHealth,
     HostPause,
+    MedianWindow,
     Pausing,
     Running,
     Runtimes,
@@ -828,3 +830,14 @@ def test_due_scales_each_deadline_by_its_hosts_slowness_and_says_none_when_none_
     assert due(starts, after, runtimes, 5.0) == ([(1, 2.0)], 6.0)  # slow's deadline: 6 s
     assert due(starts, after, runtimes, 6.0) == ([(1, 2.0), (2, 6.0)], None)
     assert due([], after, runtimes, 6.0) == ([], None)
+
+
+def test_a_median_window_gives_the_exact_median_of_its_last_samples():
+    """A host's slowness is the median of its last samples, kept sorted as they come and go
+    (no sort per success): after each sample, the median of exactly the last `size`, odd or
+    even in number, duplicates and the leaving of the least or the greatest included."""
+    window = MedianWindow(4)
+    samples = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0, 0.5, 8.0, 9.0, 7.0, 9.0]
+    for count, sample in enumerate(samples, 1):
+        assert window.add(sample) == median(samples[max(0, count - 4) : count])
+        assert len(window) == min(count, 4)

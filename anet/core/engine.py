@@ -72,10 +72,11 @@ class HostStats:
         return self.busy_time / self.ended if self.ended else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptEnd:
     """An attempt that ended (`code` or `signal`) or was lost with its host (neither): for the
-    journal's attempts table and --joblog. `start` is Unix time, `size` its output bytes."""
+    journal's attempts table and --joblog. `start` is Unix time, `size` its output bytes.
+    (Not frozen: one is made per attempt, and a frozen dataclass's fields cost a call each.)"""
 
     attempt: Attempt
     size: int
@@ -354,9 +355,13 @@ class Engine:
         if flight.started or flight.size:
             raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
         self._started(host, flight, msg.aid, msg.slot, now - msg.duration)
+        out, err = msg.stdout, msg.stderr
+        if len(out) + len(err) <= self._quick:  # most jobs: their result holds these bytes
+            self._exit(host, flight, msg, now, (out, err))
+            return
         # past a cap, the job fails with why (its Kill finds it ended: moot); a cut drops the rest
-        self._output(flight, 0, msg.stdout)
-        self._output(flight, 1, msg.stderr)
+        self._output(flight, 0, out)
+        self._output(flight, 1, err)
         self._exit(host, flight, msg, now)
 
     def _output(self, flight: _Flight, index: int, data: bytes) -> bool:
@@ -398,40 +403,42 @@ class Engine:
         self._actions.send(attempt.host, Kill(attempt.aid, KILL_GRACE))
         return True
 
-    def _exit(self, host: str, flight: _Flight, msg: Exit | Done, now: float) -> None:
+    def _exit(
+        self,
+        host: str,
+        flight: _Flight,
+        msg: Exit | Done,
+        now: float,
+        whole: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """The attempt ended: its verdict, counters and record; its job's result if final.
+        `whole` is a Done's output as it came, when small: never copied into the flight."""
         del self._flights[msg.aid]
+        cut = flight.cut
         ended = self._scheduler.attempt_ended(
-            msg.aid,
-            ok=msg.code == 0 and flight.cut is None,
-            now=now,
-            duration=msg.duration,
-            retry=flight.cut is None,
-        )
+            msg.aid, ok=msg.code == 0 and cut is None, now=now, duration=msg.duration,
+            retry=cut is None,
+        )  # fmt: skip
+        size = flight.size if whole is None else len(whole[0]) + len(whole[1])
         if not (ended.excused and not flight.started):  # one taken back unstarted never ran
-            self._count(host, flight, ended, msg)
+            self._count(host, flight, ended, msg, size)
         if ended.paused is not None:
             log.warning(str(ended.paused), host=host)
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
-        if flight.spools is None:  # the common case: all in memory
+        if whole is not None:
+            (out, err), kind = whole, JobResult
+        elif flight.spools is None:  # all in memory
             out, err, kind = bytes(flight.stdout), bytes(flight.stderr), JobResult
         else:
             out, err = flight.output(0), flight.output(1)
             kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
         result = kind(
-            id=attempt.job.id,
-            ok=ended.ok,
-            exit_code=msg.code,
-            signal=msg.signal,
-            host=host,
-            attempts=attempt.number,
-            duration=msg.duration,
-            stdout=out,  # type: ignore[arg-type]  # bytes, or a Spool
-            stderr=err,  # type: ignore[arg-type]
-            error=flight.cut or ended.error,
-        )
-        if not ended.final:
+            attempt.job.id, ended.ok, msg.code, msg.signal, host, attempt.number, msg.duration,
+            out, err, cut or ended.error,  # type: ignore[arg-type]  # bytes, or a Spool
+        )  # fmt: skip
+        if ended.verdict is not Verdict.FINAL:
             why = ended.error or _status(result)
             if not ended.excused:
                 log.info(f"job {result.id} failed on {host} ({why}); it will run again")
@@ -441,7 +448,7 @@ class Engine:
         self._stats[host].done += 1
         self._actions.results.append(result)
 
-    def _count(self, host: str, flight: _Flight, ended: Ended, msg: Exit | Done) -> None:
+    def _count(self, host: str, flight: _Flight, ended: Ended, msg: Exit | Done, size: int) -> None:
         """The host's counters for an ended attempt, and the attempt's record."""
         stats, attempt = self._stats[host], flight.attempt
         if flight.started:
@@ -452,10 +459,12 @@ class Engine:
             stats.spec_lost += attempt.speculative
         elif msg.code != 0:
             stats.failed_attempts += not ended.excused  # polite mode's kill is no failure
-        elif ended.final:
+        elif ended.verdict is Verdict.FINAL:
             stats.spec_won += attempt.speculative
-        ran = (flight.size, flight.start, msg.duration, msg.code, msg.signal)
-        self._actions.attempts.append(AttemptEnd(attempt, *ran, excused=ended.excused))
+        self._actions.attempts.append(
+            AttemptEnd(attempt, size, flight.start, msg.duration, msg.code, msg.signal,
+                       ended.excused)
+        )  # fmt: skip
 
 
 def _status(result: JobResult) -> str:

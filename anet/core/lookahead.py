@@ -51,13 +51,18 @@ class RoundTrips:
             self._sent[aid] = (host, now)
 
     def started(self, aid: int, now: float) -> str | None:
-        """Record the sample if `aid` was probing; the host whose estimate changed, if any."""
+        """Record the sample if `aid` was probing; the host whose estimate changed, if any
+        (most samples leave the least of them as it was: no queue to re-size then)."""
         entry = self._sent.pop(aid, None)
         if entry is None:
             return None
         host, at = entry
-        self._samples.setdefault(host, deque(maxlen=SAMPLES)).append(max(0.0, now - at))
-        return host
+        samples = self._samples.get(host)
+        if samples is None:
+            samples = self._samples[host] = deque(maxlen=SAMPLES)
+        before = min(samples, default=None)
+        samples.append(max(0.0, now - at))
+        return host if min(samples) != before else None
 
     def forget(self, aid: int) -> None:
         """The attempt ended or was lost before its Started: no sample."""

@@ -98,11 +98,12 @@ class Attempt:
     speculative: bool = False  # a copy, started while another attempt of the job ran
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ended:
     """The verdict on an ended attempt (`attempt` is None for an unknown aid). For FINAL, `ok`
     says whether the job succeeded, and `error` explains a failure its exit status does not (a
-    timeout). `paused` is set when this failure paused the host."""
+    timeout). `paused` is set when this failure paused the host. (Not frozen: one is made per
+    attempt, and a frozen dataclass's fields cost a call each; nobody changes one.)"""
 
     verdict: Verdict
     attempt: Attempt | None
@@ -271,14 +272,16 @@ class Scheduler:
             return self._failed(state, run, error, now)
         if duration is None and run.started is not None and math.isfinite(now):
             duration = now - run.started
-        size = None  # of the job, for what its losers' hosts reveal
+        name = run.attempt.host
+        size = None  # of the job, for what its losers' hosts reveal (when it has any)
         if duration is not None:
-            size = duration / self.runtimes.slowness(run.attempt.host)
-            self.runtimes.observe(run.attempt.host, duration)
+            if state.aids:
+                size = duration / self.runtimes.slowness(name)
+            self.runtimes.observe(name, duration)
             if not self._successes % RETUNE_EVERY:  # the typical job drifts slowly: cheaply
-                self._table.retune(run.attempt.host, self.runtimes)
+                self._table.retune(name, self.runtimes)
         self._successes += 1
-        self._health[run.attempt.host].streak.clear()
+        self._health[name].streak.clear()
         self._final(state, run, now, size)
         return Ended(Verdict.FINAL, run.attempt, ok=True)
 
@@ -321,6 +324,8 @@ class Scheduler:
     def _final(self, state: PendingJob, run: Flight, now: float, size: float | None) -> None:
         """The job is done: kill its other attempts, whose late output is then STALE."""
         del self._jobs[run.job_id]
+        if not state.aids:  # most jobs: no other attempt to stop
+            return
         for aid in sorted(state.aids):
             other = self._flights.runs[aid]
             if other.doom is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +104,7 @@ class Runtimes:
     def __init__(self, window: int = WINDOW, host_window: int = HOST_WINDOW) -> None:
         self._raw: deque[float] = deque(maxlen=window)  # as measured: anchors the speed ratios
         self._norm: deque[float] = deque(maxlen=window)  # divided by the host's slowness
-        self._ratios: dict[str, deque[float]] = {}
+        self._ratios: dict[str, MedianWindow] = {}
         self._host_window = host_window
         self._slowness: dict[str, float] = {}  # cached median of _ratios[host]
         self.floor = 1.0
@@ -195,10 +195,40 @@ class Runtimes:
         return self._anchor
 
     def _add_ratio(self, host: str, ratio: float) -> None:
-        samples = self._ratios.setdefault(host, deque(maxlen=self._host_window))
-        samples.append(min(MAX_RATIO, max(MIN_RATIO, ratio)))
-        self._slowness[host] = _median(samples)
+        samples = self._ratios.get(host)
+        if samples is None:
+            samples = self._ratios[host] = MedianWindow(self._host_window)
+        self._slowness[host] = samples.add(min(MAX_RATIO, max(MIN_RATIO, ratio)))
         self.floor = min(1.0, *self._slowness.values())
+
+
+class MedianWindow:
+    """The last `size` samples and their exact median, kept sorted as they come and go.
+
+    A host's slowness is the median of its window, needed after every success there: kept
+    sorted, a new sample costs a bisection and a list shift of at most `size` items, not a
+    sort of the whole window (`statistics.median`, which was the dearest part of a job's
+    bookkeeping).
+    """
+
+    __slots__ = ("_order", "_sorted")
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[float] = deque(maxlen=size)  # in arrival order: who leaves next
+        self._sorted: list[float] = []
+
+    def add(self, value: float) -> float:
+        """Take `value` (the oldest sample leaves a full window); the median after it."""
+        order, ordered = self._order, self._sorted
+        if len(order) == order.maxlen:
+            del ordered[bisect_left(ordered, order[0])]
+        order.append(value)
+        insort(ordered, value)
+        half = len(ordered) // 2
+        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 def _median(values: Iterable[float]) -> float:
