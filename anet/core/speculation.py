@@ -224,8 +224,7 @@ class MedianWindow:
             del ordered[bisect_left(ordered, order[0])]
         order.append(value)
         insort(ordered, value)
-        half = len(ordered) // 2
-        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+        return _middle(ordered)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -234,9 +233,13 @@ class MedianWindow:
 def _median(values: Iterable[float]) -> float:
     """statistics.median of a non-empty window, without importing statistics (with fractions,
     decimal and random: 5 ms of every start)."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return _middle(sorted(values))
+
+
+def _middle(ordered: Sequence[float]) -> float:
+    """The median of non-empty sorted values."""
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 def start_wait(load: int, slots: int, expected: float) -> float:
