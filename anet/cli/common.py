@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -222,3 +224,10 @@ async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+def journal_key(text: str) -> Path:
+    """What a generated batch's default journal is named after: the directory and the
+    command's text (its inputs are its fingerprint: changed ones are refused, not new)."""
+    first = re.sub(r"[^A-Za-z0-9._-]+", "_", text.split()[0] if text.split() else "")[:40]
+    return Path.cwd() / f"{first or 'command'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"

@@ -44,7 +44,7 @@ from ..streams.sinks import Encoder, plain_tagged
 from ..views.observe import end_summary, progress_view, summary_places
 from ..views.progress import HostRow, Snapshot, Tally
 from ..views.summary import FailedJobs
-from .common import Environment, ExitStatus
+from .common import Environment, ExitStatus, journal_key
 
 if TYPE_CHECKING:
     from .run import RunArgs
@@ -163,8 +163,6 @@ def _submission(args: RunArgs, env: Environment) -> Submission:
             raise UsageError(f"cannot read batch file {str(args.batch)!r}: {why}") from None
         tags = {job.id: job.command for job in read_batch(io.BytesIO(data))} if tagged else None
         return {"batch": data}, args.batch, {}, tags
-    from .run import journal_key  # run.py imports this module: not at its top
-
     made = list(generated.tagged(env.stdin))  # from files: a stream runs standalone
     fingerprint, _ = generated.identity(env.stdin)
     key = journal_key(generated.text)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +49,15 @@ from ..streams.sinks import (
 from ..views.observe import ObserveArgs, RunObservers
 from . import common
 from .argv import COMMAND_LINE
-from .common import Environment, ExitStatus, HostArgs, host_options, log_options, run_async
+from .common import (
+    Environment,
+    ExitStatus,
+    HostArgs,
+    host_options,
+    journal_key,
+    log_options,
+    run_async,
+)
 from .files import file_options
 from .pipe import PipeArgs, pipe_jobs, pipe_options
 from .polite import polite_options
@@ -326,13 +332,6 @@ def _tagged_again(args: RunArgs, env: Environment) -> Iterator[tuple[Job, bytes]
 
 def _stream_identity() -> tuple[str, None]:
     return f"stream:{uuid.uuid4()}", None
-
-
-def journal_key(text: str) -> Path:
-    """What a generated batch's default journal is named after: the directory and the
-    command's text (its inputs are its fingerprint: changed ones are refused, not new)."""
-    first = re.sub(r"[^A-Za-z0-9._-]+", "_", text.split()[0] if text.split() else "")[:40]
-    return Path.cwd() / f"{first or 'command'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 @contextlib.contextmanager
