@@ -420,6 +420,28 @@ def test_the_library_runs_on_a_pool_as_on_a_cluster_and_leaving_early_cancels(po
     wait_until(lambda: not descendants(pool) - set(_dispatchers(pool)), 30, "the sleeper killed")
 
 
+def test_the_library_gives_a_run_on_a_pool_its_deps_folder(pool, tmp_path, monkeypatch):
+    """`Pool.run(..., deps=)` is `anet BATCH DEPS` through the pool: the folder synced for that
+    run, its jobs inside it; a relative path is this process's."""
+    import asyncio
+
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    (deps / "data.txt").write_text("from the deps\n")
+    monkeypatch.chdir(tmp_path)
+
+    async def main():
+        async with anet.Pool() as running:
+            got = [r async for r in running.run(["cat data.txt", "pwd"], deps="deps/")]
+            return got, running.last_row
+
+    got, last = asyncio.run(main())
+    assert last["state"] == "done", last
+    by_id = {r.id: r for r in got}
+    assert by_id[0].ok and by_id[0].stdout == b"from the deps\n"
+    assert Path(by_id[1].stdout.decode().strip()) != tmp_path / "deps"  # a synced copy
+
+
 def _dispatchers(pid: int) -> list[int]:
     """The pool's dispatcher processes (its children): they stay, the jobs under them go."""
     return [p for p in descendants(pid) if _ppid(p) == pid]

@@ -22,7 +22,7 @@ from ..core.engine import RunPolicy
 from ..core.halt import HaltPolicy
 from ..errors import UsageError
 from ..pool import daemon
-from ..pool.client import Target, Via, pool_options, request
+from ..pool.client import Target, Via, deps_path, pool_options, request
 from ..pool.place import DEFAULT_NAME, Place, place
 from ..printable import printable
 from ..remote.connect import SshOptions
@@ -40,7 +40,7 @@ from .common import (
     ssh_config_option,
 )
 from .polite import polite_options
-from .pooled import deps_path, priority_option, start_joblog, write_run
+from .pooled import priority_option, start_joblog, write_run
 from .trying import policy_options
 
 pool_option = click.option(

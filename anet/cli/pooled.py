@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from ..core.batch import read_batch
 from ..core.record import JobResult
 from ..errors import AnetError, UsageError
 from ..logs import get_logger
-from ..pool.client import Target, attach, pool_options, request
+from ..pool.client import Target, attach, deps_path, pool_options, request
 from ..pool.place import DEFAULT_NAME, place
 from ..pool.wire import WireError
 from ..streams.delivery import Delivery
@@ -182,12 +181,6 @@ def journal_options(args: RunArgs, env: Environment, key: Path) -> dict[str, Any
         return {}
     path = args.journal or default_journal_path(key, env.environ)
     return {"journal": str(path.resolve()), "resume": args.resume, "only_new": args.only_new}
-
-
-def deps_path(argument: str) -> str:
-    """The deps argument as the pool reads it: an absolute path on this machine (the pool
-    runs as this user here), its trailing slash kept (rsync's rule: the folder's contents)."""
-    return os.path.join(os.getcwd(), argument)
 
 
 def start_joblog(path: Path) -> str:

@@ -142,6 +142,12 @@ async def is_up(place: Place) -> int | None:
     return int(reply["pid"])
 
 
+def deps_path(argument: str) -> str:
+    """A deps folder as the pool reads it: an absolute path on this machine (the pool runs as
+    this user here), its trailing slash kept (rsync's rule: the folder's contents)."""
+    return os.path.join(os.getcwd(), argument)
+
+
 def pool_options(
     policy: RunPolicy, halt: HaltPolicy, keep_order: bool, priority: int = 1
 ) -> dict[str, Any]:
@@ -195,13 +201,18 @@ class Pool:
         policy: RunPolicy | None = None,
         halt: HaltPolicy | None = None,
         keep_order: bool = False,
+        deps: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[JobResult]:
         """Run every command once (job id = position); yield each final result as it ends.
         `policy`, `halt` and `keep_order` are `anet run`'s --retries/--timeout/--no-speculate,
-        --halt and -k. The run's end state is in `last_row` afterwards (`done`, `cancelled`,
+        --halt and -k; `deps` is its DEPS folder, synced for this run alone and read by the
+        pool (a path on the pool's machine: relative ones are taken from this process's
+        folder). The run's end state is in `last_row` afterwards (`done`, `cancelled`,
         `failed: ...`)."""
         encoded = [c.encode() if isinstance(c, str) else bytes(c) for c in commands]
         options = pool_options(policy or RunPolicy(), halt or HaltPolicy(), keep_order)
+        if deps is not None:
+            options["deps"] = deps_path(os.fspath(deps))
         message = {"op": "submit", "commands": encoded, "name": name, "options": options}
         row = await request(self._target, message)
         finished = False
