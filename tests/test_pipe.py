@@ -135,7 +135,9 @@ def test_pipe_part_reads_the_file_in_parts_over_the_sshd_hosts(cluster, tmp_path
     hosts = [arg for host in cluster.hosts for arg in ("-S", f"2/{host.name}")]
     run = anet("--ssh-config", str(cluster.ssh_config), *hosts, "-q", "--no-journal",
                "--format", "jsonl", "--pipe-part", "-a", str(tmp_path / "big.csv"),
-               "--block", "512k", "-k", "cat", stdin=b"")  # fmt: skip
+               "--block", "256k", "-k", "sleep 0.3; cat", stdin=b"")  # fmt: skip
+    # (each part takes a while: a run does not wait for hosts still booting, and one host
+    # alone would take instant parts as fast as they come)
     assert run.returncode == 0, run.stderr
     results = jsonl(run.stdout)
     assert "".join(r["stdout"] for r in results).encode() == data
