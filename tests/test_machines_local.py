@@ -136,9 +136,12 @@ def test_find_skips_this_process_and_its_ancestors_but_sees_a_sleeper():
 
         def found() -> list[list[object]] | None:
             """The rows once the sleeper is there as itself: forked, not yet exec'd, it is a
-            copy of this process, by its command line too (a busy box shows it so)."""
+            copy of this process, by its command line too (a busy box shows it so), and its
+            `sleep`, forked, is a copy of it for a moment."""
             rows = procs.find(pattern, procs.machine_id(), os.getpid())
-            return rows if rows and all(marker in str(r[command]) for r in rows) else None
+            settled = all(r[0] in (sleeper.pid, os.getpid()) for r in rows)
+            ours = all(marker in str(r[command]) for r in rows)
+            return rows if rows and settled and ours else None
 
         rows = wait_until(found, 10, "the sleeper found")
         pids = [row[0] for row in rows]
