@@ -531,9 +531,7 @@ class Cluster:
                     elif halt is Halt.SOON:
                         drive.drain()
             finally:
-                self._runs.remove(drive)
-                if (tree := self._trees.pop(drive, None)) is not None:
-                    tree.release(self._sessions)  # held until its last job there ends
+                self._forget(drive)
                 drive.consumer_gone()
                 if not drive.engine.finished:  # the consumer stopped early: kill what runs
                     drive.abort()
@@ -578,12 +576,17 @@ class Cluster:
                         drive.attempt_log.host_event(label, "held", state.held)
             await self._check_stuck()
         except BaseException:
-            self._runs.remove(drive)
-            if (own := self._trees.pop(drive, None)) is not None:
-                own.release(self._sessions)
+            self._forget(drive)
             self._deal()
             raise
         return drive
+
+    def _forget(self, drive: Drive) -> None:
+        """The run is over (or never started): no more share of the hosts, and its own deps
+        tree let go (held on each host until its last job there ends)."""
+        self._runs.remove(drive)
+        if (tree := self._trees.pop(drive, None)) is not None:
+            tree.release(self._sessions)
 
     def _own_tree(self, drive: Drive, tree: Tree) -> None:
         """The run brings its own deps: held on each ready host for it (deps/runtree.py), a
