@@ -381,10 +381,14 @@ class _NotAMessage:
 
 
 def _stable_id(thing: Any) -> str:
-    """repr, but not one with a memory address: every pytest-xdist worker must collect the
-    same test ids, or the run stops before it starts."""
+    """repr, but not one with a memory address (every pytest-xdist worker must collect the
+    same test ids, or the run stops before it starts) nor a backslash: pytest escapes one again
+    each time a process collects the module anew, so the id differs from the second collection
+    on, and mutmut, which collects, then runs tests by id in the same process, finds none."""
     if type(thing).__repr__ is object.__repr__ and not isinstance(thing, type):
         return f"a {type(thing).__name__}"
+    if isinstance(thing, bytes):
+        return f"bytes {thing.hex()}"
     return repr(thing)
 
 

@@ -168,7 +168,7 @@ _DONE_FIELDS = ["aid", "pid", "slot", "code", "signal", "duration", "cpu", "maxr
         ("cpu", "0.1"),
         ("maxrss_kb", -1),
         ("stdout", "text"),
-        ("stdout", bytes(FOLD_OUTPUT + 1)),
+        pytest.param("stdout", bytes(FOLD_OUTPUT + 1), id="stdout-past FOLD_OUTPUT"),
         ("stderr", None),
     ],
 )
