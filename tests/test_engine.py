@@ -628,26 +628,6 @@ def test_an_attempts_job_and_input_are_found_by_its_id_while_it_is_in_flight():
     assert engine.stdin(cat.aid) is engine.job(cat.aid) is None  # ended: forgotten
 
 
-def test_a_held_hosts_queued_attempts_are_killed_and_run_on_another_host():
-    """Polite mode holds h1: the attempts waiting in its queue are taken back (a Kill each),
-    and once their Exits come their jobs run on h2; the one h1 started runs on."""
-    engine, hosts = engine_for(3, retries=0, speculate=False)
-    hosts.ready("h1", 1)  # its slot and two queued
-    hosts.start("h1", 0)
-    engine.host_held("h1", True)
-    hosts.round()
-    queued = [hosts.on("h1", 1), hosts.on("h1", 2)]
-    assert hosts.kills == [("h1", run.aid) for run in queued]
-    for run in queued:  # a queued attempt's answer to its Kill: an Exit, no Started
-        hosts.runs["h1"].remove(run)
-        hosts.say("h1", Exit(run.aid, None, 15, 0.0, 0.0, 0))
-    hosts.ready("h2", 2)
-    assert sorted(r.job for r in hosts.runs["h2"]) == [1, 2]
-    engine.host_held("h1", False)  # let go: nothing more to take back
-    hosts.round()
-    assert len(hosts.kills) == 2
-
-
 def test_a_percentage_timeout_is_of_the_durations_hosts_measured_not_the_masters_clock():
     """The master sees each job end 10 s after it started (a slow network); the hosts measured
     0.5 s. "300%" is then 1.5 s: a job running 2 s is killed."""

@@ -600,6 +600,32 @@ def test_a_host_lost_after_abort_gives_up_nothing():
     assert scheduler.take_abandoned() == []
 
 
+def test_draining_kills_only_the_queued_attempts_and_says_so():
+    """--halt soon: the Kill of a queued attempt is DRAINED (the dispatcher drops it from its
+    queue, one that started meanwhile runs on), never HALTED; a started one gets none."""
+    scheduler = Scheduler(Source(10), speculate=False)
+    scheduler.host_ready("h", 1, 2)
+    started, *queued = scheduler.next_runs(0.0)
+    scheduler.attempt_started(started.aid, 0.0)
+    scheduler.abort(started_too=False)
+    kills = scheduler.due_kills(1.0)
+    assert [(k.attempt, k.reason) for k in kills] == [(r, KillReason.DRAINED) for r in queued]
+
+
+def test_an_attempt_being_killed_when_the_run_aborts_ends_stale():
+    """A timed-out attempt's Kill is on its way when --halt now comes: its Exit then gives its
+    job no result and no retry (as every other attempt's), and no second Kill is sent."""
+    scheduler = Scheduler(Source(2), retries=1, timeout=5.0, speculate=False)
+    scheduler.host_ready("h", 1, 0)
+    (run,) = scheduler.next_runs(0.0)
+    scheduler.attempt_started(run.aid, 0.0)
+    assert [k.reason for k in scheduler.due_kills(6.0)] == [KillReason.TIMEOUT]
+    scheduler.abort()
+    assert scheduler.due_kills(6.1) == []
+    assert scheduler.attempt_ended(run.aid, ok=False, now=6.2).verdict is Verdict.STALE
+    assert scheduler.next_runs(7.0) == [] and scheduler.in_flight == 0
+
+
 def test_a_round_trip_measured_by_a_start_resizes_the_queue_at_once():
     """Known 20 ms jobs, then a first Started 50 ms after its Run: the queue grows then, not
     only after the next successes (Little's law: 2 slots x 50 / 20 = 5 queued)."""
