@@ -89,6 +89,7 @@ def test_an_explicit_lookahead_is_never_changed():
     assert _steady_state(1, rtt=0.05, job=0.02) == 2 + 1
 
 
+@settings(deadline=None)  # pure logic: a loaded box (or mutmut's stats run) is slow
 @given(
     st.integers(1, 8),
     st.integers(0, 8),
