@@ -609,6 +609,19 @@ def test_the_engine_owns_an_attempt_from_its_run_frame_to_its_exit():
     assert not engine.owns(run.aid)
 
 
+def test_a_host_lost_before_it_was_ready_for_this_run_changes_nothing():
+    """The cluster tells every run of a host's loss (api.py's host_gone), also a run it was
+    never dealt to: nothing of this run's was there."""
+    _, hosts = engine_for(2, speculate=False)
+    hosts.ready("h1", 1)
+    hosts.stats["h2"] = HostStats()
+    hosts.lose("h2")
+    assert hosts.attempts == [] and sorted(r.job for r in hosts.runs["h1"]) == [0, 1]
+    hosts.start("h1", 0)  # h1's slot is still known: its Started is no protocol error
+    hosts.finish("h1", 0)
+    assert [r.id for r in hosts.results] == [0]
+
+
 def test_an_attempts_job_and_input_are_found_by_its_id_while_it_is_in_flight():
     """drive.py streams an attempt's input and places its files by the attempt's id; a host
     given, the attempt must be that host's."""
