@@ -140,3 +140,26 @@ def test_a_spool_that_cannot_be_written_cuts_its_attempt_saying_why(
     assert hosts.kills == [("h1", run.aid)]
     result = end(hosts, run, signal=15)
     assert result.error == f"its output could not be spooled to disk ({why})"
+
+
+@pytest.mark.parametrize("big", ["out", "err"])
+def test_a_result_is_spooled_only_while_a_stream_of_it_stays_in_a_spool(tmp_path, big: str):
+    """The big stream first, in memory; then a few bytes of the other pass SPOOL_AT in all and
+    are the ones spooled: read back small at the end, so the result holds bytes only (a plain
+    JobResult). The other way round, the big stream's spool stays, whichever stream it is."""
+    small = "err" if big == "out" else "out"
+    hosts, run = running(tmp_path)
+    say(hosts, run, big, b"B" * (SPOOL_AT - 10))
+    say(hosts, run, small, b"s" * 20)
+    result = end(hosts, run)
+    assert type(result) is JobResult and spool_fds(tmp_path) == 0
+    assert (result.stdout, result.stderr)[big == "err"] == b"B" * (SPOOL_AT - 10)
+    assert (result.stdout, result.stderr)[small == "err"] == b"s" * 20
+
+    hosts, run = running(tmp_path)
+    say(hosts, run, small, b"s" * 20)
+    say(hosts, run, big, b"B" * SPOOL_AT)
+    result = end(hosts, run)
+    assert type(result) is SpooledResult and spool_fds(tmp_path) == 1
+    held = (result.out, result.err)
+    assert isinstance(held[big == "err"], Spool) and held[small == "err"] == b"s" * 20
