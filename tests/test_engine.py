@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from anet.core.batch import MAX_COMMAND, Job
 from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
+from anet.core.files import JobFiles
 from anet.core.record import JobResult
 from anet.core.spool import OutputCap
 from anet.errors import HostError
@@ -106,6 +107,7 @@ def test_jobs_go_out_in_one_round_per_host_and_results_come_back_once():
     hosts.ready("h1", 2)
     assert sorted(r.job for r in hosts.runs["h1"]) == [0, 1, 2]  # 2 slots + a look-ahead
     assert all(r.command == b"echo %d" % r.job for r in hosts.runs["h1"])
+    assert all(r.env == {} for r in hosts.runs["h1"]) and not engine.files
     for i in range(3):
         hosts.start("h1", i, slot=1 + i % 2)
         hosts.finish("h1", i, b"out %d\n" % i)
@@ -237,8 +239,9 @@ def test_draining_starts_nothing_more_and_finishes_once_the_running_end():
     hosts.start("h1", 0)
     queued = [r for r in hosts.runs["h1"] if r.job != 0]
     engine.drain()
-    hosts.round()
+    kills = hosts.round().frames["h1"]
     assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in queued)
+    assert [kill.queued_only for kill in kills] == [True] * len(queued)  # one started runs on
     hosts.finish("h1", 0)
     assert not engine.finished  # the killed attempts' Exits still come
     for run in queued:
@@ -452,8 +455,9 @@ def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
     hosts.finish("h1", 0)
     sent = list(hosts.runs["h1"])
     engine.abort()
-    hosts.round()
+    kills = hosts.round().frames["h1"]
     assert sorted(aid for _, aid in hosts.kills) == sorted(r.aid for r in sent)
+    assert [kill.queued_only for kill in kills] == [False] * len(sent)  # started or not
     assert not engine.finished
     for run in sent:
         hosts.say("h1", Exit(run.aid, None, 15, 0.1, 0.0, 0))
@@ -603,10 +607,22 @@ def test_without_speculation_a_straggler_gets_no_copy():
 def test_the_engine_owns_an_attempt_from_its_run_frame_to_its_exit():
     engine, hosts = engine_for(1, speculate=False)
     hosts.ready("h1", 1)
-    run = hosts.start("h1", 0)
+    run = hosts.on("h1", 0)
+    assert engine.frame("h1", Started(run.aid, 1000, 1), 0.0) is False  # no Kill to send
     assert engine.owns(run.aid) and not engine.owns(run.aid + 1000)
     hosts.finish("h1", 0)
     assert not engine.owns(run.aid)
+
+
+@pytest.mark.parametrize("with_files", [0, 1, 2])
+def test_a_run_with_a_job_with_files_says_so_before_its_first_round(with_files: int):
+    """drive.py sends a Place before the Runs of a batch whose jobs have files: the engine
+    knows it from the jobs it read, whichever job of them has some."""
+    batch = [Job(i, b"true", files=JobFiles() if i == with_files else None) for i in range(2)]
+    engine = Engine(batch, RunPolicy(speculate=False), {})
+    engine.host_ready("h1", 2)
+    engine.round(0.0)
+    assert engine.files is (with_files < 2)
 
 
 def test_a_host_lost_before_it_was_ready_for_this_run_changes_nothing():
