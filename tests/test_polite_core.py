@@ -96,7 +96,7 @@ def test_an_evicted_attempt_spends_no_retry_but_a_job_evicted_too_often_fails():
         sched.attempt_started(run.aid, number + 0.1)
         sched.attempt_evicted(run.aid, "suspended 900s for a person at the machine")
         ended = sched.attempt_ended(run.aid, ok=False, now=number + 0.2)
-    assert (ended.verdict, ended.ok) == (Verdict.FINAL, False)
+    assert (ended.verdict, ended.ok, ended.excused) == (Verdict.FINAL, False, True)
     assert ended.error == (
         "killed 3 times by polite mode (last: suspended 900s for a person at the machine)"
     )
