@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -54,6 +55,7 @@ from .journal import (
     _migrate,
     _one_line,
     _unlock,
+    outputs_dir,
 )
 
 log = get_logger()
@@ -245,10 +247,20 @@ def _journal_files(directory: Path) -> Iterator[Path]:
 
 
 def _disk_size(path: Path) -> int:
+    """The journal's files and the outputs kept in its folder."""
     size = 0
     for suffix in SUFFIXES:
         with suppress(OSError):
             size += os.stat(f"{path}{suffix}").st_size
+    return size + _folder_size(outputs_dir(path))
+
+
+def _folder_size(folder: Path) -> int:
+    size = 0
+    with suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with suppress(OSError):
+                size += entry.stat(follow_symlinks=False).st_size
     return size
 
 
@@ -360,6 +372,7 @@ def _without_outputs(path: Path, modified: float) -> None:
     finally:
         for suffix in SUFFIXES:
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(outputs_dir(path), ignore_errors=True)  # after: no row points at them now
 
 
 _EMPTIED = {"stdout": "x''", "stderr": "x''", "chunked": "0"}
@@ -398,7 +411,8 @@ def remove(path: Path) -> int | None:
     except JournalBusy:
         return None
     try:
-        freed = 0
+        freed = _folder_size(outputs_dir(path))
+        shutil.rmtree(outputs_dir(path), ignore_errors=True)
         for each in [f"{path}{suffix}" for suffix in SUFFIXES] + [f"{path}.lock"]:
             with suppress(FileNotFoundError):
                 size = os.stat(each).st_size
