@@ -823,3 +823,23 @@ def test_a_command_a_pool_cannot_take_yet_runs_standalone_saying_why(pool, tmp_p
     assert alone.returncode == 0, alone.stderr
     assert alone.stderr.decode() == f"anet: {why}: running standalone, not through the pool\n"
     assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
+
+
+def test_a_finished_run_through_a_pool_drops_its_outputs_as_a_standalone_one_does(pool, tmp_path):
+    """Journal retention after a pool's run: before, only a standalone run's end settled its
+    journal, and a run through the pool left every output (here a spooled one, kept as a file
+    beside the journal) for good."""
+    from anet.streams import retention
+    from anet.streams.journal import default_journal_path, outputs_dir
+
+    (tmp_path / "failing").mkdir()
+    done = batch(tmp_path, ["head -c 3000000 /dev/zero", "echo small"])
+    failing = batch(tmp_path / "failing", ["head -c 3000000 /dev/zero", "exit 3"])
+    assert cli(str(done)).returncode == 0
+    assert cli(str(failing)).returncode == 1
+    kept, dropped = (default_journal_path(p, os.environ) for p in (failing, done))
+    assert retention.look(dropped).dropped and not outputs_dir(dropped).exists()
+    status = cli("status", str(done)).stdout.decode()
+    assert "2/2 jobs done, 0 failed" in status  # the job table stays
+    assert not retention.look(kept).dropped  # a failed job: --resume needs the outputs
+    assert (outputs_dir(kept) / "0.out").stat().st_size == 3_000_000
