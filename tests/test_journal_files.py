@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import sqlite3
 import stat
@@ -177,3 +178,23 @@ def test_a_journal_of_schema_1_is_resumed_and_a_newer_one_refused(tmp_path, batc
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with pytest.raises(Exception, match="schema version 3, this anet reads 2"):
         open_journal(tmp_path, batch, resume=True)
+
+
+def test_a_full_disk_while_copying_an_output_is_one_line_and_leaves_no_part_behind(
+    tmp_path, batch, monkeypatch
+):
+    """The journal on another file system (no link) that is full: the copy fails midway."""
+    monkeypatch.setattr(spool_module, "_link", lambda fd, path: False)
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    with open_journal(tmp_path, batch) as journal:
+        with pytest.raises(JournalError) as caught:
+            asyncio.run(journal.record_spooled(spooled_result(tmp_path, pattern(BIG), b"")))
+        assert journal.broken and not journal.unflushed  # no row without its file
+        assert os.listdir(outputs_dir(journal.path)) == []
+    assert str(caught.value) == (
+        f"cannot write journal {tmp_path / 'j.sqlite'}: No space left on device"
+    )
