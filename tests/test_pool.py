@@ -570,7 +570,8 @@ def test_a_pool_of_sshd_hosts_gives_the_standalone_bytes_and_down_leaves_nothing
     pid = pool_pid()
     try:
         path = batch(tmp_path, [f"sleep 0.0{i % 3}; echo job {i}" for i in range(60)])
-        pooled = cli("-k", str(path))
+        keep = dict(os.environ, ANET_JOURNALS_KEEP_OUTPUTS="1")  # for the attach after it
+        pooled = cli("-k", str(path), env=keep)
         attached = records(cli("attach", "--format", "msgpack", "1").stdout)
         assert {r.host for r in attached.values()} == set(own.names)
         alone = cli("--no-pool", *ssh, *hosts, "-k", str(path))

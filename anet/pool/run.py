@@ -185,7 +185,7 @@ class PoolRun:
         never delivered) and runs its earlier failures again: until it has given a job's
         result (`arrived`), the journal's is an earlier run's, and is left out."""
         journal.flush()
-        stored = journal.results_from(0)
+        stored = journal.results_from(0, own_only=self.rerunning)
         if not self.rerunning:
             return stored
         return (r for r in stored if r.id in self.fresh)

@@ -596,10 +596,13 @@ class Journal:
         which = "ok AND NOT delivered" if undelivered else "ok"
         return self._results_where(f"{which} AND id > ?")
 
-    def results_from(self, first: int) -> Iterator[JobResult]:
+    def results_from(self, first: int, *, own_only: bool = False) -> Iterator[JobResult]:
         """Stored results with id >= `first`, in id order, a page at a time (for --keep-order:
-        results waiting for an earlier job are read back from here, not held in memory)."""
-        self._check_outputs()
+        results waiting for an earlier job are read back from here, not held in memory).
+        `own_only`: the caller keeps only the results its own run recorded (a pool's resumed
+        run), so a journal whose earlier outputs retention dropped is no refusal."""
+        if not own_only:
+            self._check_outputs()
         return self._results_where("id > ?", first - 1)
 
     def _check_outputs(self) -> None:
