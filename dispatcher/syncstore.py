@@ -708,8 +708,8 @@ class SyncStore:
         """The clean base, now in staging, becomes the new tree by its touched names alone:
         stale ones go, new ones come (files from the overlay), and the folders where names
         changed get their mode and mtime back. The 10,000 others are not looked at."""
-        ours = [] if touched.in_base(ORIGINAL_LAYOUT) else [ORIGINAL_LAYOUT]
-        clear(inc.staging, touched, ours)
+        theirs = ORIGINAL_LAYOUT in touched.paths and not touched.in_base(ORIGINAL_LAYOUT)
+        clear(inc.staging, touched, [ORIGINAL_LAYOUT] if theirs else [])  # the deps' own now
         staging = inc.staging + b"/"
         for index, entry in touched.new():
             kind, target = entry[1], staging + entry[0]

@@ -89,7 +89,8 @@ class Touched:
         found = []
         for path in sorted(paths, reverse=True):
             at = bisect.bisect_left(merged_paths, path)
-            if at < len(self.merged) and merged_paths[at] == path:
+            # a folder turned into a file keeps the file's mode
+            if at < len(self.merged) and merged_paths[at] == path and self.merged[at][1] == DIR:
                 found.append(self.merged[at])
         return found
 
