@@ -10,6 +10,7 @@ digest cache forgetting files that left the tree.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -23,7 +24,7 @@ from test_syncstore import Host, close_the_hosts, scan_dir, wanted  # noqa: F401
 from anet.deps import sync as master_sync
 from anet.deps.hashcache import open_cache
 from anet.deps.known import remember
-from anet.deps.manifest import scan
+from anet.deps.manifest import Tree, scan
 from dispatcher import treedelta
 from dispatcher.syncproto import DIR, FILE, SyncDelta
 
@@ -114,9 +115,8 @@ def test_a_sync_cut_off_after_its_plan_leaves_the_clean_base_usable(tmp_path):
     on_disk_as_in(old_dir, old.entries)
 
 
-def _with(tree: Any, known: Path) -> Any:
-    import dataclasses
-
+def _with(tree: Tree, known: Path) -> Tree:
+    """The tree as scanned with the master's remembered manifests in `known`."""
     return dataclasses.replace(tree, known=known)
 
 
@@ -128,9 +128,12 @@ def test_four_hosts_naming_one_base_cost_one_delta(tmp_path, monkeypatch):
     new = _with(scan_dir(src), known)
     calls = []
     real = master_sync.manifest_delta
-    monkeypatch.setattr(
-        master_sync, "manifest_delta", lambda *a: calls.append(1) or real(*a)  # type: ignore[func-returns-value]
-    )
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(master_sync, "manifest_delta", counted)
     frames = [list(master_sync._manifest_frames(rid, new, old.id)) for rid in range(4)]
     assert len(calls) == 1
     assert all(isinstance(f[0], SyncDelta) and f[0].rid == rid for rid, f in enumerate(frames))
