@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from test_syncstore import Host, close_the_hosts, scan_dir, wanted  # noqa: F401
 from anet.deps import sync as master_sync
 from anet.deps.hashcache import open_cache
 from anet.deps.known import remember
-from anet.deps.manifest import Tree, scan
-from dispatcher import treedelta
+from anet.deps.manifest import DepsError, Tree, scan
+from dispatcher import syncproto, treedelta
 from dispatcher.syncproto import DIR, FILE, SyncDelta
 
 
@@ -177,3 +178,36 @@ def test_the_digest_cache_forgets_files_that_left_the_tree(tmp_path):
 )
 def test_deltas_the_short_path_does_not_take(removed, changed):
     assert treedelta.merge([], removed, changed) is None
+
+
+def test_a_rescan_checks_in_full_only_what_changed_since_the_last_scan(tmp_path, monkeypatch):
+    src, cache_path, known = make_src(tmp_path / "src"), tmp_path / "hashes", tmp_path / "known"
+    with open_cache(cache_path) as cache:
+        first = scan(f"{src}/", cache, known)
+    remember(known, first.id, first.entries)
+    (src / "a" / "x4").write_text("edited\n")
+    checked: list[bytes] = []
+    real = syncproto.check_entry
+
+    def counted(entry: Any, *args: Any) -> Any:
+        checked.append(entry[0])
+        return real(entry, *args)
+
+    monkeypatch.setattr(syncproto, "check_entry", counted)
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache, known)
+    assert checked == [b"a/x4"]
+
+
+def test_an_unsafe_entry_added_since_the_last_scan_is_still_refused(tmp_path):
+    src, cache_path, known = make_src(tmp_path / "src"), tmp_path / "hashes", tmp_path / "known"
+    with open_cache(cache_path) as cache:
+        first = scan(f"{src}/", cache, known)
+    remember(known, first.id, first.entries)
+    os.symlink("/etc/passwd", src / "a" / "passwd")
+    with open_cache(cache_path) as cache, pytest.raises(DepsError, match="absolute path"):
+        scan(f"{src}/", cache, known)
+    (src / "a" / "passwd").unlink()
+    shutil.rmtree(src / "b")  # its file goes with it: no entry is left without its folder
+    with open_cache(cache_path) as cache:
+        assert scan(f"{src}/", cache, known).files == first.files - 1

@@ -23,7 +23,7 @@ from ..logs import get_logger
 log = get_logger()
 
 READ_SIZE = 1 << 20
-FORMAT = 1
+FORMAT = 2
 """Bumped when the snapshot's layout changes: an older file is then ignored (one re-hash)."""
 
 Key = tuple[int, int, int, int, int]
@@ -59,6 +59,9 @@ class HashCache:
         self._seen: dict[bytes, tuple[int, int, int, int, int, bytes]] = {}
         self.hashed = 0
         self._dirty = False
+        self.previous = b""
+        """The tree id of the argument's last scan (b"" if none); `scan` sets this one's."""
+        self._loaded_previous = b""
 
     def _file(self, root: bytes) -> Path | None:
         if self._folder is None:
@@ -72,9 +75,10 @@ class HashCache:
         if path is None:
             return
         try:
-            form, owner, table = marshal.loads(path.read_bytes())
+            form, owner, table, previous = marshal.loads(path.read_bytes())
             if form == FORMAT and owner == root and isinstance(table, dict):
                 self._known = table
+                self.previous = self._loaded_previous = previous
         except (OSError, EOFError, ValueError, TypeError):
             pass  # none yet, or damaged: hash again
 
@@ -92,12 +96,12 @@ class HashCache:
 
     def save(self) -> None:
         path = self._file(self._root)
-        if path is None or not self._dirty:
+        if path is None or not (self._dirty or self.previous != self._loaded_previous):
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen)))
+            tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen, self.previous)))
             tmp.replace(path)
         except (OSError, ValueError) as exc:
             log.info(f"cannot save file digests ({exc}); the next run hashes again")
