@@ -72,7 +72,7 @@ from .syncproto import (
     show_path,
 )
 from .treeclean import checking, hold_for_jobs, is_clean, mark_clean
-from .treedelta import Touched, clear, merge, set_folders
+from .treedelta import Touched, clear, merge, set_folders, splice
 from .treeupdate import BaseTree, clear_changes
 
 KEEP_TREES = 3
@@ -251,6 +251,10 @@ class SyncStore:
         self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
         """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
         lock, which keeps other runs' GC off it until this sync ends)."""
+        self._base_data: Optional[bytes] = None
+        self._base_bytes: Optional[Tuple[bytes, List[int]]] = None
+        """The base's canonical bytes and where each entry starts in them: a small delta's
+        manifest is these bytes with the touched entries cut out or put in."""
         self._failed: Set[int] = set()
         self._cleaned = False
         self.keepalive: Callable[[], None] = lambda: None
@@ -355,11 +359,13 @@ class SyncStore:
             fd = self._lock_shared(old)
             if fd is None:
                 continue
-            entries = self._load_manifest(old, fd)
+            starts: List[int] = []
+            entries = self._load_manifest(old, fd, starts)
             if entries is None:
                 os.close(fd)
                 continue
             self._base = (old, entries, fd)
+            self._base_bytes = (self._base_data, starts) if starts else None
             return old
         return b""
 
@@ -385,10 +391,14 @@ class SyncStore:
         if self._base is not None:
             os.close(self._base[2])
             self._base = None
+        self._base_bytes = self._base_data = None
 
-    def _load_manifest(self, tree: bytes, fd: Optional[int] = None) -> Optional[List[List[Any]]]:
+    def _load_manifest(
+        self, tree: bytes, fd: Optional[int] = None, starts: Optional[List[int]] = None
+    ) -> Optional[List[List[Any]]]:
         """A stored manifest, if its bytes still hash to its tree id (a job may write
-        anywhere in the store); None when missing or damaged."""
+        anywhere in the store); None when missing or damaged. With `starts`, the bytes are
+        kept in `_base_data` and `starts` gets each entry's offset in them (treedelta.splice)."""
         try:
             if fd is None:
                 with open(self._manifest(tree), "rb") as f:
@@ -401,8 +411,9 @@ class SyncStore:
             return None
         if data[:1] >= b"\x90":  # a msgpack array: canonical entries start with a length < 4096
             return _legacy_manifest(data)
+        self._base_data = data if starts is not None else None
         try:
-            return decode_manifest(data)
+            return decode_manifest(data, starts)
         except EntryError:
             return None
 
@@ -537,9 +548,13 @@ class SyncStore:
 
     def _plan(self, inc: Incoming) -> None:
         """The whole manifest is here: make the staging tree, say which files must travel."""
-        inc.encoded = encode_manifest(inc.entries)
+        inc.encoded = b""
+        if inc.touched is not None and self._base_bytes is not None:
+            inc.encoded = splice(*self._base_bytes, inc.touched)
         if hashlib.sha256(inc.encoded).digest() != inc.tree:
-            raise SyncFailed("manifest does not match its tree id")
+            inc.encoded = encode_manifest(inc.entries)
+            if hashlib.sha256(inc.encoded).digest() != inc.tree:
+                raise SyncFailed("manifest does not match its tree id")
         folder = self._dir(b"staging") + b"/"
         head = b"%s.%d." % (inc.tree.hex().encode(), os.getpid())
         host = b"." + _host_name()  # last: it may hold dots

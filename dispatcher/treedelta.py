@@ -23,7 +23,7 @@ import bisect
 import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .syncproto import DIR, FILE, EntryError, check_entry, show_path
+from .syncproto import DIR, FILE, EntryError, check_entry, encode_manifest, show_path
 from .treeupdate import drop
 
 MAX_CHANGES = 512
@@ -37,7 +37,7 @@ class Touched:
     def __init__(self, base: List[List[Any]], merged: List[List[Any]], paths: Set[bytes]) -> None:
         self.paths = paths
         self.merged = merged
-        base_paths = self._base_paths = [entry[0] for entry in base]
+        base_paths = self.base_paths = [entry[0] for entry in base]
         self.was: Dict[bytes, List[Any]] = {}
         for path in paths:
             at = bisect.bisect_left(base_paths, path)
@@ -46,8 +46,8 @@ class Touched:
         self.now = {entry[0]: entry for entry in merged if entry[0] in paths}
 
     def in_base(self, path: bytes) -> bool:
-        at = bisect.bisect_left(self._base_paths, path)
-        return at < len(self._base_paths) and self._base_paths[at] == path
+        at = bisect.bisect_left(self.base_paths, path)
+        return at < len(self.base_paths) and self.base_paths[at] == path
 
     def lost_files(self) -> int:
         """Files of the base that the new tree does not keep as they are."""
@@ -155,6 +155,23 @@ def _check(
         at = bisect.bisect_left(paths, inside)
         if at < len(paths) and paths[at].startswith(inside):
             raise EntryError("%s is not inside a directory of the tree" % show_path(paths[at]))
+
+
+def splice(data: bytes, starts: List[int], touched: Touched) -> bytes:
+    """The new manifest's canonical bytes: the base's (`data`, each entry starting at
+    `starts`, then its end) with the touched entries cut out and their new ones put in, in
+    order. The caller checks the result against the tree id, as for any manifest."""
+    pieces = []
+    at = 0
+    for path in sorted(touched.paths):
+        where = bisect.bisect_left(touched.base_paths, path)
+        pieces.append(data[at : starts[where]])
+        at = starts[where + 1] if path in touched.was else starts[where]
+        entry = touched.now.get(path)
+        if entry is not None:
+            pieces.append(encode_manifest([entry]))
+    pieces.append(data[at:])
+    return b"".join(pieces)
 
 
 def clear(root: bytes, touched: Touched, anet_names: List[bytes]) -> None:

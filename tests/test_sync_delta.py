@@ -211,3 +211,17 @@ def test_an_unsafe_entry_added_since_the_last_scan_is_still_refused(tmp_path):
     shutil.rmtree(src / "b")  # its file goes with it: no entry is left without its folder
     with open_cache(cache_path) as cache:
         assert scan(f"{src}/", cache, known).files == first.files - 1
+
+
+def test_the_new_manifest_is_the_base_with_the_touched_entries_spliced(tmp_path):
+    src = make_src(tmp_path / "src")
+    old = scan_dir(src)
+    change_everything(src)
+    new = scan_dir(src)
+    removed, changed = syncproto.manifest_delta(old.entries, new.entries)
+    data, starts = syncproto.encode_manifest(old.entries), []
+    assert syncproto.decode_manifest(data, starts) == old.entries
+    merged = treedelta.merge(old.entries, removed, changed)
+    assert merged is not None and merged[0] == new.entries
+    touched = treedelta.Touched(old.entries, *merged)
+    assert treedelta.splice(data, starts, touched) == syncproto.encode_manifest(new.entries)
