@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from test_sync import snapshot, synced
-from test_sync_inplace import change_everything, fresh, make_src, resync
+from test_sync_inplace import change_everything, fresh, make_src, resync, synced_once
 from test_syncstore import Host, close_the_hosts, scan_dir, wanted  # noqa: F401 (the fixture)
 
 from anet.deps import sync as master_sync
@@ -46,15 +46,10 @@ def on_disk_as_in(root: Path, entries: list[list[Any]]) -> None:
 
 def clean_base(tmp_path: Path) -> tuple[Path, Path, Path, Host, Path]:
     """`make_src` plus a folder the changes never touch, synced once; no job ran there."""
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
+    src = make_src(tmp_path / "src")
     (src / "still").mkdir()
     (src / "still" / "s").write_text("still\n")
-    old = scan_dir(src)
-    remember(known, old.id, old.entries)
-    first = Host(home)
-    _, done = first.sync(old)
-    assert done.error == ""
-    return src, home, known, first, Path(os.fsdecode(done.path))
+    return synced_once(tmp_path, src)
 
 
 def test_every_kind_of_change_to_a_clean_base_gives_exactly_the_new_tree(tmp_path):
