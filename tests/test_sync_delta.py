@@ -220,3 +220,42 @@ def test_the_new_manifest_is_the_base_with_the_touched_entries_spliced(tmp_path)
     assert merged is not None and merged[0] == new.entries
     touched = treedelta.Touched(old.entries, *merged)
     assert treedelta.splice(data, starts, touched) == syncproto.encode_manifest(new.entries)
+
+
+def test_a_one_file_edit_appends_its_digest_instead_of_rewriting_the_cache(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2000):
+        (src / f"f{i}").write_text(f"file {i}\n")
+    cache_path = tmp_path / "hashes"
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+    (cache_file,) = cache_path.iterdir()
+    inode, size = cache_file.stat().st_ino, cache_file.stat().st_size
+    (src / "f7").write_text("edited\n")
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+        assert cache.hashed == 1
+    assert cache_file.stat().st_ino == inode  # not written anew
+    assert size < cache_file.stat().st_size < size + 300
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+        assert cache.hashed == 0  # the appended digest is read back
+
+
+def test_a_torn_record_at_the_end_of_the_cache_costs_only_what_it_held(tmp_path):
+    src = make_src(tmp_path / "src")
+    cache_path = tmp_path / "hashes"
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+    (cache_file,) = cache_path.iterdir()
+    with open(cache_file, "ab") as f:
+        f.write(b"\xff\x00 half a record")  # a run cut off while appending
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+        assert cache.hashed == 0
+    (src / "f1").write_text("edited\n")
+    for hashed in (1, 0):  # the edit's digest is not appended after the torn record
+        with open_cache(cache_path) as cache:
+            scan(f"{src}/", cache)
+            assert cache.hashed == hashed
