@@ -259,3 +259,30 @@ def test_a_torn_record_at_the_end_of_the_cache_costs_only_what_it_held(tmp_path)
         with open_cache(cache_path) as cache:
             scan(f"{src}/", cache)
             assert cache.hashed == hashed
+
+
+def test_a_deps_entry_named_dependencies_survives_a_full_manifest_update(tmp_path):
+    """The user's own `dependencies` wins over anet's link (docs/deps.md), also when a
+    master that does not remember the base sends the whole manifest to a clean base."""
+    src = make_src(tmp_path / "src")
+    (src / "dependencies").write_text("the user's own\n")
+    src, home, _, first, _ = synced_once(tmp_path, src)
+    (src / "f1").write_text("changed\n")
+    new = scan_dir(src)
+    frames, _, done = resync(fresh(home, first), new, tmp_path / "nothing-known")
+    assert all(isinstance(f, syncproto.SyncEntries) for f in frames)
+    assert done.error == ""
+    new_dir = Path(os.fsdecode(done.path))
+    assert (new_dir / "dependencies").read_text() == "the user's own\n"
+    assert snapshot(new_dir) == snapshot(src)
+
+
+def test_a_deps_entry_named_dependencies_added_by_a_delta_replaces_anets_link(tmp_path):
+    src, home, known, first, old_dir = clean_base(tmp_path)
+    assert os.readlink(old_dir / "dependencies") == "."
+    (src / "dependencies").write_text("the user's own\n")
+    frames, _, done = resync(fresh(home, first), scan_dir(src), known)
+    assert all(isinstance(f, SyncDelta) for f in frames) and done.error == ""
+    new_dir = Path(os.fsdecode(done.path))
+    assert (new_dir / "dependencies").read_text() == "the user's own\n"
+    assert snapshot(new_dir) == snapshot(src)
