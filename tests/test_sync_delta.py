@@ -142,7 +142,8 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def test_the_digest_cache_forgets_files_that_left_the_tree(tmp_path):
+def scanned_2000_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder of 2,000 small files, scanned once with a digest cache: (folder, cache)."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(2000):
@@ -150,6 +151,11 @@ def test_the_digest_cache_forgets_files_that_left_the_tree(tmp_path):
     cache_path = tmp_path / "hashes"
     with open_cache(cache_path) as cache:
         scan(f"{src}/", cache)
+    return src, cache_path
+
+
+def test_the_digest_cache_forgets_files_that_left_the_tree(tmp_path):
+    src, cache_path = scanned_2000_files(tmp_path)
     full = du(cache_path)
     for i in range(1, 2000):
         (src / f"f{i}").unlink()
@@ -223,13 +229,7 @@ def test_the_new_manifest_is_the_base_with_the_touched_entries_spliced(tmp_path)
 
 
 def test_a_one_file_edit_appends_its_digest_instead_of_rewriting_the_cache(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(2000):
-        (src / f"f{i}").write_text(f"file {i}\n")
-    cache_path = tmp_path / "hashes"
-    with open_cache(cache_path) as cache:
-        scan(f"{src}/", cache)
+    src, cache_path = scanned_2000_files(tmp_path)
     (cache_file,) = cache_path.iterdir()
     inode, size = cache_file.stat().st_ino, cache_file.stat().st_size
     (src / "f7").write_text("edited\n")
