@@ -318,13 +318,17 @@ def encode_manifest(entries: List[Any]) -> bytes:
     )
 
 
-def decode_manifest(data: bytes) -> List[List[Any]]:
+def decode_manifest(data: bytes, starts: Optional[List[int]] = None) -> List[List[Any]]:
     """`encode_manifest` undone; EntryError if the bytes do not parse. The caller checks them
-    against the tree id first, so this only guards against a truncated or foreign file."""
+    against the tree id first, so this only guards against a truncated or foreign file.
+    `starts`, if given, receives where each entry begins, then the end."""
     entries: List[List[Any]] = []
     unpack, fixed, at, end = _HEAD.unpack_from, _HEAD.size, 0, len(data)
+    mark = starts.append if starts is not None else None
     try:
         while at < end:
+            if mark is not None:
+                mark(at)
             n, kind, mode, size, mtime, d = unpack(data, at)
             at += fixed
             path, at = data[at : at + n], at + n
@@ -334,6 +338,8 @@ def decode_manifest(data: bytes) -> List[List[Any]]:
         raise EntryError("truncated manifest") from None
     if at != end:
         raise EntryError("truncated manifest")
+    if mark is not None:
+        mark(end)
     return entries
 
 
