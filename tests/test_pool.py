@@ -6,6 +6,7 @@ $XDG_RUNTIME_DIR and state), runs its jobs on the local machine, and is stopped 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pwd
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,13 +203,22 @@ def test_a_private_directory_that_is_not_private_is_refused(tmp_path):
         make_private(open_dir)
 
 
+def stranger_account(name: str) -> pwd.struct_passwd:
+    """The account, made if missing. Another test run may be making it at the same moment
+    (useradd then fails: the name exists, or /etc/passwd is locked a moment): tried again."""
+    for _ in range(50):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+        subprocess.run(["useradd", "--no-create-home", name], capture_output=True)
+        time.sleep(0.1)
+    return pwd.getpwnam(name)
+
+
 def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, tmp_path):
     """The directory's 0700 keeps others out; were it opened by mistake, the peer check is
     the second guard: a connection from another uid gets no answer."""
     name = "anetpooltest"
-    if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--no-create-home", name], check=True)
-    user = pwd.getpwnam(name)
+    user = stranger_account(name)
     where = place("default", os.environ)
     for directory in [where.run_dir, *where.run_dir.parents]:
         directory.chmod(directory.stat().st_mode | 0o011)  # others may pass through
