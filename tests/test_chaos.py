@@ -44,8 +44,8 @@ SEED_ENV = "ANET_CHAOS_SEED"
 KEEPALIVE = 1.0
 """--keepalive (its least): a frozen or cut-off host is lost after this. The faults and the slow
 jobs are scaled to it (a fault holds for it and at most 0.75 s more; slow jobs take 0.25 to
-0.75 s; a new fault every 0.15 to 0.6 s), so a scenario of 200 jobs takes some 7 s on an idle machine; 240 jobs with
-2 s and everything twice as long it took 16.5 to 18 s, with 3 s 30 s, faulting alike."""
+0.75 s; a new fault every 0.15 to 0.6 s): the same faults as with 2 s and everything twice as
+long over 240 jobs, which took 16.5 to 18 s on an idle machine (with 3 s, 30 s)."""
 HOSTS, SLOTS = 5, 2
 MAX_FAULTED = 2
 """Hosts faulted at the same time, at most: the others keep the batch going."""
