@@ -184,18 +184,26 @@ def _cmdline(pid: int) -> str:
 
 def _marked_pids(marker: bytes) -> list[int]:
     """Pids whose initial environment holds exactly the entry ``marker``."""
-    found, us = [], str(os.getpid())
-    entry = b"\0" + marker + b"\0"
+    return _marked_pids_of([marker])[marker]
+
+
+def _marked_pids_of(markers: Collection[bytes]) -> dict[bytes, list[int]]:
+    """For each marker, the pids whose initial environment holds exactly that entry: one
+    reading of every process's environment for all of them."""
+    found: dict[bytes, list[int]] = {marker: [] for marker in markers}
+    entries = [(marker, b"\0" + marker + b"\0") for marker in markers]
+    us = str(os.getpid())
     for name in os.listdir("/proc"):
         if not name.isdigit() or name == us:
             continue
         try:
-            environ = _read_proc(f"/proc/{name}/environ")
+            environ = b"\0" + _read_proc(f"/proc/{name}/environ") + b"\0"
         except OSError:  # gone, or someone else's process
             continue
-        if entry in b"\0" + environ + b"\0":  # the entry whole, wherever it is
-            found.append(int(name))
-    return sorted(found)
+        for marker, entry in entries:
+            if entry in environ:  # the entry whole, wherever it is
+                found[marker].append(int(name))
+    return {marker: sorted(pids) for marker, pids in found.items()}
 
 
 def _read_proc(path: str) -> bytes:
@@ -373,10 +381,14 @@ class SshdHost:
             return 0
         return text.count("Accepted publickey for ")
 
+    @property
+    def marker(self) -> bytes:
+        """The environment entry every process this host started carries."""
+        return f"ANET_HOME={self.anet_home}".encode()
+
     def processes(self) -> list[tuple[int, str]]:
         """(pid, command line) of every live process whose environment has this ANET_HOME."""
-        marker = f"ANET_HOME={self.anet_home}".encode()
-        return [(pid, _cmdline(pid)) for pid in _marked_pids(marker)]
+        return [(pid, _cmdline(pid)) for pid in _marked_pids(self.marker)]
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -620,7 +632,12 @@ def leftover_processes(
     hosts = list(hosts)
     deadline = time.monotonic() + grace
     while True:
-        left = {host.name: procs for host in hosts if (procs := host.processes())}
+        found = _marked_pids_of([host.marker for host in hosts])
+        left = {
+            host.name: [(pid, _cmdline(pid)) for pid in found[host.marker]]
+            for host in hosts
+            if found[host.marker]
+        }
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)
