@@ -4,13 +4,15 @@ The same command (`head -c N /dev/zero`) on the same loopback sshd host: through
 output crosses the dispatcher, the msgpack frames and asyncssh; past 1 MiB the master spools it
 to disk as it arrives and writes it out from there in chunks) and through the OpenSSH client
 straight to /dev/null, the pipe's limit. anet runs with --no-journal, and with a journal (which
-stores the output in SQLite too, copied from the spool): the peak RSS column is the master's
-memory bound, whatever the job prints.
+keeps the spool's file as its copy of the output: a hard link, nothing copied): the peak RSS
+column is the master's memory bound, whatever the job prints. The bare asyncssh session
+(sshfloor.py) is the floor under anet's master: what asyncssh alone costs for those bytes.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 
 from .harness import Bed, Sample, Table, anet_argv, anet_env, interleave, rate_table, timed
@@ -28,6 +30,11 @@ def run(bed: Bed) -> list[Table]:
     journal = bed.path("bigout.sqlite")
     contenders: dict[str, Callable[[], Sample]] = {
         "ssh host cmd > /dev/null": lambda: timed(cluster.ssh_argv(host, command)),
+        "asyncssh session alone": lambda: timed(
+            [sys.executable, "-m", "bench.sshfloor", str(cluster.ssh_config), host, command],
+            env=anet_env(bed.root),
+            stdout=subprocess.DEVNULL,
+        ),
         "anet (ssh host)": lambda: timed(
             anet_argv(cluster.ssh_config, [f"1/{host}"], "--no-journal", str(batch)),
             env=anet_env(bed.root),

@@ -33,17 +33,26 @@ SEAMS = [
     ("anet.drive", "Drive", "deliver", "result"),
     ("anet.api", "Cluster", "_shutdown", "shutdown"),
     ("anet.api", "Cluster", "__aexit__", "cluster closed"),
+    ("anet.streams.journal", "Journal", "close", "journal close"),
+    ("anet.cli.run", None, "after_run", "retention"),
 ]
-"""(module, class, method, name): each call's start is `name >`, its end `name <`."""
+"""(module, class or None for a function, name, mark): each call's start is `mark >`, its
+end `mark <`. Inside asyncssh (once imported): `tcp up`, `kex done` (the user auth asked),
+`auth ok`, the first of each for any host."""
 SPANS = {
     "imports (process start to anet.cli.run loaded)": ("", "imported"),
     "asyncssh import": ("asyncssh >", "asyncssh <"),
     "first connect to first Hello": ("connect >", "Hello"),
+    "first connect to its TCP connection": ("connect >", "tcp up"),
+    "TCP up to key exchange done": ("tcp up", "kex done"),
+    "key exchange done to user auth done": ("kex done", "auth ok"),
     "first dispatcher started to the first Hello (its boot)": ("start dispatcher >", "Hello"),
     "Hello to the result": ("Hello", "result >"),
     "shutdown (Shutdown to every host stopped)": ("shutdown >", "shutdown <"),
-    "cluster closed to process exit": ("cluster closed <", "exit"),
-    "whole command": ("", "exit"),
+    "journal closed to the retention step done": ("journal close <", "retention <"),
+    "cluster closed to the end of main (atexit)": ("cluster closed <", "exit"),
+    "the end of main to the process gone (teardown)": ("exit", "gone"),
+    "whole command (its parent's wait)": ("", "gone"),
 }
 
 
@@ -69,8 +78,10 @@ def trace(out: Path, argv: list[str]) -> None:
 
     mark("imported")
     for module, cls, method, name in SEAMS:
-        owner = getattr(importlib.import_module(module), cls)
-        setattr(owner, method, _wrapped(getattr(owner, method), name, mark))
+        owner = importlib.import_module(module)
+        owner = getattr(owner, cls) if cls else owner
+        if hasattr(owner, method):  # a seam an older tree lacks is left out
+            setattr(owner, method, _wrapped(getattr(owner, method), name, mark))
     from anet.remote import connect, sshlib
 
     load = sshlib.asyncssh
@@ -79,11 +90,32 @@ def trace(out: Path, argv: list[str]) -> None:
         mark("asyncssh >")
         module = load()
         mark("asyncssh <")
+        _handshake_marks(module, mark)
         return module
 
     sshlib.asyncssh = connect.asyncssh = timed_load  # type: ignore[assignment]
     sys.argv = ["anet", *argv]
     anet.cli.main()
+
+
+def _handshake_marks(asyncssh, mark) -> None:  # type: ignore[no-untyped-def]
+    """Marks inside asyncssh's handshake (its methods, not its packet table)."""
+    client = asyncssh.connection.SSHClientConnection
+    for method, name in (("connection_made", "tcp up"), ("send_service_request", "kex done")):
+        function = getattr(client, method)
+
+        def marked(*args, function=function, name=name):  # type: ignore[no-untyped-def]
+            mark(name)
+            return function(*args)
+
+        setattr(client, method, marked)
+    completed = asyncssh.SSHClient.auth_completed
+
+    def auth_completed(self):  # type: ignore[no-untyped-def]
+        mark("auth ok")
+        return completed(self)
+
+    asyncssh.SSHClient.auth_completed = auth_completed
 
 
 def _wrapped(function, name, mark):  # type: ignore[no-untyped-def]
@@ -102,7 +134,10 @@ def _wrapped(function, name, mark):  # type: ignore[no-untyped-def]
 
     def called(*args, **kwargs):  # type: ignore[no-untyped-def]
         mark(name)
-        return function(*args, **kwargs)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            mark(f"{name} <")
 
     return called
 
@@ -151,14 +186,18 @@ def _one(
 ) -> tuple[dict[str, float], float]:
     """One traced command: its marks, and the CPU of its process tree (wait4)."""
     out.unlink(missing_ok=True)
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)  # /proc/uptime's clock, as the marks'
     proc = subprocess.Popen(
         [*script, "--trace", str(out), *argv], env=env, cwd=tree,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
+    gone = (time.clock_gettime(time.CLOCK_BOOTTIME) - before) * 1000
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{argv[:3]}... failed in {tree}")
-    return json.loads(out.read_text()), usage.ru_utime + usage.ru_stime
+    marks = json.loads(out.read_text())
+    marks["gone"] = gone  # from just before the fork: a few ms early, the parent's own view
+    return marks, usage.ru_utime + usage.ru_stime
 
 
 def _median(samples: list[tuple[dict[str, float], float]], start: str, end: str) -> str:

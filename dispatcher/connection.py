@@ -23,7 +23,6 @@ Python 3.8+, stdlib + msgpack only: the dispatcher runs it on the end machines.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .protocol import (
@@ -49,6 +48,7 @@ from .protocol import (
     encode,
     frame_end,
 )
+from .record import frozen
 
 MAX_NOISE = 1 << 20
 """Bytes a login shell may print before the boot mark; more means something is badly wrong."""
@@ -123,19 +123,19 @@ PAUSED = _Sentinel("PAUSED")
 """`next_event()`'s answer while the stub waits for its payload: nothing comes before it."""
 
 
-@dataclass(frozen=True)
+@frozen
 class PayloadWanted:
     """The stub found no intact dispatcher in its cache: answer with `send_payload()`."""
 
 
-@dataclass(frozen=True)
+@frozen
 class BootFailed:
     """The stub could not start the dispatcher (E): `reason` is its one line, clipped."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ConnectionClosed:
     """The peer's stream ended, `state` being where the peer was then; `pending` counts the
     bytes of a frame it cut off (login noise does not count)."""

@@ -28,17 +28,17 @@ import resource
 import selectors
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Set
 
 from .protocol import MASTER, MAX_FRAME, FrameDecoder, Message, ProtocolError, encode, message
+from .record import frozen
 
 TIMED_OUT = "timed out"
 """What `fail` is given when the deadline passed; other reasons say what went wrong."""
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Cancel(Message):
     """Master -> dispatcher: the master gave up on request `rid`; stop its work, reply nothing."""
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .protocol import (
@@ -44,13 +43,14 @@ from .protocol import (
     bounded,
     message,
 )
+from .record import frozen
 
 FILE_CHUNK = 256 * 1024
 """Put and Back frames carry at most this many bytes of a file."""
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Place(Message):
     """Master -> dispatcher, just before the Run of attempt `aid`: it runs in a folder of its
     own, gets the files `send` (paths inside that folder, in Put frames after the Run) before
@@ -68,7 +68,7 @@ class Place(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Put(Message):
     """Master -> dispatcher: the next bytes of file `index` of the attempt's `send`; `last`
     ends the file, and gives it `mode`'s permission bits (less the umask, as rsync does).
@@ -85,7 +85,7 @@ class Put(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Back(Message):
     """Dispatcher -> master, after the job ended and before its Exit: the next bytes of file
     `index` of the attempt's `back`; `last` ends the file. A file that cannot be sent sends

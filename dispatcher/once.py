@@ -9,7 +9,6 @@ Python 3.8+, stdlib + msgpack only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from .protocol import (
@@ -22,10 +21,11 @@ from .protocol import (
     bounded,
     message,
 )
+from .record import frozen
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class RunOnce(Message):
     """Master -> dispatcher: run `command` with `sh -c` now, once, whatever the free slots."""
 
@@ -36,7 +36,7 @@ class RunOnce(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class OnceOutput(Message):
     """Dispatcher -> master: a chunk of the command's stdout or stderr."""
 
@@ -48,7 +48,7 @@ class OnceOutput(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class OnceExit(Message):
     """Dispatcher -> master: the command ended (exactly one of `code` and `signal`); the last
     frame of the request."""

@@ -27,15 +27,15 @@ Python 3.8+, stdlib + msgpack only: this module runs on the end machines.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 from .protocol import MASTER, Message, message
+from .record import frozen
 from .treeclean import hold_for_jobs
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Pin(Message):
     """Master -> dispatcher, before the sync of a run's own tree: once a sync finds `tree`
     ready (or builds it), it is held for that run until the matching Unpin, and is not the
@@ -47,7 +47,7 @@ class Pin(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Unpin(Message):
     """Master -> dispatcher: a run that pinned `tree` has ended; the tree is let go once no
     other pin holds it and no job bound to it is queued or running."""
@@ -58,7 +58,7 @@ class Unpin(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Within(Message):
     """Master -> dispatcher: the Runs after this frame run in `tree`, a tree held here (Pin
     and a sync); b"": in the default place (the last unpinned sync's tree, else Setup's cwd,

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Set
 
 from .presence import person_at
 from .protocol import DISPATCHER, MAX_TEXT, Message, bounded, message
+from .record import frozen
 
 MAX_NICE = 19
 """The highest (kindest) niceness Linux and the BSDs have."""
@@ -49,7 +49,7 @@ NO_LIMIT = -1.0
 """`max_load` when there is none."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Polite:
     """How politely a host's jobs run; the defaults change nothing.
 
@@ -70,7 +70,7 @@ class Polite:
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Held(Message):
     """Dispatcher -> master, when it changes: why no job may start here now ("": they may)."""
 
@@ -80,7 +80,7 @@ class Held(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Evicted(Message):
     """Dispatcher -> master, before the Exit of an attempt polite mode kills (--yield moves
     it, --memfree-kill): `reason` says why; the failure is not the job's, no retry is spent."""

@@ -32,7 +32,6 @@ import os
 import pwd
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .forked import TIMED_OUT, Forks
@@ -48,6 +47,7 @@ from .protocol import (
     message,
     number,
 )
+from .record import frozen
 
 STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
 """How every anet dispatcher's command line starts after `python3 -S -c` (anet.bootstrap's
@@ -65,7 +65,7 @@ OUTCOMES = (GONE, SIGNALLED, ALIVE, DENIED, PROTECTED)
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class FindProcs(Message):
     """Master -> dispatcher: list the user's processes whose command line matches `pattern`.
 
@@ -129,7 +129,7 @@ def _are_outcomes(pairs: List[Any]) -> bool:
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class ProcsFound(Message):
     """Dispatcher -> master: the matches, each a list in the order of `ROW_FIELDS`; or `error`."""
 
@@ -141,7 +141,7 @@ class ProcsFound(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SignalProcs(Message):
     """Master -> dispatcher: send `sig` to each target [pid, start, group]; 0 only checks.
 
@@ -158,7 +158,7 @@ class SignalProcs(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Signalled(Message):
     """Dispatcher -> master: [pid, outcome] per target: signalled, alive, gone, permission
     denied, protected."""
@@ -170,7 +170,7 @@ class Signalled(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class ProbeHost(Message):
     """Master -> dispatcher: free memory and disk where jobs run, for `anet hosts check`."""
 
@@ -181,7 +181,7 @@ class ProbeHost(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class HostProbe(Message):
     """Dispatcher -> master: MemAvailable and free disk (KiB, -1 when unknown), 1-minute load."""
 

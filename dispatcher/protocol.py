@@ -34,10 +34,11 @@ import enum
 import math
 import struct
 import sys
-from dataclasses import Field, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import msgpack
+
+from .record import Field, field, fields, frozen
 
 PROTOCOL_VERSION = 5
 BOOT_MARK = b"\x00\x1bANET\x1b"
@@ -165,7 +166,7 @@ def integer(value: Any, low: float, high: float = math.inf) -> bool:
     return _is_int(value) and low <= value <= high
 
 
-def _field_check(f: "Field[Any]") -> Callable[[Any], bool]:
+def _field_check(f: Field) -> Callable[[Any], bool]:
     """The field's type check and bounds as one function: it runs for every field of every
     frame, so each case is its own small lambda."""
     typed = _CHECKS[str(f.type)]
@@ -251,7 +252,7 @@ _COLUMN_TYPES: Dict[str, Set[type]] = {
 """Field types whose check is "one of these exact types" (bool is no int here: `type()`)."""
 
 
-def _column_spec(f: "Field[Any]") -> _ColumnSpec:
+def _column_spec(f: Field) -> _ColumnSpec:
     """How `_column_ok` checks the field: its exact types, bounds and length as `_field_check`
     has them, or (`one`) the field's own per-value check for the rest (dicts, custom checks)."""
     text = str(f.type)
@@ -282,7 +283,8 @@ _CLASSES: List[Type[Any]] = []
 
 class Message:
     """Base of every wire message: `CODE` is its type code, `SENDER` the end that sends it
-    (MASTER, DISPATCHER or EITHER; the other end refuses it), its dataclass fields the body."""
+    (MASTER, DISPATCHER or EITHER; the other end refuses it), its record fields
+    (dispatcher/record.py) the body."""
 
     CODE = 0
     SENDER: ClassVar[Role]
@@ -293,7 +295,7 @@ class Message:
 
 
 def message(cls: Type[Any]) -> Type[Any]:
-    """Register a frozen dataclass as a wire message under its unique `CODE`."""
+    """Register a frozen record as a wire message under its unique `CODE`."""
     if any(other.CODE == cls.CODE for other in _CLASSES):
         raise LocalProtocolError("message code %d used twice" % cls.CODE)
     if not isinstance(getattr(cls, "SENDER", None), Role):
@@ -331,7 +333,7 @@ def _class_of(code: int) -> Optional[Type[Any]]:
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Hello(Message):
     """Dispatcher -> master, first frame: who I am, so the master can size and label the host."""
 
@@ -347,7 +349,7 @@ class Hello(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Setup(Message):
     """Master -> dispatcher, answer to Hello: how to run this host's jobs.
 
@@ -379,7 +381,7 @@ class Setup(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Run(Message):
     """Master -> dispatcher: run `command` with `sh -c` once a slot is free.
 
@@ -407,7 +409,7 @@ class Several(Message):
     in wire order: decoding checks every item as a frame of that kind is checked."""
 
     ITEM: ClassVar[Type[Any]]
-    items: List[Any]  # the subclass's dataclass field (this base is no dataclass)
+    items: List[Any]  # the subclass's record field (this base is no record)
 
     def problem(self) -> Optional[str]:
         made = _made_at_once(self.ITEM, self.items)  # the common case: all well formed
@@ -432,7 +434,7 @@ class Several(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Runs(Several):
     """Master -> dispatcher: several Runs in one frame (protocol 4), each item a Run's fields
     in its wire order (all five); the dispatcher takes them in order, as that many Run frames.
@@ -478,7 +480,7 @@ def _runs_frame(items: List[List[Any]]) -> Message:
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Started(Message):
     """Dispatcher -> master: the attempt got a slot and a process (queued runs wait for one)."""
 
@@ -490,7 +492,7 @@ class Started(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Output(Message):
     """Dispatcher -> master: one chunk (<= OUTPUT_CHUNK bytes) of a job's stdout or stderr."""
 
@@ -502,7 +504,7 @@ class Output(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Exit(Message):
     """Dispatcher -> master: the attempt ended; all its Output frames came before this one.
 
@@ -526,7 +528,7 @@ class Exit(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Done(Message):
     """Dispatcher -> master: a whole short attempt in one frame, what Started, its Output
     frames and Exit would say (protocol 4; only after a Setup with `fold` > 0).
@@ -563,7 +565,7 @@ MAX_DONES = 4096
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Dones(Several):
     """Dispatcher -> master: the Done records of several attempts in one frame (protocol 4),
     each item a Done's fields in its wire order: every attempt the dispatcher found folded
@@ -580,7 +582,7 @@ class Dones(Several):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Kill(Message):
     """Master -> dispatcher: stop a queued or running attempt: TERM its group, KILL after grace.
     With `queued_only` (protocol 4), only if it still waits in the queue: one the dispatcher
@@ -594,7 +596,7 @@ class Kill(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Input(Message):
     """Master -> dispatcher: the next chunk of a Run-with-stdin's input; `eof` closes its stdin
     after `data`. The master keeps at most INPUT_WINDOW bytes of an attempt unacknowledged."""
@@ -607,7 +609,7 @@ class Input(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class InputAck(Message):
     """Dispatcher -> master: `size` more bytes of the attempt's input left its buffer (written
     to the job's stdin, or thrown away once the job closed it: then `closed`, and the master
@@ -621,7 +623,7 @@ class InputAck(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Heartbeat(Message):
     """Either way, every `Setup.heartbeat` seconds: proof of life; `load` is the 1-minute load."""
 
@@ -631,7 +633,7 @@ class Heartbeat(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Shutdown(Message):
     """Master -> dispatcher: kill every job, answer Bye, exit."""
 
@@ -640,7 +642,7 @@ class Shutdown(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class Bye(Message):
     """Dispatcher -> master: every job group is dead; the dispatcher exits after this frame."""
 

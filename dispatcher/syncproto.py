@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import struct
-from dataclasses import dataclass
 from typing import Any, List, Optional, Set
 
 from .protocol import (
@@ -45,6 +44,7 @@ from .protocol import (
     bounded,
     message,
 )
+from .record import frozen
 
 FILE = 0
 DIR = 1
@@ -61,7 +61,7 @@ MAX_FILES_FRAME = OUTPUT_CHUNK + SMALL_FILE
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncOffer(Message):
     """Master -> dispatcher: "do you hold tree `tree` (a manifest digest)?"."""
 
@@ -74,7 +74,7 @@ class SyncOffer(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncState(Message):
     """Dispatcher -> master: the answer to SyncOffer.
 
@@ -94,7 +94,7 @@ class SyncState(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncEntries(Message):
     """Master -> dispatcher: a chunk of the manifest; `last` ends it."""
 
@@ -107,7 +107,7 @@ class SyncEntries(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncDelta(Message):
     """Master -> dispatcher: the manifest as its difference from tree `base` (the one the
     host named in SyncState): `removed` paths of `base` and the `entries` that are new or
@@ -125,7 +125,7 @@ class SyncDelta(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncWant(Message):
     """Dispatcher -> master: bit i of `want` set = send file entry i; `reused` files were
     found in earlier trees on the host and need no transfer."""
@@ -138,7 +138,7 @@ class SyncWant(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncData(Message):
     """Master -> dispatcher: bytes of file entry `index` at `offset`, in order."""
 
@@ -151,7 +151,7 @@ class SyncData(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncFiles(Message):
     """Master -> dispatcher: the next `count` wanted files whole, their contents one after
     the other in `data` (each entry's size says where one ends). A 20 KB file sent alone
@@ -166,7 +166,7 @@ class SyncFiles(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncCommit(Message):
     """Master -> dispatcher: every wanted byte was sent; verify and switch the tree in."""
 
@@ -176,7 +176,7 @@ class SyncCommit(Message):
 
 
 @message
-@dataclass(frozen=True)
+@frozen
 class SyncDone(Message):
     """Dispatcher -> master: the sync's end: `path` of the ready tree, or `error` (one line)."""
 
@@ -318,13 +318,17 @@ def encode_manifest(entries: List[Any]) -> bytes:
     )
 
 
-def decode_manifest(data: bytes) -> List[List[Any]]:
+def decode_manifest(data: bytes, starts: Optional[List[int]] = None) -> List[List[Any]]:
     """`encode_manifest` undone; EntryError if the bytes do not parse. The caller checks them
-    against the tree id first, so this only guards against a truncated or foreign file."""
+    against the tree id first, so this only guards against a truncated or foreign file.
+    `starts`, if given, receives where each entry begins, then the end."""
     entries: List[List[Any]] = []
     unpack, fixed, at, end = _HEAD.unpack_from, _HEAD.size, 0, len(data)
+    mark = starts.append if starts is not None else None
     try:
         while at < end:
+            if mark is not None:
+                mark(at)
             n, kind, mode, size, mtime, d = unpack(data, at)
             at += fixed
             path, at = data[at : at + n], at + n
@@ -334,6 +338,8 @@ def decode_manifest(data: bytes) -> List[List[Any]]:
         raise EntryError("truncated manifest") from None
     if at != end:
         raise EntryError("truncated manifest")
+    if mark is not None:
+        mark(end)
     return entries
 
 

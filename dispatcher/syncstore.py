@@ -41,7 +41,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import stat
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -73,6 +72,7 @@ from .syncproto import (
     show_path,
 )
 from .treeclean import checking, hold_for_jobs, is_clean, mark_clean
+from .treedelta import Touched, clear, merge, set_folders, splice
 from .treeupdate import BaseTree, clear_changes
 
 KEEP_TREES = 3
@@ -181,6 +181,12 @@ def _link_original_layout(tree_dir: bytes) -> None:
         os.symlink(b".", os.path.join(tree_dir, ORIGINAL_LAYOUT))  # write: jobs still run
 
 
+def _host_name() -> bytes:
+    """This machine's name, as socket.gethostname() gives it on Linux (uname's nodename),
+    without importing socket: 15 ms of a busy host's CPU at every sync's first frame."""
+    return os.uname().nodename.encode("ascii", "replace")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -204,6 +210,13 @@ class Incoming:
         """Files of the base tree that the new tree keeps in place."""
         self.lost = 0
         """Files of the base tree that the new tree does not keep."""
+        self.base_files = 0
+        """Files of the base tree."""
+        self.touched: Optional[Touched] = None
+        """A small delta to a clean base (treedelta.py): only these names need work, and
+        `kept` is left empty unless the general path needs it."""
+        self.updated = False
+        """The base became the tree by its touched names alone: links and folders are set."""
         self.trusted = False
         """The base tree was clean (treeclean.py): its files were not looked at."""
         self.staging = b""
@@ -238,6 +251,10 @@ class SyncStore:
         self._base: Optional[Tuple[bytes, List[List[Any]], int]] = None
         """The tree named as `base` in the last SyncState: (id, manifest, fd of its shared
         lock, which keeps other runs' GC off it until this sync ends)."""
+        self._base_data: Optional[bytes] = None
+        self._base_bytes: Optional[Tuple[bytes, List[int]]] = None
+        """The base's canonical bytes and where each entry starts in them: a small delta's
+        manifest is these bytes with the touched entries cut out or put in."""
         self._failed: Set[int] = set()
         self._cleaned = False
         self.keepalive: Callable[[], None] = lambda: None
@@ -342,11 +359,13 @@ class SyncStore:
             fd = self._lock_shared(old)
             if fd is None:
                 continue
-            entries = self._load_manifest(old, fd)
+            starts: List[int] = []
+            entries = self._load_manifest(old, fd, starts)
             if entries is None:
                 os.close(fd)
                 continue
             self._base = (old, entries, fd)
+            self._base_bytes = (self._base_data, starts) if starts else None
             return old
         return b""
 
@@ -372,10 +391,14 @@ class SyncStore:
         if self._base is not None:
             os.close(self._base[2])
             self._base = None
+        self._base_bytes = self._base_data = None
 
-    def _load_manifest(self, tree: bytes, fd: Optional[int] = None) -> Optional[List[List[Any]]]:
+    def _load_manifest(
+        self, tree: bytes, fd: Optional[int] = None, starts: Optional[List[int]] = None
+    ) -> Optional[List[List[Any]]]:
         """A stored manifest, if its bytes still hash to its tree id (a job may write
-        anywhere in the store); None when missing or damaged."""
+        anywhere in the store); None when missing or damaged. With `starts`, the bytes are
+        kept in `_base_data` and `starts` gets each entry's offset in them (treedelta.splice)."""
         try:
             if fd is None:
                 with open(self._manifest(tree), "rb") as f:
@@ -388,8 +411,9 @@ class SyncStore:
             return None
         if data[:1] >= b"\x90":  # a msgpack array: canonical entries start with a length < 4096
             return _legacy_manifest(data)
+        self._base_data = data if starts is not None else None
         try:
-            return decode_manifest(data)
+            return decode_manifest(data, starts)
         except EntryError:
             return None
 
@@ -511,19 +535,29 @@ class SyncStore:
         inc.changed.extend(msg.entries)
         if not msg.last:
             return
-        inc.entries = apply_delta(self._base[1], inc.removed, inc.changed)
-        check_delta(inc.entries, inc.changed)
+        base = self._base[1]
+        small = is_clean(self._marker(self._base[0])) and merge(base, inc.removed, inc.changed)
+        if small:
+            inc.entries, paths = small
+            inc.touched = Touched(base, inc.entries, paths)
+        else:
+            inc.entries = apply_delta(base, inc.removed, inc.changed)
+            check_delta(inc.entries, inc.changed)
         inc.removed, inc.changed = [], []
         self._plan(inc)
 
     def _plan(self, inc: Incoming) -> None:
         """The whole manifest is here: make the staging tree, say which files must travel."""
-        inc.encoded = encode_manifest(inc.entries)
+        inc.encoded = b""
+        if inc.touched is not None and self._base_bytes is not None:
+            inc.encoded = splice(*self._base_bytes, inc.touched)
         if hashlib.sha256(inc.encoded).digest() != inc.tree:
-            raise SyncFailed("manifest does not match its tree id")
+            inc.encoded = encode_manifest(inc.entries)
+            if hashlib.sha256(inc.encoded).digest() != inc.tree:
+                raise SyncFailed("manifest does not match its tree id")
         folder = self._dir(b"staging") + b"/"
         head = b"%s.%d." % (inc.tree.hex().encode(), os.getpid())
-        host = b"." + socket.gethostname().encode("ascii", "replace")  # last: it may hold dots
+        host = b"." + _host_name()  # last: it may hold dots
         rand = os.urandom(4).hex().encode()
         inc.staging = folder + head + rand + host
         if self._base is not None:
@@ -567,7 +601,10 @@ class SyncStore:
         the master. The base is not touched until the commit (`_assemble`), so a sync cut
         off during the transfer leaves it as it was. A base no job has run in since it was
         checked is taken at its manifest's word: no file of it is looked at."""
+        if inc.touched is not None:
+            return self._plan_touched(inc, base)
         old = BaseTree(self._tree_dir(base[0]), base[1])
+        inc.base_files = len(old.old)
         inc.trusted = is_clean(self._marker(base[0]))
         missing: List[int] = []
         reused = 0
@@ -590,6 +627,28 @@ class SyncStore:
         finally:
             old.close()
         inc.lost = len(old.old) - len(inc.kept)
+        return reused + self._fill(inc, base, missing)
+
+    def _plan_touched(self, inc: Incoming, base: Tuple[bytes, List[List[Any]], int]) -> int:
+        """`_plan_overlay` for a small delta to a clean base: every name the delta does not
+        touch is kept as it is (the base's manifest's word), so only the touched files are
+        looked for, in the overlay."""
+        touched = inc.touched
+        assert touched is not None
+        inc.trusted = True
+        inc.base_files = sum(1 for entry in base[1] if entry[1] == FILE)
+        inc.lost = touched.lost_files()
+        reused = sum(1 for entry in base[1] if entry[1] == FILE and entry[3] > 0)
+        reused -= sum(1 for entry in touched.was.values() if entry[1] == FILE and entry[3] > 0)
+        missing: List[int] = []
+        for index, entry in touched.new():
+            if entry[1] != FILE:
+                continue
+            if entry[3] == 0:
+                target = inc.target(index)
+                self._finish_file(os.open(target, _CREATE, 0o600), target, entry)
+            else:
+                missing.append(index)
         return reused + self._fill(inc, base, missing)
 
     def _fill(
@@ -632,11 +691,16 @@ class SyncStore:
         if base is None:
             raise SyncFailed("the base tree went away during the sync")
         fresh = None
-        small = inc.lost <= max(IN_PLACE_LOST, (len(inc.kept) + inc.lost) // 100)
+        small = inc.lost <= max(IN_PLACE_LOST, inc.base_files // 100)
         if small and self._take(base, inc.staging, inc.trusted):
+            if inc.touched is not None:
+                return self._assemble_touched(inc, inc.touched)
             added = (ORIGINAL_LAYOUT,) if inc.trusted else ()
             kept = clear_changes(inc.staging, base[1], inc.entries, self._tick, added)
         else:
+            if inc.touched is not None:  # the general path needs the names kept, after all
+                gone = inc.touched.paths
+                inc.kept = {e[0] for e in base[1] if e[1] == FILE and e[0] not in gone}
             os.mkdir(inc.staging, 0o700)
             fresh, kept = BaseTree(self._tree_dir(base[0]), base[1]), set()
         try:
@@ -659,6 +723,26 @@ class SyncStore:
                 fresh.close()
         os.rmdir(inc.overlay)
         inc.overlay = b""
+
+    def _assemble_touched(self, inc: Incoming, touched: Touched) -> None:
+        """The clean base, now in staging, becomes the new tree by its touched names alone:
+        stale ones go, new ones come (files from the overlay), and the folders where names
+        changed get their mode and mtime back. The 10,000 others are not looked at."""
+        theirs = ORIGINAL_LAYOUT in touched.paths and not touched.in_base(ORIGINAL_LAYOUT)
+        clear(inc.staging, touched, [ORIGINAL_LAYOUT] if theirs else [])  # the deps' own now
+        staging = inc.staging + b"/"
+        for index, entry in touched.new():
+            kind, target = entry[1], staging + entry[0]
+            if kind == DIR:
+                os.mkdir(target, 0o700)
+            elif kind == FILE:
+                os.rename(inc.target(index), target)
+            else:
+                os.symlink(entry[5], target)
+        set_folders(inc.staging, touched)
+        os.rmdir(inc.overlay)
+        inc.overlay = b""
+        inc.updated = True
 
     def _take(
         self, base: Tuple[bytes, List[List[Any]], int], staging: bytes, trusted: bool = False
@@ -823,6 +907,19 @@ class SyncStore:
             raise SyncFailed("%d file(s) never arrived" % (len(inc.wanted) - inc.next_want))
         if inc.overlay:
             self._assemble(inc)
+        if not inc.updated:
+            self._links_and_folders(inc)
+        self._switch_in(inc)
+        del self._incoming[msg.rid]
+        self._drop_base()
+        if not self._use(inc.tree):  # another sync took it in place before our lock: rare
+            raise SyncFailed("the new tree was replaced by a concurrent sync; run again")
+        self.send(SyncDone(msg.rid, self._tree_dir(inc.tree), ""))
+        self.keepalive()  # also flushes: the master need not wait for the GC below
+        self._collect_garbage()
+
+    def _links_and_folders(self, inc: Incoming) -> None:
+        """The symlinks of a tree built in staging, and its folders' modes and mtimes."""
         for number, (path, kind, _, _, _, target) in enumerate(inc.entries):
             if not number % TICK_EVERY:
                 self._tick()
@@ -833,14 +930,6 @@ class SyncStore:
                 full = os.path.join(inc.staging, path)
                 os.chmod(full, mode | 0o700)  # the owner must be able to clean it up
                 os.utime(full, ns=(mtime_ns, mtime_ns))
-        self._switch_in(inc)
-        del self._incoming[msg.rid]
-        self._drop_base()
-        if not self._use(inc.tree):  # another sync took it in place before our lock: rare
-            raise SyncFailed("the new tree was replaced by a concurrent sync; run again")
-        self.send(SyncDone(msg.rid, self._tree_dir(inc.tree), ""))
-        self.keepalive()  # also flushes: the master need not wait for the GC below
-        self._collect_garbage()
 
     def _switch_in(self, inc: Incoming) -> None:
         """Manifest first, then the tree dir: a tree is complete once both are in place."""
@@ -935,7 +1024,7 @@ class SyncStore:
         if self._cleaned:
             return
         self._cleaned = True
-        me = socket.gethostname().encode("ascii", "replace")
+        me = _host_name()
         for area in (b"staging", b"trash"):
             folder = self._dir(area)
             for name in os.listdir(folder):

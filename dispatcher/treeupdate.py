@@ -69,7 +69,8 @@ def clear_changes(
         if entry[1] == FILE and path.rpartition(b"/")[0] in folders and now.get(path) == entry:
             kept.add(path)
     if clean:
-        for path in [entry[0] for entry in old if entry[0] not in kept] + list(clean):
+        added = [path for path in clean if path not in kept]  # a kept deps entry of that name wins
+        for path in [entry[0] for entry in old if entry[0] not in kept] + added:
             drop(prefix + path)  # gone already if inside a folder removed just before
         kept.discard(b"")
         return kept

@@ -64,6 +64,16 @@ _SHARED: list[SshdCluster] = []
 _TESTS = itertools.count()
 
 
+_HOMES: list[Path] = []
+"""The folder of this session's (this worker's) test homes, once made."""
+
+
+def _homes(factory: pytest.TempPathFactory) -> Path:
+    if not _HOMES:
+        _HOMES.append(factory.mktemp("homes"))
+    return _HOMES[0]
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test, and every process it starts, gets a home of its own: anet's journals
@@ -75,9 +85,15 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     The sshd hosts need nothing of $HOME: their keys, known_hosts and ssh_config are files of
     their own, and OpenSSH takes ~ from the password database anyway.
 
-    After the test, anything it left running or open (processes, threads, fds) fails it."""
-    home = tmp_path_factory.mktemp("home")
-    mark = f"{os.getpid()}-{next(_TESTS)}"
+    After the test, anything it left running or open (processes, threads, fds) fails it.
+
+    The homes are numbered folders of one session folder, made with a plain mkdir:
+    `tmp_path_factory.mktemp` lists the whole temporary root to find its next number, which
+    grows by two entries a test (some 4,000 in a worker's share of the suite)."""
+    number = next(_TESTS)
+    home = _homes(tmp_path_factory) / str(number)
+    home.mkdir()
+    mark = f"{os.getpid()}-{number}"
     with pytest.MonkeyPatch.context() as env:
         for name in [name for name in os.environ if name.startswith("ANET_")]:
             env.delenv(name)

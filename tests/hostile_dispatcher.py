@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from dispatcher import record
 from dispatcher.__main__ import Dispatcher, _take_protocol_fds
 from dispatcher.once import OnceExit, OnceOutput
 from dispatcher.protocol import (
@@ -200,7 +201,7 @@ class HostileDispatcher(Dispatcher):
     # -- frames out: every frame the real dispatcher sends passes here ----------------------
 
     def send(self, msg: Message) -> None:
-        values = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+        values = {f.name: getattr(msg, f.name) for f in record.fields(msg)}
         if isinstance(msg, Hello):
             values.update(self.b.hello)
             self.note(f"hello {values!r}")

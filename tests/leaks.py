@@ -124,21 +124,46 @@ def _new_processes(last_pid: int, mark: str) -> dict[Proc, str]:
     newest = _last_pid()
     entry = f"{MARK_ENV}={mark}".encode()
     found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or not _made_between(int(name), last_pid, newest):
-            continue
-        pid = int(name)
+    for pid in _pids_made_between(last_pid, newest):
         stat = _read_stat(pid)
         if stat is None or stat[1] in "ZX":
             continue
-        if _descends_from_us(pid) or _has_env(pid, entry):
+        if (_descends_from_us(pid) or _has_env(pid, entry)) and _leads_its_group(pid):
             found[(pid, stat[2])] = _cmdline(pid)
     return found
+
+
+def _leads_its_group(pid: int) -> bool:
+    """Whether ``pid`` is a process, not another thread of one: /proc answers for a thread's
+    id too, though it lists only processes."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return f"\nTgid:\t{pid}\n" in status
 
 
 def _last_pid() -> int:
     """The pid the kernel handed out last (the last field of /proc/loadavg)."""
     return int(Path("/proc/loadavg").read_text().split()[-1])
+
+
+PROBED = 512
+"""Up to this many pids handed out during a test, each is looked up in /proc by itself; past
+it, /proc is listed once (a quiet test makes a few, listing /proc reads hundreds)."""
+
+
+def _pids_made_between(last_pid: int, newest: int) -> list[int]:
+    """The live pids handed out after ``last_pid``, up to ``newest`` (pids wrap around)."""
+    count = newest - last_pid if last_pid <= newest else PROBED + 1
+    if count <= PROBED:
+        made = range(last_pid + 1, newest + 1)
+        return [pid for pid in made if os.path.exists(f"/proc/{pid}")]
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and _made_between(int(name), last_pid, newest)
+    ]
 
 
 def _made_between(pid: int, last_pid: int, newest: int) -> bool:

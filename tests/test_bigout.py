@@ -20,6 +20,7 @@ from stream_digest import DIGESTERS, Digest, zeros_sha
 
 import anet.results
 from anet.core.spool import Spool
+from anet.streams.journal import JournalReader
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -32,6 +33,11 @@ Digests = dict[int, Digest]
 @functools.cache
 def zeros(size: int) -> str:
     return zeros_sha(size)
+
+
+def file_sha(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 class Run:
@@ -115,8 +121,12 @@ def test_a_job_printing_200_mb_goes_through_a_master_of_at_most_150_mb(
     assert record.sha("stdout") == zeros(BIG)
     assert run.rss_kib <= MAX_RSS_KIB, f"master peak RSS {run.rss_kib} KiB"
     assert run.spools_left() == []  # unlinked as made: nothing to clean up, ever
-    if journal:
-        assert journal_file.stat().st_size > BIG  # the journal has it too, copied in chunks
+    if journal:  # the journal has it too: the spool's file, kept in the journal's folder
+        with JournalReader.open(journal_file) as reader:
+            assert reader.summary().succeeded == 1
+        kept = tmp_path / "journal.sqlite.outputs" / "0.out"
+        assert kept.stat().st_size == BIG and journal_file.stat().st_size < BIG
+        assert file_sha(kept) == zeros(BIG)
 
 
 def test_a_big_output_beside_500_small_jobs_in_order_and_in_a_results_folder(cluster, tmp_path):

@@ -2,7 +2,7 @@
 the master dies half-way (kill -9, or SIGTERM), and a resume finishes the batch. Read back with
 anet's own reader, every job must end exactly once with its exact bytes.
 
-A driver thread with a seeded `random.Random` picks a host and a fault every 0.3 to 1.2 s; the
+A driver thread with a seeded `random.Random` picks a host and a fault every 0.15 to 0.6 s; the
 seed is printed, and `ANET_CHAOS_SEED=<seed>` replays the same choices (the timing of the run
 itself varies, so a replay is likely, not certain, to hit the same interleaving). At most two
 hosts are faulted at once, so the batch can always go on.
@@ -41,14 +41,15 @@ from anet.errors import ResultFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ENV = "ANET_CHAOS_SEED"
-KEEPALIVE = 2.0
-"""--keepalive: a frozen or cut-off host is lost after this. The faults and the slow jobs are
-scaled to it (a fault holds for it and at most 1.5 s more; slow jobs take 0.5 to 1.5 s), so a
-scenario takes some 15 s; with 3 s and jobs of 1 to 3 s it took twice that, faulting alike."""
+KEEPALIVE = 1.0
+"""--keepalive (its least): a frozen or cut-off host is lost after this. The faults and the slow
+jobs are scaled to it (a fault holds for it and at most 0.75 s more; slow jobs take 0.25 to
+0.75 s; a new fault every 0.15 to 0.6 s): the same faults as with 2 s and everything twice as
+long over 240 jobs, which took 16.5 to 18 s on an idle machine (with 3 s, 30 s)."""
 HOSTS, SLOTS = 5, 2
 MAX_FAULTED = 2
 """Hosts faulted at the same time, at most: the others keep the batch going."""
-N_JOBS = 240
+N_JOBS = 200
 COMMIT_WINDOW = 1.5
 """After kill -9, `--resume --only-new` may repeat results whose delivery mark was not committed
 yet: those read in the last journal commit interval (0.2 s) before the kill. This allows for a
@@ -82,8 +83,8 @@ def _big(i: int) -> tuple[bytes, Expected]:
 
 
 def _slow(i: int) -> tuple[bytes, Expected]:
-    seconds = 0.5 + (i * 37 % 21) / 20  # 0.5 to 1.5 s
-    return b"sleep %.1f; echo slow-%d" % (seconds, i), Expected(b"slow-%d\n" % i)
+    seconds = 0.25 + (i * 37 % 21) / 40  # 0.25 to 0.75 s
+    return b"sleep %.3f; echo slow-%d" % (seconds, i), Expected(b"slow-%d\n" % i)
 
 
 def _flaky(i: int, marks: Path) -> tuple[bytes, Expected]:
@@ -202,7 +203,7 @@ class Chaos:
             self.errors.append(exc)
 
     def _drive(self) -> None:
-        while not self._stop.wait(self.rng.uniform(0.3, 1.2)):
+        while not self._stop.wait(self.rng.uniform(0.15, 0.6)):
             with self._lock:
                 idle = [h for h in self.cluster.hosts if h.name not in self._busy]
                 if len(self._busy) >= MAX_FAULTED:
@@ -214,7 +215,7 @@ class Chaos:
             if fault == "kill9":
                 self.note(f"{host.name}: {_kill_dispatcher(host, self.rng)}")
             else:
-                seconds = self.rng.uniform(0.3, 1.5) + (0 if fault == "sshd-stop" else KEEPALIVE)
+                seconds = self.rng.uniform(0.15, 0.75) + (0 if fault == "sshd-stop" else KEEPALIVE)
                 self._spawn(self._hold, host, fault, seconds)
 
     def _hold(self, host: SshdHost, fault: str, seconds: float) -> None:

@@ -7,7 +7,6 @@ tried with what may not come in it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import struct
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from wire_messages import every_message
 
+from dispatcher import record
 from dispatcher.connection import (
     MAX_LINE,
     MAX_NOISE,
@@ -84,8 +84,8 @@ def sample(cls: type) -> Message:
     one optional int set (an exit's code, not its signal)."""
     if cls is Hello:
         return HELLO
-    values = [_PLAIN[str(f.type)] for f in dataclasses.fields(cls)]
-    optional = [i for i, f in enumerate(dataclasses.fields(cls)) if str(f.type) == "Optional[int]"]
+    values = [_PLAIN[str(f.type)] for f in record.fields(cls)]
+    optional = [i for i, f in enumerate(record.fields(cls)) if str(f.type) == "Optional[int]"]
     if optional:
         values[optional[0]] = 0
     msg = cls(*values)
@@ -286,7 +286,7 @@ def test_a_message_class_that_says_not_who_sends_it_is_not_registered():
 
     before = list(_CLASSES)
     with pytest.raises(LocalProtocolError, match="Nameless says not who sends it"):
-        message(dataclasses.dataclass(frozen=True)(Nameless))
+        message(record.frozen(Nameless))
     assert before == _CLASSES
 
 
@@ -353,7 +353,7 @@ def test_the_masters_first_frame_must_be_setup(cls: type):
 
 @pytest.mark.parametrize("version", [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 0])
 def test_a_hello_of_another_version_is_refused(version: int):
-    hello = dataclasses.replace(HELLO, version=version)
+    hello = record.replace(HELLO, version=version)
     said = f"^dispatcher speaks protocol {version}, anet {PROTOCOL_VERSION}$"
     with pytest.raises(StartupError, match=said):
         events(Connection(MASTER), BOOT_MARK + BOOT_FRAMES + encode(hello))

@@ -322,6 +322,7 @@ def _makespan(own: SshdCluster, batch: Path, *args: str) -> float:
     return elapsed
 
 
+@pytest.mark.slow
 def test_speculation_shortens_the_makespan_when_one_host_is_10x_slower(make_cluster, tmp_path):
     own = make_cluster(2)
     batch = tmp_path / "batch.txt"  # host2 is "10x slower": its jobs take 3 s instead of 0.3 s
@@ -335,6 +336,7 @@ def test_speculation_shortens_the_makespan_when_one_host_is_10x_slower(make_clus
     assert on < 0.75 * off, f"speculation on {on:.1f}s vs off {off:.1f}s"
 
 
+@pytest.mark.slow
 @pytest.mark.root("a partition cuts the host off with iptables", tools=("iptables",))
 def test_a_partitioned_host_is_lost_and_the_healed_one_has_nothing_left(make_cluster, tmp_path):
     own = make_cluster(2)
@@ -386,6 +388,7 @@ def test_a_70_megabyte_result_arrives_intact(make_cluster, tmp_path):
     assert record.stdout == random.Random(5).randbytes(70_000_000)
 
 
+@pytest.mark.slow
 def test_a_master_stopped_longer_than_the_drain_grace_loses_no_output(make_cluster, tmp_path):
     """Ctrl-Z of `anet` while a big job streams: back-pressure pauses the other jobs' pipes on
     the host, and a job that ends meanwhile must still deliver its output once anet goes on."""

@@ -90,7 +90,7 @@ def test_round_trip_keeps_every_field_and_binary_outputs(tmp_path):
         assert journal.summary() == JournalSummary(succeeded=3, failed=2)
         assert journal.meta["fingerprint"] == FP
         assert journal.meta["batch_path"] == str(Path("batch.txt").resolve())
-        assert journal.meta["schema_version"] == "1"
+        assert journal.meta["schema_version"] == "2"  # 2: outputs may be files beside it
     with closing(sqlite3.connect(path)) as db:
         columns = "id, ok, exit_code, signal, host, attempts, duration, stdout, stderr, error"
         rows = db.execute(f"SELECT {columns} FROM results WHERE NOT ok ORDER BY id").fetchall()

@@ -6,6 +6,7 @@ $XDG_RUNTIME_DIR and state), runs its jobs on the local machine, and is stopped 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pwd
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,13 +203,22 @@ def test_a_private_directory_that_is_not_private_is_refused(tmp_path):
         make_private(open_dir)
 
 
+def stranger_account(name: str) -> pwd.struct_passwd:
+    """The account, made if missing. Another test run may be making it at the same moment
+    (useradd then fails: the name exists, or /etc/passwd is locked a moment): tried again."""
+    for _ in range(50):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+        subprocess.run(["useradd", "--no-create-home", name], capture_output=True)
+        time.sleep(0.1)
+    return pwd.getpwnam(name)
+
+
 def test_another_user_is_refused_at_the_socket_even_when_it_can_reach_it(pool, tmp_path):
     """The directory's 0700 keeps others out; were it opened by mistake, the peer check is
     the second guard: a connection from another uid gets no answer."""
     name = "anetpooltest"
-    if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--no-create-home", name], check=True)
-    user = pwd.getpwnam(name)
+    user = stranger_account(name)
     where = place("default", os.environ)
     for directory in [where.run_dir, *where.run_dir.parents]:
         directory.chmod(directory.stat().st_mode | 0o011)  # others may pass through
@@ -570,7 +581,8 @@ def test_a_pool_of_sshd_hosts_gives_the_standalone_bytes_and_down_leaves_nothing
     pid = pool_pid()
     try:
         path = batch(tmp_path, [f"sleep 0.0{i % 3}; echo job {i}" for i in range(60)])
-        pooled = cli("-k", str(path))
+        keep = dict(os.environ, ANET_JOURNALS_KEEP_OUTPUTS="1")  # for the attach after it
+        pooled = cli("-k", str(path), env=keep)
         attached = records(cli("attach", "--format", "msgpack", "1").stdout)
         assert {r.host for r in attached.values()} == set(own.names)
         alone = cli("--no-pool", *ssh, *hosts, "-k", str(path))
@@ -823,3 +835,23 @@ def test_a_command_a_pool_cannot_take_yet_runs_standalone_saying_why(pool, tmp_p
     assert alone.returncode == 0, alone.stderr
     assert alone.stderr.decode() == f"anet: {why}: running standalone, not through the pool\n"
     assert len(cli("ls").stdout.decode().splitlines()) == 1  # the pool ran nothing
+
+
+def test_a_finished_run_through_a_pool_drops_its_outputs_as_a_standalone_one_does(pool, tmp_path):
+    """Journal retention after a pool's run: before, only a standalone run's end settled its
+    journal, and a run through the pool left every output (here a spooled one, kept as a file
+    beside the journal) for good."""
+    from anet.streams import retention
+    from anet.streams.journal import default_journal_path, outputs_dir
+
+    (tmp_path / "failing").mkdir()
+    done = batch(tmp_path, ["head -c 3000000 /dev/zero", "echo small"])
+    failing = batch(tmp_path / "failing", ["head -c 3000000 /dev/zero", "exit 3"])
+    assert cli(str(done)).returncode == 0
+    assert cli(str(failing)).returncode == 1
+    kept, dropped = (default_journal_path(p, os.environ) for p in (failing, done))
+    assert retention.look(dropped).dropped and not outputs_dir(dropped).exists()
+    status = cli("status", str(done)).stdout.decode()
+    assert "2/2 jobs done, 0 failed" in status  # the job table stays
+    assert not retention.look(kept).dropped  # a failed job: --resume needs the outputs
+    assert (outputs_dir(kept) / "0.out").stat().st_size == 3_000_000

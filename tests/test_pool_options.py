@@ -156,6 +156,7 @@ def test_a_run_of_priority_3_holds_three_of_four_slots_beside_one_of_priority_1(
     assert cli("cancel", low.stdout.decode().strip()).returncode == 0
 
 
+@pytest.mark.slow
 def test_pool_add_then_drain_moves_a_run_to_the_new_host_and_loses_no_job(make_cluster, tmp_path):
     """A pool of host1 runs a batch; host2 is added (it takes jobs), then host1 is drained: its
     long job runs to its end there (not killed, not run again), it gets nothing new, then its

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 import struct
@@ -18,6 +17,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from wire_messages import every_message
 
+from dispatcher import record
 from dispatcher.procs import (
     ALIVE,
     DENIED,
@@ -112,7 +112,7 @@ dones = st.builds(
     seconds, seconds, counts, blobs, blobs,
 )  # fmt: skip
 doneses = st.lists(dones, max_size=5).map(
-    lambda ds: Dones([[getattr(d, f.name) for f in dataclasses.fields(d)] for d in ds])
+    lambda ds: Dones([[getattr(d, f.name) for f in record.fields(d)] for d in ds])
 )
 runses = st.lists(st.builds(Run, ints, ints, blobs, envs, st.booleans()), max_size=5).map(
     lambda rs: Runs([[r.aid, r.job, r.command, r.env, r.stdin] for r in rs])
@@ -324,7 +324,7 @@ def test_garbage_body_raises_remote_protocol_error(body: bytes):
 
 
 def _arity(cls: type) -> int:
-    return len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    return len(record.fields(cls))
 
 
 @pytest.mark.parametrize(
@@ -627,4 +627,4 @@ _LIMITS = {
 @pytest.mark.parametrize("body", list(_LIMITS.values()), ids=list(_LIMITS))
 def test_a_field_at_the_edge_of_its_bounds_is_accepted(body: list[Any]):
     msg = decode_body(msgpack.packb(body, use_bin_type=True))
-    assert [msg.CODE, *(getattr(msg, f) for f in msg.__dataclass_fields__)] == body
+    assert [msg.CODE, *record.values(msg)] == body

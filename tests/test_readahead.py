@@ -3,16 +3,21 @@ pauses never stalls the master (anet/core/readahead.py, the backlog's NOT_YET)."
 
 from __future__ import annotations
 
+import io
+import shlex
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from waiting import wait_until
 
+import anet.results
 from anet.core.backlog import Backlog
 from anet.core.batch import Job
 from anet.core.readahead import NOT_YET, ReadAhead
+from anet.core.record import JobResult
 from anet.core.scheduler import SOURCE_POLL, Scheduler
 from anet.streams.keeporder import FileSpill, KeepOrder
 
@@ -98,39 +103,51 @@ def test_keep_order_expects_no_result_for_not_yet(tmp_path):
     assert [r.id for r in results] == [0, 1]  # nothing waits for an id -1
 
 
-def test_a_producer_silent_longer_than_the_keepalive_stalls_nothing(tmp_path):
-    """The batch from stdin, its producer silent 5 s with a 2 s keepalive. Read on the master's
-    loop, that froze it: the dispatcher gave its master up, killed job 0 and it ran again."""
-    producer = "echo 'sleep 4; echo one'; sleep 5; echo 'echo two'"
-    script = f"( {producer} ) | {sys.executable} -m anet -S 2/: --keepalive 2 --format msgpack -"
+KEEPALIVE = 1.5
+"""The runs' --keepalive: a master frozen for longer loses its dispatcher, which kills its jobs."""
+SILENCE = 3.0
+"""How long the producer says nothing, once the first job runs: twice the keepalive."""
+
+
+def silent_producer(first: str, then: str) -> str:
+    """Shell words: `first` (the first job, or blocks of --pipe), then, once a job made the
+    file `started`, SILENCE seconds of nothing, then `then`. A master frozen by the silence
+    loses its dispatcher while that job runs; one that froze before starting any job makes
+    the producer give up waiting (10 s) and say so in the file `gave-up`."""
+    wait = (
+        "n=0; until [ -e started ]; do [ $n -ge 200 ] && : > gave-up && break;"
+        " sleep 0.05; n=$((n + 1)); done"
+    )
+    return f"{first}; {wait}; sleep {SILENCE}; {then}"
+
+
+def run_fed(tmp_path: Path, producer: str, *args: str) -> dict[int, JobResult]:
+    """`( producer ) | anet -S 2/: ARGS` in `tmp_path`: its results, checked to have run each
+    job once, with no host lost and no stall."""
+    script = (
+        f"( {producer} ) | {sys.executable} -m anet -S 2/: --keepalive {KEEPALIVE}"
+        f" --format msgpack {shlex.join(args)}"
+    )
     done = subprocess.run(["sh", "-c", script], capture_output=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    import io
-
-    import anet.results
-
+    assert not (tmp_path / "gave-up").exists(), "the master never started the first job"
     got = {r.id: r for r in anet.results.read(io.BytesIO(done.stdout))}
-    assert {i: (r.stdout, r.attempts) for i, r in got.items()} == {
-        0: (b"one\n", 1), 1: (b"two\n", 1),
-    }  # fmt: skip
+    assert all(r.attempts == 1 for r in got.values()), done.stderr
     assert b"retrying" not in done.stderr and b"exited" not in done.stderr, done.stderr
+    return got
+
+
+def test_a_producer_silent_longer_than_the_keepalive_stalls_nothing(tmp_path):
+    """The batch from stdin, its producer silent while job 0 runs. Read on the master's loop,
+    that froze it: the dispatcher gave its master up, killed job 0 and it ran again."""
+    producer = silent_producer("echo 'touch started; sleep 2.5; echo one'", "echo 'echo two'")
+    got = run_fed(tmp_path, producer, "-")
+    assert {i: r.stdout for i, r in got.items()} == {0: b"one\n", 1: b"two\n"}
 
 
 def test_a_pipe_producer_silent_longer_than_the_keepalive_stalls_nothing(tmp_path):
     """--pipe's blocks come from stdin too: its producer's silence must not freeze the master."""
-    producer = "yes xxxxxxxxx | head -c 3000000; sleep 5; yes xxxxxxxxx | head -c 1000000"
-    command = "sleep 4; wc -l"
-    script = (
-        f"( {producer} ) | {sys.executable} -m anet -S 2/: --keepalive 2 --format msgpack"
-        f" --pipe --block 1M '{command}'"
-    )
-    done = subprocess.run(["sh", "-c", script], capture_output=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    import io
-
-    import anet.results
-
-    got = {r.id: r for r in anet.results.read(io.BytesIO(done.stdout))}
+    first, then = (f"yes xxxxxxxxx | head -c {size}" for size in (3_000_000, 1_000_000))
+    producer = silent_producer(first, then)
+    got = run_fed(tmp_path, producer, "--pipe", "--block", "1M", "touch started; sleep 2.5; wc -l")
     assert sum(int(r.stdout) for r in got.values()) == 400_000  # lines of 10 bytes
-    assert all(r.attempts == 1 for r in got.values()), done.stderr
-    assert b"retrying" not in done.stderr and b"exited" not in done.stderr, done.stderr

@@ -104,6 +104,25 @@ def test_a_complete_delivered_run_keeps_its_job_table_but_not_its_outputs(tmp_pa
     assert (info.state, info.done, info.total, info.dropped) == ("complete", 5, 5, True)
 
 
+def test_dropping_the_outputs_writes_nothing_into_the_old_journal(tmp_path):
+    """The batch size and the drop are written into the lean copy alone, which the rename
+    makes the journal: the old file is never written (a write there cost a transaction and
+    its syncs at every run's end), so until the rename it is exactly what the run left."""
+    batch = write_batch(tmp_path)
+    path = make_journal(tmp_path / "j.sqlite", batch)
+    with closing(sqlite3.connect(path)) as db:  # the run's WAL into the file, as its close does
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    old = os.open(path, os.O_RDONLY)  # the old file, whatever the name points to later
+    try:
+        before = os.pread(old, 1 << 24, 0)
+        assert retention.settle(path, Policy(), total=5) > 0
+        assert os.pread(old, 1 << 24, 0) == before
+    finally:
+        os.close(old)
+    info = retention.look(path)
+    assert (info.state, info.total, info.recorded, info.dropped) == ("complete", 5, True, True)
+
+
 @pytest.mark.parametrize(
     ("why", "make", "policy"),
     [

@@ -4,12 +4,10 @@ the same result held in memory. The real runs (1 GB, RSS measured) are in test_b
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,7 @@ from anet.core import spool as spool_module
 from anet.core.engine import Engine, HostStats, RunPolicy
 from anet.core.record import JobResult, SpooledResult
 from anet.core.spool import SPOOL_AT, OutputCap, Parking, Spool
-from anet.streams import journal as journal_module
 from anet.streams import sinks
-from anet.streams.journal import Journal
 from anet.streams.sinks import FORMATS, PLAIN, TAGGED_TEXT
 from dispatcher.protocol import STDERR, STDOUT, Exit, Output
 
@@ -208,55 +204,6 @@ def test_an_output_the_anet_format_cannot_carry_is_refused_before_its_first_byte
     cap = sinks.output_cap(FORMATS["anet"])
     assert cap == OutputCap(4999, "4999 bytes on stdout, the most the anet format carries", True)
     assert b"".join(FORMATS["msgpack"].parts(result))  # the others carry it
-
-
-@pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
-    """A journal whose output chunks are 1000 bytes, over a batch of two jobs."""
-    monkeypatch.setattr(journal_module, "CHUNK", 1000)
-    batch = tmp_path / "batch.txt"
-    batch.write_text("x\ny\n")
-    with Journal.open(tmp_path / "j.sqlite", "fp", batch, resume=False) as opened:
-        yield opened
-
-
-def test_the_journal_copies_a_spooled_output_a_chunk_per_loop_iteration(tmp_path, journal):
-    data = pattern(5500)
-
-    async def record_while_counting() -> int:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0)
-        await journal.record_spooled(spooled_result(tmp_path, data, pattern(2000, 3)))
-        ticker.cancel()
-        return ticks
-
-    assert asyncio.run(record_while_counting()) >= 8  # 6 + 2 chunks: the loop ran between
-    assert journal.unflushed  # the row waits for the commit before the result leaves
-    journal.flush()
-    (back,) = journal.succeeded_results()
-    assert (back.stdout, back.stderr) == (data, pattern(2000, 3))
-    again = spooled_result(tmp_path, pattern(3000, 9), b"", ok=False, exit_code=1)
-    asyncio.run(journal.record_spooled(again))  # a success stands: never replaced
-    journal.flush()
-    (back,) = journal.succeeded_results()
-    assert back.stdout == data
-
-
-def test_a_chunked_result_comes_back_from_the_journal_spooled(tmp_path, journal):
-    data = pattern(5500)
-    asyncio.run(journal.record_spooled(spooled_result(tmp_path, data, b"", id=0)))
-    journal.flush()
-    (back,) = journal.succeeded_results()
-    assert type(back) is SpooledResult and isinstance(back.out, Spool)  # for --resume, -k
-    assert back.out.size == len(data) and back.stdout == data and back.err == b""
 
 
 def test_parked_spools_share_one_file_and_it_goes_with_the_last_of_them(tmp_path, monkeypatch):

@@ -74,10 +74,11 @@ def make_src(root: Path) -> Path:
     return root
 
 
-def synced_once(tmp_path: Path) -> tuple[Path, Path, Path, Host, Path]:
-    """`make_src` synced once to a new store: (source, home, the master's remembered
-    manifests, the host that synced it, the tree on the host)."""
-    src, home, known = make_src(tmp_path / "src"), tmp_path / "home", tmp_path / "known"
+def synced_once(tmp_path: Path, src: Path | None = None) -> tuple[Path, Path, Path, Host, Path]:
+    """`make_src` (or `src`) synced once to a new store: (source, home, the master's
+    remembered manifests, the host that synced it, the tree on the host)."""
+    src = src or make_src(tmp_path / "src")
+    home, known = tmp_path / "home", tmp_path / "known"
     old = scan_dir(src)
     remember(known, old.id, old.entries)
     first = Host(home)

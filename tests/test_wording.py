@@ -46,14 +46,31 @@ def test_sync_never_says_retrying_for_a_host_it_does_not_retry(tmp_path):
 
 
 def test_the_guides_first_example_is_what_anet_prints(tmp_path):
-    """`anet -k primes.txt --format text | tail -5`: in job order, so the same every time."""
+    """`anet -k primes.txt --format text | tail -5`: in job order, so the same every time.
+
+    The lines shown are the last job's, and that job runs as written; the 39 before it count
+    only their last thousand numbers (all 40 took 15 s of CPU, the last one alone 0.4 s)."""
     example = re.search(r"    \$ (anet [^\n]*primes\.txt[^\n]*\| tail -5)\n((?:    \d+\n)+)", GUIDE)
     assert example, "the guide's first run example is gone"
     command, shown = example[1], example[2].split()
     args = command.split("|")[0].split()[1:]
+    [batch] = [i for i, arg in enumerate(args) if arg.endswith("primes.txt")]
+    args[batch] = str(_last_job_whole(ROOT / args[batch], tmp_path / "primes.txt"))
     done = anet(*args, "--no-journal", "-q")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-5:] == shown
+
+
+def _last_job_whole(primes: Path, copy: Path) -> Path:
+    """`primes` with each job but the last cut to the last thousand numbers of its range."""
+    *jobs, last = primes.read_text().splitlines()
+    assert len(jobs) == 39, "the guide says primes.txt has 40 lines"
+    cut = []
+    for line in jobs:
+        *command, _, end = line.split()
+        cut.append(" ".join([*command, str(int(end) - 1000), end]))
+    copy.write_text("".join(f"{line}\n" for line in [*cut, last]))
+    return copy
 
 
 def test_the_guides_host_key_lines_are_what_anet_says():

@@ -132,11 +132,86 @@ class Spool:
 
 
 def _unlinked_file(directory: Path | None) -> int:
-    """A new 0600 file in the spool directory, unlinked at once: gone with its last fd."""
+    """A new 0600 file in the spool directory without a name: gone with its last fd.
+
+    O_TMPFILE where the kernel and file system have it: such a file can still be given a name
+    later (`keep`: the journal's copy of a big output, without copying it); else a file made
+    and unlinked at once, which `keep` then copies."""
     where = _private_dir(directory if directory is not None else spool_dir())
+    try:
+        return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
+        pass
     fd, name = tempfile.mkstemp(prefix="out-", dir=where)  # 0600
     os.unlink(name)  # open but nameless: gone with the last fd, even after a kill -9
     return fd
+
+
+def keep(spool: Spool, path: Path) -> None:
+    """Give the spool's file the name `path` (replacing what is there), so it outlives the
+    spool: a hard link where the kernel allows one (no byte copied), else a copy made in the
+    kernel (copy_file_range). Blocking: a copy of gigabytes takes seconds, so a caller on the
+    event loop runs it in a thread. OSError (a full disk...) leaves nothing at `path`'s
+    temporary name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.unlink(missing_ok=True)
+    try:
+        if spool.parked or not _link(spool._fd, tmp):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if spool.parked:
+                    _write_all(spool, fd)
+                else:
+                    _copy(spool, fd, 0)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _link(fd: int, path: Path) -> bool:
+    """A name for an O_TMPFILE file: through /proc/self/fd (any user, where /proc is
+    mounted), else linkat(AT_EMPTY_PATH) (privileged, or a kernel of 2024 on). False when
+    neither can (a file that had a name once, another file system, no such call)."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        return True
+    except OSError:
+        pass
+    return _link_empty_path(fd, path)
+
+
+def _link_empty_path(fd: int, path: Path) -> bool:
+    import ctypes  # here: only a big output's journal copy needs it, not every start
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0)
+    except (AttributeError, OSError):  # no C library by that name, no linkat
+        return False
+
+
+_AT_FDCWD: Final = -100
+_AT_EMPTY_PATH: Final = 0x1000
+
+
+def _write_all(spool: Spool, fd: int) -> None:
+    """A parked spool's slice (its own file is shared) into `fd`, a chunk at a time."""
+    done = 0
+    for piece in spool.chunks():
+        os.pwrite(fd, piece, done)
+        done += len(piece)
+
+
+def opened(path: Path) -> Spool:
+    """A file kept by `keep`, open for reading as a spool (the journal reading back a big
+    output): FileNotFoundError if it is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    spool = Spool.__new__(Spool)
+    spool._fd, spool._base, spool._shared, spool.size = fd, 0, None, os.fstat(fd).st_size
+    return spool
 
 
 class _SharedFile:

@@ -2,16 +2,20 @@
 
 A file's digest is reused while its (device, inode, size, mtime, ctime) are unchanged: ctime
 moves on any write or chmod, even one that restores the mtime, so an edited file is never
-taken for the old one. The cache is one SQLite file under $XDG_CACHE_HOME/anet; losing it only
-costs one re-hash, so every error with it degrades to hashing, never to a failed run.
+taken for the old one. The digests of one deps argument are one file under
+$XDG_CACHE_HOME/anet/hashes/, named by the argument's absolute path and read whole with
+`marshal` (10 ms for 10,000 files on a busy box, where a SQLite query building the same
+table took 20-26 ms of every re-sync). Losing it only costs one re-hash, so every error with
+it degrades to hashing, never to a failed run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import marshal
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,20 +24,17 @@ from ..logs import get_logger
 log = get_logger()
 
 READ_SIZE = 1 << 20
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS digests (
-    path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
-    mtime_ns INTEGER, ctime_ns INTEGER, digest BLOB
-)
-"""
+FORMAT = 2
+"""Bumped when the records' layout changes: an older file is then ignored (one re-hash)."""
+MAX_RECORDS = 32
+"""Appended records after which the file is written anew: each costs a `marshal.load`."""
 
 Key = tuple[int, int, int, int, int]
 
 
 def default_cache_path(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME", "~"), ".cache")
-    return Path(os.path.expanduser(base)) / "anet" / "hashes.sqlite"
+    return Path(os.path.expanduser(base)) / "anet" / "hashes"
 
 
 def stat_key(st: os.stat_result) -> Key:
@@ -49,66 +50,102 @@ def file_digest(path: bytes) -> bytes:
     return digest.digest()
 
 
-class HashCache:
-    """Digest lookups for one tree: everything under `root` is loaded in one query."""
+Entry = tuple[int, int, int, int, int, bytes]
+"""A file's stat key and its digest."""
 
-    def __init__(self, path: Path | None) -> None:
-        self._db: sqlite3.Connection | None = None
-        self._known: dict[bytes, tuple[Key, bytes]] = {}
-        self._new: list[tuple[bytes, Key, bytes]] = []
+
+class HashCache:
+    """Digest lookups for one deps argument (`load` it first).
+
+    Its file is a run of marshal records `(FORMAT, root, {path: entry}, tree id)`, read in
+    order, later ones updating earlier ones: a scan that hashed a few files appends them
+    (a one-file change writes about 100 bytes, not the 800 KB of a 10,000-file table), and
+    the file is written anew, holding only the files this scan looked up, once appends pile
+    up or many files have left the tree.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self._folder = folder
+        self._root = b""
+        self._known: dict[bytes, Entry] = {}
+        self._seen: dict[bytes, Entry] = {}
+        self._new: dict[bytes, Entry] = {}
+        self._records = 0
         self.hashed = 0
+        self.previous = b""
+        """The tree id of the argument's last scan (b"" if none); `scan` sets this one's."""
+        self._loaded_previous = b""
+
+    def _file(self, root: bytes) -> Path | None:
+        if self._folder is None:
+            return None
+        return self._folder / hashlib.sha256(root).hexdigest()[:32]
+
+    def load(self, root: bytes) -> None:
+        """Read every remembered digest of `root` (an absolute path) and under it."""
+        self._root, self._known, self._seen, self._new, self._records = root, {}, {}, {}, 0
+        self.previous = self._loaded_previous = b""
+        path = self._file(root)
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(path, timeout=5.0)
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            log.info(f"hash cache unavailable ({exc}); hashing every file")
-            self._db = None
-
-    def load(self, root: bytes) -> None:
-        """Read every cached digest of `root` and under it (paths are absolute bytes)."""
-        if self._db is None:
-            return
-        prefix = root.rstrip(b"/") + b"/"
-        upper = prefix[:-1] + b"0"  # "/" + 1: every path under the prefix sorts before it
-        with contextlib.suppress(sqlite3.Error):
-            rows = self._db.execute(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM digests "
-                "WHERE path = ? OR (path >= ? AND path < ?)",
-                (root, prefix, upper),
-            )
-            for path, dev, ino, size, mtime_ns, ctime_ns, digest in rows:
-                self._known[path] = ((dev, ino, size, mtime_ns, ctime_ns), digest)
+            stream = io.BytesIO(path.read_bytes())
+        except OSError:
+            return  # none yet: hash
+        while True:
+            at_end = stream.tell() == len(stream.getbuffer())
+            try:
+                form, owner, table, previous = marshal.load(stream)
+                if form != FORMAT or owner != root or not isinstance(table, dict):
+                    raise ValueError("another layout")
+            except (EOFError, ValueError, TypeError):
+                if not at_end:  # a damaged or torn record: what came before stands, and the
+                    self._records = 0  # next save writes the file anew, not after it
+                return
+            self._known.update(table)
+            self.previous = self._loaded_previous = previous
+            self._records += 1
 
     def digest(self, path: bytes, st: os.stat_result) -> bytes:
         key = stat_key(st)
         known = self._known.get(path)
-        if known is not None and known[0] == key:
-            return known[1]
+        if known is not None and known[:5] == key:
+            self._seen[path] = known
+            return known[5]
         digest = file_digest(path)
         self.hashed += 1
-        self._new.append((path, key, digest))
+        self._seen[path] = self._new[path] = (*key, digest)
         return digest
 
     def save(self) -> None:
-        if self._db is None or not self._new:
+        path = self._file(self._root)
+        if path is None or not (self._new or self.previous != self._loaded_previous):
             return
         try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((p, *k, d) for p, k, d in self._new),
-                )
-        except sqlite3.Error as exc:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self._worth_rewriting():
+                tmp = path.with_name(f".{path.name}.{os.getpid()}")
+                tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen, self.previous)))
+                tmp.replace(path)
+                self._records = 1
+            else:  # one write(2) in append mode: two runs' records do not interleave
+                with open(path, "ab") as f:
+                    f.write(marshal.dumps((FORMAT, self._root, self._new, self.previous)))
+                self._records += 1
+        except (OSError, ValueError) as exc:
             log.info(f"cannot save file digests ({exc}); the next run hashes again")
-        self._new.clear()
+        self._new = {}
+        self._loaded_previous = self.previous
+
+    def _worth_rewriting(self) -> bool:
+        """No file yet, many appends, or many remembered files that this scan did not see."""
+        if not self._records or self._records >= MAX_RECORDS:
+            return True
+        gone = len(self._known) - sum(1 for path in self._seen if path in self._known)
+        return gone > max(64, len(self._seen) // 10)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._known = {}
 
 
 @contextlib.contextmanager

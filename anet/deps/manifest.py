@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import stat
 import struct
@@ -18,12 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dispatcher.syncproto import DIR, FILE, LINK, EntryError, check_manifest, tree_id
+from dispatcher.syncproto import (
+    DIR,
+    FILE,
+    LINK,
+    EntryError,
+    check_delta,
+    check_manifest,
+    encode_manifest,
+    manifest_delta,
+)
 
 from ..errors import UsageError
 from ..logs import get_logger
 from .hashcache import HashCache, default_cache_path, open_cache
-from .known import is_known, known_folder, remember
+from .known import is_known, known_folder, recall, remember
 
 log = get_logger()
 
@@ -43,6 +53,8 @@ class Tree:
     files: int
     known: Path | None = None
     """Where manifests of earlier scans are kept (known.py), if anywhere."""
+    encoded: bytes = b""
+    """The canonical manifest (its SHA-256 is `id`), kept by `remember` as it is."""
 
     def local_path(self, index: int) -> bytes:
         return os.path.join(self.root, self.entries[index][0])
@@ -56,7 +68,8 @@ def scan(argument: str | bytes, cache: HashCache, known: Path | None = None) -> 
     """Build the manifest of `argument`; DepsError names what is missing or unsafe.
 
     A manifest remembered in `known` (known.py) passed these checks when it was kept, and
-    one with the same id is the same bytes: it is not checked again.
+    one with the same id is the same bytes: it is not checked again. Otherwise only what
+    changed since this argument's previous scan is (the digest cache names that scan).
     """
     raw = os.fsencode(argument)
     path = os.path.abspath(raw)
@@ -83,16 +96,27 @@ def scan(argument: str | bytes, cache: HashCache, known: Path | None = None) -> 
         raise DepsError(f"deps {_show(raw)!r} is neither a file nor a folder")
     entries.sort(key=lambda e: e[0])
     try:
-        tree = tree_id(entries)
+        encoded = encode_manifest(entries)
     except struct.error:  # a field the canonical form cannot hold: the check names it
-        tree = b""
+        encoded = b""
+    tree = hashlib.sha256(encoded).digest() if encoded else b""
     if not tree or not is_known(known, tree):
         try:
-            check_manifest(entries)
+            _check(entries, recall(known, cache.previous) if cache.previous else None)
         except EntryError as exc:
             raise DepsError(f"deps {_show(raw)!r}: {exc}") from None
+    cache.previous = tree
     files = [e for e in entries if e[1] == FILE]
-    return Tree(root, entries, tree or tree_id(entries), sum(e[3] for e in files), len(files))
+    return Tree(root, entries, tree, sum(e[3] for e in files), len(files), encoded=encoded)
+
+
+def _check(entries: list[list[Any]], previous: list[list[Any]] | None) -> None:
+    """`check_manifest`, or when the previous scan of this argument is remembered (it passed
+    it), `check_delta` of what changed since: a one-file edit checks one entry in full."""
+    if previous is None:
+        check_manifest(entries)
+    else:
+        check_delta(entries, manifest_delta(previous, entries)[1])
 
 
 def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
@@ -101,8 +125,8 @@ def scan_deps(argument: str, environ: Mapping[str, str]) -> Tree:
     folder = known_folder(hash_cache)
     with open_cache(hash_cache) as cache:
         tree = scan(argument, cache, folder)
-    remember(folder, tree.id, tree.entries)
-    tree = dataclasses.replace(tree, known=folder)
+    remember(folder, tree.id, tree.entries, tree.encoded)
+    tree = dataclasses.replace(tree, known=folder, encoded=b"")
     log.info(
         f"deps {argument}: {len(tree.entries)} entries, {tree.size} bytes, "
         f"{cache.hashed} file(s) hashed",

@@ -102,11 +102,7 @@ async def transfer(
         if len(want.want) != (len(entries) + 7) // 8:  # one bit per entry, no more, no less
             what = f"SyncWant of {len(want.want)} bytes for {len(entries)} entries"
             raise protocol_error(session.label, what)
-        wanted = [
-            i
-            for i in range(len(entries))
-            if want.want[i >> 3] & (1 << (i & 7)) and entries[i][1] == FILE
-        ]
+        wanted = _wanted(want.want, entries)
         sent = await _send_files(session, req, tree, wanted, progress)
         if not req.has_reply():
             session.send(SyncCommit(req.rid))
@@ -116,21 +112,57 @@ async def transfer(
         return done, len(wanted), sent, want.reused
 
 
+def _wanted(bits: bytes, entries: list[list[Any]]) -> list[int]:
+    """The file entries whose bit is set, looking only at the bytes that are not zero: a
+    one-file change sets one bit of 10,000."""
+    return [
+        i
+        for at, byte in enumerate(bits)
+        if byte
+        for i in range(at << 3, min((at << 3) + 8, len(entries)))
+        if byte & (1 << (i & 7)) and entries[i][1] == FILE
+    ]
+
+
 def _manifest_frames(rid: int, tree: Tree, base: bytes) -> Iterator[SyncEntries | SyncDelta]:
     """The manifest whole, or as its difference from `base` when that is smaller."""
-    old = recall(tree.known, base) if base else None
-    if old is not None:
-        removed, changed = manifest_delta(old, tree.entries)
-        if len(removed) + len(changed) < len(tree.entries):
-            gone = _manifest_chunks([[path, 0, 0, 0, 0, b""] for path in removed])
-            pieces = [([e[0] for e in chunk], []) for chunk in gone if chunk]
-            pieces += [([], chunk) for chunk in _manifest_chunks(changed)]  # at least one
-            for number, (paths, chunk) in enumerate(pieces, 1):
-                yield SyncDelta(rid, tree.id, base, paths, chunk, number == len(pieces))
-            return
+    pieces = _delta_pieces(tree, base) if base else None
+    if pieces is not None:
+        for number, (paths, chunk) in enumerate(pieces, 1):
+            yield SyncDelta(rid, tree.id, base, paths, chunk, number == len(pieces))
+        return
     chunks = list(_manifest_chunks(tree.entries))
     for number, chunk in enumerate(chunks, 1):
         yield SyncEntries(rid, tree.id, chunk, number == len(chunks))
+
+
+Pieces = list[tuple[list[bytes], list[list[Any]]]]
+_deltas: dict[tuple[bytes, bytes], Pieces | None] = {}
+"""The delta of (tree, base), worked out once per run: the hosts of a cluster usually name
+one base, and each delta is a pass over both 10,000-entry manifests."""
+
+
+def _delta_pieces(tree: Tree, base: bytes) -> Pieces | None:
+    """(removed paths, changed entries) chunks turning `base` into `tree`, or None when this
+    machine does not remember `base` or the delta would not be smaller."""
+    key = (tree.id, base)
+    if key not in _deltas:
+        _deltas.clear()  # one run syncs one tree: only the latest is worth keeping
+        _deltas[key] = _work_out_delta(tree, base)
+    return _deltas[key]
+
+
+def _work_out_delta(tree: Tree, base: bytes) -> Pieces | None:
+    old = recall(tree.known, base)
+    if old is None:
+        return None
+    removed, changed = manifest_delta(old, tree.entries)
+    if len(removed) + len(changed) >= len(tree.entries):
+        return None
+    gone = _manifest_chunks([[path, 0, 0, 0, 0, b""] for path in removed])
+    pieces: Pieces = [([e[0] for e in chunk], []) for chunk in gone if chunk]
+    pieces += [([], chunk) for chunk in _manifest_chunks(changed)]  # at least one
+    return pieces
 
 
 def _manifest_chunks(entries: list[list[Any]]) -> Iterator[list[list[Any]]]:

@@ -102,7 +102,7 @@ class PoolRun:
     summary `anet BATCH` prints through a pool: as a standalone run counts, since it began."""
     tried: IdSet = field(default_factory=IdSet)  # the jobs it made an attempt of
     rerunning: bool = False  # resumed and under way: its journal's failures run again
-    fresh: IdSet = field(default_factory=IdSet)  # then, the ids of the results it gave
+    given: IdSet = field(default_factory=IdSet)  # the ids of the results it gave (`arrived`)
     started: float = field(default_factory=time.time)
     finished: float | None = None
     state: str = "running"
@@ -121,8 +121,7 @@ class PoolRun:
         }  # fmt: skip
 
     def arrived(self, result: JobResult) -> None:
-        if self.rerunning:
-            self.fresh.add(result.id)
+        self.given.add(result.id)
         if result.id in self.tried:  # run now, not an earlier run's success given again
             self.hosts.setdefault(result.host, HostTally()).jobs += 1
         self.done += 1
@@ -180,15 +179,19 @@ class PoolRun:
             raise gone from None
 
     def stored(self, journal: Journal) -> Iterator[JobResult]:
-        """Every final result of this run the journal holds now, in id order (committed
-        first). A resumed run gives its earlier successes again (all, or with --only-new those
-        never delivered) and runs its earlier failures again: until it has given a job's
-        result (`arrived`), the journal's is an earlier run's, and is left out."""
+        """Every final result of this run the journal holds now that the run has given
+        (`arrived`), in id order (committed first). Until the run has given a job's result,
+        the journal's is not to be sent yet: the journal takes each result as it arrives, before
+        --keep-order releases it (sent now, a later job would come before an earlier one), or
+        it is an earlier run's (a resumed run gives its earlier successes again, all or with
+        --only-new those never delivered, and runs its failures again). Once a run that was not
+        resumed has ended, every stored result is its own (even one this pool never saw: a run
+        that ended before it started)."""
         journal.flush()
-        stored = journal.results_from(0)
-        if not self.rerunning:
-            return stored
-        return (r for r in stored if r.id in self.fresh)
+        if self.ended.is_set() and not self.rerunning:
+            return journal.results_from(0)
+        given = self.given
+        return (r for r in journal.results_from(0, own_only=True) if r.id in given)
 
     def delivered(self, job_id: int) -> None:
         """An attach wrote the result to its client (for a later `--resume --only-new`)."""

@@ -419,6 +419,9 @@ class Pool:
             last = run.row()
             if request.get("summary"):
                 last["summary"] = self._summary(run)
+            run.listeners.discard(listener)
+            if not run.listeners:  # closed (its marks committed) before the client hears the
+                run.close_journal()  # end: its retention step may take the journal at once
             writer.write(wire.pack(last))
             await writer.drain()
         finally:

@@ -4,7 +4,7 @@ The payload is a zip of the `dispatcher` package plus the pure-Python modules of
 master has installed (read from its installed location at run time, never copied into this
 repository). Python imports straight from a zip on `sys.path`, so the cache on the end machine is
 one file, named by the payload's SHA-256, in a 0700 directory: a second run sends only the stub.
-The stub checks the cached file against that hash on every start (about 0.04 ms for the 36 KB
+The stub checks the cached file against that hash on every start (about 1 ms for the 540 KB
 zip) and asks for a fresh copy when it does not match: a job may write anywhere the user can,
 and a damaged cache must not break the host for good.
 
@@ -121,20 +121,24 @@ def build_zip(files: list[tuple[str, Path]]) -> bytes:
     Python cannot cache bytecode for a zip, so a host would compile the dispatcher at every
     start (0.15 s of CPU, more than the rest of a no-op deps sync). A host whose Python has
     another bytecode magic skips the .pyc and compiles the .py, as before. The pyc is
-    "unchecked-hash": the stub already checks the whole zip against its SHA-256."""
+    "unchecked-hash": the stub already checks the whole zip against its SHA-256. The bytecode
+    is stored as it is, not deflated: a host inflated every module it imported at every start
+    (11% of the instructions of the dispatcher's imports, callgrind; 4% of a whole boot, the
+    stub's hash of the bigger file included), for a zip that travels once per version (540 KB
+    instead of 290 KB); the sources, read only by another Python, stay deflated."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, path in files:
             source = path.read_bytes()
-            _add(archive, name, source)
+            _add(archive, name, source, zipfile.ZIP_DEFLATED)
             if name.endswith(".py"):
-                _add(archive, name[:-3] + ".pyc", _bytecode(source, name))
+                _add(archive, name[:-3] + ".pyc", _bytecode(source, name), zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 
-def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+def _add(archive: zipfile.ZipFile, name: str, data: bytes, method: int) -> None:
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = method
     info.external_attr = 0o644 << 16
     archive.writestr(info, data)
 

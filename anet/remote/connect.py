@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import HostError
 from .hosts import HostSpec, parse_spec
+from .lean import lighten_connection
 from .sshlib import asyncssh, channel_errors
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ class Connector:
                 reason = _key_reason(status, spec, name) or reason
             raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
         self._keys.setdefault(spec.label, (KEY_KNOWN, spec.host))
+        lighten_connection(conn)
         self._opened.append(conn)
         return conn
 
@@ -292,6 +294,7 @@ class Connector:
             except (OSError, asyncssh_.Error, ValueError, TimeoutError) as exc:
                 reason = f"jump host: {describe_error(exc, spec)}"
                 raise HostError(spec.label, reason, permanent=_needs_user(exc)) from exc
+            lighten_connection(conn)
             self._opened.append(conn)
         assert conn is not None
         return conn

@@ -22,7 +22,7 @@ import contextlib
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dispatcher.connection import (
@@ -47,6 +47,7 @@ from dispatcher.protocol import (
     StartupError,
     batched,
 )
+from dispatcher.record import values
 
 from ..errors import HostError, protocol_error
 from ..logs import get_logger
@@ -381,7 +382,7 @@ class HostSession:
         config = self._config
         setup = Setup(
             self.slots, self.label, config.cwd, config.heartbeat, config.dead_after,
-            *astuple(config.polite),  # Setup's next fields are Polite's, in its order
+            *values(config.polite),  # Setup's next fields are Polite's, in its order
             fold=config.fold,
         )  # fmt: skip
         self._write(self._conn.send(setup))

@@ -18,6 +18,7 @@ from . import early
 from .bootstrap import Payload
 from .connect import Connector
 from .hosts import HostSpec
+from .lean import lighten_channel
 from .sshlib import channel_errors
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class SshTransport:
             self.close()
             raise HostError(self._spec.label, f"cannot start a session: {exc}") from exc
         process.stdin.channel.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        lighten_channel(process.stdin.channel)
 
         async def wait() -> int | None:
             completed = await process.wait()

@@ -12,8 +12,14 @@ only the jobs that have no success here. A stop the master handles (Ctrl-C, TERM
 commits its last marks, so nothing is lost or repeated; a kill -9 can only repeat the results
 written since the last commit, never lose one. docs/formats.md says what a consumer can rely on.
 
-Outputs larger than INLINE_OUTPUT go to `output_chunks` in pieces, since SQLite refuses a value
-over about 1 GB ("string or blob too big"); readers put them back together.
+An output the master spooled (past spool.SPOOL_AT, a megabyte) is kept beside the journal, in
+its folder `<journal>.outputs/` (0700), as the file `<id>.out` or `<id>.err`: the spool's own file,
+given a name there (a hard link: no byte copied), or a copy made in the kernel where a link
+cannot be made (another file system). Copying a gigabyte into SQLite instead wrote it twice
+(the WAL, then the checkpoint) through Python, halving a big output's speed. The row's `chunked`
+column says where each output is (FILE_OUT, FILE_ERR: in the folder; 1: in `output_chunks`,
+as results held in memory past INLINE_OUTPUT still are, since SQLite refuses a value over about
+1 GB). The folder goes with the journal, and with its outputs (retention.py).
 
 This module knows the tables and their columns: `Journal` writes them and reads back what
 a resume needs; `JournalReader` reads them read-only for `anet status` and `anet report`, while a
@@ -37,6 +43,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -49,10 +56,13 @@ from typing import Any, NamedTuple
 from .._version import __version__
 from ..core.batch import NUMBERING, numbered_alike
 from ..core.record import JobResult, SpooledResult
-from ..core.spool import Output, Spool, pieces
+from ..core.spool import Output, Spool, keep, opened, pieces
 from ..errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: outputs may be files in the journal's folder. An older anet (which reads 1 only) refuses
+such a journal in one line rather than read those outputs as empty."""
+_READABLE = frozenset({"1", str(SCHEMA_VERSION)})
 APPLICATION_ID = 0x414E4554  # "ANET" in the SQLite header: tells our journal from any database
 BATCH_SIZE = 500
 """Results per group commit; beyond a few hundred the per-commit cost is already negligible."""
@@ -112,6 +122,9 @@ _UPSERT_RESULT = (
 )
 _MARK_DELIVERED = "UPDATE results SET delivered = 1 WHERE id = ?"
 _INSERT_CHUNK = "INSERT INTO output_chunks VALUES (?, ?, ?, ?)"
+IN_CHUNKS, FILE_OUT, FILE_ERR = 1, 2, 4
+"""`results.chunked`: the outputs are in `output_chunks` (IN_CHUNKS, both), or stdout / stderr
+is a file in the journal's folder (FILE_OUT, FILE_ERR; the other one is in the row)."""
 _SELECT = f"SELECT {_COLUMNS}, chunked FROM results"
 _INSERT_ATTEMPT = "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_HOST_EVENT = "INSERT INTO host_events VALUES (?, ?, ?, ?)"
@@ -230,6 +243,11 @@ def journals_dir(environ: Mapping[str, str]) -> Path:
     return Path(state, "anet", "journals")
 
 
+def outputs_dir(path: Path) -> Path:
+    """The folder beside a journal holding its spooled outputs as files."""
+    return path.with_name(f"{path.name}.outputs")
+
+
 def _one_line(exc: BaseException) -> str:
     text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -299,6 +317,9 @@ def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # The old journal's outputs, after it is replaced: a crash in between leaves files no row
+    # points at, never a row whose file is gone.
+    shutil.rmtree(outputs_dir(path), ignore_errors=True)
 
 
 class Journal:
@@ -327,6 +348,7 @@ class Journal:
         self._pending_bytes = 0
         self._broken: JournalError | None = None
         self._closed = False
+        self._has_folder = False
 
     @classmethod
     def open(
@@ -375,6 +397,12 @@ class Journal:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(f"PRAGMA journal_size_limit = {64 << 20}")  # shrink the WAL after bursts
             _migrate(db)
+            if meta["schema_version"] != str(SCHEMA_VERSION):  # resumed: may now keep files
+                meta["schema_version"] = str(SCHEMA_VERSION)
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (meta["schema_version"],),
+                )
         except sqlite3.Error as exc:
             db.close()
             _unlock(lock)
@@ -398,30 +426,48 @@ class Journal:
         self._flush_if_full()
 
     async def record_spooled(self, result: JobResult) -> None:
-        """`record` for a result with a spooled output: its outputs go into output_chunks a
-        CHUNK at a time, the event loop running between two (a gigabyte written in one go
-        stalls it for seconds: hosts' heartbeats, other results, the reader all wait), then
-        its row is buffered like any result's, committed by the next flush.
+        """`record` for a result with a spooled output: each spooled stream's file is kept in
+        the journal's folder (linked, or copied in a thread: the event loop runs on), then the
+        row is buffered like any result's, committed by the next flush.
 
-        Each chunk commits on its own: a kill midway leaves chunks no row points at, which the
-        job's next result (a --resume runs it again) replaces. A success already recorded for
-        the id is never touched (as `_UPSERT_RESULT` keeps it)."""
+        A kill before that commit leaves a file no row points at yet, which the job's next
+        result (a --resume runs it again) replaces; a failed result already in the journal for
+        the id may then read that newer output, never a success (a success recorded for the id
+        is never touched, as `_UPSERT_RESULT` keeps it)."""
         if self._broken is not None:
             raise self._broken
-        query = "SELECT 1 FROM results WHERE id = ? AND ok"
         try:
-            if self._db.execute(query, (result.id,)).fetchone():
+            if self._db.execute(
+                "SELECT 1 FROM results WHERE id = ? AND ok", (result.id,)
+            ).fetchone():
                 return
-            self._db.execute("DELETE FROM output_chunks WHERE id = ?", (result.id,))
-            for stream, output in ((1, result.out), (2, result.err)):
-                for seq, piece in enumerate(pieces(output, CHUNK)):
-                    self._db.execute(_INSERT_CHUNK, (result.id, stream, seq, piece))
-                    await asyncio.sleep(0)
-        except sqlite3.Error as exc:
+            where = 0
+            for flag, output in ((FILE_OUT, result.out), (FILE_ERR, result.err)):
+                path = self._output_path(result.id, flag)
+                if isinstance(output, Spool):
+                    await asyncio.to_thread(keep, output, path)
+                    where |= flag
+                else:  # an earlier result's file: never read for this one, and its room back
+                    path.unlink(missing_ok=True)
+        except (OSError, sqlite3.Error) as exc:
             self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
             raise self._broken from None
-        self._results.append((*_AS_ROW(replace(result, stdout=b"", stderr=b"")), 1))
+        inline = replace(
+            result,
+            stdout=b"" if where & FILE_OUT else result.out,
+            stderr=b"" if where & FILE_ERR else result.err,
+        )
+        self._results.append((*_AS_ROW(inline), where))
         self._flush_if_full()
+
+    def _output_path(self, job_id: int, flag: int) -> Path:
+        """Where a kept output of `job_id` is (FILE_OUT: stdout, FILE_ERR: stderr); the folder
+        made (0700) on first use."""
+        folder = outputs_dir(self.path)
+        if not self._has_folder:
+            _make_private_dirs(folder)
+            self._has_folder = True
+        return folder / f"{job_id}.{'out' if flag == FILE_OUT else 'err'}"
 
     def mark_delivered(self, job_id: int) -> None:
         """The whole of this job's result reached stdout (the kernel took its bytes): a resume
@@ -550,10 +596,13 @@ class Journal:
         which = "ok AND NOT delivered" if undelivered else "ok"
         return self._results_where(f"{which} AND id > ?")
 
-    def results_from(self, first: int) -> Iterator[JobResult]:
+    def results_from(self, first: int, *, own_only: bool = False) -> Iterator[JobResult]:
         """Stored results with id >= `first`, in id order, a page at a time (for --keep-order:
-        results waiting for an earlier job are read back from here, not held in memory)."""
-        self._check_outputs()
+        results waiting for an earlier job are read back from here, not held in memory).
+        `own_only`: the caller keeps only the results its own run recorded (a pool's resumed
+        run), so a journal whose earlier outputs retention dropped is no refusal."""
+        if not own_only:
+            self._check_outputs()
         return self._results_where("id > ?", first - 1)
 
     def _check_outputs(self) -> None:
@@ -568,11 +617,27 @@ class Journal:
     def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
         query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
         for row in self._paged(query, after):
-            if row[-1]:
+            where = row[-1]
+            if where == IN_CHUNKS:
                 out, err = self._chunks(row[0])
-                yield SpooledResult(row[0], bool(row[1]), *row[2:7], out, err, row[9])  # type: ignore[arg-type]
+            elif where:
+                out = self._kept(row[0], FILE_OUT) if where & FILE_OUT else row[7]
+                err = self._kept(row[0], FILE_ERR) if where & FILE_ERR else row[8]
             else:
                 yield JobResult(row[0], bool(row[1]), *row[2:7], row[7], row[8], row[9])
+                continue
+            yield SpooledResult(row[0], bool(row[1]), *row[2:7], out, err, row[9])  # type: ignore[arg-type]
+
+    def _kept(self, job_id: int, flag: int) -> Spool:
+        """An output kept as a file in the journal's folder, open as a spool (nothing copied)."""
+        path = self._output_path(job_id, flag)
+        try:
+            return opened(path)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot read journal {self.path}: the output of job {job_id} ({path.name}):"
+                f" {_one_line(exc)}"
+            ) from None
 
     def _chunks(self, job_id: int) -> tuple[Output, Output]:
         """A chunked result's stdout and stderr, copied into spools a chunk at a time: a
@@ -717,13 +782,24 @@ class JournalReader:
             f"SELECT id, host, duration, error, substr(stderr, -?), exit_code, signal, {chunked}"
             " FROM results WHERE NOT ok ORDER BY id LIMIT ?"
         )
-        for *row, is_chunked in self._db.execute(query, (tail, limit)).fetchall():
+        for *row, where in self._db.execute(query, (tail, limit)).fetchall():
             failure = Failure(*row)
-            yield (
-                failure._replace(stderr=self._stderr_tail(failure.id, tail))
-                if is_chunked
-                else failure
-            )
+            if where == IN_CHUNKS:
+                failure = failure._replace(stderr=self._stderr_tail(failure.id, tail))
+            elif where & FILE_ERR:
+                failure = failure._replace(stderr=self._kept_tail(failure.id, tail))
+            yield failure
+
+    def _kept_tail(self, job_id: int, tail: int) -> bytes:
+        """The last `tail` bytes of a stderr kept as a file (empty if the file is gone)."""
+        try:
+            spool = opened(outputs_dir(self.path) / f"{job_id}.err")
+        except OSError:
+            return b""
+        try:
+            return spool.tail(tail)
+        finally:
+            spool.close()
 
     def _stderr_tail(self, job_id: int, tail: int) -> bytes:
         """The last `tail` bytes of a chunked stderr, from the fewest last chunks that hold them."""
@@ -842,7 +918,7 @@ def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
         raise UsageError(f"{path} is not a readable anet journal: {_one_line(exc)}") from None
     if app_id != APPLICATION_ID:
         raise UsageError(f"{path} is not an anet journal")
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
+    if meta.get("schema_version") not in _READABLE:
         raise UsageError(
             f"journal {path} has schema version {meta.get('schema_version')}, this anet reads"
             f" {SCHEMA_VERSION}; run without --resume to start over"
