@@ -156,13 +156,10 @@ def keep(spool: Spool, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     tmp.unlink(missing_ok=True)
     try:
-        if spool.parked or not _link(spool._fd, tmp):
+        if spool.parked or not _link(spool._fd, tmp):  # a parked spool's file is shared
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                if spool.parked:
-                    _write_all(spool, fd)
-                else:
-                    _copy(spool, fd, 0)
+                _copy(spool, fd, 0)
             finally:
                 os.close(fd)
         os.replace(tmp, path)
@@ -195,14 +192,6 @@ def _link_empty_path(fd: int, path: Path) -> bool:
 
 _AT_FDCWD: Final = -100
 _AT_EMPTY_PATH: Final = 0x1000
-
-
-def _write_all(spool: Spool, fd: int) -> None:
-    """A parked spool's slice (its own file is shared) into `fd`, a chunk at a time."""
-    done = 0
-    for piece in spool.chunks():
-        os.pwrite(fd, piece, done)
-        done += len(piece)
 
 
 def opened(path: Path) -> Spool:
@@ -257,11 +246,13 @@ class Parking:
 
 
 def _copy(spool: Spool, fd: int, offset: int) -> None:
-    """The spool's bytes into `fd` at `offset`: copy_file_range, else a chunk at a time."""
-    done = 0
+    """The spool's bytes (a parked one's slice) into `fd` at `offset`: copy_file_range, else a
+    chunk at a time."""
+    done, base = 0, spool._base
     try:
         while done < spool.size:
-            copied = os.copy_file_range(spool._fd, fd, spool.size - done, done, offset + done)
+            left = spool.size - done
+            copied = os.copy_file_range(spool._fd, fd, left, base + done, offset + done)
             if not copied:
                 raise OSError(f"spool file shorter than its {spool.size} bytes")
             done += copied

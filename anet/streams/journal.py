@@ -248,6 +248,12 @@ def outputs_dir(path: Path) -> Path:
     return path.with_name(f"{path.name}.outputs")
 
 
+def _kept_path(path: Path, job_id: int, flag: int) -> Path:
+    """The file of journal `path` holding a kept output of `job_id` (FILE_OUT: its stdout,
+    FILE_ERR: its stderr)."""
+    return outputs_dir(path) / f"{job_id}.{'out' if flag == FILE_OUT else 'err'}"
+
+
 def _one_line(exc: BaseException) -> str:
     text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -461,13 +467,12 @@ class Journal:
         self._flush_if_full()
 
     def _output_path(self, job_id: int, flag: int) -> Path:
-        """Where a kept output of `job_id` is (FILE_OUT: stdout, FILE_ERR: stderr); the folder
-        made (0700) on first use."""
-        folder = outputs_dir(self.path)
+        """Where to keep an output of `job_id` (`_kept_path`); the folder made (0700) on
+        first use."""
         if not self._has_folder:
-            _make_private_dirs(folder)
+            _make_private_dirs(outputs_dir(self.path))
             self._has_folder = True
-        return folder / f"{job_id}.{'out' if flag == FILE_OUT else 'err'}"
+        return _kept_path(self.path, job_id, flag)
 
     def mark_delivered(self, job_id: int) -> None:
         """The whole of this job's result reached stdout (the kernel took its bytes): a resume
@@ -617,12 +622,12 @@ class Journal:
     def _results_where(self, where: str, after: int = -1) -> Iterator[JobResult]:
         query = f"{_SELECT} WHERE {where} ORDER BY id LIMIT ?"
         for row in self._paged(query, after):
-            where = row[-1]
-            if where == IN_CHUNKS:
+            kept = row[-1]
+            if kept == IN_CHUNKS:
                 out, err = self._chunks(row[0])
-            elif where:
-                out = self._kept(row[0], FILE_OUT) if where & FILE_OUT else row[7]
-                err = self._kept(row[0], FILE_ERR) if where & FILE_ERR else row[8]
+            elif kept:
+                out = self._kept(row[0], FILE_OUT) if kept & FILE_OUT else row[7]
+                err = self._kept(row[0], FILE_ERR) if kept & FILE_ERR else row[8]
             else:
                 yield JobResult(row[0], bool(row[1]), *row[2:7], row[7], row[8], row[9])
                 continue
@@ -630,7 +635,7 @@ class Journal:
 
     def _kept(self, job_id: int, flag: int) -> Spool:
         """An output kept as a file in the journal's folder, open as a spool (nothing copied)."""
-        path = self._output_path(job_id, flag)
+        path = _kept_path(self.path, job_id, flag)
         try:
             return opened(path)
         except OSError as exc:
@@ -793,7 +798,7 @@ class JournalReader:
     def _kept_tail(self, job_id: int, tail: int) -> bytes:
         """The last `tail` bytes of a stderr kept as a file (empty if the file is gone)."""
         try:
-            spool = opened(outputs_dir(self.path) / f"{job_id}.err")
+            spool = opened(_kept_path(self.path, job_id, FILE_ERR))
         except OSError:
             return b""
         try:
