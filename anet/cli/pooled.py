@@ -39,7 +39,7 @@ from ..streams.joblog import Joblog
 from ..streams.journal import default_journal_path
 from ..streams.output import open_output
 from ..streams.resultsdir import ResultsDir
-from ..streams.retention import Policy, after_run
+from ..streams.retention import after_run, run_policy
 from ..streams.sinks import Encoder, plain_tagged
 from ..views.observe import end_summary, progress_view, summary_places
 from ..views.progress import HostRow, Snapshot, Tally
@@ -95,8 +95,7 @@ def _standalone_only(args: RunArgs, environ: Mapping[str, str]) -> str | None:
 async def through_pool(args: RunArgs, env: Environment, target: Target, encoder: Encoder) -> int:
     """Submit the batch, write its results as they come, exit as `anet run` does."""
     jobs, key, options, tags = _submission(args, env)
-    # Retention applies to the default journals only; a bad setting is said before the run.
-    retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
+    retention = run_policy(bool(args.journal or args.no_journal), env.environ)
     if tags is not None:  # plain --tag: each result's line prefix, from the jobs made here
         encoder = plain_tagged(lambda job_id: tags.pop(job_id, b""))
     seen = args.observe

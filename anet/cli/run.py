@@ -36,7 +36,7 @@ from ..streams.journal import (
 )
 from ..streams.linebuffer import LineBuffer
 from ..streams.output import open_output
-from ..streams.retention import Policy, after_run, parse_size
+from ..streams.retention import after_run, parse_size, run_policy
 from ..streams.sinks import (
     PLAIN,
     TAGGED_TEXT,
@@ -104,8 +104,7 @@ async def program(args: RunArgs, env: Environment) -> int:
     hosts = args.host_args.resolve(env)
     encoder = _encoder(args.format, args.observe.tag, env.stdout_isatty)
     args = _capped(args, env, encoder)
-    # Retention applies to the default journals only; a bad setting is said before the run.
-    retention = None if args.journal or args.no_journal else Policy.from_environ(env.environ)
+    retention = run_policy(bool(args.journal or args.no_journal), env.environ)
     if args.pipe is not None and args.resume:
         raise UsageError("--resume cannot take up a --pipe run: its input was read only once")
     with (

@@ -92,6 +92,13 @@ class Policy:
         return cls(keep, size, outputs != "1")
 
 
+def run_policy(own_journal: bool, environ: Mapping[str, str]) -> Policy | None:
+    """The policy a run's end applies to its default journal; None for a run that names its
+    own journal (`--journal FILE`, never touched) or keeps none. Read before the run, so a bad
+    setting is said before any job runs."""
+    return None if own_journal else Policy.from_environ(environ)
+
+
 def _setting(
     environ: Mapping[str, str],
     name: str,
