@@ -462,6 +462,9 @@ def test_abort_kills_every_attempt_and_the_run_ends_with_no_result_for_them():
     for run in sent:
         hosts.say("h1", Exit(run.aid, None, 15, 0.1, 0.0, 0))
     assert engine.finished and [r.id for r in hosts.results] == [0]
+    killed = [a for a in hosts.attempts if a.attempt.aid in {run.aid for run in sent}]
+    assert len(killed) == len(sent) and all(a.excused for a in killed)  # the halt's, not theirs
+    assert hosts.stats["h1"].failed_attempts == 0
     hosts.advance(60.0)  # nothing more is ever sent
     assert all(r.aid in {run.aid for run in sent} for r in hosts.runs["h1"])
 
@@ -536,6 +539,8 @@ def test_of_a_job_and_its_copy_only_the_first_to_end_well_is_delivered(
     (lost,) = [a for a in hosts.attempts if a.attempt.aid == loser.aid]
     if loser_code is not None and not same_burst:  # said after its kill: not even kept
         assert (lost.size, lost.code) == (0, loser_code)
+    if loser_code is not None:  # the joblog, the journal and a pool's summary: no failure
+        assert lost.excused
 
 
 def test_attempts_are_recorded_and_counted_on_their_host():

@@ -84,7 +84,7 @@ class AttemptEnd:
     runtime: float
     code: int | None
     signal: int | None
-    excused: bool = False  # polite mode killed it: no failure of the job's (see Scheduler)
+    excused: bool = False  # no failure of the job's: polite mode's kill, a lost race, a halt
 
 
 @dataclass(slots=True)
@@ -461,10 +461,10 @@ class Engine:
             stats.failed_attempts += not ended.excused  # polite mode's kill is no failure
         elif ended.verdict is Verdict.FINAL:
             stats.spec_won += attempt.speculative
+        excused = ended.excused or ended.verdict is Verdict.STALE  # as the counters above
         self._actions.attempts.append(
-            AttemptEnd(attempt, size, flight.start, msg.duration, msg.code, msg.signal,
-                       ended.excused)
-        )  # fmt: skip
+            AttemptEnd(attempt, size, flight.start, msg.duration, msg.code, msg.signal, excused)
+        )
 
 
 def _status(result: JobResult) -> str:

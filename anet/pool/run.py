@@ -65,7 +65,7 @@ class HostTally:
             return  # lost with its host: it did not end here
         self.ended += 1
         self.busy += record.runtime
-        self.failed_attempts += record.exit_code != 0 and not record.excused  # polite: no fault
+        self.failed_attempts += record.exit_code != 0 and not record.excused
 
     def row(self) -> list[Any]:
         """jobs, failed attempts, mean run time (None before any ended)."""

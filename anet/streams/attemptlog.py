@@ -38,7 +38,8 @@ class AttemptLog:
         excused: bool = False,
     ) -> None:
         """One try of a job: `start` in Unix time, `size` bytes of output; no code and no
-        signal means it was lost with its host; `excused`, that polite mode killed it."""
+        signal means it was lost with its host; `excused`, that it ended through no fault of its
+        own (polite mode's kill, the kill of a copy that lost its race, a halt's)."""
         if self.journal is None and not self.observers:
             return
         record = AttemptRecord(

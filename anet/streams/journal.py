@@ -214,7 +214,7 @@ class AttemptRecord(NamedTuple):
     exit_code: int | None
     signal: int | None
     bytes_out: int
-    excused: bool = False  # polite mode killed it (--yield-move, --memfree-kill): not a failure
+    excused: bool = False  # not a failure: killed by polite mode, its copy's win or a halt
 
 
 def fingerprint_batch(path: str | os.PathLike[str]) -> str:
