@@ -20,7 +20,7 @@ from stream_digest import DIGESTERS, Digest, zeros_sha
 
 import anet.results
 from anet.core.spool import Spool
-from anet.streams.journal import JournalReader
+from anet.streams.journalreader import JournalReader
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -27,10 +27,10 @@ from anet.streams.journal import (
     AttemptRecord,
     Journal,
     JournalError,
-    JournalReader,
     fingerprint_batch,
     outputs_dir,
 )
+from anet.streams.journalreader import JournalReader
 from anet.streams.retention import Policy
 
 BIG = 5000  # spooled_result spools an output of 1000 bytes or more

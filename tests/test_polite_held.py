@@ -23,7 +23,7 @@ from test_polite import FakeSeat, read_stderr_until, wait_until
 from anet.api import HostState
 from anet.remote.hostlife import HostPhase
 from anet.remote.hosts import parse_spec
-from anet.streams.journal import JournalReader
+from anet.streams.journalreader import JournalReader
 from anet.views.progress import HostRow, Snapshot, Tally, host_state, take_snapshot
 from anet.views.stats import held_times
 from anet.views.summary import FailedJobs, render_summary

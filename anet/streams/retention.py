@@ -47,7 +47,6 @@ from .journal import (
     OUTPUTS_DROPPED,
     JournalBusy,
     JournalError,
-    JournalReader,
     _check,
     _create,
     _is_journal_file,
@@ -57,6 +56,7 @@ from .journal import (
     _unlock,
     outputs_dir,
 )
+from .journalreader import JournalReader
 
 log = get_logger()
 

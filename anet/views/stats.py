@@ -1,6 +1,6 @@
 """Numbers about a run, read from its journal: what `anet status` prints and `anet report` draws.
 
-The journal is read through `journal.JournalReader` (read-only, so this works while the batch
+The journal is read through `journalreader.JournalReader` (read-only, so this works while the batch
 still runs; the journal module alone knows its tables); here the numbers become what is shown.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.batch import count_jobs
 from ..errors import UsageError
 from ..printable import failure_line
-from ..streams.journal import JournalReader
+from ..streams.journalreader import JournalReader
 
 LISTED = 20
 """Failed and slowest jobs listed."""
