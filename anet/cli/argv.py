@@ -248,8 +248,9 @@ def ssh_hosts(args: Sequence[str]) -> tuple[list[str], str | None] | None:
     """(the -S values, the --ssh-config value) of `anet run|sync -S H... [--ssh-config F] X`,
     read before click parses it, for the connections started while the run's modules are
     imported (anet/remote/earlyssh.py); None for anything else. Strict on purpose: any other
-    option, a second word after the command (command mode) or none, and the answer is None,
-    since an early connection is only worth making to the hosts the run surely goes to."""
+    option, a second word after the command (command mode: `cmd ::: a`) or none, and the
+    answer is None, since an early connection is only worth making to the hosts the run
+    surely goes to."""
     if not args or args[0] not in EARLY_SSH_COMMANDS:
         return None
     specs: list[str] = []
@@ -270,7 +271,7 @@ def ssh_hosts(args: Sequence[str]) -> tuple[list[str], str | None] | None:
                 config = value
             else:
                 specs.append(value)
-        elif word.startswith("-") or word in MARKERS:
+        elif word.startswith("-"):
             return None
         else:
             positional += 1
