@@ -10,6 +10,7 @@ run took (a usage error) is closed when anet exits, its dispatcher gone with it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,3 +171,30 @@ def test_an_early_handshake_that_fails_says_what_a_run_would_say(make_cluster, t
     assert lines and lines == [
         line for line in usual.stderr.decode().splitlines() if "host key" in line
     ]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_every_job_of_a_run_on_early_connections(
+    make_cluster, tmp_path, signum, status
+):
+    """The loop the early thread turned is the run's: Ctrl-C and TERM reach the run as
+    always (their handlers are set on this thread), and every job is stopped."""
+    cluster = make_cluster(2)
+    batch = tmp_path / "batch.txt"
+    batch.write_text("sleep 300\n" * 4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(tmp_path / "state")}
+    env.pop("ANET_NO_EARLY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WATCH, "run", *hosts_args(cluster), str(batch)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sum("sleep 300" in cmd for n in cluster.names for _, cmd in cluster[n].processes()) < 4:
+        assert time.monotonic() < deadline, "jobs never started"
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == status, err
+    assert b"taken: host1 True" in err and b"Traceback" not in err
+    assert no_session_left(cluster)
