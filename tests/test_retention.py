@@ -123,6 +123,44 @@ def test_dropping_the_outputs_writes_nothing_into_the_old_journal(tmp_path):
     assert (info.state, info.total, info.recorded, info.dropped) == ("complete", 5, True, True)
 
 
+def test_a_finished_journal_without_output_bytes_is_stamped_where_it_is(tmp_path):
+    """Jobs that printed nothing (`true`, `sleep`) leave nothing to drop: the journal is
+    stamped as dropped in place, in one transaction, not copied and renamed (the copy and
+    its sync were most of a one-job run's exit: 30 of its last 50 ms)."""
+    batch = write_batch(tmp_path, jobs=2)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        for i in range(2):
+            journal.record(JobResult(i, True, 0, None, "node1", 1, 0.25, b"", b""))
+            journal.record_attempt(AttemptRecord(i, 1, "node1", 1000.0 + i, 0.25, 0, None, 0))
+            journal.mark_delivered(i)
+    inode = os.stat(path).st_ino
+
+    assert retention.settle(path, Policy(), total=2) == 0
+
+    assert os.stat(path).st_ino == inode, "copied and renamed, for nothing to free"
+    info = retention.look(path)
+    assert (info.state, info.total, info.recorded, info.dropped) == ("complete", 2, True, True)
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=True) as journal:
+        assert list(journal.succeeded_ids()) == [0, 1]
+        with pytest.raises(JournalError, match=r"outputs .* were dropped"):
+            journal.succeeded_results()
+
+
+def test_one_output_byte_is_enough_for_the_copy(tmp_path):
+    batch = write_batch(tmp_path, jobs=2)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        for i in range(2):
+            err = b"!" if i else b""
+            journal.record(JobResult(i, True, 0, None, "node1", 1, 0.25, b"", err))
+            journal.mark_delivered(i)
+    inode = os.stat(path).st_ino
+    retention.settle(path, Policy(), total=2)
+    assert os.stat(path).st_ino != inode
+    assert retention.look(path).dropped
+
+
 @pytest.mark.parametrize(
     ("why", "make", "policy"),
     [

@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -24,8 +25,15 @@ from .. import logs
 from .._version import __version__
 from ..errors import AnetError, Stopped, UsageError
 from ..views import diagnostics
-from .argv import COMMAND_LINE, VALUE_OPTIONS, arrange, names_this_machine, split_command
-from .common import Environment, ExitStatus
+from .argv import (
+    COMMAND_LINE,
+    VALUE_OPTIONS,
+    arrange,
+    names_this_machine,
+    split_command,
+    ssh_hosts,
+)
+from .common import Environment, ExitStatus, loop_factory
 
 COMMANDS = {
     "run": ("run", "run_command"),
@@ -159,7 +167,8 @@ def _say(env: Environment, line: str) -> None:
 
 def main() -> None:
     diagnostics.install()  # before anything is written: stderr must never block the work
-    early = _start_early(sys.argv[1:], os.environ)
+    early_ssh = _start_early_ssh(sys.argv[1:], os.environ)
+    early = not early_ssh and _start_early(sys.argv[1:], os.environ)
     try:
         status = raw_main()
     finally:
@@ -167,6 +176,10 @@ def main() -> None:
             from ..remote import early as started
 
             started.discard()  # the run's own took it; else it was never used
+        if early_ssh:
+            from ..remote import earlyssh
+
+            earlyssh.discard()  # when no run took its loop (a usage error): else a no-op
     exit_now(status)
 
 
@@ -201,6 +214,32 @@ def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
         early.start()
     except OSError:  # the run starts it the usual way, and says what is wrong then
         return False
+    return True
+
+
+def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
+    """Connect to the hosts of `anet run|sync -S H...` before the run's modules are imported,
+    when the arguments say which for sure (anet/remote/earlyssh.py): the handshakes and the
+    dispatchers' boots then overlap the imports."""
+    found = ssh_hosts(args)
+    if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
+        return False
+    specs, config = found
+    if config is not None and not os.path.isfile(config):
+        return False  # click says so, and nothing is to be connected
+    from ..errors import UsageError
+    from ..remote import earlyssh
+    from ..remote.connect import Connector, SshOptions
+    from ..remote.hosts import parse_specs
+
+    try:
+        hosts = [host for spec in specs for host in parse_specs(spec)]
+    except UsageError:  # the run says so
+        return False
+    if any(host.local for host in hosts):
+        return False
+    options = SshOptions(config=None if config is None else Path(config))
+    earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
 
 

@@ -238,3 +238,42 @@ def _short_option(word: str, following: Sequence[str]) -> tuple[str, str, bool]:
                 return name, rest, False
             return name, following[0] if following else "", bool(following)
     return word[-2:], "", False
+
+
+EARLY_SSH_COMMANDS = ("run", "sync")
+"""The commands whose hosts `ssh_hosts` may name for an early connection."""
+
+
+def ssh_hosts(args: Sequence[str]) -> tuple[list[str], str | None] | None:
+    """(the -S values, the --ssh-config value) of `anet run|sync -S H... [--ssh-config F] X`,
+    read before click parses it, for the connections started while the run's modules are
+    imported (anet/remote/earlyssh.py); None for anything else. Strict on purpose: any other
+    option, a second word after the command (command mode: `cmd ::: a`) or none, and the
+    answer is None, since an early connection is only worth making to the hosts the run
+    surely goes to."""
+    if not args or args[0] not in EARLY_SSH_COMMANDS:
+        return None
+    specs: list[str] = []
+    config: str | None = None
+    positional = 0
+    at = 1
+    while at < len(args):
+        word = args[at]
+        name, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        if word.startswith("-S") and len(word) > 2:
+            name, value, equals = "-S", word[2:], "="
+        if name in ("-S", "--host", "--ssh-config"):
+            if not equals:
+                if at + 1 == len(args):
+                    return None
+                at, value = at + 1, args[at + 1]
+            if name == "--ssh-config":
+                config = value
+            else:
+                specs.append(value)
+        elif word.startswith("-"):
+            return None
+        else:
+            positional += 1
+        at += 1
+    return (specs, config) if specs and positional == 1 else None

@@ -183,16 +183,31 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """
     import asyncio
 
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if os.environ.get("ANET_NO_UVLOOP", "") in ("", "0"):
+    # The loop the SSH hosts were connected on before this command's modules were imported
+    # (remote/earlyssh.py), if `main` started that: looked up, not imported, for the others.
+    earlyssh = sys.modules.get("anet.remote.earlyssh")
+    early = earlyssh.handover() if earlyssh is not None else None
+    factory = (lambda: early) if early is not None else loop_factory(os.environ)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(_stoppable(coro))
+        finally:
+            if earlyssh is not None:
+                earlyssh.close_untaken()
+
+
+def loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's when it is installed and `ANET_NO_UVLOOP` is unset, else asyncio's."""
+    import asyncio
+
+    if environ.get("ANET_NO_UVLOOP", "") in ("", "0"):
         try:
             import uvloop
 
-            factory = uvloop.new_event_loop
+            return uvloop.new_event_loop  # type: ignore[no-any-return]
         except ImportError:
             pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_stoppable(coro))
+    return asyncio.new_event_loop
 
 
 async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:

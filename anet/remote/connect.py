@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HostError
+from . import earlyssh
 from .hosts import HostSpec, parse_spec
 from .lean import lighten_connection
 from .sshlib import asyncssh, channel_errors
@@ -237,6 +238,12 @@ class Connector:
 
     async def connect(self, spec: HostSpec) -> ssh.SSHClientConnection:
         """The end connection for `spec`; HostError with a one-line reason when it fails."""
+        early = earlyssh.take(self, spec)
+        if early is not None:  # started by `anet`'s entry point, as this would have
+            conn = await early  # or the HostError this would have raised
+            self._keys[spec.label] = earlyssh.key_status(spec.label) or (KEY_KNOWN, spec.host)
+            self._opened.append(conn)
+            return conn
         asyncssh_ = asyncssh()
         try:
             options = self._resolve(spec)
@@ -261,6 +268,11 @@ class Connector:
         lighten_connection(conn)
         self._opened.append(conn)
         return conn
+
+    def key_status(self, label: str) -> tuple[str, str] | None:
+        """(KEY_*, the name known_hosts has it under) for a host whose handshake got as far
+        as its host key, else None."""
+        return self._keys.get(label)
 
     def host_key(self, label: str) -> str | None:
         """KEY_* for a host whose handshake got as far as its host key, else None."""
@@ -298,6 +310,11 @@ class Connector:
             self._opened.append(conn)
         assert conn is not None
         return conn
+
+    def close_nowait(self) -> None:
+        """Close every connection this connector opened, without waiting for them to go."""
+        for conn in reversed(self._opened):
+            conn.close()
 
     async def close(self) -> None:
         """Close every connection this connector opened, end connections before jump hosts."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import HostError
-from . import early
+from . import early, earlyssh
 from .bootstrap import Payload
 from .connect import Connector
 from .hosts import HostSpec
@@ -138,8 +138,11 @@ class SshTransport:
     async def start(self, payload: Payload) -> Channel:
         if self._conn is None:
             raise HostError(self._spec.label, "not connected")
+        command = payload.shell_command()
         try:
-            process = await self._conn.create_process(payload.shell_command(), encoding=None)
+            process = earlyssh.take_process(self._conn, command) or (
+                await self._conn.create_process(command, encoding=None)
+            )
         except channel_errors() as exc:
             self.close()
             raise HostError(self._spec.label, f"cannot start a session: {exc}") from exc
