@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from statistics import median
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from anet.core.batch import Job
 from anet.core.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Verdict
@@ -102,6 +104,26 @@ def test_the_cached_statistics_follow_a_batch_that_drifts():
     for _ in range(300):  # the jobs became 5x longer (on the same host: it is not the host)
         runtimes.observe("a", 5.0)
     assert runtimes.quantile(0.9) > 1.0  # not frozen at what the first samples showed
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.floats(0.001, 50.0)), max_size=200))
+def test_the_floor_is_always_the_least_slowness_it_caches(observed: list[tuple[str, float]]):
+    """observe() updates the floor from the one host that changed, instead of a min over all
+    hosts each job: after every sample it must equal that min (with 1.0 for the unmeasured),
+    also when the least slow host becomes slower."""
+    runtimes = Runtimes(host_window=3)
+    for host, duration in observed:
+        runtimes.observe(host, duration)
+        assert runtimes.floor == min(1.0, *(runtimes.slowness(h) for h in "abcd"))
+
+
+def test_a_host_that_was_the_floor_and_slows_down_raises_it():
+    runtimes = Runtimes(host_window=1)
+    for host, duration in (("a", 1.0), ("a", 1.0), ("b", 1.0), ("b", 0.25)):
+        runtimes.observe(host, duration)
+    assert runtimes.floor == pytest.approx(0.25)  # b is 4x faster than the typical job
+    runtimes.observe("b", 1.0)  # b's one-sample window now says 1.0: nobody is below 1.0
+    assert runtimes.floor == 1.0
 
 
 def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():

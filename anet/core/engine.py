@@ -340,25 +340,32 @@ class Engine:
                 JobResult(job.id, False, None, None, "", 0, 0.0, b"", said, error=why)
             )
 
-    def _started(self, host: str, flight: _Flight, aid: int, slot: int, now: float) -> None:
+    def _started(
+        self, host: str, flight: _Flight, aid: int, slot: int, now: float, tell: bool = True
+    ) -> None:
+        """The attempt started at `now`; the scheduler hears of it unless not `tell` (a Done's
+        attempt, whose start it hears with its end: `attempt_done`)."""
         if flight.started:
             raise protocol_error(host, f"a second Started for attempt {aid}")
         if slot > self._slots.get(host, 0):
             raise protocol_error(host, f"Started in slot {slot} of {self._slots.get(host, 0)}")
         flight.started, flight.start = True, now + self._wall
         self._stats[host].running += 1
-        self._scheduler.attempt_started(aid, now)
+        if tell:
+            self._scheduler.attempt_started(aid, now)
 
     def _done(self, host: str, flight: _Flight, msg: Done, now: float) -> None:
         """Started, Output and Exit in one: the job started its `duration` ago (by the
         host's clock), which keeps the round trips the look-ahead measures true."""
-        if flight.started or flight.size:
+        if flight.started or flight.stdout or flight.stderr or flight.spooled:
             raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
-        self._started(host, flight, msg.aid, msg.slot, now - msg.duration)
+        started = now - msg.duration
         out, err = msg.stdout, msg.stderr
         if len(out) + len(err) <= self._quick:  # most jobs: their result holds these bytes
-            self._exit(host, flight, msg, now, (out, err))
+            self._started(host, flight, msg.aid, msg.slot, started, tell=False)
+            self._exit(host, flight, msg, now, (out, err), started)
             return
+        self._started(host, flight, msg.aid, msg.slot, started)
         # past a cap, the job fails with why (its Kill finds it ended: moot); a cut drops the rest
         self._output(flight, 0, out)
         self._output(flight, 1, err)
@@ -410,15 +417,22 @@ class Engine:
         msg: Exit | Done,
         now: float,
         whole: tuple[bytes, bytes] | None = None,
+        started: float | None = None,
     ) -> None:
         """The attempt ended: its verdict, counters and record; its job's result if final.
-        `whole` is a Done's output as it came, when small: never copied into the flight."""
+        `whole` is a Done's output as it came, when small: never copied into the flight;
+        `started` is when, for an attempt whose start the scheduler has not heard of yet."""
         del self._flights[msg.aid]
         cut = flight.cut
-        ended = self._scheduler.attempt_ended(
-            msg.aid, ok=msg.code == 0 and cut is None, now=now, duration=msg.duration,
-            retry=cut is None,
-        )  # fmt: skip
+        if started is not None:  # a whole Done, within every cap: cut is None
+            ended = self._scheduler.attempt_done(
+                msg.aid, started, now, ok=msg.code == 0, duration=msg.duration
+            )
+        else:
+            ended = self._scheduler.attempt_ended(
+                msg.aid, ok=msg.code == 0 and cut is None, now=now, duration=msg.duration,
+                retry=cut is None,
+            )  # fmt: skip
         size = flight.size if whole is None else len(whole[0]) + len(whole[1])
         if not (ended.excused and not flight.started):  # one taken back unstarted never ran
             self._count(host, flight, ended, msg, size)

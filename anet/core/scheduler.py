@@ -233,6 +233,19 @@ class Scheduler:
         if (host := self._table.started(aid, now)) is not None:
             self._table.retune(host, self.runtimes)
 
+    def attempt_done(
+        self, aid: int, started: float, now: float, *, ok: bool, duration: float
+    ) -> Ended:
+        """`attempt_started(aid, started)` then `attempt_ended(aid, ...)`, for an attempt the
+        host reports whole (a Done): it is never timed as running, so no start-order entry is
+        made only to be removed; its round trip is still measured."""
+        run = self._flights.runs.get(aid)
+        if run is not None and run.started is None:
+            run.started = started
+        if (host := self._table.started(aid, started)) is not None:
+            self._table.retune(host, self.runtimes)
+        return self.attempt_ended(aid, ok=ok, now=now, duration=duration)
+
     def attempt_ended(
         self,
         aid: int,

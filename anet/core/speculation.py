@@ -119,13 +119,13 @@ class Runtimes:
         return len(self._norm)
 
     def observe(self, host: str, duration: float) -> None:
-        """An attempt on `host` succeeded after `duration` seconds."""
+        """An attempt on `host` succeeded after `duration` seconds. (Called once a job: the
+        cached anchor and the host's new slowness are used as they are, not asked again.)"""
         duration = max(0.0, duration)
-        anchor = self._raw_median()
-        if anchor:
-            self._add_ratio(host, duration / anchor)
+        anchor = self._anchor if self._anchor is not None else self._raw_median()
+        slowness = self._add_ratio(host, duration / anchor) if anchor else self.slowness(host)
         self._raw.append(duration)
-        self._norm.append(duration / self.slowness(host))
+        self._norm.append(duration / slowness)
         self._new += 1
         if self._new * 16 >= len(self._norm):  # rebuilt once 1/16 of the window is new: cheap
             self._sorted = self._anchor = None  # and exact enough, and exact while it is small
@@ -194,12 +194,19 @@ class Runtimes:
             self._anchor = _median(self._raw)
         return self._anchor
 
-    def _add_ratio(self, host: str, ratio: float) -> None:
+    def _add_ratio(self, host: str, ratio: float) -> float:
+        """Add a sample to the host's window; its slowness after it."""
         samples = self._ratios.get(host)
         if samples is None:
             samples = self._ratios[host] = MedianWindow(self._host_window)
-        self._slowness[host] = samples.add(min(MAX_RATIO, max(MIN_RATIO, ratio)))
-        self.floor = min(1.0, *self._slowness.values())
+        slowness = samples.add(min(MAX_RATIO, max(MIN_RATIO, ratio)))
+        before = self._slowness.get(host)
+        self._slowness[host] = slowness
+        if slowness < self.floor:  # the new least
+            self.floor = slowness
+        elif before == self.floor and slowness != before:  # the least may have gone up
+            self.floor = min(1.0, *self._slowness.values())
+        return slowness
 
 
 class MedianWindow:
@@ -224,7 +231,8 @@ class MedianWindow:
             del ordered[bisect_left(ordered, order[0])]
         order.append(value)
         insort(ordered, value)
-        return _middle(ordered)
+        half = len(ordered) // 2  # _middle, inline: this runs once a job
+        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
     def __len__(self) -> int:
         return len(self._order)
