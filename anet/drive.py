@@ -184,13 +184,15 @@ class Drive:
         flusher = self._tasks.create_task(self._flush_journal()) if self._journal else None
         try:
             self.round_soon()
-            while True:
-                item = await self._results.get()
+            queue = self._results
+            while True:  # results that wait are taken without a coroutine each
+                item = queue.pop() if len(queue) else await queue.get()
                 if isinstance(item, _Done):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                self._commit_before_yield()
+                if self._journal is not None:
+                    self._commit_before_yield()
                 yield item
         finally:
             if self._feeds is not None:

@@ -80,3 +80,17 @@ def test_close_releases_a_blocked_put_and_drops_what_comes_after():
         return len(queue), queue.bytes, queue.offer("d", 100)
 
     assert asyncio.run(main()) == (0, 0, True)
+
+
+def test_pop_takes_a_waiting_item_and_frees_its_room_for_a_blocked_put():
+    async def main():
+        queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=100, max_bytes=10)
+        await queue.put("a", 6)
+        blocked = asyncio.create_task(queue.put("b", 6))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        first = queue.pop()  # no coroutine: the consumer found it waiting
+        await asyncio.wait_for(blocked, timeout=5)  # the room it freed let "b" in
+        return first, queue.pop(), queue.bytes, len(queue)
+
+    assert asyncio.run(main()) == ("a", "b", 0, 0)
