@@ -143,10 +143,11 @@ class Drive:
         """Several whole attempts (a Dones frame): the engine takes them all, then one round
         and one take carry out what they decided."""
         now, feeds = self._loop.time(), self._feeds
+        feeding = feeds is not None and feeds.feeding
         for done in dones:
             self.engine.frame(label, done, now)
-            if feeds is not None:
-                feeds.ended(done.aid)
+            if feeding:
+                feeds.ended(done.aid)  # type: ignore[union-attr]
         self.round_soon()
         results = self._carry_out_now(self.engine.take())
         if self._files is not None and self.engine.files:  # as an Exit's (a job with files is

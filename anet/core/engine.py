@@ -298,12 +298,12 @@ class Engine:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             queued_only = kill.reason is KillReason.DRAINED  # one started runs on
             actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE, queued_only))
+        frames, start = actions.frames, now + self._wall
         for attempt in () if self._draining else self._scheduler.next_runs(now):
-            self._flights[attempt.aid] = _Flight(attempt, start=now + self._wall)
+            self._flights[attempt.aid] = _Flight(attempt, start=start)
             job = attempt.job
-            actions.send(
-                attempt.host, Run(attempt.aid, job.id, job.command, {}, job.stdin is not None)
-            )
+            run = Run(attempt.aid, job.id, job.command, {}, job.stdin is not None)
+            frames.setdefault(attempt.host, []).append(run)  # actions.send, inline: once a job
             if attempt.speculative:
                 log.info(f"job {attempt.job.id}: a copy starts on {attempt.host}")
         actions.results += self._failed_early
