@@ -143,11 +143,12 @@ class Drive:
         """Several whole attempts (a Dones frame): the engine takes them all, then one round
         and one take carry out what they decided."""
         now, feeds = self._loop.time(), self._feeds
-        feeding = feeds is not None and feeds.feeding
-        for done in dones:
-            self.engine.frame(label, done, now)
-            if feeding:
-                feeds.ended(done.aid)  # type: ignore[union-attr]
+        if feeds is not None and feeds.feeding:
+            for done in dones:
+                self.engine.frame(label, done, now)
+                feeds.ended(done.aid)
+        else:  # no attempt is fed (every run without stdin): no feed to stop
+            self.engine.dones(label, dones, now)
         self.round_soon()
         results = self._carry_out_now(self.engine.take())
         if self._files is not None and self.engine.files:  # as an Exit's (a job with files is

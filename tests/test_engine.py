@@ -304,6 +304,35 @@ def test_a_host_speaks_only_of_its_own_attempts(forge):
         assert "Started in slot 9 of 1" in str(caught.value)
 
 
+@pytest.mark.parametrize("via_dones", [False, True])
+def test_a_dones_frame_is_its_records_as_done_frames(via_dones: bool):
+    """Engine.dones (a Dones frame's records, without frame()'s dispatch) decides what frame()
+    of each record would: the same results; a record about another host's attempt, after
+    good ones, is the same protocol error."""
+    engine, hosts = engine_for(8, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.ready("h2", 1)
+    mine = hosts.runs["h1"][:2]
+    dones = [Done(run.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"out %d" % run.aid, b"") for run in mine]
+    if via_dones:
+        engine.dones("h1", dones, hosts.now)
+    else:
+        for done in dones:
+            engine.frame("h1", done, hosts.now)
+    results = engine.take().results
+    assert [(r.id, r.ok, r.stdout) for r in results] == [
+        (run.job, True, b"out %d" % run.aid) for run in mine
+    ]
+    other = hosts.runs["h2"][0]
+    forged = Done(other.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"", b"")
+    with pytest.raises(HostError, match="which was not sent to this host") as caught:
+        if via_dones:
+            engine.dones("h1", [forged], hosts.now)
+        else:
+            engine.frame("h1", forged, hosts.now)
+    assert caught.value.permanent and caught.value.host == "h1"
+
+
 def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
     engine, hosts = engine_for(2, speculate=False)
     hosts.ready("h1", 1)

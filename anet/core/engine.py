@@ -21,7 +21,7 @@ from pathlib import Path
 from dispatcher.polite import Evicted
 from dispatcher.protocol import STDOUT, Done, Exit, Kill, Message, Output, Run, Started
 
-from ..errors import protocol_error
+from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .batch import Job, JobInput, unrunnable
 from .readahead import NOT_YET
@@ -229,11 +229,7 @@ class Engine:
         aid = getattr(msg, "aid", -1)
         flight = self._flights.get(aid)
         if flight is None or flight.attempt.host != host:
-            raise protocol_error(
-                host,
-                f"{type(msg).__name__} about attempt {aid}, which was not sent to this host"
-                " or had already ended there",
-            )
+            raise _not_sent(host, msg, aid)
         if isinstance(msg, Output):
             return self._output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
         if type(msg) is Done:  # a short job whole: started, said all, ended
@@ -245,6 +241,16 @@ class Engine:
         elif isinstance(msg, Evicted):  # polite mode kills it there: not the job's fault
             self._scheduler.attempt_evicted(aid, msg.reason)
         return False
+
+    def dones(self, host: str, dones: list[Done], now: float) -> None:
+        """The records of a Dones frame from `host`: `frame` of each, without its dispatch on
+        the message's type (a Dones frame carries most jobs' ends)."""
+        flights = self._flights
+        for msg in dones:
+            flight = flights.get(msg.aid)
+            if flight is None or flight.attempt.host != host:
+                raise _not_sent(host, msg, msg.aid)
+            self._done(host, flight, msg, now)
 
     def stdin(self, aid: int) -> JobInput | None:
         """The input of the attempt's job, for whoever streams it to the host (drive.py)."""
@@ -479,6 +485,15 @@ class Engine:
             AttemptEnd(attempt, size, flight.start, msg.duration, msg.code, msg.signal,
                        ended.excused)
         )  # fmt: skip
+
+
+def _not_sent(host: str, msg: Message, aid: int) -> HostError:
+    """The host spoke of an attempt that is not its own (invariant 8): it breaks the protocol."""
+    return protocol_error(
+        host,
+        f"{type(msg).__name__} about attempt {aid}, which was not sent to this host"
+        " or had already ended there",
+    )
 
 
 def _status(result: JobResult) -> str:
