@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,24 @@ def test_a_host_that_was_the_floor_and_slows_down_raises_it():
     assert runtimes.floor == pytest.approx(0.25)  # b is 4x faster than the typical job
     runtimes.observe("b", 1.0)  # b's one-sample window now says 1.0: nobody is below 1.0
     assert runtimes.floor == 1.0
+
+
+def test_the_outlook_and_mean_are_those_of_the_samples_as_last_sorted():
+    """The tail sums behind outlook() are made when it first asks, from the sorted samples of
+    that moment, and made again once those are sorted anew: asked between samples, outlook and
+    mean always agree with the sorted samples the model holds then."""
+    runtimes = Runtimes(window=32)
+    for i in range(300):
+        runtimes.observe("a", 1.0 + (i * 7919 % 13) / 4)
+        if i % 3:
+            continue
+        values = runtimes._values()  # sorted, as the model last sorted them
+        elapsed = values[len(values) // 2] * runtimes.slowness("a")  # half are longer
+        outlook, mean = runtimes.outlook("a", elapsed), runtimes.mean()
+        tail = values[bisect_right(values, elapsed / runtimes.slowness("a")) :]
+        if tail:
+            assert outlook[1] == pytest.approx(sum(tail) / len(tail))
+        assert mean == pytest.approx(sum(values) / len(values))
 
 
 def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():

@@ -110,7 +110,8 @@ class Runtimes:
         self.floor = 1.0
         """The least slowness any host has (1.0 for the unmeasured): a cheap lower bound."""
         self._sorted: list[float] | None = None  # cached sorted(_norm)
-        self._tail_sums: list[float] = []  # _tail_sums[i] = sum(_sorted[i:])
+        self._tail_sums: list[float] | None = None  # [i] = sum(_sorted[i:]), made for outlook
+        self._sum = 0.0  # sum(_sorted)
         self._anchor: float | None = None  # cached median(_raw)
         self._new = 0  # samples since the caches were built
 
@@ -175,18 +176,21 @@ class Runtimes:
         start = bisect_right(values, elapsed / slowness)
         if start == len(values):
             return elapsed, self.mean()
+        if self._tail_sums is None:  # only a straggler's outlook needs them: made then
+            self._tail_sums = list(accumulate(reversed(values)))[::-1]
         size = self._tail_sums[start] / (len(values) - start)
         return size * slowness - elapsed, size
 
     def mean(self) -> float:
         """Mean duration of a job on a host of slowness 1 (0.0 without samples)."""
         values = self._values()
-        return self._tail_sums[0] / len(values) if values else 0.0
+        return self._sum / len(values) if values else 0.0
 
     def _values(self) -> list[float]:
         if self._sorted is None:
             self._sorted = sorted(self._norm)
-            self._tail_sums = list(accumulate(reversed(self._sorted)))[::-1]
+            self._sum = sum(self._sorted)  # for mean(), asked every round; not tail sums
+            self._tail_sums = None
         return self._sorted
 
     def _raw_median(self) -> float | None:
