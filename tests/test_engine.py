@@ -8,6 +8,8 @@ attempt starts, prints and ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections import Counter
 
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from anet.core.batch import MAX_COMMAND, Job
 from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
 from anet.core.files import JobFiles
-from anet.core.record import JobResult
+from anet.core.record import JobResult, new_result
 from anet.core.spool import OutputCap
 from anet.errors import HostError
 from dispatcher.protocol import STDERR, STDOUT, Done, Exit, Kill, Message, Output, Run, Started
@@ -747,3 +749,18 @@ def test_a_done_past_a_stdout_only_cap_by_its_stderr_keeps_each_stream_apart():
     (result,) = hosts.results
     assert (result.ok, result.stdout, result.stderr, result.error) == (True, b"123", b"4567", None)
     assert [a.size for a in hosts.attempts] == [7] and hosts.kills == []
+
+
+def test_new_result_is_the_dataclass_constructor_of_a_result():
+    """The engine makes its results with new_result (the slots set directly, not the frozen
+    dataclass's `__init__`): its parameters must be the dataclass's fields, in order, and
+    what it makes a JobResult like any other: equal, hashed alike, frozen."""
+    names = [f.name for f in dataclasses.fields(JobResult)]
+    assert list(inspect.signature(new_result).parameters) == names
+    values = (7, False, 3, None, "node1", 2, 0.25, b"out", b"err", "why")
+    made, plain = new_result(*values), JobResult(*values)
+    assert type(made) is JobResult and made == plain and hash(made) == hash(plain)
+    assert [getattr(made, name) for name in names] == list(values)
+    assert new_result(*values[:-1]).error is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.ok = True  # type: ignore[misc]

@@ -14,7 +14,7 @@ given (or that already ended there) is a protocol error of that host, never a re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .batch import Job, JobInput, unrunnable
 from .readahead import NOT_YET
-from .record import JobResult, SpooledResult
+from .record import JobResult, SpooledResult, new_result
 from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
 from .spool import Output as Held
@@ -447,13 +447,14 @@ class Engine:
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
+        kind: Callable[..., JobResult]
         if whole is not None:
-            (out, err), kind = whole, JobResult
+            (out, err), kind = whole, new_result
         elif flight.spools is None:  # all in memory
-            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), JobResult
+            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), new_result
         else:
             out, err = flight.output(0), flight.output(1)
-            kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
+            kind = SpooledResult if type(out) is Spool or type(err) is Spool else new_result
         result = kind(
             attempt.job.id, ended.ok, msg.code, msg.signal, host, attempt.number, msg.duration,
             out, err, cut or ended.error,  # type: ignore[arg-type]  # bytes, or a Spool
