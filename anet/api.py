@@ -521,10 +521,17 @@ class Cluster:
             first = next(plan.jobs, None)
         if first is not None:  # else nothing to run: no host is even connected
             drive = await self._start_drive(plan, itertools.chain((first,), plan.jobs))
+            plain = plan.plain
             try:
                 async for result in drive.results():
-                    for ready in await plan.arrive(result):
-                        yield ready
+                    if plain:  # no hook, no order to keep: the result itself, at once
+                        plan.failed += not result.ok
+                        yield result
+                    else:
+                        for ready in await plan.arrive(result):
+                            yield ready
+                    if result.ok:  # the failure count did not change: nor did the halt
+                        continue
                     halt = plan.halt()
                     if halt is Halt.NOW:
                         drive.abort()

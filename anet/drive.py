@@ -143,10 +143,12 @@ class Drive:
         """Several whole attempts (a Dones frame): the engine takes them all, then one round
         and one take carry out what they decided."""
         now, feeds = self._loop.time(), self._feeds
-        for done in dones:
-            self.engine.frame(label, done, now)
-            if feeds is not None:
+        if feeds is not None and feeds.feeding:
+            for done in dones:
+                self.engine.frame(label, done, now)
                 feeds.ended(done.aid)
+        else:  # no attempt is fed (every run without stdin): no feed to stop
+            self.engine.dones(label, dones, now)
         self.round_soon()
         results = self._carry_out_now(self.engine.take())
         if self._files is not None and self.engine.files:  # as an Exit's (a job with files is
@@ -184,13 +186,15 @@ class Drive:
         flusher = self._tasks.create_task(self._flush_journal()) if self._journal else None
         try:
             self.round_soon()
-            while True:
-                item = await self._results.get()
+            queue = self._results
+            while True:  # results that wait are taken without a coroutine each
+                item = queue.pop() if len(queue) else await queue.get()
                 if isinstance(item, _Done):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                self._commit_before_yield()
+                if self._journal is not None:
+                    self._commit_before_yield()
                 yield item
         finally:
             if self._feeds is not None:

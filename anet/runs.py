@@ -98,6 +98,12 @@ class RunPlan:
         owed = journal.succeeded_results(undelivered=options.only_new)
         return (r for r in owed if r.id in self.done)
 
+    @property
+    def plain(self) -> bool:
+        """No `arrived` hook and no order to keep: each result leaves as it arrives (what
+        `arrive` would give), only counted."""
+        return self.options.arrived is None and self._order is None
+
     async def arrive(self, result: JobResult) -> Iterator[JobResult]:
         """`ordered`, once `arrived` has seen the result (and, when it returned an awaitable,
         once that is done: a results folder is whole before its result leaves)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import struct
 import sys
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
@@ -185,19 +186,20 @@ def _field_check(f: Field) -> Callable[[Any], bool]:
     return lambda v: typed(v) and low <= v <= top
 
 
-def _columns_pass(code: int, items: List[Any]) -> bool:
-    """Whether every item of a Several frame is a well-formed `code` message's fields, checked
-    a field at a time over all the items (a set of types, a min and a max: loops in C) rather
-    than a Python call per field per item. True only when each item would pass `checked`'s
-    field checks; on False (or any surprise) the caller checks item by item, which says
-    exactly what is wrong."""
-    arity = _ARITY[code]
-    if not all(type(item) is list and len(item) == arity for item in items):
-        return False
+def _columns_pass(code: int, items: List[Any]) -> Optional[List[Tuple[Any, ...]]]:
+    """The columns of a Several frame's items (one tuple a field) when every item is a
+    well-formed `code` message's fields, checked a field at a time over all the items (a set
+    of types, a min and a max: loops in C) rather than a Python call per field per item. Not
+    None only when each item would pass `checked`'s field checks; on None (or any surprise)
+    the caller checks item by item, which says exactly what is wrong."""
+    if set(map(type, items)) != {list} or set(map(len, items)) != {_ARITY[code]}:
+        return None
+    columns = list(zip(*items))
     try:
-        return all(map(_column_ok, _COLUMN_CHECKS[code], zip(*items)))
+        passed = all(map(_column_ok, _COLUMN_CHECKS[code], columns))
     except (TypeError, ValueError, OverflowError):  # e.g. an int too big for a float sum
-        return False
+        return None
+    return columns if passed else None
 
 
 COLUMNS_FROM = 6
@@ -211,10 +213,14 @@ def _made_at_once(cls: Type[Any], items: List[Any]) -> Optional[List[Any]]:
     """The messages of a Several frame's items when there are many and every one is well
     formed (fields checked a column at a time, then each whole); None when there are few, or
     one is not well formed (or might not be): then they are checked one by one."""
-    if len(items) < COLUMNS_FROM or not _columns_pass(cls.CODE, items):
+    if len(items) < COLUMNS_FROM:
+        return None
+    columns = _columns_pass(cls.CODE, items)
+    if columns is None:
         return None
     made = [cls(*item) for item in items]
-    if cls.CODE in _WHOLE_CHECKED and any(msg.problem() is not None for msg in made):
+    whole = cls.CODE not in _WHOLE_CHECKED or cls.columns_well(columns)
+    if not whole and any(msg.problem() is not None for msg in made):
         return None
     return made
 
@@ -292,6 +298,13 @@ class Message:
     def problem(self) -> Optional[str]:
         """What makes the message invalid as a whole, though each field is (None: nothing)."""
         return None
+
+    @staticmethod
+    def columns_well(columns: List[Tuple[Any, ...]]) -> bool:
+        """True when no message of these columns (each field's values, of well-formed
+        fields) has a `problem()`, found without a call per message; False when one may
+        have: then each is asked."""
+        return False
 
 
 def message(cls: Type[Any]) -> Type[Any]:
@@ -558,6 +571,18 @@ class Done(Message):
         if len(self.stdout) + len(self.stderr) > FOLD_OUTPUT:
             return "holds over %d bytes of output" % FOLD_OUTPUT
         return None
+
+    @staticmethod
+    def columns_well(columns: List[Tuple[Any, ...]]) -> bool:
+        """`problem()` of every Done at once: as many Nones among codes and signals as there
+        are records, and no record whose code is its signal (both None, or one int twice),
+        is exactly one None each; and no record's outputs together past FOLD_OUTPUT."""
+        codes, signals, outs, errs = columns[3], columns[4], columns[8], columns[9]
+        if codes.count(None) + signals.count(None) != len(codes):
+            return False
+        if any(map(operator.is_, codes, signals)):
+            return False
+        return max(map(operator.add, map(len, outs), map(len, errs))) <= FOLD_OUTPUT
 
 
 MAX_DONES = 4096

@@ -8,6 +8,8 @@ attempt starts, prints and ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections import Counter
 
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from anet.core.batch import MAX_COMMAND, Job
 from anet.core.engine import KILL_GRACE, Actions, Engine, HostStats, RunPolicy
 from anet.core.files import JobFiles
-from anet.core.record import JobResult
+from anet.core.record import JobResult, new_result
 from anet.core.spool import OutputCap
 from anet.errors import HostError
 from dispatcher.protocol import STDERR, STDOUT, Done, Exit, Kill, Message, Output, Run, Started
@@ -302,6 +304,35 @@ def test_a_host_speaks_only_of_its_own_attempts(forge):
         assert f"{said} or had already ended there" in str(caught.value)
     else:
         assert "Started in slot 9 of 1" in str(caught.value)
+
+
+@pytest.mark.parametrize("via_dones", [False, True])
+def test_a_dones_frame_is_its_records_as_done_frames(via_dones: bool):
+    """Engine.dones (a Dones frame's records, without frame()'s dispatch) decides what frame()
+    of each record would: the same results; a record about another host's attempt, after
+    good ones, is the same protocol error."""
+    engine, hosts = engine_for(8, speculate=False)
+    hosts.ready("h1", 2)
+    hosts.ready("h2", 1)
+    mine = hosts.runs["h1"][:2]
+    dones = [Done(run.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"out %d" % run.aid, b"") for run in mine]
+    if via_dones:
+        engine.dones("h1", dones, hosts.now)
+    else:
+        for done in dones:
+            engine.frame("h1", done, hosts.now)
+    results = engine.take().results
+    assert [(r.id, r.ok, r.stdout) for r in results] == [
+        (run.job, True, b"out %d" % run.aid) for run in mine
+    ]
+    other = hosts.runs["h2"][0]
+    forged = Done(other.aid, 1, 1, 0, None, 0.1, 0.0, 0, b"", b"")
+    with pytest.raises(HostError, match="which was not sent to this host") as caught:
+        if via_dones:
+            engine.dones("h1", [forged], hosts.now)
+        else:
+            engine.frame("h1", forged, hosts.now)
+    assert caught.value.permanent and caught.value.host == "h1"
 
 
 def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
@@ -723,3 +754,18 @@ def test_a_done_past_a_stdout_only_cap_by_its_stderr_keeps_each_stream_apart():
     (result,) = hosts.results
     assert (result.ok, result.stdout, result.stderr, result.error) == (True, b"123", b"4567", None)
     assert [a.size for a in hosts.attempts] == [7] and hosts.kills == []
+
+
+def test_new_result_is_the_dataclass_constructor_of_a_result():
+    """The engine makes its results with new_result (the slots set directly, not the frozen
+    dataclass's `__init__`): its parameters must be the dataclass's fields, in order, and
+    what it makes a JobResult like any other: equal, hashed alike, frozen."""
+    names = [f.name for f in dataclasses.fields(JobResult)]
+    assert list(inspect.signature(new_result).parameters) == names
+    values = (7, False, 3, None, "node1", 2, 0.25, b"out", b"err", "why")
+    made, plain = new_result(*values), JobResult(*values)
+    assert type(made) is JobResult and made == plain and hash(made) == hash(plain)
+    assert [getattr(made, name) for name in names] == list(values)
+    assert new_result(*values[:-1]).error is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.ok = True  # type: ignore[misc]

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from anet.streams.flow import ByteBoundedQueue
 
 
-def test_put_waits_when_the_bytes_are_used_up_and_resumes_after_get():
+@pytest.mark.parametrize("take", ["get", "pop"])
+def test_put_waits_when_the_bytes_are_used_up_and_resumes_after_a_take(take: str):
+    """`pop` (no coroutine: the consumer found an item waiting) frees room as `get` does."""
+
     async def main():
         queue: ByteBoundedQueue[str] = ByteBoundedQueue(max_items=100, max_bytes=10)
         await queue.put("a", 6)
         blocked = asyncio.create_task(queue.put("b", 6))
         await asyncio.sleep(0)
         assert not blocked.done() and len(queue) == 1
-        assert await queue.get() == "a"
-        await blocked
+        assert (await queue.get() if take == "get" else queue.pop()) == "a"
+        await asyncio.wait_for(blocked, timeout=5)  # the room it freed let "b" in
         return await queue.get(), queue.bytes
 
     assert asyncio.run(main()) == ("b", 0)

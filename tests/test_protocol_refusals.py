@@ -11,6 +11,8 @@ import math
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dispatcher import protocol
 from dispatcher.protocol import (
@@ -233,3 +235,19 @@ def test_a_dones_item_of_the_wrong_shape_among_many_is_refused_as_that_item(item
     body = pack(Dones.CODE, [*[_GOOD_DONE] * COLUMNS_FROM, item])
     sep = ": " if said.startswith("Done ") else " "
     assert refusal(body) == f"Dones item {COLUMNS_FROM}{sep}{said}"
+
+
+_CODE_OR_SIGNAL = st.one_of(st.none(), st.integers(1, 127))
+_OUTPUT = st.sampled_from([b"", b"x", bytes(FOLD_OUTPUT // 2), bytes(FOLD_OUTPUT)])
+
+
+@given(
+    st.lists(st.tuples(_CODE_OR_SIGNAL, _CODE_OR_SIGNAL, _OUTPUT, _OUTPUT), min_size=1, max_size=12)
+)
+def test_the_column_check_of_dones_says_what_each_dones_problem_says(records):
+    """Dones of many items are judged whole by columns (`Done.columns_well`), not a
+    `problem()` call each: it must pass exactly the frames whose every record passes."""
+    items = [[1, 2, 1, code, signal, 0.1, 0.0, 0, out, err] for code, signal, out, err in records]
+    columns = list(zip(*items, strict=True))
+    every_well = all(Done(*item).problem() is None for item in items)
+    assert Done.columns_well(columns) == every_well

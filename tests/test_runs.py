@@ -85,3 +85,11 @@ def test_without_resume_the_journal_skips_nothing(tmp_path):
         plan = RunPlan(batch(3), RunOptions(journal=journal))
         assert [job.id for job in plan.jobs] == [0, 1, 2]
         assert list(plan.earlier()) == []
+
+
+def test_a_plain_plan_is_one_whose_results_leave_as_they_arrive():
+    """Cluster.run skips `arrive` for a plain plan: only a plan with no hook and no order to
+    keep may be plain, since `arrive` would give such a result back alone and unchanged."""
+    assert RunPlan(batch(2), RunOptions()).plain
+    assert not RunPlan(batch(2), RunOptions(keep_order=True)).plain
+    assert not RunPlan(batch(2), RunOptions(arrived=lambda result: None)).plain

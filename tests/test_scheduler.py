@@ -75,6 +75,37 @@ def _steady_state(lookahead: int | None, rtt: float, job: float, rounds: int = 4
     return most
 
 
+def _whole_reports(done: bool) -> tuple[list[Verdict], list[int], float]:
+    """A 2-slot host with a 50 ms round trip whose attempts end within one report: through
+    `attempt_done` (a Done) or `attempt_started` then `attempt_ended`. The verdicts, the host's
+    capacity after each round, and the median run time learned."""
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 2)
+    now, verdicts, capacities = 0.0, [], []
+    for _ in range(30):
+        runs = scheduler.next_runs(now)
+        now += 0.05
+        for run in sorted(runs, key=lambda r: r.aid)[:2]:
+            started, ended_at = now - 0.02, now
+            if done:
+                ended = scheduler.attempt_done(run.aid, started, ended_at, ok=True, duration=0.02)
+            else:
+                scheduler.attempt_started(run.aid, started)
+                ended = scheduler.attempt_ended(run.aid, ok=True, now=ended_at, duration=0.02)
+            verdicts.append(ended.verdict)
+        capacities.append(scheduler._hosts["a"].capacity)
+    return verdicts, capacities, scheduler.runtimes.median()
+
+
+def test_a_whole_report_is_a_start_and_an_end():
+    assert _whole_reports(done=True) == _whole_reports(done=False)
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 1)
+    (run,) = scheduler.next_runs(0.0)[:1]
+    scheduler.attempt_done(run.aid, 0.1, 0.2, ok=True, duration=0.1)
+    assert run.aid not in scheduler._flights._starts  # never timed as running
+
+
 def test_the_default_queue_grows_to_hide_a_long_round_trip():
     # 50 ms round trip, 20 ms jobs, 2 slots: Little's law wants 2 x 50 / 20 = 5 queued.
     assert _steady_state(None, rtt=0.05, job=0.02) >= 2 + 5

@@ -6,12 +6,15 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import median
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from anet.core.batch import Job
 from anet.core.scheduler import Attempt, Ended, Kill, KillReason, Scheduler, Verdict
@@ -102,6 +105,44 @@ def test_the_cached_statistics_follow_a_batch_that_drifts():
     for _ in range(300):  # the jobs became 5x longer (on the same host: it is not the host)
         runtimes.observe("a", 5.0)
     assert runtimes.quantile(0.9) > 1.0  # not frozen at what the first samples showed
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.floats(0.001, 50.0)), max_size=200))
+def test_the_floor_is_always_the_least_slowness_it_caches(observed: list[tuple[str, float]]):
+    """observe() updates the floor from the one host that changed, instead of a min over all
+    hosts each job: after every sample it must equal that min (with 1.0 for the unmeasured),
+    also when the least slow host becomes slower."""
+    runtimes = Runtimes(host_window=3)
+    for host, duration in observed:
+        runtimes.observe(host, duration)
+        assert runtimes.floor == min(1.0, *(runtimes.slowness(h) for h in "abcd"))
+
+
+def test_a_host_that_was_the_floor_and_slows_down_raises_it():
+    runtimes = Runtimes(host_window=1)
+    for host, duration in (("a", 1.0), ("a", 1.0), ("b", 1.0), ("b", 0.25)):
+        runtimes.observe(host, duration)
+    assert runtimes.floor == pytest.approx(0.25)  # b is 4x faster than the typical job
+    runtimes.observe("b", 1.0)  # b's one-sample window now says 1.0: nobody is below 1.0
+    assert runtimes.floor == 1.0
+
+
+def test_the_outlook_and_mean_are_those_of_the_samples_as_last_sorted():
+    """The tail sums behind outlook() are made when it first asks, from the sorted samples of
+    that moment, and made again once those are sorted anew: asked between samples, outlook and
+    mean always agree with the sorted samples the model holds then."""
+    runtimes = Runtimes(window=32)
+    for i in range(300):
+        runtimes.observe("a", 1.0 + (i * 7919 % 13) / 4)
+        if i % 3:
+            continue
+        values = runtimes._values()  # sorted, as the model last sorted them
+        elapsed = values[len(values) // 2] * runtimes.slowness("a")  # half are longer
+        outlook, mean = runtimes.outlook("a", elapsed), runtimes.mean()
+        tail = values[bisect_right(values, elapsed / runtimes.slowness("a")) :]
+        if tail:
+            assert outlook[1] == pytest.approx(sum(tail) / len(tail))
+        assert mean == pytest.approx(sum(values) / len(values))
 
 
 def test_a_late_attempt_is_a_big_job_if_such_jobs_were_seen_else_its_hosts_fault():

@@ -14,18 +14,18 @@ given (or that already ended there) is a protocol error of that host, never a re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatcher.polite import Evicted
 from dispatcher.protocol import STDOUT, Done, Exit, Kill, Message, Output, Run, Started
 
-from ..errors import protocol_error
+from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .batch import Job, JobInput, unrunnable
 from .readahead import NOT_YET
-from .record import JobResult, SpooledResult
+from .record import JobResult, SpooledResult, new_result
 from .scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from .spool import SPOOL_AT, OutputCap, Spool
 from .spool import Output as Held
@@ -229,11 +229,7 @@ class Engine:
         aid = getattr(msg, "aid", -1)
         flight = self._flights.get(aid)
         if flight is None or flight.attempt.host != host:
-            raise protocol_error(
-                host,
-                f"{type(msg).__name__} about attempt {aid}, which was not sent to this host"
-                " or had already ended there",
-            )
+            raise _not_sent(host, msg, aid)
         if isinstance(msg, Output):
             return self._output(flight, 0 if msg.stream == STDOUT else 1, msg.data)
         if type(msg) is Done:  # a short job whole: started, said all, ended
@@ -245,6 +241,16 @@ class Engine:
         elif isinstance(msg, Evicted):  # polite mode kills it there: not the job's fault
             self._scheduler.attempt_evicted(aid, msg.reason)
         return False
+
+    def dones(self, host: str, dones: list[Done], now: float) -> None:
+        """The records of a Dones frame from `host`: `frame` of each, without its dispatch on
+        the message's type (a Dones frame carries most jobs' ends)."""
+        flights = self._flights
+        for msg in dones:
+            flight = flights.get(msg.aid)
+            if flight is None or flight.attempt.host != host:
+                raise _not_sent(host, msg, msg.aid)
+            self._done(host, flight, msg, now)
 
     def stdin(self, aid: int) -> JobInput | None:
         """The input of the attempt's job, for whoever streams it to the host (drive.py)."""
@@ -298,12 +304,12 @@ class Engine:
                 log.info(f"job {kill.attempt.job.id} timed out on {kill.attempt.host}")
             queued_only = kill.reason is KillReason.DRAINED  # one started runs on
             actions.send(kill.attempt.host, Kill(kill.attempt.aid, KILL_GRACE, queued_only))
+        frames, start = actions.frames, now + self._wall
         for attempt in () if self._draining else self._scheduler.next_runs(now):
-            self._flights[attempt.aid] = _Flight(attempt, start=now + self._wall)
+            self._flights[attempt.aid] = _Flight(attempt, start=start)
             job = attempt.job
-            actions.send(
-                attempt.host, Run(attempt.aid, job.id, job.command, {}, job.stdin is not None)
-            )
+            run = Run(attempt.aid, job.id, job.command, {}, job.stdin is not None)
+            frames.setdefault(attempt.host, []).append(run)  # actions.send, inline: once a job
             if attempt.speculative:
                 log.info(f"job {attempt.job.id}: a copy starts on {attempt.host}")
         actions.results += self._failed_early
@@ -340,25 +346,32 @@ class Engine:
                 JobResult(job.id, False, None, None, "", 0, 0.0, b"", said, error=why)
             )
 
-    def _started(self, host: str, flight: _Flight, aid: int, slot: int, now: float) -> None:
+    def _started(
+        self, host: str, flight: _Flight, aid: int, slot: int, now: float, tell: bool = True
+    ) -> None:
+        """The attempt started at `now`; the scheduler hears of it unless not `tell` (a Done's
+        attempt, whose start it hears with its end: `attempt_done`)."""
         if flight.started:
             raise protocol_error(host, f"a second Started for attempt {aid}")
         if slot > self._slots.get(host, 0):
             raise protocol_error(host, f"Started in slot {slot} of {self._slots.get(host, 0)}")
         flight.started, flight.start = True, now + self._wall
         self._stats[host].running += 1
-        self._scheduler.attempt_started(aid, now)
+        if tell:
+            self._scheduler.attempt_started(aid, now)
 
     def _done(self, host: str, flight: _Flight, msg: Done, now: float) -> None:
         """Started, Output and Exit in one: the job started its `duration` ago (by the
         host's clock), which keeps the round trips the look-ahead measures true."""
-        if flight.started or flight.size:
+        if flight.started or flight.stdout or flight.stderr or flight.spooled:
             raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
-        self._started(host, flight, msg.aid, msg.slot, now - msg.duration)
+        started = now - msg.duration
         out, err = msg.stdout, msg.stderr
         if len(out) + len(err) <= self._quick:  # most jobs: their result holds these bytes
-            self._exit(host, flight, msg, now, (out, err))
+            self._started(host, flight, msg.aid, msg.slot, started, tell=False)
+            self._exit(host, flight, msg, now, (out, err), started)
             return
+        self._started(host, flight, msg.aid, msg.slot, started)
         # past a cap, the job fails with why (its Kill finds it ended: moot); a cut drops the rest
         self._output(flight, 0, out)
         self._output(flight, 1, err)
@@ -410,15 +423,22 @@ class Engine:
         msg: Exit | Done,
         now: float,
         whole: tuple[bytes, bytes] | None = None,
+        started: float | None = None,
     ) -> None:
         """The attempt ended: its verdict, counters and record; its job's result if final.
-        `whole` is a Done's output as it came, when small: never copied into the flight."""
+        `whole` is a Done's output as it came, when small: never copied into the flight;
+        `started` is when, for an attempt whose start the scheduler has not heard of yet."""
         del self._flights[msg.aid]
         cut = flight.cut
-        ended = self._scheduler.attempt_ended(
-            msg.aid, ok=msg.code == 0 and cut is None, now=now, duration=msg.duration,
-            retry=cut is None,
-        )  # fmt: skip
+        if started is not None:  # a whole Done, within every cap: cut is None
+            ended = self._scheduler.attempt_done(
+                msg.aid, started, now, ok=msg.code == 0, duration=msg.duration
+            )
+        else:
+            ended = self._scheduler.attempt_ended(
+                msg.aid, ok=msg.code == 0 and cut is None, now=now, duration=msg.duration,
+                retry=cut is None,
+            )  # fmt: skip
         size = flight.size if whole is None else len(whole[0]) + len(whole[1])
         if not (ended.excused and not flight.started):  # one taken back unstarted never ran
             self._count(host, flight, ended, msg, size)
@@ -427,13 +447,14 @@ class Engine:
         attempt = ended.attempt
         if attempt is None or ended.verdict is Verdict.STALE:
             return
+        kind: Callable[..., JobResult]
         if whole is not None:
-            (out, err), kind = whole, JobResult
+            (out, err), kind = whole, new_result
         elif flight.spools is None:  # all in memory
-            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), JobResult
+            out, err, kind = bytes(flight.stdout), bytes(flight.stderr), new_result
         else:
             out, err = flight.output(0), flight.output(1)
-            kind = SpooledResult if type(out) is Spool or type(err) is Spool else JobResult
+            kind = SpooledResult if type(out) is Spool or type(err) is Spool else new_result
         result = kind(
             attempt.job.id, ended.ok, msg.code, msg.signal, host, attempt.number, msg.duration,
             out, err, cut or ended.error,  # type: ignore[arg-type]  # bytes, or a Spool
@@ -465,6 +486,15 @@ class Engine:
         self._actions.attempts.append(
             AttemptEnd(attempt, size, flight.start, msg.duration, msg.code, msg.signal, excused)
         )
+
+
+def _not_sent(host: str, msg: Message, aid: int) -> HostError:
+    """The host spoke of an attempt that is not its own (invariant 8): it breaks the protocol."""
+    return protocol_error(
+        host,
+        f"{type(msg).__name__} about attempt {aid}, which was not sent to this host"
+        " or had already ended there",
+    )
 
 
 def _status(result: JobResult) -> str:

@@ -69,7 +69,7 @@ class HostTable:
 
     def sent(self, aid: int, host: Slots, now: float) -> None:
         """An attempt went to `host`; if it starts on arrival, its start times the round trip."""
-        if host.load < host.slots and host.name in self._adaptive:
+        if len(host.attempts) < host.slots and host.name in self._adaptive:  # (load, inline)
             self._trips.sent(aid, host.name, now)
 
     def started(self, aid: int, now: float) -> str | None:

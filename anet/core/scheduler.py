@@ -233,6 +233,19 @@ class Scheduler:
         if (host := self._table.started(aid, now)) is not None:
             self._table.retune(host, self.runtimes)
 
+    def attempt_done(
+        self, aid: int, started: float, now: float, *, ok: bool, duration: float
+    ) -> Ended:
+        """`attempt_started(aid, started)` then `attempt_ended(aid, ...)`, for an attempt the
+        host reports whole (a Done): it is never timed as running, so no start-order entry is
+        made only to be removed; its round trip is still measured."""
+        run = self._flights.runs.get(aid)
+        if run is not None and run.started is None:
+            run.started = started
+        if (host := self._table.started(aid, started)) is not None:  # (its probe is gone now)
+            self._table.retune(host, self.runtimes)
+        return self.attempt_ended(aid, ok=ok, now=now, duration=duration, probe=False)
+
     def attempt_ended(
         self,
         aid: int,
@@ -241,6 +254,7 @@ class Scheduler:
         now: float | None = None,
         duration: float | None = None,
         retry: bool = True,
+        probe: bool = True,
     ) -> Ended:
         """The attempt is over; the verdict says whether its result is the job's final one.
 
@@ -248,16 +262,18 @@ class Scheduler:
         than the master's clock, which adds network delay); else `now` - start is used. The
         default `ok=True` keeps callers that predate retries emitting every result. A failure
         with `retry=False` uses up the job's retries (its output passed a cap: it would again).
+        `probe=False`: it timed no round trip, or its start already took the sample.
         """
         now = self._tick(now)
         run = self._flights.end(aid)
-        self._table.forget(aid)
+        if probe:
+            self._table.forget(aid)
         if run is None:
             return Ended(Verdict.STALE, None)
         host = self._hosts.get(run.attempt.host)
         if host is not None:
             host.attempts.discard(aid)
-        state = self._jobs.get(run.job_id)
+        state = self._jobs.get(run.attempt.job.id)
         if state is None or (run.doom is not None and run.doom.moot):
             return Ended(Verdict.STALE, run.attempt)
         if run.doom is KillReason.DRAINED and run.started is None:  # taken from its queue
@@ -323,7 +339,7 @@ class Scheduler:
 
     def _final(self, state: PendingJob, run: Flight, now: float, size: float | None) -> None:
         """The job is done: kill its other attempts, whose late output is then STALE."""
-        del self._jobs[run.job_id]
+        del self._jobs[state.job.id]
         if not state.aids:  # most jobs: no other attempt to stop
             return
         for aid in sorted(state.aids):
@@ -447,13 +463,13 @@ class Scheduler:
         held = {h.name for h in hosts if self._holds_back(h, usable)}
         names = frozenset(h.name for h in usable) - held
         hosts = [h for h in hosts if h.name not in held]
-        while hosts:
-            hosts.sort(key=lambda h: -h.room)
+        while hosts:  # (room inline, not Slots.room: this loop runs once a job)
+            hosts.sort(key=lambda h: len(h.attempts) - h.capacity)  # the most room first
             for host in list(hosts):
                 state = self._backlog.next_for(host.name, names)
                 if state is not None:
                     runs.append(self._start(state, host))
-                if state is None or host.room <= 0:
+                if state is None or len(host.attempts) >= host.capacity:
                     hosts.remove(host)
         return runs
 

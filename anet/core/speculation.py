@@ -110,7 +110,8 @@ class Runtimes:
         self.floor = 1.0
         """The least slowness any host has (1.0 for the unmeasured): a cheap lower bound."""
         self._sorted: list[float] | None = None  # cached sorted(_norm)
-        self._tail_sums: list[float] = []  # _tail_sums[i] = sum(_sorted[i:])
+        self._tail_sums: list[float] | None = None  # [i] = sum(_sorted[i:]), made for outlook
+        self._sum = 0.0  # sum(_sorted)
         self._anchor: float | None = None  # cached median(_raw)
         self._new = 0  # samples since the caches were built
 
@@ -119,13 +120,13 @@ class Runtimes:
         return len(self._norm)
 
     def observe(self, host: str, duration: float) -> None:
-        """An attempt on `host` succeeded after `duration` seconds."""
+        """An attempt on `host` succeeded after `duration` seconds. (Called once a job: the
+        cached anchor and the host's new slowness are used as they are, not asked again.)"""
         duration = max(0.0, duration)
-        anchor = self._raw_median()
-        if anchor:
-            self._add_ratio(host, duration / anchor)
+        anchor = self._anchor if self._anchor is not None else self._raw_median()
+        slowness = self._add_ratio(host, duration / anchor) if anchor else self.slowness(host)
         self._raw.append(duration)
-        self._norm.append(duration / self.slowness(host))
+        self._norm.append(duration / slowness)
         self._new += 1
         if self._new * 16 >= len(self._norm):  # rebuilt once 1/16 of the window is new: cheap
             self._sorted = self._anchor = None  # and exact enough, and exact while it is small
@@ -175,18 +176,21 @@ class Runtimes:
         start = bisect_right(values, elapsed / slowness)
         if start == len(values):
             return elapsed, self.mean()
+        if self._tail_sums is None:  # only a straggler's outlook needs them: made then
+            self._tail_sums = list(accumulate(reversed(values)))[::-1]
         size = self._tail_sums[start] / (len(values) - start)
         return size * slowness - elapsed, size
 
     def mean(self) -> float:
         """Mean duration of a job on a host of slowness 1 (0.0 without samples)."""
         values = self._values()
-        return self._tail_sums[0] / len(values) if values else 0.0
+        return self._sum / len(values) if values else 0.0
 
     def _values(self) -> list[float]:
         if self._sorted is None:
             self._sorted = sorted(self._norm)
-            self._tail_sums = list(accumulate(reversed(self._sorted)))[::-1]
+            self._sum = sum(self._sorted)  # for mean(), asked every round; not tail sums
+            self._tail_sums = None
         return self._sorted
 
     def _raw_median(self) -> float | None:
@@ -194,12 +198,19 @@ class Runtimes:
             self._anchor = _median(self._raw)
         return self._anchor
 
-    def _add_ratio(self, host: str, ratio: float) -> None:
+    def _add_ratio(self, host: str, ratio: float) -> float:
+        """Add a sample to the host's window; its slowness after it."""
         samples = self._ratios.get(host)
         if samples is None:
             samples = self._ratios[host] = MedianWindow(self._host_window)
-        self._slowness[host] = samples.add(min(MAX_RATIO, max(MIN_RATIO, ratio)))
-        self.floor = min(1.0, *self._slowness.values())
+        slowness = samples.add(min(MAX_RATIO, max(MIN_RATIO, ratio)))
+        before = self._slowness.get(host)
+        self._slowness[host] = slowness
+        if slowness < self.floor:  # the new least
+            self.floor = slowness
+        elif before == self.floor and slowness != before:  # the least may have gone up
+            self.floor = min(1.0, *self._slowness.values())
+        return slowness
 
 
 class MedianWindow:
@@ -224,7 +235,8 @@ class MedianWindow:
             del ordered[bisect_left(ordered, order[0])]
         order.append(value)
         insort(ordered, value)
-        return _middle(ordered)
+        half = len(ordered) // 2  # _middle, inline: this runs once a job
+        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
     def __len__(self) -> int:
         return len(self._order)

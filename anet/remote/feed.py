@@ -90,6 +90,11 @@ class Feeds:
             feed.stop()  # the job closed its stdin: the rest would be thrown away
         feed.credit.set()
 
+    @property
+    def feeding(self) -> bool:
+        """Some attempt is being fed (else `ended` has nothing to stop)."""
+        return bool(self._feeds)
+
     def ended(self, aid: int) -> None:
         """The attempt's Exit came: no more input, no more InputAck."""
         feed = self._feeds.pop(aid, None)

@@ -62,9 +62,15 @@ class ByteBoundedQueue(Generic[T]):
     async def get(self) -> T:
         while not self._items:
             await _wait_in(self._getters)
+        return self.pop()
+
+    def pop(self) -> T:
+        """The first item, when there is one (`get` without a coroutine: a consumer that finds
+        items waiting takes them this way, one call each)."""
         item, size = self._items.popleft()
         self._bytes -= size
-        _wake(self._putters, every=True)  # room for one may be room for several small ones
+        if self._putters:  # room for one may be room for several small ones
+            _wake(self._putters, every=True)
         return item
 
     def _append(self, item: T, size: int) -> None:
@@ -72,7 +78,8 @@ class ByteBoundedQueue(Generic[T]):
             return
         self._items.append((item, size))
         self._bytes += size
-        _wake(self._getters, every=False)
+        if self._getters:
+            _wake(self._getters, every=False)
 
     @property
     def bytes(self) -> int:
