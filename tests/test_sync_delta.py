@@ -286,3 +286,13 @@ def test_a_deps_entry_named_dependencies_added_by_a_delta_replaces_anets_link(tm
     new_dir = Path(os.fsdecode(done.path))
     assert (new_dir / "dependencies").read_text() == "the user's own\n"
     assert snapshot(new_dir) == snapshot(src)
+
+
+def test_the_sqlite_digest_cache_of_an_older_anet_goes_once_the_new_one_is_made(tmp_path):
+    """anet before the per-argument files kept every digest in one SQLite file beside the
+    folder, which nothing reads any more: it would lie in the user's cache for good."""
+    old = [tmp_path / f"hashes.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
+    for path in old:
+        path.write_bytes(b"x" * 1000)
+    _, cache_path = scanned_2000_files(tmp_path)
+    assert cache_path.is_dir() and not any(path.exists() for path in old)

@@ -122,7 +122,9 @@ class HashCache:
         if path is None or not (self._new or self.previous != self._loaded_previous):
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _drop_older_cache(path.parent)
             if self._worth_rewriting():
                 tmp = path.with_name(f".{path.name}.{os.getpid()}")
                 tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen, self.previous)))
@@ -146,6 +148,14 @@ class HashCache:
 
     def close(self) -> None:
         self._known = {}
+
+
+def _drop_older_cache(folder: Path) -> None:
+    """An older anet kept every digest in one SQLite file beside `folder`, which nothing
+    reads now: removed once, when the folder that replaces it is made."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            folder.with_name(f"{folder.name}.sqlite{suffix}").unlink()
 
 
 @contextlib.contextmanager
