@@ -46,6 +46,7 @@ from .protocol import (
     StartupError,
     decode_body,
     encode,
+    encode_parts,
     frame_end,
 )
 from .record import frozen
@@ -300,6 +301,17 @@ class Connection:
     def send(self, msg: Message) -> bytes:
         """The bytes of `msg`, if this end may send it now; else LocalProtocolError."""
         data = encode(msg)
+        self._sending(msg)
+        return data
+
+    def send_parts(self, msg: Message) -> Tuple[bytes, ...]:
+        """As `send`, the frame in parts (`encode_parts`: a job's output chunk not copied)."""
+        parts = encode_parts(msg)
+        self._sending(msg)
+        return parts
+
+    def _sending(self, msg: Message) -> None:
+        """Whether this end may send `msg` now (LocalProtocolError if not), and its turn."""
         sender = type(msg).SENDER
         if sender is not self.role and sender is not EITHER:
             raise LocalProtocolError(
@@ -308,7 +320,6 @@ class Connection:
             )
         if self._states[self.role] is not _RUNNING or msg.CODE in _TURNS:
             self._turn(self.role, msg, remote=False)
-        return data
 
     def send_payload(self, payload: bytes) -> bytes:
         """The master's answer to PayloadWanted: the length line, then the dispatcher's zip."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from dispatcher.heap import keep_heap
+
 SPOOL_AT: Final = 1 << 20
 """Output bytes (stdout and stderr together) an attempt keeps in memory; beyond, it spools."""
 CHUNK: Final = 1 << 20
@@ -71,6 +73,7 @@ class Spool:
     def __init__(self, directory: Path | None = None) -> None:
         self._fd, self._base, self._shared = _unlinked_file(directory), 0, None
         self.size = 0
+        keep_heap()  # a job prints a lot: its chunks' memory is reused, not faulted in anew
 
     @classmethod
     def _slice(cls, shared: _SharedFile, base: int, size: int) -> Spool:
