@@ -154,6 +154,17 @@ Event = Union[Message, PayloadWanted, BootFailed, ConnectionClosed]
 """What `next_event()` returns, but for its NEED_DATA and PAUSED."""
 
 
+def _decode(buf: bytearray, pos: int, end: int, sender: Role) -> Message:
+    """The frame at `pos` (ending at `end`) decoded in place: a slice of the bytearray would
+    copy its body first (a job's output chunk, 256 KiB); a view does not, and is let go at
+    once, as `receive_data` resizes the buffer."""
+    view = memoryview(buf)[pos + 4 : end]
+    try:
+        return decode_body(view, sender)
+    finally:
+        view.release()
+
+
 class Connection:
     """One end of a master <-> dispatcher session, sans I/O (as h11 is for HTTP).
 
@@ -214,7 +225,7 @@ class Connection:
             if end:
                 self._pos = end
                 try:
-                    msg = decode_body(buf[pos + 4 : end], self.peer)
+                    msg = _decode(buf, pos, end, self.peer)
                     if msg.CODE in _TURNS:
                         self._turn(self.peer, msg, remote=True)
                 except RemoteProtocolError as exc:
@@ -256,7 +267,7 @@ class Connection:
         if not end:
             return None
         self._pos = end
-        msg = decode_body(buf[pos + 4 : end], self.peer)
+        msg = _decode(buf, pos, end, self.peer)
         self._turn(self.peer, msg, remote=True)
         return msg
 

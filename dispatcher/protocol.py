@@ -707,7 +707,9 @@ def _bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) -> Message:
+def decode_body(
+    body: Union[bytes, bytearray, memoryview], sender: Optional[Role] = None
+) -> Message:
     """Turn one frame body into its message, or say exactly why it is not one; a message
     that `sender` (when given) may not send is refused before its fields are looked at."""
     try:
