@@ -22,7 +22,7 @@ from test_spool import pattern, spooled_result
 
 from anet.core.spool import Span, Spool, spans
 from anet.streams import sinks
-from anet.streams.output import open_output
+from anet.streams.output import OutputClosed, open_output
 from anet.streams.sinks import FORMATS, PLAIN
 from dispatcher.connection import Connection
 from dispatcher.protocol import (
@@ -189,3 +189,31 @@ def _read_all(fd: int) -> bytes:
         out += piece
     os.close(fd)
     return bytes(out)
+
+
+def test_a_reader_that_leaves_in_the_middle_of_a_span_ends_the_output(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.write(pattern(4 << 20))
+    read_end, write_end = os.pipe()
+    taken, marks = asyncio.run(_reader_leaves(write_end, read_end, Span(spool, 0, spool.size)))
+    assert 0 < taken < spool.size
+    assert marks == []  # the record never ended: its job is not marked delivered
+
+
+async def _reader_leaves(write_end: int, read_end: int, span: Span) -> tuple[int, list[int]]:
+    loop = asyncio.get_running_loop()
+    reader = loop.run_in_executor(None, _read_some_and_leave, read_end)
+    with open(write_end, "wb") as stream:
+        output = await open_output(stream)
+        with pytest.raises(OutputClosed):
+            await output.send_span(span)
+            await output.write(b"", 42)
+        marks = output.delivered()
+        await output.close(0.1)
+    return await reader, marks
+
+
+def _read_some_and_leave(fd: int) -> int:
+    taken = len(os.read(fd, 1 << 20))
+    os.close(fd)
+    return taken

@@ -187,6 +187,60 @@ class _PipeOutput(ResultOutput):
         except (BrokenPipeError, ConnectionResetError):
             raise OutputClosed(_CLOSED) from None
 
+    async def send_span(self, span: Span) -> None:
+        """With sendfile (a splice: the spool's pages go into the pipe, not through the
+        master's memory), once the transport has written everything before it; waiting for
+        the pipe's room as any write waits for the reader. Where the pipe cannot take it,
+        read and written as any other."""
+        await self._written_out()
+        loop, done = asyncio.get_running_loop(), 0
+        try:
+            while True:
+                try:
+                    sent = span.send_to(self._fd, done)
+                except BlockingIOError:
+                    await self._room(loop)
+                    continue
+                if not sent:
+                    return
+                done += sent
+                self._queued += sent
+                self._pushed += sent
+                self._taken += sent
+        except (BrokenPipeError, ConnectionResetError):
+            raise OutputClosed(_CLOSED) from None
+        except OSError as exc:
+            if exc.errno not in NO_KERNEL_COPY or done:
+                raise
+            await super().send_span(span)
+
+    async def _written_out(self) -> None:
+        """Wait until the transport holds nothing: what was written before goes first."""
+        self._flush_pending()
+        transport = self._writer.transport
+        if self._writer.is_closing():
+            raise OutputClosed(_CLOSED)
+        if transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(0)  # drain() returns once all is written
+            try:
+                await self._writer.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                raise OutputClosed(_CLOSED) from None
+            finally:
+                transport.set_write_buffer_limits(HIGH_WATER)
+            if self._writer.is_closing():
+                raise OutputClosed(_CLOSED)
+        self._unsent()  # the ledger's look: all of it taken
+
+    async def _room(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the pipe has room (stdout's own fd: the transport holds another)."""
+        room = loop.create_future()
+        loop.add_writer(self._fd, lambda: room.done() or room.set_result(None))
+        try:
+            await room
+        finally:
+            loop.remove_writer(self._fd)
+
     async def close(self, timeout: float | None = None) -> None:
         await super().close()
         transport = self._writer.transport
