@@ -691,15 +691,16 @@ def encode_parts(msg: Message) -> Tuple[bytes, ...]:
         head += b"".join([pack(getattr(msg, name)) for name in names[:-1]])
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError("cannot encode %s: %s" % (type(msg).__name__, exc)) from None
-    head += _bin_header(len(data))
+    head += bin_header(len(data))
     size = len(head) + len(data)
     if size > MAX_FRAME:
         raise LocalProtocolError("frame of %d bytes exceeds MAX_FRAME" % size)
     return _HEADER.pack(size) + head, data
 
 
-def _bin_header(size: int) -> bytes:
-    """msgpack's bin 8/16/32 header for `size` bytes, as Packer writes it before them."""
+def bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for `size` bytes, as Packer writes it before them (for
+    whoever writes the bytes themselves after it: here, and the result streams' writers)."""
     if size < 1 << 8:
         return b"\xc4" + size.to_bytes(1, "big")
     if size < 1 << 16:

@@ -90,6 +90,7 @@ import msgpack
 from anet.core.record import JobResult
 from anet.core.spool import CHUNK, Output, OutputCap, Span, Spool, chunks, spans
 from anet.errors import UsageError
+from dispatcher.protocol import bin_header
 
 MAX_RECORD: Final = 1 << 30
 """Largest msgpack record a writer emits and a reader accepts (the header rule below)."""
@@ -218,15 +219,6 @@ def encode_msgpack(result: JobResult) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def _bin_header(size: int) -> bytes:
-    """msgpack's bin 8/16/32 header for `size` bytes, as packb writes it before the bytes."""
-    if size < 1 << 8:
-        return b"\xc4" + size.to_bytes(1, "big")
-    if size < 1 << 16:
-        return b"\xc5" + size.to_bytes(2, "big")
-    return b"\xc6" + size.to_bytes(4, "big")
-
-
 def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     """The same bytes as `encode_msgpack`, the outputs copied in chunks: the map is packed
     field by field, each output as a bin header then its bytes, so the length comes first."""
@@ -245,8 +237,8 @@ def _msgpack_parts(result: JobResult, copy: Copy) -> Iterator[bytes | Span]:
         packer.pack(key) + packer.pack(value) for key, value in head_fields(result).items()
     )
     out, err = result.out, result.err
-    out_head = packer.pack("stdout") + _bin_header(len(out))
-    err_head = packer.pack("stderr") + _bin_header(len(err))
+    out_head = packer.pack("stdout") + bin_header(len(out))
+    err_head = packer.pack("stderr") + bin_header(len(err))
     tail = packer.pack("error") + packer.pack(result.error)
     size = len(head) + len(out_head) + len(out) + len(err_head) + len(err) + len(tail)
     if size > MAX_RECORD:
@@ -285,7 +277,7 @@ def _msgpack_chunked(result: JobResult, copy: Copy = _read) -> Iterator[bytes | 
     for key, output in (("stdout", result.out), ("stderr", result.err)):
         for start, stop in _part_spans(output, part):
             lead = packer.pack_array_header(4) + packer.pack(result.id) + packer.pack(key)
-            lead += packer.pack(start) + _bin_header(stop - start)
+            lead += packer.pack(start) + bin_header(stop - start)
             yield (len(lead) + stop - start).to_bytes(4, "big") + lead
             yield from copy(output, start, stop)
 
