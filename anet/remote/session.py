@@ -52,7 +52,6 @@ from dispatcher.record import values
 from ..errors import HostError, protocol_error
 from ..logs import get_logger
 from .bootstrap import Payload
-from .chunks import ChunkReader
 from .hosts import HostSpec
 from .sshlib import channel_errors
 from .transport import Channel, Reader, Transport
@@ -346,7 +345,7 @@ class HostSession:
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                _receive(conn, await _read(channel))
+                conn.receive_data(await _read(channel))
             elif isinstance(event, Hello):
                 return event
             elif isinstance(event, PayloadWanted):
@@ -397,9 +396,9 @@ class HostSession:
                 raise protocol_error(self.label, str(exc)) from None
             if event is NEED_DATA:
                 self._waiting_since = loop.time()
-                chunks = await _read(channel)
+                data = await _read(channel)
                 self._waiting_since = None
-                _receive(conn, chunks)
+                conn.receive_data(data)
             elif isinstance(event, ConnectionClosed):
                 if event.clean or self._stopping:
                     return
@@ -481,22 +480,9 @@ async def _reap(channel: Channel) -> None:
     channel.kill()
 
 
-async def _read(channel: Channel) -> list[bytes]:
-    """Next bytes from the dispatcher, as they came (an SSH channel's packets: chunks.py, no
-    copy joins them); [] at EOF, however the connection ended."""
-    stdout = channel.stdout
+async def _read(channel: Channel) -> bytes:
+    """Next bytes from the dispatcher; b"" at EOF, however the connection ended."""
     try:
-        if isinstance(stdout, ChunkReader):
-            return await stdout.read_chunks()
-        data = await stdout.read(READ_SIZE)
+        return await channel.stdout.read(READ_SIZE)
     except channel_errors():
-        return []
-    return [data] if data else []
-
-
-def _receive(conn: Connection, chunks: list[bytes]) -> None:
-    """Hand what `_read` took to the connection, chunk by chunk; [] is the end of the stream."""
-    if not chunks:
-        conn.receive_data(b"")
-    for data in chunks:
-        conn.receive_data(data)
+        return b""

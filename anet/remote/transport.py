@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import HostError
 from . import early
 from .bootstrap import Payload
-from .chunks import process_class
 from .connect import Connector
 from .hosts import HostSpec
 from .lean import lighten_channel
@@ -139,10 +138,8 @@ class SshTransport:
     async def start(self, payload: Payload) -> Channel:
         if self._conn is None:
             raise HostError(self._spec.label, "not connected")
-        try:  # asyncssh's create_process, with stdout taken in chunks (chunks.py)
-            _, process = await self._conn.create_session(
-                process_class(), payload.shell_command(), encoding=None
-            )
+        try:
+            process = await self._conn.create_process(payload.shell_command(), encoding=None)
         except channel_errors() as exc:
             self.close()
             raise HostError(self._spec.label, f"cannot start a session: {exc}") from exc
@@ -154,7 +151,7 @@ class SshTransport:
             return completed.exit_status
 
         return Channel(
-            process.stdin, process.chunks, process.stderr, process.close, wait, process.close
+            process.stdin, process.stdout, process.stderr, process.close, wait, process.close
         )
 
     def close(self) -> None:
