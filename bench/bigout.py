@@ -1,12 +1,13 @@
 """Scenario 8: one job writing a lot to stdout: MB/s through anet vs a bare `ssh host cmd`.
 
 The same command (`head -c N /dev/zero`) on the same loopback sshd host: through anet (the
-output crosses the dispatcher, the msgpack frames and asyncssh; past 1 MiB the master spools it
-to disk as it arrives and writes it out from there in chunks) and through the OpenSSH client
-straight to /dev/null, the pipe's limit. anet runs with --no-journal, and with a journal (which
-keeps the spool's file as its copy of the output: a hard link, nothing copied): the peak RSS
-column is the master's memory bound, whatever the job prints. The bare asyncssh session
-(sshfloor.py) is the floor under anet's master: what asyncssh alone costs for those bytes.
+output crosses the dispatcher, the msgpack frames and asyncssh; past 1 MiB the master spools
+it to disk as it arrives and has the kernel copy it out from there, sendfile) and through the
+OpenSSH client straight to /dev/null, the pipe's limit. anet runs with --no-journal, and with
+a journal (which keeps the spool's file as its copy of the output: a hard link, nothing
+copied): the peak RSS column is the master's memory bound, whatever the job prints. The bare
+asyncssh session (sshfloor.py) is the floor under anet's master: what asyncssh alone costs for
+those bytes.
 """
 
 from __future__ import annotations

@@ -26,11 +26,12 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import courtesy
 from .connection import NEED_DATA, Connection, ConnectionClosed
 from .forked import Forks
+from .heap import keep_heap
 from .jobfiles import JobFiles, Put
 from .jobinput import JobInput
 from .once import OnceExit, OnceOutput, RunOnce
@@ -73,6 +74,9 @@ if TYPE_CHECKING:
     from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
+PROTO_PIPE = 1 << 20
+"""The pipe to the master (sshd's end, or the master's own) once a job prints a lot: four
+frames per write instead of a quarter of one (a new pipe holds 64 KiB)."""
 LOW_WATER = 1 << 20
 DRAIN_GRACE = 2.0
 """Seconds of reading a job's pipes after its shell ended and its group was killed, in case a
@@ -129,6 +133,9 @@ class Dispatcher:
         self.outbox = Outbox()
         self.master_reads = ReadBuffer(1 << 20)  # big: deps data comes in 256 KiB frames
         self.job_reads = ReadBuffer(OUTPUT_CHUNK)
+        self.wide: Set[int] = set()
+        """The job pipes widened for a job that prints a lot (`widen`), read with os.read."""
+        self.wide_out = False  # the pipe to the master is widened (once a job prints a lot)
         self.queue: Deque[Run] = deque()
         self.jobs: Dict[int, JobProcess] = {}
         self.inputs: Dict[int, JobInput] = {}
@@ -497,18 +504,31 @@ class Dispatcher:
     def job_reader(self, job: JobProcess) -> Callable[[int], None]:
         def on_output(fd: int) -> None:
             try:
-                data = self.job_reads.read(fd)
+                # a widened pipe's reads come full: straight into their own bytes, no copy
+                data = os.read(fd, OUTPUT_CHUNK) if fd in self.wide else self.job_reads.read(fd)
             except BlockingIOError:
                 return
             if data:
-                if len(data) == DEFAULT_PIPE:
-                    widen(fd)
+                if len(data) == DEFAULT_PIPE and fd not in self.wide:
+                    self.widen(fd)
                 self.report_output(job, job.pipes[fd], data)
                 return
             self.close_job_fd(job, fd)
             self.maybe_finish(job)
 
         return on_output
+
+    def widen(self, fd: int) -> None:
+        """A job fills its pipe: it prints a lot. Its pipe is widened (a frame's worth per
+        read), and so is the one to the master, once: else a 64 KiB pipe takes a quarter of
+        a frame per write, four loop turns and writev calls for each frame read. And the
+        chunks' memory is kept for the next ones (heap.py)."""
+        widen(fd, OUTPUT_CHUNK)
+        self.wide.add(fd)
+        if not self.wide_out:
+            self.wide_out = True
+            widen(self.proto_out, PROTO_PIPE)
+            keep_heap()
 
     def report_output(self, job: JobProcess, stream: int, data: bytes) -> None:
         """A chunk of a job's output: held with its Started while both fit the fold, sent
@@ -520,7 +540,7 @@ class Dispatcher:
                 job.held_size += len(data)
                 return
             self.release(job)
-        self.send(job.output_message(stream, data))
+        self.send_parts(job.output_message(stream, data))
 
     def release(self, job: JobProcess) -> None:
         """The job's fold is over (it runs on, or says more than a Done holds): send its
@@ -529,11 +549,12 @@ class Dispatcher:
         del self.fresh[job.aid]
         self.send(Started(job.aid, job.pid, job.slot))
         for stream, data in held or ():
-            self.send(job.output_message(stream, data))
+            self.send_parts(job.output_message(stream, data))
 
     def close_job_fd(self, job: JobProcess, fd: int) -> None:
         if not self.paused:
             self.sel.unregister(fd)
+        self.wide.discard(fd)
         job.close_pipe(fd)
 
     def cut_output(self, job: JobProcess) -> None:
@@ -662,6 +683,13 @@ class Dispatcher:
     def send(self, msg: Message) -> None:
         self.send_frame(self.conn.send(msg))
 
+    def send_parts(self, msg: Message) -> None:
+        """As `send`, for a job's output: its bytes are queued as they are, not copied."""
+        for part in self.conn.send_parts(msg):
+            self.outbox.add(part)
+        if len(self.outbox) > HIGH_WATER and not self.paused:
+            self.set_paused(True)
+
     def send_frame(self, frame: bytes) -> None:
         """Queue an encoded frame; past HIGH_WATER the jobs' pipes wait for the master."""
         self.outbox.add(frame)
@@ -706,7 +734,7 @@ class Dispatcher:
     def flush(self, _fd: Any = None) -> None:
         if self.dones and self.dones_due():
             self.pack_dones()
-        if self.outbox:
+        if self.outbox and (_fd is not None or not self.writing):  # writing: wait for room
             try:
                 self.outbox.write_to(self.proto_out)
             except BlockingIOError:

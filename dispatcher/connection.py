@@ -46,6 +46,7 @@ from .protocol import (
     StartupError,
     decode_body,
     encode,
+    encode_parts,
     frame_end,
 )
 from .record import frozen
@@ -153,6 +154,17 @@ Event = Union[Message, PayloadWanted, BootFailed, ConnectionClosed]
 """What `next_event()` returns, but for its NEED_DATA and PAUSED."""
 
 
+def _decode(buf: bytearray, pos: int, end: int, sender: Role) -> Message:
+    """The frame at `pos` (ending at `end`) decoded in place: a slice of the bytearray would
+    copy its body first (a job's output chunk, 256 KiB); a view does not, and is let go at
+    once, as `receive_data` resizes the buffer."""
+    view = memoryview(buf)[pos + 4 : end]
+    try:
+        return decode_body(view, sender)
+    finally:
+        view.release()
+
+
 class Connection:
     """One end of a master <-> dispatcher session, sans I/O (as h11 is for HTTP).
 
@@ -213,7 +225,7 @@ class Connection:
             if end:
                 self._pos = end
                 try:
-                    msg = decode_body(buf[pos + 4 : end], self.peer)
+                    msg = _decode(buf, pos, end, self.peer)
                     if msg.CODE in _TURNS:
                         self._turn(self.peer, msg, remote=True)
                 except RemoteProtocolError as exc:
@@ -255,7 +267,7 @@ class Connection:
         if not end:
             return None
         self._pos = end
-        msg = decode_body(buf[pos + 4 : end], self.peer)
+        msg = _decode(buf, pos, end, self.peer)
         self._turn(self.peer, msg, remote=True)
         return msg
 
@@ -300,6 +312,17 @@ class Connection:
     def send(self, msg: Message) -> bytes:
         """The bytes of `msg`, if this end may send it now; else LocalProtocolError."""
         data = encode(msg)
+        self._sending(msg)
+        return data
+
+    def send_parts(self, msg: Message) -> Tuple[bytes, ...]:
+        """As `send`, the frame in parts (`encode_parts`: a job's output chunk not copied)."""
+        parts = encode_parts(msg)
+        self._sending(msg)
+        return parts
+
+    def _sending(self, msg: Message) -> None:
+        """Whether this end may send `msg` now (LocalProtocolError if not), and its turn."""
         sender = type(msg).SENDER
         if sender is not self.role and sender is not EITHER:
             raise LocalProtocolError(
@@ -308,7 +331,6 @@ class Connection:
             )
         if self._states[self.role] is not _RUNNING or msg.CODE in _TURNS:
             self._turn(self.role, msg, remote=False)
-        return data
 
     def send_payload(self, payload: bytes) -> bytes:
         """The master's answer to PayloadWanted: the length line, then the dispatcher's zip."""

@@ -692,7 +692,50 @@ def encode(msg: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: Union[bytes, bytearray], sender: Optional[Role] = None) -> Message:
+SPLIT_AT = 1 << 14
+"""Bytes of a last field from which `encode_parts` leaves it out of the frame's head."""
+
+
+def encode_parts(msg: Message) -> Tuple[bytes, ...]:
+    """The frame of `msg` in parts whose concatenation is `encode(msg)`, byte for byte.
+
+    A message whose last field is bytes of SPLIT_AT or more (a job's output chunk) is
+    (head, that field): the head is the length prefix, the array and every other field, and
+    the bin header; the field itself is never copied. Encoding it whole would copy each
+    output byte three times (into msgpack's buffer, out of it, behind the length prefix),
+    as much of a dispatcher's CPU as the job's output costs it to read. Anything else is one
+    part, `encode(msg)`."""
+    code = getattr(type(msg), "CODE", None)
+    names = _FIELDS.get(code, ()) if _BY_CODE.get(code) is type(msg) else ()
+    data = getattr(msg, names[-1]) if names else None
+    if type(data) is not bytes or len(data) < SPLIT_AT:
+        return (encode(msg),)
+    try:
+        pack = _packer.pack
+        head = _packer.pack_array_header(len(names) + 1) + pack(code)
+        head += b"".join([pack(getattr(msg, name)) for name in names[:-1]])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError("cannot encode %s: %s" % (type(msg).__name__, exc)) from None
+    head += bin_header(len(data))
+    size = len(head) + len(data)
+    if size > MAX_FRAME:
+        raise LocalProtocolError("frame of %d bytes exceeds MAX_FRAME" % size)
+    return _HEADER.pack(size) + head, data
+
+
+def bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for `size` bytes, as Packer writes it before them (for
+    whoever writes the bytes themselves after it: here, and the result streams' writers)."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def decode_body(
+    body: Union[bytes, bytearray, memoryview], sender: Optional[Role] = None
+) -> Message:
     """Turn one frame body into its message, or say exactly why it is not one; a message
     that `sender` (when given) may not send is refused before its fields are looked at."""
     try:

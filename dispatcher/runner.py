@@ -180,14 +180,14 @@ DEFAULT_PIPE = 1 << 16
 """A new pipe's capacity on Linux: a read that returns this much found the pipe full."""
 
 
-def widen(fd: int) -> None:
+def widen(fd: int, size: int = OUTPUT_CHUNK) -> None:
     """The job filled its output pipe: it prints a lot. A pipe of OUTPUT_CHUNK lets each read
     take a whole frame's worth, a quarter of the reads and frames for the same bytes (measured:
     1 GB in 64 KiB frames cost the master about as much to take apart as to receive). Only such
     jobs get it: the user's pipe pages are limited (pipe-user-pages-soft), and most jobs print
-    a line. Linux only, and a refusal changes nothing but speed."""
+    a line. Linux only, and a refusal (or an fd that is no pipe) changes nothing but speed."""
     with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, OUTPUT_CHUNK)
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
 
 
 def read_buffered(fd: int) -> Iterator[bytes]:

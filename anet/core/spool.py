@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from dispatcher.heap import keep_heap
+
 SPOOL_AT: Final = 1 << 20
 """Output bytes (stdout and stderr together) an attempt keeps in memory; beyond, it spools."""
 CHUNK: Final = 1 << 20
@@ -71,6 +73,7 @@ class Spool:
     def __init__(self, directory: Path | None = None) -> None:
         self._fd, self._base, self._shared = _unlinked_file(directory), 0, None
         self.size = 0
+        keep_heap()  # a job prints a lot: its chunks' memory is reused, not faulted in anew
 
     @classmethod
     def _slice(cls, shared: _SharedFile, base: int, size: int) -> Spool:
@@ -283,6 +286,52 @@ def chunks(
             yield piece
     elif output:
         yield output
+
+
+SEND_AT_MOST: Final = 16 << 20
+"""Bytes one `Span.send_to` call copies: a sink written from the event loop lets it run
+between two such calls (a kernel copy of 16 MiB takes milliseconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes `start` to `stop` of a spool, for a sink that can have the kernel copy them
+    (`send_to`: sendfile, never through the master's memory) rather than read them."""
+
+    spool: Spool
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def send_to(self, fd: int, offset: int) -> int:
+        """Copy up to SEND_AT_MOST bytes from `offset` (within the span) to `fd` with sendfile;
+        the bytes copied (0 at the span's end). OSError is the caller's: EINVAL and the like
+        when `fd` cannot take a kernel copy (O_APPEND, some devices), EAGAIN when it is full."""
+        spool = self.spool
+        count = min(self.stop - self.start - offset, SEND_AT_MOST)
+        if count <= 0:
+            return 0
+        sent = os.sendfile(fd, spool._fd, spool._base + self.start + offset, count)
+        if not sent:
+            raise OSError(f"spool file shorter than its {spool.size} bytes")
+        return sent
+
+
+NO_KERNEL_COPY: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+"""What sendfile says when its output cannot take a kernel copy: then it is read and written."""
+
+
+def spans(output: Output, start: int = 0, stop: int | None = None) -> Iterator[bytes | Span]:
+    """As `chunks`, but a spool (its part from `start` up to `stop`) as one Span: for a sink
+    that copies spools in the kernel."""
+    if isinstance(output, Spool):
+        end = output.size if stop is None else min(stop, output.size)
+        if start < end:
+            yield Span(output, start, end)
+    else:
+        yield from chunks(output, CHUNK, start, stop)
 
 
 def pieces(output: Output, size: int = CHUNK) -> Iterator[bytes | memoryview]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from types import TracebackType
 
 from ..core.record import JobResult
+from ..core.spool import Span
 from ..logs import get_logger
 from .journal import Journal, JournalError
 from .output import ResultOutput
@@ -87,7 +89,8 @@ class Delivery:
         """A result with a spooled output, written a chunk at a time: each write waits while
         the reader lags, so the record never sits whole in memory. Its size is checked before
         its first byte: a record the format cannot carry is never begun."""
-        parts = self._encoder.parts(result)
+        encoder = self._encoder
+        parts = (encoder.spans or encoder.parts)(result)  # spans: spools copied by the kernel
         try:
             first = next(parts, b"")
         except ValueError as exc:
@@ -95,9 +98,12 @@ class Delivery:
             self.failed += 1
             return
         self.failed += not result.ok
-        await self._output.write(first)
-        for piece in parts:
-            await self._output.write(piece)
+        output = self._output
+        for piece in itertools.chain((first,), parts):
+            if isinstance(piece, Span):
+                await output.send_span(piece)
+                continue
+            await output.write(piece)
             await asyncio.sleep(0)  # a file or a terminal never makes it wait: let others run
         await self._output.write(b"", result.id)  # the record's end: delivered once taken
         self._mark()

@@ -26,6 +26,7 @@ import stat
 from collections import deque
 from typing import BinaryIO
 
+from ..core.spool import CHUNK, NO_KERNEL_COPY, Span
 from ..errors import AnetError
 
 FLUSH_AT = 1 << 20
@@ -81,6 +82,14 @@ class ResultOutput:
     def _push(self, data: bytes) -> None:
         raise NotImplementedError
 
+    async def send_span(self, span: Span) -> None:
+        """A spool's bytes, in order after what was written before: read a chunk at a time
+        and written, each write waiting while the reader lags (a writer that can have the
+        kernel copy them overrides this)."""
+        for piece in span.spool.chunks(CHUNK, span.start, span.stop):
+            await self.write(piece)
+            await asyncio.sleep(0)  # a file or a terminal never makes it wait: let others run
+
     def _unsent(self) -> int:
         """Bytes pushed that the kernel has not taken yet."""
         return 0
@@ -103,6 +112,33 @@ class _DirectOutput(ResultOutput):
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # someone made the shared terminal non-blocking
+                select.select([], [self._fd], [])
+            except BrokenPipeError:
+                raise OutputClosed(_CLOSED) from None
+
+    async def send_span(self, span: Span) -> None:
+        """With sendfile: the kernel copies the spool's page cache to the file (or throws it
+        away, for /dev/null), never through the master's memory: for a job printing a
+        gigabyte, a read and a write of every byte saved. An output that cannot take it
+        (O_APPEND, some terminals) is written as any other."""
+        self._flush_pending()  # what came before goes first
+        done = 0
+        try:
+            while sent := self._send(span, done):
+                done += sent
+                self._queued += sent
+                self._pushed += sent
+                await asyncio.sleep(0)  # SEND_AT_MOST at a time: let others run
+        except OSError as exc:
+            if exc.errno not in NO_KERNEL_COPY or done:
+                raise
+            await super().send_span(span)
+
+    def _send(self, span: Span, done: int) -> int:
+        while True:
+            try:
+                return span.send_to(self._fd, done)
             except BlockingIOError:  # someone made the shared terminal non-blocking
                 select.select([], [self._fd], [])
             except BrokenPipeError:
@@ -150,6 +186,60 @@ class _PipeOutput(ResultOutput):
             await self._writer.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise OutputClosed(_CLOSED) from None
+
+    async def send_span(self, span: Span) -> None:
+        """With sendfile (a splice: the spool's pages go into the pipe, not through the
+        master's memory), once the transport has written everything before it; waiting for
+        the pipe's room as any write waits for the reader. Where the pipe cannot take it,
+        read and written as any other."""
+        await self._written_out()
+        loop, done = asyncio.get_running_loop(), 0
+        try:
+            while True:
+                try:
+                    sent = span.send_to(self._fd, done)
+                except BlockingIOError:
+                    await self._room(loop)
+                    continue
+                if not sent:
+                    return
+                done += sent
+                self._queued += sent
+                self._pushed += sent
+                self._taken += sent
+        except (BrokenPipeError, ConnectionResetError):
+            raise OutputClosed(_CLOSED) from None
+        except OSError as exc:
+            if exc.errno not in NO_KERNEL_COPY or done:
+                raise
+            await super().send_span(span)
+
+    async def _written_out(self) -> None:
+        """Wait until the transport holds nothing: what was written before goes first."""
+        self._flush_pending()
+        transport = self._writer.transport
+        if self._writer.is_closing():
+            raise OutputClosed(_CLOSED)
+        if transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(0)  # drain() returns once all is written
+            try:
+                await self._writer.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                raise OutputClosed(_CLOSED) from None
+            finally:
+                transport.set_write_buffer_limits(HIGH_WATER)
+            if self._writer.is_closing():
+                raise OutputClosed(_CLOSED)
+        self._unsent()  # the ledger's look: all of it taken
+
+    async def _room(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the pipe has room (stdout's own fd: the transport holds another)."""
+        room = loop.create_future()
+        loop.add_writer(self._fd, lambda: room.done() or room.set_result(None))
+        try:
+            await room
+        finally:
+            loop.remove_writer(self._fd)
 
     async def close(self, timeout: float | None = None) -> None:
         await super().close()

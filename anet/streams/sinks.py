@@ -88,8 +88,9 @@ from typing import Final
 import msgpack
 
 from anet.core.record import JobResult
-from anet.core.spool import CHUNK, Output, OutputCap, Spool, chunks
+from anet.core.spool import CHUNK, Output, OutputCap, Span, Spool, chunks, spans
 from anet.errors import UsageError
+from dispatcher.protocol import bin_header
 
 MAX_RECORD: Final = 1 << 30
 """Largest msgpack record a writer emits and a reader accepts (the header rule below)."""
@@ -113,12 +114,24 @@ _UINT32_MAX = 0xFFFFFFFF
 @dataclass(frozen=True, slots=True)
 class Encoder:
     """One output format: `header` once at the start of the stream, then `encode` per result
-    (bytes), or `parts` (the same bytes in pieces: for a result with a spooled output)."""
+    (bytes), or `parts` (the same bytes in pieces: for a result with a spooled output), or
+    `spans`, where the format copies a spool's bytes as they are: the same pieces, with each
+    spool as a `Span` for a sink to have the kernel copy (sendfile)."""
 
     name: str
     header: bytes
     encode: Callable[[JobResult], bytes]
     parts: Callable[[JobResult], Iterator[bytes]]
+    spans: Callable[[JobResult], Iterator[bytes | Span]] | None = None
+
+
+Copy = Callable[[Output, int, int | None], Iterator[bytes | Span]]
+"""How a format's pieces carry an output (from `start` up to `stop`): read in chunks, or
+spans of its spool."""
+
+
+def _read(output: Output, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+    return chunks(output, CHUNK, start, stop)
 
 
 def _check_size(size: int, what: str, limit: int) -> None:
@@ -164,6 +177,10 @@ def encode_anet(result: JobResult) -> bytes:
 
 def anet_parts(result: JobResult) -> Iterator[bytes]:
     """The anet record in pieces: the head (its length first), then stdout as held."""
+    return _anet_parts(result, _read)  # type: ignore[arg-type]  (_read yields bytes only)
+
+
+def _anet_parts(result: JobResult, copy: Copy) -> Iterator[bytes | Span]:
     if not result.ok:
         return
     if not 0 <= result.id <= _UINT32_MAX:
@@ -171,7 +188,7 @@ def anet_parts(result: JobResult) -> Iterator[bytes]:
     out = result.out
     _check_size(len(out), "stdout", ANET_MAX_STDOUT)
     yield _ANET_HEAD.pack(result.id, len(out))
-    yield from chunks(out)
+    yield from copy(out, 0, None)
 
 
 def head_fields(result: JobResult) -> dict[str, object]:
@@ -202,40 +219,35 @@ def encode_msgpack(result: JobResult) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def _bin_header(size: int) -> bytes:
-    """msgpack's bin 8/16/32 header for `size` bytes, as packb writes it before the bytes."""
-    if size < 1 << 8:
-        return b"\xc4" + size.to_bytes(1, "big")
-    if size < 1 << 16:
-        return b"\xc5" + size.to_bytes(2, "big")
-    return b"\xc6" + size.to_bytes(4, "big")
-
-
 def msgpack_parts(result: JobResult) -> Iterator[bytes]:
     """The same bytes as `encode_msgpack`, the outputs copied in chunks: the map is packed
     field by field, each output as a bin header then its bytes, so the length comes first."""
+    return _msgpack_parts(result, _read)  # type: ignore[arg-type]  (_read yields bytes only)
+
+
+def _msgpack_parts(result: JobResult, copy: Copy) -> Iterator[bytes | Span]:
     if not result.spooled:
         yield encode_msgpack(result)
         return
     if result.output_size > MAX_RECORD:  # (and a bin header cannot say 4 GiB or more)
-        yield from _msgpack_chunked(result)
+        yield from _msgpack_chunked(result, copy)
         return
     packer = msgpack.Packer(use_bin_type=True)
     head = packer.pack_map_header(10) + b"".join(
         packer.pack(key) + packer.pack(value) for key, value in head_fields(result).items()
     )
     out, err = result.out, result.err
-    out_head = packer.pack("stdout") + _bin_header(len(out))
-    err_head = packer.pack("stderr") + _bin_header(len(err))
+    out_head = packer.pack("stdout") + bin_header(len(out))
+    err_head = packer.pack("stderr") + bin_header(len(err))
     tail = packer.pack("error") + packer.pack(result.error)
     size = len(head) + len(out_head) + len(out) + len(err_head) + len(err) + len(tail)
     if size > MAX_RECORD:
-        yield from _msgpack_chunked(result)
+        yield from _msgpack_chunked(result, copy)
         return
     yield size.to_bytes(4, "big") + head + out_head
-    yield from chunks(out)
+    yield from copy(out, 0, None)
     yield err_head
-    yield from chunks(err)
+    yield from copy(err, 0, None)
     yield tail
 
 
@@ -255,7 +267,7 @@ def _part_spans(output: Output, part: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + part, len(output))
 
 
-def _msgpack_chunked(result: JobResult) -> Iterator[bytes]:
+def _msgpack_chunked(result: JobResult, copy: Copy = _read) -> Iterator[bytes | Span]:
     """A result too big for one record: the version-2 header, a head record, then parts
     `[id, "stdout"|"stderr", offset, bin]`, each a record within MAX_RECORD (module doc)."""
     packer = msgpack.Packer(use_bin_type=True)
@@ -265,9 +277,9 @@ def _msgpack_chunked(result: JobResult) -> Iterator[bytes]:
     for key, output in (("stdout", result.out), ("stderr", result.err)):
         for start, stop in _part_spans(output, part):
             lead = packer.pack_array_header(4) + packer.pack(result.id) + packer.pack(key)
-            lead += packer.pack(start) + _bin_header(stop - start)
+            lead += packer.pack(start) + bin_header(stop - start)
             yield (len(lead) + stop - start).to_bytes(4, "big") + lead
-            yield from chunks(output, CHUNK, start, stop)
+            yield from copy(output, start, stop)
 
 
 def _json_output(key: str, data: bytes) -> dict[str, str]:
@@ -462,13 +474,27 @@ def plain_parts(result: JobResult) -> Iterator[bytes]:
     return chunks(result.out)
 
 
-PLAIN: Final = Encoder("plain", b"", lambda result: b"".join(plain_parts(result)), plain_parts)
+def _plain_spans(result: JobResult) -> Iterator[bytes | Span]:
+    return spans(result.out)
+
+
+PLAIN: Final = Encoder(
+    "plain", b"", lambda result: b"".join(plain_parts(result)), plain_parts, _plain_spans
+)
 """Only the jobs' own stdout, grouped per job; no reader reads it back, so not in FORMATS."""
 
 FORMATS: Final[Mapping[str, Encoder]] = MappingProxyType(
     {
-        "anet": Encoder("anet", b"", encode_anet, anet_parts),
-        "msgpack": Encoder("msgpack", MSGPACK_MAGIC, encode_msgpack, msgpack_parts),
+        "anet": Encoder(
+            "anet", b"", encode_anet, anet_parts, lambda result: _anet_parts(result, spans)
+        ),
+        "msgpack": Encoder(
+            "msgpack",
+            MSGPACK_MAGIC,
+            encode_msgpack,
+            msgpack_parts,
+            lambda result: _msgpack_parts(result, spans),
+        ),
         "jsonl": Encoder("jsonl", b"", encode_jsonl, jsonl_parts),
         "text": Encoder("text", b"", encode_text, text_parts),
     }
