@@ -687,12 +687,15 @@ class Dispatcher:
         """As `send`, for a job's output: its bytes are queued as they are, not copied."""
         for part in self.conn.send_parts(msg):
             self.outbox.add(part)
-        if len(self.outbox) > HIGH_WATER and not self.paused:
-            self.set_paused(True)
+        self._mind_high_water()
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue an encoded frame; past HIGH_WATER the jobs' pipes wait for the master."""
+        """Queue an encoded frame."""
         self.outbox.add(frame)
+        self._mind_high_water()
+
+    def _mind_high_water(self) -> None:
+        """Past HIGH_WATER queued for the master, the jobs' pipes wait for it."""
         if len(self.outbox) > HIGH_WATER and not self.paused:
             self.set_paused(True)
 
