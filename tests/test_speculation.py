@@ -665,6 +665,25 @@ def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_r
     assert (again.job.id, again.number) == (2, 2)
 
 
+def test_a_loser_is_judged_by_the_size_its_winner_showed_on_a_host_of_its_own_speed():
+    """The winner's host, f, is twice as fast as the typical host: its copy of job 0 done in
+    0.25 s shows a job of 0.5 typical seconds, so the loser, 2.25 s on it, is 4.5x slower.
+    (Judged by the winner's raw 0.25 s, slow would look 9x slower; by 0.25 x 0.5, 18x.)"""
+    scheduler = Scheduler(iter(jobs(100)))
+    scheduler.host_ready("f", 1, 0)
+    scheduler.host_ready("slow", 2, 0)
+    learn(scheduler, a=1.0, f=0.5)
+    assert scheduler.runtimes.slowness("f") == 0.5
+    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    assert sorted((r.host, r.job.id) for r in runs) == [("f", 1), ("slow", 0), ("slow", 2)]
+    on_f = next(r for r in runs if r.host == "f")
+    scheduler.attempt_ended(on_f.aid, ok=True, now=2.0, duration=0.5)
+    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    assert (copy.job.id, copy.host, copy.speculative) == (0, "f", True)
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=2.25, duration=0.25).final
+    assert scheduler.runtimes.slowness("slow") == pytest.approx(4.5)
+
+
 def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_an_idle_slot():
     """Three 1 s jobs seen on a: an attempt started there at 10 s straggles just after 11.5 s
     (1.5 x 1 s). Once the batch ran dry, a copy on an idle slot is worth it as soon as the
