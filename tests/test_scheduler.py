@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from anet.core.backlog import Backlog
 from anet.core.batch import Job
 from anet.core.lookahead import SAMPLES, RoundTrips, default_lookahead
+from anet.core.readahead import NOT_YET
 from anet.core.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from anet.core.speculation import Speculation
 
@@ -580,6 +582,26 @@ test_any_interleaving_completes_every_job_exactly_once = SchedulerMachine.TestCa
 
 class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMachine.TestCase):
     """A second 150 (examples are drawn afresh for each test)."""
+
+
+def test_a_starved_backlog_is_not_drained_and_the_scheduler_looks_again_soon():
+    """A stream whose next job has not arrived (readahead.py's NOT_YET) is looked at again
+    within a tenth of a second, and only then: a scheduler with nothing to wait for sleeps."""
+    source = iter([Job(0, b"a"), NOT_YET, Job(1, b"b")])
+    backlog = Backlog(source)
+    assert backlog.next_for("h", frozenset({"h"})).job.id == 0
+    assert backlog.next_for("h", frozenset({"h"})) is None  # NOT_YET: nothing now
+    assert backlog.starved and not backlog.source_done and not backlog.drained
+    assert not backlog.fewer_than(1)  # more may come: a slow host's tail must not be decided
+    assert backlog.next_for("h", frozenset({"h"})).job.id == 1
+    scheduler = Scheduler(iter([NOT_YET, Job(0, b"a")]), retries=0, speculate=False)
+    scheduler.host_ready("h", 1, 0)
+    assert scheduler.next_runs(10.0) == []
+    wake = scheduler.next_wakeup(10.0)
+    assert wake is not None and 10.0 < wake <= 10.1
+    assert not scheduler.finished
+    assert [r.job.id for r in scheduler.next_runs(wake)] == [0]
+    assert scheduler.next_wakeup(wake) is None  # job 0 came: nothing to look at again
 
 
 def test_after_abort_idle_hosts_start_nothing_though_jobs_are_left():
