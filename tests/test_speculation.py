@@ -668,19 +668,20 @@ def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_r
 def test_a_loser_is_judged_by_the_size_its_winner_showed_on_a_host_of_its_own_speed():
     """The winner's host, f, is twice as fast as the typical host: its copy of job 0 done in
     0.25 s shows a job of 0.5 typical seconds, so the loser, 2.25 s on it, is 4.5x slower.
-    (Judged by the winner's raw 0.25 s, slow would look 9x slower; by 0.25 x 0.5, 18x.)"""
+    (Judged by the winner's raw 0.25 s, slow would look 9x slower; by 0.25 x 0.5, 18x; by the
+    start time added to the clock instead of taken from it, 8.5x.)"""
     scheduler = Scheduler(iter(jobs(100)))
     scheduler.host_ready("f", 1, 0)
     scheduler.host_ready("slow", 2, 0)
     learn(scheduler, a=1.0, f=0.5)
     assert scheduler.runtimes.slowness("f") == 0.5
-    runs = started(scheduler, scheduler.next_runs(0.0), 0.0)
+    runs = started(scheduler, scheduler.next_runs(1.0), 1.0)
     assert sorted((r.host, r.job.id) for r in runs) == [("f", 1), ("slow", 0), ("slow", 2)]
     on_f = next(r for r in runs if r.host == "f")
-    scheduler.attempt_ended(on_f.aid, ok=True, now=2.0, duration=0.5)
-    (copy,) = started(scheduler, scheduler.next_runs(2.0), 2.0)
+    scheduler.attempt_ended(on_f.aid, ok=True, now=3.0, duration=0.5)
+    (copy,) = started(scheduler, scheduler.next_runs(3.0), 3.0)
     assert (copy.job.id, copy.host, copy.speculative) == (0, "f", True)
-    assert scheduler.attempt_ended(copy.aid, ok=True, now=2.25, duration=0.25).final
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=3.25, duration=0.25).final
     assert scheduler.runtimes.slowness("slow") == pytest.approx(4.5)
 
 
