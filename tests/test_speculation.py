@@ -796,6 +796,41 @@ def test_plan_speculation_room_samples_cap_and_the_targets_speed():
     assert len(_plan(seen(), hosts, drained=False, running=running)) == 2
 
 
+def test_once_dry_a_queued_attempt_is_copied_if_its_wait_and_run_outlast_a_copy():
+    """slow (4 s a job, one slot) runs attempt 1 and queues 2 and 3: 2 starts in 4 s and ends
+    in 8 s, 3 ends in 12 s. Once the batch ran dry, an idle host of 5 s a job copies 3 (5 s
+    is sooner than 12 s); one of 14 s copies neither (were 3's wait counted as 2 in line
+    behind 2 rather than one more, it would end in 16 s and be copied there)."""
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 1.0)
+    for host, seconds in [("slow", 4.0), ("m5", 5.0), ("m14", 14.0)]:
+        runtimes.observe(host, seconds)
+    avoid = frozenset({"slow"})
+    running = [
+        Running(1, "slow", 9.0, False, avoid),
+        Running(2, "slow", None, True, avoid),
+        Running(3, "slow", None, True, avoid),
+    ]
+    slow = Slots("slow", 1, 3, {1, 2, 3})
+    assert _plan(runtimes, [slow, Slots("m5", 1, 1)], drained=True, running=running) == [(3, "m5")]
+    assert _plan(runtimes, [slow, Slots("m14", 1, 1)], drained=True, running=running) == []
+
+
+def test_a_copy_queued_behind_a_slow_hosts_job_waits_that_hosts_time_for_a_job():
+    """a's attempt, 10 s along, is expected to need 10 s more. On b, busy with a job and with
+    room in its queue, a copy waits for b's job, then runs: 2 x 4 s = 8 s for a host 4x
+    slower, worth it; 12 s for one 6x slower, not (were the wait a typical host's job, 1 s,
+    it would be 7 s)."""
+    for slowness, plan in [(4.0, [(1, "b")]), (6.0, [])]:
+        runtimes = Runtimes()
+        for _ in range(3):
+            runtimes.observe("a", 1.0)
+        runtimes.observe("b", slowness)
+        hosts = [Slots("a", 1, 1, {1}), Slots("b", 1, 3, {7})]
+        assert _plan(runtimes, hosts, drained=False) == plan
+
+
 def test_a_straggler_is_an_attempt_past_the_threshold_of_its_own_host():
     runtimes = Runtimes()
     for _ in range(3):
