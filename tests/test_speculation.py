@@ -176,6 +176,22 @@ def test_pausing_needs_different_jobs_and_successes_elsewhere():
     assert not health.streak
 
 
+def test_each_new_pause_doubles_up_to_its_cap_and_counts_failures_from_its_end_on():
+    """Pauses of 10 s, then 20 s, then 40 s, and 40 s again (2**2 at most); a failure at the
+    very time a pause ends counts toward the next (the host takes jobs again then)."""
+    health, rule = HostHealth(), Pausing(after=2, seconds=10.0, doublings=2)
+    now, successes, job, pauses = 0.0, 0, 0, []
+    for _ in range(4):
+        for _ in range(2):  # two different jobs fail, while others succeed elsewhere
+            job += 1
+            pause = health.failed("h", job, now, successes, rule)
+            successes += 1
+        assert pause is not None
+        pauses.append((pause.seconds, pause.until))
+        now = pause.until
+    assert pauses == [(10.0, 10.0), (20.0, 30.0), (40.0, 70.0), (40.0, 110.0)]
+
+
 # -- stragglers in the scheduler -----------------------------------------------------------------
 
 
