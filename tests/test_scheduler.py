@@ -584,6 +584,23 @@ class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMach
     """A second 150 (examples are drawn afresh for each test)."""
 
 
+def test_a_final_failure_that_pauses_its_host_says_so():
+    """With no retries, each failure is final; the second different job to fail on a while b
+    succeeds pauses a, and that final verdict carries the pause (the engine warns with it)."""
+    scheduler = Scheduler(iter(Source(10)), retries=0, pause_after=2, pause_for=10.0)
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    verdicts = []
+    for now in (0.0, 1.0):
+        runs = {run.host: run for run in scheduler.next_runs(now)}
+        assert scheduler.attempt_ended(runs["b"].aid, ok=True, now=now + 0.5).final
+        verdicts.append(scheduler.attempt_ended(runs["a"].aid, ok=False, now=now + 0.5))
+    assert [(e.verdict, e.ok) for e in verdicts] == [(Verdict.FINAL, False)] * 2
+    assert verdicts[0].paused is None
+    pause = verdicts[1].paused
+    assert pause is not None and (pause.host, pause.until) == ("a", 11.5)
+
+
 def test_a_starved_backlog_is_not_drained_and_the_scheduler_looks_again_soon():
     """A stream whose next job has not arrived (readahead.py's NOT_YET) is looked at again
     within a tenth of a second, and only then: a scheduler with nothing to wait for sleeps."""
