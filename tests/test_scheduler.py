@@ -584,6 +584,23 @@ class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMach
     """A second 150 (examples are drawn afresh for each test)."""
 
 
+def test_an_attempt_taken_back_from_a_held_host_then_lost_with_it_runs_again():
+    """a runs job 0 and queues job 1; polite mode holds a (job 1 is taken back, its Kill sent),
+    then a is lost before job 1's Exit. Job 0, lost with max_losses hosts, is given up; job 1,
+    which never ran there, is not: it runs again."""
+    scheduler = Scheduler(iter(Source(2)), max_losses=1)
+    scheduler.host_ready("a", 1, 1)
+    first, queued = scheduler.next_runs(0.0)
+    scheduler.attempt_started(first.aid, 0.0)
+    assert scheduler.host_held("a", True) == [queued]
+    assert sorted(a.job.id for a in scheduler.host_lost("a", now=1.0)) == [0, 1]
+    (given_up,) = scheduler.take_abandoned()  # job 0: lost with max_losses hosts
+    assert given_up.job.id == 0
+    scheduler.host_ready("b", 1, 0)
+    (again,) = scheduler.next_runs(2.0)
+    assert (again.job.id, again.host) == (1, "b")
+
+
 def test_a_final_failure_that_pauses_its_host_says_so():
     """With no retries, each failure is final; the second different job to fail on a while b
     succeeds pauses a, and that final verdict carries the pause (the engine warns with it)."""
