@@ -752,6 +752,25 @@ def test_a_host_sits_out_the_tail_from_4x_the_fastest_for_the_jobs_the_others_do
     assert limit == pytest.approx(runtimes.expected("slow") / quick)
 
 
+def test_no_tail_to_sit_out_before_min_samples_without_others_or_under_4x_the_fastest():
+    """Two typical jobs of 1 s and one of 8 s on slow: from the third sample (min_samples) on,
+    slow sits out the last 8 jobs an unmeasured host would do meanwhile; not before it, not
+    with no other host to do them, and not beside a host 3x faster only (fast is 2x, mid 6x
+    the typical host: mid is slow, not very slow)."""
+    spec, runtimes = Speculation(), Runtimes()
+    slow = Slots("slow", 1, 1)
+    for host, seconds in [("ref", 1.0), ("ref", 1.0)]:
+        runtimes.observe(host, seconds)
+        assert tail_limit(spec, runtimes, slow, [Slots("ref", 1, 1)]) == 0.0  # too few yet
+    runtimes.observe("slow", 8.0)
+    assert tail_limit(spec, runtimes, slow, [Slots("new", 1, 1)]) == pytest.approx(8.0)
+    assert tail_limit(spec, runtimes, slow, []) == 0.0
+    for host, seconds in [("ref", 1.0)] * 4 + [("fast", 2.0), ("mid", 6.0)]:
+        runtimes.observe(host, seconds)  # (enough typical jobs to keep the median at 1 s)
+    assert (runtimes.slowness("fast"), runtimes.slowness("mid")) == (2.0, 6.0)
+    assert tail_limit(spec, runtimes, Slots("mid", 1, 1), [Slots("fast", 1, 1)]) == 0.0
+
+
 def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_jobs_size():
     runtimes = Runtimes()
     runtimes.at_least("b", 6.0, size=2.0)
