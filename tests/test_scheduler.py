@@ -584,6 +584,19 @@ class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMach
     """A second 150 (examples are drawn afresh for each test)."""
 
 
+def test_each_hosts_successes_teach_the_scheduler_its_slowness():
+    """a, c and d do a job in 1 s (the typical host), b in 3 s: after a few successes each, b
+    is 3x slower than the others."""
+    scheduler = Scheduler(iter(Source(20)), speculate=False)
+    for host in "abcd":
+        scheduler.host_ready(host, 1, 0)
+    for round in range(4):
+        for run in scheduler.next_runs(float(round)):
+            duration = 3.0 if run.host == "b" else 1.0
+            assert scheduler.attempt_ended(run.aid, now=round + 0.5, duration=duration).final
+    assert [scheduler.runtimes.slowness(host) for host in "abcd"] == [1.0, 3.0, 1.0, 1.0]
+
+
 def test_an_attempt_taken_back_from_a_held_host_then_lost_with_it_runs_again():
     """a runs job 0 and queues job 1; polite mode holds a (job 1 is taken back, its Kill sent),
     then a is lost before job 1's Exit. Job 0, lost with max_losses hosts, is given up; job 1,
