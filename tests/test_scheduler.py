@@ -16,6 +16,7 @@ from anet.core.lookahead import SAMPLES, RoundTrips, default_lookahead
 from anet.core.readahead import NOT_YET
 from anet.core.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from anet.core.speculation import Speculation
+from anet.errors import UsageError
 
 
 class Source:
@@ -582,6 +583,21 @@ test_any_interleaving_completes_every_job_exactly_once = SchedulerMachine.TestCa
 
 class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMachine.TestCase):
     """A second 150 (examples are drawn afresh for each test)."""
+
+
+@pytest.mark.parametrize(
+    "option", [{"retries": -1}, {"max_losses": 0}, {"pause_after": 0}, {"pause_for": -0.5}]
+)
+def test_each_option_out_of_its_bounds_is_refused_in_words_and_its_bound_is_taken(option):
+    with pytest.raises(UsageError) as refused:
+        Scheduler(iter(Source(1)), **option)
+    assert str(refused.value) == (
+        "need retries >= 0, max_losses >= 1, pause_after >= 1, pause_for >= 0"
+    )
+    (name,) = option
+    bound = {"retries": 0, "max_losses": 1, "pause_after": 1, "pause_for": 0.0}[name]
+    Scheduler(iter(Source(1)), **{name: bound})  # the bound itself is fine
+    Scheduler(iter(Source(1)), **{name: bound + 1})
 
 
 def test_each_hosts_successes_teach_the_scheduler_its_slowness():
