@@ -701,6 +701,25 @@ def test_a_loser_is_judged_by_the_size_its_winner_showed_on_a_host_of_its_own_sp
     assert scheduler.runtimes.slowness("slow") == pytest.approx(4.5)
 
 
+def test_the_round_that_finds_the_batch_dry_copies_into_the_idle_slot_at_once():
+    """a (3x slower) runs job 0, b does jobs 1 and 2 in 0.5 s each. The round in which b finds
+    no job left plans a copy of job 0 on b in that same round, not in the next one (which may
+    be seconds away: nothing else wakes the master before a's job ends)."""
+    scheduler = Scheduler(iter(jobs(3)))
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    learn(scheduler, b=1.0)
+    scheduler.runtimes.observe("a", 3.0)
+    runs = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
+    assert {host: run.job.id for host, run in runs.items()} == {"a": 0, "b": 1}
+    scheduler.attempt_ended(runs["b"].aid, ok=True, now=0.5, duration=0.5)
+    (last,) = started(scheduler, scheduler.next_runs(0.5), 0.5)
+    assert (last.job.id, last.host) == (2, "b")
+    scheduler.attempt_ended(last.aid, ok=True, now=1.0, duration=0.5)
+    (copy,) = scheduler.next_runs(1.0)
+    assert (copy.job.id, copy.host, copy.speculative) == (0, "b", True)
+
+
 def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_an_idle_slot():
     """Three 1 s jobs seen on a: an attempt started there at 10 s straggles just after 11.5 s
     (1.5 x 1 s). Once the batch ran dry, a copy on an idle slot is worth it as soon as the
