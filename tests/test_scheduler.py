@@ -83,6 +83,26 @@ def test_the_default_queue_grows_to_hide_a_long_round_trip():
     assert _steady_state(None, rtt=0.05, job=0.02) >= 2 + 5
 
 
+def test_the_queue_follows_the_typical_job_as_it_drifts_with_the_round_trip_unchanged():
+    """A steady 50 ms round trip (measured anew, it re-sizes nothing): while jobs take 1 s, 2
+    queued are enough; when they drop to 10 ms, the re-sizing every RETUNE_EVERY successes
+    grows the queue toward Little's law's 2 x 50 / 10 = 10."""
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 2)
+    now, most = 0.0, {}
+    for job in [1.0] * 40 + [0.01] * 200:
+        runs = scheduler.next_runs(now)
+        now += 0.05
+        for run in runs:
+            scheduler.attempt_started(run.aid, now)
+        most[job] = max(most.get(job, 0), scheduler.in_flight)
+        for aid in sorted(a.aid for a in runs)[:2]:  # two slots: two jobs end per round
+            scheduler.attempt_ended(aid, now=now + job, duration=job)
+        now += job
+    assert most[1.0] == 2 + default_lookahead(2)
+    assert most[0.01] >= 2 + 10
+
+
 def test_the_default_queue_stays_put_on_a_short_round_trip_and_is_capped():
     assert _steady_state(None, rtt=0.0005, job=0.5) == 2 + default_lookahead(2)
     assert _steady_state(None, rtt=10.0, job=0.001) <= 2 + 8 * 2
