@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -17,6 +18,28 @@ from sshd_hosts import SshdCluster, leftover_processes
 
 ClusterFactory = Callable[..., SshdCluster]
 HostileFactory = Callable[..., tuple[SshdCluster, Hostile]]
+
+# scripts/mutation sets ANET_MUTATION. Each mutant only needs a verdict, the same one each run:
+# hypothesis draws the same examples (derandomize), keeps no database between mutants, and does
+# not shrink a failure (shrinking a state machine's failing run costs more than finding it).
+MUTATION = bool(os.environ.get("ANET_MUTATION"))
+# A mutant that makes a test loop is cut after this much CPU time in that test, whatever the
+# machine's load (wall time under `nice -n 19` on a busy box says little): the slowest test of
+# the selection, a scheduler state machine, takes some 5 s of CPU.
+MUTANT_TEST_CPU_S = 60.0
+# mutmut's exit status for a timeout (its stats.status_by_exit_code): the mutant is reported
+# as "timeout", apart from the killed ones, so a cut can be told from a failed assertion.
+MUTMUT_TIMEOUT_EXIT = 36
+if MUTATION:
+    from hypothesis import Phase, settings
+
+    settings.register_profile(
+        "mutation",
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        database=None,
+        derandomize=True,
+    )
+    settings.load_profile("mutation")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -188,6 +211,22 @@ def no_leftover_processes(cluster: SshdCluster) -> Iterator[None]:
         cluster[name].start()
     if left:
         pytest.fail(f"processes left running on the test hosts: {left}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Under a mutant of scripts/mutation, a test that uses more than MUTANT_TEST_CPU_S of CPU
+    ends the run with mutmut's timeout status: a mutant that makes a state machine loop costs
+    a minute, not mutmut's own bound of fifteen times the whole selection's duration."""
+    if not (MUTATION and "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")):
+        return (yield)
+    previous = signal.signal(signal.SIGPROF, lambda *_: os._exit(MUTMUT_TIMEOUT_EXIT))
+    signal.setitimer(signal.ITIMER_PROF, MUTANT_TEST_CPU_S)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -14,11 +14,9 @@ from pathlib import Path
 from waiting import wait_until
 
 import anet.results
-from anet.core.backlog import Backlog
 from anet.core.batch import Job
 from anet.core.readahead import NOT_YET, ReadAhead
 from anet.core.record import JobResult
-from anet.core.scheduler import SOURCE_POLL, Scheduler
 from anet.streams.keeporder import FileSpill, KeepOrder
 
 
@@ -75,21 +73,6 @@ def test_a_source_error_is_raised_to_the_scheduler_side():
 
     wait_until(pull, 10, "the error")
     assert Job(0, b"x") in seen and isinstance(seen[-1], OSError)
-
-
-def test_a_starved_backlog_is_not_drained_and_the_scheduler_looks_again_soon():
-    source = iter([Job(0, b"a"), NOT_YET, Job(1, b"b")])
-    backlog = Backlog(source)
-    assert backlog.next_for("h", frozenset({"h"})).job.id == 0
-    assert backlog.next_for("h", frozenset({"h"})) is None  # NOT_YET: nothing now
-    assert backlog.starved and not backlog.source_done and not backlog.drained
-    assert not backlog.fewer_than(1)  # more may come: a slow host's tail must not be decided
-    assert backlog.next_for("h", frozenset({"h"})).job.id == 1
-    scheduler = Scheduler(iter([NOT_YET]), retries=0, timeout=None, speculate=False)
-    scheduler.host_ready("h", 1)
-    assert scheduler.next_runs(10.0) == []
-    assert scheduler.next_wakeup(10.0) == 10.0 + SOURCE_POLL
-    assert not scheduler.finished
 
 
 def test_keep_order_expects_no_result_for_not_yet(tmp_path):

@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from anet.core.backlog import Backlog
 from anet.core.batch import Job
 from anet.core.lookahead import SAMPLES, RoundTrips, default_lookahead
+from anet.core.readahead import NOT_YET
 from anet.core.scheduler import Attempt, Ended, KillReason, Scheduler, Verdict
 from anet.core.speculation import Speculation
+from anet.errors import UsageError
 
 
 class Source:
@@ -109,6 +112,26 @@ def test_a_whole_report_is_a_start_and_an_end():
 def test_the_default_queue_grows_to_hide_a_long_round_trip():
     # 50 ms round trip, 20 ms jobs, 2 slots: Little's law wants 2 x 50 / 20 = 5 queued.
     assert _steady_state(None, rtt=0.05, job=0.02) >= 2 + 5
+
+
+def test_the_queue_follows_the_typical_job_as_it_drifts_with_the_round_trip_unchanged():
+    """A steady 50 ms round trip (measured anew, it re-sizes nothing): while jobs take 1 s, 2
+    queued are enough; when they drop to 10 ms, the re-sizing every RETUNE_EVERY successes
+    grows the queue toward Little's law's 2 x 50 / 10 = 10."""
+    scheduler = Scheduler(Source(), speculate=False)
+    scheduler.host_ready("a", 2)
+    now, most = 0.0, {}
+    for job in [1.0] * 40 + [0.01] * 200:
+        runs = scheduler.next_runs(now)
+        now += 0.05
+        for run in runs:
+            scheduler.attempt_started(run.aid, now)
+        most[job] = max(most.get(job, 0), scheduler.in_flight)
+        for aid in sorted(a.aid for a in runs)[:2]:  # two slots: two jobs end per round
+            scheduler.attempt_ended(aid, now=now + job, duration=job)
+        now += job
+    assert most[1.0] == 2 + default_lookahead(2)
+    assert most[0.01] >= 2 + 10
 
 
 def test_the_default_queue_stays_put_on_a_short_round_trip_and_is_capped():
@@ -611,6 +634,88 @@ test_any_interleaving_completes_every_job_exactly_once = SchedulerMachine.TestCa
 
 class test_any_other_interleaving_completes_every_job_exactly_once(SchedulerMachine.TestCase):
     """A second 150 (examples are drawn afresh for each test)."""
+
+
+@pytest.mark.parametrize(
+    "option", [{"retries": -1}, {"max_losses": 0}, {"pause_after": 0}, {"pause_for": -0.5}]
+)
+def test_each_option_out_of_its_bounds_is_refused_in_words_and_its_bound_is_taken(option):
+    with pytest.raises(UsageError) as refused:
+        Scheduler(iter(Source(1)), **option)
+    assert str(refused.value) == (
+        "need retries >= 0, max_losses >= 1, pause_after >= 1, pause_for >= 0"
+    )
+    (name,) = option
+    bound = {"retries": 0, "max_losses": 1, "pause_after": 1, "pause_for": 0.0}[name]
+    Scheduler(iter(Source(1)), **{name: bound})  # the bound itself is fine
+    Scheduler(iter(Source(1)), **{name: bound + 1})
+
+
+def test_each_hosts_successes_teach_the_scheduler_its_slowness():
+    """a, c and d do a job in 1 s (the typical host), b in 3 s: after a few successes each, b
+    is 3x slower than the others."""
+    scheduler = Scheduler(iter(Source(20)), speculate=False)
+    for host in "abcd":
+        scheduler.host_ready(host, 1, 0)
+    for round in range(4):
+        for run in scheduler.next_runs(float(round)):
+            duration = 3.0 if run.host == "b" else 1.0
+            assert scheduler.attempt_ended(run.aid, now=round + 0.5, duration=duration).final
+    assert [scheduler.runtimes.slowness(host) for host in "abcd"] == [1.0, 3.0, 1.0, 1.0]
+
+
+def test_an_attempt_taken_back_from_a_held_host_then_lost_with_it_runs_again():
+    """a runs job 0 and queues job 1; polite mode holds a (job 1 is taken back, its Kill sent),
+    then a is lost before job 1's Exit. Job 0, lost with max_losses hosts, is given up; job 1,
+    which never ran there, is not: it runs again."""
+    scheduler = Scheduler(iter(Source(2)), max_losses=1)
+    scheduler.host_ready("a", 1, 1)
+    first, queued = scheduler.next_runs(0.0)
+    scheduler.attempt_started(first.aid, 0.0)
+    assert scheduler.host_held("a", True) == [queued]
+    assert sorted(a.job.id for a in scheduler.host_lost("a", now=1.0)) == [0, 1]
+    (given_up,) = scheduler.take_abandoned()  # job 0: lost with max_losses hosts
+    assert given_up.job.id == 0
+    scheduler.host_ready("b", 1, 0)
+    (again,) = scheduler.next_runs(2.0)
+    assert (again.job.id, again.host) == (1, "b")
+
+
+def test_a_final_failure_that_pauses_its_host_says_so():
+    """With no retries, each failure is final; the second different job to fail on a while b
+    succeeds pauses a, and that final verdict carries the pause (the engine warns with it)."""
+    scheduler = Scheduler(iter(Source(10)), retries=0, pause_after=2, pause_for=10.0)
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    verdicts = []
+    for now in (0.0, 1.0):
+        runs = {run.host: run for run in scheduler.next_runs(now)}
+        assert scheduler.attempt_ended(runs["b"].aid, ok=True, now=now + 0.5).final
+        verdicts.append(scheduler.attempt_ended(runs["a"].aid, ok=False, now=now + 0.5))
+    assert [(e.verdict, e.ok) for e in verdicts] == [(Verdict.FINAL, False)] * 2
+    assert verdicts[0].paused is None
+    pause = verdicts[1].paused
+    assert pause is not None and (pause.host, pause.until) == ("a", 11.5)
+
+
+def test_a_starved_backlog_is_not_drained_and_the_scheduler_looks_again_soon():
+    """A stream whose next job has not arrived (readahead.py's NOT_YET) is looked at again
+    within a tenth of a second, and only then: a scheduler with nothing to wait for sleeps."""
+    source = iter([Job(0, b"a"), NOT_YET, Job(1, b"b")])
+    backlog = Backlog(source)
+    assert backlog.next_for("h", frozenset({"h"})).job.id == 0
+    assert backlog.next_for("h", frozenset({"h"})) is None  # NOT_YET: nothing now
+    assert backlog.starved and not backlog.source_done and not backlog.drained
+    assert not backlog.fewer_than(1)  # more may come: a slow host's tail must not be decided
+    assert backlog.next_for("h", frozenset({"h"})).job.id == 1
+    scheduler = Scheduler(iter([NOT_YET, Job(0, b"a")]), retries=0, speculate=False)
+    scheduler.host_ready("h", 1, 0)
+    assert scheduler.next_runs(10.0) == []
+    wake = scheduler.next_wakeup(10.0)
+    assert wake is not None and 10.0 < wake <= 10.1
+    assert not scheduler.finished
+    assert [r.job.id for r in scheduler.next_runs(wake)] == [0]
+    assert scheduler.next_wakeup(wake) is None  # job 0 came: nothing to look at again
 
 
 def test_after_abort_idle_hosts_start_nothing_though_jobs_are_left():

@@ -217,6 +217,22 @@ def test_pausing_needs_different_jobs_and_successes_elsewhere():
     assert not health.streak
 
 
+def test_each_new_pause_doubles_up_to_its_cap_and_counts_failures_from_its_end_on():
+    """Pauses of 10 s, then 20 s, then 40 s, and 40 s again (2**2 at most); a failure at the
+    very time a pause ends counts toward the next (the host takes jobs again then)."""
+    health, rule = HostHealth(), Pausing(after=2, seconds=10.0, doublings=2)
+    now, successes, job, pauses = 0.0, 0, 0, []
+    for _ in range(4):
+        for _ in range(2):  # two different jobs fail, while others succeed elsewhere
+            job += 1
+            pause = health.failed("h", job, now, successes, rule)
+            successes += 1
+        assert pause is not None
+        pauses.append((pause.seconds, pause.until))
+        now = pause.until
+    assert pauses == [(10.0, 10.0), (20.0, 30.0), (40.0, 70.0), (40.0, 110.0)]
+
+
 # -- stragglers in the scheduler -----------------------------------------------------------------
 
 
@@ -706,6 +722,45 @@ def test_a_superseded_loser_is_judged_by_its_jobs_size_and_its_lost_hosts_jobs_r
     assert (again.job.id, again.number) == (2, 2)
 
 
+def test_a_loser_is_judged_by_the_size_its_winner_showed_on_a_host_of_its_own_speed():
+    """The winner's host, f, is twice as fast as the typical host: its copy of job 0 done in
+    0.25 s shows a job of 0.5 typical seconds, so the loser, 2.25 s on it, is 4.5x slower.
+    (Judged by the winner's raw 0.25 s, slow would look 9x slower; by 0.25 x 0.5, 18x; by the
+    start time added to the clock instead of taken from it, 8.5x.)"""
+    scheduler = Scheduler(iter(jobs(100)))
+    scheduler.host_ready("f", 1, 0)
+    scheduler.host_ready("slow", 2, 0)
+    learn(scheduler, a=1.0, f=0.5)
+    assert scheduler.runtimes.slowness("f") == 0.5
+    runs = started(scheduler, scheduler.next_runs(1.0), 1.0)
+    assert sorted((r.host, r.job.id) for r in runs) == [("f", 1), ("slow", 0), ("slow", 2)]
+    on_f = next(r for r in runs if r.host == "f")
+    scheduler.attempt_ended(on_f.aid, ok=True, now=3.0, duration=0.5)
+    (copy,) = started(scheduler, scheduler.next_runs(3.0), 3.0)
+    assert (copy.job.id, copy.host, copy.speculative) == (0, "f", True)
+    assert scheduler.attempt_ended(copy.aid, ok=True, now=3.25, duration=0.25).final
+    assert scheduler.runtimes.slowness("slow") == pytest.approx(4.5)
+
+
+def test_the_round_that_finds_the_batch_dry_copies_into_the_idle_slot_at_once():
+    """a (3x slower) runs job 0, b does jobs 1 and 2 in 0.5 s each. The round in which b finds
+    no job left plans a copy of job 0 on b in that same round, not in the next one (which may
+    be seconds away: nothing else wakes the master before a's job ends)."""
+    scheduler = Scheduler(iter(jobs(3)))
+    scheduler.host_ready("a", 1, 0)
+    scheduler.host_ready("b", 1, 0)
+    learn(scheduler, b=1.0)
+    scheduler.runtimes.observe("a", 3.0)
+    runs = {r.host: r for r in started(scheduler, scheduler.next_runs(0.0), 0.0)}
+    assert {host: run.job.id for host, run in runs.items()} == {"a": 0, "b": 1}
+    scheduler.attempt_ended(runs["b"].aid, ok=True, now=0.5, duration=0.5)
+    (last,) = started(scheduler, scheduler.next_runs(0.5), 0.5)
+    assert (last.job.id, last.host) == (2, "b")
+    scheduler.attempt_ended(last.aid, ok=True, now=1.0, duration=0.5)
+    (copy,) = scheduler.next_runs(1.0)
+    assert (copy.job.id, copy.host, copy.speculative) == (0, "b", True)
+
+
 def test_wake_time_is_when_a_lone_attempt_turns_straggler_or_outruns_a_copy_on_an_idle_slot():
     """Three 1 s jobs seen on a: an attempt started there at 10 s straggles just after 11.5 s
     (1.5 x 1 s). Once the batch ran dry, a copy on an idle slot is worth it as soon as the
@@ -755,6 +810,25 @@ def test_a_host_sits_out_the_tail_from_4x_the_fastest_for_the_jobs_the_others_do
     assert quick < 1.0
     limit = tail_limit(spec, runtimes, slow, [Slots("quick", 1, 1)])
     assert limit == pytest.approx(runtimes.expected("slow") / quick)
+
+
+def test_no_tail_to_sit_out_before_min_samples_without_others_or_under_4x_the_fastest():
+    """Two typical jobs of 1 s and one of 8 s on slow: from the third sample (min_samples) on,
+    slow sits out the last 8 jobs an unmeasured host would do meanwhile; not before it, not
+    with no other host to do them, and not beside a host 3x faster only (fast is 2x, mid 6x
+    the typical host: mid is slow, not very slow)."""
+    spec, runtimes = Speculation(), Runtimes()
+    slow = Slots("slow", 1, 1)
+    for host, seconds in [("ref", 1.0), ("ref", 1.0)]:
+        runtimes.observe(host, seconds)
+        assert tail_limit(spec, runtimes, slow, [Slots("ref", 1, 1)]) == 0.0  # too few yet
+    runtimes.observe("slow", 8.0)
+    assert tail_limit(spec, runtimes, slow, [Slots("new", 1, 1)]) == pytest.approx(8.0)
+    assert tail_limit(spec, runtimes, slow, []) == 0.0
+    for host, seconds in [("ref", 1.0)] * 4 + [("fast", 2.0), ("mid", 6.0)]:
+        runtimes.observe(host, seconds)  # (enough typical jobs to keep the median at 1 s)
+    assert (runtimes.slowness("fast"), runtimes.slowness("mid")) == (2.0, 6.0)
+    assert tail_limit(spec, runtimes, Slots("mid", 1, 1), [Slots("fast", 1, 1)]) == 0.0
 
 
 def test_a_stopped_attempt_adds_a_sample_only_if_its_host_looks_slower_for_its_jobs_size():
@@ -815,6 +889,41 @@ def test_plan_speculation_room_samples_cap_and_the_targets_speed():
         hosts[i].attempts.add(100 + i)
         running.append(Running(100 + i, f"h{i}", 0.0, True, frozenset({f"h{i}"})))
     assert len(_plan(seen(), hosts, drained=False, running=running)) == 2
+
+
+def test_once_dry_a_queued_attempt_is_copied_if_its_wait_and_run_outlast_a_copy():
+    """slow (4 s a job, one slot) runs attempt 1 and queues 2 and 3: 2 starts in 4 s and ends
+    in 8 s, 3 ends in 12 s. Once the batch ran dry, an idle host of 5 s a job copies 3 (5 s
+    is sooner than 12 s); one of 14 s copies neither (were 3's wait counted as 2 in line
+    behind 2 rather than one more, it would end in 16 s and be copied there)."""
+    runtimes = Runtimes()
+    for _ in range(3):
+        runtimes.observe("a", 1.0)
+    for host, seconds in [("slow", 4.0), ("m5", 5.0), ("m14", 14.0)]:
+        runtimes.observe(host, seconds)
+    avoid = frozenset({"slow"})
+    running = [
+        Running(1, "slow", 9.0, False, avoid),
+        Running(2, "slow", None, True, avoid),
+        Running(3, "slow", None, True, avoid),
+    ]
+    slow = Slots("slow", 1, 3, {1, 2, 3})
+    assert _plan(runtimes, [slow, Slots("m5", 1, 1)], drained=True, running=running) == [(3, "m5")]
+    assert _plan(runtimes, [slow, Slots("m14", 1, 1)], drained=True, running=running) == []
+
+
+def test_a_copy_queued_behind_a_slow_hosts_job_waits_that_hosts_time_for_a_job():
+    """a's attempt, 10 s along, is expected to need 10 s more. On b, busy with a job and with
+    room in its queue, a copy waits for b's job, then runs: 2 x 4 s = 8 s for a host 4x
+    slower, worth it; 12 s for one 6x slower, not (were the wait a typical host's job, 1 s,
+    it would be 7 s)."""
+    for slowness, plan in [(4.0, [(1, "b")]), (6.0, [])]:
+        runtimes = Runtimes()
+        for _ in range(3):
+            runtimes.observe("a", 1.0)
+        runtimes.observe("b", slowness)
+        hosts = [Slots("a", 1, 1, {1}), Slots("b", 1, 3, {7})]
+        assert _plan(runtimes, hosts, drained=False) == plan
 
 
 def test_a_straggler_is_an_attempt_past_the_threshold_of_its_own_host():
