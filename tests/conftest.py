@@ -7,6 +7,9 @@ import contextlib
 import itertools
 import os
 import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -30,10 +33,37 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "worksteal"
+    if not hasattr(config, "workerinput"):  # once, in the process that starts the workers
+        _keep_bytecode()
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.new_event_loop().close()
+
+
+def _keep_bytecode() -> None:
+    """Let the suite's Pythons keep the bytecode they compile, even where the shell says not to.
+
+    The suite starts hundreds of Pythons that import anet (every `anet` command, the pools'
+    daemons) and each xdist worker rewrites the asserts of every test module at collection. With
+    PYTHONDONTWRITEBYTECODE set (as on the CI box) none of that was kept: each `anet` compiled
+    anet again (0.1 s of CPU) and each worker rewrote the tests again (3.5 s of CPU). The
+    variable asks for no `__pycache__` in the tree, so the bytecode goes to a folder of this
+    user's out of it (PYTHONPYCACHEPREFIX), set here before the workers start so they and
+    everything they start inherit it. Without the variable Python writes `__pycache__` as usual.
+    """
+    if not sys.flags.dont_write_bytecode:
+        return
+    folder = Path(tempfile.gettempdir()) / f"anet-tests-pycache-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    state = folder.lstat()
+    if not stat.S_ISDIR(state.st_mode) or state.st_uid != os.getuid() or state.st_mode & 0o077:
+        return  # not a private folder of ours: bytecode from it could be anyone's
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(folder)
+    sys.dont_write_bytecode = False  # and this process (a run without -n collects here)
+    sys.pycache_prefix = str(folder)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
