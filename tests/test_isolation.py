@@ -77,3 +77,26 @@ def test_the_leak_check_kills_by_pid_and_start_time_only():
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def test_a_tests_home_starts_with_the_dispatcher_payload_so_anet_does_not_build_it(monkeypatch):
+    """The conftest links the worker's payload into each home: were it missing or stale (built
+    from other sources), every `anet` a test starts would compile and zip the dispatcher again."""
+    from anet.remote import bootstrap
+
+    def build_zip(files: object) -> bytes:
+        raise AssertionError("the payload was built, not read from the test's cache")
+
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "anet"
+    monkeypatch.setattr(bootstrap, "build_zip", build_zip)
+    found = bootstrap.build_payload(cache)
+    monkeypatch.undo()
+    assert found == bootstrap.build_payload(None)
+
+
+def test_a_python_a_test_starts_keeps_its_bytecode():
+    """Hundreds of `anet` processes import anet: each compiled it again where the shell sets
+    PYTHONDONTWRITEBYTECODE, unless the conftest sent their bytecode to a folder of its own."""
+    code = "import sys; print(sys.dont_write_bytecode, sys.pycache_prefix)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[0] == "False", done.stdout
