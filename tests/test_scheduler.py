@@ -755,6 +755,26 @@ def test_draining_kills_only_the_queued_attempts_and_says_so():
     assert [(k.attempt, k.reason) for k in kills] == [(r, KillReason.DRAINED) for r in queued]
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["done", "started-then-exit"])
+def test_a_drained_attempt_the_host_had_started_gives_its_success(whole):
+    """--halt soon's Kill reached a queued attempt after the host started it: it ran to its
+    end, so its success stands, whether the host says so in one Done or a Started and an Exit
+    (a Done used to have to set the start itself, else the end read as "taken from its
+    queue": STALE, the result dropped)."""
+    scheduler = Scheduler(Source(10), speculate=False)
+    scheduler.host_ready("h", 1, 2)
+    started, late, _ = scheduler.next_runs(0.0)
+    scheduler.attempt_started(started.aid, 0.0)
+    scheduler.abort(started_too=False)
+    assert KillReason.DRAINED in {k.reason for k in scheduler.due_kills(1.0)}
+    if whole:
+        ended = scheduler.attempt_done(late.aid, 1.0, 1.5, ok=True, duration=0.5)
+    else:
+        scheduler.attempt_started(late.aid, 1.0)
+        ended = scheduler.attempt_ended(late.aid, ok=True, now=1.5, duration=0.5)
+    assert (ended.verdict, ended.ok) == (Verdict.FINAL, True)
+
+
 def test_an_attempt_being_killed_when_the_run_aborts_ends_stale():
     """A timed-out attempt's Kill is on its way when --halt now comes: its Exit then gives its
     job no result and no retry (as every other attempt's), and no second Kill is sent."""
