@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,11 +36,25 @@ from dispatcher.protocol import (
     LocalProtocolError,
     Output,
     RemoteProtocolError,
+    bin_header,
     encode,
     encode_parts,
 )
 
 # -- the dispatcher's frames ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_a_bin_header_is_the_one_msgpack_writes_before_as_many_bytes(size):
+    """Each of the three widths at its edges: a header one width too short would cut the
+    length, one too long would make a record no msgpack reader expects."""
+    data = b"x" * size
+    assert bin_header(size) + data == msgpack.packb(data, use_bin_type=True)
+
+
+def test_the_widest_bin_header_holds_a_length_of_four_bytes():
+    assert bin_header(2**32 - 1) == b"\xc6\xff\xff\xff\xff"
+    assert msgpack.unpackb(bin_header(2**20) + bytes(2**20)) == bytes(2**20)
 
 
 @given(data=st.data())
