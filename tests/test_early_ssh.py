@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from anet.api import KEEPALIVE
+from anet.cli import COMMANDS
 from anet.cli.argv import ssh_hosts
 from anet.cli.common import HostArgs
 from anet.remote.connect import SshOptions
@@ -34,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
         (["run", "--ssh-config=c", "--host=u@h1:22", "b.txt"], (["u@h1:22"], "c")),
         (["sync", "-Sh1", "deps/"], (["h1"], None)),
         (["run", "b.txt"], None),  # no host named: here, $ANET_HOSTS or a pool
-        (["b.txt", "-S", "h1"], None),  # `run` unsaid: not read so far
+        (["-S", "h1", "b.txt"], (["h1"], None)),  # `run` unsaid, as README's examples
+        (["b.txt", "-S", "h1"], (["h1"], None)),
+        (["-S", "h1", "status"], None),  # a verb, not a batch
+        (["-S", "h1", "--find", "x"], None),
         (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], None),
         (["run", "-S", "h1", "--keepalive", "30", "b.txt"], None),  # other ssh options
         (["run", "-S", "h1", "--accept-new-hosts", "b.txt"], None),
@@ -47,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ],
 )
 def test_which_arguments_connect_early(args, found):
-    assert ssh_hosts(args) == found
+    assert ssh_hosts(args, COMMANDS) == found
 
 
 def test_the_early_options_are_those_a_run_without_ssh_options_builds(tmp_path):
@@ -106,11 +110,12 @@ def no_session_left(cluster) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-def test_a_run_takes_the_connections_made_before_its_imports(make_cluster, tmp_path):
+@pytest.mark.parametrize("verb", [["run"], []], ids=["run", "run-unsaid"])
+def test_a_run_takes_the_connections_made_before_its_imports(make_cluster, tmp_path, verb):
     cluster = make_cluster(2)
     batch = tmp_path / "batch.txt"
     batch.write_text("echo one\necho two\n")
-    done = anet(tmp_path, "run", *hosts_args(cluster), str(batch))
+    done = anet(tmp_path, *verb, *hosts_args(cluster), str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr
     assert b"one\n" in done.stdout and b"two\n" in done.stdout

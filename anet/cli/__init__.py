@@ -218,10 +218,10 @@ def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
 
 
 def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
-    """Connect to the hosts of `anet run|sync -S H...` before the run's modules are imported,
+    """Connect to the hosts of `anet [run]|sync -S H...` before the run's modules are imported,
     when the arguments say which for sure (anet/remote/earlyssh.py): the handshakes and the
     dispatchers' boots then overlap the imports."""
-    found = ssh_hosts(args)
+    found = ssh_hosts(args, COMMANDS)
     if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
         return False
     specs, config = found

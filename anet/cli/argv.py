@@ -18,7 +18,7 @@ run it; `anet status batch.txt` always asks about batch.txt's run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import click
@@ -244,19 +244,21 @@ EARLY_SSH_COMMANDS = ("run", "sync")
 """The commands whose hosts `ssh_hosts` may name for an early connection."""
 
 
-def ssh_hosts(args: Sequence[str]) -> tuple[list[str], str | None] | None:
-    """(the -S values, the --ssh-config value) of `anet run|sync -S H... [--ssh-config F] X`,
-    read before click parses it, for the connections started while the run's modules are
-    imported (anet/remote/earlyssh.py); None for anything else. Strict on purpose: any other
-    option, a second word after the command (command mode: `cmd ::: a`) or none, and the
-    answer is None, since an early connection is only worth making to the hosts the run
-    surely goes to."""
-    if not args or args[0] not in EARLY_SSH_COMMANDS:
+def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> tuple[list[str], str | None] | None:
+    """(the -S values, the --ssh-config value) of `anet [run] -S H... [--ssh-config F] BATCH`
+    or `anet sync -S H... [--ssh-config F] DEPS`, read before click parses it, for the
+    connections started while the run's modules are imported (anet/remote/earlyssh.py); None
+    for anything else. Strict on purpose: any other option, a second word after the command
+    (command mode: `cmd ::: a`) or none, a verb (`verbs`) where the batch goes when `run` is
+    unsaid, and the answer is None, since an early connection is only worth making to the
+    hosts the run surely goes to."""
+    if not args:
         return None
+    said = args[0] in EARLY_SSH_COMMANDS
     specs: list[str] = []
     config: str | None = None
-    positional = 0
-    at = 1
+    words: list[str] = []
+    at = 1 if said else 0
     while at < len(args):
         word = args[at]
         name, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
@@ -274,6 +276,8 @@ def ssh_hosts(args: Sequence[str]) -> tuple[list[str], str | None] | None:
         elif word.startswith("-"):
             return None
         else:
-            positional += 1
+            words.append(word)
         at += 1
-    return (specs, config) if specs and positional == 1 else None
+    if not specs or len(words) != 1 or (not said and words[0] in verbs):
+        return None
+    return specs, config
