@@ -30,16 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("args", "found"),
     [
-        (["run", "-S", "h1", "-S", "h2", "b.txt"], (["h1", "h2"], None)),
-        (["run", "--ssh-config", "c", "-S", "4/h1", "b.txt"], (["4/h1"], "c")),
-        (["run", "--ssh-config=c", "--host=u@h1:22", "b.txt"], (["u@h1:22"], "c")),
-        (["sync", "-Sh1", "deps/"], (["h1"], None)),
+        (["run", "-S", "h1", "-S", "h2", "b.txt"], (["h1", "h2"], [], None)),
+        (["run", "--ssh-config", "c", "-S", "4/h1", "b.txt"], (["4/h1"], [], "c")),
+        (["run", "--ssh-config=c", "--host=u@h1:22", "b.txt"], (["u@h1:22"], [], "c")),
+        (["sync", "-Sh1", "deps/"], (["h1"], [], None)),
         (["run", "b.txt"], None),  # no host named: here, $ANET_HOSTS or a pool
-        (["-S", "h1", "b.txt"], (["h1"], None)),  # `run` unsaid, as README's examples
-        (["b.txt", "-S", "h1"], (["h1"], None)),
+        (["-S", "h1", "b.txt"], (["h1"], [], None)),  # `run` unsaid, as README's examples
+        (["b.txt", "-S", "h1"], (["h1"], [], None)),
         (["-S", "h1", "status"], None),  # a verb, not a batch
         (["-S", "h1", "--find", "x"], None),
-        (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], None),
+        (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], (["h1"], ["hosts.txt"], None)),
+        (["-Hhosts.txt", "--hosts=slurm", "b.txt"], ([], ["hosts.txt", "slurm"], None)),
+        (["-H", "hosts.txt"], None),  # no batch: a usage error, or the batch on stdin
         (["run", "-S", "h1", "--keepalive", "30", "b.txt"], None),  # other ssh options
         (["run", "-S", "h1", "--accept-new-hosts", "b.txt"], None),
         (["run", "-S", "h1", "--dry-run", "b.txt"], None),
@@ -110,12 +112,21 @@ def no_session_left(cluster) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-@pytest.mark.parametrize("verb", [["run"], []], ids=["run", "run-unsaid"])
-def test_a_run_takes_the_connections_made_before_its_imports(make_cluster, tmp_path, verb):
+@pytest.mark.parametrize(
+    ("verb", "from_file"), [(["run"], False), ([], False), ([], True)],
+    ids=["run", "run-unsaid", "hosts-file"],
+)  # fmt: skip
+def test_a_run_takes_the_connections_made_before_its_imports(
+    make_cluster, tmp_path, verb, from_file
+):
     cluster = make_cluster(2)
     batch = tmp_path / "batch.txt"
     batch.write_text("echo one\necho two\n")
-    done = anet(tmp_path, *verb, *hosts_args(cluster), str(batch))
+    hosts = hosts_args(cluster)
+    if from_file:  # -H FILE, as a user with a hosts file writes it
+        (tmp_path / "hosts.txt").write_text("".join(f"{name}\n" for name in cluster.names))
+        hosts = ["--ssh-config", str(cluster.ssh_config), "-H", str(tmp_path / "hosts.txt")]
+    done = anet(tmp_path, *verb, *hosts, str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr
     assert b"one\n" in done.stdout and b"two\n" in done.stdout

@@ -218,22 +218,23 @@ def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
 
 
 def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
-    """Connect to the hosts of `anet [run]|sync -S H...` before the run's modules are imported,
-    when the arguments say which for sure (anet/remote/earlyssh.py): the handshakes and the
-    dispatchers' boots then overlap the imports."""
+    """Connect to the hosts of `anet [run]|sync -S H... -H FILE...` before the run's modules
+    are imported, when the arguments say which for sure (anet/remote/earlyssh.py): the
+    handshakes and the dispatchers' boots then overlap the imports."""
     found = ssh_hosts(args, COMMANDS)
     if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
         return False
-    specs, config = found
+    specs, sources, config = found
     if config is not None and not os.path.isfile(config):
         return False  # click says so, and nothing is to be connected
     from ..errors import UsageError
     from ..remote import earlyssh
     from ..remote.connect import Connector, SshOptions
-    from ..remote.hosts import parse_specs
+    from ..remote.hosts import parse_specs, read_source
 
     try:
         hosts = [host for spec in specs for host in parse_specs(spec)]
+        hosts += [host for source in sources for host in read_source(source, environ)]
     except UsageError:  # the run says so
         return False
     if any(host.local for host in hosts):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import click
 
@@ -244,9 +245,17 @@ EARLY_SSH_COMMANDS = ("run", "sync")
 """The commands whose hosts `ssh_hosts` may name for an early connection."""
 
 
-def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> tuple[list[str], str | None] | None:
-    """(the -S values, the --ssh-config value) of `anet [run] -S H... [--ssh-config F] BATCH`
-    or `anet sync -S H... [--ssh-config F] DEPS`, read before click parses it, for the
+class EarlyHosts(NamedTuple):
+    """The hosts a command line surely goes to, as typed (`ssh_hosts`)."""
+
+    specs: list[str]  # -S
+    sources: list[str]  # -H: hosts files, inventories, `slurm`
+    config: str | None  # --ssh-config
+
+
+def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
+    """The hosts of `anet [run] -S H... -H F... [--ssh-config C] BATCH` or `anet sync ...
+    DEPS`, read before click parses it, for the
     connections started while the run's modules are imported (anet/remote/earlyssh.py); None
     for anything else. Strict on purpose: any other option, a second word after the command
     (command mode: `cmd ::: a`) or none, a verb (`verbs`) where the batch goes when `run` is
@@ -256,6 +265,7 @@ def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> tuple[list[str], s
         return None
     said = args[0] in EARLY_SSH_COMMANDS
     specs: list[str] = []
+    sources: list[str] = []
     config: str | None = None
     words: list[str] = []
     at = 1 if said else 0
@@ -264,7 +274,9 @@ def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> tuple[list[str], s
         name, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
         if word.startswith("-S") and len(word) > 2:
             name, value, equals = "-S", word[2:], "="
-        if name in ("-S", "--host", "--ssh-config"):
+        elif word.startswith("-H") and len(word) > 2:
+            name, value, equals = "-H", word[2:], "="
+        if name in ("-S", "--host", "-H", "--hosts", "--ssh-config"):
             if not equals:
                 if at + 1 == len(args):
                     return None
@@ -272,12 +284,12 @@ def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> tuple[list[str], s
             if name == "--ssh-config":
                 config = value
             else:
-                specs.append(value)
+                (specs if name in ("-S", "--host") else sources).append(value)
         elif word.startswith("-"):
             return None
         else:
             words.append(word)
         at += 1
-    if not specs or len(words) != 1 or (not said and words[0] in verbs):
+    if not (specs or sources) or len(words) != 1 or (not said and words[0] in verbs):
         return None
-    return specs, config
+    return EarlyHosts(specs, sources, config)
