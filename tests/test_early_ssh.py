@@ -42,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
         (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], (["h1"], ["hosts.txt"], None)),
         (["-Hhosts.txt", "--hosts=slurm", "b.txt"], ([], ["hosts.txt", "slurm"], None)),
         (["-H", "hosts.txt"], None),  # no batch: a usage error, or the batch on stdin
+        (["-q", "-S", "h1", "-k", "--format", "msgpack", "-j", "2", "b.txt"], (["h1"], [], None)),
+        (["-S", "h1", "--format=jsonl", "--journal", "j.sqlite", "b.txt"], (["h1"], [], None)),
+        (["-S", "h1", "--format", "b.txt"], None),  # b.txt is --format's value: no batch
+        (["-qk", "-S", "h1", "b.txt"], None),  # a cluster of flags: not read so far
         (["run", "-S", "h1", "--keepalive", "30", "b.txt"], None),  # other ssh options
         (["run", "-S", "h1", "--accept-new-hosts", "b.txt"], None),
         (["run", "-S", "h1", "--dry-run", "b.txt"], None),
@@ -123,9 +127,10 @@ def test_a_run_takes_the_connections_made_before_its_imports(
     batch = tmp_path / "batch.txt"
     batch.write_text("echo one\necho two\n")
     hosts = hosts_args(cluster)
-    if from_file:  # -H FILE, as a user with a hosts file writes it
+    if from_file:  # -H FILE, as a user with a hosts file writes it, and a run-only option
         (tmp_path / "hosts.txt").write_text("".join(f"{name}\n" for name in cluster.names))
         hosts = ["--ssh-config", str(cluster.ssh_config), "-H", str(tmp_path / "hosts.txt")]
+        hosts += ["-j", "2"]
     done = anet(tmp_path, *verb, *hosts, str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr

@@ -230,7 +230,8 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     from ..errors import UsageError
     from ..remote import earlyssh
     from ..remote.connect import Connector, SshOptions
-    from ..remote.hosts import parse_specs, read_source
+    from ..remote.hosts import merge_specs, parse_specs, read_source
+    from ..remote.identity import machine_keys
 
     try:
         hosts = [host for spec in specs for host in parse_specs(spec)]
@@ -240,6 +241,12 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     if any(host.local for host in hosts):
         return False
     options = SshOptions(config=None if config is None else Path(config))
+    # One connection per end machine, as the run will merge them (its notes are the run's).
+    try:
+        keys, _ = machine_keys(hosts, options.config_paths())
+    except Exception:  # a config the run will refuse in its own words
+        return False
+    hosts, _ = merge_specs(hosts, lambda spec: keys[spec.label])
     earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
 

@@ -245,6 +245,17 @@ EARLY_SSH_COMMANDS = ("run", "sync")
 """The commands whose hosts `ssh_hosts` may name for an early connection."""
 
 
+RUN_ONLY_OPTIONS = frozenset(
+    {
+        "-q", "--quiet", "-k", "--keep-order", "--no-journal", "--line-buffer", "--tag",
+        "-j", "--slots", "--format", "--retries", "--timeout", "--journal", "--joblog",
+        "--results", "--max-output",
+    }
+)  # fmt: skip
+"""Options `ssh_hosts` may pass over: they change how a run goes, not which hosts it reaches
+or how it connects to them (unlike --keepalive, --accept-new-hosts, --dry-run, --pool...)."""
+
+
 class EarlyHosts(NamedTuple):
     """The hosts a command line surely goes to, as typed (`ssh_hosts`)."""
 
@@ -255,12 +266,12 @@ class EarlyHosts(NamedTuple):
 
 def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
     """The hosts of `anet [run] -S H... -H F... [--ssh-config C] BATCH` or `anet sync ...
-    DEPS`, read before click parses it, for the
-    connections started while the run's modules are imported (anet/remote/earlyssh.py); None
-    for anything else. Strict on purpose: any other option, a second word after the command
-    (command mode: `cmd ::: a`) or none, a verb (`verbs`) where the batch goes when `run` is
-    unsaid, and the answer is None, since an early connection is only worth making to the
-    hosts the run surely goes to."""
+    DEPS`, read before click parses it, for the connections started while the run's modules
+    are imported (anet/remote/earlyssh.py); None for anything else. Strict on purpose: an
+    option other than those and RUN_ONLY_OPTIONS, a second word after the command (command
+    mode: `cmd ::: a`) or none, a verb (`verbs`) where the batch goes when `run` is unsaid,
+    and the answer is None, since an early connection is only worth making to the hosts the
+    run surely goes to, as it will connect to them."""
     if not args:
         return None
     said = args[0] in EARLY_SSH_COMMANDS
@@ -285,6 +296,8 @@ def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
                 config = value
             else:
                 (specs if name in ("-S", "--host") else sources).append(value)
+        elif name in RUN_ONLY_OPTIONS:  # how the run goes, not where: skipped, with a value
+            at += _values_after(word, VALUE_OPTIONS)
         elif word.startswith("-"):
             return None
         else:
