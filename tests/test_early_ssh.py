@@ -30,20 +30,20 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("args", "found"),
     [
-        (["run", "-S", "h1", "-S", "h2", "b.txt"], (["h1", "h2"], [], None)),
-        (["run", "--ssh-config", "c", "-S", "4/h1", "b.txt"], (["4/h1"], [], "c")),
-        (["run", "--ssh-config=c", "--host=u@h1:22", "b.txt"], (["u@h1:22"], [], "c")),
-        (["sync", "-Sh1", "deps/"], (["h1"], [], None)),
+        (["run", "-S", "h1", "-S", "h2", "b.txt"], (["h1", "h2"], [], None, "b.txt")),
+        (["run", "--ssh-config", "c", "-S", "4/h1", "b.txt"], (["4/h1"], [], "c", "b.txt")),
+        (["run", "--ssh-config=c", "--host=u@h1:22", "b.txt"], (["u@h1:22"], [], "c", "b.txt")),
+        (["sync", "-Sh1", "deps/"], (["h1"], [], None, None)),
         (["run", "b.txt"], None),  # no host named: here, $ANET_HOSTS or a pool
-        (["-S", "h1", "b.txt"], (["h1"], [], None)),  # `run` unsaid, as README's examples
-        (["b.txt", "-S", "h1"], (["h1"], [], None)),
+        (["-S", "h1", "b.txt"], (["h1"], [], None, "b.txt")),  # `run` unsaid, as README's examples
+        (["b.txt", "-S", "h1"], (["h1"], [], None, "b.txt")),
         (["-S", "h1", "status"], None),  # a verb, not a batch
         (["-S", "h1", "--find", "x"], None),
-        (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], (["h1"], ["hosts.txt"], None)),
-        (["-Hhosts.txt", "--hosts=slurm", "b.txt"], ([], ["hosts.txt", "slurm"], None)),
+        (["run", "-S", "h1", "-H", "hosts.txt", "b.txt"], (["h1"], ["hosts.txt"], None, "b.txt")),
+        (["-Hhosts.txt", "--hosts=slurm", "b.txt"], ([], ["hosts.txt", "slurm"], None, "b.txt")),
         (["-H", "hosts.txt"], None),  # no batch: a usage error, or the batch on stdin
-        (["-q", "-S", "h1", "-k", "--format", "msgpack", "-j", "2", "b.txt"], (["h1"], [], None)),
-        (["-S", "h1", "--format=jsonl", "--journal", "j.sqlite", "b.txt"], (["h1"], [], None)),
+        (["-q", "-S", "h1", "-k", "--format", "msgpack", "-j", "2", "b"], (["h1"], [], None, "b")),
+        (["-S", "h1", "--format=jsonl", "--journal", "j", "b.txt"], (["h1"], [], None, "b.txt")),
         (["-S", "h1", "--format", "b.txt"], None),  # b.txt is --format's value: no batch
         (["-qk", "-S", "h1", "b.txt"], None),  # a cluster of flags: not read so far
         (["run", "-S", "h1", "--keepalive", "30", "b.txt"], None),  # other ssh options
@@ -157,7 +157,9 @@ def test_a_sync_takes_them_too(make_cluster, tmp_path):
 
 def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_path):
     cluster = make_cluster(2)
-    done = anet(tmp_path, "run", *hosts_args(cluster), str(tmp_path / "no-such-batch.txt"))
+    batch = tmp_path / "batch.txt"
+    batch.write_text("echo one\n")
+    done = anet(tmp_path, "run", *hosts_args(cluster), "--format", "bogus", str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 255
     assert "started with anet.api loaded: False" in stderr
@@ -219,3 +221,16 @@ def test_a_signal_stops_every_job_of_a_run_on_early_connections(
     assert proc.returncode == status, err
     assert b"taken: host1 True" in err and b"Traceback" not in err
     assert no_session_left(cluster)
+
+
+def test_only_a_regular_batch_file_with_a_job_connects_early(tmp_path):
+    """An empty batch connects no host (test_run_seams), and a FIFO or a device is the run's
+    to read once: neither is opened here (a FIFO's open would wait for a writer)."""
+    from anet.cli import _holds_a_job
+
+    empty, blanks, fifo = tmp_path / "empty", tmp_path / "blanks", tmp_path / "fifo"
+    empty.write_bytes(b"\n\r\n\r\r\n")
+    blanks.write_bytes(b"\n  \n")  # a line of blanks is a job
+    os.mkfifo(fifo)
+    assert [_holds_a_job(str(p)) for p in (empty, blanks, fifo)] == [False, True, False]
+    assert not _holds_a_job(str(tmp_path / "missing")) and not _holds_a_job("/dev/zero")

@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import itertools
 import os
+import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -224,9 +225,11 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     found = ssh_hosts(args, COMMANDS)
     if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
         return False
-    specs, sources, config = found
+    specs, sources, config, batch = found
     if config is not None and not os.path.isfile(config):
         return False  # click says so, and nothing is to be connected
+    if batch is not None and not _holds_a_job(batch):
+        return False  # an empty batch connects no host; a stream is not read twice
     from ..errors import UsageError
     from ..remote import earlyssh
     from ..remote.connect import Connector, SshOptions
@@ -249,6 +252,18 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     hosts, _ = merge_specs(hosts, lambda spec: keys[spec.label])
     earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
+
+
+def _holds_a_job(batch: str) -> bool:
+    """A regular file with a job in its first 64 KiB (a byte other than a line end: a line of
+    blanks is a job). Anything else (a FIFO, a device: read once, by the run) says no."""
+    try:
+        if not stat.S_ISREG(os.stat(batch).st_mode):  # before open: a FIFO's would block
+            return False
+        with open(batch, "rb") as file:
+            return bool(file.read(1 << 16).strip(b"\r\n"))
+    except OSError:
+        return False
 
 
 def _pool_up(environ: Mapping[str, str]) -> bool:

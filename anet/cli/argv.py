@@ -262,6 +262,7 @@ class EarlyHosts(NamedTuple):
     specs: list[str]  # -S
     sources: list[str]  # -H: hosts files, inventories, `slurm`
     config: str | None  # --ssh-config
+    batch: str | None = None  # the batch file of a run (None: a sync's deps)
 
 
 def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
@@ -305,4 +306,4 @@ def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
         at += 1
     if not (specs or sources) or len(words) != 1 or (not said and words[0] in verbs):
         return None
-    return EarlyHosts(specs, sources, config)
+    return EarlyHosts(specs, sources, config, None if args[0] == "sync" else words[0])
