@@ -155,10 +155,15 @@ def test_a_sync_takes_them_too(make_cluster, tmp_path):
     assert [cluster[n].accepted_connections() for n in cluster.names] == [1, 1]
 
 
-def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_path):
-    cluster = make_cluster(2)
+def one_job(tmp_path: Path) -> Path:
     batch = tmp_path / "batch.txt"
     batch.write_text("echo one\n")
+    return batch
+
+
+def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_path):
+    cluster = make_cluster(2)
+    batch = one_job(tmp_path)
     done = anet(tmp_path, "run", *hosts_args(cluster), "--format", "bogus", str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 255
@@ -170,8 +175,7 @@ def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_pa
 
 def test_other_ssh_options_connect_at_the_usual_place(make_cluster, tmp_path):
     cluster = make_cluster(1)
-    batch = tmp_path / "batch.txt"
-    batch.write_text("echo one\n")
+    batch = one_job(tmp_path)
     done = anet(tmp_path, "run", *hosts_args(cluster), "--keepalive", "30", str(batch))
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr
@@ -184,8 +188,7 @@ def test_an_early_handshake_that_fails_says_what_a_run_would_say(make_cluster, t
     known_hosts does not have fails with the same one line, and only the first time."""
     cluster = make_cluster(1)
     cluster.known_hosts.write_text("")
-    batch = tmp_path / "batch.txt"
-    batch.write_text("echo one\n")
+    batch = one_job(tmp_path)
     early = anet(tmp_path, "run", *hosts_args(cluster), str(batch))
     usual = anet(tmp_path, "run", *hosts_args(cluster), str(batch), ANET_NO_EARLY="1")
     assert early.returncode == usual.returncode == 255
