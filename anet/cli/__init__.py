@@ -230,28 +230,25 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
         return False  # click says so, and nothing is to be connected
     if batch is not None and not _holds_a_job(batch):
         return False  # an empty batch connects no host; a stream is not read twice
-    from ..errors import UsageError
     from ..remote import earlyssh
     from ..remote.connect import Connector, SshOptions
-    from ..remote.hosts import merge_specs, parse_specs, read_source
-    from ..remote.identity import machine_keys
+    from ..remote.hosts import resolve_hosts
 
-    try:
-        hosts = [host for spec in specs for host in parse_specs(spec)]
-        hosts += [host for source in sources for host in read_source(source, environ)]
-    except UsageError:  # the run says so
+    options = SshOptions(config=None if config is None else Path(config))
+    try:  # one spec per end machine, as the run resolves them (its notes are the run's to say)
+        hosts = resolve_hosts(
+            specs, sources, environ=environ, ssh_config=options.config_paths(), say=_unsaid
+        )
+    except Exception:  # a mistake or a config the run will refuse in its own words
         return False
     if any(host.local for host in hosts):
         return False
-    options = SshOptions(config=None if config is None else Path(config))
-    # One connection per end machine, as the run will merge them (its notes are the run's).
-    try:
-        keys, _ = machine_keys(hosts, options.config_paths())
-    except Exception:  # a config the run will refuse in its own words
-        return False
-    hosts, _ = merge_specs(hosts, lambda spec: keys[spec.label])
     earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
+
+
+def _unsaid(note: str) -> None:
+    """Where the early start's notes of merged hosts go: nowhere, the run says them."""
 
 
 def _holds_a_job(batch: str) -> bool:

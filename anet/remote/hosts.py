@@ -182,9 +182,12 @@ def resolve_hosts(
     slots: int | None = None,
     environ: Mapping[str, str] | None = None,
     ssh_config: Sequence[str] | None = None,
+    say: Callable[[str], object] = log.warning,
 ) -> list[HostSpec]:
     """-S specs and -H sources (`read_source`), else $ANET_HOSTS (a hosts file), else the local
-    machine (with a hint when that is inside a batch system's allocation).
+    machine (with a hint when that is inside a batch system's allocation). `say` takes the
+    notes of merged specs and the hint (the early connections, which resolve the hosts before
+    the run does, pass one that drops them: the run says them).
 
     `slots` (the CLI's -j) overrides every host's own N/. Specs that name one end machine are
     merged (`merge_specs`): one connection per end machine, whatever the user listed. Without
@@ -202,27 +205,28 @@ def resolve_hosts(
         raise UsageError(f"no hosts listed in {', '.join(map(os.fspath, files))}")
     if not hosts:
         if hint := allocation_hint(environ):
-            log.warning(hint)
+            say(hint)
         hosts = [HostSpec(LOCAL)]
     if slots is not None:
         _check_slots(slots, f"-j {slots}")
         hosts = [host.with_slots(slots) for host in hosts]
     if ssh_config is None:
-        return _merged(hosts, lambda spec: spec.label)
+        return _merged(hosts, say, lambda spec: spec.label)
     from .identity import machine_keys  # it reads ssh configs: asyncssh, loaded when needed
 
     keys, ends = machine_keys(hosts, ssh_config)
-    return _merged(hosts, lambda spec: keys[spec.label], lambda spec: ends.get(spec.label))
+    return _merged(hosts, say, lambda spec: keys[spec.label], lambda spec: ends.get(spec.label))
 
 
 def _merged(
     hosts: Sequence[HostSpec],
+    say: Callable[[str], object],
     key: Callable[[HostSpec], Hashable],
     where: Callable[[HostSpec], object] | None = None,
 ) -> list[HostSpec]:
     merged, notes = merge_specs(hosts, key, where)
     for note in notes:
-        log.warning(note)
+        say(note)
     return merged
 
 
