@@ -24,6 +24,7 @@ import os
 import select
 import stat
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import BinaryIO
 
 from ..core.spool import CHUNK, NO_KERNEL_COPY, Span
@@ -90,6 +91,38 @@ class ResultOutput:
             await self.write(piece)
             await asyncio.sleep(0)  # a file or a terminal never makes it wait: let others run
 
+    async def _send_by_kernel(
+        self, span: Span, fd: int, room: Callable[[], Awaitable[None]]
+    ) -> None:
+        """The spool's bytes copied to `fd` by the kernel (sendfile; a splice into a pipe),
+        never through the master's memory: for a job printing a gigabyte, a read and a write
+        of every byte saved. `room` waits until `fd` takes more. An output that cannot take a
+        kernel copy (O_APPEND, some terminals) is written as any other."""
+        done = 0
+        try:
+            while True:
+                try:
+                    sent = span.send_to(fd, done)
+                except BlockingIOError:
+                    await room()
+                    continue
+                if not sent:
+                    return
+                done += sent
+                self._sent(sent)
+                await asyncio.sleep(0)  # SEND_AT_MOST at a time: let others run
+        except (BrokenPipeError, ConnectionResetError):
+            raise OutputClosed(_CLOSED) from None
+        except OSError as exc:
+            if exc.errno not in NO_KERNEL_COPY or done:
+                raise
+            await ResultOutput.send_span(self, span)
+
+    def _sent(self, count: int) -> None:
+        """`count` bytes went to the kernel beside the queue (a kernel copy)."""
+        self._queued += count
+        self._pushed += count
+
     def _unsent(self) -> int:
         """Bytes pushed that the kernel has not taken yet."""
         return 0
@@ -118,31 +151,13 @@ class _DirectOutput(ResultOutput):
                 raise OutputClosed(_CLOSED) from None
 
     async def send_span(self, span: Span) -> None:
-        """With sendfile: the kernel copies the spool's page cache to the file (or throws it
-        away, for /dev/null), never through the master's memory: for a job printing a
-        gigabyte, a read and a write of every byte saved. An output that cannot take it
-        (O_APPEND, some terminals) is written as any other."""
         self._flush_pending()  # what came before goes first
-        done = 0
-        try:
-            while sent := self._send(span, done):
-                done += sent
-                self._queued += sent
-                self._pushed += sent
-                await asyncio.sleep(0)  # SEND_AT_MOST at a time: let others run
-        except OSError as exc:
-            if exc.errno not in NO_KERNEL_COPY or done:
-                raise
-            await super().send_span(span)
+        await self._send_by_kernel(span, self._fd, self._room)
 
-    def _send(self, span: Span, done: int) -> int:
-        while True:
-            try:
-                return span.send_to(self._fd, done)
-            except BlockingIOError:  # someone made the shared terminal non-blocking
-                select.select([], [self._fd], [])
-            except BrokenPipeError:
-                raise OutputClosed(_CLOSED) from None
+    async def _room(self) -> None:
+        """A file or a terminal takes everything at once, unless someone made a shared
+        terminal non-blocking: then it is waited for as a blocking write would."""
+        select.select([], [self._fd], [])
 
 
 HIGH_WATER = 64 << 10
@@ -188,31 +203,14 @@ class _PipeOutput(ResultOutput):
             raise OutputClosed(_CLOSED) from None
 
     async def send_span(self, span: Span) -> None:
-        """With sendfile (a splice: the spool's pages go into the pipe, not through the
-        master's memory), once the transport has written everything before it; waiting for
-        the pipe's room as any write waits for the reader. Where the pipe cannot take it,
-        read and written as any other."""
+        """Once the transport has written everything before it; waiting for the pipe's room
+        as any write waits for the reader."""
         await self._written_out()
-        loop, done = asyncio.get_running_loop(), 0
-        try:
-            while True:
-                try:
-                    sent = span.send_to(self._fd, done)
-                except BlockingIOError:
-                    await self._room(loop)
-                    continue
-                if not sent:
-                    return
-                done += sent
-                self._queued += sent
-                self._pushed += sent
-                self._taken += sent
-        except (BrokenPipeError, ConnectionResetError):
-            raise OutputClosed(_CLOSED) from None
-        except OSError as exc:
-            if exc.errno not in NO_KERNEL_COPY or done:
-                raise
-            await super().send_span(span)
+        await self._send_by_kernel(span, self._fd, self._room)
+
+    def _sent(self, count: int) -> None:
+        super()._sent(count)
+        self._taken += count
 
     async def _written_out(self) -> None:
         """Wait until the transport holds nothing: what was written before goes first."""
@@ -232,8 +230,9 @@ class _PipeOutput(ResultOutput):
                 raise OutputClosed(_CLOSED)
         self._unsent()  # the ledger's look: all of it taken
 
-    async def _room(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _room(self) -> None:
         """Until the pipe has room (stdout's own fd: the transport holds another)."""
+        loop = asyncio.get_running_loop()
         room = loop.create_future()
         loop.add_writer(self._fd, lambda: room.done() or room.set_result(None))
         try:
