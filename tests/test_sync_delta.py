@@ -14,6 +14,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from test_sync import snapshot, synced
 from test_sync_inplace import change_everything, fresh, make_src, resync, synced_once
 from test_syncstore import Host, close_the_hosts, scan_dir, wanted  # noqa: F401 (the fixture)
 
+from anet.deps import hashcache
 from anet.deps import sync as master_sync
 from anet.deps.hashcache import open_cache
 from anet.deps.known import remember
@@ -296,3 +298,41 @@ def test_the_sqlite_digest_cache_of_an_older_anet_goes_once_the_new_one_is_made(
         path.write_bytes(b"x" * 1000)
     _, cache_path = scanned_2000_files(tmp_path)
     assert cache_path.is_dir() and not any(path.exists() for path in old)
+
+
+def _cache_files(folder: Path, names: list[str], age_days: float) -> None:
+    when = time.time() - age_days * 86400
+    for name in names:
+        (folder / name).write_bytes(b"digests of a deps folder once synced\n")
+        os.utime(folder / name, (when, when))
+
+
+def test_digest_files_of_folders_not_synced_for_a_month_go_when_a_cache_is_written(tmp_path):
+    """One file per deps argument ever synced, each up to a megabyte: without an end they
+    would pile up in the user's cache for good. Losing one costs its folder one re-hash."""
+    cache_path = tmp_path / "hashes"
+    cache_path.mkdir()
+    _cache_files(cache_path, ["a" * 32, "b" * 32], age_days=hashcache.KEEP_DAYS + 1)
+    _cache_files(cache_path, ["c" * 32], age_days=hashcache.KEEP_DAYS - 1)
+    _cache_files(cache_path, [f".{'d' * 32}.4242"], age_days=1)  # a save a crash left
+    src = make_src(tmp_path / "src")
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+    left = sorted(path.name for path in cache_path.iterdir())
+    assert "c" * 32 in left and len(left) == 2  # the recent one and this folder's own
+    with open_cache(cache_path) as cache:  # and this folder's own is its own
+        scan(f"{src}/", cache)
+        assert cache.hashed == 0
+
+
+def test_the_digest_cache_keeps_at_most_its_newest_files(tmp_path):
+    cache_path = tmp_path / "hashes"
+    cache_path.mkdir()
+    for i in range(hashcache.MAX_FILES + 5):
+        _cache_files(cache_path, [f"{i:032x}"], age_days=1 + i / 1000)  # 0 is the newest
+    src = make_src(tmp_path / "src")
+    with open_cache(cache_path) as cache:
+        scan(f"{src}/", cache)
+    left = {path.name for path in cache_path.iterdir()}
+    assert len(left) == hashcache.MAX_FILES
+    assert f"{0:032x}" in left and f"{hashcache.MAX_FILES + 4:032x}" not in left

@@ -16,6 +16,7 @@ import hashlib
 import io
 import marshal
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -28,6 +29,12 @@ FORMAT = 2
 """Bumped when the records' layout changes: an older file is then ignored (one re-hash)."""
 MAX_RECORDS = 32
 """Appended records after which the file is written anew: each costs a `marshal.load`."""
+KEEP_DAYS = 30
+"""A deps argument's digests unused this long are dropped (its next sync hashes it again)."""
+MAX_FILES = 64
+"""Digest files kept at most, the most recently written: each holds up to a megabyte."""
+TEMP_AGE = 3600
+"""Seconds after which a save's temporary file is taken for one a crash left behind."""
 
 Key = tuple[int, int, int, int, int]
 
@@ -130,6 +137,7 @@ class HashCache:
                 tmp.write_bytes(marshal.dumps((FORMAT, self._root, self._seen, self.previous)))
                 tmp.replace(path)
                 self._records = 1
+                _prune(path.parent, path)
             else:  # one write(2) in append mode: two runs' records do not interleave
                 with open(path, "ab") as f:
                     f.write(marshal.dumps((FORMAT, self._root, self._new, self.previous)))
@@ -156,6 +164,29 @@ def _drop_older_cache(folder: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(OSError):
             folder.with_name(f"{folder.name}.sqlite{suffix}").unlink()
+
+
+def _prune(folder: Path, own: Path) -> None:
+    """Drop the digests of deps arguments not synced for KEEP_DAYS, those past the MAX_FILES
+    most recent, and saves a crash left half-written: one file per argument ever synced would
+    otherwise stay in the user's cache for good. Run when a file is written anew (its first
+    save, then every MAX_RECORDS appends), so a re-sync that changed nothing pays nothing."""
+    now, kept = time.time(), []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.name == own.name or not entry.is_file(follow_symlinks=False):
+                    continue
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+                if not entry.name.startswith("."):
+                    kept.append((age, entry.path))
+                elif age > TEMP_AGE:  # another run's save in progress is younger
+                    os.unlink(entry.path)
+    kept.sort()
+    for rank, (age, path) in enumerate(kept, start=1):  # this argument's own is the newest
+        if age > KEEP_DAYS * 86400 or rank >= MAX_FILES:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 @contextlib.contextmanager
