@@ -80,6 +80,6 @@ def run(bed: Bed) -> list[Table]:
         for view in ("run phase", "CLI"):
             value = per_job[f"{view}, {loop}"]
             table.targets.append(
-                Target(f"<= 100 us/job ({view}, {loop})", f"{value:.0f} us", value <= 100)
+                Target(f"<= 50 us/job ({view}, {loop})", f"{value:.0f} us", value <= 50)
             )
     return [table]

@@ -166,8 +166,9 @@ def run(bed: Bed) -> list[Table]:
         f"The round trip's own cost, {RTT * 1000:.0f} ms RTT vs no added delay: "
         f"{ratio(delayed, undelayed)}."
     )
-    table.targets.append(
-        Target(f"<= 1.10x ideal at {RTT * 1000:.0f} ms RTT (run phase)", ratio(delayed, ideal),
-               delayed <= 1.10 * ideal)
-    )  # fmt: skip
+    table.targets += [
+        Target(f"<= {most}x ideal at {RTT * 1000:.0f} ms RTT (run phase)", ratio(delayed, ideal),
+               delayed <= most * ideal)
+        for most in (1.10, 1.15)  # the benchmark issue's, issue 15's
+    ]  # fmt: skip
     return [table]
