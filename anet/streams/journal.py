@@ -569,6 +569,23 @@ class Journal:
             _unlock(self._lock)
             self._lock = None
 
+    @contextmanager
+    def last_words(self) -> Iterator[sqlite3.Connection]:
+        """The journal's own connection, everything buffered committed first, for what
+        retention.py writes at the end of the run that holds it (`settle_own`): written here,
+        it is synced by the close's checkpoint with the rest, where a connection of its own
+        cost a lock, a read of the file and four syncs after the close. A failure there makes
+        the journal broken, as a failed commit does (the close then only closes)."""
+        self.flush()
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            raise self._broken from None
+
     def __enter__(self) -> Journal:
         return self
 
