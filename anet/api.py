@@ -220,14 +220,16 @@ class Cluster:
         A host whose dispatcher has not started (still connecting, or backing off) has nothing
         to stop: it is cut off at once, so a run that ends early does not wait for a handshake.
         Nor has a dispatcher that runs nothing of ours (`_runs_nothing`): its connection is
-        closed now, and it ends on its own at the EOF. A one-job run on 4 hosts waited for 3
+        cut now, with nothing said (no Shutdown, EOF, channel close or disconnect: four packets
+        a host), and it ends on its own at the EOF. A one-job run on 4 hosts waited for 3
         dispatchers to boot only to stop them, and for the 4th to say Bye.
         """
         self._closing.set()
         for label, session in self._sessions.items():
-            await session.shutdown()
-            if self._runs_nothing(session):
-                self._transports[label].close()  # a local dispatcher is not cut: its EOF is quick
+            cut = self._runs_nothing(session) and not session.spec.local  # a local EOF is quick
+            await session.shutdown(tell=not cut)  # a cut one is told by its connection's end
+            if cut:
+                self._transports[label].close()
         for label, task in self._host_tasks.items():
             if not self._sessions[label].started:
                 task.cancel()

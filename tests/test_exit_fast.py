@@ -125,3 +125,28 @@ def test_which_hosts_are_cut_and_which_stopped_in_order(asked, worked, runs, cut
         cluster._drives.append(object())  # type: ignore[arg-type]  # only counted
     session = SimpleNamespace(asked=asked, worked=worked)
     assert cluster._runs_nothing(session) is cut  # type: ignore[arg-type]
+
+
+def test_a_finished_run_cuts_its_hosts_without_a_word(make_cluster):
+    """Once every run is over, a host with nothing of ours running is cut, and nothing more is
+    said to it: no Shutdown, no EOF, no channel close, no SSH disconnect (four packets a host,
+    each encrypted and written on the path of every run's exit). The end of its connection
+    ends its dispatcher's stdin, and the dispatcher ends."""
+    own = make_cluster(2)
+
+    async def run_then_leave() -> tuple[list[bytes], dict[str, int], dict[str, int]]:
+        cluster = Cluster(["host1", "host2"], ssh=SshOptions(config=own.ssh_config))
+        async with cluster:
+            outputs = [result.stdout async for result in cluster.run(["echo hi"])]
+            while not all(state.ever_ready for state in cluster.hosts.values()):
+                await asyncio.sleep(0.01)  # both serving: both would be told
+            sessions = dict(cluster._sessions)
+            before = {label: session.bytes_sent for label, session in sessions.items()}
+        return outputs, before, {label: session.bytes_sent for label, session in sessions.items()}
+
+    outputs, before, after = asyncio.run(run_then_leave())
+    assert outputs == [b"hi\n"]
+    assert after == before, "a Shutdown frame went to a host about to be cut"
+    for host in own.hosts:
+        assert "Received disconnect" not in host.log.read_text(), host.log_tail()
+    assert leftover_processes(own.hosts, grace=20) == {}

@@ -18,6 +18,7 @@ import pytest
 
 from anet.core.record import JobResult
 from anet.errors import AnetError, UsageError
+from anet.streams import journal as journal_module
 from anet.streams.journal import (
     AttemptRecord,
     IdSet,
@@ -115,6 +116,36 @@ def test_parent_directories_are_private_and_so_is_the_file(tmp_path):
     for directory in (tmp_path / "state", path.parent.parent, path.parent):
         assert directory.stat().st_mode & 0o777 == 0o700
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_fresh_journal_is_built_unsynced(tmp_path, monkeypatch):
+    """Nothing is written into the journal being built before its syncs are turned off: the
+    application id written first, in SQLite's default mode, cost a synced rollback journal
+    (three syncs and the folder's) before the one sync the built file gets."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kw):
+        db = connect(*args, **kw)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(journal_module.sqlite3, "connect", traced)
+    fresh(tmp_path / "j.sqlite").close()
+    first = statements[0].strip().rstrip(";").upper()
+    assert first == "PRAGMA SYNCHRONOUS = OFF", statements[:3]
+
+
+def test_a_fresh_journal_makes_its_first_commit_when_opened(tmp_path):
+    """The first commit creates the WAL and syncs its header and folder: made at the open
+    (while hosts connect), not by the first result's commit, which must precede its bytes."""
+    path = tmp_path / "j.sqlite"
+    with fresh(path) as journal:
+        assert os.path.getsize(f"{path}-wal") > 0, "the first result's commit would make it"
+        journal.record(ok(1))
+    with Journal.open(path, FP, "batch.txt", resume=True) as journal:
+        assert list(journal.succeeded_ids()) == [1]
+        assert "opened" in journal.meta
 
 
 # -- group commits and durability ------------------------------------------------------------

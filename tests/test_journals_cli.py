@@ -252,3 +252,40 @@ def test_a_read_only_state_dir_costs_one_line_per_run_and_per_journal_not_cleane
     (said,) = cleaned.stderr.decode().splitlines()
     assert said.startswith("anet: cannot clean up journal ") and "Read-only file system" in said
     assert len(journals(tmp_path)) == 1
+
+
+OPENS = """
+import atexit, sys
+opened, into = [], sys.argv.pop(1)
+sys.addaudithook(lambda event, args: event == "sqlite3.connect" and opened.append(str(args[0])))
+atexit.register(lambda: open(into, "w").write("\\n".join(opened)))
+from anet.cli import main
+sys.argv[0] = "anet"
+main()
+"""
+"""`anet` with every SQLite database it opens (Python's audit events) written to argv[1]."""
+
+
+def test_a_finished_run_opens_its_own_journal_once_and_no_other(tmp_path):
+    """The end of a run settles its journal (the batch size, its outputs dropped) in the run's
+    own connection before it closes it, and checks the caps from the files' sizes: the journal
+    is not opened again once closed (a lock, a read and four syncs, most of a one-job run's
+    end), nor is any other journal read while all of them fit the caps."""
+    for n in range(3):  # journals of earlier runs, within the caps
+        other = tmp_path / f"other{n}.txt"
+        other.write_text("true\n")
+        assert run_batch(tmp_path, other).returncode == 0
+    batch = tmp_path / "batch.txt"
+    batch.write_text("true\ntrue\n")  # no output: settled where it is, no copy
+    opens = tmp_path / "opens.txt"
+    argv = [sys.executable, "-c", OPENS, str(opens), "-q", "--format", "msgpack", str(batch)]
+    done = subprocess.run(argv, capture_output=True, env=environ(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r.id for r in decode(done.stdout)) == [0, 1]
+    [path] = [p for p in journals(tmp_path) if p.name.startswith("batch.txt")]
+    opened = opens.read_text().splitlines()
+    assert [db for db in opened if path.name in db and f".{path.name}" not in db] == [str(path)]
+    assert [db for db in opened if "other" in db] == [], "a journal within the caps was read"
+    info = retention.look(path)
+    assert (info.state, info.total, info.recorded, info.dropped) == ("complete", 2, True, True)
+    assert len(journals(tmp_path)) == 4

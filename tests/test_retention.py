@@ -54,13 +54,24 @@ def make_journal(
 ) -> Path:
     """A journal as a run leaves it: results, an attempt each, delivery marks."""
     with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
-        for i in ids:
-            journal.record(result(i, ok=i not in failed))
-            journal.record_attempt(AttemptRecord(i, 1, "node1", 1000.0 + i, 0.25, 0, None, OUTPUT))
-            if i not in owed:
-                journal.mark_delivered(i)
-        journal.record_host_event(1000.0, "node1", "ready", "2")
+        fill(journal, ids, failed=failed, owed=owed)
     return path
+
+
+def fill(
+    journal: Journal,
+    ids: range = range(5),
+    *,
+    failed: tuple[int, ...] = (),
+    owed: tuple[int, ...] = (),
+) -> None:
+    """What a run writes into its journal (`make_journal`), the journal left open."""
+    for i in ids:
+        journal.record(result(i, ok=i not in failed))
+        journal.record_attempt(AttemptRecord(i, 1, "node1", 1000.0 + i, 0.25, 0, None, OUTPUT))
+        if i not in owed:
+            journal.mark_delivered(i)
+    journal.record_host_event(1000.0, "node1", "ready", "2")
 
 
 def disk_size(path: Path) -> int:
@@ -77,6 +88,14 @@ def outputs(path: Path, batch: Path) -> dict[int, bytes]:
 
 
 # -- a finished run: its outputs go, its job table stays ------------------------------------------
+
+NOT_FINISHED = [
+    ("interrupted", dict(ids=range(4)), Policy()),
+    ("a job failed", dict(failed=(2,)), Policy()),
+    ("a result is owed", dict(owed=(3,)), Policy()),
+    ("outputs kept by setting", {}, Policy(drop_outputs=False)),
+]
+"""(why, make_journal's arguments, policy): runs whose outputs must stay."""
 
 
 def test_a_complete_delivered_run_keeps_its_job_table_but_not_its_outputs(tmp_path, monkeypatch):
@@ -161,15 +180,7 @@ def test_one_output_byte_is_enough_for_the_copy(tmp_path):
     assert retention.look(path).dropped
 
 
-@pytest.mark.parametrize(
-    ("why", "make", "policy"),
-    [
-        ("interrupted", dict(ids=range(4)), Policy()),
-        ("a job failed", dict(failed=(2,)), Policy()),
-        ("a result is owed", dict(owed=(3,)), Policy()),
-        ("outputs kept by setting", {}, Policy(drop_outputs=False)),
-    ],
-)
+@pytest.mark.parametrize(("why", "make", "policy"), NOT_FINISHED)
 def test_a_run_not_complete_and_delivered_is_kept_whole(tmp_path, why, make, policy):
     batch = write_batch(tmp_path)
     path = make_journal(tmp_path / "j.sqlite", batch, **make)
@@ -211,6 +222,60 @@ def test_a_journal_a_run_holds_is_not_settled(tmp_path):
     ):
         retention.settle(path, Policy(), total=5)
     assert len(outputs(path, batch)) == 5
+
+
+def test_the_run_settles_its_own_journal_before_it_closes_it(tmp_path):
+    """`settle_own`: the stamp is written by the run that holds the journal, in its own
+    connection, so it is there as soon as the journal closes, with no second open."""
+    batch = write_batch(tmp_path, jobs=2)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        for i in range(2):
+            journal.record(JobResult(i, True, 0, None, "node1", 1, 0.25, b"", b""))
+            journal.mark_delivered(i)  # buffered: settle_own commits it first
+        assert retention.settle_own(journal, Policy(), total=2)
+        with pytest.raises(JournalBusy):  # the run holds it all along
+            retention.settle(path, Policy(), total=2)
+    info = retention.look(path)
+    assert (info.state, info.total, info.recorded, info.dropped) == ("complete", 2, True, True)
+    assert not os.path.exists(f"{path}-wal"), "the close checkpointed the stamp with the rest"
+
+
+@pytest.mark.parametrize(("why", "make", "policy"), NOT_FINISHED)
+def test_a_run_not_finished_records_its_batch_size_and_keeps_its_outputs(
+    tmp_path, why, make, policy
+):
+    batch = write_batch(tmp_path)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        fill(journal, **make)
+        assert retention.settle_own(journal, policy, total=5), why
+    info = retention.look(path)
+    assert (info.total, info.recorded, info.dropped) == (5, True, False), why
+    assert len(outputs(path, batch)) == len(make.get("ids", range(5))) - len(
+        make.get("failed", ())
+    ), why
+
+
+def test_outputs_to_drop_are_left_to_the_copy_after_the_close(tmp_path):
+    batch = write_batch(tmp_path)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        fill(journal)
+        assert not retention.settle_own(journal, Policy(), total=5)
+    assert not retention.look(path).dropped and len(outputs(path, batch)) == 5
+    retention.after_run(path, Policy(), total=5)
+    assert retention.look(path).dropped
+    assert disk_size(path) < 64 * 1024
+
+
+def test_a_broken_journal_is_left_to_the_step_after_its_close(tmp_path):
+    batch = write_batch(tmp_path, jobs=1)
+    path = tmp_path / "j.sqlite"
+    with Journal.open(path, fingerprint_batch(batch), batch, resume=False) as journal:
+        journal.record(JobResult(0, True, 0, None, "node1", 1, 0.25, b"", b""))
+        journal._broken = JournalError("disk full")  # as a failed commit leaves it
+        assert not retention.settle_own(journal, Policy(), total=1)
 
 
 # -- the caps: the most recent N, a total size ---------------------------------------------------

@@ -36,7 +36,7 @@ from ..streams.journal import (
 )
 from ..streams.linebuffer import LineBuffer
 from ..streams.output import open_output
-from ..streams.retention import after_run, parse_size, run_policy
+from ..streams.retention import after_run, parse_size, run_policy, settle_own
 from ..streams.sinks import (
     PLAIN,
     TAGGED_TEXT,
@@ -142,9 +142,12 @@ async def program(args: RunArgs, env: Environment) -> int:
             if lines is not None:
                 lines.write = out.write
             await _run(args, env, hosts, seen, plan, out, source.done, lines)
+        settled = False
+        if retention is not None and journal is not None:  # all out and marked: before the close
+            settled = settle_own(journal, retention, seen.tally.total)
     seen.print_summary()
     if retention is not None and journal is not None:
-        after_run(journal.path, retention, seen.tally.total)
+        after_run(journal.path, retention, seen.tally.total, settled=settled)
     if plan.halted:
         _say_halted(out.failed, seen, source.path)
     elif out.failed:

@@ -410,8 +410,10 @@ class HostSession:
             else:
                 await self._on_message(self, event)  # any other frame (Bye too) to the owner
 
-    async def shutdown(self) -> None:
-        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF.
+    async def shutdown(self, *, tell: bool = True) -> None:
+        """Ask the dispatcher to kill its jobs and go; the pump ends at its EOF. With `tell`
+        False nothing is sent: the caller cuts the connection, whose end is the dispatcher's
+        EOF (the pump takes that end as the clean one it waits for).
 
         For good: a dispatcher that starts later (its host was connecting, and the cancel that
         should have cut it off was lost, as Python 3.11's wait_for can lose one) is stopped
@@ -419,10 +421,12 @@ class HostSession:
         """
         self._stop_asked = True
         if self._channel is not None and not self.closing:
-            self.send(Shutdown())  # only to a serving dispatcher: a booting one gets the EOF
+            if tell:  # only to a serving dispatcher: a booting one gets the EOF
+                self.send(Shutdown())
             self._stopping = True
-            with contextlib.suppress(RuntimeError, AttributeError, *channel_errors()):
-                self._channel.stdin.write_eof()
+            if tell:
+                with contextlib.suppress(RuntimeError, AttributeError, *channel_errors()):
+                    self._channel.stdin.write_eof()
 
     async def _heartbeat(self) -> None:
         """Proof of life for the dispatcher, which gives up after `dead_after` of silence."""

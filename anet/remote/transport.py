@@ -158,6 +158,9 @@ class SshTransport:
         )
 
     def close(self) -> None:
+        """End the connection at once, saying nothing: sshd closes the dispatcher's stdin, the
+        EOF it ends at. A polite close sent a channel close and a disconnect (each packet
+        encrypted and written) at every host's end, for a peer that was going anyway."""
         if self._conn is not None:
-            self._conn.close()
+            self._conn.abort()
             self._conn = None

@@ -45,6 +45,7 @@ from ..logs import get_logger
 from .journal import (
     APPLICATION_ID,
     OUTPUTS_DROPPED,
+    Journal,
     JournalBusy,
     JournalError,
     _check,
@@ -192,22 +193,28 @@ def look(
     info = JournalInfo(path, _disk_size(path), _modified(path), _holder(path) if probe else None)
     try:
         with _reading(path, idle=info.holder is None and not _wal_size(path)) as reader:
-            info.batch = reader.meta.get("batch_path", "?")
-            succeeded, info.failed = reader.summary()
-            info.done = succeeded + info.failed
-            info.owed = reader.owed()
-            info.dropped = OUTPUTS_DROPPED in reader.meta
-            recorded = reader.meta.get(JOBS_TOTAL, "")
-            info.recorded = recorded.isdigit()
-            if total is None and info.recorded:
-                total = int(recorded)
-            if total is None and count_batch and (batch := reader.batch_unchanged()):
-                with suppress(OSError, AnetError):
-                    total = count_jobs(batch)
-            info.total = total
+            _read_into(info, reader, total, count_batch)
     except (AnetError, sqlite3.Error) as exc:
         info.problem = _one_line(exc)
     return info
+
+
+def _read_into(info: JournalInfo, reader: JournalReader, total: int | None, count: bool) -> None:
+    """What `look` reads from the journal: its counts, and the batch size (`total`, else the
+    one recorded, else with `count` counted if the batch file is still as it was)."""
+    info.batch = reader.meta.get("batch_path", "?")
+    succeeded, info.failed = reader.summary()
+    info.done = succeeded + info.failed
+    info.owed = reader.owed()
+    info.dropped = OUTPUTS_DROPPED in reader.meta
+    recorded = reader.meta.get(JOBS_TOTAL, "")
+    info.recorded = recorded.isdigit()
+    if total is None and info.recorded:
+        total = int(recorded)
+    if total is None and count and (batch := reader.batch_unchanged()):
+        with suppress(OSError, AnetError):
+            total = count_jobs(batch)
+    info.total = total
 
 
 @contextmanager
@@ -318,8 +325,7 @@ def settle(path: Path, policy: Policy, total: int | None = None) -> int:
     lock = _taken(path)
     try:
         info = look(path, total=total, probe=False)  # under our lock: no run changes it now
-        record = info.total is not None and not info.recorded
-        drop = policy.drop_outputs and info.finished and not info.dropped
+        record, drop = _to_settle(info, policy)
         if info.problem is not None or not (record or drop):
             return 0
         with closing(sqlite3.connect(path, isolation_level=None, timeout=5.0)) as db:
@@ -338,6 +344,40 @@ def settle(path: Path, policy: Policy, total: int | None = None) -> int:
         raise _cannot(path, exc) from None
     finally:
         _unlock(lock)
+
+
+def _to_settle(info: JournalInfo, policy: Policy) -> tuple[bool, bool]:
+    """Whether to record the batch size (known, not recorded yet), and to drop the outputs
+    (the run is finished, the policy drops them, and they were not dropped already)."""
+    record = info.total is not None and not info.recorded
+    return record, policy.drop_outputs and info.finished and not info.dropped
+
+
+def settle_own(journal: Journal, policy: Policy, total: int | None) -> bool:
+    """`settle` by the run that holds `journal`, before it closes it: the batch size and the
+    drop are written in the run's own connection, under the lock it holds, synced by the
+    close's checkpoint with its results. As a step of its own after the close, the same stamp
+    took the lock again, a read of the file, a connection and four syncs (its WAL's creation
+    and checkpoint): most of a one-job run's end.
+
+    True when the journal is settled (or there was nothing to do); False when its outputs are
+    to be dropped by the copy, which only `settle` makes, once the journal is closed, or when
+    this failed (`settle` then tries, and says why in one line if it fails too).
+    """
+    if journal.broken:
+        return False
+    try:
+        with journal.last_words() as db:
+            info = JournalInfo(journal.path, 0, 0.0)
+            _read_into(info, JournalReader(journal.path, db), total, count=True)
+            record, drop = _to_settle(info, policy)
+            if drop and _holds_outputs(db, journal.path):
+                return False
+            if record or drop:
+                _stamp(db, info.total if record else None, dropped=drop)
+    except (AnetError, OSError, sqlite3.Error):
+        return False
+    return True
 
 
 def _holds_outputs(db: sqlite3.Connection, path: Path) -> bool:
@@ -500,6 +540,16 @@ def over_caps(infos: list[JournalInfo], policy: Policy) -> Iterator[JournalInfo]
             yield info
 
 
+def _within_caps(directory: Path, policy: Policy) -> bool:
+    """Whether the journals fit the caps, so that `over_caps` would find none: told by their
+    number and their files' sizes, which `survey` then adds up the same way, without reading
+    any journal (a survey opened every journal kept, twenty by default, at every run's end)."""
+    paths = list(_journal_files(directory))
+    if policy.keep is not None and len(paths) > policy.keep:
+        return False
+    return policy.max_size is None or sum(map(_disk_size, paths)) <= policy.max_size
+
+
 def protected(info: JournalInfo, spare: Path | None) -> bool:
     """Never removed automatically: the current run's, a running one, one that owes results."""
     return info.path == spare or info.holder is not None or info.owed > 0
@@ -508,6 +558,9 @@ def protected(info: JournalInfo, spare: Path | None) -> bool:
 def enforce(directory: Path, policy: Policy, spare: Path | None = None) -> list[JournalInfo]:
     """Remove the journals beyond the caps, unless protected; those removed. JournalError at
     the first one that cannot be removed."""
+    if _within_caps(directory, policy):  # nothing to remove: no journal need be read
+        _remove_orphan_locks(directory)
+        return []
     infos = survey(directory, count_batch=False)
     removed = []
     for info in over_caps(infos, policy):
@@ -517,12 +570,12 @@ def enforce(directory: Path, policy: Policy, spare: Path | None = None) -> list[
     return removed
 
 
-def after_run(path: Path, policy: Policy, total: int | None) -> None:
-    """The retention step of a run that used its default journal at `path`: settle it, then
-    apply the caps to its directory. Never raises: a failure is one warning, the run's result
-    stands."""
+def after_run(path: Path, policy: Policy, total: int | None, *, settled: bool = False) -> None:
+    """The retention step of a run that used its default journal at `path`: settle it (unless
+    the run did, `settle_own`), then apply the caps to its directory. Never raises: a failure
+    is one warning, the run's result stands."""
     try:
-        freed = settle(path, policy, total)
+        freed = 0 if settled else settle(path, policy, total)
         removed = enforce(path.parent, policy, spare=path)
     except JournalBusy:
         return  # another run of this batch started meanwhile: its own end settles it
