@@ -26,7 +26,7 @@ from anet import results
 from anet.core.record import JobResult
 from anet.errors import ResultFormatError
 from anet.streams.delivery import Delivery
-from anet.streams.journal import Journal, _unlock
+from anet.streams.journal import Journal, unlock_journal
 from anet.streams.output import ResultOutput
 from anet.streams.sinks import encoder_for
 
@@ -142,7 +142,7 @@ def test_stdout_plus_resumed_stdout_is_every_id_once(n_jobs, actions, graceful, 
         else:  # kill -9: buffers in the master are gone, the committed journal stays
             repeatable = set(taken_since_commit)
             journal._db.close()
-            _unlock(journal._lock)
+            unlock_journal(journal._lock)
         first = decode(bytes(pipe.taken))
 
         with Journal.open(path, FP, "b.txt", resume=True) as resumed:

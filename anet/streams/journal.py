@@ -224,7 +224,7 @@ def fingerprint_batch(path: str | os.PathLike[str]) -> str:
         with open(path, "rb") as stream:
             return hashlib.file_digest(stream, "sha256").hexdigest()
     except OSError as exc:
-        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot read batch file {os.fspath(path)!r}: {one_line(exc)}") from None
 
 
 def default_journal_path(batch_path: str | os.PathLike[str], environ: Mapping[str, str]) -> Path:
@@ -249,13 +249,13 @@ def outputs_dir(path: Path) -> Path:
     return path.with_name(f"{path.name}.outputs")
 
 
-def _kept_path(path: Path, job_id: int, flag: int) -> Path:
+def kept_path(path: Path, job_id: int, flag: int) -> Path:
     """The file of journal `path` holding a kept output of `job_id` (FILE_OUT: its stdout,
     FILE_ERR: its stderr)."""
     return outputs_dir(path) / f"{job_id}.{'out' if flag == FILE_OUT else 'err'}"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -271,7 +271,7 @@ def _make_private_dirs(directory: Path) -> None:
             os.mkdir(each, 0o700)
 
 
-def _is_journal_file(path: Path) -> bool:
+def is_journal_file(path: Path) -> bool:
     """From the SQLite header alone, so a stranger's file is never opened (or changed) by SQLite."""
     with open(path, "rb") as stream:
         header = stream.read(100)
@@ -281,7 +281,7 @@ def _is_journal_file(path: Path) -> bool:
     return header.startswith(b"SQLite format 3\x00") and app_id == APPLICATION_ID
 
 
-def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) -> None:
+def create_journal(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) -> None:
     """Write a fresh journal beside `path`, then rename it over any old one.
 
     Built in rollback-journal mode, so its header (with APPLICATION_ID) is in the main file
@@ -289,7 +289,7 @@ def _create(path: Path, fingerprint: str, batch_path: str | os.PathLike[str]) ->
     one, never half of either. The old WAL and shm files go first: SQLite would replay a stale
     WAL onto the new file.
     """
-    if path.exists() and not _is_journal_file(path):
+    if path.exists() and not is_journal_file(path):
         raise UsageError(f"{path} exists and is not an anet journal; remove it or choose another")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     tmp.unlink(missing_ok=True)
@@ -379,18 +379,18 @@ class Journal:
         try:
             if not resume:
                 _make_private_dirs(path.parent)
-            lock = _lock(path)
+            lock = lock_journal(path)
             if not resume:
-                _create(path, fingerprint, batch_path)
+                create_journal(path, fingerprint, batch_path)
             db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
-            _unlock(lock)
-            raise JournalError(f"cannot create journal {path}: {_one_line(exc)}") from None
+            unlock_journal(lock)
+            raise JournalError(f"cannot create journal {path}: {one_line(exc)}") from None
         except BaseException:
-            _unlock(lock)
+            unlock_journal(lock)
             raise
         try:
-            meta = _check(db, path)
+            meta = check_meta(db, path)
             if resume and meta.get("fingerprint") != fingerprint:
                 raise UsageError(
                     f"the {what} changed since the journal {path} was written;"
@@ -404,7 +404,7 @@ class Journal:
             db.execute("PRAGMA journal_mode = WAL")  # kept in the file; set again in case
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(f"PRAGMA journal_size_limit = {64 << 20}")  # shrink the WAL after bursts
-            _migrate(db)
+            migrate(db)
             if not resume:
                 _warm(db, meta)
             if meta["schema_version"] != str(SCHEMA_VERSION):  # resumed: may now keep files
@@ -415,11 +415,11 @@ class Journal:
                 )
         except sqlite3.Error as exc:
             db.close()
-            _unlock(lock)
-            raise JournalError(f"cannot open journal {path}: {_one_line(exc)}") from None
+            unlock_journal(lock)
+            raise JournalError(f"cannot open journal {path}: {one_line(exc)}") from None
         except BaseException:
             db.close()
-            _unlock(lock)
+            unlock_journal(lock)
             raise
         return cls(path, db, meta, batch_size, lock)
 
@@ -460,7 +460,7 @@ class Journal:
                 else:  # an earlier result's file: never read for this one, and its room back
                     path.unlink(missing_ok=True)
         except (OSError, sqlite3.Error) as exc:
-            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            self._broken = JournalError(f"cannot write journal {self.path}: {one_line(exc)}")
             raise self._broken from None
         inline = replace(
             result,
@@ -471,12 +471,12 @@ class Journal:
         self._flush_if_full()
 
     def _output_path(self, job_id: int, flag: int) -> Path:
-        """Where to keep an output of `job_id` (`_kept_path`); the folder made (0700) on
+        """Where to keep an output of `job_id` (`kept_path`); the folder made (0700) on
         first use."""
         if not self._has_folder:
             _make_private_dirs(outputs_dir(self.path))
             self._has_folder = True
-        return _kept_path(self.path, job_id, flag)
+        return kept_path(self.path, job_id, flag)
 
     def mark_delivered(self, job_id: int) -> None:
         """The whole of this job's result reached stdout (the kernel took its bytes): a resume
@@ -537,7 +537,7 @@ class Journal:
             if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
                 with suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            self._broken = JournalError(f"cannot write journal {self.path}: {one_line(exc)}")
             raise self._broken from None
         finally:
             for buffer in buffers:
@@ -569,7 +569,7 @@ class Journal:
         finally:
             self._closed = True
             self._db.close()
-            _unlock(self._lock)
+            unlock_journal(self._lock)
             self._lock = None
 
     @contextmanager
@@ -586,7 +586,7 @@ class Journal:
             if self._db.in_transaction:
                 with suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-            self._broken = JournalError(f"cannot write journal {self.path}: {_one_line(exc)}")
+            self._broken = JournalError(f"cannot write journal {self.path}: {one_line(exc)}")
             raise self._broken from None
 
     def __enter__(self) -> Journal:
@@ -603,7 +603,7 @@ class Journal:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {self.path}: {_one_line(exc)}") from None
+            raise JournalError(f"cannot read journal {self.path}: {one_line(exc)}") from None
 
     def succeeded_ids(self) -> IdSet:
         """Ids of the jobs that succeeded: those `--resume` must not run again."""
@@ -656,13 +656,13 @@ class Journal:
 
     def _kept(self, job_id: int, flag: int) -> Spool:
         """An output kept as a file in the journal's folder, open as a spool (nothing copied)."""
-        path = _kept_path(self.path, job_id, flag)
+        path = kept_path(self.path, job_id, flag)
         try:
             return opened(path)
         except OSError as exc:
             raise JournalError(
                 f"cannot read journal {self.path}: the output of job {job_id} ({path.name}):"
-                f" {_one_line(exc)}"
+                f" {one_line(exc)}"
             ) from None
 
     def _chunks(self, job_id: int) -> tuple[Output, Output]:
@@ -682,7 +682,7 @@ class Journal:
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
         with self._reading() as db:
-            return _summary(db)
+            return read_summary(db)
 
     def attempts(self) -> Iterator[AttemptRecord]:
         """Every recorded try, in the order recorded (across resumed runs too)."""
@@ -701,12 +701,12 @@ class Journal:
             after = rows[-1][0]
 
 
-def _summary(db: sqlite3.Connection) -> JournalSummary:
+def read_summary(db: sqlite3.Connection) -> JournalSummary:
     total, succeeded = db.execute("SELECT count(*), total(ok) FROM results").fetchone()
     return JournalSummary(int(succeeded), total - int(succeeded))
 
 
-def _lock(path: Path) -> int:
+def lock_journal(path: Path) -> int:
     """Hold `<journal>.lock` exclusively for the run; its text names the holder's pid.
 
     A separate file, because a fresh journal is renamed over the old one (a lock on the old
@@ -731,7 +731,7 @@ def _lock(path: Path) -> int:
         raise
     if not _still_at(fd, lock_path):  # removed (`anet journals clean`) before our flock
         os.close(fd)
-        return _lock(path)
+        return lock_journal(path)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -747,12 +747,12 @@ def _still_at(fd: int, path: Path) -> bool:
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _unlock(fd: int | None) -> None:
+def unlock_journal(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the last descriptor releases the flock
 
 
-def _migrate(db: sqlite3.Connection) -> None:
+def migrate(db: sqlite3.Connection) -> None:
     """Tables and columns added since schema version 1, created where an older anet left none."""
     db.execute(_HOST_EVENTS)
     db.executescript(_OUTPUT_CHUNKS)
@@ -776,13 +776,13 @@ def _warm(db: sqlite3.Connection, meta: dict[str, str]) -> None:
     db.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)", (meta["opened"],))
 
 
-def _check(db: sqlite3.Connection, path: Path) -> dict[str, str]:
+def check_meta(db: sqlite3.Connection, path: Path) -> dict[str, str]:
     """The journal's meta, once it is sure the file is an anet journal this anet can read."""
     try:
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         meta = dict(db.execute("SELECT key, value FROM meta")) if app_id == APPLICATION_ID else {}
     except sqlite3.DatabaseError as exc:  # "file is not a database", "no such table", locked...
-        raise UsageError(f"{path} is not a readable anet journal: {_one_line(exc)}") from None
+        raise UsageError(f"{path} is not a readable anet journal: {one_line(exc)}") from None
     if app_id != APPLICATION_ID:
         raise UsageError(f"{path} is not an anet journal")
     if meta.get("schema_version") not in _READABLE:

@@ -19,10 +19,10 @@ from .journal import (
     Failure,
     JournalError,
     JournalSummary,
-    _kept_path,
-    _one_line,
-    _summary,
     fingerprint_batch,
+    kept_path,
+    one_line,
+    read_summary,
 )
 
 
@@ -66,14 +66,14 @@ class JournalReader:
         try:
             db = sqlite3.connect(uri, uri=True, timeout=5.0)
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {path}: {_one_line(exc)}") from None
+            raise JournalError(f"cannot open journal {path}: {one_line(exc)}") from None
         with closing(db):
             try:
                 if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                     raise UsageError(f"{path} is not an anet journal")
                 yield cls(path, db)
             except sqlite3.DatabaseError as exc:
-                raise JournalError(f"cannot read journal {path}: {_one_line(exc)}") from None
+                raise JournalError(f"cannot read journal {path}: {one_line(exc)}") from None
 
     def owed(self) -> int:
         """Successes committed but never delivered: what `--resume --only-new` would write (an
@@ -96,7 +96,7 @@ class JournalReader:
 
     def summary(self) -> JournalSummary:
         """How many jobs have a final result, by outcome."""
-        return _summary(self._db)
+        return read_summary(self._db)
 
     def attempt_span(self) -> tuple[int, float | None, float | None]:
         """Attempts logged, the first one's start and the last one's end (Unix time)."""
@@ -139,7 +139,7 @@ class JournalReader:
     def _kept_tail(self, job_id: int, tail: int) -> bytes:
         """The last `tail` bytes of a stderr kept as a file (empty if the file is gone)."""
         try:
-            spool = opened(_kept_path(self.path, job_id, FILE_ERR))
+            spool = opened(kept_path(self.path, job_id, FILE_ERR))
         except OSError:
             return b""
         try:

@@ -48,14 +48,14 @@ from .journal import (
     Journal,
     JournalBusy,
     JournalError,
-    _check,
-    _create,
-    _is_journal_file,
-    _lock,
-    _migrate,
-    _one_line,
-    _unlock,
+    check_meta,
+    create_journal,
+    is_journal_file,
+    lock_journal,
+    migrate,
+    one_line,
     outputs_dir,
+    unlock_journal,
 )
 from .journalreader import JournalReader
 
@@ -195,7 +195,7 @@ def look(
         with _reading(path, idle=info.holder is None and not _wal_size(path)) as reader:
             _read_into(info, reader, total, count_batch)
     except (AnetError, sqlite3.Error) as exc:
-        info.problem = _one_line(exc)
+        info.problem = one_line(exc)
     return info
 
 
@@ -256,7 +256,7 @@ def _journal_files(directory: Path) -> Iterator[Path]:
         return
     for path in candidates:
         with suppress(OSError):
-            if not path.name.startswith(".") and path.is_file() and _is_journal_file(path):
+            if not path.name.startswith(".") and path.is_file() and is_journal_file(path):
                 yield path
 
 
@@ -329,9 +329,9 @@ def settle(path: Path, policy: Policy, total: int | None = None) -> int:
         if info.problem is not None or not (record or drop):
             return 0
         with closing(sqlite3.connect(path, isolation_level=None, timeout=5.0)) as db:
-            _check(db, path)
+            check_meta(db, path)
             if drop:  # an older journal's columns first, with the values its rows stand for
-                _migrate(db)
+                migrate(db)
             copy = drop and _holds_outputs(db, path)
             if not copy:  # the batch size, and the drop of outputs that are all empty
                 _stamp(db, info.total if record else None, dropped=drop)
@@ -343,7 +343,7 @@ def settle(path: Path, policy: Policy, total: int | None = None) -> int:
     except (OSError, sqlite3.Error) as exc:
         raise _cannot(path, exc) from None
     finally:
-        _unlock(lock)
+        unlock_journal(lock)
 
 
 def _to_settle(info: JournalInfo, policy: Policy) -> tuple[bool, bool]:
@@ -413,13 +413,13 @@ def _stamp(db: sqlite3.Connection, total: int | None, *, dropped: bool) -> None:
 def _taken(path: Path) -> int:
     """The journal's lock, as a run takes it. JournalBusy if a run holds it."""
     try:
-        return _lock(path)
+        return lock_journal(path)
     except OSError as exc:
         raise _cannot(path, exc) from None
 
 
 def _cannot(path: Path, exc: BaseException) -> JournalError:
-    return JournalError(f"cannot clean up journal {path}: {_one_line(exc)}")
+    return JournalError(f"cannot clean up journal {path}: {one_line(exc)}")
 
 
 def _without_outputs(path: Path, modified: float, total: int | None = None) -> None:
@@ -430,14 +430,14 @@ def _without_outputs(path: Path, modified: float, total: int | None = None) -> N
     the copy costs in proportion to the job table. Made as a fresh journal (journal.py's
     schema, so a table added there is copied too), then every table but the output chunks
     copied in by the columns both have, outputs emptied; renamed over the old file as
-    `_create` does (its WAL read into the copy first, then removed, never replayed onto it).
-    The copy is written unsynced and synced once, whole, before the rename, as `_create`
+    `create_journal` does (its WAL read into the copy first, then removed, never replayed onto it).
+    The copy is written unsynced and synced once, whole, before the rename, as `create_journal`
     builds a journal: until the rename nobody uses it, and a crash leaves the old journal.
     A one-job run's end made 24 syncs (strace), most of them here.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.lean")
     try:
-        _create(tmp, "", path)
+        create_journal(tmp, "", path)
         with closing(sqlite3.connect(tmp, isolation_level=None, timeout=5.0)) as db:
             db.execute("PRAGMA synchronous = OFF")
             db.execute("ATTACH DATABASE ? AS old", (os.fspath(path),))
@@ -499,7 +499,7 @@ def _copy_table(db: sqlite3.Connection, table: str) -> None:
 def remove(path: Path) -> int | None:
     """Remove a journal with its WAL, shared memory and lock; bytes freed, or None if a run
     holds it. The lock is held while the files go, so no run starts on a half-removed journal
-    (and a run that opened the lock file just before sees it gone: journal.py `_lock`)."""
+    (and a run that opened the lock file just before sees it gone: journal.py `lock_journal`)."""
     try:
         lock = _taken(path)
     except JournalBusy:
@@ -516,7 +516,7 @@ def remove(path: Path) -> int | None:
     except OSError as exc:
         raise _cannot(path, exc) from None
     finally:
-        _unlock(lock)
+        unlock_journal(lock)
 
 
 def _remove_orphan_locks(directory: Path) -> None:
@@ -580,7 +580,7 @@ def after_run(path: Path, policy: Policy, total: int | None, *, settled: bool = 
     except JournalBusy:
         return  # another run of this batch started meanwhile: its own end settles it
     except (AnetError, OSError, sqlite3.Error) as exc:
-        log.warning(f"{_one_line(exc)}; journals left as they are")
+        log.warning(f"{one_line(exc)}; journals left as they are")
         return
     if freed:
         log.info(f"journal: outputs dropped, job table kept ({_mib(freed)} freed)", path=str(path))
@@ -662,4 +662,4 @@ def _noting(done: Cleaning) -> Iterator[None]:
     except JournalBusy:
         pass
     except (AnetError, OSError, sqlite3.Error) as exc:
-        done.errors.append(_one_line(exc))
+        done.errors.append(one_line(exc))
