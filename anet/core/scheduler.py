@@ -498,10 +498,18 @@ class Scheduler:
         held = {h.name for h in hosts if self._holds_back(h, usable)}
         names = frozenset(h.name for h in usable) - held
         hosts = [h for h in hosts if h.name not in held]
+        next_for = self._backlog.next_for
+        if len(hosts) == 1:  # most rounds: one host's ends made room there, filled alone
+            host = hosts[0]
+            while len(host.attempts) < host.capacity:
+                if (state := next_for(host.name, names)) is None:
+                    break
+                runs.append(self._start(state, host))
+            return runs
         while hosts:  # (room inline, not Slots.room: this loop runs once a job)
             hosts.sort(key=lambda h: len(h.attempts) - h.capacity)  # the most room first
             for host in list(hosts):
-                state = self._backlog.next_for(host.name, names)
+                state = next_for(host.name, names)
                 if state is not None:
                     runs.append(self._start(state, host))
                 if state is None or len(host.attempts) >= host.capacity:
