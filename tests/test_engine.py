@@ -335,6 +335,60 @@ def test_a_dones_frame_is_its_records_as_done_frames(via_dones: bool):
     assert caught.value.permanent and caught.value.host == "h1"
 
 
+def _trace_of_dones(ends: list[tuple[int, int]], via_dones: bool) -> tuple:
+    """Every job of a 2-host run ends by a Done (`ends`: per attempt, its exit code and
+    output bytes, past a --max-output cap of 64 at 100); everything the engine decided."""
+    cap = OutputCap(64, "--max-output 64")
+    engine, hosts = engine_for(12, retries=1, speculate=False, caps=(cap,))
+    hosts.ready("h1", 2)
+    hosts.ready("h2", 1)
+    first = min(run.aid for runs in hosts.runs.values() for run in runs)  # ids are per process
+    for code, size in ends:
+        hosts.now += 0.25
+        for host in ("h1", "h2"):
+            if not hosts.runs.get(host):
+                continue
+            run = hosts.runs[host][0]
+            out = b"x" * size
+            done = Done(run.aid, 7, 1, code, None, 0.2, 0.0, 0, out, b"e" if code else b"")
+            if via_dones:
+                engine.dones(host, [done], hosts.now)
+            else:
+                engine.frame(host, done, hosts.now)
+            hosts.runs[host].remove(run)
+        engine.round(hosts.now)
+        actions = engine.take()  # (a cut attempt's Kill comes after its Done: moot, not sent)
+        for host, frames in actions.frames.items():
+            hosts.runs.setdefault(host, []).extend(m for m in frames if isinstance(m, Run))
+            hosts.kills += [(host, m.aid) for m in frames if isinstance(m, Kill)]
+        hosts.results += actions.results
+        hosts.attempts += actions.attempts
+    runtimes = engine._scheduler.runtimes
+    return (
+        [dataclasses.astuple(r) for r in hosts.results],
+        [
+            (a.attempt.aid - first, a.size, a.start, a.runtime, a.code, a.excused)
+            for a in hosts.attempts
+        ],
+        {name: dataclasses.astuple(stats) for name, stats in hosts.stats.items()},
+        (runtimes.count, runtimes.median(), runtimes.slowness("h1"), runtimes.slowness("h2")),
+        sorted((host, run.aid - first) for host, runs in hosts.runs.items() for run in runs),
+        [(host, aid - first) for host, aid in hosts.kills],
+    )
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([0, 0, 0, 1]), st.sampled_from([0, 3, 100])), max_size=24)
+)
+@settings(max_examples=60, deadline=None)
+def test_a_dones_frame_takes_its_successes_as_its_records_one_by_one_would(ends):
+    """Engine.dones takes a plain success by a shorter path (`_succeeded`, the scheduler's
+    `succeeded`): failures, retries, outputs past a cap and successes mixed, it decides what
+    frame() of each record decides, down to the counters, the attempt records and the
+    runtime model."""
+    assert _trace_of_dones(ends, via_dones=True) == _trace_of_dones(ends, via_dones=False)
+
+
 def test_a_second_started_or_an_exit_after_the_exit_is_a_protocol_error():
     engine, hosts = engine_for(2, speculate=False)
     hosts.ready("h1", 1)

@@ -106,8 +106,8 @@ class _Flight:
     memory, then, past SPOOL_AT, in spool files: `spools` by stream, made as needed)."""
 
     attempt: Attempt
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
+    stdout: bytearray | bytes = b""  # a bytearray from its first piece on (most have none)
+    stderr: bytearray | bytes = b""
     start: float = 0.0  # Unix time: sent, then started
     started: bool = False
     dropped: bool = False  # a superseded copy: its output is moot, its Exit still gets logged
@@ -133,9 +133,25 @@ class _Flight:
             held = (self.stdout, self.stderr)[index]
             spool.write(held)
             self.spooled += len(held)
-            held.clear()
+            if index == 0:
+                self.stdout = b""
+            else:
+                self.stderr = b""
         spool.write(data)
         self.spooled += len(data)
+
+    def keep(self, index: int, data: bytes) -> None:
+        """Hold a piece of the stream in memory: its bytearray is made by its first piece, so
+        an attempt reported whole by a Done makes none."""
+        if index == 0:
+            if self.stdout:
+                self.stdout.extend(data)  # type: ignore[union-attr]  # bytearray once not empty
+            else:
+                self.stdout = bytearray(data)
+        elif self.stderr:
+            self.stderr.extend(data)  # type: ignore[union-attr]
+        else:
+            self.stderr = bytearray(data)
 
     def output(self, index: int) -> Held:
         """The stream as its result holds it: bytes, or its spool when it is big."""
@@ -151,8 +167,7 @@ class _Flight:
     def drop(self) -> None:
         """Its output is moot: forget it, spool files included."""
         self.dropped = True
-        self.stdout.clear()
-        self.stderr.clear()
+        self.stdout = self.stderr = b""
         for spool in self.spools or ():
             if spool is not None:
                 spool.close()
@@ -245,12 +260,52 @@ class Engine:
     def dones(self, host: str, dones: list[Done], now: float) -> None:
         """The records of a Dones frame from `host`: `frame` of each, without its dispatch on
         the message's type (a Dones frame carries most jobs' ends)."""
-        flights = self._flights
+        flights, quick, succeeded = self._flights, self._quick, self._scheduler.succeeded
         for msg in dones:
-            flight = flights.get(msg.aid)
+            aid = msg.aid
+            flight = flights.get(aid)
             if flight is None or flight.attempt.host != host:
-                raise _not_sent(host, msg, msg.aid)
-            self._done(host, flight, msg, now)
+                raise _not_sent(host, msg, aid)
+            out, err = msg.stdout, msg.stderr
+            if (
+                msg.code != 0
+                or len(out) + len(err) > quick
+                or flight.started
+                or flight.stdout
+                or flight.stderr
+                or flight.spooled
+                or flight.dropped
+                or msg.slot > self._slots.get(host, 0)
+            ):  # anything but a plain success: the general path says and judges it
+                self._done(host, flight, msg, now)
+                continue
+            started = now - msg.duration
+            attempt = succeeded(aid, started, now, msg.duration)
+            if attempt is None:  # another attempt of the job, a kill decided: judged there
+                self._done(host, flight, msg, now)
+                continue
+            self._succeeded(host, flight, attempt, msg, started)
+
+    def _succeeded(
+        self, host: str, flight: _Flight, attempt: Attempt, msg: Done, started: float
+    ) -> None:
+        """`_done` of a Done the scheduler took as its job's final success (`succeeded`):
+        the same counters, attempt record and result, without the general path's questions."""
+        del self._flights[msg.aid]
+        flight.started, flight.start = True, started + self._wall
+        stats, out, err = self._stats[host], msg.stdout, msg.stderr
+        stats.ended += 1
+        stats.busy_time += msg.duration
+        stats.spec_won += attempt.speculative
+        stats.done += 1
+        actions = self._actions
+        actions.attempts.append(
+            AttemptEnd(attempt, len(out) + len(err), flight.start, msg.duration, 0, msg.signal)
+        )
+        result = new_result(
+            attempt.job.id, True, 0, msg.signal, host, attempt.number, msg.duration, out, err, None
+        )
+        actions.results.append(result)
 
     def stdin(self, aid: int) -> JobInput | None:
         """The input of the attempt's job, for whoever streams it to the host (drive.py)."""
@@ -383,9 +438,8 @@ class Engine:
         the attempt (a Kill to send)."""
         if flight.dropped:
             return False
-        out, err = flight.stdout, flight.stderr
-        if flight.spools is None and len(out) + len(err) + len(data) <= self._quick:
-            (out if index == 0 else err).extend(data)
+        if flight.spools is None and flight.size + len(data) <= self._quick:
+            flight.keep(index, data)
             return False
         return self._big_output(flight, index, data)
 
@@ -397,7 +451,7 @@ class Engine:
             if size + (len(data) if index == 0 or not cap.stdout_only else 0) > cap.size:
                 return self._cut(flight, f"its output passed {cap.why}")
         if flight.spools is None and flight.size + len(data) <= SPOOL_AT:
-            (flight.stdout, flight.stderr)[index].extend(data)
+            flight.keep(index, data)
             return False
         try:
             flight.spool(index, data, self._spool_dir)

@@ -239,12 +239,47 @@ class Scheduler:
         """`attempt_started(aid, started)` then `attempt_ended(aid, ...)`, for an attempt the
         host reports whole (a Done): it is never timed as running, so no start-order entry is
         made only to be removed; its round trip is still measured."""
+        if ok and (attempt := self.succeeded(aid, started, now, duration)) is not None:
+            return Ended(Verdict.FINAL, attempt, ok=True)
         run = self._flights.runs.get(aid)
         if run is not None and run.started is None:
             run.started = started
         if (host := self._table.started(aid, started)) is not None:  # (its probe is gone now)
             self._table.retune(host, self.runtimes)
         return self.attempt_ended(aid, ok=ok, now=now, duration=duration, probe=False)
+
+    def succeeded(self, aid: int, started: float, now: float, duration: float) -> Attempt | None:
+        """`attempt_done(aid, started, now, ok=True, duration=duration)` for most jobs' ends:
+        the only attempt of its job, not doomed, not started before. Its attempt, whose success
+        is the job's FINAL result; None, with nothing changed, for any other attempt (then
+        `attempt_done` judges it). The same bookkeeping without the general path's questions
+        and its verdict record: most of a short job's cost in the scheduler."""
+        run = self._flights.runs.get(aid)
+        if run is None or run.doom is not None or run.started is not None:
+            return None
+        attempt = run.attempt
+        state = self._jobs.get(attempt.job.id)
+        if state is None or len(state.aids) != 1 or aid not in state.aids:
+            return None
+        if now > self._now:  # _tick, inline
+            self._now = now
+        run.started = started
+        table = self._table
+        if (retuned := table.started(aid, started)) is not None:  # (its probe is gone now)
+            table.retune(retuned, self.runtimes)
+        del self._flights.runs[aid]  # InFlight.end: never started as far as timing goes
+        name = attempt.host
+        host = self._hosts.get(name)
+        if host is not None:
+            host.attempts.discard(aid)
+        self.runtimes.observe(name, duration)
+        if not self._successes % RETUNE_EVERY:
+            table.retune(name, self.runtimes)
+        self._successes += 1
+        self._health[name].streak.clear()
+        state.aids.clear()
+        del self._jobs[attempt.job.id]  # _final: no other attempt to stop
+        return attempt
 
     def attempt_ended(
         self,
@@ -463,10 +498,18 @@ class Scheduler:
         held = {h.name for h in hosts if self._holds_back(h, usable)}
         names = frozenset(h.name for h in usable) - held
         hosts = [h for h in hosts if h.name not in held]
+        next_for = self._backlog.next_for
+        if len(hosts) == 1:  # most rounds: one host's ends made room there, filled alone
+            host = hosts[0]
+            while len(host.attempts) < host.capacity:
+                if (state := next_for(host.name, names)) is None:
+                    break
+                runs.append(self._start(state, host))
+            return runs
         while hosts:  # (room inline, not Slots.room: this loop runs once a job)
             hosts.sort(key=lambda h: len(h.attempts) - h.capacity)  # the most room first
             for host in list(hosts):
-                state = self._backlog.next_for(host.name, names)
+                state = next_for(host.name, names)
                 if state is not None:
                     runs.append(self._start(state, host))
                 if state is None or len(host.attempts) >= host.capacity:
