@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from anet.api import KEEPALIVE
+from anet.argscan import ssh_hosts
 from anet.cli import COMMANDS
-from anet.cli.argv import ssh_hosts
 from anet.cli.common import HostArgs
 from anet.remote.connect import SshOptions
 
@@ -75,6 +75,7 @@ start, take, take_process = earlyssh.start, earlyssh.take, earlyssh.take_process
 def watched_start(specs, connector, factory):
     start(specs, connector, factory)
     print("started with anet.api loaded:", "anet.api" in sys.modules, file=sys.stderr)
+    print("started with click loaded:", "click" in sys.modules, file=sys.stderr)
 def watched_take(connector, spec):
     early = earlyssh._early
     task = take(connector, spec)
@@ -136,6 +137,7 @@ def test_a_run_takes_the_connections_made_before_its_imports(
     assert done.returncode == 0, stderr
     assert b"one\n" in done.stdout and b"two\n" in done.stdout
     assert "started with anet.api loaded: False" in stderr
+    assert "started with click loaded: False" in stderr  # anet.launch: before the CLI
     assert "taken: host1 True" in stderr and "taken: host2 True" in stderr
     assert stderr.count("process taken: True") == 2
     # one login per host: the run's own connection is the early one
@@ -169,7 +171,7 @@ def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_pa
     assert done.returncode == 255
     assert "started with anet.api loaded: False" in stderr
     assert "taken:" not in stderr
-    assert len(stderr.strip().splitlines()) == 2, stderr  # the mark, and the one line
+    assert len(stderr.strip().splitlines()) == 3, stderr  # the marks, and the one line
     assert no_session_left(cluster)
 
 
@@ -229,7 +231,7 @@ def test_a_signal_stops_every_job_of_a_run_on_early_connections(
 def test_only_a_regular_batch_file_with_a_job_connects_early(tmp_path):
     """An empty batch connects no host (test_run_seams), and a FIFO or a device is the run's
     to read once: neither is opened here (a FIFO's open would wait for a writer)."""
-    from anet.cli import _holds_a_job
+    from anet.launch import _holds_a_job
 
     empty, blanks, fifo = tmp_path / "empty", tmp_path / "blanks", tmp_path / "fifo"
     empty.write_bytes(b"\n\r\n\r\r\n")
