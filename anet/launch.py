@@ -92,19 +92,27 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
         return False  # click says so, and nothing is to be connected
     if batch is not None and not _holds_a_job(batch):
         return False  # an empty batch connects no host; a stream is not read twice
-    from .remote import earlyssh
-    from .remote.connect import Connector, SshOptions
-    from .remote.hosts import resolve_hosts
+    from .remote import preconnect
+    from .remote.hosts import listed_hosts, merge_hosts
+    from .remote.sshlib import config_paths
 
-    options = SshOptions(config=None if config is None else Path(config))
-    try:  # one spec per end machine, as the run resolves them (its notes are the run's to say)
-        hosts = resolve_hosts(
-            specs, sources, environ=environ, ssh_config=options.config_paths(), say=_unsaid
-        )
-    except Exception:  # a mistake or a config the run will refuse in its own words
+    paths = config_paths(None if config is None else Path(config))
+    try:  # the hosts as the run resolves them (its notes are the run's to say)
+        hosts = listed_hosts(specs, sources, environ=environ, say=_unsaid)
+    except Exception:  # a mistake the run will refuse in its own words
         return False
     if any(host.local for host in hosts):
         return False
+    preconnect.start(hosts, paths)  # sshd's side begins while asyncssh is imported
+    from .remote import earlyssh
+    from .remote.connect import Connector, SshOptions
+
+    try:  # one spec per end machine, as the run merges them
+        hosts = merge_hosts(hosts, paths, say=_unsaid)
+    except Exception:  # a config the run will refuse in its own words
+        preconnect.close_untaken()
+        return False
+    options = SshOptions(config=None if config is None else Path(config))
     earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
 

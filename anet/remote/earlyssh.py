@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import preconnect
 from .bootstrap import payload
 from .hosts import HostSpec
 from .sshlib import asyncssh, channel_errors
@@ -160,6 +161,7 @@ def close_untaken() -> None:
         task.cancel()  # a handshake still going; a done task ignores it
     early.tasks.clear()
     early.connector.close_nowait()  # the untaken, and jump hosts the taken ones went through
+    preconnect.close_untaken()  # sockets to hosts that asyncssh resolved otherwise
 
 
 def discard() -> None:
