@@ -17,7 +17,6 @@ the failure in its own words. Sockets no one took are closed as the run ends (`c
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections.abc import Sequence
@@ -81,6 +80,8 @@ async def take(host: str, port: int) -> socket.socket | None:
     if pending is None:
         return None
     if not pending.done.is_set():
+        import asyncio  # here: `start` runs before asyncio is imported, and needs none of it
+
         await asyncio.get_running_loop().run_in_executor(None, pending.done.wait)
     if isinstance(pending.error, TimeoutError):  # the usual way would only wait as long again
         raise pending.error
