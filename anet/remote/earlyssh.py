@@ -51,8 +51,9 @@ a packet that arrives waits this long at most for the loop's thread to run (the 
 
 CONNECT_FIRST = 0.25
 """Seconds `anet`'s entry point gives the early handshakes before it imports the rest of anet
-(`wait_connected`). Both are Python, under one interpreter lock: run together, each went at
-about half speed (4 loopback hosts: 68 ms from the first connect to the last login). The
+(`wait_connected`). Both are Python, under one interpreter lock: run together, the
+handshakes went slower (4 loopback hosts: 56 ms from the first connect to the last login,
+37 ms alone; medians, docs/benchmarks.md). The
 handshakes are on the run's critical path; the imports (~80 ms) are not, once the hosts'
 sessions and dispatchers' boots (~120 ms, on the hosts) are under way. A host slower than
 this is waited for no longer: the imports then go on beside its handshake, as before."""
