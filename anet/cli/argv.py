@@ -5,7 +5,8 @@ what `anet find -H hosts.txt x`, `anet run -q batch.txt` and `anet onall -S : 'e
 `arrange()` finds the verb behind the leading options and moves those options after it, where
 the command's own parser takes them in any order; an option the command does not have is then
 its error ("anet: status: No such option: -q"). To step over an option's value (`-H run` names
-a hosts file, not the `run` command) it must know which options take one: `VALUE_OPTIONS`,
+a hosts file, not the `run` command) it must know which options take one: `VALUE_OPTIONS`
+(anet/argscan.py, which the entry point reads the words with before click is imported),
 written out so that no subcommand's module has to be imported to parse the words (a test
 checks it against `option_table()`, which reads the commands themselves).
 
