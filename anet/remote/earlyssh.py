@@ -121,11 +121,11 @@ async def _open(early: _Early, spec: HostSpec, shell_command: str) -> ssh.SSHCli
     return conn
 
 
-def wait_connected(timeout: float = CONNECT_FIRST) -> None:
-    """Until every early handshake has ended, at most `timeout` seconds: `anet`'s entry point
-    imports the rest of anet after this."""
+def wait_connected() -> None:
+    """Until every early handshake has ended, at most CONNECT_FIRST seconds: `anet`'s entry
+    point imports the rest of anet after this."""
     if _early is not None:
-        _early.connected.wait(timeout)
+        _early.connected.wait(CONNECT_FIRST)
 
 
 def handover() -> asyncio.AbstractEventLoop | None:
