@@ -1,5 +1,5 @@
 """`python -m anet` is the `anet` command."""
 
-from .cli import main
+from .launch import main
 
 main()

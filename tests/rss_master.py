@@ -12,7 +12,7 @@ import atexit
 import os
 import sys
 
-from anet.cli import main
+from anet.launch import main
 from anet.streams import sinks
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from anet.api import KEEPALIVE
+from anet.argscan import ssh_hosts
 from anet.cli import COMMANDS
-from anet.cli.argv import ssh_hosts
 from anet.cli.common import HostArgs
 from anet.remote.connect import SshOptions
 
@@ -75,6 +75,7 @@ start, take, take_process = earlyssh.start, earlyssh.take, earlyssh.take_process
 def watched_start(specs, connector, factory):
     start(specs, connector, factory)
     print("started with anet.api loaded:", "anet.api" in sys.modules, file=sys.stderr)
+    print("started with click loaded:", "click" in sys.modules, file=sys.stderr)
 def watched_take(connector, spec):
     early = earlyssh._early
     task = take(connector, spec)
@@ -87,6 +88,20 @@ def watched_take_process(conn, command):
     return process
 earlyssh.start, earlyssh.take = watched_start, watched_take
 earlyssh.take_process = watched_take_process
+from anet.remote import preconnect
+take_socket = preconnect.take
+async def watched_take_socket(host, port):
+    sock = await take_socket(host, port)
+    print("early socket:", sock is not None, file=sys.stderr)
+    return sock
+preconnect.take = watched_take_socket
+earlyssh.CONNECT_FIRST = 60.0  # the handshakes' end, not the bound, on a busy test machine
+wait_connected = earlyssh.wait_connected
+def watched_wait_connected():
+    wait_connected()
+    left, click = earlyssh._early.connecting, "click" in sys.modules
+    print("handshakes left as the CLI loads:", left, "click:", click, file=sys.stderr)
+earlyssh.wait_connected = watched_wait_connected
 sys.argv = ["anet", *sys.argv[1:]]
 runpy.run_module("anet", run_name="__main__", alter_sys=True)
 """
@@ -136,8 +151,12 @@ def test_a_run_takes_the_connections_made_before_its_imports(
     assert done.returncode == 0, stderr
     assert b"one\n" in done.stdout and b"two\n" in done.stdout
     assert "started with anet.api loaded: False" in stderr
+    assert "started with click loaded: False" in stderr  # anet.launch: before the CLI
+    # and the CLI, the run's modules, only once the handshakes ended (CONNECT_FIRST)
+    assert "handshakes left as the CLI loads: 0 click: False" in stderr
     assert "taken: host1 True" in stderr and "taken: host2 True" in stderr
     assert stderr.count("process taken: True") == 2
+    assert stderr.count("early socket: True") == 2  # connected before asyncssh was imported
     # one login per host: the run's own connection is the early one
     assert [cluster[n].accepted_connections() for n in cluster.names] == [1, 1]
     assert no_session_left(cluster)
@@ -169,7 +188,9 @@ def test_connections_no_run_took_are_closed_when_anet_exits(make_cluster, tmp_pa
     assert done.returncode == 255
     assert "started with anet.api loaded: False" in stderr
     assert "taken:" not in stderr
-    assert len(stderr.strip().splitlines()) == 2, stderr  # the mark, and the one line
+    marks = ("started with", "early socket:", "handshakes left")
+    said = [line for line in stderr.strip().splitlines() if not line.startswith(marks)]
+    assert len(said) == 1, stderr  # the one line
     assert no_session_left(cluster)
 
 
@@ -229,7 +250,7 @@ def test_a_signal_stops_every_job_of_a_run_on_early_connections(
 def test_only_a_regular_batch_file_with_a_job_connects_early(tmp_path):
     """An empty batch connects no host (test_run_seams), and a FIFO or a device is the run's
     to read once: neither is opened here (a FIFO's open would wait for a writer)."""
-    from anet.cli import _holds_a_job
+    from anet.launch import _holds_a_job
 
     empty, blanks, fifo = tmp_path / "empty", tmp_path / "blanks", tmp_path / "fifo"
     empty.write_bytes(b"\n\r\n\r\r\n")

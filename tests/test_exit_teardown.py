@@ -26,7 +26,7 @@ witness = Witness()
 atexit.register(lambda: os.write(notes, b"atexit\\n"))
 print("buffered, not yet flushed", end="")
 sys.argv[0] = "anet"
-from anet.cli import main
+from anet.launch import main
 main()
 """
 

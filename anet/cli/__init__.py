@@ -1,63 +1,30 @@
 """`anet`: argv in, exit status out; the work itself is `anet.api`.
 
-`main()` wires the real process environment, `raw_main()` turns every outcome into an exit
-status (a user mistake is one line on stderr, never a traceback; with `--log-json`, a JSON
-line). Each subcommand is a thin module of its own (`cli/run.py`...); `anet BATCH` with no
+`anet.launch.main()` wires the real process environment (and connects early, before this
+package and click are imported), `raw_main()` turns every outcome into an exit status (a
+user mistake is one line on stderr, never a traceback; with `--log-json`, a JSON line).
+Each subcommand is a thin module of its own (`cli/run.py`...); `anet BATCH` with no
 subcommand name means `anet run BATCH`, `anet --find`/`--killall`/`--onall` are spellings of
 the subcommands of those names, and options may come before the subcommand (`cli/argv.py`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib
 import itertools
-import os
-import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from .. import logs
 from .._version import __version__
+from ..argscan import COMMANDS, VALUE_OPTIONS
 from ..errors import AnetError, Stopped, UsageError
-from ..views import diagnostics
-from .argv import (
-    COMMAND_LINE,
-    VALUE_OPTIONS,
-    arrange,
-    names_this_machine,
-    split_command,
-    ssh_hosts,
-)
-from .common import Environment, ExitStatus, loop_factory
-
-COMMANDS = {
-    "run": ("run", "run_command"),
-    "status": ("report", "status_command"),
-    "report": ("report", "report_command"),
-    "completion": ("report", "completion_command"),
-    "journals": ("journals", "journals_group"),
-    "find": ("machines", "find_command"),
-    "killall": ("machines", "killall_command"),
-    "onall": ("machines", "onall_command"),
-    "hosts": ("machines", "hosts_group"),
-    "sync": ("sync", "sync_command"),
-    "up": ("pool", "up_command"),
-    "pool": ("pool", "pool_command"),
-    "down": ("pool", "down_command"),
-    "submit": ("pool", "submit_command"),
-    "ls": ("pool", "ls_command"),
-    "attach": ("pool", "attach_command"),
-    "wait": ("pool", "wait_command"),
-    "cancel": ("pool", "cancel_command"),
-}
-"""Each subcommand's module and name. A module is imported when its command is used (or for
-`--help`): `anet run` never loads the report's, `anet --version` none."""
+from .argv import COMMAND_LINE, arrange, split_command
+from .common import Environment, ExitStatus
 
 
 class LazyCommands(Mapping[str, click.Command]):
@@ -164,106 +131,3 @@ def _say(env: Environment, line: str) -> None:
     with contextlib.suppress(OSError):
         env.stderr.write(logs.line(line, "error"))
         env.stderr.flush()
-
-
-def main() -> None:
-    diagnostics.install()  # before anything is written: stderr must never block the work
-    early_ssh = _start_early_ssh(sys.argv[1:], os.environ)
-    early = not early_ssh and _start_early(sys.argv[1:], os.environ)
-    try:
-        status = raw_main()
-    finally:
-        if early:
-            from ..remote import early as started
-
-            started.discard()  # the run's own took it; else it was never used
-        if early_ssh:
-            from ..remote import earlyssh
-
-            earlyssh.discard()  # when no run took its loop (a usage error): else a no-op
-    exit_now(status)
-
-
-def exit_now(status: int) -> NoReturn:
-    """Exit with `status` once everything said is out, without the interpreter's teardown.
-
-    Finalizing a run's 300 modules (asyncssh's, the engine's) took 20-30 ms of CPU on a
-    quiet machine, 80 at load 20, after the last byte was written: the user waited for it,
-    and a script for its next command. What exit must still do is done first: the atexit
-    handlers (the stderr drain), then stdout and stderr flushed. A flush that fails (a reader
-    gone) leaves the exit to Python, which reports it as it always has."""
-    atexit._run_exitfuncs()  # they run once: this clears them
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # ValueError: a stream closed under us
-        sys.exit(status)
-    os._exit(status)
-
-
-def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
-    """Start this machine's dispatcher before the run's modules are imported, when the
-    arguments say the run is here (anet/remote/early.py): its boot then overlaps them."""
-    here = names_this_machine(args, cli.commands)
-    if here is None:  # no hosts named: this machine, unless $ANET_HOSTS or a pool is up
-        here = not environ.get("ANET_HOSTS") and ("--no-pool" in args or not _pool_up(environ))
-    if not here or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
-        return False
-    from ..remote import early
-
-    try:
-        early.start()
-    except OSError:  # the run starts it the usual way, and says what is wrong then
-        return False
-    return True
-
-
-def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
-    """Connect to the hosts of `anet [run]|sync -S H... -H FILE...` before the run's modules
-    are imported, when the arguments say which for sure (anet/remote/earlyssh.py): the
-    handshakes and the dispatchers' boots then overlap the imports."""
-    found = ssh_hosts(args, COMMANDS)
-    if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
-        return False
-    specs, sources, config, batch = found
-    if config is not None and not os.path.isfile(config):
-        return False  # click says so, and nothing is to be connected
-    if batch is not None and not _holds_a_job(batch):
-        return False  # an empty batch connects no host; a stream is not read twice
-    from ..remote import earlyssh
-    from ..remote.connect import Connector, SshOptions
-    from ..remote.hosts import resolve_hosts
-
-    options = SshOptions(config=None if config is None else Path(config))
-    try:  # one spec per end machine, as the run resolves them (its notes are the run's to say)
-        hosts = resolve_hosts(
-            specs, sources, environ=environ, ssh_config=options.config_paths(), say=_unsaid
-        )
-    except Exception:  # a mistake or a config the run will refuse in its own words
-        return False
-    if any(host.local for host in hosts):
-        return False
-    earlyssh.start(hosts, Connector(options), loop_factory(environ))
-    return True
-
-
-def _unsaid(note: str) -> None:
-    """Where the early start's notes of merged hosts go: nowhere, the run says them."""
-
-
-def _holds_a_job(batch: str) -> bool:
-    """A regular file with a job in its first 64 KiB (a byte other than a line end: a line of
-    blanks is a job). Anything else (a FIFO, a device: read once, by the run) says no."""
-    try:
-        if not stat.S_ISREG(os.stat(batch).st_mode):  # before open: a FIFO's would block
-            return False
-        with open(batch, "rb") as file:
-            return bool(file.read(1 << 16).strip(b"\r\n"))
-    except OSError:
-        return False
-
-
-def _pool_up(environ: Mapping[str, str]) -> bool:
-    from ..pool.place import DEFAULT_NAME, place
-
-    return place(DEFAULT_NAME, environ).socket.exists()

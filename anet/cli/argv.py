@@ -5,7 +5,8 @@ what `anet find -H hosts.txt x`, `anet run -q batch.txt` and `anet onall -S : 'e
 `arrange()` finds the verb behind the leading options and moves those options after it, where
 the command's own parser takes them in any order; an option the command does not have is then
 its error ("anet: status: No such option: -q"). To step over an option's value (`-H run` names
-a hosts file, not the `run` command) it must know which options take one: `VALUE_OPTIONS`,
+a hosts file, not the `run` command) it must know which options take one: `VALUE_OPTIONS`
+(anet/argscan.py, which the entry point reads the words with before click is imported),
 written out so that no subcommand's module has to be imported to parse the words (a test
 checks it against `option_table()`, which reads the commands themselves).
 
@@ -18,12 +19,12 @@ run it; `anet status batch.txt` always asks about batch.txt's run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import click
 
+from ..argscan import VALUE_OPTIONS, values_after
 from ..core.inputs import MARKERS
 
 DEFAULT_COMMAND = "run"
@@ -33,20 +34,6 @@ OPTION_COMMANDS = {"--find": "find", "--killall": "killall", "--onall": "onall"}
 """Options that name a command, as the original ANet and GNU parallel spell them."""
 GROUP_OPTIONS = ("-h", "--help", "--version")
 """The `anet` group's own options: `anet --help` is about anet, not about `run`."""
-VALUE_OPTIONS: Mapping[str, bool] = dict.fromkeys(
-    [
-        "-S", "--host", "-H", "--hosts", "-j", "--slots", "--ssh-config", "--format",
-        "--keepalive", "--retries", "--timeout", "--halt", "--nice", "--max-load", "--memfree",
-        "--yield-idle", "--yield-move", "--journal", "--joblog", "--results", "--max-output", "-o",
-        "--output", "--older-than", "--signal", "-s", "--grace", "--write-ok", "-p", "--port",
-        "--user", "-l", "--concurrency", "--pool", "--via", "-a", "--arg-file", "--colsep",
-        "--deps", "--block", "--recend", "--recstart", "--header", "--transferfile", "--tf",
-        "--return", "--trc", "-N", "--max-replace-args", "--priority",
-    ],
-    True,
-)  # fmt: skip
-"""The options of every command that take a value (any other option is a flag): what
-`option_table()` finds in the commands, kept here (tests/test_cli_order.py checks it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +134,8 @@ def _skip_options(args: Sequence[str], at: int, takes_value: Mapping[str, bool])
         arg = args[at]
         if arg == "--" or arg == "-" or not arg.startswith("-") or arg in OPTION_COMMANDS:
             return at
-        at += 1 + _values_after(arg, takes_value)
+        at += 1 + values_after(arg, takes_value)
     return at
-
-
-def _values_after(arg: str, takes_value: Mapping[str, bool]) -> int:
-    """1 when the option's value is the next word, else 0 (`--name=value`, `-j4`, a flag).
-
-    A short cluster (`-qH FILE`) is read as click reads it: flags until one that takes a value,
-    whose value is the rest of the word or else the next word. An unknown option counts as a
-    flag: the command it reaches will name it.
-    """
-    if arg.startswith("--"):
-        return int("=" not in arg and takes_value.get(arg, False))
-    for i, letter in enumerate(arg[1:], start=1):
-        if takes_value.get(f"-{letter}", False):
-            return int(i == len(arg) - 1)
-    return 0
 
 
 def _has_positional(args: Sequence[str], takes_value: Mapping[str, bool]) -> bool:
@@ -239,71 +211,3 @@ def _short_option(word: str, following: Sequence[str]) -> tuple[str, str, bool]:
                 return name, rest, False
             return name, following[0] if following else "", bool(following)
     return word[-2:], "", False
-
-
-EARLY_SSH_COMMANDS = ("run", "sync")
-"""The commands whose hosts `ssh_hosts` may name for an early connection."""
-
-
-RUN_ONLY_OPTIONS = frozenset(
-    {
-        "-q", "--quiet", "-k", "--keep-order", "--no-journal", "--line-buffer", "--tag",
-        "-j", "--slots", "--format", "--retries", "--timeout", "--journal", "--joblog",
-        "--results", "--max-output",
-    }
-)  # fmt: skip
-"""Options `ssh_hosts` may pass over: they change how a run goes, not which hosts it reaches
-or how it connects to them (unlike --keepalive, --accept-new-hosts, --dry-run, --pool...)."""
-
-
-class EarlyHosts(NamedTuple):
-    """The hosts a command line surely goes to, as typed (`ssh_hosts`)."""
-
-    specs: list[str]  # -S
-    sources: list[str]  # -H: hosts files, inventories, `slurm`
-    config: str | None  # --ssh-config
-    batch: str | None = None  # the batch file of a run (None: a sync's deps)
-
-
-def ssh_hosts(args: Sequence[str], verbs: Collection[str]) -> EarlyHosts | None:
-    """The hosts of `anet [run] -S H... -H F... [--ssh-config C] BATCH` or `anet sync ...
-    DEPS`, read before click parses it, for the connections started while the run's modules
-    are imported (anet/remote/earlyssh.py); None for anything else. Strict on purpose: an
-    option other than those and RUN_ONLY_OPTIONS, a second word after the command (command
-    mode: `cmd ::: a`) or none, a verb (`verbs`) where the batch goes when `run` is unsaid,
-    and the answer is None, since an early connection is only worth making to the hosts the
-    run surely goes to, as it will connect to them."""
-    if not args:
-        return None
-    said = args[0] in EARLY_SSH_COMMANDS
-    specs: list[str] = []
-    sources: list[str] = []
-    config: str | None = None
-    words: list[str] = []
-    at = 1 if said else 0
-    while at < len(args):
-        word = args[at]
-        name, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
-        if word.startswith("-S") and len(word) > 2:
-            name, value, equals = "-S", word[2:], "="
-        elif word.startswith("-H") and len(word) > 2:
-            name, value, equals = "-H", word[2:], "="
-        if name in ("-S", "--host", "-H", "--hosts", "--ssh-config"):
-            if not equals:
-                if at + 1 == len(args):
-                    return None
-                at, value = at + 1, args[at + 1]
-            if name == "--ssh-config":
-                config = value
-            else:
-                (specs if name in ("-S", "--host") else sources).append(value)
-        elif name in RUN_ONLY_OPTIONS:  # how the run goes, not where: skipped, with a value
-            at += _values_after(word, VALUE_OPTIONS)
-        elif word.startswith("-"):
-            return None
-        else:
-            words.append(word)
-        at += 1
-    if not (specs or sources) or len(words) != 1 or (not said and words[0] in verbs):
-        return None
-    return EarlyHosts(specs, sources, config, None if args[0] == "sync" else words[0])

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 import click
 
 from ..errors import Stopped
+from ..loops import loop_factory
 
 if TYPE_CHECKING:  # imported where used: `anet --version` needs neither, nor asyncio
-    import asyncio
-
     from ..remote.connect import SshOptions
     from ..remote.hosts import HostSpec
 
@@ -194,20 +193,6 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         finally:
             if earlyssh is not None:
                 earlyssh.close_untaken()
-
-
-def loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's when it is installed and `ANET_NO_UVLOOP` is unset, else asyncio's."""
-    import asyncio
-
-    if environ.get("ANET_NO_UVLOOP", "") in ("", "0"):
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop  # type: ignore[no-any-return]
-        except ImportError:
-            pass
-    return asyncio.new_event_loop
 
 
 async def _stoppable(coro: Coroutine[Any, Any, int]) -> int:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HostError
-from . import earlyssh
+from . import earlyssh, preconnect
 from .hosts import HostSpec, parse_spec
 from .lean import lighten_connection
-from .sshlib import asyncssh, channel_errors
+from .sshlib import asyncssh, channel_errors, config_paths
 
 if TYPE_CHECKING:
     import asyncssh as ssh
@@ -60,10 +60,7 @@ class SshOptions:
     accept_new_hosts: bool = False
 
     def config_paths(self) -> list[str]:
-        if self.config is not None:
-            return [str(self.config)]
-        default = Path.home() / ".ssh" / "config"
-        return [str(default)] if default.is_file() else []
+        return config_paths(self.config)
 
 
 def _names_ciphers(paths: Sequence[str]) -> bool:
@@ -178,6 +175,16 @@ def _client_class() -> type[ssh.SSHClient]:
     return type("_KeyCheckingClient", (_KeyChecking, asyncssh().SSHClient), {})
 
 
+async def _preconnected(options: ssh.SSHClientConnectionOptions) -> socket.socket | None:
+    """The socket `anet`'s entry point connected to this host's sshd (preconnect.py), if it
+    went where asyncssh would connect now: the same host and port, straight, from no chosen
+    address or family. asyncssh then runs over it; the host's name is still the one its
+    key is checked under."""
+    if options.tunnel or options.proxy_command or options.local_addr or options.family:
+        return None
+    return await preconnect.take(str(options.host), int(options.port))
+
+
 class Connector:
     """Opens end connections, sharing jump hosts and limiting concurrent handshakes per sshd.
 
@@ -253,8 +260,9 @@ class Connector:
                 factory = self._client_factory(spec, options)
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel
                 async with asyncio.timeout(self.options.connect_timeout + 5):
+                    sock = await _preconnected(options)
                     conn = await asyncssh_.connect(
-                        spec.host, options=options, tunnel=tunnel, client_factory=factory
+                        spec.host, options=options, tunnel=tunnel, client_factory=factory, sock=sock
                     )
         except HostError:
             raise

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import preconnect
 from .bootstrap import payload
 from .hosts import HostSpec
 from .sshlib import asyncssh, channel_errors
@@ -48,6 +49,16 @@ a packet that arrives waits this long at most for the loop's thread to run (the 
 5 ms, would add up to 5 ms to each of the handshake's round trips)."""
 
 
+CONNECT_FIRST = 0.25
+"""Seconds `anet`'s entry point gives the early handshakes before it imports the rest of anet
+(`wait_connected`). Both are Python, under one interpreter lock: run together, the
+handshakes went slower (4 loopback hosts: 56 ms from the first connect to the last login,
+37 ms alone; medians, docs/benchmarks.md). The
+handshakes are on the run's critical path; the imports (~80 ms) are not, once the hosts'
+sessions and dispatchers' boots (~120 ms, on the hosts) are under way. A host slower than
+this is waited for no longer: the imports then go on beside its handshake, as before."""
+
+
 def key(spec: HostSpec) -> Key:
     return spec.host, spec.user, spec.port
 
@@ -61,6 +72,8 @@ class _Early:
     processes: dict[int, tuple[str, ssh.SSHClientProcess[bytes]]] = field(default_factory=dict)
     thread: threading.Thread | None = None
     switch_interval: float = 0.005
+    connecting: int = 0  # handshakes not yet ended (in success or failure)
+    connected: threading.Event = field(default_factory=threading.Event)
 
 
 _early: _Early | None = None
@@ -84,6 +97,7 @@ def start(
     for spec in specs:
         if key(spec) not in early.tasks:
             early.tasks[key(spec)] = loop.create_task(_open(early, spec, shell_command))
+    early.connecting = len(early.tasks)
     early.switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     early.thread = threading.Thread(target=loop.run_forever, name="anet-early-ssh", daemon=True)
@@ -93,13 +107,25 @@ def start(
 
 async def _open(early: _Early, spec: HostSpec, shell_command: str) -> ssh.SSHClientConnection:
     """The connection, as the run's own Connector would make it, and its dispatcher started."""
-    conn = await early.connector.connect(spec)
+    try:
+        conn = await early.connector.connect(spec)
+    finally:
+        early.connecting -= 1
+        if not early.connecting:
+            early.connected.set()
     try:
         process = await conn.create_process(shell_command, encoding=None)
     except channel_errors():  # the run starts it again, and says what is wrong then
         return conn
     early.processes[id(conn)] = shell_command, process
     return conn
+
+
+def wait_connected() -> None:
+    """Until every early handshake has ended, at most CONNECT_FIRST seconds: `anet`'s entry
+    point imports the rest of anet after this."""
+    if _early is not None:
+        _early.connected.wait(CONNECT_FIRST)
 
 
 def handover() -> asyncio.AbstractEventLoop | None:
@@ -160,6 +186,7 @@ def close_untaken() -> None:
         task.cancel()  # a handshake still going; a done task ignores it
     early.tasks.clear()
     early.connector.close_nowait()  # the untaken, and jump hosts the taken ones went through
+    preconnect.close_untaken()  # sockets to hosts that asyncssh resolved otherwise
 
 
 def discard() -> None:

@@ -190,10 +190,22 @@ def resolve_hosts(
     the run does, pass one that drops them: the run says them).
 
     `slots` (the CLI's -j) overrides every host's own N/. Specs that name one end machine are
-    merged (`merge_specs`): one connection per end machine, whatever the user listed. Without
-    `ssh_config` (the config files' paths, maybe none) that means the same user, host and port
-    as written; with it, as the ssh config and name resolution say (`anet.identity`).
+    merged (`merge_hosts`): one connection per end machine, whatever the user listed.
     """
+    listed = listed_hosts(specs, files, slots=slots, environ=environ, say=say)
+    return merge_hosts(listed, ssh_config, say)
+
+
+def listed_hosts(
+    specs: Iterable[str] = (),
+    files: Iterable[str | os.PathLike[str]] = (),
+    *,
+    slots: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    say: Callable[[str], object] = log.warning,
+) -> list[HostSpec]:
+    """`resolve_hosts`' hosts as listed, before they are merged: no ssh config read, no
+    asyncssh (the early connections start their TCP connections from these)."""
     environ = os.environ if environ is None else environ
     hosts = [host for spec in specs for host in parse_specs(spec)]
     files = list(files)
@@ -210,6 +222,17 @@ def resolve_hosts(
     if slots is not None:
         _check_slots(slots, f"-j {slots}")
         hosts = [host.with_slots(slots) for host in hosts]
+    return hosts
+
+
+def merge_hosts(
+    hosts: Sequence[HostSpec],
+    ssh_config: Sequence[str] | None = None,
+    say: Callable[[str], object] = log.warning,
+) -> list[HostSpec]:
+    """One spec per end machine (`merge_specs`). Without `ssh_config` (the config files'
+    paths, maybe none) that means the same user, host and port as written; with it, as the
+    ssh config and name resolution say (`anet.identity`)."""
     if ssh_config is None:
         return _merged(hosts, say, lambda spec: spec.label)
     from .identity import machine_keys  # it reads ssh configs: asyncssh, loaded when needed

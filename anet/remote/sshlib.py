@@ -17,10 +17,12 @@ the parts it relies on; otherwise asyncssh's own parse runs, slower but the same
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -175,3 +177,73 @@ def _tokenise(
     if loption in no_split:
         args = [line.lstrip()[len(loption) :].strip()]
     return number, loption, tuple(args)
+
+
+def config_paths(config: Path | None) -> list[str]:
+    """The ssh config files a connection reads: `config` (--ssh-config) in place of
+    ~/.ssh/config, else that file if there is one."""
+    if config is not None:
+        return [str(config)]
+    default = Path.home() / ".ssh" / "config"
+    return [str(default)] if default.is_file() else []
+
+
+CLIENT_NO_SPLIT = frozenset({"proxycommand", "remotecommand"})
+CLIENT_CONDITIONALS = frozenset({"host", "match"})
+"""asyncssh's `SSHClientConfig._no_split` and `_conditionals` (a test compares them): the key
+under which `_lines` keeps a config file's lines, so that the lines `direct_address` reads
+before asyncssh is imported are the ones its parse reads later, tokenised once."""
+
+BEYOND_HOST_BLOCKS = frozenset(
+    {"match", "include", "canonicalizehostname", "addressfamily", "bindaddress", "bindinterface"}
+)
+"""Options after which `direct_address` cannot tell where, or how, asyncssh will connect."""
+
+
+def direct_address(host: str, port: int | None, paths: Sequence[str]) -> tuple[str, int] | None:
+    """The (HostName, Port) an ssh connection to `host` opens its TCP connection to, read from
+    the config's `Host` blocks without asyncssh, first value winning as in OpenSSH; None when
+    the connection goes through a jump host or a proxy command, or when the config holds more
+    than Host blocks can say (`BEYOND_HOST_BLOCKS`, a `%` token in HostName). A guess made
+    before asyncssh is loaded: the Connector uses a socket opened to it only if asyncssh's own
+    reading of the config gives the same host and port (anet/remote/preconnect.py)."""
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            kinds = CLIENT_NO_SPLIT, CLIENT_CONDITIONALS
+            lines = _lines(path, stat.st_mtime_ns, stat.st_size, *kinds)
+        except (OSError, UnicodeDecodeError):
+            return None
+        matching = True
+        for _, option, args in lines:
+            if isinstance(args, str) or option == "match":
+                return None  # a line asyncssh refuses, or a condition only it evaluates
+            if option == "host":
+                matching = _host_matches(",".join(args), host)
+            elif matching and option in BEYOND_HOST_BLOCKS:
+                return None
+            elif matching and args:
+                found.setdefault(option, args[0])
+    via = found.get("proxyjump", "none"), found.get("proxycommand", "none")
+    name = found.get("hostname", host)
+    if any(value.lower() != "none" for value in via) or "%" in name:
+        return None
+    try:
+        return name, port or int(found.get("port", "22"))
+    except ValueError:
+        return None
+
+
+def _host_matches(patterns: str, host: str) -> bool:
+    """asyncssh's `WildcardPatternList(patterns).matches(host)`: a `Host` line's patterns,
+    `!` negating, `*` and `?` wildcards (brackets match themselves)."""
+    positive = False
+    for pattern in patterns.split(","):
+        negate = pattern.startswith("!")
+        escaped = "".join({"[": "[[]", "]": "[]]"}.get(ch, ch) for ch in pattern[negate:])
+        if fnmatch.fnmatch(host, escaped):
+            if negate:
+                return False
+            positive = True
+    return positive
