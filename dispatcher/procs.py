@@ -41,6 +41,7 @@ from .protocol import (
     MAX_NAME,
     MAX_PID,
     MAX_TEXT,
+    STUB_MARK,
     Message,
     bounded,
     integer,
@@ -49,9 +50,10 @@ from .protocol import (
 )
 from .record import frozen
 
-STUB_MARK = "import base64,zlib;exec(zlib.decompress(base64.b64decode("
-"""How every anet dispatcher's command line starts after `python3 -S -c` (anet.bootstrap's
-stub; `python3 -c` before the stub ran without `site`)."""
+STUB_MARKS = (STUB_MARK, "import base64,zlib;exec(zlib.decompress(base64.b64decode(")
+"""How every anet dispatcher's command line starts after `python3 -S -c` (`python3 -c` before
+the stub ran without `site`): this anet's stub, and an older anet's (base64), whose dispatchers
+may still run on the same host."""
 
 GONE = "gone"
 SIGNALLED = "signalled"
@@ -330,7 +332,7 @@ def _runs(argv: List[str], programs: tuple) -> bool:
 def is_dispatcher(proc: Proc) -> bool:
     argv = proc.argv
     at = 2 if len(argv) > 2 and argv[1] == "-S" else 1  # an older anet's has no -S
-    return len(argv) > at + 1 and argv[at] == "-c" and argv[at + 1].startswith(STUB_MARK)
+    return len(argv) > at + 1 and argv[at] == "-c" and argv[at + 1].startswith(STUB_MARKS)
 
 
 def protected(table: Dict[int, Proc], machine: str, master_pid: int) -> Set[int]:

@@ -55,7 +55,7 @@ def test_bytecode_of_another_python_is_skipped_for_the_source(tmp_path):
 
 def test_the_payload_is_read_from_the_cache_once_built(tmp_path, monkeypatch):
     first = build_payload(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f"payload-{_key()}-{first.sha256}.zip"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"payload-{_key()}-{first.digest}.zip"]
 
     def no_build(files):
         raise AssertionError("built again: the cache was not used")
@@ -87,7 +87,7 @@ def test_payloads_of_other_sources_go_once_a_day_old(tmp_path):
     os.utime(old, (time.time() - bootstrap.PAYLOAD_KEEP - 60,) * 2)
     kept = build_payload(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([recent.name, f"payload-{_key()}-{kept.sha256}.zip"])
+    assert names == sorted([recent.name, f"payload-{_key()}-{kept.digest}.zip"])
 
 
 def _key() -> str:

@@ -7,7 +7,6 @@ exactly once and right, and that nothing is left running on any host.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
@@ -24,6 +23,7 @@ from sshd_hosts import SshdCluster, SshdHost, leftover_processes
 from waiting import journal_rows, wait_until
 
 from anet import results
+from anet.remote.bootstrap import payload_digest
 from dispatcher.__main__ import DRAIN_GRACE
 
 N_JOBS = 48
@@ -446,6 +446,6 @@ def test_a_damaged_dispatcher_cache_is_fetched_again(make_cluster, tmp_path, dam
     assert again.returncode == 0, err
     assert sorted(r.stdout for r in results.read(io.BytesIO(out))) == [b"1\n", b"2\n"]
     assert cached.read_bytes() == good
-    assert hashlib.sha256(good).hexdigest() == cached.name[len("dispatcher-") : -len(".zip")]
+    assert payload_digest(good) == cached.name[len("dispatcher-") : -len(".zip")]
     assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
     assert [p.name for p in cached.parent.glob("dispatcher-*")] == [cached.name]  # no tmp left

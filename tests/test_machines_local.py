@@ -126,6 +126,14 @@ def test_a_dispatcher_is_known_with_or_without_site():
         assert not procs.is_dispatcher(_proc(400, 300, "python3", argv))
 
 
+def test_an_older_anets_dispatcher_is_still_known():
+    """An older anet's stub (base64, not hex) may still run on the same host: protected too."""
+    older = 'import base64,zlib;exec(zlib.decompress(base64.b64decode("eNoDAAAAAAE=")))'
+    assert not older.startswith(procs.STUB_MARK)
+    for argv in (["python3", "-S", "-c", older], ["python3", "-c", older]):
+        assert procs.is_dispatcher(_proc(400, 300, "python3", argv))
+
+
 def test_find_skips_this_process_and_its_ancestors_but_sees_a_sleeper():
     marker = f"anet-local-{uuid.uuid4().hex[:8]}"
     sleeper = subprocess.Popen(["sh", "-c", "sleep 60; true", marker], start_new_session=True)
