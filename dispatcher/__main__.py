@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import courtesy
 from .connection import NEED_DATA, Connection, ConnectionClosed
@@ -69,6 +68,10 @@ from .protocol import (
 )
 from .reading import ReadBuffer
 from .runner import DEFAULT_PIPE, JobProcess, kill_group, read_buffered, spawn, widen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 if TYPE_CHECKING:
     from .syncstore import SyncStore

@@ -28,10 +28,13 @@ import resource
 import selectors
 import signal
 import time
-from typing import Any, Callable, Dict, Set
 
 from .protocol import MASTER, MAX_FRAME, FrameDecoder, Message, ProtocolError, encode, message
 from .record import frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, Callable, Dict, Set
 
 TIMED_OUT = "timed out"
 """What `fail` is given when the deadline passed; other reasons say what went wrong."""

@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Optional
 
 
 def start_time(pid: int) -> Optional[str]:

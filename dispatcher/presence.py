@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator, List, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Iterator, List, Tuple
 
 UTMP = "/var/run/utmp"
 USER_PROCESS = 7

@@ -35,11 +35,26 @@ import math
 import operator
 import struct
 import sys
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import msgpack
 
 from .record import Field, field, fields, frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import (
+        Any,
+        Callable,
+        ClassVar,
+        Dict,
+        List,
+        Optional,
+        Sequence,
+        Set,
+        Tuple,
+        Type,
+        Union,
+    )
 
 PROTOCOL_VERSION = 5
 BOOT_MARK = b"\x00\x1bANET\x1b"
@@ -247,9 +262,10 @@ def _column_ok(spec: "_ColumnSpec", column: Sequence[Any]) -> bool:
     return low is None or (low <= min(column) and max(column) <= top)
 
 
-_ColumnSpec = Tuple[
-    Set[type], bool, Optional[float], float, Optional[int], Optional[Callable[[Any], bool]]
-]
+if TYPE_CHECKING:
+    _ColumnSpec = Tuple[
+        Set[type], bool, Optional[float], float, Optional[int], Optional[Callable[[Any], bool]]
+    ]
 
 _COLUMN_TYPES: Dict[str, Set[type]] = {
     "int": {int},

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import struct
-from typing import Any, List, Optional, Set
 
 from .protocol import (
     DISPATCHER,
@@ -45,6 +44,10 @@ from .protocol import (
     message,
 )
 from .record import frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, List, Optional, Set
 
 FILE = 0
 DIR = 1

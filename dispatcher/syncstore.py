@@ -43,7 +43,6 @@ import os
 import shutil
 import stat
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import msgpack
 
@@ -74,6 +73,10 @@ from .syncproto import (
 from .treeclean import checking, hold_for_jobs, is_clean, mark_clean
 from .treedelta import Touched, clear, merge, set_folders, splice
 from .treeupdate import BaseTree, clear_changes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 KEEP_TREES = 3
 """Complete trees kept besides those in use: the bases of the next delta."""

@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import Iterator, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Iterator, Optional
 
 _OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
 

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .syncproto import DIR, FILE, EntryError, check_entry, encode_manifest, show_path
 from .treeupdate import drop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, Dict, List, Optional, Set, Tuple
 
 MAX_CHANGES = 512
 """Removed plus changed entries up to which a delta takes this path: each costs a bisection

@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import Any, Callable, Dict, List, Sequence, Set
 
 from .syncproto import DIR, FILE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
+    from typing import Any, Callable, Dict, List, Sequence, Set
 
 
 def _mode(path: bytes) -> int:
