@@ -8,18 +8,26 @@ master would: a real dispatcher process, `-X importtime` naming every module it 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_dispatcher import DispatcherProcess
 
+from anet.remote.bootstrap import PYTHON_FLAGS, payload
 from dispatcher.pins import Pin, Unpin, Within
 from dispatcher.procs import FindProcs, ProcsFound
 from dispatcher.protocol import (
     _BY_CODE,
+    BOOT_FRAMES,
+    BOOT_MARK,
     Bye,
     Exit,
+    FrameDecoder,
+    Hello,
     Message,
     Output,
     RemoteProtocolError,
@@ -34,6 +42,11 @@ from dispatcher.syncproto import SyncOffer, SyncState
 
 LATE = ("dispatcher.syncstore", "dispatcher.syncproto", "dispatcher.procs", "shutil", "socket")
 """Modules a run without deps, per-job files or housekeeping must not import."""
+NOT_AT_BOOT = ("base64", "re", "typing", "hashlib", "_hashlib", "subprocess", "locale")
+"""What a boot (the stub, its hash check, the dispatcher's imports, up to its Hello) does not
+import: base64, typing and subprocess's locale each bring re (3.11), hashlib OpenSSL;
+together 45 M instructions, a third of a boot (callgrind). subprocess comes with the first
+job."""
 CLASS_BUILDING = ("dataclasses", "inspect", "ast", "dis", "tokenize")
 """dataclasses and what it imports: with the code it compiled for each message class, 57% of
 a dispatcher's boot (dispatcher/record.py builds the classes instead)."""
@@ -73,6 +86,30 @@ def session(
         finally:
             d.close()
     return said, imported(log)
+
+
+def boot(home: Path, given: bytes) -> tuple[list[Message], set[str]]:
+    """The stub of a real payload, as a host runs it, `given` on its stdin and then EOF (it
+    stops after its Hello): what it said, what it imported."""
+    command = [sys.executable, "-X", "importtime", *PYTHON_FLAGS, "-c", payload().code]
+    done = subprocess.run(
+        command, input=given, capture_output=True, timeout=60,
+        env={**os.environ, "ANET_HOME": str(home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert BOOT_MARK + BOOT_FRAMES in done.stdout, done.stdout
+    frames = done.stdout.split(BOOT_MARK + BOOT_FRAMES, 1)[1]
+    log = home / "importtime.txt"
+    log.write_bytes(done.stderr)
+    return FrameDecoder().feed(frames), imported(log)
+
+
+def test_a_boot_imports_neither_base64_nor_typing_nor_hashlib_nor_subprocess(tmp_path):
+    data = payload().data
+    for given in (b"%d\n" % len(data) + data, b""):  # the payload sent, then from the cache
+        said, modules = boot(tmp_path, given)
+        assert isinstance(said[0], Hello)
+        assert sorted(modules & set(NOT_AT_BOOT)) == []
 
 
 def test_a_run_without_deps_imports_no_sync_store_nor_process_listing(tmp_path):
