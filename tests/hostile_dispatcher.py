@@ -66,6 +66,7 @@ from dispatcher.protocol import (
     BOOT_ERROR,
     BOOT_MARK,
     STDOUT,
+    STUB_MARK,
     Exit,
     Hello,
     Message,
@@ -134,7 +135,7 @@ class Hostile:
             "# the fake dispatcher; any other python3 call is the host's own python3.\n"
             "# The stub comes as `python3 -S -c STUB`: -S is dropped, or no sitecustomize runs.\n"
             'case "$1 $2 $3" in\n'
-            "'-S -c import base64,zlib;exec('*)\n"
+            f"{shlex.quote('-S -c ' + STUB_MARK)}*)\n"
             "    shift\n"
             f"    {BEHAVIOUR_ENV}={shlex.quote(str(self.behaviour_file))}\n"
             f"    PYTHONPATH={shlex.quote(str(site))}\n"
