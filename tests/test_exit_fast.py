@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from sshd_hosts import STOCK_PATH, SshdHost, leftover_processes
 from anet import results
 from anet.api import SHUTDOWN_TIMEOUT, Cluster
 from anet.remote.connect import SshOptions
+from dispatcher.protocol import STUB_MARK
 
 
 def held_python(host: SshdHost, gate: Path) -> None:
@@ -34,7 +36,7 @@ def held_python(host: SshdHost, gate: Path) -> None:
     shim = host.shims / "python3"
     shim.write_text(
         "#!/bin/sh\n"
-        f"case \"$*\" in *'import base64,zlib;exec('*)"
+        f'case "$*" in *{shlex.quote(STUB_MARK)}*)'
         f" while [ ! -e {gate} ]; do sleep 0.05; done ;; esac\n"
         f'PATH={STOCK_PATH} exec python3 "$@"\n'
     )
