@@ -259,7 +259,7 @@ import atexit, sys
 opened, into = [], sys.argv.pop(1)
 sys.addaudithook(lambda event, args: event == "sqlite3.connect" and opened.append(str(args[0])))
 atexit.register(lambda: open(into, "w").write("\\n".join(opened)))
-from anet.cli import main
+from anet.launch import main
 sys.argv[0] = "anet"
 main()
 """
