@@ -26,11 +26,7 @@ from .views import diagnostics
 def main() -> None:
     diagnostics.install()  # before anything is written: stderr must never block the work
     early_ssh = _start_early_ssh(sys.argv[1:], os.environ)
-    if early_ssh:
-        from .remote import earlyssh
-
-        earlyssh.wait_connected()  # the handshakes first, at full speed (CONNECT_FIRST)
-    from . import cli  # click and the CLI: after the handshakes
+    from . import cli  # click and the CLI, while the early handshakes go on
 
     early = not early_ssh and _start_early(sys.argv[1:], os.environ)
     try:

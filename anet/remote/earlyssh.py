@@ -15,6 +15,13 @@ anew when they differ), through the same `Connector.connect`, so known_hosts is 
 same way and a failure is the same HostError. A connection the run does not take is closed
 when the run ends (`close_untaken`), or, when no run takes the loop at all (a usage error),
 by `discard`.
+
+The imports go on beside the handshakes, though both are Python under one interpreter lock
+(the handshakes slow: 4 loopback hosts, first connect to last login 37 ms alone, 56 beside
+the imports). Waiting for the handshakes before importing (wp8-entry) paid while the hosts'
+dispatchers took ~55 ms to boot; since they take ~25 ms, the run's imports (~115 ms) are what
+the first Hello waits for, and starting them at once ended a one-job run 0-20 ms sooner
+(bench.timeline, four interleaved runs of 11-15 rounds, 2026-11-30 18:32-18:36), and is simpler.
 """
 
 from __future__ import annotations
@@ -49,16 +56,6 @@ a packet that arrives waits this long at most for the loop's thread to run (the 
 5 ms, would add up to 5 ms to each of the handshake's round trips)."""
 
 
-CONNECT_FIRST = 0.25
-"""Seconds `anet`'s entry point gives the early handshakes before it imports the rest of anet
-(`wait_connected`). Both are Python, under one interpreter lock: run together, the
-handshakes went slower (4 loopback hosts: 56 ms from the first connect to the last login,
-37 ms alone; medians, docs/benchmarks.md). The
-handshakes are on the run's critical path; the imports (~80 ms) are not, once the hosts'
-sessions and dispatchers' boots (~120 ms, on the hosts) are under way. A host slower than
-this is waited for no longer: the imports then go on beside its handshake, as before."""
-
-
 def key(spec: HostSpec) -> Key:
     return spec.host, spec.user, spec.port
 
@@ -72,8 +69,6 @@ class _Early:
     processes: dict[int, tuple[str, ssh.SSHClientProcess[bytes]]] = field(default_factory=dict)
     thread: threading.Thread | None = None
     switch_interval: float = 0.005
-    connecting: int = 0  # handshakes not yet ended (in success or failure)
-    connected: threading.Event = field(default_factory=threading.Event)
 
 
 _early: _Early | None = None
@@ -97,7 +92,6 @@ def start(
     for spec in specs:
         if key(spec) not in early.tasks:
             early.tasks[key(spec)] = loop.create_task(_open(early, spec, shell_command))
-    early.connecting = len(early.tasks)
     early.switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     early.thread = threading.Thread(target=loop.run_forever, name="anet-early-ssh", daemon=True)
@@ -107,25 +101,13 @@ def start(
 
 async def _open(early: _Early, spec: HostSpec, shell_command: str) -> ssh.SSHClientConnection:
     """The connection, as the run's own Connector would make it, and its dispatcher started."""
-    try:
-        conn = await early.connector.connect(spec)
-    finally:
-        early.connecting -= 1
-        if not early.connecting:
-            early.connected.set()
+    conn = await early.connector.connect(spec)
     try:
         process = await conn.create_process(shell_command, encoding=None)
     except channel_errors():  # the run starts it again, and says what is wrong then
         return conn
     early.processes[id(conn)] = shell_command, process
     return conn
-
-
-def wait_connected() -> None:
-    """Until every early handshake has ended, at most CONNECT_FIRST seconds: `anet`'s entry
-    point imports the rest of anet after this."""
-    if _early is not None:
-        _early.connected.wait(CONNECT_FIRST)
 
 
 def handover() -> asyncio.AbstractEventLoop | None:
