@@ -20,8 +20,8 @@ The imports go on beside the handshakes, though both are Python under one interp
 (the handshakes slow: 4 loopback hosts, first connect to last login 37 ms alone, 56 beside
 the imports). Waiting for the handshakes before importing (wp8-entry) paid while the hosts'
 dispatchers took ~55 ms to boot; since they take ~25 ms, the run's imports (~115 ms) are what
-the first Hello waits for, and starting them at once ended a one-job run 0-20 ms sooner
-(bench.timeline, four interleaved runs of 11-15 rounds, 2026-11-30 18:32-18:36), and is simpler.
+the first Hello waits for, and starting them at once ended a one-job run 0-38 ms sooner
+(bench.timeline, five interleaved runs of 11-21 rounds, 2026-11-30 18:32-18:46): simpler too.
 """
 
 from __future__ import annotations
