@@ -25,10 +25,12 @@ from .views import diagnostics
 
 def main() -> None:
     diagnostics.install()  # before anything is written: stderr must never block the work
-    early_ssh = _start_early_ssh(sys.argv[1:], os.environ)
+    args, environ = sys.argv[1:], os.environ
+    allowed = environ.get("ANET_NO_EARLY", "") in ("", "0")  # else neither starts early
+    early_ssh = allowed and _start_early_ssh(args, environ)
     from . import cli  # click and the CLI, while the early handshakes go on
 
-    early = not early_ssh and _start_early(sys.argv[1:], os.environ)
+    early = allowed and not early_ssh and _start_early(args, environ)
     try:
         status = cli.raw_main()
     finally:
@@ -69,7 +71,7 @@ def _start_early(args: list[str], environ: Mapping[str, str]) -> bool:
     here = names_this_machine(args, cli.commands)
     if here is None:  # no hosts named: this machine, unless $ANET_HOSTS or a pool is up
         here = not environ.get("ANET_HOSTS") and ("--no-pool" in args or not _pool_up(environ))
-    if not here or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
+    if not here:
         return False
     from .remote import early
 
@@ -85,18 +87,19 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     are imported, when the arguments say which for sure (anet/remote/earlyssh.py): the
     handshakes and the dispatchers' boots then overlap the imports."""
     found = ssh_hosts(args, COMMANDS)
-    if found is None or environ.get("ANET_NO_EARLY", "") not in ("", "0"):
+    if found is None:
         return False
     specs, sources, config, batch = found
     if config is not None and not os.path.isfile(config):
         return False  # click says so, and nothing is to be connected
+    config_path = None if config is None else Path(config)
     if batch is not None and not _holds_a_job(batch):
         return False  # an empty batch connects no host; a stream is not read twice
     from .remote import preconnect
     from .remote.hosts import listed_hosts, merge_hosts
     from .remote.sshlib import config_paths
 
-    paths = config_paths(None if config is None else Path(config))
+    paths = config_paths(config_path)
     try:  # the hosts as the run resolves them (its notes are the run's to say)
         hosts = listed_hosts(specs, sources, environ=environ, say=_unsaid)
     except Exception:  # a mistake the run will refuse in its own words
@@ -112,7 +115,7 @@ def _start_early_ssh(args: list[str], environ: Mapping[str, str]) -> bool:
     except Exception:  # a config the run will refuse in its own words
         preconnect.close_untaken()
         return False
-    options = SshOptions(config=None if config is None else Path(config))
+    options = SshOptions(config=config_path)
     earlyssh.start(hosts, Connector(options), loop_factory(environ))
     return True
 
