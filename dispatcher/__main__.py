@@ -73,7 +73,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing (and re) is 2.6 ms of a boot
     from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
-if TYPE_CHECKING:
     from .syncstore import SyncStore
 
 HIGH_WATER = 8 << 20
