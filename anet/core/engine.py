@@ -119,6 +119,11 @@ class _Flight:
     def size(self) -> int:
         return len(self.stdout) + len(self.stderr) + self.spooled
 
+    @property
+    def spoke(self) -> bool:
+        """The host said something of it before its end: its Started, or output."""
+        return self.started or bool(self.stdout or self.stderr or self.spooled)
+
     def stream_size(self, index: int) -> int:
         spool = self.spools[index] if self.spools is not None else None
         return len((self.stdout, self.stderr)[index]) + (spool.size if spool else 0)
@@ -270,10 +275,7 @@ class Engine:
             if (
                 msg.code != 0
                 or len(out) + len(err) > quick
-                or flight.started
-                or flight.stdout
-                or flight.stderr
-                or flight.spooled
+                or flight.spoke
                 or flight.dropped
                 or msg.slot > self._slots.get(host, 0)
             ):  # anything but a plain success: the general path says and judges it
@@ -418,7 +420,7 @@ class Engine:
     def _done(self, host: str, flight: _Flight, msg: Done, now: float) -> None:
         """Started, Output and Exit in one: the job started its `duration` ago (by the
         host's clock), which keeps the round trips the look-ahead measures true."""
-        if flight.started or flight.stdout or flight.stderr or flight.spooled:
+        if flight.spoke:
             raise protocol_error(host, f"Done for attempt {msg.aid}, which had already spoken")
         started = now - msg.duration
         out, err = msg.stdout, msg.stderr
