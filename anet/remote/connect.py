@@ -284,7 +284,7 @@ class Connector:
 
     def host_key(self, label: str) -> str | None:
         """KEY_* for a host whose handshake got as far as its host key, else None."""
-        found = self._keys.get(label)
+        found = self.key_status(label)
         return found[0] if found else None
 
     async def _jump(self, tunnel: str) -> ssh.SSHClientConnection:
